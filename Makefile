@@ -1,0 +1,42 @@
+# Every target creates or reuses .venv itself, so a fresh clone needs only `make test` or `make demo`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test lint typecheck pytest bench demo proto clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check meshbreaker tests bench examples
+	$(BIN)/ruff format --check meshbreaker tests bench examples
+
+typecheck: $(STAMP)
+	$(BIN)/mypy meshbreaker
+
+pytest: $(STAMP)
+	$(BIN)/pytest -n 2 -q
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+demo: $(STAMP)
+	$(BIN)/python -m examples.banking
+
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iprotos \
+	  --python_out=. --grpc_python_out=. --mypy_out=. \
+	  protos/meshbreaker/v1/control_plane.proto
+	$(BIN)/python -m examples.banking.gen_protos
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""meshbreaker: circuit breakers for gRPC."""
