@@ -1,1 +1,47 @@
-"""meshbreaker: circuit breakers for gRPC."""
+"""meshbreaker: circuit breakers for gRPC in Python, per method, steered by a control plane."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from meshbreaker.breaker import BreakerSnapshot, CallResult, CircuitBreaker, Outcome, Permit
+from meshbreaker.config import BreakerConfig, Mode, State, WindowType
+from meshbreaker.decorate import circuit
+from meshbreaker.errors import (
+    BulkheadFullError,
+    CallNotPermittedError,
+    ConfigError,
+    MeshbreakerError,
+)
+from meshbreaker.registry import BreakerRegistry
+
+if TYPE_CHECKING:
+    from meshbreaker.grpc import BreakerInterceptor
+
+__all__ = [
+    "BreakerConfig",
+    "BreakerInterceptor",
+    "BreakerRegistry",
+    "BreakerSnapshot",
+    "BulkheadFullError",
+    "CallNotPermittedError",
+    "CallResult",
+    "CircuitBreaker",
+    "ConfigError",
+    "MeshbreakerError",
+    "Mode",
+    "Outcome",
+    "Permit",
+    "State",
+    "WindowType",
+    "circuit",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The engine must import without grpc; the adapter is loaded only when asked for.
+    if name == "BreakerInterceptor":
+        from meshbreaker.grpc import BreakerInterceptor
+
+        return BreakerInterceptor
+    raise AttributeError(f"module 'meshbreaker' has no attribute {name!r}")

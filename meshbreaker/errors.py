@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -31,15 +32,9 @@ class CallNotPermittedError(MeshbreakerError):
         self.state = state
         self.retry_after = retry_after
 
-    @property
-    def args(self) -> tuple[str]:  # type: ignore[override]
-        return (str(self),)
-
-    @args.setter
-    def args(self, value: object) -> None:
-        pass  # BaseException.__new__ assigns args; the message is derived instead.
-
     def __str__(self) -> str:
+        if self.retry_after == math.inf:
+            return f"circuit breaker '{self.name}' is {self.state.value} by an operator override"
         return (
             f"circuit breaker '{self.name}' is {self.state.value}; "
             f"next probe in {self.retry_after:.3f}s"

@@ -1,0 +1,550 @@
+"""CircuitBreaker: the state machine, its permits, transitions, events and snapshots."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+from meshbreaker.config import BreakerConfig, Mode, State, WindowType
+from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
+from meshbreaker.window import CountWindow, TimeWindow, Window
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+StateListener = Callable[[str, State, State], None]
+ExceptionClassifier = Callable[[BaseException], bool]
+
+
+class Outcome(enum.IntEnum):
+    """How a finished call counts: success, failure, or not at all."""
+
+    SUCCESS = 0
+    FAILURE = 1
+    IGNORED = 2
+
+
+_SUCCESS: Final = Outcome.SUCCESS
+_FAILURE: Final = Outcome.FAILURE
+_IGNORED: Final = Outcome.IGNORED
+_STALE: Final = -1  # the generation of a permit that must never move the state
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """One finished call, as seen by on_call_result listeners."""
+
+    name: str
+    outcome: Outcome
+    duration: float
+    slow: bool
+
+
+CallResultListener = Callable[[CallResult], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSnapshot:
+    """An immutable record of a breaker's state and counters at one instant."""
+
+    name: str
+    state: State
+    total: int
+    successful: int
+    failed: int
+    ignored: int
+    slow: int
+    rejected: int
+    shadow_rejected: int
+    failure_rate: float
+    slow_call_rate: float
+    window_calls: int
+    mean_duration: float
+    consecutive_failures: int
+    state_since: float
+    open_until: float | None
+    times_opened: int
+    half_open_in_flight: int
+    half_open_successes: int
+
+
+class Permit:
+    """Leave to make one call; report how it ended exactly once (later reports are no-ops)."""
+
+    __slots__ = ("_breaker", "_done", "_generation", "_holds_slot", "_start")
+
+    def __init__(
+        self, breaker: CircuitBreaker, generation: int, start: float, holds_slot: bool
+    ) -> None:
+        self._breaker = breaker
+        self._generation = generation
+        self._start = start
+        self._holds_slot = holds_slot
+        self._done = False
+
+    def success(self, duration: float | None = None) -> None:
+        """The call succeeded; `duration` defaults to the time since acquire."""
+        self._breaker._finish_permit(self, _SUCCESS, duration)
+
+    def failure(self, duration: float | None = None) -> None:
+        """The call failed; `duration` defaults to the time since acquire."""
+        self._breaker._finish_permit(self, _FAILURE, duration)
+
+    def ignore(self) -> None:
+        """The call ended in a way that says nothing about the dependency (e.g. cancelled)."""
+        self._breaker._finish_permit(self, _IGNORED, 0.0)
+
+    def record(self, outcome: Outcome, duration: float | None = None) -> None:
+        """Report `outcome`; same as calling success(), failure() or ignore()."""
+        self._breaker._finish_permit(self, outcome, duration)
+
+    def elapsed(self) -> float:
+        """Seconds since the permit was granted, by the breaker's clock."""
+        return self._breaker._clock() - self._start
+
+    @property
+    def done(self) -> bool:
+        """Whether an outcome has been reported."""
+        return self._done
+
+
+def _always_failure(exc: BaseException) -> bool:
+    return True
+
+
+def _never_ignore(exc: BaseException) -> bool:
+    return False
+
+
+class CircuitBreaker:
+    """A circuit breaker for one dependency (in meshbreaker's gRPC adapters: one method).
+
+    Thread-safe. Admission in CLOSED without a bulkhead takes no lock; recording an outcome
+    takes one short lock; listeners run after it is released, in the calling thread.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: BreakerConfig | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        is_failure: ExceptionClassifier | None = None,
+        ignore: ExceptionClassifier | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.name = name
+        self._clock = clock
+        self._rng = rng
+        self._is_failure = is_failure or _always_failure
+        self._is_ignored = ignore or _never_ignore
+        self._lock = threading.Lock()
+        self._state_listeners: list[StateListener] = []
+        self._result_listeners: list[CallResultListener] = []
+        self._successful = self._failed = self._ignored = self._slow = 0
+        self._rejected = self._shadow_rejected = self._times_opened = 0
+        self._in_flight = 0  # bulkhead slots held
+        self._override: State | None = None
+        self._generation = 0
+        self._apply_config(config or BreakerConfig())
+        self._enter(State.CLOSED, clock())
+
+    # ----- configuration -------------------------------------------------------------
+
+    @property
+    def config(self) -> BreakerConfig:
+        """The configuration in force."""
+        return self._config
+
+    def _apply_config(self, config: BreakerConfig) -> None:
+        if not isinstance(config, BreakerConfig):
+            raise TypeError(f"config must be a BreakerConfig, got {type(config).__name__}")
+        self._config = config
+        self._shadow = config.mode is Mode.SHADOW
+        self._slow_threshold = (
+            math.inf if config.slow_call_duration is None else config.slow_call_duration
+        )
+        self._bulkhead = config.max_concurrent_calls
+
+    def update_config(self, config: BreakerConfig) -> None:
+        """Apply `config` live.
+
+        When the window type and size are unchanged, the window's contents and the
+        consecutive-failure count are kept. Otherwise the old evidence was gathered under a
+        different definition, so the window starts empty and the consecutive count at zero.
+        The state, its generation and the counters are kept either way; a new open duration
+        takes effect at the next opening.
+        """
+        with self._lock:
+            old = self._config
+            self._apply_config(config)
+            if (old.window_type, old.window_size) != (config.window_type, config.window_size):
+                self._window = self._new_window(self._clock())
+                self._consecutive = 0
+            if self._state is not State.OPEN and self._state is not State.HALF_OPEN:
+                self._next_open_duration = config.open_duration
+            else:
+                self._next_open_duration = min(
+                    max(self._next_open_duration, config.open_duration), config.open_duration_max
+                )
+            self._refresh_fast_path()
+
+    def _new_window(self, now: float) -> Window:
+        if self._config.window_type is WindowType.COUNT:
+            return CountWindow(self._config.window_size)
+        return TimeWindow(self._config.window_size, now)
+
+    def _refresh_fast_path(self) -> None:
+        # `_free_generation` is read without the lock by the hot path: the current generation
+        # when a call may go without any bookkeeping at admission, else -1.
+        free = self._state in (State.CLOSED, State.FORCED_CLOSED) and self._bulkhead is None
+        self._free_generation = self._generation if free else -1
+
+    # ----- listeners -----------------------------------------------------------------
+
+    def on_state_change(self, listener: StateListener) -> Callable[[], None]:
+        """Call `listener(name, old, new)` after each transition; returns an unsubscribe."""
+        with self._lock:
+            self._state_listeners = [*self._state_listeners, listener]
+        return lambda: self._remove_listener("_state_listeners", listener)
+
+    def on_call_result(self, listener: CallResultListener) -> Callable[[], None]:
+        """Call `listener(CallResult)` after each finished call; returns an unsubscribe."""
+        with self._lock:
+            self._result_listeners = [*self._result_listeners, listener]
+        return lambda: self._remove_listener("_result_listeners", listener)
+
+    def _remove_listener(self, attribute: str, listener: Callable[..., None]) -> None:
+        with self._lock:
+            # Lists are replaced, never mutated, so dispatch can iterate without the lock.
+            current: list[Callable[..., None]] = getattr(self, attribute)
+            setattr(self, attribute, [item for item in current if item is not listener])
+
+    def _emit(self, transition: tuple[State, State] | None, result: CallResult | None) -> None:
+        if transition is not None:
+            for state_listener in self._state_listeners:
+                try:
+                    state_listener(self.name, transition[0], transition[1])
+                except Exception:
+                    logger.exception("state listener of breaker %r raised", self.name)
+        if result is not None:
+            for result_listener in self._result_listeners:
+                try:
+                    result_listener(result)
+                except Exception:
+                    logger.exception("call-result listener of breaker %r raised", self.name)
+
+    # ----- state ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """The current state (a due OPEN -> HALF_OPEN happens on reading)."""
+        if self._state is State.OPEN and self._clock() >= self._open_until:
+            with self._lock:
+                transition = self._half_open_if_due(self._clock())
+            if transition is not None:
+                self._emit(transition, None)
+        return self._state
+
+    def _enter(self, state: State, now: float) -> tuple[State, State] | None:
+        """Switch to `state` (lock held); returns the transition for listeners."""
+        old = getattr(self, "_state", state)
+        self._state = state
+        self._generation += 1
+        self._state_since = now
+        self._half_open_in_flight = 0
+        self._half_open_successes = 0
+        if state is State.OPEN:
+            self._times_opened += 1
+            duration = self._next_open_duration
+            jitter = self._config.open_jitter
+            if jitter:
+                duration *= 1.0 + jitter * (2.0 * self._rng() - 1.0)
+            self._open_until = now + duration
+        else:
+            self._open_until = math.inf
+        if state is State.CLOSED:
+            self._window = self._new_window(now)
+            self._consecutive = 0
+            self._next_open_duration = self._config.open_duration
+        self._refresh_fast_path()
+        return (old, state) if old is not state else None
+
+    def _trip(self, now: float) -> tuple[State, State] | None:
+        return self._enter(State.OPEN, now)
+
+    def _reopen(self, now: float) -> tuple[State, State] | None:
+        transition = self._enter(State.OPEN, now)
+        config = self._config
+        self._next_open_duration = min(
+            self._next_open_duration * config.backoff_multiplier, config.open_duration_max
+        )
+        return transition
+
+    def _half_open_if_due(self, now: float) -> tuple[State, State] | None:
+        if self._state is State.OPEN and now >= self._open_until:
+            return self._enter(State.HALF_OPEN, now)
+        return None
+
+    # ----- admission -----------------------------------------------------------------
+
+    def acquire(self) -> Permit:
+        """A permit for one call, or CallNotPermittedError when the breaker rejects it."""
+        generation = self._free_generation
+        if generation >= 0:
+            return Permit(self, generation, self._clock(), False)
+        return self._acquire_locked()
+
+    def try_acquire(self) -> Permit | None:
+        """Like acquire(), but None instead of an exception."""
+        try:
+            return self.acquire()
+        except CallNotPermittedError:
+            return None
+
+    def _acquire_locked(self) -> Permit:
+        now = self._clock()
+        with self._lock:
+            transition = self._half_open_if_due(now) if self._state is State.OPEN else None
+            state = self._state
+            generation = self._generation
+            denied: CallNotPermittedError | None = None
+            if state is State.OPEN or state is State.FORCED_OPEN:
+                retry_after = self._open_until - now if state is State.OPEN else math.inf
+                denied = CallNotPermittedError(self.name, state, retry_after)
+            elif state is State.HALF_OPEN:
+                if self._half_open_in_flight < self._config.half_open_max_calls:
+                    self._half_open_in_flight += 1
+                else:
+                    denied = CallNotPermittedError(self.name, state, 0.0)
+            if denied is None and self._bulkhead is not None and self._in_flight >= self._bulkhead:
+                if state is State.HALF_OPEN:
+                    self._half_open_in_flight -= 1
+                denied = BulkheadFullError(self.name, state, 0.0)
+            if denied is not None:
+                if not self._shadow:
+                    self._rejected += 1
+                else:
+                    self._shadow_rejected += 1
+                    generation = _STALE  # admitted only in the shadow: its outcome moves nothing
+                    denied = None
+            holds_slot = self._bulkhead is not None and denied is None
+            if holds_slot:
+                self._in_flight += 1
+        if transition is not None:
+            self._emit(transition, None)
+        if denied is not None:
+            raise denied
+        return Permit(self, generation, now, holds_slot)
+
+    # ----- recording -----------------------------------------------------------------
+
+    def _finish_permit(self, permit: Permit, outcome: Outcome, duration: float | None) -> None:
+        now = self._clock()
+        if duration is None:
+            duration = now - permit._start
+        transition, slow = None, False
+        with self._lock:
+            if permit._done:
+                return
+            permit._done = True
+            if permit._holds_slot:
+                self._in_flight -= 1
+            transition, slow = self._count(permit._generation, outcome, duration, now)
+        if transition is not None or self._result_listeners:
+            self._emit_result(transition, outcome, duration, slow)
+
+    def _record(self, generation: int, outcome: Outcome, start: float) -> None:
+        now = self._clock()
+        duration = now - start
+        with self._lock:
+            transition, slow = self._count(generation, outcome, duration, now)
+        if transition is not None or self._result_listeners:
+            self._emit_result(transition, outcome, duration, slow)
+
+    def _emit_result(
+        self, transition: tuple[State, State] | None, outcome: Outcome, duration: float, slow: bool
+    ) -> None:
+        result = CallResult(self.name, outcome, duration, slow) if self._result_listeners else None
+        self._emit(transition, result)
+
+    def _count(
+        self, generation: int, outcome: Outcome, duration: float, now: float
+    ) -> tuple[tuple[State, State] | None, bool]:
+        """Count one outcome and move the state if it is current (lock held)."""
+        if outcome is _IGNORED:
+            self._ignored += 1
+            if generation == self._generation and self._state is State.HALF_OPEN:
+                self._half_open_in_flight -= 1
+            return None, False
+        failed = outcome is _FAILURE
+        slow = not failed and duration >= self._slow_threshold
+        if failed:
+            self._failed += 1
+        else:
+            self._successful += 1
+            if slow:
+                self._slow += 1
+        if generation != self._generation:
+            return None, slow  # a stale outcome is counted but never moves the state
+        state = self._state
+        if state is State.CLOSED or state is State.FORCED_CLOSED:
+            window = self._window
+            window.add(failed, slow, duration, now)
+            self._consecutive = self._consecutive + 1 if failed else 0
+            if state is State.FORCED_CLOSED:
+                return None, slow
+            config = self._config
+            if 0 < config.consecutive_failures <= self._consecutive:
+                return self._trip(now), slow
+            calls = window.calls
+            if calls >= config.minimum_calls and (
+                window.failures / calls >= config.failure_rate_threshold
+                or window.slow / calls >= config.slow_call_rate_threshold
+            ):
+                return self._trip(now), slow
+            return None, slow
+        if state is State.HALF_OPEN:
+            self._half_open_in_flight -= 1
+            if failed or slow:
+                return self._reopen(now), slow
+            self._half_open_successes += 1
+            if self._half_open_successes >= self._config.half_open_success_threshold:
+                return self._enter(State.CLOSED, now), slow
+        return None, slow
+
+    def _classify(self, exc: BaseException) -> Outcome:
+        if self._is_ignored(exc):
+            return _IGNORED
+        return _FAILURE if self._is_failure(exc) else _SUCCESS
+
+    # ----- running calls -------------------------------------------------------------
+
+    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run `fn(*args, **kwargs)` under the breaker; raises CallNotPermittedError if rejected."""
+        generation = self._free_generation
+        if generation < 0:
+            return self._call_with_permit(fn, args, kwargs)
+        start = self._clock()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._record(generation, self._classify(exc), start)
+            raise
+        self._record(generation, _SUCCESS, start)
+        return result
+
+    def _call_with_permit(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        permit = self._acquire_locked()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._finish_permit(permit, self._classify(exc), None)
+            raise
+        self._finish_permit(permit, _SUCCESS, None)
+        return result
+
+    async def call_async(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """Await `fn(*args, **kwargs)` under the breaker; asyncio cancellation is ignored."""
+        permit = self.acquire()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            self._finish_permit(permit, self._classify(exc), None)
+            raise
+        self._finish_permit(permit, _SUCCESS, None)
+        return result
+
+    @contextmanager
+    def guard(self) -> Iterator[Permit]:
+        """Guard a block: an exception escaping it is classified, otherwise it is a success."""
+        permit = self.acquire()
+        try:
+            yield permit
+        except BaseException as exc:
+            self._finish_permit(permit, self._classify(exc), None)
+            raise
+        self._finish_permit(permit, _SUCCESS, None)
+
+    # ----- operator controls ---------------------------------------------------------
+
+    def force_open(self) -> None:
+        """Reject every call until clear_override() (shadow mode only counts them)."""
+        self._set_override(State.FORCED_OPEN)
+
+    def force_closed(self) -> None:
+        """Permit every call and keep counting, but never trip, until clear_override()."""
+        self._set_override(State.FORCED_CLOSED)
+
+    def clear_override(self) -> None:
+        """Back to automatic operation: CLOSED with a fresh window."""
+        if self._override is not None:
+            self._set_override(None)
+
+    @property
+    def override(self) -> State | None:
+        """FORCED_OPEN, FORCED_CLOSED, or None when automatic."""
+        return self._override
+
+    def _set_override(self, override: State | None) -> None:
+        with self._lock:
+            self._override = override
+            transition = self._enter(override or State.CLOSED, self._clock())
+        if transition is not None:
+            self._emit(transition, None)
+
+    def reset(self) -> None:
+        """Back to CLOSED with a fresh window and no backoff; lifetime counters are kept."""
+        with self._lock:
+            self._override = None
+            transition = self._enter(State.CLOSED, self._clock())
+        if transition is not None:
+            self._emit(transition, None)
+
+    # ----- observation ---------------------------------------------------------------
+
+    def snapshot(self) -> BreakerSnapshot:
+        """An immutable record of the state and counters now."""
+        now = self._clock()
+        with self._lock:
+            transition = self._half_open_if_due(now)
+            window = self._window
+            window.expire(now)
+            calls = window.calls
+            state = self._state
+            snapshot = BreakerSnapshot(
+                name=self.name,
+                state=state,
+                total=self._successful + self._failed + self._ignored,
+                successful=self._successful,
+                failed=self._failed,
+                ignored=self._ignored,
+                slow=self._slow,
+                rejected=self._rejected,
+                shadow_rejected=self._shadow_rejected,
+                failure_rate=window.failures / calls if calls else 0.0,
+                slow_call_rate=window.slow / calls if calls else 0.0,
+                window_calls=calls,
+                mean_duration=max(window.duration_sum / calls, 0.0) if calls else 0.0,
+                consecutive_failures=self._consecutive,
+                state_since=self._state_since,
+                open_until=self._open_until if state is State.OPEN else None,
+                times_opened=self._times_opened,
+                half_open_in_flight=self._half_open_in_flight,
+                half_open_successes=self._half_open_successes,
+            )
+        if transition is not None:
+            self._emit(transition, None)
+        return snapshot
+
+    def __repr__(self) -> str:
+        return f"CircuitBreaker({self.name!r}, state={self._state.value})"

@@ -1,0 +1,225 @@
+"""BreakerRegistry: breakers by name, with policies resolved method > service > default."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+
+from meshbreaker.breaker import BreakerSnapshot, CircuitBreaker, Clock, StateListener
+from meshbreaker.config import BreakerConfig, State
+from meshbreaker.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+_METHOD_SELECTOR = re.compile(r"^/[^/\s]+/[^/\s]+$")
+_SERVICE_SELECTOR = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_OVERRIDES = (State.FORCED_OPEN, State.FORCED_CLOSED)
+
+
+def selectors_for(name: str) -> tuple[str, ...]:
+    """The selectors that match breaker `name`, most specific first.
+
+    "/pkg.Svc/M" -> ("/pkg.Svc/M", "pkg.Svc"); "target/pkg.Svc/M" -> (the name itself,
+    "/pkg.Svc/M", "pkg.Svc"); any other name matches only itself.
+    """
+    parts = name.rsplit("/", 2)
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        return (name,)
+    method = f"/{parts[1]}/{parts[2]}"
+    if parts[0]:
+        return (name, method, parts[1])
+    return (method, parts[1])
+
+
+def validate_selector(selector: str) -> None:
+    """Raise ConfigError unless `selector` is a method, a service or a full breaker name."""
+    if not isinstance(selector, str) or not selector:
+        raise ConfigError("selector", f"must be a non-empty string, got {selector!r}")
+    if selector.startswith("/"):
+        if not _METHOD_SELECTOR.match(selector):
+            raise ConfigError(
+                "selector", f"{selector!r} is not a method name like /pkg.Service/Method"
+            )
+    elif "/" not in selector and not _SERVICE_SELECTOR.match(selector):
+        raise ConfigError("selector", f"{selector!r} is not a service name like pkg.Service")
+
+
+class BreakerRegistry:
+    """Breakers by name, created on first use with the most specific policy that matches."""
+
+    def __init__(
+        self, default: BreakerConfig | None = None, *, clock: Clock = time.monotonic
+    ) -> None:
+        if default is not None and not isinstance(default, BreakerConfig):
+            raise ConfigError("default", f"must be a BreakerConfig, got {type(default).__name__}")
+        self._default = default or BreakerConfig()
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._policies: dict[str, BreakerConfig] = {}
+        self._overrides: dict[str, State] = {}
+        self._applied_overrides: dict[str, State | None] = {}
+        self._listeners: list[StateListener] = []
+
+    @property
+    def default(self) -> BreakerConfig:
+        """The configuration for breakers no policy matches."""
+        return self._default
+
+    def get(self, name: str) -> CircuitBreaker:
+        """The breaker called `name`, created with its resolved config on first use."""
+        breaker = self._breakers.get(name)
+        if breaker is not None:
+            return breaker
+        with self._lock:
+            breaker = self._breakers.get(name)
+            if breaker is None:
+                breaker = CircuitBreaker(name, self.resolve(name), clock=self._clock)
+                breaker.on_state_change(self._dispatch_state_change)
+                self._apply_override(breaker)
+                self._breakers[name] = breaker
+            return breaker
+
+    def resolve(self, name: str) -> BreakerConfig:
+        """The config that applies to breaker `name`: method > service > default."""
+        policies = self._policies
+        for selector in selectors_for(name):
+            config = policies.get(selector)
+            if config is not None:
+                return config
+        return self._default
+
+    def _resolve_override(self, name: str) -> State | None:
+        for selector in selectors_for(name):
+            override = self._overrides.get(selector)
+            if override is not None:
+                return override
+        return None
+
+    def policies(self) -> dict[str, BreakerConfig]:
+        """A copy of the policies by selector."""
+        return dict(self._policies)
+
+    def overrides(self) -> dict[str, State]:
+        """A copy of the forced states by selector."""
+        return dict(self._overrides)
+
+    def set_policy(self, selector: str, config: BreakerConfig) -> None:
+        """Set the config for a service ("pkg.Svc") or a method ("/pkg.Svc/Method"), live."""
+        validate_selector(selector)
+        _check_config(selector, config)
+        with self._lock:
+            self._policies[selector] = config
+            self._reconcile()
+
+    def remove_policy(self, selector: str) -> None:
+        """Drop the policy for `selector`; matching breakers fall back to the next one."""
+        with self._lock:
+            if self._policies.pop(selector, None) is not None:
+                self._reconcile()
+
+    def set_override(self, selector: str, state: State | None) -> None:
+        """Force breakers matching `selector` open or closed; None returns them to automatic."""
+        validate_selector(selector)
+        with self._lock:
+            if state is None:
+                self._overrides.pop(selector, None)
+            else:
+                _check_override(selector, state)
+                self._overrides[selector] = state
+            self._reconcile()
+
+    def replace_policies(
+        self,
+        policies: Mapping[str, BreakerConfig],
+        *,
+        default: BreakerConfig | None = None,
+        overrides: Mapping[str, State] | None = None,
+    ) -> None:
+        """Swap every policy, the default and the overrides at once; all or nothing."""
+        for selector, config in policies.items():
+            validate_selector(selector)
+            _check_config(selector, config)
+        for selector, state in (overrides or {}).items():
+            validate_selector(selector)
+            _check_override(selector, state)
+        if default is not None:
+            _check_config("default", default)
+        with self._lock:
+            self._policies = dict(policies)
+            self._overrides = dict(overrides or {})
+            if default is not None:
+                self._default = default
+            self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Bring every existing breaker in line with the policies (lock held)."""
+        for breaker in self._breakers.values():
+            config = self.resolve(breaker.name)
+            if config != breaker.config:
+                breaker.update_config(config)
+            self._apply_override(breaker)
+
+    def _apply_override(self, breaker: CircuitBreaker) -> None:
+        # Only act when the registry's wish changed, so a breaker forced by hand stays forced
+        # until a policy says otherwise.
+        wanted = self._resolve_override(breaker.name)
+        if self._applied_overrides.get(breaker.name) == wanted:
+            return
+        self._applied_overrides[breaker.name] = wanted
+        if wanted is State.FORCED_OPEN:
+            breaker.force_open()
+        elif wanted is State.FORCED_CLOSED:
+            breaker.force_closed()
+        else:
+            breaker.clear_override()
+
+    def remove(self, name: str) -> None:
+        """Forget the breaker called `name` (the next get() makes a fresh one)."""
+        with self._lock:
+            self._breakers.pop(name, None)
+            self._applied_overrides.pop(name, None)
+
+    def on_state_change(self, listener: StateListener) -> Callable[[], None]:
+        """Call `listener(name, old, new)` on any breaker's transition; returns an unsubscribe."""
+        with self._lock:
+            self._listeners = [*self._listeners, listener]
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._listeners = [item for item in self._listeners if item is not listener]
+
+        return unsubscribe
+
+    def _dispatch_state_change(self, name: str, old: State, new: State) -> None:
+        for listener in self._listeners:
+            try:
+                listener(name, old, new)
+            except Exception:
+                logger.exception("registry state listener raised for %r", name)
+
+    def snapshots(self) -> list[BreakerSnapshot]:
+        """A snapshot of every breaker, sorted by name."""
+        return [breaker.snapshot() for breaker in sorted(self, key=lambda b: b.name)]
+
+    def __iter__(self) -> Iterator[CircuitBreaker]:
+        return iter(list(self._breakers.values()))
+
+    def __len__(self) -> int:
+        return len(self._breakers)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._breakers
+
+
+def _check_config(selector: str, config: object) -> None:
+    if not isinstance(config, BreakerConfig):
+        raise ConfigError(selector, f"policy must be a BreakerConfig, got {type(config).__name__}")
+
+
+def _check_override(selector: str, state: object) -> None:
+    if state not in _OVERRIDES:
+        raise ConfigError(selector, f"override must be FORCED_OPEN or FORCED_CLOSED, got {state!r}")

@@ -1,0 +1,147 @@
+"""Sliding windows of call outcomes with O(1) aggregates: count-based and time-based."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Window(Protocol):
+    """What the breaker needs from a window: O(1) add, running aggregates, and a reset."""
+
+    calls: int
+    failures: int
+    slow: int
+    duration_sum: float
+
+    def add(self, failed: bool, slow: bool, duration: float, now: float) -> None:
+        """Record one finished call."""
+
+    def expire(self, now: float) -> None:
+        """Drop what has fallen out of the window by `now`."""
+
+
+class CountWindow:
+    """The last `size` calls, in a ring buffer; aggregates are adjusted on every add."""
+
+    __slots__ = (
+        "_codes",
+        "_durations",
+        "_next",
+        "_size",
+        "calls",
+        "duration_sum",
+        "failures",
+        "slow",
+    )
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        # One small int per call: bit 0 = failed, bit 1 = slow.
+        self._codes = bytearray(size)
+        self._durations = [0.0] * size
+        self._next = 0
+        self.calls = 0
+        self.failures = 0
+        self.slow = 0
+        self.duration_sum = 0.0
+
+    def add(self, failed: bool, slow: bool, duration: float, now: float) -> None:
+        """Record one call, evicting the oldest when full."""
+        index = self._next
+        if self.calls == self._size:
+            code = self._codes[index]
+            self.failures -= code & 1
+            self.slow -= code >> 1
+            self.duration_sum -= self._durations[index]
+        else:
+            self.calls += 1
+        self._codes[index] = failed | (slow << 1)
+        self._durations[index] = duration
+        self.failures += failed
+        self.slow += slow
+        self.duration_sum += duration
+        index += 1
+        self._next = 0 if index == self._size else index
+
+    def expire(self, now: float) -> None:
+        """Count windows never expire by time."""
+
+
+class TimeWindow:
+    """The last `size` seconds, in one-second buckets tagged with their epoch second.
+
+    Buckets are cleared lazily as time moves forward, so an add costs O(1) amortised
+    and an idle gap longer than the window resets the aggregates in O(1).
+    """
+
+    __slots__ = (
+        "_calls",
+        "_durations",
+        "_epochs",
+        "_failures",
+        "_head",
+        "_size",
+        "_slow",
+        "calls",
+        "duration_sum",
+        "failures",
+        "slow",
+    )
+
+    def __init__(self, size: int, now: float) -> None:
+        self._size = size
+        self._epochs = [-size - 1] * size
+        self._calls = [0] * size
+        self._failures = [0] * size
+        self._slow = [0] * size
+        self._durations = [0.0] * size
+        self._head = int(now)
+        self.calls = 0
+        self.failures = 0
+        self.slow = 0
+        self.duration_sum = 0.0
+
+    def expire(self, now: float) -> None:
+        """Move the head to `now`, dropping buckets older than the window."""
+        epoch = int(now)
+        head = self._head
+        if epoch <= head:
+            return
+        size = self._size
+        if epoch - head >= size:
+            # Everything in the buckets is older than the window; their tags keep them from
+            # being subtracted again when their slots are reused.
+            self.calls = self.failures = self.slow = 0
+            self.duration_sum = 0.0
+        else:
+            for step in range(head + 1, epoch + 1):
+                index = step % size
+                if self._epochs[index] == step - size:
+                    self.calls -= self._calls[index]
+                    self.failures -= self._failures[index]
+                    self.slow -= self._slow[index]
+                    self.duration_sum -= self._durations[index]
+        self._head = epoch
+
+    def add(self, failed: bool, slow: bool, duration: float, now: float) -> None:
+        """Record one call in the bucket for `now`."""
+        epoch = int(now)
+        if epoch > self._head:
+            self.expire(now)
+        elif epoch < self._head:
+            epoch = self._head  # a late report is counted in the newest bucket, never lost
+        index = epoch % self._size
+        if self._epochs[index] != epoch:
+            self._epochs[index] = epoch
+            self._calls[index] = 0
+            self._failures[index] = 0
+            self._slow[index] = 0
+            self._durations[index] = 0.0
+        self._calls[index] += 1
+        self._failures[index] += failed
+        self._slow[index] += slow
+        self._durations[index] += duration
+        self.calls += 1
+        self.failures += failed
+        self.slow += slow
+        self.duration_sum += duration
