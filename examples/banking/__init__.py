@@ -1,0 +1,1 @@
+"""A four-service banking mesh (account, transaction, notification, audit) with breakers."""

@@ -1,0 +1,1 @@
+"""Generated from examples/banking/protos; regenerate with make proto."""

@@ -1,0 +1,183 @@
+"""AccountService: balances and an idempotent ledger of postings, in SQLite."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+
+import grpc
+
+from examples.banking.chaos import Chaos
+from examples.banking.gen import bank_pb2, bank_pb2_grpc
+from examples.banking.services.common import Database, base_parser, run_process
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    account_id    TEXT PRIMARY KEY,
+    balance_cents INTEGER NOT NULL CHECK (balance_cents >= 0)
+);
+CREATE TABLE IF NOT EXISTS postings (
+    idempotency_key TEXT PRIMARY KEY,
+    account_id      TEXT NOT NULL,
+    kind            TEXT NOT NULL CHECK (kind IN ('open', 'debit', 'credit')),
+    amount_cents    INTEGER NOT NULL CHECK (amount_cents > 0),
+    transfer_id     TEXT NOT NULL,
+    balance_after   INTEGER NOT NULL,
+    created_at      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS postings_by_transfer ON postings (transfer_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def account_ids(count: int) -> list[str]:
+    """The ids the demo seeds: acct-000, acct-001, ..."""
+    return [f"acct-{i:03d}" for i in range(count)]
+
+
+def seed(db: Database, count: int, balance_cents: int) -> None:
+    """Open `count` accounts with `balance_cents` each, once; records the initial total."""
+    with db.transaction() as conn:
+        if conn.execute("SELECT value FROM meta WHERE key = 'initial_total'").fetchone():
+            return
+        now = time.time()
+        for account_id in account_ids(count):
+            conn.execute("INSERT INTO accounts VALUES (?, ?)", (account_id, balance_cents))
+            conn.execute(
+                "INSERT INTO postings VALUES (?, ?, 'open', ?, '', ?, ?)",
+                (f"open:{account_id}", account_id, balance_cents, balance_cents, now),
+            )
+        conn.execute("INSERT INTO meta VALUES ('initial_total', ?)", (count * balance_cents,))
+
+
+class AccountServicer(bank_pb2_grpc.AccountServiceServicer):
+    """GetBalance, Debit, Credit; a posting's idempotency key is its primary key."""
+
+    def __init__(self, db: Database, chaos: Chaos) -> None:
+        self._db = db
+        self._chaos = chaos
+
+    def GetBalance(
+        self, request: bank_pb2.GetBalanceRequest, context: grpc.ServicerContext
+    ) -> bank_pb2.GetBalanceResponse:
+        self._chaos.apply(context)
+        rows = self._db.query(
+            "SELECT balance_cents FROM accounts WHERE account_id = ?", (request.account_id,)
+        )
+        if not rows:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown account {request.account_id!r}")
+        return bank_pb2.GetBalanceResponse(account_id=request.account_id, balance_cents=rows[0][0])
+
+    def Debit(
+        self, request: bank_pb2.PostingRequest, context: grpc.ServicerContext
+    ) -> bank_pb2.PostingResponse:
+        self._chaos.apply(context)
+        return self._post(request, context, "debit")
+
+    def Credit(
+        self, request: bank_pb2.PostingRequest, context: grpc.ServicerContext
+    ) -> bank_pb2.PostingResponse:
+        self._chaos.apply(context)
+        return self._post(request, context, "credit")
+
+    def _post(
+        self, request: bank_pb2.PostingRequest, context: grpc.ServicerContext, kind: str
+    ) -> bank_pb2.PostingResponse:
+        if not request.idempotency_key:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "idempotency_key is required")
+        if request.amount_cents <= 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "amount_cents must be > 0")
+        error: tuple[grpc.StatusCode, str] | None = None
+        response = bank_pb2.PostingResponse(account_id=request.account_id)
+        with self._db.transaction() as conn:
+            error = _apply_posting(conn, request, kind, response)
+        if error is not None:
+            context.abort(*error)
+        return response
+
+
+def _apply_posting(
+    conn: sqlite3.Connection,
+    request: bank_pb2.PostingRequest,
+    kind: str,
+    response: bank_pb2.PostingResponse,
+) -> tuple[grpc.StatusCode, str] | None:
+    prior = conn.execute(
+        "SELECT account_id, kind, amount_cents, balance_after FROM postings "
+        "WHERE idempotency_key = ?",
+        (request.idempotency_key,),
+    ).fetchone()
+    if prior is not None:
+        if tuple(prior[:3]) != (request.account_id, kind, request.amount_cents):
+            return (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"idempotency_key {request.idempotency_key!r} was used for a different posting",
+            )
+        response.balance_cents = prior[3]
+        response.replayed = True
+        return None
+    row = conn.execute(
+        "SELECT balance_cents FROM accounts WHERE account_id = ?", (request.account_id,)
+    ).fetchone()
+    if row is None:
+        return grpc.StatusCode.NOT_FOUND, f"unknown account {request.account_id!r}"
+    balance = row[0]
+    if kind == "debit":
+        if balance < request.amount_cents:
+            return grpc.StatusCode.FAILED_PRECONDITION, "insufficient funds"
+        balance -= request.amount_cents
+    else:
+        balance += request.amount_cents
+    conn.execute(
+        "UPDATE accounts SET balance_cents = ? WHERE account_id = ?",
+        (balance, request.account_id),
+    )
+    conn.execute(
+        "INSERT INTO postings VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            request.idempotency_key,
+            request.account_id,
+            kind,
+            request.amount_cents,
+            request.transfer_id,
+            balance,
+            time.time(),
+        ),
+    )
+    response.balance_cents = balance
+    return None
+
+
+def register(
+    db_path: str, accounts: int, balance_cents: int
+) -> Callable[[grpc.Server, Chaos], list[Callable[[], None]]]:
+    """A start_server() callback that opens the database, seeds it and adds the servicer."""
+
+    def add(server: grpc.Server, chaos: Chaos) -> list[Callable[[], None]]:
+        db = Database(db_path, SCHEMA)
+        seed(db, accounts, balance_cents)
+        bank_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(db, chaos), server)
+        return [db.close]
+
+    return add
+
+
+def main() -> None:
+    """Process entry point."""
+    parser = base_parser("account")
+    parser.add_argument("--accounts", type=int, default=20, help="accounts to open on first start")
+    parser.add_argument("--initial-balance", type=int, default=1_000_000, help="cents per account")
+    args = parser.parse_args()
+    from examples.banking.services.mesh import agent_starter
+
+    run_process(
+        "account",
+        args,
+        register(args.db, args.accounts, args.initial_balance),
+        agent_starter(args, "account", None),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""What every banking service shares: SQLite access, the gRPC server, the process entry point."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from examples.banking.chaos import Chaos, ChaosServicer
+from examples.banking.gen import chaos_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class Database:
+    """One SQLite connection shared by the server's threads, serialised by a lock."""
+
+    def __init__(self, path: str | os.PathLike[str], schema: str) -> None:
+        self.path = str(path)
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.executescript(schema)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error), holding the lock throughout."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only statement and return all rows."""
+        with self._lock:
+            return list(self._conn.execute(sql, params).fetchall())
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+
+@dataclass
+class RunningService:
+    """A started in-process banking server and the things tests and processes need from it."""
+
+    name: str
+    server: grpc.Server
+    port: int
+    chaos: Chaos
+    health: health.HealthServicer
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        """host:port to dial."""
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, grace: float | None = 0.5) -> None:
+        """Stop serving, then release databases and channels."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        for close in reversed(self.closers):
+            close()
+
+
+def start_server(
+    name: str,
+    register: Callable[[grpc.Server, Chaos], list[Callable[[], None]]],
+    *,
+    port: int = 0,
+    max_workers: int = 32,
+) -> RunningService:
+    """Build a server with health, chaos and the business servicers; bind 127.0.0.1:port; start."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name)
+    )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    chaos = Chaos(health_servicer)
+    chaos_pb2_grpc.add_ChaosServiceServicer_to_server(ChaosServicer(chaos), server)
+    closers = register(server, chaos)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    if bound == 0:
+        raise RuntimeError(f"{name}: could not bind 127.0.0.1:{port}")
+    server.start()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    return RunningService(name, server, bound, chaos, health_servicer, closers)
+
+
+def base_parser(name: str) -> argparse.ArgumentParser:
+    """The flags every service process takes."""
+    parser = argparse.ArgumentParser(prog=f"python -m examples.banking.services.{name}")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free)")
+    parser.add_argument("--db", required=True, help="SQLite file for this service's data")
+    parser.add_argument("--port-file", help="write the bound port here (atomically) once serving")
+    parser.add_argument("--control-plane", help="control plane host:port; runs a MeshAgent")
+    parser.add_argument("--token", help="agent bearer token for the control plane")
+    parser.add_argument("--instance-id", help="instance id reported to the control plane")
+    return parser
+
+
+def _write_port_file(path: str, port: int) -> None:
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, path)
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A demo killed with SIGKILL cannot clean up; its children notice and leave on their own.
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
+def run_process(
+    name: str,
+    args: argparse.Namespace,
+    register: Callable[[grpc.Server, Chaos], list[Callable[[], None]]],
+    start_agent: Callable[[], Callable[[], None] | None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT: print and write the port, run the agent, stop gracefully."""
+    logging.basicConfig(
+        level=logging.WARNING, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    running = start_server(name, register, port=args.port)
+    stop_agent = start_agent() if start_agent is not None else None
+    if args.port_file:
+        _write_port_file(args.port_file, running.port)
+    print(f"PORT {running.port}", flush=True)
+    try:
+        while not stop.wait(0.2):
+            pass
+    finally:
+        if stop_agent is not None:
+            stop_agent()
+        running.stop(0.5)
+    sys.exit(0)

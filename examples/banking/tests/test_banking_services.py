@@ -1,0 +1,195 @@
+"""The banking services on their own: ledgers, idempotency, dedupe, chaos, health."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from examples.banking.gen import bank_pb2, chaos_pb2
+from examples.banking.tests.conftest import ACCOUNTS, BALANCE, Bank
+
+
+def _balance(bank: Bank, account_id: str) -> int:
+    stub: Any = bank.stub("account")
+    return int(stub.GetBalance(bank_pb2.GetBalanceRequest(account_id=account_id)).balance_cents)
+
+
+def test_accounts_are_seeded_once_with_the_initial_total(bank: Bank) -> None:
+    assert [_balance(bank, f"acct-{i:03d}") for i in range(ACCOUNTS)] == [BALANCE] * ACCOUNTS
+    with sqlite3.connect(bank.dbs["account"]) as conn:
+        assert conn.execute("SELECT value FROM meta").fetchone() == (ACCOUNTS * BALANCE,)
+
+
+def test_debit_is_idempotent_by_key(bank: Bank) -> None:
+    stub: Any = bank.stub("account")
+    request = bank_pb2.PostingRequest(idempotency_key="k1", account_id="acct-000", amount_cents=250)
+    first = stub.Debit(request)
+    again = stub.Debit(request)
+    assert (first.balance_cents, first.replayed) == (BALANCE - 250, False)
+    assert (again.balance_cents, again.replayed) == (BALANCE - 250, True)
+    assert _balance(bank, "acct-000") == BALANCE - 250
+
+
+def test_reusing_a_key_for_another_posting_is_rejected(bank: Bank) -> None:
+    stub: Any = bank.stub("account")
+    stub.Credit(bank_pb2.PostingRequest(idempotency_key="k", account_id="acct-001", amount_cents=1))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Credit(
+            bank_pb2.PostingRequest(idempotency_key="k", account_id="acct-001", amount_cents=2)
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _balance(bank, "acct-001") == BALANCE + 1
+
+
+def test_debit_beyond_the_balance_fails_and_moves_nothing(bank: Bank) -> None:
+    stub: Any = bank.stub("account")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Debit(
+            bank_pb2.PostingRequest(
+                idempotency_key="big", account_id="acct-002", amount_cents=BALANCE + 1
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert _balance(bank, "acct-002") == BALANCE
+
+
+def test_transfer_moves_money_once_even_when_retried(bank: Bank) -> None:
+    stub: Any = bank.stub("transaction")
+    request = bank_pb2.TransferRequest(
+        transfer_id="t1", from_account="acct-000", to_account="acct-001", amount_cents=700
+    )
+    first = stub.Transfer(request)
+    again = stub.Transfer(request)
+    assert first.status == again.status == bank_pb2.TRANSFER_STATUS_COMMITTED
+    assert (first.replayed, again.replayed) == (False, True)
+    assert (_balance(bank, "acct-000"), _balance(bank, "acct-001")) == (
+        BALANCE - 700,
+        BALANCE + 700,
+    )
+
+
+def test_transfer_with_insufficient_funds_fails_for_good(bank: Bank) -> None:
+    stub: Any = bank.stub("transaction")
+    request = bank_pb2.TransferRequest(
+        transfer_id="t2", from_account="acct-000", to_account="acct-001", amount_cents=BALANCE * 2
+    )
+    response = stub.Transfer(request)
+    assert response.status == bank_pb2.TRANSFER_STATUS_FAILED
+    assert response.reason == "insufficient funds"
+    assert _balance(bank, "acct-000") == BALANCE
+
+
+def test_transfer_to_an_unknown_account_is_refunded(bank: Bank) -> None:
+    stub: Any = bank.stub("transaction")
+    request = bank_pb2.TransferRequest(
+        transfer_id="t3", from_account="acct-000", to_account="nobody", amount_cents=10
+    )
+    assert stub.Transfer(request).status == bank_pb2.TRANSFER_STATUS_FAILED
+    assert _balance(bank, "acct-000") == BALANCE
+
+
+def test_transfer_resumes_after_the_account_service_failed_midway(bank: Bank) -> None:
+    stub: Any = bank.stub("transaction")
+    request = bank_pb2.TransferRequest(
+        transfer_id="t4", from_account="acct-002", to_account="acct-003", amount_cents=5
+    )
+    bank.chaos("account").SetChaos(chaos_pb2.ChaosSettings(outage=True))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Transfer(request)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "retry with the same transfer_id" in (info.value.details() or "")
+    bank.chaos("account").SetChaos(chaos_pb2.ChaosSettings())
+    assert stub.Transfer(request).status == bank_pb2.TRANSFER_STATUS_COMMITTED
+    assert (_balance(bank, "acct-002"), _balance(bank, "acct-003")) == (BALANCE - 5, BALANCE + 5)
+
+
+def test_bad_transfer_requests_name_the_problem(bank: Bank) -> None:
+    stub: Any = bank.stub("transaction")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Transfer(
+            bank_pb2.TransferRequest(
+                transfer_id="t5", from_account="acct-000", to_account="acct-000", amount_cents=1
+            )
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "must differ" in (info.value.details() or "")
+
+
+def test_audit_dedupes_by_transfer_id(bank: Bank) -> None:
+    stub: Any = bank.stub("audit")
+    record = bank_pb2.AuditRecord(
+        transfer_id="t9", from_account="a", to_account="b", amount_cents=3, committed_at=1.0
+    )
+    assert stub.LogTransaction(record).duplicate is False
+    assert stub.LogTransaction(record).duplicate is True
+    with sqlite3.connect(bank.dbs["audit"]) as conn:
+        assert conn.execute("SELECT transfer_id, deliveries FROM audit_log").fetchall() == [
+            ("t9", 2)
+        ]
+
+
+def test_chaos_outage_fails_calls_and_health(bank: Bank) -> None:
+    chaos = bank.chaos("notification")
+    chaos.SetChaos(chaos_pb2.ChaosSettings(outage=True))
+    stub: Any = bank.stub("notification")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SendTransferNotification(bank_pb2.NotificationRequest(transfer_id="x"))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    channel = grpc.insecure_channel(bank.notification.target)
+    bank.channels.append(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    assert health.Check(health_pb2.HealthCheckRequest()).status == (
+        health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    chaos.SetChaos(chaos_pb2.ChaosSettings())
+    assert health.Check(health_pb2.HealthCheckRequest()).status == (
+        health_pb2.HealthCheckResponse.SERVING
+    )
+    assert stub.SendTransferNotification(bank_pb2.NotificationRequest(transfer_id="x")).delivered
+    assert chaos.GetChaos(chaos_pb2.GetChaosRequest()).injected_failures == 1
+
+
+def test_chaos_failure_rate_one_fails_every_call(bank: Bank) -> None:
+    bank.chaos("audit").SetChaos(chaos_pb2.ChaosSettings(failure_rate=1.0))
+    stub: Any = bank.stub("audit")
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.LogTransaction(bank_pb2.AuditRecord(transfer_id="y"))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_chaos_rejects_settings_out_of_range(bank: Bank) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        bank.chaos("audit").SetChaos(chaos_pb2.ChaosSettings(failure_rate=1.5))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "failure_rate" in (info.value.details() or "")
+
+
+def test_chaos_latency_delays_calls(bank: Bank) -> None:
+    bank.chaos("account").SetChaos(chaos_pb2.ChaosSettings(added_latency=0.15))
+    started = time.monotonic()
+    _balance(bank, "acct-000")
+    assert time.monotonic() - started >= 0.15
+
+
+def test_hang_holds_a_call_until_its_deadline_and_does_no_work(bank: Bank) -> None:
+    bank.chaos("transaction").SetChaos(chaos_pb2.ChaosSettings(hang=True))
+    stub: Any = bank.stub("transaction")
+    request = bank_pb2.TransferRequest(
+        transfer_id="h1", from_account="acct-000", to_account="acct-001", amount_cents=1
+    )
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Transfer(request, timeout=0.2)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert 0.2 <= time.monotonic() - started < 1.0
+    time.sleep(0.1)  # let the hung handler notice its caller left
+    with sqlite3.connect(bank.dbs["transaction"]) as conn:
+        assert conn.execute("SELECT count(*) FROM transfers").fetchone() == (0,)
+    bank.chaos("transaction").SetChaos(chaos_pb2.ChaosSettings())
+    assert stub.Transfer(request, timeout=2).status == bank_pb2.TRANSFER_STATUS_COMMITTED
