@@ -270,6 +270,10 @@ class CircuitBreaker:
             if jitter:
                 duration *= 1.0 + jitter * (2.0 * self._rng() - 1.0)
             self._open_until = now + duration
+            config = self._config
+            self._next_open_duration = min(
+                self._next_open_duration * config.backoff_multiplier, config.open_duration_max
+            )
         else:
             self._open_until = math.inf
         if state is State.CLOSED:
@@ -278,17 +282,6 @@ class CircuitBreaker:
             self._next_open_duration = self._config.open_duration
         self._refresh_fast_path()
         return (old, state) if old is not state else None
-
-    def _trip(self, now: float) -> tuple[State, State] | None:
-        return self._enter(State.OPEN, now)
-
-    def _reopen(self, now: float) -> tuple[State, State] | None:
-        transition = self._enter(State.OPEN, now)
-        config = self._config
-        self._next_open_duration = min(
-            self._next_open_duration * config.backoff_multiplier, config.open_duration_max
-        )
-        return transition
 
     def _half_open_if_due(self, now: float) -> tuple[State, State] | None:
         if self._state is State.OPEN and now >= self._open_until:
@@ -405,25 +398,26 @@ class CircuitBreaker:
                 return None, slow
             config = self._config
             if 0 < config.consecutive_failures <= self._consecutive:
-                return self._trip(now), slow
+                return self._enter(State.OPEN, now), slow
             calls = window.calls
             if calls >= config.minimum_calls and (
                 window.failures / calls >= config.failure_rate_threshold
                 or window.slow / calls >= config.slow_call_rate_threshold
             ):
-                return self._trip(now), slow
+                return self._enter(State.OPEN, now), slow
             return None, slow
         if state is State.HALF_OPEN:
             self._half_open_in_flight -= 1
             if failed or slow:
-                return self._reopen(now), slow
+                return self._enter(State.OPEN, now), slow
             self._half_open_successes += 1
             if self._half_open_successes >= self._config.half_open_success_threshold:
                 return self._enter(State.CLOSED, now), slow
         return None, slow
 
     def _classify(self, exc: BaseException) -> Outcome:
-        if self._is_ignored(exc):
+        # Cancellation, KeyboardInterrupt and SystemExit say nothing about the dependency.
+        if not isinstance(exc, Exception) or self._is_ignored(exc):
             return _IGNORED
         return _FAILURE if self._is_failure(exc) else _SUCCESS
 
@@ -454,7 +448,7 @@ class CircuitBreaker:
         return result
 
     async def call_async(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Await `fn(*args, **kwargs)` under the breaker; asyncio cancellation is ignored."""
+        """Await `fn(*args, **kwargs)` under the breaker; a cancelled call is ignored."""
         permit = self.acquire()
         try:
             result = await fn(*args, **kwargs)

@@ -1,0 +1,109 @@
+"""Real threads: half-open admission cannot be overrun, and totals add up exactly."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+from meshbreaker import BreakerConfig, CallNotPermittedError, CircuitBreaker, State, WindowType
+from meshbreaker.testing import FakeClock
+
+
+def test_half_open_admits_at_most_max_calls_under_a_thread_race(clock: FakeClock) -> None:
+    cb = CircuitBreaker(
+        "race",
+        BreakerConfig(consecutive_failures=1, open_duration=1.0, half_open_max_calls=3),
+        clock=clock,
+    )
+    cb.acquire().failure()
+    clock.advance(1.0)
+    start = threading.Barrier(50)
+    release = threading.Event()
+    lock = threading.Lock()
+    in_flight = peak = admitted = 0
+
+    def probe() -> None:
+        nonlocal in_flight, peak, admitted
+        start.wait()
+        try:
+            permit = cb.acquire()
+        except CallNotPermittedError:
+            return
+        with lock:
+            in_flight += 1
+            admitted += 1
+            peak = max(peak, in_flight)
+        release.wait(5)
+        with lock:
+            in_flight -= 1
+        permit.success()
+
+    threads = [threading.Thread(target=probe) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    while cb.snapshot().rejected < 47:
+        threading.Event().wait(0.001)
+    assert cb.snapshot().half_open_in_flight == 3
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert peak == 3 and admitted == 3
+    assert cb.state is State.CLOSED
+
+
+def test_totals_add_up_under_eight_threads() -> None:
+    cb = CircuitBreaker(
+        "stress",
+        BreakerConfig(
+            window_type=WindowType.COUNT,
+            window_size=100,
+            minimum_calls=20,
+            failure_rate_threshold=0.3,
+            consecutive_failures=0,
+            open_duration=0.0005,
+            open_duration_max=0.0005,
+            half_open_max_calls=2,
+            half_open_success_threshold=2,
+        ),
+    )
+    calls_per_thread = 50_000
+    outcomes = {"ok": 0, "failed": 0, "ignored": 0, "rejected": 0}
+    lock = threading.Lock()
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        local = dict.fromkeys(outcomes, 0)
+        for _ in range(calls_per_thread):
+            try:
+                permit = cb.acquire()
+            except CallNotPermittedError:
+                local["rejected"] += 1
+                continue
+            roll = rng.random()
+            if roll < 0.25:
+                permit.failure()
+                local["failed"] += 1
+            elif roll < 0.3:
+                permit.ignore()
+                local["ignored"] += 1
+            else:
+                permit.success()
+                local["ok"] += 1
+        with lock:
+            for key, value in local.items():
+                outcomes[key] += value
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    snap = cb.snapshot()
+    assert sum(outcomes.values()) == 8 * calls_per_thread
+    assert snap.successful == outcomes["ok"]
+    assert snap.failed == outcomes["failed"]
+    assert snap.ignored == outcomes["ignored"]
+    assert snap.rejected == outcomes["rejected"]
+    assert snap.total + snap.rejected == 8 * calls_per_thread
+    assert snap.times_opened > 0  # the mix really did move the state around
+    assert 0 <= snap.half_open_in_flight <= 2

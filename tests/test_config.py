@@ -1,0 +1,100 @@
+"""BreakerConfig validates every field and names the one that is wrong."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from meshbreaker import BreakerConfig, ConfigError, Mode, WindowType
+from meshbreaker.config import DEFAULT_FAILURE_CODES
+
+
+def test_defaults_match_the_design_table() -> None:
+    cfg = BreakerConfig()
+    assert (cfg.consecutive_failures, cfg.half_open_success_threshold, cfg.open_duration) == (
+        5,
+        3,
+        60.0,
+    )
+    assert (cfg.half_open_max_calls, cfg.minimum_calls, cfg.window_size) == (10, 10, 10)
+    assert cfg.window_type is WindowType.TIME and cfg.mode is Mode.ENFORCE
+    assert (cfg.failure_rate_threshold, cfg.slow_call_rate_threshold) == (0.5, 0.5)
+    assert cfg.slow_call_duration == 5.0 and cfg.max_concurrent_calls is None
+    assert "UNAVAILABLE" in cfg.failure_codes and cfg.ignored_codes == {"CANCELLED"}
+
+
+BAD_VALUES = [
+    ("failure_rate_threshold", 1.5),
+    ("failure_rate_threshold", 0.0),
+    ("failure_rate_threshold", -0.1),
+    ("failure_rate_threshold", "0.5"),
+    ("failure_rate_threshold", math.nan),
+    ("slow_call_rate_threshold", 2),
+    ("slow_call_duration", 0),
+    ("slow_call_duration", -1.0),
+    ("slow_call_duration", math.inf),
+    ("window_type", "sliding"),
+    ("window_size", 0),
+    ("window_size", 2.5),
+    ("window_size", True),
+    ("window_size", 100_000),  # a time window of more than an hour
+    ("minimum_calls", 0),
+    ("consecutive_failures", -1),
+    ("open_duration", 0.0),
+    ("open_duration", -5),
+    ("open_duration_max", 1.0),  # below open_duration
+    ("backoff_multiplier", 0.5),
+    ("open_jitter", 1.0),
+    ("open_jitter", -0.1),
+    ("half_open_max_calls", 0),
+    ("half_open_success_threshold", 0),
+    ("max_concurrent_calls", 0),
+    ("max_concurrent_calls", "10"),
+    ("mode", "loud"),
+    ("failure_codes", ["UNAVAILABLE", "NOPE"]),
+    ("failure_codes", "UNAVAILABLE"),
+    ("failure_codes", ["OK"]),
+    ("ignored_codes", ["UNAVAILABLE"]),  # both failed and ignored
+]
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_VALUES)
+def test_bad_value_names_the_field(field: str, value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        BreakerConfig(**{field: value})  # type: ignore[arg-type]
+    assert info.value.field == field
+    assert field in str(info.value)
+
+
+def test_enums_and_codes_are_normalised() -> None:
+    cfg = BreakerConfig(window_type="count", mode="shadow", failure_codes=["unavailable"])  # type: ignore[arg-type]
+    assert cfg.window_type is WindowType.COUNT and cfg.mode is Mode.SHADOW
+    assert cfg.failure_codes == frozenset({"UNAVAILABLE"})
+    assert BreakerConfig(open_duration=3).open_duration == 3.0
+
+
+def test_replace_validates_and_leaves_original_untouched() -> None:
+    cfg = BreakerConfig()
+    with pytest.raises(ConfigError) as info:
+        cfg.replace(minimum_calls=5, failure_rate_threshold=7)
+    assert info.value.field == "failure_rate_threshold"
+    with pytest.raises(ConfigError) as info:
+        cfg.replace(no_such_field=1)
+    assert info.value.field == "no_such_field"
+    assert cfg == BreakerConfig()
+
+
+def test_dict_round_trip() -> None:
+    cfg = BreakerConfig(window_type=WindowType.COUNT, max_concurrent_calls=4, open_jitter=0.1)
+    data = cfg.to_dict()
+    assert data["window_type"] == "count" and data["failure_codes"] == sorted(DEFAULT_FAILURE_CODES)
+    assert BreakerConfig.from_dict(data) == cfg
+    with pytest.raises(ConfigError):
+        BreakerConfig.from_dict({"bogus": 1})
+
+
+def test_config_is_immutable() -> None:
+    cfg = BreakerConfig()
+    with pytest.raises(AttributeError):
+        cfg.minimum_calls = 3  # type: ignore[misc]

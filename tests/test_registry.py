@@ -1,0 +1,133 @@
+"""BreakerRegistry: one breaker per name, policies method > service > default, atomic swaps."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from meshbreaker import BreakerConfig, BreakerRegistry, ConfigError, State
+from meshbreaker.registry import selectors_for
+from meshbreaker.testing import FakeClock
+
+METHOD = "/bank.v1.AccountService/GetBalance"
+
+
+def test_selectors_for_names() -> None:
+    assert selectors_for(METHOD) == (METHOD, "bank.v1.AccountService")
+    assert selectors_for("accounts" + METHOD) == (
+        "accounts" + METHOD,
+        METHOD,
+        "bank.v1.AccountService",
+    )
+    assert selectors_for("payments") == ("payments",)
+
+
+def test_get_returns_the_same_breaker(clock: FakeClock) -> None:
+    reg = BreakerRegistry(clock=clock)
+    assert reg.get(METHOD) is reg.get(METHOD)
+    assert len(reg) == 1 and METHOD in reg and list(reg) == [reg.get(METHOD)]
+
+
+def test_get_is_safe_under_threads() -> None:
+    reg = BreakerRegistry()
+    seen: list[object] = []
+    threads = [threading.Thread(target=lambda: seen.append(reg.get(METHOD))) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(b) for b in seen}) == 1
+
+
+def test_policy_resolution_method_over_service_over_default(clock: FakeClock) -> None:
+    default = BreakerConfig(minimum_calls=1)
+    service = BreakerConfig(minimum_calls=2)
+    method = BreakerConfig(minimum_calls=3)
+    reg = BreakerRegistry(default=default, clock=clock)
+    reg.set_policy("bank.v1.AccountService", service)
+    reg.set_policy(METHOD, method)
+    assert reg.get(METHOD).config == method
+    assert reg.get("/bank.v1.AccountService/Debit").config == service
+    assert reg.get("/bank.v1.Other/X").config == default
+    assert reg.get("accounts" + METHOD).config == method  # target prefix still matches
+
+
+def test_set_policy_updates_live_breakers_keeping_their_window(clock: FakeClock) -> None:
+    reg = BreakerRegistry(default=BreakerConfig(consecutive_failures=3), clock=clock)
+    cb = reg.get(METHOD)
+    cb.acquire().failure()
+    cb.acquire().failure()
+    reg.set_policy("bank.v1.AccountService", BreakerConfig(consecutive_failures=2))
+    assert cb.config.consecutive_failures == 2
+    assert cb.state is State.CLOSED and cb.snapshot().consecutive_failures == 2  # run kept
+    cb.acquire().failure()
+    assert cb.state is State.OPEN
+    reg.remove_policy("bank.v1.AccountService")
+    assert cb.config.consecutive_failures == 3
+
+
+def test_bad_selectors_are_rejected(clock: FakeClock) -> None:
+    reg = BreakerRegistry(clock=clock)
+    for selector in ("", "/nomethod", "/a/b/c", "bad service", "/a b/c"):
+        with pytest.raises(ConfigError):
+            reg.set_policy(selector, BreakerConfig())
+    with pytest.raises(ConfigError):
+        reg.set_policy("pkg.Svc", {"minimum_calls": 3})  # type: ignore[arg-type]
+
+
+def test_replace_policies_is_all_or_nothing(clock: FakeClock) -> None:
+    reg = BreakerRegistry(clock=clock)
+    cb = reg.get(METHOD)
+    good = BreakerConfig(minimum_calls=7)
+    with pytest.raises(ConfigError) as info:
+        reg.replace_policies({METHOD: good, "/broken": good})
+    assert "selector" in str(info.value)
+    with pytest.raises(ConfigError):
+        reg.replace_policies({METHOD: good}, overrides={METHOD: State.OPEN})
+    assert reg.policies() == {} and cb.config == BreakerConfig()
+    reg.replace_policies({METHOD: good}, default=BreakerConfig(minimum_calls=2))
+    assert cb.config == good and reg.default.minimum_calls == 2
+    reg.replace_policies({})
+    assert cb.config.minimum_calls == 2
+
+
+def test_overrides_apply_to_existing_and_new_breakers(clock: FakeClock) -> None:
+    reg = BreakerRegistry(clock=clock)
+    existing = reg.get(METHOD)
+    reg.replace_policies({}, overrides={"bank.v1.AccountService": State.FORCED_OPEN})
+    assert existing.state is State.FORCED_OPEN
+    assert reg.get("/bank.v1.AccountService/Debit").state is State.FORCED_OPEN
+    reg.set_override(METHOD, State.FORCED_CLOSED)  # more specific wins
+    assert existing.state is State.FORCED_CLOSED
+    reg.replace_policies({})
+    assert existing.state is State.CLOSED and existing.override is None
+    with pytest.raises(ConfigError):
+        reg.set_override(METHOD, State.HALF_OPEN)
+
+
+def test_registry_listener_sees_breakers_created_later(clock: FakeClock) -> None:
+    reg = BreakerRegistry(default=BreakerConfig(consecutive_failures=1), clock=clock)
+    events: list[tuple[str, State, State]] = []
+    unsubscribe = reg.on_state_change(lambda *e: events.append(e))
+    reg.on_state_change(lambda *e: 1 / 0)  # a broken listener does not stop the others
+    reg.get(METHOD).acquire().failure()
+    assert events == [(METHOD, State.CLOSED, State.OPEN)]
+    unsubscribe()
+    reg.get("/x.Y/Z").acquire().failure()
+    assert len(events) == 1
+
+
+def test_snapshots_and_remove(clock: FakeClock) -> None:
+    reg = BreakerRegistry(clock=clock)
+    reg.get("/b.S/M").acquire().success()
+    reg.get("/a.S/M")
+    assert [s.name for s in reg.snapshots()] == ["/a.S/M", "/b.S/M"]
+    old = reg.get("/b.S/M")
+    reg.remove("/b.S/M")
+    assert reg.get("/b.S/M") is not old and len(reg) == 2
+
+
+def test_default_must_be_a_config() -> None:
+    with pytest.raises(ConfigError):
+        BreakerRegistry(default={"minimum_calls": 1})  # type: ignore[arg-type]
