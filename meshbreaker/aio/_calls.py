@@ -1,0 +1,370 @@
+"""The objects the grpc.aio interceptors hand back: rejections, fallback results, timed streams."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Generator
+from typing import Any
+
+import grpc
+from grpc.aio import AioRpcError, Metadata
+
+from meshbreaker.breaker import CircuitBreaker, Outcome, Permit
+from meshbreaker.config import State
+from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
+from meshbreaker.grpc._core import (
+    FALLBACK_METADATA_KEY,
+    STATE_METADATA_KEY,
+    Fallback,
+    Guard,
+    rejection_code,
+    rejection_details,
+    release,
+    run_fallback,
+)
+
+logger = logging.getLogger(__name__)
+
+_OK = grpc.StatusCode.OK
+DoneCallback = Any
+
+
+class AioRejectedError(CallNotPermittedError, AioRpcError):
+    """The error a rejected grpc.aio call raises: an AioRpcError and a CallNotPermittedError."""
+
+    def __init__(self, name: str, state: State, retry_after: float) -> None:
+        CallNotPermittedError.__init__(self, name, state, retry_after)
+        AioRpcError.__init__(
+            self,
+            rejection_code(self),
+            Metadata(),
+            Metadata((STATE_METADATA_KEY, state.value)),
+            rejection_details(self),
+            None,
+        )
+
+
+class AioRejectedBulkheadError(BulkheadFullError, AioRejectedError):
+    """A grpc.aio call rejected because max_concurrent_calls are in flight (RESOURCE_EXHAUSTED)."""
+
+
+def rejected_error(error: CallNotPermittedError) -> AioRejectedError:
+    """The AioRejectedError for an engine rejection."""
+    kind = AioRejectedBulkheadError if isinstance(error, BulkheadFullError) else AioRejectedError
+    return kind(error.name, error.state, error.retry_after)
+
+
+class _FinishedCall(
+    grpc.aio.UnaryUnaryCall,  # type: ignore[type-arg]
+    grpc.aio.UnaryStreamCall,  # type: ignore[type-arg]
+    grpc.aio.StreamUnaryCall,  # type: ignore[type-arg]
+    grpc.aio.StreamStreamCall,  # type: ignore[type-arg]
+):
+    """A call that ended before reaching the network; serves every call kind."""
+
+    def cancel(self) -> bool:
+        """False: nothing to cancel."""
+        return False
+
+    def cancelled(self) -> bool:
+        """False."""
+        return False
+
+    def done(self) -> bool:
+        """True."""
+        return True
+
+    def time_remaining(self) -> float | None:
+        """None."""
+        return None
+
+    def add_done_callback(self, callback: DoneCallback) -> None:
+        """Calls `callback(self)` at once."""
+        callback(self)
+
+    async def initial_metadata(self) -> Metadata:
+        """Empty: no server was contacted."""
+        return Metadata()
+
+    async def wait_for_connection(self) -> None:
+        """Nothing to wait for."""
+
+    async def debug_error_string(self) -> str:
+        """Empty."""
+        return ""
+
+    async def write(self, request: Any) -> None:
+        """The call is over: like grpc, refuse the write."""
+        raise asyncio.InvalidStateError("RPC already finished.")
+
+    async def done_writing(self) -> None:
+        """Nothing to close."""
+
+
+class RejectedAioCall(_FinishedCall):
+    """A rejected grpc.aio call: awaiting it or reading from it raises its AioRejectedError."""
+
+    def __init__(self, error: AioRejectedError) -> None:
+        self.error = error
+
+    async def trailing_metadata(self) -> Metadata:
+        """(("x-meshbreaker-state", state),)."""
+        return self.error.trailing_metadata()
+
+    async def code(self) -> grpc.StatusCode:
+        """UNAVAILABLE (RESOURCE_EXHAUSTED for a full bulkhead)."""
+        return self.error.code()
+
+    async def details(self) -> str:
+        """The method, the breaker state and the time to the next probe."""
+        return self.error.details() or ""
+
+    async def _raise(self) -> Any:
+        raise self.error
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._raise().__await__()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise self.error
+
+    async def read(self) -> Any:
+        """Raises the rejection."""
+        raise self.error
+
+
+class FallbackAioCall(_FinishedCall):
+    """A unary-response call answered by a fallback instead of the server."""
+
+    def __init__(self, ok: bool, value: Any, reason: str, state: State) -> None:
+        self._ok = ok
+        self._value = value
+        self._reason = reason
+        self._state = state
+
+    async def trailing_metadata(self) -> Metadata:
+        """The fallback markers."""
+        return Metadata(
+            (STATE_METADATA_KEY, self._state.value), (FALLBACK_METADATA_KEY, self._reason)
+        )
+
+    async def code(self) -> grpc.StatusCode:
+        """OK when the fallback answered, UNKNOWN when it raised."""
+        return _OK if self._ok else grpc.StatusCode.UNKNOWN
+
+    async def details(self) -> str:
+        """Says a fallback answered and why."""
+        return f"meshbreaker: fallback used ({self._reason})"
+
+    async def _result(self) -> Any:
+        if self._ok:
+            return self._value
+        raise self._value
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._result().__await__()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise StopAsyncIteration
+
+    async def read(self) -> Any:
+        """No stream: EOF."""
+        return grpc.aio.EOF
+
+
+class FallbackOnFailureAioCall(
+    grpc.aio.UnaryUnaryCall,  # type: ignore[type-arg]
+    grpc.aio.StreamUnaryCall,  # type: ignore[type-arg]
+):
+    """An in-flight unary-response call that turns into its fallback's response if it fails."""
+
+    def __init__(
+        self, call: Any, request: Any, fallback: Fallback, guard: Guard, breaker: CircuitBreaker
+    ) -> None:
+        self._call = call
+        self._request = request
+        self._fallback = fallback
+        self._guard = guard
+        self._breaker = breaker
+        self._fallback_call: FallbackAioCall | None = None
+
+    async def _result(self) -> Any:
+        try:
+            return await self._call
+        except AioRpcError as error:
+            if self._fallback_call is None:
+                if self._guard.outcome(self._breaker, error.code()) is not Outcome.FAILURE:
+                    raise
+                ok, value = run_fallback(self._fallback, self._request, error)
+                self._fallback_call = FallbackAioCall(ok, value, "failure", self._breaker.state)
+            return await self._fallback_call
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._result().__await__()
+
+    def cancel(self) -> bool:
+        """Cancels the call."""
+        return self._call.cancel()  # type: ignore[no-any-return]
+
+    def cancelled(self) -> bool:
+        """Whether the call was cancelled."""
+        return self._call.cancelled()  # type: ignore[no-any-return]
+
+    def done(self) -> bool:
+        """Whether the call is done."""
+        return self._call.done()  # type: ignore[no-any-return]
+
+    def time_remaining(self) -> float | None:
+        """The call's remaining time."""
+        return self._call.time_remaining()  # type: ignore[no-any-return]
+
+    def add_done_callback(self, callback: DoneCallback) -> None:
+        """Calls `callback(self)` when the call is done."""
+        self._call.add_done_callback(lambda _call: callback(self))
+
+    async def initial_metadata(self) -> Metadata:
+        """The server's initial metadata."""
+        return await self._call.initial_metadata()  # type: ignore[no-any-return]
+
+    async def trailing_metadata(self) -> Metadata:
+        """The server's trailing metadata, or the fallback markers when a fallback answered."""
+        if self._fallback_call is not None:
+            return await self._fallback_call.trailing_metadata()
+        return await self._call.trailing_metadata()  # type: ignore[no-any-return]
+
+    async def code(self) -> grpc.StatusCode:
+        """The call's code, or OK when a fallback answered its failure."""
+        if self._fallback_call is not None:
+            return await self._fallback_call.code()
+        return await self._call.code()  # type: ignore[no-any-return]
+
+    async def details(self) -> str:
+        """The call's details, or the fallback's."""
+        if self._fallback_call is not None:
+            return await self._fallback_call.details()
+        return await self._call.details()  # type: ignore[no-any-return]
+
+    async def wait_for_connection(self) -> None:
+        """Waits for the call's connection."""
+        await self._call.wait_for_connection()
+
+    async def write(self, request: Any) -> None:
+        """Writes to a client stream."""
+        await self._call.write(request)
+
+    async def done_writing(self) -> None:
+        """Closes a client stream."""
+        await self._call.done_writing()
+
+
+def status_code_now(call: Any) -> grpc.StatusCode | None:
+    """The final code of a done aio call, read without awaiting (None if it would block)."""
+    coroutine = call.code()
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coroutine.close()
+    return None
+
+
+# Strong references to the rare status reads that could not complete synchronously.
+_pending: set[asyncio.Future[None]] = set()
+
+
+class AioTracker:
+    """Reports one aio call's final status on its permit."""
+
+    __slots__ = ("_breaker", "_guard", "_permit", "first")
+
+    def __init__(self, guard: Guard, breaker: CircuitBreaker, permit: Permit) -> None:
+        self._guard = guard
+        self._breaker = breaker
+        self._permit = permit
+        self.first: float | None = None
+
+    def watch(self, call: Any) -> None:
+        """Report when `call` is done (at once if it already is)."""
+        if call.done():
+            self.on_done(call)
+        else:
+            call.add_done_callback(self.on_done)
+
+    def on_done(self, call: Any) -> None:
+        """The call's done-callback: done-callbacks are sync while code() is a coroutine."""
+        if self._permit.done:
+            return
+        try:
+            code = status_code_now(call)
+        except Exception:
+            logger.exception("meshbreaker: reading the status of a finished call failed")
+            release(self._permit)
+            return
+        if code is None:
+            _pending.add(task := asyncio.ensure_future(self._finish_later(call)))
+            task.add_done_callback(_pending.discard)
+        else:
+            self.finish(code)
+
+    async def _finish_later(self, call: Any) -> None:
+        try:
+            self.finish(await call.code())
+        except BaseException:
+            release(self._permit)
+            raise
+
+    def finish(self, code: grpc.StatusCode | None) -> None:
+        """Record the final status; only the first report on a permit counts."""
+        if not self._permit.done:
+            self._guard.record(self._permit, self._breaker, code, self.first)
+
+    def first_message(self) -> None:
+        """Note the first response message (the slow-call measure for streams)."""
+        try:
+            self.first = self._permit.elapsed()
+        except Exception:
+            logger.exception("meshbreaker: timing the first message failed")
+            self.first = 0.0
+
+
+class TimedResponses:
+    """The response stream passed through unchanged, noting when its first message arrives."""
+
+    __slots__ = ("_call", "_iterator", "_tracker")
+
+    def __init__(self, call: Any, tracker: AioTracker) -> None:
+        self._call = call
+        self._iterator: Any = None
+        self._tracker = tracker
+
+    def __aiter__(self) -> TimedResponses:
+        if self._iterator is None:
+            self._iterator = self._call.__aiter__()
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        if self._tracker.first is None:
+            return self._first()
+        # After the first message the inner awaitable is returned as is: no extra frame per message.
+        return self._iterator.__anext__()  # type: ignore[no-any-return]
+
+    async def _first(self) -> Any:
+        if self._iterator is None:
+            self._iterator = self._call.__aiter__()
+        try:
+            response = await self._iterator.__anext__()
+        except StopAsyncIteration:
+            self._tracker.finish(_OK)
+            raise
+        except AioRpcError as error:
+            self._tracker.finish(error.code())
+            raise
+        self._tracker.first_message()
+        return response

@@ -1,0 +1,159 @@
+"""grpc.aio client interceptors: a circuit breaker per method, one interceptor object per kind."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc.aio import AioRpcError
+
+from meshbreaker.aio._calls import (
+    AioTracker,
+    FallbackAioCall,
+    FallbackOnFailureAioCall,
+    RejectedAioCall,
+    TimedResponses,
+    rejected_error,
+)
+from meshbreaker.errors import CallNotPermittedError
+from meshbreaker.grpc._core import Fallback, Guard, MethodInfo, release, run_fallback
+from meshbreaker.registry import BreakerRegistry
+
+logger = logging.getLogger(__name__)
+
+
+class AioBreakerInterceptor:
+    """State shared by the per-kind aio interceptors: the Guard and its registry."""
+
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+
+    @property
+    def registry(self) -> BreakerRegistry:
+        """The registry holding the breakers."""
+        return self._guard.registry
+
+
+def _rejection(info: MethodInfo, error: CallNotPermittedError, request: Any) -> Any:
+    if info.fallback is not None:
+        ok, value = run_fallback(info.fallback, request, rejected_error(error))
+        return FallbackAioCall(ok, value, "rejected", error.state)
+    return RejectedAioCall(rejected_error(error))
+
+
+async def _guard_unary(
+    self: AioBreakerInterceptor, continuation: Any, client_call_details: Any, request: Any
+) -> Any:
+    guard = self._guard
+    try:
+        info = guard.method_info(client_call_details.method)
+        breaker = guard.breaker(info)
+        permit = breaker.acquire()
+    except CallNotPermittedError as error:
+        return _rejection(info, error, request)
+    except Exception:
+        logger.exception(
+            "meshbreaker: guarding %s failed; calling through", client_call_details.method
+        )
+        return await continuation(client_call_details, request)
+    try:
+        call = await continuation(client_call_details, request)
+    except AioRpcError as error:
+        guard.record(permit, breaker, error.code())
+        raise
+    except BaseException:
+        release(permit)
+        raise
+    try:
+        AioTracker(guard, breaker, permit).watch(call)
+        if info.fallback is not None and guard.fallback_on_failure:
+            return FallbackOnFailureAioCall(call, request, info.fallback, guard, breaker)
+    except Exception:
+        logger.exception("meshbreaker: tracking %s failed", client_call_details.method)
+        release(permit)
+    return call
+
+
+async def _guard_stream(
+    self: AioBreakerInterceptor, continuation: Any, client_call_details: Any, request: Any
+) -> Any:
+    guard = self._guard
+    try:
+        breaker = guard.breaker(guard.method_info(client_call_details.method))
+        permit = breaker.acquire()
+    except CallNotPermittedError as error:
+        return RejectedAioCall(rejected_error(error))
+    except Exception:
+        logger.exception(
+            "meshbreaker: guarding %s failed; calling through", client_call_details.method
+        )
+        return await continuation(client_call_details, request)
+    try:
+        call = await continuation(client_call_details, request)
+    except AioRpcError as error:
+        guard.record(permit, breaker, error.code())
+        raise
+    except BaseException:
+        release(permit)
+        raise
+    try:
+        tracker = AioTracker(guard, breaker, permit)
+        tracker.watch(call)
+        return TimedResponses(call, tracker)
+    except Exception:
+        logger.exception("meshbreaker: tracking %s failed", client_call_details.method)
+        release(permit)
+        return call
+
+
+class UnaryUnaryBreakerInterceptor(AioBreakerInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
+    """Guards unary-unary calls on a grpc.aio channel."""
+
+    intercept_unary_unary = _guard_unary
+
+
+class UnaryStreamBreakerInterceptor(AioBreakerInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    """Guards unary-stream calls on a grpc.aio channel."""
+
+    intercept_unary_stream = _guard_stream
+
+
+class StreamUnaryBreakerInterceptor(AioBreakerInterceptor, grpc.aio.StreamUnaryClientInterceptor):
+    """Guards stream-unary calls on a grpc.aio channel."""
+
+    intercept_stream_unary = _guard_unary  # type: ignore[assignment]
+
+
+class StreamStreamBreakerInterceptor(AioBreakerInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    """Guards stream-stream calls on a grpc.aio channel."""
+
+    intercept_stream_stream = _guard_stream  # type: ignore[assignment]
+
+
+def breaker_interceptors(
+    registry: BreakerRegistry | None = None,
+    *,
+    target: str | None = None,
+    fallbacks: Mapping[str, Fallback] | None = None,
+    fallback_on_failure: bool = False,
+    failure_codes: Iterable[str | grpc.StatusCode] | None = None,
+    ignored_codes: Iterable[str | grpc.StatusCode] | None = None,
+) -> list[grpc.aio.ClientInterceptor]:
+    """One interceptor per call kind sharing one registry (a channel files each under one kind)."""
+    guard = Guard(
+        registry,
+        target=target,
+        fallbacks=fallbacks,
+        fallback_on_failure=fallback_on_failure,
+        failure_codes=failure_codes,
+        ignored_codes=ignored_codes,
+    )
+    return [
+        UnaryUnaryBreakerInterceptor(guard),
+        UnaryStreamBreakerInterceptor(guard),
+        StreamUnaryBreakerInterceptor(guard),
+        StreamStreamBreakerInterceptor(guard),
+    ]

@@ -1,0 +1,515 @@
+"""The objects the sync interceptor hands back: rejections, fallback results, tracked streams."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import types
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from meshbreaker.breaker import CircuitBreaker, Outcome, Permit
+from meshbreaker.config import State
+from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
+from meshbreaker.grpc._core import (
+    FALLBACK_METADATA_KEY,
+    STATE_METADATA_KEY,
+    CallBase,
+    Fallback,
+    FutureBase,
+    Guard,
+    RpcErrorBase,
+    rejection_code,
+    rejection_details,
+    release,
+    run_fallback,
+)
+
+logger = logging.getLogger(__name__)
+
+_OK = grpc.StatusCode.OK
+
+
+class RejectedCall(CallNotPermittedError, RpcErrorBase, CallBase, FutureBase):  # type: ignore[misc]
+    """A call the breaker rejected: an RpcError, Call, Future and response iterator in one."""
+
+    def code(self) -> grpc.StatusCode:
+        """UNAVAILABLE (RESOURCE_EXHAUSTED for a full bulkhead)."""
+        return rejection_code(self)
+
+    def details(self) -> str:
+        """The method, the breaker state and the time to the next probe."""
+        return rejection_details(self)
+
+    def initial_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Empty: no server was contacted."""
+        return ()
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """(("x-meshbreaker-state", state),)."""
+        return ((STATE_METADATA_KEY, self.state.value),)
+
+    def debug_error_string(self) -> str:
+        """The details; there is no transport error."""
+        return self.details()
+
+    def is_active(self) -> bool:
+        """False: the call is over before it started."""
+        return False
+
+    def time_remaining(self) -> float | None:
+        """None: there is no deadline to run down."""
+        return None
+
+    def cancel(self) -> bool:
+        """False: nothing to cancel."""
+        return False
+
+    def cancelled(self) -> bool:
+        """False."""
+        return False
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        """False: the call has already terminated."""
+        return False
+
+    def running(self) -> bool:
+        """False."""
+        return False
+
+    def done(self) -> bool:
+        """True."""
+        return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Raises the rejection."""
+        raise self
+
+    def exception(self, timeout: float | None = None) -> BaseException:
+        """The rejection itself."""
+        return self
+
+    def traceback(self, timeout: float | None = None) -> types.TracebackType | None:
+        """The traceback of the rejection once raised."""
+        return self.__traceback__
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        """Calls `fn(self)` at once: the call is done."""
+        fn(self)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        raise self
+
+    def next(self) -> Any:
+        """Raises the rejection, like __next__."""
+        raise self
+
+
+class RejectedBulkheadCall(BulkheadFullError, RejectedCall):
+    """A call rejected because max_concurrent_calls are in flight (RESOURCE_EXHAUSTED)."""
+
+
+def rejected_call(error: CallNotPermittedError) -> RejectedCall:
+    """The returnable RejectedCall for an engine rejection."""
+    kind = RejectedBulkheadCall if isinstance(error, BulkheadFullError) else RejectedCall
+    return kind(error.name, error.state, error.retry_after)
+
+
+class FallbackOutcome(CallBase, FutureBase):  # type: ignore[misc]
+    """A finished unary call whose result came from a fallback instead of the server."""
+
+    def __init__(
+        self,
+        ok: bool,
+        value: Any,
+        reason: str,
+        source: grpc.Call | None,
+        state: State,
+    ) -> None:
+        self._ok = ok
+        self._value = value
+        self._reason = reason
+        self._source = source
+        self._state = state
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The fallback's response (or the exception it raised)."""
+        if self._ok:
+            return self._value
+        raise self._value
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """None, or the exception the fallback raised."""
+        return None if self._ok else self._value
+
+    def traceback(self, timeout: float | None = None) -> types.TracebackType | None:
+        """The traceback of the fallback's exception, if any."""
+        return None if self._ok else self._value.__traceback__
+
+    def code(self) -> grpc.StatusCode:
+        """OK when the fallback answered, UNKNOWN when it raised."""
+        return _OK if self._ok else grpc.StatusCode.UNKNOWN
+
+    def details(self) -> str:
+        """Says a fallback answered and why."""
+        return f"meshbreaker: fallback used ({self._reason})"
+
+    def initial_metadata(self) -> Any:
+        """The server's initial metadata when the server was called, else empty."""
+        return self._source.initial_metadata() if self._source is not None else ()
+
+    def trailing_metadata(self) -> Any:
+        """The server's trailing metadata (if any) plus the fallback markers."""
+        original = self._source.trailing_metadata() if self._source is not None else None
+        markers = ((STATE_METADATA_KEY, self._state.value), (FALLBACK_METADATA_KEY, self._reason))
+        return (*tuple(original or ()), *markers)
+
+    def is_active(self) -> bool:
+        """False."""
+        return False
+
+    def time_remaining(self) -> float | None:
+        """None."""
+        return None
+
+    def cancel(self) -> bool:
+        """False."""
+        return False
+
+    def cancelled(self) -> bool:
+        """False."""
+        return False
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        """False: already terminated."""
+        return False
+
+    def running(self) -> bool:
+        """False."""
+        return False
+
+    def done(self) -> bool:
+        """True."""
+        return True
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        """Calls `fn(self)` at once."""
+        fn(self)
+
+
+def rejection_fallback(
+    fallback: Fallback, request: Any, error: CallNotPermittedError
+) -> FallbackOutcome:
+    """The outcome of a rejected call answered by `fallback`."""
+    ok, value = run_fallback(fallback, request, rejected_call(error))
+    return FallbackOutcome(ok, value, "rejected", None, error.state)
+
+
+class FallbackOnFailureFuture(CallBase, FutureBase):  # type: ignore[misc]
+    """An in-flight unary call that turns into its fallback's response if it fails."""
+
+    def __init__(
+        self,
+        call: Any,
+        request: Any,
+        fallback: Fallback,
+        guard: Guard,
+        breaker: CircuitBreaker,
+    ) -> None:
+        self._call = call
+        self._request = request
+        self._fallback = fallback
+        self._guard = guard
+        self._breaker = breaker
+        self._lock = threading.Lock()
+        self._resolved: FallbackOutcome | None = None
+        self._checked = False
+
+    def _resolve(self, timeout: float | None = None) -> FallbackOutcome | None:
+        """The fallback outcome if the call failed (computed once), else None."""
+        if self._checked:
+            return self._resolved
+        error = self._call.exception(timeout)
+        with self._lock:
+            if not self._checked:
+                if error is not None and self._failed(error):
+                    ok, value = run_fallback(self._fallback, self._request, error)
+                    self._resolved = FallbackOutcome(
+                        ok, value, "failure", self._call, self._breaker.state
+                    )
+                self._checked = True
+        return self._resolved
+
+    def _failed(self, error: BaseException) -> bool:
+        try:
+            code = error.code() if isinstance(error, grpc.Call) else None
+            return self._guard.outcome(self._breaker, code) is Outcome.FAILURE
+        except Exception:
+            logger.exception("meshbreaker: classifying a failed call failed")
+            return False
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The response, or the fallback's response when the call failed."""
+        resolved = self._resolve(timeout)
+        return resolved.result() if resolved is not None else self._call.result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The call's exception unless the fallback covered it."""
+        resolved = self._resolve(timeout)
+        if resolved is not None:
+            return resolved.exception()
+        return self._call.exception(timeout)  # type: ignore[no-any-return]
+
+    def traceback(self, timeout: float | None = None) -> types.TracebackType | None:
+        """The traceback matching exception()."""
+        resolved = self._resolve(timeout)
+        if resolved is not None:
+            return resolved.traceback()
+        return self._call.traceback(timeout)  # type: ignore[no-any-return]
+
+    def code(self) -> grpc.StatusCode:
+        """The call's code, or the fallback's (OK) when the fallback covered a failure."""
+        resolved = self._resolve()
+        return resolved.code() if resolved is not None else self._call.code()
+
+    def details(self) -> str:
+        """The call's details, or the fallback's."""
+        resolved = self._resolve()
+        return resolved.details() if resolved is not None else self._call.details()
+
+    def initial_metadata(self) -> Any:
+        """The server's initial metadata."""
+        return self._call.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        """The server's trailing metadata, plus the fallback markers if a fallback answered."""
+        resolved = self._resolve()
+        return (
+            resolved.trailing_metadata() if resolved is not None else self._call.trailing_metadata()
+        )
+
+    def is_active(self) -> bool:
+        """Whether the underlying call is still running."""
+        return self._call.is_active()  # type: ignore[no-any-return]
+
+    def time_remaining(self) -> float | None:
+        """The underlying call's remaining time."""
+        return self._call.time_remaining()  # type: ignore[no-any-return]
+
+    def cancel(self) -> bool:
+        """Cancels the underlying call."""
+        return self._call.cancel()  # type: ignore[no-any-return]
+
+    def cancelled(self) -> bool:
+        """Whether the underlying call was cancelled."""
+        return self._call.cancelled()  # type: ignore[no-any-return]
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        """Adds a termination callback to the underlying call."""
+        return self._call.add_callback(callback)  # type: ignore[no-any-return]
+
+    def running(self) -> bool:
+        """Whether the underlying call is running."""
+        return self._call.running()  # type: ignore[no-any-return]
+
+    def done(self) -> bool:
+        """Whether the underlying call is done."""
+        return self._call.done()  # type: ignore[no-any-return]
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        """Calls `fn(self)` when the underlying call is done."""
+        self._call.add_done_callback(lambda _call: fn(self))
+
+
+class Tracker:
+    """Reports one call's final status on its permit; holds the call only weakly."""
+
+    __slots__ = ("_breaker", "_call", "_guard", "_permit", "first")
+
+    def __init__(self, guard: Guard, breaker: CircuitBreaker, permit: Permit) -> None:
+        self._guard = guard
+        self._breaker = breaker
+        self._permit = permit
+        self._call: weakref.ref[Any] | None = None
+        self.first: float | None = None
+
+    def watch(self, call: Any) -> None:
+        """Report when `call` terminates (at once if it already has)."""
+        if call.done():
+            self.finish(call.code())
+            return
+        # add_callback, not add_done_callback: grpc binds the call into a done-callback, which
+        # would keep an abandoned call reachable from the channel and stop its cancel-on-GC.
+        self._call = weakref.ref(call)
+        try:
+            added = call.add_callback(self.on_done)
+        except (AttributeError, NotImplementedError):
+            call.add_done_callback(self.on_done_future)
+            return
+        if not added:
+            self.finish(call.code())
+
+    def on_done(self) -> None:
+        """grpc's termination callback."""
+        call = self._call() if self._call is not None else None
+        if call is None:
+            release(self._permit)  # collected before it ended: cancelled on GC
+        else:
+            self.finish(call.code())
+
+    def on_done_future(self, call: Any) -> None:
+        """A done-callback, for call objects without add_callback."""
+        self.finish(call.code())
+
+    def finish(self, code: grpc.StatusCode | None) -> None:
+        """Record the final status; only the first report on a permit counts."""
+        permit = self._permit
+        if permit.done:
+            return
+        first = self.first
+        self._guard.record(permit, self._breaker, code, first)
+
+    def first_message(self) -> None:
+        """Note the first response message's arrival (the slow-call measure for streams)."""
+        try:
+            self.first = self._permit.elapsed()
+        except Exception:
+            logger.exception("meshbreaker: timing the first message failed")
+            self.first = 0.0
+
+    def release(self) -> None:
+        """The caller gave up on the call: ignore its outcome and free the permit."""
+        release(self._permit)
+
+    @property
+    def permit(self) -> Permit:
+        """The call's permit."""
+        return self._permit
+
+
+class TrackedStream(RpcErrorBase, CallBase, FutureBase):  # type: ignore[misc]
+    """A response stream passed through unchanged that notes its first message and its end."""
+
+    def __init__(self, call: Any, tracker: Tracker) -> None:
+        self._call = call
+        self._next = call.__next__
+        self._tracker = tracker
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            response = self._next()
+        except StopIteration:
+            self._tracker.finish(_OK)
+            raise
+        except grpc.RpcError as error:
+            self._ended(error)
+            raise
+        if self._tracker.first is None:
+            self._tracker.first_message()
+        return response
+
+    def next(self) -> Any:
+        """Same as __next__."""
+        return self.__next__()
+
+    def _ended(self, error: grpc.RpcError) -> None:
+        try:
+            code = error.code() if isinstance(error, grpc.Call) else None
+        except Exception:
+            code = None
+        self._tracker.finish(code)
+
+    def __del__(self) -> None:
+        # Dropped by the caller: the call is cancelled on GC, so its permit must go now.
+        try:
+            tracker = self._tracker
+            if not tracker.permit.done:
+                call = self._call
+                if call.done():
+                    tracker.finish(call.code())
+                else:
+                    tracker.release()
+        except Exception:
+            pass  # interpreter shutdown or a half-built object
+
+    def cancel(self) -> bool:
+        """Cancels the call and frees its permit at once (a cancelled call is ignored)."""
+        cancelled = bool(self._call.cancel())
+        if cancelled:
+            self._tracker.release()
+        return cancelled
+
+    def cancelled(self) -> bool:
+        """See grpc.Future.cancelled."""
+        return self._call.cancelled()  # type: ignore[no-any-return]
+
+    def running(self) -> bool:
+        """See grpc.Future.running."""
+        return self._call.running()  # type: ignore[no-any-return]
+
+    def done(self) -> bool:
+        """See grpc.Future.done."""
+        return self._call.done()  # type: ignore[no-any-return]
+
+    def result(self, timeout: float | None = None) -> Any:
+        """See grpc.Future.result."""
+        return self._call.result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """See grpc.Future.exception."""
+        return self._call.exception(timeout)  # type: ignore[no-any-return]
+
+    def traceback(self, timeout: float | None = None) -> types.TracebackType | None:
+        """See grpc.Future.traceback."""
+        return self._call.traceback(timeout)  # type: ignore[no-any-return]
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        """Calls `fn(self)` when the call is done."""
+        self._call.add_done_callback(lambda _call: fn(self))
+
+    def initial_metadata(self) -> Any:
+        """See grpc.Call.initial_metadata."""
+        return self._call.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        """See grpc.Call.trailing_metadata."""
+        return self._call.trailing_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        """See grpc.Call.code."""
+        return self._call.code()  # type: ignore[no-any-return]
+
+    def details(self) -> str:
+        """See grpc.Call.details."""
+        return self._call.details()  # type: ignore[no-any-return]
+
+    def debug_error_string(self) -> str:
+        """The underlying call's debug error string."""
+        return self._call.debug_error_string()  # type: ignore[no-any-return]
+
+    def is_active(self) -> bool:
+        """See grpc.RpcContext.is_active."""
+        return self._call.is_active()  # type: ignore[no-any-return]
+
+    def time_remaining(self) -> float | None:
+        """See grpc.RpcContext.time_remaining."""
+        return self._call.time_remaining()  # type: ignore[no-any-return]
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        """See grpc.RpcContext.add_callback."""
+        return self._call.add_callback(callback)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return repr(self._call)
+
+    def __str__(self) -> str:
+        return str(self._call)

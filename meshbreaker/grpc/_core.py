@@ -1,0 +1,225 @@
+"""Shared by the sync and aio interceptors: naming, status classification, rejections, fallbacks."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import grpc
+
+from meshbreaker.breaker import CircuitBreaker, Outcome, Permit
+from meshbreaker.config import GRPC_CODE_NAMES, State
+from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError
+from meshbreaker.registry import BreakerRegistry
+
+logger = logging.getLogger(__name__)
+
+Fallback = Callable[[Any, BaseException], Any]
+
+STATE_METADATA_KEY = "x-meshbreaker-state"
+FALLBACK_METADATA_KEY = "x-meshbreaker-fallback"
+
+# grpc's stubs type these ABCs narrowly (generic Future, _Metadatum tuples); the call objects
+# here implement grpc's runtime protocol, so they subclass untyped aliases.
+RpcErrorBase: Any = grpc.RpcError
+CallBase: Any = grpc.Call
+FutureBase: Any = grpc.Future
+
+# StatusCode.name is a descriptor lookup; a dict is cheaper on the hot path.
+CODE_NAMES: dict[grpc.StatusCode, str] = {code: code.name for code in grpc.StatusCode}
+
+# Bounds the per-interceptor method cache against unbounded dynamic method names.
+_MAX_CACHED_METHODS = 10_000
+
+
+def normalize_codes(
+    value: Iterable[str | grpc.StatusCode] | None, field: str
+) -> frozenset[str] | None:
+    """Code names from names or grpc.StatusCode members; None stays None; bad input raises."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes, grpc.StatusCode)) or not isinstance(value, Iterable):
+        raise ConfigError(
+            field, "must be a collection of gRPC status code names or grpc.StatusCode"
+        )
+    names = set()
+    for code in value:
+        if isinstance(code, grpc.StatusCode):
+            names.add(code.name)
+        elif isinstance(code, str) and code.upper() in GRPC_CODE_NAMES:
+            names.add(code.upper())
+        else:
+            raise ConfigError(field, f"{code!r} is not a gRPC status code")
+    return frozenset(names)
+
+
+def rejection_details(error: CallNotPermittedError) -> str:
+    """The status details of a rejected call: method, state and time to the next probe."""
+    if isinstance(error, BulkheadFullError):
+        return (
+            f"meshbreaker: bulkhead for {error.name} is full "
+            f"(max_concurrent_calls in flight; state {error.state.value})"
+        )
+    if error.state is State.FORCED_OPEN or math.isinf(error.retry_after):
+        probe = "no probe until the FORCED_OPEN override is cleared"
+    else:
+        probe = f"next probe in {max(error.retry_after, 0.0):.3f}s"
+    return f"meshbreaker: circuit breaker for {error.name} is {error.state.value}; {probe}"
+
+
+def rejection_code(error: CallNotPermittedError) -> grpc.StatusCode:
+    """UNAVAILABLE for an open breaker, RESOURCE_EXHAUSTED for a full bulkhead."""
+    if isinstance(error, BulkheadFullError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    return grpc.StatusCode.UNAVAILABLE
+
+
+class MethodInfo:
+    """Per-method facts an interceptor looks up once: method name, breaker name, fallback."""
+
+    __slots__ = ("fallback", "method", "name")
+
+    def __init__(self, method: str, name: str, fallback: Fallback | None) -> None:
+        self.method = method
+        self.name = name
+        self.fallback = fallback
+
+
+class Guard:
+    """The adapter logic shared by the sync and aio interceptors of one configuration."""
+
+    __slots__ = (
+        "_failure_codes",
+        "_ignored_codes",
+        "_methods",
+        "fallback_on_failure",
+        "fallbacks",
+        "registry",
+        "target",
+    )
+
+    def __init__(
+        self,
+        registry: BreakerRegistry | None = None,
+        *,
+        target: str | None = None,
+        fallbacks: Mapping[str, Fallback] | None = None,
+        fallback_on_failure: bool = False,
+        failure_codes: Iterable[str | grpc.StatusCode] | None = None,
+        ignored_codes: Iterable[str | grpc.StatusCode] | None = None,
+    ) -> None:
+        if registry is None:
+            registry = BreakerRegistry()
+        elif not isinstance(registry, BreakerRegistry):
+            raise TypeError(f"registry must be a BreakerRegistry, got {type(registry).__name__}")
+        if target is not None and (not isinstance(target, str) or not target or "/" in target):
+            raise ConfigError("target", f"must be a non-empty string without '/', got {target!r}")
+        checked: dict[str, Fallback] = {}
+        if fallbacks is not None:
+            if not isinstance(fallbacks, Mapping):
+                raise ConfigError(
+                    "fallbacks", "must be a mapping of '/pkg.Service/Method' to callables"
+                )
+            for method, fallback in fallbacks.items():
+                if not _is_method_name(method):
+                    raise ConfigError(
+                        "fallbacks", f"{method!r} is not a '/pkg.Service/Method' name"
+                    )
+                if not callable(fallback):
+                    raise ConfigError("fallbacks", f"the fallback for {method} is not callable")
+                checked[method] = fallback
+        if not isinstance(fallback_on_failure, bool):
+            raise ConfigError("fallback_on_failure", "must be a bool")
+        failures = normalize_codes(failure_codes, "failure_codes")
+        ignored = normalize_codes(ignored_codes, "ignored_codes")
+        if failures is not None and "OK" in failures:
+            raise ConfigError("failure_codes", "OK cannot be a failure")
+        if failures is not None and ignored is not None and failures & ignored:
+            raise ConfigError(
+                "ignored_codes", f"codes both failed and ignored: {sorted(failures & ignored)}"
+            )
+        self.registry = registry
+        self.target = target
+        self.fallbacks = checked
+        self.fallback_on_failure = fallback_on_failure
+        self._failure_codes = failures
+        self._ignored_codes = ignored
+        self._methods: dict[str | bytes, MethodInfo] = {}
+
+    def method_info(self, method: str | bytes) -> MethodInfo:
+        """The cached facts for `method` (str on sync channels, bytes on aio channels)."""
+        info = self._methods.get(method)
+        if info is None:
+            text = method.decode("utf-8") if isinstance(method, bytes) else method
+            name = text if self.target is None else f"{self.target}{text}"
+            info = MethodInfo(text, name, self.fallbacks.get(text))
+            if len(self._methods) < _MAX_CACHED_METHODS:
+                self._methods[method] = info
+        return info
+
+    def breaker(self, info: MethodInfo) -> CircuitBreaker:
+        """The registry's breaker for the method (looked up per call so registry changes apply)."""
+        return self.registry.get(info.name)
+
+    def outcome(self, breaker: CircuitBreaker, code: grpc.StatusCode | None) -> Outcome:
+        """How the final status `code` counts for `breaker`."""
+        name = CODE_NAMES.get(code, "UNKNOWN") if code is not None else "UNKNOWN"
+        failures, ignored = self._failure_codes, self._ignored_codes
+        if failures is None:
+            config = breaker.config
+            if ignored is None:
+                failures, ignored = config.failure_codes, config.ignored_codes
+            else:
+                failures = config.failure_codes - ignored
+        elif ignored is None:
+            ignored = breaker.config.ignored_codes - failures
+        if name in failures:
+            return Outcome.FAILURE
+        if name in ignored:
+            return Outcome.IGNORED
+        return Outcome.SUCCESS
+
+    def record(
+        self,
+        permit: Permit,
+        breaker: CircuitBreaker,
+        code: grpc.StatusCode | None,
+        duration: float | None = None,
+    ) -> Outcome:
+        """Report the final status `code` on `permit` and return how it counted; never raises."""
+        try:
+            outcome = self.outcome(breaker, code)
+            permit.record(outcome, duration)
+            return outcome
+        except Exception:
+            logger.exception("meshbreaker: recording the outcome of %s failed", breaker.name)
+            release(permit)
+            return Outcome.IGNORED
+
+
+def release(permit: Permit) -> None:
+    """Ignore `permit` (give its slot back) without ever raising."""
+    try:
+        permit.ignore()
+    except Exception:
+        logger.exception("meshbreaker: releasing a permit failed")
+
+
+def run_fallback(fallback: Fallback, request: Any, error: BaseException) -> tuple[bool, Any]:
+    """(True, response) or (False, exception) from calling the user's fallback."""
+    try:
+        return True, fallback(request, error)
+    except Exception as exception:
+        logger.debug("meshbreaker: fallback raised", exc_info=True)
+        return False, exception
+
+
+def _is_method_name(method: object) -> bool:
+    return (
+        isinstance(method, str)
+        and method.startswith("/")
+        and method.count("/") == 2
+        and "//" not in method
+    )

@@ -1,0 +1,123 @@
+"""A real gRPC test server on 127.0.0.1 with bytes in and out, scripted by the request bytes."""
+
+from __future__ import annotations
+
+import collections
+import functools
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+
+SERVICE = "test.Svc"
+UNARY = f"/{SERVICE}/Unary"
+OTHER = f"/{SERVICE}/Other"
+SERVER_STREAM = f"/{SERVICE}/ServerStream"
+CLIENT_STREAM = f"/{SERVICE}/ClientStream"
+BIDI = f"/{SERVICE}/Bidi"
+TRAILER = ("x-test-trailer", "server")
+
+
+class BytesServer:
+    """Counts calls per method; requests script the answer.
+
+    b"fail:CODE" aborts with CODE, b"block" waits for `release`, b"slow" takes 0.15 s,
+    b"n:K" streams K messages, b"fail-after:K:CODE" streams K then aborts, b"forever" streams until
+    cancelled; anything else is echoed.
+    """
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+        self.time_remaining: list[float | None] = []
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=48))
+        handlers = {
+            "Unary": grpc.unary_unary_rpc_method_handler(functools.partial(self._unary, UNARY)),
+            "Other": grpc.unary_unary_rpc_method_handler(functools.partial(self._unary, OTHER)),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(self._server_stream),
+            "ClientStream": grpc.stream_unary_rpc_method_handler(self._client_stream),
+            "Bidi": grpc.stream_stream_rpc_method_handler(self._bidi),
+        }
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, handlers),)
+        )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.target = f"127.0.0.1:{self.port}"
+
+    def start(self) -> BytesServer:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.stop(None)
+
+    def count(self, method: str) -> int:
+        with self.lock:
+            return self.calls[method]
+
+    def total(self) -> int:
+        with self.lock:
+            return sum(self.calls.values())
+
+    def _enter(self, method: str, context: grpc.ServicerContext) -> None:
+        with self.lock:
+            self.calls[method] += 1
+            self.time_remaining.append(context.time_remaining())
+        self.entered.release()
+
+    def _answer(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        if request.startswith(b"fail:"):
+            context.set_trailing_metadata((TRAILER,))
+            context.abort(grpc.StatusCode[request[5:].decode()], f"boom {request[5:].decode()}")
+        if request == b"block":
+            self.release.wait(5)
+        if request == b"slow":
+            time.sleep(0.15)
+        if request == b"deadline":
+            end = time.monotonic() + 5
+            while context.is_active() and time.monotonic() < end:
+                time.sleep(0.005)
+        return request
+
+    def _unary(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self._enter(method, context)
+        context.set_trailing_metadata((TRAILER,))
+        return self._answer(request, context)
+
+    def _server_stream(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._enter(SERVER_STREAM, context)
+        if request.startswith(b"n:"):
+            for index in range(int(request[2:])):
+                yield b"m%d" % index
+        elif request.startswith(b"fail-after:"):
+            _, count, code = request.decode().split(":")
+            for index in range(int(count)):
+                yield b"m%d" % index
+            context.abort(grpc.StatusCode[code], f"boom {code}")
+        elif request == b"forever":
+            end = time.monotonic() + 5
+            index = 0
+            while context.is_active() and time.monotonic() < end:
+                yield b"m%d" % index
+                index += 1
+                time.sleep(0.002)
+        else:
+            yield self._answer(request, context)
+
+    def _client_stream(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        self._enter(CLIENT_STREAM, context)
+        count = 0
+        for request in requests:
+            self._answer(request, context)
+            count += 1
+        return b"count:%d" % count
+
+    def _bidi(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._enter(BIDI, context)
+        for request in requests:
+            yield self._answer(request, context)
