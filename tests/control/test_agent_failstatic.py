@@ -1,0 +1,118 @@
+"""MeshAgent fail-static: backoff, the local cache, and surviving a control-plane outage."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from meshbreaker.config import BreakerConfig, State
+from meshbreaker.control.agent import Backoff, MeshAgent, write_json_atomic
+from meshbreaker.control.convert import config_to_proto
+from meshbreaker.registry import BreakerRegistry
+from meshbreaker.v1 import control_plane_pb2 as pb
+
+METHOD = "/bank.v1.AccountService/GetBalance"
+UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1: connections are refused at once
+
+
+def test_backoff_grows_exponentially_is_capped_and_fully_jittered() -> None:
+    backoff = Backoff(0.1, 2.0, 2.0, rng=random.Random(7))
+    ceilings = []
+    for _ in range(8):
+        ceilings.append(backoff.ceiling())
+        delay = backoff.next_delay()
+        assert 0.0 <= delay <= ceilings[-1]
+    assert ceilings == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0]
+    backoff.reset()
+    assert backoff.ceiling() == 0.1
+    # Full jitter: delays spread over the whole [0, ceiling] range, not around the ceiling.
+    capped = Backoff(1.0, 1.0, rng=random.Random(1))
+    delays = [capped.next_delay() for _ in range(200)]
+    assert min(delays) < 0.1 and max(delays) > 0.9
+
+
+def test_backoff_survives_a_very_long_outage() -> None:
+    backoff = Backoff(0.1, 30.0)
+    backoff.attempt = 10_000
+    assert 0.0 <= backoff.next_delay() <= 30.0
+
+
+def test_write_json_atomic_replaces_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "cache.json"
+    write_json_atomic(path, {"a": 1})
+    write_json_atomic(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert [p.name for p in path.parent.iterdir()] == ["cache.json"]
+
+
+def _cache_file(path: Path, service: str, revision: int, config: BreakerConfig) -> None:
+    message, mode = config_to_proto(config)
+    snapshot = pb.ConfigSnapshot(
+        revision=revision,
+        service=service,
+        policies=[
+            pb.Policy(
+                id="tight",
+                selector=pb.Selector(method=METHOD),
+                config=message,
+                mode=mode,  # type: ignore[arg-type]
+            )
+        ],
+    )
+    write_json_atomic(
+        path,
+        {
+            "format": 1,
+            "service": service,
+            "revision": revision,
+            "snapshot": json_format.MessageToDict(snapshot, preserving_proto_field_name=True),
+        },
+    )
+
+
+def test_cache_is_applied_on_start_before_any_connection(tmp_path: Path) -> None:
+    cache = tmp_path / "agent.json"
+    tight = BreakerConfig(consecutive_failures=2, open_duration=30.0, open_duration_max=30.0)
+    _cache_file(cache, "transaction", 7, tight)
+    registry = BreakerRegistry()
+    agent = MeshAgent(UNREACHABLE, "transaction", registry, cache_path=cache, backoff_max=0.2)
+    with agent:
+        assert agent.applied_revision == 7
+        assert agent.applied_from_cache
+        assert registry.resolve(METHOD) == tight
+        assert not agent.connected
+        breaker = registry.get(METHOD)
+        breaker.acquire().failure()
+        breaker.acquire().failure()
+        assert breaker.state is State.OPEN  # the cached policy governs before any server
+
+
+def test_a_corrupt_or_foreign_cache_is_ignored(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("{not json")
+    foreign = tmp_path / "foreign.json"
+    _cache_file(foreign, "audit", 3, BreakerConfig(consecutive_failures=1))
+    for path in (corrupt, foreign):
+        registry = BreakerRegistry()
+        with MeshAgent(UNREACHABLE, "transaction", registry, cache_path=path) as agent:
+            assert agent.applied_revision == 0
+            assert registry.policies() == {}
+
+
+def test_unreachable_control_plane_keeps_retrying_and_stop_is_prompt() -> None:
+    registry = BreakerRegistry()
+    agent = MeshAgent(UNREACHABLE, "transaction", registry, backoff_initial=0.01, backoff_max=0.05)
+    agent.start()
+    deadline = time.monotonic() + 2.0
+    while agent.last_error is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert agent.last_error is not None and "UNAVAILABLE" in agent.last_error
+    assert not agent.connected
+    started = time.monotonic()
+    agent.stop()
+    agent.stop()  # idempotent
+    assert time.monotonic() - started < 1.0
