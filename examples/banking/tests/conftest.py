@@ -12,6 +12,7 @@ import pytest
 from examples.banking.gen import bank_pb2_grpc, chaos_pb2_grpc
 from examples.banking.services import account, audit, notification, transaction
 from examples.banking.services.common import RunningService, start_server
+from meshbreaker.testing import FakeClock
 
 ACCOUNTS = 4
 BALANCE = 100_000
@@ -52,6 +53,12 @@ class Bank:
     def targets(self) -> dict[str, str]:
         """host:port by service name."""
         return {name: getattr(self, name).target for name in self.dbs}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake monotonic clock for breakers; tests advance it instead of sleeping."""
+    return FakeClock()
 
 
 @pytest.fixture
