@@ -8,8 +8,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -111,6 +110,16 @@ class Permit:
         """Seconds since the permit was granted, by the breaker's clock."""
         return self._breaker._clock() - self._start
 
+    def __enter__(self) -> Permit:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        breaker = self._breaker
+        outcome = _SUCCESS if exc is None else breaker._classify(exc)
+        breaker._finish_permit(self, outcome, None)
+
     @property
     def done(self) -> bool:
         """Whether an outcome has been reported."""
@@ -174,6 +183,12 @@ class CircuitBreaker:
             math.inf if config.slow_call_duration is None else config.slow_call_duration
         )
         self._bulkhead = config.max_concurrent_calls
+        self._refresh_quick_success_limit()
+
+    def _refresh_quick_success_limit(self) -> None:
+        # call()'s hot path handles a success quicker than this; -inf while call-result
+        # listeners exist, because the hot path does not build CallResults.
+        self._quick_success_limit = -math.inf if self._result_listeners else self._slow_threshold
 
     def update_config(self, config: BreakerConfig) -> None:
         """Apply `config` live.
@@ -221,6 +236,7 @@ class CircuitBreaker:
         """Call `listener(CallResult)` after each finished call; returns an unsubscribe."""
         with self._lock:
             self._result_listeners = [*self._result_listeners, listener]
+            self._refresh_quick_success_limit()
         return lambda: self._remove_listener("_result_listeners", listener)
 
     def _remove_listener(self, attribute: str, listener: Callable[..., None]) -> None:
@@ -228,6 +244,7 @@ class CircuitBreaker:
             # Lists are replaced, never mutated, so dispatch can iterate without the lock.
             current: list[Callable[..., None]] = getattr(self, attribute)
             setattr(self, attribute, [item for item in current if item is not listener])
+            self._refresh_quick_success_limit()
 
     def _emit(self, transition: tuple[State, State] | None, result: CallResult | None) -> None:
         if transition is not None:
@@ -306,6 +323,11 @@ class CircuitBreaker:
 
     def _acquire_locked(self) -> Permit:
         now = self._clock()
+        if self._state is State.OPEN and now < self._open_until and not self._shadow:
+            # The common rejection: nothing to decide, only to count.
+            with self._lock:
+                self._rejected += 1
+            raise CallNotPermittedError(self.name, State.OPEN, self._open_until - now)
         with self._lock:
             transition = self._half_open_if_due(now) if self._state is State.OPEN else None
             state = self._state
@@ -396,16 +418,7 @@ class CircuitBreaker:
             self._consecutive = self._consecutive + 1 if failed else 0
             if state is State.FORCED_CLOSED:
                 return None, slow
-            config = self._config
-            if 0 < config.consecutive_failures <= self._consecutive:
-                return self._enter(State.OPEN, now), slow
-            calls = window.calls
-            if calls >= config.minimum_calls and (
-                window.failures / calls >= config.failure_rate_threshold
-                or window.slow / calls >= config.slow_call_rate_threshold
-            ):
-                return self._enter(State.OPEN, now), slow
-            return None, slow
+            return self._closed_verdict(now), slow
         if state is State.HALF_OPEN:
             self._half_open_in_flight -= 1
             if failed or slow:
@@ -414,6 +427,22 @@ class CircuitBreaker:
             if self._half_open_successes >= self._config.half_open_success_threshold:
                 return self._enter(State.CLOSED, now), slow
         return None, slow
+
+    def _closed_verdict(self, now: float) -> tuple[State, State] | None:
+        """Trip if the run of failures or the window's rates say so (lock held, CLOSED)."""
+        if self._state is not State.CLOSED:
+            return None
+        config = self._config
+        if 0 < config.consecutive_failures <= self._consecutive:
+            return self._enter(State.OPEN, now)
+        window = self._window
+        calls = window.calls
+        if calls >= config.minimum_calls and (
+            window.failures / calls >= config.failure_rate_threshold
+            or window.slow / calls >= config.slow_call_rate_threshold
+        ):
+            return self._enter(State.OPEN, now)
+        return None
 
     def _classify(self, exc: BaseException) -> Outcome:
         # Cancellation, KeyboardInterrupt and SystemExit say nothing about the dependency.
@@ -428,12 +457,31 @@ class CircuitBreaker:
         generation = self._free_generation
         if generation < 0:
             return self._call_with_permit(fn, args, kwargs)
-        start = self._clock()
+        clock = self._clock
+        start = clock()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             self._record(generation, self._classify(exc), start)
             raise
+        now = clock()
+        duration = now - start
+        if duration < self._quick_success_limit:
+            # The hot path: a quick success in the generation it was admitted in.
+            with self._lock:
+                if generation == self._generation:
+                    self._successful += 1
+                    self._consecutive = 0
+                    window = self._window
+                    window.add_success(duration, now)
+                    if not (window.failures or window.slow):
+                        return result
+                    transition = self._closed_verdict(now)
+                else:
+                    transition, _ = self._count(generation, _SUCCESS, duration, now)
+            if transition is not None:
+                self._emit(transition, None)
+            return result
         self._record(generation, _SUCCESS, start)
         return result
 
@@ -458,16 +506,9 @@ class CircuitBreaker:
         self._finish_permit(permit, _SUCCESS, None)
         return result
 
-    @contextmanager
-    def guard(self) -> Iterator[Permit]:
-        """Guard a block: an exception escaping it is classified, otherwise it is a success."""
-        permit = self.acquire()
-        try:
-            yield permit
-        except BaseException as exc:
-            self._finish_permit(permit, self._classify(exc), None)
-            raise
-        self._finish_permit(permit, _SUCCESS, None)
+    def guard(self) -> Permit:
+        """Guard a `with` block: an exception escaping it is classified, else it is a success."""
+        return self.acquire()
 
     # ----- operator controls ---------------------------------------------------------
 

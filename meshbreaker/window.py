@@ -16,6 +16,9 @@ class Window(Protocol):
     def add(self, failed: bool, slow: bool, duration: float, now: float) -> None:
         """Record one finished call."""
 
+    def add_success(self, duration: float, now: float) -> None:
+        """Record a call that neither failed nor was slow."""
+
     def expire(self, now: float) -> None:
         """Drop what has fallen out of the window by `now`."""
 
@@ -60,6 +63,23 @@ class CountWindow:
         self.failures += failed
         self.slow += slow
         self.duration_sum += duration
+        index += 1
+        self._next = 0 if index == self._size else index
+
+    def add_success(self, duration: float, now: float) -> None:
+        """add() for a call that neither failed nor was slow: the hot path, kept short."""
+        index = self._next
+        if self.calls == self._size:
+            code = self._codes[index]
+            if code:
+                self.failures -= code & 1
+                self.slow -= code >> 1
+                self._codes[index] = 0
+            self.duration_sum += duration - self._durations[index]
+        else:
+            self.calls += 1
+            self.duration_sum += duration
+        self._durations[index] = duration
         index += 1
         self._next = 0 if index == self._size else index
 
@@ -122,6 +142,18 @@ class TimeWindow:
                     self.slow -= self._slow[index]
                     self.duration_sum -= self._durations[index]
         self._head = epoch
+
+    def add_success(self, duration: float, now: float) -> None:
+        """add() for a call that neither failed nor was slow: the hot path, kept short."""
+        epoch = int(now)
+        index = epoch % self._size
+        if epoch != self._head or self._epochs[index] != epoch:
+            self.add(False, False, duration, now)
+            return
+        self._calls[index] += 1
+        self._durations[index] += duration
+        self.calls += 1
+        self.duration_sum += duration
 
     def add(self, failed: bool, slow: bool, duration: float, now: float) -> None:
         """Record one call in the bucket for `now`."""

@@ -1,0 +1,244 @@
+"""Engine overhead: meshbreaker vs pybreaker and circuitbreaker, measured side by side.
+
+Variants are interleaved in rounds and the figures quoted are medians of per-round ratios,
+because absolute times on shared machines drift by 2x between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import circuitbreaker
+import pybreaker
+
+from bench._harness import interleaved, median_ratio, table, write_json
+from meshbreaker import BreakerConfig, CallNotPermittedError, CircuitBreaker, circuit
+
+
+def work() -> None:
+    """The guarded function: as cheap as possible, so the overhead is what is measured."""
+
+
+def _boom() -> None:
+    raise ConnectionError("down")
+
+
+def closed_variants() -> dict[str, Callable[[int], None]]:
+    cb = CircuitBreaker("bench", BreakerConfig())
+    guarded = circuit(cb)(work)
+    pb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
+    cbr = circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=60)
+    cbr_work = cbr.decorate(work)
+
+    def bare(n: int) -> None:
+        for _ in range(n):
+            work()
+
+    def mb_call(n: int) -> None:
+        call = cb.call
+        for _ in range(n):
+            call(work)
+
+    def mb_decorator(n: int) -> None:
+        for _ in range(n):
+            guarded()
+
+    def mb_guard(n: int) -> None:
+        guard = cb.guard
+        for _ in range(n):
+            with guard():
+                work()
+
+    def mb_permit(n: int) -> None:
+        acquire = cb.acquire
+        for _ in range(n):
+            permit = acquire()
+            work()
+            permit.success()
+
+    def pybreaker_call(n: int) -> None:
+        call = pb.call
+        for _ in range(n):
+            call(work)
+
+    def circuitbreaker_call(n: int) -> None:
+        for _ in range(n):
+            cbr_work()
+
+    return {
+        "bare": bare,
+        "meshbreaker cb.call": mb_call,
+        "meshbreaker @circuit": mb_decorator,
+        "meshbreaker guard()": mb_guard,
+        "meshbreaker acquire/success": mb_permit,
+        "pybreaker": pybreaker_call,
+        "circuitbreaker": circuitbreaker_call,
+    }
+
+
+def open_variants() -> dict[str, Callable[[int], None]]:
+    cb = CircuitBreaker("bench-open", BreakerConfig(open_duration=3600, open_duration_max=3600))
+    cb.force_open()
+    cb_auto = CircuitBreaker(
+        "bench-open",
+        BreakerConfig(consecutive_failures=1, open_duration=3600, open_duration_max=3600),
+    )
+    with contextlib.suppress(ConnectionError):
+        cb_auto.call(_boom)
+    pb = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=3600)
+    pb.open()
+    cbr = circuitbreaker.CircuitBreaker(failure_threshold=1, recovery_timeout=3600)
+    cbr_boom = cbr.decorate(_boom)
+    with contextlib.suppress(ConnectionError):
+        cbr_boom()
+
+    def rejecting(call: Callable[[], object], error: type[BaseException]) -> Callable[[int], None]:
+        def run(n: int) -> None:
+            for _ in range(n):
+                with contextlib.suppress(error):
+                    call()
+
+        return run
+
+    return {
+        "meshbreaker OPEN": rejecting(lambda: cb_auto.call(work), CallNotPermittedError),
+        "meshbreaker FORCED_OPEN": rejecting(lambda: cb.call(work), CallNotPermittedError),
+        "pybreaker OPEN": rejecting(lambda: pb.call(work), pybreaker.CircuitBreakerError),
+        "circuitbreaker OPEN": rejecting(cbr_boom, circuitbreaker.CircuitBreakerError),
+    }
+
+
+def async_variants() -> dict[str, Callable[[int], None]]:
+    cb = CircuitBreaker("bench-async", BreakerConfig())
+
+    async def awork() -> None:
+        pass
+
+    async def bare(n: int) -> None:
+        for _ in range(n):
+            await awork()
+
+    async def guarded(n: int) -> None:
+        call_async = cb.call_async
+        for _ in range(n):
+            await call_async(awork)
+
+    loop = asyncio.new_event_loop()
+    return {
+        "await bare": lambda n: loop.run_until_complete(bare(n)),
+        "await cb.call_async": lambda n: loop.run_until_complete(guarded(n)),
+    }
+
+
+def threaded(guard: Callable[[Callable[[], Any]], Any] | None, threads: int, calls: int) -> float:
+    """Calls per second of `threads` threads, each sleeping 1 ms per call (GIL released)."""
+
+    def sleeper() -> None:
+        time.sleep(0.001)
+
+    def run() -> None:
+        for _ in range(calls):
+            if guard is None:
+                sleeper()
+            else:
+                guard(sleeper)
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    start = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return threads * calls / (time.perf_counter() - start)
+
+
+def main(quick: bool = False) -> dict[str, Any]:
+    """Run every engine benchmark, print the tables and write bench/results/engine.json."""
+    logging.getLogger("pybreaker").setLevel(logging.CRITICAL)
+    rounds, calls = (5, 5_000) if quick else (15, 20_000)
+    closed = interleaved(closed_variants(), rounds=rounds, calls=calls)
+    rejected = interleaved(open_variants(), rounds=rounds, calls=calls)
+    awaited = interleaved(async_variants(), rounds=rounds, calls=calls)
+
+    thread_rounds, thread_calls = (3, 30) if quick else (7, 100)
+    cb = CircuitBreaker("bench-threads", BreakerConfig())
+    pb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
+    per_round: dict[str, list[float]] = {"none": [], "meshbreaker": [], "pybreaker": []}
+    for _ in range(thread_rounds):
+        per_round["none"].append(threaded(None, 8, thread_calls))
+        per_round["meshbreaker"].append(threaded(cb.call, 8, thread_calls))
+        per_round["pybreaker"].append(threaded(pb.call, 8, thread_calls))
+
+    results: dict[str, Any] = {
+        "closed_ns": {k: statistics.median(v) for k, v in closed.items()},
+        "open_ns": {k: statistics.median(v) for k, v in rejected.items()},
+        "async_ns": {k: statistics.median(v) for k, v in awaited.items()},
+        "threads_calls_per_s": {k: statistics.median(v) for k, v in per_round.items()},
+        "ratios": {
+            "closed cb.call / pybreaker": median_ratio(closed, "meshbreaker cb.call", "pybreaker"),
+            "closed cb.call / circuitbreaker": median_ratio(
+                closed, "meshbreaker cb.call", "circuitbreaker"
+            ),
+            "closed @circuit / circuitbreaker": median_ratio(
+                closed, "meshbreaker @circuit", "circuitbreaker"
+            ),
+            "rejection / pybreaker": median_ratio(rejected, "meshbreaker OPEN", "pybreaker OPEN"),
+            "rejection / circuitbreaker": median_ratio(
+                rejected, "meshbreaker OPEN", "circuitbreaker OPEN"
+            ),
+            "call_async / bare await": median_ratio(awaited, "await cb.call_async", "await bare"),
+            "8 threads meshbreaker / no breaker": statistics.median(
+                m / n for m, n in zip(per_round["meshbreaker"], per_round["none"], strict=True)
+            ),
+            "8 threads pybreaker / no breaker": statistics.median(
+                p / n for p, n in zip(per_round["pybreaker"], per_round["none"], strict=True)
+            ),
+        },
+        "targets": {
+            "closed cb.call / pybreaker": 0.3,
+            "closed cb.call / circuitbreaker": 0.7,
+            "rejection / pybreaker": 0.3,
+            "8 threads meshbreaker / no breaker": 0.95,
+        },
+        "rounds": rounds,
+        "calls_per_round": calls,
+    }
+    _print(results)
+    write_json("engine", results)
+    return results
+
+
+def _print(results: dict[str, Any]) -> None:
+    rows = []
+    for group in ("closed_ns", "open_ns", "async_ns"):
+        for name, ns in results[group].items():
+            rows.append([group.removesuffix("_ns"), name, f"{ns:,.0f} ns"])
+    for name, rate in results["threads_calls_per_s"].items():
+        rows.append(["8 threads, 1 ms sleep", name, f"{rate:,.0f} calls/s"])
+    print(table(["case", "variant", "median"], rows))
+    print()
+    ratio_rows = []
+    for name, value in results["ratios"].items():
+        target = results["targets"].get(name)
+        if target is None:
+            verdict = ""
+        elif name.startswith("8 threads"):
+            verdict = f"≥ {target} " + ("met" if value >= target else "MISSED")
+        else:
+            verdict = f"≤ {target} " + ("met" if value <= target else "MISSED")
+        ratio_rows.append([name, f"{value:.2f}x", verdict])
+    print(table(["ratio (median of per-round ratios)", "value", "target"], ratio_rows))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
+    main(quick=parser.parse_args().quick)
