@@ -1,0 +1,322 @@
+"""Policy stores: the PolicyStore interface and the embedded SQLite implementation.
+
+A store holds validated `meshbreaker.v1.Policy` messages, a global revision that only grows, and an
+audit log of every change. Writes are compare-and-set on that revision. The server calls a store
+from one worker thread at a time; SqliteStore is also safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from google.protobuf import json_format
+
+from meshbreaker.errors import MeshbreakerError
+from meshbreaker.v1 import control_plane_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+class StoreError(MeshbreakerError):
+    """A store operation was refused; nothing was written."""
+
+
+class RevisionMismatchError(StoreError):
+    """The store revision is not the expected one (compare-and-set failed)."""
+
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"expected store revision {expected}, but it is {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class PolicyNotFoundError(StoreError):
+    """No policy has that id."""
+
+    def __init__(self, policy_id: str) -> None:
+        super().__init__(f"no policy with id {policy_id!r}")
+        self.policy_id = policy_id
+
+
+class SelectorConflictError(StoreError):
+    """Another policy already has exactly this selector."""
+
+    def __init__(self, policy_id: str, other_id: str) -> None:
+        super().__init__(f"policy {policy_id!r} has the same selector as policy {other_id!r}")
+        self.policy_id = policy_id
+        self.other_id = other_id
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One change: at which revision, to which policy, by whom, when (unix time), before/after."""
+
+    revision: int
+    policy_id: str
+    action: str  # "put" or "delete"
+    actor: str
+    time: float
+    before: pb.Policy | None
+    after: pb.Policy | None
+
+
+def selector_key(policy: pb.Policy) -> tuple[str, str, str]:
+    """The identity of a policy's selector; two stored policies never share one."""
+    return (policy.selector.caller, policy.selector.service, policy.selector.method)
+
+
+class PolicyStore(abc.ABC):
+    """Where policies live; a networked implementation can replace SqliteStore for replicas."""
+
+    @abc.abstractmethod
+    def list(self) -> tuple[int, list[pb.Policy]]:
+        """The store revision and every policy, sorted by id, read consistently."""
+
+    @abc.abstractmethod
+    def get(self, policy_id: str) -> pb.Policy | None:
+        """The policy with that id, or None."""
+
+    @abc.abstractmethod
+    def revision(self) -> int:
+        """The global store revision (0 for an empty, never written store)."""
+
+    @abc.abstractmethod
+    def put(
+        self,
+        policies: Sequence[pb.Policy],
+        *,
+        expected_revision: int | None = None,
+        actor: str = "",
+    ) -> builtins.list[AuditEntry]:
+        """Create or replace `policies` atomically at one new revision; returns one entry each.
+
+        The stored copies get `revision`, `updated_at` and `updated_by` set. Raises
+        RevisionMismatchError, or SelectorConflictError when two policies would share a selector.
+        """
+
+    @abc.abstractmethod
+    def delete(
+        self, policy_id: str, *, expected_revision: int | None = None, actor: str = ""
+    ) -> AuditEntry:
+        """Delete one policy at a new revision (PolicyNotFoundError, RevisionMismatchError)."""
+
+    @abc.abstractmethod
+    def audit_log(self, *, since_revision: int = 0, limit: int = 1000) -> builtins.list[AuditEntry]:
+        """Changes with a revision > since_revision, oldest first, at most `limit`."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; the store is unusable afterwards."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS policies (
+    id TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    revision INTEGER NOT NULL,
+    policy_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    at REAL NOT NULL,
+    before TEXT,
+    after TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_revision ON audit (revision);
+"""
+
+
+def _to_json(policy: pb.Policy | None) -> str | None:
+    if policy is None:
+        return None
+    return json_format.MessageToJson(policy, preserving_proto_field_name=True, indent=None)
+
+
+def _from_json(text: str | None) -> pb.Policy | None:
+    if text is None:
+        return None
+    return json_format.Parse(text, pb.Policy())
+
+
+class SqliteStore(PolicyStore):
+    """SQLite in WAL mode with synchronous=FULL: a put that returned survives a SIGKILL or crash."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, wall_clock: Callable[[], float] = time.time
+    ) -> None:
+        self.path = os.fspath(path)
+        self._wall_clock = wall_clock
+        self._lock = threading.Lock()
+        # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout = 5000")
+        mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            logger.warning("SQLite store %s is not in WAL mode (%s)", self.path, mode)
+        self._db.execute("PRAGMA synchronous = FULL")
+        with self._transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('revision', 0)")
+            elif row[0] > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: schema version {row[0]} is newer than this meshbreaker "
+                    f"({SCHEMA_VERSION})"
+                )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _revision(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
+        return int(row[0])
+
+    def _check_revision(self, expected: int | None) -> int:
+        current = self._revision()
+        if expected is not None and expected != current:
+            raise RevisionMismatchError(expected, current)
+        return current
+
+    def _load(self, policy_id: str) -> pb.Policy | None:
+        row = self._db.execute("SELECT body FROM policies WHERE id = ?", (policy_id,)).fetchone()
+        return None if row is None else pb.Policy.FromString(row[0])
+
+    def _audit(self, entry: AuditEntry) -> None:
+        self._db.execute(
+            "INSERT INTO audit (revision, policy_id, action, actor, at, before, after)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.revision,
+                entry.policy_id,
+                entry.action,
+                entry.actor,
+                entry.time,
+                _to_json(entry.before),
+                _to_json(entry.after),
+            ),
+        )
+
+    def list(self) -> tuple[int, list[pb.Policy]]:
+        """The store revision and every policy, sorted by id, read consistently."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                revision = self._revision()
+                rows = self._db.execute("SELECT body FROM policies ORDER BY id").fetchall()
+            finally:
+                self._db.execute("COMMIT")
+        return revision, [pb.Policy.FromString(row[0]) for row in rows]
+
+    def get(self, policy_id: str) -> pb.Policy | None:
+        """The policy with that id, or None."""
+        with self._lock:
+            return self._load(policy_id)
+
+    def revision(self) -> int:
+        """The global store revision."""
+        with self._lock:
+            return self._revision()
+
+    def put(
+        self,
+        policies: Sequence[pb.Policy],
+        *,
+        expected_revision: int | None = None,
+        actor: str = "",
+    ) -> builtins.list[AuditEntry]:
+        """Create or replace `policies` atomically at one new revision; returns one entry each."""
+        ids = [policy.id for policy in policies]
+        if not policies or len(set(ids)) != len(ids) or not all(ids):
+            raise StoreError("put needs 1..N policies with distinct, non-empty ids")
+        now = self._wall_clock()
+        with self._transaction():
+            revision = self._check_revision(expected_revision) + 1
+            owners = {
+                selector_key(pb.Policy.FromString(body)): policy_id
+                for policy_id, body in self._db.execute("SELECT id, body FROM policies")
+                if policy_id not in ids
+            }
+            for policy in policies:
+                key = selector_key(policy)
+                if key in owners:
+                    raise SelectorConflictError(policy.id, owners[key])
+                owners[key] = policy.id
+            entries = []
+            for policy in policies:
+                stored = pb.Policy()
+                stored.CopyFrom(policy)
+                stored.revision = revision
+                stored.updated_at.FromNanoseconds(int(now * 1e9))
+                stored.updated_by = actor
+                before = self._load(policy.id)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO policies (id, revision, body) VALUES (?, ?, ?)",
+                    (policy.id, revision, stored.SerializeToString(deterministic=True)),
+                )
+                entry = AuditEntry(revision, policy.id, "put", actor, now, before, stored)
+                self._audit(entry)
+                entries.append(entry)
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (revision,))
+        return entries
+
+    def delete(
+        self, policy_id: str, *, expected_revision: int | None = None, actor: str = ""
+    ) -> AuditEntry:
+        """Delete one policy at a new revision."""
+        now = self._wall_clock()
+        with self._transaction():
+            revision = self._check_revision(expected_revision) + 1
+            before = self._load(policy_id)
+            if before is None:
+                raise PolicyNotFoundError(policy_id)
+            self._db.execute("DELETE FROM policies WHERE id = ?", (policy_id,))
+            entry = AuditEntry(revision, policy_id, "delete", actor, now, before, None)
+            self._audit(entry)
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (revision,))
+        return entry
+
+    def audit_log(self, *, since_revision: int = 0, limit: int = 1000) -> builtins.list[AuditEntry]:
+        """Changes with a revision > since_revision, oldest first, at most `limit`."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT revision, policy_id, action, actor, at, before, after FROM audit"
+                " WHERE revision > ? ORDER BY seq LIMIT ?",
+                (since_revision, limit),
+            ).fetchall()
+        return [
+            AuditEntry(
+                row[0], row[1], row[2], row[3], row[4], _from_json(row[5]), _from_json(row[6])
+            )
+            for row in rows
+        ]
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()

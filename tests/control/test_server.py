@@ -1,0 +1,441 @@
+"""The control-plane server end to end: a real grpc.aio server on 127.0.0.1:0, a temp SQLite db."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from meshbreaker.control.server import ControlPlaneServer, Limits
+from meshbreaker.testing import FakeClock
+from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+
+Start = Callable[..., Awaitable[ControlPlaneServer]]
+
+
+@pytest.fixture
+async def server(start_control_plane: Start) -> ControlPlaneServer:
+    return await start_control_plane()
+
+
+@pytest.fixture
+async def stub(server: ControlPlaneServer) -> AsyncIterator[pb_grpc.ControlPlaneStub]:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        yield pb_grpc.ControlPlaneStub(channel)
+
+
+def policy(policy_id: str, **selector: str) -> pb.Policy:
+    return pb.Policy(
+        id=policy_id,
+        selector=pb.Selector(**selector),
+        config=pb.BreakerConfig(failure_rate_threshold=0.25),
+    )
+
+
+def snapshot(
+    name: str, state: int = pb.BREAKER_STATE_CLOSED, **fields: float
+) -> pb.BreakerSnapshot:
+    return pb.BreakerSnapshot(name=name, state=state, **fields)  # type: ignore[arg-type]
+
+
+async def code_of(call: Awaitable[object]) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value.code()
+
+
+# -- health, reflection -----------------------------------------------------------------------
+
+
+async def test_health_is_serving(server: ControlPlaneServer) -> None:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "meshbreaker.v1.ControlPlane"):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_the_service(server: ControlPlaneServer) -> None:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        async for reply in stub.ServerReflectionInfo(iter([request])):
+            names = {service.name for service in reply.list_services_response.service}
+            break
+    assert "meshbreaker.v1.ControlPlane" in names
+    assert "grpc.health.v1.Health" in names
+
+
+# -- policies ----------------------------------------------------------------------------------
+
+
+async def test_put_list_delete_and_revisions(stub: pb_grpc.ControlPlaneStub) -> None:
+    put = await stub.PutPolicy(
+        pb.PutPolicyRequest(
+            policies=[policy("a", service="bank.v1.A"), policy("b", method="/bank.v1.B/Get")]
+        )
+    )
+    assert put.revision == 1
+    assert [p.revision for p in put.policies] == [1, 1]
+    assert all(p.updated_by.startswith("anonymous@") for p in put.policies)
+    listed = await stub.ListPolicies(pb.ListPoliciesRequest())
+    assert [p.id for p in listed.policies] == ["a", "b"]
+    assert listed.revision == 1
+    assert listed.policies[0].config.failure_rate_threshold == 0.25
+    deleted = await stub.DeletePolicy(pb.DeletePolicyRequest(id="a"))
+    assert deleted.revision == 2
+    listed = await stub.ListPolicies(pb.ListPoliciesRequest())
+    assert [p.id for p in listed.policies] == ["b"]
+
+
+async def test_output_only_fields_are_ignored_on_put(stub: pb_grpc.ControlPlaneStub) -> None:
+    sent = policy("a", service="bank.v1.A")
+    sent.revision = 99
+    sent.updated_by = "forged"
+    put = await stub.PutPolicy(pb.PutPolicyRequest(policies=[sent]))
+    assert put.policies[0].revision == 1
+    assert put.policies[0].updated_by != "forged"
+
+
+async def test_compare_and_set_mismatch_is_aborted_and_nothing_changes(
+    stub: pb_grpc.ControlPlaneStub,
+) -> None:
+    await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("a", service="bank.v1.A")]))
+    stale = pb.PutPolicyRequest(policies=[policy("b", service="bank.v1.B")], expected_revision=0)
+    assert await code_of(stub.PutPolicy(stale)) == grpc.StatusCode.ABORTED
+    delete = pb.DeletePolicyRequest(id="a", expected_revision=5)
+    assert await code_of(stub.DeletePolicy(delete)) == grpc.StatusCode.ABORTED
+    listed = await stub.ListPolicies(pb.ListPoliciesRequest())
+    assert [p.id for p in listed.policies] == ["a"] and listed.revision == 1
+    fresh = pb.PutPolicyRequest(policies=[policy("b", service="bank.v1.B")], expected_revision=1)
+    assert (await stub.PutPolicy(fresh)).revision == 2
+
+
+async def test_unknown_id_delete_is_not_found(stub: pb_grpc.ControlPlaneStub) -> None:
+    code = await code_of(stub.DeletePolicy(pb.DeletePolicyRequest(id="nope")))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_two_policies_cannot_share_a_selector(stub: pb_grpc.ControlPlaneStub) -> None:
+    await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("a", service="bank.v1.A")]))
+    other = pb.PutPolicyRequest(policies=[policy("b", service="bank.v1.A")])
+    assert await code_of(stub.PutPolicy(other)) == grpc.StatusCode.ALREADY_EXISTS
+    # Replacing the same id with the same selector is fine.
+    same = pb.PutPolicyRequest(policies=[policy("a", service="bank.v1.A")])
+    assert (await stub.PutPolicy(same)).revision == 2
+
+
+async def test_list_policies_for_a_caller(stub: pb_grpc.ControlPlaneStub) -> None:
+    await stub.PutPolicy(
+        pb.PutPolicyRequest(
+            policies=[
+                policy("all", service="bank.v1.A"),
+                policy("tx", caller="transaction", service="bank.v1.B"),
+                policy("gw", caller="gateway", service="bank.v1.B"),
+            ]
+        )
+    )
+    listed = await stub.ListPolicies(pb.ListPoliciesRequest(caller="transaction"))
+    assert [p.id for p in listed.policies] == ["all", "tx"]
+
+
+async def test_restart_keeps_policies_and_revision(start_control_plane: Start) -> None:
+    first = await start_control_plane()
+    async with grpc.aio.insecure_channel(first.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        for index in range(3):
+            request = pb.PutPolicyRequest(policies=[policy(f"p{index}", service=f"s.S{index}")])
+            await stub.PutPolicy(request)
+        await stub.DeletePolicy(pb.DeletePolicyRequest(id="p0"))
+    await first.stop(grace=0)
+    second = await start_control_plane()
+    async with grpc.aio.insecure_channel(second.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        listed = await stub.ListPolicies(pb.ListPoliciesRequest())
+        assert [p.id for p in listed.policies] == ["p1", "p2"]
+        assert listed.revision == 4
+        put = await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("p3", service="s.S3")]))
+        assert put.revision == 5
+
+
+# -- config distribution -----------------------------------------------------------------------
+
+
+async def test_get_config_returns_the_policies_of_a_caller(stub: pb_grpc.ControlPlaneStub) -> None:
+    await stub.PutPolicy(
+        pb.PutPolicyRequest(
+            policies=[policy("mine", caller="tx", service="a.A"), policy("other", caller="gw")]
+        )
+    )
+    config = await stub.GetConfig(pb.GetConfigRequest(service="tx"))
+    assert config.revision == 1
+    assert config.service == "tx"
+    assert [p.id for p in config.policies] == ["mine"]
+
+
+async def test_watch_sends_at_once_then_each_relevant_change(
+    stub: pb_grpc.ControlPlaneStub,
+) -> None:
+    await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("a", service="a.A")]))
+    watch = stub.WatchConfig(pb.WatchConfigRequest(service="tx", instance_id="i1"))
+    first = await asyncio.wait_for(watch.read(), 2)
+    assert first.revision == 1 and [p.id for p in first.policies] == ["a"]
+    # A change for another caller is not pushed to "tx"...
+    await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("gw", caller="gw", service="b.B")]))
+    # ...but the next relevant one is, with the store revision at that time.
+    await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("tx", caller="tx", service="b.B")]))
+    second = await asyncio.wait_for(watch.read(), 2)
+    assert second.revision == 3
+    assert [p.id for p in second.policies] == ["a", "tx"]
+    await stub.DeletePolicy(pb.DeletePolicyRequest(id="a"))
+    third = await asyncio.wait_for(watch.read(), 2)
+    assert third.revision == 4 and [p.id for p in third.policies] == ["tx"]
+    watch.cancel()
+
+
+async def test_many_watchers_all_get_the_change(server: ControlPlaneServer) -> None:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        watches = [
+            stub.WatchConfig(pb.WatchConfigRequest(service=f"svc{index % 5}"))
+            for index in range(100)
+        ]
+        firsts = await asyncio.gather(*(w.read() for w in watches))
+        assert all(first.revision == 0 for first in firsts)
+        await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("all", service="a.A")]))
+        seconds = await asyncio.wait_for(asyncio.gather(*(w.read() for w in watches)), 3)
+        assert all(s.revision == 1 and s.policies[0].id == "all" for s in seconds)
+        # Other RPCs are not starved by 100 open streams.
+        listed = await asyncio.wait_for(stub.ListPolicies(pb.ListPoliciesRequest()), 1)
+        assert listed.revision == 1
+        for watch in watches:
+            watch.cancel()
+
+
+# -- reports and ListBreakers ------------------------------------------------------------------
+
+
+async def report(
+    stub: pb_grpc.ControlPlaneStub,
+    instance: str,
+    service: str,
+    *breakers: pb.BreakerSnapshot,
+    **fields: object,
+) -> pb.ReportStateResponse:
+    request = pb.ReportStateRequest(
+        instance_id=instance,
+        service=service,
+        breakers=breakers,
+        **fields,  # type: ignore[arg-type]
+    )
+    return await stub.ReportState(request)
+
+
+async def test_list_breakers_aggregates_per_service_and_name(
+    stub: pb_grpc.ControlPlaneStub,
+) -> None:
+    get = "/bank.v1.A/Get"
+    put = "accounts/bank.v1.A/Put"
+    await report(stub, "i1", "tx", snapshot(get, failure_rate=0.2, total=10, failed=2))
+    await report(stub, "i2", "tx", snapshot(get, pb.BREAKER_STATE_OPEN, failure_rate=0.6, total=5))
+    await report(stub, "i2", "tx", snapshot(put, pb.BREAKER_STATE_OPEN))
+    await report(stub, "i3", "gw", snapshot(get), applied_revision=7)
+    listed = await stub.ListBreakers(pb.ListBreakersRequest())
+    keys = [(g.service, g.name) for g in listed.groups]
+    assert keys == [("gw", get), ("tx", get), ("tx", put)]
+    tx_get = listed.groups[1]
+    assert (tx_get.instances, tx_get.closed, tx_get.open) == (2, 1, 1)
+    assert tx_get.failure_rate == pytest.approx(0.4)
+    assert tx_get.total == 15 and tx_get.failed == 2
+    assert not tx_get.instance_breakers
+    assert [(i.instance_id, i.applied_revision) for i in listed.instances] == [
+        ("i1", 0),
+        ("i2", 0),
+        ("i3", 7),
+    ]
+    # Filters: caller service, state, method (whatever the target prefix), gRPC service.
+    only_open = await stub.ListBreakers(pb.ListBreakersRequest(state=pb.BREAKER_STATE_OPEN))
+    assert [(g.service, g.name) for g in only_open.groups] == [("tx", get), ("tx", put)]
+    only_gw = await stub.ListBreakers(pb.ListBreakersRequest(service="gw"))
+    assert [g.service for g in only_gw.groups] == ["gw"]
+    assert [i.instance_id for i in only_gw.instances] == ["i3"]
+    by_method = await stub.ListBreakers(pb.ListBreakersRequest(method="/bank.v1.A/Put"))
+    assert [g.name for g in by_method.groups] == [put]
+    by_service = await stub.ListBreakers(pb.ListBreakersRequest(method="bank.v1.A"))
+    assert len(by_service.groups) == 3
+    detail = await stub.ListBreakers(
+        pb.ListBreakersRequest(service="tx", method=get, include_instances=True)
+    )
+    assert [b.instance_id for b in detail.groups[0].instance_breakers] == ["i1", "i2"]
+    assert detail.groups[0].instance_breakers[1].snapshot.state == pb.BREAKER_STATE_OPEN
+
+
+async def test_reports_merge_unless_full(stub: pb_grpc.ControlPlaneStub) -> None:
+    await report(stub, "i1", "tx", snapshot("/a.A/X"), snapshot("/a.A/Y"))
+    await report(stub, "i1", "tx", snapshot("/a.A/X", pb.BREAKER_STATE_OPEN))
+    listed = await stub.ListBreakers(pb.ListBreakersRequest())
+    assert [(g.name, g.open) for g in listed.groups] == [("/a.A/X", 1), ("/a.A/Y", 0)]
+    await report(stub, "i1", "tx", snapshot("/a.A/Z"), full=True)
+    listed = await stub.ListBreakers(pb.ListBreakersRequest())
+    assert [g.name for g in listed.groups] == ["/a.A/Z"]
+
+
+async def test_instances_expire_after_the_ttl(start_control_plane: Start, clock: FakeClock) -> None:
+    server = await start_control_plane(report_ttl=10.0)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        reply = await report(stub, "old", "tx", snapshot("/a.A/X"))
+        assert reply.report_ttl.seconds == 10
+        clock.advance(6)
+        await report(stub, "new", "tx", snapshot("/a.A/X"))
+        clock.advance(5)  # "old" is 11 s silent, "new" 5 s
+        listed = await stub.ListBreakers(pb.ListBreakersRequest(include_instances=True))
+        assert [i.instance_id for i in listed.instances] == ["new"]
+        assert listed.instances[0].report_age == pytest.approx(5)
+        assert listed.groups[0].instances == 1
+
+
+async def test_ack_and_nack_show_up_in_list_breakers(stub: pb_grpc.ControlPlaneStub) -> None:
+    await report(stub, "i1", "tx", applied_revision=3)
+    await report(
+        stub, "i2", "tx", applied_revision=2, nack=pb.Nack(revision=3, reason="policies[0]: bad")
+    )
+    listed = await stub.ListBreakers(pb.ListBreakersRequest())
+    by_id = {i.instance_id: i for i in listed.instances}
+    assert by_id["i1"].applied_revision == 3 and not by_id["i1"].HasField("nack")
+    assert by_id["i2"].applied_revision == 2
+    assert by_id["i2"].nack.revision == 3 and "bad" in by_id["i2"].nack.reason
+    # The next report without a NACK clears it.
+    await report(stub, "i2", "tx", applied_revision=4)
+    listed = await stub.ListBreakers(pb.ListBreakersRequest())
+    assert not {i.instance_id: i for i in listed.instances}["i2"].HasField("nack")
+
+
+# -- force state -------------------------------------------------------------------------------
+
+
+async def test_force_state_creates_and_removes_an_override_only_policy(
+    stub: pb_grpc.ControlPlaneStub,
+) -> None:
+    selector = pb.Selector(method="/bank.v1.A/Get")
+    watch = stub.WatchConfig(pb.WatchConfigRequest(service="tx"))
+    assert (await watch.read()).revision == 0
+    forced = await stub.ForceState(
+        pb.ForceStateRequest(selector=selector, override=pb.OVERRIDE_FORCED_OPEN)
+    )
+    assert forced.revision == 1
+    assert forced.policy.override == pb.OVERRIDE_FORCED_OPEN
+    assert not forced.policy.HasField("config")
+    pushed = await asyncio.wait_for(watch.read(), 2)
+    assert pushed.policies[0].override == pb.OVERRIDE_FORCED_OPEN
+    auto = await stub.ForceState(pb.ForceStateRequest(selector=selector))
+    assert auto.revision == 2 and not auto.HasField("policy")
+    assert not (await asyncio.wait_for(watch.read(), 2)).policies
+    watch.cancel()
+
+
+async def test_force_state_on_an_existing_policy_keeps_its_config(
+    stub: pb_grpc.ControlPlaneStub,
+) -> None:
+    await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("a", service="bank.v1.A")]))
+    selector = pb.Selector(service="bank.v1.A")
+    forced = await stub.ForceState(
+        pb.ForceStateRequest(selector=selector, override=pb.OVERRIDE_FORCED_CLOSED)
+    )
+    assert forced.policy.id == "a"
+    assert forced.policy.config.failure_rate_threshold == 0.25
+    await stub.ForceState(pb.ForceStateRequest(selector=selector))
+    listed = await stub.ListPolicies(pb.ListPoliciesRequest())
+    assert [(p.id, p.override) for p in listed.policies] == [("a", pb.OVERRIDE_NONE)]
+    assert listed.revision == 3
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+async def test_events_report_policy_changes_transitions_and_nacks(
+    stub: pb_grpc.ControlPlaneStub,
+) -> None:
+    events = stub.WatchEvents(pb.WatchEventsRequest())
+    await events.initial_metadata()  # subscribed
+    await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("a", service="bank.v1.A")]))
+    await report(stub, "i1", "tx", snapshot("/a.A/X"))  # first seen CLOSED: no event
+    await report(stub, "i1", "tx", snapshot("/a.A/X", pb.BREAKER_STATE_OPEN))
+    await report(stub, "i1", "tx", snapshot("/a.A/X", pb.BREAKER_STATE_OPEN))  # no change
+    await report(stub, "i1", "tx", nack=pb.Nack(revision=1, reason="nope"))
+    await report(stub, "i1", "tx", nack=pb.Nack(revision=1, reason="nope"))  # same NACK again
+    await stub.DeletePolicy(pb.DeletePolicyRequest(id="a"))
+    received = [await asyncio.wait_for(events.read(), 2) for _ in range(4)]
+    kinds = [event.WhichOneof("kind") for event in received]
+    assert kinds == ["policy_change", "transition", "nack", "policy_change"]
+    assert [event.sequence for event in received] == [1, 2, 3, 4]
+    put, transition, nack, delete = received
+    assert put.policy_change.kind == pb.PolicyChange.KIND_PUT
+    assert put.policy_change.after.id == "a" and not put.policy_change.HasField("before")
+    assert transition.transition.from_state == pb.BREAKER_STATE_CLOSED
+    assert transition.transition.to_state == pb.BREAKER_STATE_OPEN
+    assert transition.transition.instance_id == "i1"
+    assert nack.nack.nack.reason == "nope"
+    assert delete.policy_change.kind == pb.PolicyChange.KIND_DELETE
+    assert delete.policy_change.before.id == "a"
+    events.cancel()
+
+
+async def test_events_filtered_by_service(stub: pb_grpc.ControlPlaneStub) -> None:
+    events = stub.WatchEvents(pb.WatchEventsRequest(service="tx"))
+    await events.initial_metadata()
+    await report(stub, "g", "gw", snapshot("/a.A/X", pb.BREAKER_STATE_OPEN))
+    await report(stub, "t", "tx", snapshot("/a.A/X", pb.BREAKER_STATE_OPEN))
+    event = await asyncio.wait_for(events.read(), 2)
+    assert event.transition.instance_id == "t"
+    events.cancel()
+
+
+# -- bounds ------------------------------------------------------------------------------------
+
+
+async def test_size_limits_are_enforced(start_control_plane: Start) -> None:
+    limits = Limits(max_policies_per_put=2, max_breakers_per_report=3, max_message_bytes=64_000)
+    server = await start_control_plane(limits=limits)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        too_many = pb.PutPolicyRequest(
+            policies=[policy(f"p{i}", service=f"a.S{i}") for i in range(3)]
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.PutPolicy(too_many)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "policies: at most 2 per put" in (caught.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await report(stub, "i", "tx", *(snapshot(f"/a.A/M{i}") for i in range(4)))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "breakers: at most 3 per report" in (caught.value.details() or "")
+        huge = pb.Policy(id="h", description="x" * 100_000)
+        code = await code_of(stub.PutPolicy(pb.PutPolicyRequest(policies=[huge])))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (await stub.ListPolicies(pb.ListPoliciesRequest())).revision == 0
+
+
+async def test_max_policies_in_the_store(start_control_plane: Start) -> None:
+    server = await start_control_plane(limits=Limits(max_policies=2))
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        two = [policy("a", service="a.A"), policy("b", service="b.B")]
+        await stub.PutPolicy(pb.PutPolicyRequest(policies=two))
+        await stub.PutPolicy(pb.PutPolicyRequest(policies=two[:1]))  # replacing is fine
+        third = pb.PutPolicyRequest(policies=[policy("c", service="c.C")])
+        assert await code_of(stub.PutPolicy(third)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_port_in_use_is_an_error(server: ControlPlaneServer, tmp_path: Path) -> None:
+    from meshbreaker.control.server import serve
+
+    with pytest.raises(OSError):
+        await serve(server.port, tmp_path / "other.db")
