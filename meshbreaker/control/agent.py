@@ -159,6 +159,12 @@ class MeshAgent:
         self._channel_options: list[tuple[str, Any]] = [
             ("grpc.initial_reconnect_backoff_ms", max(1, int(backoff_initial * 1000))),
             ("grpc.max_reconnect_backoff_ms", max(1, int(backoff_max * 1000))),
+            # Pings find a control plane that vanished without closing the connection (host
+            # down, partition); the server permits them every 5 s even without data.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
             *channel_options,
         ]
         # The application's default, used whenever no catch-all policy is present.
@@ -174,6 +180,7 @@ class MeshAgent:
         self._watch_call: Any = None
         self._threads: list[threading.Thread] = []
         self._unsubscribe: Callable[[], None] | None = None
+        self._stub: Any = None
 
         self._applied_revision = 0
         self._applied_at: float | None = None
@@ -320,7 +327,9 @@ class MeshAgent:
                     self._watch_call = None
                 self._connected = False
             delay = self._backoff.next_delay()
-            logger.warning(
+            # One warning per outage; the retries themselves are debug noise.
+            log = logger.warning if self._backoff.attempt == 1 else logger.debug
+            log(
                 "control plane %s unreachable (%s); keeping revision %d, retrying in %.2fs",
                 self.target,
                 self._last_error,

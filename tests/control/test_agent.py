@@ -13,8 +13,9 @@ import grpc
 import pytest
 
 from meshbreaker.config import BreakerConfig, State
-from meshbreaker.control.agent import MeshAgent
-from meshbreaker.control.convert import config_to_proto
+from meshbreaker.control.agent import AgentError, MeshAgent
+from meshbreaker.control.convert import ResolvedPolicies, config_to_proto
+from meshbreaker.errors import ConfigError
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
@@ -170,3 +171,232 @@ def test_transition_listener_never_blocks_the_calling_thread(
         blocked.set()
     assert breaker.state is State.OPEN
     assert elapsed < 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the real control plane (tests/control/conftest.py starts it on 127.0.0.1:0).
+
+
+def put(stub: Any, *policies: pb.Policy) -> int:
+    return int(stub.PutPolicy(pb.PutPolicyRequest(policies=policies), timeout=5).revision)
+
+
+def start_agents(target: str, count: int, **options: Any) -> list[MeshAgent]:
+    options.setdefault("report_interval", 60.0)  # only event-driven reports, unless asked
+    options.setdefault("backoff_max", 0.2)
+    agents = [
+        MeshAgent(target, "transaction", BreakerRegistry(), instance_id=f"tx-{index}", **options)
+        for index in range(count)
+    ]
+    for agent in agents:
+        agent.start()
+    assert wait_until(lambda: all(agent.connected for agent in agents))
+    return agents
+
+
+def instances(stub: Any, service: str = "transaction") -> dict[str, pb.InstanceStatus]:
+    response = stub.ListBreakers(pb.ListBreakersRequest(service=service), timeout=5)
+    return {item.instance_id: item for item in response.instances}
+
+
+def test_a_put_policy_reaches_five_agents_within_a_second_and_is_acked(
+    control_plane_thread: Any, admin_stub: Any
+) -> None:
+    cp = control_plane_thread()
+    stub = admin_stub(cp.target)
+    agents = start_agents(cp.target, 5)
+    try:
+        breakers = [agent.registry.get(METHOD) for agent in agents]
+        for breaker in breakers:
+            breaker.acquire().failure()
+            breaker.acquire().failure()
+            assert breaker.state is State.CLOSED  # the default needs 5 in a row
+
+        tight = BreakerConfig(consecutive_failures=3, open_duration=30.0, open_duration_max=30.0)
+        revision = put(stub, method_policy("tight-get-balance", tight))
+        put_returned = time.monotonic()
+        for agent in agents:
+            assert agent.wait_for_revision(revision, timeout=1.0)
+        assert time.monotonic() - put_returned < 1.0
+        for breaker in breakers:
+            assert breaker.config == tight
+            # Same window type and size: the two failures before the update still count.
+            breaker.acquire().failure()
+            assert breaker.state is State.OPEN
+
+        assert wait_until(
+            lambda: (
+                {i: s.applied_revision for i, s in instances(stub).items()}
+                == {agent.instance_id: revision for agent in agents}
+            ),
+            timeout=1.0,
+        )
+        assert all(not s.HasField("nack") for s in instances(stub).values())
+    finally:
+        for agent in agents:
+            agent.stop()
+
+
+def refuse_forcing_critical_methods_open(resolved: ResolvedPolicies) -> None:
+    """The application's own rule: the mesh may never force its audit calls open."""
+    for selector, state in resolved.overrides.items():
+        if state is State.FORCED_OPEN and selector.startswith(
+            ("bank.v1.AuditService", "/bank.v1.AuditService/")
+        ):
+            raise ConfigError(selector, "audit calls must never be forced open (local rule)")
+
+
+def test_a_snapshot_the_agent_refuses_is_nacked_visible_and_previous_policies_kept(
+    control_plane_thread: Any, admin_stub: Any
+) -> None:
+    cp = control_plane_thread()
+    stub = admin_stub(cp.target)
+    events = stub.WatchEvents(pb.WatchEventsRequest(service="transaction"), timeout=5)
+    events.initial_metadata()  # subscribed before anything happens
+    agents = start_agents(cp.target, 2, validate=refuse_forcing_critical_methods_open)
+    try:
+        tight = BreakerConfig(consecutive_failures=2)
+        good = put(stub, method_policy("tight", tight))
+        assert all(agent.wait_for_revision(good, timeout=1.0) for agent in agents)
+        audit = agents[0].registry.get("/bank.v1.AuditService/Record")
+
+        forced = stub.ForceState(
+            pb.ForceStateRequest(
+                selector=pb.Selector(service="bank.v1.AuditService"),
+                override=pb.OVERRIDE_FORCED_OPEN,
+            ),
+            timeout=5,
+        ).revision
+        reason = "bank.v1.AuditService: audit calls must never be forced open (local rule)"
+        assert wait_until(lambda: all(agent.last_nack == (forced, reason) for agent in agents))
+        for agent in agents:
+            assert agent.applied_revision == good
+            assert agent.registry.policies() == {METHOD: tight}
+            assert agent.registry.overrides() == {}
+        assert audit.state is State.CLOSED
+        audit.acquire().success()  # still permitted: the forced state was not applied
+
+        def nacks_visible() -> bool:
+            seen = instances(stub)
+            return all(
+                seen[agent.instance_id].applied_revision == good
+                and seen[agent.instance_id].nack.revision == forced
+                and seen[agent.instance_id].nack.reason == reason
+                for agent in agents
+            )
+
+        assert wait_until(nacks_visible, timeout=1.0)
+        nack_events = []
+        for event in events:
+            if event.WhichOneof("kind") == "nack":
+                nack_events.append(event.nack)
+            if len(nack_events) == len(agents):
+                break
+        events.cancel()
+        assert {n.instance_id for n in nack_events} == {a.instance_id for a in agents}
+        assert all(n.nack.revision == forced and n.nack.reason == reason for n in nack_events)
+
+        # Back to automatic: the next snapshot is acceptable again, and the NACK clears.
+        cleared = stub.ForceState(
+            pb.ForceStateRequest(
+                selector=pb.Selector(service="bank.v1.AuditService"), override=pb.OVERRIDE_NONE
+            ),
+            timeout=5,
+        ).revision
+        assert all(agent.wait_for_revision(cleared, timeout=1.0) for agent in agents)
+        assert all(agent.last_nack is None for agent in agents)
+        assert wait_until(lambda: all(not s.HasField("nack") for s in instances(stub).values()))
+    finally:
+        for agent in agents:
+            agent.stop()
+
+
+def test_force_state_reaches_the_breakers_and_auto_releases_them(
+    control_plane_thread: Any, admin_stub: Any
+) -> None:
+    cp = control_plane_thread()
+    stub = admin_stub(cp.target)
+    (agent,) = start_agents(cp.target, 1)
+    try:
+        breaker = agent.registry.get(METHOD)
+        selector = pb.Selector(caller="transaction", service=SERVICE)
+        revision = stub.ForceState(
+            pb.ForceStateRequest(selector=selector, override=pb.OVERRIDE_FORCED_OPEN), timeout=5
+        ).revision
+        assert agent.wait_for_revision(revision, timeout=1.0)
+        assert breaker.state is State.FORCED_OPEN
+        assert breaker.try_acquire() is None
+        # The report after the transition shows it across the mesh.
+        assert wait_until(
+            lambda: any(
+                g.name == METHOD and g.forced_open == 1
+                for g in stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).groups
+            )
+        )
+        revision = stub.ForceState(
+            pb.ForceStateRequest(selector=selector, override=pb.OVERRIDE_NONE), timeout=5
+        ).revision
+        assert agent.wait_for_revision(revision, timeout=1.0)
+        assert breaker.state is State.CLOSED
+        assert breaker.try_acquire() is not None
+    finally:
+        agent.stop()
+
+
+def test_policies_for_other_callers_are_ignored_and_a_removed_default_restores_the_app_default(
+    control_plane_thread: Any, admin_stub: Any
+) -> None:
+    cp = control_plane_thread()
+    stub = admin_stub(cp.target)
+    app_default = BreakerConfig(consecutive_failures=7)
+    registry = BreakerRegistry(app_default)
+    with MeshAgent(cp.target, "transaction", registry, report_interval=60.0) as agent:
+        everyone = BreakerConfig(consecutive_failures=4)
+        message, mode = config_to_proto(everyone)
+        revision = put(
+            stub,
+            pb.Policy(id="everyone", selector=pb.Selector(), config=message, mode=mode),
+            method_policy("audit-only", BreakerConfig(consecutive_failures=1)),
+        )
+        other = pb.Policy()
+        other.CopyFrom(method_policy("audit-only", BreakerConfig(consecutive_failures=1)))
+        other.selector.caller = "audit"
+        revision = put(stub, other)
+        assert agent.wait_for_revision(revision, timeout=1.0)
+        assert registry.resolve(METHOD) == everyone  # the audit caller's policy is not ours
+        assert registry.default == everyone
+
+        deleted = stub.DeletePolicy(pb.DeletePolicyRequest(id="everyone"), timeout=5).revision
+        assert agent.wait_for_revision(deleted, timeout=1.0)
+        assert registry.default == app_default
+        assert registry.resolve(METHOD) == app_default
+
+
+def test_periodic_reports_keep_the_instance_listed(
+    control_plane_thread: Any, admin_stub: Any
+) -> None:
+    cp = control_plane_thread()
+    stub = admin_stub(cp.target)
+    (agent,) = start_agents(cp.target, 1, report_interval=0.05)
+    try:
+        agent.registry.get(METHOD).acquire().success()
+        sent = agent.reports_sent
+        assert wait_until(lambda: agent.reports_sent >= sent + 3, timeout=1.0)
+        groups = stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).groups
+        assert [(g.service, g.name, g.closed, g.total) for g in groups] == [
+            ("transaction", METHOD, 1, 1)
+        ]
+    finally:
+        agent.stop()
+
+
+def test_stop_cancels_an_open_watch_promptly(control_plane_thread: Any) -> None:
+    cp = control_plane_thread()
+    (agent,) = start_agents(cp.target, 1)
+    started = time.monotonic()
+    agent.stop()
+    assert time.monotonic() - started < 0.5
+    assert not agent.connected
+    agent.stop()
+    with pytest.raises(AgentError):
+        agent.start()

@@ -6,12 +6,14 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import json_format
 
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.control.agent import Backoff, MeshAgent, write_json_atomic
 from meshbreaker.control.convert import config_to_proto
+from meshbreaker.control.store import SqliteStore
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
 
@@ -116,3 +118,117 @@ def test_unreachable_control_plane_keeps_retrying_and_stop_is_prompt() -> None:
     agent.stop()
     agent.stop()  # idempotent
     assert time.monotonic() - started < 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the real control plane (tests/control/conftest.py): outage, restart, cache.
+
+
+def wait_until(predicate: Any, timeout: float = 2.0) -> bool:
+    """Poll every 20 ms (waiting on background threads' I/O) until true or timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())
+
+
+def method_policy(policy_id: str, config: BreakerConfig) -> pb.Policy:
+    message, mode = config_to_proto(config)
+    return pb.Policy(
+        id=policy_id,
+        selector=pb.Selector(method=METHOD),
+        config=message,
+        mode=mode,  # type: ignore[arg-type]
+    )
+
+
+def test_agents_keep_their_policies_through_an_outage_and_resync_on_their_own(
+    control_plane_thread: Any, admin_stub: Any
+) -> None:
+    cp = control_plane_thread()
+    stub = admin_stub(cp.target)
+    agents = [
+        MeshAgent(
+            cp.target,
+            "transaction",
+            BreakerRegistry(),
+            instance_id=f"tx-{index}",
+            report_interval=60.0,
+            backoff_initial=0.02,
+            backoff_max=0.2,
+        ).start()
+        for index in range(3)
+    ]
+    try:
+        tight = BreakerConfig(consecutive_failures=2)
+        revision = stub.PutPolicy(
+            pb.PutPolicyRequest(policies=[method_policy("tight", tight)]), timeout=5
+        ).revision
+        assert all(agent.wait_for_revision(revision, timeout=1.0) for agent in agents)
+
+        cp.stop()
+        assert wait_until(lambda: not any(agent.connected for agent in agents))
+        for agent in agents:
+            assert agent.registry.policies() == {METHOD: tight}
+            assert agent.applied_revision == revision
+            breaker = agent.registry.get(METHOD)
+            breaker.acquire().failure()
+            breaker.acquire().failure()
+            assert breaker.state is State.OPEN  # breakers keep working on the last policy
+            assert agent.last_error is not None
+
+        # While this server is down the store changes (another replica, an operator's tool).
+        store = SqliteStore(cp.db)
+        looser = BreakerConfig(consecutive_failures=9)
+        changed = store.put([method_policy("tight", looser)], actor="test")[0].revision
+        store.close()
+
+        cp.start()  # same port, same database
+        for agent in agents:
+            assert agent.wait_for_revision(changed, timeout=2.0)
+            assert agent.connected
+            assert agent.registry.policies() == {METHOD: looser}
+        assert wait_until(
+            lambda: (
+                {
+                    item.instance_id: item.applied_revision
+                    for item in stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).instances
+                }
+                == {agent.instance_id: changed for agent in agents}
+            )
+        )
+    finally:
+        for agent in agents:
+            agent.stop()
+
+
+def test_the_cache_written_from_the_server_is_reloaded_when_it_is_away(
+    control_plane_thread: Any, admin_stub: Any, tmp_path: Path
+) -> None:
+    cp = control_plane_thread()
+    stub = admin_stub(cp.target)
+    cache = tmp_path / "cache" / "transaction.json"
+    tight = BreakerConfig(consecutive_failures=2, window_type="count", window_size=20)
+    with MeshAgent(cp.target, "transaction", BreakerRegistry(), cache_path=cache) as agent:
+        revision = stub.PutPolicy(
+            pb.PutPolicyRequest(policies=[method_policy("tight", tight)]), timeout=5
+        ).revision
+        assert agent.wait_for_revision(revision, timeout=1.0)
+        assert wait_until(lambda: cache.exists() and json.loads(cache.read_text())["revision"])
+    assert json.loads(cache.read_text())["revision"] == revision
+    cp.stop()
+
+    # A new process starts while the control plane is down: it governs with the cached policy.
+    registry = BreakerRegistry()
+    restarted = MeshAgent(
+        cp.target, "transaction", registry, cache_path=cache, backoff_initial=0.02, backoff_max=0.2
+    )
+    with restarted:
+        assert restarted.applied_revision == revision
+        assert restarted.applied_from_cache
+        assert registry.policies() == {METHOD: tight}
+        cp.start()
+        assert wait_until(lambda: restarted.connected and not restarted.applied_from_cache)
+        assert restarted.applied_revision == revision
