@@ -1,0 +1,1 @@
+"""Exporters of breaker state to monitoring systems (install the `prometheus` extra)."""
