@@ -439,3 +439,72 @@ async def test_port_in_use_is_an_error(server: ControlPlaneServer, tmp_path: Pat
 
     with pytest.raises(OSError):
         await serve(server.port, tmp_path / "other.db")
+
+
+# -- durability: SIGKILL in the middle of a burst of puts ---------------------------------------
+
+_SERVER_SCRIPT = """
+import asyncio, sys
+from meshbreaker.control.server import serve
+
+async def main():
+    server = await serve(0, sys.argv[1])
+    print(server.port, flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+async def test_sigkill_during_a_burst_loses_no_acknowledged_put(
+    start_control_plane: Start, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    db = tmp_path / "killed.db"
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SERVER_SCRIPT, str(db)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 10)
+        target = f"127.0.0.1:{int(line)}"
+        acknowledged: list[str] = []
+        killed = asyncio.Event()
+
+        async def writer(stub: pb_grpc.ControlPlaneStub, worker: int) -> None:
+            for index in range(10_000):
+                policy_id = f"w{worker}-{index}"
+                request = pb.PutPolicyRequest(
+                    policies=[policy(policy_id, service=f"s.W{worker}x{index}")]
+                )
+                try:
+                    await stub.PutPolicy(request, timeout=2)
+                except grpc.aio.AioRpcError:
+                    return  # the server is gone; this put may or may not have landed
+                acknowledged.append(policy_id)
+                if len(acknowledged) == 60 and not killed.is_set():
+                    killed.set()
+                    process.send_signal(signal.SIGKILL)
+
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = pb_grpc.ControlPlaneStub(channel)
+            await asyncio.wait_for(asyncio.gather(*(writer(stub, w) for w in range(4))), 20)
+        assert killed.is_set()
+        assert process.wait(5) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    restarted = await start_control_plane(db=db)
+    async with grpc.aio.insecure_channel(restarted.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        listed = await stub.ListPolicies(pb.ListPoliciesRequest())
+    stored_ids = {p.id for p in listed.policies}
+    assert len(acknowledged) >= 60
+    assert set(acknowledged) <= stored_ids
+    assert listed.revision >= len(acknowledged)
