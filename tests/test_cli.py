@@ -1,0 +1,477 @@
+"""The `meshbreaker` command, end to end against a real control plane on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from meshbreaker.cli import format_table, main
+from meshbreaker.config import BreakerConfig, State
+from meshbreaker.control.agent import MeshAgent
+from meshbreaker.control.server import ControlPlaneServer, serve
+from meshbreaker.registry import BreakerRegistry
+from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+
+METHOD = "/bank.v1.AccountService/GetBalance"
+CONSOLE_SCRIPT = Path(sys.executable).parent / "meshbreaker"
+
+
+class ControlPlane:
+    """A real control plane on its own event loop in a daemon thread, with a temp database."""
+
+    def __init__(self, db: Path, **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.server: ControlPlaneServer = self._run(serve(0, db, **options))
+        self.target = self.server.target
+        self.channel = grpc.insecure_channel(self.target)
+        self.stub: Any = pb_grpc.ControlPlaneStub(self.channel)  # type: ignore[no-untyped-call]
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
+
+    def close(self) -> None:
+        self.channel.close()
+        self._run(self.server.stop(grace=0))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+
+@pytest.fixture
+def cp(tmp_path: Path) -> Iterator[ControlPlane]:
+    plane = ControlPlane(tmp_path / "cp.db")
+    yield plane
+    plane.close()
+
+
+@pytest.fixture
+def cli(
+    cp: ControlPlane, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str, str]]:
+    """Run `meshbreaker --target <cp> ARGS...` in-process: (exit status, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        status = main(["--target", cp.target, *args])
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return run
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+# ---------------------------------------------------------------------------------------------
+# No server needed
+
+
+def test_console_script_help_works_without_a_server() -> None:
+    result = subprocess.run(
+        [str(CONSOLE_SCRIPT), "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0
+    for command in ("control-plane", "status", "policy", "force", "events"):
+        assert command in result.stdout
+
+
+def test_help_of_each_command_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    for args in (["--help"], ["policy", "put", "--help"], ["status", "--help"]):
+        assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "--failure-rate" in out and "--half-open-success-threshold" in out
+    assert "--instances" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["policy", "put", "--id", "p", "--failure-rate", "2"], "'2' is not a rate in (0, 1]"),
+        (["policy", "put", "--id", "p", "--failure-codes", "NOPE"], "unknown gRPC status code"),
+        (["policy", "put", "--id", "p", "--window-type", "sliding"], "is not 'count' or 'time'"),
+        (["status", "--state", "AJAR"], "'AJAR' is not a state"),
+        (["force", "sideways", "--service", "a.B"], "invalid choice"),
+        (["policy"], "required"),
+        ([], "required"),
+    ],
+)
+def test_bad_flags_exit_2_with_a_clear_message(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_unreachable_control_plane_is_one_line_and_exit_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--target", "127.0.0.1:1", "--timeout", "2", "policy", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("meshbreaker: error: cannot reach the control plane at 127.0.0.1:1")
+
+
+def test_target_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MESHBREAKER_TARGET", "127.0.0.1:1")
+    assert main(["--timeout", "2", "status"]) == 1
+    assert "127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_format_table_aligns_columns() -> None:
+    table = format_table(("A", "LONGER"), [("xyz", 1), (None, 0.25)])
+    assert table.splitlines() == ["A    LONGER", "xyz  1", "-    0.25"]
+    assert format_table(("A",), []).splitlines() == ["A", "(none)"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Policies
+
+
+def test_policy_put_list_delete_with_flags(cli: Callable[..., tuple[int, str, str]]) -> None:
+    status, out, _ = cli(
+        "policy", "put", "--id", "tight", "--method", METHOD,
+        "--failure-rate", "0.25", "--open-duration", "5", "--open-duration-max", "40",
+        "--slow-call-duration", "off", "--failure-codes", "unavailable,internal",
+        "--mode", "shadow", "--description", "tuning",
+    )  # fmt: skip
+    assert status == 0
+    assert out.splitlines() == ["put policy tight at revision 1", "store revision 1"]
+
+    status, out, _ = cli("policy", "list")
+    assert status == 0
+    header, row = out.splitlines()[:2]
+    assert header.split() == [
+        "ID", "CALLER", "SERVICE", "METHOD", "MODE", "OVERRIDE", "REVISION", "SETTINGS"
+    ]  # fmt: skip
+    assert row.split()[:7] == ["tight", "*", "*", METHOD, "shadow", "-", "1"]
+    for word in (
+        "failure_rate_threshold=0.25",
+        "open_duration=5.0",
+        "open_duration_max=40.0",
+        "slow_call_duration=None",
+        "failure_codes=INTERNAL,UNAVAILABLE",
+    ):
+        assert word in row
+
+    status, out, _ = cli("policy", "list", "--json")
+    stored = json.loads(out)["policies"][0]
+    # Only the flags given are stored: everything else stays "default".
+    assert set(stored["config"]) == {
+        "failure_rate_threshold",
+        "open_duration",
+        "open_duration_max",
+        "slow_calls_disabled",
+        "failure_codes",
+    }
+
+    status, out, err = cli("policy", "delete", "tight", "--expected-revision", "7")
+    assert status == 1
+    assert err.startswith("meshbreaker: error: ABORTED:") and err.count("\n") == 1
+    status, out, _ = cli("policy", "delete", "tight", "--expected-revision", "1")
+    assert (status, out) == (0, "deleted policy tight; store revision 2\n")
+    status, out, _ = cli("policy", "list")
+    assert "(none)" in out and "store revision 2" in out
+
+
+def test_policy_put_from_a_file_with_flags_overriding_it(
+    cli: Callable[..., tuple[int, str, str]], cp: ControlPlane, tmp_path: Path
+) -> None:
+    path = tmp_path / "policy.json"
+    path.write_text(
+        json.dumps(
+            {
+                "id": "accounts",
+                "selector": {"caller": "transaction", "service": "bank.v1.AccountService"},
+                "config": {"consecutive_failures": 3, "window_type": "count", "window_size": 50},
+                "mode": "enforce",
+            }
+        )
+    )
+    status, out, err = cli("policy", "put", "--file", str(path), "--consecutive-failures", "4")
+    assert status == 0, err
+    (policy,) = cp.stub.ListPolicies(pb.ListPoliciesRequest(), timeout=5).policies
+    assert policy.selector.caller == "transaction"
+    assert policy.selector.service == "bank.v1.AccountService"
+    assert policy.config.consecutive_failures == 4
+    assert policy.config.window_type == pb.WINDOW_TYPE_COUNT
+    assert policy.config.window_size == 50
+    assert policy.mode == pb.MODE_ENFORCE
+
+    many = tmp_path / "many.json"
+    many.write_text(
+        json.dumps(
+            {
+                "policies": [
+                    {"id": "a", "method": "/bank.v1.AuditService/Record"},
+                    {"id": "b", "service": "bank.v1.NotificationService", "config": None,
+                     "override": "open"},
+                ]
+            }
+        )
+    )  # fmt: skip
+    status, out, err = cli("policy", "put", "--file", str(many), "--expected-revision", "1")
+    assert status == 0, err
+    assert out.splitlines()[-1] == "store revision 2"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", METHOD], "id: a policy needs an id"),
+        (["--id", "x", "--open-duration", "10", "--open-duration-max", "5"], "open_duration_max"),
+        (["--id", "bad id!", "--method", METHOD], "INVALID_ARGUMENT: policies[0].id"),
+        (["--id", "x", "--method", "GetBalance"], "INVALID_ARGUMENT: policies[0].selector.method"),
+    ],
+)
+def test_invalid_policies_fail_with_one_line_naming_the_field(
+    cli: Callable[..., tuple[int, str, str]], cp: ControlPlane, args: list[str], message: str
+) -> None:
+    status, _, err = cli("policy", "put", *args)
+    assert status == 1
+    assert message in err and err.count("\n") == 1
+    assert len(cp.stub.ListPolicies(pb.ListPoliciesRequest(), timeout=5).policies) == 0
+
+
+def test_a_bad_file_is_one_line(cli: Callable[..., tuple[int, str, str]], tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text("{")
+    status, _, err = cli("policy", "put", "--file", str(path))
+    assert status == 1 and "not valid JSON" in err and err.count("\n") == 1
+    status, _, err = cli("policy", "put", "--file", str(tmp_path / "missing.json"))
+    assert status == 1 and "missing.json" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Force, status, events (with a real agent reporting)
+
+
+def test_force_open_closed_auto(cli: Callable[..., tuple[int, str, str]], cp: ControlPlane) -> None:
+    registry = BreakerRegistry()
+    with MeshAgent(cp.target, "transaction", registry, report_interval=60.0) as agent:
+        breaker = registry.get(METHOD)
+        status, out, _ = cli("force", "open", "--method", METHOD, "--caller", "transaction")
+        assert status == 0
+        assert out.startswith(f"caller=transaction method={METHOD}: forced open (policy ")
+        assert agent.wait_for_revision(1, timeout=1.0)
+        assert breaker.state is State.FORCED_OPEN
+
+        status, out, _ = cli("force", "closed", "--method", METHOD, "--caller", "transaction")
+        assert status == 0 and "forced closed" in out
+        assert agent.wait_for_revision(2, timeout=1.0)
+        assert breaker.state is State.FORCED_CLOSED
+
+        status, out, _ = cli("policy", "list")
+        assert "FORCED_CLOSED" in out and "(no config)" in out
+
+        status, out, _ = cli("force", "auto", "--method", METHOD, "--caller", "transaction")
+        assert status == 0 and "back to automatic; store revision 3" in out
+        assert agent.wait_for_revision(3, timeout=1.0)
+        assert breaker.state is State.CLOSED
+    status, _, err = cli("force", "open")
+    assert status == 1 and "force needs --service or --method" in err
+
+
+def test_status_tables_filters_instances_and_watch(
+    cli: Callable[..., tuple[int, str, str]], cp: ControlPlane
+) -> None:
+    config = BreakerConfig(consecutive_failures=1, open_duration=60.0, open_duration_max=60.0)
+    agents = [
+        MeshAgent(cp.target, "transaction", BreakerRegistry(config), instance_id=f"tx-{i}",
+                  report_interval=60.0).start()
+        for i in range(2)
+    ]  # fmt: skip
+    try:
+        for agent in agents:
+            agent.registry.get(METHOD).acquire().success()
+        agents[0].registry.get(METHOD).acquire().failure()  # opens on tx-0 only
+        agents[1].registry.get("/bank.v1.AuditService/Record").acquire().success()
+
+        def reported() -> bool:
+            groups = cp.stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).groups
+            return any(g.name == METHOD and g.open == 1 and g.closed == 1 for g in groups) and any(
+                g.name == "/bank.v1.AuditService/Record" for g in groups
+            )
+
+        assert wait_until(reported)
+        status, out, _ = cli("status")
+        assert status == 0
+        lines = out.splitlines()
+        assert lines[0].split()[:7] == [
+            "SERVICE", "BREAKER", "INSTANCES", "CLOSED", "OPEN", "HALF_OPEN", "FORCED"
+        ]  # fmt: skip
+        row = next(line for line in lines if METHOD in line).split()
+        assert row[:7] == ["transaction", METHOD, "2", "1", "1", "0", "0"]
+        assert row[7] == "25.0%"  # mean failure rate: tx-0 1/2, tx-1 0/1
+        assert "2 live instance(s)" in out
+
+        status, out, _ = cli("status", "--state", "OPEN")
+        assert METHOD in out and "AuditService" not in out
+        status, out, _ = cli("status", "--method", "bank.v1.AuditService")
+        assert METHOD not in out and "AuditService/Record" in out
+
+        status, out, _ = cli("status", "--method", METHOD, "--instances")
+        rows = [line.split() for line in out.splitlines() if line.startswith("transaction")]
+        assert ["transaction", METHOD, "tx-0", "OPEN"] in [r[:4] for r in rows]
+        assert ["transaction", METHOD, "tx-1", "CLOSED"] in [r[:4] for r in rows]
+        assert any(line.startswith("tx-0") for line in out.splitlines())  # the instance table
+
+        status, out, _ = cli("status", "--watch", "--interval", "0.05", "--iterations", "2")
+        assert status == 0 and out.count("store revision 0; 2 live instance(s)") == 2
+
+        status, out, _ = cli("status", "--json")
+        assert {g["name"] for g in json.loads(out)["groups"]} == {
+            METHOD,
+            "/bank.v1.AuditService/Record",
+        }
+    finally:
+        for agent in agents:
+            agent.stop()
+
+
+def test_status_shows_nacks(cli: Callable[..., tuple[int, str, str]], cp: ControlPlane) -> None:
+    def refuse_shadow(resolved: Any) -> None:
+        if any(c.mode.value == "shadow" for c in resolved.policies.values()):
+            raise ValueError("this service never runs breakers in shadow mode")
+
+    with MeshAgent(
+        cp.target, "transaction", BreakerRegistry(), instance_id="tx-strict",
+        report_interval=60.0, validate=refuse_shadow,
+    ) as agent:  # fmt: skip
+        assert cli("policy", "put", "--id", "s", "--method", METHOD, "--mode", "shadow")[0] == 0
+        assert wait_until(lambda: agent.last_nack is not None)
+
+        def shown() -> bool:
+            out = cli("status")[1]
+            return "tx-strict" in out and "rev 1: this service never runs" in out
+
+        assert wait_until(shown)
+
+
+def test_events_without_follow_listen_for_a_while(
+    cli: Callable[..., tuple[int, str, str]], cp: ControlPlane
+) -> None:
+    results: list[tuple[int, str, str]] = []
+    listener = threading.Thread(target=lambda: results.append(cli("events", "--duration", "1")))
+    listener.start()
+    wait_until(lambda: cp.server.servicer.events.subscribers > 0)
+    cp.stub.PutPolicy(
+        pb.PutPolicyRequest(policies=[pb.Policy(id="p1", selector=pb.Selector(method=METHOD))]),
+        timeout=5,
+    )
+    listener.join(5)
+    status, out, err = results[0]
+    assert status == 0, err
+    assert " policy put p1 revision 1 by " in out
+
+
+def test_events_follow_prints_transitions_and_policy_changes(
+    cli: Callable[..., tuple[int, str, str]], cp: ControlPlane
+) -> None:
+    results: list[tuple[int, str, str]] = []
+    listener = threading.Thread(
+        target=lambda: results.append(cli("events", "--follow", "--max-events", "2"))
+    )
+    listener.start()
+    assert wait_until(lambda: cp.server.servicer.events.subscribers > 0)
+    registry = BreakerRegistry(BreakerConfig(consecutive_failures=1))
+    with MeshAgent(cp.target, "transaction", registry, instance_id="tx-9", report_interval=60.0):
+        cp.stub.PutPolicy(
+            pb.PutPolicyRequest(policies=[pb.Policy(id="p1", selector=pb.Selector(method=METHOD))]),
+            timeout=5,
+        )
+        registry.get("/bank.v1.AuditService/Record").acquire().failure()
+        listener.join(5)
+    assert not listener.is_alive()
+    status, out, err = results[0]
+    assert status == 0, err
+    lines = out.splitlines()
+    assert any(" policy put p1 revision 1 " in line for line in lines)
+    assert any(
+        line.endswith("transition transaction/tx-9 /bank.v1.AuditService/Record NEW -> OPEN")
+        for line in lines
+    ), lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens, and the control-plane command itself
+
+
+def test_tokens_from_flag_and_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plane = ControlPlane(
+        tmp_path / "auth.db", admin_token="root-secret", agent_token="agent-secret"
+    )
+    try:
+        put = ["policy", "put", "--id", "p", "--method", METHOD]
+        assert main(["--target", plane.target, *put]) == 1
+        assert "UNAUTHENTICATED" in capsys.readouterr().err
+        assert main(["--target", plane.target, "--token", "agent-secret", *put]) == 1
+        assert "PERMISSION_DENIED" in capsys.readouterr().err
+        assert main(["--target", plane.target, "--token", "agent-secret", "policy", "list"]) == 0
+        monkeypatch.setenv("MESHBREAKER_TOKEN", "root-secret")
+        assert main(["--target", plane.target, *put]) == 0
+        assert "store revision 1" in capsys.readouterr().out
+    finally:
+        plane.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_control_plane_command_serves_until_interrupted(tmp_path: Path) -> None:
+    port = free_port()
+    db = tmp_path / "served.db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), "control-plane", "--port", str(port), "--db", str(db),
+         "--admin-token", "t0k", "--report-ttl", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        target = f"127.0.0.1:{port}"
+        put = [
+            "--target",
+            target,
+            "--token",
+            "t0k",
+            "policy",
+            "put",
+            "--id",
+            "p",
+            "--method",
+            METHOD,
+        ]
+        assert wait_until(lambda: main([*put]) == 0, timeout=10.0)
+        assert db.exists()
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=10)
+    assert process.returncode == 0, output
+    assert f"serving on 127.0.0.1:{port}" in output
