@@ -12,8 +12,6 @@ Fixtures (usable by every test module under tests/control/):
   same db, so agents can reconnect), `cp.call(coroutine)` runs a coroutine on the server's loop.
 * `admin_stub` — sync factory: `stub = admin_stub(target, token=None)` a ControlPlaneStub over
   an insecure channel, sending `authorization: Bearer <token>` when given; closed at teardown.
-
-Also `bearer(token)` -> the metadata tuple for one call.
 """
 
 from __future__ import annotations
