@@ -456,7 +456,14 @@ class CircuitBreaker:
         """Run `fn(*args, **kwargs)` under the breaker; raises CallNotPermittedError if rejected."""
         generation = self._free_generation
         if generation < 0:
-            return self._call_with_permit(fn, args, kwargs)
+            permit = self._acquire_locked()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                self._finish_permit(permit, self._classify(exc), None)
+                raise
+            self._finish_permit(permit, _SUCCESS, None)
+            return result
         clock = self._clock
         start = clock()
         try:
@@ -483,16 +490,6 @@ class CircuitBreaker:
                 self._emit(transition, None)
             return result
         self._record(generation, _SUCCESS, start)
-        return result
-
-    def _call_with_permit(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
-        permit = self._acquire_locked()
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            self._finish_permit(permit, self._classify(exc), None)
-            raise
-        self._finish_permit(permit, _SUCCESS, None)
         return result
 
     async def call_async(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:

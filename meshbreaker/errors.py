@@ -23,29 +23,39 @@ class ConfigError(MeshbreakerError, ValueError):
 
 
 class CallNotPermittedError(MeshbreakerError):
-    """The breaker rejected the call without running it."""
+    """The breaker rejected the call without running it.
 
-    # Built on every rejection, so __init__ stores three fields and nothing else;
-    # the message is only formatted when somebody reads it.
-    def __init__(self, name: str, state: State, retry_after: float) -> None:
-        self.name = name
-        self.state = state
-        self.retry_after = retry_after
+    Built as `CallNotPermittedError(name, state, retry_after)`. The fields live in `args`, so
+    construction runs no Python code: a rejection has to be cheaper than the call it saves.
+    A subclass whose other bases reset `args` must set it again.
+    """
+
+    args: tuple[str, State, float]
+
+    @property
+    def name(self) -> str:
+        """The breaker's name (for gRPC: the method, maybe prefixed by a target)."""
+        return self.args[0]
+
+    @property
+    def state(self) -> State:
+        """The state that rejected the call."""
+        return self.args[1]
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until the next probe may go (0 when unknown, inf when forced open)."""
+        return self.args[2]
 
     def __str__(self) -> str:
-        if self.retry_after == math.inf:
-            return f"circuit breaker '{self.name}' is {self.state.value} by an operator override"
-        return (
-            f"circuit breaker '{self.name}' is {self.state.value}; "
-            f"next probe in {self.retry_after:.3f}s"
-        )
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.name, self.state, self.retry_after))
+        name, state, retry_after = self.args
+        if retry_after == math.inf:
+            return f"circuit breaker '{name}' is {state.value} by an operator override"
+        return f"circuit breaker '{name}' is {state.value}; next probe in {retry_after:.3f}s"
 
 
 class BulkheadFullError(CallNotPermittedError):
     """The breaker's max_concurrent_calls are all in flight."""
 
     def __str__(self) -> str:
-        return f"circuit breaker '{self.name}' bulkhead is full (max_concurrent_calls reached)"
+        return f"circuit breaker '{self.args[0]}' bulkhead is full (max_concurrent_calls reached)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 
@@ -100,6 +101,8 @@ class TimeWindow:
         "_epochs",
         "_failures",
         "_head",
+        "_hot_index",
+        "_hot_until",
         "_size",
         "_slow",
         "calls",
@@ -116,6 +119,10 @@ class TimeWindow:
         self._slow = [0] * size
         self._durations = [0.0] * size
         self._head = int(now)
+        # add_success() may write straight into bucket _hot_index until _hot_until: set by
+        # add() once that bucket is tagged with the newest epoch, cleared when the head moves.
+        self._hot_index = 0
+        self._hot_until = -math.inf
         self.calls = 0
         self.failures = 0
         self.slow = 0
@@ -142,14 +149,14 @@ class TimeWindow:
                     self.slow -= self._slow[index]
                     self.duration_sum -= self._durations[index]
         self._head = epoch
+        self._hot_until = -math.inf
 
     def add_success(self, duration: float, now: float) -> None:
         """add() for a call that neither failed nor was slow: the hot path, kept short."""
-        epoch = int(now)
-        index = epoch % self._size
-        if epoch != self._head or self._epochs[index] != epoch:
+        if now >= self._hot_until:
             self.add(False, False, duration, now)
             return
+        index = self._hot_index
         self._calls[index] += 1
         self._durations[index] += duration
         self.calls += 1
@@ -169,6 +176,8 @@ class TimeWindow:
             self._failures[index] = 0
             self._slow[index] = 0
             self._durations[index] = 0.0
+        self._hot_index = index
+        self._hot_until = epoch + 1.0
         self._calls[index] += 1
         self._failures[index] += failed
         self._slow[index] += slow

@@ -43,6 +43,7 @@ class AioRejectedError(CallNotPermittedError, AioRpcError):
             rejection_details(self),
             None,
         )
+        self.args = (name, state, retry_after)  # AioRpcError.__init__ reset them
 
 
 class AioRejectedBulkheadError(BulkheadFullError, AioRejectedError):

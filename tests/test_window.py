@@ -1,0 +1,76 @@
+"""Windows against a naive reference: same aggregates after any sequence of adds and expiries."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshbreaker.window import CountWindow, TimeWindow
+
+# (failed, slow, duration, seconds to advance before the call)
+calls = st.lists(
+    st.tuples(
+        st.booleans(),
+        st.booleans(),
+        st.sampled_from([0.0, 0.25, 1.0]),
+        st.sampled_from([0.0, 0.0, 0.3, 1.0, 2.5, 7.0, 40.0]),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(size=st.integers(1, 8), sequence=calls)
+def test_count_window_matches_reference(
+    size: int, sequence: list[tuple[bool, bool, float, float]]
+) -> None:
+    window = CountWindow(size)
+    reference: list[tuple[bool, bool, float]] = []
+    for failed, slow, duration, _ in sequence:
+        if failed or slow:
+            window.add(failed, slow, duration, 0.0)
+        else:
+            window.add_success(duration, 0.0)
+        reference = [*reference, (failed, slow, duration)][-size:]
+        assert window.calls == len(reference)
+        assert window.failures == sum(f for f, _, _ in reference)
+        assert window.slow == sum(s for _, s, _ in reference)
+        assert window.duration_sum == pytest.approx(sum(d for _, _, d in reference))
+
+
+@settings(max_examples=80, deadline=None)
+@given(size=st.integers(1, 8), sequence=calls, probe=st.booleans())
+def test_time_window_matches_reference(
+    size: int, sequence: list[tuple[bool, bool, float, float]], probe: bool
+) -> None:
+    now = 1000.0
+    window = TimeWindow(size, now)
+    reference: list[tuple[float, bool, bool, float]] = []
+    for failed, slow, duration, advance in sequence:
+        now += advance
+        if probe:
+            window.expire(now)  # a snapshot in between must not disturb the hot path
+        if failed or slow:
+            window.add(failed, slow, duration, now)
+        else:
+            window.add_success(duration, now)
+        reference.append((now, failed, slow, duration))
+        # A call belongs to the one-second bucket of its epoch; the window keeps `size` buckets.
+        live = [r for r in reference if int(r[0]) > int(now) - size]
+        assert window.calls == len(live)
+        assert window.failures == sum(r[1] for r in live)
+        assert window.slow == sum(r[2] for r in live)
+        assert window.duration_sum == pytest.approx(sum(r[3] for r in live))
+
+
+def test_time_window_idle_gap_longer_than_window_empties_it() -> None:
+    window = TimeWindow(10, 0.0)
+    for second in range(10):
+        window.add(True, False, 0.1, float(second))
+    assert window.calls == 10
+    window.expire(25.0)
+    assert (window.calls, window.failures, window.duration_sum) == (0, 0, 0.0)
+    window.add_success(0.1, 25.5)
+    window.expire(30.0)
+    assert window.calls == 1  # slot reuse after the reset did not subtract stale buckets
