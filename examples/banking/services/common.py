@@ -121,13 +121,15 @@ def base_parser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _write_port_file(path: str, port: int) -> None:
+def write_port_file(path: str, port: int) -> None:
+    """Write `port` to `path` atomically, so a reader never sees a half-written number."""
     tmp = Path(path).with_suffix(".tmp")
     tmp.write_text(f"{port}\n")
     os.replace(tmp, path)
 
 
-def _exit_with_parent(parent: int) -> None:
+def exit_with_parent(parent: int) -> None:
+    """SIGTERM ourselves once `parent` is gone (run in a daemon thread)."""
     # A demo killed with SIGKILL cannot clean up; its children notice and leave on their own.
     while True:
         time.sleep(0.5)
@@ -149,11 +151,11 @@ def run_process(
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
     running = start_server(name, register, port=args.port)
     stop_agent = start_agent() if start_agent is not None else None
     if args.port_file:
-        _write_port_file(args.port_file, running.port)
+        write_port_file(args.port_file, running.port)
     print(f"PORT {running.port}", flush=True)
     try:
         while not stop.wait(0.2):

@@ -1,0 +1,5 @@
+"""`python -m examples.banking`: the demo."""
+
+from examples.banking.demo import main
+
+raise SystemExit(main())

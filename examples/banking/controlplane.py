@@ -1,0 +1,43 @@
+"""The demo's control plane as a process: meshbreaker's server on 127.0.0.1, port in a file."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+
+from examples.banking.services.common import exit_with_parent, write_port_file
+
+
+def main() -> None:
+    """Serve until SIGTERM/SIGINT; print and write the bound port once listening."""
+    parser = argparse.ArgumentParser(prog="python -m examples.banking.controlplane")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--db", required=True, help="SQLite policy store")
+    parser.add_argument("--port-file", required=True)
+    parser.add_argument("--admin-token")
+    parser.add_argument("--agent-token")
+    parser.add_argument("--report-ttl", type=float, default=10.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s control-plane %(message)s")
+    threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+    from meshbreaker.control.server import ControlPlaneServer, run
+
+    def ready(server: ControlPlaneServer) -> None:
+        write_port_file(args.port_file, server.port)
+        print(f"PORT {server.port}", flush=True)
+
+    run(
+        args.port,
+        args.db,
+        ready=ready,
+        admin_token=args.admin_token,
+        agent_token=args.agent_token,
+        report_ttl=args.report_ttl,
+    )
+
+
+if __name__ == "__main__":
+    main()

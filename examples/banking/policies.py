@@ -1,0 +1,74 @@
+"""The breaker policies the demo puts into the control plane at start (services hard-code none)."""
+
+from __future__ import annotations
+
+from meshbreaker.config import BreakerConfig, WindowType
+from meshbreaker.control import convert
+from meshbreaker.v1 import control_plane_pb2 as pb
+
+# Shared shape: judge on the last 20 calls, trip fast on a run of failures, probe again soon.
+_BASE = BreakerConfig(
+    window_type=WindowType.COUNT,
+    window_size=20,
+    minimum_calls=10,
+    failure_rate_threshold=0.5,
+    slow_call_rate_threshold=0.8,
+    consecutive_failures=5,
+    open_duration=2.0,
+    open_duration_max=4.0,
+    backoff_multiplier=2.0,
+    open_jitter=0.1,
+    half_open_max_calls=2,
+    half_open_success_threshold=2,
+)
+
+# Selector service -> (config, why); the description travels with the policy for operators.
+POLICIES: dict[str, tuple[BreakerConfig, str]] = {
+    "bank.v1.AccountService": (
+        _BASE.replace(slow_call_duration=0.5),
+        "balances and postings: the critical read path",
+    ),
+    "bank.v1.TransactionService": (
+        # A hung transaction service costs a full deadline per call: trip after 3 and probe
+        # with a single call, so at most one caller waits while we find out.
+        _BASE.replace(consecutive_failures=3, half_open_max_calls=1, slow_call_duration=0.8),
+        "money movement: trip early, probe with one call",
+    ),
+    "bank.v1.NotificationService": (
+        _BASE.replace(
+            consecutive_failures=3,
+            open_duration=1.5,
+            open_duration_max=3.0,
+            slow_call_duration=0.25,
+            half_open_max_calls=1,
+        ),
+        "best effort: fail fast, never hold up a transfer",
+    ),
+    "bank.v1.AuditService": (
+        _BASE.replace(
+            consecutive_failures=3,
+            open_duration=1.5,
+            open_duration_max=3.0,
+            slow_call_duration=0.4,
+            half_open_max_calls=1,
+        ),
+        "compliance log: defer to the outbox while open",
+    ),
+}
+
+
+def policy_messages() -> list[pb.Policy]:
+    """The demo's policies as control-plane messages, one per banking service."""
+    messages = []
+    for service, (config, description) in POLICIES.items():
+        message, mode = convert.config_to_proto(config)
+        messages.append(
+            pb.Policy(
+                id=f"banking-{service.rsplit('.', 1)[-1].removesuffix('Service').lower()}",
+                selector=pb.Selector(service=service),
+                config=message,
+                mode=mode,
+                description=description,
+            )
+        )
+    return messages

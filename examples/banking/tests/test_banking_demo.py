@@ -1,0 +1,124 @@
+"""The demo end to end: `python -m examples.banking --quick` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parents[3]
+SERVICES = ("AccountService", "TransactionService", "NotificationService", "AuditService")
+
+
+def _demo(run_dir: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "examples.banking", "--quick", "--run-dir", str(run_dir)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _read_until(stream: IO[str], marker: str, seen: list[str]) -> None:
+    for line in stream:
+        seen.append(line)
+        if marker in line:
+            return
+    raise AssertionError(f"{marker!r} never printed:\n{''.join(seen)}")
+
+
+def _status(target: str, token: str) -> subprocess.CompletedProcess[str]:
+    script = shutil.which("meshbreaker", path=str(Path(sys.executable).parent))
+    command = (
+        [script] if script else [sys.executable, "-c", "from meshbreaker.cli import main; main()"]
+    )
+    return subprocess.run(
+        [*command, "--target", target, "--token", token, "status"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
+    tmp_path: Path,
+) -> None:
+    process = _demo(tmp_path)
+    assert process.stdout is not None
+    seen: list[str] = []
+    try:
+        _read_until(process.stdout, "=== phase 2", seen)
+        info = json.loads((tmp_path / "run.json").read_text())
+        deadline = time.monotonic() + 5
+        while True:
+            status = _status(info["control_plane"], info["admin_token"])
+            if status.returncode == 0 and all(s in status.stdout for s in SERVICES):
+                break
+            assert time.monotonic() < deadline, status.stdout + status.stderr
+            time.sleep(0.2)
+        seen.extend(process.stdout)
+        assert process.wait(timeout=50) == 0, "".join(seen)
+    finally:
+        process.kill()
+        process.wait()
+    output = "".join(seen)
+    for service in SERVICES:
+        assert f"bank.v1.{service}/" in status.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["ok"] is True
+    assert [c["ok"] for c in summary["invariants"]] == [True] * 4
+    phases = {p["name"]: p for p in summary["phases"]}
+    assert list(phases) == [
+        "steady state",
+        "notification outage",
+        "audit outage",
+        "transaction hang",
+        "operator override",
+        "recovery",
+    ]
+    outage = phases["notification outage"]
+    assert outage["transfers"]["committed"] > 0
+    assert outage["transfers"]["error"] == 0
+    assert outage["stats"]["notifications_rejected"] > 0
+    assert phases["audit outage"]["stats"]["audits_deferred"] > 0
+    assert phases["audit outage"]["outbox_peak"] > 0
+    assert phases["operator override"]["stats"]["notifications_rejected"] > 0
+    assert phases["operator override"]["stats"]["notifications_sent"] == 0
+    hang = summary["hang"]
+    assert hang["without_breakers"]["transfers"] > 0
+    assert hang["without_breakers"]["p99"] >= 5 * hang["with_breakers"]["p99"]
+    assert "=== all invariants hold" in output
+    assert "[ok] total money conserved to the cent" in output
+    assert all(not _alive(pid) for pid in info["children"].values())
+
+
+def test_ctrl_c_stops_every_child_process(tmp_path: Path) -> None:
+    process = _demo(tmp_path)
+    assert process.stdout is not None
+    seen: list[str] = []
+    try:
+        _read_until(process.stdout, "=== phase 1", seen)
+        children = json.loads((tmp_path / "run.json").read_text())["children"]
+        assert set(children) == {"control-plane", "account", "transaction", "notification", "audit"}
+        assert all(_alive(pid) for pid in children.values())
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 130
+    finally:
+        process.kill()
+        process.wait()
+    assert all(not _alive(pid) for pid in children.values())
