@@ -647,12 +647,18 @@ def _read_pem(source: PemSource | None, name: str) -> bytes | None:
     if source is None:
         return None
     if isinstance(source, bytes):
-        return source
-    try:
-        with open(source, "rb") as file:
-            return file.read()
-    except OSError as error:
-        raise ConfigError(name, f"cannot read {os.fspath(source)!r}: {error.strerror}") from None
+        data = source
+    else:
+        try:
+            with open(source, "rb") as file:
+                data = file.read()
+        except OSError as error:
+            raise ConfigError(
+                name, f"cannot read {os.fspath(source)!r}: {error.strerror}"
+            ) from None
+    if b"-----BEGIN " not in data:
+        raise ConfigError(name, "is not PEM data")
+    return data
 
 
 class ControlPlaneServer:
@@ -828,25 +834,26 @@ async def serve(
     bytes; `tls_client_ca` turns on mutual TLS. Port 0 picks a free port (see `.port`).
     """
     own_store = store is None
-    server = ControlPlaneServer(
-        store if store is not None else SqliteStore(db),
-        host=host,
-        port=port,
-        admin_token=admin_token,
-        agent_token=agent_token,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        tls_client_ca=tls_client_ca,
-        report_ttl=report_ttl,
-        clock=clock,
-        limits=limits,
-        close_store=own_store,
-    )
+    the_store = store if store is not None else SqliteStore(db)
     try:
+        server = ControlPlaneServer(
+            the_store,
+            host=host,
+            port=port,
+            admin_token=admin_token,
+            agent_token=agent_token,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            report_ttl=report_ttl,
+            clock=clock,
+            limits=limits,
+            close_store=own_store,
+        )
         await server.start()
     except BaseException:
         if own_store:
-            server.store.close()
+            the_store.close()
         raise
     return server
 

@@ -1,0 +1,178 @@
+"""TLS and mutual TLS, with a CA and certificates generated in the test."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from meshbreaker.control.server import ControlPlaneServer
+from meshbreaker.errors import ConfigError
+from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+
+Start = Callable[..., Awaitable[ControlPlaneServer]]
+
+
+@dataclass(frozen=True)
+class Pem:
+    cert: bytes
+    key: bytes
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _issue(
+    common_name: str,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+    *,
+    ca: bool = False,
+    usage: x509.ObjectIdentifier | None = None,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    issuer_cert, issuer_key = issuer if issuer else (None, key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(issuer_cert.subject if issuer_cert else _name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if usage is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256()), key
+
+
+def _pem(pair: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> Pem:
+    cert, key = pair
+    return Pem(
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Pem
+    server: Pem
+    client: Pem
+    rogue_client: Pem  # signed by another CA
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    ca = _issue("meshbreaker test CA", None, ca=True)
+    other_ca = _issue("rogue CA", None, ca=True)
+    return Pki(
+        ca=_pem(ca),
+        server=_pem(_issue("localhost", ca, usage=ExtendedKeyUsageOID.SERVER_AUTH)),
+        client=_pem(_issue("agent", ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)),
+        rogue_client=_pem(_issue("rogue", other_ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)),
+    )
+
+
+def _options() -> list[tuple[str, str]]:
+    return [("grpc.ssl_target_name_override", "localhost")]
+
+
+async def _list(channel: grpc.aio.Channel) -> pb.ListPoliciesResponse:
+    stub = pb_grpc.ControlPlaneStub(channel)
+    return await stub.ListPolicies(pb.ListPoliciesRequest(), timeout=2)
+
+
+async def _fails(channel: grpc.aio.Channel) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _list(channel)
+    return caught.value.code()
+
+
+async def test_tls_from_files(start_control_plane: Start, pki: Pki, tmp_path: Path) -> None:
+    (tmp_path / "server.crt").write_bytes(pki.server.cert)
+    (tmp_path / "server.key").write_bytes(pki.server.key)
+    server = await start_control_plane(
+        tls_cert=tmp_path / "server.crt", tls_key=str(tmp_path / "server.key")
+    )
+    credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca.cert)
+    async with grpc.aio.secure_channel(server.target, credentials, _options()) as channel:
+        assert (await _list(channel)).revision == 0
+    # A plaintext client cannot talk to a TLS server.
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        assert await _fails(channel) == grpc.StatusCode.UNAVAILABLE
+    # Nor can a client that does not trust the server's CA.
+    untrusted = grpc.ssl_channel_credentials(root_certificates=pki.rogue_client.cert)
+    async with grpc.aio.secure_channel(server.target, untrusted, _options()) as channel:
+        assert await _fails(channel) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_mutual_tls(start_control_plane: Start, pki: Pki) -> None:
+    server = await start_control_plane(
+        tls_cert=pki.server.cert, tls_key=pki.server.key, tls_client_ca=pki.ca.cert
+    )
+    good = grpc.ssl_channel_credentials(pki.ca.cert, pki.client.key, pki.client.cert)
+    async with grpc.aio.secure_channel(server.target, good, _options()) as channel:
+        assert (await _list(channel)).revision == 0
+    no_cert = grpc.ssl_channel_credentials(pki.ca.cert)
+    async with grpc.aio.secure_channel(server.target, no_cert, _options()) as channel:
+        assert await _fails(channel) == grpc.StatusCode.UNAVAILABLE
+    rogue = grpc.ssl_channel_credentials(pki.ca.cert, pki.rogue_client.key, pki.rogue_client.cert)
+    async with grpc.aio.secure_channel(server.target, rogue, _options()) as channel:
+        assert await _fails(channel) == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_tls_with_tokens(start_control_plane: Start, pki: Pki) -> None:
+    server = await start_control_plane(
+        tls_cert=pki.server.cert, tls_key=pki.server.key, admin_token="admin-token"
+    )
+    call_credentials = grpc.access_token_call_credentials("admin-token")
+    credentials = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(pki.ca.cert), call_credentials
+    )
+    async with grpc.aio.secure_channel(server.target, credentials, _options()) as channel:
+        assert (await _list(channel)).revision == 0
+    anonymous = grpc.ssl_channel_credentials(pki.ca.cert)
+    async with grpc.aio.secure_channel(server.target, anonymous, _options()) as channel:
+        assert await _fails(channel) == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"tls_cert": b"cert"}, "tls_key"),
+        ({"tls_key": b"key"}, "tls_key"),
+        ({"tls_client_ca": b"ca"}, "tls_client_ca"),
+        ({"tls_cert": "/nonexistent/cert.pem", "tls_key": b"k"}, "tls_cert"),
+        ({"tls_cert": b"not a pem", "tls_key": b"not a pem"}, "tls_cert"),
+    ],
+)
+async def test_bad_tls_options(
+    start_control_plane: Start, options: dict[str, object], field: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        await start_control_plane(**options)
+    assert caught.value.field == field
