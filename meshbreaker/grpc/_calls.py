@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import types
@@ -375,6 +376,16 @@ class Tracker:
         first = self.first
         self._guard.record(permit, self._breaker, code, first)
 
+    def abandoned(self, call: Any) -> None:
+        """The caller dropped the call: record its status if it ended, else release the permit."""
+        permit = self._permit
+        if permit.done:
+            return
+        if call.done():
+            self._guard.record(permit, self._breaker, call.code(), self.first, quiet=True)
+        else:
+            permit.ignore()
+
     def first_message(self) -> None:
         """Note the first response message's arrival (the slow-call measure for streams)."""
         try:
@@ -430,16 +441,9 @@ class TrackedStream(RpcErrorBase, CallBase, FutureBase):  # type: ignore[misc]
 
     def __del__(self) -> None:
         # Dropped by the caller: the call is cancelled on GC, so its permit must go now.
-        try:
-            tracker = self._tracker
-            if not tracker.permit.done:
-                call = self._call
-                if call.done():
-                    tracker.finish(call.code())
-                else:
-                    tracker.release()
-        except Exception:
-            pass  # interpreter shutdown or a half-built object
+        # Finalizers run inside the garbage collector: no logging with tracebacks here.
+        with contextlib.suppress(Exception):
+            self._tracker.abandoned(self._call)
 
     def cancel(self) -> bool:
         """Cancels the call and frees its permit at once (a cancelled call is ignored)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -187,15 +188,25 @@ class Guard:
         breaker: CircuitBreaker,
         code: grpc.StatusCode | None,
         duration: float | None = None,
+        *,
+        quiet: bool = False,
     ) -> Outcome:
-        """Report the final status `code` on `permit` and return how it counted; never raises."""
+        """Report the final status `code` on `permit` and return how it counted; never raises.
+
+        `quiet` is for finalizers: no traceback formatting while the garbage collector runs.
+        """
         try:
             outcome = self.outcome(breaker, code)
             permit.record(outcome, duration)
             return outcome
         except Exception:
-            logger.exception("meshbreaker: recording the outcome of %s failed", breaker.name)
-            release(permit)
+            if quiet:
+                logger.debug("meshbreaker: recording the outcome of a collected call failed")
+                with contextlib.suppress(Exception):
+                    permit.ignore()
+            else:
+                logger.exception("meshbreaker: recording the outcome of %s failed", breaker.name)
+                release(permit)
             return Outcome.IGNORED
 
 

@@ -11,6 +11,8 @@ from concurrent import futures
 
 import grpc
 
+from meshbreaker.testing import FakeClock
+
 SERVICE = "test.Svc"
 UNARY = f"/{SERVICE}/Unary"
 OTHER = f"/{SERVICE}/Other"
@@ -23,12 +25,16 @@ TRAILER = ("x-test-trailer", "server")
 class BytesServer:
     """Counts calls per method; requests script the answer.
 
-    b"fail:CODE" aborts with CODE, b"block" waits for `release`, b"slow" takes 0.15 s,
+    b"fail:CODE" aborts with CODE, b"block" waits for `release`,
     b"n:K" streams K messages, b"fail-after:K:CODE" streams K then aborts, b"forever" streams until
-    cancelled; anything else is echoed.
+    cancelled; anything else is echoed. With a FakeClock, b"tick" advances it by `tick` seconds
+    before answering, b"tick-first" streams after advancing it, and b"long-lived" streams one
+    message, waits for `release`, advances it, then streams two more.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: FakeClock | None = None, tick: float = 10.0) -> None:
+        self.clock = clock
+        self.tick = tick
         self.calls: collections.Counter[str] = collections.Counter()
         self.lock = threading.Lock()
         self.release = threading.Event()
@@ -56,6 +62,10 @@ class BytesServer:
         self.release.set()
         self.server.stop(None)
 
+    def expect_entries(self) -> None:
+        """Forget earlier entries, so `entered` counts only the calls that start from now on."""
+        self.entered = threading.Semaphore(0)
+
     def count(self, method: str) -> int:
         with self.lock:
             return self.calls[method]
@@ -76,8 +86,8 @@ class BytesServer:
             context.abort(grpc.StatusCode[request[5:].decode()], f"boom {request[5:].decode()}")
         if request == b"block":
             self.release.wait(5)
-        if request == b"slow":
-            time.sleep(0.15)
+        if request == b"tick" and self.clock is not None:
+            self.clock.advance(self.tick)
         if request == b"deadline":
             end = time.monotonic() + 5
             while context.is_active() and time.monotonic() < end:
@@ -99,6 +109,17 @@ class BytesServer:
             for index in range(int(count)):
                 yield b"m%d" % index
             context.abort(grpc.StatusCode[code], f"boom {code}")
+        elif request == b"tick-first":
+            if self.clock is not None:
+                self.clock.advance(self.tick)
+            yield b"m0"
+        elif request == b"long-lived":
+            yield b"m0"
+            self.release.wait(5)
+            if self.clock is not None:
+                self.clock.advance(self.tick)
+            yield b"m1"
+            yield b"m2"
         elif request == b"forever":
             end = time.monotonic() + 5
             index = 0

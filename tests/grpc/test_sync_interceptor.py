@@ -1,0 +1,648 @@
+"""BreakerInterceptor on sync channels against a real server: the "Must hold" list of issue 3."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+from bytes_server import (
+    BIDI,
+    CLIENT_STREAM,
+    OTHER,
+    SERVER_STREAM,
+    TRAILER,
+    UNARY,
+    BytesServer,
+)
+from conftest import CONFIG
+
+from meshbreaker.config import BreakerConfig, State
+from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError
+from meshbreaker.grpc import BreakerInterceptor, RejectedCall
+from meshbreaker.registry import BreakerRegistry
+from meshbreaker.testing import FakeClock
+
+FAILURE_CODES = [
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "INTERNAL",
+    "UNKNOWN",
+    "DATA_LOSS",
+    "RESOURCE_EXHAUSTED",
+]
+SUCCESS_CODES = ["NOT_FOUND", "INVALID_ARGUMENT", "PERMISSION_DENIED", "FAILED_PRECONDITION"]
+
+
+class Client:
+    """Callables for the four test methods on one channel."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.channel = channel
+        self.unary = channel.unary_unary(UNARY)
+        self.other = channel.unary_unary(OTHER)
+        self.server_stream = channel.unary_stream(SERVER_STREAM)
+        self.client_stream = channel.stream_unary(CLIENT_STREAM)
+        self.bidi = channel.stream_stream(BIDI)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+@pytest.fixture
+def connect(server: BytesServer) -> Iterator[Callable[..., Client]]:
+    """connect(interceptor=None) -> Client on a fresh channel to the test server."""
+    clients: list[Client] = []
+
+    def make(interceptor: Any = None) -> Client:
+        channel = grpc.insecure_channel(server.target)
+        if interceptor is not None:
+            channel = grpc.intercept_channel(channel, interceptor)
+        client = Client(channel)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Polls `predicate` (done-callbacks run on grpc's threads, just after the caller wakes)."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.005)
+
+
+def outcome(fn: Callable[[], Any]) -> Any:
+    """What a caller observes: the value, or the error's type, code, details and trailers."""
+    try:
+        return ("ok", fn())
+    except grpc.RpcError as error:
+        return (
+            "error",
+            type(error).__name__,
+            error.code(),
+            error.details(),
+            tuple(error.trailing_metadata() or ()),
+        )
+
+
+def trip(client: Client, registry: BreakerRegistry, method: str = UNARY) -> None:
+    """Opens the breaker of `method` with two UNAVAILABLE answers."""
+    call = {
+        UNARY: lambda: client.unary(b"fail:UNAVAILABLE"),
+        OTHER: lambda: client.other(b"fail:UNAVAILABLE"),
+        SERVER_STREAM: lambda: list(client.server_stream(b"fail-after:0:UNAVAILABLE")),
+        CLIENT_STREAM: lambda: client.client_stream(iter([b"fail:UNAVAILABLE"])),
+        BIDI: lambda: list(client.bidi(iter([b"fail:UNAVAILABLE"]))),
+    }[method]
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError):
+            call()
+    wait_for(lambda: registry.get(method).state is State.OPEN)
+
+
+# ----- closed: everything reaches the caller exactly as without the interceptor ----------------
+
+
+def scenarios(client: Client) -> list[Callable[[], Any]]:
+    return [
+        lambda: client.unary(b"hello"),
+        lambda: client.unary(b"fail:NOT_FOUND"),
+        lambda: client.unary(b"fail:UNAVAILABLE"),
+        lambda: client.unary.with_call(b"hello")[0],
+        lambda: client.unary.with_call(b"fail:INTERNAL")[0],
+        lambda: client.unary.future(b"hello").result(),
+        lambda: client.unary.future(b"fail:DATA_LOSS").result(),
+        lambda: (lambda f: (f.exception().code(), f.exception().details()))(
+            client.unary.future(b"fail:ABORTED")
+        ),
+        lambda: list(client.server_stream(b"n:3")),
+        lambda: list(client.server_stream(b"fail-after:2:UNAVAILABLE")),
+        lambda: client.client_stream(iter([b"a", b"b", b"c"])),
+        lambda: client.client_stream(iter([b"a", b"fail:PERMISSION_DENIED"])),
+        lambda: client.client_stream.with_call(iter([b"a"]))[0],
+        lambda: client.client_stream.future(iter([b"a", b"b"])).result(),
+        lambda: list(client.bidi(iter([b"x", b"y"]))),
+        lambda: list(client.bidi(iter([b"x", b"fail:INTERNAL"]))),
+    ]
+
+
+def test_closed_breaker_is_invisible_to_the_caller(
+    connect: Callable[..., Client], registry: BreakerRegistry
+) -> None:
+    plain = connect()
+    guarded = connect(BreakerInterceptor(BreakerRegistry(CONFIG.replace(consecutive_failures=0))))
+    expected = [outcome(fn) for fn in scenarios(plain)]
+    observed = [outcome(fn) for fn in scenarios(guarded)]
+    assert observed == expected
+    assert ("ok", [b"m0", b"m1", b"m2"]) in observed
+    assert any(item[0] == "error" and TRAILER in item[4] for item in observed)
+
+
+def test_with_call_and_stream_calls_keep_their_call_api(
+    connect: Callable[..., Client], registry: BreakerRegistry
+) -> None:
+    client = connect(BreakerInterceptor(registry))
+    response, call = client.unary.with_call(b"hi", metadata=(("k", "v"),))
+    assert response == b"hi" and call.code() is grpc.StatusCode.OK
+    assert TRAILER in tuple(call.trailing_metadata())
+    stream = client.server_stream(b"n:2")
+    assert isinstance(stream, grpc.Call) and isinstance(stream, grpc.Future)
+    assert isinstance(stream, grpc.RpcError)
+    assert list(stream) == [b"m0", b"m1"]
+    assert stream.code() is grpc.StatusCode.OK and stream.done()
+    seen: list[Any] = []
+    stream.add_done_callback(seen.append)
+    assert seen == [stream]
+
+
+def test_future_does_not_block_in_the_interceptor(
+    connect: Callable[..., Client], registry: BreakerRegistry, server: BytesServer
+) -> None:
+    client = connect(BreakerInterceptor(registry))
+    started = time.monotonic()
+    future = client.unary.future(b"block")
+    stream = client.server_stream(b"block")
+    assert time.monotonic() - started < 0.5
+    assert not future.done()
+    server.release.set()
+    assert future.result(timeout=2) == b"block"
+    assert list(stream) == [b"block"]
+    wait_for(lambda: registry.get(UNARY).snapshot().successful == 1)
+
+
+# ----- outcome by status -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", FAILURE_CODES)
+def test_failure_codes_count_as_failures(
+    connect: Callable[..., Client], registry: BreakerRegistry, code: str
+) -> None:
+    client = connect(BreakerInterceptor(registry))
+    with pytest.raises(grpc.RpcError):
+        client.unary(b"fail:" + code.encode())
+    snapshot = registry.get(UNARY).snapshot()
+    assert (snapshot.failed, snapshot.successful, snapshot.ignored) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("code", SUCCESS_CODES)
+def test_answers_with_other_codes_are_successes(
+    connect: Callable[..., Client], registry: BreakerRegistry, code: str
+) -> None:
+    client = connect(BreakerInterceptor(registry))
+    with pytest.raises(grpc.RpcError):
+        client.unary(b"fail:" + code.encode())
+    snapshot = registry.get(UNARY).snapshot()
+    assert (snapshot.failed, snapshot.successful) == (0, 1)
+
+
+def test_cancelled_call_is_ignored(
+    connect: Callable[..., Client], registry: BreakerRegistry, server: BytesServer
+) -> None:
+    client = connect(BreakerInterceptor(registry))
+    future = client.unary.future(b"block")
+    server.entered.acquire(timeout=2)
+    assert future.cancel()
+    wait_for(lambda: registry.get(UNARY).snapshot().ignored == 1)
+    snapshot = registry.get(UNARY).snapshot()
+    assert (snapshot.failed, snapshot.successful) == (0, 0)
+
+
+def test_codes_configured_on_the_breaker_config(
+    connect: Callable[..., Client], clock: FakeClock
+) -> None:
+    registry = BreakerRegistry(CONFIG, clock=clock)
+    registry.set_policy(
+        UNARY, CONFIG.replace(failure_codes={"NOT_FOUND"}, ignored_codes={"ABORTED"})
+    )
+    client = connect(BreakerInterceptor(registry))
+    for request in (b"fail:NOT_FOUND", b"fail:ABORTED", b"fail:UNAVAILABLE"):
+        with pytest.raises(grpc.RpcError):
+            client.unary(request)
+    snapshot = registry.get(UNARY).snapshot()
+    assert (snapshot.failed, snapshot.ignored, snapshot.successful) == (1, 1, 1)
+
+
+def test_codes_configured_on_the_interceptor_override_the_config(
+    connect: Callable[..., Client], registry: BreakerRegistry
+) -> None:
+    interceptor = BreakerInterceptor(
+        registry, failure_codes=[grpc.StatusCode.NOT_FOUND], ignored_codes=["UNAVAILABLE"]
+    )
+    client = connect(interceptor)
+    for request in (b"fail:NOT_FOUND", b"fail:UNAVAILABLE", b"fail:INTERNAL"):
+        with pytest.raises(grpc.RpcError):
+            client.unary(request)
+    snapshot = registry.get(UNARY).snapshot()
+    assert (snapshot.failed, snapshot.ignored, snapshot.successful) == (1, 1, 1)
+
+
+def test_slow_unary_call_is_its_total_time(
+    connect: Callable[..., Client], registry: BreakerRegistry
+) -> None:
+    client = connect(BreakerInterceptor(registry))
+    assert client.unary(b"tick") == b"tick"  # the server advances the fake clock by 10 s
+    assert client.unary(b"fast") == b"fast"
+    snapshot = registry.get(UNARY).snapshot()
+    assert (snapshot.successful, snapshot.slow) == (2, 1)
+
+
+def test_slow_stream_is_the_time_to_its_first_message(
+    connect: Callable[..., Client], registry: BreakerRegistry, server: BytesServer
+) -> None:
+    client = connect(BreakerInterceptor(registry))
+    stream = client.server_stream(b"long-lived")
+    assert next(stream) == b"m0"
+    server.release.set()  # 10 s pass on the fake clock between m0 and m1
+    assert list(stream) == [b"m1", b"m2"]
+    snapshot = registry.get(SERVER_STREAM).snapshot()
+    assert (snapshot.successful, snapshot.slow) == (1, 0)
+    assert list(client.server_stream(b"tick-first")) == [b"m0"]
+    snapshot = registry.get(SERVER_STREAM).snapshot()
+    assert (snapshot.successful, snapshot.slow) == (2, 1)
+
+
+# ----- open: the server is never contacted ------------------------------------------------------
+
+
+def assert_rejection(error: BaseException, method: str = UNARY) -> None:
+    assert isinstance(error, grpc.RpcError)
+    assert isinstance(error, CallNotPermittedError)
+    assert isinstance(error, grpc.Call) and isinstance(error, grpc.Future)
+    assert error.code() is grpc.StatusCode.UNAVAILABLE
+    details = error.details()
+    assert method in details and "OPEN" in details and "30.000s" in details
+    assert tuple(error.trailing_metadata()) == (("x-meshbreaker-state", "OPEN"),)
+
+
+def test_open_unary_rejects_every_way_of_calling_without_the_server(
+    connect: Callable[..., Client], registry: BreakerRegistry, server: BytesServer
+) -> None:
+    client = connect(BreakerInterceptor(registry))
+    trip(client, registry)
+    before = server.count(UNARY)
+    with pytest.raises(CallNotPermittedError) as blocking:
+        client.unary(b"hello")
+    assert_rejection(blocking.value)
+    with pytest.raises(grpc.RpcError) as with_call:
+        client.unary.with_call(b"hello")
+    assert_rejection(with_call.value)
+    future = client.unary.future(b"hello")
+    assert future.done()
+    assert_rejection(future.exception())
+    assert future.exception() is future
+    with pytest.raises(RejectedCall):
+        future.result()
+    assert server.count(UNARY) == before
+    assert registry.get(UNARY).snapshot().rejected == 3
+
+
+@pytest.mark.parametrize("method", [SERVER_STREAM, BIDI, CLIENT_STREAM])
+def test_open_streams_raise_on_first_read_without_the_server(
+    connect: Callable[..., Client], registry: BreakerRegistry, server: BytesServer, method: str
+) -> None:
+    client = connect(BreakerInterceptor(registry))
+    trip(client, registry, method)
+    before = server.total()
+    if method == SERVER_STREAM:
+        stream = client.server_stream(b"n:3")
+    elif method == BIDI:
+        stream = client.bidi(iter([b"a"]))
+    else:
+        stream = client.client_stream.future(iter([b"a"]))
+    with pytest.raises(CallNotPermittedError) as raised:
+        next(stream) if method != CLIENT_STREAM else stream.result()
+    assert_rejection(raised.value, method)
+    assert server.total() == before
+
+
+def test_forced_open_details_say_no_probe(
+    connect: Callable[..., Client], registry: BreakerRegistry, server: BytesServer
+) -> None:
+    registry.set_override(UNARY, State.FORCED_OPEN)
+    client = connect(BreakerInterceptor(registry))
+    with pytest.raises(CallNotPermittedError) as raised:
+        client.unary(b"x")
+    assert "FORCED_OPEN" in raised.value.details()
+    assert tuple(raised.value.trailing_metadata()) == (("x-meshbreaker-state", "FORCED_OPEN"),)
+    assert server.total() == 0
+
+
+# ----- half-open ----------------------------------------------------------------------------------
+
+
+def test_half_open_lets_at_most_two_of_twenty_concurrent_probes_through(
+    connect: Callable[..., Client], registry: BreakerRegistry, server: BytesServer, clock: FakeClock
+) -> None:
+    client = connect(BreakerInterceptor(registry))
+    trip(client, registry)
+    clock.advance(31)
+    before = server.count(UNARY)
+    server.expect_entries()
+    barrier = threading.Barrier(20)
+
+    def probe() -> Any:
+        barrier.wait()
+        return outcome(lambda: client.unary(b"block"))
+
+    with futures.ThreadPoolExecutor(20) as pool:
+        results = [pool.submit(probe) for _ in range(20)]
+        for _ in range(2):
+            assert server.entered.acquire(timeout=2)
+        wait_for(lambda: sum(r.done() for r in results) == 18)
+        assert server.count(UNARY) - before == 2
+        server.release.set()
+        observed = [r.result(timeout=2) for r in results]
+    assert observed.count(("ok", b"block")) == 2
+    assert server.count(UNARY) - before == 2
+    assert registry.get(UNARY).state is State.CLOSED
+
+
+# ----- streams ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", [SERVER_STREAM, BIDI])
+def test_stream_failing_mid_stream_counts_one_failure(
+    connect: Callable[..., Client], registry: BreakerRegistry, method: str
+) -> None:
+    client = connect(BreakerInterceptor(registry))
+    received: list[bytes] = []
+    with pytest.raises(grpc.RpcError) as raised:
+        if method == SERVER_STREAM:
+            received.extend(client.server_stream(b"fail-after:2:UNAVAILABLE"))
+        else:
+            received.extend(client.bidi(iter([b"a", b"b", b"fail:UNAVAILABLE", b"c"])))
+    assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert len(received) == 2
+    snapshot = registry.get(method).snapshot()
+    assert (snapshot.failed, snapshot.successful, snapshot.total) == (1, 0, 1)
+
+
+def test_cancelled_stream_is_ignored_and_releases_its_permit(
+    connect: Callable[..., Client], registry: BreakerRegistry
+) -> None:
+    client = connect(BreakerInterceptor(registry))
+    stream = client.server_stream(b"forever")
+    assert next(stream) == b"m0"
+    assert stream.cancel()
+    with pytest.raises(grpc.RpcError) as raised:
+        list(stream)
+    assert raised.value.code() is grpc.StatusCode.CANCELLED
+    snapshot = registry.get(SERVER_STREAM).snapshot()
+    assert (snapshot.ignored, snapshot.failed, snapshot.successful) == (1, 0, 0)
+
+
+def test_a_thousand_abandoned_streams_leak_no_permit(
+    connect: Callable[..., Client], registry: BreakerRegistry, clock: FakeClock
+) -> None:
+    client = connect(BreakerInterceptor(registry))
+    trip(client, registry, SERVER_STREAM)
+    clock.advance(31)  # half-open: only 2 permits may be in flight, so one leak would block probes
+    for index in range(1000):
+        stream = client.server_stream(b"forever")
+        assert next(stream) == b"m0"
+        if index % 2:
+            stream.cancel()
+        del stream  # abandoned: dropped mid-stream
+    gc.collect()
+    breaker = registry.get(SERVER_STREAM)
+    snapshot = breaker.snapshot()
+    assert snapshot.state is State.HALF_OPEN
+    assert (snapshot.half_open_in_flight, snapshot.ignored, snapshot.rejected) == (0, 1000, 0)
+    assert list(client.server_stream(b"n:1")) == [b"m0"]
+    assert breaker.state is State.CLOSED
+
+
+# ----- deadlines, isolation -----------------------------------------------------------------------
+
+
+def test_expired_deadline_is_a_failure_and_is_passed_unchanged(
+    connect: Callable[..., Client], registry: BreakerRegistry, server: BytesServer
+) -> None:
+    client = connect(BreakerInterceptor(registry))
+    with pytest.raises(grpc.RpcError) as raised:
+        client.unary(b"deadline", timeout=0.1)
+    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert registry.get(UNARY).snapshot().failed == 1
+    remaining = server.time_remaining[-1]
+    assert remaining is not None and 0.0 < remaining <= 0.15
+    assert client.unary(b"x") == b"x"
+    assert server.time_remaining[-1] > 1e9  # no deadline added
+
+
+def test_a_failing_method_opens_only_its_own_breaker(
+    connect: Callable[..., Client], registry: BreakerRegistry, server: BytesServer
+) -> None:
+    client = connect(BreakerInterceptor(registry))
+    trip(client, registry, UNARY)
+    assert client.other(b"still flows") == b"still flows"
+    assert list(client.server_stream(b"n:1")) == [b"m0"]
+    assert registry.get(OTHER).state is State.CLOSED
+    with pytest.raises(CallNotPermittedError):
+        client.unary(b"x")
+
+
+def test_target_prefixes_breaker_names_and_service_policies_still_match(
+    connect: Callable[..., Client], registry: BreakerRegistry
+) -> None:
+    registry.set_policy("test.Svc", CONFIG.replace(consecutive_failures=1))
+    client = connect(BreakerInterceptor(registry, target="accounts"))
+    with pytest.raises(grpc.RpcError):
+        client.unary(b"fail:UNAVAILABLE")
+    assert registry.get("accounts/test.Svc/Unary").state is State.OPEN
+    assert "accounts/test.Svc/Unary" in registry
+    assert "/test.Svc/Unary" not in registry
+
+
+# ----- fallbacks ----------------------------------------------------------------------------------
+
+
+def test_fallback_answers_rejected_unary_calls(
+    connect: Callable[..., Client], registry: BreakerRegistry, server: BytesServer
+) -> None:
+    seen: list[tuple[Any, BaseException]] = []
+
+    def fallback(request: Any, error: BaseException) -> bytes:
+        seen.append((request, error))
+        return b"cached"
+
+    client = connect(
+        BreakerInterceptor(registry, fallbacks={UNARY: fallback, CLIENT_STREAM: fallback})
+    )
+    trip(client, registry)
+    before = server.total()
+    assert client.unary(b"q") == b"cached"
+    response, call = client.unary.with_call(b"q")
+    assert response == b"cached" and call.code() is grpc.StatusCode.OK
+    assert ("x-meshbreaker-fallback", "rejected") in call.trailing_metadata()
+    assert client.unary.future(b"q").result() == b"cached"
+    assert server.total() == before
+    assert seen[0][0] == b"q" and isinstance(seen[0][1], CallNotPermittedError)
+    assert client.client_stream(iter([b"a"])) == b"count:1"  # its own breaker is closed
+
+
+def test_fallback_on_failure_only_when_asked(
+    connect: Callable[..., Client], registry: BreakerRegistry
+) -> None:
+    def fallback(request: Any, error: BaseException) -> bytes:
+        assert isinstance(error, grpc.RpcError)
+        return b"fallback for " + request + b" after " + error.code().name.encode()
+
+    without = connect(BreakerInterceptor(registry, fallbacks={UNARY: fallback}))
+    with pytest.raises(grpc.RpcError):
+        without.unary(b"fail:INTERNAL")
+    with_ = connect(
+        BreakerInterceptor(
+            BreakerRegistry(CONFIG.replace(consecutive_failures=0)),
+            fallbacks={UNARY: fallback, CLIENT_STREAM: lambda r, e: b"cs"},
+            fallback_on_failure=True,
+        )
+    )
+    assert with_.unary(b"fail:INTERNAL") == b"fallback for fail:INTERNAL after INTERNAL"
+    assert with_.unary.future(b"fail:UNAVAILABLE").result() == (
+        b"fallback for fail:UNAVAILABLE after UNAVAILABLE"
+    )
+    with pytest.raises(grpc.RpcError) as not_a_failure:
+        with_.unary(b"fail:NOT_FOUND")
+    assert not_a_failure.value.code() is grpc.StatusCode.NOT_FOUND
+    assert with_.client_stream(iter([b"fail:DATA_LOSS"])) == b"cs"
+    assert with_.unary(b"fine") == b"fine"
+
+
+def test_fallback_exception_reaches_the_caller(
+    connect: Callable[..., Client], registry: BreakerRegistry
+) -> None:
+    def fallback(request: Any, error: BaseException) -> bytes:
+        raise LookupError("no cached value")
+
+    client = connect(BreakerInterceptor(registry, fallbacks={UNARY: fallback}))
+    trip(client, registry)
+    with pytest.raises(LookupError):
+        client.unary(b"q")
+
+
+# ----- bulkhead -----------------------------------------------------------------------------------
+
+
+def test_bulkhead_rejects_beyond_max_concurrent_calls_without_the_server(
+    connect: Callable[..., Client], clock: FakeClock, server: BytesServer
+) -> None:
+    registry = BreakerRegistry(CONFIG.replace(max_concurrent_calls=2), clock=clock)
+    client = connect(BreakerInterceptor(registry))
+    in_flight = [client.unary.future(b"block") for _ in range(2)]
+    for _ in range(2):
+        assert server.entered.acquire(timeout=2)
+    with pytest.raises(BulkheadFullError) as raised:
+        client.unary(b"x")
+    error = raised.value
+    assert isinstance(error, grpc.RpcError) and isinstance(error, CallNotPermittedError)
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert UNARY in error.details()
+    assert server.count(UNARY) == 2
+    server.release.set()
+    assert [f.result(timeout=2) for f in in_flight] == [b"block", b"block"]
+    wait_for(lambda: registry.get(UNARY).snapshot().successful == 2)
+    snapshot = registry.get(UNARY).snapshot()
+    assert (snapshot.rejected, snapshot.failed) == (1, 0)
+    assert client.unary(b"x") == b"x"
+
+
+# ----- meshbreaker's own failures never break the RPC ---------------------------------------------
+
+
+class ExplodingRegistry(BreakerRegistry):
+    def get(self, name: str) -> Any:
+        raise RuntimeError("registry is broken")
+
+
+class BrokenPermit:
+    done = False
+
+    def record(self, outcome: Any, duration: Any = None) -> None:
+        raise RuntimeError("permit is broken")
+
+    def ignore(self) -> None:
+        raise RuntimeError("permit is broken")
+
+    def elapsed(self) -> float:
+        raise RuntimeError("permit is broken")
+
+
+class BrokenBreaker:
+    name = "broken"
+    config = CONFIG
+
+    def acquire(self) -> BrokenPermit:
+        return BrokenPermit()
+
+
+class BrokenPermitRegistry(BreakerRegistry):
+    def get(self, name: str) -> Any:
+        return BrokenBreaker()
+
+
+@pytest.mark.parametrize("registry_class", [ExplodingRegistry, BrokenPermitRegistry])
+def test_bookkeeping_errors_never_change_the_rpc(
+    connect: Callable[..., Client],
+    caplog: pytest.LogCaptureFixture,
+    registry_class: type[BreakerRegistry],
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="meshbreaker")
+    plain = connect()
+    guarded = connect(BreakerInterceptor(registry_class(CONFIG)))
+    assert [outcome(fn) for fn in scenarios(guarded)] == [outcome(fn) for fn in scenarios(plain)]
+    stream = guarded.server_stream(b"forever")
+    next(stream)
+    stream.cancel()
+    del stream
+    settle(caplog)
+    assert any("meshbreaker" in record.name for record in caplog.records)
+
+
+def settle(caplog: pytest.LogCaptureFixture) -> None:
+    """Waits until grpc's threads stop logging (tracebacks formatted in threads race ast.parse)."""
+    count, end = -1, time.monotonic() + 1.0
+    while count != len(caplog.records) and time.monotonic() < end:
+        count = len(caplog.records)
+        time.sleep(0.05)
+
+
+# ----- construction -------------------------------------------------------------------------------
+
+
+def test_defaults_and_bad_arguments() -> None:
+    assert isinstance(BreakerInterceptor().registry, BreakerRegistry)
+    with pytest.raises(ConfigError, match="target"):
+        BreakerInterceptor(target="")
+    with pytest.raises(ConfigError, match="fallbacks"):
+        BreakerInterceptor(fallbacks={"Unary": lambda r, e: r})
+    with pytest.raises(ConfigError, match="fallbacks"):
+        BreakerInterceptor(fallbacks={UNARY: "not callable"})  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match="failure_codes"):
+        BreakerInterceptor(failure_codes=["NOPE"])
+    with pytest.raises(ConfigError, match="failure_codes"):
+        BreakerInterceptor(failure_codes="UNAVAILABLE")
+    with pytest.raises(ConfigError, match="ignored_codes"):
+        BreakerInterceptor(failure_codes=["INTERNAL"], ignored_codes=["INTERNAL"])
+    with pytest.raises(TypeError, match="registry"):
+        BreakerInterceptor(BreakerConfig())  # type: ignore[arg-type]
+
+
+def test_shadow_mode_never_rejects(
+    connect: Callable[..., Client], clock: FakeClock, server: BytesServer
+) -> None:
+    registry = BreakerRegistry(CONFIG.replace(mode="shadow"), clock=clock)
+    client = connect(BreakerInterceptor(registry))
+    trip(client, registry)
+    assert client.unary(b"x") == b"x"
+    assert registry.get(UNARY).snapshot().shadow_rejected == 1
