@@ -346,10 +346,11 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         instance.applied_revision = request.applied_revision
         previous = instance.breakers
         current = {} if request.full else dict(previous)
+        closed = pb.BREAKER_STATE_CLOSED  # a breaker first seen CLOSED is no transition
         for breaker in request.breakers:
             old = previous.get(breaker.name)
             old_state = pb.BREAKER_STATE_UNSPECIFIED if old is None else old.state
-            if old_state != breaker.state and (old is not None or breaker.state != 1):
+            if old_state != breaker.state and (old is not None or breaker.state != closed):
                 self.events.publish(
                     pb.Event(
                         transition=pb.BreakerTransition(

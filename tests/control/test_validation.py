@@ -1,0 +1,441 @@
+"""Bad input -> INVALID_ARGUMENT naming the field, nothing stored; convert.py round trips."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from google.protobuf.duration_pb2 import Duration
+
+from meshbreaker.breaker import CircuitBreaker
+from meshbreaker.config import BreakerConfig, Mode, State, WindowType
+from meshbreaker.control import convert
+from meshbreaker.control.server import ControlPlaneServer
+from meshbreaker.errors import ConfigError
+from meshbreaker.testing import FakeClock
+from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+
+Start = Callable[..., Awaitable[ControlPlaneServer]]
+
+
+@pytest.fixture
+async def stub(start_control_plane: Start) -> AsyncIterator[pb_grpc.ControlPlaneStub]:
+    server = await start_control_plane()
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        yield pb_grpc.ControlPlaneStub(channel)
+
+
+def _config(**fields: Any) -> pb.Policy:
+    return pb.Policy(id="p", selector=pb.Selector(service="a.A"), config=pb.BreakerConfig(**fields))
+
+
+def _policy(**fields: Any) -> pb.Policy:
+    fields.setdefault("id", "p")
+    return pb.Policy(**fields)
+
+
+def _seconds(value: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(int(value * 1e9))
+    return duration
+
+
+def _codes(*names: str) -> pb.CodeList:
+    return pb.CodeList(codes=names)
+
+
+BAD_POLICIES: list[tuple[str, pb.Policy, str]] = [
+    ("empty id", _policy(id=""), "policies[0].id"),
+    ("id with a space", _policy(id="a b"), "policies[0].id"),
+    ("id too long", _policy(id="x" * 129), "policies[0].id"),
+    ("negative open", _config(open_duration=_seconds(-1)), "policies[0].config.open_duration"),
+    ("zero open", _config(open_duration=Duration()), "policies[0].config.open_duration"),
+    (
+        "negative slow",
+        _config(slow_call_duration=_seconds(-0.5)),
+        "policies[0].config.slow_call_duration",
+    ),
+    (
+        "mixed-sign duration",
+        _config(open_duration=Duration(seconds=1, nanos=-5)),
+        "policies[0].config.open_duration",
+    ),
+    (
+        "max below open",
+        _config(open_duration=_seconds(10), open_duration_max=_seconds(5)),
+        "policies[0].config.open_duration_max",
+    ),
+    ("rate > 1", _config(failure_rate_threshold=1.5), "policies[0].config.failure_rate_threshold"),
+    ("rate 0", _config(failure_rate_threshold=0.0), "policies[0].config.failure_rate_threshold"),
+    (
+        "rate NaN",
+        _config(slow_call_rate_threshold=math.nan),
+        "policies[0].config.slow_call_rate_threshold",
+    ),
+    ("jitter 1", _config(open_jitter=1.0), "policies[0].config.open_jitter"),
+    ("backoff < 1", _config(backoff_multiplier=0.5), "policies[0].config.backoff_multiplier"),
+    ("window 0", _config(window_size=0), "policies[0].config.window_size"),
+    ("window < 0", _config(window_size=-5), "policies[0].config.window_size"),
+    (
+        "time window too long",
+        _config(window_type=pb.WINDOW_TYPE_TIME, window_size=4000),
+        "policies[0].config.window_size",
+    ),
+    ("minimum calls 0", _config(minimum_calls=0), "policies[0].config.minimum_calls"),
+    (
+        "negative consecutive",
+        _config(consecutive_failures=-1),
+        "policies[0].config.consecutive_failures",
+    ),
+    ("half-open 0", _config(half_open_max_calls=0), "policies[0].config.half_open_max_calls"),
+    (
+        "half-open successes 0",
+        _config(half_open_success_threshold=0),
+        "policies[0].config.half_open_success_threshold",
+    ),
+    ("bulkhead 0", _config(max_concurrent_calls=0), "policies[0].config.max_concurrent_calls"),
+    (
+        "unknown code",
+        _config(failure_codes=_codes("UNAVAILABLE", "BROKEN")),
+        "policies[0].config.failure_codes",
+    ),
+    ("OK as failure", _config(failure_codes=_codes("OK")), "policies[0].config.failure_codes"),
+    (
+        "failed and ignored",
+        _config(failure_codes=_codes("INTERNAL"), ignored_codes=_codes("INTERNAL")),
+        "policies[0].config.ignored_codes",
+    ),
+    (
+        "too many codes",
+        _config(failure_codes=_codes(*(["INTERNAL"] * 40))),
+        "policies[0].config.failure_codes",
+    ),
+    (
+        "slow off and on",
+        _config(slow_calls_disabled=True, slow_call_duration=_seconds(1)),
+        "policies[0].config.slow_calls_disabled",
+    ),
+    ("unknown window type", _config(window_type=7), "policies[0].config.window_type"),
+    ("unknown mode", _policy(config=pb.BreakerConfig(), mode=9), "policies[0].mode"),
+    ("mode without config", _policy(mode=pb.MODE_SHADOW), "policies[0].mode"),
+    ("unknown override", _policy(selector=pb.Selector(service="a.A"), override=5), "override"),
+    ("override for all", _policy(override=pb.OVERRIDE_FORCED_OPEN), "policies[0].override"),
+    (
+        "method without slash",
+        _policy(selector=pb.Selector(method="GetBalance")),
+        "policies[0].selector.method",
+    ),
+    (
+        "method without name",
+        _policy(selector=pb.Selector(method="/bank.v1.A")),
+        "policies[0].selector.method",
+    ),
+    (
+        "method too deep",
+        _policy(selector=pb.Selector(method="/bank.v1.A/Get/More")),
+        "policies[0].selector.method",
+    ),
+    (
+        "method of another service",
+        _policy(selector=pb.Selector(service="bank.v1.A", method="/bank.v1.B/Get")),
+        "policies[0].selector.method",
+    ),
+    (
+        "bad service",
+        _policy(selector=pb.Selector(service="bank v1")),
+        "policies[0].selector.service",
+    ),
+    (
+        "bad caller",
+        _policy(selector=pb.Selector(caller="no spaces!")),
+        "policies[0].selector.caller",
+    ),
+    ("long description", _policy(description="d" * 2000), "policies[0].description"),
+]
+
+
+@pytest.mark.parametrize(
+    ("policy", "field"), [(p, f) for _, p, f in BAD_POLICIES], ids=[n for n, _, _ in BAD_POLICIES]
+)
+async def test_bad_policy_is_invalid_argument_naming_the_field(
+    stub: pb_grpc.ControlPlaneStub, policy: pb.Policy, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in (caught.value.details() or "")
+    listed = await stub.ListPolicies(pb.ListPoliciesRequest())
+    assert listed.revision == 0 and not listed.policies
+
+
+good = pb.Policy(id="good", selector=pb.Selector(service="a.A"), config=pb.BreakerConfig())
+
+BAD_PUTS: list[tuple[str, pb.PutPolicyRequest, str]] = [
+    ("no policies", pb.PutPolicyRequest(), "policies: at least one"),
+    (
+        "duplicate id",
+        pb.PutPolicyRequest(policies=[good, pb.Policy(id="good")]),
+        "policies[1].id",
+    ),
+    (
+        "duplicate selector",
+        pb.PutPolicyRequest(policies=[good, pb.Policy(id="x", selector=good.selector)]),
+        "policies[1].selector",
+    ),
+    (
+        "second one bad",
+        pb.PutPolicyRequest(policies=[good, _config(failure_rate_threshold=2)]),
+        "policies[1].config.failure_rate_threshold",
+    ),
+    (
+        "negative expected revision",
+        pb.PutPolicyRequest(policies=[good], expected_revision=-1),
+        "expected_revision",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"), [(r, f) for _, r, f in BAD_PUTS], ids=[n for n, _, _ in BAD_PUTS]
+)
+async def test_bad_put_stores_nothing(
+    stub: pb_grpc.ControlPlaneStub, request_: pb.PutPolicyRequest, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PutPolicy(request_)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in (caught.value.details() or "")
+    assert (await stub.ListPolicies(pb.ListPoliciesRequest())).revision == 0
+
+
+def _bad_calls(stub: pb_grpc.ControlPlaneStub) -> list[tuple[str, Callable[[], Any], str]]:
+    def report(**fields: Any) -> Callable[[], Any]:
+        fields.setdefault("instance_id", "i")
+        fields.setdefault("service", "tx")
+        return lambda: stub.ReportState(pb.ReportStateRequest(**fields))
+
+    def breaker(**fields: Any) -> list[pb.BreakerSnapshot]:
+        fields.setdefault("name", "/a.A/M")
+        fields.setdefault("state", pb.BREAKER_STATE_CLOSED)
+        return [pb.BreakerSnapshot(**fields)]
+
+    selector = pb.Selector(service="a.A")
+    return [
+        ("get config, no service", lambda: stub.GetConfig(pb.GetConfigRequest()), "service"),
+        (
+            "watch, bad service",
+            lambda: stub.WatchConfig(pb.WatchConfigRequest(service="a b")).read(),
+            "service",
+        ),
+        ("report, no instance", report(instance_id=""), "instance_id"),
+        ("report, no service", report(service=""), "service"),
+        ("report, negative revision", report(applied_revision=-1), "applied_revision"),
+        ("report, unnamed breaker", report(breakers=breaker(name="")), "breakers[0].name"),
+        (
+            "report, unset state",
+            report(breakers=breaker(state=pb.BREAKER_STATE_UNSPECIFIED)),
+            "breakers[0].state",
+        ),
+        (
+            "report, rate > 1",
+            report(breakers=breaker(failure_rate=1.5)),
+            "breakers[0].failure_rate",
+        ),
+        (
+            "report, NaN duration",
+            report(breakers=breaker(mean_duration=math.nan)),
+            "breakers[0].mean_duration",
+        ),
+        (
+            "list breakers, bad method",
+            lambda: stub.ListBreakers(pb.ListBreakersRequest(method="/nope")),
+            "method",
+        ),
+        (
+            "list breakers, bad state",
+            lambda: stub.ListBreakers(pb.ListBreakersRequest(state=42)),
+            "state",
+        ),
+        (
+            "list policies, bad caller",
+            lambda: stub.ListPolicies(pb.ListPoliciesRequest(caller="a b")),
+            "caller",
+        ),
+        ("delete, no id", lambda: stub.DeletePolicy(pb.DeletePolicyRequest()), "id"),
+        (
+            "delete, negative revision",
+            lambda: stub.DeletePolicy(pb.DeletePolicyRequest(id="x", expected_revision=-2)),
+            "expected_revision",
+        ),
+        (
+            "force, empty selector",
+            lambda: stub.ForceState(pb.ForceStateRequest(override=pb.OVERRIDE_FORCED_OPEN)),
+            "selector",
+        ),
+        (
+            "force, bad method",
+            lambda: stub.ForceState(
+                pb.ForceStateRequest(selector=pb.Selector(method="x"), override=1)
+            ),
+            "selector.method",
+        ),
+        (
+            "force, unknown override",
+            lambda: stub.ForceState(pb.ForceStateRequest(selector=selector, override=9)),
+            "override",
+        ),
+        (
+            "force, bad policy id",
+            lambda: stub.ForceState(
+                pb.ForceStateRequest(selector=selector, override=1, policy_id="a b")
+            ),
+            "policy_id",
+        ),
+        (
+            "events, bad service",
+            lambda: stub.WatchEvents(pb.WatchEventsRequest(service="a b")).read(),
+            "service",
+        ),
+    ]
+
+
+BAD_CALL_NAMES = [name for name, _, _ in _bad_calls(None)]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("index", range(len(BAD_CALL_NAMES)), ids=BAD_CALL_NAMES)
+async def test_bad_requests_name_the_field(stub: pb_grpc.ControlPlaneStub, index: int) -> None:
+    _, call, field = _bad_calls(stub)[index]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "").startswith(field)
+    assert (await stub.ListPolicies(pb.ListPoliciesRequest())).revision == 0
+    assert not (await stub.ListBreakers(pb.ListBreakersRequest())).instances
+
+
+# -- convert.py ---------------------------------------------------------------------------------
+
+
+def test_config_round_trip() -> None:
+    config = BreakerConfig(
+        failure_rate_threshold=0.3,
+        slow_call_rate_threshold=0.9,
+        slow_call_duration=None,
+        window_type=WindowType.COUNT,
+        window_size=50,
+        minimum_calls=7,
+        consecutive_failures=0,
+        open_duration=1.5,
+        open_duration_max=30.0,
+        backoff_multiplier=1.5,
+        open_jitter=0.1,
+        half_open_max_calls=2,
+        half_open_success_threshold=2,
+        max_concurrent_calls=64,
+        mode=Mode.SHADOW,
+        failure_codes=frozenset({"INTERNAL"}),
+        ignored_codes=frozenset({"CANCELLED", "NOT_FOUND"}),
+    )
+    message, mode = convert.config_to_proto(config)
+    assert mode == pb.MODE_SHADOW
+    assert convert.config_from_proto(message, mode) == config
+    default_message, default_mode = convert.config_to_proto(BreakerConfig())
+    assert convert.config_from_proto(default_message, default_mode) == BreakerConfig()
+
+
+def test_unset_fields_take_the_defaults() -> None:
+    assert convert.config_from_proto(pb.BreakerConfig()) == BreakerConfig()
+    # An open duration beyond the default maximum raises the maximum with it.
+    config = convert.config_from_proto(pb.BreakerConfig(open_duration=_seconds(120)))
+    assert (config.open_duration, config.open_duration_max) == (120.0, 120.0)
+    lower_case = convert.config_from_proto(pb.BreakerConfig(failure_codes=_codes("internal")))
+    assert lower_case.failure_codes == frozenset({"INTERNAL"})
+
+
+def test_policy_round_trip() -> None:
+    spec = convert.PolicySpec(
+        "p1",
+        convert.Selector("tx", "bank.v1.A", "/bank.v1.A/Get"),
+        BreakerConfig(window_size=5),
+        State.FORCED_OPEN,
+        "why",
+    )
+    assert convert.policy_from_proto(convert.policy_to_proto(spec)) == spec
+    override_only = convert.PolicySpec(
+        "p2", convert.Selector(service="a.A"), None, State.FORCED_CLOSED
+    )
+    message = convert.policy_to_proto(override_only)
+    assert not message.HasField("config")
+    assert convert.policy_from_proto(message) == override_only
+
+
+def _p(policy_id: str, *, caller: str = "", service: str = "", method: str = "",
+       rate: float | None = None, override: int = pb.OVERRIDE_NONE) -> pb.Policy:  # fmt: skip
+    message = pb.Policy(
+        id=policy_id,
+        selector=pb.Selector(caller=caller, service=service, method=method),
+        override=override,  # type: ignore[arg-type]
+    )
+    if rate is not None:
+        message.config.failure_rate_threshold = rate
+    return message
+
+
+def test_policies_for_most_specific_wins() -> None:
+    resolved = convert.policies_for(
+        "tx",
+        [
+            _p("all", rate=0.9),
+            _p("all-tx", caller="tx", rate=0.8),
+            _p("svc", service="a.A", rate=0.7),
+            _p("svc-tx", caller="tx", service="a.A", rate=0.6),
+            _p("svc-gw", caller="gw", service="a.A", rate=0.1),
+            _p("m", method="/a.A/Get", rate=0.5),
+            _p("m-force", caller="tx", method="/a.A/Get", override=pb.OVERRIDE_FORCED_OPEN),
+            _p("other-force", caller="gw", method="/a.A/Put", override=pb.OVERRIDE_FORCED_OPEN),
+        ],
+    )
+    assert resolved.default is not None and resolved.default.failure_rate_threshold == 0.8
+    assert {key: c.failure_rate_threshold for key, c in resolved.policies.items()} == {
+        "a.A": 0.6,
+        "/a.A/Get": 0.5,  # the caller-specific policy there has no config
+    }
+    assert resolved.overrides == {"/a.A/Get": State.FORCED_OPEN}
+
+
+def test_policies_for_ties_and_absence() -> None:
+    resolved = convert.policies_for(
+        "tx", [_p("b", service="a.A", rate=0.2), _p("a", service="a.A", rate=0.3)]
+    )
+    assert resolved.policies["a.A"].failure_rate_threshold == 0.3  # smaller id wins a tie
+    assert resolved.default is None
+    assert convert.policies_for("tx", []) == convert.ResolvedPolicies()
+
+
+def test_policies_for_names_the_bad_policy() -> None:
+    with pytest.raises(ConfigError) as caught:
+        convert.policies_for("tx", [_p("ok", rate=0.5), _p("bad", service="a.A", rate=7.0)])
+    assert caught.value.field == "policies[1].config.failure_rate_threshold"
+
+
+def test_snapshot_to_proto_makes_times_relative(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(
+        "/a.A/Get", BreakerConfig(consecutive_failures=1, open_duration=10.0), clock=clock
+    )
+    breaker.acquire().failure()
+    clock.advance(4)
+    message = convert.snapshot_to_proto(breaker.snapshot(), clock())
+    assert message.name == "/a.A/Get"
+    assert message.state == pb.BREAKER_STATE_OPEN
+    assert (message.total, message.failed, message.times_opened) == (1, 1, 1)
+    assert message.state_age == pytest.approx(4)
+    assert message.open_remaining == pytest.approx(6)
+    closed = convert.snapshot_to_proto(CircuitBreaker("/a.A/X", clock=clock).snapshot(), clock())
+    assert not closed.HasField("open_remaining")
+    assert convert.state_from_proto(message.state) is State.OPEN
+    assert convert.state_from_proto(pb.BREAKER_STATE_UNSPECIFIED) is None
