@@ -1,0 +1,290 @@
+"""Control plane on loopback: policy propagation to N agents, and reports handled per second.
+
+The control plane runs in its own process (`meshbreaker control-plane`, as in production), the
+agents in this one: N MeshAgents, each with its own registry, channel and two threads. For each
+put we take the time from PutPolicy returning to the moment each agent has applied the new
+revision (`MeshAgent.applied_at`, same monotonic clock), and quote p50/p99 over every
+(put, agent) pair. Reports/s: clients keep a window of ReportState calls in flight, each a
+realistic report of 20 breakers from one of 200 instances, for a fixed time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench._harness import table, write_json
+from meshbreaker.config import BreakerConfig
+from meshbreaker.control.agent import MeshAgent
+from meshbreaker.control.convert import config_to_proto
+from meshbreaker.registry import BreakerRegistry
+from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+
+METHOD = "/bench.v1.Service/Call"
+TARGET_P99_MS = 250.0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def control_plane_process(db: Path) -> Iterator[str]:
+    """`meshbreaker control-plane` in a child process; yields its target once it answers."""
+    port = _free_port()
+    target = f"127.0.0.1:{port}"
+    command = [sys.executable, "-m", "meshbreaker.cli", "control-plane"]
+    process = subprocess.Popen(
+        [*command, "--port", str(port), "--db", str(db), "--report-ttl", "60"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    channel = grpc.insecure_channel(target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=20)
+        yield target
+    finally:
+        channel.close()
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _stub(channel: grpc.Channel) -> Any:
+    return pb_grpc.ControlPlaneStub(channel)  # type: ignore[no-untyped-call]
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def propagation(target: str, agents: int, puts: int) -> dict[str, Any]:
+    """Start `agents` agents, do `puts` puts, and measure put -> applied in every agent."""
+    threads_before = threading.active_count()
+    started = time.monotonic()
+    fleet = [
+        MeshAgent(
+            target,
+            "bench",
+            BreakerRegistry(),
+            instance_id=f"bench-{agents}-{index}",
+            report_interval=5.0,
+        ).start()
+        for index in range(agents)
+    ]
+    channel = grpc.insecure_channel(target)
+    stub = _stub(channel)
+    try:
+        deadline = time.monotonic() + 30
+        while not all(agent.connected for agent in fleet):
+            if time.monotonic() > deadline:
+                raise RuntimeError("agents did not connect within 30 s")
+            time.sleep(0.01)
+        connect_seconds = time.monotonic() - started
+        threads_per_agent = (threading.active_count() - threads_before) / agents
+        delays_ms: list[float] = []
+        put_ms: list[float] = []
+        worst_ms: list[float] = []
+        for round_ in range(puts):
+            config, mode = config_to_proto(BreakerConfig(consecutive_failures=3 + round_ % 5))
+            policy = pb.Policy(
+                id="bench", selector=pb.Selector(method=METHOD), config=config, mode=mode
+            )
+            before = time.monotonic()
+            revision = stub.PutPolicy(pb.PutPolicyRequest(policies=[policy]), timeout=10).revision
+            returned = time.monotonic()
+            put_ms.append((returned - before) * 1000)
+            for agent in fleet:
+                if not agent.wait_for_revision(revision, timeout=10):
+                    raise RuntimeError(f"{agent.instance_id} did not apply revision {revision}")
+            # Applied before the response reached us counts as zero: it was already there.
+            delays = [max(0.0, (agent.applied_at or returned) - returned) * 1000 for agent in fleet]
+            delays_ms.extend(delays)
+            worst_ms.append(max(delays))
+            time.sleep(0.05)  # let the ACK reports drain, as between real changes
+        return {
+            "agents": agents,
+            "puts": puts,
+            "connect_all_s": round(connect_seconds, 3),
+            "threads_per_agent": round(threads_per_agent, 2),
+            "put_rpc_ms_p50": round(statistics.median(put_ms), 2),
+            "applied_ms_p50": round(_percentile(delays_ms, 0.50), 2),
+            "applied_ms_p99": round(_percentile(delays_ms, 0.99), 2),
+            "applied_ms_max": round(max(delays_ms), 2),
+            "last_agent_ms_p50": round(statistics.median(worst_ms), 2),
+        }
+    finally:
+        channel.close()
+        for agent in fleet:
+            agent.stop()
+
+
+def _report(instance: int, breakers: int) -> pb.ReportStateRequest:
+    snapshots = [
+        pb.BreakerSnapshot(
+            name=f"/bench.v1.Service/Method{index}",
+            state=pb.BREAKER_STATE_CLOSED,
+            total=1000 + index,
+            successful=990,
+            failed=10 + index,
+            failure_rate=0.01,
+            window_calls=100,
+            mean_duration=0.004,
+        )
+        for index in range(breakers)
+    ]
+    return pb.ReportStateRequest(
+        instance_id=f"reporter-{instance}",
+        service="bench",
+        applied_revision=1,
+        breakers=snapshots,
+        full=True,
+    )
+
+
+def reports_per_second(
+    target: str, seconds: float, *, clients: int = 4, window: int = 32, breakers: int = 20
+) -> dict[str, Any]:
+    """ReportState calls the control plane completes per second, `clients` x `window` in flight."""
+    requests = [_report(index, breakers) for index in range(200)]
+    channels = [
+        grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(clients)
+    ]
+    stubs = [_stub(channel) for channel in channels]
+    done = [0] * clients
+    failed = [0] * clients
+    stop_at = time.monotonic() + seconds
+
+    def client(slot: int) -> None:
+        stub = stubs[slot]
+        in_flight: list[Any] = []
+        sent = 0
+        while time.monotonic() < stop_at or in_flight:
+            while time.monotonic() < stop_at and len(in_flight) < window:
+                request = requests[(slot * 50 + sent) % len(requests)]
+                in_flight.append(stub.ReportState.future(request, timeout=10))
+                sent += 1
+            future = in_flight.pop(0)
+            try:
+                future.result()
+                done[slot] += 1
+            except grpc.RpcError:
+                failed[slot] += 1
+
+    started = time.monotonic()
+    workers = [threading.Thread(target=client, args=(slot,)) for slot in range(clients)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.monotonic() - started
+    for channel in channels:
+        channel.close()
+    return {
+        "seconds": round(elapsed, 2),
+        "breakers_per_report": breakers,
+        "clients": clients,
+        "in_flight": clients * window,
+        "reports": sum(done),
+        "failed": sum(failed),
+        "reports_per_s": round(sum(done) / elapsed, 1),
+        "breaker_snapshots_per_s": round(sum(done) * breakers / elapsed, 1),
+    }
+
+
+def main(quick: bool = False) -> dict[str, Any]:
+    """Run the benchmark, print its tables, write bench/results/control_plane.json."""
+    puts = 5 if quick else 20
+    sizes = (50, 200)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        control_plane_process(Path(tmp) / "bench.db") as target,
+    ):
+        results = [propagation(target, agents, puts) for agents in sizes]
+        throughput = reports_per_second(target, 1.0 if quick else 3.0)
+    payload: dict[str, Any] = {
+        "quick": quick,
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "grpc": grpc.__version__,
+        "target_p99_ms_at_200": TARGET_P99_MS,
+        "propagation": results,
+        "reports": throughput,
+    }
+    at_200 = next(r for r in results if r["agents"] == 200)
+    payload["target_met"] = at_200["applied_ms_p99"] <= TARGET_P99_MS
+    print(
+        table(
+            [
+                "agents",
+                "puts",
+                "put RPC p50 ms",
+                "applied p50 ms",
+                "applied p99 ms",
+                "max ms",
+                "all connected s",
+                "threads/agent",
+            ],
+            [
+                [
+                    str(r["agents"]),
+                    str(r["puts"]),
+                    f"{r['put_rpc_ms_p50']:.1f}",
+                    f"{r['applied_ms_p50']:.1f}",
+                    f"{r['applied_ms_p99']:.1f}",
+                    f"{r['applied_ms_max']:.1f}",
+                    f"{r['connect_all_s']:.2f}",
+                    f"{r['threads_per_agent']:.1f}",
+                ]
+                for r in results
+            ],
+        )
+    )
+    print()
+    print(
+        table(
+            ["reports/s", "breaker snapshots/s", "breakers/report", "in flight", "failed"],
+            [
+                [
+                    f"{throughput['reports_per_s']:.0f}",
+                    f"{throughput['breaker_snapshots_per_s']:.0f}",
+                    str(throughput["breakers_per_report"]),
+                    str(throughput["in_flight"]),
+                    str(throughput["failed"]),
+                ]
+            ],
+        )
+    )
+    verdict = "met" if payload["target_met"] else "NOT met"
+    print(f"\np99 at 200 agents: {at_200['applied_ms_p99']:.1f} ms (target <= 250 ms: {verdict})")
+    path = write_json("control_plane", payload)
+    print(f"wrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.control_plane", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer puts, shorter load")
+    main(quick=parser.parse_args().quick)
