@@ -240,6 +240,7 @@ class Gateway:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._drainer: threading.Thread | None = None
+        self._transfer_breaker = self.registry.get(TRANSFER_METHOD) if self.registry else None
         self._unsubscribe = (
             self.registry.on_state_change(self._on_state_change) if self.registry else None
         )
@@ -258,6 +259,10 @@ class Gateway:
             latency = time.perf_counter() - started
             return TransferOutcome(transfer_id, status, reason, latency, **extra)
 
+        if not self._transfer_may_go():
+            # Fail fast at the edge: no balance check, no outbox write for a transfer the
+            # transaction breaker would refuse anyway.
+            return finish(TransferStatus.REJECTED, "transaction breaker open")
         try:
             balance = self._accounts.GetBalance(
                 bank_pb2.GetBalanceRequest(account_id=from_account),
@@ -304,6 +309,17 @@ class Gateway:
         )
         audit = self._audit_now(record)
         return finish(TransferStatus.COMMITTED, notification=notification, audit=audit)
+
+    def _transfer_may_go(self) -> bool:
+        if self._transfer_breaker is None:
+            return True
+        # Asking for a permit (not just reading the state) counts the rejection and moves an
+        # OPEN breaker to HALF_OPEN when its time is up; the real call asks again.
+        permit = self._transfer_breaker.try_acquire()
+        if permit is None:
+            return False
+        permit.ignore()
+        return True
 
     def _notify(self, request: bank_pb2.TransferRequest) -> str:
         # Non-critical: whatever happens here, the transfer stands.

@@ -31,6 +31,7 @@ def generate(out_dir: Path = ROOT) -> None:
     if code != 0:
         raise SystemExit(f"protoc failed with exit status {code}")
     init = out_dir / "examples" / "banking" / "gen" / "__init__.py"
+    init.parent.mkdir(parents=True, exist_ok=True)
     if not init.exists():
         init.write_text(
             '"""Generated from examples/banking/protos; regenerate with make proto."""\n'
