@@ -174,6 +174,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         self._changed = asyncio.Condition()
         self._write_lock = asyncio.Lock()
         self._instances: dict[str, _Instance] = {}
+        self._last_sweep = -math.inf
         self.events = _EventBus(limits.event_queue_size, wall_clock)
 
     @property
@@ -220,6 +221,13 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             if entry.after is not None:
                 change.after.CopyFrom(entry.after)
             self.events.publish(pb.Event(policy_change=change))
+            logger.info(
+                "policy %s %s at revision %d by %s",
+                entry.policy_id,
+                "deleted" if entry.after is None else "put",
+                entry.revision,
+                entry.actor,
+            )
         async with self._changed:
             self._changes += 1
             self._changed.notify_all()
@@ -236,14 +244,20 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         except StoreError as error:
             raise _Invalid(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from None
 
-    def _expire(self, now: float) -> None:
+    def _expire(self, now: float, *, throttled: bool = False) -> None:
+        # Reports sweep at most once per second of clock time, so a report stays O(1) with many
+        # instances; reads sweep every time, so what they show is exact.
+        if throttled and now - self._last_sweep < 1.0:
+            return
+        self._last_sweep = now
         expired = [
             key
             for key, instance in self._instances.items()
             if now - instance.last_seen > self._report_ttl
         ]
         for key in expired:
-            del self._instances[key]
+            instance = self._instances.pop(key)
+            logger.info("instance %s of %s stopped reporting", key, instance.service)
 
     @staticmethod
     def _expected(request: Any) -> int | None:
@@ -331,7 +345,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         except ConfigError as error:
             raise _invalid(error) from None
         now = self._clock()
-        self._expire(now)
+        self._expire(now, throttled=True)
         instance = self._instances.get(request.instance_id)
         if instance is None:
             if len(self._instances) >= self._limits.max_instances:

@@ -840,7 +840,9 @@ class ReportStateResponse(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     REPORT_TTL_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
-    """the current store revision (an agent behind it should expect a push)"""
+    """The current store revision; it may be ahead of the applied one when the later changes did
+    not affect this caller (those are not pushed).
+    """
     @_builtins.property
     def report_ttl(self) -> _duration_pb2.Duration:
         """report more often than this to stay listed"""

@@ -201,18 +201,23 @@ async def test_watch_sends_at_once_then_each_relevant_change(
 
 
 async def test_many_watchers_all_get_the_change(server: ControlPlaneServer) -> None:
+    import threading
+
     async with grpc.aio.insecure_channel(server.target) as channel:
         stub = pb_grpc.ControlPlaneStub(channel)
+        threads_before = threading.active_count()
         watches = [
             stub.WatchConfig(pb.WatchConfigRequest(service=f"svc{index % 5}"))
-            for index in range(100)
+            for index in range(150)
         ]
         firsts = await asyncio.gather(*(w.read() for w in watches))
         assert all(first.revision == 0 for first in firsts)
+        # Watch streams are coroutines on the server's loop, not pool threads.
+        assert threading.active_count() <= threads_before + 2
         await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("all", service="a.A")]))
         seconds = await asyncio.wait_for(asyncio.gather(*(w.read() for w in watches)), 3)
         assert all(s.revision == 1 and s.policies[0].id == "all" for s in seconds)
-        # Other RPCs are not starved by 100 open streams.
+        # Other RPCs are not starved by 150 open streams.
         listed = await asyncio.wait_for(stub.ListPolicies(pb.ListPoliciesRequest()), 1)
         assert listed.revision == 1
         for watch in watches:
