@@ -298,6 +298,8 @@ class MeshAgent:
             self._started = True
         self._load_cache()
         self._loop = _AgentLoop.shared()
+        if self._loop.in_loop():
+            raise AgentError("start() must not be called from the agents' own loop thread")
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._done = self._loop.submit(self._main(ready))
         ready.result(timeout=10)  # the tasks exist, so stop() can always cancel them
@@ -382,8 +384,9 @@ class MeshAgent:
         self._snapshots_received += 1
         try:
             self._apply(snapshot)
-        except (MeshbreakerError, ValueError) as error:
-            reason = str(error) or type(error).__name__
+        except Exception as error:  # whatever the cause (a `validate` hook's bug too): NACK
+            reason = str(error) if isinstance(error, (MeshbreakerError, ValueError)) else ""
+            reason = reason or f"{type(error).__name__}: {error}"
             logger.warning(
                 "meshbreaker agent: rejected config revision %d: %s (keeping revision %d)",
                 snapshot.revision,
@@ -491,7 +494,10 @@ class MeshAgent:
                     await asyncio.sleep(self._report_coalesce)  # let a burst settle
             event.clear()
             self._report_pending = False
-            await self._report_once()
+            try:
+                await self._report_once()
+            except Exception:  # a bug must not stop the reports (nor the watch with them)
+                logger.exception("meshbreaker agent: report failed")
 
     async def _report_once(self) -> bool:
         request = self._build_report()
@@ -509,6 +515,8 @@ class MeshAgent:
         """Send one report and wait for it; False (logged) when it was not accepted."""
         if self._loop is None or self._stub is None or self._stopped:
             return False
+        if self._loop.in_loop():
+            raise AgentError("report_now() blocks: call it from another thread")
         return self._loop.submit(self._report_once()).result(timeout)
 
     def _build_report(self) -> pb.ReportStateRequest:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -10,6 +11,7 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+import grpc.aio
 import pytest
 
 from meshbreaker.config import BreakerConfig, State
@@ -400,3 +402,39 @@ def test_stop_cancels_an_open_watch_promptly(control_plane_thread: Any) -> None:
     agent.stop()
     with pytest.raises(AgentError):
         agent.start()
+
+
+async def test_an_asyncio_application_embeds_agent_and_control_plane(
+    start_control_plane: Any,
+) -> None:
+    server = await start_control_plane()  # on this test's own event loop
+    registry = BreakerRegistry()
+    agent = MeshAgent(server.target, "transaction", registry, report_interval=60.0)
+    agent.start()  # never blocks on the network: the agent runs on its own loop
+    try:
+        channel = grpc.aio.insecure_channel(server.target)
+        stub = pb_grpc.ControlPlaneStub(channel)  # type: ignore[no-untyped-call]
+        tight = BreakerConfig(consecutive_failures=2)
+        response = await stub.PutPolicy(
+            pb.PutPolicyRequest(policies=[method_policy("tight", tight)]), timeout=5
+        )
+        assert await asyncio.to_thread(agent.wait_for_revision, response.revision, 1.0)
+        assert registry.resolve(METHOD) == tight
+        await channel.close()
+    finally:
+        await asyncio.to_thread(agent.stop)
+
+
+def test_a_validate_hook_that_crashes_is_a_nack_not_a_reconnect(
+    scripted: tuple[ScriptedControlPlane, str],
+) -> None:
+    servicer, target = scripted
+
+    def buggy(resolved: ResolvedPolicies) -> None:
+        raise KeyError("oops")
+
+    with MeshAgent(target, "transaction", BreakerRegistry(), validate=buggy) as agent:
+        servicer.snapshots.put(pb.ConfigSnapshot(revision=5, service="transaction"))
+        assert wait_until(lambda: agent.last_nack is not None)
+        assert agent.last_nack == (5, "KeyError: 'oops'")
+        assert agent.connected and servicer.watchers == 1
