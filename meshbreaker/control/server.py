@@ -243,6 +243,11 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             raise _Invalid(grpc.StatusCode.NOT_FOUND, str(error)) from None
         except StoreError as error:
             raise _Invalid(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from None
+        except Exception as error:  # disk full, I/O error...: nothing was committed
+            logger.exception("policy store write failed")
+            raise _Invalid(
+                grpc.StatusCode.UNAVAILABLE, f"policy store write failed: {error}"
+            ) from None
 
     def _expire(self, now: float, *, throttled: bool = False) -> None:
         # Reports sweep at most once per second of clock time, so a report stays O(1) with many

@@ -513,3 +513,63 @@ async def test_sigkill_during_a_burst_loses_no_acknowledged_put(
     assert len(acknowledged) >= 60
     assert set(acknowledged) <= stored_ids
     assert listed.revision >= len(acknowledged)
+
+
+_RUN_SCRIPT = """
+import sys
+from meshbreaker.control.server import run
+
+run(0, sys.argv[1], ready=lambda server: print(server.port, flush=True))
+print("stopped", flush=True)
+"""
+
+
+def test_run_serves_until_sigterm_then_stops_cleanly(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", _RUN_SCRIPT, str(tmp_path / "run.db")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.ControlPlaneStub(channel)
+            assert stub.ListPolicies(pb.ListPoliciesRequest(), timeout=5).revision == 0
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(5) == 0
+        assert process.stdout.read().strip() == "stopped"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+async def test_a_failing_store_write_is_unavailable_and_changes_nothing(
+    start_control_plane: Start, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    from meshbreaker.control.store import SqliteStore
+
+    class FullDisk(SqliteStore):
+        def put(self, *args: object, **kwargs: object) -> list:  # type: ignore[type-arg, override]
+            raise sqlite3.OperationalError("database or disk is full")
+
+    store = FullDisk(tmp_path / "full.db")
+    server = await start_control_plane(store=store)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        request = pb.PutPolicyRequest(policies=[policy("a", service="a.A")])
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.PutPolicy(request)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "disk is full" in (caught.value.details() or "")
+        listed = await stub.ListPolicies(pb.ListPoliciesRequest())
+        assert listed.revision == 0 and not listed.policies
+    store.close()
