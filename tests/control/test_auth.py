@@ -68,8 +68,8 @@ def _calls(stub: pb_grpc.ControlPlaneStub, metadata: Metadata) -> dict[str, Call
         "ListPolicies": lambda: _unary(
             stub.ListPolicies(pb.ListPoliciesRequest(), metadata=metadata)
         ),
-        "WatchEvents": lambda: _headers(
-            stub.WatchEvents(pb.WatchEventsRequest(), metadata=metadata)
+        "WatchEvents": lambda: _event(
+            stub, stub.WatchEvents(pb.WatchEventsRequest(), metadata=metadata)
         ),
         "PutPolicy": lambda: _unary(
             stub.PutPolicy(pb.PutPolicyRequest(policies=[_policy("p")]), metadata=metadata)
@@ -95,12 +95,19 @@ async def _first(call: Any) -> None:
         call.cancel()
 
 
-async def _headers(call: Any) -> None:
-    # An accepted event stream stays open with nothing to read; a refused one fails at once.
+async def _event(stub: pb_grpc.ControlPlaneStub, call: Any) -> None:
+    # A refused stream fails at its first read. An accepted one sends headers once subscribed;
+    # then an event is caused (with the admin token) so the read has something to return.
     try:
-        await asyncio.wait_for(call.read(), 0.2)
-    except asyncio.TimeoutError:
-        pass
+        await call.initial_metadata()
+        if not call.done():
+            report = pb.ReportStateRequest(
+                instance_id="event-maker",
+                service="tx",
+                breakers=[pb.BreakerSnapshot(name="/a.A/M", state=pb.BREAKER_STATE_OPEN)],
+            )
+            await stub.ReportState(report, metadata=bearer(ADMIN))
+        await asyncio.wait_for(call.read(), 2)
     finally:
         call.cancel()
 
