@@ -197,6 +197,10 @@ class Outbox:
         )
         return [_Row(*row) for row in rows]
 
+    def backlog(self) -> int:
+        """Rows waiting for the drainer (rows a request thread still owns are not counted)."""
+        return int(self._db.query("SELECT count(*) FROM outbox WHERE busy = 0")[0][0])
+
     def depth(self) -> dict[str, int]:
         """Rows owed, by kind."""
         counts = {"transfer": 0, "audit": 0}
