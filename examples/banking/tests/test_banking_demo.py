@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+
+from examples.banking.demo import Demo, Settings
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVICES = ("AccountService", "TransactionService", "NotificationService", "AuditService")
@@ -126,3 +129,31 @@ def test_ctrl_c_stops_every_child_process(tmp_path: Path) -> None:
         process.kill()
         process.wait()
     assert all(not _alive(pid) for pid in children.values())
+
+
+@pytest.mark.timeout(120)
+def test_without_the_outbox_the_demo_reports_a_broken_invariant(tmp_path: Path) -> None:
+    # A shortened scenario in-process: the audit outage loses records and run() says so.
+    tiny = Settings(
+        steady=0.3,
+        notification_outage=0.3,
+        audit_outage=1.0,
+        hang=1.5,
+        operator=0.3,
+        recovery_max=6,
+        view_interval=5.0,
+        hang_samples=0,
+        workers=2,
+        plain_workers=1,
+    )
+    out = io.StringIO()
+    demo = Demo(tiny, tmp_path, out, outbox=False)
+    try:
+        assert demo.run() == 1, out.getvalue()
+    finally:
+        demo.close()
+    output = out.getvalue()
+    assert "[FAIL] every committed transfer audited exactly once" in output
+    assert "never audited" in output
+    assert "[ok] total money conserved to the cent" in output
+    assert "=== AN INVARIANT FAILED" in output
