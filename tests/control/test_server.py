@@ -573,3 +573,26 @@ async def test_a_failing_store_write_is_unavailable_and_changes_nothing(
         listed = await stub.ListPolicies(pb.ListPoliciesRequest())
         assert listed.revision == 0 and not listed.policies
     store.close()
+
+
+def test_package_exports() -> None:
+    import subprocess
+    import sys
+
+    import meshbreaker.control as control
+    from meshbreaker.control import MeshAgent, PolicyStore, SqliteStore, serve
+    from meshbreaker.control.agent import MeshAgent as AgentClass
+    from meshbreaker.control.server import serve as serve_function
+
+    assert MeshAgent is AgentClass and serve is serve_function
+    assert issubclass(SqliteStore, PolicyStore)
+    assert set(control.__all__) <= set(dir(control)) | set(control._LAZY)
+    with pytest.raises(AttributeError):
+        _ = control.nothing_here  # type: ignore[attr-defined]
+    # Importing the agent alone does not load the server or sqlite3.
+    code = (
+        "import sys, meshbreaker.control.agent; "
+        "print('meshbreaker.control.server' in sys.modules, 'sqlite3' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
