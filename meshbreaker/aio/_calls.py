@@ -326,6 +326,10 @@ class AioTracker:
         if not self._permit.done:
             self._guard.record(self._permit, self._breaker, code, self.first)
 
+    def release(self) -> None:
+        """The caller gave up on the call: ignore its outcome and free the permit."""
+        release(self._permit)
+
     def first_message(self) -> None:
         """Note the first response message (the slow-call measure for streams)."""
         try:
@@ -335,17 +339,19 @@ class AioTracker:
             self.first = 0.0
 
 
-class TimedResponses:
-    """The response stream passed through unchanged, noting when its first message arrives."""
-
-    __slots__ = ("_call", "_iterator", "_tracker")
+class TimedStreamCall(
+    grpc.aio.UnaryStreamCall,  # type: ignore[type-arg]
+    grpc.aio.StreamStreamCall,  # type: ignore[type-arg]
+):
+    """A response-stream call passed through unchanged, noting its first message; cancel frees
+    the permit at once."""
 
     def __init__(self, call: Any, tracker: AioTracker) -> None:
         self._call = call
         self._iterator: Any = None
         self._tracker = tracker
 
-    def __aiter__(self) -> TimedResponses:
+    def __aiter__(self) -> TimedStreamCall:
         if self._iterator is None:
             self._iterator = self._call.__aiter__()
         return self
@@ -369,3 +375,76 @@ class TimedResponses:
             raise
         self._tracker.first_message()
         return response
+
+    async def read(self) -> Any:
+        """The next message, or grpc.aio.EOF."""
+        try:
+            response = await self._call.read()
+        except AioRpcError as error:
+            self._tracker.finish(error.code())
+            raise
+        if response is grpc.aio.EOF:
+            self._tracker.finish(_OK)
+        elif self._tracker.first is None:
+            self._tracker.first_message()
+        return response
+
+    def cancel(self) -> bool:
+        """Cancels the call and frees its permit at once (a cancelled call is ignored)."""
+        cancelled = bool(self._call.cancel())
+        if cancelled:
+            self._tracker.release()
+        return cancelled
+
+    def cancelled(self) -> bool:
+        """Whether the call was cancelled."""
+        return self._call.cancelled()  # type: ignore[no-any-return]
+
+    def done(self) -> bool:
+        """Whether the call is done."""
+        return self._call.done()  # type: ignore[no-any-return]
+
+    def time_remaining(self) -> float | None:
+        """The call's remaining time."""
+        return self._call.time_remaining()  # type: ignore[no-any-return]
+
+    def add_done_callback(self, callback: DoneCallback) -> None:
+        """Calls `callback(self)` when the call is done."""
+        self._call.add_done_callback(lambda _call: callback(self))
+
+    async def initial_metadata(self) -> Metadata:
+        """The server's initial metadata."""
+        return await self._call.initial_metadata()  # type: ignore[no-any-return]
+
+    async def trailing_metadata(self) -> Metadata:
+        """The server's trailing metadata."""
+        return await self._call.trailing_metadata()  # type: ignore[no-any-return]
+
+    async def code(self) -> grpc.StatusCode:
+        """The call's status code."""
+        return await self._call.code()  # type: ignore[no-any-return]
+
+    async def details(self) -> str:
+        """The call's status details."""
+        return await self._call.details()  # type: ignore[no-any-return]
+
+    async def debug_error_string(self) -> str:
+        """The call's debug error string."""
+        return await self._call.debug_error_string()  # type: ignore[no-any-return]
+
+    async def wait_for_connection(self) -> None:
+        """Waits for the call's connection."""
+        await self._call.wait_for_connection()
+
+    async def write(self, request: Any) -> None:
+        """Writes to the request stream."""
+        await self._call.write(request)
+
+    async def done_writing(self) -> None:
+        """Closes the request stream."""
+        await self._call.done_writing()
+
+    @property
+    def _done_writing_flag(self) -> bool:
+        # grpc's InterceptedStreamStreamCall.write() reads this from the call it was handed.
+        return bool(self._call._done_writing_flag)

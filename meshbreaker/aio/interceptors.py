@@ -15,7 +15,7 @@ from meshbreaker.aio._calls import (
     FallbackAioCall,
     FallbackOnFailureAioCall,
     RejectedAioCall,
-    TimedResponses,
+    TimedStreamCall,
     rejected_error,
 )
 from meshbreaker.errors import CallNotPermittedError
@@ -102,7 +102,7 @@ async def _guard_stream(
     try:
         tracker = AioTracker(guard, breaker, permit)
         tracker.watch(call)
-        return TimedResponses(call, tracker)
+        return TimedStreamCall(call, tracker)
     except Exception:
         logger.exception("meshbreaker: tracking %s failed", client_call_details.method)
         release(permit)

@@ -11,6 +11,7 @@ from concurrent import futures
 
 import grpc
 
+from meshbreaker.config import BreakerConfig, WindowType
 from meshbreaker.testing import FakeClock
 
 SERVICE = "test.Svc"
@@ -20,6 +21,19 @@ SERVER_STREAM = f"/{SERVICE}/ServerStream"
 CLIENT_STREAM = f"/{SERVICE}/ClientStream"
 BIDI = f"/{SERVICE}/Bidi"
 TRAILER = ("x-test-trailer", "server")
+
+# Trips after 2 failures in a row, stays open 30 s, probes with at most 2 calls, one success closes.
+CONFIG = BreakerConfig(
+    window_type=WindowType.COUNT,
+    window_size=20,
+    minimum_calls=100,
+    consecutive_failures=2,
+    open_duration=30.0,
+    open_duration_max=30.0,
+    half_open_max_calls=2,
+    half_open_success_threshold=1,
+    slow_call_duration=5.0,
+)
 
 
 class BytesServer:

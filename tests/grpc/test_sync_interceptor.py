@@ -15,13 +15,13 @@ import pytest
 from bytes_server import (
     BIDI,
     CLIENT_STREAM,
+    CONFIG,
     OTHER,
     SERVER_STREAM,
     TRAILER,
     UNARY,
     BytesServer,
 )
-from conftest import CONFIG
 
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError

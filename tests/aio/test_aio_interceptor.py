@@ -1,0 +1,551 @@
+"""breaker_interceptors on grpc.aio channels against a real server: issue 3, "Must hold"."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+from bytes_server import (
+    BIDI,
+    CLIENT_STREAM,
+    CONFIG,
+    OTHER,
+    SERVER_STREAM,
+    TRAILER,
+    UNARY,
+    BytesServer,
+)
+
+from meshbreaker.aio import AioRejectedError, breaker_interceptors
+from meshbreaker.config import GRPC_CODE_NAMES, State
+from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError
+from meshbreaker.registry import BreakerRegistry
+from meshbreaker.testing import FakeClock
+
+FAILURE_CODES = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "DATA_LOSS"}
+FAILURE_CODES |= {"RESOURCE_EXHAUSTED"}
+
+
+class Client:
+    """Multi-callables for the four test methods on one aio channel."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.unary = channel.unary_unary(UNARY)
+        self.other = channel.unary_unary(OTHER)
+        self.server_stream = channel.unary_stream(SERVER_STREAM)
+        self.client_stream = channel.stream_unary(CLIENT_STREAM)
+        self.bidi = channel.stream_stream(BIDI)
+
+
+Connect = Callable[..., Client]
+
+
+@pytest.fixture
+async def connect(server: BytesServer) -> AsyncIterator[Connect]:
+    """connect(interceptors=None) -> Client on a fresh aio channel to the test server."""
+    channels: list[grpc.aio.Channel] = []
+
+    def make(interceptors: Any = None) -> Client:
+        channel = grpc.aio.insecure_channel(server.target, interceptors=interceptors)
+        channels.append(channel)
+        return Client(channel)
+
+    yield make
+    for channel in channels:
+        await channel.close()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Polls `predicate` while letting the event loop run."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+
+async def outcome(fn: Callable[[], Awaitable[Any]]) -> Any:
+    """What a caller observes: the value, or the error's code, details and trailers."""
+    try:
+        return ("ok", await fn())
+    except grpc.aio.AioRpcError as error:
+        return ("error", error.code(), error.details(), tuple(error.trailing_metadata() or ()))
+
+
+async def collect(stream: Any) -> list[Any]:
+    return [message async for message in stream]
+
+
+async def trip(client: Client, registry: BreakerRegistry, method: str = UNARY) -> None:
+    """Opens the breaker of `method` with two UNAVAILABLE answers."""
+    calls: dict[str, Callable[[], Awaitable[Any]]] = {
+        UNARY: lambda: client.unary(b"fail:UNAVAILABLE"),
+        SERVER_STREAM: lambda: collect(client.server_stream(b"fail-after:0:UNAVAILABLE")),
+        CLIENT_STREAM: lambda: client.client_stream(iter([b"fail:UNAVAILABLE"])),
+        BIDI: lambda: collect(client.bidi(iter([b"fail:UNAVAILABLE"]))),
+    }
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await calls[method]()
+    await wait_for(lambda: registry.get(method).state is State.OPEN)
+
+
+async def entered(server: BytesServer, count: int) -> None:
+    """Waits until `count` more calls have entered the server."""
+    for _ in range(count):
+        assert await asyncio.to_thread(server.entered.acquire, True, 2)
+
+
+# ----- closed: everything reaches the caller exactly as without the interceptor ----------------
+
+
+async def call_api(call: Any) -> Any:
+    await call
+    return (await call.code(), await call.details(), tuple(await call.trailing_metadata()))
+
+
+async def read_all(call: Any) -> list[Any]:
+    return [await call.read() for _ in range(3)]
+
+
+async def write_then_read(call: Any) -> list[Any]:
+    await call.write(b"a")
+    first = await call.read()
+    await call.done_writing()
+    return [first, await call.read(), await call.code()]
+
+
+async def write_then_await(call: Any) -> Any:
+    await call.write(b"a")
+    await call.write(b"b")
+    await call.done_writing()
+    return await call
+
+
+def scenarios(client: Client) -> list[Callable[[], Awaitable[Any]]]:
+    return [
+        lambda: client.unary(b"hello"),
+        lambda: client.unary(b"fail:NOT_FOUND"),
+        lambda: client.unary(b"fail:UNAVAILABLE"),
+        lambda: call_api(client.unary(b"hello")),
+        lambda: collect(client.server_stream(b"n:3")),
+        lambda: collect(client.server_stream(b"fail-after:2:UNAVAILABLE")),
+        lambda: read_all(client.server_stream(b"n:2")),
+        lambda: client.client_stream(iter([b"a", b"b", b"c"])),
+        lambda: client.client_stream(iter([b"a", b"fail:PERMISSION_DENIED"])),
+        lambda: write_then_await(client.client_stream()),
+        lambda: collect(client.bidi(iter([b"x", b"y"]))),
+        lambda: collect(client.bidi(iter([b"x", b"fail:INTERNAL"]))),
+        lambda: write_then_read(client.bidi()),
+    ]
+
+
+async def test_closed_breaker_is_invisible_to_the_caller(connect: Connect) -> None:
+    plain = connect()
+    guarded = connect(breaker_interceptors(BreakerRegistry(CONFIG.replace(consecutive_failures=0))))
+    expected = [await outcome(fn) for fn in scenarios(plain)]
+    observed = [await outcome(fn) for fn in scenarios(guarded)]
+    assert observed == expected
+    assert ("ok", [b"m0", b"m1", b"m2"]) in observed
+    assert ("ok", [b"m0", b"m1", grpc.aio.EOF]) in observed
+    assert any(item[0] == "error" and TRAILER in item[3] for item in observed)
+
+
+async def test_calls_do_not_wait_for_the_server_in_the_interceptor(
+    connect: Connect, registry: BreakerRegistry, server: BytesServer
+) -> None:
+    client = connect(breaker_interceptors(registry))
+    call = client.unary(b"block")
+    stream = client.server_stream(b"block")
+    await entered(server, 2)
+    assert not call.done()
+    server.release.set()
+    assert await call == b"block"
+    assert await collect(stream) == [b"block"]
+    snapshot = registry.get(UNARY).snapshot()
+    assert snapshot.successful == 1
+
+
+# ----- outcome by status -----------------------------------------------------------------------
+
+
+async def test_every_code_is_classified(connect: Connect, clock: FakeClock) -> None:
+    registry = BreakerRegistry(CONFIG.replace(consecutive_failures=0), clock=clock)
+    client = connect(breaker_interceptors(registry))
+    codes = sorted(GRPC_CODE_NAMES - {"OK", "CANCELLED"})
+    for code in codes:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await client.unary(b"fail:" + code.encode())
+    snapshot = registry.get(UNARY).snapshot()
+    assert snapshot.failed == len(FAILURE_CODES)
+    assert snapshot.successful == len(codes) - len(FAILURE_CODES)
+
+
+async def test_cancelled_call_is_ignored(
+    connect: Connect, registry: BreakerRegistry, server: BytesServer
+) -> None:
+    client = connect(breaker_interceptors(registry))
+    call = client.unary(b"block")
+    await entered(server, 1)
+    assert call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await wait_for(lambda: registry.get(UNARY).snapshot().ignored == 1)
+    snapshot = registry.get(UNARY).snapshot()
+    assert (snapshot.failed, snapshot.successful) == (0, 0)
+
+
+async def test_codes_from_the_config_and_from_the_interceptor(
+    connect: Connect, clock: FakeClock
+) -> None:
+    by_config = BreakerRegistry(CONFIG, clock=clock)
+    by_config.set_policy(
+        UNARY, CONFIG.replace(failure_codes={"NOT_FOUND"}, ignored_codes={"ABORTED"})
+    )
+    by_interceptor = BreakerRegistry(CONFIG, clock=clock)
+    clients = [
+        connect(breaker_interceptors(by_config)),
+        connect(
+            breaker_interceptors(
+                by_interceptor, failure_codes=["NOT_FOUND"], ignored_codes=[grpc.StatusCode.ABORTED]
+            )
+        ),
+    ]
+    for client in clients:
+        for request in (b"fail:NOT_FOUND", b"fail:ABORTED", b"fail:UNAVAILABLE"):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await client.unary(request)
+    for registry in (by_config, by_interceptor):
+        snapshot = registry.get(UNARY).snapshot()
+        assert (snapshot.failed, snapshot.ignored, snapshot.successful) == (1, 1, 1)
+
+
+async def test_slow_means_total_time_for_unary_and_first_message_for_streams(
+    connect: Connect, registry: BreakerRegistry, server: BytesServer
+) -> None:
+    client = connect(breaker_interceptors(registry))
+    assert await client.unary(b"tick") == b"tick"  # the server advances the fake clock by 10 s
+    assert await client.unary(b"fast") == b"fast"
+    snapshot = registry.get(UNARY).snapshot()
+    assert (snapshot.successful, snapshot.slow) == (2, 1)
+    stream = client.server_stream(b"long-lived")
+    assert await stream.read() == b"m0"
+    server.release.set()  # 10 s pass between m0 and m1: a long-lived stream is not slow
+    assert await collect(stream) == [b"m1", b"m2"]
+    assert (
+        registry.get(SERVER_STREAM).snapshot().successful,
+        registry.get(SERVER_STREAM).snapshot().slow,
+    ) == (1, 0)
+    assert await collect(client.server_stream(b"tick-first")) == [b"m0"]
+    snapshot = registry.get(SERVER_STREAM).snapshot()
+    assert (snapshot.successful, snapshot.slow) == (2, 1)
+
+
+# ----- open: the server is never contacted ------------------------------------------------------
+
+
+def assert_rejection(error: BaseException, method: str) -> None:
+    assert isinstance(error, grpc.aio.AioRpcError)
+    assert isinstance(error, CallNotPermittedError)
+    assert error.code() is grpc.StatusCode.UNAVAILABLE
+    details = error.details() or ""
+    assert method in details and "OPEN" in details and "30.000s" in details
+    assert tuple(error.trailing_metadata()) == (("x-meshbreaker-state", "OPEN"),)
+
+
+async def test_open_unary_rejects_without_the_server(
+    connect: Connect, registry: BreakerRegistry, server: BytesServer
+) -> None:
+    client = connect(breaker_interceptors(registry))
+    await trip(client, registry)
+    before = server.total()
+    with pytest.raises(AioRejectedError) as raised:
+        await client.unary(b"hello")
+    assert_rejection(raised.value, UNARY)
+    call = client.unary(b"hello")
+    assert await call.code() is grpc.StatusCode.UNAVAILABLE
+    assert UNARY in await call.details()
+    assert tuple(await call.trailing_metadata()) == (("x-meshbreaker-state", "OPEN"),)
+    assert call.done()
+    with pytest.raises(CallNotPermittedError):
+        await call
+    assert server.total() == before
+    assert registry.get(UNARY).snapshot().rejected == 2
+
+
+@pytest.mark.parametrize("method", [SERVER_STREAM, CLIENT_STREAM, BIDI])
+async def test_open_streams_raise_on_first_read_without_the_server(
+    connect: Connect, registry: BreakerRegistry, server: BytesServer, method: str
+) -> None:
+    client = connect(breaker_interceptors(registry))
+    await trip(client, registry, method)
+    before = server.total()
+    errors: list[BaseException] = []
+    for attempt in range(2):
+        try:
+            if method == SERVER_STREAM:
+                stream = client.server_stream(b"n:3")
+                await (stream.read() if attempt else collect(stream))
+            elif method == CLIENT_STREAM:
+                await client.client_stream(iter([b"a"]))
+            else:
+                stream = client.bidi()
+                await stream.read() if attempt else await collect(client.bidi(iter([b"a"])))
+        except grpc.aio.AioRpcError as error:
+            errors.append(error)
+    assert len(errors) == 2
+    for error in errors:
+        assert_rejection(error, method)
+    assert server.total() == before
+
+
+# ----- half-open ----------------------------------------------------------------------------------
+
+
+async def test_half_open_lets_at_most_two_of_twenty_concurrent_probes_through(
+    connect: Connect, registry: BreakerRegistry, server: BytesServer, clock: FakeClock
+) -> None:
+    client = connect(breaker_interceptors(registry))
+    await trip(client, registry)
+    clock.advance(31)
+    before = server.count(UNARY)
+    server.expect_entries()
+    probes = [asyncio.ensure_future(outcome(lambda: client.unary(b"block"))) for _ in range(20)]
+    await entered(server, 2)
+    await wait_for(lambda: sum(p.done() for p in probes) == 18)
+    assert server.count(UNARY) - before == 2
+    server.release.set()
+    observed = await asyncio.gather(*probes)
+    assert observed.count(("ok", b"block")) == 2
+    assert server.count(UNARY) - before == 2
+    assert registry.get(UNARY).state is State.CLOSED
+
+
+# ----- streams ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", [SERVER_STREAM, BIDI])
+async def test_stream_failing_mid_stream_counts_one_failure(
+    connect: Connect, registry: BreakerRegistry, method: str
+) -> None:
+    client = connect(breaker_interceptors(registry))
+    received: list[bytes] = []
+    if method == SERVER_STREAM:
+        stream = client.server_stream(b"fail-after:2:UNAVAILABLE")
+    else:
+        stream = client.bidi(iter([b"a", b"b", b"fail:UNAVAILABLE"]))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for message in stream:
+            received.append(message)
+    assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert len(received) == 2
+    snapshot = registry.get(method).snapshot()
+    assert (snapshot.failed, snapshot.successful, snapshot.total) == (1, 0, 1)
+
+
+async def test_a_thousand_cancelled_streams_leak_no_permit(
+    connect: Connect, registry: BreakerRegistry, clock: FakeClock
+) -> None:
+    client = connect(breaker_interceptors(registry))
+    await trip(client, registry, SERVER_STREAM)
+    clock.advance(31)  # half-open: only 2 permits may be in flight, so one leak would block probes
+    for _ in range(1000):
+        stream = client.server_stream(b"forever")
+        assert await stream.read() == b"m0"
+        assert stream.cancel()
+    breaker = registry.get(SERVER_STREAM)
+    snapshot = breaker.snapshot()
+    assert snapshot.state is State.HALF_OPEN
+    assert (snapshot.half_open_in_flight, snapshot.ignored, snapshot.rejected) == (0, 1000, 0)
+    assert await collect(client.server_stream(b"n:1")) == [b"m0"]
+    assert breaker.state is State.CLOSED
+
+
+async def test_abandoned_streams_release_their_permits_when_they_end(
+    connect: Connect, registry: BreakerRegistry, clock: FakeClock
+) -> None:
+    # grpc.aio keeps a stream the caller stops reading running (the channel holds it) until it
+    # ends; the permit is held exactly that long. Closing the channel cancels them: ignored.
+    client = connect(breaker_interceptors(registry))
+    streams = [client.server_stream(b"forever") for _ in range(20)]
+    for stream in streams:
+        async for _ in stream:
+            break
+    del stream, streams
+    await client.channel.close()
+    breaker = registry.get(SERVER_STREAM)
+    await wait_for(lambda: breaker.snapshot().ignored == 20)
+    assert breaker.snapshot().failed == 0
+    client = connect(breaker_interceptors(registry))
+    await trip(client, registry, SERVER_STREAM)
+    clock.advance(31)
+    assert await collect(client.server_stream(b"n:1")) == [b"m0"]
+    assert breaker.state is State.CLOSED
+
+
+# ----- deadlines, isolation, naming ---------------------------------------------------------------
+
+
+async def test_expired_deadline_is_a_failure_and_is_passed_unchanged(
+    connect: Connect, registry: BreakerRegistry, server: BytesServer
+) -> None:
+    client = connect(breaker_interceptors(registry))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.unary(b"deadline", timeout=0.1)
+    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert registry.get(UNARY).snapshot().failed == 1
+    remaining = server.time_remaining[-1]
+    assert remaining is not None and 0.0 < remaining <= 0.15
+    assert await client.unary(b"x") == b"x"
+    assert server.time_remaining[-1] > 1e9  # no deadline added
+
+
+async def test_a_failing_method_opens_only_its_own_breaker(
+    connect: Connect, registry: BreakerRegistry
+) -> None:
+    client = connect(breaker_interceptors(registry))
+    await trip(client, registry, UNARY)
+    assert await client.other(b"still flows") == b"still flows"
+    assert await collect(client.server_stream(b"n:1")) == [b"m0"]
+    with pytest.raises(CallNotPermittedError):
+        await client.unary(b"x")
+
+
+async def test_target_prefixes_breaker_names(connect: Connect, registry: BreakerRegistry) -> None:
+    registry.set_policy("test.Svc", CONFIG.replace(consecutive_failures=1))
+    client = connect(breaker_interceptors(registry, target="accounts"))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await client.unary(b"fail:UNAVAILABLE")
+    assert registry.get("accounts/test.Svc/Unary").state is State.OPEN
+    assert "/test.Svc/Unary" not in registry
+
+
+# ----- fallbacks and bulkhead ---------------------------------------------------------------------
+
+
+async def test_fallbacks_for_rejected_and_failed_calls(
+    connect: Connect, registry: BreakerRegistry, server: BytesServer
+) -> None:
+    seen: list[BaseException] = []
+
+    def fallback(request: Any, error: BaseException) -> bytes:
+        seen.append(error)
+        return b"cached"
+
+    client = connect(
+        breaker_interceptors(registry, fallbacks={UNARY: fallback, CLIENT_STREAM: fallback})
+    )
+    await trip(client, registry)
+    await trip(client, registry, CLIENT_STREAM)
+    before = server.total()
+    assert await client.unary(b"q") == b"cached"
+    call = client.client_stream(iter([b"a"]))
+    assert await call == b"cached"
+    assert await call.code() is grpc.StatusCode.OK
+    assert ("x-meshbreaker-fallback", "rejected") in tuple(await call.trailing_metadata())
+    assert server.total() == before
+    assert all(isinstance(error, CallNotPermittedError) for error in seen)
+
+    on_failure = connect(
+        breaker_interceptors(
+            BreakerRegistry(CONFIG.replace(consecutive_failures=0)),
+            fallbacks={UNARY: lambda r, e: b"after " + e.code().name.encode()},
+            fallback_on_failure=True,
+        )
+    )
+    assert await on_failure.unary(b"fail:INTERNAL") == b"after INTERNAL"
+    with pytest.raises(grpc.aio.AioRpcError):
+        await on_failure.unary(b"fail:NOT_FOUND")
+    assert await on_failure.unary(b"fine") == b"fine"
+    without = connect(breaker_interceptors(BreakerRegistry(CONFIG), fallbacks={UNARY: fallback}))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await without.unary(b"fail:INTERNAL")
+
+
+async def test_bulkhead_rejects_beyond_max_concurrent_calls(
+    connect: Connect, clock: FakeClock, server: BytesServer
+) -> None:
+    registry = BreakerRegistry(CONFIG.replace(max_concurrent_calls=2), clock=clock)
+    client = connect(breaker_interceptors(registry))
+    in_flight = [client.unary(b"block") for _ in range(2)]
+    await entered(server, 2)
+    with pytest.raises(BulkheadFullError) as raised:
+        await client.unary(b"x")
+    assert isinstance(raised.value, grpc.aio.AioRpcError)
+    assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert server.count(UNARY) == 2
+    server.release.set()
+    assert [await call for call in in_flight] == [b"block", b"block"]
+    snapshot = registry.get(UNARY).snapshot()
+    assert (snapshot.rejected, snapshot.failed, snapshot.successful) == (1, 0, 2)
+
+
+# ----- meshbreaker's own failures never break the RPC ---------------------------------------------
+
+
+class ExplodingRegistry(BreakerRegistry):
+    def get(self, name: str) -> Any:
+        raise RuntimeError("registry is broken")
+
+
+class BrokenPermit:
+    done = False
+
+    def record(self, outcome: Any, duration: Any = None) -> None:
+        raise RuntimeError("permit is broken")
+
+    def ignore(self) -> None:
+        raise RuntimeError("permit is broken")
+
+    def elapsed(self) -> float:
+        raise RuntimeError("permit is broken")
+
+
+class BrokenBreaker:
+    name = "broken"
+    config = CONFIG
+    state = State.CLOSED
+
+    def acquire(self) -> BrokenPermit:
+        return BrokenPermit()
+
+
+class BrokenPermitRegistry(BreakerRegistry):
+    def get(self, name: str) -> Any:
+        return BrokenBreaker()
+
+
+@pytest.mark.parametrize("registry_class", [ExplodingRegistry, BrokenPermitRegistry])
+async def test_bookkeeping_errors_never_change_the_rpc(
+    connect: Connect, caplog: pytest.LogCaptureFixture, registry_class: type[BreakerRegistry]
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="meshbreaker")
+    plain = connect()
+    guarded = connect(breaker_interceptors(registry_class(CONFIG)))
+    expected = [await outcome(fn) for fn in scenarios(plain)]
+    assert [await outcome(fn) for fn in scenarios(guarded)] == expected
+    assert any(record.name.startswith("meshbreaker") for record in caplog.records)
+
+
+def test_one_interceptor_per_kind_sharing_one_registry() -> None:
+    registry = BreakerRegistry()
+    interceptors = breaker_interceptors(registry)
+    kinds = [
+        grpc.aio.UnaryUnaryClientInterceptor,
+        grpc.aio.UnaryStreamClientInterceptor,
+        grpc.aio.StreamUnaryClientInterceptor,
+        grpc.aio.StreamStreamClientInterceptor,
+    ]
+    for interceptor, kind in zip(interceptors, kinds, strict=True):
+        assert isinstance(interceptor, kind)
+        assert sum(isinstance(interceptor, other) for other in kinds) == 1
+        assert interceptor.registry is registry  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="fallbacks"):
+        breaker_interceptors(fallbacks={"nope": lambda r, e: r})
