@@ -221,6 +221,7 @@ class MeshAgent:
         self._applied = threading.Condition(self._lock)
         self._started = False
         self._stopped = False
+        self._stopping = False  # read by the loop's tasks
         self._loop: _AgentLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._done: concurrent.futures.Future[None] | None = None
@@ -312,11 +313,12 @@ class MeshAgent:
             if self._stopped:
                 return
             self._stopped = True
+        self._stopping = True
         if self._unsubscribe is not None:
             self._unsubscribe()
         loop, task, done = self._loop, self._task, self._done
         if loop is not None and task is not None:
-            loop.loop.call_soon_threadsafe(task.cancel)
+            loop.loop.call_soon_threadsafe(self._cancel, task)
             if done is not None and not loop.in_loop():
                 with contextlib.suppress(
                     concurrent.futures.TimeoutError, concurrent.futures.CancelledError
@@ -340,17 +342,33 @@ class MeshAgent:
         self._report_event = asyncio.Event()
         self._task = asyncio.current_task()
         ready.set_result(None)
+        children = [
+            asyncio.create_task(self._watch_loop()),
+            asyncio.create_task(self._report_loop()),
+        ]
         try:
-            await asyncio.gather(self._watch_loop(), self._report_loop())
+            await asyncio.wait(children)  # they only end when stopped
         finally:
+            for child in children:
+                child.cancel()
+            # The channel closes only once both are done with it. (gather() would return at
+            # the first cancelled child, and wait_for() may swallow a cancellation before
+            # Python 3.12, which is why the loops also check `_stopping`.)
+            await asyncio.wait(children)
             self._connected = False
             await channel.close()
+
+    def _cancel(self, task: asyncio.Task[None]) -> None:
+        """On the loop: wake the reporter so it sees `_stopping`, and cancel everything."""
+        if self._report_event is not None:
+            self._report_event.set()
+        task.cancel()
 
     # ----- watching --------------------------------------------------------------------
 
     async def _watch_loop(self) -> None:
         request = pb.WatchConfigRequest(service=self.service, instance_id=self.instance_id)
-        while True:
+        while not self._stopping:
             try:
                 call = self._stub.WatchConfig(request, metadata=self._metadata)
                 async for snapshot in call:
@@ -368,6 +386,8 @@ class MeshAgent:
                 self._last_error = f"{type(error).__name__}: {error}"
             finally:
                 self._connected = False
+            if self._stopping:
+                return
             delay = self._backoff.next_delay()
             # One warning per outage; the retries themselves are debug noise.
             log = logger.warning if self._backoff.attempt == 1 else logger.debug
@@ -487,11 +507,16 @@ class MeshAgent:
     async def _report_loop(self) -> None:
         assert self._report_event is not None
         event = self._report_event
-        while True:
-            with contextlib.suppress(asyncio.TimeoutError):
+        while not self._stopping:
+            try:
                 await asyncio.wait_for(event.wait(), self.report_interval)
-                if self._report_coalesce > 0:
+            except asyncio.TimeoutError:
+                pass  # the periodic report
+            else:
+                if self._report_coalesce > 0 and not self._stopping:
                     await asyncio.sleep(self._report_coalesce)  # let a burst settle
+            if self._stopping:
+                return
             event.clear()
             self._report_pending = False
             try:

@@ -74,7 +74,7 @@ class ScriptedControlPlane(pb_grpc.ControlPlaneServicer):  # type: ignore[misc]
 @pytest.fixture
 def scripted() -> Iterator[tuple[ScriptedControlPlane, str]]:
     servicer = ScriptedControlPlane()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))  # watches hold a worker
     pb_grpc.add_ControlPlaneServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -438,3 +438,20 @@ def test_a_validate_hook_that_crashes_is_a_nack_not_a_reconnect(
         assert wait_until(lambda: agent.last_nack is not None)
         assert agent.last_nack == (5, "KeyError: 'oops'")
         assert agent.connected and servicer.watchers == 1
+
+
+def test_after_stop_nothing_runs_on(scripted: tuple[ScriptedControlPlane, str]) -> None:
+    servicer, target = scripted
+    agents = [
+        MeshAgent(target, "transaction", BreakerRegistry(), report_interval=0.01, report_coalesce=0)
+        for _ in range(5)
+    ]
+    for agent in agents:
+        agent.start()
+    assert wait_until(lambda: all(agent.reports_sent >= 2 for agent in agents))
+    for agent in agents:
+        agent.stop()
+    after = len(servicer.reports)
+    time.sleep(0.1)
+    assert len(servicer.reports) == after  # no orphaned reporter keeps going
+    assert all(agent._done is not None and agent._done.done() for agent in agents)
