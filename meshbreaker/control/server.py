@@ -327,20 +327,25 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             raise ConfigError(
                 "breakers", f"at most {limit} per report, got {len(request.breakers)}"
             )
+        max_name = convert.MAX_NAME_LENGTH
+        states = _STATE_FIELDS
+        # Plain attribute reads and comparisons only: this runs for every breaker of every report.
         for index, breaker in enumerate(request.breakers):
-            path = f"breakers[{index}]"
-            if not breaker.name or len(breaker.name) > convert.MAX_NAME_LENGTH:
+            name = breaker.name
+            if not name or len(name) > max_name:
+                raise ConfigError(f"breakers[{index}].name", f"must be 1..{max_name} characters")
+            if breaker.state not in states:
                 raise ConfigError(
-                    f"{path}.name", f"must be 1..{convert.MAX_NAME_LENGTH} characters"
+                    f"breakers[{index}].state", f"unknown or unset BreakerState {breaker.state}"
                 )
-            if breaker.state not in _STATE_FIELDS:
-                raise ConfigError(f"{path}.state", f"unknown or unset BreakerState {breaker.state}")
-            for name in ("failure_rate", "slow_call_rate"):
-                rate = getattr(breaker, name)
-                if not 0.0 <= rate <= 1.0:  # also refuses NaN
-                    raise ConfigError(f"{path}.{name}", "must be in [0, 1]")
-            if not math.isfinite(breaker.mean_duration) or breaker.mean_duration < 0:
-                raise ConfigError(f"{path}.mean_duration", "must be a finite number >= 0")
+            if not 0.0 <= breaker.failure_rate <= 1.0:  # also refuses NaN
+                raise ConfigError(f"breakers[{index}].failure_rate", "must be in [0, 1]")
+            if not 0.0 <= breaker.slow_call_rate <= 1.0:
+                raise ConfigError(f"breakers[{index}].slow_call_rate", "must be in [0, 1]")
+            if not 0.0 <= breaker.mean_duration < math.inf:
+                raise ConfigError(
+                    f"breakers[{index}].mean_duration", "must be a finite number >= 0"
+                )
         if request.HasField("nack") and len(request.nack.reason) > 4096:
             raise ConfigError("nack.reason", "at most 4096 characters")
 
@@ -367,21 +372,22 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         current = {} if request.full else dict(previous)
         closed = pb.BREAKER_STATE_CLOSED  # a breaker first seen CLOSED is no transition
         for breaker in request.breakers:
-            old = previous.get(breaker.name)
+            name, state = breaker.name, breaker.state
+            old = previous.get(name)
             old_state = pb.BREAKER_STATE_UNSPECIFIED if old is None else old.state
-            if old_state != breaker.state and (old is not None or breaker.state != closed):
+            if old_state != state and (old is not None or state != closed):
                 self.events.publish(
                     pb.Event(
                         transition=pb.BreakerTransition(
                             instance_id=instance.instance_id,
                             service=instance.service,
-                            name=breaker.name,
+                            name=name,
                             from_state=old_state,
-                            to_state=breaker.state,
+                            to_state=state,
                         )
                     )
                 )
-            current[breaker.name] = breaker
+            current[name] = breaker
         instance.breakers = current
         if request.HasField("nack"):
             if instance.nack != request.nack:
