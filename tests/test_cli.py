@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
 import os
 import signal
@@ -475,3 +477,101 @@ def test_control_plane_command_serves_until_interrupted(tmp_path: Path) -> None:
         output, _ = process.communicate(timeout=10)
     assert process.returncode == 0, output
     assert f"serving on 127.0.0.1:{port}" in output
+
+
+# ---------------------------------------------------------------------------------------------
+# Mutual TLS: the CLI's TLS flags and an agent's credentials, certificates made here
+
+
+def _issue(
+    name: str, issuer: tuple[Any, Any] | None, *, ca: bool = False, server: bool = False
+) -> tuple[Any, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_cert, issuer_key = issuer if issuer else (None, key)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_cert.subject if issuer_cert else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256()), key
+
+
+def _write_pem(pair: tuple[Any, Any], directory: Path, stem: str) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+
+    cert, key = pair
+    cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_mutual_tls_for_the_cli_and_an_agent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = _issue("test CA", None, ca=True)
+    ca_cert, _ = _write_pem(ca, tmp_path, "ca")
+    server_cert, server_key = _write_pem(_issue("localhost", ca, server=True), tmp_path, "server")
+    client_cert, client_key = _write_pem(_issue("ops", ca), tmp_path, "client")
+    plane = ControlPlane(
+        tmp_path / "tls.db",
+        tls_cert=server_cert,
+        tls_key=server_key,
+        tls_client_ca=ca_cert,
+        admin_token="admin",
+        agent_token="agent",
+    )
+    base = ["--target", plane.target, "--tls-ca", str(ca_cert), "--timeout", "3"]
+    client = ["--tls-cert", str(client_cert), "--tls-key", str(client_key)]
+    registry = BreakerRegistry()
+    credentials = grpc.ssl_channel_credentials(
+        ca_cert.read_bytes(), client_key.read_bytes(), client_cert.read_bytes()
+    )
+    agent = MeshAgent(
+        plane.target, "transaction", registry, token="agent", credentials=credentials
+    ).start()
+    try:
+        put = ["policy", "put", "--id", "p", "--method", METHOD, "--consecutive-failures", "2"]
+        assert main([*base, *client, "--token", "admin", *put]) == 0
+        assert "store revision 1" in capsys.readouterr().out
+        assert agent.wait_for_revision(1, timeout=2.0)
+        assert registry.resolve(METHOD).consecutive_failures == 2
+
+        # Without a client certificate the handshake fails: one line, exit 1.
+        assert main([*base, "--token", "admin", "policy", "list"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("meshbreaker: error: cannot reach the control plane") and (
+            err.count("\n") == 1
+        )
+        assert main([*base, "--tls-cert", str(client_cert), "policy", "list"]) == 1
+        assert "--tls-cert and --tls-key must be given together" in capsys.readouterr().err
+    finally:
+        agent.stop()
+        plane.close()
