@@ -256,7 +256,7 @@ def main(quick: bool = False) -> dict[str, Any]:
                     f"{r['applied_ms_p99']:.1f}",
                     f"{r['applied_ms_max']:.1f}",
                     f"{r['connect_all_s']:.2f}",
-                    f"{r['threads_per_agent']:.1f}",
+                    f"{r['threads_per_agent']:.2f}",
                 ]
                 for r in results
             ],

@@ -238,6 +238,7 @@ class MeshAgent:
         self._connected = False
         self._reports_sent = 0
         self._snapshots_received = 0
+        self._warned_ttl = False
 
     # ----- public state ----------------------------------------------------------------
 
@@ -527,13 +528,22 @@ class MeshAgent:
     async def _report_once(self) -> bool:
         request = self._build_report()
         try:
-            await self._stub.ReportState(
+            response = await self._stub.ReportState(
                 request, timeout=self._rpc_timeout, metadata=self._metadata
             )
         except grpc.RpcError as error:
             logger.debug("meshbreaker agent: report failed: %s", _describe(error))
             return False
         self._reports_sent += 1
+        ttl = response.report_ttl.ToTimedelta().total_seconds()
+        if ttl and self.report_interval >= ttl and not self._warned_ttl:
+            self._warned_ttl = True
+            logger.warning(
+                "meshbreaker agent: report_interval %.1fs >= the server's report TTL %.1fs: "
+                "this instance will drop out of ListBreakers between reports",
+                self.report_interval,
+                ttl,
+            )
         return True
 
     def report_now(self, timeout: float = 10.0) -> bool:

@@ -455,3 +455,16 @@ def test_after_stop_nothing_runs_on(scripted: tuple[ScriptedControlPlane, str]) 
     time.sleep(0.1)
     assert len(servicer.reports) == after  # no orphaned reporter keeps going
     assert all(agent._done is not None and agent._done.done() for agent in agents)
+
+
+def test_a_report_interval_longer_than_the_server_ttl_is_warned_about(
+    control_plane_thread: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    cp = control_plane_thread(report_ttl=1.0)
+    with MeshAgent(cp.target, "transaction", BreakerRegistry(), report_interval=2.0) as agent:
+        assert wait_until(lambda: agent.reports_sent >= 1)  # the ACK of the first snapshot
+    warnings = [r.getMessage() for r in caplog.records if "report TTL" in r.getMessage()]
+    assert warnings == [
+        "meshbreaker agent: report_interval 2.0s >= the server's report TTL 1.0s: "
+        "this instance will drop out of ListBreakers between reports"
+    ]
