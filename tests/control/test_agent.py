@@ -468,3 +468,23 @@ def test_a_report_interval_longer_than_the_server_ttl_is_warned_about(
         "meshbreaker agent: report_interval 2.0s >= the server's report TTL 1.0s: "
         "this instance will drop out of ListBreakers between reports"
     ]
+
+
+def test_a_process_with_more_breakers_than_one_report_holds_reports_them_all(
+    control_plane_thread: Any, admin_stub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("meshbreaker.control.agent.MAX_BREAKERS_PER_REPORT", 4)
+    cp = control_plane_thread()
+    stub = admin_stub(cp.target)
+    registry = BreakerRegistry()
+    for index in range(10):
+        registry.get(f"/bank.v1.AccountService/M{index}")
+    with MeshAgent(cp.target, "transaction", registry, instance_id="big") as agent:
+        assert wait_until(lambda: agent.reports_sent >= 1)
+        assert agent.report_now()
+        (instance,) = stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).instances
+        assert instance.breakers == 10
+        registry.remove("/bank.v1.AccountService/M0")
+        assert agent.report_now()
+        (instance,) = stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).instances
+        assert instance.breakers == 9  # the first part is `full`: forgotten breakers go
