@@ -182,6 +182,7 @@ class MeshAgent:
         backoff_max: float = 10.0,
         rpc_timeout: float = 5.0,
         report_coalesce: float = 0.02,
+        ack_spread: float = 0.1,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         check_caller(service, "service", required=True)
@@ -202,6 +203,8 @@ class MeshAgent:
         self._backoff = Backoff(backoff_initial, backoff_max)
         self._rpc_timeout = rpc_timeout
         self._report_coalesce = report_coalesce
+        self._ack_spread = ack_spread
+        self._rng = random.Random()
         # grpc's own reconnect backoff (default up to 120 s) would otherwise hold a channel in
         # TRANSIENT_FAILURE long after the server is back, whatever our own backoff says.
         self._channel_options: list[tuple[str, Any]] = [
@@ -416,9 +419,9 @@ class MeshAgent:
                 self._applied_revision,
             )
             self._last_nack = pb.Nack(revision=snapshot.revision, reason=reason)
-            self._wake_reporter()
+            self._acknowledge()
         else:
-            self._wake_reporter()
+            self._acknowledge()
             if self.cache_path is not None:
                 await asyncio.to_thread(self._save_cache, snapshot)
 
@@ -500,6 +503,13 @@ class MeshAgent:
         self._report_pending = True
         with contextlib.suppress(RuntimeError):  # the loop is gone at interpreter exit
             self._loop.loop.call_soon_threadsafe(self._wake_reporter)
+
+    def _acknowledge(self) -> None:
+        """Report the ACK/NACK soon, at a random moment within `ack_spread` seconds."""
+        # Every agent of the fleet gets the same snapshot at the same instant: spread their
+        # ACKs so they do not hit the control plane (nor, in one process, the loop) at once.
+        delay = self._rng.uniform(0.0, self._ack_spread)
+        asyncio.get_running_loop().call_later(delay, self._wake_reporter)
 
     def _wake_reporter(self) -> None:
         self._report_pending = True
