@@ -49,8 +49,9 @@ async def _guard_unary(
 ) -> Any:
     guard = self._guard
     try:
-        info = guard.method_info(client_call_details.method)
-        breaker = guard.breaker(info)
+        method = client_call_details.method
+        info = guard.methods.get(method) or guard.method_info(method)
+        breaker = guard.registry.get(info.name)
         permit = breaker.acquire()
     except CallNotPermittedError as error:
         return _rejection(info, error, request)
@@ -82,7 +83,9 @@ async def _guard_stream(
 ) -> Any:
     guard = self._guard
     try:
-        breaker = guard.breaker(guard.method_info(client_call_details.method))
+        method = client_call_details.method
+        info = guard.methods.get(method) or guard.method_info(method)
+        breaker = guard.registry.get(info.name)
         permit = breaker.acquire()
     except CallNotPermittedError as error:
         return RejectedAioCall(rejected_error(error))

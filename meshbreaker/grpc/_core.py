@@ -31,6 +31,9 @@ FutureBase: Any = grpc.Future
 # StatusCode.name is a descriptor lookup; a dict is cheaper on the hot path.
 CODE_NAMES: dict[grpc.StatusCode, str] = {code: code.name for code in grpc.StatusCode}
 
+_SUCCESS, _FAILURE, _IGNORED = Outcome.SUCCESS, Outcome.FAILURE, Outcome.IGNORED
+_OK = grpc.StatusCode.OK
+
 # Bounds the per-interceptor method cache against unbounded dynamic method names.
 _MAX_CACHED_METHODS = 10_000
 
@@ -94,9 +97,9 @@ class Guard:
     __slots__ = (
         "_failure_codes",
         "_ignored_codes",
-        "_methods",
         "fallback_on_failure",
         "fallbacks",
+        "methods",
         "registry",
         "target",
     )
@@ -147,17 +150,18 @@ class Guard:
         self.fallback_on_failure = fallback_on_failure
         self._failure_codes = failures
         self._ignored_codes = ignored
-        self._methods: dict[str | bytes, MethodInfo] = {}
+        # Read directly on the hot path: method (str; bytes on aio channels) -> MethodInfo.
+        self.methods: dict[str | bytes, MethodInfo] = {}
 
     def method_info(self, method: str | bytes) -> MethodInfo:
         """The cached facts for `method` (str on sync channels, bytes on aio channels)."""
-        info = self._methods.get(method)
+        info = self.methods.get(method)
         if info is None:
             text = method.decode("utf-8") if isinstance(method, bytes) else method
             name = text if self.target is None else f"{self.target}{text}"
             info = MethodInfo(text, name, self.fallbacks.get(text))
-            if len(self._methods) < _MAX_CACHED_METHODS:
-                self._methods[method] = info
+            if len(self.methods) < _MAX_CACHED_METHODS:
+                self.methods[method] = info
         return info
 
     def breaker(self, info: MethodInfo) -> CircuitBreaker:
@@ -166,7 +170,12 @@ class Guard:
 
     def outcome(self, breaker: CircuitBreaker, code: grpc.StatusCode | None) -> Outcome:
         """How the final status `code` counts for `breaker`."""
-        name = CODE_NAMES.get(code, "UNKNOWN") if code is not None else "UNKNOWN"
+        if code is _OK:  # the common case; StatusCode hashes in Python, identity does not
+            ignored = self._ignored_codes
+            if ignored is None:
+                ignored = breaker.config.ignored_codes
+            return _IGNORED if "OK" in ignored else _SUCCESS
+        name = CODE_NAMES.get(code, "UNKNOWN")  # type: ignore[arg-type]
         failures, ignored = self._failure_codes, self._ignored_codes
         if failures is None:
             config = breaker.config
@@ -177,10 +186,10 @@ class Guard:
         elif ignored is None:
             ignored = breaker.config.ignored_codes - failures
         if name in failures:
-            return Outcome.FAILURE
+            return _FAILURE
         if name in ignored:
-            return Outcome.IGNORED
-        return Outcome.SUCCESS
+            return _IGNORED
+        return _SUCCESS
 
     def record(
         self,
