@@ -181,6 +181,7 @@ class Demo:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._started = time.monotonic()
+        self._stats_mark = GatewayStats()
         self.gateway: Gateway | None = None
         self.plain: Gateway | None = None
         self.agent: Any = None
@@ -358,22 +359,26 @@ class Demo:
         title: str,
         duration: float,
         *,
+        setup: Callable[[PhaseResult], object] | None = None,
         until: Callable[[PhaseResult], bool] | None = None,
         at_least: Callable[[PhaseResult], bool] | None = None,
         longest: float = 0.0,
     ) -> PhaseResult:
         """Run the load for `duration` seconds, printing the live view.
 
-        `until(phase)` ends it early; `at_least(phase)` keeps it going past `duration` while
-        false, up to `longest` seconds.
+        `setup(phase)` injects the phase's faults once it is current; `until(phase)` ends it
+        early; `at_least(phase)` keeps it going past `duration` while false, up to `longest`.
         """
         assert self.gateway is not None
         phase = PhaseResult(name, title, started=time.monotonic())
-        before = self.gateway.stats()
+        before = self._stats_mark
         self.phases.append(phase)
         self.say()
         self.say(f"{self._clock()} === phase {len(self.phases)}: {name} — {title}")
+        # Counters and outcomes are attributed to exactly one phase: no gaps between phases.
         self._phase = phase
+        if setup is not None:
+            setup(phase)
         deadline = phase.started + duration
         next_view = phase.started + self.settings.view_interval
         last_view = phase.started
@@ -392,7 +397,8 @@ class Demo:
                 next_view += self.settings.view_interval
             time.sleep(min(0.1, max(0.0, deadline - now)))
         phase.ended = time.monotonic()
-        phase.stats = self.gateway.stats().minus(before)
+        self._stats_mark = self.gateway.stats()
+        phase.stats = self._stats_mark.minus(before)
         if phase.ended - last_view > self.settings.view_interval / 2:
             self.view(phase, before)
         return phase
@@ -500,65 +506,72 @@ class Demo:
         self.start_load()
 
         self.run_phase("steady state", "all four services healthy", settings.steady)
-
-        self.set_chaos("notification", outage=True)
-        phase = self.run_phase(
+        self.run_phase(
             "notification outage",
             "notification service down: transfers must keep succeeding",
             settings.notification_outage,
+            setup=lambda p: self.set_chaos("notification", outage=True),
         )
-        self.set_chaos("notification")
-        phase.notes.append("notification service restored at the end of the phase")
-
-        self.set_chaos("audit", outage=True)
         self.run_phase(
             "audit outage",
-            "audit service down: records go to the durable outbox, nothing is lost",
+            "audit service down (notifications back): audit records go to the outbox",
             settings.audit_outage,
+            setup=lambda p: (self.set_chaos("notification"), self.set_chaos("audit", outage=True)),
         )
 
-        self.set_chaos("transaction", hang=True)
-        self._plain_on.set()
-        phase = self.run_phase(
+        def hang(phase: PhaseResult) -> None:
+            self.set_chaos("transaction", hang=True)
+            self._plain_on.set()
+
+        self.run_phase(
             "transaction hang",
             "transaction service hangs (audit still down): breakers vs no breakers, 1 s deadline",
             settings.hang,
+            setup=hang,
             at_least=lambda p: len(p.guarded) >= settings.hang_samples,
             longest=settings.hang_max,
         )
-        self._plain_on.clear()
-        self.set_chaos("transaction")
 
-        request = pb.ForceStateRequest(
-            selector=pb.Selector(method=NOTIFY_METHOD), override=pb.OVERRIDE_FORCED_OPEN
-        )
-        self._admin("ForceState", request)
-        propagated = self.wait_for_override(State.FORCED_OPEN)
-        phase = self.run_phase(
+        def force_open(phase: PhaseResult) -> None:
+            self._plain_on.clear()
+            self.set_chaos("transaction")
+            self._admin(
+                "ForceState",
+                pb.ForceStateRequest(
+                    selector=pb.Selector(method=NOTIFY_METHOD), override=pb.OVERRIDE_FORCED_OPEN
+                ),
+            )
+            seconds = self.wait_for_override(State.FORCED_OPEN)
+            phase.notes.append(
+                "hang lifted; ForceState reached the gateway's breaker in "
+                + (ms(seconds) if seconds is not None else "more than 5 s (not seen)")
+            )
+
+        self.run_phase(
             "operator override",
-            "operator force-opens SendTransferNotification via the control plane",
+            "operator force-opens SendTransferNotification through the control plane",
             settings.operator,
+            setup=force_open,
             # The transaction breaker is still backing off from the hang: keep going until
             # transfers commit again and the override has visibly skipped notifications.
             at_least=lambda p: sum(o.notification == "rejected" for o in p.guarded) >= 20,
             longest=settings.operator * 3,
         )
-        phase.notes.append(
-            "override reached the gateway in "
-            + (ms(propagated) if propagated is not None else "more than 5 s (not seen)")
-        )
 
-        self._admin(
-            "ForceState",
-            pb.ForceStateRequest(
-                selector=pb.Selector(method=NOTIFY_METHOD), override=pb.OVERRIDE_NONE
-            ),
-        )
-        self.set_chaos("audit")
+        def recover(phase: PhaseResult) -> None:
+            self._admin(
+                "ForceState",
+                pb.ForceStateRequest(
+                    selector=pb.Selector(method=NOTIFY_METHOD), override=pb.OVERRIDE_NONE
+                ),
+            )
+            self.set_chaos("audit")
+
         self.run_phase(
             "recovery",
-            "all faults cleared, override lifted: breakers close on their own, the outbox drains",
+            "faults cleared, override lifted: breakers close on their own, the outbox drains",
             settings.recovery_max,
+            setup=recover,
             until=self.settled,
         )
         self.stop_load()
@@ -574,6 +587,10 @@ class Demo:
             self.gateway.drain_once()
             self.plain.drain_once()
             time.sleep(0.05)
+        if self.phases:
+            # What the drainer finished after the load stopped belongs to the last phase.
+            last = self.phases[-1]
+            last.stats = last.stats.plus(self.gateway.stats().minus(self._stats_mark))
         checks = check_invariants(
             self.dbs, [Path(self.gateway.outbox_path), Path(self.plain.outbox_path)]
         )

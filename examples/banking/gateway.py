@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 AUDIT_METHOD = "/bank.v1.AuditService/LogTransaction"
 TRANSFER_METHOD = "/bank.v1.TransactionService/Transfer"
+_REFUSING = frozenset({State.OPEN, State.FORCED_OPEN})
 
 # The server answered: retrying the same request cannot turn these into a commit.
 _DEFINITIVE = frozenset(
@@ -121,6 +122,12 @@ class GatewayStats:
     def copy(self) -> GatewayStats:
         """An independent copy."""
         return GatewayStats(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+    def plus(self, other: GatewayStats) -> GatewayStats:
+        """The sum of two sets of counts."""
+        return GatewayStats(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
 
     def minus(self, earlier: GatewayStats) -> GatewayStats:
         """The counts accumulated since `earlier`."""
@@ -244,9 +251,13 @@ class Gateway:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._drainer: threading.Thread | None = None
-        self._transfer_breaker = self.registry.get(TRANSFER_METHOD) if self.registry else None
+        self._transfer_breaker = (
+            self.registry.get(TRANSFER_METHOD) if self.registry is not None else None
+        )
         self._unsubscribe = (
-            self.registry.on_state_change(self._on_state_change) if self.registry else None
+            self.registry.on_state_change(self._on_state_change)
+            if self.registry is not None
+            else None
         )
 
     # ------------------------------------------------------------------ the flow
@@ -315,11 +326,12 @@ class Gateway:
         return finish(TransferStatus.COMMITTED, notification=notification, audit=audit)
 
     def _transfer_may_go(self) -> bool:
-        if self._transfer_breaker is None:
+        breaker = self._transfer_breaker
+        if breaker is None or breaker.state not in _REFUSING:
             return True
-        # Asking for a permit (not just reading the state) counts the rejection and moves an
-        # OPEN breaker to HALF_OPEN when its time is up; the real call asks again.
-        permit = self._transfer_breaker.try_acquire()
+        # Asking for a permit, not just reading the state, counts the rejection in the breaker;
+        # in the rare race where it just turned HALF_OPEN, hand the permit back and go on.
+        permit = breaker.try_acquire()
         if permit is None:
             return False
         permit.ignore()

@@ -117,6 +117,10 @@ def test_a_rejected_transfer_sends_nothing(
     registry.set_override("/bank.v1.TransactionService/Transfer", State.FORCED_OPEN)
     outcome = gateway.transfer_funds("acct-000", "acct-001", 5)
     assert (outcome.status, outcome.reason) == (TransferStatus.REJECTED, "transaction breaker open")
+    assert outcome.latency < 0.05
+    # Refused at the edge: not even the balance check went out, and the breaker counted it.
+    assert registry.get("/bank.v1.AccountService/GetBalance").snapshot().total == 0
+    assert registry.get("/bank.v1.TransactionService/Transfer").snapshot().rejected == 1
     assert gateway.outbox.depth() == {"transfer": 0, "audit": 0}
     with sqlite3.connect(bank.dbs["transaction"]) as conn:
         assert conn.execute("SELECT count(*) FROM transfers").fetchone() == (0,)
