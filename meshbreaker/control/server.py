@@ -173,6 +173,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         self._changes = 0  # bumps on every write, wakes watchers
         self._changed = asyncio.Condition()
         self._write_lock = asyncio.Lock()
+        self._writes: set[asyncio.Future[Any]] = set()
         self._instances: dict[str, _Instance] = {}
         self._last_sweep = -math.inf
         self.events = _EventBus(limits.event_queue_size, wall_clock)
@@ -248,6 +249,28 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             raise _Invalid(
                 grpc.StatusCode.UNAVAILABLE, f"policy store write failed: {error}"
             ) from None
+
+    async def _serialized(self, work: Callable[[], Awaitable[_T]]) -> _T:
+        """Run `work` under the write lock, to completion even if the calling RPC is cancelled.
+
+        A write the store committed must also reach the in-memory copy and the watchers; a client
+        that gives up mid-write (deadline, cancel) must not leave the two apart.
+        """
+
+        async def locked() -> _T:
+            async with self._write_lock:
+                return await work()
+
+        task = asyncio.ensure_future(locked())
+        self._writes.add(task)
+        task.add_done_callback(self._write_done)
+        return await asyncio.shield(task)
+
+    def _write_done(self, task: asyncio.Future[Any]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Retrieved here so an abandoned write's refusal is not reported as unhandled.
+            logger.debug("write finished with %r", task.exception())
 
     def _expire(self, now: float, *, throttled: bool = False) -> None:
         # Reports sweep at most once per second of clock time, so a report stays O(1) with many
@@ -537,7 +560,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         except ConfigError as error:
             raise _invalid(error) from None
         expected = self._expected(request)
-        async with self._write_lock:
+
+        async def work() -> list[AuditEntry]:
             new_ids = {policy.id for policy in policies} - self._policies.keys()
             if len(self._policies) + len(new_ids) > self._limits.max_policies:
                 raise _Invalid(
@@ -548,9 +572,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                 self._store.put, policies, expected_revision=expected, actor=actor
             )
             await self._committed(entries)
+            return entries
+
+        entries = await self._serialized(work)
         return pb.PutPolicyResponse(
             policies=[entry.after for entry in entries if entry.after is not None],
-            revision=self._revision,
+            revision=entries[0].revision,
         )
 
     async def DeletePolicy(
@@ -567,12 +594,15 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         except ConfigError as error:
             raise _invalid(error) from None
         expected = self._expected(request)
-        async with self._write_lock:
+
+        async def work() -> AuditEntry:
             entry = await self._write(
                 self._store.delete, request.id, expected_revision=expected, actor=actor
             )
             await self._committed([entry])
-        return pb.DeletePolicyResponse(revision=self._revision)
+            return entry
+
+        return pb.DeletePolicyResponse(revision=(await self._serialized(work)).revision)
 
     async def ForceState(
         self, request: pb.ForceStateRequest, context: _Context
@@ -594,7 +624,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             raise _invalid(error) from None
         expected = self._expected(request)
         wanted = (selector.caller, selector.service, selector.method)
-        async with self._write_lock:
+
+        async def work() -> pb.ForceStateResponse:
             existing = next((p for p in self._policies.values() if selector_key(p) == wanted), None)
             if existing is None and override is None:
                 if expected is not None and expected != self._revision:
@@ -609,7 +640,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                     self._store.delete, existing.id, expected_revision=expected, actor=actor
                 )
                 await self._committed([entry])
-                return pb.ForceStateResponse(revision=self._revision)
+                return pb.ForceStateResponse(revision=entry.revision)
             policy = pb.Policy()
             if existing is not None:
                 policy.CopyFrom(existing)
@@ -628,7 +659,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                 self._store.put, [policy], expected_revision=expected, actor=actor
             )
             await self._committed(entries)
-        return pb.ForceStateResponse(policy=entries[0].after, revision=self._revision)
+            return pb.ForceStateResponse(policy=entries[0].after, revision=entries[0].revision)
+
+        return await self._serialized(work)
 
     # -- events ----------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -596,3 +597,37 @@ def test_package_exports() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+async def test_a_put_the_client_gives_up_on_still_reaches_watchers(
+    start_control_plane: Start, tmp_path: Path
+) -> None:
+    import threading
+
+    from meshbreaker.control.store import SqliteStore
+
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowDisk(SqliteStore):
+        def put(self, *args: Any, **kwargs: Any) -> Any:
+            entered.set()
+            release.wait(5)
+            return super().put(*args, **kwargs)
+
+    store = SlowDisk(tmp_path / "slow.db")
+    server = await start_control_plane(store=store)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        watch = stub.WatchConfig(pb.WatchConfigRequest(service="tx"))
+        assert (await watch.read()).revision == 0
+        request = pb.PutPolicyRequest(policies=[policy("a", service="a.A")])
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.PutPolicy(request, timeout=0.1)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert entered.is_set()
+        release.set()  # the write commits after the client left...
+        pushed = await asyncio.wait_for(watch.read(), 2)  # ...and is still pushed
+        assert pushed.revision == 1 and [p.id for p in pushed.policies] == ["a"]
+        assert (await stub.ListPolicies(pb.ListPoliciesRequest())).revision == 1
+        watch.cancel()
+    store.close()
