@@ -281,7 +281,8 @@ def test_a_snapshot_the_agent_refuses_is_nacked_visible_and_previous_policies_ke
         def nacks_visible() -> bool:
             seen = instances(stub)
             return all(
-                seen[agent.instance_id].applied_revision == good
+                agent.instance_id in seen
+                and seen[agent.instance_id].applied_revision == good
                 and seen[agent.instance_id].nack.revision == forced
                 and seen[agent.instance_id].nack.reason == reason
                 for agent in agents
