@@ -183,6 +183,11 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         """The store revision as this server last wrote or loaded it."""
         return self._revision
 
+    async def drain(self) -> None:
+        """Wait for writes in progress (their clients may be gone) to finish."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
     def close(self) -> None:
         """Stop the store worker thread."""
         self._executor.shutdown(wait=True)
@@ -854,6 +859,7 @@ class ControlPlaneServer:
             await self._health.enter_graceful_shutdown()
         await server.stop(grace)
         if self._servicer is not None:
+            await self._servicer.drain()
             await asyncio.get_running_loop().run_in_executor(None, self._servicer.close)
         if self._close_store:
             self.store.close()
