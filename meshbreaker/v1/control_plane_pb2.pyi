@@ -13,7 +13,7 @@ Conventions:
 * Authorization: `authorization: Bearer <token>` metadata when the server has tokens configured.
   PutPolicy, DeletePolicy and ForceState need the admin token; every other RPC accepts the agent or
   the admin token. Missing or unknown token -> UNAUTHENTICATED; agent token on a mutation ->
-  PERMISSION_DENIED.
+  PERMISSION_DENIED. grpc.health.v1 stays open (for probes); server reflection needs a token.
 * Invalid input -> INVALID_ARGUMENT with a message naming the field ("policy.config.open_duration:
   must be > 0"); nothing is stored.
 """
