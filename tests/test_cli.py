@@ -376,7 +376,7 @@ def test_events_without_follow_listen_for_a_while(
     cli: Callable[..., tuple[int, str, str]], cp: ControlPlane
 ) -> None:
     results: list[tuple[int, str, str]] = []
-    listener = threading.Thread(target=lambda: results.append(cli("events", "--duration", "1")))
+    listener = threading.Thread(target=lambda: results.append(cli("events", "--duration", "0.5")))
     listener.start()
     wait_until(lambda: cp.server.servicer.events.subscribers > 0)
     cp.stub.PutPolicy(
