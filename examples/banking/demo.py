@@ -220,7 +220,7 @@ class Demo:
         )
         self.targets["control-plane"] = cp_target
         self.cp_channel = grpc.insecure_channel(cp_target)
-        self.cp = pb_grpc.ControlPlaneStub(self.cp_channel)
+        self.cp = pb_grpc.ControlPlaneStub(self.cp_channel)  # type: ignore[no-untyped-call]
         put = self._admin("PutPolicy", pb.PutPolicyRequest(policies=policy_messages()))
         info = {
             "control_plane": cp_target,
@@ -499,6 +499,10 @@ class Demo:
             time.sleep(0.005)
         return None
 
+    def _audit_outage(self, phase: PhaseResult) -> None:
+        self.set_chaos("notification")
+        self.set_chaos("audit", outage=True)
+
     def run(self) -> int:
         """The whole demo; returns the process exit status."""
         settings = self.settings
@@ -516,7 +520,7 @@ class Demo:
             "audit outage",
             "audit service down (notifications back): audit records go to the outbox",
             settings.audit_outage,
-            setup=lambda p: (self.set_chaos("notification"), self.set_chaos("audit", outage=True)),
+            setup=self._audit_outage,
         )
 
         def hang(phase: PhaseResult) -> None:

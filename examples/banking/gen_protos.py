@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from grpc_tools import protoc
+from grpc_tools import protoc  # type: ignore[import-untyped]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -24,7 +24,9 @@ def generate(out_dir: Path = ROOT) -> None:
         f"--python_out={out_dir}",
         f"--grpc_python_out={out_dir}",
         f"--plugin=protoc-gen-mypy={Path(sys.executable).parent / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={Path(sys.executable).parent / 'protoc-gen-mypy_grpc'}",
         f"--mypy_out={out_dir}",
+        f"--mypy_grpc_out={out_dir}",
         *(f"examples/banking/gen/{name}" for name in PROTOS),
     ]
     code = protoc.main(args)

@@ -67,7 +67,7 @@ def policy_messages() -> list[pb.Policy]:
                 id=f"banking-{service.rsplit('.', 1)[-1].removesuffix('Service').lower()}",
                 selector=pb.Selector(service=service),
                 config=message,
-                mode=mode,
+                mode=pb.Mode.ValueType(mode),
                 description=description,
             )
         )

@@ -142,7 +142,7 @@ def test_chaos_outage_fails_calls_and_health(bank: Bank) -> None:
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     channel = grpc.insecure_channel(bank.notification.target)
     bank.channels.append(channel)
-    health = health_pb2_grpc.HealthStub(channel)
+    health: Any = health_pb2_grpc.HealthStub(channel)
     assert health.Check(health_pb2.HealthCheckRequest()).status == (
         health_pb2.HealthCheckResponse.NOT_SERVING
     )
