@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from types import FrameType
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -74,3 +78,44 @@ def test_time_window_idle_gap_longer_than_window_empties_it() -> None:
     window.add_success(0.1, 25.5)
     window.expire(30.0)
     assert window.calls == 1  # slot reuse after the reset did not subtract stale buckets
+
+
+def _lines_executed(run: Callable[[], None]) -> int:
+    """Python lines executed by `run`: a deterministic measure of work, unlike a timer."""
+    count = 0
+
+    def tracer(frame: FrameType, event: str, arg: object) -> object:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        run()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+@pytest.mark.parametrize("kind", ["count", "time"])
+def test_window_work_per_call_does_not_depend_on_its_size(kind: str) -> None:
+    def workload(size: int) -> Callable[[], None]:
+        window = CountWindow(size) if kind == "count" else TimeWindow(size, 0.0)
+
+        def run() -> None:
+            for step in range(400):
+                now = step * 0.5  # two calls a second: buckets fill, then expire one by one
+                if step % 3 == 0:
+                    window.add(True, step % 2 == 0, 0.1, now)
+                else:
+                    window.add_success(0.1, now)
+                if step % 50 == 0:
+                    window.expire(now)
+
+        return run
+
+    small, large = _lines_executed(workload(10)), _lines_executed(workload(10_000))
+    # The larger window evicts nothing (it never fills), so it may do a little less; never more.
+    assert large <= small * 1.05, (small, large)
+    assert large >= small * 0.5
