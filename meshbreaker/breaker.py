@@ -494,13 +494,23 @@ class CircuitBreaker:
 
     async def call_async(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """Await `fn(*args, **kwargs)` under the breaker; a cancelled call is ignored."""
-        permit = self.acquire()
+        generation = self._free_generation
+        if generation < 0:
+            permit = self._acquire_locked()
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                self._finish_permit(permit, self._classify(exc), None)
+                raise
+            self._finish_permit(permit, _SUCCESS, None)
+            return result
+        start = self._clock()
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            self._finish_permit(permit, self._classify(exc), None)
+            self._record(generation, self._classify(exc), start)
             raise
-        self._finish_permit(permit, _SUCCESS, None)
+        self._record(generation, _SUCCESS, start)
         return result
 
     def guard(self) -> Permit:
