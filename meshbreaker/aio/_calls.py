@@ -264,6 +264,11 @@ class FallbackOnFailureAioCall(
         """Closes a client stream."""
         await self._call.done_writing()
 
+    @property
+    def _done_writing_flag(self) -> bool:
+        # grpc's InterceptedStreamUnaryCall.write() reads this from the call it was handed.
+        return bool(self._call._done_writing_flag)
+
 
 def status_code_now(call: Any) -> grpc.StatusCode | None:
     """The final code of a done aio call, read without awaiting (None if it would block)."""

@@ -54,7 +54,11 @@ async def _guard_unary(
         breaker = guard.registry.get(info.name)
         permit = breaker.acquire()
     except CallNotPermittedError as error:
-        return _rejection(info, error, request)
+        try:
+            return _rejection(info, error, request)
+        except Exception:
+            logger.exception("meshbreaker: building the rejection failed; calling through")
+            return await continuation(client_call_details, request)
     except Exception:
         logger.exception(
             "meshbreaker: guarding %s failed; calling through", client_call_details.method
@@ -88,7 +92,11 @@ async def _guard_stream(
         breaker = guard.registry.get(info.name)
         permit = breaker.acquire()
     except CallNotPermittedError as error:
-        return RejectedAioCall(rejected_error(error))
+        try:
+            return RejectedAioCall(rejected_error(error))
+        except Exception:
+            logger.exception("meshbreaker: building the rejection failed; calling through")
+            return await continuation(client_call_details, request)
     except Exception:
         logger.exception(
             "meshbreaker: guarding %s failed; calling through", client_call_details.method

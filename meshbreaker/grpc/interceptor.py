@@ -30,7 +30,12 @@ class BreakerInterceptor(
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """Guards every RPC of a channel with the registry's breaker for its method."""
+    """Guards every RPC of a channel with the registry's breaker for its method.
+
+    `fallbacks` ("/pkg.Service/Method" -> fn(request, error) -> response) apply to unary-response
+    methods: when the breaker rejects a call, and with `fallback_on_failure` when a call fails.
+    `failure_codes` / `ignored_codes` (names or grpc.StatusCode) override the breakers' configs.
+    """
 
     def __init__(
         self,

@@ -456,11 +456,20 @@ async def test_fallbacks_for_rejected_and_failed_calls(
     on_failure = connect(
         breaker_interceptors(
             BreakerRegistry(CONFIG.replace(consecutive_failures=0)),
-            fallbacks={UNARY: lambda r, e: b"after " + e.code().name.encode()},
+            fallbacks={
+                UNARY: lambda r, e: b"after " + e.code().name.encode(),
+                CLIENT_STREAM: lambda r, e: b"stream fallback",
+            },
             fallback_on_failure=True,
         )
     )
     assert await on_failure.unary(b"fail:INTERNAL") == b"after INTERNAL"
+    writer = on_failure.client_stream()
+    await writer.write(b"fail:DATA_LOSS")
+    await writer.done_writing()
+    assert await writer == b"stream fallback"
+    assert await writer.code() is grpc.StatusCode.OK
+    assert await on_failure.client_stream(iter([b"a"])) == b"count:1"
     with pytest.raises(grpc.aio.AioRpcError):
         await on_failure.unary(b"fail:NOT_FOUND")
     assert await on_failure.unary(b"fine") == b"fine"
