@@ -646,3 +646,11 @@ def test_shadow_mode_never_rejects(
     trip(client, registry)
     assert client.unary(b"x") == b"x"
     assert registry.get(UNARY).snapshot().shadow_rejected == 1
+
+
+def test_public_import_paths() -> None:
+    import meshbreaker
+    from meshbreaker.aio import breaker_interceptors as from_aio
+
+    assert meshbreaker.BreakerInterceptor is BreakerInterceptor
+    assert callable(from_aio)
