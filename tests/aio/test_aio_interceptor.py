@@ -558,3 +558,23 @@ def test_one_interceptor_per_kind_sharing_one_registry() -> None:
         assert interceptor.registry is registry  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match="fallbacks"):
         breaker_interceptors(fallbacks={"nope": lambda r, e: r})
+
+
+async def test_every_call_counts_exactly_once_under_concurrency(
+    connect: Connect, clock: FakeClock
+) -> None:
+    registry = BreakerRegistry(CONFIG.replace(consecutive_failures=0), clock=clock)
+    client = connect(breaker_interceptors(registry))
+
+    async def work(index: int) -> None:
+        fail = index % 3 == 0
+        await outcome(lambda: client.unary(b"fail:INTERNAL" if fail else b"ok"))
+        await outcome(
+            lambda: collect(client.server_stream(b"fail-after:1:INTERNAL" if fail else b"n:2"))
+        )
+        await outcome(lambda: collect(client.bidi(iter([b"fail:INTERNAL" if fail else b"ok"]))))
+
+    await asyncio.gather(*(work(index) for index in range(60)))
+    for method in (UNARY, SERVER_STREAM, BIDI):
+        snapshot = registry.get(method).snapshot()
+        assert (snapshot.total, snapshot.failed, snapshot.successful) == (60, 20, 40)

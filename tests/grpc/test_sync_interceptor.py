@@ -654,3 +654,27 @@ def test_public_import_paths() -> None:
 
     assert meshbreaker.BreakerInterceptor is BreakerInterceptor
     assert callable(from_aio)
+
+
+def test_every_call_counts_exactly_once_under_concurrency(
+    connect: Callable[..., Client], clock: FakeClock
+) -> None:
+    # Streams end on the caller's thread and in grpc's done-callback: only one of them may count.
+    registry = BreakerRegistry(CONFIG.replace(consecutive_failures=0), clock=clock)
+    client = connect(BreakerInterceptor(registry))
+
+    def work(index: int) -> None:
+        fail = index % 3 == 0
+        outcome(lambda: client.unary(b"fail:INTERNAL" if fail else b"ok"))
+        outcome(lambda: client.unary.future(b"fail:INTERNAL" if fail else b"ok").result())
+        outcome(lambda: list(client.server_stream(b"fail-after:1:INTERNAL" if fail else b"n:2")))
+        outcome(lambda: list(client.bidi(iter([b"fail:INTERNAL" if fail else b"ok"]))))
+
+    with futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(60)))
+    unary, stream, bidi = (registry.get(m) for m in (UNARY, SERVER_STREAM, BIDI))
+    wait_for(lambda: unary.snapshot().total == 120)
+    assert (unary.snapshot().failed, unary.snapshot().successful) == (40, 80)
+    for breaker in (stream, bidi):
+        snapshot = breaker.snapshot()
+        assert (snapshot.total, snapshot.failed, snapshot.successful) == (60, 20, 40)
