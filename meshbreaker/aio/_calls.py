@@ -34,16 +34,17 @@ class AioRejectedError(CallNotPermittedError, AioRpcError):
     """The error a rejected grpc.aio call raises: an AioRpcError and a CallNotPermittedError."""
 
     def __init__(self, name: str, state: State, retry_after: float) -> None:
+        # AioRpcError.__init__ resets `args`, where CallNotPermittedError keeps its fields.
         CallNotPermittedError.__init__(self, name, state, retry_after)
+        code, details = rejection_code(self), rejection_details(self)
         AioRpcError.__init__(
-            self,
-            rejection_code(self),
-            Metadata(),
-            Metadata((STATE_METADATA_KEY, state.value)),
-            rejection_details(self),
-            None,
+            self, code, Metadata(), Metadata((STATE_METADATA_KEY, state.value)), details, None
         )
-        self.args = (name, state, retry_after)  # AioRpcError.__init__ reset them
+        self.args = (name, state, retry_after)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # AioRpcError.__reduce__ would rebuild it from the gRPC fields instead.
+        return (type(self), self.args)
 
 
 class AioRejectedBulkheadError(BulkheadFullError, AioRejectedError):

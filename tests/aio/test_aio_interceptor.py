@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -254,6 +255,10 @@ async def test_slow_means_total_time_for_unary_and_first_message_for_streams(
 def assert_rejection(error: BaseException, method: str) -> None:
     assert isinstance(error, grpc.aio.AioRpcError)
     assert isinstance(error, CallNotPermittedError)
+    assert (error.name, error.state) == (method, State.OPEN)
+    assert str(error) == f"circuit breaker '{method}' is OPEN; next probe in 30.000s"
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), copy.args, copy.code()) == (type(error), error.args, error.code())
     assert error.code() is grpc.StatusCode.UNAVAILABLE
     details = error.details() or ""
     assert method in details and "OPEN" in details and "30.000s" in details

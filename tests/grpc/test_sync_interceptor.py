@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -278,6 +279,10 @@ def test_slow_stream_is_the_time_to_its_first_message(
 def assert_rejection(error: BaseException, method: str = UNARY) -> None:
     assert isinstance(error, grpc.RpcError)
     assert isinstance(error, CallNotPermittedError)
+    assert (error.name, error.state) == (method, State.OPEN)
+    assert str(error) == f"circuit breaker '{method}' is OPEN; next probe in 30.000s"
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), copy.args, copy.code()) == (type(error), error.args, error.code())
     assert isinstance(error, grpc.Call) and isinstance(error, grpc.Future)
     assert error.code() is grpc.StatusCode.UNAVAILABLE
     details = error.details()
