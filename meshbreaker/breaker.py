@@ -414,11 +414,14 @@ class CircuitBreaker:
         state = self._state
         if state is State.CLOSED or state is State.FORCED_CLOSED:
             window = self._window
-            window.add(failed, slow, duration, now)
+            if failed or slow:
+                window.add(failed, slow, duration, now)
+            else:
+                window.add_success(duration, now)
             self._consecutive = self._consecutive + 1 if failed else 0
-            if state is State.FORCED_CLOSED:
-                return None, slow
-            return self._closed_verdict(now), slow
+            if window.failures or window.slow:  # a window with neither cannot trip
+                return self._closed_verdict(now), slow
+            return None, slow
         if state is State.HALF_OPEN:
             self._half_open_in_flight -= 1
             if failed or slow:
