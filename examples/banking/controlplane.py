@@ -16,8 +16,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--db", required=True, help="SQLite policy store")
     parser.add_argument("--port-file", required=True)
-    parser.add_argument("--admin-token")
-    parser.add_argument("--agent-token")
+    parser.add_argument(
+        "--admin-token",
+        default=os.environ.get("BANKING_ADMIN_TOKEN"),
+        help="token for mutations (env BANKING_ADMIN_TOKEN)",
+    )
+    parser.add_argument(
+        "--agent-token",
+        default=os.environ.get("BANKING_AGENT_TOKEN"),
+        help="token for agents and reads (env BANKING_AGENT_TOKEN)",
+    )
     parser.add_argument("--report-ttl", type=float, default=10.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s control-plane %(message)s")

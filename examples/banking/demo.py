@@ -118,19 +118,26 @@ class Processes:
         self._children: list[tuple[str, subprocess.Popen[bytes]]] = []
         atexit.register(self.stop_all)
 
-    def start(self, name: str, module: str, args: Sequence[str], timeout: float = 20.0) -> str:
-        """Run `python -m module args --port-file F`, wait for its port, return host:port."""
+    def spawn(
+        self, name: str, module: str, args: Sequence[str], env: dict[str, str] | None = None
+    ) -> None:
+        """Run `python -m module args --port-file F`; stderr goes to NAME.log in the run dir."""
         port_file = self.run_dir / f"{name}.port"
         port_file.unlink(missing_ok=True)
-        log = (self.run_dir / f"{name}.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", module, *args, "--port-file", str(port_file)],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
+        with (self.run_dir / f"{name}.log").open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", module, *args, "--port-file", str(port_file)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+            )
         self._children.append((name, process))
+
+    def target(self, name: str, timeout: float = 20.0) -> str:
+        """Wait until child `name` has written its port file; its host:port."""
+        process = dict(self._children)[name]
+        port_file = self.run_dir / f"{name}.port"
         deadline = time.monotonic() + timeout
         while not port_file.exists():
             if process.poll() is not None:
@@ -206,70 +213,57 @@ class Demo:
     def start_mesh(self) -> None:
         """Control plane, policies, the four services (each with an agent), the gateways."""
         self.say(f"meshbreaker banking demo — run directory {self.run_dir}")
-        cp_target = self.processes.start(
-            "control-plane",
-            "examples.banking.controlplane",
-            [
-                "--db",
-                str(self.run_dir / "control-plane.db"),
-                "--admin-token",
-                self.admin_token,
-                "--agent-token",
-                self.agent_token,
-            ],
+        # Tokens travel in the environment, not on command lines other users can read.
+        tokens = {"BANKING_ADMIN_TOKEN": self.admin_token, "BANKING_AGENT_TOKEN": self.agent_token}
+        cp_db = str(self.run_dir / "control-plane.db")
+        self.processes.spawn(
+            "control-plane", "examples.banking.controlplane", ["--db", cp_db], tokens
         )
+        cp_target = self.processes.target("control-plane")
         self.targets["control-plane"] = cp_target
         self.cp_channel = grpc.insecure_channel(cp_target)
         self.cp = pb_grpc.ControlPlaneStub(self.cp_channel)  # type: ignore[no-untyped-call]
         put = self._admin("PutPolicy", pb.PutPolicyRequest(policies=policy_messages()))
+        self.say(
+            f"control plane on {cp_target}: {len(put.policies)} policies put "
+            f"(revision {put.revision}); address and tokens in {self.run_dir / 'run.json'}"
+        )
+
+        agent_env = {"BANKING_AGENT_TOKEN": self.agent_token}
+
+        def spawn(name: str, *extra: str) -> None:
+            args = ["--db", str(self.dbs[name]), "--instance-id", f"{name}-1"]
+            args += ["--control-plane", cp_target, *extra]
+            self.processes.spawn(name, f"examples.banking.services.{name}", args, agent_env)
+
+        # The transaction service needs the account service's address; the rest start together.
+        spawn(
+            "account",
+            "--accounts",
+            str(self.settings.accounts),
+            "--initial-balance",
+            str(self.settings.balance_cents),
+        )
+        spawn("notification")
+        spawn("audit")
+        self.targets["account"] = self.processes.target("account")
+        spawn("transaction", "--accounts-target", self.targets["account"])
+        for name in SERVICES:
+            self.targets[name] = self.processes.target(name)
+            channel = grpc.insecure_channel(self.targets[name])
+            self._chaos_channels.append(channel)
+            self.chaos[name] = chaos_pb2_grpc.ChaosServiceStub(channel)
+        self.say("services: " + ", ".join(f"{name} {self.targets[name]}" for name in SERVICES))
         info = {
             "control_plane": cp_target,
             "admin_token": self.admin_token,
             "agent_token": self.agent_token,
             "pid": os.getpid(),
+            "children": self.processes.pids(),
         }
-        info_path = self.run_dir / "run.json"
-        info_path.write_text(json.dumps(info, indent=1))
-        info_path.chmod(0o600)
-        self.say(
-            f"control plane on {cp_target}: {len(put.policies)} policies put "
-            f"(revision {put.revision}); tokens in {info_path}"
-        )
-        mesh = ["--control-plane", cp_target, "--token", self.agent_token]
-        account = self.processes.start(
-            "account",
-            "examples.banking.services.account",
-            [
-                "--db",
-                str(self.dbs["account"]),
-                "--accounts",
-                str(self.settings.accounts),
-                "--initial-balance",
-                str(self.settings.balance_cents),
-                "--instance-id",
-                "account-1",
-                *mesh,
-            ],
-        )
-        self.targets["account"] = account
-        starting = {
-            "transaction": ["--accounts-target", account],
-            "notification": [],
-            "audit": [],
-        }
-        for name, extra in starting.items():
-            self.targets[name] = self.processes.start(
-                name,
-                f"examples.banking.services.{name}",
-                ["--db", str(self.dbs[name]), "--instance-id", f"{name}-1", *extra, *mesh],
-            )
-        for name in SERVICES:
-            channel = grpc.insecure_channel(self.targets[name])
-            self._chaos_channels.append(channel)
-            self.chaos[name] = chaos_pb2_grpc.ChaosServiceStub(channel)
-        self.say("services: " + ", ".join(f"{name} {self.targets[name]}" for name in SERVICES))
-        info["children"] = self.processes.pids()
-        info_path.write_text(json.dumps(info, indent=1))
+        fd = os.open(self.run_dir / "run.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(info, handle, indent=1)
 
         from meshbreaker.control.agent import MeshAgent
 

@@ -141,7 +141,11 @@ def base_parser(name: str) -> argparse.ArgumentParser:
     parser.add_argument("--db", required=True, help="SQLite file for this service's data")
     parser.add_argument("--port-file", help="write the bound port here (atomically) once serving")
     parser.add_argument("--control-plane", help="control plane host:port; runs a MeshAgent")
-    parser.add_argument("--token", help="agent bearer token for the control plane")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("BANKING_AGENT_TOKEN"),
+        help="agent bearer token for the control plane (env BANKING_AGENT_TOKEN)",
+    )
     parser.add_argument("--instance-id", help="instance id reported to the control plane")
     return parser
 
