@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -193,3 +197,38 @@ def test_hang_holds_a_call_until_its_deadline_and_does_no_work(bank: Bank) -> No
         assert conn.execute("SELECT count(*) FROM transfers").fetchone() == (0,)
     bank.chaos("transaction").SetChaos(chaos_pb2.ChaosSettings())
     assert stub.Transfer(request, timeout=2).status == bank_pb2.TRANSFER_STATUS_COMMITTED
+
+
+def test_a_service_runs_as_its_own_process(tmp_path: Path) -> None:
+    port_file = tmp_path / "account.port"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "examples.banking.services.account",
+            "--port",
+            "0",
+            "--db",
+            str(tmp_path / "account.db"),
+            "--port-file",
+            str(port_file),
+        ],
+        cwd=Path(__file__).resolve().parents[3],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("PORT "), line
+        port = int(line.split()[1])
+        assert port > 0 and port_file.read_text().strip() == str(port)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health: Any = health_pb2_grpc.HealthStub(channel)
+            response = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
+    finally:
+        process.kill()
+        process.wait()
