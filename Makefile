@@ -35,8 +35,10 @@ demo: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos \
 	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
-	  --python_out=. --grpc_python_out=. --mypy_out=. \
+	  --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
+	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
 	  protos/meshbreaker/v1/control_plane.proto
+	$(BIN)/python -m examples.banking.gen_protos
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

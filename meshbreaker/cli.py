@@ -462,7 +462,7 @@ class _Client:
         else:
             self.channel = grpc.insecure_channel(args.target, options)
         # The generated stub is untyped (no --mypy_grpc_out in `make proto`).
-        self.stub: Any = pb_grpc.ControlPlaneStub(self.channel)  # type: ignore[no-untyped-call]
+        self.stub: Any = pb_grpc.ControlPlaneStub(self.channel)
 
     def call(self, method: str, request: Any) -> Any:
         """One unary RPC with the command's timeout and token."""

@@ -139,7 +139,10 @@ class BreakerRegistry:
         default: BreakerConfig | None = None,
         overrides: Mapping[str, State] | None = None,
     ) -> None:
-        """Swap every policy, the default and the overrides at once; all or nothing."""
+        """Swap every policy and override at once, all or nothing.
+
+        `default` replaces the default config when given; None keeps the current one.
+        """
         for selector, config in policies.items():
             validate_selector(selector)
             _check_config(selector, config)
@@ -210,6 +213,11 @@ class BreakerRegistry:
 
     def __len__(self) -> int:
         return len(self._breakers)
+
+    def __bool__(self) -> bool:
+        # A registry is a thing, not a collection to test for emptiness: a fresh one is truthy,
+        # so `if registry:` cannot silently mean "no breakers yet".
+        return True
 
     def __contains__(self, name: object) -> bool:
         return name in self._breakers

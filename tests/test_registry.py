@@ -25,6 +25,7 @@ def test_selectors_for_names() -> None:
 
 def test_get_returns_the_same_breaker(clock: FakeClock) -> None:
     reg = BreakerRegistry(clock=clock)
+    assert reg and len(reg) == 0  # an empty registry is still truthy
     assert reg.get(METHOD) is reg.get(METHOD)
     assert len(reg) == 1 and METHOD in reg and list(reg) == [reg.get(METHOD)]
 

@@ -343,7 +343,7 @@ class MeshAgent:
         else:
             channel = grpc.aio.insecure_channel(self.target, self._channel_options)
         # The generated stub is untyped (no --mypy_grpc_out in `make proto`).
-        self._stub = pb_grpc.ControlPlaneStub(channel)  # type: ignore[no-untyped-call]
+        self._stub = pb_grpc.ControlPlaneStub(channel)
         self._report_event = asyncio.Event()
         self._task = asyncio.current_task()
         ready.set_result(None)

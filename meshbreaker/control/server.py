@@ -817,7 +817,7 @@ class ControlPlaneServer:
             wall_clock=self._wall_clock,
             limits=self.limits,
         )
-        pb_grpc.add_ControlPlaneServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        pb_grpc.add_ControlPlaneServicer_to_server(servicer, server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-GENERATED = ("control_plane_pb2.py", "control_plane_pb2.pyi", "control_plane_pb2_grpc.py")
+GENERATED = (
+    "control_plane_pb2.py",
+    "control_plane_pb2.pyi",
+    "control_plane_pb2_grpc.py",
+    "control_plane_pb2_grpc.pyi",
+)
 
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
@@ -24,9 +29,11 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
             "grpc_tools.protoc",
             "-Iprotos",
             f"--plugin=protoc-gen-mypy={plugin}",
+            f"--plugin=protoc-gen-mypy_grpc={plugin.parent / 'protoc-gen-mypy_grpc'}",
             f"--python_out={tmp_path}",
             f"--grpc_python_out={tmp_path}",
             f"--mypy_out={tmp_path}",
+            f"--mypy_grpc_out={tmp_path}",
             "protos/meshbreaker/v1/control_plane.proto",
         ],
         cwd=ROOT,
