@@ -292,7 +292,9 @@ class CircuitBreaker:
                 self._next_open_duration * config.backoff_multiplier, config.open_duration_max
             )
         else:
-            self._open_until = math.inf
+            # Read without the lock by the fast rejection, so it alone says "reject now":
+            # +inf while forced open, -inf whenever calls may go.
+            self._open_until = math.inf if state is State.FORCED_OPEN else -math.inf
         if state is State.CLOSED:
             self._window = self._new_window(now)
             self._consecutive = 0
@@ -323,11 +325,13 @@ class CircuitBreaker:
 
     def _acquire_locked(self) -> Permit:
         now = self._clock()
-        if self._state is State.OPEN and now < self._open_until and not self._shadow:
+        open_until = self._open_until
+        if now < open_until and not self._shadow:
             # The common rejection: nothing to decide, only to count.
             with self._lock:
                 self._rejected += 1
-            raise CallNotPermittedError(self.name, State.OPEN, self._open_until - now)
+            state = State.FORCED_OPEN if open_until == math.inf else State.OPEN
+            raise CallNotPermittedError(self.name, state, open_until - now)
         with self._lock:
             transition = self._half_open_if_due(now) if self._state is State.OPEN else None
             state = self._state
@@ -367,40 +371,42 @@ class CircuitBreaker:
         now = self._clock()
         if duration is None:
             duration = now - permit._start
-        transition, slow = None, False
         with self._lock:
             if permit._done:
                 return
             permit._done = True
             if permit._holds_slot:
                 self._in_flight -= 1
-            transition, slow = self._count(permit._generation, outcome, duration, now)
+            transition = self._count(permit._generation, outcome, duration, now)
         if transition is not None or self._result_listeners:
-            self._emit_result(transition, outcome, duration, slow)
+            self._emit_result(transition, outcome, duration)
 
     def _record(self, generation: int, outcome: Outcome, start: float) -> None:
         now = self._clock()
         duration = now - start
         with self._lock:
-            transition, slow = self._count(generation, outcome, duration, now)
+            transition = self._count(generation, outcome, duration, now)
         if transition is not None or self._result_listeners:
-            self._emit_result(transition, outcome, duration, slow)
+            self._emit_result(transition, outcome, duration)
 
     def _emit_result(
-        self, transition: tuple[State, State] | None, outcome: Outcome, duration: float, slow: bool
+        self, transition: tuple[State, State] | None, outcome: Outcome, duration: float
     ) -> None:
-        result = CallResult(self.name, outcome, duration, slow) if self._result_listeners else None
+        result = None
+        if self._result_listeners:
+            slow = outcome is _SUCCESS and duration >= self._slow_threshold
+            result = CallResult(self.name, outcome, duration, slow)
         self._emit(transition, result)
 
     def _count(
         self, generation: int, outcome: Outcome, duration: float, now: float
-    ) -> tuple[tuple[State, State] | None, bool]:
+    ) -> tuple[State, State] | None:
         """Count one outcome and move the state if it is current (lock held)."""
         if outcome is _IGNORED:
             self._ignored += 1
             if generation == self._generation and self._state is State.HALF_OPEN:
                 self._half_open_in_flight -= 1
-            return None, False
+            return None
         failed = outcome is _FAILURE
         slow = not failed and duration >= self._slow_threshold
         if failed:
@@ -410,7 +416,7 @@ class CircuitBreaker:
             if slow:
                 self._slow += 1
         if generation != self._generation:
-            return None, slow  # a stale outcome is counted but never moves the state
+            return None  # a stale outcome is counted but never moves the state
         state = self._state
         if state is State.CLOSED or state is State.FORCED_CLOSED:
             window = self._window
@@ -420,16 +426,16 @@ class CircuitBreaker:
                 window.add_success(duration, now)
             self._consecutive = self._consecutive + 1 if failed else 0
             if window.failures or window.slow:  # a window with neither cannot trip
-                return self._closed_verdict(now), slow
-            return None, slow
+                return self._closed_verdict(now)
+            return None
         if state is State.HALF_OPEN:
             self._half_open_in_flight -= 1
             if failed or slow:
-                return self._enter(State.OPEN, now), slow
+                return self._enter(State.OPEN, now)
             self._half_open_successes += 1
             if self._half_open_successes >= self._config.half_open_success_threshold:
-                return self._enter(State.CLOSED, now), slow
-        return None, slow
+                return self._enter(State.CLOSED, now)
+        return None
 
     def _closed_verdict(self, now: float) -> tuple[State, State] | None:
         """Trip if the run of failures or the window's rates say so (lock held, CLOSED)."""
@@ -488,7 +494,7 @@ class CircuitBreaker:
                         return result
                     transition = self._closed_verdict(now)
                 else:
-                    transition, _ = self._count(generation, _SUCCESS, duration, now)
+                    transition = self._count(generation, _SUCCESS, duration, now)
             if transition is not None:
                 self._emit(transition, None)
             return result
