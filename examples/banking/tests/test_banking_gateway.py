@@ -185,12 +185,14 @@ def test_hung_dependency_p99_is_far_lower_with_breakers(
     plain = Gateway(Targets(**bank.targets), tmp_path / "plain.db", None, deadlines=HANG)
     try:
         bank.chaos("transaction").SetChaos(chaos_pb2.ChaosSettings(hang=True))
-        guarded = [hang_gateway.transfer_funds("acct-000", "acct-001", 1) for _ in range(400)]
+        guarded = [hang_gateway.transfer_funds("acct-000", "acct-001", 1) for _ in range(1000)]
         unguarded = [plain.transfer_funds("acct-000", "acct-001", 1).latency for _ in range(4)]
     finally:
         bank.chaos("transaction").SetChaos(chaos_pb2.ChaosSettings())
         plain.close()
     # Three calls wait out the 0.2 s deadline before the breaker opens; the rest fail fast.
+    # 1,000 calls put p99 at the 11th slowest, so a few scheduler hiccups on a loaded CI
+    # machine cannot decide the verdict; the three deadline waits still can't hide.
     statuses = [o.status for o in guarded]
     assert statuses[:3] == [TransferStatus.PENDING] * 3
     assert set(statuses[3:]) == {TransferStatus.REJECTED}
