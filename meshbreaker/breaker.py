@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import math
 import random
@@ -162,7 +163,12 @@ class CircuitBreaker:
         self._state_listeners: list[StateListener] = []
         self._result_listeners: list[CallResultListener] = []
         self._successful = self._failed = self._ignored = self._slow = 0
-        self._rejected = self._shadow_rejected = self._times_opened = 0
+        self._shadow_rejected = self._times_opened = 0
+        # Rejections are counted without the lock: next() on an itertools.count is a single C
+        # call, atomic under the GIL (threading names its threads with the same idiom). Reading
+        # the count consumes one step, so reads are counted and subtracted.
+        self._rejections = itertools.count()
+        self._rejection_reads = 0
         self._in_flight = 0  # bulkhead slots held
         self._override: State | None = None
         self._generation = 0
@@ -330,11 +336,7 @@ class CircuitBreaker:
         open_until = self._open_until
         if now < open_until and not self._shadow:
             # The common rejection: nothing to decide, only to count.
-            self._lock.acquire()
-            try:
-                self._rejected += 1
-            finally:
-                self._lock.release()
+            next(self._rejections)
             state = State.FORCED_OPEN if open_until == math.inf else State.OPEN
             raise CallNotPermittedError(self.name, state, open_until - now)
         self._lock.acquire()
@@ -357,7 +359,7 @@ class CircuitBreaker:
                 denied = BulkheadFullError(self.name, state, 0.0)
             if denied is not None:
                 if not self._shadow:
-                    self._rejected += 1
+                    next(self._rejections)
                 else:
                     self._shadow_rejected += 1
                     generation = _STALE  # admitted only in the shadow: its outcome moves nothing
@@ -580,6 +582,12 @@ class CircuitBreaker:
 
     # ----- observation ---------------------------------------------------------------
 
+    def _rejected(self) -> int:
+        """Rejections so far (lock held, so reads do not race each other)."""
+        count = next(self._rejections) - self._rejection_reads
+        self._rejection_reads += 1
+        return count
+
     def snapshot(self) -> BreakerSnapshot:
         """An immutable record of the state and counters now."""
         now = self._clock()
@@ -597,7 +605,7 @@ class CircuitBreaker:
                 failed=self._failed,
                 ignored=self._ignored,
                 slow=self._slow,
-                rejected=self._rejected,
+                rejected=self._rejected(),
                 shadow_rejected=self._shadow_rejected,
                 failure_rate=window.failures / calls if calls else 0.0,
                 slow_call_rate=window.slow / calls if calls else 0.0,
