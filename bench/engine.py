@@ -1,5 +1,9 @@
 """Engine overhead: meshbreaker vs pybreaker and circuitbreaker, measured side by side.
 
+Two "floor" rows measure what no exact, thread-safe breaker can avoid in CPython: for a closed
+call, calling through a function plus two clock reads and one lock round trip; for a rejection,
+calling a function that raises.
+
 Variants are interleaved in rounds and the figures quoted are medians of per-round ratios,
 because absolute times on shared machines drift by 2x between runs.
 """
@@ -20,7 +24,7 @@ import circuitbreaker
 import pybreaker
 
 from bench._harness import interleaved, median_ratio, table, write_json
-from meshbreaker import BreakerConfig, CallNotPermittedError, CircuitBreaker, circuit
+from meshbreaker import BreakerConfig, CallNotPermittedError, CircuitBreaker, State, circuit
 
 
 def work() -> None:
@@ -29,6 +33,10 @@ def work() -> None:
 
 def _boom() -> None:
     raise ConnectionError("down")
+
+
+def _reject() -> None:
+    raise CallNotPermittedError("floor", State.OPEN, 1.0)
 
 
 def closed_variants() -> dict[str, Callable[[int], None]]:
@@ -64,6 +72,22 @@ def closed_variants() -> dict[str, Callable[[int], None]]:
             work()
             permit.success()
 
+    lock = threading.Lock()
+    clock = time.monotonic
+
+    def timed(fn: Callable[[], None]) -> None:
+        start = clock()
+        fn()
+        lock.acquire()
+        try:
+            _ = clock() - start
+        finally:
+            lock.release()
+
+    def floor_closed(n: int) -> None:
+        for _ in range(n):
+            timed(work)
+
     def pybreaker_call(n: int) -> None:
         call = pb.call
         for _ in range(n):
@@ -81,6 +105,7 @@ def closed_variants() -> dict[str, Callable[[int], None]]:
         "meshbreaker acquire/success": mb_permit,
         "pybreaker": pybreaker_call,
         "circuitbreaker": circuitbreaker_call,
+        "floor: call(fn) + 2 clock reads + lock": floor_closed,
     }
 
 
@@ -113,6 +138,7 @@ def open_variants() -> dict[str, Callable[[int], None]]:
         "meshbreaker FORCED_OPEN": rejecting(lambda: cb.call(work), CallNotPermittedError),
         "pybreaker OPEN": rejecting(lambda: pb.call(work), pybreaker.CircuitBreakerError),
         "circuitbreaker OPEN": rejecting(cbr_boom, circuitbreaker.CircuitBreakerError),
+        "floor: call(fn) that raises": rejecting(_reject, CallNotPermittedError),
     }
 
 
@@ -193,6 +219,12 @@ def main(quick: bool = False) -> dict[str, Any]:
             "rejection / pybreaker": median_ratio(rejected, "meshbreaker OPEN", "pybreaker OPEN"),
             "rejection / circuitbreaker": median_ratio(
                 rejected, "meshbreaker OPEN", "circuitbreaker OPEN"
+            ),
+            "floor closed / pybreaker": median_ratio(
+                closed, "floor: call(fn) + 2 clock reads + lock", "pybreaker"
+            ),
+            "floor rejection / pybreaker": median_ratio(
+                rejected, "floor: call(fn) that raises", "pybreaker OPEN"
             ),
             "call_async / bare await": median_ratio(awaited, "await cb.call_async", "await bare"),
             "8 threads meshbreaker / no breaker": statistics.median(
