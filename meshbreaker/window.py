@@ -7,12 +7,18 @@ from typing import Protocol
 
 
 class Window(Protocol):
-    """What the breaker needs from a window: O(1) add, running aggregates, and a reset."""
+    """What the breaker needs from a window: O(1) adds and running aggregates."""
 
-    calls: int
     failures: int
     slow: int
-    duration_sum: float
+
+    @property
+    def calls(self) -> int:
+        """Calls in the window."""
+
+    @property
+    def duration_sum(self) -> float:
+        """Total duration of the calls in the window."""
 
     def add(self, failed: bool, slow: bool, duration: float, now: float) -> None:
         """Record one finished call."""
@@ -92,7 +98,9 @@ class TimeWindow:
     """The last `size` seconds, in one-second buckets tagged with their epoch second.
 
     Buckets are cleared lazily as time moves forward, so an add costs O(1) amortised
-    and an idle gap longer than the window resets the aggregates in O(1).
+    and an idle gap longer than the window resets the aggregates in O(1). Quick successes
+    in the newest second only bump two counters; they are settled into that second's
+    bucket when anything else touches the window.
     """
 
     __slots__ = (
@@ -103,10 +111,12 @@ class TimeWindow:
         "_head",
         "_hot_index",
         "_hot_until",
+        "_quick",
+        "_quick_duration",
+        "_settled_calls",
+        "_settled_duration",
         "_size",
         "_slow",
-        "calls",
-        "duration_sum",
         "failures",
         "slow",
     )
@@ -119,14 +129,37 @@ class TimeWindow:
         self._slow = [0] * size
         self._durations = [0.0] * size
         self._head = int(now)
-        # add_success() may write straight into bucket _hot_index until _hot_until: set by
-        # add() once that bucket is tagged with the newest epoch, cleared when the head moves.
+        # add_success() may count into bucket _hot_index until _hot_until: set by add() once
+        # that bucket is tagged with the newest epoch, cleared when the head moves.
         self._hot_index = 0
         self._hot_until = -math.inf
-        self.calls = 0
+        self._quick = 0
+        self._quick_duration = 0.0
+        self._settled_calls = 0
+        self._settled_duration = 0.0
         self.failures = 0
         self.slow = 0
-        self.duration_sum = 0.0
+
+    @property
+    def calls(self) -> int:
+        """Calls in the window."""
+        return self._settled_calls + self._quick
+
+    @property
+    def duration_sum(self) -> float:
+        """Total duration of the calls in the window."""
+        return self._settled_duration + self._quick_duration
+
+    def _settle(self) -> None:
+        """Move the quick successes into the newest bucket and the aggregates."""
+        quick, duration = self._quick, self._quick_duration
+        index = self._hot_index
+        self._calls[index] += quick
+        self._durations[index] += duration
+        self._settled_calls += quick
+        self._settled_duration += duration
+        self._quick = 0
+        self._quick_duration = 0.0
 
     def expire(self, now: float) -> None:
         """Move the head to `now`, dropping buckets older than the window."""
@@ -134,20 +167,22 @@ class TimeWindow:
         head = self._head
         if epoch <= head:
             return
+        if self._quick:
+            self._settle()
         size = self._size
         if epoch - head >= size:
             # Everything in the buckets is older than the window; their tags keep them from
             # being subtracted again when their slots are reused.
-            self.calls = self.failures = self.slow = 0
-            self.duration_sum = 0.0
+            self._settled_calls = self.failures = self.slow = 0
+            self._settled_duration = 0.0
         else:
             for step in range(head + 1, epoch + 1):
                 index = step % size
                 if self._epochs[index] == step - size:
-                    self.calls -= self._calls[index]
+                    self._settled_calls -= self._calls[index]
                     self.failures -= self._failures[index]
                     self.slow -= self._slow[index]
-                    self.duration_sum -= self._durations[index]
+                    self._settled_duration -= self._durations[index]
         self._head = epoch
         self._hot_until = -math.inf
 
@@ -156,19 +191,19 @@ class TimeWindow:
         if now >= self._hot_until:
             self.add(False, False, duration, now)
             return
-        index = self._hot_index
-        self._calls[index] += 1
-        self._durations[index] += duration
-        self.calls += 1
-        self.duration_sum += duration
+        self._quick += 1
+        self._quick_duration += duration
 
     def add(self, failed: bool, slow: bool, duration: float, now: float) -> None:
         """Record one call in the bucket for `now`."""
         epoch = int(now)
         if epoch > self._head:
             self.expire(now)
-        elif epoch < self._head:
-            epoch = self._head  # a late report is counted in the newest bucket, never lost
+        else:
+            if self._quick:
+                self._settle()
+            if epoch < self._head:
+                epoch = self._head  # a late report is counted in the newest bucket, never lost
         index = epoch % self._size
         if self._epochs[index] != epoch:
             self._epochs[index] = epoch
@@ -182,7 +217,7 @@ class TimeWindow:
         self._failures[index] += failed
         self._slow[index] += slow
         self._durations[index] += duration
-        self.calls += 1
+        self._settled_calls += 1
         self.failures += failed
         self.slow += slow
-        self.duration_sum += duration
+        self._settled_duration += duration
