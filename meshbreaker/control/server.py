@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -45,6 +46,9 @@ from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_S = TypeVar("_S")
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 _Context = grpc.aio.ServicerContext[Any, Any]
 PemSource = str | os.PathLike[str] | bytes
 
@@ -76,7 +80,7 @@ class Limits:
                 raise ConfigError(f"limits.{name}", "must be an integer >= 1")
 
 
-class _Invalid(Exception):
+class _Refused(Exception):
     """A request is refused with a status code; raised inside handlers, turned into an abort."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
@@ -85,8 +89,31 @@ class _Invalid(Exception):
         self.details = details
 
 
-def _invalid(error: ConfigError) -> _Invalid:
-    return _Invalid(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+def _abort_on_refusal(
+    handler: Callable[[_S, _Request, _Context], Awaitable[_Response]],
+) -> Callable[[_S, _Request, _Context], Coroutine[Any, Any, _Response]]:
+    """Wrap a unary handler: its ConfigError aborts INVALID_ARGUMENT, its _Refused its code."""
+
+    @functools.wraps(handler)
+    async def guarded(self: _S, request: _Request, context: _Context) -> _Response:
+        try:
+            return await handler(self, request, context)
+        except ConfigError as error:
+            refusal = _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except _Refused as error:
+            refusal = error
+        await context.abort(refusal.code, refusal.details)
+
+    return guarded
+
+
+def _without_output_only(policy: pb.Policy) -> pb.Policy:
+    """A copy of `policy` without the fields the store sets."""
+    copy = pb.Policy()
+    copy.CopyFrom(policy)
+    for output_only in ("revision", "updated_at", "updated_by"):
+        copy.ClearField(output_only)
+    return copy
 
 
 @dataclass
@@ -194,10 +221,6 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
 
     # -- helpers ---------------------------------------------------------------------------
 
-    async def _in_store(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
-
     def _actor(self, context: _Context) -> str:
         return self._authenticator.actor(context.invocation_metadata(), context.peer())
 
@@ -239,21 +262,41 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             self._changed.notify_all()
 
     async def _write(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run a store write on the store thread; a store refusal becomes a status code."""
+        call = functools.partial(fn, *args, **kwargs)
         try:
-            return await self._in_store(fn, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
         except RevisionMismatchError as error:
-            raise _Invalid(grpc.StatusCode.ABORTED, str(error)) from None
+            raise _Refused(grpc.StatusCode.ABORTED, str(error)) from None
         except SelectorConflictError as error:
-            raise _Invalid(grpc.StatusCode.ALREADY_EXISTS, str(error)) from None
+            raise _Refused(grpc.StatusCode.ALREADY_EXISTS, str(error)) from None
         except PolicyNotFoundError as error:
-            raise _Invalid(grpc.StatusCode.NOT_FOUND, str(error)) from None
+            raise _Refused(grpc.StatusCode.NOT_FOUND, str(error)) from None
         except StoreError as error:
-            raise _Invalid(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from None
+            raise _Refused(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from None
         except Exception as error:  # disk full, I/O error...: nothing was committed
             logger.exception("policy store write failed")
-            raise _Invalid(
+            raise _Refused(
                 grpc.StatusCode.UNAVAILABLE, f"policy store write failed: {error}"
             ) from None
+
+    async def _put(
+        self, policies: Sequence[pb.Policy], expected: int | None, actor: str
+    ) -> list[AuditEntry]:
+        """Store `policies`, then bring the in-memory copy and the watchers up to date."""
+        entries = await self._write(
+            self._store.put, policies, expected_revision=expected, actor=actor
+        )
+        await self._committed(entries)
+        return entries
+
+    async def _delete(self, policy_id: str, expected: int | None, actor: str) -> AuditEntry:
+        """Delete a stored policy, then bring the in-memory copy and the watchers up to date."""
+        entry = await self._write(
+            self._store.delete, policy_id, expected_revision=expected, actor=actor
+        )
+        await self._committed([entry])
+        return entry
 
     async def _serialized(self, work: Callable[[], Awaitable[_T]]) -> _T:
         """Run `work` under the write lock, to completion even if the calling RPC is cancelled.
@@ -297,21 +340,15 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         if not request.HasField("expected_revision"):
             return None
         if request.expected_revision < 0:
-            raise _Invalid(grpc.StatusCode.INVALID_ARGUMENT, "expected_revision: must be >= 0")
+            raise ConfigError("expected_revision", "must be >= 0")
         return int(request.expected_revision)
 
     # -- config ----------------------------------------------------------------------------
 
+    @_abort_on_refusal
     async def GetConfig(self, request: pb.GetConfigRequest, context: _Context) -> pb.ConfigSnapshot:
         """The policies that apply to the caller service, with the store revision."""
-        return await _guard(context, self._get_config(request))
-
-    async def _get_config(self, request: pb.GetConfigRequest) -> pb.ConfigSnapshot:
-        try:
-            caller = convert.check_caller(request.service, "service", required=True)
-        except ConfigError as error:
-            raise _invalid(error) from None
-        return self._snapshot(caller)
+        return self._snapshot(convert.check_caller(request.service, "service", required=True))
 
     async def WatchConfig(
         self, request: pb.WatchConfigRequest, context: _Context
@@ -335,12 +372,6 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                 yield snapshot
 
     # -- reports ---------------------------------------------------------------------------
-
-    async def ReportState(
-        self, request: pb.ReportStateRequest, context: _Context
-    ) -> pb.ReportStateResponse:
-        """Record one instance's breakers, applied revision and ACK/NACK."""
-        return await _guard(context, self._report_state(request))
 
     def _check_report(self, request: pb.ReportStateRequest) -> None:
         if not request.instance_id:
@@ -377,17 +408,18 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         if request.HasField("nack") and len(request.nack.reason) > 4096:
             raise ConfigError("nack.reason", "at most 4096 characters")
 
-    async def _report_state(self, request: pb.ReportStateRequest) -> pb.ReportStateResponse:
-        try:
-            self._check_report(request)
-        except ConfigError as error:
-            raise _invalid(error) from None
+    @_abort_on_refusal
+    async def ReportState(
+        self, request: pb.ReportStateRequest, context: _Context
+    ) -> pb.ReportStateResponse:
+        """Record one instance's breakers, applied revision and ACK/NACK."""
+        self._check_report(request)
         now = self._clock()
         self._expire(now, throttled=True)
         instance = self._instances.get(request.instance_id)
         if instance is None:
             if len(self._instances) >= self._limits.max_instances:
-                raise _Invalid(
+                raise _Refused(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"instance_id: more than {self._limits.max_instances} live instances",
                 )
@@ -435,23 +467,18 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             revision=self._revision, report_ttl=_seconds(self._report_ttl)
         )
 
+    @_abort_on_refusal
     async def ListBreakers(
         self, request: pb.ListBreakersRequest, context: _Context
     ) -> pb.ListBreakersResponse:
         """Breakers across live instances, aggregated per (caller service, breaker name)."""
-        return await _guard(context, self._list_breakers(request))
-
-    async def _list_breakers(self, request: pb.ListBreakersRequest) -> pb.ListBreakersResponse:
-        try:
-            convert.check_caller(request.service, "service", required=False)
-            if request.method.startswith("/"):
-                convert.check_method(request.method, "method")
-            else:
-                convert.check_service(request.method, "method")
-            if request.state != pb.BREAKER_STATE_UNSPECIFIED and request.state not in _STATE_FIELDS:
-                raise ConfigError("state", f"unknown BreakerState {request.state}")
-        except ConfigError as error:
-            raise _invalid(error) from None
+        convert.check_caller(request.service, "service", required=False)
+        if request.method.startswith("/"):
+            convert.check_method(request.method, "method")
+        else:
+            convert.check_service(request.method, "method")
+        if request.state != pb.BREAKER_STATE_UNSPECIFIED and request.state not in _STATE_FIELDS:
+            raise ConfigError("state", f"unknown BreakerState {request.state}")
         now = self._clock()
         self._expire(now)
         groups: dict[tuple[str, str], pb.BreakerGroup] = {}
@@ -506,28 +533,17 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
 
     # -- policies --------------------------------------------------------------------------
 
+    @_abort_on_refusal
     async def ListPolicies(
         self, request: pb.ListPoliciesRequest, context: _Context
     ) -> pb.ListPoliciesResponse:
         """Every policy (or those applying to one caller), sorted by id, with the revision."""
-        return await _guard(context, self._list_policies(request))
-
-    async def _list_policies(self, request: pb.ListPoliciesRequest) -> pb.ListPoliciesResponse:
-        try:
-            convert.check_caller(request.caller, "caller", required=False)
-        except ConfigError as error:
-            raise _invalid(error) from None
+        convert.check_caller(request.caller, "caller", required=False)
         if request.caller:
             policies = convert.applicable(request.caller, self._policies.values())
         else:
             policies = sorted(self._policies.values(), key=lambda policy: policy.id)
         return pb.ListPoliciesResponse(policies=policies, revision=self._revision)
-
-    async def PutPolicy(
-        self, request: pb.PutPolicyRequest, context: _Context
-    ) -> pb.PutPolicyResponse:
-        """Create or replace policies atomically (compare-and-set on the store revision)."""
-        return await _guard(context, self._put_policy(request, self._actor(context)))
 
     def _check_put(self, request: pb.PutPolicyRequest) -> list[pb.Policy]:
         count = len(request.policies)
@@ -552,32 +568,26 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                     f"{path}.selector", f"same selector as policies[{seen_selectors[key]}]"
                 )
             seen_selectors[key] = index
-            clean = pb.Policy()
-            clean.CopyFrom(policy)
-            for output_only in ("revision", "updated_at", "updated_by"):
-                clean.ClearField(output_only)
-            cleaned.append(clean)
+            cleaned.append(_without_output_only(policy))
         return cleaned
 
-    async def _put_policy(self, request: pb.PutPolicyRequest, actor: str) -> pb.PutPolicyResponse:
-        try:
-            policies = self._check_put(request)
-        except ConfigError as error:
-            raise _invalid(error) from None
+    @_abort_on_refusal
+    async def PutPolicy(
+        self, request: pb.PutPolicyRequest, context: _Context
+    ) -> pb.PutPolicyResponse:
+        """Create or replace policies atomically (compare-and-set on the store revision)."""
+        policies = self._check_put(request)
         expected = self._expected(request)
+        actor = self._actor(context)
 
         async def work() -> list[AuditEntry]:
             new_ids = {policy.id for policy in policies} - self._policies.keys()
             if len(self._policies) + len(new_ids) > self._limits.max_policies:
-                raise _Invalid(
+                raise _Refused(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"policies: the store holds at most {self._limits.max_policies} policies",
                 )
-            entries = await self._write(
-                self._store.put, policies, expected_revision=expected, actor=actor
-            )
-            await self._committed(entries)
-            return entries
+            return await self._put(policies, expected, actor)
 
         entries = await self._serialized(work)
         return pb.PutPolicyResponse(
@@ -585,85 +595,56 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             revision=entries[0].revision,
         )
 
+    @_abort_on_refusal
     async def DeletePolicy(
         self, request: pb.DeletePolicyRequest, context: _Context
     ) -> pb.DeletePolicyResponse:
         """Delete one policy (compare-and-set on the store revision)."""
-        return await _guard(context, self._delete_policy(request, self._actor(context)))
-
-    async def _delete_policy(
-        self, request: pb.DeletePolicyRequest, actor: str
-    ) -> pb.DeletePolicyResponse:
-        try:
-            convert.check_policy_id(request.id, "id")
-        except ConfigError as error:
-            raise _invalid(error) from None
+        convert.check_policy_id(request.id, "id")
         expected = self._expected(request)
+        actor = self._actor(context)
+        entry = await self._serialized(lambda: self._delete(request.id, expected, actor))
+        return pb.DeletePolicyResponse(revision=entry.revision)
 
-        async def work() -> AuditEntry:
-            entry = await self._write(
-                self._store.delete, request.id, expected_revision=expected, actor=actor
-            )
-            await self._committed([entry])
-            return entry
-
-        return pb.DeletePolicyResponse(revision=(await self._serialized(work)).revision)
-
+    @_abort_on_refusal
     async def ForceState(
         self, request: pb.ForceStateRequest, context: _Context
     ) -> pb.ForceStateResponse:
         """Set (or clear) the override of the policy with exactly this selector."""
-        return await _guard(context, self._force_state(request, self._actor(context)))
-
-    async def _force_state(
-        self, request: pb.ForceStateRequest, actor: str
-    ) -> pb.ForceStateResponse:
-        try:
-            selector = convert.selector_from_proto(request.selector, "selector")
-            if not selector.registry_selector:
-                raise ConfigError("selector", "needs a service or a method")
-            override = convert.override_from_proto(request.override, "override")
-            if request.policy_id:
-                convert.check_policy_id(request.policy_id, "policy_id")
-        except ConfigError as error:
-            raise _invalid(error) from None
+        selector = convert.selector_from_proto(request.selector, "selector")
+        if not selector.registry_selector:
+            raise ConfigError("selector", "needs a service or a method")
+        override = convert.override_from_proto(request.override, "override")
+        if request.policy_id:
+            convert.check_policy_id(request.policy_id, "policy_id")
         expected = self._expected(request)
+        actor = self._actor(context)
         wanted = (selector.caller, selector.service, selector.method)
 
         async def work() -> pb.ForceStateResponse:
             existing = next((p for p in self._policies.values() if selector_key(p) == wanted), None)
             if existing is None and override is None:
                 if expected is not None and expected != self._revision:
-                    raise _Invalid(
-                        grpc.StatusCode.ABORTED,
-                        f"expected store revision {expected}, but it is {self._revision}",
-                    )
+                    mismatch = RevisionMismatchError(expected, self._revision)
+                    raise _Refused(grpc.StatusCode.ABORTED, str(mismatch))
                 return pb.ForceStateResponse(revision=self._revision)
             if existing is not None and override is None and not existing.HasField("config"):
                 # An override-only policy without its override does nothing: remove it.
-                entry = await self._write(
-                    self._store.delete, existing.id, expected_revision=expected, actor=actor
-                )
-                await self._committed([entry])
+                entry = await self._delete(existing.id, expected, actor)
                 return pb.ForceStateResponse(revision=entry.revision)
-            policy = pb.Policy()
             if existing is not None:
-                policy.CopyFrom(existing)
-                for output_only in ("revision", "updated_at", "updated_by"):
-                    policy.ClearField(output_only)
+                policy = _without_output_only(existing)
             else:
-                policy.id = request.policy_id or _forced_policy_id(selector)
+                policy = pb.Policy(
+                    id=request.policy_id or _forced_policy_id(selector), selector=request.selector
+                )
                 if policy.id in self._policies:
-                    raise _Invalid(
+                    raise _Refused(
                         grpc.StatusCode.ALREADY_EXISTS,
                         f"policy_id: {policy.id!r} is taken by a policy with another selector",
                     )
-                policy.selector.CopyFrom(request.selector)
             policy.override = convert.override_to_proto(override)  # type: ignore[assignment]
-            entries = await self._write(
-                self._store.put, [policy], expected_revision=expected, actor=actor
-            )
-            await self._committed(entries)
+            entries = await self._put([policy], expected, actor)
             return pb.ForceStateResponse(policy=entries[0].after, revision=entries[0].revision)
 
         return await self._serialized(work)
@@ -690,15 +671,6 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                     if kind == "nack" and event.nack.service != request.service:
                         continue
                 yield event
-
-
-async def _guard(context: _Context, work: Awaitable[_T]) -> _T:
-    """Await `work`, turning a refusal into an abort with its status code."""
-    try:
-        return await work
-    except _Invalid as error:
-        await context.abort(error.code, error.details)
-        raise AssertionError("unreachable: abort raises") from None
 
 
 def _forced_policy_id(selector: convert.Selector) -> str:
