@@ -294,7 +294,8 @@ def _mode_from_proto(mode: int, path: str) -> Mode:
     return _MODE_FROM_PROTO[mode] or Mode.ENFORCE
 
 
-def _seconds_to_duration(seconds: float) -> Duration:
+def seconds_to_duration(seconds: float) -> Duration:
+    """A google.protobuf.Duration for float seconds (to the nearest nanosecond)."""
     duration = Duration()
     duration.FromNanoseconds(round(seconds * 1e9))
     return duration
@@ -309,8 +310,8 @@ def config_to_proto(config: BreakerConfig) -> tuple[pb.BreakerConfig, int]:
         window_size=config.window_size,
         minimum_calls=config.minimum_calls,
         consecutive_failures=config.consecutive_failures,
-        open_duration=_seconds_to_duration(config.open_duration),
-        open_duration_max=_seconds_to_duration(config.open_duration_max),
+        open_duration=seconds_to_duration(config.open_duration),
+        open_duration_max=seconds_to_duration(config.open_duration_max),
         backoff_multiplier=config.backoff_multiplier,
         open_jitter=config.open_jitter,
         half_open_max_calls=config.half_open_max_calls,
@@ -321,7 +322,7 @@ def config_to_proto(config: BreakerConfig) -> tuple[pb.BreakerConfig, int]:
     if config.slow_call_duration is None:
         message.slow_calls_disabled = True
     else:
-        message.slow_call_duration.CopyFrom(_seconds_to_duration(config.slow_call_duration))
+        message.slow_call_duration.CopyFrom(seconds_to_duration(config.slow_call_duration))
     if config.max_concurrent_calls is not None:
         message.max_concurrent_calls = config.max_concurrent_calls
     return message, _MODE_TO_PROTO[config.mode]

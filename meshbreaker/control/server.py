@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -169,12 +168,6 @@ def _breaker_method(name: str) -> tuple[str, str]:
     return parts[1], f"/{parts[1]}/{parts[2]}"
 
 
-def _seconds(value: float) -> Duration:
-    duration = Duration()
-    duration.FromNanoseconds(int(value * 1e9))
-    return duration
-
-
 class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
     """The ControlPlane RPCs over a PolicyStore and in-memory instance state."""
 
@@ -191,6 +184,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         self._store = store
         self._authenticator = authenticator
         self._report_ttl = report_ttl
+        self._report_ttl_message = convert.seconds_to_duration(report_ttl)  # sent in every reply
         self._clock = clock
         self._limits = limits
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="meshbreaker-store")
@@ -463,9 +457,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             instance.nack = request.nack
         else:
             instance.nack = None
-        return pb.ReportStateResponse(
-            revision=self._revision, report_ttl=_seconds(self._report_ttl)
-        )
+        return pb.ReportStateResponse(revision=self._revision, report_ttl=self._report_ttl_message)
 
     @_abort_on_refusal
     async def ListBreakers(
@@ -806,9 +798,8 @@ class ControlPlaneServer:
                 port = server.add_secure_port(address, credentials)
             else:
                 port = server.add_insecure_port(address)
-        except (
-            RuntimeError
-        ):  # grpc's "Failed to bind" carries no reason; the usual one is EADDRINUSE
+        except RuntimeError:
+            # grpc's "Failed to bind" carries no reason; the usual one is EADDRINUSE.
             port = 0
         if port == 0:
             servicer.close()
