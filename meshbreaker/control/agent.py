@@ -232,7 +232,7 @@ class MeshAgent:
         self._report_event: asyncio.Event | None = None
         self._report_pending = False
         self._unsubscribe: Callable[[], None] | None = None
-        self._stub: Any = None
+        self._stub: pb_grpc.ControlPlaneAsyncStub | None = None
 
         self._applied_revision = 0
         self._applied_at: float | None = None
@@ -342,14 +342,13 @@ class MeshAgent:
             channel = grpc.aio.secure_channel(self.target, self._credentials, self._channel_options)
         else:
             channel = grpc.aio.insecure_channel(self.target, self._channel_options)
-        # The generated stub is untyped (no --mypy_grpc_out in `make proto`).
-        self._stub = pb_grpc.ControlPlaneStub(channel)
+        stub = self._stub = pb_grpc.ControlPlaneStub(channel)
         self._report_event = asyncio.Event()
         self._task = asyncio.current_task()
         ready.set_result(None)
         children = [
-            asyncio.create_task(self._watch_loop()),
-            asyncio.create_task(self._report_loop()),
+            asyncio.create_task(self._watch_loop(stub)),
+            asyncio.create_task(self._report_loop(stub)),
         ]
         try:
             await asyncio.wait(children)  # they only end when stopped
@@ -371,11 +370,11 @@ class MeshAgent:
 
     # ----- watching --------------------------------------------------------------------
 
-    async def _watch_loop(self) -> None:
+    async def _watch_loop(self, stub: pb_grpc.ControlPlaneAsyncStub) -> None:
         request = pb.WatchConfigRequest(service=self.service, instance_id=self.instance_id)
         while not self._stopping:
             try:
-                call = self._stub.WatchConfig(request, metadata=self._metadata)
+                call = stub.WatchConfig(request, metadata=self._metadata)
                 async for snapshot in call:
                     if not self._connected:
                         logger.info("control plane %s: watching as %s", self.target, self.service)
@@ -477,14 +476,7 @@ class MeshAgent:
                 data["snapshot"], pb.ConfigSnapshot(), ignore_unknown_fields=True
             )
             self._apply(snapshot, from_cache=True)
-        except (
-            OSError,
-            ValueError,
-            KeyError,
-            TypeError,
-            AttributeError,
-            MeshbreakerError,
-        ) as error:
+        except _CACHE_ERRORS as error:
             logger.warning("meshbreaker agent: ignoring cache %s: %s", path, error)
             return
         logger.info(
@@ -516,7 +508,7 @@ class MeshAgent:
         if self._report_event is not None:
             self._report_event.set()
 
-    async def _report_loop(self) -> None:
+    async def _report_loop(self, stub: pb_grpc.ControlPlaneAsyncStub) -> None:
         assert self._report_event is not None
         event = self._report_event
         while not self._stopping:
@@ -532,15 +524,15 @@ class MeshAgent:
             event.clear()
             self._report_pending = False
             try:
-                await self._report_once()
+                await self._report_once(stub)
             except Exception:  # a bug must not stop the reports (nor the watch with them)
                 logger.exception("meshbreaker agent: report failed")
 
-    async def _report_once(self) -> bool:
+    async def _report_once(self, stub: pb_grpc.ControlPlaneAsyncStub) -> bool:
         response = None
         try:
             for request in self._build_reports():
-                response = await self._stub.ReportState(
+                response = await stub.ReportState(
                     request, timeout=self._rpc_timeout, metadata=self._metadata
                 )
         except grpc.RpcError as error:
@@ -565,7 +557,7 @@ class MeshAgent:
             return False
         if self._loop.in_loop():
             raise AgentError("report_now() blocks: call it from another thread")
-        return self._loop.submit(self._report_once()).result(timeout)
+        return self._loop.submit(self._report_once(self._stub)).result(timeout)
 
     def _build_reports(self) -> list[pb.ReportStateRequest]:
         """One report; beyond MAX_BREAKERS_PER_REPORT breakers, a full one and merged parts."""
