@@ -26,7 +26,7 @@ from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 DEFAULT_TARGET = "127.0.0.1:7070"
 PROG = "meshbreaker"
 
-# BreakerConfig field -> (flag, value parser, help). Every field has a flag; two get short aliases.
+# What turns an optional setting off (None) on the command line.
 _NONE_WORDS = frozenset({"none", "off", "null", ""})
 
 
@@ -97,6 +97,8 @@ def _mode(text: str) -> Mode:
 
 @dataclasses.dataclass(frozen=True)
 class _ConfigFlag:
+    """The `policy put` flag(s) of one BreakerConfig field, with its value parser and help."""
+
     field: str
     flags: tuple[str, ...]
     parse: Callable[[str], Any]
@@ -461,8 +463,7 @@ class _Client:
             self.channel = grpc.secure_channel(args.target, credentials, options)
         else:
             self.channel = grpc.insecure_channel(args.target, options)
-        # The generated stub is untyped (no --mypy_grpc_out in `make proto`).
-        self.stub: Any = pb_grpc.ControlPlaneStub(self.channel)
+        self.stub = pb_grpc.ControlPlaneStub(self.channel)
 
     def call(self, method: str, request: Any) -> Any:
         """One unary RPC with the command's timeout and token."""
@@ -622,9 +623,8 @@ def _state_name(value: int) -> str:
 
 def _cmd_policy_put(args: argparse.Namespace) -> int:
     policies = _policies_from_args(args)
-    request = pb.PutPolicyRequest(policies=policies)
-    if args.expected_revision is not None:
-        request.expected_revision = args.expected_revision
+    # expected_revision=None leaves the field unset: no compare-and-set.
+    request = pb.PutPolicyRequest(policies=policies, expected_revision=args.expected_revision)
     with _Client(args) as client:
         response = client.call("PutPolicy", request)
     for policy in response.policies:
@@ -811,10 +811,10 @@ def describe_config(policy: pb.Policy) -> str:
     if not policy.HasField("config"):
         return "(no config)"
     config = convert.config_from_proto(policy.config, policy.mode)
-    defaults = BreakerConfig()
+    defaults = BreakerConfig().to_dict()
     words = []
     for name, value in config.to_dict().items():
-        if name == "mode" or value == defaults.to_dict()[name]:
+        if name == "mode" or value == defaults[name]:
             continue
         if isinstance(value, list):
             value = ",".join(value)
@@ -823,9 +823,7 @@ def describe_config(policy: pb.Policy) -> str:
 
 
 def _cmd_policy_delete(args: argparse.Namespace) -> int:
-    request = pb.DeletePolicyRequest(id=args.policy_id)
-    if args.expected_revision is not None:
-        request.expected_revision = args.expected_revision
+    request = pb.DeletePolicyRequest(id=args.policy_id, expected_revision=args.expected_revision)
     with _Client(args) as client:
         response = client.call("DeletePolicy", request)
     print(f"deleted policy {args.policy_id}; store revision {response.revision}")
@@ -846,9 +844,8 @@ def _cmd_force(args: argparse.Namespace) -> int:
         selector=pb.Selector(caller=args.caller, service=args.service, method=args.method),
         override=_FORCE_ACTIONS[args.action],
         policy_id=args.policy_id,
+        expected_revision=args.expected_revision,
     )
-    if args.expected_revision is not None:
-        request.expected_revision = args.expected_revision
     with _Client(args) as client:
         response = client.call("ForceState", request)
     target = " ".join(
