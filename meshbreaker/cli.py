@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -210,6 +210,8 @@ assert {flag.field for flag in _CONFIG_FLAGS} == {
 
 
 _UNSET: Any = object()
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 
 class CliError(MeshbreakerError):
@@ -465,9 +467,11 @@ class _Client:
             self.channel = grpc.insecure_channel(args.target, options)
         self.stub = pb_grpc.ControlPlaneStub(self.channel)
 
-    def call(self, method: str, request: Any) -> Any:
-        """One unary RPC with the command's timeout and token."""
-        return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
+    def call(
+        self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request
+    ) -> _Response:
+        """One unary RPC (a method of `stub`) with the command's timeout and token."""
+        return method(request, timeout=self.timeout, metadata=self.metadata)
 
     def __enter__(self) -> _Client:
         return self
@@ -519,7 +523,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     with _Client(args) as client:
         iteration = 0
         while True:
-            response = client.call("ListBreakers", request)
+            response = client.call(client.stub.ListBreakers, request)
             if args.json:
                 print(json_format.MessageToJson(response, preserving_proto_field_name=True))
             else:
@@ -626,7 +630,7 @@ def _cmd_policy_put(args: argparse.Namespace) -> int:
     # expected_revision=None leaves the field unset: no compare-and-set.
     request = pb.PutPolicyRequest(policies=policies, expected_revision=args.expected_revision)
     with _Client(args) as client:
-        response = client.call("PutPolicy", request)
+        response = client.call(client.stub.PutPolicy, request)
     for policy in response.policies:
         print(f"put policy {policy.id} at revision {policy.revision}")
     print(f"store revision {response.revision}")
@@ -772,7 +776,7 @@ _PROTO_CONFIG_FIELDS = tuple(
 
 def _cmd_policy_list(args: argparse.Namespace) -> int:
     with _Client(args) as client:
-        response = client.call("ListPolicies", pb.ListPoliciesRequest(caller=args.caller))
+        response = client.call(client.stub.ListPolicies, pb.ListPoliciesRequest(caller=args.caller))
     if args.json:
         print(json_format.MessageToJson(response, preserving_proto_field_name=True))
         return 0
@@ -825,7 +829,7 @@ def describe_config(policy: pb.Policy) -> str:
 def _cmd_policy_delete(args: argparse.Namespace) -> int:
     request = pb.DeletePolicyRequest(id=args.policy_id, expected_revision=args.expected_revision)
     with _Client(args) as client:
-        response = client.call("DeletePolicy", request)
+        response = client.call(client.stub.DeletePolicy, request)
     print(f"deleted policy {args.policy_id}; store revision {response.revision}")
     return 0
 
@@ -847,7 +851,7 @@ def _cmd_force(args: argparse.Namespace) -> int:
         expected_revision=args.expected_revision,
     )
     with _Client(args) as client:
-        response = client.call("ForceState", request)
+        response = client.call(client.stub.ForceState, request)
     target = " ".join(
         f"{key}={value}"
         for key, value in (
