@@ -51,12 +51,6 @@ class AioRejectedBulkheadError(BulkheadFullError, AioRejectedError):
     """A grpc.aio call rejected because max_concurrent_calls are in flight (RESOURCE_EXHAUSTED)."""
 
 
-def rejected_error(error: CallNotPermittedError) -> AioRejectedError:
-    """The AioRejectedError for an engine rejection."""
-    kind = AioRejectedBulkheadError if isinstance(error, BulkheadFullError) else AioRejectedError
-    return kind(error.name, error.state, error.retry_after)
-
-
 class _FinishedCall(
     grpc.aio.UnaryUnaryCall,  # type: ignore[type-arg]
     grpc.aio.UnaryStreamCall,  # type: ignore[type-arg]
@@ -179,6 +173,18 @@ class FallbackAioCall(_FinishedCall):
     async def read(self) -> Any:
         """No stream: EOF."""
         return grpc.aio.EOF
+
+
+def rejection(
+    error: CallNotPermittedError, fallback: Fallback | None, request: Any
+) -> RejectedAioCall | FallbackAioCall:
+    """What a rejected call returns: the RejectedAioCall, or `fallback`'s answer to its error."""
+    kind = AioRejectedBulkheadError if isinstance(error, BulkheadFullError) else AioRejectedError
+    rejected = kind(error.name, error.state, error.retry_after)
+    if fallback is None:
+        return RejectedAioCall(rejected)
+    ok, value = run_fallback(fallback, request, rejected)
+    return FallbackAioCall(ok, value, "rejected", error.state)
 
 
 class FallbackOnFailureAioCall(

@@ -10,16 +10,9 @@ import grpc
 import grpc.aio
 from grpc.aio import AioRpcError
 
-from meshbreaker.aio._calls import (
-    AioTracker,
-    FallbackAioCall,
-    FallbackOnFailureAioCall,
-    RejectedAioCall,
-    TimedStreamCall,
-    rejected_error,
-)
+from meshbreaker.aio._calls import AioTracker, FallbackOnFailureAioCall, TimedStreamCall, rejection
 from meshbreaker.errors import CallNotPermittedError
-from meshbreaker.grpc._core import Fallback, Guard, MethodInfo, release, run_fallback
+from meshbreaker.grpc._core import Fallback, Guard, release
 from meshbreaker.registry import BreakerRegistry
 
 logger = logging.getLogger(__name__)
@@ -37,13 +30,6 @@ class AioBreakerInterceptor:
         return self._guard.registry
 
 
-def _rejection(info: MethodInfo, error: CallNotPermittedError, request: Any) -> Any:
-    if info.fallback is not None:
-        ok, value = run_fallback(info.fallback, request, rejected_error(error))
-        return FallbackAioCall(ok, value, "rejected", error.state)
-    return RejectedAioCall(rejected_error(error))
-
-
 async def _guard_unary(
     self: AioBreakerInterceptor, continuation: Any, client_call_details: Any, request: Any
 ) -> Any:
@@ -54,16 +40,9 @@ async def _guard_unary(
         breaker = guard.registry.get(info.name)
         permit = breaker.acquire()
     except CallNotPermittedError as error:
-        try:
-            return _rejection(info, error, request)
-        except Exception:
-            logger.exception("meshbreaker: building the rejection failed; calling through")
-            return await continuation(client_call_details, request)
-    except Exception:
-        logger.exception(
-            "meshbreaker: guarding %s failed; calling through", client_call_details.method
-        )
-        return await continuation(client_call_details, request)
+        return await _not_admitted(continuation, client_call_details, request, error, info.fallback)
+    except Exception as error:
+        return await _not_admitted(continuation, client_call_details, request, error, None)
     try:
         call = await continuation(client_call_details, request)
     except AioRpcError as error:
@@ -91,17 +70,8 @@ async def _guard_stream(
         info = guard.methods.get(method) or guard.method_info(method)
         breaker = guard.registry.get(info.name)
         permit = breaker.acquire()
-    except CallNotPermittedError as error:
-        try:
-            return RejectedAioCall(rejected_error(error))
-        except Exception:
-            logger.exception("meshbreaker: building the rejection failed; calling through")
-            return await continuation(client_call_details, request)
-    except Exception:
-        logger.exception(
-            "meshbreaker: guarding %s failed; calling through", client_call_details.method
-        )
-        return await continuation(client_call_details, request)
+    except Exception as error:
+        return await _not_admitted(continuation, client_call_details, request, error, None)
     try:
         call = await continuation(client_call_details, request)
     except AioRpcError as error:
@@ -118,6 +88,29 @@ async def _guard_stream(
         logger.exception("meshbreaker: tracking %s failed", client_call_details.method)
         release(permit)
         return call
+
+
+async def _not_admitted(
+    continuation: Any,
+    client_call_details: Any,
+    request: Any,
+    error: Exception,
+    fallback: Fallback | None,
+) -> Any:
+    """What a call the breaker did not admit returns: its rejection, or the call made unguarded.
+
+    `fallback` (None for response streams) answers a rejection. When meshbreaker itself failed,
+    the RPC goes on unguarded: the breaker's bookkeeping never breaks a call.
+    """
+    if isinstance(error, CallNotPermittedError):
+        try:
+            return rejection(error, fallback, request)
+        except Exception:
+            logger.exception("meshbreaker: building the rejection failed; calling through")
+    else:
+        method = client_call_details.method
+        logger.error("meshbreaker: guarding %s failed; calling through", method, exc_info=error)
+    return await continuation(client_call_details, request)
 
 
 class UnaryUnaryBreakerInterceptor(AioBreakerInterceptor, grpc.aio.UnaryUnaryClientInterceptor):

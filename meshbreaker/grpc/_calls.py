@@ -116,12 +116,6 @@ class RejectedBulkheadCall(BulkheadFullError, RejectedCall):
     """A call rejected because max_concurrent_calls are in flight (RESOURCE_EXHAUSTED)."""
 
 
-def rejected_call(error: CallNotPermittedError) -> RejectedCall:
-    """The returnable RejectedCall for an engine rejection."""
-    kind = RejectedBulkheadCall if isinstance(error, BulkheadFullError) else RejectedCall
-    return kind(error.name, error.state, error.retry_after)
-
-
 class FallbackOutcome(CallBase, FutureBase):  # type: ignore[misc]
     """A finished unary call whose result came from a fallback instead of the server."""
 
@@ -204,11 +198,15 @@ class FallbackOutcome(CallBase, FutureBase):  # type: ignore[misc]
         fn(self)
 
 
-def rejection_fallback(
-    fallback: Fallback, request: Any, error: CallNotPermittedError
-) -> FallbackOutcome:
-    """The outcome of a rejected call answered by `fallback`."""
-    ok, value = run_fallback(fallback, request, rejected_call(error))
+def rejection(
+    error: CallNotPermittedError, fallback: Fallback | None, request: Any
+) -> RejectedCall | FallbackOutcome:
+    """What a rejected call returns: the RejectedCall, or `fallback`'s answer to it."""
+    kind = RejectedBulkheadCall if isinstance(error, BulkheadFullError) else RejectedCall
+    rejected = kind(error.name, error.state, error.retry_after)
+    if fallback is None:
+        return rejected
+    ok, value = run_fallback(fallback, request, rejected)
     return FallbackOutcome(ok, value, "rejected", None, error.state)
 
 

@@ -9,13 +9,7 @@ from typing import Any
 import grpc
 
 from meshbreaker.errors import CallNotPermittedError
-from meshbreaker.grpc._calls import (
-    FallbackOnFailureFuture,
-    TrackedStream,
-    Tracker,
-    rejected_call,
-    rejection_fallback,
-)
+from meshbreaker.grpc._calls import FallbackOnFailureFuture, TrackedStream, Tracker, rejection
 from meshbreaker.grpc._core import Fallback, Guard, release
 from meshbreaker.registry import BreakerRegistry
 
@@ -69,16 +63,9 @@ class BreakerInterceptor(
             breaker = guard.registry.get(info.name)
             permit = breaker.acquire()
         except CallNotPermittedError as error:
-            try:
-                if info.fallback is not None:
-                    return rejection_fallback(info.fallback, request, error)
-                return rejected_call(error)
-            except Exception:
-                logger.exception("meshbreaker: building the rejection failed; calling through")
-                return continuation(details, request)
-        except Exception:
-            logger.exception("meshbreaker: guarding %s failed; calling through", details.method)
-            return continuation(details, request)
+            return _not_admitted(continuation, details, request, error, info.fallback)
+        except Exception as error:
+            return _not_admitted(continuation, details, request, error, None)
         try:
             call = continuation(details, request)
         except BaseException:
@@ -103,15 +90,8 @@ class BreakerInterceptor(
             info = guard.methods.get(method) or guard.method_info(method)
             breaker = guard.registry.get(info.name)
             permit = breaker.acquire()
-        except CallNotPermittedError as error:
-            try:
-                return rejected_call(error)
-            except Exception:
-                logger.exception("meshbreaker: building the rejection failed; calling through")
-                return continuation(details, request)
-        except Exception:
-            logger.exception("meshbreaker: guarding %s failed; calling through", details.method)
-            return continuation(details, request)
+        except Exception as error:
+            return _not_admitted(continuation, details, request, error, None)
         try:
             call = continuation(details, request)
         except BaseException:
@@ -132,3 +112,27 @@ class BreakerInterceptor(
     intercept_stream_unary = _unary  # type: ignore[assignment]
     intercept_unary_stream = _stream  # type: ignore[assignment]
     intercept_stream_stream = _stream  # type: ignore[assignment]
+
+
+def _not_admitted(
+    continuation: Continuation,
+    details: Any,
+    request: Any,
+    error: Exception,
+    fallback: Fallback | None,
+) -> Any:
+    """What a call the breaker did not admit returns: its rejection, or the call made unguarded.
+
+    `fallback` (None for response streams) answers a rejection. When meshbreaker itself failed,
+    the RPC goes on unguarded: the breaker's bookkeeping never breaks a call.
+    """
+    if isinstance(error, CallNotPermittedError):
+        try:
+            return rejection(error, fallback, request)
+        except Exception:
+            logger.exception("meshbreaker: building the rejection failed; calling through")
+    else:
+        logger.error(
+            "meshbreaker: guarding %s failed; calling through", details.method, exc_info=error
+        )
+    return continuation(details, request)
