@@ -35,6 +35,7 @@ from examples.banking.policies import policy_messages
 from examples.banking.report import ms, percentile, short_method
 from examples.banking.services.account import account_ids
 from meshbreaker.config import State
+from meshbreaker.control.agent import MeshAgent
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
@@ -102,12 +103,13 @@ class PhaseResult:
     outbox_peak: int = 0
     notes: list[str] = field(default_factory=list)
 
-    def counts(self, outcomes: Sequence[TransferOutcome]) -> dict[str, int]:
-        """Transfers by status."""
-        counts = {status.value: 0 for status in TransferStatus}
-        for outcome in outcomes:
-            counts[outcome.status.value] += 1
-        return counts
+
+def count_by_status(outcomes: Sequence[TransferOutcome]) -> dict[str, int]:
+    """Transfers by status."""
+    counts = {status.value: 0 for status in TransferStatus}
+    for outcome in outcomes:
+        counts[outcome.status.value] += 1
+    return counts
 
 
 class Processes:
@@ -191,7 +193,7 @@ class Demo:
         self._stats_mark = GatewayStats()
         self.gateway: Gateway | None = None
         self.plain: Gateway | None = None
-        self.agent: Any = None
+        self.agent: MeshAgent | None = None
         self.cp_channel: grpc.Channel | None = None
         self.cp: pb_grpc.ControlPlaneStub | None = None
         self.targets: dict[str, str] = {}
@@ -222,7 +224,7 @@ class Demo:
         cp_target = self.processes.target("control-plane")
         self.targets["control-plane"] = cp_target
         self.cp_channel = grpc.insecure_channel(cp_target)
-        self.cp = pb_grpc.ControlPlaneStub(self.cp_channel)  # type: ignore[no-untyped-call]
+        self.cp = pb_grpc.ControlPlaneStub(self.cp_channel)
         put = self._admin("PutPolicy", pb.PutPolicyRequest(policies=policy_messages()))
         self.say(
             f"control plane on {cp_target}: {len(put.policies)} policies put "
@@ -265,9 +267,7 @@ class Demo:
         with os.fdopen(fd, "w") as handle:
             json.dump(info, handle, indent=1)
 
-        from meshbreaker.control.agent import MeshAgent
-
-        self.agent = MeshAgent(
+        self.agent = agent = MeshAgent(
             cp_target,
             "gateway",
             self.registry,
@@ -275,7 +275,7 @@ class Demo:
             token=self.agent_token,
             report_interval=0.5,
         ).start()
-        if not self.agent.wait_for_revision(put.revision, timeout=10):
+        if not agent.wait_for_revision(put.revision, timeout=10):
             raise RuntimeError("the gateway's agent did not receive the policies within 10 s")
         targets = Targets(**{name: self.targets[name] for name in SERVICES})
         self.gateway = Gateway(
@@ -295,7 +295,7 @@ class Demo:
         gc.freeze()
         self.say(
             f"gateway: {len(self.registry.policies())} policies from the control plane "
-            f"(revision {self.agent.applied_revision}); a second gateway without breakers "
+            f"(revision {agent.applied_revision}); a second gateway without breakers "
             "stands by for the hang phase"
         )
 
@@ -354,14 +354,14 @@ class Demo:
         duration: float,
         *,
         setup: Callable[[PhaseResult], object] | None = None,
-        until: Callable[[PhaseResult], bool] | None = None,
+        until: Callable[[], bool] | None = None,
         at_least: Callable[[PhaseResult], bool] | None = None,
         longest: float = 0.0,
     ) -> PhaseResult:
         """Run the load for `duration` seconds, printing the live view.
 
-        `setup(phase)` injects the phase's faults once it is current; `until(phase)` ends it
-        early; `at_least(phase)` keeps it going past `duration` while false, up to `longest`.
+        `setup(phase)` injects the phase's faults once it is current; `until()` ends it early;
+        `at_least(phase)` keeps it going past `duration` while false, up to `longest`.
         """
         assert self.gateway is not None
         phase = PhaseResult(name, title, started=time.monotonic())
@@ -379,7 +379,7 @@ class Demo:
         while True:
             now = time.monotonic()
             phase.outbox_peak = max(phase.outbox_peak, self.outbox_depth())
-            if until is not None and until(phase):
+            if until is not None and until():
                 break
             if now >= deadline:
                 extend = at_least is not None and not at_least(phase)
@@ -423,7 +423,7 @@ class Demo:
                 f"  {row['caller']:<12}{short_method(row['name']):<45}{row['state']:<14}"
                 f"{row['failure_rate'] * 100:>5.0f}%{row['total']:>8}{row['rejected']:>9}"
             )
-        counts = phase.counts(guarded)
+        counts = count_by_status(guarded)
         line = (
             f"  transfers: {counts['committed']} committed, {counts['pending']} pending, "
             f"{counts['rejected']} rejected fast, {counts['failed']} failed, "
@@ -480,7 +480,7 @@ class Demo:
         """Every breaker in the gateway is CLOSED."""
         return all(snap.state is State.CLOSED for snap in self.registry.snapshots())
 
-    def settled(self, phase: PhaseResult) -> bool:
+    def settled(self) -> bool:
         """Recovered: breakers closed and nothing owed (used to end the recovery phase early)."""
         gateways = [g for g in (self.gateway, self.plain) if g is not None]
         return self.all_closed() and all(g.outbox.backlog() == 0 for g in gateways)
@@ -495,10 +495,6 @@ class Demo:
             time.sleep(0.001)
         return None
 
-    def _audit_outage(self, phase: PhaseResult) -> None:
-        self.set_chaos("notification")
-        self.set_chaos("audit", outage=True)
-
     def run(self) -> int:
         """The whole demo; returns the process exit status."""
         settings = self.settings
@@ -512,11 +508,16 @@ class Demo:
             settings.notification_outage,
             setup=lambda p: self.set_chaos("notification", outage=True),
         )
+
+        def audit_outage(phase: PhaseResult) -> None:
+            self.set_chaos("notification")
+            self.set_chaos("audit", outage=True)
+
         self.run_phase(
             "audit outage",
             "audit service down (notifications back): audit records go to the outbox",
             settings.audit_outage,
-            setup=self._audit_outage,
+            setup=audit_outage,
         )
 
         def hang(phase: PhaseResult) -> None:
@@ -609,7 +610,7 @@ class Demo:
                 {
                     "name": phase.name,
                     "seconds": round(phase.ended - phase.started, 2),
-                    "transfers": phase.counts(phase.guarded),
+                    "transfers": count_by_status(phase.guarded),
                     "p50": percentile(latencies, 50),
                     "p99": percentile(latencies, 99),
                     "outbox_peak": phase.outbox_peak,
