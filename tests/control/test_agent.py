@@ -6,13 +6,14 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
 import grpc
 import grpc.aio
 import pytest
+from agent_support import METHOD, method_policy, wait_until
 
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.control.agent import AgentError, MeshAgent
@@ -22,28 +23,7 @@ from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 
-METHOD = "/bank.v1.AccountService/GetBalance"
 SERVICE = "bank.v1.AccountService"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
-    """Poll `predicate` every 20 ms (I/O waiting on background threads) until true or timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
-def method_policy(policy_id: str, config: BreakerConfig, method: str = METHOD) -> pb.Policy:
-    message, mode = config_to_proto(config)
-    return pb.Policy(
-        id=policy_id,
-        selector=pb.Selector(method=method),
-        config=message,
-        mode=mode,  # type: ignore[arg-type]
-    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,16 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent_support import METHOD, method_policy, wait_until
 from google.protobuf import json_format
 
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.control.agent import Backoff, MeshAgent, write_json_atomic
-from meshbreaker.control.convert import config_to_proto
 from meshbreaker.control.store import SqliteStore
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
 
-METHOD = "/bank.v1.AccountService/GetBalance"
 UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1: connections are refused at once
 
 
@@ -52,18 +51,8 @@ def test_write_json_atomic_replaces_and_leaves_no_temp_files(tmp_path: Path) -> 
 
 
 def _cache_file(path: Path, service: str, revision: int, config: BreakerConfig) -> None:
-    message, mode = config_to_proto(config)
     snapshot = pb.ConfigSnapshot(
-        revision=revision,
-        service=service,
-        policies=[
-            pb.Policy(
-                id="tight",
-                selector=pb.Selector(method=METHOD),
-                config=message,
-                mode=mode,  # type: ignore[arg-type]
-            )
-        ],
+        revision=revision, service=service, policies=[method_policy("tight", config)]
     )
     write_json_atomic(
         path,
@@ -109,9 +98,7 @@ def test_unreachable_control_plane_keeps_retrying_and_stop_is_prompt() -> None:
     registry = BreakerRegistry()
     agent = MeshAgent(UNREACHABLE, "transaction", registry, backoff_initial=0.01, backoff_max=0.05)
     agent.start()
-    deadline = time.monotonic() + 2.0
-    while agent.last_error is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert wait_until(lambda: agent.last_error is not None)
     assert agent.last_error is not None and "UNAVAILABLE" in agent.last_error
     assert not agent.connected
     started = time.monotonic()
@@ -122,26 +109,6 @@ def test_unreachable_control_plane_keeps_retrying_and_stop_is_prompt() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Against the real control plane (tests/control/conftest.py): outage, restart, cache.
-
-
-def wait_until(predicate: Any, timeout: float = 2.0) -> bool:
-    """Poll every 20 ms (waiting on background threads' I/O) until true or timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
-
-
-def method_policy(policy_id: str, config: BreakerConfig) -> pb.Policy:
-    message, mode = config_to_proto(config)
-    return pb.Policy(
-        id=policy_id,
-        selector=pb.Selector(method=METHOD),
-        config=message,
-        mode=mode,  # type: ignore[arg-type]
-    )
 
 
 def test_agents_keep_their_policies_through_an_outage_and_resync_on_their_own(
