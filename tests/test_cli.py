@@ -378,7 +378,7 @@ def test_events_without_follow_listen_for_a_while(
     results: list[tuple[int, str, str]] = []
     listener = threading.Thread(target=lambda: results.append(cli("events", "--duration", "0.5")))
     listener.start()
-    wait_until(lambda: cp.server.servicer.events.subscribers > 0)
+    assert wait_until(lambda: cp.server.servicer.events.subscribers > 0)
     cp.stub.PutPolicy(
         pb.PutPolicyRequest(policies=[pb.Policy(id="p1", selector=pb.Selector(method=METHOD))]),
         timeout=5,
