@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from grpc.aio import AioRpcError, Metadata
 
-from meshbreaker.breaker import CircuitBreaker, Outcome, Permit
+from meshbreaker.breaker import CircuitBreaker, Outcome
 from meshbreaker.config import State
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
 from meshbreaker.grpc._core import (
@@ -18,6 +18,7 @@ from meshbreaker.grpc._core import (
     STATE_METADATA_KEY,
     Fallback,
     Guard,
+    Tracker,
     rejection_code,
     rejection_details,
     release,
@@ -292,16 +293,10 @@ def status_code_now(call: Any) -> grpc.StatusCode | None:
 _pending: set[asyncio.Future[None]] = set()
 
 
-class AioTracker:
-    """Reports one aio call's final status on its permit."""
+class AioTracker(Tracker):
+    """Tracks a grpc.aio call through its done-callback."""
 
-    __slots__ = ("_breaker", "_guard", "_permit", "first")
-
-    def __init__(self, guard: Guard, breaker: CircuitBreaker, permit: Permit) -> None:
-        self._guard = guard
-        self._breaker = breaker
-        self._permit = permit
-        self.first: float | None = None
+    __slots__ = ()
 
     def watch(self, call: Any) -> None:
         """Report when `call` is done (at once if it already is)."""
@@ -332,23 +327,6 @@ class AioTracker:
         except BaseException:
             release(self._permit)
             raise
-
-    def finish(self, code: grpc.StatusCode | None) -> None:
-        """Record the final status; only the first report on a permit counts."""
-        if not self._permit.done:
-            self._guard.record(self._permit, self._breaker, code, self.first)
-
-    def release(self) -> None:
-        """The caller gave up on the call: ignore its outcome and free the permit."""
-        release(self._permit)
-
-    def first_message(self) -> None:
-        """Note the first response message (the slow-call measure for streams)."""
-        try:
-            self.first = self._permit.elapsed()
-        except Exception:
-            logger.exception("meshbreaker: timing the first message failed")
-            self.first = 0.0
 
 
 class TimedStreamCall(

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from meshbreaker.breaker import CircuitBreaker, Outcome, Permit
+from meshbreaker.breaker import CircuitBreaker, Outcome
 from meshbreaker.config import State
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
 from meshbreaker.grpc._core import (
@@ -23,6 +23,7 @@ from meshbreaker.grpc._core import (
     FutureBase,
     Guard,
     RpcErrorBase,
+    Tracker,
     rejection_code,
     rejection_details,
     release,
@@ -326,17 +327,10 @@ class FallbackOnFailureFuture(CallBase, FutureBase):  # type: ignore[misc]
         self._call.add_done_callback(lambda _call: fn(self))
 
 
-class Tracker:
-    """Reports one call's final status on its permit; holds the call only weakly."""
+class SyncTracker(Tracker):
+    """Tracks a sync call through grpc's termination callback, holding the call only weakly."""
 
-    __slots__ = ("_breaker", "_call", "_guard", "_permit", "first")
-
-    def __init__(self, guard: Guard, breaker: CircuitBreaker, permit: Permit) -> None:
-        self._guard = guard
-        self._breaker = breaker
-        self._permit = permit
-        self._call: weakref.ref[Any] | None = None
-        self.first: float | None = None
+    __slots__ = ("_call",)
 
     def watch(self, call: Any) -> None:
         """Report when `call` terminates (at once if it already has)."""
@@ -345,7 +339,7 @@ class Tracker:
             return
         # add_callback, not add_done_callback: grpc binds the call into a done-callback, which
         # would keep an abandoned call reachable from the channel and stop its cancel-on-GC.
-        self._call = weakref.ref(call)
+        self._call: weakref.ref[Any] = weakref.ref(call)
         try:
             added = call.add_callback(self.on_done)
         except (AttributeError, NotImplementedError):
@@ -356,7 +350,7 @@ class Tracker:
 
     def on_done(self) -> None:
         """grpc's termination callback."""
-        call = self._call() if self._call is not None else None
+        call = self._call()
         if call is None:
             release(self._permit)  # collected before it ended: cancelled on GC
         else:
@@ -365,14 +359,6 @@ class Tracker:
     def on_done_future(self, call: Any) -> None:
         """A done-callback, for call objects without add_callback."""
         self.finish(call.code())
-
-    def finish(self, code: grpc.StatusCode | None) -> None:
-        """Record the final status; only the first report on a permit counts."""
-        permit = self._permit
-        if permit.done:
-            return
-        first = self.first
-        self._guard.record(permit, self._breaker, code, first)
 
     def abandoned(self, call: Any) -> None:
         """The caller dropped the call: record its status if it ended, else release the permit."""
@@ -384,28 +370,11 @@ class Tracker:
         else:
             permit.ignore()
 
-    def first_message(self) -> None:
-        """Note the first response message's arrival (the slow-call measure for streams)."""
-        try:
-            self.first = self._permit.elapsed()
-        except Exception:
-            logger.exception("meshbreaker: timing the first message failed")
-            self.first = 0.0
-
-    def release(self) -> None:
-        """The caller gave up on the call: ignore its outcome and free the permit."""
-        release(self._permit)
-
-    @property
-    def permit(self) -> Permit:
-        """The call's permit."""
-        return self._permit
-
 
 class TrackedStream(RpcErrorBase, CallBase, FutureBase):  # type: ignore[misc]
     """A response stream passed through unchanged that notes its first message and its end."""
 
-    def __init__(self, call: Any, tracker: Tracker) -> None:
+    def __init__(self, call: Any, tracker: SyncTracker) -> None:
         self._call = call
         self._next = call.__next__
         self._tracker = tracker

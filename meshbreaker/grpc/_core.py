@@ -81,12 +81,11 @@ def rejection_code(error: CallNotPermittedError) -> grpc.StatusCode:
 
 
 class MethodInfo:
-    """Per-method facts an interceptor looks up once: method name, breaker name, fallback."""
+    """Per-method facts an interceptor looks up once: breaker name and fallback."""
 
-    __slots__ = ("fallback", "method", "name")
+    __slots__ = ("fallback", "name")
 
-    def __init__(self, method: str, name: str, fallback: Fallback | None) -> None:
-        self.method = method
+    def __init__(self, name: str, fallback: Fallback | None) -> None:
         self.name = name
         self.fallback = fallback
 
@@ -159,14 +158,10 @@ class Guard:
         if info is None:
             text = method.decode("utf-8") if isinstance(method, bytes) else method
             name = text if self.target is None else f"{self.target}{text}"
-            info = MethodInfo(text, name, self.fallbacks.get(text))
+            info = MethodInfo(name, self.fallbacks.get(text))
             if len(self.methods) < _MAX_CACHED_METHODS:
                 self.methods[method] = info
         return info
-
-    def breaker(self, info: MethodInfo) -> CircuitBreaker:
-        """The registry's breaker for the method (looked up per call so registry changes apply)."""
-        return self.registry.get(info.name)
 
     def outcome(self, breaker: CircuitBreaker, code: grpc.StatusCode | None) -> Outcome:
         """How the final status `code` counts for `breaker`."""
@@ -217,6 +212,35 @@ class Guard:
                 logger.exception("meshbreaker: recording the outcome of %s failed", breaker.name)
                 release(permit)
             return Outcome.IGNORED
+
+
+class Tracker:
+    """Reports one call's final status on its permit, once; the sync and aio trackers extend it."""
+
+    __slots__ = ("_breaker", "_guard", "_permit", "first")
+
+    def __init__(self, guard: Guard, breaker: CircuitBreaker, permit: Permit) -> None:
+        self._guard = guard
+        self._breaker = breaker
+        self._permit = permit
+        self.first: float | None = None
+
+    def finish(self, code: grpc.StatusCode | None) -> None:
+        """Record the final status; only the first report on a permit counts."""
+        if not self._permit.done:
+            self._guard.record(self._permit, self._breaker, code, self.first)
+
+    def first_message(self) -> None:
+        """Note the first response message's arrival (the slow-call measure for streams)."""
+        try:
+            self.first = self._permit.elapsed()
+        except Exception:
+            logger.exception("meshbreaker: timing the first message failed")
+            self.first = 0.0
+
+    def release(self) -> None:
+        """The caller gave up on the call: ignore its outcome and free the permit."""
+        release(self._permit)
 
 
 def release(permit: Permit) -> None:

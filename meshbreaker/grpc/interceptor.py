@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from meshbreaker.errors import CallNotPermittedError
-from meshbreaker.grpc._calls import FallbackOnFailureFuture, TrackedStream, Tracker, rejection
+from meshbreaker.grpc._calls import FallbackOnFailureFuture, SyncTracker, TrackedStream, rejection
 from meshbreaker.grpc._core import Fallback, Guard, release
 from meshbreaker.registry import BreakerRegistry
 
@@ -75,7 +75,7 @@ class BreakerInterceptor(
             if call.done():  # the blocking path: grpc hands over a finished call
                 guard.record(permit, breaker, call.code())
             else:
-                Tracker(guard, breaker, permit).watch(call)
+                SyncTracker(guard, breaker, permit).watch(call)
             if info.fallback is not None and guard.fallback_on_failure:
                 return FallbackOnFailureFuture(call, request, info.fallback, guard, breaker)
         except Exception:
@@ -98,7 +98,7 @@ class BreakerInterceptor(
             release(permit)
             raise
         try:
-            tracker = Tracker(guard, breaker, permit)
+            tracker = SyncTracker(guard, breaker, permit)
             stream = TrackedStream(call, tracker)
             tracker.watch(call)
             return stream
