@@ -112,6 +112,16 @@ def count_by_status(outcomes: Sequence[TransferOutcome]) -> dict[str, int]:
     return counts
 
 
+def latency_summary(latencies: Sequence[float]) -> dict[str, float]:
+    """How many, p50, p99 and the slowest of some TransferFunds latencies."""
+    return {
+        "transfers": len(latencies),
+        "p50": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
+        "max": max(latencies, default=0.0),
+    }
+
+
 class Processes:
     """Child processes of the demo; all of them are stopped on exit, Ctrl-C or SIGTERM."""
 
@@ -619,27 +629,17 @@ class Demo:
                 }
             )
         hang = next(p for p in self.phases if p.name == "transaction hang")
-        with_breakers = [o.latency for o in hang.guarded]
-        without = [o.latency for o in hang.plain]
-        p99_with = percentile(with_breakers, 99)
-        p99_without = percentile(without, 99)
+        with_breakers = latency_summary([o.latency for o in hang.guarded])
+        without = latency_summary([o.latency for o in hang.plain])
         return {
             "run_dir": str(self.run_dir),
             "phases": phases,
             "hang": {
-                "with_breakers": {
-                    "transfers": len(with_breakers),
-                    "p50": percentile(with_breakers, 50),
-                    "p99": p99_with,
-                    "max": max(with_breakers, default=0.0),
-                },
-                "without_breakers": {
-                    "transfers": len(without),
-                    "p50": percentile(without, 50),
-                    "p99": p99_without,
-                    "max": max(without, default=0.0),
-                },
-                "p99_ratio": p99_without / p99_with if p99_with > 0 else 0.0,
+                "with_breakers": with_breakers,
+                "without_breakers": without,
+                "p99_ratio": (
+                    without["p99"] / with_breakers["p99"] if with_breakers["p99"] > 0 else 0.0
+                ),
                 "slowest_with_breakers": [
                     [round(o.latency, 4), o.status.value, o.reason]
                     for o in sorted(hang.guarded, key=lambda o: -o.latency)[:12]
@@ -683,16 +683,12 @@ class Demo:
             "by retrying the same transfer id"
         )
         hang = summary["hang"]
-        w, wo = hang["with_breakers"], hang["without_breakers"]
         self.say("  transaction hang, TransferFunds latency (same run, same services):")
-        self.say(
-            f"    with breakers    {w['transfers']:>6} transfers  p50 {ms(w['p50']):>9}  "
-            f"p99 {ms(w['p99']):>9}  max {ms(w['max']):>9}"
-        )
-        self.say(
-            f"    without breakers {wo['transfers']:>6} transfers  p50 {ms(wo['p50']):>9}  "
-            f"p99 {ms(wo['p99']):>9}  max {ms(wo['max']):>9}"
-        )
+        for label, row in (("with", hang["with_breakers"]), ("without", hang["without_breakers"])):
+            self.say(
+                f"    {label + ' breakers':<17}{row['transfers']:>6} transfers  "
+                f"p50 {ms(row['p50']):>9}  p99 {ms(row['p99']):>9}  max {ms(row['max']):>9}"
+            )
         self.say(f"    p99 is {hang['p99_ratio']:.0f}x lower with breakers")
         self.say("  invariants (read from the services' own SQLite databases):")
         for check in checks:
