@@ -734,7 +734,7 @@ def policy_message(entry: dict[str, Any]) -> pb.Policy:
     override = entry.get("override")
     if isinstance(override, str):
         override = _override_word(override)
-    message.override = convert.override_to_proto(override)  # type: ignore[assignment]
+    message.override = convert.override_to_proto(override)
     config = entry.get("config", {})
     if "mode" in entry:
         config = {**(config or {}), "mode": entry["mode"]}
@@ -743,7 +743,7 @@ def policy_message(entry: dict[str, Any]) -> pb.Policy:
             raise ConfigError("config", "must be an object of BreakerConfig fields")
         config_message, mode = config_message_from(config)
         message.config.CopyFrom(config_message)
-        message.mode = mode  # type: ignore[assignment]
+        message.mode = mode
     return message
 
 
@@ -754,7 +754,7 @@ def _override_word(text: str) -> State | None:
         raise ConfigError("override", str(error)) from None
 
 
-def config_message_from(values: dict[str, Any]) -> tuple[pb.BreakerConfig, int]:
+def config_message_from(values: dict[str, Any]) -> tuple[pb.BreakerConfig, pb.Mode.ValueType]:
     """Validate `values` as BreakerConfig fields; the message sets only those fields."""
     full = BreakerConfig.from_dict(values)
     message, mode = convert.config_to_proto(full)

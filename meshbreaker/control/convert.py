@@ -301,7 +301,7 @@ def seconds_to_duration(seconds: float) -> Duration:
     return duration
 
 
-def config_to_proto(config: BreakerConfig) -> tuple[pb.BreakerConfig, int]:
+def config_to_proto(config: BreakerConfig) -> tuple[pb.BreakerConfig, pb.Mode.ValueType]:
     """The BreakerConfig message (every field set explicitly) and the pb.Mode value for `config`."""
     message = pb.BreakerConfig(
         failure_rate_threshold=config.failure_rate_threshold,
@@ -360,7 +360,7 @@ def policy_to_proto(spec: PolicySpec) -> pb.Policy:
     if spec.config is not None:
         config, mode = config_to_proto(spec.config)
         message.config.CopyFrom(config)
-        message.mode = mode  # type: ignore[assignment]
+        message.mode = mode
     return message
 
 
@@ -371,7 +371,7 @@ def override_from_proto(value: int, path: str = "override") -> State | None:
     return _OVERRIDE_FROM_PROTO[value]
 
 
-def override_to_proto(state: State | None) -> int:
+def override_to_proto(state: State | None) -> pb.Override.ValueType:
     """The pb.Override value for FORCED_OPEN / FORCED_CLOSED / None."""
     if state not in _OVERRIDE_TO_PROTO:
         raise ConfigError("override", f"{state} is not an override state")
@@ -429,7 +429,7 @@ def policies_for(
 # States and snapshots
 
 
-def state_to_proto(state: State) -> int:
+def state_to_proto(state: State) -> pb.BreakerState.ValueType:
     """The pb.BreakerState value for an engine State."""
     return _STATE_TO_PROTO[state]
 

@@ -635,7 +635,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                         grpc.StatusCode.ALREADY_EXISTS,
                         f"policy_id: {policy.id!r} is taken by a policy with another selector",
                     )
-            policy.override = convert.override_to_proto(override)  # type: ignore[assignment]
+            policy.override = convert.override_to_proto(override)
             entries = await self._put([policy], expected, actor)
             return pb.ForceStateResponse(policy=entries[0].after, revision=entries[0].revision)
 

@@ -29,5 +29,5 @@ def method_policy(policy_id: str, config: BreakerConfig, method: str = METHOD) -
         id=policy_id,
         selector=pb.Selector(method=method),
         config=message,
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
     )
