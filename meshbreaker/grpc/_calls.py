@@ -35,31 +35,11 @@ logger = logging.getLogger(__name__)
 _OK = grpc.StatusCode.OK
 
 
-class RejectedCall(CallNotPermittedError, RpcErrorBase, CallBase, FutureBase):  # type: ignore[misc]
-    """A call the breaker rejected: an RpcError, Call, Future and response iterator in one."""
-
-    def code(self) -> grpc.StatusCode:
-        """UNAVAILABLE (RESOURCE_EXHAUSTED for a full bulkhead)."""
-        return rejection_code(self)
-
-    def details(self) -> str:
-        """The method, the breaker state and the time to the next probe."""
-        return rejection_details(self)
-
-    def initial_metadata(self) -> tuple[tuple[str, str], ...]:
-        """Empty: no server was contacted."""
-        return ()
-
-    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
-        """(("x-meshbreaker-state", state),)."""
-        return ((STATE_METADATA_KEY, self.state.value),)
-
-    def debug_error_string(self) -> str:
-        """The details; there is no transport error."""
-        return self.details()
+class _FinishedCall(CallBase, FutureBase):  # type: ignore[misc]
+    """A call over before the caller sees it: what grpc.Call and grpc.Future answer once done."""
 
     def is_active(self) -> bool:
-        """False: the call is over before it started."""
+        """False."""
         return False
 
     def time_remaining(self) -> float | None:
@@ -86,6 +66,34 @@ class RejectedCall(CallNotPermittedError, RpcErrorBase, CallBase, FutureBase):  
         """True."""
         return True
 
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        """Calls `fn(self)` at once: the call is done."""
+        fn(self)
+
+
+class RejectedCall(CallNotPermittedError, RpcErrorBase, _FinishedCall):  # type: ignore[misc]
+    """A call the breaker rejected: an RpcError, Call, Future and response iterator in one."""
+
+    def code(self) -> grpc.StatusCode:
+        """UNAVAILABLE (RESOURCE_EXHAUSTED for a full bulkhead)."""
+        return rejection_code(self)
+
+    def details(self) -> str:
+        """The method, the breaker state and the time to the next probe."""
+        return rejection_details(self)
+
+    def initial_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Empty: no server was contacted."""
+        return ()
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """(("x-meshbreaker-state", state),)."""
+        return ((STATE_METADATA_KEY, self.state.value),)
+
+    def debug_error_string(self) -> str:
+        """The details; there is no transport error."""
+        return self.details()
+
     def result(self, timeout: float | None = None) -> Any:
         """Raises the rejection."""
         raise self
@@ -97,10 +105,6 @@ class RejectedCall(CallNotPermittedError, RpcErrorBase, CallBase, FutureBase):  
     def traceback(self, timeout: float | None = None) -> types.TracebackType | None:
         """The traceback of the rejection once raised."""
         return self.__traceback__
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        """Calls `fn(self)` at once: the call is done."""
-        fn(self)
 
     def __iter__(self) -> Iterator[Any]:
         return self
@@ -117,7 +121,7 @@ class RejectedBulkheadCall(BulkheadFullError, RejectedCall):
     """A call rejected because max_concurrent_calls are in flight (RESOURCE_EXHAUSTED)."""
 
 
-class FallbackOutcome(CallBase, FutureBase):  # type: ignore[misc]
+class FallbackOutcome(_FinishedCall):
     """A finished unary call whose result came from a fallback instead of the server."""
 
     def __init__(
@@ -166,38 +170,6 @@ class FallbackOutcome(CallBase, FutureBase):  # type: ignore[misc]
         markers = ((STATE_METADATA_KEY, self._state.value), (FALLBACK_METADATA_KEY, self._reason))
         return (*tuple(original or ()), *markers)
 
-    def is_active(self) -> bool:
-        """False."""
-        return False
-
-    def time_remaining(self) -> float | None:
-        """None."""
-        return None
-
-    def cancel(self) -> bool:
-        """False."""
-        return False
-
-    def cancelled(self) -> bool:
-        """False."""
-        return False
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        """False: already terminated."""
-        return False
-
-    def running(self) -> bool:
-        """False."""
-        return False
-
-    def done(self) -> bool:
-        """True."""
-        return True
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        """Calls `fn(self)` at once."""
-        fn(self)
-
 
 def rejection(
     error: CallNotPermittedError, fallback: Fallback | None, request: Any
@@ -211,7 +183,73 @@ def rejection(
     return FallbackOutcome(ok, value, "rejected", None, error.state)
 
 
-class FallbackOnFailureFuture(CallBase, FutureBase):  # type: ignore[misc]
+class _CallProxy(CallBase, FutureBase):  # type: ignore[misc]
+    """Passes grpc.Call and grpc.Future through to `_call`; subclasses change what differs."""
+
+    _call: Any
+
+    def initial_metadata(self) -> Any:
+        """See grpc.Call.initial_metadata."""
+        return self._call.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        """See grpc.Call.trailing_metadata."""
+        return self._call.trailing_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        """See grpc.Call.code."""
+        return self._call.code()  # type: ignore[no-any-return]
+
+    def details(self) -> str:
+        """See grpc.Call.details."""
+        return self._call.details()  # type: ignore[no-any-return]
+
+    def is_active(self) -> bool:
+        """See grpc.RpcContext.is_active."""
+        return self._call.is_active()  # type: ignore[no-any-return]
+
+    def time_remaining(self) -> float | None:
+        """See grpc.RpcContext.time_remaining."""
+        return self._call.time_remaining()  # type: ignore[no-any-return]
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        """See grpc.RpcContext.add_callback."""
+        return self._call.add_callback(callback)  # type: ignore[no-any-return]
+
+    def cancel(self) -> bool:
+        """See grpc.Future.cancel."""
+        return self._call.cancel()  # type: ignore[no-any-return]
+
+    def cancelled(self) -> bool:
+        """See grpc.Future.cancelled."""
+        return self._call.cancelled()  # type: ignore[no-any-return]
+
+    def running(self) -> bool:
+        """See grpc.Future.running."""
+        return self._call.running()  # type: ignore[no-any-return]
+
+    def done(self) -> bool:
+        """See grpc.Future.done."""
+        return self._call.done()  # type: ignore[no-any-return]
+
+    def result(self, timeout: float | None = None) -> Any:
+        """See grpc.Future.result."""
+        return self._call.result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """See grpc.Future.exception."""
+        return self._call.exception(timeout)  # type: ignore[no-any-return]
+
+    def traceback(self, timeout: float | None = None) -> types.TracebackType | None:
+        """See grpc.Future.traceback."""
+        return self._call.traceback(timeout)  # type: ignore[no-any-return]
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        """Calls `fn(self)` when the call is done."""
+        self._call.add_done_callback(lambda _call: fn(self))
+
+
+class FallbackOnFailureFuture(_CallProxy):
     """An in-flight unary call that turns into its fallback's response if it fails."""
 
     def __init__(
@@ -283,48 +321,12 @@ class FallbackOnFailureFuture(CallBase, FutureBase):  # type: ignore[misc]
         resolved = self._resolve()
         return resolved.details() if resolved is not None else self._call.details()
 
-    def initial_metadata(self) -> Any:
-        """The server's initial metadata."""
-        return self._call.initial_metadata()
-
     def trailing_metadata(self) -> Any:
         """The server's trailing metadata, plus the fallback markers if a fallback answered."""
         resolved = self._resolve()
         return (
             resolved.trailing_metadata() if resolved is not None else self._call.trailing_metadata()
         )
-
-    def is_active(self) -> bool:
-        """Whether the underlying call is still running."""
-        return self._call.is_active()  # type: ignore[no-any-return]
-
-    def time_remaining(self) -> float | None:
-        """The underlying call's remaining time."""
-        return self._call.time_remaining()  # type: ignore[no-any-return]
-
-    def cancel(self) -> bool:
-        """Cancels the underlying call."""
-        return self._call.cancel()  # type: ignore[no-any-return]
-
-    def cancelled(self) -> bool:
-        """Whether the underlying call was cancelled."""
-        return self._call.cancelled()  # type: ignore[no-any-return]
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        """Adds a termination callback to the underlying call."""
-        return self._call.add_callback(callback)  # type: ignore[no-any-return]
-
-    def running(self) -> bool:
-        """Whether the underlying call is running."""
-        return self._call.running()  # type: ignore[no-any-return]
-
-    def done(self) -> bool:
-        """Whether the underlying call is done."""
-        return self._call.done()  # type: ignore[no-any-return]
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        """Calls `fn(self)` when the underlying call is done."""
-        self._call.add_done_callback(lambda _call: fn(self))
 
 
 class SyncTracker(Tracker):
@@ -371,7 +373,7 @@ class SyncTracker(Tracker):
             permit.ignore()
 
 
-class TrackedStream(RpcErrorBase, CallBase, FutureBase):  # type: ignore[misc]
+class TrackedStream(RpcErrorBase, _CallProxy):  # type: ignore[misc]
     """A response stream passed through unchanged that notes its first message and its end."""
 
     def __init__(self, call: Any, tracker: SyncTracker) -> None:
@@ -419,65 +421,9 @@ class TrackedStream(RpcErrorBase, CallBase, FutureBase):  # type: ignore[misc]
             self._tracker.release()
         return cancelled
 
-    def cancelled(self) -> bool:
-        """See grpc.Future.cancelled."""
-        return self._call.cancelled()  # type: ignore[no-any-return]
-
-    def running(self) -> bool:
-        """See grpc.Future.running."""
-        return self._call.running()  # type: ignore[no-any-return]
-
-    def done(self) -> bool:
-        """See grpc.Future.done."""
-        return self._call.done()  # type: ignore[no-any-return]
-
-    def result(self, timeout: float | None = None) -> Any:
-        """See grpc.Future.result."""
-        return self._call.result(timeout)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        """See grpc.Future.exception."""
-        return self._call.exception(timeout)  # type: ignore[no-any-return]
-
-    def traceback(self, timeout: float | None = None) -> types.TracebackType | None:
-        """See grpc.Future.traceback."""
-        return self._call.traceback(timeout)  # type: ignore[no-any-return]
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        """Calls `fn(self)` when the call is done."""
-        self._call.add_done_callback(lambda _call: fn(self))
-
-    def initial_metadata(self) -> Any:
-        """See grpc.Call.initial_metadata."""
-        return self._call.initial_metadata()
-
-    def trailing_metadata(self) -> Any:
-        """See grpc.Call.trailing_metadata."""
-        return self._call.trailing_metadata()
-
-    def code(self) -> grpc.StatusCode:
-        """See grpc.Call.code."""
-        return self._call.code()  # type: ignore[no-any-return]
-
-    def details(self) -> str:
-        """See grpc.Call.details."""
-        return self._call.details()  # type: ignore[no-any-return]
-
     def debug_error_string(self) -> str:
         """The underlying call's debug error string."""
         return self._call.debug_error_string()  # type: ignore[no-any-return]
-
-    def is_active(self) -> bool:
-        """See grpc.RpcContext.is_active."""
-        return self._call.is_active()  # type: ignore[no-any-return]
-
-    def time_remaining(self) -> float | None:
-        """See grpc.RpcContext.time_remaining."""
-        return self._call.time_remaining()  # type: ignore[no-any-return]
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        """See grpc.RpcContext.add_callback."""
-        return self._call.add_callback(callback)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         return repr(self._call)
