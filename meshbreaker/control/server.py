@@ -15,7 +15,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -137,6 +137,7 @@ class _EventBus:
         self._subscribers: set[asyncio.Queue[pb.Event]] = set()
 
     def publish(self, event: pb.Event) -> None:
+        """Number and timestamp `event`, then queue it for every subscriber."""
         self._sequence += 1
         event.sequence = self._sequence
         event.time.FromNanoseconds(int(self._wall_clock() * 1e9))
@@ -147,7 +148,8 @@ class _EventBus:
             queue.put_nowait(event)
 
     @contextlib.contextmanager
-    def subscribe(self) -> Any:
+    def subscribe(self) -> Iterator[asyncio.Queue[pb.Event]]:
+        """A queue that receives every event published while the block runs."""
         queue: asyncio.Queue[pb.Event] = asyncio.Queue(self._queue_size)
         self._subscribers.add(queue)
         try:
@@ -157,6 +159,7 @@ class _EventBus:
 
     @property
     def subscribers(self) -> int:
+        """How many subscriptions are open."""
         return len(self._subscribers)
 
 
