@@ -71,10 +71,6 @@ def control_plane_process(db: Path) -> Iterator[str]:
             process.wait()
 
 
-def _stub(channel: grpc.Channel) -> Any:
-    return pb_grpc.ControlPlaneStub(channel)  # type: ignore[no-untyped-call]
-
-
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
@@ -96,7 +92,7 @@ def propagation(target: str, agents: int, puts: int) -> dict[str, Any]:
         for index in range(agents)
     ]
     channel = grpc.insecure_channel(target)
-    stub = _stub(channel)
+    stub = pb_grpc.ControlPlaneStub(channel)
     try:
         deadline = time.monotonic() + 30
         while not all(agent.connected for agent in fleet):
@@ -178,7 +174,7 @@ def reports_per_second(
         grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
         for _ in range(clients)
     ]
-    stubs = [_stub(channel) for channel in channels]
+    stubs = [pb_grpc.ControlPlaneStub(channel) for channel in channels]
     done = [0] * clients
     failed = [0] * clients
     stop_at = time.monotonic() + seconds
