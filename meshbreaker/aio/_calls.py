@@ -188,7 +188,67 @@ def rejection(
     return FallbackAioCall(ok, value, "rejected", error.state)
 
 
+class _CallProxy:
+    """Passes a grpc.aio call through to `_call`; subclasses change what differs."""
+
+    _call: Any
+
+    def cancel(self) -> bool:
+        """Cancels the call."""
+        return self._call.cancel()  # type: ignore[no-any-return]
+
+    def cancelled(self) -> bool:
+        """Whether the call was cancelled."""
+        return self._call.cancelled()  # type: ignore[no-any-return]
+
+    def done(self) -> bool:
+        """Whether the call is done."""
+        return self._call.done()  # type: ignore[no-any-return]
+
+    def time_remaining(self) -> float | None:
+        """The call's remaining time."""
+        return self._call.time_remaining()  # type: ignore[no-any-return]
+
+    def add_done_callback(self, callback: DoneCallback) -> None:
+        """Calls `callback(self)` when the call is done."""
+        self._call.add_done_callback(lambda _call: callback(self))
+
+    async def initial_metadata(self) -> Metadata:
+        """The server's initial metadata."""
+        return await self._call.initial_metadata()  # type: ignore[no-any-return]
+
+    async def trailing_metadata(self) -> Metadata:
+        """The server's trailing metadata."""
+        return await self._call.trailing_metadata()  # type: ignore[no-any-return]
+
+    async def code(self) -> grpc.StatusCode:
+        """The call's status code."""
+        return await self._call.code()  # type: ignore[no-any-return]
+
+    async def details(self) -> str:
+        """The call's status details."""
+        return await self._call.details()  # type: ignore[no-any-return]
+
+    async def wait_for_connection(self) -> None:
+        """Waits for the call's connection."""
+        await self._call.wait_for_connection()
+
+    async def write(self, request: Any) -> None:
+        """Writes to the request stream."""
+        await self._call.write(request)
+
+    async def done_writing(self) -> None:
+        """Closes the request stream."""
+        await self._call.done_writing()
+
+    @property
+    def _done_writing_flag(self) -> bool:
+        # grpc's intercepted stream calls read this in write() from the call they were handed.
+        return bool(self._call._done_writing_flag)
+
+
 class FallbackOnFailureAioCall(
+    _CallProxy,
     grpc.aio.UnaryUnaryCall,  # type: ignore[type-arg]
     grpc.aio.StreamUnaryCall,  # type: ignore[type-arg]
 ):
@@ -218,30 +278,6 @@ class FallbackOnFailureAioCall(
     def __await__(self) -> Generator[Any, None, Any]:
         return self._result().__await__()
 
-    def cancel(self) -> bool:
-        """Cancels the call."""
-        return self._call.cancel()  # type: ignore[no-any-return]
-
-    def cancelled(self) -> bool:
-        """Whether the call was cancelled."""
-        return self._call.cancelled()  # type: ignore[no-any-return]
-
-    def done(self) -> bool:
-        """Whether the call is done."""
-        return self._call.done()  # type: ignore[no-any-return]
-
-    def time_remaining(self) -> float | None:
-        """The call's remaining time."""
-        return self._call.time_remaining()  # type: ignore[no-any-return]
-
-    def add_done_callback(self, callback: DoneCallback) -> None:
-        """Calls `callback(self)` when the call is done."""
-        self._call.add_done_callback(lambda _call: callback(self))
-
-    async def initial_metadata(self) -> Metadata:
-        """The server's initial metadata."""
-        return await self._call.initial_metadata()  # type: ignore[no-any-return]
-
     async def trailing_metadata(self) -> Metadata:
         """The server's trailing metadata, or the fallback markers when a fallback answered."""
         if self._fallback_call is not None:
@@ -259,23 +295,6 @@ class FallbackOnFailureAioCall(
         if self._fallback_call is not None:
             return await self._fallback_call.details()
         return await self._call.details()  # type: ignore[no-any-return]
-
-    async def wait_for_connection(self) -> None:
-        """Waits for the call's connection."""
-        await self._call.wait_for_connection()
-
-    async def write(self, request: Any) -> None:
-        """Writes to a client stream."""
-        await self._call.write(request)
-
-    async def done_writing(self) -> None:
-        """Closes a client stream."""
-        await self._call.done_writing()
-
-    @property
-    def _done_writing_flag(self) -> bool:
-        # grpc's InterceptedStreamUnaryCall.write() reads this from the call it was handed.
-        return bool(self._call._done_writing_flag)
 
 
 def status_code_now(call: Any) -> grpc.StatusCode | None:
@@ -330,11 +349,11 @@ class AioTracker(Tracker):
 
 
 class TimedStreamCall(
+    _CallProxy,
     grpc.aio.UnaryStreamCall,  # type: ignore[type-arg]
     grpc.aio.StreamStreamCall,  # type: ignore[type-arg]
 ):
-    """A response-stream call passed through unchanged, noting its first message; cancel frees
-    the permit at once."""
+    """A response stream passed through, timed to its first message; cancel() frees the permit."""
 
     def __init__(self, call: Any, tracker: AioTracker) -> None:
         self._call = call
@@ -386,55 +405,6 @@ class TimedStreamCall(
             self._tracker.release()
         return cancelled
 
-    def cancelled(self) -> bool:
-        """Whether the call was cancelled."""
-        return self._call.cancelled()  # type: ignore[no-any-return]
-
-    def done(self) -> bool:
-        """Whether the call is done."""
-        return self._call.done()  # type: ignore[no-any-return]
-
-    def time_remaining(self) -> float | None:
-        """The call's remaining time."""
-        return self._call.time_remaining()  # type: ignore[no-any-return]
-
-    def add_done_callback(self, callback: DoneCallback) -> None:
-        """Calls `callback(self)` when the call is done."""
-        self._call.add_done_callback(lambda _call: callback(self))
-
-    async def initial_metadata(self) -> Metadata:
-        """The server's initial metadata."""
-        return await self._call.initial_metadata()  # type: ignore[no-any-return]
-
-    async def trailing_metadata(self) -> Metadata:
-        """The server's trailing metadata."""
-        return await self._call.trailing_metadata()  # type: ignore[no-any-return]
-
-    async def code(self) -> grpc.StatusCode:
-        """The call's status code."""
-        return await self._call.code()  # type: ignore[no-any-return]
-
-    async def details(self) -> str:
-        """The call's status details."""
-        return await self._call.details()  # type: ignore[no-any-return]
-
     async def debug_error_string(self) -> str:
         """The call's debug error string."""
         return await self._call.debug_error_string()  # type: ignore[no-any-return]
-
-    async def wait_for_connection(self) -> None:
-        """Waits for the call's connection."""
-        await self._call.wait_for_connection()
-
-    async def write(self, request: Any) -> None:
-        """Writes to the request stream."""
-        await self._call.write(request)
-
-    async def done_writing(self) -> None:
-        """Closes the request stream."""
-        await self._call.done_writing()
-
-    @property
-    def _done_writing_flag(self) -> bool:
-        # grpc's InterceptedStreamStreamCall.write() reads this from the call it was handed.
-        return bool(self._call._done_writing_flag)
