@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import grpc
@@ -136,14 +136,43 @@ class GatewayStats:
         )
 
 
-@dataclass
-class _Row:
+@dataclass(frozen=True)
+class _Transfer:
+    """One transfer as the outbox keeps it; builds the messages that carry it."""
+
     transfer_id: str
-    kind: str
     from_account: str
     to_account: str
     amount_cents: int
-    committed_at: float
+    committed_at: float = 0.0  # set once the transaction service committed it
+
+    def request(self) -> bank_pb2.TransferRequest:
+        """The Transfer call; a retry sends the same one."""
+        return bank_pb2.TransferRequest(
+            transfer_id=self.transfer_id,
+            from_account=self.from_account,
+            to_account=self.to_account,
+            amount_cents=self.amount_cents,
+        )
+
+    def notification(self) -> bank_pb2.NotificationRequest:
+        """The customer notification."""
+        return bank_pb2.NotificationRequest(
+            transfer_id=self.transfer_id,
+            from_account=self.from_account,
+            to_account=self.to_account,
+            amount_cents=self.amount_cents,
+        )
+
+    def audit_record(self) -> bank_pb2.AuditRecord:
+        """The compliance record of a committed transfer."""
+        return bank_pb2.AuditRecord(
+            transfer_id=self.transfer_id,
+            from_account=self.from_account,
+            to_account=self.to_account,
+            amount_cents=self.amount_cents,
+            committed_at=self.committed_at,
+        )
 
 
 class Outbox:
@@ -195,14 +224,14 @@ class Outbox:
         with self._db.transaction() as conn:
             conn.execute("DELETE FROM outbox WHERE transfer_id = ?", (transfer_id,))
 
-    def ready(self, kind: str, limit: int) -> list[_Row]:
+    def ready(self, kind: str, limit: int) -> list[_Transfer]:
         """The oldest rows of `kind` no request thread owns."""
         rows = self._db.query(
-            "SELECT transfer_id, kind, from_account, to_account, amount_cents, committed_at "
+            "SELECT transfer_id, from_account, to_account, amount_cents, committed_at "
             "FROM outbox WHERE busy = 0 AND kind = ? ORDER BY created_at LIMIT ?",
             (kind, limit),
         )
-        return [_Row(*row) for row in rows]
+        return [_Transfer(*row) for row in rows]
 
     def backlog(self) -> int:
         """Rows waiting for the drainer (rows a request thread still owns are not counted)."""
@@ -291,14 +320,11 @@ class Gateway:
             return finish(TransferStatus.FAILED, "insufficient funds")
 
         self.outbox.intend(transfer_id, from_account, to_account, amount_cents)
-        request = bank_pb2.TransferRequest(
-            transfer_id=transfer_id,
-            from_account=from_account,
-            to_account=to_account,
-            amount_cents=amount_cents,
-        )
+        transfer = _Transfer(transfer_id, from_account, to_account, amount_cents)
         try:
-            response = self._transactions.Transfer(request, timeout=self.deadlines.transfer)
+            response = self._transactions.Transfer(
+                transfer.request(), timeout=self.deadlines.transfer
+            )
         except grpc.RpcError as exc:
             if isinstance(exc, CallNotPermittedError):
                 self.outbox.done(transfer_id)
@@ -312,17 +338,10 @@ class Gateway:
             self.outbox.done(transfer_id)
             return finish(TransferStatus.FAILED, response.reason or "transfer failed")
 
-        committed_at = time.time()
-        self.outbox.committed(transfer_id, committed_at, busy=True)
-        notification = self._notify(request)
-        record = bank_pb2.AuditRecord(
-            transfer_id=transfer_id,
-            from_account=from_account,
-            to_account=to_account,
-            amount_cents=amount_cents,
-            committed_at=committed_at,
-        )
-        audit = self._audit_now(record)
+        transfer = replace(transfer, committed_at=time.time())
+        self.outbox.committed(transfer_id, transfer.committed_at, busy=True)
+        notification = self._notify(transfer)
+        audit = self._audit_now(transfer)
         return finish(TransferStatus.COMMITTED, notification=notification, audit=audit)
 
     def _transfer_may_go(self) -> bool:
@@ -337,17 +356,11 @@ class Gateway:
         permit.ignore()
         return True
 
-    def _notify(self, request: bank_pb2.TransferRequest) -> str:
+    def _notify(self, transfer: _Transfer) -> str:
         # Non-critical: whatever happens here, the transfer stands.
         try:
             self._notifications.SendTransferNotification(
-                bank_pb2.NotificationRequest(
-                    transfer_id=request.transfer_id,
-                    from_account=request.from_account,
-                    to_account=request.to_account,
-                    amount_cents=request.amount_cents,
-                ),
-                timeout=self.deadlines.notification,
+                transfer.notification(), timeout=self.deadlines.notification
             )
         except grpc.RpcError as exc:
             if isinstance(exc, CallNotPermittedError):
@@ -358,19 +371,19 @@ class Gateway:
         self._count("notifications_sent")
         return "sent"
 
-    def _audit_now(self, record: bank_pb2.AuditRecord) -> str:
+    def _audit_now(self, transfer: _Transfer) -> str:
         try:
-            self._audit.LogTransaction(record, timeout=self.deadlines.audit)
+            self._audit.LogTransaction(transfer.audit_record(), timeout=self.deadlines.audit)
         except grpc.RpcError:
             if not self.outbox_enabled:
                 self._count("audits_dropped")
-                log.warning("audit record for %s dropped: no outbox", record.transfer_id)
+                log.warning("audit record for %s dropped: no outbox", transfer.transfer_id)
                 return "dropped"
-            self.outbox.release(record.transfer_id)
+            self.outbox.release(transfer.transfer_id)
             self._count("audits_deferred")
             self._wake.set()
             return "deferred"
-        self.outbox.done(record.transfer_id)
+        self.outbox.done(transfer.transfer_id)
         self._count("audits_delivered")
         return "delivered"
 
@@ -389,15 +402,9 @@ class Gateway:
             finished += 1
         return finished
 
-    def _resolve(self, row: _Row) -> bool:
-        request = bank_pb2.TransferRequest(
-            transfer_id=row.transfer_id,
-            from_account=row.from_account,
-            to_account=row.to_account,
-            amount_cents=row.amount_cents,
-        )
+    def _resolve(self, row: _Transfer) -> bool:
         try:
-            response = self._transactions.Transfer(request, timeout=self.deadlines.transfer)
+            response = self._transactions.Transfer(row.request(), timeout=self.deadlines.transfer)
         except grpc.RpcError as exc:
             if exc.code() in _DEFINITIVE and not isinstance(exc, CallNotPermittedError):
                 self.outbox.done(row.transfer_id)
@@ -412,16 +419,9 @@ class Gateway:
             self._count("outbox_transfers_failed")
         return True
 
-    def _deliver(self, row: _Row) -> bool:
-        record = bank_pb2.AuditRecord(
-            transfer_id=row.transfer_id,
-            from_account=row.from_account,
-            to_account=row.to_account,
-            amount_cents=row.amount_cents,
-            committed_at=row.committed_at,
-        )
+    def _deliver(self, row: _Transfer) -> bool:
         try:
-            self._audit.LogTransaction(record, timeout=self.deadlines.audit)
+            self._audit.LogTransaction(row.audit_record(), timeout=self.deadlines.audit)
         except grpc.RpcError:
             return False
         self.outbox.done(row.transfer_id)
