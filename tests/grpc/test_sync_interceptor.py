@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from broken_registries import BROKEN_REGISTRIES
 from bytes_server import (
     BIDI,
     CLIENT_STREAM,
@@ -565,38 +566,7 @@ def test_bulkhead_rejects_beyond_max_concurrent_calls_without_the_server(
 # ----- meshbreaker's own failures never break the RPC ---------------------------------------------
 
 
-class ExplodingRegistry(BreakerRegistry):
-    def get(self, name: str) -> Any:
-        raise RuntimeError("registry is broken")
-
-
-class BrokenPermit:
-    done = False
-
-    def record(self, outcome: Any, duration: Any = None) -> None:
-        raise RuntimeError("permit is broken")
-
-    def ignore(self) -> None:
-        raise RuntimeError("permit is broken")
-
-    def elapsed(self) -> float:
-        raise RuntimeError("permit is broken")
-
-
-class BrokenBreaker:
-    name = "broken"
-    config = CONFIG
-
-    def acquire(self) -> BrokenPermit:
-        return BrokenPermit()
-
-
-class BrokenPermitRegistry(BreakerRegistry):
-    def get(self, name: str) -> Any:
-        return BrokenBreaker()
-
-
-@pytest.mark.parametrize("registry_class", [ExplodingRegistry, BrokenPermitRegistry])
+@pytest.mark.parametrize("registry_class", BROKEN_REGISTRIES)
 def test_bookkeeping_errors_never_change_the_rpc(
     connect: Callable[..., Client],
     caplog: pytest.LogCaptureFixture,
