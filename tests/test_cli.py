@@ -42,7 +42,7 @@ class ControlPlane:
         self.server: ControlPlaneServer = self._run(serve(0, db, **options))
         self.target = self.server.target
         self.channel = grpc.insecure_channel(self.target)
-        self.stub: Any = pb_grpc.ControlPlaneStub(self.channel)  # type: ignore[no-untyped-call]
+        self.stub: Any = pb_grpc.ControlPlaneStub(self.channel)
 
     def _run(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)

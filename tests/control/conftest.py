@@ -142,7 +142,7 @@ def admin_stub() -> Iterator[Callable[..., pb_grpc.ControlPlaneStub]]:
         channels.append(channel)
         if token is not None:
             channel = grpc.intercept_channel(channel, _TokenInterceptor(token))
-        return pb_grpc.ControlPlaneStub(channel)  # type: ignore[no-untyped-call]
+        return pb_grpc.ControlPlaneStub(channel)
 
     yield make
     for channel in channels:

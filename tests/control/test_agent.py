@@ -394,7 +394,7 @@ async def test_an_asyncio_application_embeds_agent_and_control_plane(
     agent.start()  # never blocks on the network: the agent runs on its own loop
     try:
         channel = grpc.aio.insecure_channel(server.target)
-        stub = pb_grpc.ControlPlaneStub(channel)  # type: ignore[no-untyped-call]
+        stub = pb_grpc.ControlPlaneStub(channel)
         tight = BreakerConfig(consecutive_failures=2)
         response = await stub.PutPolicy(
             pb.PutPolicyRequest(policies=[method_policy("tight", tight)]), timeout=5
