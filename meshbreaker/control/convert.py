@@ -232,6 +232,7 @@ def selector_to_proto(selector: Selector) -> pb.Selector:
 
 
 def _has(message: Message, name: str) -> bool:
+    """HasField for a field name held in a variable (the typed stubs only take literals)."""
     return message.HasField(name)
 
 
