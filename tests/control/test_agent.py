@@ -95,6 +95,7 @@ def test_unknown_value_from_a_newer_server_is_nacked_and_previous_policies_kept(
         servicer.snapshots.put(pb.ConfigSnapshot(revision=3, service="transaction"))
         assert agent.wait_for_revision(3, timeout=2.0)
         assert agent.last_nack is None
+        assert agent.snapshots_received == 3  # applied, rejected, applied
         assert registry.resolve(METHOD) == registry.default
 
 
