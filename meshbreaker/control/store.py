@@ -251,8 +251,8 @@ class SqliteStore(PolicyStore):
         actor: str = "",
     ) -> builtins.list[AuditEntry]:
         """Create or replace `policies` atomically at one new revision; returns one entry each."""
-        ids = [policy.id for policy in policies]
-        if not policies or len(set(ids)) != len(ids) or not all(ids):
+        ids = {policy.id for policy in policies}
+        if not policies or len(ids) != len(policies) or "" in ids:
             raise StoreError("put needs 1..N policies with distinct, non-empty ids")
         now = self._wall_clock()
         with self._transaction():
