@@ -39,11 +39,11 @@ CONFIG = BreakerConfig(
 class BytesServer:
     """Counts calls per method; requests script the answer.
 
-    b"fail:CODE" aborts with CODE, b"block" waits for `release`,
-    b"n:K" streams K messages, b"fail-after:K:CODE" streams K then aborts, b"forever" streams until
-    cancelled; anything else is echoed. With a FakeClock, b"tick" advances it by `tick` seconds
-    before answering, b"tick-first" streams after advancing it, and b"long-lived" streams one
-    message, waits for `release`, advances it, then streams two more.
+    b"fail:CODE" aborts with CODE, b"block" waits for `release`, b"deadline" waits for the RPC
+    to end, b"n:K" streams K messages, b"fail-after:K:CODE" streams K then aborts, b"forever"
+    streams until cancelled; anything else is echoed. With a FakeClock, b"tick" advances it by
+    `tick` seconds before answering, b"tick-first" streams after advancing it, and b"long-lived"
+    streams one message, waits for `release`, advances it, then streams two more.
     """
 
     def __init__(self, clock: FakeClock | None = None, tick: float = 10.0) -> None:
@@ -103,9 +103,9 @@ class BytesServer:
         if request == b"tick" and self.clock is not None:
             self.clock.advance(self.tick)
         if request == b"deadline":
-            end = time.monotonic() + 5
-            while context.is_active() and time.monotonic() < end:
-                time.sleep(0.005)
+            ended = threading.Event()
+            if context.add_callback(ended.set):  # False: the RPC has already ended
+                ended.wait(5)
         return request
 
     def _unary(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
