@@ -1,4 +1,4 @@
-"""Shared by the sync and aio interceptors: naming, status classification, rejections, fallbacks."""
+"""What the sync and aio interceptors share: the Guard, rejection details, fallbacks, tracking."""
 
 from __future__ import annotations
 
@@ -194,15 +194,13 @@ class Guard:
         duration: float | None = None,
         *,
         quiet: bool = False,
-    ) -> Outcome:
-        """Report the final status `code` on `permit` and return how it counted; never raises.
+    ) -> None:
+        """Report the final status `code` on `permit`; never raises.
 
         `quiet` is for finalizers: no traceback formatting while the garbage collector runs.
         """
         try:
-            outcome = self.outcome(breaker, code)
-            permit.record(outcome, duration)
-            return outcome
+            permit.record(self.outcome(breaker, code), duration)
         except Exception:
             if quiet:
                 logger.debug("meshbreaker: recording the outcome of a collected call failed")
@@ -211,7 +209,6 @@ class Guard:
             else:
                 logger.exception("meshbreaker: recording the outcome of %s failed", breaker.name)
                 release(permit)
-            return Outcome.IGNORED
 
 
 class Tracker:
