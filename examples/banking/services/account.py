@@ -88,7 +88,6 @@ class AccountServicer(bank_pb2_grpc.AccountServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "idempotency_key is required")
         if request.amount_cents <= 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "amount_cents must be > 0")
-        error: tuple[grpc.StatusCode, str] | None = None
         response = bank_pb2.PostingResponse(account_id=request.account_id)
         with self._db.transaction() as conn:
             error = _apply_posting(conn, request, kind, response)
