@@ -129,7 +129,8 @@ def test_a_rejected_transfer_sends_nothing(
     registry.set_override("/bank.v1.TransactionService/Transfer", State.FORCED_OPEN)
     outcome = gateway.transfer_funds("acct-000", "acct-001", 5)
     assert (outcome.status, outcome.reason) == (TransferStatus.REJECTED, "transaction breaker open")
-    assert outcome.latency < 0.05
+    # Nothing waited out a deadline (2 s here); the bound leaves room for a loaded machine.
+    assert outcome.latency < 0.5
     # Refused at the edge: not even the balance check went out, and the breaker counted it.
     assert registry.get("/bank.v1.AccountService/GetBalance").snapshot().total == 0
     assert registry.get("/bank.v1.TransactionService/Transfer").snapshot().rejected == 1
