@@ -102,7 +102,7 @@ class TransferOutcome:
 
 @dataclass
 class GatewayStats:
-    """Counters since the gateway started; copy() them to diff over a phase."""
+    """Counters since the gateway started; minus() an earlier reading gives a phase's counts."""
 
     committed: int = 0
     pending: int = 0
@@ -118,10 +118,6 @@ class GatewayStats:
     outbox_audits_delivered: int = 0
     outbox_transfers_committed: int = 0
     outbox_transfers_failed: int = 0
-
-    def copy(self) -> GatewayStats:
-        """An independent copy."""
-        return GatewayStats(**{f.name: getattr(self, f.name) for f in fields(self)})
 
     def plus(self, other: GatewayStats) -> GatewayStats:
         """The sum of two sets of counts."""
@@ -468,7 +464,7 @@ class Gateway:
     def stats(self) -> GatewayStats:
         """A copy of the counters."""
         with self._stats_lock:
-            return self._stats.copy()
+            return replace(self._stats)
 
 
 def _code(exc: grpc.RpcError) -> str:
