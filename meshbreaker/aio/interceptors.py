@@ -30,9 +30,11 @@ class AioBreakerInterceptor:
         return self._guard.registry
 
 
+# Plain functions taking self: each per-kind class below aliases one, with no wrapper frame.
 async def _guard_unary(
     self: AioBreakerInterceptor, continuation: Any, client_call_details: Any, request: Any
 ) -> Any:
+    """Guard a unary-response call: the call (maybe fallback-wrapped), or its rejection."""
     guard = self._guard
     try:
         method = client_call_details.method
@@ -64,6 +66,7 @@ async def _guard_unary(
 async def _guard_stream(
     self: AioBreakerInterceptor, continuation: Any, client_call_details: Any, request: Any
 ) -> Any:
+    """Guard a response-stream call: the call timed to its first message, or its rejection."""
     guard = self._guard
     try:
         method = client_call_details.method

@@ -56,6 +56,7 @@ class BreakerInterceptor(
         return self._guard.registry
 
     def _unary(self, continuation: Continuation, details: Any, request: Any) -> Any:
+        """Guard a unary-response call: the call (maybe fallback-wrapped), or its rejection."""
         guard = self._guard
         try:
             method = details.method
@@ -84,6 +85,7 @@ class BreakerInterceptor(
         return call
 
     def _stream(self, continuation: Continuation, details: Any, request: Any) -> Any:
+        """Guard a response-stream call: the call tracked to its end, or its rejection."""
         guard = self._guard
         try:
             method = details.method
