@@ -139,9 +139,7 @@ def scenarios(client: Client) -> list[Callable[[], Any]]:
     ]
 
 
-def test_closed_breaker_is_invisible_to_the_caller(
-    connect: Callable[..., Client], registry: BreakerRegistry
-) -> None:
+def test_closed_breaker_is_invisible_to_the_caller(connect: Callable[..., Client]) -> None:
     plain = connect()
     guarded = connect(BreakerInterceptor(BreakerRegistry(CONFIG.replace(consecutive_failures=0))))
     expected = [outcome(fn) for fn in scenarios(plain)]
@@ -447,7 +445,7 @@ def test_expired_deadline_is_a_failure_and_is_passed_unchanged(
 
 
 def test_a_failing_method_opens_only_its_own_breaker(
-    connect: Callable[..., Client], registry: BreakerRegistry, server: BytesServer
+    connect: Callable[..., Client], registry: BreakerRegistry
 ) -> None:
     client = connect(BreakerInterceptor(registry))
     trip(client, registry, UNARY)
@@ -613,9 +611,7 @@ def test_defaults_and_bad_arguments() -> None:
         BreakerInterceptor(BreakerConfig())  # type: ignore[arg-type]
 
 
-def test_shadow_mode_never_rejects(
-    connect: Callable[..., Client], clock: FakeClock, server: BytesServer
-) -> None:
+def test_shadow_mode_never_rejects(connect: Callable[..., Client], clock: FakeClock) -> None:
     registry = BreakerRegistry(CONFIG.replace(mode="shadow"), clock=clock)
     client = connect(BreakerInterceptor(registry))
     trip(client, registry)
