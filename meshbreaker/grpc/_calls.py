@@ -112,9 +112,7 @@ class RejectedCall(CallNotPermittedError, RpcErrorBase, _FinishedCall):  # type:
     def __next__(self) -> Any:
         raise self
 
-    def next(self) -> Any:
-        """Raises the rejection, like __next__."""
-        raise self
+    next = __next__  # grpc's response iterators offer next() too
 
 
 class RejectedBulkheadCall(BulkheadFullError, RejectedCall):
@@ -397,9 +395,7 @@ class TrackedStream(RpcErrorBase, _CallProxy):  # type: ignore[misc]
             self._tracker.first_message()
         return response
 
-    def next(self) -> Any:
-        """Same as __next__."""
-        return self.__next__()
+    next = __next__  # grpc's response iterators offer next() too
 
     def _ended(self, error: grpc.RpcError) -> None:
         try:
