@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from grpc.aio import AioRpcError, Metadata
 
-from meshbreaker.breaker import CircuitBreaker, Outcome
+from meshbreaker.breaker import CircuitBreaker
 from meshbreaker.config import State
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
 from meshbreaker.grpc._core import (
@@ -269,7 +269,7 @@ class FallbackOnFailureAioCall(
             return await self._call
         except AioRpcError as error:
             if self._fallback_call is None:
-                if self._guard.outcome(self._breaker, error.code()) is not Outcome.FAILURE:
+                if not self._guard.fallback_applies(self._breaker, error.code()):
                     raise
                 ok, value = run_fallback(self._fallback, self._request, error)
                 self._fallback_call = FallbackAioCall(ok, value, "failure", self._breaker.state)

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from meshbreaker.breaker import CircuitBreaker, Outcome
+from meshbreaker.breaker import CircuitBreaker
 from meshbreaker.config import State
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
 from meshbreaker.grpc._core import (
@@ -283,12 +283,8 @@ class FallbackOnFailureFuture(_CallProxy):
         return self._resolved
 
     def _failed(self, error: BaseException) -> bool:
-        try:
-            code = error.code() if isinstance(error, grpc.Call) else None
-            return self._guard.outcome(self._breaker, code) is Outcome.FAILURE
-        except Exception:
-            logger.exception("meshbreaker: classifying a failed call failed")
-            return False
+        code = error.code() if isinstance(error, grpc.Call) else None
+        return self._guard.fallback_applies(self._breaker, code)
 
     def result(self, timeout: float | None = None) -> Any:
         """The response, or the fallback's response when the call failed."""

@@ -163,6 +163,14 @@ class Guard:
                 self.methods[method] = info
         return info
 
+    def fallback_applies(self, breaker: CircuitBreaker, code: grpc.StatusCode | None) -> bool:
+        """Whether a call ending with `code` is a failure to cover by fallback; never raises."""
+        try:
+            return self.outcome(breaker, code) is _FAILURE
+        except Exception:
+            logger.exception("meshbreaker: classifying a failed call failed")
+            return False
+
     def outcome(self, breaker: CircuitBreaker, code: grpc.StatusCode | None) -> Outcome:
         """How the final status `code` counts for `breaker`."""
         if code is _OK:  # the common case; StatusCode hashes in Python, identity does not

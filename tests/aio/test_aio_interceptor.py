@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from broken_registries import BROKEN_REGISTRIES
+from broken_registries import BROKEN_REGISTRIES, UnclassifiableRegistry
 from bytes_server import (
     BIDI,
     CLIENT_STREAM,
@@ -489,6 +489,22 @@ async def test_fallbacks_for_rejected_and_failed_calls(
     without = connect(breaker_interceptors(BreakerRegistry(CONFIG), fallbacks={UNARY: fallback}))
     with pytest.raises(grpc.aio.AioRpcError):
         await without.unary(b"fail:INTERNAL")
+
+
+async def test_fallback_on_failure_never_hides_the_error_when_classifying_fails(
+    connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = connect(
+        breaker_interceptors(
+            UnclassifiableRegistry(CONFIG),
+            fallbacks={UNARY: lambda r, e: b"fallback"},
+            fallback_on_failure=True,
+        )
+    )
+    with caplog.at_level(logging.ERROR), pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.unary(b"fail:INTERNAL")
+    assert raised.value.code() is grpc.StatusCode.INTERNAL  # the caller's own error, untouched
+    assert any("classifying a failed call failed" in r.getMessage() for r in caplog.records)
 
 
 async def test_bulkhead_rejects_beyond_max_concurrent_calls(

@@ -51,3 +51,36 @@ class BrokenPermitRegistry(BreakerRegistry):
 
 
 BROKEN_REGISTRIES = [ExplodingRegistry, BrokenPermitRegistry]
+
+
+class UnclassifiableBreaker(BrokenBreaker):
+    """A breaker that admits and records fine but whose config cannot be read."""
+
+    @property  # type: ignore[misc]
+    def config(self) -> Any:
+        raise RuntimeError("config is broken")
+
+    def acquire(self) -> Any:
+        return _QuietPermit()
+
+
+class _QuietPermit:
+    """A permit that accepts every report."""
+
+    done = False
+
+    def record(self, outcome: Any, duration: Any = None) -> None:
+        """Accepts the outcome."""
+
+    def ignore(self) -> None:
+        """Accepts the release."""
+
+    def elapsed(self) -> float:
+        return 0.0
+
+
+class UnclassifiableRegistry(BreakerRegistry):
+    """Every breaker is an UnclassifiableBreaker: classifying a status raises."""
+
+    def get(self, name: str) -> Any:
+        return UnclassifiableBreaker()
