@@ -71,6 +71,18 @@ DEFAULT_FAILURE_CODES: frozenset[str] = frozenset(
 DEFAULT_IGNORED_CODES: frozenset[str] = frozenset({"CANCELLED"})
 
 
+def check_code_sets(
+    failure_codes: frozenset[str] | None, ignored_codes: frozenset[str] | None
+) -> None:
+    """Raise ConfigError if OK is a failure or a code is both failed and ignored (None = unset)."""
+    if failure_codes is not None and "OK" in failure_codes:
+        raise ConfigError("failure_codes", "OK cannot be a failure")
+    if failure_codes is not None and ignored_codes is not None:
+        overlap = failure_codes & ignored_codes
+        if overlap:
+            raise ConfigError("ignored_codes", f"codes both failed and ignored: {sorted(overlap)}")
+
+
 @dataclass(frozen=True)
 class BreakerConfig:
     """How one breaker decides; immutable, validated on construction."""
@@ -123,11 +135,7 @@ class BreakerConfig:
         _check_int(self, "half_open_success_threshold", minimum=1)
         if self.max_concurrent_calls is not None:
             _check_int(self, "max_concurrent_calls", minimum=1)
-        overlap = self.failure_codes & self.ignored_codes
-        if overlap:
-            raise ConfigError("ignored_codes", f"codes both failed and ignored: {sorted(overlap)}")
-        if "OK" in self.failure_codes:
-            raise ConfigError("failure_codes", "OK cannot be a failure")
+        check_code_sets(self.failure_codes, self.ignored_codes)
 
     def replace(self, **changes: Any) -> BreakerConfig:
         """A copy with `changes` applied and validated; unknown names raise ConfigError."""

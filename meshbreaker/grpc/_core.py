@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from meshbreaker.breaker import CircuitBreaker, Outcome, Permit
-from meshbreaker.config import GRPC_CODE_NAMES, State
+from meshbreaker.config import GRPC_CODE_NAMES, State, check_code_sets
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError
 from meshbreaker.registry import BreakerRegistry
 
@@ -137,12 +137,7 @@ class Guard:
             raise ConfigError("fallback_on_failure", "must be a bool")
         failures = normalize_codes(failure_codes, "failure_codes")
         ignored = normalize_codes(ignored_codes, "ignored_codes")
-        if failures is not None and "OK" in failures:
-            raise ConfigError("failure_codes", "OK cannot be a failure")
-        if failures is not None and ignored is not None and failures & ignored:
-            raise ConfigError(
-                "ignored_codes", f"codes both failed and ignored: {sorted(failures & ignored)}"
-            )
+        check_code_sets(failures, ignored)
         self.registry = registry
         self.target = target
         self.fallbacks = checked
