@@ -9,12 +9,13 @@ import math
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from meshbreaker.config import BreakerConfig, Mode, State, WindowType
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
+from meshbreaker.histogram import DEFAULT_BUCKETS, DurationHistogram, HistogramSnapshot
 from meshbreaker.window import CountWindow, TimeWindow, Window
 
 logger = logging.getLogger(__name__)
@@ -172,6 +173,8 @@ class CircuitBreaker:
         self._in_flight = 0  # bulkhead slots held
         self._override: State | None = None
         self._generation = 0
+        self._histogram: DurationHistogram | None = None
+        self._transitions: dict[tuple[State, State], int] = {}
         self._apply_config(config or BreakerConfig())
         self._enter(State.CLOSED, clock())
 
@@ -308,7 +311,11 @@ class CircuitBreaker:
             self._consecutive = 0
             self._next_open_duration = self._config.open_duration
         self._refresh_fast_path()
-        return (old, state) if old is not state else None
+        if old is state:
+            return None
+        transition = (old, state)
+        self._transitions[transition] = self._transitions.get(transition, 0) + 1
+        return transition
 
     def _half_open_if_due(self, now: float) -> tuple[State, State] | None:
         if self._state is State.OPEN and now >= self._open_until:
@@ -425,6 +432,8 @@ class CircuitBreaker:
             return None
         failed = outcome is _FAILURE
         slow = not failed and duration >= self._slow_threshold
+        if self._histogram is not None:
+            self._histogram.observe(duration)
         if failed:
             self._failed += 1
         else:
@@ -505,6 +514,8 @@ class CircuitBreaker:
                 if generation == self._generation:
                     self._successful += 1
                     self._consecutive = 0
+                    if self._histogram is not None:
+                        self._histogram.observe(duration)
                     window = self._window
                     window.add_success(duration, now)
                     if not (window.failures or window.slow):
@@ -621,6 +632,29 @@ class CircuitBreaker:
         if transition is not None:
             self._emit(transition, None)
         return snapshot
+
+    def track_durations(self, buckets: Sequence[float] | None = DEFAULT_BUCKETS) -> None:
+        """Keep a histogram of call durations in `buckets` (seconds); None stops and drops it.
+
+        Off by default: it is the one per-call cost that observation adds. Setting the same
+        bounds again keeps the counts; other bounds start from zero.
+        """
+        histogram = None if buckets is None else DurationHistogram(buckets)
+        with self._lock:
+            current = self._histogram
+            if histogram is not None and current is not None and current.bounds == histogram.bounds:
+                return
+            self._histogram = histogram
+
+    def duration_histogram(self) -> HistogramSnapshot | None:
+        """The duration histogram of calls that ran and were not ignored; None when off."""
+        with self._lock:
+            return None if self._histogram is None else self._histogram.snapshot()
+
+    def transition_counts(self) -> dict[tuple[State, State], int]:
+        """How many times each (from, to) transition has happened in this breaker's life."""
+        with self._lock:
+            return dict(self._transitions)
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, state={self._state.value})"

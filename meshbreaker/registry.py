@@ -6,11 +6,12 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from meshbreaker.breaker import BreakerSnapshot, CircuitBreaker, Clock, StateListener
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.errors import ConfigError
+from meshbreaker.histogram import DEFAULT_BUCKETS, check_buckets
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class BreakerRegistry:
         self._overrides: dict[str, State] = {}
         self._applied_overrides: dict[str, State | None] = {}
         self._listeners: list[StateListener] = []
+        self._duration_buckets: tuple[float, ...] | None = None
 
     @property
     def default(self) -> BreakerConfig:
@@ -79,6 +81,8 @@ class BreakerRegistry:
             if breaker is None:
                 breaker = CircuitBreaker(name, self.resolve(name), clock=self._clock)
                 breaker.on_state_change(self._dispatch_state_change)
+                if self._duration_buckets is not None:
+                    breaker.track_durations(self._duration_buckets)
                 self._apply_override(breaker)
                 self._breakers[name] = breaker
             return breaker
@@ -179,6 +183,19 @@ class BreakerRegistry:
             breaker.force_closed()
         else:
             breaker.clear_override()
+
+    def track_durations(self, buckets: Sequence[float] | None = DEFAULT_BUCKETS) -> None:
+        """Keep a duration histogram in every breaker, present and future; None turns it off."""
+        bounds = None if buckets is None else check_buckets(buckets)
+        with self._lock:
+            self._duration_buckets = bounds
+            for breaker in self._breakers.values():
+                breaker.track_durations(bounds)
+
+    @property
+    def duration_buckets(self) -> tuple[float, ...] | None:
+        """The histogram bounds every breaker keeps, or None when durations are not tracked."""
+        return self._duration_buckets
 
     def remove(self, name: str) -> None:
         """Forget the breaker called `name` (the next get() makes a fresh one)."""
