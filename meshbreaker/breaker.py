@@ -9,6 +9,7 @@ import math
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -38,6 +39,31 @@ _SUCCESS: Final = Outcome.SUCCESS
 _FAILURE: Final = Outcome.FAILURE
 _IGNORED: Final = Outcome.IGNORED
 _STALE: Final = -1  # the generation of a permit that must never move the state
+_CLOSED: Final = State.CLOSED
+_OPEN: Final = State.OPEN
+_FORCED_OPEN: Final = State.FORCED_OPEN
+_INF: Final = math.inf
+
+
+class _Tally:
+    """A counter threads bump without a lock; its readers hold the breaker's lock.
+
+    `bump` is an itertools.count's __next__: a single C call, atomic under the GIL (threading
+    names its threads with the same idiom). Each read consumes one step, so reads are counted
+    and subtracted.
+    """
+
+    __slots__ = ("_reads", "bump")
+
+    def __init__(self) -> None:
+        self.bump = itertools.count().__next__
+        self._reads = 0
+
+    def value(self) -> int:
+        """Bumps so far (call with the breaker's lock held, so reads do not race each other)."""
+        count = self.bump() - self._reads
+        self._reads += 1
+        return count
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +165,11 @@ def _never_ignore(exc: BaseException) -> bool:
 class CircuitBreaker:
     """A circuit breaker for one dependency (in meshbreaker's gRPC adapters: one method).
 
-    Thread-safe. Admission in CLOSED without a bulkhead takes no lock; recording an outcome
-    takes one short lock; listeners run after it is released, in the calling thread.
-    The per-call paths use lock.acquire()/try/finally rather than `with`: measured here it
-    costs half as much, and these paths run on every guarded call.
+    Thread-safe. Admission in CLOSED without a bulkhead takes no lock, and neither does a
+    quick success through call()/call_async() while the window holds no failure or slow call;
+    any other outcome takes one short lock. Listeners run after it is released, in the calling
+    thread. The per-call paths use lock.acquire()/try/finally rather than `with`: measured
+    here it costs half as much, and these paths run on every guarded call.
     """
 
     def __init__(
@@ -165,11 +192,15 @@ class CircuitBreaker:
         self._result_listeners: list[CallResultListener] = []
         self._successful = self._failed = self._ignored = self._slow = 0
         self._shadow_rejected = self._times_opened = 0
-        # Rejections are counted without the lock: next() on an itertools.count is a single C
-        # call, atomic under the GIL (threading names its threads with the same idiom). Reading
-        # the count consumes one step, so reads are counted and subtracted.
-        self._rejections = itertools.count()
-        self._rejection_reads = 0
+        self._rejections = _Tally()
+        self._reject = self._rejections.bump
+        # Quick successes (see call()) skip the lock: each is counted in a tally and its duration
+        # appended to a log (deque.append is atomic), which is settled into the window under the
+        # lock before anything reads, changes or replaces the window.
+        self._quick_successes = _Tally()
+        self._quick_bump = self._quick_successes.bump
+        self._quick_log: deque[float] = deque()
+        self._quick_until = -math.inf
         self._in_flight = 0  # bulkhead slots held
         self._override: State | None = None
         self._generation = 0
@@ -194,12 +225,6 @@ class CircuitBreaker:
             math.inf if config.slow_call_duration is None else config.slow_call_duration
         )
         self._bulkhead = config.max_concurrent_calls
-        self._refresh_quick_success_limit()
-
-    def _refresh_quick_success_limit(self) -> None:
-        # call()'s hot path handles a success quicker than this; -inf while call-result
-        # listeners exist, because the hot path does not build CallResults.
-        self._quick_success_limit = -math.inf if self._result_listeners else self._slow_threshold
 
     def update_config(self, config: BreakerConfig) -> None:
         """Apply `config` live.
@@ -213,8 +238,9 @@ class CircuitBreaker:
         with self._lock:
             old = self._config
             self._apply_config(config)
+            self._settle_quick()
             if (old.window_type, old.window_size) != (config.window_type, config.window_size):
-                self._window = self._new_window(self._clock())
+                self._set_window(self._clock())
                 self._consecutive = 0
             if self._state is not State.OPEN and self._state is not State.HALF_OPEN:
                 self._next_open_duration = config.open_duration
@@ -224,16 +250,36 @@ class CircuitBreaker:
                 )
             self._refresh_fast_path()
 
-    def _new_window(self, now: float) -> Window:
+    def _set_window(self, now: float) -> None:
+        """Start an empty window (lock held, quick successes settled)."""
         if self._config.window_type is WindowType.COUNT:
-            return CountWindow(self._config.window_size)
-        return TimeWindow(self._config.window_size, now)
+            self._window: Window = CountWindow(self._config.window_size)
+        else:
+            self._window = TimeWindow(self._config.window_size, now)
 
     def _refresh_fast_path(self) -> None:
-        # `_free_generation` is read without the lock by the hot path: the current generation
-        # when a call may go without any bookkeeping at admission, else -1.
+        """Recompute what the lock-free paths read (lock held)."""
+        # The current generation when a call may go without any bookkeeping at admission, else -1.
         free = self._state in (State.CLOSED, State.FORCED_CLOSED) and self._bulkhead is None
         self._free_generation = self._generation if free else -1
+        # A success may skip the lock only where it cannot move the state or reset anything, and
+        # no listener waits for its CallResult.
+        window = self._window
+        quick = free and not (
+            self._result_listeners or self._consecutive or window.failures or window.slow
+        )
+        self._quick_until = window.quick_until if quick else -math.inf
+
+    def _settle_quick(self) -> None:
+        """Move logged quick successes into the window and the histogram (lock held)."""
+        log = self._quick_log
+        count = len(log)
+        if count:
+            # Only settlements pop, all under the lock, so `count` items are there to take.
+            durations = list(itertools.islice(iter(log.popleft, None), count))
+            self._window.add_successes(durations)
+            if self._histogram is not None:
+                self._histogram.observe_all(durations)
 
     # ----- listeners -----------------------------------------------------------------
 
@@ -247,7 +293,7 @@ class CircuitBreaker:
         """Call `listener(CallResult)` after each finished call; returns an unsubscribe."""
         with self._lock:
             self._result_listeners = [*self._result_listeners, listener]
-            self._refresh_quick_success_limit()
+            self._refresh_fast_path()
         return lambda: self._remove_listener("_result_listeners", listener)
 
     def _remove_listener(self, attribute: str, listener: Callable[..., None]) -> None:
@@ -255,7 +301,7 @@ class CircuitBreaker:
             # Lists are replaced, never mutated, so dispatch can iterate without the lock.
             current: list[Callable[..., None]] = getattr(self, attribute)
             setattr(self, attribute, [item for item in current if item is not listener])
-            self._refresh_quick_success_limit()
+            self._refresh_fast_path()
 
     def _emit(self, transition: tuple[State, State] | None, result: CallResult | None) -> None:
         if transition is not None:
@@ -286,6 +332,7 @@ class CircuitBreaker:
     def _enter(self, state: State, now: float) -> tuple[State, State] | None:
         """Switch to `state` (lock held); returns the transition for listeners."""
         old = getattr(self, "_state", state)
+        self._settle_quick()  # into the window they were admitted for, before it changes
         self._state = state
         self._generation += 1
         self._state_since = now
@@ -307,7 +354,7 @@ class CircuitBreaker:
             # +inf while forced open, -inf whenever calls may go.
             self._open_until = math.inf if state is State.FORCED_OPEN else -math.inf
         if state is State.CLOSED:
-            self._window = self._new_window(now)
+            self._set_window(now)
             self._consecutive = 0
             self._next_open_duration = self._config.open_duration
         self._refresh_fast_path()
@@ -329,7 +376,7 @@ class CircuitBreaker:
         generation = self._free_generation
         if generation >= 0:
             return Permit(self, generation, self._clock(), False)
-        return self._acquire_locked()
+        return self._acquire_locked(self._clock())
 
     def try_acquire(self) -> Permit | None:
         """Like acquire(), but None instead of an exception."""
@@ -338,13 +385,12 @@ class CircuitBreaker:
         except CallNotPermittedError:
             return None
 
-    def _acquire_locked(self) -> Permit:
-        now = self._clock()
+    def _acquire_locked(self, now: float) -> Permit:
         open_until = self._open_until
         if now < open_until and not self._shadow:
             # The common rejection: nothing to decide, only to count.
-            next(self._rejections)
-            state = State.FORCED_OPEN if open_until == math.inf else State.OPEN
+            self._reject()
+            state = _FORCED_OPEN if open_until == _INF else _OPEN
             raise CallNotPermittedError(self.name, state, open_until - now)
         self._lock.acquire()
         try:
@@ -366,7 +412,7 @@ class CircuitBreaker:
                 denied = BulkheadFullError(self.name, state, 0.0)
             if denied is not None:
                 if not self._shadow:
-                    next(self._rejections)
+                    self._reject()
                 else:
                     self._shadow_rejected += 1
                     generation = _STALE  # admitted only in the shadow: its outcome moves nothing
@@ -401,9 +447,7 @@ class CircuitBreaker:
         if transition is not None or self._result_listeners:
             self._emit_result(transition, outcome, duration)
 
-    def _record(self, generation: int, outcome: Outcome, start: float) -> None:
-        now = self._clock()
-        duration = now - start
+    def _record(self, generation: int, outcome: Outcome, duration: float, now: float) -> None:
         self._lock.acquire()
         try:
             transition = self._count(generation, outcome, duration, now)
@@ -444,15 +488,15 @@ class CircuitBreaker:
             return None  # a stale outcome is counted but never moves the state
         state = self._state
         if state is State.CLOSED or state is State.FORCED_CLOSED:
+            self._settle_quick()
             window = self._window
-            if failed or slow:
-                window.add(failed, slow, duration, now)
-            else:
-                window.add_success(duration, now)
+            window.add(failed, slow, duration, now)
             self._consecutive = self._consecutive + 1 if failed else 0
-            if window.failures or window.slow:  # a window with neither cannot trip
-                return self._closed_verdict(now)
-            return None
+            # A window with neither failures nor slow calls cannot trip.
+            transition = self._closed_verdict(now) if window.failures or window.slow else None
+            if transition is None:
+                self._refresh_fast_path()
+            return transition
         if state is State.HALF_OPEN:
             self._half_open_in_flight -= 1
             if failed or slow:
@@ -490,7 +534,14 @@ class CircuitBreaker:
         """Run `fn(*args, **kwargs)` under the breaker; raises CallNotPermittedError if rejected."""
         generation = self._free_generation
         if generation < 0:
-            permit = self._acquire_locked()
+            now = self._clock()
+            open_until = self._open_until
+            if now < open_until and not self._shadow:
+                # _acquire_locked's fast rejection, inlined: one frame less in the traceback.
+                self._reject()
+                state = _FORCED_OPEN if open_until == _INF else _OPEN
+                raise CallNotPermittedError(self.name, state, open_until - now)
+            permit = self._acquire_locked(now)
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
@@ -503,39 +554,50 @@ class CircuitBreaker:
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self._record(generation, self._classify(exc), start)
+            now = clock()
+            self._record(generation, self._classify(exc), now - start, now)
             raise
         now = clock()
         duration = now - start
-        if duration < self._quick_success_limit:
-            # The hot path: a quick success in the generation it was admitted in.
-            self._lock.acquire()
-            try:
-                if generation == self._generation:
-                    self._successful += 1
-                    self._consecutive = 0
-                    if self._histogram is not None:
-                        self._histogram.observe(duration)
-                    window = self._window
-                    window.add_success(duration, now)
-                    if not (window.failures or window.slow):
-                        return result
-                    transition = self._closed_verdict(now)
-                else:
-                    transition = self._count(generation, _SUCCESS, duration, now)
-            finally:
-                self._lock.release()
-            if transition is not None:
-                self._emit(transition, None)
-            return result
-        self._record(generation, _SUCCESS, start)
+        # The hot path, _succeed() inlined: a quick success is logged without the lock. The
+        # generation check and the append are a few bytecodes apart; a transition slipping in
+        # between would count this success in a later window (in the totals exactly once).
+        if now < self._quick_until and duration < self._slow_threshold:
+            log = self._quick_log
+            if generation == self._generation:
+                log.append(duration)
+                if not self._quick_bump() & 0x3FF:  # every 1,024th: bounds the log
+                    self._settle_quick_locked()
+                return result
+        self._record(generation, _SUCCESS, duration, now)
         return result
+
+    def _succeed(self, generation: int, start: float) -> None:
+        """Record a success of a call admitted in `generation` at `start`."""
+        now = self._clock()
+        duration = now - start
+        if now < self._quick_until and duration < self._slow_threshold:
+            log = self._quick_log
+            if generation == self._generation:
+                log.append(duration)
+                if not self._quick_bump() & 0x3FF:
+                    self._settle_quick_locked()
+                return
+        self._record(generation, _SUCCESS, duration, now)
+
+    def _settle_quick_locked(self) -> None:
+        """Bound the quick-success log: settle it now."""
+        self._lock.acquire()
+        try:
+            self._settle_quick()
+        finally:
+            self._lock.release()
 
     async def call_async(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """Await `fn(*args, **kwargs)` under the breaker; a cancelled call is ignored."""
         generation = self._free_generation
         if generation < 0:
-            permit = self._acquire_locked()
+            permit = self._acquire_locked(self._clock())
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
@@ -547,9 +609,10 @@ class CircuitBreaker:
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            self._record(generation, self._classify(exc), start)
+            now = self._clock()
+            self._record(generation, self._classify(exc), now - start, now)
             raise
-        self._record(generation, _SUCCESS, start)
+        self._succeed(generation, start)
         return result
 
     def guard(self) -> Permit:
@@ -593,30 +656,27 @@ class CircuitBreaker:
 
     # ----- observation ---------------------------------------------------------------
 
-    def _rejected(self) -> int:
-        """Rejections so far (lock held, so reads do not race each other)."""
-        count = next(self._rejections) - self._rejection_reads
-        self._rejection_reads += 1
-        return count
-
     def snapshot(self) -> BreakerSnapshot:
         """An immutable record of the state and counters now."""
         now = self._clock()
         with self._lock:
             transition = self._half_open_if_due(now)
+            self._settle_quick()
             window = self._window
             window.expire(now)
+            self._refresh_fast_path()  # the head may have moved, failures may have expired
             calls = window.calls
             state = self._state
+            successful = self._successful + self._quick_successes.value()
             snapshot = BreakerSnapshot(
                 name=self.name,
                 state=state,
-                total=self._successful + self._failed + self._ignored,
-                successful=self._successful,
+                total=successful + self._failed + self._ignored,
+                successful=successful,
                 failed=self._failed,
                 ignored=self._ignored,
                 slow=self._slow,
-                rejected=self._rejected(),
+                rejected=self._rejections.value(),
                 shadow_rejected=self._shadow_rejected,
                 failure_rate=window.failures / calls if calls else 0.0,
                 slow_call_rate=window.slow / calls if calls else 0.0,
@@ -641,6 +701,7 @@ class CircuitBreaker:
         """
         histogram = None if buckets is None else DurationHistogram(buckets)
         with self._lock:
+            self._settle_quick()
             current = self._histogram
             if histogram is not None and current is not None and current.bounds == histogram.bounds:
                 return
@@ -649,6 +710,7 @@ class CircuitBreaker:
     def duration_histogram(self) -> HistogramSnapshot | None:
         """The duration histogram of calls that ran and were not ignored; None when off."""
         with self._lock:
+            self._settle_quick()
             return None if self._histogram is None else self._histogram.snapshot()
 
     def transition_counts(self) -> dict[tuple[State, State], int]:

@@ -9,22 +9,18 @@ from typing import Protocol
 class Window(Protocol):
     """What the breaker needs from a window: O(1) adds and running aggregates."""
 
+    calls: int
     failures: int
     slow: int
-
-    @property
-    def calls(self) -> int:
-        """Calls in the window."""
-
-    @property
-    def duration_sum(self) -> float:
-        """Total duration of the calls in the window."""
+    duration_sum: float
+    # Quick successes (see add_successes) may be logged for this window while now < quick_until.
+    quick_until: float
 
     def add(self, failed: bool, slow: bool, duration: float, now: float) -> None:
         """Record one finished call."""
 
-    def add_success(self, duration: float, now: float) -> None:
-        """Record a call that neither failed nor was slow."""
+    def add_successes(self, durations: list[float]) -> None:
+        """Record calls that neither failed nor were slow, logged since the last window call."""
 
     def expire(self, now: float) -> None:
         """Drop what has fallen out of the window by `now`."""
@@ -41,12 +37,14 @@ class CountWindow:
         "calls",
         "duration_sum",
         "failures",
+        "quick_until",
         "slow",
     )
 
     def __init__(self, size: int) -> None:
         self._size = size
-        # One small int per call: bit 0 = failed, bit 1 = slow.
+        # One small int per call: bit 0 = failed, bit 1 = slow. Unused slots hold 0 and 0.0,
+        # so evicting them subtracts nothing.
         self._codes = bytearray(size)
         self._durations = [0.0] * size
         self._next = 0
@@ -54,41 +52,42 @@ class CountWindow:
         self.failures = 0
         self.slow = 0
         self.duration_sum = 0.0
+        self.quick_until = math.inf
 
     def add(self, failed: bool, slow: bool, duration: float, now: float) -> None:
         """Record one call, evicting the oldest when full."""
         index = self._next
-        if self.calls == self._size:
-            code = self._codes[index]
-            self.failures -= code & 1
-            self.slow -= code >> 1
-            self.duration_sum -= self._durations[index]
-        else:
-            self.calls += 1
+        code = self._codes[index]
+        self.failures += failed - (code & 1)
+        self.slow += slow - (code >> 1)
+        self.duration_sum += duration - self._durations[index]
         self._codes[index] = failed | (slow << 1)
         self._durations[index] = duration
-        self.failures += failed
-        self.slow += slow
-        self.duration_sum += duration
+        if self.calls < self._size:
+            self.calls += 1
         index += 1
         self._next = 0 if index == self._size else index
 
-    def add_success(self, duration: float, now: float) -> None:
-        """add() for a call that neither failed nor was slow: the hot path, kept short."""
-        index = self._next
-        if self.calls == self._size:
-            code = self._codes[index]
-            if code:
-                self.failures -= code & 1
-                self.slow -= code >> 1
-                self._codes[index] = 0
-            self.duration_sum += duration - self._durations[index]
-        else:
-            self.calls += 1
-            self.duration_sum += duration
-        self._durations[index] = duration
-        index += 1
-        self._next = 0 if index == self._size else index
+    def add_successes(self, durations: list[float]) -> None:
+        """Record a batch of plain successes with slice operations, oldest first."""
+        size = self._size
+        if len(durations) > size:
+            durations = durations[-size:]  # the earlier ones would be evicted by the later
+        self.calls = min(size, self.calls + len(durations))
+        start = self._next
+        while durations:
+            stop = min(size, start + len(durations))
+            chunk, durations = durations[: stop - start], durations[stop - start :]
+            codes = self._codes[start:stop]
+            if codes.count(0) != len(codes):
+                both = codes.count(3)
+                self.failures -= codes.count(1) + both
+                self.slow -= codes.count(2) + both
+                self._codes[start:stop] = bytes(len(codes))
+            self.duration_sum += math.fsum(chunk) - math.fsum(self._durations[start:stop])
+            self._durations[start:stop] = chunk
+            start = 0 if stop == size else stop
+        self._next = start
 
     def expire(self, now: float) -> None:
         """Count windows never expire by time."""
@@ -97,10 +96,8 @@ class CountWindow:
 class TimeWindow:
     """The last `size` seconds, in one-second buckets tagged with their epoch second.
 
-    Buckets are cleared lazily as time moves forward, so an add costs O(1) amortised
-    and an idle gap longer than the window resets the aggregates in O(1). Quick successes
-    in the newest second only bump two counters; they are settled into that second's
-    bucket when anything else touches the window.
+    Buckets are cleared lazily as time moves forward, so an add costs O(1) amortised and an
+    idle gap longer than the window resets the aggregates in O(1).
     """
 
     __slots__ = (
@@ -109,15 +106,12 @@ class TimeWindow:
         "_epochs",
         "_failures",
         "_head",
-        "_hot_index",
-        "_hot_until",
-        "_quick",
-        "_quick_duration",
-        "_settled_calls",
-        "_settled_duration",
         "_size",
         "_slow",
+        "calls",
+        "duration_sum",
         "failures",
+        "quick_until",
         "slow",
     )
 
@@ -129,37 +123,11 @@ class TimeWindow:
         self._slow = [0] * size
         self._durations = [0.0] * size
         self._head = int(now)
-        # add_success() may count into bucket _hot_index until _hot_until: set by add() once
-        # that bucket is tagged with the newest epoch, cleared when the head moves.
-        self._hot_index = 0
-        self._hot_until = -math.inf
-        self._quick = 0
-        self._quick_duration = 0.0
-        self._settled_calls = 0
-        self._settled_duration = 0.0
+        self.quick_until = self._head + 1.0
+        self.calls = 0
         self.failures = 0
         self.slow = 0
-
-    @property
-    def calls(self) -> int:
-        """Calls in the window."""
-        return self._settled_calls + self._quick
-
-    @property
-    def duration_sum(self) -> float:
-        """Total duration of the calls in the window."""
-        return self._settled_duration + self._quick_duration
-
-    def _settle(self) -> None:
-        """Move the quick successes into the newest bucket and the aggregates."""
-        quick, duration = self._quick, self._quick_duration
-        index = self._hot_index
-        self._calls[index] += quick
-        self._durations[index] += duration
-        self._settled_calls += quick
-        self._settled_duration += duration
-        self._quick = 0
-        self._quick_duration = 0.0
+        self.duration_sum = 0.0
 
     def expire(self, now: float) -> None:
         """Move the head to `now`, dropping buckets older than the window."""
@@ -167,43 +135,26 @@ class TimeWindow:
         head = self._head
         if epoch <= head:
             return
-        if self._quick:
-            self._settle()
         size = self._size
         if epoch - head >= size:
             # Everything in the buckets is older than the window; their tags keep them from
             # being subtracted again when their slots are reused.
-            self._settled_calls = self.failures = self.slow = 0
-            self._settled_duration = 0.0
+            self.calls = self.failures = self.slow = 0
+            self.duration_sum = 0.0
         else:
             for step in range(head + 1, epoch + 1):
                 index = step % size
                 if self._epochs[index] == step - size:
-                    self._settled_calls -= self._calls[index]
+                    self.calls -= self._calls[index]
                     self.failures -= self._failures[index]
                     self.slow -= self._slow[index]
-                    self._settled_duration -= self._durations[index]
+                    self.duration_sum -= self._durations[index]
         self._head = epoch
-        self._hot_until = -math.inf
+        self.quick_until = epoch + 1.0
 
-    def add_success(self, duration: float, now: float) -> None:
-        """add() for a call that neither failed nor was slow: the hot path, kept short."""
-        if now >= self._hot_until:
-            self.add(False, False, duration, now)
-            return
-        self._quick += 1
-        self._quick_duration += duration
-
-    def add(self, failed: bool, slow: bool, duration: float, now: float) -> None:
-        """Record one call in the bucket for `now`."""
-        epoch = int(now)
-        if epoch > self._head:
-            self.expire(now)
-        else:
-            if self._quick:
-                self._settle()
-            if epoch < self._head:
-                epoch = self._head  # a late report is counted in the newest bucket, never lost
+    def _head_bucket(self) -> int:
+        """The index of the newest bucket, tagged with the head's epoch."""
+        epoch = self._head
         index = epoch % self._size
         if self._epochs[index] != epoch:
             self._epochs[index] = epoch
@@ -211,13 +162,26 @@ class TimeWindow:
             self._failures[index] = 0
             self._slow[index] = 0
             self._durations[index] = 0.0
-        self._hot_index = index
-        self._hot_until = epoch + 1.0
+        return index
+
+    def add(self, failed: bool, slow: bool, duration: float, now: float) -> None:
+        """Record one call in the bucket for `now` (a late report goes in the newest bucket)."""
+        self.expire(now)
+        index = self._head_bucket()
         self._calls[index] += 1
         self._failures[index] += failed
         self._slow[index] += slow
         self._durations[index] += duration
-        self._settled_calls += 1
+        self.calls += 1
         self.failures += failed
         self.slow += slow
-        self._settled_duration += duration
+        self.duration_sum += duration
+
+    def add_successes(self, durations: list[float]) -> None:
+        """Record a batch of plain successes logged while the head was current."""
+        index = self._head_bucket()
+        total = math.fsum(durations)
+        self._calls[index] += len(durations)
+        self._durations[index] += total
+        self.calls += len(durations)
+        self.duration_sum += total

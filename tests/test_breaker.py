@@ -463,3 +463,69 @@ def test_snapshot_fields(clock: FakeClock) -> None:
     assert snap.window_calls == 4
     assert snap.failure_rate == 0.5 and snap.slow_call_rate == 0.25
     assert snap.state_since == 1000.0
+
+
+def _ok() -> None:
+    """A call that succeeds at once."""
+
+
+def test_quick_successes_through_call_are_counted_and_expire_with_their_bucket(
+    clock: FakeClock,
+) -> None:
+    cb = make(clock, window_type=WindowType.TIME, window_size=3)
+    for _ in range(5):
+        cb.call(_ok)
+    clock.advance(1.0)
+    cb.call(_ok)
+    snap = cb.snapshot()
+    assert (snap.successful, snap.total, snap.window_calls) == (6, 6, 6)
+    clock.advance(2.0)  # the first second leaves the 3-second window
+    assert cb.snapshot().window_calls == 1
+    clock.advance(1.0)
+    assert cb.snapshot().window_calls == 0
+    assert cb.snapshot().successful == 6
+
+
+def test_a_success_through_call_can_complete_minimum_calls_and_trip(clock: FakeClock) -> None:
+    cb = make(clock, minimum_calls=4, failure_rate_threshold=0.5)
+    for _ in range(3):
+        with pytest.raises(ConnectionError):
+            cb.call(_raise, ConnectionError("down"))
+    assert cb.state is State.CLOSED  # 3 calls: below minimum_calls
+    cb.call(_ok)  # the 4th call: 75% failures
+    assert cb.state is State.OPEN
+
+
+def test_a_success_through_call_resets_the_consecutive_count(clock: FakeClock) -> None:
+    cb = make(clock, consecutive_failures=2, minimum_calls=100, window_size=100)
+    for _ in range(10):
+        cb.call(_ok)  # quick successes first: the path must close once a failure is in
+    with pytest.raises(ConnectionError):
+        cb.call(_raise, ConnectionError("down"))
+    cb.call(_ok)
+    with pytest.raises(ConnectionError):
+        cb.call(_raise, ConnectionError("down"))
+    assert cb.state is State.CLOSED
+    with pytest.raises(ConnectionError):
+        cb.call(_raise, ConnectionError("down"))
+    assert cb.state is State.OPEN
+
+
+def test_the_quick_success_log_is_settled_as_it_grows(clock: FakeClock) -> None:
+    cb = make(clock, window_type=WindowType.TIME, window_size=10)
+    for _ in range(5000):
+        cb.call(_ok)
+    assert len(cb._quick_log) < 1024  # bounded without any reader
+    assert cb.snapshot().window_calls == 5000
+
+
+def test_result_listeners_see_every_success_through_call(clock: FakeClock) -> None:
+    cb = make(clock)
+    for _ in range(3):
+        cb.call(_ok)  # before the listener: quick
+    seen: list[CallResult] = []
+    cb.on_call_result(seen.append)
+    for _ in range(4):
+        cb.call(_ok)
+    assert [result.outcome for result in seen] == [Outcome.SUCCESS] * 4
+    assert cb.snapshot().successful == 7

@@ -107,3 +107,62 @@ def test_totals_add_up_under_eight_threads() -> None:
     assert snap.total + snap.rejected == 8 * calls_per_thread
     assert snap.times_opened > 0  # the mix really did move the state around
     assert 0 <= snap.half_open_in_flight <= 2
+
+
+def test_totals_and_histogram_add_up_through_call_under_eight_threads() -> None:
+    """cb.call()'s lock-free quick successes race locked failures and transitions."""
+    cb = CircuitBreaker(
+        "stress-call",
+        BreakerConfig(
+            window_type=WindowType.COUNT,
+            window_size=20,  # failures leave it quickly, so the quick path keeps reopening
+            minimum_calls=10,
+            failure_rate_threshold=0.5,
+            consecutive_failures=5,
+            open_duration=0.0005,
+            open_duration_max=0.0005,
+            half_open_max_calls=2,
+            half_open_success_threshold=2,
+        ),
+    )
+    cb.track_durations()
+    calls_per_thread = 30_000
+    outcomes = {"ok": 0, "failed": 0, "rejected": 0}
+    lock = threading.Lock()
+
+    def boom() -> None:
+        raise ConnectionError("down")
+
+    def work(offset: int) -> None:
+        local = dict.fromkeys(outcomes, 0)
+        for index in range(calls_per_thread):
+            failing = (index + offset * 97) % 500 < 8  # bursts of failures between long runs
+            try:
+                cb.call(boom if failing else int)
+            except CallNotPermittedError:
+                local["rejected"] += 1
+            except ConnectionError:
+                local["failed"] += 1
+            else:
+                local["ok"] += 1
+        with lock:
+            for key, value in local.items():
+                outcomes[key] += value
+
+    threads = [threading.Thread(target=work, args=(offset,)) for offset in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    snap = cb.snapshot()
+    histogram = cb.duration_histogram()
+    assert histogram is not None
+    assert snap.successful == outcomes["ok"]
+    assert snap.failed == outcomes["failed"]
+    assert snap.rejected == outcomes["rejected"]
+    assert snap.total + snap.rejected == 8 * calls_per_thread
+    assert histogram.count == outcomes["ok"] + outcomes["failed"]  # every call that ran, once
+    assert snap.times_opened > 10
+    # Most successes took the lock-free path (its tally), and the snapshot settled the log.
+    assert cb._quick_successes.value() > outcomes["ok"] // 2
+    assert len(cb._quick_log) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -12,31 +13,40 @@ from hypothesis import strategies as st
 
 from meshbreaker.window import CountWindow, TimeWindow
 
-# (failed, slow, duration, seconds to advance before the call)
+# (failed, slow, duration, seconds to advance before the call, settle logged successes now)
 calls = st.lists(
     st.tuples(
         st.booleans(),
         st.booleans(),
         st.sampled_from([0.0, 0.25, 1.0]),
         st.sampled_from([0.0, 0.0, 0.3, 1.0, 2.5, 7.0, 40.0]),
+        st.booleans(),
     ),
     max_size=60,
 )
+Calls = list[tuple[bool, bool, float, float, bool]]
 
 
 @settings(max_examples=80, deadline=None)
 @given(size=st.integers(1, 8), sequence=calls)
-def test_count_window_matches_reference(
-    size: int, sequence: list[tuple[bool, bool, float, float]]
-) -> None:
+def test_count_window_matches_reference(size: int, sequence: Calls) -> None:
     window = CountWindow(size)
     reference: list[tuple[bool, bool, float]] = []
-    for failed, slow, duration, _ in sequence:
+    logged: list[float] = []  # plain successes, settled in batches as the breaker does
+    for failed, slow, duration, _, settle in sequence:
+        reference = [*reference, (failed, slow, duration)][-size:]
         if failed or slow:
+            if logged:
+                window.add_successes(logged)
+                logged = []
             window.add(failed, slow, duration, 0.0)
         else:
-            window.add_success(duration, 0.0)
-        reference = [*reference, (failed, slow, duration)][-size:]
+            logged.append(duration)
+            if not settle:
+                continue
+            window.add_successes(logged)
+            logged = []
+        assert window.quick_until == math.inf
         assert window.calls == len(reference)
         assert window.failures == sum(f for f, _, _ in reference)
         assert window.slow == sum(s for _, s, _ in reference)
@@ -45,21 +55,30 @@ def test_count_window_matches_reference(
 
 @settings(max_examples=80, deadline=None)
 @given(size=st.integers(1, 8), sequence=calls, probe=st.booleans())
-def test_time_window_matches_reference(
-    size: int, sequence: list[tuple[bool, bool, float, float]], probe: bool
-) -> None:
+def test_time_window_matches_reference(size: int, sequence: Calls, probe: bool) -> None:
     now = 1000.0
     window = TimeWindow(size, now)
     reference: list[tuple[float, bool, bool, float]] = []
-    for failed, slow, duration, advance in sequence:
+    logged: list[float] = []  # plain successes, logged while the head is current
+    for failed, slow, duration, advance, settle in sequence:
+        if now + advance >= window.quick_until and logged:
+            window.add_successes(logged)  # the breaker settles before the head can move
+            logged = []
         now += advance
         if probe:
-            window.expire(now)  # a snapshot in between must not disturb the hot path
-        if failed or slow:
+            window.expire(now)  # a snapshot in between
+        reference.append((now, failed, slow, duration))
+        if failed or slow or now >= window.quick_until:
+            if logged:
+                window.add_successes(logged)
+                logged = []
             window.add(failed, slow, duration, now)
         else:
-            window.add_success(duration, now)
-        reference.append((now, failed, slow, duration))
+            logged.append(duration)
+            if not settle:
+                continue
+            window.add_successes(logged)
+            logged = []
         # A call belongs to the one-second bucket of its epoch; the window keeps `size` buckets.
         live = [r for r in reference if int(r[0]) > int(now) - size]
         assert window.calls == len(live)
@@ -75,7 +94,7 @@ def test_time_window_idle_gap_longer_than_window_empties_it() -> None:
     assert window.calls == 10
     window.expire(25.0)
     assert (window.calls, window.failures, window.duration_sum) == (0, 0, 0.0)
-    window.add_success(0.1, 25.5)
+    window.add(False, False, 0.1, 25.5)
     window.expire(30.0)
     assert window.calls == 1  # slot reuse after the reset did not subtract stale buckets
 
@@ -109,7 +128,7 @@ def test_window_work_per_call_does_not_depend_on_its_size(kind: str) -> None:
                 if step % 3 == 0:
                     window.add(True, step % 2 == 0, 0.1, now)
                 else:
-                    window.add_success(0.1, now)
+                    window.add_successes([0.1])
                 if step % 50 == 0:
                     window.expire(now)
 
