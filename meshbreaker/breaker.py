@@ -43,27 +43,9 @@ _CLOSED: Final = State.CLOSED
 _OPEN: Final = State.OPEN
 _FORCED_OPEN: Final = State.FORCED_OPEN
 _INF: Final = math.inf
-
-
-class _Tally:
-    """A counter threads bump without a lock; its readers hold the breaker's lock.
-
-    `bump` is an itertools.count's __next__: a single C call, atomic under the GIL (threading
-    names its threads with the same idiom). Each read consumes one step, so reads are counted
-    and subtracted.
-    """
-
-    __slots__ = ("_reads", "bump")
-
-    def __init__(self) -> None:
-        self.bump = itertools.count().__next__
-        self._reads = 0
-
-    def value(self) -> int:
-        """Bumps so far (call with the breaker's lock held, so reads do not race each other)."""
-        count = self.bump() - self._reads
-        self._reads += 1
-        return count
+# Quick successes are logged for at most this long before a call settles the log under the
+# lock: it bounds the log by time, at no cost to the hot path (one comparison serves both).
+_QUICK_SLICE: Final = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,14 +174,16 @@ class CircuitBreaker:
         self._result_listeners: list[CallResultListener] = []
         self._successful = self._failed = self._ignored = self._slow = 0
         self._shadow_rejected = self._times_opened = 0
-        self._rejections = _Tally()
-        self._reject = self._rejections.bump
-        # Quick successes (see call()) skip the lock: each is counted in a tally and its duration
-        # appended to a log (deque.append is atomic), which is settled into the window under the
-        # lock before anything reads, changes or replaces the window.
-        self._quick_successes = _Tally()
-        self._quick_bump = self._quick_successes.bump
+        # Rejections are counted without the lock: next() on an itertools.count is a single C
+        # call, atomic under the GIL (threading names its threads with the same idiom). Reading
+        # the count consumes one step, so reads are counted and subtracted.
+        self._rejections = itertools.count()
+        self._rejection_reads = 0
+        # Quick successes (see call()) skip the lock: each appends its duration to a log
+        # (deque.append is atomic), settled into the counters, the window and the histogram
+        # under the lock before anything reads, changes or replaces them.
         self._quick_log: deque[float] = deque()
+        self._quick_append = self._quick_log.append
         self._quick_until = -math.inf
         self._in_flight = 0  # bulkhead slots held
         self._override: State | None = None
@@ -248,7 +232,7 @@ class CircuitBreaker:
                 self._next_open_duration = min(
                     max(self._next_open_duration, config.open_duration), config.open_duration_max
                 )
-            self._refresh_fast_path()
+            self._refresh_fast_path(self._clock())
 
     def _set_window(self, now: float) -> None:
         """Start an empty window (lock held, quick successes settled)."""
@@ -257,7 +241,7 @@ class CircuitBreaker:
         else:
             self._window = TimeWindow(self._config.window_size, now)
 
-    def _refresh_fast_path(self) -> None:
+    def _refresh_fast_path(self, now: float) -> None:
         """Recompute what the lock-free paths read (lock held)."""
         # The current generation when a call may go without any bookkeeping at admission, else -1.
         free = self._state in (State.CLOSED, State.FORCED_CLOSED) and self._bulkhead is None
@@ -268,7 +252,7 @@ class CircuitBreaker:
         quick = free and not (
             self._result_listeners or self._consecutive or window.failures or window.slow
         )
-        self._quick_until = window.quick_until if quick else -math.inf
+        self._quick_until = min(window.quick_until, now + _QUICK_SLICE) if quick else -math.inf
 
     def _settle_quick(self) -> None:
         """Move logged quick successes into the window and the histogram (lock held)."""
@@ -277,6 +261,7 @@ class CircuitBreaker:
         if count:
             # Only settlements pop, all under the lock, so `count` items are there to take.
             durations = list(itertools.islice(iter(log.popleft, None), count))
+            self._successful += count
             self._window.add_successes(durations)
             if self._histogram is not None:
                 self._histogram.observe_all(durations)
@@ -293,7 +278,7 @@ class CircuitBreaker:
         """Call `listener(CallResult)` after each finished call; returns an unsubscribe."""
         with self._lock:
             self._result_listeners = [*self._result_listeners, listener]
-            self._refresh_fast_path()
+            self._refresh_fast_path(self._clock())
         return lambda: self._remove_listener("_result_listeners", listener)
 
     def _remove_listener(self, attribute: str, listener: Callable[..., None]) -> None:
@@ -301,7 +286,7 @@ class CircuitBreaker:
             # Lists are replaced, never mutated, so dispatch can iterate without the lock.
             current: list[Callable[..., None]] = getattr(self, attribute)
             setattr(self, attribute, [item for item in current if item is not listener])
-            self._refresh_fast_path()
+            self._refresh_fast_path(self._clock())
 
     def _emit(self, transition: tuple[State, State] | None, result: CallResult | None) -> None:
         if transition is not None:
@@ -357,7 +342,7 @@ class CircuitBreaker:
             self._set_window(now)
             self._consecutive = 0
             self._next_open_duration = self._config.open_duration
-        self._refresh_fast_path()
+        self._refresh_fast_path(now)
         if old is state:
             return None
         transition = (old, state)
@@ -389,7 +374,7 @@ class CircuitBreaker:
         open_until = self._open_until
         if now < open_until and not self._shadow:
             # The common rejection: nothing to decide, only to count.
-            self._reject()
+            next(self._rejections)
             state = _FORCED_OPEN if open_until == _INF else _OPEN
             raise CallNotPermittedError(self.name, state, open_until - now)
         self._lock.acquire()
@@ -412,7 +397,7 @@ class CircuitBreaker:
                 denied = BulkheadFullError(self.name, state, 0.0)
             if denied is not None:
                 if not self._shadow:
-                    self._reject()
+                    next(self._rejections)
                 else:
                     self._shadow_rejected += 1
                     generation = _STALE  # admitted only in the shadow: its outcome moves nothing
@@ -495,7 +480,7 @@ class CircuitBreaker:
             # A window with neither failures nor slow calls cannot trip.
             transition = self._closed_verdict(now) if window.failures or window.slow else None
             if transition is None:
-                self._refresh_fast_path()
+                self._refresh_fast_path(now)
             return transition
         if state is State.HALF_OPEN:
             self._half_open_in_flight -= 1
@@ -538,7 +523,7 @@ class CircuitBreaker:
             open_until = self._open_until
             if now < open_until and not self._shadow:
                 # _acquire_locked's fast rejection, inlined: one frame less in the traceback.
-                self._reject()
+                next(self._rejections)
                 state = _FORCED_OPEN if open_until == _INF else _OPEN
                 raise CallNotPermittedError(self.name, state, open_until - now)
             permit = self._acquire_locked(now)
@@ -562,13 +547,13 @@ class CircuitBreaker:
         # The hot path, _succeed() inlined: a quick success is logged without the lock. The
         # generation check and the append are a few bytecodes apart; a transition slipping in
         # between would count this success in a later window (in the totals exactly once).
-        if now < self._quick_until and duration < self._slow_threshold:
-            log = self._quick_log
-            if generation == self._generation:
-                log.append(duration)
-                if not self._quick_bump() & 0x3FF:  # every 1,024th: bounds the log
-                    self._settle_quick_locked()
-                return result
+        if (
+            now < self._quick_until
+            and duration < self._slow_threshold
+            and generation == self._generation
+        ):
+            self._quick_append(duration)
+            return result
         self._record(generation, _SUCCESS, duration, now)
         return result
 
@@ -576,22 +561,14 @@ class CircuitBreaker:
         """Record a success of a call admitted in `generation` at `start`."""
         now = self._clock()
         duration = now - start
-        if now < self._quick_until and duration < self._slow_threshold:
-            log = self._quick_log
-            if generation == self._generation:
-                log.append(duration)
-                if not self._quick_bump() & 0x3FF:
-                    self._settle_quick_locked()
-                return
+        if (
+            now < self._quick_until
+            and duration < self._slow_threshold
+            and generation == self._generation
+        ):
+            self._quick_append(duration)
+            return
         self._record(generation, _SUCCESS, duration, now)
-
-    def _settle_quick_locked(self) -> None:
-        """Bound the quick-success log: settle it now."""
-        self._lock.acquire()
-        try:
-            self._settle_quick()
-        finally:
-            self._lock.release()
 
     async def call_async(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """Await `fn(*args, **kwargs)` under the breaker; a cancelled call is ignored."""
@@ -656,6 +633,12 @@ class CircuitBreaker:
 
     # ----- observation ---------------------------------------------------------------
 
+    def _rejected(self) -> int:
+        """Rejections so far (lock held, so reads do not race each other)."""
+        count = next(self._rejections) - self._rejection_reads
+        self._rejection_reads += 1
+        return count
+
     def snapshot(self) -> BreakerSnapshot:
         """An immutable record of the state and counters now."""
         now = self._clock()
@@ -664,10 +647,10 @@ class CircuitBreaker:
             self._settle_quick()
             window = self._window
             window.expire(now)
-            self._refresh_fast_path()  # the head may have moved, failures may have expired
+            self._refresh_fast_path(now)  # the head may have moved, failures may have expired
             calls = window.calls
             state = self._state
-            successful = self._successful + self._quick_successes.value()
+            successful = self._successful
             snapshot = BreakerSnapshot(
                 name=self.name,
                 state=state,
@@ -676,7 +659,7 @@ class CircuitBreaker:
                 failed=self._failed,
                 ignored=self._ignored,
                 slow=self._slow,
-                rejected=self._rejections.value(),
+                rejected=self._rejected(),
                 shadow_rejected=self._shadow_rejected,
                 failure_rate=window.failures / calls if calls else 0.0,
                 slow_call_rate=window.slow / calls if calls else 0.0,

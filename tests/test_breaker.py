@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 
 import pytest
 
@@ -511,12 +512,18 @@ def test_a_success_through_call_resets_the_consecutive_count(clock: FakeClock) -
     assert cb.state is State.OPEN
 
 
-def test_the_quick_success_log_is_settled_as_it_grows(clock: FakeClock) -> None:
-    cb = make(clock, window_type=WindowType.TIME, window_size=10)
-    for _ in range(5000):
+@pytest.mark.parametrize("window_type", [WindowType.TIME, WindowType.COUNT])
+def test_the_quick_success_log_is_settled_every_slice_of_time(
+    clock: FakeClock, window_type: WindowType
+) -> None:
+    cb = make(clock, window_type=window_type, window_size=3600)
+    longest = 0
+    for _ in range(3000):
         cb.call(_ok)
-    assert len(cb._quick_log) < 1024  # bounded without any reader
-    assert cb.snapshot().window_calls == 5000
+        clock.advance(0.0001)  # 100 calls per 10 ms slice
+        longest = max(longest, len(cb._quick_log))
+    assert 90 <= longest <= 101  # bounded by time without any reader
+    assert cb.snapshot().window_calls == 3000
 
 
 def test_result_listeners_see_every_success_through_call(clock: FakeClock) -> None:
@@ -529,3 +536,39 @@ def test_result_listeners_see_every_success_through_call(clock: FakeClock) -> No
         cb.call(_ok)
     assert [result.outcome for result in seen] == [Outcome.SUCCESS] * 4
     assert cb.snapshot().successful == 7
+
+
+class _CountingLock:
+    """A lock that counts its acquisitions."""
+
+    def __init__(self) -> None:
+        self.inner = threading.Lock()
+        self.acquired = 0
+
+    def acquire(self) -> bool:
+        self.acquired += 1
+        return self.inner.acquire()
+
+    def release(self) -> None:
+        self.inner.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def test_quick_successes_through_call_take_no_lock(clock: FakeClock) -> None:
+    cb = make(clock, window_type=WindowType.TIME, window_size=10)
+    lock = _CountingLock()
+    cb._lock = lock  # type: ignore[assignment]
+    cb.call(_ok)  # the first call of a fresh window may settle; the rest must not lock
+    before = lock.acquired
+    for _ in range(500):
+        cb.call(_ok)
+    assert lock.acquired == before
+    with pytest.raises(ConnectionError):
+        cb.call(_raise, ConnectionError("down"))
+    assert lock.acquired == before + 1  # a failure takes the lock once
+    assert cb.snapshot().successful == 501

@@ -163,6 +163,4 @@ def test_totals_and_histogram_add_up_through_call_under_eight_threads() -> None:
     assert snap.total + snap.rejected == 8 * calls_per_thread
     assert histogram.count == outcomes["ok"] + outcomes["failed"]  # every call that ran, once
     assert snap.times_opened > 10
-    # Most successes took the lock-free path (its tally), and the snapshot settled the log.
-    assert cb._quick_successes.value() > outcomes["ok"] // 2
-    assert len(cb._quick_log) == 0
+    assert len(cb._quick_log) == 0  # the snapshot settled everything logged
