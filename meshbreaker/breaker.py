@@ -89,7 +89,9 @@ class BreakerSnapshot:
 class Permit:
     """Leave to make one call; report how it ended exactly once (later reports are no-ops)."""
 
-    __slots__ = ("_breaker", "_done", "_generation", "_holds_slot", "_start")
+    # `_unreported` exists until the first report deletes it: deleting a slot is one C
+    # operation under the GIL, so exactly one of any number of racing reports wins, lock-free.
+    __slots__ = ("_breaker", "_generation", "_holds_slot", "_start", "_unreported")
 
     def __init__(
         self, breaker: CircuitBreaker, generation: int, start: float, holds_slot: bool
@@ -98,7 +100,7 @@ class Permit:
         self._generation = generation
         self._start = start
         self._holds_slot = holds_slot
-        self._done = False
+        self._unreported = True
 
     def success(self, duration: float | None = None) -> None:
         """The call succeeded; `duration` defaults to the time since acquire."""
@@ -133,7 +135,7 @@ class Permit:
     @property
     def done(self) -> bool:
         """Whether an outcome has been reported."""
-        return self._done
+        return not hasattr(self, "_unreported")
 
 
 def _always_failure(exc: BaseException) -> bool:
@@ -416,14 +418,23 @@ class CircuitBreaker:
     # ----- recording -----------------------------------------------------------------
 
     def _finish_permit(self, permit: Permit, outcome: Outcome, duration: float | None) -> None:
+        try:
+            del permit._unreported
+        except AttributeError:
+            return  # reported already
         now = self._clock()
         if duration is None:
             duration = now - permit._start
+        if (
+            outcome is _SUCCESS
+            and now < self._quick_until
+            and duration < self._slow_threshold
+            and permit._generation == self._generation
+        ):
+            self._quick_append(duration)  # as in call(); permits of a bulkhead never get here
+            return
         self._lock.acquire()
         try:
-            if permit._done:
-                return
-            permit._done = True
             if permit._holds_slot:
                 self._in_flight -= 1
             transition = self._count(permit._generation, outcome, duration, now)

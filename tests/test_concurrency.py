@@ -164,3 +164,26 @@ def test_totals_and_histogram_add_up_through_call_under_eight_threads() -> None:
     assert histogram.count == outcomes["ok"] + outcomes["failed"]  # every call that ran, once
     assert snap.times_opened > 10
     assert len(cb._quick_log) == 0  # the snapshot settled everything logged
+
+
+def test_racing_reports_of_one_permit_count_once() -> None:
+    cb = CircuitBreaker("once", BreakerConfig(window_type=WindowType.COUNT, window_size=10))
+    permits = [cb.acquire() for _ in range(20_000)]
+    start = threading.Barrier(4)
+
+    def report(kind: int) -> None:
+        start.wait()
+        for permit in permits:
+            if kind % 2:
+                permit.success()
+            else:
+                permit.failure()
+
+    threads = [threading.Thread(target=report, args=(kind,)) for kind in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    snap = cb.snapshot()
+    assert snap.successful + snap.failed == len(permits)
+    assert all(permit.done for permit in permits)
