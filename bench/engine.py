@@ -43,6 +43,8 @@ def _reject() -> None:
 def closed_variants() -> dict[str, Callable[[int], None]]:
     cb = CircuitBreaker("bench", BreakerConfig())
     guarded = circuit(cb)(work)
+    cb_histogram = CircuitBreaker("bench-histogram", BreakerConfig())
+    cb_histogram.track_durations()
     pb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
     cbr = circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=60)
     cbr_work = cbr.decorate(work)
@@ -53,6 +55,11 @@ def closed_variants() -> dict[str, Callable[[int], None]]:
 
     def mb_call(n: int) -> None:
         call = cb.call
+        for _ in range(n):
+            call(work)
+
+    def mb_histogram(n: int) -> None:
+        call = cb_histogram.call
         for _ in range(n):
             call(work)
 
@@ -101,6 +108,7 @@ def closed_variants() -> dict[str, Callable[[int], None]]:
     return {
         "bare": bare,
         "meshbreaker cb.call": mb_call,
+        "meshbreaker cb.call + duration histogram": mb_histogram,
         "meshbreaker @circuit": mb_decorator,
         "meshbreaker guard()": mb_guard,
         "meshbreaker acquire/success": mb_permit,
@@ -221,6 +229,9 @@ def main(quick: bool = False) -> dict[str, Any]:
             "closed @circuit / circuitbreaker": median_ratio(
                 closed, "meshbreaker @circuit", "circuitbreaker"
             ),
+            "closed cb.call histogram on / off": median_ratio(
+                closed, "meshbreaker cb.call + duration histogram", "meshbreaker cb.call"
+            ),
             "rejection / pybreaker": median_ratio(rejected, "meshbreaker OPEN", "pybreaker OPEN"),
             "rejection / circuitbreaker": median_ratio(
                 rejected, "meshbreaker OPEN", "circuitbreaker OPEN"
@@ -242,6 +253,7 @@ def main(quick: bool = False) -> dict[str, Any]:
         "targets": {
             "closed cb.call / pybreaker": 0.3,
             "closed cb.call / circuitbreaker": 0.7,
+            "closed cb.call histogram on / off": 1.2,
             "rejection / pybreaker": 0.3,
             "8 threads meshbreaker / no breaker": 0.95,
         },

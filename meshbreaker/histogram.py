@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
-from itertools import pairwise
+from itertools import pairwise, repeat
 from typing import Final
 
 from meshbreaker.errors import ConfigError
@@ -31,6 +29,8 @@ DEFAULT_BUCKETS: Final = (
     10.0,
 )
 
+MAX_BUCKETS: Final = 100  # bucket indexes must fit in a byte (see observe_all)
+
 
 def check_buckets(buckets: object) -> tuple[float, ...]:
     """The bucket bounds as a tuple, or ConfigError naming what is wrong with them."""
@@ -39,6 +39,8 @@ def check_buckets(buckets: object) -> tuple[float, ...]:
     bounds = tuple(buckets)
     if not bounds:
         raise ConfigError("buckets", "must name at least one upper bound")
+    if len(bounds) > MAX_BUCKETS:
+        raise ConfigError("buckets", f"at most {MAX_BUCKETS} bounds, got {len(bounds)}")
     for bound in bounds:
         if isinstance(bound, bool) or not isinstance(bound, (int, float)):
             raise ConfigError("buckets", f"bounds must be numbers, got {bound!r}")
@@ -88,10 +90,18 @@ class DurationHistogram:
         self.sum += duration
 
     def observe_all(self, durations: list[float]) -> None:
-        """Count many durations; bucketing and counting run in C."""
-        counts = self.counts
-        for index, count in Counter(map(partial(bisect_left, self.bounds), durations)).items():
-            counts[index] += count
+        """Count a batch of durations, with the per-item work done in C."""
+        if not durations:
+            return
+        bounds, counts = self.bounds, self.counts
+        low = bisect_left(bounds, min(durations))
+        high = bisect_left(bounds, max(durations))
+        if low == high:
+            counts[low] += len(durations)  # the usual batch: one endpoint, one latency band
+        else:
+            indexes = bytes(map(bisect_left, repeat(bounds), durations))
+            for index in range(low, high + 1):
+                counts[index] += indexes.count(index)
         self.sum += math.fsum(durations)
 
     def snapshot(self) -> HistogramSnapshot:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshbreaker import (
     BreakerConfig,
@@ -39,6 +41,7 @@ def _ticking(clock: FakeClock, seconds: float) -> object:
         ((math.nan,), "finite"),
         ((True,), "numbers"),
         (("1",), "numbers"),
+        (tuple(range(1, 102)), "at most 100"),
     ],
 )
 def test_bad_buckets_name_the_field(buckets: object, wrong: str) -> None:
@@ -135,3 +138,17 @@ def test_transition_counts_follow_every_transition(clock: FakeClock) -> None:
     }
     cb.reset()  # already CLOSED: not a transition
     assert sum(cb.transition_counts().values()) == 7
+
+
+@given(
+    durations=st.lists(
+        st.one_of(st.sampled_from([0.0, 0.01, 0.1, 1.0, 1e9]), st.floats(0.0, 2.0)), max_size=50
+    )
+)
+def test_a_batch_counts_as_the_same_durations_one_by_one(durations: list[float]) -> None:
+    one_by_one, batch = DurationHistogram((0.01, 0.1, 1.0)), DurationHistogram((0.01, 0.1, 1.0))
+    for duration in durations:
+        one_by_one.observe(duration)
+    batch.observe_all(durations)
+    assert batch.snapshot().counts == one_by_one.snapshot().counts
+    assert batch.snapshot().sum == pytest.approx(one_by_one.snapshot().sum)
