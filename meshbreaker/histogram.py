@@ -102,7 +102,7 @@ class DurationHistogram:
             indexes = bytes(map(bisect_left, repeat(bounds), durations))
             for index in range(low, high + 1):
                 counts[index] += indexes.count(index)
-        self.sum += math.fsum(durations)
+        self.sum += sum(durations)
 
     def snapshot(self) -> HistogramSnapshot:
         """An immutable copy."""

@@ -84,7 +84,7 @@ class CountWindow:
                 self.failures -= codes.count(1) + both
                 self.slow -= codes.count(2) + both
                 self._codes[start:stop] = bytes(len(codes))
-            self.duration_sum += math.fsum(chunk) - math.fsum(self._durations[start:stop])
+            self.duration_sum += sum(chunk) - sum(self._durations[start:stop])
             self._durations[start:stop] = chunk
             start = 0 if stop == size else stop
         self._next = start
@@ -180,7 +180,7 @@ class TimeWindow:
     def add_successes(self, durations: list[float]) -> None:
         """Record a batch of plain successes logged while the head was current."""
         index = self._head_bucket()
-        total = math.fsum(durations)
+        total = sum(durations)
         self._calls[index] += len(durations)
         self._durations[index] += total
         self.calls += len(durations)
