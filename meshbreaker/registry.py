@@ -20,19 +20,30 @@ _SERVICE_SELECTOR = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _OVERRIDES = (State.FORCED_OPEN, State.FORCED_CLOSED)
 
 
+def split_breaker_name(name: str) -> tuple[str, str, str]:
+    """(target, gRPC service, full method) of a gRPC breaker name; ("", "", "") for other names.
+
+    "/pkg.Svc/M" -> ("", "pkg.Svc", "/pkg.Svc/M"); "target/pkg.Svc/M" -> ("target", "pkg.Svc",
+    "/pkg.Svc/M"); "payments" -> ("", "", "").
+    """
+    parts = name.rsplit("/", 2)
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        return ("", "", "")
+    return (parts[0], parts[1], f"/{parts[1]}/{parts[2]}")
+
+
 def selectors_for(name: str) -> tuple[str, ...]:
     """The selectors that match breaker `name`, most specific first.
 
     "/pkg.Svc/M" -> ("/pkg.Svc/M", "pkg.Svc"); "target/pkg.Svc/M" -> (the name itself,
     "/pkg.Svc/M", "pkg.Svc"); any other name matches only itself.
     """
-    parts = name.rsplit("/", 2)
-    if len(parts) != 3 or not parts[1] or not parts[2]:
+    target, service, method = split_breaker_name(name)
+    if not method:
         return (name,)
-    method = f"/{parts[1]}/{parts[2]}"
-    if parts[0]:
-        return (name, method, parts[1])
-    return (method, parts[1])
+    if target:
+        return (name, method, service)
+    return (method, service)
 
 
 def validate_selector(selector: str) -> None:

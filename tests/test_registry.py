@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from meshbreaker import BreakerConfig, BreakerRegistry, ConfigError, State
-from meshbreaker.registry import selectors_for
+from meshbreaker.registry import selectors_for, split_breaker_name
 from meshbreaker.testing import FakeClock
 
 METHOD = "/bank.v1.AccountService/GetBalance"
@@ -21,6 +21,17 @@ def test_selectors_for_names() -> None:
         "bank.v1.AccountService",
     )
     assert selectors_for("payments") == ("payments",)
+
+
+def test_split_breaker_name() -> None:
+    assert split_breaker_name(METHOD) == ("", "bank.v1.AccountService", METHOD)
+    assert split_breaker_name("dns:///accounts:50051" + METHOD) == (
+        "dns:///accounts:50051",
+        "bank.v1.AccountService",
+        METHOD,
+    )
+    for other in ("payments", "a/b", "/a.B/", "//M"):
+        assert split_breaker_name(other) == ("", "", "")
 
 
 def test_get_returns_the_same_breaker(clock: FakeClock) -> None:

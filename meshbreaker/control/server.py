@@ -39,6 +39,7 @@ from meshbreaker.control.store import (
     selector_key,
 )
 from meshbreaker.errors import ConfigError
+from meshbreaker.registry import split_breaker_name
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 
@@ -161,14 +162,6 @@ class _EventBus:
     def subscribers(self) -> int:
         """How many subscriptions are open."""
         return len(self._subscribers)
-
-
-def _breaker_method(name: str) -> tuple[str, str]:
-    """("pkg.Svc", "/pkg.Svc/M") for a breaker name, with or without a target prefix."""
-    parts = name.rsplit("/", 2)
-    if len(parts) < 3:
-        return "", ""
-    return parts[1], f"/{parts[1]}/{parts[2]}"
 
 
 class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
@@ -493,7 +486,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             )
             for name, snapshot in instance.breakers.items():
                 if request.method:
-                    service, method = _breaker_method(name)
+                    _, service, method = split_breaker_name(name)
                     if request.method not in (service, method):
                         continue
                 key = (instance.service, name)
