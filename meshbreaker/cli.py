@@ -290,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds after which a silent instance is forgotten (default %(default)s)",
     )
+    serve.add_argument(
+        "--metrics-port",
+        type=_count,
+        help="serve Prometheus metrics on this HTTP port (default: off; needs [prometheus])",
+    )
+    serve.add_argument(
+        "--metrics-host", help="address for the metrics endpoint (default: the --host address)"
+    )
     serve.set_defaults(handler=_cmd_control_plane)
 
     status = commands.add_parser("status", help="breakers across the mesh")
@@ -509,6 +517,8 @@ def _cmd_control_plane(args: argparse.Namespace) -> int:
             tls_key=args.server_tls_key,
             tls_client_ca=args.tls_client_ca,
             report_ttl=args.report_ttl,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
         )
     return 0
 

@@ -39,9 +39,9 @@ from google.protobuf import json_format
 from meshbreaker.config import State
 from meshbreaker.control.convert import (
     ResolvedPolicies,
+    breaker_to_proto,
     check_caller,
     policies_for,
-    snapshots_to_proto,
 )
 from meshbreaker.errors import ConfigError, MeshbreakerError
 from meshbreaker.registry import BreakerRegistry
@@ -562,7 +562,8 @@ class MeshAgent:
     def _build_reports(self) -> list[pb.ReportStateRequest]:
         """One report; beyond MAX_BREAKERS_PER_REPORT breakers, a full one and merged parts."""
         now = self._clock()
-        snapshots = snapshots_to_proto(self.registry.snapshots(), now)
+        breakers = sorted(self.registry, key=lambda breaker: breaker.name)
+        snapshots = [breaker_to_proto(breaker, now) for breaker in breakers]
         requests = []
         for start in range(0, max(1, len(snapshots)), MAX_BREAKERS_PER_REPORT):
             request = pb.ReportStateRequest(

@@ -7,21 +7,26 @@ agent can NACK with it.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Protocol
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
+from meshbreaker.breaker import CircuitBreaker
 from meshbreaker.config import BreakerConfig, Mode, State, WindowType
 from meshbreaker.errors import ConfigError
+from meshbreaker.histogram import HistogramSnapshot
 from meshbreaker.v1 import control_plane_pb2 as pb
 
 MAX_CODES = 32
 MAX_DESCRIPTION_LENGTH = 1024
 MAX_NAME_LENGTH = 512
+MAX_HISTOGRAM_BOUNDS = 64
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -440,8 +445,17 @@ def state_from_proto(value: int) -> State | None:
     return _STATE_FROM_PROTO.get(value)
 
 
-def snapshot_to_proto(snapshot: SnapshotLike, now: float) -> pb.BreakerSnapshot:
-    """The report message for a breaker snapshot; `now` is the breaker clock's current reading."""
+def snapshot_to_proto(
+    snapshot: SnapshotLike,
+    now: float,
+    transitions: Mapping[tuple[State, State], int] | None = None,
+    histogram: HistogramSnapshot | None = None,
+) -> pb.BreakerSnapshot:
+    """The report message for a breaker snapshot; `now` is the breaker clock's current reading.
+
+    `transitions` and `histogram` are what the breaker's transition_counts() and
+    duration_histogram() return.
+    """
     message = pb.BreakerSnapshot(
         name=snapshot.name,
         state=_STATE_TO_PROTO[snapshot.state],
@@ -464,9 +478,78 @@ def snapshot_to_proto(snapshot: SnapshotLike, now: float) -> pb.BreakerSnapshot:
     )
     if snapshot.open_until is not None:
         message.open_remaining = max(0.0, snapshot.open_until - now)
+    if transitions:
+        message.transitions.extend(
+            pb.TransitionCount(
+                from_state=_STATE_TO_PROTO[old], to_state=_STATE_TO_PROTO[new], count=count
+            )
+            for (old, new), count in sorted(transitions.items())
+        )
+    if histogram is not None:
+        message.duration_histogram.bounds.extend(histogram.bounds)
+        message.duration_histogram.counts.extend(histogram.counts)
+        message.duration_histogram.sum = histogram.sum
     return message
 
 
-def snapshots_to_proto(snapshots: Sequence[SnapshotLike], now: float) -> list[pb.BreakerSnapshot]:
-    """snapshot_to_proto for each snapshot."""
-    return [snapshot_to_proto(snapshot, now) for snapshot in snapshots]
+def breaker_to_proto(breaker: CircuitBreaker, now: float) -> pb.BreakerSnapshot:
+    """The report message for a breaker: its snapshot, transition counts and histogram."""
+    return snapshot_to_proto(
+        breaker.snapshot(), now, breaker.transition_counts(), breaker.duration_histogram()
+    )
+
+
+def transitions_from_proto(
+    messages: Iterable[pb.TransitionCount],
+) -> dict[tuple[State, State], int]:
+    """{(from, to): count} for reported transitions (unknown states are left out)."""
+    result = {}
+    for message in messages:
+        old = _STATE_FROM_PROTO.get(message.from_state)
+        new = _STATE_FROM_PROTO.get(message.to_state)
+        if old is not None and new is not None:
+            result[(old, new)] = message.count
+    return result
+
+
+def histogram_from_proto(message: pb.BreakerSnapshot) -> HistogramSnapshot | None:
+    """The reported duration histogram, or None when the report has none."""
+    if not message.HasField("duration_histogram"):
+        return None
+    histogram = message.duration_histogram
+    return HistogramSnapshot(tuple(histogram.bounds), tuple(histogram.counts), histogram.sum)
+
+
+def check_transitions(messages: Sequence[pb.TransitionCount], path: str) -> None:
+    """Raise ConfigError (naming `path[i]`) unless every entry is a distinct real transition."""
+    seen = set()
+    for index, message in enumerate(messages):
+        pair = (message.from_state, message.to_state)
+        if pair[0] not in _STATE_FROM_PROTO or pair[1] not in _STATE_FROM_PROTO:
+            raise ConfigError(f"{path}[{index}]", "states must be known and set")
+        if pair[0] == pair[1]:
+            raise ConfigError(f"{path}[{index}]", "from_state and to_state must differ")
+        if pair in seen:
+            raise ConfigError(f"{path}[{index}]", "the same transition is listed twice")
+        if message.count < 0:
+            raise ConfigError(f"{path}[{index}].count", "must be >= 0")
+        seen.add(pair)
+
+
+def check_histogram(message: pb.DurationHistogram, path: str) -> None:
+    """Raise ConfigError (naming the field under `path`) unless the histogram is well formed."""
+    bounds = message.bounds
+    if not 1 <= len(bounds) <= MAX_HISTOGRAM_BOUNDS:
+        raise ConfigError(f"{path}.bounds", f"must hold 1..{MAX_HISTOGRAM_BOUNDS} bounds")
+    # Every comparison with NaN is False, so NaN is refused along with the rest.
+    if not (bounds[0] > 0.0 and bounds[-1] < math.inf) or not all(
+        earlier < later for earlier, later in pairwise(bounds)
+    ):
+        raise ConfigError(f"{path}.bounds", "must be finite, > 0 and strictly increasing")
+    counts = message.counts
+    if len(counts) != len(bounds) + 1:
+        raise ConfigError(f"{path}.counts", "must hold one count per bound plus one for +Inf")
+    if min(counts) < 0:
+        raise ConfigError(f"{path}.counts", "must be >= 0")
+    if not 0.0 <= message.sum < math.inf:
+        raise ConfigError(f"{path}.sum", "must be a finite number >= 0")

@@ -10,15 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib.util
 import logging
 import math
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -42,6 +51,9 @@ from meshbreaker.errors import ConfigError
 from meshbreaker.registry import split_breaker_name
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from meshbreaker.metrics.prometheus import MetricsServer
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +140,29 @@ class _Instance:
     breakers: dict[str, pb.BreakerSnapshot] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class InstanceView:
+    """One live instance in a MeshView."""
+
+    instance_id: str
+    service: str
+    report_age: float
+    applied_revision: int
+    nacking: bool
+    breakers: Mapping[str, pb.BreakerSnapshot]
+
+
+@dataclass(frozen=True)
+class MeshView:
+    """The control plane's state at one instant, for its metrics."""
+
+    revision: int
+    watch_streams: int  # open WatchConfig streams: connected agents
+    reports_received: int  # ReportState calls accepted
+    nacks_received: int  # NACKs, each counted once however often an instance repeats it
+    instances: tuple[InstanceView, ...]
+
+
 class _EventBus:
     """Fan-out of events to WatchEvents subscribers; a slow subscriber loses its oldest events."""
 
@@ -193,6 +228,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         self._writes: set[asyncio.Future[Any]] = set()
         self._instances: dict[str, _Instance] = {}
         self._last_sweep = -math.inf
+        self._watch_streams = 0
+        self._reports_received = 0
+        self._nacks_received = 0
         self.events = _EventBus(limits.event_queue_size, wall_clock)
 
     @property
@@ -350,16 +388,20 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         seen_change = -1
         last_sent: tuple[tuple[str, int], ...] | None = None
-        while True:
-            async with self._changed:
-                while self._changes == seen_change:
-                    await self._changed.wait()
-                seen_change = self._changes
-                snapshot = self._snapshot(caller)
-            key = tuple((policy.id, policy.revision) for policy in snapshot.policies)
-            if key != last_sent:
-                last_sent = key
-                yield snapshot
+        self._watch_streams += 1
+        try:
+            while True:
+                async with self._changed:
+                    while self._changes == seen_change:
+                        await self._changed.wait()
+                    seen_change = self._changes
+                    snapshot = self._snapshot(caller)
+                key = tuple((policy.id, policy.revision) for policy in snapshot.policies)
+                if key != last_sent:
+                    last_sent = key
+                    yield snapshot
+        finally:
+            self._watch_streams -= 1
 
     # -- reports ---------------------------------------------------------------------------
 
@@ -394,6 +436,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             if not 0.0 <= breaker.mean_duration < math.inf:
                 raise ConfigError(
                     f"breakers[{index}].mean_duration", "must be a finite number >= 0"
+                )
+            if breaker.transitions:
+                convert.check_transitions(breaker.transitions, f"breakers[{index}].transitions")
+            if breaker.HasField("duration_histogram"):
+                convert.check_histogram(
+                    breaker.duration_histogram, f"breakers[{index}].duration_histogram"
                 )
         if request.HasField("nack") and len(request.nack.reason) > 4096:
             raise ConfigError("nack.reason", "at most 4096 characters")
@@ -438,9 +486,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                     )
                 )
             current[name] = breaker
-        instance.breakers = current
+        instance.breakers = current  # never mutated once set: mesh_view() hands it out
         if request.HasField("nack"):
             if instance.nack != request.nack:
+                self._nacks_received += 1
                 self.events.publish(
                     pb.Event(
                         nack=pb.ConfigNack(
@@ -453,6 +502,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             instance.nack = request.nack
         else:
             instance.nack = None
+        self._reports_received += 1
         return pb.ReportStateResponse(revision=self._revision, report_ttl=self._report_ttl_message)
 
     @_abort_on_refusal
@@ -518,6 +568,34 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             group.slow_call_rate /= group.instances
             response.groups.append(group)
         return response
+
+    def mesh_view(self) -> MeshView:
+        """What the control plane knows now, for its /metrics (call it on the server's loop).
+
+        Live instances only (expired ones are swept first). Every handler that changes this
+        state runs on the loop, so a call there reads it whole; the breaker maps handed out are
+        never mutated afterwards (a report installs a new one).
+        """
+        now = self._clock()
+        self._expire(now)
+        instances = tuple(
+            InstanceView(
+                instance_id=instance.instance_id,
+                service=instance.service,
+                report_age=now - instance.last_seen,
+                applied_revision=instance.applied_revision,
+                nacking=instance.nack is not None,
+                breakers=instance.breakers,
+            )
+            for instance in sorted(self._instances.values(), key=lambda i: i.instance_id)
+        )
+        return MeshView(
+            revision=self._revision,
+            watch_streams=self._watch_streams,
+            reports_received=self._reports_received,
+            nacks_received=self._nacks_received,
+            instances=instances,
+        )
 
     # -- policies --------------------------------------------------------------------------
 
@@ -667,6 +745,11 @@ def _forced_policy_id(selector: convert.Selector) -> str:
     return f"force.{caller}.{target}"[:128]
 
 
+def _check_port(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigError(name, "must be an integer in 0..65535")
+
+
 def _read_pem(source: PemSource | None, name: str) -> bytes | None:
     if source is None:
         return None
@@ -686,7 +769,11 @@ def _read_pem(source: PemSource | None, name: str) -> bytes | None:
 
 
 class ControlPlaneServer:
-    """A control-plane server: `await start()`, `.port`, `await stop()`; or `async with`."""
+    """A control-plane server: `await start()`, `.port`, `await stop()`; or `async with`.
+
+    With `metrics_port` set, it also serves Prometheus metrics over HTTP on `metrics_host`
+    (default: `host`), port 0 picking one (see `.metrics_port`); needs the `prometheus` extra.
+    """
 
     def __init__(
         self,
@@ -704,13 +791,20 @@ class ControlPlaneServer:
         wall_clock: Callable[[], float] = time.time,
         limits: Limits | None = None,
         close_store: bool = False,
+        metrics_port: int | None = None,
+        metrics_host: str | None = None,
     ) -> None:
         if isinstance(report_ttl, bool) or not isinstance(report_ttl, (int, float)):
             raise ConfigError("report_ttl", "must be a number of seconds")
         if not math.isfinite(report_ttl) or report_ttl <= 0:
             raise ConfigError("report_ttl", "must be > 0")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ConfigError("port", "must be an integer in 0..65535")
+        _check_port("port", port)
+        if metrics_port is not None:
+            _check_port("metrics_port", metrics_port)
+        if metrics_port is not None and importlib.util.find_spec("prometheus_client") is None:
+            raise ConfigError(
+                "metrics_port", "needs prometheus_client: install meshbreaker[prometheus]"
+            )
         if (tls_cert is None) != (tls_key is None):
             raise ConfigError("tls_key", "tls_cert and tls_key go together")
         if tls_client_ca is not None and tls_cert is None:
@@ -731,6 +825,9 @@ class ControlPlaneServer:
         self._health: HealthServicer | None = None
         self._servicer: ControlPlaneServicer | None = None
         self._port = 0
+        self._requested_metrics_port = metrics_port
+        self.metrics_host = metrics_host or host
+        self._metrics: MetricsServer | None = None
 
     @property
     def port(self) -> int:
@@ -743,6 +840,13 @@ class ControlPlaneServer:
     def target(self) -> str:
         """ "host:port" to dial."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The bound metrics port, or None when metrics are off."""
+        if self._server is None:
+            raise RuntimeError("the server is not started")
+        return None if self._metrics is None else self._metrics.port
 
     @property
     def servicer(self) -> ControlPlaneServicer:
@@ -800,6 +904,23 @@ class ControlPlaneServer:
         if port == 0:
             servicer.close()
             raise OSError(f"cannot bind the control plane to {address} (address in use?)")
+        if self._requested_metrics_port is not None:
+            from meshbreaker.control.metrics import start_control_plane_metrics
+
+            try:
+                self._metrics = start_control_plane_metrics(
+                    servicer,
+                    asyncio.get_running_loop(),
+                    self._requested_metrics_port,
+                    self.metrics_host,
+                )
+            except OSError as error:
+                await server.stop(None)
+                servicer.close()
+                metrics_address = f"{self.metrics_host}:{self._requested_metrics_port}"
+                raise OSError(
+                    f"cannot bind the metrics endpoint to {metrics_address}: {error.strerror}"
+                ) from error
         await server.start()
         serving = health_pb2.HealthCheckResponse.SERVING
         await health.set("", serving)
@@ -808,12 +929,18 @@ class ControlPlaneServer:
         logger.info(
             "control plane serving on %s:%d (revision %d)", self.host, port, servicer.revision
         )
+        if self._metrics is not None:
+            logger.info("control plane metrics on %s", self._metrics.url)
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop serving (open streams are cancelled after `grace` seconds); idempotent."""
         server, self._server = self._server, None
         if server is None:
             return
+        metrics, self._metrics = self._metrics, None
+        if metrics is not None:
+            # Its shutdown waits out the HTTP server's poll interval (up to 0.5 s): not on the loop.
+            await asyncio.get_running_loop().run_in_executor(None, metrics.close)
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         await server.stop(grace)
@@ -851,11 +978,15 @@ async def serve(
     report_ttl: float = 30.0,
     clock: Callable[[], float] = time.monotonic,
     limits: Limits | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str | None = None,
 ) -> ControlPlaneServer:
     """Start a control plane in the running event loop and return it (stop it with `.stop()`).
 
     `db` is the SQLite file, used unless a `store` is given. TLS material is a file path or PEM
     bytes; `tls_client_ca` turns on mutual TLS. Port 0 picks a free port (see `.port`).
+    `metrics_port` serves Prometheus metrics on http://metrics_host:metrics_port/metrics
+    (`metrics_host` defaults to `host`; port 0 picks one, see `.metrics_port`).
     """
     own_store = store is None
     the_store = store if store is not None else SqliteStore(db)
@@ -873,6 +1004,8 @@ async def serve(
             clock=clock,
             limits=limits,
             close_store=own_store,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
         await server.start()
     except BaseException:

@@ -704,6 +704,8 @@ class BreakerSnapshot(_message.Message):
     TIMES_OPENED_FIELD_NUMBER: _builtins.int
     HALF_OPEN_IN_FLIGHT_FIELD_NUMBER: _builtins.int
     HALF_OPEN_SUCCESSES_FIELD_NUMBER: _builtins.int
+    TRANSITIONS_FIELD_NUMBER: _builtins.int
+    DURATION_HISTOGRAM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"/pkg.Svc/Method" or "<target>/pkg.Svc/Method" """
     state: Global___BreakerState.ValueType
@@ -729,6 +731,14 @@ class BreakerSnapshot(_message.Message):
     times_opened: _builtins.int
     half_open_in_flight: _builtins.int
     half_open_successes: _builtins.int
+    @_builtins.property
+    def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransitionCount]:
+        """Lifetime count of each (from, to) transition that happened at least once."""
+
+    @_builtins.property
+    def duration_histogram(self) -> Global___DurationHistogram:
+        """Call durations; absent when the process keeps no duration histogram."""
+
     def __init__(
         self,
         *,
@@ -751,16 +761,83 @@ class BreakerSnapshot(_message.Message):
         times_opened: _builtins.int = ...,
         half_open_in_flight: _builtins.int = ...,
         half_open_successes: _builtins.int = ...,
+        transitions: _abc.Iterable[Global___TransitionCount] | None = ...,
+        duration_histogram: Global___DurationHistogram | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_open_remaining", b"_open_remaining", "open_remaining", b"open_remaining"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_open_remaining", b"_open_remaining", "duration_histogram", b"duration_histogram", "open_remaining", b"open_remaining"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_open_remaining", b"_open_remaining", "consecutive_failures", b"consecutive_failures", "failed", b"failed", "failure_rate", b"failure_rate", "half_open_in_flight", b"half_open_in_flight", "half_open_successes", b"half_open_successes", "ignored", b"ignored", "mean_duration", b"mean_duration", "name", b"name", "open_remaining", b"open_remaining", "rejected", b"rejected", "shadow_rejected", b"shadow_rejected", "slow", b"slow", "slow_call_rate", b"slow_call_rate", "state", b"state", "state_age", b"state_age", "successful", b"successful", "times_opened", b"times_opened", "total", b"total", "window_calls", b"window_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_open_remaining", b"_open_remaining", "consecutive_failures", b"consecutive_failures", "duration_histogram", b"duration_histogram", "failed", b"failed", "failure_rate", b"failure_rate", "half_open_in_flight", b"half_open_in_flight", "half_open_successes", b"half_open_successes", "ignored", b"ignored", "mean_duration", b"mean_duration", "name", b"name", "open_remaining", b"open_remaining", "rejected", b"rejected", "shadow_rejected", b"shadow_rejected", "slow", b"slow", "slow_call_rate", b"slow_call_rate", "state", b"state", "state_age", b"state_age", "successful", b"successful", "times_opened", b"times_opened", "total", b"total", "transitions", b"transitions", "window_calls", b"window_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__open_remaining: _TypeAlias = _typing.Literal["open_remaining"]  # noqa: Y015
     _WhichOneofArgType__open_remaining: _TypeAlias = _typing.Literal["_open_remaining", b"_open_remaining"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__open_remaining) -> _WhichOneofReturnType__open_remaining | None: ...
 
 Global___BreakerSnapshot: _TypeAlias = BreakerSnapshot  # noqa: Y015
+
+@_typing.final
+class TransitionCount(_message.Message):
+    """How many times a breaker went from one state to another."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_STATE_FIELD_NUMBER: _builtins.int
+    TO_STATE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    from_state: Global___BreakerState.ValueType
+    to_state: Global___BreakerState.ValueType
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        from_state: Global___BreakerState.ValueType = ...,
+        to_state: Global___BreakerState.ValueType = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "from_state", b"from_state", "to_state", b"to_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransitionCount: _TypeAlias = TransitionCount  # noqa: Y015
+
+@_typing.final
+class DurationHistogram(_message.Message):
+    """Durations (seconds) of the calls that ran and were not ignored, in Prometheus-style buckets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOUNDS_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    SUM_FIELD_NUMBER: _builtins.int
+    sum: _builtins.float
+    """of every duration counted"""
+    @_builtins.property
+    def bounds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Upper bounds, strictly increasing, finite and > 0 (at most 64); a duration equal to a bound
+        falls in that bound's bucket.
+        """
+
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """len(bounds) + 1 counts, not cumulative: counts[i] fell in (bounds[i-1], bounds[i]]; the last
+        one counts durations above every bound (+Inf).
+        """
+
+    def __init__(
+        self,
+        *,
+        bounds: _abc.Iterable[_builtins.float] | None = ...,
+        counts: _abc.Iterable[_builtins.int] | None = ...,
+        sum: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bounds", b"bounds", "counts", b"counts", "sum", b"sum"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DurationHistogram: _TypeAlias = DurationHistogram  # noqa: Y015
 
 @_typing.final
 class Nack(_message.Message):

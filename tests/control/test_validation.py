@@ -224,6 +224,14 @@ def _bad_calls(stub: pb_grpc.ControlPlaneStub) -> list[tuple[str, Callable[[], A
         fields.setdefault("state", pb.BREAKER_STATE_CLOSED)
         return [pb.BreakerSnapshot(**fields)]
 
+    def transition(old: int, new: int, count: int = 1) -> pb.TransitionCount:
+        return pb.TransitionCount(from_state=old, to_state=new, count=count)  # type: ignore[arg-type]
+
+    def histogram(
+        bounds: list[float], counts: list[int], total: float = 0.0
+    ) -> pb.DurationHistogram:
+        return pb.DurationHistogram(bounds=bounds, counts=counts, sum=total)
+
     selector = pb.Selector(service="a.A")
     return [
         ("get config, no service", lambda: stub.GetConfig(pb.GetConfigRequest()), "service"),
@@ -250,6 +258,66 @@ def _bad_calls(stub: pb_grpc.ControlPlaneStub) -> list[tuple[str, Callable[[], A
             "report, NaN duration",
             report(breakers=breaker(mean_duration=math.nan)),
             "breakers[0].mean_duration",
+        ),
+        (
+            "report, transition to the same state",
+            report(breakers=breaker(transitions=[transition(1, 1)])),
+            "breakers[0].transitions[0]",
+        ),
+        (
+            "report, transition listed twice",
+            report(breakers=breaker(transitions=[transition(1, 2), transition(1, 2)])),
+            "breakers[0].transitions[1]",
+        ),
+        (
+            "report, transition from an unset state",
+            report(breakers=breaker(transitions=[transition(0, 2)])),
+            "breakers[0].transitions[0]",
+        ),
+        (
+            "report, negative transition count",
+            report(breakers=breaker(transitions=[transition(1, 2, -1)])),
+            "breakers[0].transitions[0].count",
+        ),
+        (
+            "report, histogram bounds not increasing",
+            report(breakers=breaker(duration_histogram=histogram([0.5, 0.5], [0, 0, 0]))),
+            "breakers[0].duration_histogram.bounds",
+        ),
+        (
+            "report, histogram bound NaN",
+            report(breakers=breaker(duration_histogram=histogram([math.nan], [0, 0]))),
+            "breakers[0].duration_histogram.bounds",
+        ),
+        (
+            "report, histogram bound infinite",
+            report(breakers=breaker(duration_histogram=histogram([1.0, math.inf], [0, 0, 0]))),
+            "breakers[0].duration_histogram.bounds",
+        ),
+        (
+            "report, histogram without bounds",
+            report(breakers=breaker(duration_histogram=histogram([], [3]))),
+            "breakers[0].duration_histogram.bounds",
+        ),
+        (
+            "report, histogram with too many bounds",
+            report(breakers=breaker(duration_histogram=histogram(list(range(1, 66)), [0] * 66))),
+            "breakers[0].duration_histogram.bounds",
+        ),
+        (
+            "report, histogram counts short of +Inf",
+            report(breakers=breaker(duration_histogram=histogram([0.1, 1.0], [1, 2]))),
+            "breakers[0].duration_histogram.counts",
+        ),
+        (
+            "report, negative histogram count",
+            report(breakers=breaker(duration_histogram=histogram([0.1], [1, -1]))),
+            "breakers[0].duration_histogram.counts",
+        ),
+        (
+            "report, negative histogram sum",
+            report(breakers=breaker(duration_histogram=histogram([0.1], [1, 0], -0.5))),
+            "breakers[0].duration_histogram.sum",
         ),
         (
             "list breakers, bad method",
@@ -439,3 +507,28 @@ def test_snapshot_to_proto_makes_times_relative(clock: FakeClock) -> None:
     assert not closed.HasField("open_remaining")
     assert convert.state_from_proto(message.state) is State.OPEN
     assert convert.state_from_proto(pb.BREAKER_STATE_UNSPECIFIED) is None
+
+
+def test_breaker_to_proto_carries_transitions_and_the_histogram(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(
+        "/a.A/Get",
+        BreakerConfig(consecutive_failures=1, open_duration=10.0, open_jitter=0.0),
+        clock=clock,
+    )
+    message = convert.breaker_to_proto(breaker, clock())
+    assert not message.transitions and not message.HasField("duration_histogram")
+    assert convert.histogram_from_proto(message) is None
+    breaker.track_durations((0.1, 1.0))
+    breaker.acquire().failure(0.5)
+    clock.advance(10)
+    breaker.acquire().success(0.05)  # the first probe: HALF_OPEN, waiting for more
+    message = convert.breaker_to_proto(breaker, clock())
+    assert message.state == pb.BREAKER_STATE_HALF_OPEN
+    assert convert.transitions_from_proto(message.transitions) == {
+        (State.CLOSED, State.OPEN): 1,
+        (State.OPEN, State.HALF_OPEN): 1,
+    }
+    assert list(message.duration_histogram.counts) == [1, 1, 0]
+    assert convert.histogram_from_proto(message) == breaker.duration_histogram()
+    convert.check_transitions(message.transitions, "transitions")  # well formed: no error
+    convert.check_histogram(message.duration_histogram, "duration_histogram")

@@ -1,0 +1,140 @@
+"""The control plane's /metrics: every live instance's breakers as last reported, and its health.
+
+Needs the `prometheus` extra; the server imports this module only when a metrics port is set.
+Scrapes run on prometheus_client's HTTP threads while the server's state lives on its asyncio
+loop, so a scrape asks the loop for a `MeshView` (one short, await-free call there) and builds
+the families from that copy on its own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import CollectorRegistry
+
+from meshbreaker.control.convert import (
+    histogram_from_proto,
+    state_from_proto,
+    transitions_from_proto,
+)
+from meshbreaker.metrics.prometheus import (
+    BreakerRow,
+    MetricsServer,
+    breaker_families,
+    start_metrics_server,
+)
+from meshbreaker.registry import split_breaker_name
+
+if TYPE_CHECKING:
+    from meshbreaker.control.server import ControlPlaneServicer, MeshView
+
+# The caller service and instance come first; "service" is the caller here (as everywhere in the
+# control plane), so the called gRPC service parsed from the breaker name is "grpc_service".
+MESH_LABELS = ("service", "instance", "breaker", "target", "grpc_service", "method")
+
+
+class ControlPlaneCollector:
+    """A prometheus_client collector over a running ControlPlaneServicer."""
+
+    def __init__(
+        self,
+        servicer: ControlPlaneServicer,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        timeout: float = 5.0,
+    ) -> None:
+        self._servicer = servicer
+        self._loop = loop
+        self._timeout = timeout
+
+    def _view(self) -> MeshView:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            return self._servicer.mesh_view()  # called on the loop itself: waiting would deadlock
+
+        async def read() -> MeshView:
+            return self._servicer.mesh_view()
+
+        return asyncio.run_coroutine_threadsafe(read(), self._loop).result(self._timeout)
+
+    def collect(self) -> Iterator[Metric]:
+        """The meshbreaker_* families per instance, then the control plane's own gauges."""
+        view = self._view()
+        rows = []
+        for instance in view.instances:
+            for name, snapshot in sorted(instance.breakers.items()):
+                state = state_from_proto(snapshot.state)
+                if state is None:  # refused when reported; kept out all the same
+                    continue
+                rows.append(
+                    BreakerRow(
+                        (instance.service, instance.instance_id, name, *split_breaker_name(name)),
+                        state,
+                        snapshot,
+                        transitions_from_proto(snapshot.transitions),
+                        histogram_from_proto(snapshot),
+                    )
+                )
+        durations = any(row.histogram is not None for row in rows)
+        yield from breaker_families(MESH_LABELS, rows, durations=durations)
+        yield from _health_families(view)
+
+
+def _health_families(view: MeshView) -> list[Metric]:
+    prefix = "meshbreaker_control_plane"
+    watch_streams = GaugeMetricFamily(
+        f"{prefix}_watch_streams", "Open WatchConfig streams (connected agents)"
+    )
+    watch_streams.add_metric([], view.watch_streams)
+    revision = GaugeMetricFamily(f"{prefix}_revision", "The policy store revision")
+    revision.add_metric([], view.revision)
+    reports = CounterMetricFamily(f"{prefix}_reports", "ReportState calls accepted")
+    reports.add_metric([], view.reports_received)
+    nacks = CounterMetricFamily(
+        f"{prefix}_nacks", "Config snapshots rejected by an instance (each NACK counted once)"
+    )
+    nacks.add_metric([], view.nacks_received)
+    instances = GaugeMetricFamily(
+        f"{prefix}_instances", "Live (reporting) instances per caller service", labels=["service"]
+    )
+    nacking = GaugeMetricFamily(
+        f"{prefix}_instances_nacking",
+        "Live instances whose latest config snapshot was rejected, per caller service",
+        labels=["service"],
+    )
+    report_age = GaugeMetricFamily(
+        f"{prefix}_report_age_seconds",
+        "Seconds since the instance last reported",
+        labels=["service", "instance"],
+    )
+    applied = GaugeMetricFamily(
+        f"{prefix}_applied_revision",
+        "The store revision of the policies the instance has applied (0 = none)",
+        labels=["service", "instance"],
+    )
+    per_service: dict[str, list[int]] = {}
+    for instance in view.instances:
+        counts = per_service.setdefault(instance.service, [0, 0])
+        counts[0] += 1
+        counts[1] += instance.nacking
+        report_age.add_metric([instance.service, instance.instance_id], instance.report_age)
+        applied.add_metric([instance.service, instance.instance_id], instance.applied_revision)
+    for service, (live, nacks_now) in sorted(per_service.items()):
+        instances.add_metric([service], live)
+        nacking.add_metric([service], nacks_now)
+    return [watch_streams, revision, reports, nacks, instances, nacking, report_age, applied]
+
+
+def start_control_plane_metrics(
+    servicer: ControlPlaneServicer, loop: asyncio.AbstractEventLoop, port: int, host: str
+) -> MetricsServer:
+    """Serve the control plane's metrics on http://host:port/metrics (own registry)."""
+    registry = CollectorRegistry()
+    registry.register(ControlPlaneCollector(servicer, loop))
+    return start_metrics_server(port, host, registry)
