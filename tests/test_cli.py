@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+from scrape_support import Scrape
 
 from meshbreaker.cli import format_table, main
 from meshbreaker.config import BreakerConfig, State
@@ -448,12 +449,12 @@ def free_port() -> int:
 
 
 def test_control_plane_command_serves_until_interrupted(tmp_path: Path) -> None:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     db = tmp_path / "served.db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [str(CONSOLE_SCRIPT), "control-plane", "--port", str(port), "--db", str(db),
-         "--admin-token", "t0k", "--report-ttl", "5"],
+         "--admin-token", "t0k", "--report-ttl", "5", "--metrics-port", str(metrics_port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     try:
@@ -472,11 +473,14 @@ def test_control_plane_command_serves_until_interrupted(tmp_path: Path) -> None:
         ]
         assert wait_until(lambda: main([*put]) == 0, timeout=10.0)
         assert db.exists()
+        page = Scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert page.one("meshbreaker_control_plane_revision") == 1.0
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=10)
     assert process.returncode == 0, output
     assert f"serving on 127.0.0.1:{port}" in output
+    assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in output
 
 
 # ---------------------------------------------------------------------------------------------

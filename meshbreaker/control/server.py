@@ -881,6 +881,23 @@ class ControlPlaneServer:
             wall_clock=self._wall_clock,
             limits=self.limits,
         )
+        if self._requested_metrics_port is not None:
+            # Bound before the gRPC port, so failing here leaves no gRPC port to release.
+            from meshbreaker.control.metrics import start_control_plane_metrics
+
+            try:
+                self._metrics = start_control_plane_metrics(
+                    servicer,
+                    asyncio.get_running_loop(),
+                    self._requested_metrics_port,
+                    self.metrics_host,
+                )
+            except OSError as error:
+                servicer.close()
+                metrics_address = f"{self.metrics_host}:{self._requested_metrics_port}"
+                raise OSError(
+                    f"cannot bind the metrics endpoint to {metrics_address}: {error.strerror}"
+                ) from error
         pb_grpc.add_ControlPlaneServicer_to_server(servicer, server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -903,24 +920,8 @@ class ControlPlaneServer:
             port = 0
         if port == 0:
             servicer.close()
+            await self._close_metrics()
             raise OSError(f"cannot bind the control plane to {address} (address in use?)")
-        if self._requested_metrics_port is not None:
-            from meshbreaker.control.metrics import start_control_plane_metrics
-
-            try:
-                self._metrics = start_control_plane_metrics(
-                    servicer,
-                    asyncio.get_running_loop(),
-                    self._requested_metrics_port,
-                    self.metrics_host,
-                )
-            except OSError as error:
-                await server.stop(None)
-                servicer.close()
-                metrics_address = f"{self.metrics_host}:{self._requested_metrics_port}"
-                raise OSError(
-                    f"cannot bind the metrics endpoint to {metrics_address}: {error.strerror}"
-                ) from error
         await server.start()
         serving = health_pb2.HealthCheckResponse.SERVING
         await health.set("", serving)
@@ -937,10 +938,7 @@ class ControlPlaneServer:
         server, self._server = self._server, None
         if server is None:
             return
-        metrics, self._metrics = self._metrics, None
-        if metrics is not None:
-            # Its shutdown waits out the HTTP server's poll interval (up to 0.5 s): not on the loop.
-            await asyncio.get_running_loop().run_in_executor(None, metrics.close)
+        await self._close_metrics()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         await server.stop(grace)
@@ -950,6 +948,12 @@ class ControlPlaneServer:
         if self._close_store:
             self.store.close()
         logger.info("control plane on port %d stopped", self._port)
+
+    async def _close_metrics(self) -> None:
+        metrics, self._metrics = self._metrics, None
+        if metrics is not None:
+            # Its shutdown waits out the HTTP server's poll interval (up to 0.5 s): not on the loop.
+            await asyncio.get_running_loop().run_in_executor(None, metrics.close)
 
     async def wait_for_termination(self) -> None:
         """Return when the server has stopped."""
