@@ -1,5 +1,7 @@
 """What BreakerInterceptor costs per RPC, next to a plain channel and a pass-through interceptor.
 
+Also what the call-duration histogram (the metrics' one per-call cost) adds to a guarded call.
+
 One run, one server process (a subprocess, so server work does not share the client's GIL), and
 interleaved rounds: every round measures each variant once, in a rotating order, so drift on a
 noisy machine hits all variants alike. Ratios are medians of per-round ratios. A second
@@ -363,12 +365,19 @@ def _interceptor_cost(rounds: int, calls: int) -> dict[str, Any]:
 
         return lambda count: loop.run_until_complete(batch(count))
 
+    def with_histogram() -> BreakerRegistry:
+        registry = BreakerRegistry()
+        registry.track_durations()  # DEFAULT_BUCKETS, as PrometheusExporter sets by default
+        return registry
+
     samples = interleaved(
         {
             "sync_passthrough": sync_variant(PassThrough()),
             "sync_breaker": sync_variant(BreakerInterceptor(BreakerRegistry())),
+            "sync_breaker_histogram": sync_variant(BreakerInterceptor(with_histogram())),
             "aio_passthrough": aio_variant(AioPassUnary()),
             "aio_breaker": aio_variant(breaker_interceptors(BreakerRegistry())[0]),
+            "aio_breaker_histogram": aio_variant(breaker_interceptors(with_histogram())[0]),
         },
         rounds=rounds,
         calls=calls,
@@ -380,7 +389,32 @@ def _interceptor_cost(rounds: int, calls: int) -> dict[str, Any]:
         "added_ns_aio": _added_ns(samples, "aio_breaker", "aio_passthrough"),
         "ratio_sync": round(median_ratio(samples, "sync_breaker", "sync_passthrough"), 3),
         "ratio_aio": round(median_ratio(samples, "aio_breaker", "aio_passthrough"), 3),
+        # The duration histogram: the guarded call with it on, over the same call with it off.
+        "histogram_added_ns_sync": _added_ns(samples, "sync_breaker_histogram", "sync_breaker"),
+        "histogram_added_ns_aio": _added_ns(samples, "aio_breaker_histogram", "aio_breaker"),
+        "histogram_ratio_sync": round(
+            median_ratio(samples, "sync_breaker_histogram", "sync_breaker"), 3
+        ),
+        "histogram_ratio_aio": round(
+            median_ratio(samples, "aio_breaker_histogram", "aio_breaker"), 3
+        ),
     }
+
+
+def _histogram_table(cost: dict[str, Any]) -> str:
+    rows = [
+        [
+            f"{api} guarded call, duration histogram on vs off",
+            f"{cost['ns_per_call'][f'{api}_breaker']:.0f}",
+            f"{cost['ns_per_call'][f'{api}_breaker_histogram']:.0f}",
+            f"{cost[f'histogram_added_ns_{api}']:.0f}",
+            f"{cost[f'histogram_ratio_{api}']:.3f}",
+            "<= 1.20",
+        ]
+        for api in ("sync", "aio")
+    ]
+    headers = ["case (interception alone, no network)", "off ns", "on ns", "added ns", "ratio"]
+    return table([*headers, "target"], rows)
 
 
 def _table(results: dict[str, Any]) -> str:
@@ -447,6 +481,8 @@ def main(quick: bool = False) -> dict[str, Any]:
         f"Interception alone, no network: breaker adds {cost['added_ns_sync']:.0f} ns per sync"
         f" call and {cost['added_ns_aio']:.0f} ns per aio call over a pass-through interceptor."
     )
+    print()
+    print(_histogram_table(cost))
     print(f"wrote {write_json('grpc_overhead', results)}")
     return results
 
