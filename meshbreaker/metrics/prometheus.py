@@ -23,7 +23,7 @@ from prometheus_client.registry import REGISTRY, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from meshbreaker.config import State
-from meshbreaker.histogram import DEFAULT_BUCKETS, HistogramSnapshot
+from meshbreaker.histogram import DEFAULT_BUCKETS, HistogramSnapshot, check_buckets
 from meshbreaker.registry import BreakerRegistry, split_breaker_name
 
 # Bucket bounds as prometheus_client formats `le` (typed here: the library's function is not).
@@ -172,12 +172,12 @@ class PrometheusExporter:
     ) -> None:
         self._registry = registry
         self._durations = durations
-        if durations:
-            registry.track_durations(buckets)
+        bounds = check_buckets(buckets) if durations else None
         self._prometheus_registry = REGISTRY if prometheus_registry is None else prometheus_registry
-        self._registered = False
-        self._prometheus_registry.register(self)
+        self._prometheus_registry.register(self)  # first: a refusal leaves the registry untouched
         self._registered = True
+        if bounds is not None:
+            registry.track_durations(bounds)
 
     def describe(self) -> list[Metric]:
         """The families without samples (for prometheus_client's duplicate-name check)."""

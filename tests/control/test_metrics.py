@@ -15,7 +15,8 @@ from meshbreaker.config import BreakerConfig
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.control.convert import ResolvedPolicies
 from meshbreaker.control.metrics import ControlPlaneCollector
-from meshbreaker.control.server import ControlPlaneServer, SqliteStore
+from meshbreaker.control.server import ControlPlaneServer
+from meshbreaker.control.store import SqliteStore
 from meshbreaker.errors import ConfigError
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.testing import FakeClock

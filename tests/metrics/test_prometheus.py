@@ -224,8 +224,10 @@ def test_close_unregisters_and_one_registry_takes_one_exporter(
     registry = BreakerRegistry(default=CONFIG, clock=clock)
     registry.get(METHOD)
     exporter = PrometheusExporter(registry, prometheus_registry=prometheus)
+    other = BreakerRegistry(clock=clock)
     with pytest.raises(ValueError, match="Duplicated timeseries"):
-        PrometheusExporter(BreakerRegistry(clock=clock), prometheus_registry=prometheus)
+        PrometheusExporter(other, prometheus_registry=prometheus)
+    assert other.duration_buckets is None  # refused before it started anything
     assert Scrape(server.url).label_sets("meshbreaker_state", "breaker") == {(METHOD,)}
     exporter.close()
     exporter.close()
