@@ -20,13 +20,12 @@ from google.protobuf.message import Message
 from meshbreaker.breaker import CircuitBreaker
 from meshbreaker.config import BreakerConfig, Mode, State, WindowType
 from meshbreaker.errors import ConfigError
-from meshbreaker.histogram import HistogramSnapshot
+from meshbreaker.histogram import MAX_BUCKETS, HistogramSnapshot
 from meshbreaker.v1 import control_plane_pb2 as pb
 
 MAX_CODES = 32
 MAX_DESCRIPTION_LENGTH = 1024
 MAX_NAME_LENGTH = 512
-MAX_HISTOGRAM_BOUNDS = 64
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -539,8 +538,8 @@ def check_transitions(messages: Sequence[pb.TransitionCount], path: str) -> None
 def check_histogram(message: pb.DurationHistogram, path: str) -> None:
     """Raise ConfigError (naming the field under `path`) unless the histogram is well formed."""
     bounds = message.bounds
-    if not 1 <= len(bounds) <= MAX_HISTOGRAM_BOUNDS:
-        raise ConfigError(f"{path}.bounds", f"must hold 1..{MAX_HISTOGRAM_BOUNDS} bounds")
+    if not 1 <= len(bounds) <= MAX_BUCKETS:
+        raise ConfigError(f"{path}.bounds", f"must hold 1..{MAX_BUCKETS} bounds")
     # Every comparison with NaN is False, so NaN is refused along with the rest.
     if not (bounds[0] > 0.0 and bounds[-1] < math.inf) or not all(
         earlier < later for earlier, later in pairwise(bounds)

@@ -814,7 +814,7 @@ class DurationHistogram(_message.Message):
     """of every duration counted"""
     @_builtins.property
     def bounds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Upper bounds, strictly increasing, finite and > 0 (at most 64); a duration equal to a bound
+        """Upper bounds, strictly increasing, finite and > 0 (at most 100); a duration equal to a bound
         falls in that bound's bucket.
         """
 

@@ -16,6 +16,7 @@ from meshbreaker.config import BreakerConfig, Mode, State, WindowType
 from meshbreaker.control import convert
 from meshbreaker.control.server import ControlPlaneServer
 from meshbreaker.errors import ConfigError
+from meshbreaker.histogram import MAX_BUCKETS
 from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
@@ -301,7 +302,7 @@ def _bad_calls(stub: pb_grpc.ControlPlaneStub) -> list[tuple[str, Callable[[], A
         ),
         (
             "report, histogram with too many bounds",
-            report(breakers=breaker(duration_histogram=histogram(list(range(1, 66)), [0] * 66))),
+            report(breakers=breaker(duration_histogram=histogram(list(range(1, 102)), [0] * 102))),
             "breakers[0].duration_histogram.bounds",
         ),
         (
@@ -532,3 +533,9 @@ def test_breaker_to_proto_carries_transitions_and_the_histogram(clock: FakeClock
     assert convert.histogram_from_proto(message) == breaker.duration_histogram()
     convert.check_transitions(message.transitions, "transitions")  # well formed: no error
     convert.check_histogram(message.duration_histogram, "duration_histogram")
+    # As many bounds as the engine allows pass the server's check.
+    widest = CircuitBreaker("/a.A/Wide", clock=clock)
+    widest.track_durations([bound / 10 for bound in range(1, MAX_BUCKETS + 1)])
+    convert.check_histogram(
+        convert.breaker_to_proto(widest, clock()).duration_histogram, "duration_histogram"
+    )
