@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import ipaddress
 import json
@@ -12,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,40 +18,16 @@ from typing import Any
 import grpc
 import pytest
 from scrape_support import Scrape
+from server_support import ControlPlane, wait_until
 
 from meshbreaker.cli import format_table, main
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.control.agent import MeshAgent
-from meshbreaker.control.server import ControlPlaneServer, serve
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
-from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 
 METHOD = "/bank.v1.AccountService/GetBalance"
 CONSOLE_SCRIPT = Path(sys.executable).parent / "meshbreaker"
-
-
-class ControlPlane:
-    """A real control plane on its own event loop in a daemon thread, with a temp database."""
-
-    def __init__(self, db: Path, **options: Any) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self.server: ControlPlaneServer = self._run(serve(0, db, **options))
-        self.target = self.server.target
-        self.channel = grpc.insecure_channel(self.target)
-        self.stub: Any = pb_grpc.ControlPlaneStub(self.channel)
-
-    def _run(self, coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
-
-    def close(self) -> None:
-        self.channel.close()
-        self._run(self.server.stop(grace=0))
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
 
 
 @pytest.fixture
@@ -75,15 +49,6 @@ def cli(
         return status, captured.out, captured.err
 
     return run
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 # ---------------------------------------------------------------------------------------------

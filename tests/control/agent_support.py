@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from server_support import wait_until
 
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control.convert import config_to_proto
 from meshbreaker.v1 import control_plane_pb2 as pb
 
+__all__ = ["METHOD", "method_policy", "wait_until"]
+
 METHOD = "/bank.v1.AccountService/GetBalance"
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 2.0) -> bool:
-    """Poll `predicate` every 20 ms (I/O waiting on background threads) until true or timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
 
 
 def method_policy(policy_id: str, config: BreakerConfig, method: str = METHOD) -> pb.Policy:
