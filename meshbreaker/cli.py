@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,9 +16,12 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import json_format
 
+from meshbreaker import live
 from meshbreaker.config import GRPC_CODE_NAMES, BreakerConfig, Mode, State, WindowType
 from meshbreaker.control import convert
+from meshbreaker.control.agent import Backoff
 from meshbreaker.errors import ConfigError, MeshbreakerError
+from meshbreaker.live import EventFollower, StatusWatch, format_event, state_name
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 
@@ -309,8 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="only breakers some instance sees in this state (CLOSED, OPEN, HALF_OPEN, ...)",
     )
     status.add_argument("--instances", action="store_true", help="show each instance")
-    status.add_argument("--watch", action="store_true", help="refresh until interrupted")
-    status.add_argument("--interval", type=_seconds, default=2.0, help="seconds between refreshes")
+    status.add_argument(
+        "--watch", action="store_true", help="live table, redrawn on every event, until Ctrl-C"
+    )
+    status.add_argument(
+        "--interval",
+        type=_seconds,
+        default=2.0,
+        help="with --watch: seconds between periodic refreshes (default %(default)s)",
+    )
     status.add_argument("--iterations", type=_count, default=0, help=argparse.SUPPRESS)
     status.add_argument("--json", action="store_true", help="print the raw response as JSON")
     status.set_defaults(handler=_cmd_status)
@@ -454,12 +463,14 @@ def _rpc_message(args: argparse.Namespace, error: grpc.RpcError) -> str:
 class _Client:
     """A channel and stub to the control plane, with the token and timeout of the command line."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(
+        self, args: argparse.Namespace, extra_options: Sequence[tuple[str, Any]] = ()
+    ) -> None:
         self.timeout: float = args.timeout
         self.metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {args.token}"),) if args.token else ()
         )
-        options: list[tuple[str, Any]] = []
+        options: list[tuple[str, Any]] = list(extra_options)
         if args.tls_server_name:
             options.append(("grpc.ssl_target_name_override", args.tls_server_name))
         if args.tls_ca or args.tls_cert or args.tls_key:
@@ -530,23 +541,47 @@ def _cmd_status(args: argparse.Namespace) -> int:
         state=args.state or pb.BREAKER_STATE_UNSPECIFIED,
         include_instances=args.instances,
     )
+    if args.watch:
+        return _live(args, lambda client, backoff: _status_watch(args, client, backoff, request))
     with _Client(args) as client:
-        iteration = 0
-        while True:
-            response = client.call(client.stub.ListBreakers, request)
-            if args.json:
-                print(json_format.MessageToJson(response, preserving_proto_field_name=True))
-            else:
-                if args.watch and sys.stdout.isatty():
-                    print("\x1b[H\x1b[2J", end="")
-                print(format_status(response, instances=args.instances))
-            sys.stdout.flush()
-            iteration += 1
-            if not args.watch or (args.iterations and iteration >= args.iterations):
-                return 0
-            time.sleep(args.interval)
-            if not (args.watch and sys.stdout.isatty()):
-                print()
+        response = client.call(client.stub.ListBreakers, request)
+    if args.json:
+        print(json_format.MessageToJson(response, preserving_proto_field_name=True))
+    else:
+        print(format_status(response, instances=args.instances))
+    return 0
+
+
+def _status_watch(
+    args: argparse.Namespace, client: _Client, backoff: Backoff, request: pb.ListBreakersRequest
+) -> int:
+    return StatusWatch(
+        client.stub,
+        request,
+        target=args.target,
+        out=sys.stdout,
+        err=sys.stderr,
+        metadata=client.metadata,
+        timeout=client.timeout,
+        interval=args.interval,
+        tty=live.is_terminal(sys.stdout),
+        color=live.use_color(sys.stdout),
+        as_json=args.json,
+        instances=args.instances,
+        iterations=args.iterations,
+        backoff=backoff,
+    ).run()
+
+
+def _live(args: argparse.Namespace, view: Callable[[_Client, Backoff], int]) -> int:
+    """Run a live view on a channel that reconnects as fast as `backoff`; Ctrl-C ends it, 0."""
+    live.quiet_grpc_logs()
+    backoff = live.new_backoff()
+    try:
+        with _Client(args, live.channel_options(backoff)) as client:
+            return view(client, backoff)
+    except KeyboardInterrupt:
+        return 0
 
 
 def format_status(response: pb.ListBreakersResponse, *, instances: bool = False) -> str:
@@ -589,7 +624,7 @@ def format_status(response: pb.ListBreakersResponse, *, instances: bool = False)
                 group.service,
                 group.name,
                 item.instance_id,
-                _state_name(item.snapshot.state),
+                state_name(item.snapshot.state),
                 item.applied_revision,
                 _percent(item.snapshot.failure_rate),
                 item.snapshot.window_calls,
@@ -628,11 +663,6 @@ def format_status(response: pb.ListBreakersResponse, *, instances: bool = False)
 
 def _percent(rate: float) -> str:
     return f"{rate * 100:.1f}%"
-
-
-def _state_name(value: int) -> str:
-    state = convert.state_from_proto(value)
-    return state.value if state is not None else "?"
 
 
 def _cmd_policy_put(args: argparse.Namespace) -> int:
@@ -880,12 +910,23 @@ def _cmd_force(args: argparse.Namespace) -> int:
 
 
 def _cmd_events(args: argparse.Namespace) -> int:
-    with _Client(args) as client:
-        stream = client.stub.WatchEvents(
-            pb.WatchEventsRequest(service=args.service),
-            timeout=None if args.follow else args.duration,
-            metadata=client.metadata,
+    request = pb.WatchEventsRequest(service=args.service)
+    if args.follow:
+        return _live(
+            args,
+            lambda client, backoff: EventFollower(
+                client.stub,
+                request,
+                target=args.target,
+                out=sys.stdout,
+                err=sys.stderr,
+                metadata=client.metadata,
+                max_events=args.max_events,
+                backoff=backoff,
+            ).run(),
         )
+    with _Client(args) as client:
+        stream = client.stub.WatchEvents(request, timeout=args.duration, metadata=client.metadata)
         seen = 0
         try:
             for event in stream:
@@ -895,38 +936,12 @@ def _cmd_events(args: argparse.Namespace) -> int:
                     stream.cancel()
                     break
         except grpc.RpcError as error:
-            # Without --follow the stream ends by its deadline: that is the normal end.
-            if args.follow or error.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+            # The stream ends by its deadline: that is the normal end.
+            if error.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise
         except KeyboardInterrupt:
             stream.cancel()
     return 0
-
-
-def format_event(event: pb.Event) -> str:
-    """One line for one mesh event."""
-    when = event.time.ToDatetime().strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    prefix = f"{when} #{event.sequence}"
-    kind = event.WhichOneof("kind")
-    if kind == "transition":
-        t = event.transition
-        return (
-            f"{prefix} transition {t.service}/{t.instance_id} {t.name} "
-            f"{_state_name(t.from_state) if t.from_state else 'NEW'} -> {_state_name(t.to_state)}"
-        )
-    if kind == "policy_change":
-        change = event.policy_change
-        verb = {change.KIND_PUT: "put", change.KIND_DELETE: "delete"}.get(change.kind, "change")
-        return (
-            f"{prefix} policy {verb} {change.policy_id} revision {change.revision} "
-            f"by {change.actor or '?'}"
-        )
-    if kind == "nack":
-        n = event.nack
-        return (
-            f"{prefix} nack {n.service}/{n.instance_id} revision {n.nack.revision}: {n.nack.reason}"
-        )
-    return f"{prefix} (unknown event)"
 
 
 if __name__ == "__main__":

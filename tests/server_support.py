@@ -97,7 +97,15 @@ class ControlPlane(ServerThread):
     def __init__(self, db: Path, **options: Any) -> None:
         super().__init__(db, **options)
         self.start()
-        self.channel = grpc.insecure_channel(self.target)
+        # After a restart the channel must find the server again within the test's patience
+        # (grpc's default reconnect backoff starts at 1 s).
+        self.channel = grpc.insecure_channel(
+            self.target,
+            options=[
+                ("grpc.initial_reconnect_backoff_ms", 20),
+                ("grpc.max_reconnect_backoff_ms", 100),
+            ],
+        )
         self.stub: Any = pb_grpc.ControlPlaneStub(self.channel)
 
     def close(self) -> None:
