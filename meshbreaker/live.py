@@ -31,7 +31,7 @@ from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 
 PROG = "meshbreaker"
 RECONNECT_INITIAL = 0.5
-RECONNECT_MAX = 10.0
+RECONNECT_MAX = 5.0
 COALESCE = 0.25
 # Retrying cannot fix these: the view ends with the error instead of looping on it.
 FATAL_CODES = frozenset(
@@ -110,11 +110,13 @@ def format_event(event: pb.Event) -> str:
 
 def channel_options(backoff: Backoff) -> list[tuple[str, Any]]:
     """Channel options for a view that outlives restarts (the reconnect pace follows `backoff`)."""
+    # While its connection is down the channel fails calls at once until its own next connect
+    # attempt (grpc's backoff: up to 120 s by default), so our retries would keep failing long
+    # after the control plane is back: it must try at least as often as we do.
+    ceiling = min(backoff.maximum, 1.0)
     return [
-        # grpc's own reconnect backoff (up to 120 s by default) would keep the channel failing
-        # long after the control plane is back, whatever our backoff says.
-        ("grpc.initial_reconnect_backoff_ms", max(1, int(backoff.initial * 1000))),
-        ("grpc.max_reconnect_backoff_ms", max(1, int(backoff.maximum * 1000))),
+        ("grpc.initial_reconnect_backoff_ms", max(1, int(min(backoff.initial, ceiling) * 1000))),
+        ("grpc.max_reconnect_backoff_ms", max(1, int(ceiling * 1000))),
         # A control plane that vanished without closing the connection is found by pings (the
         # server permits one every 5 s).
         ("grpc.keepalive_time_ms", 20_000),
