@@ -427,12 +427,7 @@ def render_status(
     color: bool = False,
     instances: bool = False,
 ) -> str:
-    """The live status screen: header, breaker table, instances with NACKs (or all, if asked).
-
-    `now` is wall-clock seconds (event times are wall clock); `events` are the mesh events seen,
-    of which the latest transition of each breaker fills LAST. Every line fits `width` visible
-    characters; with `height`, the table is cut to fit and says how many rows are hidden.
-    """
+    """The status screen at wall-clock `now`, every line within `width` (and `height`) cells."""
     width = max(width, 20)
     lines: list[list[_Segment]] = [_header(response, link, now, width)]
     if link.state != "connected":
@@ -627,14 +622,7 @@ _UP, _EVENT, _DOWN = "up", "event", "down"
 
 
 class StatusWatch:
-    """`status --watch`: the live table, fetched on events and every `interval`, reconnecting.
-
-    `run()` loops until interrupted (or `iterations` fetches); `step(wait)` is one turn of the
-    loop, for tests: it waits at most `wait` seconds for news from the event stream, then
-    connects, fetches and renders whatever is due by `clock`. The latest screen is in `frame`.
-    On a terminal (`tty`) the screen is redrawn in place; otherwise each fetch prints a frame
-    and connection news goes to `err`.
-    """
+    """`status --watch`: the live table, fetched on events and every `interval`, reconnecting."""
 
     def __init__(
         self,
@@ -700,7 +688,7 @@ class StatusWatch:
         self.events = 0  # received from the stream
         self.fetches = 0  # ListBreakers answered
         self.frames = 0  # screens drawn
-        self.frame = ""
+        self.frame = ""  # the latest screen drawn
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -728,7 +716,7 @@ class StatusWatch:
         self._drop_stream()
 
     def step(self, wait: float) -> None:
-        """One turn: connect if due, take stream news (waiting up to `wait` s), fetch, render."""
+        """One turn of `run`: take stream news (waiting up to `wait` s), fetch and draw if due."""
         now = self._clock()
         if self._call is None and now >= self._retry_at:
             self._subscribe()
