@@ -1,0 +1,324 @@
+"""`status --watch`: the live status table, kept current by WatchEvents and slow periodic fetches.
+
+An event marks the table out of date and ListBreakers is fetched again once a burst has had
+`coalesce` seconds to settle, plus a slow periodic fetch every `interval` seconds so counters,
+rates and ages stay current.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+import grpc
+
+from meshbreaker.control.agent import Backoff
+from meshbreaker.live.connection import (
+    EventStream,
+    describe,
+    is_fatal,
+    new_backoff,
+    unavailable_message,
+    wait_subscribed,
+)
+from meshbreaker.live.render import Link, render_status
+from meshbreaker.live.terminal import (
+    CLEAR_BELOW,
+    CLEAR_LINE_END,
+    CLEAR_SCREEN,
+    DASH,
+    ELLIPSIS,
+    HIDE_CURSOR,
+    HOME,
+    RESET,
+    SHOW_CURSOR,
+    encodes,
+    say,
+)
+from meshbreaker.live.text import to_json
+from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+
+COALESCE = 0.25
+_UP, _EVENT, _DOWN = "up", "event", "down"
+
+
+class StatusWatch:
+    """`status --watch`: the live table, fetched on events and every `interval`, reconnecting."""
+
+    def __init__(
+        self,
+        stub: pb_grpc.ControlPlaneStub,
+        request: pb.ListBreakersRequest,
+        *,
+        target: str,
+        out: TextIO,
+        err: TextIO,
+        metadata: Sequence[tuple[str, str]] = (),
+        timeout: float = 5.0,
+        interval: float = 2.0,
+        coalesce: float = COALESCE,
+        tty: bool = False,
+        color: bool = False,
+        as_json: bool = False,
+        instances: bool = False,
+        iterations: int = 0,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        terminal_size: Callable[[], os.terminal_size] = shutil.get_terminal_size,
+    ) -> None:
+        self._stub = stub
+        self._request = pb.ListBreakersRequest()
+        self._request.CopyFrom(request)
+        self._request.include_instances = True  # their state ages fill LAST when no event did
+        self._events_request = pb.WatchEventsRequest(service=request.service)
+        self._target = target
+        self._out = out
+        self._err = err
+        self._metadata = tuple(metadata)
+        self._timeout = timeout
+        self._interval = interval
+        self._coalesce = coalesce
+        self._screen = tty and not as_json  # redraw in place
+        self._color = color
+        self._json = as_json
+        self._instances = instances
+        self._iterations = iterations
+        self._backoff = backoff or new_backoff()
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._terminal_size = terminal_size
+        self._ascii = not encodes(out, ELLIPSIS + DASH)
+
+        self._queue: queue.Queue[tuple[int, str, Any]] = queue.Queue()
+        self._generation = 0  # news from an older stream is ignored
+        self._call: EventStream | None = None
+        self._up = False  # the event stream is subscribed
+        self._state = "connecting"
+        self._ever_connected = False
+        self._error = ""
+        self._retry_at = clock()
+        self._need_fetch = False
+        self._dirty = False
+        self._last_fetch = -math.inf
+        self._next_tick = clock()
+        self._transitions: dict[tuple[str, str], pb.Event] = {}
+        self._done = threading.Event()
+        self.response: pb.ListBreakersResponse | None = None
+        self.fetched_at: float | None = None
+        self.events = 0  # received from the stream
+        self.fetches = 0  # ListBreakers answered
+        self.frames = 0  # screens drawn
+        self.frame = ""  # the latest screen drawn
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Show the live table until interrupted (exit status 0) or a fatal RpcError."""
+        try:
+            if self._screen:
+                self._write(HIDE_CURSOR + CLEAR_SCREEN)
+            while not self._done.is_set():
+                self.step(1.0)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.close()
+            if self._screen:
+                self._write(RESET + SHOW_CURSOR + "\n")
+        return 0
+
+    def stop(self) -> None:
+        """End `run` after its current turn (from any thread)."""
+        self._done.set()
+
+    def close(self) -> None:
+        """Cancel the event stream."""
+        self._drop_stream()
+
+    def step(self, wait: float) -> None:
+        """One turn of `run`: take stream news (waiting up to `wait` s), fetch and draw if due."""
+        now = self._clock()
+        if self._call is None and now >= self._retry_at:
+            self._subscribe()
+        timeout = max(0.0, min(wait, self._next_deadline(now) - now))
+        for generation, kind, payload in self._drain(timeout):
+            if generation != self._generation:
+                continue
+            if kind == _UP:
+                self._up = self._need_fetch = True
+            elif kind == _EVENT:
+                self._dirty = True
+                self.events += 1
+                if payload.WhichOneof("kind") == "transition":
+                    transition = payload.transition
+                    self._transitions[(transition.service, transition.name)] = payload
+            else:
+                self._connection_lost(payload)
+        now = self._clock()
+        if self._up and (
+            self._need_fetch
+            or (self._dirty and now >= self._last_fetch + self._coalesce)
+            or now >= self._last_fetch + self._interval
+        ):
+            self._fetch()
+        elif self._screen and now >= self._next_tick:
+            self._render(force=True)  # the clock and the ages move on
+
+    def _next_deadline(self, now: float) -> float:
+        deadlines = []
+        if self._call is None:
+            deadlines.append(self._retry_at)
+        if self._up:
+            deadlines.append(self._last_fetch + self._interval)
+            if self._need_fetch:
+                deadlines.append(now)
+            elif self._dirty:
+                deadlines.append(self._last_fetch + self._coalesce)
+        if self._screen:
+            deadlines.append(self._next_tick)
+        return min(deadlines, default=math.inf)
+
+    def _drain(self, timeout: float) -> list[tuple[int, str, Any]]:
+        """Everything the reader thread queued, waiting up to `timeout` s for the first item."""
+        items = []
+        try:
+            items.append(self._queue.get(timeout=timeout) if timeout else self._queue.get_nowait())
+            while True:
+                items.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        return items
+
+    # -- the connection --------------------------------------------------------------------
+
+    def _subscribe(self) -> None:
+        """Open WatchEvents before fetching, so no transition falls between the two."""
+        self._generation += 1
+        call = self._stub.WatchEvents(self._events_request, metadata=self._metadata)
+        self._call = call
+        threading.Thread(
+            target=self._read, args=(self._generation, call), name="meshbreaker-events", daemon=True
+        ).start()
+
+    def _read(self, generation: int, call: EventStream) -> None:
+        """The reader thread: UP once subscribed, each EVENT, then DOWN with the error."""
+        put = self._queue.put
+        try:
+            if wait_subscribed(call):
+                put((generation, _UP, None))
+            for event in call:
+                put((generation, _EVENT, event))
+            put((generation, _DOWN, None))
+        except grpc.RpcError as error:
+            put((generation, _DOWN, error))
+
+    def _drop_stream(self) -> None:
+        call, self._call = self._call, None
+        self._generation += 1
+        self._up = False
+        if call is not None:
+            call.cancel()
+
+    def _connection_lost(self, error: grpc.RpcError | None) -> None:
+        """The stream or a fetch failed: keep the last table, schedule a reconnect."""
+        if is_fatal(error):
+            assert error is not None
+            raise error
+        self._drop_stream()
+        delay = self._backoff.next_delay()
+        self._retry_at = self._clock() + delay
+        self._error = describe(error)
+        news = self._state != "disconnected"
+        self._state = "disconnected"
+        if not self._screen:
+            say(self._err, unavailable_message(self._target, self._error, delay))
+        self._render(force=news)
+
+    def _fetch(self) -> None:
+        """ListBreakers once: the new table, or a lost connection."""
+        try:
+            response = self._stub.ListBreakers(
+                self._request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            self._connection_lost(error)
+            return
+        self.response = response
+        self.fetched_at = self._wall_clock()
+        self._last_fetch = self._clock()
+        self._need_fetch = self._dirty = False
+        if self._state != "connected":
+            if self._ever_connected and not self._screen:
+                say(self._err, f"reconnected to the control plane at {self._target}")
+            self._state = "connected"
+            self._ever_connected = True
+            self._error = ""
+            self._backoff.reset()
+        live = {(group.service, group.name) for group in response.groups}
+        for key in [key for key in self._transitions if key not in live]:
+            del self._transitions[key]
+        self.fetches += 1
+        self._render(force=True)
+        if self._iterations and self.fetches >= self._iterations:
+            self.stop()
+
+    # -- output ----------------------------------------------------------------------------
+
+    def link(self) -> Link:
+        """The connection as the header shows it now."""
+        retry_in = None
+        if self._state == "disconnected" and self._call is None:
+            retry_in = max(0.0, self._retry_at - self._clock())
+        return Link(
+            target=self._target,
+            state=self._state,
+            error=self._error,
+            retry_in=retry_in,
+            fetched_at=self.fetched_at,
+        )
+
+    def render(self) -> str:
+        """The screen as it would be drawn now."""
+        size = self._terminal_size()
+        text = render_status(
+            self.response,
+            self._transitions.values(),
+            now=self._wall_clock(),
+            link=self.link(),
+            width=size.columns,
+            height=size.lines if self._screen else None,
+            color=self._color,
+            instances=self._instances,
+        )
+        if self._ascii:
+            text = text.replace(ELLIPSIS, "~").replace(DASH, "-")
+        return text
+
+    def _render(self, *, force: bool) -> None:
+        """Draw the screen; off a terminal only when forced (a fetch, a lost connection)."""
+        self._next_tick = self._clock() + 1.0
+        if self._json:
+            if force and self._state == "connected" and self.response is not None:
+                self._write(to_json(self.response) + "\n")
+            return
+        if not (force or self._screen):
+            return
+        self.frame = self.render()
+        if self._screen:
+            body = self.frame.replace("\n", CLEAR_LINE_END + "\n")
+            self._write(HOME + body + CLEAR_LINE_END + CLEAR_BELOW)
+        else:
+            self._write(("\n" if self.frames else "") + self.frame + "\n")
+        self.frames += 1
+
+    def _write(self, text: str) -> None:
+        self._out.write(text)
+        self._out.flush()
