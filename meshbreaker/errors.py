@@ -59,3 +59,7 @@ class BulkheadFullError(CallNotPermittedError):
 
     def __str__(self) -> str:
         return f"circuit breaker '{self.args[0]}' bulkhead is full (max_concurrent_calls reached)"
+
+
+class CliError(MeshbreakerError):
+    """A user-facing error of the `meshbreaker` command: printed as one line, exit status 1."""

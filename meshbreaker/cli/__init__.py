@@ -1,0 +1,21 @@
+"""The `meshbreaker` command: run the control plane, inspect the mesh, manage policies."""
+
+from meshbreaker.cli.entry import main
+from meshbreaker.cli.parser import DEFAULT_TARGET, build_parser
+from meshbreaker.cli.policy_json import config_message_from, policy_message
+from meshbreaker.cli.tables import describe_config, format_status, format_table
+from meshbreaker.errors import CliError
+from meshbreaker.live.terminal import PROG
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "PROG",
+    "CliError",
+    "build_parser",
+    "config_message_from",
+    "describe_config",
+    "format_status",
+    "format_table",
+    "main",
+    "policy_message",
+]

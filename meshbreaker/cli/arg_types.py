@@ -1,0 +1,111 @@
+"""Argument types for the command line: each turns text into a value or an ArgumentTypeError."""
+
+from __future__ import annotations
+
+import argparse
+
+from meshbreaker.config import GRPC_CODE_NAMES, Mode, State, WindowType
+from meshbreaker.control import convert
+
+# What turns an optional setting off (None) on the command line.
+_NONE_WORDS = frozenset({"none", "off", "null", ""})
+_FORCED_STATES = {
+    "open": State.FORCED_OPEN,
+    "forced_open": State.FORCED_OPEN,
+    "closed": State.FORCED_CLOSED,
+    "forced_closed": State.FORCED_CLOSED,
+    "none": None,
+    "auto": None,
+}
+
+
+def number(text: str) -> float:
+    """A float; a trailing "s" (seconds) is allowed."""
+    try:
+        return float(text.removesuffix("s"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def integer(text: str) -> int:
+    """An int."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def rate(text: str) -> float:
+    """A rate in (0, 1]."""
+    value = number(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate in (0, 1]")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A positive number of seconds."""
+    value = number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def optional_seconds(text: str) -> float | None:
+    """Seconds, or None for "off"/"none"."""
+    return None if text.lower() in _NONE_WORDS else seconds(text)
+
+
+def count(text: str) -> int:
+    """A non-negative int."""
+    value = integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def optional_count(text: str) -> int | None:
+    """A count, or None for "off"/"none"."""
+    return None if text.lower() in _NONE_WORDS else count(text)
+
+
+def status_codes(text: str) -> frozenset[str]:
+    """Comma-separated gRPC status code names, upper-cased."""
+    codes = frozenset(part.strip().upper() for part in text.split(",") if part.strip())
+    unknown = sorted(codes - GRPC_CODE_NAMES)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown gRPC status code name(s): {', '.join(unknown)}")
+    return codes
+
+
+def window_type(text: str) -> WindowType:
+    """'count' or 'time'."""
+    try:
+        return WindowType(text.lower())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'count' or 'time'") from None
+
+
+def mode(text: str) -> Mode:
+    """'enforce' or 'shadow'."""
+    try:
+        return Mode(text.lower())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'enforce' or 'shadow'") from None
+
+
+def state_filter(text: str) -> int:
+    """A breaker state name, as the proto BreakerState to filter on."""
+    try:
+        return convert.state_to_proto(State(text.upper()))
+    except ValueError:
+        names = ", ".join(state.value for state in State)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a state ({names})") from None
+
+
+def forced_state(text: str) -> State | None:
+    """An override: open or closed (forced), or none/auto (None)."""
+    key = text.lower()
+    if key not in _FORCED_STATES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not open, closed or none")
+    return _FORCED_STATES[key]

@@ -1,0 +1,204 @@
+"""One handler per command: each takes the parsed arguments, prints, and returns the exit status."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Callable
+
+import grpc
+
+from meshbreaker.cli.client import Client
+from meshbreaker.cli.policy_flags import policies_from_args
+from meshbreaker.cli.tables import format_policies, format_status
+from meshbreaker.control.agent import Backoff
+from meshbreaker.errors import CliError
+from meshbreaker.live.connection import channel_options, new_backoff, quiet_grpc_logs
+from meshbreaker.live.follow import EventFollower
+from meshbreaker.live.terminal import is_terminal, use_color
+from meshbreaker.live.text import format_event, to_json
+from meshbreaker.live.watch import StatusWatch
+from meshbreaker.v1 import control_plane_pb2 as pb
+
+_FORCE_ACTIONS = {
+    "open": pb.OVERRIDE_FORCED_OPEN,
+    "closed": pb.OVERRIDE_FORCED_CLOSED,
+    "auto": pb.OVERRIDE_NONE,
+}
+
+
+def control_plane(args: argparse.Namespace) -> int:
+    """`control-plane`: serve until interrupted."""
+    from meshbreaker.control.server import run
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if bool(args.server_tls_cert) != bool(args.server_tls_key):
+        raise CliError("--tls-cert and --tls-key must be given together")
+    if args.tls_client_ca and not args.server_tls_cert:
+        raise CliError("--tls-client-ca needs --tls-cert and --tls-key")
+    with contextlib.suppress(KeyboardInterrupt):
+        run(
+            port=args.port,
+            db=args.db,
+            host=args.host,
+            admin_token=args.admin_token,
+            agent_token=args.agent_token,
+            tls_cert=args.server_tls_cert,
+            tls_key=args.server_tls_key,
+            tls_client_ca=args.tls_client_ca,
+            report_ttl=args.report_ttl,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+        )
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    """`status`: the breakers across the mesh, once or (--watch) live."""
+    request = pb.ListBreakersRequest(
+        service=args.service,
+        method=args.method,
+        state=args.state or pb.BREAKER_STATE_UNSPECIFIED,
+        include_instances=args.instances,
+    )
+    if args.watch:
+        return _run_live_view(
+            args,
+            lambda client, backoff: StatusWatch(
+                client.stub,
+                request,
+                target=args.target,
+                out=sys.stdout,
+                err=sys.stderr,
+                metadata=client.metadata,
+                timeout=client.timeout,
+                interval=args.interval,
+                tty=is_terminal(sys.stdout),
+                color=use_color(sys.stdout),
+                as_json=args.json,
+                instances=args.instances,
+                iterations=args.iterations,
+                backoff=backoff,
+            ).run(),
+        )
+    with Client(args) as client:
+        response = client.call(client.stub.ListBreakers, request)
+    if args.json:
+        print(to_json(response))
+    else:
+        print(format_status(response, instances=args.instances))
+    return 0
+
+
+def events(args: argparse.Namespace) -> int:
+    """`events`: mesh events for --duration seconds, or (--follow) until interrupted."""
+    request = pb.WatchEventsRequest(service=args.service)
+    if args.follow:
+        return _run_live_view(
+            args,
+            lambda client, backoff: EventFollower(
+                client.stub,
+                request,
+                target=args.target,
+                out=sys.stdout,
+                err=sys.stderr,
+                metadata=client.metadata,
+                max_events=args.max_events,
+                backoff=backoff,
+            ).run(),
+        )
+    with Client(args) as client:
+        stream = client.stub.WatchEvents(request, timeout=args.duration, metadata=client.metadata)
+        seen = 0
+        try:
+            for event in stream:
+                print(format_event(event), flush=True)
+                seen += 1
+                if args.max_events and seen >= args.max_events:
+                    stream.cancel()
+                    break
+        except grpc.RpcError as error:
+            # The stream ends by its deadline: that is the normal end.
+            if error.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+        except KeyboardInterrupt:
+            stream.cancel()
+    return 0
+
+
+def _run_live_view(args: argparse.Namespace, view: Callable[[Client, Backoff], int]) -> int:
+    """Run a live view on a channel that reconnects as fast as `backoff`; Ctrl-C ends it, 0."""
+    quiet_grpc_logs()
+    backoff = new_backoff()
+    try:
+        with Client(args, channel_options(backoff)) as client:
+            return view(client, backoff)
+    except KeyboardInterrupt:
+        return 0
+
+
+def policy_put(args: argparse.Namespace) -> int:
+    """`policy put`: create or replace policies from --file and flags."""
+    policies = policies_from_args(args)
+    # expected_revision=None leaves the field unset: no compare-and-set.
+    request = pb.PutPolicyRequest(policies=policies, expected_revision=args.expected_revision)
+    with Client(args) as client:
+        response = client.call(client.stub.PutPolicy, request)
+    for policy in response.policies:
+        print(f"put policy {policy.id} at revision {policy.revision}")
+    print(f"store revision {response.revision}")
+    return 0
+
+
+def policy_list(args: argparse.Namespace) -> int:
+    """`policy list`: the stored policies, as a table or JSON."""
+    with Client(args) as client:
+        response = client.call(client.stub.ListPolicies, pb.ListPoliciesRequest(caller=args.caller))
+    if args.json:
+        print(to_json(response))
+        return 0
+    print(format_policies(response))
+    print(f"\nstore revision {response.revision}")
+    return 0
+
+
+def policy_delete(args: argparse.Namespace) -> int:
+    """`policy delete`: remove one policy."""
+    request = pb.DeletePolicyRequest(id=args.policy_id, expected_revision=args.expected_revision)
+    with Client(args) as client:
+        response = client.call(client.stub.DeletePolicy, request)
+    print(f"deleted policy {args.policy_id}; store revision {response.revision}")
+    return 0
+
+
+def force(args: argparse.Namespace) -> int:
+    """`force`: force the selected breakers open or closed, or hand them back to automatic."""
+    if not args.service and not args.method:
+        raise CliError("force needs --service or --method")
+    request = pb.ForceStateRequest(
+        selector=pb.Selector(caller=args.caller, service=args.service, method=args.method),
+        override=_FORCE_ACTIONS[args.action],
+        policy_id=args.policy_id,
+        expected_revision=args.expected_revision,
+    )
+    with Client(args) as client:
+        response = client.call(client.stub.ForceState, request)
+    target = " ".join(
+        f"{key}={value}"
+        for key, value in (
+            ("caller", args.caller),
+            ("service", args.service),
+            ("method", args.method),
+        )
+        if value
+    )
+    if args.action == "auto":
+        print(f"{target}: back to automatic; store revision {response.revision}")
+    else:
+        holder = f" (policy {response.policy.id})" if response.HasField("policy") else ""
+        print(f"{target}: forced {args.action}{holder}; store revision {response.revision}")
+    return 0

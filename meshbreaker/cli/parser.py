@@ -1,0 +1,166 @@
+"""The `meshbreaker` argument parser: global options, commands and their flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TypeAlias
+
+from meshbreaker.cli import arg_types, commands
+from meshbreaker.cli.policy_flags import add_policy_arguments
+from meshbreaker.live.terminal import PROG
+
+DEFAULT_TARGET = "127.0.0.1:7070"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `meshbreaker` argument parser (building it never touches the network)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Circuit breakers for gRPC across a mesh: run the control plane, "
+        "inspect breakers, manage policies.",
+    )
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("MESHBREAKER_TARGET", DEFAULT_TARGET),
+        help="control plane host:port (env MESHBREAKER_TARGET; default %(default)s)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("MESHBREAKER_TOKEN"),
+        help="bearer token sent as 'authorization: Bearer T' (env MESHBREAKER_TOKEN)",
+    )
+    parser.add_argument("--tls-ca", metavar="FILE", help="CA bundle: connect with TLS")
+    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", metavar="FILE", help="client private key (mutual TLS)")
+    parser.add_argument(
+        "--tls-server-name", metavar="NAME", help="expected server name in its certificate"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=arg_types.seconds,
+        default=5.0,
+        help="seconds per request (default %(default)s)",
+    )
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_control_plane(subcommands)
+    _add_status(subcommands)
+    _add_policy(subcommands)
+    _add_force(subcommands)
+    _add_events(subcommands)
+    return parser
+
+
+# The type argparse gives `add_subparsers` objects.
+_Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _add_control_plane(subcommands: _Subcommands) -> None:
+    serve = subcommands.add_parser("control-plane", help="run the control-plane server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    serve.add_argument(
+        "--port", type=arg_types.count, default=7070, help="port (default %(default)s)"
+    )
+    serve.add_argument("--db", default="meshbreaker.db", help="SQLite file (default %(default)s)")
+    serve.add_argument("--admin-token", help="token required for mutations")
+    serve.add_argument("--agent-token", help="token accepted for watch/report/reads")
+    serve.add_argument("--tls-cert", dest="server_tls_cert", metavar="FILE", help="certificate")
+    serve.add_argument("--tls-key", dest="server_tls_key", metavar="FILE", help="private key")
+    serve.add_argument(
+        "--tls-client-ca", metavar="FILE", help="CA for client certificates (mutual TLS)"
+    )
+    serve.add_argument(
+        "--report-ttl",
+        type=arg_types.seconds,
+        default=30.0,
+        help="seconds after which a silent instance is forgotten (default %(default)s)",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=arg_types.count,
+        help="serve Prometheus metrics on this HTTP port (default: off; needs [prometheus])",
+    )
+    serve.add_argument(
+        "--metrics-host", help="address for the metrics endpoint (default: the --host address)"
+    )
+    serve.set_defaults(handler=commands.control_plane)
+
+
+def _add_status(subcommands: _Subcommands) -> None:
+    status = subcommands.add_parser("status", help="breakers across the mesh")
+    status.add_argument("--service", default="", help="only this caller service")
+    status.add_argument("--method", default="", help="only this method or gRPC service")
+    status.add_argument(
+        "--state",
+        type=arg_types.state_filter,
+        help="only breakers some instance sees in this state (CLOSED, OPEN, HALF_OPEN, ...)",
+    )
+    status.add_argument("--instances", action="store_true", help="show each instance")
+    status.add_argument(
+        "--watch", action="store_true", help="live table, redrawn on every event, until Ctrl-C"
+    )
+    status.add_argument(
+        "--interval",
+        type=arg_types.seconds,
+        default=2.0,
+        help="with --watch: seconds between periodic refreshes (default %(default)s)",
+    )
+    status.add_argument("--iterations", type=arg_types.count, default=0, help=argparse.SUPPRESS)
+    _add_json(status)
+    status.set_defaults(handler=commands.status)
+
+
+def _add_policy(subcommands: _Subcommands) -> None:
+    policy = subcommands.add_parser("policy", help="list, put or delete policies")
+    policy_commands = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    put = policy_commands.add_parser(
+        "put", help="create or replace a policy (flags override --file)"
+    )
+    add_policy_arguments(put)
+    _add_expected_revision(put)
+    put.set_defaults(handler=commands.policy_put)
+    listing = policy_commands.add_parser("list", help="list policies")
+    listing.add_argument("--caller", default="", help="only policies applying to this caller")
+    _add_json(listing)
+    listing.set_defaults(handler=commands.policy_list)
+    delete = policy_commands.add_parser("delete", help="delete a policy")
+    delete.add_argument("policy_id", metavar="ID")
+    _add_expected_revision(delete)
+    delete.set_defaults(handler=commands.policy_delete)
+
+
+def _add_force(subcommands: _Subcommands) -> None:
+    force = subcommands.add_parser("force", help="force breakers open/closed, or back to auto")
+    force.add_argument("action", choices=("open", "closed", "auto"))
+    force.add_argument("--service", default="", help="gRPC service, e.g. bank.v1.AccountService")
+    force.add_argument("--method", default="", help="full method name")
+    force.add_argument("--caller", default="", help="only this calling service")
+    force.add_argument("--policy-id", default="", help="id of the policy to create, if any")
+    _add_expected_revision(force)
+    force.set_defaults(handler=commands.force)
+
+
+def _add_events(subcommands: _Subcommands) -> None:
+    events = subcommands.add_parser("events", help="mesh-wide events")
+    events.add_argument("--service", default="", help="only this caller service")
+    events.add_argument(
+        "--follow", action="store_true", help="keep printing events until interrupted"
+    )
+    events.add_argument(
+        "--duration",
+        type=arg_types.seconds,
+        default=2.0,
+        help="without --follow: seconds to listen (default %(default)s)",
+    )
+    events.add_argument("--max-events", type=arg_types.count, default=0, help=argparse.SUPPRESS)
+    events.set_defaults(handler=commands.events)
+
+
+def _add_expected_revision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--expected-revision", type=arg_types.count, metavar="N", help="only if the store is at N"
+    )
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the raw response as JSON")
