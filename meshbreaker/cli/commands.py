@@ -7,13 +7,14 @@ import contextlib
 import logging
 import sys
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import Message
 
 from meshbreaker.cli.client import Client
 from meshbreaker.cli.policy_flags import policies_from_args
 from meshbreaker.cli.tables import format_policies, format_status
-from meshbreaker.control.agent import Backoff
 from meshbreaker.errors import CliError
 from meshbreaker.live.connection import channel_options, new_backoff, quiet_grpc_logs
 from meshbreaker.live.follow import EventFollower
@@ -68,22 +69,15 @@ def status(args: argparse.Namespace) -> int:
     if args.watch:
         return _run_live_view(
             args,
-            lambda client, backoff: StatusWatch(
-                client.stub,
-                request,
-                target=args.target,
-                out=sys.stdout,
-                err=sys.stderr,
-                metadata=client.metadata,
-                timeout=client.timeout,
-                interval=args.interval,
-                tty=is_terminal(sys.stdout),
-                color=use_color(sys.stdout),
-                as_json=args.json,
-                instances=args.instances,
-                iterations=args.iterations,
-                backoff=backoff,
-            ).run(),
+            StatusWatch,
+            request,
+            timeout=args.timeout,
+            interval=args.interval,
+            tty=is_terminal(sys.stdout),
+            color=use_color(sys.stdout),
+            as_json=args.json,
+            instances=args.instances,
+            iterations=args.iterations,
         )
     with Client(args) as client:
         response = client.call(client.stub.ListBreakers, request)
@@ -98,19 +92,7 @@ def events(args: argparse.Namespace) -> int:
     """`events`: mesh events for --duration seconds, or (--follow) until interrupted."""
     request = pb.WatchEventsRequest(service=args.service)
     if args.follow:
-        return _run_live_view(
-            args,
-            lambda client, backoff: EventFollower(
-                client.stub,
-                request,
-                target=args.target,
-                out=sys.stdout,
-                err=sys.stderr,
-                metadata=client.metadata,
-                max_events=args.max_events,
-                backoff=backoff,
-            ).run(),
-        )
+        return _run_live_view(args, EventFollower, request, max_events=args.max_events)
     with Client(args) as client:
         stream = client.stub.WatchEvents(request, timeout=args.duration, metadata=client.metadata)
         seen = 0
@@ -130,13 +112,30 @@ def events(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_live_view(args: argparse.Namespace, view: Callable[[Client, Backoff], int]) -> int:
-    """Run a live view on a channel that reconnects as fast as `backoff`; Ctrl-C ends it, 0."""
+class _LiveView(Protocol):
+    """StatusWatch or EventFollower, as `_run_live_view` uses them."""
+
+    def run(self) -> int: ...
+
+
+def _run_live_view(
+    args: argparse.Namespace, view: Callable[..., _LiveView], request: Message, **options: Any
+) -> int:
+    """Run the live view class `view` on a channel reconnecting at its pace; Ctrl-C ends it, 0."""
     quiet_grpc_logs()
     backoff = new_backoff()
     try:
         with Client(args, channel_options(backoff)) as client:
-            return view(client, backoff)
+            return view(
+                client.stub,
+                request,
+                target=args.target,
+                out=sys.stdout,
+                err=sys.stderr,
+                metadata=client.metadata,
+                backoff=backoff,
+                **options,
+            ).run()
     except KeyboardInterrupt:
         return 0
 
