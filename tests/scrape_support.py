@@ -1,6 +1,6 @@
 """Scrape a Prometheus endpoint with a real HTTP client and look samples up by their labels.
 
-Imported by name (tests/ is on sys.path through its conftest), by tests/metrics and tests/control.
+Imported as `tests.scrape_support` by tests/metrics and tests/control.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Helpers shared across test directories (tests/ is on sys.path: import them by name).
+"""Helpers shared across test directories (import them as `tests.server_support`).
 
 * `ServerThread(db, port=0, **serve_options)` — a real control plane on 127.0.0.1 in a daemon
   thread with its own event loop: `.start()`, `.stop()` (the server only: `.start()` again binds

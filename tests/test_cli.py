@@ -17,14 +17,14 @@ from typing import Any
 
 import grpc
 import pytest
-from scrape_support import Scrape
-from server_support import ControlPlane, wait_until
 
 from meshbreaker.cli import format_table, main
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
+from tests.scrape_support import Scrape
+from tests.server_support import ControlPlane, wait_until
 
 METHOD = "/bank.v1.AccountService/GetBalance"
 CONSOLE_SCRIPT = Path(sys.executable).parent / "meshbreaker"

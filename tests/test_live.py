@@ -18,7 +18,6 @@ from typing import Any
 
 import grpc
 import pytest
-from server_support import ControlPlane, wait_until
 
 from meshbreaker import live
 from meshbreaker.cli import main
@@ -26,6 +25,7 @@ from meshbreaker.control.agent import Backoff
 from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+from tests.server_support import ControlPlane, wait_until
 
 METHOD = "/bank.v1.AccountService/GetBalance"
 AUDIT = "/bank.v1.AuditService/Record"

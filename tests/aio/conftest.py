@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.testing import FakeClock
-
-# The sync and aio suites share one test server; tests/ is not a package, so make it importable.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "grpc"))
-
-from bytes_server import CONFIG, BytesServer
+from tests.grpc.bytes_server import CONFIG, BytesServer
 
 
 @pytest.fixture

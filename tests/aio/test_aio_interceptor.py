@@ -12,8 +12,14 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from broken_registries import BROKEN_REGISTRIES, UnclassifiableRegistry
-from bytes_server import (
+
+from meshbreaker.aio import AioRejectedError, breaker_interceptors
+from meshbreaker.config import GRPC_CODE_NAMES, State
+from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError
+from meshbreaker.registry import BreakerRegistry
+from meshbreaker.testing import FakeClock
+from tests.grpc.broken_registries import BROKEN_REGISTRIES, UnclassifiableRegistry
+from tests.grpc.bytes_server import (
     BIDI,
     CLIENT_STREAM,
     CONFIG,
@@ -23,12 +29,6 @@ from bytes_server import (
     UNARY,
     BytesServer,
 )
-
-from meshbreaker.aio import AioRejectedError, breaker_interceptors
-from meshbreaker.config import GRPC_CODE_NAMES, State
-from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError
-from meshbreaker.registry import BreakerRegistry
-from meshbreaker.testing import FakeClock
 
 # The documented defaults, spelled out: a test that read them from the config could not fail.
 FAILURE_CODES = {

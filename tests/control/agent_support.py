@@ -1,12 +1,11 @@
-"""Helpers shared by the MeshAgent tests (imported by name: tests/control is on sys.path)."""
+"""Helpers shared by the MeshAgent tests (import them as `tests.control.agent_support`)."""
 
 from __future__ import annotations
-
-from server_support import wait_until
 
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control.convert import config_to_proto
 from meshbreaker.v1 import control_plane_pb2 as pb
+from tests.server_support import wait_until
 
 __all__ = ["METHOD", "method_policy", "wait_until"]
 

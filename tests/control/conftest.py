@@ -22,11 +22,11 @@ from typing import Any
 
 import grpc
 import pytest
-from server_support import ServerThread
 
 from meshbreaker.control.server import ControlPlaneServer, serve
 from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+from tests.server_support import ServerThread
 
 
 def bearer(token: str) -> tuple[tuple[str, str]]:

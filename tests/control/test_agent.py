@@ -13,7 +13,6 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from agent_support import METHOD, method_policy, wait_until
 
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.control.agent import AgentError, MeshAgent
@@ -22,6 +21,7 @@ from meshbreaker.errors import ConfigError
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+from tests.control.agent_support import METHOD, method_policy, wait_until
 
 SERVICE = "bank.v1.AccountService"
 

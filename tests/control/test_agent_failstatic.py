@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent_support import METHOD, method_policy, wait_until
 from google.protobuf import json_format
 
 from meshbreaker.config import BreakerConfig, State
@@ -16,6 +15,7 @@ from meshbreaker.control.agent import Backoff, MeshAgent, write_json_atomic
 from meshbreaker.control.store import SqliteStore
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
+from tests.control.agent_support import METHOD, method_policy, wait_until
 
 UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1: connections are refused at once
 

@@ -8,8 +8,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from agent_support import wait_until
-from scrape_support import Scrape
 
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control.agent import MeshAgent
@@ -21,6 +19,8 @@ from meshbreaker.errors import ConfigError
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2 as pb
+from tests.control.agent_support import wait_until
+from tests.scrape_support import Scrape
 
 ACCOUNTS = "/bank.v1.AccountService/GetBalance"
 GATEWAY_BREAKER = "accounts" + ACCOUNTS

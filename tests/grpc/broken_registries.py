@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bytes_server import CONFIG
-
 from meshbreaker.config import State
 from meshbreaker.registry import BreakerRegistry
+from tests.grpc.bytes_server import CONFIG
 
 
 class ExplodingRegistry(BreakerRegistry):

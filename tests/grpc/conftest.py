@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from bytes_server import CONFIG, BytesServer
 
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.testing import FakeClock
+from tests.grpc.bytes_server import CONFIG, BytesServer
 
 
 @pytest.fixture

@@ -13,8 +13,14 @@ from typing import Any
 
 import grpc
 import pytest
-from broken_registries import BROKEN_REGISTRIES
-from bytes_server import (
+
+from meshbreaker.config import BreakerConfig, State
+from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError
+from meshbreaker.grpc import BreakerInterceptor, RejectedCall
+from meshbreaker.registry import BreakerRegistry
+from meshbreaker.testing import FakeClock
+from tests.grpc.broken_registries import BROKEN_REGISTRIES
+from tests.grpc.bytes_server import (
     BIDI,
     CLIENT_STREAM,
     CONFIG,
@@ -24,12 +30,6 @@ from bytes_server import (
     UNARY,
     BytesServer,
 )
-
-from meshbreaker.config import BreakerConfig, State
-from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError
-from meshbreaker.grpc import BreakerInterceptor, RejectedCall
-from meshbreaker.registry import BreakerRegistry
-from meshbreaker.testing import FakeClock
 
 FAILURE_CODES = [
     "UNAVAILABLE",

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import REGISTRY
-from scrape_support import Scrape
 
 from meshbreaker import BreakerConfig, BreakerRegistry, ConfigError, Mode
 from meshbreaker.metrics.prometheus import (
@@ -18,6 +17,7 @@ from meshbreaker.metrics.prometheus import (
     start_metrics_server,
 )
 from meshbreaker.testing import FakeClock
+from tests.scrape_support import Scrape
 
 TARGET = "accounts"
 METHOD = "/bank.v1.AccountService/GetBalance"
