@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 import grpc.aio
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
-from meshbreaker.control import auth
 from meshbreaker.control.auth import Role, TokenAuthenticator, bearer_token
 from meshbreaker.control.server import ControlPlaneServer
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+from tests.control.aio_stubs import health_stub, read, reflection_stub
 
 
 def bearer(token: str) -> tuple[tuple[str, str]]:
@@ -36,7 +37,7 @@ async def server(start_control_plane: Start) -> ControlPlaneServer:
 
 
 @pytest.fixture
-async def stub(server: ControlPlaneServer) -> AsyncIterator[pb_grpc.ControlPlaneStub]:
+async def stub(server: ControlPlaneServer) -> AsyncIterator[pb_grpc.ControlPlaneAsyncStub]:
     async with grpc.aio.insecure_channel(server.target) as channel:
         yield pb_grpc.ControlPlaneStub(channel)
 
@@ -45,11 +46,13 @@ def _policy(policy_id: str) -> pb.Policy:
     return pb.Policy(id=policy_id, selector=pb.Selector(service=f"auth.{policy_id}"))
 
 
-async def _unary(call: Any) -> None:
+async def _unary(call: Awaitable[object]) -> None:
     await call
 
 
-def _calls(stub: pb_grpc.ControlPlaneStub, metadata: Metadata) -> dict[str, Callable[[], Any]]:
+def _calls(
+    stub: pb_grpc.ControlPlaneAsyncStub, metadata: Metadata
+) -> dict[str, Callable[[], Awaitable[None]]]:
     return {
         "GetConfig": lambda: _unary(
             stub.GetConfig(pb.GetConfigRequest(service="tx"), metadata=metadata)
@@ -88,14 +91,16 @@ def _calls(stub: pb_grpc.ControlPlaneStub, metadata: Metadata) -> dict[str, Call
     }
 
 
-async def _first(call: Any) -> None:
+async def _first(call: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
     try:
         await call.read()
     finally:
         call.cancel()
 
 
-async def _event(stub: pb_grpc.ControlPlaneStub, call: Any) -> None:
+async def _event(
+    stub: pb_grpc.ControlPlaneAsyncStub, call: grpc.aio.UnaryStreamCall[Any, Any]
+) -> None:
     # A refused stream fails at its first read. An accepted one sends headers once subscribed;
     # then an event is caused (with the admin token) so the read has something to return.
     try:
@@ -113,10 +118,10 @@ async def _event(stub: pb_grpc.ControlPlaneStub, call: Any) -> None:
 
 
 MUTATIONS = {"PutPolicy", "DeletePolicy", "ForceState"}
-ALL_RPCS = sorted(_calls(None, ()).keys())  # type: ignore[arg-type]
+ALL_RPCS = sorted(pb.DESCRIPTOR.services_by_name["ControlPlane"].methods_by_name)
 
 
-async def _code(call: Callable[[], Any]) -> grpc.StatusCode:
+async def _code(call: Callable[[], Awaitable[None]]) -> grpc.StatusCode:
     try:
         await call()
     except grpc.aio.AioRpcError as error:
@@ -131,13 +136,15 @@ async def _code(call: Callable[[], Any]) -> grpc.StatusCode:
     ids=["missing", "wrong", "not-bearer", "empty"],
 )
 async def test_without_a_valid_token_every_rpc_is_unauthenticated(
-    stub: pb_grpc.ControlPlaneStub, rpc: str, metadata: Metadata
+    stub: pb_grpc.ControlPlaneAsyncStub, rpc: str, metadata: Metadata
 ) -> None:
     assert await _code(_calls(stub, metadata)[rpc]) == grpc.StatusCode.UNAUTHENTICATED
 
 
 @pytest.mark.parametrize("rpc", ALL_RPCS)
-async def test_the_agent_token_may_not_mutate(stub: pb_grpc.ControlPlaneStub, rpc: str) -> None:
+async def test_the_agent_token_may_not_mutate(
+    stub: pb_grpc.ControlPlaneAsyncStub, rpc: str
+) -> None:
     if rpc == "DeletePolicy":  # something to delete, so success would really be OK
         await stub.PutPolicy(pb.PutPolicyRequest(policies=[_policy("p")]), metadata=bearer(ADMIN))
     expected = grpc.StatusCode.PERMISSION_DENIED if rpc in MUTATIONS else grpc.StatusCode.OK
@@ -145,13 +152,15 @@ async def test_the_agent_token_may_not_mutate(stub: pb_grpc.ControlPlaneStub, rp
 
 
 @pytest.mark.parametrize("rpc", ALL_RPCS)
-async def test_the_admin_token_may_do_everything(stub: pb_grpc.ControlPlaneStub, rpc: str) -> None:
+async def test_the_admin_token_may_do_everything(
+    stub: pb_grpc.ControlPlaneAsyncStub, rpc: str
+) -> None:
     if rpc == "DeletePolicy":
         await stub.PutPolicy(pb.PutPolicyRequest(policies=[_policy("p")]), metadata=bearer(ADMIN))
     assert await _code(_calls(stub, bearer(ADMIN))[rpc]) == grpc.StatusCode.OK
 
 
-async def test_refused_mutations_store_nothing(stub: pb_grpc.ControlPlaneStub) -> None:
+async def test_refused_mutations_store_nothing(stub: pb_grpc.ControlPlaneAsyncStub) -> None:
     for metadata in ((), bearer(AGENT), bearer("wrong")):
         await _code(_calls(stub, metadata)["PutPolicy"])
         await _code(_calls(stub, metadata)["ForceState"])
@@ -159,7 +168,7 @@ async def test_refused_mutations_store_nothing(stub: pb_grpc.ControlPlaneStub) -
     assert listed.revision == 0 and not listed.policies
 
 
-async def test_the_audit_names_the_role_and_peer(stub: pb_grpc.ControlPlaneStub) -> None:
+async def test_the_audit_names_the_role_and_peer(stub: pb_grpc.ControlPlaneAsyncStub) -> None:
     put = await stub.PutPolicy(pb.PutPolicyRequest(policies=[_policy("p")]), metadata=bearer(ADMIN))
     assert put.policies[0].updated_by.startswith("admin@")
     assert "127.0.0.1" in put.policies[0].updated_by
@@ -167,18 +176,19 @@ async def test_the_audit_names_the_role_and_peer(stub: pb_grpc.ControlPlaneStub)
 
 async def test_health_is_open_reflection_is_not(server: ControlPlaneServer) -> None:
     async with grpc.aio.insecure_channel(server.target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
+        health = health_stub(channel)
         reply = await health.Check(health_pb2.HealthCheckRequest())
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        reflection = reflection_stub(channel)
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             async for _ in reflection.ServerReflectionInfo(iter([request])):
                 pass
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        async for reply in reflection.ServerReflectionInfo(iter([request]), metadata=bearer(AGENT)):
-            assert reply.list_services_response.service
-            break
+        call = reflection.ServerReflectionInfo(iter([request]), metadata=bearer(AGENT))
+        listed = await read(call)
+        assert listed.list_services_response.service
+        call.cancel()
 
 
 async def test_only_an_admin_token_locks_everything(start_control_plane: Start) -> None:
@@ -208,13 +218,13 @@ def test_roles_and_bearer_parsing() -> None:
 
 def test_tokens_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[bytes, bytes]] = []
-    real = auth.hmac.compare_digest
+    real = hmac.compare_digest
 
     def spy(a: bytes, b: bytes) -> bool:
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)
     authenticator = TokenAuthenticator(ADMIN, AGENT)
     assert authenticator.role(bearer(ADMIN)) is Role.ADMIN
     # Both tokens are always compared (no early exit), as fixed-size digests.

@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from meshbreaker.control.server import ControlPlaneServer, Limits
 from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+from tests.control.aio_stubs import health_stub, read, reflection_stub
 
 Start = Callable[..., Awaitable[ControlPlaneServer]]
 
@@ -27,7 +28,7 @@ async def server(start_control_plane: Start) -> ControlPlaneServer:
 
 
 @pytest.fixture
-async def stub(server: ControlPlaneServer) -> AsyncIterator[pb_grpc.ControlPlaneStub]:
+async def stub(server: ControlPlaneServer) -> AsyncIterator[pb_grpc.ControlPlaneAsyncStub]:
     async with grpc.aio.insecure_channel(server.target) as channel:
         yield pb_grpc.ControlPlaneStub(channel)
 
@@ -57,7 +58,7 @@ async def code_of(call: Awaitable[object]) -> grpc.StatusCode:
 
 async def test_health_is_serving(server: ControlPlaneServer) -> None:
     async with grpc.aio.insecure_channel(server.target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
+        health = health_stub(channel)
         for service in ("", "meshbreaker.v1.ControlPlane"):
             reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -65,7 +66,7 @@ async def test_health_is_serving(server: ControlPlaneServer) -> None:
 
 async def test_reflection_lists_the_service(server: ControlPlaneServer) -> None:
     async with grpc.aio.insecure_channel(server.target) as channel:
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        stub = reflection_stub(channel)
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         async for reply in stub.ServerReflectionInfo(iter([request])):
             names = {service.name for service in reply.list_services_response.service}
@@ -77,7 +78,7 @@ async def test_reflection_lists_the_service(server: ControlPlaneServer) -> None:
 # -- policies ----------------------------------------------------------------------------------
 
 
-async def test_put_list_delete_and_revisions(stub: pb_grpc.ControlPlaneStub) -> None:
+async def test_put_list_delete_and_revisions(stub: pb_grpc.ControlPlaneAsyncStub) -> None:
     put = await stub.PutPolicy(
         pb.PutPolicyRequest(
             policies=[policy("a", service="bank.v1.A"), policy("b", method="/bank.v1.B/Get")]
@@ -96,7 +97,7 @@ async def test_put_list_delete_and_revisions(stub: pb_grpc.ControlPlaneStub) -> 
     assert [p.id for p in listed.policies] == ["b"]
 
 
-async def test_output_only_fields_are_ignored_on_put(stub: pb_grpc.ControlPlaneStub) -> None:
+async def test_output_only_fields_are_ignored_on_put(stub: pb_grpc.ControlPlaneAsyncStub) -> None:
     sent = policy("a", service="bank.v1.A")
     sent.revision = 99
     sent.updated_by = "forged"
@@ -106,7 +107,7 @@ async def test_output_only_fields_are_ignored_on_put(stub: pb_grpc.ControlPlaneS
 
 
 async def test_compare_and_set_mismatch_is_aborted_and_nothing_changes(
-    stub: pb_grpc.ControlPlaneStub,
+    stub: pb_grpc.ControlPlaneAsyncStub,
 ) -> None:
     await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("a", service="bank.v1.A")]))
     stale = pb.PutPolicyRequest(policies=[policy("b", service="bank.v1.B")], expected_revision=0)
@@ -119,12 +120,12 @@ async def test_compare_and_set_mismatch_is_aborted_and_nothing_changes(
     assert (await stub.PutPolicy(fresh)).revision == 2
 
 
-async def test_unknown_id_delete_is_not_found(stub: pb_grpc.ControlPlaneStub) -> None:
+async def test_unknown_id_delete_is_not_found(stub: pb_grpc.ControlPlaneAsyncStub) -> None:
     code = await code_of(stub.DeletePolicy(pb.DeletePolicyRequest(id="nope")))
     assert code == grpc.StatusCode.NOT_FOUND
 
 
-async def test_two_policies_cannot_share_a_selector(stub: pb_grpc.ControlPlaneStub) -> None:
+async def test_two_policies_cannot_share_a_selector(stub: pb_grpc.ControlPlaneAsyncStub) -> None:
     await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("a", service="bank.v1.A")]))
     other = pb.PutPolicyRequest(policies=[policy("b", service="bank.v1.A")])
     assert await code_of(stub.PutPolicy(other)) == grpc.StatusCode.ALREADY_EXISTS
@@ -133,7 +134,7 @@ async def test_two_policies_cannot_share_a_selector(stub: pb_grpc.ControlPlaneSt
     assert (await stub.PutPolicy(same)).revision == 2
 
 
-async def test_list_policies_for_a_caller(stub: pb_grpc.ControlPlaneStub) -> None:
+async def test_list_policies_for_a_caller(stub: pb_grpc.ControlPlaneAsyncStub) -> None:
     await stub.PutPolicy(
         pb.PutPolicyRequest(
             policies=[
@@ -169,7 +170,9 @@ async def test_restart_keeps_policies_and_revision(start_control_plane: Start) -
 # -- config distribution -----------------------------------------------------------------------
 
 
-async def test_get_config_returns_the_policies_of_a_caller(stub: pb_grpc.ControlPlaneStub) -> None:
+async def test_get_config_returns_the_policies_of_a_caller(
+    stub: pb_grpc.ControlPlaneAsyncStub,
+) -> None:
     await stub.PutPolicy(
         pb.PutPolicyRequest(
             policies=[policy("mine", caller="tx", service="a.A"), policy("other", caller="gw")]
@@ -182,21 +185,21 @@ async def test_get_config_returns_the_policies_of_a_caller(stub: pb_grpc.Control
 
 
 async def test_watch_sends_at_once_then_each_relevant_change(
-    stub: pb_grpc.ControlPlaneStub,
+    stub: pb_grpc.ControlPlaneAsyncStub,
 ) -> None:
     await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("a", service="a.A")]))
     watch = stub.WatchConfig(pb.WatchConfigRequest(service="tx", instance_id="i1"))
-    first = await asyncio.wait_for(watch.read(), 2)
+    first = await asyncio.wait_for(read(watch), 2)
     assert first.revision == 1 and [p.id for p in first.policies] == ["a"]
     # A change for another caller is not pushed to "tx"...
     await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("gw", caller="gw", service="b.B")]))
     # ...but the next relevant one is, with the store revision at that time.
     await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("tx", caller="tx", service="b.B")]))
-    second = await asyncio.wait_for(watch.read(), 2)
+    second = await asyncio.wait_for(read(watch), 2)
     assert second.revision == 3
     assert [p.id for p in second.policies] == ["a", "tx"]
     await stub.DeletePolicy(pb.DeletePolicyRequest(id="a"))
-    third = await asyncio.wait_for(watch.read(), 2)
+    third = await asyncio.wait_for(read(watch), 2)
     assert third.revision == 4 and [p.id for p in third.policies] == ["tx"]
     watch.cancel()
 
@@ -211,12 +214,12 @@ async def test_many_watchers_all_get_the_change(server: ControlPlaneServer) -> N
             stub.WatchConfig(pb.WatchConfigRequest(service=f"svc{index % 5}"))
             for index in range(150)
         ]
-        firsts = await asyncio.gather(*(w.read() for w in watches))
+        firsts = await asyncio.gather(*(read(w) for w in watches))
         assert all(first.revision == 0 for first in firsts)
         # Watch streams are coroutines on the server's loop, not pool threads.
         assert threading.active_count() <= threads_before + 2
         await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("all", service="a.A")]))
-        seconds = await asyncio.wait_for(asyncio.gather(*(w.read() for w in watches)), 3)
+        seconds = await asyncio.wait_for(asyncio.gather(*(read(w) for w in watches)), 3)
         assert all(s.revision == 1 and s.policies[0].id == "all" for s in seconds)
         # Other RPCs are not starved by 150 open streams.
         listed = await asyncio.wait_for(stub.ListPolicies(pb.ListPoliciesRequest()), 1)
@@ -229,7 +232,7 @@ async def test_many_watchers_all_get_the_change(server: ControlPlaneServer) -> N
 
 
 async def report(
-    stub: pb_grpc.ControlPlaneStub,
+    stub: pb_grpc.ControlPlaneAsyncStub,
     instance: str,
     service: str,
     *breakers: pb.BreakerSnapshot,
@@ -245,7 +248,7 @@ async def report(
 
 
 async def test_list_breakers_aggregates_per_service_and_name(
-    stub: pb_grpc.ControlPlaneStub,
+    stub: pb_grpc.ControlPlaneAsyncStub,
 ) -> None:
     get = "/bank.v1.A/Get"
     put = "accounts/bank.v1.A/Put"
@@ -283,7 +286,7 @@ async def test_list_breakers_aggregates_per_service_and_name(
     assert detail.groups[0].instance_breakers[1].snapshot.state == pb.BREAKER_STATE_OPEN
 
 
-async def test_reports_merge_unless_full(stub: pb_grpc.ControlPlaneStub) -> None:
+async def test_reports_merge_unless_full(stub: pb_grpc.ControlPlaneAsyncStub) -> None:
     await report(stub, "i1", "tx", snapshot("/a.A/X"), snapshot("/a.A/Y"))
     await report(stub, "i1", "tx", snapshot("/a.A/X", pb.BREAKER_STATE_OPEN))
     listed = await stub.ListBreakers(pb.ListBreakersRequest())
@@ -308,7 +311,7 @@ async def test_instances_expire_after_the_ttl(start_control_plane: Start, clock:
         assert listed.groups[0].instances == 1
 
 
-async def test_ack_and_nack_show_up_in_list_breakers(stub: pb_grpc.ControlPlaneStub) -> None:
+async def test_ack_and_nack_show_up_in_list_breakers(stub: pb_grpc.ControlPlaneAsyncStub) -> None:
     await report(stub, "i1", "tx", applied_revision=3)
     await report(
         stub, "i2", "tx", applied_revision=2, nack=pb.Nack(revision=3, reason="policies[0]: bad")
@@ -328,27 +331,27 @@ async def test_ack_and_nack_show_up_in_list_breakers(stub: pb_grpc.ControlPlaneS
 
 
 async def test_force_state_creates_and_removes_an_override_only_policy(
-    stub: pb_grpc.ControlPlaneStub,
+    stub: pb_grpc.ControlPlaneAsyncStub,
 ) -> None:
     selector = pb.Selector(method="/bank.v1.A/Get")
     watch = stub.WatchConfig(pb.WatchConfigRequest(service="tx"))
-    assert (await watch.read()).revision == 0
+    assert (await read(watch)).revision == 0
     forced = await stub.ForceState(
         pb.ForceStateRequest(selector=selector, override=pb.OVERRIDE_FORCED_OPEN)
     )
     assert forced.revision == 1
     assert forced.policy.override == pb.OVERRIDE_FORCED_OPEN
     assert not forced.policy.HasField("config")
-    pushed = await asyncio.wait_for(watch.read(), 2)
+    pushed = await asyncio.wait_for(read(watch), 2)
     assert pushed.policies[0].override == pb.OVERRIDE_FORCED_OPEN
     auto = await stub.ForceState(pb.ForceStateRequest(selector=selector))
     assert auto.revision == 2 and not auto.HasField("policy")
-    assert not (await asyncio.wait_for(watch.read(), 2)).policies
+    assert not (await asyncio.wait_for(read(watch), 2)).policies
     watch.cancel()
 
 
 async def test_force_state_on_an_existing_policy_keeps_its_config(
-    stub: pb_grpc.ControlPlaneStub,
+    stub: pb_grpc.ControlPlaneAsyncStub,
 ) -> None:
     await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("a", service="bank.v1.A")]))
     selector = pb.Selector(service="bank.v1.A")
@@ -367,7 +370,7 @@ async def test_force_state_on_an_existing_policy_keeps_its_config(
 
 
 async def test_events_report_policy_changes_transitions_and_nacks(
-    stub: pb_grpc.ControlPlaneStub,
+    stub: pb_grpc.ControlPlaneAsyncStub,
 ) -> None:
     events = stub.WatchEvents(pb.WatchEventsRequest())
     await events.initial_metadata()  # subscribed
@@ -378,7 +381,7 @@ async def test_events_report_policy_changes_transitions_and_nacks(
     await report(stub, "i1", "tx", nack=pb.Nack(revision=1, reason="nope"))
     await report(stub, "i1", "tx", nack=pb.Nack(revision=1, reason="nope"))  # same NACK again
     await stub.DeletePolicy(pb.DeletePolicyRequest(id="a"))
-    received = [await asyncio.wait_for(events.read(), 2) for _ in range(4)]
+    received = [await asyncio.wait_for(read(events), 2) for _ in range(4)]
     kinds = [event.WhichOneof("kind") for event in received]
     assert kinds == ["policy_change", "transition", "nack", "policy_change"]
     assert [event.sequence for event in received] == [1, 2, 3, 4]
@@ -394,12 +397,12 @@ async def test_events_report_policy_changes_transitions_and_nacks(
     events.cancel()
 
 
-async def test_events_filtered_by_service(stub: pb_grpc.ControlPlaneStub) -> None:
+async def test_events_filtered_by_service(stub: pb_grpc.ControlPlaneAsyncStub) -> None:
     events = stub.WatchEvents(pb.WatchEventsRequest(service="tx"))
     await events.initial_metadata()
     await report(stub, "g", "gw", snapshot("/a.A/X", pb.BREAKER_STATE_OPEN))
     await report(stub, "t", "tx", snapshot("/a.A/X", pb.BREAKER_STATE_OPEN))
-    event = await asyncio.wait_for(events.read(), 2)
+    event = await asyncio.wait_for(read(events), 2)
     assert event.transition.instance_id == "t"
     events.cancel()
 
@@ -482,7 +485,7 @@ async def test_sigkill_during_a_burst_loses_no_acknowledged_put(
         acknowledged: list[str] = []
         killed = asyncio.Event()
 
-        async def writer(stub: pb_grpc.ControlPlaneStub, worker: int) -> None:
+        async def writer(stub: pb_grpc.ControlPlaneAsyncStub, worker: int) -> None:
             for index in range(10_000):
                 policy_id = f"w{worker}-{index}"
                 request = pb.PutPolicyRequest(
@@ -559,7 +562,7 @@ async def test_a_failing_store_write_is_unavailable_and_changes_nothing(
     from meshbreaker.control.store import SqliteStore
 
     class FullDisk(SqliteStore):
-        def put(self, *args: object, **kwargs: object) -> list:  # type: ignore[type-arg, override]
+        def put(self, *args: object, **kwargs: object) -> NoReturn:
             raise sqlite3.OperationalError("database or disk is full")
 
     store = FullDisk(tmp_path / "full.db")
@@ -589,7 +592,7 @@ def test_package_exports() -> None:
     assert issubclass(SqliteStore, PolicyStore)
     assert set(control.__all__) <= set(dir(control)) | set(control._LAZY)
     with pytest.raises(AttributeError):
-        _ = control.nothing_here  # type: ignore[attr-defined]
+        _ = control.nothing_here
     # Importing the agent alone does not load the server or sqlite3.
     code = (
         "import sys, meshbreaker.control.agent; "
@@ -619,14 +622,14 @@ async def test_a_put_the_client_gives_up_on_still_reaches_watchers(
     async with grpc.aio.insecure_channel(server.target) as channel:
         stub = pb_grpc.ControlPlaneStub(channel)
         watch = stub.WatchConfig(pb.WatchConfigRequest(service="tx"))
-        assert (await watch.read()).revision == 0
+        assert (await read(watch)).revision == 0
         request = pb.PutPolicyRequest(policies=[policy("a", service="a.A")])
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.PutPolicy(request, timeout=0.1)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert entered.is_set()
         release.set()  # the write commits after the client left...
-        pushed = await asyncio.wait_for(watch.read(), 2)  # ...and is still pushed
+        pushed = await asyncio.wait_for(read(watch), 2)  # ...and is still pushed
         assert pushed.revision == 1 and [p.id for p in pushed.policies] == ["a"]
         assert (await stub.ListPolicies(pb.ListPoliciesRequest())).revision == 1
         watch.cancel()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -22,10 +22,13 @@ from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 
 Start = Callable[..., Awaitable[ControlPlaneServer]]
+if TYPE_CHECKING:  # ControlPlaneAsyncStub exists for type checkers only
+    # A bad request: takes the stub, returns what to await.
+    Call = Callable[[pb_grpc.ControlPlaneAsyncStub], Awaitable[object]]
 
 
 @pytest.fixture
-async def stub(start_control_plane: Start) -> AsyncIterator[pb_grpc.ControlPlaneStub]:
+async def stub(start_control_plane: Start) -> AsyncIterator[pb_grpc.ControlPlaneAsyncStub]:
     server = await start_control_plane()
     async with grpc.aio.insecure_channel(server.target) as channel:
         yield pb_grpc.ControlPlaneStub(channel)
@@ -164,7 +167,7 @@ BAD_POLICIES: list[tuple[str, pb.Policy, str]] = [
     ("policy", "field"), [(p, f) for _, p, f in BAD_POLICIES], ids=[n for n, _, _ in BAD_POLICIES]
 )
 async def test_bad_policy_is_invalid_argument_naming_the_field(
-    stub: pb_grpc.ControlPlaneStub, policy: pb.Policy, field: str
+    stub: pb_grpc.ControlPlaneAsyncStub, policy: pb.Policy, field: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy]))
@@ -205,7 +208,7 @@ BAD_PUTS: list[tuple[str, pb.PutPolicyRequest, str]] = [
     ("request_", "field"), [(r, f) for _, r, f in BAD_PUTS], ids=[n for n, _, _ in BAD_PUTS]
 )
 async def test_bad_put_stores_nothing(
-    stub: pb_grpc.ControlPlaneStub, request_: pb.PutPolicyRequest, field: str
+    stub: pb_grpc.ControlPlaneAsyncStub, request_: pb.PutPolicyRequest, field: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.PutPolicy(request_)
@@ -214,173 +217,200 @@ async def test_bad_put_stores_nothing(
     assert (await stub.ListPolicies(pb.ListPoliciesRequest())).revision == 0
 
 
-def _bad_calls(stub: pb_grpc.ControlPlaneStub) -> list[tuple[str, Callable[[], Any], str]]:
-    def report(**fields: Any) -> Callable[[], Any]:
-        fields.setdefault("instance_id", "i")
-        fields.setdefault("service", "tx")
-        return lambda: stub.ReportState(pb.ReportStateRequest(**fields))
-
-    def breaker(**fields: Any) -> list[pb.BreakerSnapshot]:
-        fields.setdefault("name", "/a.A/M")
-        fields.setdefault("state", pb.BREAKER_STATE_CLOSED)
-        return [pb.BreakerSnapshot(**fields)]
-
-    def transition(old: int, new: int, count: int = 1) -> pb.TransitionCount:
-        return pb.TransitionCount(from_state=old, to_state=new, count=count)  # type: ignore[arg-type]
-
-    def histogram(
-        bounds: list[float], counts: list[int], total: float = 0.0
-    ) -> pb.DurationHistogram:
-        return pb.DurationHistogram(bounds=bounds, counts=counts, sum=total)
-
-    selector = pb.Selector(service="a.A")
-    return [
-        ("get config, no service", lambda: stub.GetConfig(pb.GetConfigRequest()), "service"),
-        (
-            "watch, bad service",
-            lambda: stub.WatchConfig(pb.WatchConfigRequest(service="a b")).read(),
-            "service",
-        ),
-        ("report, no instance", report(instance_id=""), "instance_id"),
-        ("report, no service", report(service=""), "service"),
-        ("report, negative revision", report(applied_revision=-1), "applied_revision"),
-        ("report, unnamed breaker", report(breakers=breaker(name="")), "breakers[0].name"),
-        (
-            "report, unset state",
-            report(breakers=breaker(state=pb.BREAKER_STATE_UNSPECIFIED)),
-            "breakers[0].state",
-        ),
-        (
-            "report, rate > 1",
-            report(breakers=breaker(failure_rate=1.5)),
-            "breakers[0].failure_rate",
-        ),
-        (
-            "report, NaN duration",
-            report(breakers=breaker(mean_duration=math.nan)),
-            "breakers[0].mean_duration",
-        ),
-        (
-            "report, transition to the same state",
-            report(breakers=breaker(transitions=[transition(1, 1)])),
-            "breakers[0].transitions[0]",
-        ),
-        (
-            "report, transition listed twice",
-            report(breakers=breaker(transitions=[transition(1, 2), transition(1, 2)])),
-            "breakers[0].transitions[1]",
-        ),
-        (
-            "report, transition from an unset state",
-            report(breakers=breaker(transitions=[transition(0, 2)])),
-            "breakers[0].transitions[0]",
-        ),
-        (
-            "report, negative transition count",
-            report(breakers=breaker(transitions=[transition(1, 2, -1)])),
-            "breakers[0].transitions[0].count",
-        ),
-        (
-            "report, histogram bounds not increasing",
-            report(breakers=breaker(duration_histogram=histogram([0.5, 0.5], [0, 0, 0]))),
-            "breakers[0].duration_histogram.bounds",
-        ),
-        (
-            "report, histogram bound NaN",
-            report(breakers=breaker(duration_histogram=histogram([math.nan], [0, 0]))),
-            "breakers[0].duration_histogram.bounds",
-        ),
-        (
-            "report, histogram bound infinite",
-            report(breakers=breaker(duration_histogram=histogram([1.0, math.inf], [0, 0, 0]))),
-            "breakers[0].duration_histogram.bounds",
-        ),
-        (
-            "report, histogram without bounds",
-            report(breakers=breaker(duration_histogram=histogram([], [3]))),
-            "breakers[0].duration_histogram.bounds",
-        ),
-        (
-            "report, histogram with too many bounds",
-            report(breakers=breaker(duration_histogram=histogram(list(range(1, 102)), [0] * 102))),
-            "breakers[0].duration_histogram.bounds",
-        ),
-        (
-            "report, histogram counts short of +Inf",
-            report(breakers=breaker(duration_histogram=histogram([0.1, 1.0], [1, 2]))),
-            "breakers[0].duration_histogram.counts",
-        ),
-        (
-            "report, negative histogram count",
-            report(breakers=breaker(duration_histogram=histogram([0.1], [1, -1]))),
-            "breakers[0].duration_histogram.counts",
-        ),
-        (
-            "report, negative histogram sum",
-            report(breakers=breaker(duration_histogram=histogram([0.1], [1, 0], -0.5))),
-            "breakers[0].duration_histogram.sum",
-        ),
-        (
-            "list breakers, bad method",
-            lambda: stub.ListBreakers(pb.ListBreakersRequest(method="/nope")),
-            "method",
-        ),
-        (
-            "list breakers, bad state",
-            lambda: stub.ListBreakers(pb.ListBreakersRequest(state=42)),
-            "state",
-        ),
-        (
-            "list policies, bad caller",
-            lambda: stub.ListPolicies(pb.ListPoliciesRequest(caller="a b")),
-            "caller",
-        ),
-        ("delete, no id", lambda: stub.DeletePolicy(pb.DeletePolicyRequest()), "id"),
-        (
-            "delete, negative revision",
-            lambda: stub.DeletePolicy(pb.DeletePolicyRequest(id="x", expected_revision=-2)),
-            "expected_revision",
-        ),
-        (
-            "force, empty selector",
-            lambda: stub.ForceState(pb.ForceStateRequest(override=pb.OVERRIDE_FORCED_OPEN)),
-            "selector",
-        ),
-        (
-            "force, bad method",
-            lambda: stub.ForceState(
-                pb.ForceStateRequest(selector=pb.Selector(method="x"), override=1)
-            ),
-            "selector.method",
-        ),
-        (
-            "force, unknown override",
-            lambda: stub.ForceState(pb.ForceStateRequest(selector=selector, override=9)),
-            "override",
-        ),
-        (
-            "force, bad policy id",
-            lambda: stub.ForceState(
-                pb.ForceStateRequest(selector=selector, override=1, policy_id="a b")
-            ),
-            "policy_id",
-        ),
-        (
-            "events, bad service",
-            lambda: stub.WatchEvents(pb.WatchEventsRequest(service="a b")).read(),
-            "service",
-        ),
-    ]
+def _report(**fields: Any) -> Call:
+    fields.setdefault("instance_id", "i")
+    fields.setdefault("service", "tx")
+    return lambda stub: stub.ReportState(pb.ReportStateRequest(**fields))
 
 
-BAD_CALL_NAMES = [name for name, _, _ in _bad_calls(None)]  # type: ignore[arg-type]
+def _breaker(**fields: Any) -> list[pb.BreakerSnapshot]:
+    fields.setdefault("name", "/a.A/M")
+    fields.setdefault("state", pb.BREAKER_STATE_CLOSED)
+    return [pb.BreakerSnapshot(**fields)]
 
 
-@pytest.mark.parametrize("index", range(len(BAD_CALL_NAMES)), ids=BAD_CALL_NAMES)
-async def test_bad_requests_name_the_field(stub: pb_grpc.ControlPlaneStub, index: int) -> None:
-    _, call, field = _bad_calls(stub)[index]
+def _transition(
+    old: pb.BreakerState.ValueType, new: pb.BreakerState.ValueType, count: int = 1
+) -> pb.TransitionCount:
+    return pb.TransitionCount(from_state=old, to_state=new, count=count)
+
+
+def _histogram(bounds: list[float], counts: list[int], total: float = 0.0) -> pb.DurationHistogram:
+    return pb.DurationHistogram(bounds=bounds, counts=counts, sum=total)
+
+
+_SELECTOR = pb.Selector(service="a.A")
+# Each call takes the stub and returns what to await; the names are the test ids.
+BAD_CALLS: list[tuple[str, Call, str]] = [
+    ("get config, no service", lambda stub: stub.GetConfig(pb.GetConfigRequest()), "service"),
+    (
+        "watch, bad service",
+        lambda stub: stub.WatchConfig(pb.WatchConfigRequest(service="a b")).read(),
+        "service",
+    ),
+    ("report, no instance", _report(instance_id=""), "instance_id"),
+    ("report, no service", _report(service=""), "service"),
+    ("report, negative revision", _report(applied_revision=-1), "applied_revision"),
+    ("report, unnamed breaker", _report(breakers=_breaker(name="")), "breakers[0].name"),
+    (
+        "report, unset state",
+        _report(breakers=_breaker(state=pb.BREAKER_STATE_UNSPECIFIED)),
+        "breakers[0].state",
+    ),
+    (
+        "report, rate > 1",
+        _report(breakers=_breaker(failure_rate=1.5)),
+        "breakers[0].failure_rate",
+    ),
+    (
+        "report, NaN duration",
+        _report(breakers=_breaker(mean_duration=math.nan)),
+        "breakers[0].mean_duration",
+    ),
+    (
+        "report, transition to the same state",
+        _report(
+            breakers=_breaker(
+                transitions=[_transition(pb.BREAKER_STATE_CLOSED, pb.BREAKER_STATE_CLOSED)]
+            )
+        ),
+        "breakers[0].transitions[0]",
+    ),
+    (
+        "report, transition listed twice",
+        _report(
+            breakers=_breaker(
+                transitions=[
+                    _transition(pb.BREAKER_STATE_CLOSED, pb.BREAKER_STATE_OPEN),
+                    _transition(pb.BREAKER_STATE_CLOSED, pb.BREAKER_STATE_OPEN),
+                ]
+            )
+        ),
+        "breakers[0].transitions[1]",
+    ),
+    (
+        "report, transition from an unset state",
+        _report(
+            breakers=_breaker(
+                transitions=[_transition(pb.BREAKER_STATE_UNSPECIFIED, pb.BREAKER_STATE_OPEN)]
+            )
+        ),
+        "breakers[0].transitions[0]",
+    ),
+    (
+        "report, negative transition count",
+        _report(
+            breakers=_breaker(
+                transitions=[_transition(pb.BREAKER_STATE_CLOSED, pb.BREAKER_STATE_OPEN, -1)]
+            )
+        ),
+        "breakers[0].transitions[0].count",
+    ),
+    (
+        "report, histogram bounds not increasing",
+        _report(breakers=_breaker(duration_histogram=_histogram([0.5, 0.5], [0, 0, 0]))),
+        "breakers[0].duration_histogram.bounds",
+    ),
+    (
+        "report, histogram bound NaN",
+        _report(breakers=_breaker(duration_histogram=_histogram([math.nan], [0, 0]))),
+        "breakers[0].duration_histogram.bounds",
+    ),
+    (
+        "report, histogram bound infinite",
+        _report(breakers=_breaker(duration_histogram=_histogram([1.0, math.inf], [0, 0, 0]))),
+        "breakers[0].duration_histogram.bounds",
+    ),
+    (
+        "report, histogram without bounds",
+        _report(breakers=_breaker(duration_histogram=_histogram([], [3]))),
+        "breakers[0].duration_histogram.bounds",
+    ),
+    (
+        "report, histogram with too many bounds",
+        _report(breakers=_breaker(duration_histogram=_histogram(list(range(1, 102)), [0] * 102))),
+        "breakers[0].duration_histogram.bounds",
+    ),
+    (
+        "report, histogram counts short of +Inf",
+        _report(breakers=_breaker(duration_histogram=_histogram([0.1, 1.0], [1, 2]))),
+        "breakers[0].duration_histogram.counts",
+    ),
+    (
+        "report, negative histogram count",
+        _report(breakers=_breaker(duration_histogram=_histogram([0.1], [1, -1]))),
+        "breakers[0].duration_histogram.counts",
+    ),
+    (
+        "report, negative histogram sum",
+        _report(breakers=_breaker(duration_histogram=_histogram([0.1], [1, 0], -0.5))),
+        "breakers[0].duration_histogram.sum",
+    ),
+    (
+        "list breakers, bad method",
+        lambda stub: stub.ListBreakers(pb.ListBreakersRequest(method="/nope")),
+        "method",
+    ),
+    (
+        "list breakers, bad state",
+        lambda stub: stub.ListBreakers(pb.ListBreakersRequest(state=pb.BreakerState.ValueType(42))),
+        "state",
+    ),
+    (
+        "list policies, bad caller",
+        lambda stub: stub.ListPolicies(pb.ListPoliciesRequest(caller="a b")),
+        "caller",
+    ),
+    ("delete, no id", lambda stub: stub.DeletePolicy(pb.DeletePolicyRequest()), "id"),
+    (
+        "delete, negative revision",
+        lambda stub: stub.DeletePolicy(pb.DeletePolicyRequest(id="x", expected_revision=-2)),
+        "expected_revision",
+    ),
+    (
+        "force, empty selector",
+        lambda stub: stub.ForceState(pb.ForceStateRequest(override=pb.OVERRIDE_FORCED_OPEN)),
+        "selector",
+    ),
+    (
+        "force, bad method",
+        lambda stub: stub.ForceState(
+            pb.ForceStateRequest(selector=pb.Selector(method="x"), override=pb.OVERRIDE_FORCED_OPEN)
+        ),
+        "selector.method",
+    ),
+    (
+        "force, unknown override",
+        lambda stub: stub.ForceState(
+            pb.ForceStateRequest(selector=_SELECTOR, override=pb.Override.ValueType(9))
+        ),
+        "override",
+    ),
+    (
+        "force, bad policy id",
+        lambda stub: stub.ForceState(
+            pb.ForceStateRequest(
+                selector=_SELECTOR, override=pb.OVERRIDE_FORCED_OPEN, policy_id="a b"
+            )
+        ),
+        "policy_id",
+    ),
+    (
+        "events, bad service",
+        lambda stub: stub.WatchEvents(pb.WatchEventsRequest(service="a b")).read(),
+        "service",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "field"), [(c, f) for _, c, f in BAD_CALLS], ids=[n for n, _, _ in BAD_CALLS]
+)
+async def test_bad_requests_name_the_field(
+    stub: pb_grpc.ControlPlaneAsyncStub, call: Call, field: str
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call()
+        await call(stub)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (caught.value.details() or "").startswith(field)
     assert (await stub.ListPolicies(pb.ListPoliciesRequest())).revision == 0
