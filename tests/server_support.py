@@ -3,7 +3,8 @@
 * `ServerThread(db, port=0, **serve_options)` — a real control plane on 127.0.0.1 in a daemon
   thread with its own event loop: `.start()`, `.stop()` (the server only: `.start()` again binds
   the same port with the same SQLite file), `.close()` (the loop too), `.target`, `.port`,
-  `.server`, `.call(coroutine)` runs a coroutine on the server's loop.
+  `.server` (None while stopped; `.running` asserts it is not), `.call(coroutine)` runs a
+  coroutine on the server's loop.
 * `ControlPlane(db, **serve_options)` — a started ServerThread with `.channel` and `.stub` for
   the test's own calls; `.close()` closes them too.
 * `wait_until(predicate, timeout)` — poll background work until it is done.
@@ -50,6 +51,12 @@ class ServerThread:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> ControlPlaneServer:
+        """The started server."""
+        assert self.server is not None, "not started"
+        return self.server
 
     def call(self, coroutine: Awaitable[_T], timeout: float = 10.0) -> _T:
         assert self._loop is not None, "not started"
@@ -106,7 +113,7 @@ class ControlPlane(ServerThread):
                 ("grpc.max_reconnect_backoff_ms", 100),
             ],
         )
-        self.stub: Any = pb_grpc.ControlPlaneStub(self.channel)
+        self.stub = pb_grpc.ControlPlaneStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()

@@ -346,7 +346,7 @@ def test_events_without_follow_listen_for_a_while(
     results: list[tuple[int, str, str]] = []
     listener = threading.Thread(target=lambda: results.append(cli("events", "--duration", "0.5")))
     listener.start()
-    assert wait_until(lambda: cp.server.servicer.events.subscribers > 0)
+    assert wait_until(lambda: cp.running.servicer.events.subscribers > 0)
     cp.stub.PutPolicy(
         pb.PutPolicyRequest(policies=[pb.Policy(id="p1", selector=pb.Selector(method=METHOD))]),
         timeout=5,
@@ -365,7 +365,7 @@ def test_events_follow_prints_transitions_and_policy_changes(
         target=lambda: results.append(cli("events", "--follow", "--max-events", "2"))
     )
     listener.start()
-    assert wait_until(lambda: cp.server.servicer.events.subscribers > 0)
+    assert wait_until(lambda: cp.running.servicer.events.subscribers > 0)
     registry = BreakerRegistry(BreakerConfig(consecutive_failures=1))
     with MeshAgent(cp.target, "transaction", registry, instance_id="tx-9", report_interval=60.0):
         cp.stub.PutPolicy(

@@ -47,7 +47,7 @@ def fast_backoff() -> Backoff:
     return Backoff(0.01, 0.05)
 
 
-def snapshot(name: str, state: int, **fields: Any) -> pb.BreakerSnapshot:
+def snapshot(name: str, state: pb.BreakerState.ValueType, **fields: Any) -> pb.BreakerSnapshot:
     return pb.BreakerSnapshot(name=name, state=state, **fields)
 
 

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control.convert import config_to_proto
+from meshbreaker.control.server import ControlPlaneServer
 from meshbreaker.v1 import control_plane_pb2 as pb
-from tests.server_support import wait_until
+from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+from tests.server_support import ServerThread, wait_until
 
-__all__ = ["METHOD", "method_policy", "wait_until"]
+__all__ = [
+    "METHOD",
+    "AdminStub",
+    "ControlPlaneThread",
+    "StartControlPlane",
+    "method_policy",
+    "wait_until",
+]
 
 METHOD = "/bank.v1.AccountService/GetBalance"
+
+# The types of the factory fixtures of tests/control/conftest.py.
+StartControlPlane = Callable[..., Awaitable[ControlPlaneServer]]
+ControlPlaneThread = Callable[..., ServerThread]
+AdminStub = Callable[..., pb_grpc.ControlPlaneStub]
 
 
 def method_policy(policy_id: str, config: BreakerConfig, method: str = METHOD) -> pb.Policy:

@@ -8,7 +8,7 @@ Fixtures (usable by every test module under tests/control/):
   server started is stopped at teardown. `server.target` is "127.0.0.1:<port>".
 * `control_plane_thread` — sync factory, for sync tests (e.g. a MeshAgent, which runs threads):
   `cp = control_plane_thread(**options)` runs the server in a background thread with its own
-  event loop: a `server_support.ServerThread` (`cp.target`, `cp.port`, `cp.server`, `cp.stop()`,
+  event loop: a `server_support.ServerThread` (`cp.target`, `cp.port`, `cp.running`, `cp.stop()`,
   `cp.start()` again: same port, same db, so agents can reconnect; `cp.call(coroutine)`).
 * `admin_stub` — sync factory: `stub = admin_stub(target, token=None)` a ControlPlaneStub over
   an insecure channel, sending `authorization: Bearer <token>` when given; closed at teardown.

@@ -21,7 +21,14 @@ from meshbreaker.errors import ConfigError
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
-from tests.control.agent_support import METHOD, method_policy, wait_until
+from tests.control.agent_support import (
+    METHOD,
+    AdminStub,
+    ControlPlaneThread,
+    StartControlPlane,
+    method_policy,
+    wait_until,
+)
 
 SERVICE = "bank.v1.AccountService"
 
@@ -30,7 +37,7 @@ SERVICE = "bank.v1.AccountService"
 # A stand-in for a *newer* control plane, which may send values this agent does not know.
 
 
-class ScriptedControlPlane(pb_grpc.ControlPlaneServicer):  # type: ignore[misc]
+class ScriptedControlPlane(pb_grpc.ControlPlaneServicer):
     """Streams the snapshots put in `snapshots` to one watcher and records reports."""
 
     def __init__(self) -> None:
@@ -38,7 +45,9 @@ class ScriptedControlPlane(pb_grpc.ControlPlaneServicer):  # type: ignore[misc]
         self.reports: list[pb.ReportStateRequest] = []
         self.watchers = 0
 
-    def WatchConfig(self, request: Any, context: Any) -> Iterator[pb.ConfigSnapshot]:
+    def WatchConfig(
+        self, request: pb.WatchConfigRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ConfigSnapshot]:
         self.watchers += 1
         while context.is_active():
             try:
@@ -46,14 +55,18 @@ class ScriptedControlPlane(pb_grpc.ControlPlaneServicer):  # type: ignore[misc]
             except queue.Empty:
                 continue
 
-    def ReportState(self, request: Any, context: Any) -> pb.ReportStateResponse:
+    def ReportState(
+        self, request: pb.ReportStateRequest, context: grpc.ServicerContext
+    ) -> pb.ReportStateResponse:
         self.reports.append(request)
         return pb.ReportStateResponse()
 
 
 @pytest.fixture
 def scripted() -> Iterator[tuple[ScriptedControlPlane, str]]:
-    servicer = ScriptedControlPlane()
+    # Only the two RPCs the agent makes are implemented: the generated base class answers the
+    # others UNIMPLEMENTED, though mypy-protobuf's stub declares them abstract.
+    servicer = ScriptedControlPlane()  # type: ignore[abstract]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))  # watches hold a worker
     pb_grpc.add_ControlPlaneServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -160,7 +173,7 @@ def test_transition_listener_never_blocks_the_calling_thread(
 # Against the real control plane (tests/control/conftest.py starts it on 127.0.0.1:0).
 
 
-def put(stub: Any, *policies: pb.Policy) -> int:
+def put(stub: pb_grpc.ControlPlaneStub, *policies: pb.Policy) -> int:
     return int(stub.PutPolicy(pb.PutPolicyRequest(policies=policies), timeout=5).revision)
 
 
@@ -177,13 +190,15 @@ def start_agents(target: str, count: int, **options: Any) -> list[MeshAgent]:
     return agents
 
 
-def instances(stub: Any, service: str = "transaction") -> dict[str, pb.InstanceStatus]:
+def instances(
+    stub: pb_grpc.ControlPlaneStub, service: str = "transaction"
+) -> dict[str, pb.InstanceStatus]:
     response = stub.ListBreakers(pb.ListBreakersRequest(service=service), timeout=5)
     return {item.instance_id: item for item in response.instances}
 
 
 def test_a_put_policy_reaches_five_agents_within_a_second_and_is_acked(
-    control_plane_thread: Any, admin_stub: Any
+    control_plane_thread: ControlPlaneThread, admin_stub: AdminStub
 ) -> None:
     cp = control_plane_thread()
     stub = admin_stub(cp.target)
@@ -230,7 +245,7 @@ def refuse_forcing_critical_methods_open(resolved: ResolvedPolicies) -> None:
 
 
 def test_a_snapshot_the_agent_refuses_is_nacked_visible_and_previous_policies_kept(
-    control_plane_thread: Any, admin_stub: Any
+    control_plane_thread: ControlPlaneThread, admin_stub: AdminStub
 ) -> None:
     cp = control_plane_thread()
     stub = admin_stub(cp.target)
@@ -296,7 +311,7 @@ def test_a_snapshot_the_agent_refuses_is_nacked_visible_and_previous_policies_ke
 
 
 def test_force_state_reaches_the_breakers_and_auto_releases_them(
-    control_plane_thread: Any, admin_stub: Any
+    control_plane_thread: ControlPlaneThread, admin_stub: AdminStub
 ) -> None:
     cp = control_plane_thread()
     stub = admin_stub(cp.target)
@@ -328,7 +343,7 @@ def test_force_state_reaches_the_breakers_and_auto_releases_them(
 
 
 def test_policies_for_other_callers_are_ignored_and_a_removed_default_restores_the_app_default(
-    control_plane_thread: Any, admin_stub: Any
+    control_plane_thread: ControlPlaneThread, admin_stub: AdminStub
 ) -> None:
     cp = control_plane_thread()
     stub = admin_stub(cp.target)
@@ -357,7 +372,7 @@ def test_policies_for_other_callers_are_ignored_and_a_removed_default_restores_t
 
 
 def test_periodic_reports_keep_the_instance_listed(
-    control_plane_thread: Any, admin_stub: Any
+    control_plane_thread: ControlPlaneThread, admin_stub: AdminStub
 ) -> None:
     cp = control_plane_thread()
     stub = admin_stub(cp.target)
@@ -374,7 +389,7 @@ def test_periodic_reports_keep_the_instance_listed(
         agent.stop()
 
 
-def test_stop_cancels_an_open_watch_promptly(control_plane_thread: Any) -> None:
+def test_stop_cancels_an_open_watch_promptly(control_plane_thread: ControlPlaneThread) -> None:
     cp = control_plane_thread()
     (agent,) = start_agents(cp.target, 1)
     started = time.monotonic()
@@ -387,7 +402,7 @@ def test_stop_cancels_an_open_watch_promptly(control_plane_thread: Any) -> None:
 
 
 async def test_an_asyncio_application_embeds_agent_and_control_plane(
-    start_control_plane: Any,
+    start_control_plane: StartControlPlane,
 ) -> None:
     server = await start_control_plane()  # on this test's own event loop
     registry = BreakerRegistry()
@@ -440,7 +455,7 @@ def test_after_stop_nothing_runs_on(scripted: tuple[ScriptedControlPlane, str]) 
 
 
 def test_a_report_interval_longer_than_the_server_ttl_is_warned_about(
-    control_plane_thread: Any, caplog: pytest.LogCaptureFixture
+    control_plane_thread: ControlPlaneThread, caplog: pytest.LogCaptureFixture
 ) -> None:
     cp = control_plane_thread(report_ttl=1.0)
     with MeshAgent(cp.target, "transaction", BreakerRegistry(), report_interval=2.0) as agent:
@@ -453,7 +468,7 @@ def test_a_report_interval_longer_than_the_server_ttl_is_warned_about(
 
 
 def test_a_process_with_more_breakers_than_one_report_holds_reports_them_all(
-    control_plane_thread: Any, admin_stub: Any, monkeypatch: pytest.MonkeyPatch
+    control_plane_thread: ControlPlaneThread, admin_stub: AdminStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("meshbreaker.control.agent.MAX_BREAKERS_PER_REPORT", 4)
     cp = control_plane_thread()

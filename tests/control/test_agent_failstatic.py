@@ -6,16 +6,21 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Any
 
 from google.protobuf import json_format
 
-from meshbreaker.config import BreakerConfig, State
+from meshbreaker.config import BreakerConfig, State, WindowType
 from meshbreaker.control.agent import Backoff, MeshAgent, write_json_atomic
 from meshbreaker.control.store import SqliteStore
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
-from tests.control.agent_support import METHOD, method_policy, wait_until
+from tests.control.agent_support import (
+    METHOD,
+    AdminStub,
+    ControlPlaneThread,
+    method_policy,
+    wait_until,
+)
 
 UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1: connections are refused at once
 
@@ -112,7 +117,7 @@ def test_unreachable_control_plane_keeps_retrying_and_stop_is_prompt() -> None:
 
 
 def test_agents_keep_their_policies_through_an_outage_and_resync_on_their_own(
-    control_plane_thread: Any, admin_stub: Any
+    control_plane_thread: ControlPlaneThread, admin_stub: AdminStub
 ) -> None:
     cp = control_plane_thread()
     stub = admin_stub(cp.target)
@@ -172,12 +177,12 @@ def test_agents_keep_their_policies_through_an_outage_and_resync_on_their_own(
 
 
 def test_the_cache_written_from_the_server_is_reloaded_when_it_is_away(
-    control_plane_thread: Any, admin_stub: Any, tmp_path: Path
+    control_plane_thread: ControlPlaneThread, admin_stub: AdminStub, tmp_path: Path
 ) -> None:
     cp = control_plane_thread()
     stub = admin_stub(cp.target)
     cache = tmp_path / "cache" / "transaction.json"
-    tight = BreakerConfig(consecutive_failures=2, window_type="count", window_size=20)
+    tight = BreakerConfig(consecutive_failures=2, window_type=WindowType.COUNT, window_size=20)
     with MeshAgent(cp.target, "transaction", BreakerRegistry(), cache_path=cache) as agent:
         revision = stub.PutPolicy(
             pb.PutPolicyRequest(policies=[method_policy("tight", tight)]), timeout=5

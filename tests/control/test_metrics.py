@@ -19,7 +19,7 @@ from meshbreaker.errors import ConfigError
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2 as pb
-from tests.control.agent_support import wait_until
+from tests.control.agent_support import AdminStub, ControlPlaneThread, wait_until
 from tests.scrape_support import Scrape
 
 ACCOUNTS = "/bank.v1.AccountService/GetBalance"
@@ -36,11 +36,11 @@ def refuse_policies(resolved: ResolvedPolicies) -> None:
 
 
 def test_mesh_metrics_per_instance_and_control_plane_health(
-    control_plane_thread: Any, admin_stub: Any, clock: FakeClock
+    control_plane_thread: ControlPlaneThread, admin_stub: AdminStub, clock: FakeClock
 ) -> None:
     server_clock = FakeClock()
     cp = control_plane_thread(clock=server_clock, report_ttl=10.0, metrics_port=0)
-    url = f"http://127.0.0.1:{cp.server.metrics_port}/metrics"
+    url = f"http://127.0.0.1:{cp.running.metrics_port}/metrics"
 
     # Three processes, their calls made before their agents start, so every report says the same.
     gw1, gw2, tx1 = (BreakerRegistry(default=CONFIG, clock=clock) for _ in range(3))
