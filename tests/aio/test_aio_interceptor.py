@@ -46,14 +46,19 @@ class Client:
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.channel = channel
-        self.unary = channel.unary_unary(UNARY)
-        self.other = channel.unary_unary(OTHER)
-        self.server_stream = channel.unary_stream(SERVER_STREAM)
-        self.client_stream = channel.stream_unary(CLIENT_STREAM)
-        self.bidi = channel.stream_stream(BIDI)
+        self.unary: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(UNARY)
+        self.other: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(OTHER)
+        self.server_stream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+            SERVER_STREAM
+        )
+        self.client_stream: grpc.aio.StreamUnaryMultiCallable[bytes, bytes] = channel.stream_unary(
+            CLIENT_STREAM
+        )
+        self.bidi: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(BIDI)
 
 
 Connect = Callable[..., Client]
+Stream = grpc.aio.UnaryStreamCall[bytes, bytes] | grpc.aio.StreamStreamCall[bytes, bytes]
 
 
 @pytest.fixture
@@ -301,6 +306,7 @@ async def test_open_streams_raise_on_first_read_without_the_server(
     await trip(client, registry, method)
     before = server.total()
     errors: list[BaseException] = []
+    stream: Stream
     for attempt in range(2):
         try:
             if method == SERVER_STREAM:
@@ -314,8 +320,8 @@ async def test_open_streams_raise_on_first_read_without_the_server(
         except grpc.aio.AioRpcError as error:
             errors.append(error)
     assert len(errors) == 2
-    for error in errors:
-        assert_rejection(error, method)
+    for rejection in errors:
+        assert_rejection(rejection, method)
     assert server.total() == before
 
 
@@ -350,6 +356,7 @@ async def test_stream_failing_mid_stream_counts_one_failure(
 ) -> None:
     client = connect(breaker_interceptors(registry))
     received: list[bytes] = []
+    stream: Stream
     if method == SERVER_STREAM:
         stream = client.server_stream(b"fail-after:2:UNAVAILABLE")
     else:
@@ -417,7 +424,8 @@ async def test_expired_deadline_is_a_failure_and_is_passed_unchanged(
     remaining = server.time_remaining[-1]
     assert remaining is not None and 0.0 < remaining <= 0.15
     assert await client.unary(b"x") == b"x"
-    assert server.time_remaining[-1] > 1e9  # no deadline added
+    remaining = server.time_remaining[-1]
+    assert remaining is not None and remaining > 1e9  # no deadline added
 
 
 async def test_a_failing_method_opens_only_its_own_breaker(
@@ -466,11 +474,15 @@ async def test_fallbacks_for_rejected_and_failed_calls(
     assert server.total() == before
     assert all(isinstance(error, CallNotPermittedError) for error in seen)
 
+    def after_failure(request: bytes, error: BaseException) -> bytes:
+        assert isinstance(error, grpc.aio.AioRpcError)
+        return b"after " + error.code().name.encode()
+
     on_failure = connect(
         breaker_interceptors(
             BreakerRegistry(CONFIG.replace(consecutive_failures=0)),
             fallbacks={
-                UNARY: lambda r, e: b"after " + e.code().name.encode(),
+                UNARY: after_failure,
                 CLIENT_STREAM: lambda r, e: b"stream fallback",
             },
             fallback_on_failure=True,

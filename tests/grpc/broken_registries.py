@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
-from meshbreaker.config import State
+from meshbreaker.breaker import Outcome
+from meshbreaker.config import BreakerConfig, State
 from meshbreaker.registry import BreakerRegistry
 from tests.grpc.bytes_server import CONFIG
 
@@ -12,7 +13,7 @@ from tests.grpc.bytes_server import CONFIG
 class ExplodingRegistry(BreakerRegistry):
     """Every breaker lookup raises."""
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str) -> NoReturn:
         raise RuntimeError("registry is broken")
 
 
@@ -21,7 +22,7 @@ class BrokenPermit:
 
     done = False
 
-    def record(self, outcome: Any, duration: Any = None) -> None:
+    def record(self, outcome: Outcome, duration: float | None = None) -> None:
         raise RuntimeError("permit is broken")
 
     def ignore(self) -> None:
@@ -52,14 +53,17 @@ class BrokenPermitRegistry(BreakerRegistry):
 BROKEN_REGISTRIES = [ExplodingRegistry, BrokenPermitRegistry]
 
 
-class UnclassifiableBreaker(BrokenBreaker):
+class UnclassifiableBreaker:
     """A breaker that admits and records fine but whose config cannot be read."""
 
-    @property  # type: ignore[misc]
-    def config(self) -> Any:
+    name = "broken"
+    state = State.CLOSED
+
+    @property
+    def config(self) -> BreakerConfig:
         raise RuntimeError("config is broken")
 
-    def acquire(self) -> Any:
+    def acquire(self) -> _QuietPermit:
         return _QuietPermit()
 
 
@@ -68,7 +72,7 @@ class _QuietPermit:
 
     done = False
 
-    def record(self, outcome: Any, duration: Any = None) -> None:
+    def record(self, outcome: Outcome, duration: float | None = None) -> None:
         """Accepts the outcome."""
 
     def ignore(self) -> None:

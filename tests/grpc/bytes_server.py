@@ -55,7 +55,7 @@ class BytesServer:
         self.entered = threading.Semaphore(0)
         self.time_remaining: list[float | None] = []
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=48))
-        handlers = {
+        handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
             "Unary": grpc.unary_unary_rpc_method_handler(functools.partial(self._unary, UNARY)),
             "Other": grpc.unary_unary_rpc_method_handler(functools.partial(self._unary, OTHER)),
             "ServerStream": grpc.unary_stream_rpc_method_handler(self._server_stream),

@@ -47,11 +47,15 @@ class Client:
 
     def __init__(self, channel: grpc.Channel) -> None:
         self.channel = channel
-        self.unary = channel.unary_unary(UNARY)
-        self.other = channel.unary_unary(OTHER)
-        self.server_stream = channel.unary_stream(SERVER_STREAM)
-        self.client_stream = channel.stream_unary(CLIENT_STREAM)
-        self.bidi = channel.stream_stream(BIDI)
+        self.unary: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(UNARY)
+        self.other: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(OTHER)
+        self.server_stream: grpc.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+            SERVER_STREAM
+        )
+        self.client_stream: grpc.StreamUnaryMultiCallable[bytes, bytes] = channel.stream_unary(
+            CLIENT_STREAM
+        )
+        self.bidi: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(BIDI)
 
     def close(self) -> None:
         self.channel.close()
@@ -100,7 +104,7 @@ def outcome(fn: Callable[[], Any]) -> Any:
 
 def trip(client: Client, registry: BreakerRegistry, method: str = UNARY) -> None:
     """Opens the breaker of `method` with two UNAVAILABLE answers."""
-    call = {
+    call: Callable[[], object] = {
         UNARY: lambda: client.unary(b"fail:UNAVAILABLE"),
         OTHER: lambda: client.other(b"fail:UNAVAILABLE"),
         SERVER_STREAM: lambda: list(client.server_stream(b"fail-after:0:UNAVAILABLE")),
@@ -116,6 +120,13 @@ def trip(client: Client, registry: BreakerRegistry, method: str = UNARY) -> None
 # ----- closed: everything reaches the caller exactly as without the interceptor ----------------
 
 
+def code_and_details(future: grpc.Future[Any]) -> tuple[grpc.StatusCode, str | None]:
+    """What a caller reads from a call future that failed."""
+    error = future.exception()
+    assert isinstance(error, grpc.RpcError), error
+    return error.code(), error.details()
+
+
 def scenarios(client: Client) -> list[Callable[[], Any]]:
     return [
         lambda: client.unary(b"hello"),
@@ -125,9 +136,7 @@ def scenarios(client: Client) -> list[Callable[[], Any]]:
         lambda: client.unary.with_call(b"fail:INTERNAL")[0],
         lambda: client.unary.future(b"hello").result(),
         lambda: client.unary.future(b"fail:DATA_LOSS").result(),
-        lambda: (lambda f: (f.exception().code(), f.exception().details()))(
-            client.unary.future(b"fail:ABORTED")
-        ),
+        lambda: code_and_details(client.unary.future(b"fail:ABORTED")),
         lambda: list(client.server_stream(b"n:3")),
         lambda: list(client.server_stream(b"fail-after:2:UNAVAILABLE")),
         lambda: client.client_stream(iter([b"a", b"b", b"c"])),
@@ -303,8 +312,10 @@ def test_open_unary_rejects_every_way_of_calling_without_the_server(
     assert_rejection(with_call.value)
     future = client.unary.future(b"hello")
     assert future.done()
-    assert_rejection(future.exception())
-    assert future.exception() is future
+    error = future.exception()
+    assert isinstance(error, RejectedCall)
+    assert_rejection(error)
+    assert error is future
     with pytest.raises(RejectedCall):
         future.result()
     assert server.count(UNARY) == before
@@ -319,13 +330,13 @@ def test_open_streams_raise_on_first_read_without_the_server(
     trip(client, registry, method)
     before = server.total()
     if method == SERVER_STREAM:
-        stream = client.server_stream(b"n:3")
+        responses = client.server_stream(b"n:3")
     elif method == BIDI:
-        stream = client.bidi(iter([b"a"]))
+        responses = client.bidi(iter([b"a"]))
     else:
-        stream = client.client_stream.future(iter([b"a"]))
+        future = client.client_stream.future(iter([b"a"]))
     with pytest.raises(CallNotPermittedError) as raised:
-        next(stream) if method != CLIENT_STREAM else stream.result()
+        next(responses) if method != CLIENT_STREAM else future.result()
     assert_rejection(raised.value, method)
     assert server.total() == before
 
@@ -337,8 +348,10 @@ def test_forced_open_details_say_no_probe(
     client = connect(BreakerInterceptor(registry))
     with pytest.raises(CallNotPermittedError) as raised:
         client.unary(b"x")
-    assert "FORCED_OPEN" in raised.value.details()
-    assert tuple(raised.value.trailing_metadata()) == (("x-meshbreaker-state", "FORCED_OPEN"),)
+    error = raised.value
+    assert isinstance(error, RejectedCall)
+    assert "FORCED_OPEN" in error.details()
+    assert tuple(error.trailing_metadata()) == (("x-meshbreaker-state", "FORCED_OPEN"),)
     assert server.total() == 0
 
 
@@ -441,7 +454,8 @@ def test_expired_deadline_is_a_failure_and_is_passed_unchanged(
     remaining = server.time_remaining[-1]
     assert remaining is not None and 0.0 < remaining <= 0.15
     assert client.unary(b"x") == b"x"
-    assert server.time_remaining[-1] > 1e9  # no deadline added
+    remaining = server.time_remaining[-1]
+    assert remaining is not None and remaining > 1e9  # no deadline added
 
 
 def test_a_failing_method_opens_only_its_own_breaker(
@@ -476,7 +490,7 @@ def test_fallback_answers_rejected_unary_calls(
 ) -> None:
     seen: list[tuple[Any, BaseException]] = []
 
-    def fallback(request: Any, error: BaseException) -> bytes:
+    def fallback(request: bytes, error: BaseException) -> bytes:
         seen.append((request, error))
         return b"cached"
 
@@ -498,7 +512,7 @@ def test_fallback_answers_rejected_unary_calls(
 def test_fallback_on_failure_only_when_asked(
     connect: Callable[..., Client], registry: BreakerRegistry
 ) -> None:
-    def fallback(request: Any, error: BaseException) -> bytes:
+    def fallback(request: bytes, error: BaseException) -> bytes:
         assert isinstance(error, grpc.RpcError)
         return b"fallback for " + request + b" after " + error.code().name.encode()
 
@@ -526,7 +540,7 @@ def test_fallback_on_failure_only_when_asked(
 def test_fallback_exception_reaches_the_caller(
     connect: Callable[..., Client], registry: BreakerRegistry
 ) -> None:
-    def fallback(request: Any, error: BaseException) -> bytes:
+    def fallback(request: bytes, error: BaseException) -> bytes:
         raise LookupError("no cached value")
 
     client = connect(BreakerInterceptor(registry, fallbacks={UNARY: fallback}))
@@ -551,7 +565,7 @@ def test_bulkhead_rejects_beyond_max_concurrent_calls_without_the_server(
     error = raised.value
     assert isinstance(error, grpc.RpcError) and isinstance(error, CallNotPermittedError)
     assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert UNARY in error.details()
+    assert UNARY in (error.details() or "")
     assert server.count(UNARY) == 2
     server.release.set()
     assert [f.result(timeout=2) for f in in_flight] == [b"block", b"block"]
