@@ -6,12 +6,16 @@ import math
 import sys
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshbreaker.window import CountWindow, TimeWindow
+
+if TYPE_CHECKING:
+    from _typeshed import TraceFunction
 
 # (failed, slow, duration, seconds to advance before the call, settle logged successes now)
 calls = st.lists(
@@ -103,7 +107,7 @@ def _lines_executed(run: Callable[[], None]) -> int:
     """Python lines executed by `run`: a deterministic measure of work, unlike a timer."""
     count = 0
 
-    def tracer(frame: FrameType, event: str, arg: object) -> object:
+    def tracer(frame: FrameType, event: str, arg: object) -> TraceFunction:
         nonlocal count
         if event == "line":
             count += 1

@@ -13,7 +13,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from meshbreaker.aio import AioRejectedError, breaker_interceptors
+from meshbreaker.aio import AioBreakerInterceptor, AioRejectedError, breaker_interceptors
 from meshbreaker.config import GRPC_CODE_NAMES, State
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError
 from meshbreaker.registry import BreakerRegistry
@@ -564,7 +564,8 @@ def test_one_interceptor_per_kind_sharing_one_registry() -> None:
     for interceptor, kind in zip(interceptors, kinds, strict=True):
         assert isinstance(interceptor, kind)
         assert sum(isinstance(interceptor, other) for other in kinds) == 1
-        assert interceptor.registry is registry  # type: ignore[attr-defined]
+        assert isinstance(interceptor, AioBreakerInterceptor)
+        assert interceptor.registry is registry
     with pytest.raises(ConfigError, match="fallbacks"):
         breaker_interceptors(fallbacks={"nope": lambda r, e: r})
 

@@ -92,7 +92,7 @@ def test_unknown_value_from_a_newer_server_is_nacked_and_previous_policies_kept(
         assert wait_until(lambda: any(r.applied_revision == 1 for r in servicer.reports))
 
         newer = method_policy("a", BreakerConfig(consecutive_failures=9))
-        newer.override = 7  # type: ignore[assignment]  # an Override this agent predates
+        newer.override = pb.Override.ValueType(7)  # an Override this agent predates
         servicer.snapshots.put(
             pb.ConfigSnapshot(revision=2, service="transaction", policies=[newer])
         )
@@ -154,7 +154,9 @@ def test_transition_listener_never_blocks_the_calling_thread(
     blocked = threading.Event()
     original = servicer.ReportState
 
-    def slow_report(request: Any, context: Any) -> pb.ReportStateResponse:
+    def slow_report(
+        request: pb.ReportStateRequest, context: grpc.ServicerContext
+    ) -> pb.ReportStateResponse:
         blocked.wait(1.0)  # the control plane is very slow to answer reports
         return original(request, context)
 

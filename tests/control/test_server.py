@@ -42,9 +42,9 @@ def policy(policy_id: str, **selector: str) -> pb.Policy:
 
 
 def snapshot(
-    name: str, state: int = pb.BREAKER_STATE_CLOSED, **fields: float
+    name: str, state: pb.BreakerState.ValueType = pb.BREAKER_STATE_CLOSED, **fields: Any
 ) -> pb.BreakerSnapshot:
-    return pb.BreakerSnapshot(name=name, state=state, **fields)  # type: ignore[arg-type]
+    return pb.BreakerSnapshot(name=name, state=state, **fields)
 
 
 async def code_of(call: Awaitable[object]) -> grpc.StatusCode:
@@ -236,13 +236,10 @@ async def report(
     instance: str,
     service: str,
     *breakers: pb.BreakerSnapshot,
-    **fields: object,
+    **fields: Any,
 ) -> pb.ReportStateResponse:
     request = pb.ReportStateRequest(
-        instance_id=instance,
-        service=service,
-        breakers=breakers,
-        **fields,  # type: ignore[arg-type]
+        instance_id=instance, service=service, breakers=breakers, **fields
     )
     return await stub.ReportState(request)
 

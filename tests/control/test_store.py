@@ -54,7 +54,8 @@ def test_put_stamps_one_new_revision_for_all_policies(store: SqliteStore) -> Non
     stored = store.get("a")
     assert stored is not None and stored.revision == 2
     assert stored.config.failure_rate_threshold == pytest.approx(0.3)
-    assert store.get("b") is not None and store.get("b").revision == 1  # type: ignore[union-attr]
+    untouched = store.get("b")
+    assert untouched is not None and untouched.revision == 1
 
 
 def test_compare_and_set(store: SqliteStore) -> None:

@@ -474,11 +474,12 @@ def test_policy_round_trip() -> None:
 
 
 def _p(policy_id: str, *, caller: str = "", service: str = "", method: str = "",
-       rate: float | None = None, override: int = pb.OVERRIDE_NONE) -> pb.Policy:  # fmt: skip
+       rate: float | None = None,
+       override: pb.Override.ValueType = pb.OVERRIDE_NONE) -> pb.Policy:  # fmt: skip
     message = pb.Policy(
         id=policy_id,
         selector=pb.Selector(caller=caller, service=service, method=method),
-        override=override,  # type: ignore[arg-type]
+        override=override,
     )
     if rate is not None:
         message.config.failure_rate_threshold = rate
