@@ -54,7 +54,7 @@ def _serve(ports: Any) -> None:
             yield request
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    handlers = {
+    handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Stream": grpc.unary_stream_rpc_method_handler(stream),
     }
@@ -214,8 +214,12 @@ def _sync_threads(call: Callable[[bytes], Any], count: int, pool: futures.Execut
 
 def _run_sync(target: str, rounds: int, calls: int, streams: int, batches: int) -> dict[str, Any]:
     channels = _sync_channels(target)
-    unary = {v: channels[v].unary_unary(UNARY) for v in VARIANTS}
-    stream = {v: channels[v].unary_stream(STREAM) for v in VARIANTS}
+    unary: dict[str, grpc.UnaryUnaryMultiCallable[bytes, bytes]] = {
+        v: channels[v].unary_unary(UNARY) for v in VARIANTS
+    }
+    stream: dict[str, grpc.UnaryStreamMultiCallable[bytes, bytes]] = {
+        v: channels[v].unary_stream(STREAM) for v in VARIANTS
+    }
     workloads = {
         "unary": Workload("sync unary, 1 thread", "us/call"),
         "stream": Workload(f"sync server-stream of {STREAM_MESSAGES}", "us/stream"),
@@ -282,8 +286,12 @@ async def _run_aio(
             target, interceptors=breaker_interceptors(BreakerRegistry())
         ),
     }
-    unary = {v: channels[v].unary_unary(UNARY) for v in VARIANTS}
-    stream = {v: channels[v].unary_stream(STREAM) for v in VARIANTS}
+    unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {
+        v: channels[v].unary_unary(UNARY) for v in VARIANTS
+    }
+    stream: dict[str, grpc.aio.UnaryStreamMultiCallable[bytes, bytes]] = {
+        v: channels[v].unary_stream(STREAM) for v in VARIANTS
+    }
     workloads = {
         "unary": Workload("aio unary, 1 task", "us/call"),
         "stream": Workload(f"aio server-stream of {STREAM_MESSAGES}", "us/stream"),
@@ -334,7 +342,7 @@ def _added_ns(samples: dict[str, list[float]], variant: str, base: str) -> float
 def _interceptor_cost(rounds: int, calls: int) -> dict[str, Any]:
     """In-process CPU cost of the interception alone (no network): ns per call."""
     details = grpc.ClientCallDetails()
-    details.method = UNARY  # type: ignore[misc]
+    details.method = UNARY
     done = _DoneCall()
 
     def continuation(_details: Any, _request: Any) -> _DoneCall:
