@@ -19,7 +19,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check meshbreaker tests bench examples
 
 typecheck: $(STAMP)
-	$(BIN)/mypy meshbreaker
+	$(BIN)/mypy
 
 pytest: $(STAMP)
 	$(BIN)/pytest -n 2 -q
