@@ -32,6 +32,7 @@ from bench._harness import table, write_json
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.control.convert import config_to_proto
+from meshbreaker.histogram import DEFAULT_BUCKETS
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
@@ -143,6 +144,18 @@ def propagation(target: str, agents: int, puts: int) -> dict[str, Any]:
 
 
 def _report(instance: int, breakers: int) -> pb.ReportStateRequest:
+    # What an agent whose process exports metrics sends: transition counts and a histogram too.
+    histogram = pb.DurationHistogram(
+        bounds=DEFAULT_BUCKETS, counts=[90 + i for i in range(len(DEFAULT_BUCKETS) + 1)], sum=4.0
+    )
+    transitions = [
+        pb.TransitionCount(from_state=old, to_state=new, count=3)
+        for old, new in (
+            (pb.BREAKER_STATE_CLOSED, pb.BREAKER_STATE_OPEN),
+            (pb.BREAKER_STATE_OPEN, pb.BREAKER_STATE_HALF_OPEN),
+            (pb.BREAKER_STATE_HALF_OPEN, pb.BREAKER_STATE_CLOSED),
+        )
+    ]
     snapshots = [
         pb.BreakerSnapshot(
             name=f"/bench.v1.Service/Method{index}",
@@ -153,6 +166,9 @@ def _report(instance: int, breakers: int) -> pb.ReportStateRequest:
             failure_rate=0.01,
             window_calls=100,
             mean_duration=0.004,
+            times_opened=3,
+            transitions=transitions,
+            duration_histogram=histogram,
         )
         for index in range(breakers)
     ]
