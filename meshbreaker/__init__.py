@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from meshbreaker.breaker import BreakerSnapshot, CallResult, CircuitBreaker, Outcome, Permit
+from meshbreaker.breaker import (
+    BreakerObservation,
+    BreakerSnapshot,
+    CallResult,
+    CircuitBreaker,
+    Outcome,
+    Permit,
+)
 from meshbreaker.config import BreakerConfig, Mode, State, WindowType
 from meshbreaker.decorate import circuit
 from meshbreaker.errors import (
@@ -21,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BreakerConfig",
     "BreakerInterceptor",
+    "BreakerObservation",
     "BreakerRegistry",
     "BreakerSnapshot",
     "BulkheadFullError",

@@ -86,6 +86,15 @@ class BreakerSnapshot:
     half_open_successes: int
 
 
+@dataclass(frozen=True, slots=True)
+class BreakerObservation:
+    """A snapshot with the transition counts and duration histogram of the same instant."""
+
+    snapshot: BreakerSnapshot
+    transitions: dict[tuple[State, State], int]
+    durations: HistogramSnapshot | None
+
+
 class Permit:
     """Leave to make one call; report how it ended exactly once (later reports are no-ops)."""
 
@@ -654,38 +663,61 @@ class CircuitBreaker:
         """An immutable record of the state and counters now."""
         now = self._clock()
         with self._lock:
-            transition = self._half_open_if_due(now)
-            self._settle_quick()
-            window = self._window
-            window.expire(now)
-            self._refresh_fast_path(now)  # the head may have moved, failures may have expired
-            calls = window.calls
-            state = self._state
-            successful = self._successful
-            snapshot = BreakerSnapshot(
-                name=self.name,
-                state=state,
-                total=successful + self._failed + self._ignored,
-                successful=successful,
-                failed=self._failed,
-                ignored=self._ignored,
-                slow=self._slow,
-                rejected=self._rejected(),
-                shadow_rejected=self._shadow_rejected,
-                failure_rate=window.failures / calls if calls else 0.0,
-                slow_call_rate=window.slow / calls if calls else 0.0,
-                window_calls=calls,
-                mean_duration=max(window.duration_sum / calls, 0.0) if calls else 0.0,
-                consecutive_failures=self._consecutive,
-                state_since=self._state_since,
-                open_until=self._open_until if state is State.OPEN else None,
-                times_opened=self._times_opened,
-                half_open_in_flight=self._half_open_in_flight,
-                half_open_successes=self._half_open_successes,
-            )
+            transition, snapshot = self._snapshot_locked(now)
         if transition is not None:
             self._emit(transition, None)
         return snapshot
+
+    def observe(self) -> BreakerObservation:
+        """The snapshot, transition counts and duration histogram, read together under one lock.
+
+        What exporters read: the histogram's count then equals the snapshot's successful + failed.
+        """
+        now = self._clock()
+        with self._lock:
+            transition, snapshot = self._snapshot_locked(now)
+            histogram = self._histogram
+            observation = BreakerObservation(
+                snapshot,
+                dict(self._transitions),
+                None if histogram is None else histogram.snapshot(),
+            )
+        if transition is not None:
+            self._emit(transition, None)
+        return observation
+
+    def _snapshot_locked(self, now: float) -> tuple[tuple[State, State] | None, BreakerSnapshot]:
+        """A due OPEN -> HALF_OPEN transition (for listeners) and the snapshot (lock held)."""
+        transition = self._half_open_if_due(now)
+        self._settle_quick()
+        window = self._window
+        window.expire(now)
+        self._refresh_fast_path(now)  # the head may have moved, failures may have expired
+        calls = window.calls
+        state = self._state
+        successful = self._successful
+        snapshot = BreakerSnapshot(
+            name=self.name,
+            state=state,
+            total=successful + self._failed + self._ignored,
+            successful=successful,
+            failed=self._failed,
+            ignored=self._ignored,
+            slow=self._slow,
+            rejected=self._rejected(),
+            shadow_rejected=self._shadow_rejected,
+            failure_rate=window.failures / calls if calls else 0.0,
+            slow_call_rate=window.slow / calls if calls else 0.0,
+            window_calls=calls,
+            mean_duration=max(window.duration_sum / calls, 0.0) if calls else 0.0,
+            consecutive_failures=self._consecutive,
+            state_since=self._state_since,
+            open_until=self._open_until if state is State.OPEN else None,
+            times_opened=self._times_opened,
+            half_open_in_flight=self._half_open_in_flight,
+            half_open_successes=self._half_open_successes,
+        )
+        return transition, snapshot
 
     def track_durations(self, buckets: Sequence[float] | None = DEFAULT_BUCKETS) -> None:
         """Keep a histogram of call durations in `buckets` (seconds); None stops and drops it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 
@@ -187,3 +188,34 @@ def test_racing_reports_of_one_permit_count_once() -> None:
     snap = cb.snapshot()
     assert snap.successful + snap.failed == len(permits)
     assert all(permit.done for permit in permits)
+
+
+def test_an_observation_is_consistent_while_calls_run() -> None:
+    cb = CircuitBreaker("observed", BreakerConfig(window_type=WindowType.COUNT, window_size=50))
+    cb.track_durations()
+    stop = threading.Event()
+
+    def boom() -> None:
+        raise ConnectionError("down")
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            with contextlib.suppress(ConnectionError, CallNotPermittedError):
+                cb.call(boom if rng.random() < 0.01 else int)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        observations = [cb.observe() for _ in range(300)]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    for observed in observations:
+        assert observed.durations is not None
+        snap = observed.snapshot
+        assert observed.durations.count == snap.successful + snap.failed
+        assert sum(observed.transitions.values()) >= snap.times_opened
+    assert observations[-1].snapshot.total > observations[0].snapshot.total  # calls really ran

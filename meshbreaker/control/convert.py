@@ -452,8 +452,7 @@ def snapshot_to_proto(
 ) -> pb.BreakerSnapshot:
     """The report message for a breaker snapshot; `now` is the breaker clock's current reading.
 
-    `transitions` and `histogram` are what the breaker's transition_counts() and
-    duration_histogram() return.
+    `transitions` and `histogram` are what the breaker's observe() returns with the snapshot.
     """
     message = pb.BreakerSnapshot(
         name=snapshot.name,
@@ -493,9 +492,8 @@ def snapshot_to_proto(
 
 def breaker_to_proto(breaker: CircuitBreaker, now: float) -> pb.BreakerSnapshot:
     """The report message for a breaker: its snapshot, transition counts and histogram."""
-    return snapshot_to_proto(
-        breaker.snapshot(), now, breaker.transition_counts(), breaker.duration_histogram()
-    )
+    observed = breaker.observe()
+    return snapshot_to_proto(observed.snapshot, now, observed.transitions, observed.durations)
 
 
 def transitions_from_proto(

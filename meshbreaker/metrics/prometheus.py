@@ -188,14 +188,15 @@ class PrometheusExporter:
         rows = []
         durations = self._durations
         for breaker in sorted(self._registry, key=lambda breaker: breaker.name):
-            snapshot = breaker.snapshot()
+            observed = breaker.observe()  # one lock: the histogram agrees with the counters
+            snapshot = observed.snapshot
             rows.append(
                 BreakerRow(
                     breaker_labels(snapshot.name),
                     snapshot.state,
                     snapshot,
-                    breaker.transition_counts(),
-                    breaker.duration_histogram() if durations else None,
+                    observed.transitions,
+                    observed.durations if durations else None,
                 )
             )
         return breaker_families(BREAKER_LABELS, rows, durations=durations)
