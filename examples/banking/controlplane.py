@@ -1,4 +1,4 @@
-"""The demo's control plane as a process: meshbreaker's server on 127.0.0.1, port in a file."""
+"""The demo's control plane as a process: meshbreaker's server on 127.0.0.1, ports in files."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ def main() -> None:
         help="token for agents and reads (env BANKING_AGENT_TOKEN)",
     )
     parser.add_argument("--report-ttl", type=float, default=10.0)
+    parser.add_argument(
+        "--metrics-port-file",
+        help="serve Prometheus metrics on a free port; write it here before --port-file",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s control-plane %(message)s")
     threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
@@ -34,6 +38,8 @@ def main() -> None:
     from meshbreaker.control.server import ControlPlaneServer, run
 
     def ready(server: ControlPlaneServer) -> None:
+        if args.metrics_port_file and server.metrics_port is not None:
+            write_port_file(args.metrics_port_file, server.metrics_port)
         write_port_file(args.port_file, server.port)
         print(f"PORT {server.port}", flush=True)
 
@@ -44,6 +50,7 @@ def main() -> None:
         admin_token=args.admin_token,
         agent_token=args.agent_token,
         report_ttl=args.report_ttl,
+        metrics_port=0 if args.metrics_port_file else None,
     )
 
 

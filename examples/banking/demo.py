@@ -193,6 +193,7 @@ class Demo:
         self.agent_token = secrets.token_hex(16)
         self.accounts = account_ids(settings.accounts)
         self.registry = BreakerRegistry()
+        self.registry.track_durations()  # reported to the control plane: its /metrics histograms
         self.phases: list[PhaseResult] = []
         self._phase: PhaseResult | None = None
         self._plain_on = threading.Event()
@@ -228,11 +229,12 @@ class Demo:
         # Tokens travel in the environment, not on command lines other users can read.
         tokens = {"BANKING_ADMIN_TOKEN": self.admin_token, "BANKING_AGENT_TOKEN": self.agent_token}
         cp_db = str(self.run_dir / "control-plane.db")
-        self.processes.spawn(
-            "control-plane", "examples.banking.controlplane", ["--db", cp_db], tokens
-        )
-        cp_target = self.processes.target("control-plane")
+        metrics_port_file = self.run_dir / "control-plane.metrics-port"
+        cp_args = ["--db", cp_db, "--metrics-port-file", str(metrics_port_file)]
+        self.processes.spawn("control-plane", "examples.banking.controlplane", cp_args, tokens)
+        cp_target = self.processes.target("control-plane")  # written after the metrics port
         self.targets["control-plane"] = cp_target
+        self.metrics_url = f"http://127.0.0.1:{int(metrics_port_file.read_text())}/metrics"
         self.cp_channel = grpc.insecure_channel(cp_target)
         self.cp = pb_grpc.ControlPlaneStub(self.cp_channel)
         put = self._admin("PutPolicy", pb.PutPolicyRequest(policies=policy_messages()))
@@ -240,6 +242,7 @@ class Demo:
             f"control plane on {cp_target}: {len(put.policies)} policies put "
             f"(revision {put.revision}); address and tokens in {self.run_dir / 'run.json'}"
         )
+        self.say(f"Prometheus metrics of every breaker in the mesh: {self.metrics_url}")
 
         agent_env = {"BANKING_AGENT_TOKEN": self.agent_token}
 
@@ -268,6 +271,7 @@ class Demo:
         self.say("services: " + ", ".join(f"{name} {self.targets[name]}" for name in SERVICES))
         info = {
             "control_plane": cp_target,
+            "metrics_url": self.metrics_url,
             "admin_token": self.admin_token,
             "agent_token": self.agent_token,
             "pid": os.getpid(),

@@ -202,6 +202,7 @@ def main() -> None:
     parser.add_argument("--accounts-target", required=True, help="account service host:port")
     args = parser.parse_args()
     registry = BreakerRegistry()
+    registry.track_durations()  # reported to the control plane: its /metrics histograms
     run_process(
         "transaction",
         args,

@@ -16,6 +16,7 @@ from typing import IO
 import pytest
 
 from examples.banking.demo import Demo, Settings
+from tests.scrape_support import Scrape
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVICES = ("AccountService", "TransactionService", "NotificationService", "AuditService")
@@ -78,6 +79,7 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
                 break
             assert time.monotonic() < deadline, status.stdout + status.stderr
             time.sleep(0.2)
+        metrics = Scrape(info["metrics_url"])
         seen.extend(process.stdout)
         assert process.wait(timeout=50) == 0, "".join(seen)
     finally:
@@ -86,6 +88,23 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
     output = "".join(seen)
     for service in SERVICES:
         assert f"bank.v1.{service}/" in status.stdout
+    # The same mesh as Prometheus sees it, from the control plane's /metrics.
+    assert {f"bank.v1.{service}" for service in SERVICES} <= {
+        grpc_service for (grpc_service,) in metrics.label_sets("meshbreaker_state", "grpc_service")
+    }
+    callers = metrics.by("meshbreaker_control_plane_instances", "service")
+    assert callers.keys() >= {"gateway", "transaction"}
+    assert sum(callers.values()) == 1 + len(SERVICES)  # the gateway and the four services
+    assert (
+        sum(
+            metrics.by(
+                "meshbreaker_calls_total", "breaker", outcome="successful", service="gateway"
+            ).values()
+        )
+        > 0
+    )
+    gateway_histograms = metrics.label_sets("meshbreaker_call_duration_seconds_count", "service")
+    assert ("gateway",) in gateway_histograms
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["ok"] is True
     assert [c["ok"] for c in summary["invariants"]] == [True] * 4
