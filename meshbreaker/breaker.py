@@ -39,7 +39,6 @@ _SUCCESS: Final = Outcome.SUCCESS
 _FAILURE: Final = Outcome.FAILURE
 _IGNORED: Final = Outcome.IGNORED
 _STALE: Final = -1  # the generation of a permit that must never move the state
-_CLOSED: Final = State.CLOSED
 _OPEN: Final = State.OPEN
 _FORCED_OPEN: Final = State.FORCED_OPEN
 _INF: Final = math.inf
@@ -434,13 +433,8 @@ class CircuitBreaker:
         now = self._clock()
         if duration is None:
             duration = now - permit._start
-        if (
-            outcome is _SUCCESS
-            and now < self._quick_until
-            and duration < self._slow_threshold
-            and permit._generation == self._generation
-        ):
-            self._quick_append(duration)  # as in call(); permits of a bulkhead never get here
+        # Permits of a bulkhead never log quick successes: their slot must be given back.
+        if outcome is _SUCCESS and self._logged_quick(permit._generation, duration, now):
             return
         self._lock.acquire()
         try:
@@ -564,7 +558,7 @@ class CircuitBreaker:
             raise
         now = clock()
         duration = now - start
-        # The hot path, _succeed() inlined: a quick success is logged without the lock. The
+        # The hot path, _logged_quick() inlined: a quick success is logged without the lock. The
         # generation check and the append are a few bytecodes apart; a transition slipping in
         # between would count this success in a later window (in the totals exactly once).
         if (
@@ -577,18 +571,16 @@ class CircuitBreaker:
         self._record(generation, _SUCCESS, duration, now)
         return result
 
-    def _succeed(self, generation: int, start: float) -> None:
-        """Record a success of a call admitted in `generation` at `start`."""
-        now = self._clock()
-        duration = now - start
+    def _logged_quick(self, generation: int, duration: float, now: float) -> bool:
+        """Log a success lock-free if it is a quick one (see call()); whether it was."""
         if (
             now < self._quick_until
             and duration < self._slow_threshold
             and generation == self._generation
         ):
             self._quick_append(duration)
-            return
-        self._record(generation, _SUCCESS, duration, now)
+            return True
+        return False
 
     async def call_async(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """Await `fn(*args, **kwargs)` under the breaker; a cancelled call is ignored."""
@@ -609,7 +601,10 @@ class CircuitBreaker:
             now = self._clock()
             self._record(generation, self._classify(exc), now - start, now)
             raise
-        self._succeed(generation, start)
+        now = self._clock()
+        duration = now - start
+        if not self._logged_quick(generation, duration, now):
+            self._record(generation, _SUCCESS, duration, now)
         return result
 
     def guard(self) -> Permit:
