@@ -450,9 +450,12 @@ def test_after_stop_nothing_runs_on(scripted: tuple[ScriptedControlPlane, str]) 
     assert wait_until(lambda: all(agent.reports_sent >= 2 for agent in agents))
     for agent in agents:
         agent.stop()
+    sent = [agent.reports_sent for agent in agents]
     after = len(servicer.reports)
     time.sleep(0.1)
-    assert len(servicer.reports) == after  # no orphaned reporter keeps going
+    assert [agent.reports_sent for agent in agents] == sent  # no orphaned reporter keeps going
+    # A report already on the wire when stop() cancelled it may still land: one per agent at most.
+    assert len(servicer.reports) <= after + len(agents)
     assert all(agent._done is not None and agent._done.done() for agent in agents)
 
 

@@ -105,6 +105,7 @@ def test_unreachable_control_plane_keeps_retrying_and_stop_is_prompt() -> None:
     agent.start()
     assert wait_until(lambda: agent.last_error is not None)
     assert agent.last_error is not None and "UNAVAILABLE" in agent.last_error
+    assert wait_until(lambda: agent._backoff.attempt >= 3)  # it keeps retrying
     assert not agent.connected
     started = time.monotonic()
     agent.stop()
