@@ -164,6 +164,18 @@ def test_policy_put_list_delete_with_flags(cli: Callable[..., tuple[int, str, st
     assert "(none)" in out and "store revision 2" in out
 
 
+def test_an_open_duration_above_the_default_maximum_needs_no_maximum(
+    cli: Callable[..., tuple[int, str, str]],
+) -> None:
+    status, _, err = cli(
+        "policy", "put", "--id", "slow", "--method", METHOD, "--open-duration", "120"
+    )  # fmt: skip
+    assert status == 0, err
+    status, out, _ = cli("policy", "list", "--json")
+    stored = json.loads(out)["policies"][0]
+    assert set(stored["config"]) == {"open_duration"}  # the maximum stays unset, as sent
+
+
 def test_policy_put_from_a_file_with_flags_overriding_it(
     cli: Callable[..., tuple[int, str, str]], cp: ControlPlane, tmp_path: Path
 ) -> None:

@@ -69,7 +69,8 @@ def _override_word(text: str) -> State | None:
 
 def config_message_from(values: dict[str, Any]) -> tuple[pb.BreakerConfig, pb.Mode.ValueType]:
     """Validate `values` as BreakerConfig fields; the message sets only those fields."""
-    full = BreakerConfig.from_dict(values)
+    # The server reads an unset open_duration_max the same way; the message leaves it unset.
+    full = BreakerConfig.from_dict(convert.default_open_duration_max(values))
     message, mode = convert.config_to_proto(full)
     for name in _PROTO_CONFIG_FIELDS:
         if name not in values:

@@ -250,6 +250,16 @@ def _duration_seconds(value: Duration, path: str) -> float:
     return value.seconds + value.nanos / 1e9
 
 
+def default_open_duration_max(values: Mapping[str, object]) -> dict[str, object]:
+    """`values` with an unset open_duration_max meaning the default, raised to the open duration."""
+    given = values.get("open_duration")
+    if "open_duration_max" in values or isinstance(given, bool):
+        return dict(values)
+    if not isinstance(given, (int, float)):
+        return dict(values)
+    return {**values, "open_duration_max": max(BreakerConfig.open_duration_max, given)}
+
+
 def config_from_proto(
     message: pb.BreakerConfig, mode: int = pb.MODE_UNSPECIFIED, path: str = "policy.config"
 ) -> BreakerConfig:
@@ -261,10 +271,7 @@ def config_from_proto(
     for name in _DURATIONS:
         if _has(message, name):
             values[name] = _duration_seconds(getattr(message, name), f"{path}.{name}")
-    open_duration = values.get("open_duration")
-    if isinstance(open_duration, float) and "open_duration_max" not in values:
-        # An unset maximum means "the default", which must not be below the open duration given.
-        values["open_duration_max"] = max(BreakerConfig.open_duration_max, open_duration)
+    values = default_open_duration_max(values)
     if message.slow_calls_disabled:
         if message.HasField("slow_call_duration"):
             raise ConfigError(
