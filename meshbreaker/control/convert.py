@@ -12,12 +12,11 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Protocol
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
-from meshbreaker.breaker import CircuitBreaker
+from meshbreaker.breaker import BreakerSnapshot, CircuitBreaker
 from meshbreaker.config import BreakerConfig, Mode, State, WindowType
 from meshbreaker.errors import ConfigError
 from meshbreaker.histogram import MAX_BUCKETS, HistogramSnapshot
@@ -122,49 +121,6 @@ class ResolvedPolicies:
     default: BreakerConfig | None = None
     policies: dict[str, BreakerConfig] = field(default_factory=dict)
     overrides: dict[str, State] = field(default_factory=dict)
-
-
-class SnapshotLike(Protocol):
-    """The fields of meshbreaker.breaker.BreakerSnapshot that are sent in reports."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def state(self) -> State: ...
-    @property
-    def total(self) -> int: ...
-    @property
-    def successful(self) -> int: ...
-    @property
-    def failed(self) -> int: ...
-    @property
-    def ignored(self) -> int: ...
-    @property
-    def slow(self) -> int: ...
-    @property
-    def rejected(self) -> int: ...
-    @property
-    def shadow_rejected(self) -> int: ...
-    @property
-    def failure_rate(self) -> float: ...
-    @property
-    def slow_call_rate(self) -> float: ...
-    @property
-    def window_calls(self) -> int: ...
-    @property
-    def mean_duration(self) -> float: ...
-    @property
-    def consecutive_failures(self) -> int: ...
-    @property
-    def state_since(self) -> float: ...
-    @property
-    def open_until(self) -> float | None: ...
-    @property
-    def times_opened(self) -> int: ...
-    @property
-    def half_open_in_flight(self) -> int: ...
-    @property
-    def half_open_successes(self) -> int: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,9 +307,7 @@ def policy_from_proto(message: pb.Policy, path: str = "policy") -> PolicySpec:
         raise ConfigError(
             f"{path}.mode", "needs a config (an empty config means every default applies)"
         )
-    if message.override not in _OVERRIDE_FROM_PROTO:
-        raise ConfigError(f"{path}.override", f"unknown Override value {message.override}")
-    override = _OVERRIDE_FROM_PROTO[message.override]
+    override = override_from_proto(message.override, f"{path}.override")
     if override is not None and not selector.registry_selector:
         raise ConfigError(f"{path}.override", "needs a selector with a service or a method")
     if len(message.description) > MAX_DESCRIPTION_LENGTH:
@@ -452,7 +406,7 @@ def state_from_proto(value: int) -> State | None:
 
 
 def snapshot_to_proto(
-    snapshot: SnapshotLike,
+    snapshot: BreakerSnapshot,
     now: float,
     transitions: Mapping[tuple[State, State], int] | None = None,
     histogram: HistogramSnapshot | None = None,
