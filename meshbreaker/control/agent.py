@@ -224,8 +224,7 @@ class MeshAgent:
         self._lock = threading.Lock()
         self._applied = threading.Condition(self._lock)
         self._started = False
-        self._stopped = False
-        self._stopping = False  # read by the loop's tasks
+        self._stopped = False  # also read by the loop's tasks
         self._loop: _AgentLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._done: concurrent.futures.Future[None] | None = None
@@ -318,7 +317,6 @@ class MeshAgent:
             if self._stopped:
                 return
             self._stopped = True
-        self._stopping = True
         if self._unsubscribe is not None:
             self._unsubscribe()
         loop, task, done = self._loop, self._task, self._done
@@ -357,13 +355,13 @@ class MeshAgent:
                 child.cancel()
             # The channel closes only once both are done with it. (gather() would return at
             # the first cancelled child, and wait_for() may swallow a cancellation before
-            # Python 3.12, which is why the loops also check `_stopping`.)
+            # Python 3.12, which is why the loops also check `_stopped`.)
             await asyncio.wait(children)
             self._connected = False
             await channel.close()
 
     def _cancel(self, task: asyncio.Task[None]) -> None:
-        """On the loop: wake the reporter so it sees `_stopping`, and cancel everything."""
+        """On the loop: wake the reporter so it sees `_stopped`, and cancel everything."""
         if self._report_event is not None:
             self._report_event.set()
         task.cancel()
@@ -372,7 +370,7 @@ class MeshAgent:
 
     async def _watch_loop(self, stub: pb_grpc.ControlPlaneAsyncStub) -> None:
         request = pb.WatchConfigRequest(service=self.service, instance_id=self.instance_id)
-        while not self._stopping:
+        while not self._stopped:
             try:
                 call = stub.WatchConfig(request, metadata=self._metadata)
                 async for snapshot in call:
@@ -390,7 +388,7 @@ class MeshAgent:
                 self._last_error = f"{type(error).__name__}: {error}"
             finally:
                 self._connected = False
-            if self._stopping:
+            if self._stopped:
                 return
             delay = self._backoff.next_delay()
             # One warning per outage; the retries themselves are debug noise.
@@ -511,15 +509,15 @@ class MeshAgent:
     async def _report_loop(self, stub: pb_grpc.ControlPlaneAsyncStub) -> None:
         assert self._report_event is not None
         event = self._report_event
-        while not self._stopping:
+        while not self._stopped:
             try:
                 await asyncio.wait_for(event.wait(), self.report_interval)
             except asyncio.TimeoutError:
                 pass  # the periodic report
             else:
-                if self._report_coalesce > 0 and not self._stopping:
+                if self._report_coalesce > 0 and not self._stopped:
                     await asyncio.sleep(self._report_coalesce)  # let a burst settle
-            if self._stopping:
+            if self._stopped:
                 return
             event.clear()
             self._report_pending = False
