@@ -15,8 +15,9 @@ from meshbreaker.histogram import DEFAULT_BUCKETS, check_buckets
 
 logger = logging.getLogger(__name__)
 
-_METHOD_SELECTOR = re.compile(r"^/[^/\s]+/[^/\s]+$")
-_SERVICE_SELECTOR = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+# Used with fullmatch: `$` would also accept a trailing newline.
+_METHOD_SELECTOR = re.compile(r"/[^/\s]+/[^/\s]+")
+_SERVICE_SELECTOR = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _OVERRIDES = (State.FORCED_OPEN, State.FORCED_CLOSED)
 
 
@@ -46,16 +47,21 @@ def selectors_for(name: str) -> tuple[str, ...]:
     return (method, service)
 
 
+def is_method_name(name: object) -> bool:
+    """Whether `name` is a full gRPC method name, "/pkg.Service/Method"."""
+    return isinstance(name, str) and _METHOD_SELECTOR.fullmatch(name) is not None
+
+
 def validate_selector(selector: str) -> None:
     """Raise ConfigError unless `selector` is a method, a service or a full breaker name."""
     if not isinstance(selector, str) or not selector:
         raise ConfigError("selector", f"must be a non-empty string, got {selector!r}")
     if selector.startswith("/"):
-        if not _METHOD_SELECTOR.match(selector):
+        if not is_method_name(selector):
             raise ConfigError(
                 "selector", f"{selector!r} is not a method name like /pkg.Service/Method"
             )
-    elif "/" not in selector and not _SERVICE_SELECTOR.match(selector):
+    elif "/" not in selector and not _SERVICE_SELECTOR.fullmatch(selector):
         raise ConfigError("selector", f"{selector!r} is not a service name like pkg.Service")
 
 

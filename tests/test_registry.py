@@ -81,7 +81,7 @@ def test_set_policy_updates_live_breakers_keeping_their_window(clock: FakeClock)
 
 def test_bad_selectors_are_rejected(clock: FakeClock) -> None:
     reg = BreakerRegistry(clock=clock)
-    for selector in ("", "/nomethod", "/a/b/c", "bad service", "/a b/c"):
+    for selector in ("", "/nomethod", "/a/b/c", "bad service", "/a b/c", "/a/b\n", "pkg.Svc\n"):
         with pytest.raises(ConfigError):
             reg.set_policy(selector, BreakerConfig())
     with pytest.raises(ConfigError):

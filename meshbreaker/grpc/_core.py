@@ -13,7 +13,7 @@ import grpc
 from meshbreaker.breaker import CircuitBreaker, Outcome, Permit
 from meshbreaker.config import GRPC_CODE_NAMES, State, check_code_sets
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError
-from meshbreaker.registry import BreakerRegistry
+from meshbreaker.registry import BreakerRegistry, is_method_name
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class Guard:
                     "fallbacks", "must be a mapping of '/pkg.Service/Method' to callables"
                 )
             for method, fallback in fallbacks.items():
-                if not _is_method_name(method):
+                if not is_method_name(method):
                     raise ConfigError(
                         "fallbacks", f"{method!r} is not a '/pkg.Service/Method' name"
                     )
@@ -258,12 +258,3 @@ def run_fallback(fallback: Fallback, request: Any, error: BaseException) -> tupl
     except Exception as exception:
         logger.debug("meshbreaker: fallback raised", exc_info=True)
         return False, exception
-
-
-def _is_method_name(method: object) -> bool:
-    return (
-        isinstance(method, str)
-        and method.startswith("/")
-        and method.count("/") == 2
-        and "//" not in method
-    )

@@ -611,8 +611,9 @@ def test_defaults_and_bad_arguments() -> None:
     assert isinstance(BreakerInterceptor().registry, BreakerRegistry)
     with pytest.raises(ConfigError, match="target"):
         BreakerInterceptor(target="")
-    with pytest.raises(ConfigError, match="fallbacks"):
-        BreakerInterceptor(fallbacks={"Unary": lambda r, e: r})
+    for never_called in ("Unary", "/a/", "/a b/M", "/pkg.S/M\n"):
+        with pytest.raises(ConfigError, match="fallbacks"):
+            BreakerInterceptor(fallbacks={never_called: lambda r, e: r})
     with pytest.raises(ConfigError, match="fallbacks"):
         BreakerInterceptor(fallbacks={UNARY: "not callable"})  # type: ignore[dict-item]
     with pytest.raises(ConfigError, match="failure_codes"):
