@@ -493,7 +493,7 @@ class CircuitBreaker:
             self._consecutive = self._consecutive + 1 if failed else 0
             # A window with neither failures nor slow calls cannot trip.
             transition = self._closed_verdict(now) if window.failures or window.slow else None
-            if transition is None:
+            if transition is None and self._bulkhead is None:  # with one, nothing is lock-free
                 self._refresh_fast_path(now)
             return transition
         if state is State.HALF_OPEN:
@@ -540,14 +540,8 @@ class CircuitBreaker:
                 next(self._rejections)
                 state = _FORCED_OPEN if open_until == _INF else _OPEN
                 raise CallNotPermittedError(self.name, state, open_until - now)
-            permit = self._acquire_locked(now)
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                self._finish_permit(permit, self._classify(exc), None)
-                raise
-            self._finish_permit(permit, _SUCCESS, None)
-            return result
+            with self._acquire_locked(now):  # Permit.__exit__ reports the outcome
+                return fn(*args, **kwargs)
         clock = self._clock
         start = clock()
         try:
@@ -586,14 +580,8 @@ class CircuitBreaker:
         """Await `fn(*args, **kwargs)` under the breaker; a cancelled call is ignored."""
         generation = self._free_generation
         if generation < 0:
-            permit = self._acquire_locked(self._clock())
-            try:
-                result = await fn(*args, **kwargs)
-            except BaseException as exc:
-                self._finish_permit(permit, self._classify(exc), None)
-                raise
-            self._finish_permit(permit, _SUCCESS, None)
-            return result
+            with self._acquire_locked(self._clock()):
+                return await fn(*args, **kwargs)
         start = self._clock()
         try:
             result = await fn(*args, **kwargs)
