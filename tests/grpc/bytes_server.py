@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
+import pytest
 
 from meshbreaker.config import BreakerConfig, WindowType
+from meshbreaker.registry import BreakerRegistry
 from meshbreaker.testing import FakeClock
 
 SERVICE = "test.Svc"
@@ -156,3 +158,17 @@ class BytesServer:
         self._enter(BIDI, context)
         for request in requests:
             yield self._answer(request, context)
+
+
+@pytest.fixture
+def server(clock: FakeClock) -> Iterator[BytesServer]:
+    """A started BytesServer whose b"tick" requests advance the test's fake clock."""
+    bytes_server = BytesServer(clock).start()
+    yield bytes_server
+    bytes_server.stop()
+
+
+@pytest.fixture
+def registry(clock: FakeClock) -> BreakerRegistry:
+    """A registry on the fake clock with CONFIG as its default."""
+    return BreakerRegistry(CONFIG, clock=clock)

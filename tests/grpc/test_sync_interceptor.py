@@ -30,6 +30,7 @@ from tests.grpc.bytes_server import (
     UNARY,
     BytesServer,
 )
+from tests.server_support import wait_until
 
 FAILURE_CODES = [
     "UNAVAILABLE",
@@ -79,15 +80,6 @@ def connect(server: BytesServer) -> Iterator[Callable[..., Client]]:
         client.close()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Polls `predicate` (done-callbacks run on grpc's threads, just after the caller wakes)."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
-
-
 def outcome(fn: Callable[[], Any]) -> Any:
     """What a caller observes: the value, or the error's type, code, details and trailers."""
     try:
@@ -114,7 +106,7 @@ def trip(client: Client, registry: BreakerRegistry, method: str = UNARY) -> None
     for _ in range(2):
         with pytest.raises(grpc.RpcError):
             call()
-    wait_for(lambda: registry.get(method).state is State.OPEN)
+    assert wait_until(lambda: registry.get(method).state is State.OPEN)
 
 
 # ----- closed: everything reaches the caller exactly as without the interceptor ----------------
@@ -187,7 +179,7 @@ def test_future_does_not_block_in_the_interceptor(
     server.release.set()
     assert future.result(timeout=2) == b"block"
     assert list(stream) == [b"block"]
-    wait_for(lambda: registry.get(UNARY).snapshot().successful == 1)
+    assert wait_until(lambda: registry.get(UNARY).snapshot().successful == 1)
 
 
 # ----- outcome by status -----------------------------------------------------------------------
@@ -222,7 +214,7 @@ def test_cancelled_call_is_ignored(
     future = client.unary.future(b"block")
     assert server.entered.acquire(timeout=2)  # cancelled mid-flight, not before it arrived
     assert future.cancel()
-    wait_for(lambda: registry.get(UNARY).snapshot().ignored == 1)
+    assert wait_until(lambda: registry.get(UNARY).snapshot().ignored == 1)
     snapshot = registry.get(UNARY).snapshot()
     assert (snapshot.failed, snapshot.successful) == (0, 0)
 
@@ -376,7 +368,7 @@ def test_half_open_lets_at_most_two_of_twenty_concurrent_probes_through(
         results = [pool.submit(probe) for _ in range(20)]
         for _ in range(2):
             assert server.entered.acquire(timeout=2)
-        wait_for(lambda: sum(r.done() for r in results) == 18)
+        assert wait_until(lambda: sum(r.done() for r in results) == 18)
         assert server.count(UNARY) - before == 2
         server.release.set()
         observed = [r.result(timeout=2) for r in results]
@@ -569,7 +561,7 @@ def test_bulkhead_rejects_beyond_max_concurrent_calls_without_the_server(
     assert server.count(UNARY) == 2
     server.release.set()
     assert [f.result(timeout=2) for f in in_flight] == [b"block", b"block"]
-    wait_for(lambda: registry.get(UNARY).snapshot().successful == 2)
+    assert wait_until(lambda: registry.get(UNARY).snapshot().successful == 2)
     snapshot = registry.get(UNARY).snapshot()
     assert (snapshot.rejected, snapshot.failed) == (1, 0)
     assert client.unary(b"x") == b"x"
@@ -659,7 +651,7 @@ def test_every_call_counts_exactly_once_under_concurrency(
     with futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(work, range(60)))
     unary, stream, bidi = (registry.get(m) for m in (UNARY, SERVER_STREAM, BIDI))
-    wait_for(lambda: unary.snapshot().total == 120)
+    assert wait_until(lambda: unary.snapshot().total == 120)
     assert (unary.snapshot().failed, unary.snapshot().successful) == (40, 80)
     for breaker in (stream, bidi):
         snapshot = breaker.snapshot()
