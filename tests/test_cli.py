@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import signal
@@ -17,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshbreaker.cli import format_table, main
 from meshbreaker.config import BreakerConfig, State
@@ -25,6 +24,7 @@ from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
 from tests.scrape_support import Scrape
 from tests.server_support import ControlPlane, wait_until
+from tests.tls_support import Pem, issue, pem
 
 METHOD = "/bank.v1.AccountService/GetBalance"
 CONSOLE_SCRIPT = Path(sys.executable).parent / "meshbreaker"
@@ -466,63 +466,22 @@ def test_control_plane_command_serves_until_interrupted(tmp_path: Path) -> None:
 # Mutual TLS: the CLI's TLS flags and an agent's credentials, certificates made here
 
 
-def _issue(
-    name: str, issuer: tuple[Any, Any] | None, *, ca: bool = False, server: bool = False
-) -> tuple[Any, Any]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    issuer_cert, issuer_key = issuer if issuer else (None, key)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_cert.subject if issuer_cert else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256()), key
-
-
-def _write_pem(pair: tuple[Any, Any], directory: Path, stem: str) -> tuple[Path, Path]:
-    from cryptography.hazmat.primitives import serialization
-
-    cert, key = pair
+def _write_pem(pair: Pem, directory: Path, stem: str) -> tuple[Path, Path]:
     cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_path.write_bytes(pair.cert)
+    key_path.write_bytes(pair.key)
     return cert_path, key_path
 
 
 def test_mutual_tls_for_the_cli_and_an_agent(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ca = _issue("test CA", None, ca=True)
-    ca_cert, _ = _write_pem(ca, tmp_path, "ca")
-    server_cert, server_key = _write_pem(_issue("localhost", ca, server=True), tmp_path, "server")
-    client_cert, client_key = _write_pem(_issue("ops", ca), tmp_path, "client")
+    ca = issue("test CA", None, ca=True)
+    ca_cert, _ = _write_pem(pem(ca), tmp_path, "ca")
+    server_pair = pem(issue("localhost", ca, usage=ExtendedKeyUsageOID.SERVER_AUTH))
+    server_cert, server_key = _write_pem(server_pair, tmp_path, "server")
+    client_pair = pem(issue("ops", ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH))
+    client_cert, client_key = _write_pem(client_pair, tmp_path, "client")
     plane = ControlPlane(
         tmp_path / "tls.db",
         tls_cert=server_cert,

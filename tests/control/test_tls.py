@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,70 +9,15 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshbreaker.control.server import ControlPlaneServer
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+from tests.tls_support import Pem, issue, pem
 
 Start = Callable[..., Awaitable[ControlPlaneServer]]
-
-
-@dataclass(frozen=True)
-class Pem:
-    cert: bytes
-    key: bytes
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _issue(
-    common_name: str,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool = False,
-    usage: x509.ObjectIdentifier | None = None,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    issuer_cert, issuer_key = issuer if issuer else (None, key)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(issuer_cert.subject if issuer_cert else _name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256()), key
-
-
-def _pem(pair: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> Pem:
-    cert, key = pair
-    return Pem(
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
 
 
 @dataclass(frozen=True)
@@ -87,13 +30,13 @@ class Pki:
 
 @pytest.fixture(scope="module")
 def pki() -> Pki:
-    ca = _issue("meshbreaker test CA", None, ca=True)
-    other_ca = _issue("rogue CA", None, ca=True)
+    ca = issue("meshbreaker test CA", None, ca=True)
+    other_ca = issue("rogue CA", None, ca=True)
     return Pki(
-        ca=_pem(ca),
-        server=_pem(_issue("localhost", ca, usage=ExtendedKeyUsageOID.SERVER_AUTH)),
-        client=_pem(_issue("agent", ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)),
-        rogue_client=_pem(_issue("rogue", other_ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)),
+        ca=pem(ca),
+        server=pem(issue("localhost", ca, usage=ExtendedKeyUsageOID.SERVER_AUTH)),
+        client=pem(issue("agent", ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)),
+        rogue_client=pem(issue("rogue", other_ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)),
     )
 
 
