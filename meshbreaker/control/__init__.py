@@ -10,6 +10,7 @@ __all__ = [
     "Limits",
     "MeshAgent",
     "PolicyStore",
+    "ServerOptions",
     "SqliteStore",
     "run",
     "serve",
@@ -17,13 +18,15 @@ __all__ = [
 
 if TYPE_CHECKING:
     from meshbreaker.control.agent import MeshAgent
-    from meshbreaker.control.server import ControlPlaneServer, Limits, run, serve
+    from meshbreaker.control.limits import Limits
+    from meshbreaker.control.server import ControlPlaneServer, ServerOptions, run, serve
     from meshbreaker.control.store import PolicyStore, SqliteStore
 
 _LAZY = {
     "MeshAgent": "meshbreaker.control.agent",
     "ControlPlaneServer": "meshbreaker.control.server",
-    "Limits": "meshbreaker.control.server",
+    "Limits": "meshbreaker.control.limits",
+    "ServerOptions": "meshbreaker.control.server",
     "run": "meshbreaker.control.server",
     "serve": "meshbreaker.control.server",
     "PolicyStore": "meshbreaker.control.store",

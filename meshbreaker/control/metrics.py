@@ -29,7 +29,8 @@ from meshbreaker.metrics.prometheus import (
 from meshbreaker.registry import split_breaker_name
 
 if TYPE_CHECKING:
-    from meshbreaker.control.server import ControlPlaneServicer, MeshView
+    from meshbreaker.control.instances import MeshView
+    from meshbreaker.control.servicer import ControlPlaneServicer
 
 # The caller service and instance come first; "service" is the caller here (as everywhere in the
 # control plane), so the called gRPC service parsed from the breaker name is "grpc_service".

@@ -13,8 +13,7 @@ from meshbreaker.config import BreakerConfig
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.control.convert import ResolvedPolicies
 from meshbreaker.control.metrics import ControlPlaneCollector
-from meshbreaker.control.server import ControlPlaneServer
-from meshbreaker.control.store import SqliteStore
+from meshbreaker.control.server import ControlPlaneServer, ServerOptions
 from meshbreaker.errors import ConfigError
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.testing import FakeClock
@@ -233,11 +232,7 @@ async def test_metrics_port_in_use_fails_the_start_and_frees_the_grpc_port(
     assert second.port == grpc_port
 
 
-def test_metrics_port_is_validated(tmp_path: Any) -> None:
-    store = SqliteStore(tmp_path / "cp.db")
-    try:
-        for bad in (-1, 65536, True, "9090"):
-            with pytest.raises(ConfigError, match="metrics_port"):
-                ControlPlaneServer(store, metrics_port=bad)  # type: ignore[arg-type]
-    finally:
-        store.close()
+def test_metrics_port_is_validated() -> None:
+    for bad in (-1, 65536, True, "9090"):
+        with pytest.raises(ConfigError, match="metrics_port"):
+            ServerOptions(metrics_port=bad)  # type: ignore[arg-type]

@@ -13,7 +13,8 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from meshbreaker.control.server import ControlPlaneServer, Limits, _EventBus
+from meshbreaker.control.events import EventBus
+from meshbreaker.control.server import ControlPlaneServer, Limits
 from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
@@ -636,8 +637,8 @@ async def test_a_put_the_client_gives_up_on_still_reaches_watchers(
 async def test_a_stalled_events_subscriber_keeps_the_newest_and_is_warned_about_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    bus = _EventBus(queue_size=2, wall_clock=lambda: 0.0)
-    with caplog.at_level("WARNING", logger="meshbreaker.control.server"), bus.subscribe() as queue:
+    bus = EventBus(queue_size=2, wall_clock=lambda: 0.0)
+    with caplog.at_level("WARNING", logger="meshbreaker.control.events"), bus.subscribe() as queue:
         for _ in range(5):
             bus.publish(pb.Event())
         assert [queue.get_nowait().sequence for _ in range(2)] == [4, 5]

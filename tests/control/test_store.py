@@ -131,6 +131,18 @@ def test_reopening_keeps_policies_revision_and_audit(tmp_path: Path) -> None:
     second.close()
 
 
+def test_a_store_keeps_the_id_it_was_created_with(tmp_path: Path) -> None:
+    first = SqliteStore(tmp_path / "one.db")
+    other = SqliteStore(tmp_path / "other.db")
+    created = first.store_id
+    first.close()
+    reopened = SqliteStore(tmp_path / "one.db")
+    assert reopened.store_id == created != other.store_id
+    assert len(created) == 36  # a UUID: two stores never share one by accident
+    reopened.close()
+    other.close()
+
+
 def test_durability_settings(store: SqliteStore, tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "store.db") as other:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -1,126 +1,37 @@
-"""Policy stores: the PolicyStore interface and the embedded SQLite implementation.
-
-A store holds validated `meshbreaker.v1.Policy` messages, a global revision that only grows, and an
-audit log of every change. Writes are compare-and-set on that revision. The server calls a store
-from one worker thread at a time; SqliteStore is also safe to share between threads.
-"""
+"""The embedded policy store: one SQLite file, safe to share between threads."""
 
 from __future__ import annotations
 
-import abc
 import builtins
 import logging
 import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from google.protobuf import json_format
 
-from meshbreaker.errors import MeshbreakerError
+from meshbreaker.control.store.base import (
+    AuditEntry,
+    PolicyNotFoundError,
+    PolicyStore,
+    RevisionMismatchError,
+    SelectorConflictError,
+    StoreError,
+    selector_key,
+)
 from meshbreaker.v1 import control_plane_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
-
-class StoreError(MeshbreakerError):
-    """A store operation was refused; nothing was written."""
-
-
-class RevisionMismatchError(StoreError):
-    """The store revision is not the expected one (compare-and-set failed)."""
-
-    def __init__(self, expected: int, actual: int) -> None:
-        super().__init__(f"expected store revision {expected}, but it is {actual}")
-        self.expected = expected
-        self.actual = actual
-
-
-class PolicyNotFoundError(StoreError):
-    """No policy has that id."""
-
-    def __init__(self, policy_id: str) -> None:
-        super().__init__(f"no policy with id {policy_id!r}")
-        self.policy_id = policy_id
-
-
-class SelectorConflictError(StoreError):
-    """Another policy already has exactly this selector."""
-
-    def __init__(self, policy_id: str, other_id: str) -> None:
-        super().__init__(f"policy {policy_id!r} has the same selector as policy {other_id!r}")
-        self.policy_id = policy_id
-        self.other_id = other_id
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    """One change: at which revision, to which policy, by whom, when (unix time), before/after."""
-
-    revision: int
-    policy_id: str
-    action: str  # "put" or "delete"
-    actor: str
-    time: float
-    before: pb.Policy | None
-    after: pb.Policy | None
-
-
-def selector_key(policy: pb.Policy) -> tuple[str, str, str]:
-    """The identity of a policy's selector; two stored policies never share one."""
-    return (policy.selector.caller, policy.selector.service, policy.selector.method)
-
-
-class PolicyStore(abc.ABC):
-    """Where policies live; a networked implementation can replace SqliteStore for replicas."""
-
-    @abc.abstractmethod
-    def list(self) -> tuple[int, list[pb.Policy]]:
-        """The store revision and every policy, sorted by id, read consistently."""
-
-    @abc.abstractmethod
-    def get(self, policy_id: str) -> pb.Policy | None:
-        """The policy with that id, or None."""
-
-    @abc.abstractmethod
-    def revision(self) -> int:
-        """The global store revision (0 for an empty, never written store)."""
-
-    @abc.abstractmethod
-    def put(
-        self,
-        policies: Sequence[pb.Policy],
-        *,
-        expected_revision: int | None = None,
-        actor: str = "",
-    ) -> builtins.list[AuditEntry]:
-        """Create or replace `policies` atomically at one new revision; returns one entry each.
-
-        The stored copies get `revision`, `updated_at` and `updated_by` set. Raises
-        RevisionMismatchError, or SelectorConflictError when two policies would share a selector.
-        """
-
-    @abc.abstractmethod
-    def delete(
-        self, policy_id: str, *, expected_revision: int | None = None, actor: str = ""
-    ) -> AuditEntry:
-        """Delete one policy at a new revision (PolicyNotFoundError, RevisionMismatchError)."""
-
-    @abc.abstractmethod
-    def audit_log(self, *, since_revision: int = 0, limit: int = 1000) -> builtins.list[AuditEntry]:
-        """Changes with a revision > since_revision, oldest first, at most `limit`."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release resources; the store is unusable afterwards."""
-
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS identity (store_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS policies (
     id TEXT PRIMARY KEY,
     revision INTEGER NOT NULL,
@@ -181,6 +92,17 @@ class SqliteStore(PolicyStore):
                     f"{self.path}: schema version {row[0]} is newer than this meshbreaker "
                     f"({SCHEMA_VERSION})"
                 )
+            # Created once with the store; a file from before store ids gets one on first open.
+            identity = self._db.execute("SELECT store_id FROM identity").fetchone()
+            if identity is None:
+                identity = (str(uuid.uuid4()),)
+                self._db.execute("INSERT INTO identity VALUES (?)", identity)
+            self._store_id = str(identity[0])
+
+    @property
+    def store_id(self) -> str:
+        """The id created with this file."""
+        return self._store_id
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -1,0 +1,53 @@
+"""The event bus behind WatchEvents: numbered, timestamped events fanned out to subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+from meshbreaker.v1 import control_plane_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+
+class EventBus:
+    """Fan-out of events to WatchEvents subscribers; a slow subscriber loses its oldest events."""
+
+    def __init__(self, queue_size: int, wall_clock: Callable[[], float]) -> None:
+        self._queue_size = queue_size
+        self._wall_clock = wall_clock
+        self._sequence = 0
+        # Events dropped per subscriber queue, so a stalled reader is logged once, not per event.
+        self._subscribers: dict[asyncio.Queue[pb.Event], int] = {}
+
+    def publish(self, event: pb.Event) -> None:
+        """Number and timestamp `event`, then queue it for every subscriber."""
+        self._sequence += 1
+        event.sequence = self._sequence
+        event.time.FromNanoseconds(int(self._wall_clock() * 1e9))
+        for queue, dropped in self._subscribers.items():
+            if queue.full():
+                queue.get_nowait()
+                if not dropped:
+                    logger.warning("events subscriber too slow; dropping its oldest events")
+                self._subscribers[queue] = dropped + 1
+            queue.put_nowait(event)
+
+    @contextlib.contextmanager
+    def subscribe(self) -> Iterator[asyncio.Queue[pb.Event]]:
+        """A queue that receives every event published while the block runs."""
+        queue: asyncio.Queue[pb.Event] = asyncio.Queue(self._queue_size)
+        self._subscribers[queue] = 0
+        try:
+            yield queue
+        finally:
+            dropped = self._subscribers.pop(queue, 0)
+            if dropped:
+                logger.warning("events subscriber left; %d events were dropped for it", dropped)
+
+    @property
+    def subscribers(self) -> int:
+        """How many subscriptions are open."""
+        return len(self._subscribers)

@@ -1,0 +1,113 @@
+"""The PolicyStore seam: what every policy store offers the control plane, and its errors.
+
+A store holds validated `meshbreaker.v1.Policy` messages, a global revision that only grows, and an
+audit log of every change. Writes are compare-and-set on that revision. Each store has an id created
+with it (`store_id`), so a client can tell one store from another that happens to share revisions.
+The server calls a store from one worker thread at a time.
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from meshbreaker.errors import MeshbreakerError
+from meshbreaker.v1 import control_plane_pb2 as pb
+
+
+class StoreError(MeshbreakerError):
+    """A store operation was refused; nothing was written."""
+
+
+class RevisionMismatchError(StoreError):
+    """The store revision is not the expected one (compare-and-set failed)."""
+
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"expected store revision {expected}, but it is {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class PolicyNotFoundError(StoreError):
+    """No policy has that id."""
+
+    def __init__(self, policy_id: str) -> None:
+        super().__init__(f"no policy with id {policy_id!r}")
+        self.policy_id = policy_id
+
+
+class SelectorConflictError(StoreError):
+    """Another policy already has exactly this selector."""
+
+    def __init__(self, policy_id: str, other_id: str) -> None:
+        super().__init__(f"policy {policy_id!r} has the same selector as policy {other_id!r}")
+        self.policy_id = policy_id
+        self.other_id = other_id
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One change: at which revision, to which policy, by whom, when (unix time), before/after."""
+
+    revision: int
+    policy_id: str
+    action: str  # "put" or "delete"
+    actor: str
+    time: float
+    before: pb.Policy | None
+    after: pb.Policy | None
+
+
+def selector_key(policy: pb.Policy) -> tuple[str, str, str]:
+    """The identity of a policy's selector; two stored policies never share one."""
+    return (policy.selector.caller, policy.selector.service, policy.selector.method)
+
+
+class PolicyStore(abc.ABC):
+    """Where policies live; a networked implementation can replace SqliteStore for replicas."""
+
+    @property
+    @abc.abstractmethod
+    def store_id(self) -> str:
+        """The id this store got when it was created; the same for every replica reading it."""
+
+    @abc.abstractmethod
+    def list(self) -> tuple[int, list[pb.Policy]]:
+        """The store revision and every policy, sorted by id, read consistently."""
+
+    @abc.abstractmethod
+    def get(self, policy_id: str) -> pb.Policy | None:
+        """The policy with that id, or None."""
+
+    @abc.abstractmethod
+    def revision(self) -> int:
+        """The global store revision (0 for an empty, never written store)."""
+
+    @abc.abstractmethod
+    def put(
+        self,
+        policies: Sequence[pb.Policy],
+        *,
+        expected_revision: int | None = None,
+        actor: str = "",
+    ) -> builtins.list[AuditEntry]:
+        """Create or replace `policies` atomically at one new revision; returns one entry each.
+
+        The stored copies get `revision`, `updated_at` and `updated_by` set. Raises
+        RevisionMismatchError, or SelectorConflictError when two policies would share a selector.
+        """
+
+    @abc.abstractmethod
+    def delete(
+        self, policy_id: str, *, expected_revision: int | None = None, actor: str = ""
+    ) -> AuditEntry:
+        """Delete one policy at a new revision (PolicyNotFoundError, RevisionMismatchError)."""
+
+    @abc.abstractmethod
+    def audit_log(self, *, since_revision: int = 0, limit: int = 1000) -> builtins.list[AuditEntry]:
+        """Changes with a revision > since_revision, oldest first, at most `limit`."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; the store is unusable afterwards."""

@@ -1,0 +1,131 @@
+"""Validation of control-plane requests: everything a remote process sends is checked here first.
+
+A check raises ConfigError (the servicer turns it into INVALID_ARGUMENT, naming the field) or
+Refused with its own status code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import grpc
+
+from meshbreaker.control import convert
+from meshbreaker.control.limits import Limits
+from meshbreaker.control.store import selector_key
+from meshbreaker.errors import ConfigError
+from meshbreaker.v1 import control_plane_pb2 as pb
+
+MAX_INSTANCE_ID_LENGTH = 256
+MAX_NACK_REASON_LENGTH = 4096
+STATE_FIELDS = {
+    pb.BREAKER_STATE_CLOSED: "closed",
+    pb.BREAKER_STATE_OPEN: "open",
+    pb.BREAKER_STATE_HALF_OPEN: "half_open",
+    pb.BREAKER_STATE_FORCED_OPEN: "forced_open",
+    pb.BREAKER_STATE_FORCED_CLOSED: "forced_closed",
+}
+
+
+class Refused(Exception):
+    """A request is refused with a status code; raised inside handlers, turned into an abort."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def without_output_only(policy: pb.Policy) -> pb.Policy:
+    """A copy of `policy` without the fields the store sets."""
+    copy = pb.Policy()
+    copy.CopyFrom(policy)
+    for output_only in ("revision", "updated_at", "updated_by"):
+        copy.ClearField(output_only)
+    return copy
+
+
+def expected_revision(request: Any) -> int | None:
+    """A write request's `expected_revision`, or None when it has none."""
+    if not request.HasField("expected_revision"):
+        return None
+    if request.expected_revision < 0:
+        raise ConfigError("expected_revision", "must be >= 0")
+    return int(request.expected_revision)
+
+
+def check_report(request: pb.ReportStateRequest, limits: Limits) -> None:
+    """Refuse a report with a missing or oversized id, or any breaker snapshot out of range."""
+    if not request.instance_id:
+        raise ConfigError("instance_id", "must not be empty")
+    if len(request.instance_id) > MAX_INSTANCE_ID_LENGTH:
+        raise ConfigError("instance_id", f"at most {MAX_INSTANCE_ID_LENGTH} characters")
+    convert.check_caller(request.service, "service", required=True)
+    if request.applied_revision < 0:
+        raise ConfigError("applied_revision", "must be >= 0")
+    limit = limits.max_breakers_per_report
+    if len(request.breakers) > limit:
+        raise ConfigError("breakers", f"at most {limit} per report, got {len(request.breakers)}")
+    max_name = convert.MAX_NAME_LENGTH
+    states = STATE_FIELDS
+    # Plain attribute reads and comparisons only: this runs for every breaker of every report.
+    for index, breaker in enumerate(request.breakers):
+        name = breaker.name
+        if not name or len(name) > max_name:
+            raise ConfigError(f"breakers[{index}].name", f"must be 1..{max_name} characters")
+        if breaker.state not in states:
+            raise ConfigError(
+                f"breakers[{index}].state", f"unknown or unset BreakerState {breaker.state}"
+            )
+        if not 0.0 <= breaker.failure_rate <= 1.0:  # also refuses NaN
+            raise ConfigError(f"breakers[{index}].failure_rate", "must be in [0, 1]")
+        if not 0.0 <= breaker.slow_call_rate <= 1.0:
+            raise ConfigError(f"breakers[{index}].slow_call_rate", "must be in [0, 1]")
+        if not 0.0 <= breaker.mean_duration < math.inf:
+            raise ConfigError(f"breakers[{index}].mean_duration", "must be a finite number >= 0")
+        if breaker.transitions:
+            convert.check_transitions(breaker.transitions, f"breakers[{index}].transitions")
+        if breaker.HasField("duration_histogram"):
+            convert.check_histogram(
+                breaker.duration_histogram, f"breakers[{index}].duration_histogram"
+            )
+    if request.HasField("nack") and len(request.nack.reason) > MAX_NACK_REASON_LENGTH:
+        raise ConfigError("nack.reason", f"at most {MAX_NACK_REASON_LENGTH} characters")
+
+
+def check_put(request: pb.PutPolicyRequest, limits: Limits) -> list[pb.Policy]:
+    """The request's policies, valid, without output-only fields, with unique ids and selectors."""
+    count = len(request.policies)
+    if count == 0:
+        raise ConfigError("policies", "at least one policy is needed")
+    if count > limits.max_policies_per_put:
+        raise ConfigError("policies", f"at most {limits.max_policies_per_put} per put, got {count}")
+    seen_ids: dict[str, int] = {}
+    seen_selectors: dict[tuple[str, str, str], int] = {}
+    cleaned = []
+    for index, policy in enumerate(request.policies):
+        path = f"policies[{index}]"
+        convert.policy_from_proto(policy, path)
+        if policy.id in seen_ids:
+            raise ConfigError(f"{path}.id", f"duplicate of policies[{seen_ids[policy.id]}]")
+        seen_ids[policy.id] = index
+        key = selector_key(policy)
+        if key in seen_selectors:
+            raise ConfigError(
+                f"{path}.selector", f"same selector as policies[{seen_selectors[key]}]"
+            )
+        seen_selectors[key] = index
+        cleaned.append(without_output_only(policy))
+    return cleaned
+
+
+def check_list_breakers(request: pb.ListBreakersRequest) -> None:
+    """Refuse a ListBreakers filter that could never match."""
+    convert.check_caller(request.service, "service", required=False)
+    if request.method.startswith("/"):
+        convert.check_method(request.method, "method")
+    else:
+        convert.check_service(request.method, "method")
+    if request.state != pb.BREAKER_STATE_UNSPECIFIED and request.state not in STATE_FIELDS:
+        raise ConfigError("state", f"unknown BreakerState {request.state}")
