@@ -14,7 +14,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from meshbreaker.config import BreakerConfig, Mode, State, WindowType
+from meshbreaker._backoff import Backoff
+from meshbreaker._types import Mode, State, WindowType
+from meshbreaker.config import BreakerConfig
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
 from meshbreaker.histogram import DEFAULT_BUCKETS, DurationHistogram, HistogramSnapshot
 from meshbreaker.window import CountWindow, TimeWindow, Window
@@ -78,6 +80,7 @@ class BreakerSnapshot:
     window_calls: int
     mean_duration: float
     consecutive_failures: int
+    minimum_calls: int  # the effective minimum: capped by a COUNT window's size
     state_since: float
     open_until: float | None
     times_opened: int
@@ -198,6 +201,8 @@ class CircuitBreaker:
         self._in_flight = 0  # bulkhead slots held
         self._override: State | None = None
         self._generation = 0
+        self._openings_in_row = 0  # openings since the last CLOSED: the backoff's exponent
+        self._spread = 0.5  # the jitter drawn for the current opening, in [0, 1)
         self._histogram: DurationHistogram | None = None
         self._transitions: dict[tuple[State, State], int] = {}
         self._apply_config(config or BreakerConfig())
@@ -219,6 +224,8 @@ class CircuitBreaker:
             math.inf if config.slow_call_duration is None else config.slow_call_duration
         )
         self._bulkhead = config.max_concurrent_calls
+        self._backoff = Backoff.of(config)
+        self._minimum_calls = config.effective_minimum_calls
 
     def update_config(self, config: BreakerConfig) -> None:
         """Apply `config` live.
@@ -226,8 +233,9 @@ class CircuitBreaker:
         When the window type and size are unchanged, the window's contents and the
         consecutive-failure count are kept. Otherwise the old evidence was gathered under a
         different definition, so the window starts empty and the consecutive count at zero.
-        The state, its generation and the counters are kept either way; a new open duration
-        takes effect at the next opening.
+        The state, its generation and the counters are kept either way. An OPEN breaker's
+        open period is recomputed from the moment it opened with the new durations (shorter or
+        longer), so a policy change reaches it at once.
         """
         with self._lock:
             old = self._config
@@ -236,12 +244,8 @@ class CircuitBreaker:
             if (old.window_type, old.window_size) != (config.window_type, config.window_size):
                 self._set_window(self._clock())
                 self._consecutive = 0
-            if self._state is not State.OPEN and self._state is not State.HALF_OPEN:
-                self._next_open_duration = config.open_duration
-            else:
-                self._next_open_duration = min(
-                    max(self._next_open_duration, config.open_duration), config.open_duration_max
-                )
+            if self._state is State.OPEN:
+                self._open_until = self._state_since + self._open_period()
             self._refresh_fast_path(self._clock())
 
     def _set_window(self, now: float) -> None:
@@ -316,10 +320,11 @@ class CircuitBreaker:
 
     @property
     def state(self) -> State:
-        """The current state (a due OPEN -> HALF_OPEN happens on reading)."""
-        if self._state is State.OPEN and self._clock() >= self._open_until:
+        """The current state (a transition that time made due happens on reading)."""
+        state = self._state
+        if state is State.HALF_OPEN or (state is State.OPEN and self._clock() >= self._open_until):
             with self._lock:
-                transition = self._half_open_if_due(self._clock())
+                transition = self._due_transition(self._clock())
             if transition is not None:
                 self._emit(transition, None)
         return self._state
@@ -335,15 +340,9 @@ class CircuitBreaker:
         self._half_open_successes = 0
         if state is State.OPEN:
             self._times_opened += 1
-            duration = self._next_open_duration
-            jitter = self._config.open_jitter
-            if jitter:
-                duration *= 1.0 + jitter * (2.0 * self._rng() - 1.0)
-            self._open_until = now + duration
-            config = self._config
-            self._next_open_duration = min(
-                self._next_open_duration * config.backoff_multiplier, config.open_duration_max
-            )
+            self._openings_in_row += 1
+            self._spread = self._rng() if self._config.open_jitter else 0.5
+            self._open_until = now + self._open_period()
         else:
             # Read without the lock by the fast rejection, so it alone says "reject now":
             # +inf while forced open, -inf whenever calls may go.
@@ -351,7 +350,7 @@ class CircuitBreaker:
         if state is State.CLOSED:
             self._set_window(now)
             self._consecutive = 0
-            self._next_open_duration = self._config.open_duration
+            self._openings_in_row = 0
         self._refresh_fast_path(now)
         if old is state:
             return None
@@ -359,9 +358,20 @@ class CircuitBreaker:
         self._transitions[transition] = self._transitions.get(transition, 0) + 1
         return transition
 
-    def _half_open_if_due(self, now: float) -> tuple[State, State] | None:
-        if self._state is State.OPEN and now >= self._open_until:
+    def _open_period(self) -> float:
+        """How long the current opening lasts, by the config in force (lock held, OPEN)."""
+        return self._backoff.duration(self._openings_in_row - 1, self._spread)
+
+    def _due_transition(self, now: float) -> tuple[State, State] | None:
+        """The transition time alone makes due (lock held): OPEN -> HALF_OPEN, or HALF_OPEN
+        undecided for half_open_max_wait -> OPEN."""
+        state = self._state
+        if state is State.OPEN and now >= self._open_until:
             return self._enter(State.HALF_OPEN, now)
+        if state is State.HALF_OPEN:
+            wait = self._config.half_open_max_wait
+            if wait and now >= self._state_since + wait:
+                return self._enter(State.OPEN, now)
         return None
 
     # ----- admission -----------------------------------------------------------------
@@ -389,7 +399,7 @@ class CircuitBreaker:
             raise CallNotPermittedError(self.name, state, open_until - now)
         self._lock.acquire()
         try:
-            transition = self._half_open_if_due(now) if self._state is State.OPEN else None
+            transition = self._due_transition(now)
             state = self._state
             generation = self._generation
             denied: CallNotPermittedError | None = None
@@ -514,7 +524,7 @@ class CircuitBreaker:
             return self._enter(State.OPEN, now)
         window = self._window
         calls = window.calls
-        if calls >= config.minimum_calls and (
+        if calls >= self._minimum_calls and (
             window.failures / calls >= config.failure_rate_threshold
             or window.slow / calls >= config.slow_call_rate_threshold
         ):
@@ -671,7 +681,7 @@ class CircuitBreaker:
 
     def _snapshot_locked(self, now: float) -> tuple[tuple[State, State] | None, BreakerSnapshot]:
         """A due OPEN -> HALF_OPEN transition (for listeners) and the snapshot (lock held)."""
-        transition = self._half_open_if_due(now)
+        transition = self._due_transition(now)
         self._settle_quick()
         window = self._window
         window.expire(now)
@@ -694,6 +704,7 @@ class CircuitBreaker:
             window_calls=calls,
             mean_duration=max(window.duration_sum / calls, 0.0) if calls else 0.0,
             consecutive_failures=self._consecutive,
+            minimum_calls=self._minimum_calls,
             state_since=self._state_since,
             open_until=self._open_until if state is State.OPEN else None,
             times_opened=self._times_opened,

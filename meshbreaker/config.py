@@ -1,4 +1,4 @@
-"""BreakerConfig and the engine's vocabulary (State, Mode, WindowType), with validation."""
+"""BreakerConfig: every tunable of a breaker, validated on construction."""
 
 from __future__ import annotations
 
@@ -9,66 +9,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshbreaker._names import DEFAULT_FAILURE_CODES, DEFAULT_IGNORED_CODES, GRPC_CODE_NAMES
+from meshbreaker._types import Mode, State, WindowType
 from meshbreaker.errors import ConfigError
 
-
-class State(str, enum.Enum):
-    """A breaker's state; FORCED_* are operator overrides."""
-
-    CLOSED = "CLOSED"
-    OPEN = "OPEN"
-    HALF_OPEN = "HALF_OPEN"
-    FORCED_OPEN = "FORCED_OPEN"
-    FORCED_CLOSED = "FORCED_CLOSED"
-
-
-class Mode(str, enum.Enum):
-    """ENFORCE rejects calls when open; SHADOW only reports what it would have done."""
-
-    ENFORCE = "enforce"
-    SHADOW = "shadow"
-
-
-class WindowType(str, enum.Enum):
-    """COUNT keeps the last `window_size` calls; TIME keeps the last `window_size` seconds."""
-
-    COUNT = "count"
-    TIME = "time"
-
-
-# gRPC status code names, kept as strings so the engine never imports grpc.
-GRPC_CODE_NAMES: frozenset[str] = frozenset(
-    {
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    }
-)
-DEFAULT_FAILURE_CODES: frozenset[str] = frozenset(
-    {
-        "UNAVAILABLE",
-        "DEADLINE_EXCEEDED",
-        "INTERNAL",
-        "UNKNOWN",
-        "DATA_LOSS",
-        "RESOURCE_EXHAUSTED",
-    }
-)
-DEFAULT_IGNORED_CODES: frozenset[str] = frozenset({"CANCELLED"})
+# Re-exported: the vocabulary lives in _types and _names, and configs are written with it.
+__all__ = [
+    "DEFAULT_FAILURE_CODES",
+    "DEFAULT_IGNORED_CODES",
+    "GRPC_CODE_NAMES",
+    "BreakerConfig",
+    "Mode",
+    "State",
+    "WindowType",
+    "check_code_sets",
+]
 
 
 def check_code_sets(
@@ -85,7 +40,14 @@ def check_code_sets(
 
 @dataclass(frozen=True)
 class BreakerConfig:
-    """How one breaker decides; immutable, validated on construction."""
+    """How one breaker decides; immutable, validated on construction.
+
+    `minimum_calls` is the number of calls the window must hold before its rates can open the
+    breaker. A COUNT window never holds more than `window_size` calls, so there the effective
+    minimum is `min(minimum_calls, window_size)`, as in resilience4j (`effective_minimum_calls`).
+    `half_open_max_wait` (seconds, 0 = off) sends a breaker that has not decided within that
+    time of entering HALF_OPEN back to OPEN, so an unreported probe cannot hold it forever.
+    """
 
     failure_rate_threshold: float = 0.5
     slow_call_rate_threshold: float = 0.5
@@ -100,6 +62,7 @@ class BreakerConfig:
     open_jitter: float = 0.0
     half_open_max_calls: int = 10
     half_open_success_threshold: int = 3
+    half_open_max_wait: float = 60.0
     max_concurrent_calls: int | None = None
     mode: Mode = Mode.ENFORCE
     failure_codes: frozenset[str] = field(default=DEFAULT_FAILURE_CODES)
@@ -133,9 +96,19 @@ class BreakerConfig:
             raise ConfigError("open_jitter", "must be in [0, 1)")
         _check_int(self, "half_open_max_calls", minimum=1)
         _check_int(self, "half_open_success_threshold", minimum=1)
+        _check_number(self, "half_open_max_wait")
+        if self.half_open_max_wait < 0:
+            raise ConfigError("half_open_max_wait", "must be >= 0 (0 turns it off)")
         if self.max_concurrent_calls is not None:
             _check_int(self, "max_concurrent_calls", minimum=1)
         check_code_sets(self.failure_codes, self.ignored_codes)
+
+    @property
+    def effective_minimum_calls(self) -> int:
+        """The calls a window must hold before its rates count (capped by a COUNT window's size)."""
+        if self.window_type is WindowType.COUNT:
+            return min(self.minimum_calls, self.window_size)
+        return self.minimum_calls
 
     def replace(self, **changes: Any) -> BreakerConfig:
         """A copy with `changes` applied and validated; unknown names raise ConfigError."""

@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from meshbreaker.config import State
+    from meshbreaker._types import State
 
 
 class MeshbreakerError(Exception):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+from meshbreaker._names import selectors_for, validate_selector
+from meshbreaker._names import (
+    split_breaker_name as split_breaker_name,  # re-exported for control.server
+)
 from meshbreaker.breaker import BreakerSnapshot, CircuitBreaker, Clock, StateListener
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.errors import ConfigError
@@ -15,54 +18,7 @@ from meshbreaker.histogram import DEFAULT_BUCKETS, check_buckets
 
 logger = logging.getLogger(__name__)
 
-# Used with fullmatch: `$` would also accept a trailing newline.
-_METHOD_SELECTOR = re.compile(r"/[^/\s]+/[^/\s]+")
-_SERVICE_SELECTOR = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _OVERRIDES = (State.FORCED_OPEN, State.FORCED_CLOSED)
-
-
-def split_breaker_name(name: str) -> tuple[str, str, str]:
-    """(target, gRPC service, full method) of a gRPC breaker name; ("", "", "") for other names.
-
-    "/pkg.Svc/M" -> ("", "pkg.Svc", "/pkg.Svc/M"); "target/pkg.Svc/M" -> ("target", "pkg.Svc",
-    "/pkg.Svc/M"); "payments" -> ("", "", "").
-    """
-    parts = name.rsplit("/", 2)
-    if len(parts) != 3 or not parts[1] or not parts[2]:
-        return ("", "", "")
-    return (parts[0], parts[1], f"/{parts[1]}/{parts[2]}")
-
-
-def selectors_for(name: str) -> tuple[str, ...]:
-    """The selectors that match breaker `name`, most specific first.
-
-    "/pkg.Svc/M" -> ("/pkg.Svc/M", "pkg.Svc"); "target/pkg.Svc/M" -> (the name itself,
-    "/pkg.Svc/M", "pkg.Svc"); any other name matches only itself.
-    """
-    target, service, method = split_breaker_name(name)
-    if not method:
-        return (name,)
-    if target:
-        return (name, method, service)
-    return (method, service)
-
-
-def is_method_name(name: object) -> bool:
-    """Whether `name` is a full gRPC method name, "/pkg.Service/Method"."""
-    return isinstance(name, str) and _METHOD_SELECTOR.fullmatch(name) is not None
-
-
-def validate_selector(selector: str) -> None:
-    """Raise ConfigError unless `selector` is a method, a service or a full breaker name."""
-    if not isinstance(selector, str) or not selector:
-        raise ConfigError("selector", f"must be a non-empty string, got {selector!r}")
-    if selector.startswith("/"):
-        if not is_method_name(selector):
-            raise ConfigError(
-                "selector", f"{selector!r} is not a method name like /pkg.Service/Method"
-            )
-    elif "/" not in selector and not _SERVICE_SELECTOR.fullmatch(selector):
-        raise ConfigError("selector", f"{selector!r} is not a service name like pkg.Service")
 
 
 class BreakerRegistry:

@@ -123,7 +123,7 @@ def test_policy_put_list_delete_with_flags(cli: Callable[..., tuple[int, str, st
         "policy", "put", "--id", "tight", "--method", METHOD,
         "--failure-rate", "0.25", "--open-duration", "5", "--open-duration-max", "40",
         "--slow-call-duration", "off", "--failure-codes", "unavailable,internal",
-        "--mode", "shadow", "--description", "tuning",
+        "--mode", "shadow", "--description", "tuning", "--half-open-max-wait", "30",
     )  # fmt: skip
     assert status == 0
     assert out.splitlines() == ["put policy tight at revision 1", "store revision 1"]
@@ -141,6 +141,7 @@ def test_policy_put_list_delete_with_flags(cli: Callable[..., tuple[int, str, st
         "open_duration_max=40.0",
         "slow_call_duration=None",
         "failure_codes=INTERNAL,UNAVAILABLE",
+        "half_open_max_wait=30.0",
     ):
         assert word in row
 
@@ -153,6 +154,7 @@ def test_policy_put_list_delete_with_flags(cli: Callable[..., tuple[int, str, st
         "open_duration_max",
         "slow_calls_disabled",
         "failure_codes",
+        "half_open_max_wait",
     }
 
     status, out, err = cli("policy", "delete", "tight", "--expected-revision", "7")

@@ -34,12 +34,14 @@ class Model:
         self.successes = 0
         self.counts = {"successful": 0, "failed": 0, "ignored": 0, "rejected": 0}
         self.now = now
+        self.since = now
 
     def enter(self, state: State) -> None:
         self.state = state
         self.generation += 1
         self.in_flight = 0
         self.successes = 0
+        self.since = self.now
         if state is State.OPEN:
             self.open_until = self.now + self.next_open
             self.next_open = min(
@@ -53,6 +55,9 @@ class Model:
     def current_state(self) -> State:
         if self.state is State.OPEN and self.now >= self.open_until:
             self.enter(State.HALF_OPEN)
+        wait = self.cfg.half_open_max_wait
+        if self.state is State.HALF_OPEN and wait and self.now >= self.since + wait:
+            self.enter(State.OPEN)
         return self.state
 
     def admit(self) -> int | None:
@@ -86,7 +91,7 @@ class Model:
             if (
                 self.cfg.consecutive_failures and self.consecutive >= self.cfg.consecutive_failures
             ) or (
-                len(self.window) >= self.cfg.minimum_calls
+                len(self.window) >= min(self.cfg.minimum_calls, self.cfg.window_size)
                 and rate >= self.cfg.failure_rate_threshold
             ):
                 self.enter(State.OPEN)
@@ -131,6 +136,7 @@ class BreakerMachine(RuleBasedStateMachine):
             open_duration_max=20.0,
             half_open_max_calls=half_open_max,
             half_open_success_threshold=success_threshold,
+            half_open_max_wait=8.0,
         )
         self.clock = FakeClock()
         self.cb = CircuitBreaker("m", cfg, clock=self.clock)

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from meshbreaker import BreakerConfig, BreakerRegistry, ConfigError, State
-from meshbreaker.registry import selectors_for, split_breaker_name
+from meshbreaker._names import selectors_for, split_breaker_name
 from meshbreaker.testing import FakeClock
 
 METHOD = "/bank.v1.AccountService/GetBalance"

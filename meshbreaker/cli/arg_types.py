@@ -51,6 +51,16 @@ def seconds(text: str) -> float:
     return value
 
 
+def seconds_or_off(text: str) -> float:
+    """A non-negative number of seconds; 0 (or "off") turns the setting off."""
+    if text.lower() in _NONE_WORDS:
+        return 0.0
+    value = number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative (0 or 'off' turns it off)")
+    return value
+
+
 def optional_seconds(text: str) -> float | None:
     """Seconds, or None for "off"/"none"."""
     return None if text.lower() in _NONE_WORDS else seconds(text)

@@ -40,6 +40,7 @@ _METAVARS: dict[Callable[[str], Any], str] = {
     arg_types.number: "NUMBER",
     arg_types.seconds: "SECONDS",
     arg_types.optional_seconds: "SECONDS",
+    arg_types.seconds_or_off: "SECONDS",
     arg_types.count: "N",
     arg_types.optional_count: "N",
     arg_types.status_codes: "CODES",
@@ -116,6 +117,12 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
         ("--half-open-success-threshold",),
         arg_types.count,
         "successful probes that close the breaker",
+    ),
+    ConfigFlag(
+        "half_open_max_wait",
+        ("--half-open-max-wait",),
+        arg_types.seconds_or_off,
+        "seconds half-open without a decision before opening again ('off' disables)",
     ),
     ConfigFlag(
         "max_concurrent_calls",

@@ -16,6 +16,11 @@ from itertools import pairwise
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
+# The name checks are _names'; re-exported for the server's request checks.
+from meshbreaker._names import MAX_NAME_LENGTH as MAX_NAME_LENGTH
+from meshbreaker._names import check_method as check_method
+from meshbreaker._names import check_service as check_service
+from meshbreaker._names import method_service
 from meshbreaker.breaker import BreakerSnapshot, CircuitBreaker
 from meshbreaker.config import BreakerConfig, Mode, State, WindowType
 from meshbreaker.errors import ConfigError
@@ -24,13 +29,8 @@ from meshbreaker.v1 import control_plane_pb2 as pb
 
 MAX_CODES = 32
 MAX_DESCRIPTION_LENGTH = 1024
-MAX_NAME_LENGTH = 512
-
-_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _CALLER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-_SERVICE_RE = re.compile(rf"{_IDENT}(?:\.{_IDENT})*")
-_METHOD_RE = re.compile(rf"/({_IDENT}(?:\.{_IDENT})*)/({_IDENT})")
 
 _WINDOW_FROM_PROTO: dict[int, WindowType | None] = {
     pb.WINDOW_TYPE_UNSPECIFIED: None,
@@ -78,7 +78,7 @@ _OPTIONAL_INTS = (
     "half_open_success_threshold",
     "max_concurrent_calls",
 )
-_DURATIONS = ("open_duration", "open_duration_max")
+_DURATIONS = ("open_duration", "open_duration_max", "half_open_max_wait")
 
 
 @dataclass(frozen=True)
@@ -149,27 +149,6 @@ def check_caller(value: str, path: str, *, required: bool) -> str:
             path, f"{value!r} must be 1..128 of [A-Za-z0-9._:-], starting with a letter or digit"
         )
     return value
-
-
-def check_service(value: str, path: str) -> str:
-    """Validate a fully qualified gRPC service name like "bank.v1.AccountService" (or empty)."""
-    if value and (len(value) > MAX_NAME_LENGTH or not _SERVICE_RE.fullmatch(value)):
-        raise ConfigError(path, f"{value!r} is not a gRPC service name like 'pkg.v1.Service'")
-    return value
-
-
-def check_method(value: str, path: str) -> str:
-    """Validate a full method name like "/bank.v1.AccountService/GetBalance" (or empty)."""
-    if value and (len(value) > MAX_NAME_LENGTH or not _METHOD_RE.fullmatch(value)):
-        raise ConfigError(
-            path, f"{value!r} is not a full method name like '/pkg.v1.Service/Method'"
-        )
-    return value
-
-
-def method_service(method: str) -> str:
-    """The service part of a full method name: "/pkg.Svc/M" -> "pkg.Svc"."""
-    return method[1:].split("/", 1)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,6 +263,7 @@ def config_to_proto(config: BreakerConfig) -> tuple[pb.BreakerConfig, pb.Mode.Va
         open_jitter=config.open_jitter,
         half_open_max_calls=config.half_open_max_calls,
         half_open_success_threshold=config.half_open_success_threshold,
+        half_open_max_wait=seconds_to_duration(config.half_open_max_wait),
         failure_codes=pb.CodeList(codes=sorted(config.failure_codes)),
         ignored_codes=pb.CodeList(codes=sorted(config.ignored_codes)),
     )

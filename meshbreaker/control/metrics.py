@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
+from meshbreaker._names import split_breaker_name
 from meshbreaker.control.convert import (
     histogram_from_proto,
     state_from_proto,
@@ -26,7 +27,6 @@ from meshbreaker.metrics.prometheus import (
     breaker_families,
     start_metrics_server,
 )
-from meshbreaker.registry import split_breaker_name
 
 if TYPE_CHECKING:
     from meshbreaker.control.instances import MeshView

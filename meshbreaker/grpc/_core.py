@@ -10,10 +10,12 @@ from typing import Any
 
 import grpc
 
+from meshbreaker._names import GRPC_CODE_NAMES, is_method_name
+from meshbreaker._types import State
 from meshbreaker.breaker import CircuitBreaker, Outcome, Permit
-from meshbreaker.config import GRPC_CODE_NAMES, State, check_code_sets
+from meshbreaker.config import check_code_sets
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError
-from meshbreaker.registry import BreakerRegistry, is_method_name
+from meshbreaker.registry import BreakerRegistry
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from meshbreaker._names import split_breaker_name
 from meshbreaker.config import State
 from meshbreaker.histogram import DEFAULT_BUCKETS, HistogramSnapshot, check_buckets
-from meshbreaker.registry import BreakerRegistry, split_breaker_name
+from meshbreaker.registry import BreakerRegistry
 
 # Bucket bounds as prometheus_client formats `le` (typed here: the library's function is not).
 _le: Callable[[float], str] = floatToGoString

@@ -213,6 +213,7 @@ class BreakerConfig(_message.Message):
     MAX_CONCURRENT_CALLS_FIELD_NUMBER: _builtins.int
     FAILURE_CODES_FIELD_NUMBER: _builtins.int
     IGNORED_CODES_FIELD_NUMBER: _builtins.int
+    HALF_OPEN_MAX_WAIT_FIELD_NUMBER: _builtins.int
     failure_rate_threshold: _builtins.float
     """(0, 1]"""
     slow_call_rate_threshold: _builtins.float
@@ -256,6 +257,10 @@ class BreakerConfig(_message.Message):
     def ignored_codes(self) -> Global___CodeList:
         """unset = the default ignored codes"""
 
+    @_builtins.property
+    def half_open_max_wait(self) -> _duration_pb2.Duration:
+        """>= 0; a breaker undecided this long after entering HALF_OPEN opens again; 0 = off"""
+
     def __init__(
         self,
         *,
@@ -276,10 +281,11 @@ class BreakerConfig(_message.Message):
         max_concurrent_calls: _builtins.int | None = ...,
         failure_codes: Global___CodeList | None = ...,
         ignored_codes: Global___CodeList | None = ...,
+        half_open_max_wait: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_open_jitter", b"_open_jitter", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_window_size", b"_window_size", "backoff_multiplier", b"backoff_multiplier", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_success_threshold", b"half_open_success_threshold", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "window_size", b"window_size"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_open_jitter", b"_open_jitter", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_window_size", b"_window_size", "backoff_multiplier", b"backoff_multiplier", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "window_size", b"window_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_open_jitter", b"_open_jitter", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_window_size", b"_window_size", "backoff_multiplier", b"backoff_multiplier", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_success_threshold", b"half_open_success_threshold", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_calls_disabled", b"slow_calls_disabled", "window_size", b"window_size", "window_type", b"window_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_open_jitter", b"_open_jitter", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_window_size", b"_window_size", "backoff_multiplier", b"backoff_multiplier", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_calls_disabled", b"slow_calls_disabled", "window_size", b"window_size", "window_type", b"window_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__backoff_multiplier: _TypeAlias = _typing.Literal["backoff_multiplier"]  # noqa: Y015
     _WhichOneofArgType__backoff_multiplier: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier"]  # noqa: Y015

@@ -98,6 +98,11 @@ BAD_POLICIES: list[tuple[str, pb.Policy, str]] = [
     ),
     ("half-open 0", _config(half_open_max_calls=0), "policies[0].config.half_open_max_calls"),
     (
+        "half-open wait negative",
+        _config(half_open_max_wait=_seconds(-1)),
+        "policies[0].config.half_open_max_wait",
+    ),
+    (
         "half-open successes 0",
         _config(half_open_success_threshold=0),
         "policies[0].config.half_open_success_threshold",
@@ -435,6 +440,7 @@ def test_config_round_trip() -> None:
         open_jitter=0.1,
         half_open_max_calls=2,
         half_open_success_threshold=2,
+        half_open_max_wait=12.5,
         max_concurrent_calls=64,
         mode=Mode.SHADOW,
         failure_codes=frozenset({"INTERNAL"}),
@@ -445,6 +451,9 @@ def test_config_round_trip() -> None:
     assert convert.config_from_proto(message, mode) == config
     default_message, default_mode = convert.config_to_proto(BreakerConfig())
     assert convert.config_from_proto(default_message, default_mode) == BreakerConfig()
+    off, off_mode = convert.config_to_proto(BreakerConfig(half_open_max_wait=0.0))
+    assert off.HasField("half_open_max_wait")  # 0 = off is sent, not mistaken for "unset"
+    assert convert.config_from_proto(off, off_mode).half_open_max_wait == 0.0
 
 
 def test_unset_fields_take_the_defaults() -> None:

@@ -1,0 +1,134 @@
+"""The one grammar of names: gRPC services, methods, breaker names, selectors and status codes.
+
+Written once here, with no grpc import, for the engine, the adapters and the control plane alike.
+Proto identifiers are `[A-Za-z_][A-Za-z0-9_]*`; a service is dotted identifiers
+("bank.v1.AccountService"); a method is "/<service>/<identifier>". A breaker name is a method,
+a target-prefixed method ("dns:///accounts:50051/bank.v1.AccountService/GetBalance"), or any
+other string (a breaker that is not a gRPC method).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from meshbreaker.errors import ConfigError
+
+MAX_NAME_LENGTH: Final = 512
+
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_SERVICE = rf"{_IDENT}(?:\.{_IDENT})*"
+# Used with fullmatch: `$` would also accept a trailing newline.
+_SERVICE_RE: Final = re.compile(_SERVICE)
+_METHOD_RE: Final = re.compile(rf"/({_SERVICE})/{_IDENT}")
+# The method at the end of a breaker name, after an optional target label.
+_TAIL_RE: Final = re.compile(rf"(.*?)(/({_SERVICE})/{_IDENT})")
+
+# gRPC status code names, kept as strings so the engine never imports grpc.
+GRPC_CODE_NAMES: Final[frozenset[str]] = frozenset(
+    {
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    }
+)
+DEFAULT_FAILURE_CODES: Final[frozenset[str]] = frozenset(
+    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "DATA_LOSS", "RESOURCE_EXHAUSTED"}
+)
+DEFAULT_IGNORED_CODES: Final[frozenset[str]] = frozenset({"CANCELLED"})
+
+
+def is_service_name(name: object) -> bool:
+    """Whether `name` is a fully qualified gRPC service name, "pkg.v1.Service"."""
+    return (
+        isinstance(name, str)
+        and len(name) <= MAX_NAME_LENGTH
+        and _SERVICE_RE.fullmatch(name) is not None
+    )
+
+
+def is_method_name(name: object) -> bool:
+    """Whether `name` is a full gRPC method name, "/pkg.v1.Service/Method"."""
+    return (
+        isinstance(name, str)
+        and len(name) <= MAX_NAME_LENGTH
+        and _METHOD_RE.fullmatch(name) is not None
+    )
+
+
+def check_service(value: str, path: str) -> str:
+    """`value` if it is a service name or empty; else ConfigError naming `path`."""
+    if value and not is_service_name(value):
+        raise ConfigError(path, f"{value!r} is not a gRPC service name like 'pkg.v1.Service'")
+    return value
+
+
+def check_method(value: str, path: str) -> str:
+    """`value` if it is a full method name or empty; else ConfigError naming `path`."""
+    if value and not is_method_name(value):
+        raise ConfigError(
+            path, f"{value!r} is not a full method name like '/pkg.v1.Service/Method'"
+        )
+    return value
+
+
+def method_service(method: str) -> str:
+    """The service part of a full method name: "/pkg.Svc/M" -> "pkg.Svc"."""
+    return method[1:].split("/", 1)[0]
+
+
+def split_breaker_name(name: str) -> tuple[str, str, str]:
+    """(target, gRPC service, full method) of a gRPC breaker name; ("", "", "") for other names.
+
+    "/pkg.Svc/M" -> ("", "pkg.Svc", "/pkg.Svc/M"); "target/pkg.Svc/M" -> ("target", "pkg.Svc",
+    "/pkg.Svc/M"); "payments" -> ("", "", "").
+    """
+    if len(name) > 2 * MAX_NAME_LENGTH:
+        return ("", "", "")
+    match = _TAIL_RE.fullmatch(name)
+    if match is None:
+        return ("", "", "")
+    target, method, service = match.groups()
+    # The target ends where the method begins, so "dns:///host/pkg.Svc/M" keeps "dns:///host".
+    return (target, service, method)
+
+
+def selectors_for(name: str) -> tuple[str, ...]:
+    """The selectors that match breaker `name`, most specific first.
+
+    "/pkg.Svc/M" -> ("/pkg.Svc/M", "pkg.Svc"); "target/pkg.Svc/M" -> (the name itself,
+    "/pkg.Svc/M", "pkg.Svc"); any other name matches only itself.
+    """
+    target, service, method = split_breaker_name(name)
+    if not method:
+        return (name,)
+    if target:
+        return (name, method, service)
+    return (method, service)
+
+
+def validate_selector(selector: object) -> None:
+    """Raise ConfigError unless `selector` is a method, a service or a full breaker name."""
+    if not isinstance(selector, str) or not selector:
+        raise ConfigError("selector", f"must be a non-empty string, got {selector!r}")
+    if selector.startswith("/"):
+        if not is_method_name(selector):
+            raise ConfigError(
+                "selector", f"{selector!r} is not a method name like /pkg.v1.Service/Method"
+            )
+    elif "/" not in selector and not is_service_name(selector):
+        raise ConfigError("selector", f"{selector!r} is not a service name like pkg.v1.Service")
