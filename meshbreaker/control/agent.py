@@ -160,6 +160,9 @@ class _AgentLoop:
 class MeshAgent:
     """Applies the control plane's policies to `registry` live and reports its breakers back.
 
+    `target` is one control plane ("host:port", or a DNS name whose addresses gRPC tries in
+    turn), several replicas ("cp-a:7070,cp-b:7070" or a list): the agent starts on a random one,
+    moves to the next as soon as its stream breaks, and backs off only once every one has failed.
     `clock` must be the registry's clock (breaker snapshots hold its readings). `validate`, if
     given, is an application-level admission check run on every resolved snapshot before it is
     applied; raising ConfigError (or ValueError) rejects the snapshot, which is then NACKed.
@@ -167,7 +170,7 @@ class MeshAgent:
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         service: str,
         registry: BreakerRegistry,
         *,
@@ -188,7 +191,9 @@ class MeshAgent:
         check_caller(service, "service", required=True)
         if not report_interval > 0:
             raise ValueError("report_interval must be > 0")
-        self.target = target
+        self.targets = parse_targets(target)
+        self._rng = random.Random()
+        self._target_index = self._rng.randrange(len(self.targets))  # spread a fleet out
         self.service = service
         self.registry = registry
         self.instance_id = instance_id or default_instance_id()
@@ -204,7 +209,6 @@ class MeshAgent:
         self._rpc_timeout = rpc_timeout
         self._report_coalesce = report_coalesce
         self._ack_spread = ack_spread
-        self._rng = random.Random()
         # grpc's own reconnect backoff (default up to 120 s) would otherwise hold a channel in
         # TRANSIENT_FAILURE long after the server is back, whatever our own backoff says.
         self._channel_options: list[tuple[str, Any]] = [
@@ -232,6 +236,8 @@ class MeshAgent:
         self._report_pending = False
         self._unsubscribe: Callable[[], None] | None = None
         self._stub: pb_grpc.ControlPlaneAsyncStub | None = None
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._applied_policies: Sequence[pb.Policy] = ()
 
         self._applied_revision = 0
         self._applied_at: float | None = None
@@ -244,6 +250,11 @@ class MeshAgent:
         self._warned_ttl = False
 
     # ----- public state ----------------------------------------------------------------
+
+    @property
+    def target(self) -> str:
+        """The control plane this agent uses now (or tries next)."""
+        return self.targets[self._target_index]
 
     @property
     def applied_revision(self) -> int:
@@ -336,29 +347,38 @@ class MeshAgent:
         self.stop()
 
     async def _main(self, ready: concurrent.futures.Future[None]) -> None:
-        if self._credentials is not None:
-            channel = grpc.aio.secure_channel(self.target, self._credentials, self._channel_options)
-        else:
-            channel = grpc.aio.insecure_channel(self.target, self._channel_options)
-        stub = self._stub = pb_grpc.ControlPlaneStub(channel)
         self._report_event = asyncio.Event()
         self._task = asyncio.current_task()
+        self._stub = self._stub_for(self.target)
         ready.set_result(None)
         children = [
-            asyncio.create_task(self._watch_loop(stub)),
-            asyncio.create_task(self._report_loop(stub)),
+            asyncio.create_task(self._watch_loop()),
+            asyncio.create_task(self._report_loop()),
         ]
         try:
             await asyncio.wait(children)  # they only end when stopped
         finally:
             for child in children:
                 child.cancel()
-            # The channel closes only once both are done with it. (gather() would return at
+            # The channels close only once both are done with them. (gather() would return at
             # the first cancelled child, and wait_for() may swallow a cancellation before
             # Python 3.12, which is why the loops also check `_stopped`.)
             await asyncio.wait(children)
             self._connected = False
-            await channel.close()
+            for channel in self._channels.values():
+                await channel.close()
+
+    def _stub_for(self, target: str) -> pb_grpc.ControlPlaneAsyncStub:
+        """A stub on this target's channel, opened on first use and kept until stop()."""
+        # Kept rather than closed on failover: the reporter may still be mid-call on it.
+        channel = self._channels.get(target)
+        if channel is None:
+            if self._credentials is not None:
+                channel = grpc.aio.secure_channel(target, self._credentials, self._channel_options)
+            else:
+                channel = grpc.aio.insecure_channel(target, self._channel_options)
+            self._channels[target] = channel
+        return pb_grpc.ControlPlaneStub(channel)
 
     def _cancel(self, task: asyncio.Task[None]) -> None:
         """On the loop: wake the reporter so it sees `_stopped`, and cancel everything."""
@@ -368,15 +388,19 @@ class MeshAgent:
 
     # ----- watching --------------------------------------------------------------------
 
-    async def _watch_loop(self, stub: pb_grpc.ControlPlaneAsyncStub) -> None:
+    async def _watch_loop(self) -> None:
         request = pb.WatchConfigRequest(service=self.service, instance_id=self.instance_id)
+        failed_in_a_row = 0  # targets tried since the last stream that delivered
         while not self._stopped:
+            target = self.target
+            stub = self._stub = self._stub_for(target)
+            delivered = False
             try:
                 call = stub.WatchConfig(request, metadata=self._metadata)
                 async for snapshot in call:
                     if not self._connected:
-                        logger.info("control plane %s: watching as %s", self.target, self.service)
-                    self._connected = True
+                        logger.info("control plane %s: watching as %s", target, self.service)
+                    self._connected = delivered = True
                     self._last_error = None
                     self._backoff.reset()
                     await self._handle_snapshot(snapshot)
@@ -390,12 +414,22 @@ class MeshAgent:
                 self._connected = False
             if self._stopped:
                 return
+            failed_in_a_row = 0 if delivered else failed_in_a_row + 1
+            self._target_index = (self._target_index + 1) % len(self.targets)
+            if delivered or failed_in_a_row < len(self.targets):
+                # A stream that worked ended (replica gone, connection aged out), or another
+                # replica is still untried: go on at once, policies stay as they are meanwhile.
+                logger.info(
+                    "control plane %s: %s; trying %s", target, self._last_error, self.target
+                )
+                continue
+            failed_in_a_row = 0
             delay = self._backoff.next_delay()
             # One warning per outage; the retries themselves are debug noise.
             log = logger.warning if self._backoff.attempt == 1 else logger.debug
             log(
                 "control plane %s unreachable (%s); keeping revision %d, retrying in %.2fs",
-                self.target,
+                ",".join(self.targets),
                 self._last_error,
                 self._applied_revision,
                 delay,
@@ -404,6 +438,15 @@ class MeshAgent:
 
     async def _handle_snapshot(self, snapshot: pb.ConfigSnapshot) -> None:
         self._snapshots_received += 1
+        if (
+            snapshot.revision == self._applied_revision
+            and not self._applied_from_cache
+            and self._last_nack is None
+            and list(snapshot.policies) == list(self._applied_policies)
+        ):
+            # The same policies again (a reconnect, another replica): resume, nothing to apply.
+            self._acknowledge()
+            return
         try:
             self._apply(snapshot)
         except Exception as error:  # whatever the cause (a `validate` hook's bug too): NACK
@@ -440,6 +483,7 @@ class MeshAgent:
             self._applied_revision = snapshot.revision
             self._applied_at = self._clock()
             self._applied_from_cache = from_cache
+            self._applied_policies = tuple(snapshot.policies)
             if not from_cache:
                 self._last_nack = None
             self._applied.notify_all()
@@ -506,7 +550,7 @@ class MeshAgent:
         if self._report_event is not None:
             self._report_event.set()
 
-    async def _report_loop(self, stub: pb_grpc.ControlPlaneAsyncStub) -> None:
+    async def _report_loop(self) -> None:
         assert self._report_event is not None
         event = self._report_event
         while not self._stopped:
@@ -522,7 +566,8 @@ class MeshAgent:
             event.clear()
             self._report_pending = False
             try:
-                await self._report_once(stub)
+                if self._stub is not None:
+                    await self._report_once(self._stub)
             except Exception:  # a bug must not stop the reports (nor the watch with them)
                 logger.exception("meshbreaker agent: report failed")
 
@@ -576,6 +621,23 @@ class MeshAgent:
                 request.nack.CopyFrom(nack)
             requests.append(request)
         return requests
+
+
+# gRPC target URIs that may hold an address list of their own; such a target is kept whole.
+_URI_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "xds:")
+
+
+def parse_targets(target: str | Sequence[str]) -> tuple[str, ...]:
+    """Control-plane targets from "a:7070,b:7070" or a list; refuses an empty one."""
+    parts = [target] if isinstance(target, str) else list(target)
+    targets = [
+        item.strip()
+        for part in parts
+        for item in ([part] if part.startswith(_URI_SCHEMES) else part.split(","))
+    ]
+    if not targets or not all(targets):
+        raise ConfigError("target", f"needs one or more host:port, got {target!r}")
+    return tuple(targets)
 
 
 def _describe(error: grpc.RpcError) -> str:

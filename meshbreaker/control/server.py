@@ -62,7 +62,9 @@ class ServerOptions:
 
     TLS material is a file path or PEM bytes; `tls_client_ca` turns on mutual TLS. Port 0 picks a
     free port. `metrics_port` serves Prometheus metrics on http://metrics_host:metrics_port/metrics
-    (`metrics_host` defaults to `host`; needs the `prometheus` extra).
+    (`metrics_host` defaults to `host`; needs the `prometheus` extra). A connection older than
+    `max_connection_age` seconds is asked to go (GOAWAY) and closed `max_connection_age_grace`
+    later, so agents of a fleet spread over the replicas again after one comes back.
     """
 
     host: str = "127.0.0.1"
@@ -78,6 +80,8 @@ class ServerOptions:
     limits: Limits = field(default_factory=Limits)
     metrics_port: int | None = None
     metrics_host: str | None = None
+    max_connection_age: float = 300.0
+    max_connection_age_grace: float = 10.0
 
     def __post_init__(self) -> None:
         report_ttl = self.report_ttl
@@ -86,6 +90,12 @@ class ServerOptions:
         if not math.isfinite(report_ttl) or report_ttl <= 0:
             raise ConfigError("report_ttl", "must be > 0")
         _check_port("port", self.port)
+        for name in ("max_connection_age", "max_connection_age_grace"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(name, "must be a number of seconds")
+            if not 0 < value < math.inf:
+                raise ConfigError(name, "must be > 0 and finite")
         if self.metrics_port is not None:
             _check_port("metrics_port", self.metrics_port)
             if importlib.util.find_spec("prometheus_client") is None:
@@ -188,6 +198,12 @@ class ControlPlaneServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.keepalive_timeout_ms", 10_000),
+                # gRPC adds +-10% jitter, so a fleet's connections do not all age out at once.
+                ("grpc.max_connection_age_ms", int(self.options.max_connection_age * 1000)),
+                (
+                    "grpc.max_connection_age_grace_ms",
+                    int(self.options.max_connection_age_grace * 1000),
+                ),
             ],
         )
         servicer = ControlPlaneServicer(
