@@ -22,6 +22,9 @@ from meshbreaker.errors import (
 )
 from meshbreaker.registry import BreakerRegistry
 
+# The one place the version is written: pyproject.toml reads it from here (hatch).
+__version__ = "0.1.0"
+
 if TYPE_CHECKING:
     from meshbreaker.grpc import BreakerInterceptor
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import signal
@@ -17,7 +18,8 @@ import grpc
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from meshbreaker.cli import format_table, main
+import meshbreaker
+from meshbreaker.cli import main
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.registry import BreakerRegistry
@@ -108,10 +110,45 @@ def test_target_comes_from_the_environment(
     assert "127.0.0.1:1" in capsys.readouterr().err
 
 
-def test_format_table_aligns_columns() -> None:
-    table = format_table(("A", "LONGER"), [("xyz", 1), (None, 0.25)])
-    assert table.splitlines() == ["A    LONGER", "xyz  1", "-    0.25"]
-    assert format_table(("A",), []).splitlines() == ["A", "(none)"]
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"meshbreaker {meshbreaker.__version__}\n"
+    assert meshbreaker.__version__ == importlib.metadata.version("meshbreaker")
+
+
+def test_a_usage_error_is_one_line_naming_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--state", "AJAR"]) == 2
+    assert capsys.readouterr().err == (
+        "meshbreaker: error: argument --state: 'AJAR' is not a state (CLOSED, OPEN, HALF_OPEN, "
+        "FORCED_OPEN, FORCED_CLOSED) (see 'meshbreaker status --help')\n"
+    )
+    assert main(["policy", "put", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unrecognized arguments: --bogus" in err
+
+
+def test_connection_flags_work_after_the_command_too(
+    cp: ControlPlane, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--target", cp.target, "--timeout", "3"]) == 0
+    assert "store revision 0" in capsys.readouterr().out
+    assert main(["policy", "list", "--target", cp.target]) == 0
+    assert main(["policy", "--target", cp.target, "list"]) == 0
+    capsys.readouterr()
+    # Given before the command, a flag is not reset by the command's own (unset) copy of it.
+    assert main(["--target", cp.target, "force", "open", "--method", METHOD]) == 0
+    assert "forced open" in capsys.readouterr().out
+    # After the command, the later one wins, as everywhere in argparse.
+    assert main(["--target", cp.target, "status", "--target", "127.0.0.1:1", "--timeout", "1"]) == 1
+    assert "127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_status_and_events_name_the_caller_with_caller(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("status", "events"):
+        assert main([command, "--service", "transaction"]) == 2
+        err = capsys.readouterr().err
+        assert "--service is now --caller here (the calling service)" in err
+        assert err.count("\n") == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,7 +200,7 @@ def test_policy_put_list_delete_with_flags(cli: Callable[..., tuple[int, str, st
     status, out, _ = cli("policy", "delete", "tight", "--expected-revision", "1")
     assert (status, out) == (0, "deleted policy tight; store revision 2\n")
     status, out, _ = cli("policy", "list")
-    assert "(none)" in out and "store revision 2" in out
+    assert "(no policies)" in out and "store revision 2" in out
 
 
 def test_an_open_duration_above_the_default_maximum_needs_no_maximum(
@@ -302,7 +339,7 @@ def test_status_tables_filters_instances_and_watch(
         assert status == 0
         lines = out.splitlines()
         assert lines[0].split()[:7] == [
-            "SERVICE", "BREAKER", "INSTANCES", "CLOSED", "OPEN", "HALF_OPEN", "FORCED"
+            "CALLER", "BREAKER", "INSTANCES", "CLOSED", "OPEN", "HALF_OPEN", "FORCED"
         ]  # fmt: skip
         row = next(line for line in lines if METHOD in line).split()
         assert row[:7] == ["transaction", METHOD, "2", "1", "1", "0", "0"]
@@ -311,6 +348,8 @@ def test_status_tables_filters_instances_and_watch(
 
         status, out, _ = cli("status", "--state", "OPEN")
         assert METHOD in out and "AuditService" not in out
+        status, out, _ = cli("status", "--state", "HALF_OPEN", "--caller", "transaction")
+        assert "(no breakers match --caller transaction --state HALF_OPEN)" in out
         status, out, _ = cli("status", "--method", "bank.v1.AuditService")
         assert METHOD not in out and "AuditService/Record" in out
 
@@ -333,6 +372,12 @@ def test_status_tables_filters_instances_and_watch(
     finally:
         for agent in agents:
             agent.stop()
+
+
+def test_status_says_when_nothing_has_reported(cli: Callable[..., tuple[int, str, str]]) -> None:
+    status, out, _ = cli("status")
+    assert status == 0
+    assert "(no breakers reported: no instance with an agent has reported yet)" in out
 
 
 def test_status_shows_nacks(cli: Callable[..., tuple[int, str, str]], cp: ControlPlane) -> None:

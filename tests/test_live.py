@@ -6,18 +6,20 @@ import io
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from rich.console import Console
 
 from meshbreaker import live
 from meshbreaker.cli import main
@@ -68,8 +70,38 @@ def put_policy(plane: ControlPlane, policy_id: str) -> None:
     plane.stub.PutPolicy(pb.PutPolicyRequest(policies=[policy]), timeout=5, wait_for_ready=True)
 
 
+HIDE_CURSOR, SHOW_CURSOR, CURSOR_UP = "\x1b[?25l", "\x1b[?25h", "\x1b[1A"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def strip_ansi(text: str) -> str:
+    return ANSI.sub("", text)
+
+
 def visible_lines(text: str) -> list[str]:
-    return live.strip_ansi(text).splitlines()
+    return strip_ansi(text).splitlines()
+
+
+def screen(
+    response: pb.ListBreakersResponse | None,
+    events: Iterable[pb.Event] = (),
+    *,
+    width: int = 80,
+    height: int | None = None,
+    color: bool = False,
+    **options: Any,
+) -> str:
+    """The status screen as a recording console `width` cells wide shows it."""
+    console = Console(
+        record=True,
+        width=width,
+        height=height or 25,
+        file=io.StringIO(),
+        color_system="standard" if color else None,
+        force_terminal=color,
+    )
+    console.print(live.render_status(response, events, width=width, height=height, **options))
+    return console.export_text(styles=color).rstrip("\n")
 
 
 def row_of(text: str, name_end: str) -> list[str]:
@@ -134,7 +166,7 @@ def test_the_table_fits_80_columns_and_shows_the_reported_state(plane: ControlPl
     response, events = scripted_mesh(plane)
     link = live.Link(plane.target, fetched_at=time.time())
     now = max(event.time.ToNanoseconds() for event in events) / 1e9 + 5.0  # 5 s after the last
-    text = live.render_status(response, events, now=now, link=link, width=80)
+    text = screen(response, events, now=now, link=link, width=80)
 
     lines = text.splitlines()
     assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
@@ -142,7 +174,7 @@ def test_the_table_fits_80_columns_and_shows_the_reported_state(plane: ControlPl
     assert lines[0].startswith(f"{plane.target}  rev 0  3 instances  ")
     assert lines[0].endswith("  connected")
     assert lines[2].split() == [
-        "SERVICE", "BREAKER", "STATE", "INST", "FAIL%", "SLOW%", "CALLS", "FAILED", "REJ", "LAST"
+        "CALLER", "BREAKER", "STATE", "INST", "FAIL%", "SLOW%", "CALLS", "FAILED", "REJ", "LAST"
     ]  # fmt: skip
 
     # tx-0 closed, tx-1 open: the worst state, both counts, mean rates, summed counters, and
@@ -155,7 +187,7 @@ def test_the_table_fits_80_columns_and_shows_the_reported_state(plane: ControlPl
     service, breaker, *rest = row_of(text, "MethodName")
     assert breaker.startswith("…") and LONG.endswith(breaker[1:]) and len(breaker) < len(LONG)
     # No event for it (first seen CLOSED): the age comes from its report's state age.
-    assert rest[:3] == ["CLOSED", "1C", "0%"] and rest[-2] == "?->C" and rest[-1] in ("34s", "35s")
+    assert rest[:3] == ["CLOSED", "1C", "0%"] and rest[-2] == "C" and rest[-1] in ("34s", "35s")
     service, breaker, *rest = row_of(text, "Record")
     assert service.endswith("…") and LONG_SERVICE.startswith(service[:-1])
     assert rest == ["HALF_OPEN", "1H", "0%", "0%", "50", "2", "0", "new->H", "5s"]
@@ -170,20 +202,20 @@ def test_colours_only_when_asked_and_every_width_fits(plane: ControlPlane) -> No
     response, events = scripted_mesh(plane)
     now = time.time()
     link = live.Link(plane.target, fetched_at=now)
-    plain = live.render_status(response, events, now=now, link=link, width=80)
-    colored = live.render_status(response, events, now=now, link=link, width=80, color=True)
-    assert live.strip_ansi(colored) == plain
+    plain = screen(response, events, now=now, link=link, width=80)
+    colored = screen(response, events, now=now, link=link, width=80, color=True)
+    assert strip_ansi(colored) == plain
     assert "\x1b[1;31mOPEN" in colored and "\x1b[33mHALF_OPEN" in colored
     assert "\x1b[32mCLOSED" in colored and "\x1b[32mconnected" in colored
     for width in (40, 60, 79, 80, 100, 132, 200):
         for color in (False, True):
-            text = live.render_status(
+            text = screen(
                 response, events, now=now, link=link, width=width, color=color, instances=True
             )
             lines = visible_lines(text)
             assert all(len(line) <= width for line in lines), (width, lines)
             assert any("tx-1" in line for line in lines)  # the instances table, when asked
-    wide = live.render_status(response, events, now=now, link=link, width=200)
+    wide = screen(response, events, now=now, link=link, width=200)
     assert LONG in wide and LONG_SERVICE in wide  # nothing is cut when there is room
 
 
@@ -197,7 +229,7 @@ def test_disconnected_header_keeps_the_table_marked_stale(plane: ControlPlane) -
         retry_in=2.14,
         fetched_at=fetched,
     )
-    text = live.render_status(response, events, now=fetched + 75, link=link, color=True)
+    text = screen(response, events, now=fetched + 75, link=link, color=True)
     lines = visible_lines(text)
     assert all(len(line) <= 80 for line in lines)
     assert lines[0].endswith("disconnected — reconnecting in 2.1s")
@@ -206,7 +238,7 @@ def test_disconnected_header_keeps_the_table_marked_stale(plane: ControlPlane) -
     assert "\x1b[2mOPEN" in text and "\x1b[1;31mOPEN" not in text  # dimmed: it may be old
 
     never = live.Link(plane.target, state="disconnected", error="UNAVAILABLE: x", retry_in=0.5)
-    assert visible_lines(live.render_status(None, (), now=fetched, link=never))[1] == (
+    assert visible_lines(screen(None, (), now=fetched, link=never))[1] == (
         "no data yet — UNAVAILABLE: x"
     )
 
@@ -216,11 +248,11 @@ def test_a_tall_table_is_cut_to_the_terminal_height(plane: ControlPlane) -> None
     report(plane, "tx-0", "transaction", *(snapshot(name, CLOSED) for name in names))
     response = plane.stub.ListBreakers(pb.ListBreakersRequest(), timeout=5)
     link = live.Link(plane.target, fetched_at=time.time())
-    lines = live.render_status(response, (), now=time.time(), link=link, height=24).splitlines()
+    lines = screen(response, (), now=time.time(), link=link, height=24).splitlines()
     assert len(lines) == 24
     shown = [line for line in lines if "/Method" in line]
     assert lines[lines.index(shown[-1]) + 1] == (
-        f"… {30 - len(shown)} more (narrow with --service, --method or --state)"
+        f"… {30 - len(shown)} more (narrow with --caller, --method or --state)"
     )
 
 
@@ -236,8 +268,8 @@ def make_watch(plane: ControlPlane) -> Iterator[Callable[..., live.StatusWatch]]
         backoff = options.setdefault("backoff", fast_backoff())
         channel = grpc.insecure_channel(plane.target, options=live.channel_options(backoff))
         channels.append(channel)
-        options.setdefault("terminal_size", lambda: os.terminal_size((80, 24)))
-        options.setdefault("out", io.StringIO())
+        out = options.pop("out", io.StringIO())
+        options.setdefault("console", Console(file=out, width=80, height=24))
         options.setdefault("err", io.StringIO())
         return live.StatusWatch(
             pb_grpc.ControlPlaneStub(channel),
@@ -287,7 +319,7 @@ def test_watch_fetches_once_per_burst_and_periodically(
     watch.step(0.05)
     assert watch.fetches == 3
     assert row_of(watch.frame, "/Record")[2] == "CLOSED"
-    assert row_of(watch.frame, "/Record")[-2] == "?->C"  # no event: the reported state age
+    assert row_of(watch.frame, "/Record")[-2] == "C"  # no event: in C since its reported age
     assert watch.frames == 3 and out.getvalue().count(plane.target) == 3  # a frame per fetch
 
 
@@ -363,7 +395,7 @@ def test_follow_survives_a_control_plane_restart(plane: ControlPlane) -> None:
         pb_grpc.ControlPlaneStub(channel),
         pb.WatchEventsRequest(),
         target=plane.target,
-        out=out,
+        console=Console(file=out),
         err=err,
         backoff=fast_backoff(),
     )
@@ -440,13 +472,14 @@ def test_ctrl_c_ends_status_watch_and_restores_the_terminal(
     stderr = process.stderr.read().decode() if process.stderr else ""
     text = screen.decode()
     assert stderr == ""  # no traceback
-    assert text.startswith(live.HIDE_CURSOR + live.CLEAR_SCREEN)
-    assert text.replace("\r\n", "\n").endswith(live.RESET + live.SHOW_CURSOR + "\n")
+    assert text.startswith(HIDE_CURSOR)  # rich's Live hides the cursor while it draws ...
+    assert text.endswith(SHOW_CURSOR)  # ... and shows it again when Ctrl-C ends the view
     assert ("\x1b[1;31mOPEN" in text) is not no_color
     assert ("\x1b[32mconnected" in text) is not no_color
-    frames = [live.strip_ansi(frame) for frame in text.replace("\r", "").split(live.HOME)]
-    assert all(len(line) <= 80 for frame in frames for line in frame.splitlines())
-    assert "LongerMethodName" in frames[-1] and LONG not in frames[-1]
+    lines = strip_ansi(text).replace("\r\n", "\n").replace("\r", "\n").splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    last_frame = strip_ansi(text.rsplit(CURSOR_UP, 1)[-1])  # redrawn in place: up, then over
+    assert "LongerMethodName" in last_frame and LONG not in last_frame
 
 
 def test_ctrl_c_ends_events_follow_with_status_0(plane: ControlPlane) -> None:

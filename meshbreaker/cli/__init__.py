@@ -3,7 +3,7 @@
 from meshbreaker.cli.entry import main
 from meshbreaker.cli.parser import DEFAULT_TARGET, build_parser
 from meshbreaker.cli.policy_json import config_message_from, policy_message
-from meshbreaker.cli.tables import describe_config, format_status, format_table
+from meshbreaker.cli.tables import describe_config, policy_table, status_view
 from meshbreaker.errors import CliError
 from meshbreaker.live.terminal import PROG
 
@@ -14,8 +14,8 @@ __all__ = [
     "build_parser",
     "config_message_from",
     "describe_config",
-    "format_status",
-    "format_table",
     "main",
     "policy_message",
+    "policy_table",
+    "status_view",
 ]

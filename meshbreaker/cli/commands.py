@@ -11,15 +11,16 @@ from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import Message
+from rich.console import Console
 
 from meshbreaker.cli.client import Client
 from meshbreaker.cli.policy_flags import policies_from_args
-from meshbreaker.cli.tables import format_policies, format_status
+from meshbreaker.cli.tables import policy_table, status_view
 from meshbreaker.errors import CliError
 from meshbreaker.live.connection import channel_options, new_backoff, quiet_grpc_logs
-from meshbreaker.live.follow import EventFollower
-from meshbreaker.live.terminal import is_terminal, use_color
-from meshbreaker.live.text import format_event, to_json
+from meshbreaker.live.follow import EventFollower, print_event
+from meshbreaker.live.terminal import console_for
+from meshbreaker.live.text import state_name, to_json
 from meshbreaker.live.watch import StatusWatch
 from meshbreaker.v1 import control_plane_pb2 as pb
 
@@ -61,7 +62,7 @@ def control_plane(args: argparse.Namespace) -> int:
 def status(args: argparse.Namespace) -> int:
     """`status`: the breakers across the mesh, once or (--watch) live."""
     request = pb.ListBreakersRequest(
-        service=args.service,
+        service=args.caller,
         method=args.method,
         state=args.state or pb.BREAKER_STATE_UNSPECIFIED,
         include_instances=args.instances,
@@ -73,32 +74,61 @@ def status(args: argparse.Namespace) -> int:
             request,
             timeout=args.timeout,
             interval=args.interval,
-            tty=is_terminal(sys.stdout),
-            color=use_color(sys.stdout),
             as_json=args.json,
             instances=args.instances,
             iterations=args.iterations,
+            empty=_no_breakers(args),
         )
     with Client(args) as client:
         response = client.call(client.stub.ListBreakers, request)
     if args.json:
         print(to_json(response))
     else:
-        print(format_status(response, instances=args.instances))
+        console = console_for(sys.stdout)
+        console.print(
+            status_view(
+                response,
+                width=_table_width(console),
+                instances=args.instances,
+                empty=_no_breakers(args),
+            )
+        )
     return 0
+
+
+def _table_width(console: Console) -> int | None:
+    """Tables fit a terminal; in a pipe or a file nothing is cut."""
+    return console.width if console.is_terminal else None
+
+
+def _no_breakers(args: argparse.Namespace) -> str:
+    """What an empty status table says: that the filters matched nothing, or nothing reported."""
+    filters = [
+        f"{flag} {value}"
+        for flag, value in (
+            ("--caller", args.caller),
+            ("--method", args.method),
+            ("--state", state_name(args.state) if args.state else ""),
+        )
+        if value
+    ]
+    if filters:
+        return f"(no breakers match {' '.join(filters)})"
+    return "(no breakers reported: no instance with an agent has reported yet)"
 
 
 def events(args: argparse.Namespace) -> int:
     """`events`: mesh events for --duration seconds, or (--follow) until interrupted."""
-    request = pb.WatchEventsRequest(service=args.service)
+    request = pb.WatchEventsRequest(service=args.caller)
     if args.follow:
         return _run_live_view(args, EventFollower, request, max_events=args.max_events)
+    console = console_for(sys.stdout)
     with Client(args) as client:
         stream = client.stub.WatchEvents(request, timeout=args.duration, metadata=client.metadata)
         seen = 0
         try:
             for event in stream:
-                print(format_event(event), flush=True)
+                print_event(console, event)
                 seen += 1
                 if args.max_events and seen >= args.max_events:
                     stream.cancel()
@@ -130,7 +160,7 @@ def _run_live_view(
                 client.stub,
                 request,
                 target=args.target,
-                out=sys.stdout,
+                console=console_for(sys.stdout),
                 err=sys.stderr,
                 metadata=client.metadata,
                 backoff=backoff,
@@ -160,8 +190,9 @@ def policy_list(args: argparse.Namespace) -> int:
     if args.json:
         print(to_json(response))
         return 0
-    print(format_policies(response))
-    print(f"\nstore revision {response.revision}")
+    console = console_for(sys.stdout)
+    console.print(policy_table(response, _table_width(console)))
+    console.print(f"\nstore revision {response.revision}")
     return 0
 
 

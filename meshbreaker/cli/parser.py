@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TypeAlias
+from typing import NoReturn, TypeAlias
 
+from meshbreaker import __version__
 from meshbreaker.cli import arg_types, commands
 from meshbreaker.cli.policy_flags import add_policy_arguments
 from meshbreaker.live.terminal import PROG
@@ -13,46 +14,78 @@ from meshbreaker.live.terminal import PROG
 DEFAULT_TARGET = "127.0.0.1:7070"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `meshbreaker` argument parser (building it never touches the network)."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Circuit breakers for gRPC across a mesh: run the control plane, "
-        "inspect breakers, manage policies.",
-    )
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line: what is wrong, and where the help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _connection_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options of a command that talks to a control plane.
+
+    They are accepted before the command and after it: the copies after it default to SUPPRESS,
+    so they set a value only when given and never hide one given before.
+    """
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
     parser.add_argument(
         "--target",
-        default=os.environ.get("MESHBREAKER_TARGET", DEFAULT_TARGET),
-        help="control plane host:port (env MESHBREAKER_TARGET; default %(default)s)",
+        default=default(os.environ.get("MESHBREAKER_TARGET", DEFAULT_TARGET)),
+        help=f"control plane host:port (env MESHBREAKER_TARGET; default {DEFAULT_TARGET})",
     )
     parser.add_argument(
         "--token",
-        default=os.environ.get("MESHBREAKER_TOKEN"),
+        default=default(os.environ.get("MESHBREAKER_TOKEN")),
         help="bearer token sent as 'authorization: Bearer T' (env MESHBREAKER_TOKEN)",
     )
-    parser.add_argument("--tls-ca", metavar="FILE", help="CA bundle: connect with TLS")
-    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
-    parser.add_argument("--tls-key", metavar="FILE", help="client private key (mutual TLS)")
     parser.add_argument(
-        "--tls-server-name", metavar="NAME", help="expected server name in its certificate"
+        "--tls-ca", metavar="FILE", default=default(None), help="CA bundle: connect with TLS"
+    )
+    parser.add_argument(
+        "--tls-cert", metavar="FILE", default=default(None), help="client certificate (mutual TLS)"
+    )
+    parser.add_argument(
+        "--tls-key", metavar="FILE", default=default(None), help="client private key (mutual TLS)"
+    )
+    parser.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        default=default(None),
+        help="expected server name in its certificate",
     )
     parser.add_argument(
         "--timeout",
         type=arg_types.seconds,
-        default=5.0,
-        help="seconds per request (default %(default)s)",
+        default=default(5.0),
+        help="seconds per request (default 5.0)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `meshbreaker` argument parser (building it never touches the network)."""
+    parser = _Parser(
+        prog=PROG,
+        description="Circuit breakers for gRPC across a mesh: run the control plane, "
+        "inspect breakers, manage policies.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _connection_options(parser, defaults=True)
+    connection = _Parser(add_help=False)
+    _connection_options(connection, defaults=False)
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_control_plane(subcommands)
-    _add_status(subcommands)
-    _add_policy(subcommands)
-    _add_force(subcommands)
-    _add_events(subcommands)
+    _add_status(subcommands, connection)
+    _add_policy(subcommands, connection)
+    _add_force(subcommands, connection)
+    _add_events(subcommands, connection)
     return parser
 
 
 # The type argparse gives `add_subparsers` objects.
-_Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+_Subcommands: TypeAlias = "argparse._SubParsersAction[_Parser]"
 
 
 def _add_control_plane(subcommands: _Subcommands) -> None:
@@ -86,9 +119,9 @@ def _add_control_plane(subcommands: _Subcommands) -> None:
     serve.set_defaults(handler=commands.control_plane)
 
 
-def _add_status(subcommands: _Subcommands) -> None:
-    status = subcommands.add_parser("status", help="breakers across the mesh")
-    status.add_argument("--service", default="", help="only this caller service")
+def _add_status(subcommands: _Subcommands, connection: _Parser) -> None:
+    status = subcommands.add_parser("status", help="breakers across the mesh", parents=[connection])
+    _add_caller(status)
     status.add_argument("--method", default="", help="only this method or gRPC service")
     status.add_argument(
         "--state",
@@ -110,27 +143,31 @@ def _add_status(subcommands: _Subcommands) -> None:
     status.set_defaults(handler=commands.status)
 
 
-def _add_policy(subcommands: _Subcommands) -> None:
-    policy = subcommands.add_parser("policy", help="list, put or delete policies")
+def _add_policy(subcommands: _Subcommands, connection: _Parser) -> None:
+    policy = subcommands.add_parser(
+        "policy", help="list, put or delete policies", parents=[connection]
+    )
     policy_commands = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
     put = policy_commands.add_parser(
-        "put", help="create or replace a policy (flags override --file)"
+        "put", help="create or replace a policy (flags override --file)", parents=[connection]
     )
     add_policy_arguments(put)
     _add_expected_revision(put)
     put.set_defaults(handler=commands.policy_put)
-    listing = policy_commands.add_parser("list", help="list policies")
+    listing = policy_commands.add_parser("list", help="list policies", parents=[connection])
     listing.add_argument("--caller", default="", help="only policies applying to this caller")
     _add_json(listing)
     listing.set_defaults(handler=commands.policy_list)
-    delete = policy_commands.add_parser("delete", help="delete a policy")
+    delete = policy_commands.add_parser("delete", help="delete a policy", parents=[connection])
     delete.add_argument("policy_id", metavar="ID")
     _add_expected_revision(delete)
     delete.set_defaults(handler=commands.policy_delete)
 
 
-def _add_force(subcommands: _Subcommands) -> None:
-    force = subcommands.add_parser("force", help="force breakers open/closed, or back to auto")
+def _add_force(subcommands: _Subcommands, connection: _Parser) -> None:
+    force = subcommands.add_parser(
+        "force", help="force breakers open/closed, or back to auto", parents=[connection]
+    )
     force.add_argument("action", choices=("open", "closed", "auto"))
     force.add_argument("--service", default="", help="gRPC service, e.g. bank.v1.AccountService")
     force.add_argument("--method", default="", help="full method name")
@@ -140,9 +177,9 @@ def _add_force(subcommands: _Subcommands) -> None:
     force.set_defaults(handler=commands.force)
 
 
-def _add_events(subcommands: _Subcommands) -> None:
-    events = subcommands.add_parser("events", help="mesh-wide events")
-    events.add_argument("--service", default="", help="only this caller service")
+def _add_events(subcommands: _Subcommands, connection: _Parser) -> None:
+    events = subcommands.add_parser("events", help="mesh-wide events", parents=[connection])
+    _add_caller(events)
     events.add_argument(
         "--follow", action="store_true", help="keep printing events until interrupted"
     )
@@ -164,3 +201,18 @@ def _add_expected_revision(parser: argparse.ArgumentParser) -> None:
 
 def _add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the raw response as JSON")
+
+
+class _WasRenamed(argparse.Action):
+    """`--service` where a view means the caller: refused, naming what to use instead."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        parser.error(
+            "--service is now --caller here (the calling service); "
+            "for a gRPC service use --method pkg.Service"
+        )
+
+
+def _add_caller(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--caller", default="", help="only this calling service")
+    parser.add_argument("--service", action=_WasRenamed, help=argparse.SUPPRESS)

@@ -1,138 +1,144 @@
-"""The tables the one-shot commands print: `status` and `policy list`."""
+"""The tables the one-shot commands print: `status` and `policy list` (rich renderables)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
 
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control import convert
-from meshbreaker.live.text import nack_text, state_name
+from meshbreaker.live.render import instance_table
+from meshbreaker.live.table import Cell, Column, new_table
+from meshbreaker.live.text import format_seconds, state_text
 from meshbreaker.v1 import control_plane_pb2 as pb
 
+_GROUP_COLUMNS = (
+    Column("CALLER", cut="end"),
+    Column("BREAKER", cut="start", min_width=8, weight=2),
+    *(
+        Column(title, numeric=True)
+        for title in (
+            *("INSTANCES", "CLOSED", "OPEN", "HALF_OPEN", "FORCED"),
+            *("FAILURE", "SLOW", "CALLS", "FAILED", "REJECTED"),
+        )
+    ),
+)
+_DETAIL_COLUMNS = (
+    Column("CALLER", cut="end"),
+    Column("BREAKER", cut="start", min_width=8, weight=2),
+    Column("INSTANCE", cut="start", min_width=8),
+    Column("STATE"),
+    Column("REVISION", numeric=True),
+    Column("FAILURE", numeric=True),
+    Column("WINDOW", numeric=True),
+    Column("AGE", numeric=True),
+)
+_POLICY_COLUMNS = (
+    Column("ID", cut="end"),
+    Column("CALLER", cut="end"),
+    Column("SERVICE", cut="end"),
+    Column("METHOD", cut="start", min_width=8, weight=2),
+    Column("MODE"),
+    Column("OVERRIDE"),
+    Column("REVISION", numeric=True),
+    Column("SETTINGS", cut="end", weight=3),
+)
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Left-aligned columns separated by two spaces; an empty table says so."""
-    cells = [[_cell_text(value) for value in row] for row in rows]
-    widths = [len(header) for header in headers]
-    for row in cells:
-        for index, value in enumerate(row):
-            widths[index] = max(widths[index], len(value))
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for row in cells:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-    if not cells:
-        lines.append("(none)")
-    return "\n".join(lines)
+
+def status_view(
+    response: pb.ListBreakersResponse,
+    *,
+    width: int | None = None,
+    instances: bool = False,
+    empty: str = "(no breakers reported)",
+) -> RenderableType:
+    """The `status` tables within `width` cells: one row per (caller, breaker), then instances."""
+    parts: list[RenderableType] = [_group_table(response.groups, width)]
+    if not response.groups:
+        parts.append(Text(empty, style="dim"))
+    if instances:
+        parts.append(Text())
+        parts.append(_detail_table(response.groups, width))
+    nacking = [item for item in response.instances if item.HasField("nack")]
+    if instances or nacking:
+        parts.append(Text())
+        parts.append(instance_table(response.instances if instances else nacking, width))
+    parts.append(Text())
+    parts.append(
+        Text(f"store revision {response.revision}; {len(response.instances)} live instance(s)")
+    )
+    return Group(*parts)
 
 
-def _cell_text(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value).replace("\n", " ")
-
-
-def format_status(response: pb.ListBreakersResponse, *, instances: bool = False) -> str:
-    """The `status` tables: one row per (service, breaker), then instances when asked."""
-    rows = [
-        (
+def _group_table(groups: Sequence[pb.BreakerGroup], width: int | None) -> Table:
+    rows: list[list[Cell]] = [
+        [
             group.service,
             group.name,
-            group.instances,
-            group.closed,
-            group.open,
-            group.half_open,
-            group.forced_open + group.forced_closed,
+            *(
+                str(number)
+                for number in (
+                    group.instances,
+                    group.closed,
+                    group.open,
+                    group.half_open,
+                    group.forced_open + group.forced_closed,
+                )
+            ),
             _percent(group.failure_rate),
             _percent(group.slow_call_rate),
-            group.total,
-            group.failed,
-            group.rejected,
-        )
-        for group in response.groups
-    ]
-    headers = (
-        "SERVICE",
-        "BREAKER",
-        "INSTANCES",
-        "CLOSED",
-        "OPEN",
-        "HALF_OPEN",
-        "FORCED",
-        "FAILURE",
-        "SLOW",
-        "CALLS",
-        "FAILED",
-        "REJECTED",
-    )
-    parts = [format_table(headers, rows)]
-    if instances:
-        detail = [
-            (
-                group.service,
-                group.name,
-                item.instance_id,
-                state_name(item.snapshot.state),
-                item.applied_revision,
-                _percent(item.snapshot.failure_rate),
-                item.snapshot.window_calls,
-                f"{item.report_age:.1f}s",
-            )
-            for group in response.groups
-            for item in group.instance_breakers
+            *(str(number) for number in (group.total, group.failed, group.rejected)),
         ]
-        parts.append("")
-        parts.append(
-            format_table(
-                ("SERVICE", "BREAKER", "INSTANCE", "STATE", "REVISION", "FAILURE", "WINDOW", "AGE"),
-                detail,
-            )
-        )
-    instance_rows = [
-        (
-            item.instance_id,
-            item.service,
-            item.applied_revision,
-            item.breakers,
-            f"{item.report_age:.1f}s",
-            nack_text(item),
-        )
-        for item in response.instances
+        for group in groups
     ]
-    if instances or any(row[5] for row in instance_rows):
-        parts.append("")
-        parts.append(
-            format_table(
-                ("INSTANCE", "SERVICE", "REVISION", "BREAKERS", "AGE", "NACK"), instance_rows
-            )
-        )
-    parts.append("")
-    parts.append(f"store revision {response.revision}; {len(response.instances)} live instance(s)")
-    return "\n".join(parts)
+    return new_table(_GROUP_COLUMNS, rows, width)
+
+
+def _detail_table(groups: Sequence[pb.BreakerGroup], width: int | None) -> Table:
+    rows: list[list[Cell]] = [
+        [
+            group.service,
+            group.name,
+            item.instance_id,
+            state_text(item.snapshot.state),
+            str(item.applied_revision),
+            _percent(item.snapshot.failure_rate),
+            str(item.snapshot.window_calls),
+            format_seconds(item.report_age),
+        ]
+        for group in groups
+        for item in group.instance_breakers
+    ]
+    return new_table(_DETAIL_COLUMNS, rows, width)
 
 
 def _percent(rate: float) -> str:
-    return f"{rate * 100:.1f}%"
+    return f"{rate * 100:.1f}%" if math.isfinite(rate) else "?"
 
 
-def format_policies(response: pb.ListPoliciesResponse) -> str:
+def policy_table(response: pb.ListPoliciesResponse, width: int | None = None) -> RenderableType:
     """The `policy list` table: one row per policy, its settings as they differ from defaults."""
-    rows = [
-        (
+    rows: list[list[Cell]] = [
+        [
             policy.id,
             policy.selector.caller or "*",
             policy.selector.service or "*",
             policy.selector.method or "*",
             _mode_name(policy),
             _override_name(policy.override),
-            policy.revision,
+            str(policy.revision),
             describe_config(policy),
-        )
+        ]
         for policy in response.policies
     ]
-    headers = ("ID", "CALLER", "SERVICE", "METHOD", "MODE", "OVERRIDE", "REVISION", "SETTINGS")
-    return format_table(headers, rows)
+    table = new_table(_POLICY_COLUMNS, rows, width)
+    if not rows:
+        return Group(table, Text("(no policies)", style="dim"))
+    return table
 
 
 def _mode_name(policy: pb.Policy) -> str:

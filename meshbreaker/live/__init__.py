@@ -1,37 +1,26 @@
 """Live views of the mesh: `status --watch` and `events --follow`, both outliving restarts."""
 
 from meshbreaker.live.connection import channel_options, new_backoff, quiet_grpc_logs
-from meshbreaker.live.follow import EventFollower
+from meshbreaker.live.follow import EventFollower, print_event
 from meshbreaker.live.render import Link, render_status
-from meshbreaker.live.terminal import (
-    CLEAR_SCREEN,
-    HIDE_CURSOR,
-    HOME,
-    RESET,
-    SHOW_CURSOR,
-    is_terminal,
-    strip_ansi,
-    use_color,
-)
-from meshbreaker.live.text import format_event, state_name
+from meshbreaker.live.terminal import console_for, render_text, say
+from meshbreaker.live.text import clean, event_line, format_event, state_name
 from meshbreaker.live.watch import StatusWatch
 
 __all__ = [
-    "CLEAR_SCREEN",
-    "HIDE_CURSOR",
-    "HOME",
-    "RESET",
-    "SHOW_CURSOR",
     "EventFollower",
     "Link",
     "StatusWatch",
     "channel_options",
+    "clean",
+    "console_for",
+    "event_line",
     "format_event",
-    "is_terminal",
     "new_backoff",
+    "print_event",
     "quiet_grpc_logs",
     "render_status",
+    "render_text",
+    "say",
     "state_name",
-    "strip_ansi",
-    "use_color",
 ]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 import grpc
+from rich.console import Console
 
 from meshbreaker.control.agent import Backoff
 from meshbreaker.live.connection import (
@@ -18,7 +19,7 @@ from meshbreaker.live.connection import (
     wait_subscribed,
 )
 from meshbreaker.live.terminal import say
-from meshbreaker.live.text import format_event
+from meshbreaker.live.text import event_line
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 
@@ -32,7 +33,7 @@ class EventFollower:
         request: pb.WatchEventsRequest,
         *,
         target: str,
-        out: TextIO,
+        console: Console,
         err: TextIO,
         metadata: Sequence[tuple[str, str]] = (),
         max_events: int = 0,
@@ -41,7 +42,7 @@ class EventFollower:
         self._stub = stub
         self._request = request
         self._target = target
-        self._out = out
+        self._console = console
         self._err = err
         self._metadata = tuple(metadata)
         self._max_events = max_events
@@ -98,7 +99,7 @@ class EventFollower:
                     "(events while it was unreachable are not replayed)",
                 )
             for event in call:
-                print(format_event(event), file=self._out, flush=True)
+                print_event(self._console, event)
                 self.printed += 1
                 if self._max_events and self.printed >= self._max_events:
                     self.stop()
@@ -106,3 +107,9 @@ class EventFollower:
         except grpc.RpcError as error:
             return subscribed, error
         return subscribed, None
+
+
+def print_event(console: Console, event: pb.Event) -> None:
+    """One event as one line on `console`, never wrapped."""
+    console.print(event_line(event), soft_wrap=True)
+    console.file.flush()

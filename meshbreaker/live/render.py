@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from rich.console import Group, RenderableType
+from rich.style import Style
+from rich.text import Text
+
 from meshbreaker.config import State
 from meshbreaker.control import convert
-from meshbreaker.live.table import Column, Segment, line_text, table_lines
-from meshbreaker.live.terminal import DASH, ELLIPSIS
+from meshbreaker.live.table import ELLIPSIS, Cell, Column, new_table
 from meshbreaker.live.text import (
-    elide_end,
-    elide_start,
+    STATE_STYLES,
+    clean,
     format_age,
     format_count,
     format_rate,
@@ -20,6 +24,7 @@ from meshbreaker.live.text import (
 )
 from meshbreaker.v1 import control_plane_pb2 as pb
 
+DASH = "—"
 _SEVERITY = (State.FORCED_OPEN, State.OPEN, State.HALF_OPEN, State.FORCED_CLOSED, State.CLOSED)
 _LETTERS = {
     State.CLOSED: "C",
@@ -28,13 +33,8 @@ _LETTERS = {
     State.FORCED_OPEN: "FO",
     State.FORCED_CLOSED: "FC",
 }
-_STATE_COLORS = {
-    State.CLOSED: "32",
-    State.OPEN: "1;31",
-    State.HALF_OPEN: "33",
-    State.FORCED_OPEN: "1;35",
-    State.FORCED_CLOSED: "36",
-}
+_DIM = Style(dim=True)
+_WARN = Style(color="yellow")
 _LEGEND = "INST: C closed, O open, H half-open, FO forced open, FC forced closed"
 
 
@@ -49,7 +49,8 @@ class Link:
     fetched_at: float | None = None  # wall-clock time the response was fetched
 
 
-def _group_state(group: pb.BreakerGroup) -> State | None:
+def group_state(group: pb.BreakerGroup) -> State | None:
+    """The most severe state any instance reports for `group` (None: no instance)."""
     counts = _state_counts(group)
     return next((state for state in _SEVERITY if counts[state]), None)
 
@@ -66,7 +67,7 @@ def _state_counts(group: pb.BreakerGroup) -> dict[State, int]:
 
 def _letter(value: int) -> str:
     state = convert.state_from_proto(value)
-    return _LETTERS[state] if state is not None else "new"
+    return _LETTERS[state] if state is not None else "?"
 
 
 def _instances_cell(group: pb.BreakerGroup) -> str:
@@ -77,80 +78,76 @@ def _instances_cell(group: pb.BreakerGroup) -> str:
 def _last_transition(
     group: pb.BreakerGroup, seen: dict[tuple[str, str], pb.Event], now: float, link: Link
 ) -> str:
-    """ "C->O 12s": the latest transition seen as an event, or else from the reported state ages."""
+    """ "C->O 12s" for the latest transition seen as an event; "O 40s" (in it for 40 s) when only
+    the instances' reports tell how long their state has lasted."""
     last: tuple[float, str] | None = None
     event = seen.get((group.service, group.name))
     if event is not None:
         transition = event.transition
         age = now - event.time.ToNanoseconds() / 1e9
-        last = (age, f"{_letter(transition.from_state)}->{_letter(transition.to_state)}")
+        old = _letter(transition.from_state) if transition.from_state else "new"
+        last = (age, f"{old}->{_letter(transition.to_state)}")
     since_fetch = now - link.fetched_at if link.fetched_at is not None else 0.0
-    reported = min(
-        (
-            (item.snapshot.state_age + item.report_age + since_fetch, _letter(item.snapshot.state))
-            for item in group.instance_breakers
-        ),
-        default=None,
-    )
+    ages = [
+        (item.snapshot.state_age + item.report_age + since_fetch, _letter(item.snapshot.state))
+        for item in group.instance_breakers
+    ]
+    reported = min(((age, state) for age, state in ages if math.isfinite(age)), default=None)
     # A report's age of the same change differs from the event's by milliseconds; it wins only
-    # when clearly later (a change whose event was missed, e.g. while disconnected), since it
-    # does not know the old state.
+    # when clearly later (a change whose event was missed, e.g. while disconnected), and then it
+    # names the state only: a report does not know the one before.
     if reported is not None and (last is None or reported[0] < last[0] - 1.0):
-        last = (reported[0], f"?->{reported[1]}")
+        last = reported
     return f"{last[1]} {format_age(last[0])}" if last is not None else "-"
 
 
 _BREAKER_COLUMNS = (
-    Column("SERVICE", cut=elide_end, min_width=4),
-    Column("BREAKER", cut=elide_start, min_width=8, weight=2),
+    Column("CALLER", cut="end"),
+    Column("BREAKER", cut="start", min_width=8, weight=2),
     Column("STATE"),
     Column("INST"),
-    Column("FAIL%", right=True),
-    Column("SLOW%", right=True),
-    Column("CALLS", right=True),
-    Column("FAILED", right=True),
-    Column("REJ", right=True),
+    Column("FAIL%", numeric=True),
+    Column("SLOW%", numeric=True),
+    Column("CALLS", numeric=True),
+    Column("FAILED", numeric=True),
+    Column("REJ", numeric=True),
     Column("LAST"),
 )
 
 _INSTANCE_COLUMNS = (
-    Column("INSTANCE", cut=elide_start, min_width=8, weight=2),
-    Column("SERVICE", cut=elide_end, min_width=4),
-    Column("REV", right=True),
-    Column("BREAKERS", right=True),
-    Column("AGE", right=True),
-    Column("NACK", cut=elide_end, min_width=4, weight=3),
+    Column("INSTANCE", cut="start", min_width=8, weight=2),
+    Column("CALLER", cut="end"),
+    Column("REV", numeric=True),
+    Column("BREAKERS", numeric=True),
+    Column("AGE", numeric=True),
+    Column("NACK", cut="end", weight=3),
 )
 
 
-def _header(
-    response: pb.ListBreakersResponse | None, link: Link, now: float, width: int
-) -> list[Segment]:
+def _header(response: pb.ListBreakersResponse | None, link: Link, now: float, width: int) -> Text:
     """Address, revision, instances, time and the connection; optional parts go when narrow."""
     if link.state == "connected":
-        status: Segment = ("connected", "32")
+        status = Text("connected", style="green")
     elif link.state == "connecting":
-        status = (f"connecting{ELLIPSIS}", "33")
+        status = Text(f"connecting{ELLIPSIS}", style="yellow")
     else:
         when = f" in {link.retry_in:.1f}s" if link.retry_in is not None else ELLIPSIS
-        status = (f"disconnected {DASH} reconnecting{when}", "1;31")
-    parts: list[tuple[int, Segment]] = [(0, (link.target, "1"))]  # (priority to keep, segment)
+        status = Text(f"disconnected {DASH} reconnecting{when}", style="bold red")
+    target = Text(clean(link.target), style="bold")
+    parts: list[tuple[int, Text]] = [(0, target)]  # (priority to keep, part)
     if response is not None:
-        parts.append((2, (f"rev {response.revision}", None)))
-        parts.append((3, (f"{len(response.instances)} instances", None)))
-    parts.append((4, (time.strftime("%H:%M:%S", time.localtime(now)), None)))
+        parts.append((2, Text(f"rev {response.revision}")))
+        parts.append((3, Text(f"{len(response.instances)} instances")))
+    parts.append((4, Text(time.strftime("%H:%M:%S", time.localtime(now)))))
     parts.append((1, status))
-    while len(parts) > 2 and sum(len(s[0]) + 2 for _, s in parts) - 2 > width:
+    while len(parts) > 2 and sum(len(part) + 2 for _, part in parts) - 2 > width:
         parts.remove(max(parts, key=lambda part: part[0]))
-    line: list[Segment] = []
-    for i, (_, segment) in enumerate(parts):
-        if i:
-            line.append(("  ", None))
-        line.append(segment)
-    overflow = sum(len(text) for text, _ in line) - width
+    overflow = sum(len(part) + 2 for _, part in parts) - 2 - width
     if overflow > 0:  # the address gives way before the connection status
-        target = elide_end(link.target, max(8, len(link.target) - overflow))
-        line[0] = (target, "1")
+        target.truncate(max(8, len(target) - overflow), overflow="ellipsis")
+    line = Text("  ").join(part for _, part in parts)
+    line.no_wrap = True
+    line.overflow = "ellipsis"
     return line
 
 
@@ -162,36 +159,44 @@ def render_status(
     link: Link,
     width: int = 80,
     height: int | None = None,
-    color: bool = False,
     instances: bool = False,
-) -> str:
-    """The status screen at wall-clock `now`, every line within `width` (and `height`) cells."""
-    width = max(width, 20)
-    lines: list[list[Segment]] = [_header(response, link, now, width)]
-    if link.state != "connected":
-        lines.append([(_stale_note(response, link, now), "33")])
-    lines.append([])
-    if response is None:
-        return "\n".join(line_text(line, width, color) for line in lines)
+    empty: str = "(no breakers reported)",
+) -> RenderableType:
+    """The status screen at wall-clock `now`, every line within `width` (and `height`) cells.
 
-    table = _breaker_table(response, _latest_transitions(events), now, link, width)
-    footer: list[list[Segment]] = []
+    `empty` is what the table says when it has no rows (e.g. that a filter matched nothing).
+    """
+    width = max(width, 20)
+    lines: list[RenderableType] = [_header(response, link, now, width)]
+    if link.state != "connected":
+        lines.append(Text(_stale_note(response, link, now), style=_WARN))
+    lines.append(Text())
+    if response is None:
+        return Group(*lines)
+
+    groups: Sequence[pb.BreakerGroup] = response.groups
+    footer: list[RenderableType] = []
     shown = [item for item in response.instances if instances or item.HasField("nack")]
     if shown:
-        footer.append([])
-        footer.extend(_instance_table(shown, width))
-    footer.append([])
-    footer.append([(_LEGEND if response.groups else "(no breakers reported)", "2")])
-
-    if height is not None and len(lines) + len(table) + len(footer) > height:
-        keep = height - len(lines) - len(footer) - 2  # rows besides the title and "more" lines
-        if keep >= 0:
-            hidden = len(table) - 1 - keep
-            more = f"{ELLIPSIS} {hidden} more (narrow with --service, --method or --state)"
-            table = [*table[: 1 + keep], [(more, "2")]]
-    lines.extend(table)
-    lines.extend(footer)
-    return "\n".join(line_text(line, width, color) for line in lines)
+        footer.append(Text())
+        footer.append(instance_table(shown, width))
+    footer.append(Text())
+    footer.append(Text(_LEGEND if groups else empty, style=_DIM, no_wrap=True, overflow="ellipsis"))
+    footer_lines = len(footer) + (len(shown) if shown else 0)  # the instance table's title too
+    more: Text | None = None
+    if height is not None and len(lines) + 1 + len(groups) + footer_lines > height:
+        keep = max(0, height - len(lines) - footer_lines - 2)  # rows besides title and "more"
+        more = Text(
+            f"{ELLIPSIS} {len(groups) - keep} more (narrow with --caller, --method or --state)",
+            style=_DIM,
+            no_wrap=True,
+            overflow="ellipsis",
+        )
+        groups = groups[:keep]
+    lines.append(_breaker_table(groups, _latest_transitions(events), now, link, width))
+    if more is not None:
+        lines.append(more)
+    return Group(*lines, *footer)
 
 
 def _stale_note(response: pb.ListBreakersResponse | None, link: Link, now: float) -> str:
@@ -201,7 +206,7 @@ def _stale_note(response: pb.ListBreakersResponse | None, link: Link, now: float
     else:
         note = "no data yet"
     if link.error:
-        note += f" {DASH} {link.error}"
+        note += f" {DASH} {clean(link.error)}"
     return note
 
 
@@ -218,23 +223,23 @@ def _latest_transitions(events: Iterable[pb.Event]) -> dict[tuple[str, str], pb.
 
 
 def _breaker_table(
-    response: pb.ListBreakersResponse,
+    groups: Sequence[pb.BreakerGroup],
     seen: dict[tuple[str, str], pb.Event],
     now: float,
     link: Link,
     width: int,
-) -> list[list[Segment]]:
-    """One row per (service, breaker); the state is coloured, and dimmed while disconnected."""
+) -> RenderableType:
+    """One row per (caller, breaker); the state is coloured, and dimmed while disconnected."""
     stale = link.state != "connected"
-    rows: list[list[str]] = []
-    colors: list[list[str | None]] = []
-    for group in response.groups:
-        state = _group_state(group)
+    rows: list[list[Cell]] = []
+    for group in groups:
+        state = group_state(group)
+        state_style = _DIM if stale or state is None else STATE_STYLES[state]
         rows.append(
             [
                 group.service,
                 group.name,
-                state.value if state is not None else "-",
+                Text(state.value if state is not None else "-", style=state_style),
                 _instances_cell(group) or "-",
                 format_rate(group.failure_rate),
                 format_rate(group.slow_call_rate),
@@ -244,23 +249,20 @@ def _breaker_table(
                 _last_transition(group, seen, now, link),
             ]
         )
-        state_color = "2" if stale else (_STATE_COLORS[state] if state is not None else None)
-        colors.append([None, None, state_color, None, None, None, None, None, None, None])
-    return table_lines(_BREAKER_COLUMNS, rows, colors, width)
+    return new_table(_BREAKER_COLUMNS, rows, width)
 
 
-def _instance_table(shown: Sequence[pb.InstanceStatus], width: int) -> list[list[Segment]]:
+def instance_table(shown: Sequence[pb.InstanceStatus], width: int | None) -> RenderableType:
     """One row per instance, its NACK (if any) highlighted."""
-    rows = [
+    rows: list[list[Cell]] = [
         [
             item.instance_id,
             item.service,
             str(item.applied_revision),
             str(item.breakers),
             format_age(item.report_age),
-            nack_text(item),
+            Text(nack_text(item), style=_WARN),
         ]
         for item in shown
     ]
-    colors: list[list[str | None]] = [[None, None, None, None, None, "33"] for _ in shown]
-    return table_lines(_INSTANCE_COLUMNS, rows, colors, width)
+    return new_table(_INSTANCE_COLUMNS, rows, width)

@@ -1,94 +1,110 @@
-"""Columns of cells laid out within a terminal width, as lines of optionally coloured segments."""
+"""Tables for the operator's views: borderless rich tables whose long cells give way first.
+
+rich draws the table (padding, alignment, styles, the ellipsis); which column gives way when the
+terminal is narrow is decided here, because names matter more than numbers: columns that may be
+cut shrink first, widest (by weight) first, down to their minimum, and the numbers keep their
+width. Every string cell is cleaned: it may come from a remote process.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
-from meshbreaker.live.terminal import ELLIPSIS, RESET
-from meshbreaker.live.text import elide_end
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions
+from rich.table import Table
+from rich.text import Text
 
-# A line is a list of (text, SGR code or None) segments, coloured only when asked.
-Segment = tuple[str, str | None]
+from meshbreaker.live.text import clean
+
+ELLIPSIS = "…"
+
+Cell = str | Text
 
 
 @dataclass(frozen=True)
 class Column:
-    """A table column: its title, alignment and how its cells give way when space is short."""
+    """A table column: its title, alignment, and how its cells give way when space is short."""
 
     title: str
-    right: bool = False  # numbers align right
-    cut: Callable[[str, int], str] | None = None  # how a cell shrinks; None = never
-    min_width: int = 0
+    numeric: bool = False  # right-aligned
+    cut: Literal["end", "start"] | None = None  # which end of a long cell is cut; None = never
+    min_width: int = 4
     weight: int = 1  # when shrinking, a column of weight 2 keeps about twice the width
 
 
-def table_lines(
-    columns: Sequence[Column],
-    rows: Sequence[Sequence[str]],
-    colors: Sequence[Sequence[str | None]],
-    width: int,
-) -> list[list[Segment]]:
-    """A header line and one line per row, each cell cut and padded to its column."""
-    *widths, separator = _column_widths(columns, rows, width)
-    gap = " " * separator
-    lines: list[list[Segment]] = []
-    header: list[Segment] = []
-    for i, column in enumerate(columns):
-        title = elide_end(column.title, widths[i])
-        header.append(((gap if i else "") + _pad(title, widths[i], column.right), "1"))
-    lines.append(header)
-    for row, row_colors in zip(rows, colors, strict=True):
-        line: list[Segment] = []
-        for i, column in enumerate(columns):
-            cell = row[i]
-            if len(cell) > widths[i]:
-                cell = (column.cut or elide_end)(cell, widths[i])
-            if i:
-                line.append((gap, None))
-            line.append((_pad(cell, widths[i], column.right), row_colors[i]))
-        lines.append(line)
-    return lines
+class KeepEnd:
+    """A cell cut from its start when too wide ("…/pkg.Service/Method"), so its end stays."""
+
+    def __init__(self, text: Text) -> None:
+        self.text = text
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Text]:
+        yield keep_end(self.text, options.max_width)
 
 
-def line_text(line: Sequence[Segment], width: int, color: bool) -> str:
-    """The line as text of at most `width` visible characters, coloured when asked."""
-    plain = "".join(text for text, _ in line).rstrip()
-    cut = len(plain) > width
-    budget = width - 1 if cut else len(plain)
-    parts: list[str] = []
-    used = 0
-    for text, code in line:
-        if used >= budget:
-            break
-        piece = text[: budget - used]
-        used += len(piece)
-        parts.append(f"\x1b[{code}m{piece}{RESET}" if color and code and piece.strip() else piece)
-    if cut:
-        parts.append(ELLIPSIS)
-    return "".join(parts)
+def keep_end(text: Text, width: int) -> Text:
+    """`text` within `width` cells, its start replaced by an ellipsis when cut."""
+    if cell_len(text.plain) <= width:
+        return text
+    if width <= 0:
+        return Text("")
+    used, start = cell_len(ELLIPSIS), len(text.plain)
+    while start > 0 and used + cell_len(text.plain[start - 1]) <= width:
+        start -= 1
+        used += cell_len(text.plain[start])
+    return Text(ELLIPSIS, style=text.style) + text[start:]
 
 
-def _column_widths(
-    columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int
-) -> list[int]:
-    """Column widths, then the separator, that fit `width`: cut columns shrink, widest first."""
+def new_table(
+    columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: int | None
+) -> Table:
+    """A table of `rows` within `width` cells (None: as wide as its cells need)."""
+    texts = [[Text(clean(cell)) if isinstance(cell, str) else cell for cell in row] for row in rows]
+    widths, gap = _fit(columns, texts, width)
+    table = Table(
+        box=None, pad_edge=False, show_edge=False, header_style="bold", padding=(0, gap, 0, 0)
+    )
+    for column, column_width in zip(columns, widths, strict=True):
+        table.add_column(
+            column.title,
+            justify="right" if column.numeric else "left",
+            width=column_width,
+            no_wrap=True,
+            overflow="ellipsis",
+        )
+    for row in texts:
+        table.add_row(
+            *(
+                KeepEnd(text) if column.cut == "start" else text
+                for column, text in zip(columns, row, strict=True)
+            )
+        )
+    return table
+
+
+def _fit(
+    columns: Sequence[Column], rows: Sequence[Sequence[Text]], width: int | None
+) -> tuple[list[int], int]:
+    """Column widths and the gap between columns (2, or 1 when tight) that fit `width`."""
     widths = [
-        max([len(column.title), *(len(row[i]) for row in rows)]) for i, column in enumerate(columns)
+        max([cell_len(column.title), *(cell_len(row[i].plain) for row in rows)])
+        for i, column in enumerate(columns)
     ]
-    separator = 2 if sum(widths) + 2 * (len(widths) - 1) <= width else 1
-    excess = sum(widths) + separator * (len(widths) - 1) - width
+    gaps = len(widths) - 1
+    if width is None:
+        return widths, 2
+    gap = 2 if sum(widths) + 2 * gaps <= width else 1
+    excess = sum(widths) + gap * gaps - width
     while excess > 0:
-        candidates = [
+        shrinkable = [
             i for i, column in enumerate(columns) if column.cut and widths[i] > column.min_width
         ]
-        if not candidates:
-            break
-        widest = max(candidates, key=lambda i: widths[i] / columns[i].weight)
+        if not shrinkable:
+            break  # rich cuts what is left evenly: no line is ever wider than `width`
+        widest = max(shrinkable, key=lambda i: widths[i] / columns[i].weight)
         widths[widest] -= 1
         excess -= 1
-    return [*widths, separator]
-
-
-def _pad(text: str, width: int, right: bool) -> str:
-    return text.rjust(width) if right else text.ljust(width)
+    return widths, gap

@@ -1,54 +1,49 @@
-"""What the live views write to a terminal: escape sequences, colour and encoding checks."""
+"""Where the operator's views write: a rich Console per stream, and one-line messages."""
 
 from __future__ import annotations
 
-import os
-import re
+import io
 from typing import TextIO
+
+from rich.console import Console, RenderableType
+
+from meshbreaker.live.text import clean
 
 PROG = "meshbreaker"
 
-HIDE_CURSOR = "\x1b[?25l"
-SHOW_CURSOR = "\x1b[?25h"
-CLEAR_SCREEN = "\x1b[2J"
-HOME = "\x1b[H"
-CLEAR_LINE_END = "\x1b[K"
-CLEAR_BELOW = "\x1b[J"
-RESET = "\x1b[0m"
-ELLIPSIS = "…"
-DASH = "—"
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# Off a terminal (a pipe, a file) lines are never wrapped or cut: grep sees whole rows.
+UNBOUNDED_WIDTH = 10_000
 
 
 def say(stream: TextIO, message: str) -> None:
-    """Print `message` to `stream` as a line from the command ("meshbreaker: ...")."""
-    print(f"{PROG}: {message}", file=stream, flush=True)
+    """Print `message` (cleaned) to `stream` as a line from the command ("meshbreaker: ...")."""
+    print(f"{PROG}: {clean(message)}", file=stream, flush=True)
 
 
-def strip_ansi(text: str) -> str:
-    """`text` without ANSI escape sequences (what the terminal shows)."""
-    return _ANSI.sub("", text)
+def console_for(stream: TextIO) -> Console:
+    """A rich Console on `stream`.
+
+    rich decides what the stream can take: colours and cursor movement on a terminal only, none
+    with NO_COLOR (no-color.org) or TERM=dumb, and FORCE_COLOR honoured. Nothing is read as
+    markup or emoji codes: text a remote process reported is printed as it is (cleaned).
+    """
+    console = Console(file=stream, highlight=False, markup=False, emoji=False)
+    if not console.is_terminal:
+        console.width = UNBOUNDED_WIDTH
+    return console
 
 
-def is_terminal(stream: TextIO) -> bool:
-    """Whether `stream` is a terminal that understands cursor movement."""
-    try:
-        tty = stream.isatty()
-    except ValueError:  # closed
-        return False
-    return tty and os.environ.get("TERM") != "dumb"
-
-
-def use_color(stream: TextIO) -> bool:
-    """ANSI colours only on a terminal, and never when NO_COLOR is set (no-color.org)."""
-    return is_terminal(stream) and not os.environ.get("NO_COLOR")
-
-
-def encodes(stream: TextIO, text: str) -> bool:
-    """Whether `stream` can write `text` in its encoding."""
-    encoding = getattr(stream, "encoding", None) or "utf-8"
-    try:
-        text.encode(encoding)
-    except (UnicodeEncodeError, LookupError):
-        return False
-    return True
+def render_text(renderable: RenderableType, *, width: int, color: bool = False) -> str:
+    """`renderable` as the text a terminal `width` cells wide shows (with ANSI colours if asked)."""
+    console = Console(
+        file=io.StringIO(),
+        width=width,
+        color_system="standard" if color else None,
+        force_terminal=color,
+        highlight=False,
+        markup=False,
+        emoji=False,
+    )
+    with console.capture() as capture:
+        console.print(renderable)
+    return capture.get().rstrip("\n")

@@ -8,15 +8,15 @@ rates and ages stay current.
 from __future__ import annotations
 
 import math
-import os
 import queue
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import grpc
+from rich.console import Console, RenderableType
+from rich.live import Live
 
 from meshbreaker.control.agent import Backoff
 from meshbreaker.live.connection import (
@@ -28,19 +28,7 @@ from meshbreaker.live.connection import (
     wait_subscribed,
 )
 from meshbreaker.live.render import Link, render_status
-from meshbreaker.live.terminal import (
-    CLEAR_BELOW,
-    CLEAR_LINE_END,
-    CLEAR_SCREEN,
-    DASH,
-    ELLIPSIS,
-    HIDE_CURSOR,
-    HOME,
-    RESET,
-    SHOW_CURSOR,
-    encodes,
-    say,
-)
+from meshbreaker.live.terminal import render_text, say
 from meshbreaker.live.text import to_json
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
@@ -58,21 +46,19 @@ class StatusWatch:
         request: pb.ListBreakersRequest,
         *,
         target: str,
-        out: TextIO,
+        console: Console,
         err: TextIO,
         metadata: Sequence[tuple[str, str]] = (),
         timeout: float = 5.0,
         interval: float = 2.0,
         coalesce: float = COALESCE,
-        tty: bool = False,
-        color: bool = False,
         as_json: bool = False,
+        empty: str = "(no breakers reported)",
         instances: bool = False,
         iterations: int = 0,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        terminal_size: Callable[[], os.terminal_size] = shutil.get_terminal_size,
     ) -> None:
         self._stub = stub
         self._request = pb.ListBreakersRequest()
@@ -80,22 +66,22 @@ class StatusWatch:
         self._request.include_instances = True  # their state ages fill LAST when no event did
         self._events_request = pb.WatchEventsRequest(service=request.service)
         self._target = target
-        self._out = out
+        self._console = console
         self._err = err
         self._metadata = tuple(metadata)
         self._timeout = timeout
         self._interval = interval
         self._coalesce = coalesce
-        self._screen = tty and not as_json  # redraw in place
-        self._color = color
+        # Redrawn in place on a terminal that can move its cursor; frame after frame elsewhere.
+        self._screen = console.is_terminal and not console.is_dumb_terminal and not as_json
+        self._live: Live | None = None
         self._json = as_json
+        self._empty = empty
         self._instances = instances
         self._iterations = iterations
         self._backoff = backoff or new_backoff()
         self._clock = clock
         self._wall_clock = wall_clock
-        self._terminal_size = terminal_size
-        self._ascii = not encodes(out, ELLIPSIS + DASH)
 
         self._queue: queue.Queue[tuple[int, str, Any]] = queue.Queue()
         self._generation = 0  # news from an older stream is ignored
@@ -122,17 +108,21 @@ class StatusWatch:
 
     def run(self) -> int:
         """Show the live table until interrupted (exit status 0) or a fatal RpcError."""
+        if self._screen:
+            # Drawn only when we ask (auto_refresh=False); rich hides the cursor meanwhile and
+            # leaves the last frame on the terminal when it stops.
+            self._live = Live(console=self._console, auto_refresh=False, vertical_overflow="crop")
+            self._live.start()
         try:
-            if self._screen:
-                self._write(HIDE_CURSOR + CLEAR_SCREEN)
             while not self._done.is_set():
                 self.step(1.0)
         except KeyboardInterrupt:
             pass
         finally:
             self.close()
-            if self._screen:
-                self._write(RESET + SHOW_CURSOR + "\n")
+            if self._live is not None:
+                self._live.stop()
+                self._live = None
         return 0
 
     def stop(self) -> None:
@@ -285,40 +275,36 @@ class StatusWatch:
             fetched_at=self.fetched_at,
         )
 
-    def render(self) -> str:
-        """The screen as it would be drawn now."""
-        size = self._terminal_size()
-        text = render_status(
+    def render(self) -> RenderableType:
+        """The screen as it would be drawn now, fitted to the console."""
+        size = self._console.size
+        return render_status(
             self.response,
             self._transitions.values(),
             now=self._wall_clock(),
             link=self.link(),
-            width=size.columns,
-            height=size.lines if self._screen else None,
-            color=self._color,
+            width=size.width,
+            height=size.height if self._screen else None,
             instances=self._instances,
+            empty=self._empty,
         )
-        if self._ascii:
-            text = text.replace(ELLIPSIS, "~").replace(DASH, "-")
-        return text
 
     def _render(self, *, force: bool) -> None:
         """Draw the screen; off a terminal only when forced (a fetch, a lost connection)."""
         self._next_tick = self._clock() + 1.0
         if self._json:
             if force and self._state == "connected" and self.response is not None:
-                self._write(to_json(self.response) + "\n")
+                self._console.file.write(to_json(self.response) + "\n")
+                self._console.file.flush()
             return
         if not (force or self._screen):
             return
-        self.frame = self.render()
-        if self._screen:
-            body = self.frame.replace("\n", CLEAR_LINE_END + "\n")
-            self._write(HOME + body + CLEAR_LINE_END + CLEAR_BELOW)
+        screen = self.render()
+        self.frame = render_text(screen, width=self._console.size.width)
+        if self._live is not None:
+            self._live.update(screen, refresh=True)
         else:
-            self._write(("\n" if self.frames else "") + self.frame + "\n")
+            if self.frames:
+                self._console.line()
+            self._console.print(screen)
         self.frames += 1
-
-    def _write(self, text: str) -> None:
-        self._out.write(text)
-        self._out.flush()
