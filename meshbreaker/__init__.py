@@ -20,6 +20,7 @@ from meshbreaker.errors import (
     ConfigError,
     MeshbreakerError,
 )
+from meshbreaker.events import BreakerEvent, EventKind
 from meshbreaker.registry import BreakerRegistry
 
 # The one place the version is written: pyproject.toml reads it from here (hatch).
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BreakerConfig",
+    "BreakerEvent",
     "BreakerInterceptor",
     "BreakerObservation",
     "BreakerRegistry",
@@ -39,6 +41,7 @@ __all__ = [
     "CallResult",
     "CircuitBreaker",
     "ConfigError",
+    "EventKind",
     "MeshbreakerError",
     "Mode",
     "Outcome",

@@ -23,6 +23,10 @@ _SERVICE_RE: Final = re.compile(_SERVICE)
 _METHOD_RE: Final = re.compile(rf"/({_SERVICE})/{_IDENT}")
 # The method at the end of a breaker name, after an optional target label.
 _TAIL_RE: Final = re.compile(rf"(.*?)(/({_SERVICE})/{_IDENT})")
+# A breaker shared by a service's methods: "/pkg.Svc/", after an optional target label.
+_SERVICE_TAIL_RE: Final = re.compile(rf"(.*?)/({_SERVICE})/")
+# The one breaker shared by names that are not gRPC methods, once a registry is full.
+OVERFLOW_BREAKER_NAME: Final = "<overflow>"
 
 # gRPC status code names, kept as strings so the engine never imports grpc.
 GRPC_CODE_NAMES: Final[frozenset[str]] = frozenset(
@@ -107,15 +111,26 @@ def split_breaker_name(name: str) -> tuple[str, str, str]:
     return (target, service, method)
 
 
+def service_breaker_name(name: str) -> str:
+    """The name of the breaker a full registry gives `name`: its service's, "target/pkg.Svc/".
+
+    Names that are not gRPC methods share OVERFLOW_BREAKER_NAME.
+    """
+    target, service, method = split_breaker_name(name)
+    return f"{target}/{service}/" if method else OVERFLOW_BREAKER_NAME
+
+
 def selectors_for(name: str) -> tuple[str, ...]:
     """The selectors that match breaker `name`, most specific first.
 
     "/pkg.Svc/M" -> ("/pkg.Svc/M", "pkg.Svc"); "target/pkg.Svc/M" -> (the name itself,
-    "/pkg.Svc/M", "pkg.Svc"); any other name matches only itself.
+    "/pkg.Svc/M", "pkg.Svc"); a service's shared breaker "/pkg.Svc/" -> (itself, "pkg.Svc");
+    any other name matches only itself.
     """
     target, service, method = split_breaker_name(name)
     if not method:
-        return (name,)
+        shared = _SERVICE_TAIL_RE.fullmatch(name) if len(name) <= 2 * MAX_NAME_LENGTH else None
+        return (name,) if shared is None else (name, shared.group(2))
     if target:
         return (name, method, service)
     return (method, service)

@@ -27,3 +27,11 @@ class WindowType(str, enum.Enum):
 
     COUNT = "count"
     TIME = "time"
+
+
+class Outcome(enum.IntEnum):
+    """How a finished call counts: success, failure, or not at all."""
+
+    SUCCESS = 0
+    FAILURE = 1
+    IGNORED = 2

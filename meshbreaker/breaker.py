@@ -1,100 +1,70 @@
-"""CircuitBreaker: the state machine, its permits, transitions, events and snapshots."""
+"""CircuitBreaker: the state machine around one locked _before()/_after() pair, and its Permit."""
 
 from __future__ import annotations
 
-import enum
 import itertools
 import logging
 import math
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from meshbreaker._backoff import Backoff
-from meshbreaker._types import Mode, State, WindowType
+from meshbreaker._quick import SLICE, QuickSuccesses
+from meshbreaker._types import Mode, Outcome, State, WindowType
 from meshbreaker.config import BreakerConfig
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
+from meshbreaker.events import (
+    BreakerEvent,
+    CallResult,
+    CallResultListener,
+    EventKind,
+    EventListener,
+    StateListener,
+)
 from meshbreaker.histogram import DEFAULT_BUCKETS, DurationHistogram, HistogramSnapshot
+from meshbreaker.snapshot import BreakerObservation, BreakerSnapshot
 from meshbreaker.window import CountWindow, TimeWindow, Window
+
+# Re-exported: they were born here, and users import them from here.
+__all__ = [
+    "BreakerObservation",
+    "BreakerSnapshot",
+    "CallResult",
+    "CircuitBreaker",
+    "Clock",
+    "ExceptionClassifier",
+    "Outcome",
+    "Permit",
+    "ResultClassifier",
+    "StateListener",
+]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Clock = Callable[[], float]
-StateListener = Callable[[str, State, State], None]
 ExceptionClassifier = Callable[[BaseException], bool]
-
-
-class Outcome(enum.IntEnum):
-    """How a finished call counts: success, failure, or not at all."""
-
-    SUCCESS = 0
-    FAILURE = 1
-    IGNORED = 2
-
+ResultClassifier = Callable[[Any], bool]
+Transition = tuple[State, State]
 
 _SUCCESS: Final = Outcome.SUCCESS
 _FAILURE: Final = Outcome.FAILURE
 _IGNORED: Final = Outcome.IGNORED
-_STALE: Final = -1  # the generation of a permit that must never move the state
+_CLOSED: Final = State.CLOSED
 _OPEN: Final = State.OPEN
+_HALF_OPEN: Final = State.HALF_OPEN
 _FORCED_OPEN: Final = State.FORCED_OPEN
-_INF: Final = math.inf
-# Quick successes are logged for at most this long before a call settles the log under the
-# lock: it bounds the log by time, at no cost to the hot path (one comparison serves both).
-_QUICK_SLICE: Final = 0.01
+_FORCED_CLOSED: Final = State.FORCED_CLOSED
 
-
-@dataclass(frozen=True, slots=True)
-class CallResult:
-    """One finished call, as seen by on_call_result listeners."""
-
-    name: str
-    outcome: Outcome
-    duration: float
-    slow: bool
-
-
-CallResultListener = Callable[[CallResult], None]
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerSnapshot:
-    """An immutable record of a breaker's state and counters at one instant."""
-
-    name: str
-    state: State
-    total: int
-    successful: int
-    failed: int
-    ignored: int
-    slow: int
-    rejected: int
-    shadow_rejected: int
-    failure_rate: float
-    slow_call_rate: float
-    window_calls: int
-    mean_duration: float
-    consecutive_failures: int
-    minimum_calls: int  # the effective minimum: capped by a COUNT window's size
-    state_since: float
-    open_until: float | None
-    times_opened: int
-    half_open_in_flight: int
-    half_open_successes: int
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerObservation:
-    """A snapshot with the transition counts and duration histogram of the same instant."""
-
-    snapshot: BreakerSnapshot
-    transitions: dict[tuple[State, State], int]
-    durations: HistogramSnapshot | None
+# The generation of a permit whose outcome must never move the state (admitted in the shadow
+# only). Real generations start at 1.
+_STALE: Final = -1
+# Values of _reject_until, the one field the lock-free rejection reads.
+_NEVER: Final = -math.inf  # calls may go (or go to the lock to be decided)
+_UNTIL_CLEARED: Final = math.inf  # FORCED_OPEN: rejected until an operator clears it
 
 
 class Permit:
@@ -115,19 +85,19 @@ class Permit:
 
     def success(self, duration: float | None = None) -> None:
         """The call succeeded; `duration` defaults to the time since acquire."""
-        self._breaker._finish_permit(self, _SUCCESS, duration)
+        self._breaker._finish(self, _SUCCESS, duration)
 
     def failure(self, duration: float | None = None) -> None:
         """The call failed; `duration` defaults to the time since acquire."""
-        self._breaker._finish_permit(self, _FAILURE, duration)
+        self._breaker._finish(self, _FAILURE, duration)
 
     def ignore(self) -> None:
         """The call ended in a way that says nothing about the dependency (e.g. cancelled)."""
-        self._breaker._finish_permit(self, _IGNORED, 0.0)
+        self._breaker._finish(self, _IGNORED, 0.0)
 
     def record(self, outcome: Outcome, duration: float | None = None) -> None:
         """Report `outcome`; same as calling success(), failure() or ignore()."""
-        self._breaker._finish_permit(self, outcome, duration)
+        self._breaker._finish(self, outcome, duration)
 
     def elapsed(self) -> float:
         """Seconds since the permit was granted, by the breaker's clock."""
@@ -140,8 +110,7 @@ class Permit:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
     ) -> None:
         breaker = self._breaker
-        outcome = _SUCCESS if exc is None else breaker._classify(exc)
-        breaker._finish_permit(self, outcome, None)
+        breaker._finish(self, _SUCCESS if exc is None else breaker._classify(exc), None)
 
     @property
     def done(self) -> bool:
@@ -160,12 +129,58 @@ def _never_ignore(exc: BaseException) -> bool:
 class CircuitBreaker:
     """A circuit breaker for one dependency (in meshbreaker's gRPC adapters: one method).
 
-    Thread-safe. Admission in CLOSED without a bulkhead takes no lock, and neither does a
-    quick success through call()/call_async() while the window holds no failure or slow call;
-    any other outcome takes one short lock. Listeners run after it is released, in the calling
-    thread. The per-call paths use lock.acquire()/try/finally rather than `with`: measured
-    here it costs half as much, and these paths run on every guarded call.
+    Thread-safe, in gobreaker's shape: every decision is made in `_before(now)` (admission) or
+    `_after(generation, outcome, duration, now)` (an outcome), each under one short lock, and
+    transitions that time makes due happen lazily there. Two paths take no lock: a call
+    admitted in CLOSED without a bulkhead (it only reads `_free_generation`), and a success
+    that cannot change anything (QuickSuccesses, see there). A rejection while OPEN reads only
+    `_reject_until`. Listeners run after the lock is released, in the calling thread.
     """
+
+    __slots__ = (
+        "__weakref__",
+        "_backoff",
+        "_bulkhead",
+        "_clock",
+        "_config",
+        "_consecutive",
+        "_event_listeners",
+        "_failed",
+        "_free_generation",
+        "_generation",
+        "_half_open_in_flight",
+        "_half_open_successes",
+        "_histogram",
+        "_ignored",
+        "_in_flight",
+        "_is_failure",
+        "_is_ignored",
+        "_lock",
+        "_manual_period",
+        "_minimum_calls",
+        "_open_until",
+        "_openings_in_row",
+        "_override",
+        "_quick",
+        "_reject_until",
+        "_rejection_reads",
+        "_rejections",
+        "_result_listeners",
+        "_rng",
+        "_shadow",
+        "_shadow_rejected",
+        "_slow",
+        "_slow_threshold",
+        "_spread",
+        "_state",
+        "_state_listeners",
+        "_state_since",
+        "_successful",
+        "_times_opened",
+        "_transitions",
+        "_window",
+        "name",
+    )
 
     def __init__(
         self,
@@ -183,8 +198,10 @@ class CircuitBreaker:
         self._is_failure = is_failure or _always_failure
         self._is_ignored = ignore or _never_ignore
         self._lock = threading.Lock()
-        self._state_listeners: list[StateListener] = []
-        self._result_listeners: list[CallResultListener] = []
+        # Tuples, replaced and never mutated: dispatch iterates them without the lock.
+        self._state_listeners: tuple[StateListener, ...] = ()
+        self._result_listeners: tuple[CallResultListener, ...] = ()
+        self._event_listeners: tuple[EventListener, ...] = ()
         self._successful = self._failed = self._ignored = self._slow = 0
         self._shadow_rejected = self._times_opened = 0
         # Rejections are counted without the lock: next() on an itertools.count is a single C
@@ -192,21 +209,18 @@ class CircuitBreaker:
         # the count consumes one step, so reads are counted and subtracted.
         self._rejections = itertools.count()
         self._rejection_reads = 0
-        # Quick successes (see call()) skip the lock: each appends its duration to a log
-        # (deque.append is atomic), settled into the counters, the window and the histogram
-        # under the lock before anything reads, changes or replaces them.
-        self._quick_log: deque[float] = deque()
-        self._quick_append = self._quick_log.append
-        self._quick_until = -math.inf
+        self._quick = QuickSuccesses()
         self._in_flight = 0  # bulkhead slots held
         self._override: State | None = None
         self._generation = 0
         self._openings_in_row = 0  # openings since the last CLOSED: the backoff's exponent
         self._spread = 0.5  # the jitter drawn for the current opening, in [0, 1)
+        self._manual_period: float | None = None  # set by open_for()
+        self._open_until = _NEVER
         self._histogram: DurationHistogram | None = None
-        self._transitions: dict[tuple[State, State], int] = {}
+        self._transitions: dict[Transition, int] = {}
         self._apply_config(config or BreakerConfig())
-        self._enter(State.CLOSED, clock())
+        self._enter(_CLOSED, clock())
 
     # ----- configuration -------------------------------------------------------------
 
@@ -235,18 +249,22 @@ class CircuitBreaker:
         different definition, so the window starts empty and the consecutive count at zero.
         The state, its generation and the counters are kept either way. An OPEN breaker's
         open period is recomputed from the moment it opened with the new durations (shorter or
-        longer), so a policy change reaches it at once.
+        longer), so a policy change reaches it at once (an open_for() period is kept).
+        Permits out keep the bulkhead slots they hold, whatever the new bulkhead.
         """
         with self._lock:
+            now = self._clock()
             old = self._config
             self._apply_config(config)
-            self._settle_quick()
+            self._settle()
             if (old.window_type, old.window_size) != (config.window_type, config.window_size):
-                self._set_window(self._clock())
+                self._set_window(now)
                 self._consecutive = 0
-            if self._state is State.OPEN:
+            if self._state is _OPEN and self._manual_period is None:
                 self._open_until = self._state_since + self._open_period()
-            self._refresh_fast_path(self._clock())
+            self._refresh(now)
+            state = self._state
+        self._emit_event(EventKind.CONFIG_UPDATED, state, now)
 
     def _set_window(self, now: float) -> None:
         """Start an empty window (lock held, quick successes settled)."""
@@ -255,27 +273,30 @@ class CircuitBreaker:
         else:
             self._window = TimeWindow(self._config.window_size, now)
 
-    def _refresh_fast_path(self, now: float) -> None:
+    def _refresh(self, now: float) -> None:
         """Recompute what the lock-free paths read (lock held)."""
-        # The current generation when a call may go without any bookkeeping at admission, else -1.
-        free = self._state in (State.CLOSED, State.FORCED_CLOSED) and self._bulkhead is None
-        self._free_generation = self._generation if free else -1
-        # A success may skip the lock only where it cannot move the state or reset anything, and
-        # no listener waits for its CallResult.
+        state = self._state
+        free = (state is _CLOSED or state is _FORCED_CLOSED) and self._bulkhead is None
+        self._free_generation: int | None = self._generation if free else None
+        if self._shadow or not (state is _OPEN or state is _FORCED_OPEN):
+            self._reject_until = _NEVER
+        else:
+            self._reject_until = _UNTIL_CLEARED if state is _FORCED_OPEN else self._open_until
+        # QuickSuccesses' invariant: open only where a success changes nothing but counts.
         window = self._window
-        quick = free and not (
+        if (state is _CLOSED or state is _FORCED_CLOSED) and not (
             self._result_listeners or self._consecutive or window.failures or window.slow
-        )
-        self._quick_until = min(window.quick_until, now + _QUICK_SLICE) if quick else -math.inf
+        ):
+            until = min(window.quick_until, now + SLICE)
+            self._quick.open(self._generation, until, self._slow_threshold)
+        else:
+            self._quick.close()
 
-    def _settle_quick(self) -> None:
-        """Move logged quick successes into the window and the histogram (lock held)."""
-        log = self._quick_log
-        count = len(log)
-        if count:
-            # Only settlements pop, all under the lock, so `count` items are there to take.
-            durations = list(itertools.islice(iter(log.popleft, None), count))
-            self._successful += count
+    def _settle(self) -> None:
+        """Count the logged quick successes into the window and the histogram (lock held)."""
+        durations = self._quick.take()
+        if durations:
+            self._successful += len(durations)
             self._window.add_successes(durations)
             if self._histogram is not None:
                 self._histogram.observe_all(durations)
@@ -284,31 +305,44 @@ class CircuitBreaker:
 
     def on_state_change(self, listener: StateListener) -> Callable[[], None]:
         """Call `listener(name, old, new)` after each transition; returns an unsubscribe."""
-        with self._lock:
-            self._state_listeners = [*self._state_listeners, listener]
-        return lambda: self._remove_listener("_state_listeners", listener)
+        return self._subscribe("_state_listeners", listener)
 
     def on_call_result(self, listener: CallResultListener) -> Callable[[], None]:
         """Call `listener(CallResult)` after each finished call; returns an unsubscribe."""
-        with self._lock:
-            self._result_listeners = [*self._result_listeners, listener]
-            self._refresh_fast_path(self._clock())
-        return lambda: self._remove_listener("_result_listeners", listener)
+        return self._subscribe("_result_listeners", listener)
 
-    def _remove_listener(self, attribute: str, listener: Callable[..., None]) -> None:
-        with self._lock:
-            # Lists are replaced, never mutated, so dispatch can iterate without the lock.
-            current: list[Callable[..., None]] = getattr(self, attribute)
-            setattr(self, attribute, [item for item in current if item is not listener])
-            self._refresh_fast_path(self._clock())
+    def on_event(self, listener: EventListener) -> Callable[[], None]:
+        """Call `listener(BreakerEvent)` on transitions, rejections, resets and new configs.
 
-    def _emit(self, transition: tuple[State, State] | None, result: CallResult | None) -> None:
+        Returns an unsubscribe. A listener costs nothing on a call that is admitted.
+        """
+        return self._subscribe("_event_listeners", listener)
+
+    def _subscribe(self, attribute: str, listener: Callable[..., None]) -> Callable[[], None]:
+        with self._lock:
+            setattr(self, attribute, (*getattr(self, attribute), listener))
+            self._refresh(self._clock())  # result listeners close the quick path
+
+        def unsubscribe() -> None:
+            with self._lock:
+                current: tuple[Callable[..., None], ...] = getattr(self, attribute)
+                setattr(self, attribute, tuple(item for item in current if item is not listener))
+                self._refresh(self._clock())
+
+        return unsubscribe
+
+    def _emit(self, transition: Transition | None, result: CallResult | None) -> None:
+        """Tell listeners of a transition and a call result (lock released)."""
         if transition is not None:
+            old, new = transition
             for state_listener in self._state_listeners:
                 try:
-                    state_listener(self.name, transition[0], transition[1])
+                    state_listener(self.name, old, new)
                 except Exception:
                     logger.exception("state listener of breaker %r raised", self.name)
+            if self._event_listeners:
+                event = BreakerEvent(EventKind.TRANSITION, self.name, new, self._clock(), old)
+                self._dispatch(event)
         if result is not None:
             for result_listener in self._result_listeners:
                 try:
@@ -316,42 +350,51 @@ class CircuitBreaker:
                 except Exception:
                     logger.exception("call-result listener of breaker %r raised", self.name)
 
+    def _emit_event(self, kind: EventKind, state: State, now: float) -> None:
+        if self._event_listeners:
+            self._dispatch(BreakerEvent(kind, self.name, state, now))
+
+    def _dispatch(self, event: BreakerEvent) -> None:
+        for listener in self._event_listeners:
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("event listener of breaker %r raised", self.name)
+
     # ----- state ---------------------------------------------------------------------
 
     @property
     def state(self) -> State:
         """The current state (a transition that time made due happens on reading)."""
         state = self._state
-        if state is State.HALF_OPEN or (state is State.OPEN and self._clock() >= self._open_until):
+        if state is _HALF_OPEN or (state is _OPEN and self._clock() >= self._open_until):
             with self._lock:
                 transition = self._due_transition(self._clock())
-            if transition is not None:
-                self._emit(transition, None)
+            self._emit(transition, None)
         return self._state
 
-    def _enter(self, state: State, now: float) -> tuple[State, State] | None:
+    def _enter(self, state: State, now: float) -> Transition | None:
         """Switch to `state` (lock held); returns the transition for listeners."""
+        self._settle()  # into the window they were admitted for, before it changes
         old = getattr(self, "_state", state)
-        self._settle_quick()  # into the window they were admitted for, before it changes
         self._state = state
         self._generation += 1
         self._state_since = now
         self._half_open_in_flight = 0
         self._half_open_successes = 0
-        if state is State.OPEN:
+        self._manual_period = None
+        if state is _OPEN:
             self._times_opened += 1
             self._openings_in_row += 1
             self._spread = self._rng() if self._config.open_jitter else 0.5
             self._open_until = now + self._open_period()
         else:
-            # Read without the lock by the fast rejection, so it alone says "reject now":
-            # +inf while forced open, -inf whenever calls may go.
-            self._open_until = math.inf if state is State.FORCED_OPEN else -math.inf
-        if state is State.CLOSED:
+            self._open_until = _NEVER
+        if state is _CLOSED:
             self._set_window(now)
             self._consecutive = 0
             self._openings_in_row = 0
-        self._refresh_fast_path(now)
+        self._refresh(now)
         if old is state:
             return None
         transition = (old, state)
@@ -359,29 +402,33 @@ class CircuitBreaker:
         return transition
 
     def _open_period(self) -> float:
-        """How long the current opening lasts, by the config in force (lock held, OPEN)."""
+        """How long the current opening lasts by the config in force (lock held, OPEN)."""
         return self._backoff.duration(self._openings_in_row - 1, self._spread)
 
-    def _due_transition(self, now: float) -> tuple[State, State] | None:
-        """The transition time alone makes due (lock held): OPEN -> HALF_OPEN, or HALF_OPEN
-        undecided for half_open_max_wait -> OPEN."""
+    def _due_transition(self, now: float) -> Transition | None:
+        """Make the transition time alone has made due (lock held).
+
+        OPEN -> HALF_OPEN once the open period has passed; HALF_OPEN -> OPEN (with backoff)
+        once it has gone half_open_max_wait without deciding.
+        """
         state = self._state
-        if state is State.OPEN and now >= self._open_until:
-            return self._enter(State.HALF_OPEN, now)
-        if state is State.HALF_OPEN:
+        if state is _OPEN:
+            if now >= self._open_until:
+                return self._enter(_HALF_OPEN, now)
+        elif state is _HALF_OPEN:
             wait = self._config.half_open_max_wait
             if wait and now >= self._state_since + wait:
-                return self._enter(State.OPEN, now)
+                return self._enter(_OPEN, now)
         return None
 
-    # ----- admission -----------------------------------------------------------------
+    # ----- admission: _before --------------------------------------------------------
 
     def acquire(self) -> Permit:
         """A permit for one call, or CallNotPermittedError when the breaker rejects it."""
         generation = self._free_generation
-        if generation >= 0:
+        if generation is not None:
             return Permit(self, generation, self._clock(), False)
-        return self._acquire_locked(self._clock())
+        return self._before(self._clock())
 
     def try_acquire(self) -> Permit | None:
         """Like acquire(), but None instead of an exception."""
@@ -390,29 +437,32 @@ class CircuitBreaker:
         except CallNotPermittedError:
             return None
 
-    def _acquire_locked(self, now: float) -> Permit:
-        open_until = self._open_until
-        if now < open_until and not self._shadow:
-            # The common rejection: nothing to decide, only to count.
+    def _before(self, now: float) -> Permit:
+        """Admit one call or raise its rejection: every admission that is not free."""
+        reject_until = self._reject_until
+        if now < reject_until:
+            # OPEN or FORCED_OPEN with nothing to decide, only to count: no lock.
             next(self._rejections)
-            state = _FORCED_OPEN if open_until == _INF else _OPEN
-            raise CallNotPermittedError(self.name, state, open_until - now)
+            state = _FORCED_OPEN if reject_until == _UNTIL_CLEARED else _OPEN
+            if self._event_listeners:
+                self._emit_event(EventKind.NOT_PERMITTED, state, now)
+            raise CallNotPermittedError(self.name, state, reject_until - now)
         self._lock.acquire()
         try:
             transition = self._due_transition(now)
             state = self._state
             generation = self._generation
             denied: CallNotPermittedError | None = None
-            if state is State.OPEN or state is State.FORCED_OPEN:
-                retry_after = self._open_until - now if state is State.OPEN else math.inf
+            if state is _OPEN or state is _FORCED_OPEN:
+                retry_after = self._open_until - now if state is _OPEN else _UNTIL_CLEARED
                 denied = CallNotPermittedError(self.name, state, retry_after)
-            elif state is State.HALF_OPEN:
+            elif state is _HALF_OPEN:
                 if self._half_open_in_flight < self._config.half_open_max_calls:
                     self._half_open_in_flight += 1
                 else:
                     denied = CallNotPermittedError(self.name, state, 0.0)
             if denied is None and self._bulkhead is not None and self._in_flight >= self._bulkhead:
-                if state is State.HALF_OPEN:
+                if state is _HALF_OPEN:
                     self._half_open_in_flight -= 1
                 denied = BulkheadFullError(self.name, state, 0.0)
             if denied is not None:
@@ -427,15 +477,16 @@ class CircuitBreaker:
                 self._in_flight += 1
         finally:
             self._lock.release()
-        if transition is not None:
-            self._emit(transition, None)
+        self._emit(transition, None)
         if denied is not None:
+            self._emit_event(EventKind.NOT_PERMITTED, state, now)
             raise denied
         return Permit(self, generation, now, holds_slot)
 
-    # ----- recording -----------------------------------------------------------------
+    # ----- outcomes: _after ----------------------------------------------------------
 
-    def _finish_permit(self, permit: Permit, outcome: Outcome, duration: float | None) -> None:
+    def _finish(self, permit: Permit, outcome: Outcome, duration: float | None) -> None:
+        """Report a permit's outcome, once."""
         try:
             del permit._unreported
         except AttributeError:
@@ -443,44 +494,36 @@ class CircuitBreaker:
         now = self._clock()
         if duration is None:
             duration = now - permit._start
-        # Permits of a bulkhead never log quick successes: their slot must be given back.
-        if outcome is _SUCCESS and self._logged_quick(permit._generation, duration, now):
-            return
-        self._lock.acquire()
-        try:
-            if permit._holds_slot:
-                self._in_flight -= 1
-            transition = self._count(permit._generation, outcome, duration, now)
-        finally:
-            self._lock.release()
-        if transition is not None or self._result_listeners:
-            self._emit_result(transition, outcome, duration)
+        if permit._holds_slot:
+            self._after(permit._generation, outcome, duration, now, True)
+        elif outcome is not _SUCCESS or not self._quick.log(permit._generation, duration, now):
+            self._after(permit._generation, outcome, duration, now, False)
 
-    def _record(self, generation: int, outcome: Outcome, duration: float, now: float) -> None:
+    def _after(
+        self, generation: int, outcome: Outcome, duration: float, now: float, holds_slot: bool
+    ) -> None:
+        """Count one outcome and move the state if its generation is current."""
         self._lock.acquire()
         try:
+            if holds_slot:
+                self._in_flight -= 1
             transition = self._count(generation, outcome, duration, now)
         finally:
             self._lock.release()
         if transition is not None or self._result_listeners:
-            self._emit_result(transition, outcome, duration)
-
-    def _emit_result(
-        self, transition: tuple[State, State] | None, outcome: Outcome, duration: float
-    ) -> None:
-        result = None
-        if self._result_listeners:
-            slow = outcome is _SUCCESS and duration >= self._slow_threshold
-            result = CallResult(self.name, outcome, duration, slow)
-        self._emit(transition, result)
+            result = None
+            if self._result_listeners:
+                slow = outcome is _SUCCESS and duration >= self._slow_threshold
+                result = CallResult(self.name, outcome, duration, slow)
+            self._emit(transition, result)
 
     def _count(
         self, generation: int, outcome: Outcome, duration: float, now: float
-    ) -> tuple[State, State] | None:
+    ) -> Transition | None:
         """Count one outcome and move the state if it is current (lock held)."""
         if outcome is _IGNORED:
             self._ignored += 1
-            if generation == self._generation and self._state is State.HALF_OPEN:
+            if generation == self._generation and self._state is _HALF_OPEN:
                 self._half_open_in_flight -= 1
             return None
         failed = outcome is _FAILURE
@@ -496,39 +539,42 @@ class CircuitBreaker:
         if generation != self._generation:
             return None  # a stale outcome is counted but never moves the state
         state = self._state
-        if state is State.CLOSED or state is State.FORCED_CLOSED:
-            self._settle_quick()
+        if state is _CLOSED or state is _FORCED_CLOSED:
+            self._settle()
             window = self._window
             window.add(failed, slow, duration, now)
             self._consecutive = self._consecutive + 1 if failed else 0
             # A window with neither failures nor slow calls cannot trip.
             transition = self._closed_verdict(now) if window.failures or window.slow else None
-            if transition is None and self._bulkhead is None:  # with one, nothing is lock-free
-                self._refresh_fast_path(now)
+            if transition is None:
+                self._refresh(now)
             return transition
-        if state is State.HALF_OPEN:
+        if state is _HALF_OPEN:
+            transition = self._due_transition(now)
+            if transition is not None:
+                return transition  # undecided too long: this outcome came too late
             self._half_open_in_flight -= 1
             if failed or slow:
-                return self._enter(State.OPEN, now)
+                return self._enter(_OPEN, now)
             self._half_open_successes += 1
             if self._half_open_successes >= self._config.half_open_success_threshold:
-                return self._enter(State.CLOSED, now)
+                return self._enter(_CLOSED, now)
         return None
 
-    def _closed_verdict(self, now: float) -> tuple[State, State] | None:
+    def _closed_verdict(self, now: float) -> Transition | None:
         """Trip if the run of failures or the window's rates say so (lock held, CLOSED)."""
-        if self._state is not State.CLOSED:
+        if self._state is not _CLOSED:
             return None
         config = self._config
         if 0 < config.consecutive_failures <= self._consecutive:
-            return self._enter(State.OPEN, now)
+            return self._enter(_OPEN, now)
         window = self._window
         calls = window.calls
         if calls >= self._minimum_calls and (
             window.failures / calls >= config.failure_rate_threshold
             or window.slow / calls >= config.slow_call_rate_threshold
         ):
-            return self._enter(State.OPEN, now)
+            return self._enter(_OPEN, now)
         return None
 
     def _classify(self, exc: BaseException) -> Outcome:
@@ -542,15 +588,8 @@ class CircuitBreaker:
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run `fn(*args, **kwargs)` under the breaker; raises CallNotPermittedError if rejected."""
         generation = self._free_generation
-        if generation < 0:
-            now = self._clock()
-            open_until = self._open_until
-            if now < open_until and not self._shadow:
-                # _acquire_locked's fast rejection, inlined: one frame less in the traceback.
-                next(self._rejections)
-                state = _FORCED_OPEN if open_until == _INF else _OPEN
-                raise CallNotPermittedError(self.name, state, open_until - now)
-            with self._acquire_locked(now):  # Permit.__exit__ reports the outcome
+        if generation is None:
+            with self._before(self._clock()):  # Permit.__exit__ reports the outcome
                 return fn(*args, **kwargs)
         clock = self._clock
         start = clock()
@@ -558,51 +597,45 @@ class CircuitBreaker:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             now = clock()
-            self._record(generation, self._classify(exc), now - start, now)
+            self._after(generation, self._classify(exc), now - start, now, False)
             raise
         now = clock()
-        duration = now - start
-        # The hot path, _logged_quick() inlined: a quick success is logged without the lock. The
-        # generation check and the append are a few bytecodes apart; a transition slipping in
-        # between would count this success in a later window (in the totals exactly once).
-        if (
-            now < self._quick_until
-            and duration < self._slow_threshold
-            and generation == self._generation
-        ):
-            self._quick_append(duration)
-            return result
-        self._record(generation, _SUCCESS, duration, now)
+        if not self._quick.log(generation, now - start, now):
+            self._after(generation, _SUCCESS, now - start, now, False)
         return result
 
-    def _logged_quick(self, generation: int, duration: float, now: float) -> bool:
-        """Log a success lock-free if it is a quick one (see call()); whether it was."""
-        if (
-            now < self._quick_until
-            and duration < self._slow_threshold
-            and generation == self._generation
-        ):
-            self._quick_append(duration)
-            return True
-        return False
+    def call_checked(
+        self, is_failure: ResultClassifier, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> T:
+        """Like call(), and a result for which `is_failure(result)` is true counts as a failure.
+
+        The result is still returned. `is_failure` comes first and is positional, so it can
+        never collide with the keyword arguments of `fn`.
+        """
+        with self.acquire() as permit:
+            result = fn(*args, **kwargs)
+            if is_failure(result):
+                permit.failure()
+        return result
 
     async def call_async(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """Await `fn(*args, **kwargs)` under the breaker; a cancelled call is ignored."""
-        generation = self._free_generation
-        if generation < 0:
-            with self._acquire_locked(self._clock()):
-                return await fn(*args, **kwargs)
-        start = self._clock()
-        try:
+        with self.acquire():
+            return await fn(*args, **kwargs)
+
+    async def call_async_checked(
+        self,
+        is_failure: ResultClassifier,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        **kwargs: Any,
+    ) -> T:
+        """call_async() with a result check, as call_checked() does."""
+        with self.acquire() as permit:
             result = await fn(*args, **kwargs)
-        except BaseException as exc:
-            now = self._clock()
-            self._record(generation, self._classify(exc), now - start, now)
-            raise
-        now = self._clock()
-        duration = now - start
-        if not self._logged_quick(generation, duration, now):
-            self._record(generation, _SUCCESS, duration, now)
+            if is_failure(result):
+                permit.failure()
         return result
 
     def guard(self) -> Permit:
@@ -613,11 +646,11 @@ class CircuitBreaker:
 
     def force_open(self) -> None:
         """Reject every call until clear_override() (shadow mode only counts them)."""
-        self._set_override(State.FORCED_OPEN)
+        self._set_override(_FORCED_OPEN)
 
     def force_closed(self) -> None:
         """Permit every call and keep counting, but never trip, until clear_override()."""
-        self._set_override(State.FORCED_CLOSED)
+        self._set_override(_FORCED_CLOSED)
 
     def clear_override(self) -> None:
         """Back to automatic operation: CLOSED with a fresh window."""
@@ -632,17 +665,42 @@ class CircuitBreaker:
     def _set_override(self, override: State | None) -> None:
         with self._lock:
             self._override = override
-            transition = self._enter(override or State.CLOSED, self._clock())
-        if transition is not None:
-            self._emit(transition, None)
+            transition = self._enter(override or _CLOSED, self._clock())
+        self._emit(transition, None)
+
+    def transition_to_half_open(self) -> None:
+        """Let probes go now: HALF_OPEN, as if the open period had passed (clears an override)."""
+        with self._lock:
+            self._override = None
+            transition = self._enter(_HALF_OPEN, self._clock())
+        self._emit(transition, None)
+
+    def open_for(self, seconds: float) -> None:
+        """OPEN for `seconds` (not the configured period), then probe as usual.
+
+        Clears an override. The opening counts toward the backoff of later openings.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError(f"seconds must be a number, got {type(seconds).__name__}")
+        if not 0 < seconds < math.inf:
+            raise ValueError(f"seconds must be finite and > 0, got {seconds!r}")
+        with self._lock:
+            self._override = None
+            now = self._clock()
+            transition = self._enter(_OPEN, now)
+            self._manual_period = float(seconds)
+            self._open_until = now + seconds
+            self._refresh(now)
+        self._emit(transition, None)
 
     def reset(self) -> None:
         """Back to CLOSED with a fresh window and no backoff; lifetime counters are kept."""
         with self._lock:
             self._override = None
-            transition = self._enter(State.CLOSED, self._clock())
-        if transition is not None:
-            self._emit(transition, None)
+            now = self._clock()
+            transition = self._enter(_CLOSED, now)
+        self._emit(transition, None)
+        self._emit_event(EventKind.RESET, _CLOSED, now)
 
     # ----- observation ---------------------------------------------------------------
 
@@ -657,8 +715,7 @@ class CircuitBreaker:
         now = self._clock()
         with self._lock:
             transition, snapshot = self._snapshot_locked(now)
-        if transition is not None:
-            self._emit(transition, None)
+        self._emit(transition, None)
         return snapshot
 
     def observe(self) -> BreakerObservation:
@@ -675,17 +732,16 @@ class CircuitBreaker:
                 dict(self._transitions),
                 None if histogram is None else histogram.snapshot(),
             )
-        if transition is not None:
-            self._emit(transition, None)
+        self._emit(transition, None)
         return observation
 
-    def _snapshot_locked(self, now: float) -> tuple[tuple[State, State] | None, BreakerSnapshot]:
-        """A due OPEN -> HALF_OPEN transition (for listeners) and the snapshot (lock held)."""
+    def _snapshot_locked(self, now: float) -> tuple[Transition | None, BreakerSnapshot]:
+        """A due transition (for listeners) and the snapshot (lock held)."""
         transition = self._due_transition(now)
-        self._settle_quick()
+        self._settle()
         window = self._window
         window.expire(now)
-        self._refresh_fast_path(now)  # the head may have moved, failures may have expired
+        self._refresh(now)  # the head may have moved, failures may have expired
         calls = window.calls
         state = self._state
         successful = self._successful
@@ -706,7 +762,7 @@ class CircuitBreaker:
             consecutive_failures=self._consecutive,
             minimum_calls=self._minimum_calls,
             state_since=self._state_since,
-            open_until=self._open_until if state is State.OPEN else None,
+            open_until=self._open_until if state is _OPEN else None,
             times_opened=self._times_opened,
             half_open_in_flight=self._half_open_in_flight,
             half_open_successes=self._half_open_successes,
@@ -721,7 +777,7 @@ class CircuitBreaker:
         """
         histogram = None if buckets is None else DurationHistogram(buckets)
         with self._lock:
-            self._settle_quick()
+            self._settle()
             current = self._histogram
             if histogram is not None and current is not None and current.bounds == histogram.bounds:
                 return
@@ -730,10 +786,10 @@ class CircuitBreaker:
     def duration_histogram(self) -> HistogramSnapshot | None:
         """The duration histogram of calls that ran and were not ignored; None when off."""
         with self._lock:
-            self._settle_quick()
+            self._settle()
             return None if self._histogram is None else self._histogram.snapshot()
 
-    def transition_counts(self) -> dict[tuple[State, State], int]:
+    def transition_counts(self) -> dict[Transition, int]:
         """How many times each (from, to) transition has happened in this breaker's life."""
         with self._lock:
             return dict(self._transitions)

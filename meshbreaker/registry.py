@@ -7,7 +7,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from meshbreaker._names import selectors_for, validate_selector
+from meshbreaker._names import (
+    OVERFLOW_BREAKER_NAME,
+    selectors_for,
+    service_breaker_name,
+    validate_selector,
+)
 from meshbreaker._names import (
     split_breaker_name as split_breaker_name,  # re-exported for control.server
 )
@@ -19,16 +24,34 @@ from meshbreaker.histogram import DEFAULT_BUCKETS, check_buckets
 logger = logging.getLogger(__name__)
 
 _OVERRIDES = (State.FORCED_OPEN, State.FORCED_CLOSED)
+DEFAULT_MAX_BREAKERS = 10_000
 
 
 class BreakerRegistry:
-    """Breakers by name, created on first use with the most specific policy that matches."""
+    """Breakers by name, created on first use with the most specific policy that matches.
+
+    Never unbounded: past `max_breakers` breakers, a new gRPC method name gets the breaker its
+    service's methods share ("/pkg.Service/", configured by the service's policy), and any other
+    name one shared "<overflow>" breaker; service breakers themselves stop at another
+    `max_breakers`. A warning is logged once and `overflowed_names` counts the names that
+    overflowed. Nothing on the call path raises for it.
+    """
 
     def __init__(
-        self, default: BreakerConfig | None = None, *, clock: Clock = time.monotonic
+        self,
+        default: BreakerConfig | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        max_breakers: int = DEFAULT_MAX_BREAKERS,
     ) -> None:
         if default is not None and not isinstance(default, BreakerConfig):
             raise ConfigError("default", f"must be a BreakerConfig, got {type(default).__name__}")
+        if isinstance(max_breakers, bool) or not isinstance(max_breakers, int) or max_breakers < 1:
+            raise ConfigError("max_breakers", f"must be an integer >= 1, got {max_breakers!r}")
+        self._max_breakers = max_breakers
+        # Names that overflowed -> the shared breaker they use; at most max_breakers of them.
+        self._overflowed: dict[str, CircuitBreaker] = {}
+        self._overflow_count = 0
         self._default = default or BreakerConfig()
         self._clock = clock
         self._lock = threading.RLock()
@@ -44,21 +67,64 @@ class BreakerRegistry:
         """The configuration for breakers no policy matches."""
         return self._default
 
+    @property
+    def max_breakers(self) -> int:
+        """How many breakers of their own names may have before they share (see the class)."""
+        return self._max_breakers
+
+    @property
+    def overflowed_names(self) -> int:
+        """Names that got a shared breaker because the registry was full.
+
+        Each is counted once while at most max_breakers of them are remembered; past that,
+        each lookup of a forgotten one counts again.
+        """
+        return self._overflow_count
+
     def get(self, name: str) -> CircuitBreaker:
-        """The breaker called `name`, created with its resolved config on first use."""
-        breaker = self._breakers.get(name)
+        """The breaker for `name`, created with its resolved config on first use."""
+        breaker = self._breakers.get(name) or self._overflowed.get(name)
         if breaker is not None:
             return breaker
         with self._lock:
-            breaker = self._breakers.get(name)
-            if breaker is None:
-                breaker = CircuitBreaker(name, self.resolve(name), clock=self._clock)
-                breaker.on_state_change(self._dispatch_state_change)
-                if self._duration_buckets is not None:
-                    breaker.track_durations(self._duration_buckets)
-                self._apply_override(breaker)
-                self._breakers[name] = breaker
-            return breaker
+            breaker = self._breakers.get(name) or self._overflowed.get(name)
+            if breaker is not None:
+                return breaker
+            if len(self._breakers) < self._max_breakers:
+                return self._create(name)
+            return self._overflow(name)
+
+    def _create(self, name: str) -> CircuitBreaker:
+        """Make and keep the breaker called `name` (lock held)."""
+        breaker = CircuitBreaker(name, self.resolve(name), clock=self._clock)
+        breaker.on_state_change(self._dispatch_state_change)
+        if self._duration_buckets is not None:
+            breaker.track_durations(self._duration_buckets)
+        self._apply_override(breaker)
+        self._breakers[name] = breaker
+        return breaker
+
+    def _overflow(self, name: str) -> CircuitBreaker:
+        """The shared breaker for `name` in a full registry (lock held)."""
+        if self._overflow_count == 0:
+            logger.warning(
+                "meshbreaker: the registry holds max_breakers=%d breakers; new method names "
+                "now share their service's breaker (first: %r)",
+                self._max_breakers,
+                name[:200],
+            )
+        self._overflow_count += 1
+        shared_name = service_breaker_name(name)
+        shared = self._breakers.get(shared_name)
+        if shared is None:
+            if len(self._breakers) >= 2 * self._max_breakers:
+                shared_name = OVERFLOW_BREAKER_NAME
+                shared = self._breakers.get(shared_name)
+            if shared is None:
+                shared = self._create(shared_name)
+        if len(self._overflowed) < self._max_breakers:
+            self._overflowed[name] = shared
+        return shared
 
     def resolve(self, name: str) -> BreakerConfig:
         """The config that applies to breaker `name`: method > service > default."""
@@ -174,7 +240,10 @@ class BreakerRegistry:
         """Forget the breaker called `name` (the next get() makes a fresh one)."""
         with self._lock:
             self._breakers.pop(name, None)
+            self._overflowed.pop(name, None)
             self._applied_overrides.pop(name, None)
+            for alias in [key for key, shared in self._overflowed.items() if shared.name == name]:
+                del self._overflowed[alias]
 
     def on_state_change(self, listener: StateListener) -> Callable[[], None]:
         """Call `listener(name, old, new)` on any breaker's transition; returns an unsubscribe."""

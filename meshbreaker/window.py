@@ -1,8 +1,14 @@
-"""Sliding windows of call outcomes with O(1) aggregates: count-based and time-based."""
+"""Sliding windows of call outcomes with O(1) aggregates: count-based and time-based.
+
+Both hold memory for what they have recorded, never for what their size allows: a COUNT
+window of a million calls that has seen ten holds ten, a TIME window of an hour holds only the
+seconds that saw calls.
+"""
 
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Protocol
 
 
@@ -27,7 +33,7 @@ class Window(Protocol):
 
 
 class CountWindow:
-    """The last `size` calls, in a ring buffer; aggregates are adjusted on every add."""
+    """The last `size` calls: a ring buffer that grows to `size` as calls arrive."""
 
     __slots__ = (
         "_codes",
@@ -43,10 +49,11 @@ class CountWindow:
 
     def __init__(self, size: int) -> None:
         self._size = size
-        # One small int per call: bit 0 = failed, bit 1 = slow. Unused slots hold 0 and 0.0,
-        # so evicting them subtracts nothing.
-        self._codes = bytearray(size)
-        self._durations = [0.0] * size
+        # One byte per call: bit 0 = failed, bit 1 = slow; one double per call for its duration.
+        # While not full, calls == len(_codes) and new calls are appended; once full, _next is
+        # the oldest call's slot, overwritten by the next one.
+        self._codes = bytearray()
+        self._durations = array("d")
         self._next = 0
         self.calls = 0
         self.failures = 0
@@ -56,15 +63,22 @@ class CountWindow:
 
     def add(self, failed: bool, slow: bool, duration: float, now: float) -> None:
         """Record one call, evicting the oldest when full."""
-        index = self._next
-        code = self._codes[index]
-        self.failures += failed - (code & 1)
-        self.slow += slow - (code >> 1)
-        self.duration_sum += duration - self._durations[index]
-        self._codes[index] = failed | (slow << 1)
-        self._durations[index] = duration
+        self.failures += failed
+        self.slow += slow
+        self.duration_sum += duration
+        code = failed | (slow << 1)
         if self.calls < self._size:
+            self._codes.append(code)
+            self._durations.append(duration)
             self.calls += 1
+            return
+        index = self._next
+        old = self._codes[index]
+        self.failures -= old & 1
+        self.slow -= old >> 1
+        self.duration_sum -= self._durations[index]
+        self._codes[index] = code
+        self._durations[index] = duration
         index += 1
         self._next = 0 if index == self._size else index
 
@@ -73,7 +87,13 @@ class CountWindow:
         size = self._size
         if len(durations) > size:
             durations = durations[-size:]  # the earlier ones would be evicted by the later
-        self.calls = min(size, self.calls + len(durations))
+        room = size - self.calls
+        if room > 0:
+            grow, durations = durations[:room], durations[room:]
+            self._codes.extend(bytes(len(grow)))
+            self._durations.extend(grow)
+            self.calls += len(grow)
+            self.duration_sum += sum(grow)
         start = self._next
         while durations:
             stop = min(size, start + len(durations))
@@ -85,7 +105,7 @@ class CountWindow:
                 self.slow -= codes.count(2) + both
                 self._codes[start:stop] = bytes(len(codes))
             self.duration_sum += sum(chunk) - sum(self._durations[start:stop])
-            self._durations[start:stop] = chunk
+            self._durations[start:stop] = array("d", chunk)
             start = 0 if stop == size else stop
         self._next = start
 
@@ -94,20 +114,17 @@ class CountWindow:
 
 
 class TimeWindow:
-    """The last `size` seconds, in one-second buckets tagged with their epoch second.
+    """The last `size` seconds, in one-second buckets keyed by their epoch second.
 
-    Buckets are cleared lazily as time moves forward, so an add costs O(1) amortised and an
-    idle gap longer than the window resets the aggregates in O(1).
+    Only seconds that saw calls have a bucket; buckets older than the window are dropped as
+    time moves forward, so an add costs O(1) amortised and an idle gap longer than the window
+    empties it in O(1).
     """
 
     __slots__ = (
-        "_calls",
-        "_durations",
-        "_epochs",
-        "_failures",
+        "_buckets",
         "_head",
         "_size",
-        "_slow",
         "calls",
         "duration_sum",
         "failures",
@@ -117,11 +134,8 @@ class TimeWindow:
 
     def __init__(self, size: int, now: float) -> None:
         self._size = size
-        self._epochs = [-size - 1] * size
-        self._calls = [0] * size
-        self._failures = [0] * size
-        self._slow = [0] * size
-        self._durations = [0.0] * size
+        # epoch second -> [calls, failures, slow, duration sum]
+        self._buckets: dict[int, list[float]] = {}
         self._head = int(now)
         self.quick_until = self._head + 1.0
         self.calls = 0
@@ -135,43 +149,39 @@ class TimeWindow:
         head = self._head
         if epoch <= head:
             return
-        size = self._size
-        if epoch - head >= size:
-            # Everything in the buckets is older than the window; their tags keep them from
-            # being subtracted again when their slots are reused.
+        buckets = self._buckets
+        if epoch - head >= self._size or not buckets:
+            buckets.clear()  # everything held is older than the window
             self.calls = self.failures = self.slow = 0
             self.duration_sum = 0.0
         else:
+            size = self._size
             for step in range(head + 1, epoch + 1):
-                index = step % size
-                if self._epochs[index] == step - size:
-                    self.calls -= self._calls[index]
-                    self.failures -= self._failures[index]
-                    self.slow -= self._slow[index]
-                    self.duration_sum -= self._durations[index]
+                bucket = buckets.pop(step - size, None)
+                if bucket is not None:
+                    calls, failures, slow, durations = bucket
+                    self.calls -= int(calls)
+                    self.failures -= int(failures)
+                    self.slow -= int(slow)
+                    self.duration_sum -= durations
         self._head = epoch
         self.quick_until = epoch + 1.0
 
-    def _head_bucket(self) -> int:
-        """The index of the newest bucket, tagged with the head's epoch."""
-        epoch = self._head
-        index = epoch % self._size
-        if self._epochs[index] != epoch:
-            self._epochs[index] = epoch
-            self._calls[index] = 0
-            self._failures[index] = 0
-            self._slow[index] = 0
-            self._durations[index] = 0.0
-        return index
+    def _head_bucket(self) -> list[float]:
+        """The bucket of the head's second, made on first use."""
+        bucket = self._buckets.get(self._head)
+        if bucket is None:
+            bucket = self._buckets[self._head] = [0, 0, 0, 0.0]
+        return bucket
 
     def add(self, failed: bool, slow: bool, duration: float, now: float) -> None:
         """Record one call in the bucket for `now` (a late report goes in the newest bucket)."""
         self.expire(now)
-        index = self._head_bucket()
-        self._calls[index] += 1
-        self._failures[index] += failed
-        self._slow[index] += slow
-        self._durations[index] += duration
+        bucket = self._head_bucket()
+        bucket[0] += 1
+        bucket[1] += failed
+        bucket[2] += slow
+        bucket[3] += duration
         self.calls += 1
         self.failures += failed
         self.slow += slow
@@ -179,9 +189,9 @@ class TimeWindow:
 
     def add_successes(self, durations: list[float]) -> None:
         """Record a batch of plain successes logged while the head was current."""
-        index = self._head_bucket()
+        bucket = self._head_bucket()
         total = sum(durations)
-        self._calls[index] += len(durations)
-        self._durations[index] += total
+        bucket[0] += len(durations)
+        bucket[3] += total
         self.calls += len(durations)
         self.duration_sum += total

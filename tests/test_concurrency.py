@@ -164,7 +164,7 @@ def test_totals_and_histogram_add_up_through_call_under_eight_threads() -> None:
     assert snap.total + snap.rejected == 8 * calls_per_thread
     assert histogram.count == outcomes["ok"] + outcomes["failed"]  # every call that ran, once
     assert snap.times_opened > 10
-    assert len(cb._quick_log) == 0  # the snapshot settled everything logged
+    assert len(cb._quick) == 0  # the snapshot settled everything logged
 
 
 def test_racing_reports_of_one_permit_count_once() -> None:

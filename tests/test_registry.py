@@ -147,3 +147,35 @@ def test_snapshots_and_remove(clock: FakeClock) -> None:
 def test_default_must_be_a_config() -> None:
     with pytest.raises(ConfigError):
         BreakerRegistry(default={"minimum_calls": 1})  # type: ignore[arg-type]
+
+
+def test_past_max_breakers_new_methods_share_their_service_breaker(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    reg = BreakerRegistry(clock=clock, max_breakers=3)
+    reg.set_policy("pkg.Bulk", BreakerConfig(consecutive_failures=1))
+    own = [reg.get(f"/pkg.Own/M{i}") for i in range(3)]
+    assert len({b.name for b in own}) == 3
+    shared = reg.get("/pkg.Bulk/M100")
+    assert shared.name == "/pkg.Bulk/"
+    assert reg.get("/pkg.Bulk/M101") is shared
+    assert reg.get("/pkg.Bulk/M100") is shared
+    assert shared.config.consecutive_failures == 1  # the service's policy applies
+    assert reg.get("not-a-method").name == "<overflow>"
+    assert reg.overflowed_names == 3
+    assert caplog.text.count("max_breakers=3") == 1  # warned once
+    assert reg.get("/pkg.Own/M0") is own[0]  # names that had a breaker keep it
+
+
+def test_breakers_stay_bounded_however_many_names_arrive(clock: FakeClock) -> None:
+    reg = BreakerRegistry(clock=clock, max_breakers=10)
+    for i in range(2000):
+        reg.get(f"/pkg.S{i}/M{i}").acquire().success()
+    assert len(reg) <= 2 * 10 + 1
+    assert reg.overflowed_names == 2000 - 10
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, "10"])
+def test_max_breakers_is_validated(bad: object) -> None:
+    with pytest.raises(ConfigError, match="max_breakers"):
+        BreakerRegistry(max_breakers=bad)  # type: ignore[arg-type]

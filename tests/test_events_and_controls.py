@@ -1,0 +1,155 @@
+"""on_event listeners, manual transitions (half-open now, open_for), results as failures."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from meshbreaker import (
+    BreakerConfig,
+    BreakerEvent,
+    CallNotPermittedError,
+    CircuitBreaker,
+    EventKind,
+    State,
+    circuit,
+)
+from meshbreaker.testing import FakeClock
+
+
+def make(clock: FakeClock, **changes: Any) -> CircuitBreaker:
+    config = BreakerConfig(consecutive_failures=1, open_duration=10.0).replace(**changes)
+    return CircuitBreaker("dep", config, clock=clock)
+
+
+def _ok() -> str:
+    return "ok"
+
+
+def test_rejections_and_resets_reach_event_listeners(clock: FakeClock) -> None:
+    cb = make(clock)
+    events: list[BreakerEvent] = []
+    cb.on_event(events.append)
+    cb.acquire().failure()
+    with pytest.raises(CallNotPermittedError):
+        cb.call(_ok)  # the lock-free rejection
+    cb.force_open()
+    with pytest.raises(CallNotPermittedError):
+        cb.acquire()
+    cb.reset()
+    kinds = [(event.kind, event.state) for event in events]
+    assert kinds == [
+        (EventKind.TRANSITION, State.OPEN),
+        (EventKind.NOT_PERMITTED, State.OPEN),
+        (EventKind.TRANSITION, State.FORCED_OPEN),
+        (EventKind.NOT_PERMITTED, State.FORCED_OPEN),
+        (EventKind.TRANSITION, State.CLOSED),
+        (EventKind.RESET, State.CLOSED),
+    ]
+    assert events[0].previous is State.CLOSED and events[0].name == "dep"
+    assert all(event.at == clock() for event in events)
+
+
+def test_half_open_and_bulkhead_rejections_are_events(clock: FakeClock) -> None:
+    cb = make(clock, half_open_max_calls=1, max_concurrent_calls=5)
+    events: list[BreakerEvent] = []
+    cb.acquire().failure()
+    clock.advance(10.0)
+    cb.acquire()
+    unsubscribe = cb.on_event(events.append)
+    assert cb.try_acquire() is None
+    unsubscribe()
+    assert cb.try_acquire() is None
+    assert [(e.kind, e.state) for e in events] == [(EventKind.NOT_PERMITTED, State.HALF_OPEN)]
+
+
+def test_a_raising_event_listener_never_breaks_the_call(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    cb = make(clock)
+
+    def broken(event: BreakerEvent) -> None:
+        raise RuntimeError("listener bug")
+
+    cb.on_event(broken)
+    cb.acquire().failure()
+    with pytest.raises(CallNotPermittedError):
+        cb.acquire()
+    assert "event listener of breaker 'dep' raised" in caplog.text
+
+
+def test_config_updates_are_events(clock: FakeClock) -> None:
+    cb = make(clock)
+    events: list[BreakerEvent] = []
+    cb.on_event(events.append)
+    cb.update_config(cb.config.replace(open_duration=5.0))
+    assert [e.kind for e in events] == [EventKind.CONFIG_UPDATED]
+
+
+def test_transition_to_half_open_lets_probes_go_now(clock: FakeClock) -> None:
+    cb = make(clock, half_open_max_calls=1, half_open_success_threshold=1)
+    cb.acquire().failure()
+    cb.transition_to_half_open()
+    assert cb.state is State.HALF_OPEN
+    cb.acquire().success()
+    assert cb.state is State.CLOSED
+    cb.force_open()
+    cb.transition_to_half_open()  # clears the override
+    assert cb.override is None and cb.state is State.HALF_OPEN
+
+
+def test_open_for_opens_for_the_given_time_then_probes(clock: FakeClock) -> None:
+    cb = make(clock)
+    cb.open_for(3.0)
+    with pytest.raises(CallNotPermittedError) as info:
+        cb.acquire()
+    assert info.value.retry_after == pytest.approx(3.0)
+    cb.update_config(cb.config.replace(open_duration=100.0, open_duration_max=1000.0))
+    clock.advance(3.0)  # a new config does not stretch a manual period
+    assert cb.state is State.HALF_OPEN
+    cb.acquire().failure()  # the probe fails: the configured backoff applies again
+    snapshot = cb.snapshot()
+    assert snapshot.open_until is not None
+    assert snapshot.open_until - snapshot.state_since == 100.0 * 2
+
+
+@pytest.mark.parametrize("seconds", [0, -1.0, float("inf"), float("nan")])
+def test_open_for_refuses_what_is_not_a_period(clock: FakeClock, seconds: float) -> None:
+    with pytest.raises(ValueError, match="seconds must be finite and > 0"):
+        make(clock).open_for(seconds)
+
+
+def test_results_can_count_as_failures(clock: FakeClock) -> None:
+    cb = make(clock, consecutive_failures=2)
+
+    def fetch(*, is_failure: str) -> dict[str, str]:  # a keyword that must not collide
+        return {"status": is_failure}
+
+    def bad(result: dict[str, str]) -> bool:
+        return result["status"] == "error"
+
+    assert cb.call_checked(bad, fetch, is_failure="ok") == {"status": "ok"}
+    assert cb.call_checked(bad, fetch, is_failure="error") == {"status": "error"}
+    assert cb.snapshot().consecutive_failures == 1
+    guarded = circuit(cb, is_failure=bad)(fetch)
+    assert guarded(is_failure="error") == {"status": "error"}
+    assert cb.state is State.OPEN
+
+
+def test_async_results_can_count_as_failures(clock: FakeClock) -> None:
+    cb = make(clock)
+
+    async def status() -> int:
+        return 503
+
+    @circuit(cb, is_failure=lambda code: code >= 500)
+    async def decorated() -> int:
+        return await status()
+
+    assert asyncio.run(decorated()) == 503
+    assert cb.state is State.OPEN
+    cb.reset()
+    assert asyncio.run(cb.call_async_checked(lambda code: code >= 500, status)) == 503
+    assert cb.state is State.OPEN
