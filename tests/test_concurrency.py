@@ -193,24 +193,31 @@ def test_racing_reports_of_one_permit_count_once() -> None:
 def test_an_observation_is_consistent_while_calls_run() -> None:
     cb = CircuitBreaker("observed", BreakerConfig(window_type=WindowType.COUNT, window_size=50))
     cb.track_durations()
-    stop = threading.Event()
+    started = threading.Event()
+    calls_per_thread = 5_000
 
     def boom() -> None:
         raise ConnectionError("down")
 
     def work(seed: int) -> None:
         rng = random.Random(seed)
-        while not stop.is_set():
+        started.wait()
+        for _ in range(calls_per_thread):
             with contextlib.suppress(ConnectionError, CallNotPermittedError):
                 cb.call(boom if rng.random() < 0.01 else int)
 
     threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
     for thread in threads:
         thread.start()
+    observations = [cb.observe()]  # before any call: the calls below all run after it
+    started.set()
     try:
-        observations = [cb.observe() for _ in range(300)]
+        # However the threads are scheduled, observations are taken until they have all ended,
+        # and one after: no count of observations has to fit in one GIL switch interval.
+        while any(thread.is_alive() for thread in threads):
+            observations.append(cb.observe())
+        observations.append(cb.observe())
     finally:
-        stop.set()
         for thread in threads:
             thread.join()
     for observed in observations:
@@ -218,4 +225,6 @@ def test_an_observation_is_consistent_while_calls_run() -> None:
         snap = observed.snapshot
         assert observed.durations.count == snap.successful + snap.failed
         assert sum(observed.transitions.values()) >= snap.times_opened
-    assert observations[-1].snapshot.total > observations[0].snapshot.total  # calls really ran
+    first, last = observations[0].snapshot, observations[-1].snapshot
+    assert first.total + first.rejected == 0
+    assert last.total + last.rejected == 4 * calls_per_thread  # every call ran, and was seen

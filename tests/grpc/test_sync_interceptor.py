@@ -171,10 +171,16 @@ def test_future_does_not_block_in_the_interceptor(
     connect: Callable[..., Client], registry: BreakerRegistry, server: BytesServer
 ) -> None:
     client = connect(BreakerInterceptor(registry))
-    started = time.monotonic()
-    future = client.unary.future(b"block")
-    stream = client.server_stream(b"block")
-    assert time.monotonic() - started < 0.5
+    # The server holds both calls until `release` is set: an interceptor that waited for the
+    # response would never return them. No clock is read; the deadline is only a safety net.
+    calls: list[Any] = []
+    issued = threading.Thread(
+        target=lambda: calls.extend((client.unary.future(b"block"), client.server_stream(b"block")))
+    )
+    issued.start()
+    issued.join(timeout=10)
+    assert not issued.is_alive() and len(calls) == 2
+    future, stream = calls
     assert not future.done()
     server.release.set()
     assert future.result(timeout=2) == b"block"

@@ -191,7 +191,7 @@ def test_hang_holds_a_call_until_its_deadline_and_does_no_work(bank: Bank) -> No
     with pytest.raises(grpc.RpcError) as info:
         stub.Transfer(request, timeout=0.2)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert 0.2 <= time.monotonic() - started < 1.0
+    assert time.monotonic() - started >= 0.2  # held until its deadline (no upper bound: CPU)
     bank.chaos("transaction").SetChaos(chaos_pb2.ChaosSettings())
     # Lifting the hang frees the held handler; one that missed its caller leaving would now
     # apply the transfer, a few milliseconds' work.
