@@ -46,6 +46,7 @@ def control_plane(args: argparse.Namespace) -> int:
         run(
             port=args.port,
             db=args.db,
+            store=args.store,
             host=args.host,
             admin_token=args.admin_token,
             agent_token=args.agent_token,

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from meshbreaker.cli.parser import build_parser
+from meshbreaker.control.store.base import StoreError
 from meshbreaker.errors import CliError, ConfigError
 from meshbreaker.live.terminal import say
 
@@ -27,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except grpc.RpcError as error:
         _error(_rpc_message(args, error))
-    except (CliError, ConfigError) as error:
+    except (CliError, ConfigError, StoreError) as error:  # StoreError: e.g. etcd unreachable
         _error(str(error))
     except OSError as error:
         _error(f"{error.strerror or error}: {error.filename}" if error.filename else str(error))

@@ -94,7 +94,14 @@ def _add_control_plane(subcommands: _Subcommands) -> None:
     serve.add_argument(
         "--port", type=arg_types.count, default=7070, help="port (default %(default)s)"
     )
-    serve.add_argument("--db", default="meshbreaker.db", help="SQLite file (default %(default)s)")
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--db", default="meshbreaker.db", help="SQLite file (default %(default)s)")
+    where.add_argument(
+        "--store",
+        metavar="URL",
+        help="policy store: sqlite:///PATH (sqlite:////abs/path) or"
+        " etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (needs [etcd]); default: --db",
+    )
     serve.add_argument("--admin-token", help="token required for mutations")
     serve.add_argument("--agent-token", help="token accepted for watch/report/reads")
     serve.add_argument("--tls-cert", dest="server_tls_cert", metavar="FILE", help="certificate")

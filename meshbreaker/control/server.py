@@ -29,6 +29,7 @@ from meshbreaker.control.instances import MeshView
 from meshbreaker.control.limits import Limits
 from meshbreaker.control.servicer import ControlPlaneServicer
 from meshbreaker.control.store import PolicyStore, SqliteStore
+from meshbreaker.control.store.url import open_store
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 
@@ -305,17 +306,25 @@ async def serve(
     port: int = 7070,
     db: str | os.PathLike[str] = "meshbreaker.db",
     *,
-    store: PolicyStore | None = None,
+    store: PolicyStore | str | None = None,
     **options: Any,
 ) -> ControlPlaneServer:
     """Start a control plane in the running event loop and return it (stop it with `.stop()`).
 
-    `db` is the SQLite file, used unless a `store` is given; `options` are ServerOptions fields
-    (host, tokens, TLS, report_ttl, clock, limits, metrics_port...). Port 0 picks a free port.
+    `db` is the SQLite file, used unless a `store` is given: a PolicyStore (the caller closes
+    it) or a URL, sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (opened and closed
+    here). `options` are ServerOptions fields (host, tokens, TLS, report_ttl, clock, limits,
+    metrics_port...). Port 0 picks a free port.
     """
     server_options = ServerOptions(port=port, **options)
-    own_store = store is None
-    the_store = store if store is not None else SqliteStore(db)
+    own_store = not isinstance(store, PolicyStore)
+    if isinstance(store, PolicyStore):
+        the_store = store
+    elif store is not None:
+        # Opening an etcd store dials it: off the loop.
+        the_store = await asyncio.get_running_loop().run_in_executor(None, open_store, store)
+    else:
+        the_store = SqliteStore(db)
     try:
         server = ControlPlaneServer(the_store, server_options, close_store=own_store)
         await server.start()

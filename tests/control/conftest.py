@@ -16,6 +16,7 @@ Fixtures (usable by every test module under tests/control/):
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,11 @@ import grpc
 import pytest
 
 from meshbreaker.control.server import ControlPlaneServer, serve
+from meshbreaker.control.store import PolicyStore, SqliteStore
 from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+from tests.control.store_support import WALL_CLOCK
+from tests.etcd_support import EtcdServer
 from tests.server_support import ServerThread
 
 
@@ -99,3 +103,41 @@ def admin_stub() -> Iterator[Callable[..., pb_grpc.ControlPlaneStub]]:
     yield make
     for channel in channels:
         channel.close()
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """One real etcd per test worker; tests share it under their own key prefixes."""
+    with EtcdServer(tmp_path_factory.mktemp("etcd")) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def open_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[], PolicyStore]]:
+    opened: list[PolicyStore] = []
+    prefix = f"/test-{uuid.uuid4().hex}/"
+
+    def open_one() -> PolicyStore:
+        store: PolicyStore
+        if request.param == "sqlite":
+            store = SqliteStore(
+                tmp_path / "store.db", wall_clock=lambda: WALL_CLOCK, poll_interval=0.02
+            )
+        else:
+            from meshbreaker.control.store.etcd import EtcdStore
+
+            server: EtcdServer = request.getfixturevalue("etcd_server")
+            store = EtcdStore([server.endpoint], prefix=prefix, wall_clock=lambda: WALL_CLOCK)
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: Callable[[], PolicyStore]) -> PolicyStore:
+    return open_store()

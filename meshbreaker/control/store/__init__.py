@@ -2,22 +2,28 @@
 
 from meshbreaker.control.store.base import (
     AuditEntry,
+    ChangeFeed,
+    CompactedError,
     PolicyNotFoundError,
     PolicyStore,
     RevisionMismatchError,
     SelectorConflictError,
     StoreError,
+    StoreUnavailableError,
     selector_key,
 )
 from meshbreaker.control.store.sqlite import SqliteStore
 
 __all__ = [
     "AuditEntry",
+    "ChangeFeed",
+    "CompactedError",
     "PolicyNotFoundError",
     "PolicyStore",
     "RevisionMismatchError",
     "SelectorConflictError",
     "SqliteStore",
     "StoreError",
+    "StoreUnavailableError",
     "selector_key",
 ]

@@ -38,6 +38,22 @@ class PolicyNotFoundError(StoreError):
         self.policy_id = policy_id
 
 
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached (or did not answer in time); nothing is known to be written."""
+
+
+class CompactedError(StoreError):
+    """The changes after `since_revision` are no longer in the history: re-list instead."""
+
+    def __init__(self, since_revision: int, compacted_revision: int) -> None:
+        super().__init__(
+            f"changes after revision {since_revision} are compacted (history starts after"
+            f" revision {compacted_revision}): re-list"
+        )
+        self.since_revision = since_revision
+        self.compacted_revision = compacted_revision
+
+
 class SelectorConflictError(StoreError):
     """Another policy already has exactly this selector."""
 
@@ -106,8 +122,47 @@ class PolicyStore(abc.ABC):
         """Delete one policy at a new revision (PolicyNotFoundError, RevisionMismatchError)."""
 
     @abc.abstractmethod
+    def watch(self, since_revision: int) -> ChangeFeed:
+        """The changes after `since_revision`, in order, then every later one as it is made.
+
+        Raises CompactedError at once, or from the feed later, when that history is gone.
+        """
+
+    @abc.abstractmethod
+    def compact(self, revision: int) -> None:
+        """Forget the history up to and including `revision` (the policies stay)."""
+
+    @abc.abstractmethod
     def audit_log(self, *, since_revision: int = 0, limit: int = 1000) -> builtins.list[AuditEntry]:
         """Changes with a revision > since_revision, oldest first, at most `limit`."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; the store is unusable afterwards."""
+
+
+class ChangeFeed(abc.ABC):
+    """A store's changes in revision order, whole revisions at a time; read from one thread."""
+
+    @abc.abstractmethod
+    def next(self, timeout: float | None = None) -> list[AuditEntry]:
+        """The next changes (one or more whole revisions, oldest first); [] after `timeout`.
+
+        Raises CompactedError when the history this feed needs is gone (re-list, watch again).
+        While the store is unreachable it keeps retrying on its own and returns [] meanwhile.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop the feed; a `next()` in progress returns []."""
+
+    def __enter__(self) -> ChangeFeed:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def check_since(since_revision: int, compacted: int) -> None:
+    """Raise CompactedError unless the changes after `since_revision` are all in the history."""
+    if since_revision < compacted:
+        raise CompactedError(since_revision, compacted)

@@ -11,16 +11,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from google.protobuf import json_format
 
 from meshbreaker.control.store.base import (
     AuditEntry,
+    ChangeFeed,
     PolicyNotFoundError,
     PolicyStore,
     RevisionMismatchError,
     SelectorConflictError,
     StoreError,
+    check_since,
     selector_key,
 )
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -28,6 +31,8 @@ from meshbreaker.v1 import control_plane_pb2 as pb
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+# A feed reads at most this many revisions per batch, so a far-behind reader is fed in steps.
+FEED_BATCH_REVISIONS = 1000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -67,11 +72,19 @@ class SqliteStore(PolicyStore):
     """SQLite in WAL mode with synchronous=FULL: a put that returned survives a SIGKILL or crash."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, wall_clock: Callable[[], float] = time.time
+        self,
+        path: str | os.PathLike[str],
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        poll_interval: float = 0.5,
     ) -> None:
         self.path = os.fspath(path)
         self._wall_clock = wall_clock
+        # Feeds wake at once on this store's own commits; another process's are seen by polling.
+        self.poll_interval = poll_interval
         self._lock = threading.Lock()
+        self._committed = threading.Condition()
+        self._commits = 0
         # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA busy_timeout = 5000")
@@ -92,6 +105,7 @@ class SqliteStore(PolicyStore):
                     f"{self.path}: schema version {row[0]} is newer than this meshbreaker "
                     f"({SCHEMA_VERSION})"
                 )
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('compacted', 0)")
             # Created once with the store; a file from before store ids gets one on first open.
             identity = self._db.execute("SELECT store_id FROM identity").fetchone()
             if identity is None:
@@ -114,6 +128,9 @@ class SqliteStore(PolicyStore):
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+        with self._committed:
+            self._commits += 1
+            self._committed.notify_all()
 
     def _revision(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
@@ -231,14 +248,83 @@ class SqliteStore(PolicyStore):
                 " WHERE revision > ? ORDER BY seq LIMIT ?",
                 (since_revision, limit),
             ).fetchall()
-        return [
-            AuditEntry(
-                row[0], row[1], row[2], row[3], row[4], _from_json(row[5]), _from_json(row[6])
+        return [_entry(row) for row in rows]
+
+    def watch(self, since_revision: int) -> ChangeFeed:
+        """The changes after `since_revision`, then every later one."""
+        self._changes_after(since_revision)  # CompactedError now rather than at the first next()
+        return _SqliteFeed(self, since_revision)
+
+    def compact(self, revision: int) -> None:
+        """Delete the audit rows up to `revision`; feeds from before it get CompactedError."""
+        with self._transaction():
+            compacted = min(revision, self._revision())
+            self._db.execute("DELETE FROM audit WHERE revision <= ?", (compacted,))
+            self._db.execute(
+                "UPDATE meta SET value = max(value, ?) WHERE key = 'compacted'", (compacted,)
             )
-            for row in rows
-        ]
+
+    def _changes_after(self, since_revision: int) -> builtins.list[AuditEntry]:
+        """Whole revisions after `since_revision`, at most FEED_BATCH_REVISIONS of them."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                row = self._db.execute("SELECT value FROM meta WHERE key = 'compacted'").fetchone()
+                check_since(since_revision, int(row[0]))
+                rows = self._db.execute(
+                    "SELECT revision, policy_id, action, actor, at, before, after FROM audit"
+                    " WHERE revision > ? AND revision <= ? ORDER BY seq",
+                    (since_revision, since_revision + FEED_BATCH_REVISIONS),
+                ).fetchall()
+            finally:
+                self._db.execute("COMMIT")
+        return [_entry(row) for row in rows]
+
+    def _wait_for_commit(self, seen: int, timeout: float) -> int:
+        """Wait until a commit after `seen` (or `timeout`); the commit count now."""
+        with self._committed:
+            self._committed.wait_for(lambda: self._commits != seen, timeout)
+            return self._commits
 
     def close(self) -> None:
         """Close the database connection."""
         with self._lock:
             self._db.close()
+
+
+def _entry(row: tuple[Any, ...]) -> AuditEntry:
+    revision, policy_id, action, actor, at, before, after = row
+    return AuditEntry(revision, policy_id, action, actor, at, _from_json(before), _from_json(after))
+
+
+class _SqliteFeed(ChangeFeed):
+    """Reads the audit table after the last revision it returned; wakes on commits or polls."""
+
+    def __init__(self, store: SqliteStore, since_revision: int) -> None:
+        self._store = store
+        self._revision = since_revision
+        self._closed = False
+
+    def next(self, timeout: float | None = None) -> builtins.list[AuditEntry]:
+        """The next whole revisions, or [] after `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._closed:
+            with self._store._committed:
+                seen = self._store._commits
+            entries = self._store._changes_after(self._revision)
+            if entries:
+                self._revision = entries[-1].revision
+                return entries
+            wait = self._store.poll_interval
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    break
+            self._store._wait_for_commit(seen, wait)
+        return []
+
+    def close(self) -> None:
+        """Stop the feed; wakes a `next()` in progress."""
+        self._closed = True
+        with self._store._committed:
+            self._store._committed.notify_all()

@@ -1,0 +1,240 @@
+"""The PolicyStore contract, run against every store (SQLite file, real etcd).
+
+CAS revisions, atomic puts, selector uniqueness, the audit log, the store id, and the change feed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from meshbreaker.control.store import (
+    AuditEntry,
+    ChangeFeed,
+    CompactedError,
+    PolicyNotFoundError,
+    PolicyStore,
+    RevisionMismatchError,
+    SelectorConflictError,
+    SqliteStore,
+    StoreError,
+    StoreUnavailableError,
+)
+from meshbreaker.control.store.url import open_store, parse_etcd_url
+from meshbreaker.errors import ConfigError
+from meshbreaker.v1 import control_plane_pb2 as pb
+from tests.control.store_support import OpenStore
+from tests.etcd_support import free_port
+
+
+def policy(policy_id: str, service: str = "", caller: str = "", rate: float = 0.5) -> pb.Policy:
+    return pb.Policy(
+        id=policy_id,
+        selector=pb.Selector(caller=caller, service=service),
+        config=pb.BreakerConfig(failure_rate_threshold=rate),
+    )
+
+
+def test_is_a_policy_store(store: PolicyStore) -> None:
+    assert isinstance(store, PolicyStore)
+    assert store.revision() == 0
+    assert store.list() == (0, [])
+
+
+def test_put_stamps_one_new_revision_for_all_policies(store: PolicyStore) -> None:
+    entries = store.put([policy("b", "s.B"), policy("a", "s.A")], actor="admin@peer")
+    assert [e.revision for e in entries] == [1, 1]
+    revision, policies = store.list()
+    assert revision == 1
+    assert [p.id for p in policies] == ["a", "b"]
+    stored = store.get("a")
+    assert stored is not None
+    assert stored.revision == 1
+    assert stored.updated_by == "admin@peer"
+    assert stored.updated_at.seconds == 1_700_000_000
+    assert stored.config.failure_rate_threshold == 0.5
+    store.put([policy("a", "s.A", rate=0.3)])
+    assert store.revision() == 2
+    stored = store.get("a")
+    assert stored is not None and stored.revision == 2
+    assert stored.config.failure_rate_threshold == pytest.approx(0.3)
+    untouched = store.get("b")
+    assert untouched is not None and untouched.revision == 1
+
+
+def test_compare_and_set(store: PolicyStore) -> None:
+    store.put([policy("a", "s.A")], expected_revision=0)
+    with pytest.raises(RevisionMismatchError) as caught:
+        store.put([policy("b", "s.B")], expected_revision=0)
+    assert (caught.value.expected, caught.value.actual) == (0, 1)
+    with pytest.raises(RevisionMismatchError):
+        store.delete("a", expected_revision=7)
+    assert store.list() == (1, [store.get("a")])
+    store.delete("a", expected_revision=1)
+    assert store.list() == (2, [])
+
+
+def test_delete_unknown_is_not_found_and_changes_nothing(store: PolicyStore) -> None:
+    with pytest.raises(PolicyNotFoundError):
+        store.delete("nope")
+    assert store.revision() == 0
+    assert store.audit_log() == []
+
+
+def test_a_selector_belongs_to_one_policy(store: PolicyStore) -> None:
+    store.put([policy("a", "s.A")])
+    with pytest.raises(SelectorConflictError) as caught:
+        store.put([policy("ok", "s.OK"), policy("b", "s.A")])
+    assert (caught.value.policy_id, caught.value.other_id) == ("b", "a")
+    # All or nothing: "ok" was not stored either, and the revision did not move.
+    assert store.get("ok") is None and store.revision() == 1
+    # The same selector with another caller is another selector.
+    store.put([policy("b", "s.A", caller="tx")])
+    # Moving a selector between policies in one put is fine.
+    store.put([policy("a", "s.Moved"), policy("c", "s.A")])
+    assert store.revision() == 3
+
+
+def test_bad_put_arguments(store: PolicyStore) -> None:
+    for bad in ([], [policy("a"), policy("a", "s.X")], [policy("")]):
+        with pytest.raises(StoreError):
+            store.put(bad)
+    assert store.revision() == 0
+
+
+def test_audit_log_records_who_when_before_after(store: PolicyStore) -> None:
+    store.put([policy("a", "s.A", rate=0.5)], actor="admin@1")
+    store.put([policy("a", "s.A", rate=0.25)], actor="admin@2")
+    store.delete("a", actor="admin@3")
+    log = store.audit_log()
+    assert [(e.revision, e.action, e.actor) for e in log] == [
+        (1, "put", "admin@1"),
+        (2, "put", "admin@2"),
+        (3, "delete", "admin@3"),
+    ]
+    assert all(e.time == pytest.approx(1_700_000_000.5) for e in log)
+    assert log[0].before is None and log[0].after is not None
+    assert log[1].before is not None and log[1].before.config.failure_rate_threshold == 0.5
+    assert log[1].after is not None and log[1].after.config.failure_rate_threshold == 0.25
+    assert log[2].after is None and log[2].before is not None
+    assert [e.revision for e in store.audit_log(since_revision=1, limit=1)] == [2]
+
+
+def test_reopening_keeps_policies_revision_audit_and_id(open_store: OpenStore) -> None:
+    first = open_store()
+    first.put([policy("a", "s.A"), policy("b", "s.B")])
+    first.delete("a")
+    created = first.store_id
+    first.close()
+    second = open_store()
+    assert second.revision() == 2
+    assert [p.id for p in second.list()[1]] == ["b"]
+    assert len(second.audit_log()) == 3
+    assert second.store_id == created
+    assert len(created) == 36  # a UUID: two stores never share one by accident
+    # The revision keeps growing after a restart; it never reuses a number.
+    assert second.put([policy("c", "s.C")])[0].revision == 3
+
+
+def test_two_handles_on_one_store_do_not_lose_writes(open_store: OpenStore) -> None:
+    one, two = open_store(), open_store()
+    assert one.store_id == two.store_id
+    one.put([policy("a", "s.A")])
+    with pytest.raises(RevisionMismatchError):
+        two.put([policy("b", "s.B")], expected_revision=0)
+    two.put([policy("b", "s.B")], expected_revision=1)
+    assert one.list()[0] == 2 and [p.id for p in one.list()[1]] == ["a", "b"]
+    # Without an expected revision, racing writers both land, at distinct revisions.
+    revisions = {one.put([policy("c", "s.C")])[0].revision, two.delete("c").revision}
+    assert revisions == {3, 4}
+
+
+# -- the change feed ---------------------------------------------------------------------------
+
+
+def test_the_feed_replays_history_then_follows_every_writer(open_store: OpenStore) -> None:
+    store, other = open_store(), open_store()
+    store.put([policy("a", "s.A"), policy("b", "s.B")], actor="one")
+    store.delete("a")
+    with store.watch(0) as feed:
+        replayed = feed.next(timeout=5)
+        assert [(e.revision, e.policy_id, e.action) for e in replayed] == [
+            (1, "a", "put"),
+            (1, "b", "put"),
+            (2, "a", "delete"),
+        ]
+        assert replayed[0].actor == "one" and replayed[0].after is not None
+        assert feed.next(timeout=0.05) == []
+        other.put([policy("c", "s.C")], actor="two")  # another handle: another replica
+        followed = _next_nonempty(feed)
+        assert [(e.revision, e.policy_id, e.actor) for e in followed] == [(3, "c", "two")]
+        assert followed[0].after == store.get("c")
+
+
+def test_a_feed_from_a_revision_starts_after_it(store: PolicyStore) -> None:
+    for name in ("a", "b", "c"):
+        store.put([policy(name, f"s.{name.upper()}")])
+    with store.watch(2) as feed:
+        assert [e.revision for e in _next_nonempty(feed)] == [3]
+
+
+def test_compaction_makes_an_older_feed_relist(store: PolicyStore) -> None:
+    for name in ("a", "b", "c", "d"):
+        store.put([policy(name, f"s.{name.upper()}")])
+    store.compact(2)
+    with pytest.raises(CompactedError) as caught:
+        store.watch(1)
+    assert caught.value.compacted_revision == 2
+    assert "re-list" in str(caught.value)
+    with store.watch(2) as feed:
+        assert [e.revision for e in _next_nonempty(feed)] == [3, 4]
+    assert [e.revision for e in store.audit_log()] == [3, 4]
+    assert store.list()[0] == 4 and len(store.list()[1]) == 4  # policies are not history
+
+
+def test_a_closed_feed_returns_nothing(store: PolicyStore) -> None:
+    feed = store.watch(0)
+    feed.close()
+    store.put([policy("a", "s.A")])
+    assert feed.next(timeout=0.05) == []
+
+
+def _next_nonempty(feed: ChangeFeed, timeout: float = 5.0) -> list[AuditEntry]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entries = feed.next(timeout=0.1)
+        if entries:
+            return entries
+    raise AssertionError("the feed delivered nothing")
+
+
+# -- stores named by URL -----------------------------------------------------------------------
+
+
+def test_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_etcd_url("etcd://10.0.0.1:2379,etcd-b:2379/prod") == (
+        [("10.0.0.1", 2379), ("etcd-b", 2379)],
+        "/prod/",
+    )
+    assert parse_etcd_url("etcd://[::1]:2379") == ([("::1", 2379)], "/meshbreaker/")
+    for bad in ("etcd://host", "etcd://:2379", "etcd://h:99999", "redis://x", "sqlite:///"):
+        with pytest.raises(ConfigError, match="store"):
+            open_store(bad)
+    monkeypatch.chdir(tmp_path)
+    relative = open_store("sqlite:///relative.db")
+    absolute = open_store(f"sqlite:///{tmp_path / 'absolute.db'}")
+    try:
+        assert isinstance(relative, SqliteStore) and relative.path == "relative.db"
+        assert isinstance(absolute, SqliteStore) and absolute.path == str(tmp_path / "absolute.db")
+    finally:
+        relative.close()
+        absolute.close()
+
+
+def test_an_unreachable_etcd_is_a_clear_error() -> None:
+    from meshbreaker.control.store.etcd import EtcdStore
+
+    with pytest.raises(StoreUnavailableError, match=r"etcd at 127\.0\.0\.1:\d+ is unavailable"):
+        EtcdStore([("127.0.0.1", free_port())], timeout=1.0)

@@ -1,0 +1,46 @@
+"""SqliteStore only: durability settings, schema versions, the id added to an older file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from meshbreaker.control.store import SqliteStore, StoreError
+from meshbreaker.v1 import control_plane_pb2 as pb
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    return SqliteStore(tmp_path / "store.db")
+
+
+def test_durability_settings(store: SqliteStore, tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "store.db") as other:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # synchronous is per connection: FULL (2) fsyncs the WAL on every commit.
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    SqliteStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = 99 WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="schema version 99"):
+        SqliteStore(path)
+
+
+def test_a_file_from_before_store_ids_gets_one_that_stays(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    SqliteStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE identity")
+    first = SqliteStore(path)
+    given = first.store_id
+    first.put([pb.Policy(id="a", selector=pb.Selector(service="s.A"))])
+    first.close()
+    again = SqliteStore(path)
+    assert again.store_id == given and again.revision() == 1
+    again.close()
