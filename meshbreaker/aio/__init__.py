@@ -1,10 +1,16 @@
-"""grpc.aio client interceptors: one circuit breaker per method, all four call kinds."""
+"""grpc.aio client interceptors: one circuit breaker per method, all four call kinds.
 
+The same roles as meshbreaker.grpc, under the same names; one core (meshbreaker._adapter).
+"""
+
+from meshbreaker._adapter.rejection import FALLBACK_METADATA_KEY, STATE_METADATA_KEY
 from meshbreaker.aio._calls import (
-    AioRejectedBulkheadError,
-    AioRejectedError,
-    FallbackAioCall,
-    RejectedAioCall,
+    FallbackCall,
+    FallbackOnFailureCall,
+    RejectedBulkheadError,
+    RejectedCall,
+    RejectedError,
+    TrackedStream,
 )
 from meshbreaker.aio.interceptors import (
     AioBreakerInterceptor,
@@ -16,13 +22,17 @@ from meshbreaker.aio.interceptors import (
 )
 
 __all__ = [
+    "FALLBACK_METADATA_KEY",
+    "STATE_METADATA_KEY",
     "AioBreakerInterceptor",
-    "AioRejectedBulkheadError",
-    "AioRejectedError",
-    "FallbackAioCall",
-    "RejectedAioCall",
+    "FallbackCall",
+    "FallbackOnFailureCall",
+    "RejectedBulkheadError",
+    "RejectedCall",
+    "RejectedError",
     "StreamStreamBreakerInterceptor",
     "StreamUnaryBreakerInterceptor",
+    "TrackedStream",
     "UnaryStreamBreakerInterceptor",
     "UnaryUnaryBreakerInterceptor",
     "breaker_interceptors",

@@ -1,4 +1,7 @@
-"""The objects the grpc.aio interceptors hand back: rejections, fallback results, timed streams."""
+"""The objects the grpc.aio interceptors hand back: rejections, fallback results, tracked streams.
+
+Each has the name of its sync twin in meshbreaker.grpc._calls; both build on meshbreaker._adapter.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +13,13 @@ from typing import Any
 import grpc
 from grpc.aio import AioRpcError, Metadata
 
+from meshbreaker._adapter.fallback import Fallback, FallbackResult, run_fallback
+from meshbreaker._adapter.guard import Guard, release
+from meshbreaker._adapter.rejection import rejection_code, rejection_details, rejection_metadata
+from meshbreaker._adapter.tracking import Tracker
+from meshbreaker._types import State
 from meshbreaker.breaker import CircuitBreaker
-from meshbreaker.config import State
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
-from meshbreaker.grpc._core import (
-    FALLBACK_METADATA_KEY,
-    STATE_METADATA_KEY,
-    Fallback,
-    Guard,
-    Tracker,
-    rejection_code,
-    rejection_details,
-    release,
-    run_fallback,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +27,7 @@ _OK = grpc.StatusCode.OK
 DoneCallback = Any
 
 
-class AioRejectedError(CallNotPermittedError, AioRpcError):
+class RejectedError(CallNotPermittedError, AioRpcError):
     """The error a rejected grpc.aio call raises: an AioRpcError and a CallNotPermittedError."""
 
     def __init__(self, name: str, state: State, retry_after: float) -> None:
@@ -39,7 +35,7 @@ class AioRejectedError(CallNotPermittedError, AioRpcError):
         CallNotPermittedError.__init__(self, name, state, retry_after)
         code, details = rejection_code(self), rejection_details(self)
         AioRpcError.__init__(
-            self, code, Metadata(), Metadata((STATE_METADATA_KEY, state.value)), details, None
+            self, code, Metadata(), Metadata(*rejection_metadata(self)), details, None
         )
         self.args = (name, state, retry_after)
 
@@ -48,7 +44,7 @@ class AioRejectedError(CallNotPermittedError, AioRpcError):
         return (type(self), self.args)
 
 
-class AioRejectedBulkheadError(BulkheadFullError, AioRejectedError):
+class RejectedBulkheadError(BulkheadFullError, RejectedError):
     """A grpc.aio call rejected because max_concurrent_calls are in flight (RESOURCE_EXHAUSTED)."""
 
 
@@ -99,10 +95,10 @@ class _FinishedCall(
         """Nothing to close."""
 
 
-class RejectedAioCall(_FinishedCall):
-    """A rejected grpc.aio call: awaiting it or reading from it raises its AioRejectedError."""
+class RejectedCall(_FinishedCall):
+    """A rejected grpc.aio call: awaiting it or reading from it raises its RejectedError."""
 
-    def __init__(self, error: AioRejectedError) -> None:
+    def __init__(self, error: RejectedError) -> None:
         self.error = error
 
     async def trailing_metadata(self) -> Metadata:
@@ -134,36 +130,37 @@ class RejectedAioCall(_FinishedCall):
         raise self.error
 
 
-class FallbackAioCall(_FinishedCall):
+class FallbackCall(_FinishedCall):
     """A unary-response call answered by a fallback instead of the server."""
 
-    def __init__(self, ok: bool, value: Any, reason: str, state: State) -> None:
-        self._ok = ok
-        self._value = value
-        self._reason = reason
-        self._state = state
+    def __init__(self, result: FallbackResult, source: Any = None) -> None:
+        self._result = result
+        self._source = source  # the call that failed; None when the server was never called
+
+    async def initial_metadata(self) -> Metadata:
+        """The server's initial metadata when the server was called, else empty."""
+        if self._source is None:
+            return Metadata()
+        return await self._source.initial_metadata()  # type: ignore[no-any-return]
 
     async def trailing_metadata(self) -> Metadata:
-        """The fallback markers."""
-        return Metadata(
-            (STATE_METADATA_KEY, self._state.value), (FALLBACK_METADATA_KEY, self._reason)
-        )
+        """The server's trailing metadata (if any) plus the fallback markers."""
+        server = None if self._source is None else await self._source.trailing_metadata()
+        return Metadata(*self._result.trailing_metadata(server))
 
     async def code(self) -> grpc.StatusCode:
         """OK when the fallback answered, UNKNOWN when it raised."""
-        return _OK if self._ok else grpc.StatusCode.UNKNOWN
+        return self._result.code
 
     async def details(self) -> str:
         """Says a fallback answered and why."""
-        return f"meshbreaker: fallback used ({self._reason})"
+        return self._result.details
 
-    async def _result(self) -> Any:
-        if self._ok:
-            return self._value
-        raise self._value
+    async def _response(self) -> Any:
+        return self._result.response()
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self._result().__await__()
+        return self._response().__await__()
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self
@@ -178,14 +175,13 @@ class FallbackAioCall(_FinishedCall):
 
 def rejection(
     error: CallNotPermittedError, fallback: Fallback | None, request: Any
-) -> RejectedAioCall | FallbackAioCall:
-    """What a rejected call returns: the RejectedAioCall, or `fallback`'s answer to its error."""
-    kind = AioRejectedBulkheadError if isinstance(error, BulkheadFullError) else AioRejectedError
+) -> RejectedCall | FallbackCall:
+    """What a rejected call returns: the RejectedCall, or `fallback`'s answer to its error."""
+    kind = RejectedBulkheadError if isinstance(error, BulkheadFullError) else RejectedError
     rejected = kind(error.name, error.state, error.retry_after)
     if fallback is None:
-        return RejectedAioCall(rejected)
-    ok, value = run_fallback(fallback, request, rejected)
-    return FallbackAioCall(ok, value, "rejected", error.state)
+        return RejectedCall(rejected)
+    return FallbackCall(run_fallback(fallback, request, rejected, "rejected", error.state))
 
 
 class _CallProxy:
@@ -247,7 +243,7 @@ class _CallProxy:
         return bool(self._call._done_writing_flag)
 
 
-class FallbackOnFailureAioCall(
+class FallbackOnFailureCall(
     _CallProxy,
     grpc.aio.UnaryUnaryCall,  # type: ignore[type-arg]
     grpc.aio.StreamUnaryCall,  # type: ignore[type-arg]
@@ -262,7 +258,7 @@ class FallbackOnFailureAioCall(
         self._fallback = fallback
         self._guard = guard
         self._breaker = breaker
-        self._fallback_call: FallbackAioCall | None = None
+        self._fallback_call: FallbackCall | None = None
 
     async def _result(self) -> Any:
         try:
@@ -271,15 +267,17 @@ class FallbackOnFailureAioCall(
             if self._fallback_call is None:
                 if not self._guard.fallback_applies(self._breaker, error.code()):
                     raise
-                ok, value = run_fallback(self._fallback, self._request, error)
-                self._fallback_call = FallbackAioCall(ok, value, "failure", self._breaker.state)
+                result = run_fallback(
+                    self._fallback, self._request, error, "failure", self._breaker.state
+                )
+                self._fallback_call = FallbackCall(result, self._call)
             return await self._fallback_call
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._result().__await__()
 
     async def trailing_metadata(self) -> Metadata:
-        """The server's trailing metadata, or the fallback markers when a fallback answered."""
+        """The server's trailing metadata, plus the fallback markers if a fallback answered."""
         if self._fallback_call is not None:
             return await self._fallback_call.trailing_metadata()
         return await self._call.trailing_metadata()  # type: ignore[no-any-return]
@@ -312,7 +310,7 @@ def status_code_now(call: Any) -> grpc.StatusCode | None:
 _pending: set[asyncio.Future[None]] = set()
 
 
-class AioTracker(Tracker):
+class CallTracker(Tracker):
     """Tracks a grpc.aio call through its done-callback."""
 
     __slots__ = ()
@@ -348,19 +346,19 @@ class AioTracker(Tracker):
             raise
 
 
-class TimedStreamCall(
+class TrackedStream(
     _CallProxy,
     grpc.aio.UnaryStreamCall,  # type: ignore[type-arg]
     grpc.aio.StreamStreamCall,  # type: ignore[type-arg]
 ):
-    """A response stream passed through, timed to its first message; cancel() frees the permit."""
+    """A response stream passed through that notes its first message and its end."""
 
-    def __init__(self, call: Any, tracker: AioTracker) -> None:
+    def __init__(self, call: Any, tracker: CallTracker) -> None:
         self._call = call
         self._iterator: Any = None
         self._tracker = tracker
 
-    def __aiter__(self) -> TimedStreamCall:
+    def __aiter__(self) -> TrackedStream:
         if self._iterator is None:
             self._iterator = self._call.__aiter__()
         return self

@@ -10,9 +10,10 @@ import grpc
 import grpc.aio
 from grpc.aio import AioRpcError
 
-from meshbreaker.aio._calls import AioTracker, FallbackOnFailureAioCall, TimedStreamCall, rejection
+from meshbreaker._adapter.fallback import Fallback
+from meshbreaker._adapter.guard import Guard, release
+from meshbreaker.aio._calls import CallTracker, FallbackOnFailureCall, TrackedStream, rejection
 from meshbreaker.errors import CallNotPermittedError
-from meshbreaker.grpc._core import Fallback, Guard, release
 from meshbreaker.registry import BreakerRegistry
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,9 @@ async def _guard_unary(
         release(permit)
         raise
     try:
-        AioTracker(guard, breaker, permit).watch(call)
+        CallTracker(guard, breaker, permit).watch(call)
         if info.fallback is not None and guard.fallback_on_failure:
-            return FallbackOnFailureAioCall(call, request, info.fallback, guard, breaker)
+            return FallbackOnFailureCall(call, request, info.fallback, guard, breaker)
     except Exception:
         logger.exception("meshbreaker: tracking %s failed", client_call_details.method)
         release(permit)
@@ -84,9 +85,9 @@ async def _guard_stream(
         release(permit)
         raise
     try:
-        tracker = AioTracker(guard, breaker, permit)
+        tracker = CallTracker(guard, breaker, permit)
         tracker.watch(call)
-        return TimedStreamCall(call, tracker)
+        return TrackedStream(call, tracker)
     except Exception:
         logger.exception("meshbreaker: tracking %s failed", client_call_details.method)
         release(permit)

@@ -1,14 +1,25 @@
-"""Sync gRPC client interceptors: one circuit breaker per method, all four call kinds."""
+"""Sync gRPC client interceptors: one circuit breaker per method, all four call kinds.
 
-from meshbreaker.grpc._calls import FallbackOutcome, RejectedBulkheadCall, RejectedCall
-from meshbreaker.grpc._core import FALLBACK_METADATA_KEY, STATE_METADATA_KEY
+meshbreaker.aio offers the same for grpc.aio channels, with the same names for the same roles.
+"""
+
+from meshbreaker._adapter.rejection import FALLBACK_METADATA_KEY, STATE_METADATA_KEY
+from meshbreaker.grpc._calls import (
+    FallbackCall,
+    FallbackOnFailureCall,
+    RejectedBulkheadCall,
+    RejectedCall,
+    TrackedStream,
+)
 from meshbreaker.grpc.interceptor import BreakerInterceptor
 
 __all__ = [
     "FALLBACK_METADATA_KEY",
     "STATE_METADATA_KEY",
     "BreakerInterceptor",
-    "FallbackOutcome",
+    "FallbackCall",
+    "FallbackOnFailureCall",
     "RejectedBulkheadCall",
     "RejectedCall",
+    "TrackedStream",
 ]

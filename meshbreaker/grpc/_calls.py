@@ -12,27 +12,22 @@ from typing import Any
 
 import grpc
 
+from meshbreaker._adapter.fallback import Fallback, FallbackResult, run_fallback
+from meshbreaker._adapter.guard import Guard, release
+from meshbreaker._adapter.rejection import rejection_code, rejection_details, rejection_metadata
+from meshbreaker._adapter.tracking import Tracker
 from meshbreaker.breaker import CircuitBreaker
-from meshbreaker.config import State
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
-from meshbreaker.grpc._core import (
-    FALLBACK_METADATA_KEY,
-    STATE_METADATA_KEY,
-    CallBase,
-    Fallback,
-    FutureBase,
-    Guard,
-    RpcErrorBase,
-    Tracker,
-    rejection_code,
-    rejection_details,
-    release,
-    run_fallback,
-)
 
 logger = logging.getLogger(__name__)
 
 _OK = grpc.StatusCode.OK
+
+# grpc's stubs type these ABCs narrowly (generic Future, _Metadatum tuples); the call objects
+# here implement grpc's runtime protocol, so they subclass untyped aliases.
+RpcErrorBase: Any = grpc.RpcError
+CallBase: Any = grpc.Call
+FutureBase: Any = grpc.Future
 
 
 class _FinishedCall(CallBase, FutureBase):  # type: ignore[misc]
@@ -88,7 +83,7 @@ class RejectedCall(CallNotPermittedError, RpcErrorBase, _FinishedCall):  # type:
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
         """(("x-meshbreaker-state", state),)."""
-        return ((STATE_METADATA_KEY, self.state.value),)
+        return rejection_metadata(self)
 
     def debug_error_string(self) -> str:
         """The details; there is no transport error."""
@@ -119,44 +114,33 @@ class RejectedBulkheadCall(BulkheadFullError, RejectedCall):
     """A call rejected because max_concurrent_calls are in flight (RESOURCE_EXHAUSTED)."""
 
 
-class FallbackOutcome(_FinishedCall):
+class FallbackCall(_FinishedCall):
     """A finished unary call whose result came from a fallback instead of the server."""
 
-    def __init__(
-        self,
-        ok: bool,
-        value: Any,
-        reason: str,
-        source: grpc.Call | None,
-        state: State,
-    ) -> None:
-        self._ok = ok
-        self._value = value
-        self._reason = reason
-        self._source = source
-        self._state = state
+    def __init__(self, result: FallbackResult, source: grpc.Call | None) -> None:
+        self._result = result
+        self._source = source  # the call that failed; None when the server was never called
 
     def result(self, timeout: float | None = None) -> Any:
         """The fallback's response (or the exception it raised)."""
-        if self._ok:
-            return self._value
-        raise self._value
+        return self._result.response()
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """None, or the exception the fallback raised."""
-        return None if self._ok else self._value
+        return self._result.error
 
     def traceback(self, timeout: float | None = None) -> types.TracebackType | None:
         """The traceback of the fallback's exception, if any."""
-        return None if self._ok else self._value.__traceback__
+        error = self._result.error
+        return None if error is None else error.__traceback__
 
     def code(self) -> grpc.StatusCode:
         """OK when the fallback answered, UNKNOWN when it raised."""
-        return _OK if self._ok else grpc.StatusCode.UNKNOWN
+        return self._result.code
 
     def details(self) -> str:
         """Says a fallback answered and why."""
-        return f"meshbreaker: fallback used ({self._reason})"
+        return self._result.details
 
     def initial_metadata(self) -> Any:
         """The server's initial metadata when the server was called, else empty."""
@@ -164,21 +148,19 @@ class FallbackOutcome(_FinishedCall):
 
     def trailing_metadata(self) -> Any:
         """The server's trailing metadata (if any) plus the fallback markers."""
-        original = self._source.trailing_metadata() if self._source is not None else None
-        markers = ((STATE_METADATA_KEY, self._state.value), (FALLBACK_METADATA_KEY, self._reason))
-        return (*tuple(original or ()), *markers)
+        server = self._source.trailing_metadata() if self._source is not None else None
+        return self._result.trailing_metadata(server)
 
 
 def rejection(
     error: CallNotPermittedError, fallback: Fallback | None, request: Any
-) -> RejectedCall | FallbackOutcome:
+) -> RejectedCall | FallbackCall:
     """What a rejected call returns: the RejectedCall, or `fallback`'s answer to it."""
     kind = RejectedBulkheadCall if isinstance(error, BulkheadFullError) else RejectedCall
     rejected = kind(error.name, error.state, error.retry_after)
     if fallback is None:
         return rejected
-    ok, value = run_fallback(fallback, request, rejected)
-    return FallbackOutcome(ok, value, "rejected", None, error.state)
+    return FallbackCall(run_fallback(fallback, request, rejected, "rejected", error.state), None)
 
 
 class _CallProxy(CallBase, FutureBase):  # type: ignore[misc]
@@ -247,7 +229,7 @@ class _CallProxy(CallBase, FutureBase):  # type: ignore[misc]
         self._call.add_done_callback(lambda _call: fn(self))
 
 
-class FallbackOnFailureFuture(_CallProxy):
+class FallbackOnFailureCall(_CallProxy):
     """An in-flight unary call that turns into its fallback's response if it fails."""
 
     def __init__(
@@ -264,10 +246,10 @@ class FallbackOnFailureFuture(_CallProxy):
         self._guard = guard
         self._breaker = breaker
         self._lock = threading.Lock()
-        self._resolved: FallbackOutcome | None = None
+        self._resolved: FallbackCall | None = None
         self._checked = False
 
-    def _resolve(self, timeout: float | None = None) -> FallbackOutcome | None:
+    def _resolve(self, timeout: float | None = None) -> FallbackCall | None:
         """The fallback outcome if the call failed (computed once), else None."""
         if self._checked:
             return self._resolved
@@ -275,10 +257,10 @@ class FallbackOnFailureFuture(_CallProxy):
         with self._lock:
             if not self._checked:
                 if error is not None and self._failed(error):
-                    ok, value = run_fallback(self._fallback, self._request, error)
-                    self._resolved = FallbackOutcome(
-                        ok, value, "failure", self._call, self._breaker.state
+                    result = run_fallback(
+                        self._fallback, self._request, error, "failure", self._breaker.state
                     )
+                    self._resolved = FallbackCall(result, self._call)
                 self._checked = True
         return self._resolved
 
@@ -323,7 +305,7 @@ class FallbackOnFailureFuture(_CallProxy):
         )
 
 
-class SyncTracker(Tracker):
+class CallTracker(Tracker):
     """Tracks a sync call through grpc's termination callback, holding the call only weakly."""
 
     __slots__ = ("_call",)
@@ -370,7 +352,7 @@ class SyncTracker(Tracker):
 class TrackedStream(RpcErrorBase, _CallProxy):  # type: ignore[misc]
     """A response stream passed through unchanged that notes its first message and its end."""
 
-    def __init__(self, call: Any, tracker: SyncTracker) -> None:
+    def __init__(self, call: Any, tracker: CallTracker) -> None:
         self._call = call
         self._next = call.__next__
         self._tracker = tracker

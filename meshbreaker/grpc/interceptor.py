@@ -8,9 +8,10 @@ from typing import Any
 
 import grpc
 
+from meshbreaker._adapter.fallback import Fallback
+from meshbreaker._adapter.guard import Guard, release
 from meshbreaker.errors import CallNotPermittedError
-from meshbreaker.grpc._calls import FallbackOnFailureFuture, SyncTracker, TrackedStream, rejection
-from meshbreaker.grpc._core import Fallback, Guard, release
+from meshbreaker.grpc._calls import CallTracker, FallbackOnFailureCall, TrackedStream, rejection
 from meshbreaker.registry import BreakerRegistry
 
 logger = logging.getLogger(__name__)
@@ -76,9 +77,9 @@ class BreakerInterceptor(
             if call.done():  # the blocking path: grpc hands over a finished call
                 guard.record(permit, breaker, call.code())
             else:
-                SyncTracker(guard, breaker, permit).watch(call)
+                CallTracker(guard, breaker, permit).watch(call)
             if info.fallback is not None and guard.fallback_on_failure:
-                return FallbackOnFailureFuture(call, request, info.fallback, guard, breaker)
+                return FallbackOnFailureCall(call, request, info.fallback, guard, breaker)
         except Exception:
             logger.exception("meshbreaker: tracking %s failed", details.method)
             release(permit)
@@ -100,7 +101,7 @@ class BreakerInterceptor(
             release(permit)
             raise
         try:
-            tracker = SyncTracker(guard, breaker, permit)
+            tracker = CallTracker(guard, breaker, permit)
             stream = TrackedStream(call, tracker)
             tracker.watch(call)
             return stream

@@ -23,6 +23,7 @@ SERVER_STREAM = f"/{SERVICE}/ServerStream"
 CLIENT_STREAM = f"/{SERVICE}/ClientStream"
 BIDI = f"/{SERVICE}/Bidi"
 TRAILER = ("x-test-trailer", "server")
+INITIAL = ("x-test-initial", "server")
 
 # Trips after 2 failures in a row, stays open 30 s, probes with at most 2 calls, one success closes.
 CONFIG = BreakerConfig(
@@ -112,6 +113,7 @@ class BytesServer:
 
     def _unary(self, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
         self._enter(method, context)
+        context.send_initial_metadata((INITIAL,))
         context.set_trailing_metadata((TRAILER,))
         return self._answer(request, context)
 

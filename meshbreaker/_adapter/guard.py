@@ -1,34 +1,21 @@
-"""What the sync and aio interceptors share: the Guard, rejection details, fallbacks, tracking."""
+"""Guard: the facts and rules of one interceptor configuration, for the sync and aio shells."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
 
 import grpc
 
+from meshbreaker._adapter.fallback import Fallback
 from meshbreaker._names import GRPC_CODE_NAMES, is_method_name
-from meshbreaker._types import State
 from meshbreaker.breaker import CircuitBreaker, Outcome, Permit
 from meshbreaker.config import check_code_sets
-from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError
+from meshbreaker.errors import ConfigError
 from meshbreaker.registry import BreakerRegistry
 
 logger = logging.getLogger(__name__)
-
-Fallback = Callable[[Any, BaseException], Any]
-
-STATE_METADATA_KEY = "x-meshbreaker-state"
-FALLBACK_METADATA_KEY = "x-meshbreaker-fallback"
-
-# grpc's stubs type these ABCs narrowly (generic Future, _Metadatum tuples); the call objects
-# here implement grpc's runtime protocol, so they subclass untyped aliases.
-RpcErrorBase: Any = grpc.RpcError
-CallBase: Any = grpc.Call
-FutureBase: Any = grpc.Future
 
 # StatusCode.name is a descriptor lookup; a dict is cheaper on the hot path.
 CODE_NAMES: dict[grpc.StatusCode, str] = {code: code.name for code in grpc.StatusCode}
@@ -59,27 +46,6 @@ def normalize_codes(
         else:
             raise ConfigError(field, f"{code!r} is not a gRPC status code")
     return frozenset(names)
-
-
-def rejection_details(error: CallNotPermittedError) -> str:
-    """The status details of a rejected call: method, state and time to the next probe."""
-    if isinstance(error, BulkheadFullError):
-        return (
-            f"meshbreaker: bulkhead for {error.name} is full "
-            f"(max_concurrent_calls in flight; state {error.state.value})"
-        )
-    if error.state is State.FORCED_OPEN or math.isinf(error.retry_after):
-        probe = "no probe until the FORCED_OPEN override is cleared"
-    else:
-        probe = f"next probe in {max(error.retry_after, 0.0):.3f}s"
-    return f"meshbreaker: circuit breaker for {error.name} is {error.state.value}; {probe}"
-
-
-def rejection_code(error: CallNotPermittedError) -> grpc.StatusCode:
-    """UNAVAILABLE for an open breaker, RESOURCE_EXHAUSTED for a full bulkhead."""
-    if isinstance(error, BulkheadFullError):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    return grpc.StatusCode.UNAVAILABLE
 
 
 class MethodInfo:
@@ -216,47 +182,9 @@ class Guard:
                 release(permit)
 
 
-class Tracker:
-    """Reports one call's final status on its permit, once; the sync and aio trackers extend it."""
-
-    __slots__ = ("_breaker", "_guard", "_permit", "first")
-
-    def __init__(self, guard: Guard, breaker: CircuitBreaker, permit: Permit) -> None:
-        self._guard = guard
-        self._breaker = breaker
-        self._permit = permit
-        self.first: float | None = None
-
-    def finish(self, code: grpc.StatusCode | None) -> None:
-        """Record the final status; only the first report on a permit counts."""
-        if not self._permit.done:
-            self._guard.record(self._permit, self._breaker, code, self.first)
-
-    def first_message(self) -> None:
-        """Note the first response message's arrival (the slow-call measure for streams)."""
-        try:
-            self.first = self._permit.elapsed()
-        except Exception:
-            logger.exception("meshbreaker: timing the first message failed")
-            self.first = 0.0
-
-    def release(self) -> None:
-        """The caller gave up on the call: ignore its outcome and free the permit."""
-        release(self._permit)
-
-
 def release(permit: Permit) -> None:
     """Ignore `permit` (give its slot back) without ever raising."""
     try:
         permit.ignore()
     except Exception:
         logger.exception("meshbreaker: releasing a permit failed")
-
-
-def run_fallback(fallback: Fallback, request: Any, error: BaseException) -> tuple[bool, Any]:
-    """(True, response) or (False, exception) from calling the user's fallback."""
-    try:
-        return True, fallback(request, error)
-    except Exception as exception:
-        logger.debug("meshbreaker: fallback raised", exc_info=True)
-        return False, exception

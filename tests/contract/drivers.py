@@ -1,0 +1,214 @@
+"""One way to drive the sync and the aio interceptors, so one contract runs against both.
+
+A Driver makes calls of the four kinds through the flavour's interceptors and reports what a
+caller of that flavour observes as a Seen: response, status, details and both metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from meshbreaker.aio import breaker_interceptors
+from meshbreaker.grpc import BreakerInterceptor
+from meshbreaker.registry import BreakerRegistry
+from tests.grpc.bytes_server import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY, BytesServer
+
+Metadata = tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the caller of one call observes, whatever the flavour."""
+
+    value: Any  # the response (a list for response streams); None when the call raised
+    code: grpc.StatusCode
+    details: str | None
+    initial: Metadata
+    trailing: Metadata
+    error: BaseException | None = None
+
+
+def _pairs(metadata: Iterable[Any] | None) -> Metadata:
+    return tuple((key, value) for key, value in metadata or ())
+
+
+class SyncDriver:
+    """Calls through BreakerInterceptor on a sync channel."""
+
+    flavour = "sync"
+
+    def __init__(self, server: BytesServer) -> None:
+        self._server = server
+        self._channels: list[grpc.Channel] = []
+
+    def connect(self, registry: BreakerRegistry, **options: Any) -> None:
+        """Guard the driver's calls with `registry` and the interceptor `options`."""
+        channel = grpc.intercept_channel(
+            grpc.insecure_channel(self._server.target), BreakerInterceptor(registry, **options)
+        )
+        self._channels.append(channel)
+        self._channel = channel
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+    async def unary(self, request: bytes, method: str = UNARY) -> Seen:
+        multi: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(method)
+        try:
+            value, call = multi.with_call(request)
+        except grpc.RpcError as error:
+            return self._error(error)
+        return Seen(
+            value,
+            call.code(),
+            call.details(),
+            _pairs(call.initial_metadata()),
+            _pairs(call.trailing_metadata()),
+        )
+
+    async def client_stream(self, requests: list[bytes]) -> Seen:
+        multi: grpc.StreamUnaryMultiCallable[bytes, bytes] = self._channel.stream_unary(
+            CLIENT_STREAM
+        )
+        try:
+            value, call = multi.with_call(iter(requests))
+        except grpc.RpcError as error:
+            return self._error(error)
+        return Seen(
+            value,
+            call.code(),
+            call.details(),
+            _pairs(call.initial_metadata()),
+            _pairs(call.trailing_metadata()),
+        )
+
+    async def server_stream(self, request: bytes) -> Seen:
+        multi: grpc.UnaryStreamMultiCallable[bytes, bytes] = self._channel.unary_stream(
+            SERVER_STREAM
+        )
+        return self._stream(multi(request))
+
+    async def bidi(self, requests: list[bytes]) -> Seen:
+        multi: grpc.StreamStreamMultiCallable[bytes, bytes] = self._channel.stream_stream(BIDI)
+        return self._stream(multi(iter(requests)))
+
+    def _stream(self, call: Any) -> Seen:
+        try:
+            value = list(call)
+        except grpc.RpcError as error:
+            return self._error(error)
+        return Seen(
+            value,
+            call.code(),
+            call.details(),
+            _pairs(call.initial_metadata()),
+            _pairs(call.trailing_metadata()),
+        )
+
+    @staticmethod
+    def _error(error: grpc.RpcError) -> Seen:
+        assert isinstance(error, grpc.Call)
+        return Seen(
+            None,
+            error.code(),
+            error.details(),
+            _pairs(error.initial_metadata()),
+            _pairs(error.trailing_metadata()),
+            error,
+        )
+
+
+class AioDriver:
+    """Calls through breaker_interceptors on a grpc.aio channel."""
+
+    flavour = "aio"
+
+    def __init__(self, server: BytesServer) -> None:
+        self._server = server
+        self._channels: list[grpc.aio.Channel] = []
+
+    def connect(self, registry: BreakerRegistry, **options: Any) -> None:
+        """Guard the driver's calls with `registry` and the interceptor `options`."""
+        channel = grpc.aio.insecure_channel(
+            self._server.target, interceptors=breaker_interceptors(registry, **options)
+        )
+        self._channels.append(channel)
+        self._channel = channel
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+    async def unary(self, request: bytes, method: str = UNARY) -> Seen:
+        multi: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(method)
+        return await self._unary_response(multi(request))
+
+    async def client_stream(self, requests: list[bytes]) -> Seen:
+        multi: grpc.aio.StreamUnaryMultiCallable[bytes, bytes] = self._channel.stream_unary(
+            CLIENT_STREAM
+        )
+        return await self._unary_response(multi(iter(requests)))
+
+    async def server_stream(self, request: bytes) -> Seen:
+        multi: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = self._channel.unary_stream(
+            SERVER_STREAM
+        )
+        return await self._stream(multi(request))
+
+    async def bidi(self, requests: list[bytes]) -> Seen:
+        multi: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = self._channel.stream_stream(BIDI)
+        return await self._stream(multi(iter(requests)))
+
+    async def _unary_response(self, call: Any) -> Seen:
+        try:
+            value = await call
+        except grpc.aio.AioRpcError as error:
+            return self._error(error)
+        return await self._seen(value, call)
+
+    async def _stream(self, call: Any) -> Seen:
+        try:
+            value = [message async for message in call]
+        except grpc.aio.AioRpcError as error:
+            return self._error(error)
+        return await self._seen(value, call)
+
+    @staticmethod
+    async def _seen(value: Any, call: Any) -> Seen:
+        return Seen(
+            value,
+            await call.code(),
+            await call.details(),
+            _pairs(await call.initial_metadata()),
+            _pairs(await call.trailing_metadata()),
+        )
+
+    @staticmethod
+    def _error(error: grpc.aio.AioRpcError) -> Seen:
+        return Seen(
+            None,
+            error.code(),
+            error.details(),
+            _pairs(error.initial_metadata()),
+            _pairs(error.trailing_metadata()),
+            error,
+        )
+
+
+Driver = SyncDriver | AioDriver
+DRIVERS: dict[str, Callable[[BytesServer], Driver]] = {"sync": SyncDriver, "aio": AioDriver}
+
+
+@pytest.fixture(params=sorted(DRIVERS))
+async def driver(request: pytest.FixtureRequest, server: BytesServer) -> AsyncIterator[Driver]:
+    """A driver of each flavour, on the test server."""
+    made = DRIVERS[request.param](server)
+    yield made
+    await made.close()
