@@ -107,10 +107,8 @@ def propagation(target: str, agents: int, puts: int) -> dict[str, Any]:
         put_ms: list[float] = []
         worst_ms: list[float] = []
         for round_ in range(puts):
-            config, mode = config_to_proto(BreakerConfig(consecutive_failures=3 + round_ % 5))
-            policy = pb.Policy(
-                id="bench", selector=pb.Selector(method=METHOD), config=config, mode=mode
-            )
+            config = config_to_proto(BreakerConfig(consecutive_failures=3 + round_ % 5))
+            policy = pb.Policy(id="bench", selector=pb.Selector(method=METHOD), config=config)
             before = time.monotonic()
             revision = stub.PutPolicy(pb.PutPolicyRequest(policies=[policy]), timeout=10).revision
             returned = time.monotonic()

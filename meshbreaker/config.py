@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,8 @@ __all__ = [
     "State",
     "WindowType",
     "check_code_sets",
+    "check_layer",
+    "merge_layers",
 ]
 
 
@@ -39,6 +42,38 @@ def check_code_sets(
 
 
 @dataclass(frozen=True)
+class FieldSchema:
+    """How one BreakerConfig field is spelled outside Python: its proto field, CLI flags and help.
+
+    `kind` says how its values are written (see KINDS); `proto_off` is the proto field that says
+    "off" for a field whose None means off, when the proto spells that apart.
+    """
+
+    proto: str
+    flags: tuple[str, ...]
+    kind: str
+    help: str
+    proto_off: str | None = None
+
+
+# rate, number: a float; seconds: a float > 0 (a Duration on the wire); optional_seconds: seconds
+# or None (off); seconds_or_off: a float >= 0, 0 = off; count: an int >= 0; optional_count: an int,
+# or None (0 on the wire); window_type, mode: the enum; codes: a set of gRPC code names.
+KINDS = frozenset(
+    {"rate", "number", "seconds", "optional_seconds", "seconds_or_off", "count", "optional_count"}
+    | {"window_type", "mode", "codes"}
+)
+
+
+def _schema(
+    proto: str, flags: tuple[str, ...], kind: str, help: str, *, proto_off: str | None = None
+) -> dict[str, FieldSchema]:
+    """A field's metadata: the one place its proto name, CLI flags and help are written."""
+    assert kind in KINDS, kind
+    return {"schema": FieldSchema(proto, flags, kind, help, proto_off)}
+
+
+@dataclass(frozen=True)
 class BreakerConfig:
     """How one breaker decides; immutable, validated on construction.
 
@@ -49,24 +84,154 @@ class BreakerConfig:
     time of entering HALF_OPEN back to OPEN, so an unreported probe cannot hold it forever.
     """
 
-    failure_rate_threshold: float = 0.5
-    slow_call_rate_threshold: float = 0.5
-    slow_call_duration: float | None = 5.0
-    window_type: WindowType = WindowType.TIME
-    window_size: int = 10
-    minimum_calls: int = 10
-    consecutive_failures: int = 5
-    open_duration: float = 60.0
-    open_duration_max: float = 60.0
-    backoff_multiplier: float = 2.0
-    open_jitter: float = 0.0
-    half_open_max_calls: int = 10
-    half_open_success_threshold: int = 3
-    half_open_max_wait: float = 60.0
-    max_concurrent_calls: int | None = None
-    mode: Mode = Mode.ENFORCE
-    failure_codes: frozenset[str] = field(default=DEFAULT_FAILURE_CODES)
-    ignored_codes: frozenset[str] = field(default=DEFAULT_IGNORED_CODES)
+    failure_rate_threshold: float = field(
+        default=0.5,
+        metadata=_schema(
+            "failure_rate_threshold",
+            ("--failure-rate", "--failure-rate-threshold"),
+            "rate",
+            "open when the window's failure rate reaches this (0..1]",
+        ),
+    )
+    slow_call_rate_threshold: float = field(
+        default=0.5,
+        metadata=_schema(
+            "slow_call_rate_threshold",
+            ("--slow-call-rate", "--slow-call-rate-threshold"),
+            "rate",
+            "open when the window's slow-call rate reaches this (0..1]",
+        ),
+    )
+    slow_call_duration: float | None = field(
+        default=5.0,
+        metadata=_schema(
+            "slow_call_duration",
+            ("--slow-call-duration",),
+            "optional_seconds",
+            "seconds from which a call is slow ('off' disables)",
+            proto_off="slow_calls_disabled",
+        ),
+    )
+    window_type: WindowType = field(
+        default=WindowType.TIME,
+        metadata=_schema(
+            "window_type",
+            ("--window-type",),
+            "window_type",
+            "'count' (last N calls) or 'time' (last N seconds)",
+        ),
+    )
+    window_size: int = field(
+        default=10,
+        metadata=_schema(
+            "window_size", ("--window-size",), "count", "calls or seconds in the window"
+        ),
+    )
+    minimum_calls: int = field(
+        default=10,
+        metadata=_schema(
+            "minimum_calls", ("--minimum-calls",), "count", "calls in the window before rates count"
+        ),
+    )
+    consecutive_failures: int = field(
+        default=5,
+        metadata=_schema(
+            "consecutive_failures",
+            ("--consecutive-failures",),
+            "count",
+            "failures in a row that open the breaker (0 disables)",
+        ),
+    )
+    open_duration: float = field(
+        default=60.0,
+        metadata=_schema(
+            "open_duration", ("--open-duration",), "seconds", "seconds open before a probe"
+        ),
+    )
+    open_duration_max: float = field(
+        default=60.0,
+        metadata=_schema(
+            "open_duration_max",
+            ("--open-duration-max",),
+            "seconds",
+            "cap of the growing open duration",
+        ),
+    )
+    backoff_multiplier: float = field(
+        default=2.0,
+        metadata=_schema(
+            "backoff_multiplier",
+            ("--backoff-multiplier",),
+            "number",
+            "growth of the open duration after a failed probe",
+        ),
+    )
+    open_jitter: float = field(
+        default=0.0,
+        metadata=_schema(
+            "open_jitter", ("--open-jitter",), "number", "spread of the open duration, [0, 1)"
+        ),
+    )
+    half_open_max_calls: int = field(
+        default=10,
+        metadata=_schema(
+            "half_open_max_calls",
+            ("--half-open-max-calls",),
+            "count",
+            "probes in flight at once when half-open",
+        ),
+    )
+    half_open_success_threshold: int = field(
+        default=3,
+        metadata=_schema(
+            "half_open_success_threshold",
+            ("--half-open-success-threshold",),
+            "count",
+            "successful probes that close the breaker",
+        ),
+    )
+    half_open_max_wait: float = field(
+        default=60.0,
+        metadata=_schema(
+            "half_open_max_wait",
+            ("--half-open-max-wait",),
+            "seconds_or_off",
+            "seconds half-open without a decision before opening again ('off' disables)",
+        ),
+    )
+    max_concurrent_calls: int | None = field(
+        default=None,
+        metadata=_schema(
+            "max_concurrent_calls",
+            ("--max-concurrent-calls",),
+            "optional_count",
+            "bulkhead: calls in flight at once ('off' disables)",
+        ),
+    )
+    mode: Mode = field(
+        default=Mode.ENFORCE,
+        metadata=_schema(
+            "mode", ("--mode",), "mode", "'enforce' rejects when open; 'shadow' only reports"
+        ),
+    )
+    failure_codes: frozenset[str] = field(
+        default=DEFAULT_FAILURE_CODES,
+        metadata=_schema(
+            "failure_codes",
+            ("--failure-codes",),
+            "codes",
+            "comma-separated gRPC codes that count as failures",
+        ),
+    )
+    ignored_codes: frozenset[str] = field(
+        default=DEFAULT_IGNORED_CODES,
+        metadata=_schema(
+            "ignored_codes",
+            ("--ignored-codes",),
+            "codes",
+            "comma-separated gRPC codes that are not counted",
+        ),
+    )
 
     def __post_init__(self) -> None:
         _coerce_enum(self, "window_type", WindowType)
@@ -140,6 +305,58 @@ class BreakerConfig:
 
 _FIELD_ORDER: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(BreakerConfig))
 _FIELD_NAMES: frozenset[str] = frozenset(_FIELD_ORDER)
+
+# Field name -> its spellings, in declaration order: what convert, the CLI and JSON derive from.
+SCHEMA: Mapping[str, FieldSchema] = {
+    f.name: f.metadata["schema"] for f in dataclasses.fields(BreakerConfig)
+}
+
+# Some BreakerConfig fields by name, as one policy sets them (a layer of the effective config).
+ConfigLayer = Mapping[str, Any]
+
+
+def merge_layers(base: BreakerConfig, layers: Iterable[ConfigLayer]) -> BreakerConfig:
+    """`base` with each layer's fields over it, least specific layer first; validated.
+
+    An open_duration_max that no layer sets rises to the effective open_duration, so a policy
+    that only lengthens the open duration never needs to repeat the cap.
+    """
+    values: dict[str, Any] = {}
+    for layer in layers:
+        values.update(layer)
+    if "open_duration_max" not in values and "open_duration" in values:
+        opened = values["open_duration"]
+        if isinstance(opened, (int, float)) and not isinstance(opened, bool):
+            values["open_duration_max"] = max(base.open_duration_max, opened)
+    return base.replace(**values)
+
+
+def check_layer(values: ConfigLayer) -> dict[str, Any]:
+    """Each of `values` validated and normalised; raises ConfigError naming the field.
+
+    A rule between two fields (open_duration_max >= open_duration, no code both failed and
+    ignored, the window size for its type) is checked here only when the layer sets both: the
+    other may come from another layer, so merge_layers checks the combination.
+    """
+    checked = dict(values)
+    for name, partner in _PARTNERS.items():
+        if name in checked and partner[0] not in checked:
+            with contextlib.suppress(Exception):  # a bad value is reported below, by its name
+                checked[partner[0]] = partner[1](checked[name])
+    merged = merge_layers(BreakerConfig(), [checked])
+    return {name: getattr(merged, name) for name in _FIELD_ORDER if name in values}
+
+
+# field -> (the field it is checked against, a value of that one which never conflicts).
+_PARTNERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "open_duration_max": ("open_duration", lambda cap: min(cap, BreakerConfig.open_duration)),
+    "window_size": (
+        "window_type",
+        lambda size: WindowType.COUNT if size > 3600 else BreakerConfig.window_type,
+    ),
+    "failure_codes": ("ignored_codes", lambda codes: frozenset()),
+    "ignored_codes": ("failure_codes", lambda codes: frozenset({"UNAVAILABLE"} - set(codes))),
+}
 
 
 def _set(config: BreakerConfig, name: str, value: object) -> None:

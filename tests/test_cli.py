@@ -176,7 +176,7 @@ def test_policy_put_list_delete_with_flags(cli: Callable[..., tuple[int, str, st
         "failure_rate_threshold=0.25",
         "open_duration=5.0",
         "open_duration_max=40.0",
-        "slow_call_duration=None",
+        "slow_call_duration=off",
         "failure_codes=INTERNAL,UNAVAILABLE",
         "half_open_max_wait=30.0",
     ):
@@ -192,6 +192,7 @@ def test_policy_put_list_delete_with_flags(cli: Callable[..., tuple[int, str, st
         "slow_calls_disabled",
         "failure_codes",
         "half_open_max_wait",
+        "mode",
     }
 
     status, out, err = cli("policy", "delete", "tight", "--expected-revision", "7")
@@ -237,7 +238,7 @@ def test_policy_put_from_a_file_with_flags_overriding_it(
     assert policy.config.consecutive_failures == 4
     assert policy.config.window_type == pb.WINDOW_TYPE_COUNT
     assert policy.config.window_size == 50
-    assert policy.mode == pb.MODE_ENFORCE
+    assert policy.config.mode == pb.MODE_ENFORCE
 
     many = tmp_path / "many.json"
     many.write_text(

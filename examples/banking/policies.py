@@ -61,13 +61,11 @@ def policy_messages() -> list[pb.Policy]:
     """The demo's policies as control-plane messages, one per banking service."""
     messages = []
     for service, (config, description) in POLICIES.items():
-        message, mode = convert.config_to_proto(config)
         messages.append(
             pb.Policy(
                 id=f"banking-{service.rsplit('.', 1)[-1].removesuffix('Service').lower()}",
                 selector=pb.Selector(service=service),
-                config=message,
-                mode=pb.Mode.ValueType(mode),
+                config=convert.config_to_proto(config),
                 description=description,
             )
         )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
-from meshbreaker.config import GRPC_CODE_NAMES, Mode, State, WindowType
+from meshbreaker.config import GRPC_CODE_NAMES, KINDS, Mode, State, WindowType
 from meshbreaker.control import convert
 
 # What turns an optional setting off (None) on the command line.
@@ -119,3 +121,32 @@ def forced_state(text: str) -> State | None:
     if key not in _FORCED_STATES:
         raise argparse.ArgumentTypeError(f"{text!r} is not open, closed or none")
     return _FORCED_STATES[key]
+
+
+# The parser and the help's metavar for each BreakerConfig FieldSchema.kind: the config flags and
+# JSON policy files derive from these, so a new field of a known kind needs nothing here.
+KIND_PARSERS: dict[str, Callable[[str], Any]] = {
+    "rate": rate,
+    "number": number,
+    "seconds": seconds,
+    "optional_seconds": optional_seconds,
+    "seconds_or_off": seconds_or_off,
+    "count": count,
+    "optional_count": optional_count,
+    "window_type": window_type,
+    "mode": mode,
+    "codes": status_codes,
+}
+KIND_METAVARS: dict[str, str] = {
+    "rate": "RATE",
+    "number": "NUMBER",
+    "seconds": "SECONDS",
+    "optional_seconds": "SECONDS|off",
+    "seconds_or_off": "SECONDS|off",
+    "count": "N",
+    "optional_count": "N|off",
+    "window_type": "count|time",
+    "mode": "enforce|shadow",
+    "codes": "CODES",
+}
+assert set(KIND_PARSERS) == set(KIND_METAVARS) == KINDS, "every FieldSchema kind needs a parser"

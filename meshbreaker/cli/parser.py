@@ -8,6 +8,7 @@ from typing import NoReturn, TypeAlias
 
 from meshbreaker import __version__
 from meshbreaker.cli import arg_types, commands
+from meshbreaker.cli.explain import policy_explain
 from meshbreaker.cli.policy_flags import add_policy_arguments
 from meshbreaker.live.terminal import PROG
 
@@ -152,7 +153,7 @@ def _add_status(subcommands: _Subcommands, connection: _Parser) -> None:
 
 def _add_policy(subcommands: _Subcommands, connection: _Parser) -> None:
     policy = subcommands.add_parser(
-        "policy", help="list, put or delete policies", parents=[connection]
+        "policy", help="list, put, delete or explain policies", parents=[connection]
     )
     policy_commands = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
     put = policy_commands.add_parser(
@@ -169,6 +170,17 @@ def _add_policy(subcommands: _Subcommands, connection: _Parser) -> None:
     delete.add_argument("policy_id", metavar="ID")
     _add_expected_revision(delete)
     delete.set_defaults(handler=commands.policy_delete)
+    explaining = policy_commands.add_parser(
+        "explain",
+        help="a breaker's effective config and which policy set each field",
+        parents=[connection],
+    )
+    explaining.add_argument("--caller", required=True, help="the calling service, e.g. gateway")
+    explaining.add_argument(
+        "--method", required=True, help="full method, e.g. /bank.v1.AccountService/GetBalance"
+    )
+    _add_json(explaining)
+    explaining.set_defaults(handler=policy_explain)
 
 
 def _add_force(subcommands: _Subcommands, connection: _Parser) -> None:

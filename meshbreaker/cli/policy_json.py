@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
 from meshbreaker.cli import arg_types
-from meshbreaker.config import BreakerConfig, State
+from meshbreaker.config import SCHEMA, State, check_layer
 from meshbreaker.control import convert
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2 as pb
 
 _POLICY_KEYS = frozenset(
     {"id", "selector", "caller", "service", "method", "config", "mode", "override", "description"}
-)
-# The message fields set one to one from a BreakerConfig field (mode and slow calls are not).
-_PROTO_CONFIG_FIELDS = tuple(
-    f.name
-    for f in dataclasses.fields(BreakerConfig)
-    if f.name not in ("mode", "slow_call_duration")
 )
 
 
@@ -53,9 +46,7 @@ def policy_message(entry: dict[str, Any]) -> pb.Policy:
     if config is not None:
         if not isinstance(config, dict):
             raise ConfigError("config", "must be an object of BreakerConfig fields")
-        config_message, mode = config_message_from(config)
-        message.config.CopyFrom(config_message)
-        message.mode = mode
+        message.config.CopyFrom(config_message_from(config))
     return message
 
 
@@ -67,15 +58,23 @@ def _override_word(text: str) -> State | None:
         raise ConfigError("override", str(error)) from None
 
 
-def config_message_from(values: dict[str, Any]) -> tuple[pb.BreakerConfig, pb.Mode.ValueType]:
-    """Validate `values` as BreakerConfig fields; the message sets only those fields."""
-    # The server reads an unset open_duration_max the same way; the message leaves it unset.
-    full = BreakerConfig.from_dict(convert.default_open_duration_max(values))
-    message, mode = convert.config_to_proto(full)
-    for name in _PROTO_CONFIG_FIELDS:
-        if name not in values:
-            message.ClearField(name)  # type: ignore[arg-type]
-    if "slow_call_duration" not in values:
-        message.ClearField("slow_call_duration")
-        message.ClearField("slow_calls_disabled")
-    return message, mode if "mode" in values else pb.MODE_UNSPECIFIED
+def config_message_from(values: dict[str, Any]) -> pb.BreakerConfig:
+    """Validate `values` as BreakerConfig fields; the message sets only those fields.
+
+    A value given as text is read as its command-line flag reads it ("off", "30s", "A,B").
+    """
+    unknown = sorted(set(values) - set(SCHEMA))
+    if unknown:
+        raise ConfigError(f"config.{unknown[0]}", "unknown BreakerConfig field")
+    parsed = {}
+    for name, value in values.items():
+        if isinstance(value, str):
+            try:
+                value = arg_types.KIND_PARSERS[SCHEMA[name].kind](value)
+            except argparse.ArgumentTypeError as error:
+                raise ConfigError(f"config.{name}", str(error)) from None
+        parsed[name] = value
+    try:
+        return convert.layer_to_proto(check_layer(parsed))
+    except ConfigError as error:
+        raise ConfigError(f"config.{error.field}", error.message) from None

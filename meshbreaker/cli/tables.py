@@ -11,6 +11,8 @@ from rich.text import Text
 
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control import convert
+from meshbreaker.control.layers import describe_value
+from meshbreaker.errors import ConfigError
 from meshbreaker.live.render import instance_table
 from meshbreaker.live.table import Cell, Column, new_table
 from meshbreaker.live.text import format_seconds, state_text
@@ -36,6 +38,7 @@ _DETAIL_COLUMNS = (
     Column("FAILURE", numeric=True),
     Column("WINDOW", numeric=True),
     Column("AGE", numeric=True),
+    Column("EFFECTIVE CONFIG", cut="end", weight=3),
 )
 _POLICY_COLUMNS = (
     Column("ID", cut="end"),
@@ -109,6 +112,7 @@ def _detail_table(groups: Sequence[pb.BreakerGroup], width: int | None) -> Table
             _percent(item.snapshot.failure_rate),
             str(item.snapshot.window_calls),
             format_seconds(item.report_age),
+            describe_effective(item.snapshot),
         ]
         for group in groups
         for item in group.instance_breakers
@@ -121,7 +125,7 @@ def _percent(rate: float) -> str:
 
 
 def policy_table(response: pb.ListPoliciesResponse, width: int | None = None) -> RenderableType:
-    """The `policy list` table: one row per policy, its settings as they differ from defaults."""
+    """The `policy list` table: one row per policy and the config fields it sets."""
     rows: list[list[Cell]] = [
         [
             policy.id,
@@ -144,7 +148,11 @@ def policy_table(response: pb.ListPoliciesResponse, width: int | None = None) ->
 def _mode_name(policy: pb.Policy) -> str:
     if not policy.HasField("config"):
         return "-"
-    return "shadow" if policy.mode == pb.MODE_SHADOW else "enforce"
+    try:
+        mode = convert.layer_from_proto(policy.config).get("mode")
+    except ConfigError:
+        return "?"
+    return "-" if mode is None else describe_value(mode)
 
 
 def _override_name(value: int) -> str:
@@ -152,17 +160,30 @@ def _override_name(value: int) -> str:
     return state.value if state is not None else "-"
 
 
+def describe_effective(snapshot: pb.BreakerSnapshot) -> str:
+    """The effective config an instance reports, as the fields that differ from the defaults."""
+    if not snapshot.HasField("config"):
+        return "-"
+    try:
+        config = convert.config_from_proto(snapshot.config)
+    except ConfigError:
+        return "(invalid)"
+    values = config.to_dict()
+    words = [
+        f"{name}={describe_value(getattr(config, name))}"
+        for name, default in BreakerConfig().to_dict().items()
+        if values[name] != default
+    ]
+    return " ".join(words) or "(defaults)"
+
+
 def describe_config(policy: pb.Policy) -> str:
-    """The config fields that differ from the defaults, as `name=value` words."""
+    """The config fields the policy sets (the rest come from less specific layers)."""
     if not policy.HasField("config"):
         return "(no config)"
-    config = convert.config_from_proto(policy.config, policy.mode)
-    defaults = BreakerConfig().to_dict()
-    words = []
-    for name, value in config.to_dict().items():
-        if name == "mode" or value == defaults[name]:
-            continue
-        if isinstance(value, list):
-            value = ",".join(value)
-        words.append(f"{name}={value}")
-    return " ".join(words) or "(defaults)"
+    try:
+        layer = convert.layer_from_proto(policy.config)
+    except ConfigError as error:
+        return f"(invalid: {error})"
+    words = [f"{name}={describe_value(value)}" for name, value in layer.items() if name != "mode"]
+    return " ".join(words) or "(sets nothing)"

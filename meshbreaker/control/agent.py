@@ -37,12 +37,8 @@ import grpc.aio
 from google.protobuf import json_format
 
 from meshbreaker.config import State
-from meshbreaker.control.convert import (
-    ResolvedPolicies,
-    breaker_to_proto,
-    check_caller,
-    policies_for,
-)
+from meshbreaker.control.convert import breaker_to_proto, check_caller
+from meshbreaker.control.layers import ResolvedPolicies, policies_for
 from meshbreaker.errors import ConfigError, MeshbreakerError
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -471,7 +467,9 @@ class MeshAgent:
             raise ConfigError(
                 "snapshot.service", f"is for {snapshot.service!r}, this agent is {self.service!r}"
             )
-        resolved = policies_for(self.service, snapshot.policies, "snapshot.policies")
+        resolved = policies_for(
+            self.service, snapshot.policies, "snapshot.policies", self._base_default
+        )
         if self._validate is not None:
             self._validate(resolved)
         self.registry.replace_policies(

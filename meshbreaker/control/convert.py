@@ -7,11 +7,14 @@ agent can NACK with it.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import pairwise
+from types import MappingProxyType
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
@@ -22,7 +25,18 @@ from meshbreaker._names import check_method as check_method
 from meshbreaker._names import check_service as check_service
 from meshbreaker._names import method_service
 from meshbreaker.breaker import BreakerSnapshot, CircuitBreaker
-from meshbreaker.config import BreakerConfig, Mode, State, WindowType
+from meshbreaker.config import (
+    KINDS,
+    SCHEMA,
+    BreakerConfig,
+    ConfigLayer,
+    FieldSchema,
+    Mode,
+    State,
+    WindowType,
+    check_layer,
+    merge_layers,
+)
 from meshbreaker.errors import ConfigError
 from meshbreaker.histogram import MAX_BUCKETS, HistogramSnapshot
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -63,23 +77,6 @@ _STATE_TO_PROTO = {
 }
 _STATE_FROM_PROTO: dict[int, State] = {value: key for key, value in _STATE_TO_PROTO.items()}
 
-# Proto field name -> BreakerConfig field name, for the plain optional scalars.
-_OPTIONAL_FLOATS = (
-    "failure_rate_threshold",
-    "slow_call_rate_threshold",
-    "backoff_multiplier",
-    "open_jitter",
-)
-_OPTIONAL_INTS = (
-    "window_size",
-    "minimum_calls",
-    "consecutive_failures",
-    "half_open_max_calls",
-    "half_open_success_threshold",
-    "max_concurrent_calls",
-)
-_DURATIONS = ("open_duration", "open_duration_max", "half_open_max_wait")
-
 
 @dataclass(frozen=True)
 class Selector:
@@ -101,26 +98,26 @@ class Selector:
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """A validated Policy: selector, optional config (with mode) and optional override."""
+    """A validated Policy: selector, the config fields it sets (a layer), optional override."""
 
     id: str
     selector: Selector
-    config: BreakerConfig | None = None
+    config: ConfigLayer | None = None
     override: State | None = None
     description: str = ""
 
-
-@dataclass(frozen=True)
-class ResolvedPolicies:
-    """What one caller service should apply: the arguments of BreakerRegistry.replace_policies.
-
-    `default` is None when no policy with an empty service/method selector applies (the agent then
-    keeps its own default config).
-    """
-
-    default: BreakerConfig | None = None
-    policies: dict[str, BreakerConfig] = field(default_factory=dict)
-    overrides: dict[str, State] = field(default_factory=dict)
+    @property
+    def layer_name(self) -> str:
+        """Where this policy sits among the layers, for `policy explain`."""
+        selector = self.selector
+        scope = (
+            f"method {selector.method}"
+            if selector.method
+            else f"service {selector.service}"
+            if selector.service
+            else "mesh default"
+        )
+        return f"{scope} (policy {self.id})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,60 +182,40 @@ def _duration_seconds(value: Duration, path: str) -> float:
     return value.seconds + value.nanos / 1e9
 
 
-def default_open_duration_max(values: Mapping[str, object]) -> dict[str, object]:
-    """`values` with an unset open_duration_max meaning the default, raised to the open duration."""
-    given = values.get("open_duration")
-    if "open_duration_max" in values or isinstance(given, bool):
-        return dict(values)
-    if not isinstance(given, (int, float)):
-        return dict(values)
-    return {**values, "open_duration_max": max(BreakerConfig.open_duration_max, given)}
-
-
-def config_from_proto(
-    message: pb.BreakerConfig, mode: int = pb.MODE_UNSPECIFIED, path: str = "policy.config"
-) -> BreakerConfig:
-    """A validated BreakerConfig; unset fields take the defaults. `mode` is a pb.Mode value."""
-    values: dict[str, object] = {}
-    for name in _OPTIONAL_FLOATS + _OPTIONAL_INTS:
-        if _has(message, name):
-            values[name] = getattr(message, name)
-    for name in _DURATIONS:
-        if _has(message, name):
-            values[name] = _duration_seconds(getattr(message, name), f"{path}.{name}")
-    values = default_open_duration_max(values)
-    if message.slow_calls_disabled:
-        if message.HasField("slow_call_duration"):
-            raise ConfigError(
-                f"{path}.slow_calls_disabled", "cannot be set together with slow_call_duration"
-            )
-        values["slow_call_duration"] = None
-    elif message.HasField("slow_call_duration"):
-        values["slow_call_duration"] = _duration_seconds(
-            message.slow_call_duration, f"{path}.slow_call_duration"
-        )
-    if message.window_type not in _WINDOW_FROM_PROTO:
-        raise ConfigError(f"{path}.window_type", f"unknown WindowType value {message.window_type}")
-    window_type = _WINDOW_FROM_PROTO[message.window_type]
-    if window_type is not None:
-        values["window_type"] = window_type
-    for name in ("failure_codes", "ignored_codes"):
-        if _has(message, name):
-            codes = list(getattr(message, name).codes)
-            if len(codes) > MAX_CODES:
-                raise ConfigError(f"{path}.{name}", f"at most {MAX_CODES} codes")
-            values[name] = codes
-    values["mode"] = _mode_from_proto(mode, path.rsplit(".", 1)[0] + ".mode")
+def layer_from_proto(message: pb.BreakerConfig, path: str = "policy.config") -> dict[str, Any]:
+    """The config fields `message` sets, validated; ConfigError names the proto field path."""
+    values: dict[str, Any] = {}
+    for name, schema in SCHEMA.items():
+        value = _DECODERS[schema.kind](message, schema, f"{path}.{schema.proto}")
+        if value is not _UNSET:
+            values[name] = value
     try:
-        return BreakerConfig(**values)  # type: ignore[arg-type]
+        return check_layer(values)
     except ConfigError as error:
-        raise ConfigError(f"{path}.{error.field}", error.message) from None
+        raise ConfigError(f"{path}.{_proto_name(error.field)}", error.message) from None
 
 
-def _mode_from_proto(mode: int, path: str) -> Mode:
-    if mode not in _MODE_FROM_PROTO:
-        raise ConfigError(path, f"unknown Mode value {mode}")
-    return _MODE_FROM_PROTO[mode] or Mode.ENFORCE
+def layer_to_proto(layer: ConfigLayer) -> pb.BreakerConfig:
+    """The BreakerConfig message that sets exactly the fields of `layer` (validated values)."""
+    message = pb.BreakerConfig()
+    for name, value in layer.items():
+        schema = SCHEMA[name]
+        _ENCODERS[schema.kind](message, schema, value)
+    return message
+
+
+def config_from_proto(message: pb.BreakerConfig, path: str = "policy.config") -> BreakerConfig:
+    """A validated BreakerConfig: the fields `message` sets over the defaults."""
+    layer = layer_from_proto(message, path)
+    try:
+        return merge_layers(BreakerConfig(), [layer])
+    except ConfigError as error:
+        raise ConfigError(f"{path}.{_proto_name(error.field)}", error.message) from None
+
+
+def config_to_proto(config: BreakerConfig) -> pb.BreakerConfig:
+    """The BreakerConfig message with every field set explicitly."""
+    return layer_to_proto({name: getattr(config, name) for name in SCHEMA})
 
 
 def seconds_to_duration(seconds: float) -> Duration:
@@ -248,41 +225,139 @@ def seconds_to_duration(seconds: float) -> Duration:
     return duration
 
 
-def config_to_proto(config: BreakerConfig) -> tuple[pb.BreakerConfig, pb.Mode.ValueType]:
-    """The BreakerConfig message (every field set explicitly) and the pb.Mode value for `config`."""
-    message = pb.BreakerConfig(
-        failure_rate_threshold=config.failure_rate_threshold,
-        slow_call_rate_threshold=config.slow_call_rate_threshold,
-        window_type=_WINDOW_TO_PROTO[config.window_type],
-        window_size=config.window_size,
-        minimum_calls=config.minimum_calls,
-        consecutive_failures=config.consecutive_failures,
-        open_duration=seconds_to_duration(config.open_duration),
-        open_duration_max=seconds_to_duration(config.open_duration_max),
-        backoff_multiplier=config.backoff_multiplier,
-        open_jitter=config.open_jitter,
-        half_open_max_calls=config.half_open_max_calls,
-        half_open_success_threshold=config.half_open_success_threshold,
-        half_open_max_wait=seconds_to_duration(config.half_open_max_wait),
-        failure_codes=pb.CodeList(codes=sorted(config.failure_codes)),
-        ignored_codes=pb.CodeList(codes=sorted(config.ignored_codes)),
-    )
-    if config.slow_call_duration is None:
-        message.slow_calls_disabled = True
+def _mode_from_proto(mode: int, path: str) -> Mode:
+    found = _MODE_FROM_PROTO.get(mode)
+    if found is None:
+        raise ConfigError(path, f"unknown Mode value {mode}")
+    return found
+
+
+def _proto_name(field_name: str) -> str:
+    schema = SCHEMA.get(field_name)
+    return schema.proto if schema is not None else field_name
+
+
+# One decoder and one encoder per FieldSchema.kind: adding a config field of a known kind needs
+# nothing here. A decoder returns _UNSET for a field the message does not set.
+_UNSET: Any = object()
+_Decoder = Callable[[Message, FieldSchema, str], Any]
+_Encoder = Callable[[Message, FieldSchema, Any], None]
+
+
+def _decode_scalar(message: Message, schema: FieldSchema, path: str) -> Any:
+    return getattr(message, schema.proto) if _has(message, schema.proto) else _UNSET
+
+
+def _decode_optional_count(message: Message, schema: FieldSchema, path: str) -> Any:
+    value = _decode_scalar(message, schema, path)
+    return None if value == 0 else value
+
+
+def _decode_seconds(message: Message, schema: FieldSchema, path: str) -> Any:
+    if not _has(message, schema.proto):
+        return _UNSET
+    return _duration_seconds(getattr(message, schema.proto), path)
+
+
+def _decode_optional_seconds(message: Message, schema: FieldSchema, path: str) -> Any:
+    assert schema.proto_off is not None
+    if getattr(message, schema.proto_off):
+        if _has(message, schema.proto):
+            off_path = path.rsplit(".", 1)[0] + "." + schema.proto_off
+            raise ConfigError(off_path, f"cannot be set together with {schema.proto}")
+        return None
+    return _decode_seconds(message, schema, path)
+
+
+def _enum_decoder(table: Mapping[int, Any], kind: str) -> _Decoder:
+    def decode(message: Message, schema: FieldSchema, path: str) -> Any:
+        if not _has(message, schema.proto):
+            return _UNSET
+        value = getattr(message, schema.proto)
+        if table.get(value) is None:
+            raise ConfigError(path, f"unknown or unspecified {kind} value {value}")
+        return table[value]
+
+    return decode
+
+
+def _decode_codes(message: Message, schema: FieldSchema, path: str) -> Any:
+    if not _has(message, schema.proto):
+        return _UNSET
+    codes = list(getattr(message, schema.proto).codes)
+    if len(codes) > MAX_CODES:
+        raise ConfigError(path, f"at most {MAX_CODES} codes")
+    return codes
+
+
+def _encode_scalar(message: Message, schema: FieldSchema, value: Any) -> None:
+    setattr(message, schema.proto, value)
+
+
+def _encode_optional_count(message: Message, schema: FieldSchema, value: Any) -> None:
+    setattr(message, schema.proto, 0 if value is None else value)
+
+
+def _encode_seconds(message: Message, schema: FieldSchema, value: Any) -> None:
+    getattr(message, schema.proto).CopyFrom(seconds_to_duration(value))
+
+
+def _encode_optional_seconds(message: Message, schema: FieldSchema, value: Any) -> None:
+    if value is None:
+        assert schema.proto_off is not None
+        setattr(message, schema.proto_off, True)
     else:
-        message.slow_call_duration.CopyFrom(seconds_to_duration(config.slow_call_duration))
-    if config.max_concurrent_calls is not None:
-        message.max_concurrent_calls = config.max_concurrent_calls
-    return message, _MODE_TO_PROTO[config.mode]
+        _encode_seconds(message, schema, value)
+
+
+def _enum_encoder(table: Mapping[Any, int]) -> _Encoder:
+    def encode(message: Message, schema: FieldSchema, value: Any) -> None:
+        setattr(message, schema.proto, table[value])
+
+    return encode
+
+
+def _encode_codes(message: Message, schema: FieldSchema, value: Any) -> None:
+    getattr(message, schema.proto).CopyFrom(pb.CodeList(codes=sorted(value)))
+
+
+_DECODERS: dict[str, _Decoder] = {
+    "rate": _decode_scalar,
+    "number": _decode_scalar,
+    "count": _decode_scalar,
+    "optional_count": _decode_optional_count,
+    "seconds": _decode_seconds,
+    "optional_seconds": _decode_optional_seconds,
+    "seconds_or_off": _decode_seconds,
+    "window_type": _enum_decoder(_WINDOW_FROM_PROTO, "WindowType"),
+    "mode": _enum_decoder(_MODE_FROM_PROTO, "Mode"),
+    "codes": _decode_codes,
+}
+_ENCODERS: dict[str, _Encoder] = {
+    "rate": _encode_scalar,
+    "number": _encode_scalar,
+    "count": _encode_scalar,
+    "optional_count": _encode_optional_count,
+    "seconds": _encode_seconds,
+    "optional_seconds": _encode_optional_seconds,
+    "seconds_or_off": _encode_seconds,
+    "window_type": _enum_encoder(_WINDOW_TO_PROTO),
+    "mode": _enum_encoder(_MODE_TO_PROTO),
+    "codes": _encode_codes,
+}
+assert set(_DECODERS) == set(_ENCODERS) == KINDS, "every FieldSchema kind needs a codec"
 
 
 def policy_from_proto(message: pb.Policy, path: str = "policy") -> PolicySpec:
     """Validate a Policy message (output-only fields are ignored)."""
     policy_id = check_policy_id(message.id, f"{path}.id")
     selector = selector_from_proto(message.selector, f"{path}.selector")
-    config: BreakerConfig | None = None
+    config: ConfigLayer | None = None
     if message.HasField("config"):
-        config = config_from_proto(message.config, message.mode, f"{path}.config")
+        layer = layer_from_proto(message.config, f"{path}.config")
+        if "mode" not in layer and message.mode != pb.MODE_UNSPECIFIED:
+            layer["mode"] = _mode_from_proto(message.mode, f"{path}.mode")  # older clients
+        config = MappingProxyType(layer)
     elif message.mode != pb.MODE_UNSPECIFIED:
         raise ConfigError(
             f"{path}.mode", "needs a config (an empty config means every default applies)"
@@ -304,9 +379,7 @@ def policy_to_proto(spec: PolicySpec) -> pb.Policy:
         description=spec.description,
     )
     if spec.config is not None:
-        config, mode = config_to_proto(spec.config)
-        message.config.CopyFrom(config)
-        message.mode = mode
+        message.config.CopyFrom(layer_to_proto(spec.config))
     return message
 
 
@@ -325,7 +398,7 @@ def override_to_proto(state: State | None) -> pb.Override.ValueType:
 
 
 # ---------------------------------------------------------------------------------------------
-# Resolution (shared by the server's filtering and the agent)
+# Filtering (the server's; the agent resolves with meshbreaker.control.layers)
 
 
 def applicable(caller: str, policies: Iterable[pb.Policy]) -> list[pb.Policy]:
@@ -334,41 +407,6 @@ def applicable(caller: str, policies: Iterable[pb.Policy]) -> list[pb.Policy]:
         (p for p in policies if not p.selector.caller or p.selector.caller == caller),
         key=lambda p: p.id,
     )
-
-
-def policies_for(
-    caller: str, policies: Iterable[pb.Policy | PolicySpec], path: str = "policies"
-) -> ResolvedPolicies:
-    """Resolve the policies that apply to `caller` into registry policies, default and overrides.
-
-    Per registry selector (method, service, or "" for all), a policy naming the caller beats one
-    for every caller (ties: the smaller id). The config comes from the most specific policy that
-    has one, the override from the most specific that sets one. Validates every policy first and
-    raises ConfigError naming it ("policies[2].config.window_size") with nothing resolved.
-    """
-    specs: list[PolicySpec] = []
-    for index, policy in enumerate(policies):
-        if isinstance(policy, PolicySpec):
-            specs.append(policy)
-        else:
-            specs.append(policy_from_proto(policy, f"{path}[{index}]"))
-    by_key: dict[str, list[PolicySpec]] = {}
-    for spec in specs:
-        if spec.selector.applies_to(caller):
-            by_key.setdefault(spec.selector.registry_selector, []).append(spec)
-    resolved = ResolvedPolicies()
-    for key, candidates in by_key.items():
-        candidates.sort(key=lambda spec: (not spec.selector.caller, spec.id))
-        config = next((c.config for c in candidates if c.config is not None), None)
-        override = next((c.override for c in candidates if c.override is not None), None)
-        if config is not None:
-            if key:
-                resolved.policies[key] = config
-            else:
-                resolved = ResolvedPolicies(config, resolved.policies, resolved.overrides)
-        if override is not None:
-            resolved.overrides[key] = override
-    return resolved
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,9 +470,17 @@ def snapshot_to_proto(
 
 
 def breaker_to_proto(breaker: CircuitBreaker, now: float) -> pb.BreakerSnapshot:
-    """The report message for a breaker: its snapshot, transition counts and histogram."""
+    """The report message for a breaker: snapshot, transition counts, histogram, config."""
     observed = breaker.observe()
-    return snapshot_to_proto(observed.snapshot, now, observed.transitions, observed.durations)
+    message = snapshot_to_proto(observed.snapshot, now, observed.transitions, observed.durations)
+    message.config.CopyFrom(_config_message(breaker.config))
+    return message
+
+
+@functools.lru_cache(maxsize=256)
+def _config_message(config: BreakerConfig) -> pb.BreakerConfig:
+    """config_to_proto, cached: a fleet's breakers share a few configs (never mutate the result)."""
+    return config_to_proto(config)
 
 
 def transitions_from_proto(

@@ -192,7 +192,11 @@ Global___CodeList: _TypeAlias = CodeList  # noqa: Y015
 
 @_typing.final
 class BreakerConfig(_message.Message):
-    """Every tunable of a breaker (meshbreaker.config.BreakerConfig). Unset fields take the default."""
+    """Every tunable of a breaker (meshbreaker.config.BreakerConfig, whose field metadata names these
+    fields). Every field has presence: a policy sets only the fields it names, and an unset field
+    comes from a less specific policy (method > service > mesh default) or else from the process's
+    own default. In a report, every field is set (the breaker's effective config).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -214,6 +218,7 @@ class BreakerConfig(_message.Message):
     FAILURE_CODES_FIELD_NUMBER: _builtins.int
     IGNORED_CODES_FIELD_NUMBER: _builtins.int
     HALF_OPEN_MAX_WAIT_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     failure_rate_threshold: _builtins.float
     """(0, 1]"""
     slow_call_rate_threshold: _builtins.float
@@ -221,6 +226,7 @@ class BreakerConfig(_message.Message):
     slow_calls_disabled: _builtins.bool
     """true = no slow-call tracking (slow_call_duration unset)"""
     window_type: Global___WindowType.ValueType
+    """UNSPECIFIED is refused when set"""
     window_size: _builtins.int
     """calls (count) or seconds (time), >= 1"""
     minimum_calls: _builtins.int
@@ -228,7 +234,9 @@ class BreakerConfig(_message.Message):
     consecutive_failures: _builtins.int
     """>= 0; 0 disables"""
     backoff_multiplier: _builtins.float
-    """>= 1"""
+    """default, raised to the open duration
+    >= 1
+    """
     open_jitter: _builtins.float
     """[0, 1)"""
     half_open_max_calls: _builtins.int
@@ -236,7 +244,9 @@ class BreakerConfig(_message.Message):
     half_open_success_threshold: _builtins.int
     """>= 1"""
     max_concurrent_calls: _builtins.int
-    """>= 1; unset = no bulkhead"""
+    """>= 1; 0 = no bulkhead"""
+    mode: Global___Mode.ValueType
+    """UNSPECIFIED is refused when set"""
     @_builtins.property
     def slow_call_duration(self) -> _duration_pb2.Duration:
         """> 0"""
@@ -247,16 +257,12 @@ class BreakerConfig(_message.Message):
 
     @_builtins.property
     def open_duration_max(self) -> _duration_pb2.Duration:
-        """>= open_duration"""
+        """>= open_duration; unset by every layer = the"""
 
     @_builtins.property
-    def failure_codes(self) -> Global___CodeList:
-        """unset = the default failure codes"""
-
+    def failure_codes(self) -> Global___CodeList: ...
     @_builtins.property
-    def ignored_codes(self) -> Global___CodeList:
-        """unset = the default ignored codes"""
-
+    def ignored_codes(self) -> Global___CodeList: ...
     @_builtins.property
     def half_open_max_wait(self) -> _duration_pb2.Duration:
         """>= 0; a breaker undecided this long after entering HALF_OPEN opens again; 0 = off"""
@@ -267,8 +273,8 @@ class BreakerConfig(_message.Message):
         failure_rate_threshold: _builtins.float | None = ...,
         slow_call_rate_threshold: _builtins.float | None = ...,
         slow_call_duration: _duration_pb2.Duration | None = ...,
-        slow_calls_disabled: _builtins.bool = ...,
-        window_type: Global___WindowType.ValueType = ...,
+        slow_calls_disabled: _builtins.bool | None = ...,
+        window_type: Global___WindowType.ValueType | None = ...,
         window_size: _builtins.int | None = ...,
         minimum_calls: _builtins.int | None = ...,
         consecutive_failures: _builtins.int | None = ...,
@@ -282,10 +288,11 @@ class BreakerConfig(_message.Message):
         failure_codes: Global___CodeList | None = ...,
         ignored_codes: Global___CodeList | None = ...,
         half_open_max_wait: _duration_pb2.Duration | None = ...,
+        mode: Global___Mode.ValueType | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_open_jitter", b"_open_jitter", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_window_size", b"_window_size", "backoff_multiplier", b"backoff_multiplier", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "window_size", b"window_size"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_mode", b"_mode", "_open_jitter", b"_open_jitter", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_slow_calls_disabled", b"_slow_calls_disabled", "_window_size", b"_window_size", "_window_type", b"_window_type", "backoff_multiplier", b"backoff_multiplier", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "mode", b"mode", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_calls_disabled", b"slow_calls_disabled", "window_size", b"window_size", "window_type", b"window_type"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_open_jitter", b"_open_jitter", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_window_size", b"_window_size", "backoff_multiplier", b"backoff_multiplier", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_calls_disabled", b"slow_calls_disabled", "window_size", b"window_size", "window_type", b"window_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_mode", b"_mode", "_open_jitter", b"_open_jitter", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_slow_calls_disabled", b"_slow_calls_disabled", "_window_size", b"_window_size", "_window_type", b"_window_type", "backoff_multiplier", b"backoff_multiplier", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "mode", b"mode", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_calls_disabled", b"slow_calls_disabled", "window_size", b"window_size", "window_type", b"window_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__backoff_multiplier: _TypeAlias = _typing.Literal["backoff_multiplier"]  # noqa: Y015
     _WhichOneofArgType__backoff_multiplier: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier"]  # noqa: Y015
@@ -301,12 +308,18 @@ class BreakerConfig(_message.Message):
     _WhichOneofArgType__max_concurrent_calls: _TypeAlias = _typing.Literal["_max_concurrent_calls", b"_max_concurrent_calls"]  # noqa: Y015
     _WhichOneofReturnType__minimum_calls: _TypeAlias = _typing.Literal["minimum_calls"]  # noqa: Y015
     _WhichOneofArgType__minimum_calls: _TypeAlias = _typing.Literal["_minimum_calls", b"_minimum_calls"]  # noqa: Y015
+    _WhichOneofReturnType__mode: _TypeAlias = _typing.Literal["mode"]  # noqa: Y015
+    _WhichOneofArgType__mode: _TypeAlias = _typing.Literal["_mode", b"_mode"]  # noqa: Y015
     _WhichOneofReturnType__open_jitter: _TypeAlias = _typing.Literal["open_jitter"]  # noqa: Y015
     _WhichOneofArgType__open_jitter: _TypeAlias = _typing.Literal["_open_jitter", b"_open_jitter"]  # noqa: Y015
     _WhichOneofReturnType__slow_call_rate_threshold: _TypeAlias = _typing.Literal["slow_call_rate_threshold"]  # noqa: Y015
     _WhichOneofArgType__slow_call_rate_threshold: _TypeAlias = _typing.Literal["_slow_call_rate_threshold", b"_slow_call_rate_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__slow_calls_disabled: _TypeAlias = _typing.Literal["slow_calls_disabled"]  # noqa: Y015
+    _WhichOneofArgType__slow_calls_disabled: _TypeAlias = _typing.Literal["_slow_calls_disabled", b"_slow_calls_disabled"]  # noqa: Y015
     _WhichOneofReturnType__window_size: _TypeAlias = _typing.Literal["window_size"]  # noqa: Y015
     _WhichOneofArgType__window_size: _TypeAlias = _typing.Literal["_window_size", b"_window_size"]  # noqa: Y015
+    _WhichOneofReturnType__window_type: _TypeAlias = _typing.Literal["window_type"]  # noqa: Y015
+    _WhichOneofArgType__window_type: _TypeAlias = _typing.Literal["_window_type", b"_window_type"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__backoff_multiplier) -> _WhichOneofReturnType__backoff_multiplier | None: ...
     @_typing.overload
@@ -322,11 +335,17 @@ class BreakerConfig(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__minimum_calls) -> _WhichOneofReturnType__minimum_calls | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mode) -> _WhichOneofReturnType__mode | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__open_jitter) -> _WhichOneofReturnType__open_jitter | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__slow_call_rate_threshold) -> _WhichOneofReturnType__slow_call_rate_threshold | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__slow_calls_disabled) -> _WhichOneofReturnType__slow_calls_disabled | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__window_size) -> _WhichOneofReturnType__window_size | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__window_type) -> _WhichOneofReturnType__window_type | None: ...
 
 Global___BreakerConfig: _TypeAlias = BreakerConfig  # noqa: Y015
 
@@ -346,6 +365,7 @@ class Policy(_message.Message):
     id: _builtins.str
     """Unique, 1..128 characters of [A-Za-z0-9._-], starting with a letter or digit."""
     mode: Global___Mode.ValueType
+    """Deprecated: config.mode. Read when config.mode is unset (older clients); never written."""
     override: Global___Override.ValueType
     """Needs a service or method in the selector."""
     revision: _builtins.int
@@ -358,7 +378,7 @@ class Policy(_message.Message):
     @_builtins.property
     def config(self) -> Global___BreakerConfig:
         """Absent = this policy carries no config (only an override): matching breakers keep the config of
-        less specific policies. `mode` applies together with the config.
+        less specific policies.
         """
 
     @_builtins.property
@@ -712,6 +732,7 @@ class BreakerSnapshot(_message.Message):
     HALF_OPEN_SUCCESSES_FIELD_NUMBER: _builtins.int
     TRANSITIONS_FIELD_NUMBER: _builtins.int
     DURATION_HISTOGRAM_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"/pkg.Svc/Method" or "<target>/pkg.Svc/Method" """
     state: Global___BreakerState.ValueType
@@ -745,6 +766,10 @@ class BreakerSnapshot(_message.Message):
     def duration_histogram(self) -> Global___DurationHistogram:
         """Call durations; absent when the process keeps no duration histogram."""
 
+    @_builtins.property
+    def config(self) -> Global___BreakerConfig:
+        """The breaker's effective config (every field set): its layered policies over the process default."""
+
     def __init__(
         self,
         *,
@@ -769,10 +794,11 @@ class BreakerSnapshot(_message.Message):
         half_open_successes: _builtins.int = ...,
         transitions: _abc.Iterable[Global___TransitionCount] | None = ...,
         duration_histogram: Global___DurationHistogram | None = ...,
+        config: Global___BreakerConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_open_remaining", b"_open_remaining", "duration_histogram", b"duration_histogram", "open_remaining", b"open_remaining"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_open_remaining", b"_open_remaining", "config", b"config", "duration_histogram", b"duration_histogram", "open_remaining", b"open_remaining"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_open_remaining", b"_open_remaining", "consecutive_failures", b"consecutive_failures", "duration_histogram", b"duration_histogram", "failed", b"failed", "failure_rate", b"failure_rate", "half_open_in_flight", b"half_open_in_flight", "half_open_successes", b"half_open_successes", "ignored", b"ignored", "mean_duration", b"mean_duration", "name", b"name", "open_remaining", b"open_remaining", "rejected", b"rejected", "shadow_rejected", b"shadow_rejected", "slow", b"slow", "slow_call_rate", b"slow_call_rate", "state", b"state", "state_age", b"state_age", "successful", b"successful", "times_opened", b"times_opened", "total", b"total", "transitions", b"transitions", "window_calls", b"window_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_open_remaining", b"_open_remaining", "config", b"config", "consecutive_failures", b"consecutive_failures", "duration_histogram", b"duration_histogram", "failed", b"failed", "failure_rate", b"failure_rate", "half_open_in_flight", b"half_open_in_flight", "half_open_successes", b"half_open_successes", "ignored", b"ignored", "mean_duration", b"mean_duration", "name", b"name", "open_remaining", b"open_remaining", "rejected", b"rejected", "shadow_rejected", b"shadow_rejected", "slow", b"slow", "slow_call_rate", b"slow_call_rate", "state", b"state", "state_age", b"state_age", "successful", b"successful", "times_opened", b"times_opened", "total", b"total", "transitions", b"transitions", "window_calls", b"window_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__open_remaining: _TypeAlias = _typing.Literal["open_remaining"]  # noqa: Y015
     _WhichOneofArgType__open_remaining: _TypeAlias = _typing.Literal["_open_remaining", b"_open_remaining"]  # noqa: Y015

@@ -30,10 +30,6 @@ AdminStub = Callable[..., pb_grpc.ControlPlaneStub]
 
 def method_policy(policy_id: str, config: BreakerConfig, method: str = METHOD) -> pb.Policy:
     """A policy that applies `config` to `method` for every caller."""
-    message, mode = config_to_proto(config)
     return pb.Policy(
-        id=policy_id,
-        selector=pb.Selector(method=method),
-        config=message,
-        mode=mode,
+        id=policy_id, selector=pb.Selector(method=method), config=config_to_proto(config)
     )

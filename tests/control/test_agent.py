@@ -16,7 +16,8 @@ import pytest
 
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.control.agent import AgentError, MeshAgent
-from meshbreaker.control.convert import ResolvedPolicies, config_to_proto
+from meshbreaker.control.convert import config_to_proto
+from meshbreaker.control.layers import ResolvedPolicies
 from meshbreaker.errors import ConfigError
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -356,10 +357,10 @@ def test_policies_for_other_callers_are_ignored_and_a_removed_default_restores_t
     registry = BreakerRegistry(app_default)
     with MeshAgent(cp.target, "transaction", registry, report_interval=60.0) as agent:
         everyone = BreakerConfig(consecutive_failures=4)
-        message, mode = config_to_proto(everyone)
+        message = config_to_proto(everyone)
         revision = put(
             stub,
-            pb.Policy(id="everyone", selector=pb.Selector(), config=message, mode=mode),
+            pb.Policy(id="everyone", selector=pb.Selector(), config=message),
             method_policy("audit-only", BreakerConfig(consecutive_failures=1)),
         )
         other = pb.Policy()

@@ -11,7 +11,7 @@ import pytest
 
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control.agent import MeshAgent
-from meshbreaker.control.convert import ResolvedPolicies
+from meshbreaker.control.layers import ResolvedPolicies
 from meshbreaker.control.metrics import ControlPlaneCollector
 from meshbreaker.control.server import ControlPlaneServer, ServerOptions
 from meshbreaker.errors import ConfigError

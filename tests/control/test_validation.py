@@ -13,7 +13,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from meshbreaker.breaker import CircuitBreaker
 from meshbreaker.config import BreakerConfig, Mode, State, WindowType
-from meshbreaker.control import convert
+from meshbreaker.control import convert, layers
 from meshbreaker.control.server import ControlPlaneServer
 from meshbreaker.errors import ConfigError
 from meshbreaker.histogram import MAX_BUCKETS
@@ -107,7 +107,7 @@ BAD_POLICIES: list[tuple[str, pb.Policy, str]] = [
         _config(half_open_success_threshold=0),
         "policies[0].config.half_open_success_threshold",
     ),
-    ("bulkhead 0", _config(max_concurrent_calls=0), "policies[0].config.max_concurrent_calls"),
+    ("bulkhead < 0", _config(max_concurrent_calls=-1), "policies[0].config.max_concurrent_calls"),
     (
         "unknown code",
         _config(failure_codes=_codes("UNAVAILABLE", "BROKEN")),
@@ -446,14 +446,13 @@ def test_config_round_trip() -> None:
         failure_codes=frozenset({"INTERNAL"}),
         ignored_codes=frozenset({"CANCELLED", "NOT_FOUND"}),
     )
-    message, mode = convert.config_to_proto(config)
-    assert mode == pb.MODE_SHADOW
-    assert convert.config_from_proto(message, mode) == config
-    default_message, default_mode = convert.config_to_proto(BreakerConfig())
-    assert convert.config_from_proto(default_message, default_mode) == BreakerConfig()
-    off, off_mode = convert.config_to_proto(BreakerConfig(half_open_max_wait=0.0))
+    message = convert.config_to_proto(config)
+    assert message.mode == pb.MODE_SHADOW
+    assert convert.config_from_proto(message) == config
+    assert convert.config_from_proto(convert.config_to_proto(BreakerConfig())) == BreakerConfig()
+    off = convert.config_to_proto(BreakerConfig(half_open_max_wait=0.0))
     assert off.HasField("half_open_max_wait")  # 0 = off is sent, not mistaken for "unset"
-    assert convert.config_from_proto(off, off_mode).half_open_max_wait == 0.0
+    assert convert.config_from_proto(off).half_open_max_wait == 0.0
 
 
 def test_unset_fields_take_the_defaults() -> None:
@@ -469,7 +468,7 @@ def test_policy_round_trip() -> None:
     spec = convert.PolicySpec(
         "p1",
         convert.Selector("tx", "bank.v1.A", "/bank.v1.A/Get"),
-        BreakerConfig(window_size=5),
+        {"window_size": 5},
         State.FORCED_OPEN,
         "why",
     )
@@ -496,7 +495,7 @@ def _p(policy_id: str, *, caller: str = "", service: str = "", method: str = "",
 
 
 def test_policies_for_most_specific_wins() -> None:
-    resolved = convert.policies_for(
+    resolved = layers.policies_for(
         "tx",
         [
             _p("all", rate=0.9),
@@ -518,17 +517,17 @@ def test_policies_for_most_specific_wins() -> None:
 
 
 def test_policies_for_ties_and_absence() -> None:
-    resolved = convert.policies_for(
+    resolved = layers.policies_for(
         "tx", [_p("b", service="a.A", rate=0.2), _p("a", service="a.A", rate=0.3)]
     )
     assert resolved.policies["a.A"].failure_rate_threshold == 0.3  # smaller id wins a tie
     assert resolved.default is None
-    assert convert.policies_for("tx", []) == convert.ResolvedPolicies()
+    assert layers.policies_for("tx", []) == layers.ResolvedPolicies()
 
 
 def test_policies_for_names_the_bad_policy() -> None:
     with pytest.raises(ConfigError) as caught:
-        convert.policies_for("tx", [_p("ok", rate=0.5), _p("bad", service="a.A", rate=7.0)])
+        layers.policies_for("tx", [_p("ok", rate=0.5), _p("bad", service="a.A", rate=7.0)])
     assert caught.value.field == "policies[1].config.failure_rate_threshold"
 
 

@@ -1,0 +1,161 @@
+"""Layered policies: a breaker's effective config, field by field, and which layer set each field.
+
+The layers, least specific first: the mesh default policy (empty selector), the policy of the
+called gRPC service, the policy of the method; at each level a policy naming the caller sits over
+one for every caller. A field comes from the most specific layer that sets it, else from the
+process's own default (`base`). The agent and `meshbreaker policy explain` both resolve here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshbreaker._names import method_service
+from meshbreaker.config import SCHEMA, BreakerConfig, State, merge_layers
+from meshbreaker.control.convert import PolicySpec, policy_from_proto
+from meshbreaker.errors import ConfigError
+from meshbreaker.v1 import control_plane_pb2 as pb
+
+PROCESS_DEFAULT = "process default"
+
+
+@dataclass(frozen=True)
+class ResolvedPolicies:
+    """What one caller service applies: the arguments of BreakerRegistry.replace_policies.
+
+    Every config is already layered over the process default. `default` is None when no mesh
+    default policy applies (the agent then keeps the process's own default config).
+    """
+
+    default: BreakerConfig | None = None
+    policies: dict[str, BreakerConfig] = field(default_factory=dict)
+    overrides: dict[str, State] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The effective config of one breaker and, per field, the layer it came from."""
+
+    config: BreakerConfig
+    sources: dict[str, str]
+    override: State | None = None
+    override_source: str = ""
+
+
+def specs_of(
+    policies: Iterable[pb.Policy | PolicySpec], path: str = "policies"
+) -> list[PolicySpec]:
+    """Every policy validated; ConfigError names the bad one ("policies[2].config.window_size")."""
+    specs = []
+    for index, policy in enumerate(policies):
+        if isinstance(policy, PolicySpec):
+            specs.append(policy)
+        else:
+            specs.append(policy_from_proto(policy, f"{path}[{index}]"))
+    return specs
+
+
+def _by_key(caller: str, specs: Iterable[PolicySpec]) -> dict[str, list[PolicySpec]]:
+    """Registry selector -> the policies for it that apply to `caller`, least specific first."""
+    by_key: dict[str, list[PolicySpec]] = {}
+    for spec in specs:
+        if spec.selector.applies_to(caller):
+            by_key.setdefault(spec.selector.registry_selector, []).append(spec)
+    for candidates in by_key.values():
+        # Every-caller policies first, so one naming the caller lays its fields over them; two
+        # with one selector (never stored) tie, and the smaller id is laid last, so it wins.
+        candidates.sort(key=lambda spec: spec.id, reverse=True)
+        candidates.sort(key=lambda spec: bool(spec.selector.caller))
+    return by_key
+
+
+def _chain(key: str) -> tuple[str, ...]:
+    """The registry selectors whose layers make up `key`'s config, least specific first."""
+    if not key:
+        return ("",)
+    if key.startswith("/"):
+        return ("", method_service(key), key)
+    return ("", key)
+
+
+def _merge(base: BreakerConfig, layers: list[PolicySpec], key: str) -> BreakerConfig:
+    try:
+        return merge_layers(base, [spec.config for spec in layers if spec.config is not None])
+    except ConfigError as error:
+        where = f"the layered config of {key or 'every method'}"
+        names = ", ".join(spec.id for spec in layers if spec.config is not None)
+        raise ConfigError(
+            f"{error.field}", f"{error.message} (in {where}, from policies {names})"
+        ) from None
+
+
+def policies_for(
+    caller: str,
+    policies: Iterable[pb.Policy | PolicySpec],
+    path: str = "policies",
+    base: BreakerConfig | None = None,
+) -> ResolvedPolicies:
+    """Resolve the policies that apply to `caller` into registry policies, default and overrides.
+
+    Validates every policy first and raises ConfigError naming the bad one, with nothing resolved;
+    a layered config that is inconsistent (a cap below the open duration another layer sets)
+    raises too. The override of a selector comes from its most specific policy that sets one.
+    """
+    base = base or BreakerConfig()
+    by_key = _by_key(caller, specs_of(policies, path))
+    resolved = ResolvedPolicies()
+    for key in sorted(by_key):
+        chain = [spec for part in _chain(key) for spec in by_key.get(part, [])]
+        if any(spec.config is not None for spec in by_key[key]):
+            config = _merge(base, chain, key)
+            if key:
+                resolved.policies[key] = config
+            else:
+                resolved = ResolvedPolicies(config, resolved.policies, resolved.overrides)
+        override = next(
+            (spec.override for spec in reversed(by_key[key]) if spec.override is not None), None
+        )
+        if override is not None:
+            resolved.overrides[key] = override
+    return resolved
+
+
+def explain(
+    caller: str,
+    method: str,
+    policies: Iterable[pb.Policy | PolicySpec],
+    base: BreakerConfig | None = None,
+    base_name: str = PROCESS_DEFAULT,
+) -> Explanation:
+    """The effective config of `caller`'s breaker for `method` and where each field came from."""
+    base = base or BreakerConfig()
+    by_key = _by_key(caller, specs_of(policies))
+    chain = [spec for part in _chain(method) for spec in by_key.get(part, [])]
+    config = _merge(base, chain, method)
+    sources = dict.fromkeys(SCHEMA, base_name)
+    for spec in chain:
+        for name in spec.config or {}:
+            sources[name] = spec.layer_name
+    if config.open_duration_max != base.open_duration_max and "open_duration_max" not in {
+        name for spec in chain for name in spec.config or {}
+    }:
+        sources["open_duration_max"] = f"{base_name}, raised to open_duration"
+    override: State | None = None
+    override_source = ""
+    for spec in chain:
+        if spec.override is not None:
+            override, override_source = spec.override, spec.layer_name
+    return Explanation(config, sources, override, override_source)
+
+
+def describe_value(value: Any) -> str:
+    """A config value as the CLI and JSON policy files spell it."""
+    if value is None:
+        return "off"
+    if isinstance(value, frozenset):
+        return ",".join(sorted(value))
+    if hasattr(value, "value"):
+        return str(value.value)
+    return str(value)
