@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
-from meshbreaker._backoff import Backoff
+from meshbreaker._backoff import OpenBackoff
 from meshbreaker._quick import SLICE, QuickSuccesses
 from meshbreaker._types import Mode, Outcome, State, WindowType
 from meshbreaker.config import BreakerConfig
@@ -238,7 +238,7 @@ class CircuitBreaker:
             math.inf if config.slow_call_duration is None else config.slow_call_duration
         )
         self._bulkhead = config.max_concurrent_calls
-        self._backoff = Backoff.of(config)
+        self._backoff = OpenBackoff.of(config)
         self._minimum_calls = config.effective_minimum_calls
 
     def update_config(self, config: BreakerConfig) -> None:

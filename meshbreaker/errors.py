@@ -1,4 +1,8 @@
-"""The exception hierarchy: everything meshbreaker raises derives from MeshbreakerError."""
+"""The exception hierarchy: everything meshbreaker raises derives from MeshbreakerError.
+
+One tree, written here: the engine's errors, the control plane's (store, agent) and the CLI's.
+Only the gRPC shells subclass CallNotPermittedError elsewhere, to add grpc's own error types.
+"""
 
 from __future__ import annotations
 
@@ -63,3 +67,53 @@ class BulkheadFullError(CallNotPermittedError):
 
 class CliError(MeshbreakerError):
     """A user-facing error of the `meshbreaker` command: printed as one line, exit status 1."""
+
+
+class AgentError(MeshbreakerError):
+    """The agent was misused (e.g. started after being stopped)."""
+
+
+class StoreError(MeshbreakerError):
+    """A store operation was refused; nothing was written."""
+
+
+class RevisionMismatchError(StoreError):
+    """The store revision is not the expected one (compare-and-set failed)."""
+
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"expected store revision {expected}, but it is {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class PolicyNotFoundError(StoreError):
+    """No policy has that id."""
+
+    def __init__(self, policy_id: str) -> None:
+        super().__init__(f"no policy with id {policy_id!r}")
+        self.policy_id = policy_id
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached (or did not answer in time); nothing is known to be written."""
+
+
+class CompactedError(StoreError):
+    """The changes after `since_revision` are no longer in the history: re-list instead."""
+
+    def __init__(self, since_revision: int, compacted_revision: int) -> None:
+        super().__init__(
+            f"changes after revision {since_revision} are compacted (history starts after"
+            f" revision {compacted_revision}): re-list"
+        )
+        self.since_revision = since_revision
+        self.compacted_revision = compacted_revision
+
+
+class SelectorConflictError(StoreError):
+    """Another policy already has exactly this selector."""
+
+    def __init__(self, policy_id: str, other_id: str) -> None:
+        super().__init__(f"policy {policy_id!r} has the same selector as policy {other_id!r}")
+        self.policy_id = policy_id
+        self.other_id = other_id

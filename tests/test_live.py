@@ -22,8 +22,8 @@ import pytest
 from rich.console import Console
 
 from meshbreaker import live
+from meshbreaker._backoff import Backoff
 from meshbreaker.cli import main
-from meshbreaker.control.agent import Backoff
 from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from meshbreaker import BreakerConfig, CallNotPermittedError, CircuitBreaker, State, WindowType
-from meshbreaker._backoff import Backoff
+from meshbreaker._backoff import OpenBackoff
 from meshbreaker.testing import FakeClock
 
 
@@ -46,7 +46,7 @@ def test_open_duration_max_is_a_hard_cap_under_jitter(clock: FakeClock) -> None:
 
 
 def test_jitter_still_spreads_below_the_cap(clock: FakeClock) -> None:
-    backoff = Backoff(base=10.0, multiplier=2.0, cap=30.0, jitter=0.5)
+    backoff = OpenBackoff(base=10.0, multiplier=2.0, cap=30.0, jitter=0.5)
     assert backoff.duration(5, 0.0) == pytest.approx(15.0)  # capped growth, spread downward
     assert backoff.duration(5, 0.999) == 30.0
     assert backoff.duration(10_000, 0.5) == 30.0  # no overflow however long it keeps failing

@@ -36,9 +36,11 @@ import grpc
 import grpc.aio
 from google.protobuf import json_format
 
+from meshbreaker._backoff import Backoff as Backoff  # re-exported: the agent's retry backoff
 from meshbreaker.config import State
 from meshbreaker.control.convert import breaker_to_proto, check_caller
 from meshbreaker.control.layers import ResolvedPolicies, policies_for
+from meshbreaker.errors import AgentError as AgentError  # re-exported: users catch it here
 from meshbreaker.errors import ConfigError, MeshbreakerError
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -52,41 +54,6 @@ CACHE_FORMAT = 1
 # Breakers per ReportState call (the server refuses more than its limit, 2000 by default); a
 # process with more sends its report in several parts.
 MAX_BREAKERS_PER_REPORT = 1000
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter: each delay is uniform in [0, ceiling]."""
-
-    def __init__(
-        self,
-        initial: float = 0.1,
-        maximum: float = 10.0,
-        multiplier: float = 2.0,
-        *,
-        rng: random.Random | None = None,
-    ) -> None:
-        if not 0 < initial <= maximum or multiplier < 1.0:
-            raise ValueError("backoff needs 0 < initial <= maximum and multiplier >= 1")
-        self.initial = initial
-        self.maximum = maximum
-        self.multiplier = multiplier
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def ceiling(self) -> float:
-        """The upper bound of the next delay: initial * multiplier**attempt, capped."""
-        # Bounding the exponent keeps a days-long outage from overflowing the float.
-        return min(self.maximum, self.initial * self.multiplier ** min(self.attempt, 64))
-
-    def next_delay(self) -> float:
-        """A delay drawn uniformly from [0, ceiling]; advances the attempt counter."""
-        delay = self._rng.uniform(0.0, self.ceiling())
-        self.attempt += 1
-        return delay
-
-    def reset(self) -> None:
-        """Back to the first attempt, after a connection that worked."""
-        self.attempt = 0
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -112,10 +79,6 @@ def default_instance_id() -> str:
 
 # What a missing, truncated, hand-edited or foreign cache file can raise while loading.
 _CACHE_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, MeshbreakerError)
-
-
-class AgentError(MeshbreakerError):
-    """The agent was misused (e.g. started after being stopped)."""
 
 
 PolicyCheck = Callable[[ResolvedPolicies], None]

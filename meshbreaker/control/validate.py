@@ -14,7 +14,7 @@ import grpc
 from meshbreaker.control import convert
 from meshbreaker.control.limits import Limits
 from meshbreaker.control.store import selector_key
-from meshbreaker.errors import ConfigError
+from meshbreaker.errors import ConfigError, MeshbreakerError
 from meshbreaker.v1 import control_plane_pb2 as pb
 
 MAX_INSTANCE_ID_LENGTH = 256
@@ -28,7 +28,7 @@ STATE_FIELDS = {
 }
 
 
-class Refused(Exception):
+class Refused(MeshbreakerError):
     """A request is refused with a status code; raised inside handlers, turned into an abort."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:

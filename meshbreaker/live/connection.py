@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from meshbreaker.control.agent import Backoff
+from meshbreaker._backoff import Backoff
 from meshbreaker.v1 import control_plane_pb2 as pb
 
 RECONNECT_INITIAL = 0.5

@@ -9,7 +9,7 @@ from typing import TextIO
 import grpc
 from rich.console import Console
 
-from meshbreaker.control.agent import Backoff
+from meshbreaker._backoff import Backoff
 from meshbreaker.live.connection import (
     EventStream,
     describe,

@@ -18,7 +18,7 @@ import grpc
 from rich.console import Console, RenderableType
 from rich.live import Live
 
-from meshbreaker.control.agent import Backoff
+from meshbreaker._backoff import Backoff
 from meshbreaker.live.connection import (
     EventStream,
     describe,

@@ -13,54 +13,14 @@ import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from meshbreaker.errors import MeshbreakerError
+# The store's errors live in the one tree of meshbreaker.errors; re-exported for the stores.
+from meshbreaker.errors import CompactedError as CompactedError
+from meshbreaker.errors import PolicyNotFoundError as PolicyNotFoundError
+from meshbreaker.errors import RevisionMismatchError as RevisionMismatchError
+from meshbreaker.errors import SelectorConflictError as SelectorConflictError
+from meshbreaker.errors import StoreError as StoreError
+from meshbreaker.errors import StoreUnavailableError as StoreUnavailableError
 from meshbreaker.v1 import control_plane_pb2 as pb
-
-
-class StoreError(MeshbreakerError):
-    """A store operation was refused; nothing was written."""
-
-
-class RevisionMismatchError(StoreError):
-    """The store revision is not the expected one (compare-and-set failed)."""
-
-    def __init__(self, expected: int, actual: int) -> None:
-        super().__init__(f"expected store revision {expected}, but it is {actual}")
-        self.expected = expected
-        self.actual = actual
-
-
-class PolicyNotFoundError(StoreError):
-    """No policy has that id."""
-
-    def __init__(self, policy_id: str) -> None:
-        super().__init__(f"no policy with id {policy_id!r}")
-        self.policy_id = policy_id
-
-
-class StoreUnavailableError(StoreError):
-    """The store cannot be reached (or did not answer in time); nothing is known to be written."""
-
-
-class CompactedError(StoreError):
-    """The changes after `since_revision` are no longer in the history: re-list instead."""
-
-    def __init__(self, since_revision: int, compacted_revision: int) -> None:
-        super().__init__(
-            f"changes after revision {since_revision} are compacted (history starts after"
-            f" revision {compacted_revision}): re-list"
-        )
-        self.since_revision = since_revision
-        self.compacted_revision = compacted_revision
-
-
-class SelectorConflictError(StoreError):
-    """Another policy already has exactly this selector."""
-
-    def __init__(self, policy_id: str, other_id: str) -> None:
-        super().__init__(f"policy {policy_id!r} has the same selector as policy {other_id!r}")
-        self.policy_id = policy_id
-        self.other_id = other_id
 
 
 @dataclass(frozen=True)
