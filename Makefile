@@ -4,13 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest bench demo proto clean
+.PHONY: install test lint typecheck pytest bench bench-quick demo proto clean
 
 $(STAMP): pyproject.toml
+	@echo "Installing meshbreaker and its development tools into $(VENV) (once, or after pyproject.toml changes; about a minute)..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+	@echo "Installed. To run meshbreaker and the demo yourself: . $(VENV)/bin/activate"
 
 install: $(STAMP)
 
@@ -27,9 +29,15 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 bench: $(STAMP)
+	@echo "make bench: every benchmark, in interleaved rounds; this takes several minutes (make bench-quick: a shorter smoke run)"
 	$(BIN)/python -m bench
 
+bench-quick: $(STAMP)
+	@echo "make bench-quick: fewer rounds; the figures are noisier than make bench's"
+	$(BIN)/python -m bench --quick
+
 demo: $(STAMP)
+	@echo "make demo: starting the banking mesh (control plane, four services, gateway) under chaos; about a minute"
 	$(BIN)/python -m examples.banking
 
 proto: $(STAMP)

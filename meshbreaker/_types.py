@@ -5,7 +5,17 @@ from __future__ import annotations
 import enum
 
 
-class State(str, enum.Enum):
+class _Named(str, enum.Enum):
+    """An enum whose str() and format() are its value: logs read "OPEN", not "State.OPEN"."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, format_spec: str) -> str:
+        return format(str(self.value), format_spec)
+
+
+class State(_Named):
     """A breaker's state; FORCED_* are operator overrides."""
 
     CLOSED = "CLOSED"
@@ -15,14 +25,14 @@ class State(str, enum.Enum):
     FORCED_CLOSED = "FORCED_CLOSED"
 
 
-class Mode(str, enum.Enum):
+class Mode(_Named):
     """ENFORCE rejects calls when open; SHADOW only reports what it would have done."""
 
     ENFORCE = "enforce"
     SHADOW = "shadow"
 
 
-class WindowType(str, enum.Enum):
+class WindowType(_Named):
     """COUNT keeps the last `window_size` calls; TIME keeps the last `window_size` seconds."""
 
     COUNT = "count"

@@ -19,7 +19,7 @@ from meshbreaker.cli.tables import policy_table, status_view
 from meshbreaker.errors import CliError
 from meshbreaker.live.connection import channel_options, new_backoff, quiet_grpc_logs
 from meshbreaker.live.follow import EventFollower, print_event
-from meshbreaker.live.terminal import console_for
+from meshbreaker.live.terminal import console_for, emit
 from meshbreaker.live.text import state_name, to_json
 from meshbreaker.live.watch import StatusWatch
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -86,13 +86,14 @@ def status(args: argparse.Namespace) -> int:
         print(to_json(response))
     else:
         console = console_for(sys.stdout)
-        console.print(
+        emit(
+            console,
             status_view(
                 response,
                 width=_table_width(console),
                 instances=args.instances,
                 empty=_no_breakers(args),
-            )
+            ),
         )
     return 0
 
@@ -192,7 +193,7 @@ def policy_list(args: argparse.Namespace) -> int:
         print(to_json(response))
         return 0
     console = console_for(sys.stdout)
-    console.print(policy_table(response, _table_width(console)))
+    emit(console, policy_table(response, _table_width(console)))
     console.print(f"\nstore revision {response.revision}")
     return 0
 

@@ -33,6 +33,18 @@ def console_for(stream: TextIO) -> Console:
     return console
 
 
+def emit(console: Console, renderable: RenderableType) -> None:
+    """Print `renderable`; off a terminal, without the spaces rich pads table rows with."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as capture:
+        console.print(renderable)
+    lines = capture.get().splitlines()
+    console.file.write("".join(line.rstrip() + "\n" for line in lines))
+    console.file.flush()
+
+
 def render_text(renderable: RenderableType, *, width: int, color: bool = False) -> str:
     """`renderable` as the text a terminal `width` cells wide shows (with ANSI colours if asked)."""
     console = Console(

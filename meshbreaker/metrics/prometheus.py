@@ -12,15 +12,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
-from prometheus_client import start_http_server
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import REGISTRY, CollectorRegistry
-from prometheus_client.utils import floatToGoString
+try:
+    from prometheus_client import start_http_server
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
+    from prometheus_client.registry import REGISTRY, CollectorRegistry
+    from prometheus_client.utils import floatToGoString
+except ImportError as error:
+    raise ImportError(
+        "meshbreaker.metrics.prometheus needs the prometheus_client package: "
+        "pip install 'meshbreaker[prometheus]'"
+    ) from error
 
 from meshbreaker._names import split_breaker_name
 from meshbreaker.config import State

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -259,3 +261,19 @@ def test_metrics_server_binds_port_zero_and_releases_it(prometheus: CollectorReg
     server.close()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(server.url, timeout=5)
+
+
+def test_without_the_extra_the_import_error_names_it() -> None:
+    blocked = "import sys; sys.modules['prometheus_client'] = None; "
+    result = subprocess.run(
+        [sys.executable, "-c", blocked + "import meshbreaker.metrics.prometheus"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        "ImportError: meshbreaker.metrics.prometheus needs the prometheus_client package: "
+        "pip install 'meshbreaker[prometheus]'"
+    )

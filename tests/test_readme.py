@@ -1,0 +1,71 @@
+"""The README's commands work as written, and the Makefile says what it is doing.
+
+A new user copies commands from the README after `make test`; each `meshbreaker` line of its shell
+blocks must be one the parser accepts, and the README must say how the commands get on the PATH.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from meshbreaker.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+SHELL_BLOCKS = re.findall(r"```sh\n(.*?)```", README, flags=re.DOTALL)
+ACTIVATE = ". .venv/bin/activate"
+
+
+def commands(program: str) -> list[str]:
+    """The lines of the README's shell blocks that run `program`, without comments or `&`."""
+    found = []
+    for block in SHELL_BLOCKS:
+        for line in block.splitlines():
+            line = line.split("  #", 1)[0].strip().removesuffix("&").strip()
+            if line.startswith(f"{program} "):
+                found.append(line)
+    return found
+
+
+def test_the_readme_says_how_its_commands_become_runnable() -> None:
+    first_use = re.search(r"^(meshbreaker |python -m examples)", README, flags=re.MULTILINE)
+    assert first_use is not None
+    assert 0 <= README.find(ACTIVATE) < first_use.start()
+    assert "make test" in README[: README.find(ACTIVATE)]
+
+
+@pytest.mark.parametrize("line", commands("meshbreaker"))
+def test_every_meshbreaker_command_in_the_readme_parses(line: str) -> None:
+    try:
+        build_parser().parse_args(shlex.split(line)[1:])
+    except SystemExit as exit_:
+        assert exit_.code == 0, f"the README's `{line}` is refused"
+
+
+def test_the_readme_has_cli_commands_to_check() -> None:
+    assert len(commands("meshbreaker")) >= 10
+
+
+def make_dry_run(target: str) -> str:
+    """What `make TARGET` would run in a clone without .venv (make -n runs nothing)."""
+    result = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), target, "VENV=/nonexistent/venv"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return result.stdout
+
+
+def test_make_says_what_it_is_doing() -> None:
+    demo = make_dry_run("demo")
+    assert "Installing meshbreaker and its development tools" in demo  # the silent minute
+    assert "make demo: starting the banking mesh" in demo
+    assert "several minutes" in make_dry_run("bench")
+    assert "python -m bench --quick" in make_dry_run("bench-quick")
