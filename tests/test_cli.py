@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,6 +23,8 @@ import meshbreaker
 from meshbreaker.cli import main
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.control.agent import MeshAgent
+from meshbreaker.control.store import SqliteStore, StoreError
+from meshbreaker.control.store.sqlite import explain_open_error
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
 from tests.scrape_support import Scrape
@@ -565,3 +568,132 @@ def test_mutual_tls_for_the_cli_and_an_agent(
     finally:
         agent.stop()
         plane.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# A control plane that cannot start says why in one line
+
+
+def _old_store(path: Path) -> Path:
+    SqliteStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = 99 WHERE key = 'schema_version'")
+    db.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make_db", "message"),
+    [
+        (lambda tmp: tmp / "missing" / "cp.db", "missing does not exist: create it, or choose"),
+        (lambda tmp: tmp, "is a directory: give the path of a file, e.g. --db DIR/meshbreaker.db"),
+        (
+            lambda tmp: (tmp / "notes.txt", (tmp / "notes.txt").write_text("x" * 200))[0],
+            "is not an SQLite database: give a new file or an existing meshbreaker store",
+        ),
+        (
+            lambda tmp: _old_store(tmp / "old.db"),
+            "schema version 99 is newer than this meshbreaker's (1): upgrade meshbreaker",
+        ),
+    ],
+    ids=["missing-directory", "a-directory", "not-a-database", "newer-schema"],
+)
+def test_a_bad_db_is_one_line_naming_cause_and_fix(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    make_db: Callable[[Path], Path],
+    message: str,
+) -> None:
+    db = make_db(tmp_path)
+    assert main(["control-plane", "--port", "0", "--db", str(db)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"meshbreaker: error: {db}: ") and message in err, err
+    assert err.count("\n") == 1
+
+
+def test_a_read_only_db_is_named_with_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "ro.db"
+    SqliteStore(path).close()
+    if os.geteuid() != 0:  # root writes through file modes: then only the message is checked
+        path.chmod(0o444)
+        tmp_path.chmod(0o555)
+        try:
+            with pytest.raises(StoreError) as raised:
+                SqliteStore(path)
+        finally:
+            tmp_path.chmod(0o755)
+        assert "cannot be written" in str(raised.value)
+    reason = explain_open_error(
+        str(path), sqlite3.OperationalError("attempt to write a readonly database")
+    )
+    assert reason == (
+        "cannot be written (attempt to write a readonly database): the store needs the file and "
+        "its directory writable (SQLite keeps its -wal and -shm files beside it)"
+    )
+
+
+@pytest.fixture
+def server_pems(tmp_path: Path) -> dict[str, Path]:
+    """A CA, a server certificate and key, and a second key that matches nothing."""
+    ca = issue("test CA", None, ca=True)
+    ca_cert, _ = _write_pem(pem(ca), tmp_path, "ca")
+    cert, key = _write_pem(
+        pem(issue("localhost", ca, usage=ExtendedKeyUsageOID.SERVER_AUTH)), tmp_path, "server"
+    )
+    _, other_key = _write_pem(
+        pem(issue("localhost", ca, usage=ExtendedKeyUsageOID.SERVER_AUTH)), tmp_path, "other"
+    )
+    junk = tmp_path / "junk.crt"
+    junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    return {"ca": ca_cert, "cert": cert, "key": key, "other_key": other_key, "junk": junk}
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "message"),
+    [
+        ("cert", "other_key", "tls_key: does not match tls_cert: give the key the certificate"),
+        ("junk", "key", "tls_cert: holds no readable PEM certificate"),
+        ("cert", "cert", "tls_key: is not a readable, unencrypted PEM private key"),
+    ],
+)
+def test_bad_tls_material_is_named_instead_of_address_in_use(
+    server_pems: dict[str, Path], tmp_path: Path, cert: str, key: str, message: str
+) -> None:
+    """The console script itself: grpc core's own lines must not come before ours."""
+    result = subprocess.run(
+        [str(CONSOLE_SCRIPT), "control-plane", "--port", str(free_port()),
+         "--db", str(tmp_path / "tls.db"),
+         "--tls-cert", str(server_pems[cert]), "--tls-key", str(server_pems[key])],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"meshbreaker: error: {message}"), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_tls_on_one_side_only_names_the_flag_that_fixes_it(
+    server_pems: dict[str, Path], tmp_path: Path
+) -> None:
+    secured = ControlPlane(
+        tmp_path / "tls.db", tls_cert=server_pems["cert"], tls_key=server_pems["key"]
+    )
+    plain = ControlPlane(tmp_path / "plain.db")
+    try:
+        cases = [
+            ([secured.target], "it closed the connection at once: if it serves TLS, connect with "
+             "--tls-ca FILE"),
+            ([f"localhost:{plain.port}", "--tls-ca", str(server_pems["ca"])],
+             "it does not speak TLS: drop --tls-ca, --tls-cert and --tls-key"),
+        ]  # fmt: skip
+        for (target, *tls), reason in cases:
+            result = subprocess.run(
+                [str(CONSOLE_SCRIPT), "status", "--target", target, *tls, "--timeout", "3"],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            assert result.returncode == 1
+            assert result.stderr == (
+                f"meshbreaker: error: cannot reach the control plane at {target}: {reason}\n"
+            )
+    finally:
+        secured.close()
+        plain.close()

@@ -231,7 +231,7 @@ def test_disconnected_header_keeps_the_table_marked_stale(plane: ControlPlane) -
     )
     text = screen(response, events, now=fetched + 75, link=link, color=True)
     lines = visible_lines(text)
-    assert all(len(line) <= 80 for line in lines)
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
     assert lines[0].endswith("disconnected — reconnecting in 2.1s")
     assert lines[1] == "STALE: last update 1m ago — UNAVAILABLE: Connection refused"
     assert row_of(text, "GetBalance")[2] == "OPEN"  # the last table stays
@@ -477,7 +477,7 @@ def test_ctrl_c_ends_status_watch_and_restores_the_terminal(
     assert ("\x1b[1;31mOPEN" in text) is not no_color
     assert ("\x1b[32mconnected" in text) is not no_color
     lines = strip_ansi(text).replace("\r\n", "\n").replace("\r", "\n").splitlines()
-    assert all(len(line) <= 80 for line in lines)
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
     last_frame = strip_ansi(text.rsplit(CURSOR_UP, 1)[-1])  # redrawn in place: up, then over
     assert "LongerMethodName" in last_frame and LONG not in last_frame
 

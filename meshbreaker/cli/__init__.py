@@ -1,5 +1,6 @@
 """The `meshbreaker` command: run the control plane, inspect the mesh, manage policies."""
 
+from meshbreaker.cli import _quiet  # noqa: F401  (first: grpc must not be imported before it)
 from meshbreaker.cli.entry import main
 from meshbreaker.cli.parser import DEFAULT_TARGET, build_parser
 from meshbreaker.cli.policy_json import config_message_from, policy_message

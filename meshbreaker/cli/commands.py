@@ -17,7 +17,7 @@ from meshbreaker.cli.client import Client
 from meshbreaker.cli.policy_flags import policies_from_args
 from meshbreaker.cli.tables import policy_table, status_view
 from meshbreaker.errors import CliError
-from meshbreaker.live.connection import channel_options, new_backoff, quiet_grpc_logs
+from meshbreaker.live.connection import channel_options, new_backoff
 from meshbreaker.live.follow import EventFollower, print_event
 from meshbreaker.live.terminal import console_for, emit
 from meshbreaker.live.text import state_name, to_json
@@ -154,7 +154,6 @@ def _run_live_view(
     args: argparse.Namespace, view: Callable[..., _LiveView], request: Message, **options: Any
 ) -> int:
     """Run the live view class `view` on a channel reconnecting at its pace; Ctrl-C ends it, 0."""
-    quiet_grpc_logs()
     backoff = new_backoff()
     try:
         with Client(args, channel_options(backoff)) as client:

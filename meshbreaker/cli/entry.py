@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from meshbreaker.cli.parser import build_parser
-from meshbreaker.control.store.base import StoreError
-from meshbreaker.errors import CliError, ConfigError
+from meshbreaker.errors import MeshbreakerError
+from meshbreaker.live.connection import describe
 from meshbreaker.live.terminal import say
 
 
@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except grpc.RpcError as error:
         _error(_rpc_message(args, error))
-    except (CliError, ConfigError, StoreError) as error:  # StoreError: e.g. etcd unreachable
+    except MeshbreakerError as error:  # bad input or an unusable store: the user's to fix
         _error(str(error))
     except OSError as error:
         _error(f"{error.strerror or error}: {error.filename}" if error.filename else str(error))
@@ -45,7 +45,8 @@ def _rpc_message(args: argparse.Namespace, error: grpc.RpcError) -> str:
     details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
     name = code.name if code is not None else "ERROR"
     if code is grpc.StatusCode.UNAVAILABLE:
-        return f"cannot reach the control plane at {args.target}: {name}: {details}"
+        tls = bool(args.tls_ca or args.tls_cert)
+        return f"cannot reach the control plane at {args.target}: {describe(error, tls=tls)}"
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"no answer from the control plane at {args.target} within {args.timeout}s"
     return f"{name}: {details}"

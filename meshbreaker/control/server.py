@@ -13,9 +13,12 @@ import logging
 import math
 import os
 import signal
+import ssl
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -127,6 +130,37 @@ def _read_pem(source: PemSource | None, name: str) -> bytes | None:
     return data
 
 
+def _check_tls(cert: bytes | None, key: bytes | None, client_ca: bytes | None) -> None:
+    """Refuse TLS material gRPC would refuse, naming which part and why (grpc only says that
+    it could not bind)."""
+    if client_ca is not None:
+        try:
+            ssl.create_default_context(cadata=client_ca.decode("ascii", "replace"))
+        except (ssl.SSLError, ValueError):
+            raise ConfigError("tls_client_ca", "holds no readable PEM certificate") from None
+    if cert is None or key is None:
+        return
+    try:
+        ssl.create_default_context(cadata=cert.decode("ascii", "replace"))
+    except (ssl.SSLError, ValueError):
+        raise ConfigError("tls_cert", "holds no readable PEM certificate") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    # ssl loads a chain only from files: the PEM goes to a private temporary directory.
+    with tempfile.TemporaryDirectory() as directory:
+        cert_path, key_path = Path(directory, "cert.pem"), Path(directory, "key.pem")
+        cert_path.write_bytes(cert)
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(key)
+        try:
+            context.load_cert_chain(cert_path, key_path, password=b"")
+        except ssl.SSLError as error:
+            if "KEY_VALUES_MISMATCH" in str(error):
+                raise ConfigError(
+                    "tls_key", "does not match tls_cert: give the key the certificate was made for"
+                ) from None
+            raise ConfigError("tls_key", "is not a readable, unencrypted PEM private key") from None
+
+
 class ControlPlaneServer:
     """A control-plane server: `await start()`, `.port`, `await stop()`; or `async with`.
 
@@ -146,6 +180,7 @@ class ControlPlaneServer:
         self._cert = _read_pem(options.tls_cert, "tls_cert")
         self._key = _read_pem(options.tls_key, "tls_key")
         self._client_ca = _read_pem(options.tls_client_ca, "tls_client_ca")
+        _check_tls(self._cert, self._key, self._client_ca)
         self.store = store
         self.host = options.host
         self.limits = options.limits

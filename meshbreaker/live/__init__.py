@@ -1,6 +1,6 @@
 """Live views of the mesh: `status --watch` and `events --follow`, both outliving restarts."""
 
-from meshbreaker.live.connection import channel_options, new_backoff, quiet_grpc_logs
+from meshbreaker.live.connection import channel_options, new_backoff
 from meshbreaker.live.follow import EventFollower, print_event
 from meshbreaker.live.render import Link, render_status
 from meshbreaker.live.terminal import console_for, render_text, say
@@ -18,7 +18,6 @@ __all__ = [
     "format_event",
     "new_backoff",
     "print_event",
-    "quiet_grpc_logs",
     "render_status",
     "render_text",
     "say",

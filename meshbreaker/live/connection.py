@@ -6,7 +6,6 @@ exponential backoff and jitter.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -58,12 +57,6 @@ def channel_options(backoff: Backoff) -> list[tuple[str, Any]]:
     ]
 
 
-def quiet_grpc_logs() -> None:
-    """Keep grpc core's info lines (e.g. "Got goaway" on a restart) off the user's terminal."""
-    # Read when grpc core starts, i.e. at the first channel; a value the user set wins.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-
-
 def wait_subscribed(call: EventStream) -> bool:
     """Block until the WatchEvents call is subscribed (True) or has already ended (False)."""
     call.initial_metadata()  # the server sends it once the subscription exists
@@ -75,18 +68,38 @@ def is_fatal(error: grpc.RpcError | None) -> bool:
     return isinstance(error, grpc.Call) and error.code() in FATAL_CODES
 
 
-def describe(error: grpc.RpcError | None) -> str:
-    """One short line for why a stream or call failed."""
+def describe(error: grpc.RpcError | None, *, tls: bool | None = None) -> str:
+    """One short line for why a stream or call failed.
+
+    When the caller says whether it connected with TLS (`tls`), a failure that TLS on one side
+    only explains says so, with the flag that fixes it.
+    """
     if error is None:
         return "the event stream ended"
     if not isinstance(error, grpc.Call):
         return " ".join(str(error).split()) or type(error).__name__
     details = " ".join((error.details() or "").split())
+    hint = _tls_hint(details, tls) if tls is not None else None
+    if hint is not None:
+        return hint
     if "failed to connect to all addresses" in details:
         # "...; last error: UNKNOWN: ipv4:127.0.0.1:7070: Failed to connect to remote host:
         # Connection refused" says it all in its last words.
         details = details.rsplit(": ", 1)[-1]
     return f"{error.code().name}: {details}" if details else error.code().name
+
+
+def _tls_hint(details: str, tls: bool) -> str | None:
+    if tls and "WRONG_VERSION_NUMBER" in details:
+        return "it does not speak TLS: drop --tls-ca, --tls-cert and --tls-key"
+    if tls and "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            "its certificate is not signed by the CA of --tls-ca "
+            "(or names another host: --tls-server-name NAME)"
+        )
+    if not tls and ("Socket closed" in details or "Connection reset" in details):
+        return "it closed the connection at once: if it serves TLS, connect with --tls-ca FILE"
+    return None
 
 
 def unavailable_message(target: str, reason: str, delay: float) -> str:

@@ -7,11 +7,13 @@ rates and ages stay current.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
+import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 import grpc
@@ -34,6 +36,8 @@ from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 
 COALESCE = 0.25
+# The longest a turn of `run` waits for news: how soon Ctrl-C is noticed.
+_TURN = 0.2
 _UP, _EVENT, _DOWN = "up", "event", "down"
 
 
@@ -97,6 +101,7 @@ class StatusWatch:
         self._next_tick = clock()
         self._transitions: dict[tuple[str, str], pb.Event] = {}
         self._done = threading.Event()
+        self._interrupted = False  # set by Ctrl-C, see _ctrl_c_ends
         self.response: pb.ListBreakersResponse | None = None
         self.fetched_at: float | None = None
         self.events = 0  # received from the stream
@@ -114,8 +119,9 @@ class StatusWatch:
             self._live = Live(console=self._console, auto_refresh=False, vertical_overflow="crop")
             self._live.start()
         try:
-            while not self._done.is_set():
-                self.step(1.0)
+            with _ctrl_c_ends(self):
+                while not (self._done.is_set() or self._interrupted):
+                    self.step(_TURN)
         except KeyboardInterrupt:
             pass
         finally:
@@ -308,3 +314,27 @@ class StatusWatch:
                 self._console.line()
             self._console.print(screen)
         self.frames += 1
+
+
+@contextlib.contextmanager
+def _ctrl_c_ends(watch: StatusWatch) -> Iterator[None]:
+    """Ctrl-C ends `watch.run` between two turns instead of raising inside one.
+
+    A KeyboardInterrupt raised while rich writes a frame can leave the frame half-written and
+    written again (rich clears its buffer after the write): the handler only sets a flag, which
+    takes no lock. Off the main thread signals cannot be handled: KeyboardInterrupt it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupted(signum: int, frame: object) -> None:
+        if watch._interrupted:  # a second Ctrl-C does not wait for the turn to end
+            raise KeyboardInterrupt
+        watch._interrupted = True
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -68,6 +68,26 @@ def _from_json(text: str | None) -> pb.Policy | None:
     return json_format.Parse(text, pb.Policy())
 
 
+def explain_open_error(path: str, error: sqlite3.Error) -> str:
+    """Why SQLite could not open `path` as a store, and what to do about it."""
+    message = str(error)
+    if os.path.isdir(path):
+        return "is a directory: give the path of a file, e.g. --db DIR/meshbreaker.db"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"directory {parent} does not exist: create it, or choose another path"
+    if "not a database" in message:
+        return "is not an SQLite database: give a new file or an existing meshbreaker store"
+    if "readonly" in message or not os.access(parent, os.W_OK):
+        return (
+            f"cannot be written ({message}): the store needs the file and its directory "
+            "writable (SQLite keeps its -wal and -shm files beside it)"
+        )
+    if "unable to open" in message:
+        return f"cannot be opened ({message}): check the permissions of the file and its directory"
+    return message
+
+
 class SqliteStore(PolicyStore):
     """SQLite in WAL mode with synchronous=FULL: a put that returned survives a SIGKILL or crash."""
 
@@ -85,6 +105,16 @@ class SqliteStore(PolicyStore):
         self._lock = threading.Lock()
         self._committed = threading.Condition()
         self._commits = 0
+        try:
+            self._open()
+        except (sqlite3.Error, StoreError) as error:
+            if hasattr(self, "_db"):
+                self._db.close()
+            if isinstance(error, StoreError):
+                raise
+            raise StoreError(f"{self.path}: {explain_open_error(self.path, error)}") from None
+
+    def _open(self) -> None:
         # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA busy_timeout = 5000")
@@ -102,8 +132,8 @@ class SqliteStore(PolicyStore):
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('revision', 0)")
             elif row[0] > SCHEMA_VERSION:
                 raise StoreError(
-                    f"{self.path}: schema version {row[0]} is newer than this meshbreaker "
-                    f"({SCHEMA_VERSION})"
+                    f"{self.path}: schema version {row[0]} is newer than this meshbreaker's "
+                    f"({SCHEMA_VERSION}): upgrade meshbreaker, or use another file"
                 )
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('compacted', 0)")
             # Created once with the store; a file from before store ids gets one on first open.
