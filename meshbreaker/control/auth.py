@@ -18,9 +18,21 @@ _TResponse = TypeVar("_TResponse")
 _Metadata = Iterable[tuple[str, str | bytes]] | None
 
 CONTROL_PLANE_SERVICE = "meshbreaker.v1.ControlPlane"
+XDS_ADMIN_SERVICE = "meshbreaker.v1.XdsAdmin"
 # Mutations need the admin token; everything else accepts the agent or the admin token.
 ADMIN_METHODS: frozenset[str] = frozenset(
-    f"/{CONTROL_PLANE_SERVICE}/{name}" for name in ("PutPolicy", "DeletePolicy", "ForceState")
+    [
+        *(
+            f"/{CONTROL_PLANE_SERVICE}/{name}"
+            for name in ("PutPolicy", "DeletePolicy", "ForceState")
+        ),
+        *(f"/{XDS_ADMIN_SERVICE}/{name}" for name in ("PutCluster", "DeleteCluster")),
+    ]
+)
+# xDS clients cannot always send a token: the ADS servicer authenticates them itself (a token or
+# a client certificate verified by mutual TLS).
+SELF_AUTHENTICATED_METHODS: frozenset[str] = frozenset(
+    {"/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"}
 )
 # Health checks stay open so load balancers and orchestrators can probe without a token.
 OPEN_METHOD_PREFIXES: tuple[str, ...] = ("/grpc.health.v1.Health/",)
@@ -75,6 +87,8 @@ class TokenAuthenticator:
     def check(self, method: str, metadata: _Metadata) -> Denial | None:
         """None if the call may proceed, else the status code and message to refuse it with."""
         if not self._tokens or method.startswith(OPEN_METHOD_PREFIXES):
+            return None
+        if method in SELF_AUTHENTICATED_METHODS:
             return None
         role = self.role(metadata)
         if role is None:

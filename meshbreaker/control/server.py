@@ -37,6 +37,7 @@ from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
+    from meshbreaker.control.xds.server import XdsServer
     from meshbreaker.metrics.prometheus import MetricsServer
 
 __all__ = [
@@ -68,7 +69,8 @@ class ServerOptions:
     free port. `metrics_port` serves Prometheus metrics on http://metrics_host:metrics_port/metrics
     (`metrics_host` defaults to `host`; needs the `prometheus` extra). A connection older than
     `max_connection_age` seconds is asked to go (GOAWAY) and closed `max_connection_age_grace`
-    later, so agents of a fleet spread over the replicas again after one comes back.
+    later, so agents of a fleet spread over the replicas again after one comes back. `xds` also
+    serves the policies and the cluster registry over xDS (ADS) on the same port (the `xds` extra).
     """
 
     host: str = "127.0.0.1"
@@ -86,6 +88,7 @@ class ServerOptions:
     metrics_host: str | None = None
     max_connection_age: float = 300.0
     max_connection_age_grace: float = 10.0
+    xds: bool = False
 
     def __post_init__(self) -> None:
         report_ttl = self.report_ttl
@@ -106,6 +109,8 @@ class ServerOptions:
                 raise ConfigError(
                     "metrics_port", "needs prometheus_client: install meshbreaker[prometheus]"
                 )
+        if self.xds and importlib.util.find_spec("envoy") is None:
+            raise ConfigError("xds", "needs xds-protos: install meshbreaker[xds]")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_key", "tls_cert and tls_key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -191,6 +196,12 @@ class ControlPlaneServer:
         self._servicer: ControlPlaneServicer | None = None
         self._port = 0
         self._metrics: MetricsServer | None = None
+        self._xds: XdsServer | None = None
+
+    @property
+    def xds(self) -> XdsServer | None:
+        """The xDS server (ADS and the cluster registry) when started with `xds`, else None."""
+        return self._xds
 
     @property
     def port(self) -> int:
@@ -270,9 +281,20 @@ class ControlPlaneServer:
         pb_grpc.add_ControlPlaneServicer_to_server(servicer, server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection(
-            (CONTROL_PLANE_SERVICE, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
-        )
+        services = [CONTROL_PLANE_SERVICE, "grpc.health.v1.Health", reflection.SERVICE_NAME]
+        if self.options.xds:
+            from meshbreaker.control.xds.server import start_xds
+
+            self._xds = await start_xds(
+                self.store,
+                server,
+                events=servicer.events,
+                authenticator=self._authenticator,
+                clock=self.options.clock,
+                max_clients=self.limits.max_instances,
+            )
+            services += self._xds.service_names
+        reflection.enable_server_reflection(services, server)
         address = f"{self.host}:{self.options.port}"
         try:
             if self._cert is not None and self._key is not None:
@@ -290,6 +312,7 @@ class ControlPlaneServer:
         if port == 0:
             servicer.close()
             await self._close_metrics()
+            await self._close_xds()
             raise OSError(f"cannot bind the control plane to {address} (address in use?)")
         await server.start()
         serving = health_pb2.HealthCheckResponse.SERVING
@@ -311,12 +334,18 @@ class ControlPlaneServer:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         await server.stop(grace)
+        await self._close_xds()
         if self._servicer is not None:
             await self._servicer.drain()
             await asyncio.get_running_loop().run_in_executor(None, self._servicer.close)
         if self._close_store:
             self.store.close()
         logger.info("control plane on port %d stopped", self._port)
+
+    async def _close_xds(self) -> None:
+        xds, self._xds = self._xds, None
+        if xds is not None:
+            await xds.stop()
 
     async def _close_metrics(self) -> None:
         metrics, self._metrics = self._metrics, None

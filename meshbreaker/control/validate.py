@@ -14,6 +14,7 @@ import grpc
 from meshbreaker.control import convert
 from meshbreaker.control.limits import Limits
 from meshbreaker.control.store import selector_key
+from meshbreaker.control.xds.mapping import check_policy as check_xds_section
 from meshbreaker.errors import ConfigError, MeshbreakerError
 from meshbreaker.v1 import control_plane_pb2 as pb
 
@@ -107,6 +108,7 @@ def check_put(request: pb.PutPolicyRequest, limits: Limits) -> list[pb.Policy]:
     for index, policy in enumerate(request.policies):
         path = f"policies[{index}]"
         convert.policy_from_proto(policy, path)
+        check_xds_section(policy, path)
         if policy.id in seen_ids:
             raise ConfigError(f"{path}.id", f"duplicate of policies[{seen_ids[policy.id]}]")
         seen_ids[policy.id] = index

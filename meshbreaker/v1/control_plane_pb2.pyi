@@ -25,6 +25,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from meshbreaker.v1 import xds_pb2 as _xds_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -362,6 +363,7 @@ class Policy(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_BY_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    OUTLIER_DETECTION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique, 1..128 characters of [A-Za-z0-9._-], starting with a letter or digit."""
     mode: Global___Mode.ValueType
@@ -385,6 +387,12 @@ class Policy(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """Output only: when and by whom (token role and peer) it last changed."""
 
+    @_builtins.property
+    def outlier_detection(self) -> _xds_pb2.OutlierDetection:
+        """Served to xDS clients as the outlier detection of the clusters this policy covers; needs an
+        empty method in the selector (clients eject endpoints, not methods). Absent = none.
+        """
+
     def __init__(
         self,
         *,
@@ -397,10 +405,11 @@ class Policy(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         updated_by: _builtins.str = ...,
         description: _builtins.str = ...,
+        outlier_detection: _xds_pb2.OutlierDetection | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "selector", b"selector", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "outlier_detection", b"outlier_detection", "selector", b"selector", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "description", b"description", "id", b"id", "mode", b"mode", "override", b"override", "revision", b"revision", "selector", b"selector", "updated_at", b"updated_at", "updated_by", b"updated_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "description", b"description", "id", b"id", "mode", b"mode", "outlier_detection", b"outlier_detection", "override", b"override", "revision", b"revision", "selector", b"selector", "updated_at", b"updated_at", "updated_by", b"updated_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -14,6 +14,10 @@ GENERATED = (
     "control_plane_pb2.pyi",
     "control_plane_pb2_grpc.py",
     "control_plane_pb2_grpc.pyi",
+    "xds_pb2.py",
+    "xds_pb2.pyi",
+    "xds_pb2_grpc.py",
+    "xds_pb2_grpc.pyi",
 )
 
 
@@ -35,6 +39,7 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
             f"--mypy_out={tmp_path}",
             f"--mypy_grpc_out={tmp_path}",
             "protos/meshbreaker/v1/control_plane.proto",
+            "protos/meshbreaker/v1/xds.proto",
         ],
         cwd=ROOT,
         check=True,

@@ -1,0 +1,216 @@
+"""The xDS part of a control plane: ADS and the XdsAdmin RPCs, fed by the store and the registry.
+
+The MeshState (policies and clusters at their revisions) is read again after every policy change
+this control plane publishes, after every cluster write, and whenever a poll sees a revision move
+(another replica or process wrote), then every ADS stream is woken to send what changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from meshbreaker.control.auth import TokenAuthenticator
+from meshbreaker.control.events import EventBus
+from meshbreaker.control.store import PolicyStore
+from meshbreaker.control.xds.ads import AdsServicer, MeshSource, XdsClient
+from meshbreaker.control.xds.model import check_cluster, check_cluster_name
+from meshbreaker.control.xds.registry import ClusterNotFoundError, ClusterRegistry, registry_for
+from meshbreaker.control.xds.resources import MeshState
+from meshbreaker.errors import ConfigError
+from meshbreaker.v1 import xds_pb2, xds_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+XDS_ADMIN_SERVICE = "meshbreaker.v1.XdsAdmin"
+_T = TypeVar("_T")
+_Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class XdsServer:
+    """Serves the mesh over ADS and keeps the cluster registry; `add_to(server)`, start, stop."""
+
+    def __init__(
+        self,
+        store: PolicyStore,
+        registry: ClusterRegistry,
+        *,
+        events: EventBus,
+        authenticator: TokenAuthenticator,
+        clock: Callable[[], float],
+        max_clients: int,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self._store = store
+        self.registry = registry
+        self._events = events
+        self._authenticator = authenticator
+        self.clock = clock
+        self._poll_interval = poll_interval
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="meshbreaker-xds")
+        self.source = MeshSource(MeshState({}, []))
+        self.ads = AdsServicer(
+            self.source, clock=clock, max_clients=max_clients, authenticator=authenticator
+        )
+        self._follower: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+
+    service_names = (ADS_SERVICE, XDS_ADMIN_SERVICE)
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        """Register ADS and XdsAdmin on `server`."""
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, server)
+        xds_pb2_grpc.add_XdsAdminServicer_to_server(XdsAdminServicer(self), server)
+
+    async def start(self) -> None:
+        """Read the mesh once, then follow it."""
+        await self.reload()
+        self._follower = asyncio.ensure_future(self._follow())
+
+    async def stop(self) -> None:
+        """Stop following and release the worker thread and the registry."""
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+        await asyncio.get_running_loop().run_in_executor(None, self._close)
+
+    def _close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.registry.close()
+
+    def clients(self) -> list[XdsClient]:
+        """The connected xDS clients."""
+        return self.ads.clients()
+
+    async def run(self, fn: Callable[[], _T]) -> _T:
+        """Run `fn` (store or registry I/O) on the worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def reload(self) -> None:
+        """Read policies and clusters; publish them when either revision moved."""
+        async with self._reload_lock:
+            current = self.source.state
+            policy_revision, policies = await self.run(self._store.list)
+            cluster_revision, clusters = await self.run(self.registry.clusters)
+            if (policy_revision, cluster_revision) == (
+                current.policy_revision,
+                current.cluster_revision,
+            ) and (policy_revision or cluster_revision or current.clusters):
+                return
+            self.source.update(
+                MeshState(
+                    {cluster.name: cluster for cluster in clusters},
+                    policies,
+                    cluster_revision=cluster_revision,
+                    policy_revision=policy_revision,
+                )
+            )
+
+    async def _follow(self) -> None:
+        with self._events.subscribe() as queue:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(queue.get(), self._poll_interval)
+                while not queue.empty():
+                    queue.get_nowait()
+                try:
+                    await self.reload()
+                except Exception:  # a store hiccup must not end the follower; the next poll retries
+                    logger.exception("reading the mesh for xDS failed; retrying")
+
+    def actor(self, context: _Context) -> str:
+        """Who made an admin call, for `updated_by`."""
+        return self._authenticator.actor(context.invocation_metadata(), context.peer())
+
+
+async def start_xds(
+    store: PolicyStore,
+    server: grpc.aio.Server,
+    *,
+    events: EventBus,
+    authenticator: TokenAuthenticator,
+    clock: Callable[[], float],
+    max_clients: int,
+) -> XdsServer:
+    """An XdsServer over `store`'s cluster registry, registered on `server` and started."""
+    xds = XdsServer(
+        store,
+        registry_for(store),
+        events=events,
+        authenticator=authenticator,
+        clock=clock,
+        max_clients=max_clients,
+    )
+    xds.add_to(server)
+    try:
+        await xds.start()
+    except BaseException:
+        await xds.stop()
+        raise
+    return xds
+
+
+class XdsAdminServicer(xds_pb2_grpc.XdsAdminServicer):
+    """meshbreaker.v1.XdsAdmin: the cluster registry and the xDS clients' status."""
+
+    def __init__(self, xds: XdsServer) -> None:
+        self._xds = xds
+
+    async def PutCluster(
+        self, request: xds_pb2.PutClusterRequest, context: _Context
+    ) -> xds_pb2.PutClusterResponse:
+        """Check and store one cluster, then push it to the xDS clients."""
+        cluster = xds_pb2.XdsCluster()
+        cluster.CopyFrom(request.cluster)
+        for output_only in ("revision", "updated_at", "updated_by"):
+            cluster.ClearField(output_only)
+        try:
+            check_cluster(cluster)
+            actor = self._xds.actor(context)
+            stored = await self._xds.run(lambda: self._xds.registry.put(cluster, actor=actor))
+        except ConfigError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        await self._xds.reload()
+        return xds_pb2.PutClusterResponse(cluster=stored, revision=stored.revision)
+
+    async def DeleteCluster(
+        self, request: xds_pb2.DeleteClusterRequest, context: _Context
+    ) -> xds_pb2.DeleteClusterResponse:
+        """Delete one cluster, then push its absence to the xDS clients."""
+        try:
+            name = check_cluster_name(request.name, "name")
+            actor = self._xds.actor(context)
+            revision = await self._xds.run(lambda: self._xds.registry.delete(name, actor=actor))
+        except ConfigError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except ClusterNotFoundError as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        await self._xds.reload()
+        return xds_pb2.DeleteClusterResponse(revision=revision)
+
+    async def ListClusters(
+        self, request: xds_pb2.ListClustersRequest, context: _Context
+    ) -> xds_pb2.ListClustersResponse:
+        """Every registered cluster."""
+        revision, clusters = await self._xds.run(self._xds.registry.clusters)
+        return xds_pb2.ListClustersResponse(clusters=clusters, revision=revision)
+
+    async def ListXdsClients(
+        self, request: xds_pb2.ListXdsClientsRequest, context: _Context
+    ) -> xds_pb2.ListXdsClientsResponse:
+        """Every connected xDS client and what it ACKed or NACKed."""
+        now = self._xds.clock()
+        return xds_pb2.ListXdsClientsResponse(
+            clients=[client.status(now) for client in self._xds.clients()]
+        )
