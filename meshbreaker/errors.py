@@ -94,6 +94,14 @@ class PolicyNotFoundError(StoreError):
         self.policy_id = policy_id
 
 
+class ClusterNotFoundError(StoreError):
+    """No xDS cluster has that name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no xDS cluster named {name!r}")
+        self.name = name
+
+
 class StoreUnavailableError(StoreError):
     """The store cannot be reached (or did not answer in time); nothing is known to be written."""
 

@@ -13,6 +13,7 @@ import pytest
 from meshbreaker.control.store import (
     AuditEntry,
     ChangeFeed,
+    ClusterNotFoundError,
     CompactedError,
     PolicyNotFoundError,
     PolicyStore,
@@ -25,6 +26,7 @@ from meshbreaker.control.store import (
 from meshbreaker.control.store.url import open_store, parse_etcd_url
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import xds_pb2
 from tests.control.store_support import OpenStore
 from tests.etcd_support import free_port
 
@@ -208,6 +210,47 @@ def _next_nonempty(feed: ChangeFeed, timeout: float = 5.0) -> list[AuditEntry]:
         if entries:
             return entries
     raise AssertionError("the feed delivered nothing")
+
+
+# -- the xDS cluster registry ------------------------------------------------------------------
+
+
+def xds_cluster(name: str, port: int, *services: str) -> xds_pb2.XdsCluster:
+    return xds_pb2.XdsCluster(
+        name=name,
+        endpoints=[xds_pb2.XdsEndpoint(host="127.0.0.1", port=port)],
+        services=list(services),
+    )
+
+
+def test_the_cluster_registry_has_its_own_revision(store: PolicyStore) -> None:
+    assert store.xds_clusters() == (0, [])
+    stored = store.put_xds_cluster(xds_cluster("b", 2, "s.B"), actor="admin@peer")
+    assert (stored.revision, stored.updated_by) == (1, "admin@peer")
+    assert stored.updated_at.seconds == 1_700_000_000
+    store.put_xds_cluster(xds_cluster("a", 1))
+    store.put_xds_cluster(xds_cluster("b", 3, "s.B", "s.C"))
+    revision, clusters = store.xds_clusters()
+    assert revision == 3
+    assert [(c.name, c.endpoints[0].port, list(c.services)) for c in clusters] == [
+        ("a", 1, []),
+        ("b", 3, ["s.B", "s.C"]),
+    ]
+    # Policies keep their own contiguous revisions and audit log.
+    assert store.revision() == 0 and store.audit_log() == []
+    assert store.delete_xds_cluster("a") == 4
+    with pytest.raises(ClusterNotFoundError):
+        store.delete_xds_cluster("a")
+    assert [c.name for c in store.xds_clusters()[1]] == ["b"]
+
+
+def test_replicas_share_the_cluster_registry(open_store: OpenStore) -> None:
+    one, two = open_store(), open_store()
+    one.put_xds_cluster(xds_cluster("a", 1))
+    two.put_xds_cluster(xds_cluster("b", 2))
+    one.close()
+    assert [(c.name, c.revision) for c in open_store().xds_clusters()[1]] == [("a", 1), ("b", 2)]
+    assert two.xds_clusters()[0] == 2
 
 
 # -- stores named by URL -----------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from meshbreaker.control.store.base import (
     AuditEntry,
     ChangeFeed,
+    ClusterNotFoundError,
     CompactedError,
     PolicyNotFoundError,
     PolicyStore,
@@ -17,6 +18,7 @@ from meshbreaker.control.store.sqlite import SqliteStore
 __all__ = [
     "AuditEntry",
     "ChangeFeed",
+    "ClusterNotFoundError",
     "CompactedError",
     "PolicyNotFoundError",
     "PolicyStore",

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 # The store's errors live in the one tree of meshbreaker.errors; re-exported for the stores.
+from meshbreaker.errors import ClusterNotFoundError as ClusterNotFoundError
 from meshbreaker.errors import CompactedError as CompactedError
 from meshbreaker.errors import PolicyNotFoundError as PolicyNotFoundError
 from meshbreaker.errors import RevisionMismatchError as RevisionMismatchError
@@ -21,6 +22,7 @@ from meshbreaker.errors import SelectorConflictError as SelectorConflictError
 from meshbreaker.errors import StoreError as StoreError
 from meshbreaker.errors import StoreUnavailableError as StoreUnavailableError
 from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import xds_pb2
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,26 @@ class PolicyStore(abc.ABC):
         self, policy_id: str, *, expected_revision: int | None = None, actor: str = ""
     ) -> AuditEntry:
         """Delete one policy at a new revision (PolicyNotFoundError, RevisionMismatchError)."""
+
+    @abc.abstractmethod
+    def xds_clusters(self) -> tuple[int, builtins.list[xds_pb2.XdsCluster]]:
+        """The xDS cluster registry's revision and every cluster, sorted by name, read consistently.
+
+        The registry has its own revision (0 before its first write), apart from the policies'.
+        """
+
+    @abc.abstractmethod
+    def put_xds_cluster(
+        self, cluster: xds_pb2.XdsCluster, *, actor: str = ""
+    ) -> xds_pb2.XdsCluster:
+        """Create or replace a cluster (checked by the caller) at a new registry revision.
+
+        Returns it as stored, with `revision`, `updated_at` and `updated_by` set.
+        """
+
+    @abc.abstractmethod
+    def delete_xds_cluster(self, name: str, *, actor: str = "") -> int:
+        """Delete a cluster at a new registry revision, returned (ClusterNotFoundError)."""
 
     @abc.abstractmethod
     def watch(self, since_revision: int) -> ChangeFeed:

@@ -8,6 +8,8 @@ Layout under the prefix (default "/meshbreaker/"):
     policy/<id>       a Policy, serialized
     selector/<key>    the id of the policy holding that selector (caller, service, method)
     audit/<revision>  one JSON record per revision (zero-padded, so keys sort by revision)
+    xds/revision      the xDS cluster registry's own revision, a decimal
+    xds/cluster/<name>  an XdsCluster, serialized
 
 A write reads what it needs, then commits only if `store/revision` has not moved since (etcd
 compare on its version): store revisions stay contiguous and writes serializable whichever
@@ -36,6 +38,7 @@ from typing import Any, TypeVar
 from meshbreaker.control.store.base import (
     AuditEntry,
     ChangeFeed,
+    ClusterNotFoundError,
     CompactedError,
     PolicyNotFoundError,
     PolicyStore,
@@ -48,6 +51,7 @@ from meshbreaker.control.store.base import (
 )
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import xds_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -417,6 +421,75 @@ class EtcdStore(PolicyStore):
             if got is not None and json.loads(got.value).get("write_id") == write_id:
                 return True
             raise
+
+    def xds_clusters(self) -> tuple[int, builtins.list[xds_pb2.XdsCluster]]:
+        """The registry revision and every cluster, read at one etcd revision."""
+
+        async def read() -> tuple[int, builtins.list[xds_pb2.XdsCluster]]:
+            start = self._key("xds", "cluster", "")
+            counter, found = await self._read(
+                self._get(self._key("xds", "revision")), self._get(start, _prefix_end(start))
+            )
+            clusters = [xds_pb2.XdsCluster.FromString(value) for value, _ in found]
+            return _counter(counter)[1], sorted(clusters, key=lambda cluster: cluster.name)
+
+        return self._run(read())
+
+    def put_xds_cluster(
+        self, cluster: xds_pb2.XdsCluster, *, actor: str = ""
+    ) -> xds_pb2.XdsCluster:
+        """Store `cluster` at a new registry revision (a transaction on the registry counter)."""
+        if not cluster.name:
+            raise StoreError("an xDS cluster needs a name")
+
+        async def put() -> xds_pb2.XdsCluster:
+            while True:
+                version, current = _counter(
+                    (await self._read(self._get(self._key("xds", "revision"))))[0]
+                )
+                stored = xds_pb2.XdsCluster()
+                stored.CopyFrom(cluster)
+                stored.revision = current + 1
+                stored.updated_at.FromNanoseconds(int(self._wall_clock() * 1e9))
+                stored.updated_by = actor
+                body = stored.SerializeToString(deterministic=True)
+                put = self._clients[0].transactions.put
+                if await self._commit_xds(
+                    version, stored.revision, [put(self._key("xds", "cluster", stored.name), body)]
+                ):
+                    return stored
+
+        return self._run(put())
+
+    def delete_xds_cluster(self, name: str, *, actor: str = "") -> int:
+        """Delete the cluster `name` at a new registry revision."""
+
+        async def delete() -> int:
+            key = self._key("xds", "cluster", name)
+            while True:
+                counter, found = await self._read(
+                    self._get(self._key("xds", "revision")), self._get(key)
+                )
+                if not found:
+                    raise ClusterNotFoundError(name)
+                version, current = _counter(counter)
+                ops = [self._clients[0].transactions.delete(key)]
+                if await self._commit_xds(version, current + 1, ops):
+                    return current + 1
+
+        return self._run(delete())
+
+    async def _commit_xds(self, version: int, revision: int, ops: builtins.list[Any]) -> bool:
+        """Apply `ops` and move the registry counter to `revision` if the counter is unchanged."""
+        counter_key = self._key("xds", "revision")
+        put = self._clients[0].transactions.put
+        ops = [put(counter_key, str(revision).encode()), *ops]
+        succeeded, _ = await self._call(
+            lambda c: c.transaction(
+                compare=[c.transactions.version(counter_key) == version], success=ops, failure=[]
+            )
+        )
+        return bool(succeeded)
 
     def compact(self, revision: int) -> None:
         """Delete the audit records up to `revision`; feeds from before it get CompactedError."""

@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from meshbreaker.control.store.base import (
     AuditEntry,
     ChangeFeed,
+    ClusterNotFoundError,
     PolicyNotFoundError,
     PolicyStore,
     RevisionMismatchError,
@@ -27,6 +28,7 @@ from meshbreaker.control.store.base import (
     selector_key,
 )
 from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import xds_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ CREATE TABLE IF NOT EXISTS audit (
     after TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_revision ON audit (revision);
+CREATE TABLE IF NOT EXISTS xds_clusters (name TEXT PRIMARY KEY, body BLOB NOT NULL);
 """
 
 
@@ -136,6 +139,7 @@ class SqliteStore(PolicyStore):
                     f"({SCHEMA_VERSION}): upgrade meshbreaker, or use another file"
                 )
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('compacted', 0)")
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('xds_revision', 0)")
             # Created once with the store; a file from before store ids gets one on first open.
             identity = self._db.execute("SELECT store_id FROM identity").fetchone()
             if identity is None:
@@ -279,6 +283,53 @@ class SqliteStore(PolicyStore):
                 (since_revision, limit),
             ).fetchall()
         return [_entry(row) for row in rows]
+
+    def _xds_revision(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'xds_revision'").fetchone()
+        return int(row[0])
+
+    def xds_clusters(self) -> tuple[int, builtins.list[xds_pb2.XdsCluster]]:
+        """The registry revision and every cluster, in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                revision = self._xds_revision()
+                rows = self._db.execute("SELECT body FROM xds_clusters ORDER BY name").fetchall()
+            finally:
+                self._db.execute("COMMIT")
+        return revision, [xds_pb2.XdsCluster.FromString(row[0]) for row in rows]
+
+    def put_xds_cluster(
+        self, cluster: xds_pb2.XdsCluster, *, actor: str = ""
+    ) -> xds_pb2.XdsCluster:
+        """Store `cluster` at a new registry revision."""
+        if not cluster.name:
+            raise StoreError("an xDS cluster needs a name")
+        stored = xds_pb2.XdsCluster()
+        stored.CopyFrom(cluster)
+        with self._transaction():
+            stored.revision = self._xds_revision() + 1
+            stored.updated_at.FromNanoseconds(int(self._wall_clock() * 1e9))
+            stored.updated_by = actor
+            self._db.execute(
+                "INSERT OR REPLACE INTO xds_clusters VALUES (?, ?)",
+                (stored.name, stored.SerializeToString(deterministic=True)),
+            )
+            self._set_xds_revision(stored.revision)
+        return stored
+
+    def delete_xds_cluster(self, name: str, *, actor: str = "") -> int:
+        """Delete the cluster `name` at a new registry revision."""
+        with self._transaction():
+            deleted = self._db.execute("DELETE FROM xds_clusters WHERE name = ?", (name,))
+            if deleted.rowcount == 0:
+                raise ClusterNotFoundError(name)
+            revision = self._xds_revision() + 1
+            self._set_xds_revision(revision)
+        return revision
+
+    def _set_xds_revision(self, revision: int) -> None:
+        self._db.execute("UPDATE meta SET value = ? WHERE key = 'xds_revision'", (revision,))
 
     def watch(self, since_revision: int) -> ChangeFeed:
         """The changes after `since_revision`, then every later one."""

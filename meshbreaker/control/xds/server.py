@@ -20,10 +20,9 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from meshbreaker.control.auth import TokenAuthenticator
 from meshbreaker.control.events import EventBus
-from meshbreaker.control.store import PolicyStore
+from meshbreaker.control.store import ClusterNotFoundError, PolicyStore
 from meshbreaker.control.xds.ads import AdsServicer, MeshSource, XdsClient
-from meshbreaker.control.xds.model import check_cluster, check_cluster_name
-from meshbreaker.control.xds.registry import ClusterNotFoundError, ClusterRegistry, registry_for
+from meshbreaker.control.xds.model import MAX_CLUSTERS, check_cluster, check_cluster_name
 from meshbreaker.control.xds.resources import MeshState
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import xds_pb2, xds_pb2_grpc
@@ -42,7 +41,6 @@ class XdsServer:
     def __init__(
         self,
         store: PolicyStore,
-        registry: ClusterRegistry,
         *,
         events: EventBus,
         authenticator: TokenAuthenticator,
@@ -50,8 +48,7 @@ class XdsServer:
         max_clients: int,
         poll_interval: float = 1.0,
     ) -> None:
-        self._store = store
-        self.registry = registry
+        self.store = store
         self._events = events
         self._authenticator = authenticator
         self.clock = clock
@@ -77,7 +74,7 @@ class XdsServer:
         self._follower = asyncio.ensure_future(self._follow())
 
     async def stop(self) -> None:
-        """Stop following and release the worker thread and the registry."""
+        """Stop following and release the worker thread."""
         follower, self._follower = self._follower, None
         if follower is not None:
             follower.cancel()
@@ -87,7 +84,6 @@ class XdsServer:
 
     def _close(self) -> None:
         self._executor.shutdown(wait=True)
-        self.registry.close()
 
     def clients(self) -> list[XdsClient]:
         """The connected xDS clients."""
@@ -101,8 +97,8 @@ class XdsServer:
         """Read policies and clusters; publish them when either revision moved."""
         async with self._reload_lock:
             current = self.source.state
-            policy_revision, policies = await self.run(self._store.list)
-            cluster_revision, clusters = await self.run(self.registry.clusters)
+            policy_revision, policies = await self.run(self.store.list)
+            cluster_revision, clusters = await self.run(self.store.xds_clusters)
             if (policy_revision, cluster_revision) == (
                 current.policy_revision,
                 current.cluster_revision,
@@ -146,7 +142,6 @@ async def start_xds(
     """An XdsServer over `store`'s cluster registry, registered on `server` and started."""
     xds = XdsServer(
         store,
-        registry_for(store),
         events=events,
         authenticator=authenticator,
         clock=clock,
@@ -175,10 +170,14 @@ class XdsAdminServicer(xds_pb2_grpc.XdsAdminServicer):
         cluster.CopyFrom(request.cluster)
         for output_only in ("revision", "updated_at", "updated_by"):
             cluster.ClearField(output_only)
+        store = self._xds.store
         try:
             check_cluster(cluster)
+            _, clusters = await self._xds.run(store.xds_clusters)
+            if len(clusters) >= MAX_CLUSTERS and cluster.name not in {c.name for c in clusters}:
+                raise ConfigError("cluster", f"the registry holds at most {MAX_CLUSTERS} clusters")
             actor = self._xds.actor(context)
-            stored = await self._xds.run(lambda: self._xds.registry.put(cluster, actor=actor))
+            stored = await self._xds.run(lambda: store.put_xds_cluster(cluster, actor=actor))
         except ConfigError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         await self._xds.reload()
@@ -191,7 +190,8 @@ class XdsAdminServicer(xds_pb2_grpc.XdsAdminServicer):
         try:
             name = check_cluster_name(request.name, "name")
             actor = self._xds.actor(context)
-            revision = await self._xds.run(lambda: self._xds.registry.delete(name, actor=actor))
+            store = self._xds.store
+            revision = await self._xds.run(lambda: store.delete_xds_cluster(name, actor=actor))
         except ConfigError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except ClusterNotFoundError as error:
@@ -203,7 +203,7 @@ class XdsAdminServicer(xds_pb2_grpc.XdsAdminServicer):
         self, request: xds_pb2.ListClustersRequest, context: _Context
     ) -> xds_pb2.ListClustersResponse:
         """Every registered cluster."""
-        revision, clusters = await self._xds.run(self._xds.registry.clusters)
+        revision, clusters = await self._xds.run(self._xds.store.xds_clusters)
         return xds_pb2.ListClustersResponse(clusters=clusters, revision=revision)
 
     async def ListXdsClients(
