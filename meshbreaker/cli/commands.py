@@ -56,6 +56,7 @@ def control_plane(args: argparse.Namespace) -> int:
             report_ttl=args.report_ttl,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
+            xds=args.xds,
         )
     return 0
 

@@ -10,6 +10,7 @@ from meshbreaker import __version__
 from meshbreaker.cli import arg_types, commands
 from meshbreaker.cli.explain import policy_explain
 from meshbreaker.cli.policy_flags import add_policy_arguments
+from meshbreaker.cli.xds import add_xds_commands
 from meshbreaker.live.terminal import PROG
 
 DEFAULT_TARGET = "127.0.0.1:7070"
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy(subcommands, connection)
     _add_force(subcommands, connection)
     _add_events(subcommands, connection)
+    add_xds_commands(subcommands, connection)
     return parser
 
 
@@ -123,6 +125,12 @@ def _add_control_plane(subcommands: _Subcommands) -> None:
     )
     serve.add_argument(
         "--metrics-host", help="address for the metrics endpoint (default: the --host address)"
+    )
+    serve.add_argument(
+        "--xds",
+        action="store_true",
+        help="also serve policies and the cluster registry over xDS (ADS) on this port "
+        "(needs [xds])",
     )
     serve.set_defaults(handler=commands.control_plane)
 

@@ -12,6 +12,7 @@ from meshbreaker.grpc._calls import (
     TrackedStream,
 )
 from meshbreaker.grpc.interceptor import BreakerInterceptor
+from meshbreaker.grpc.service_config import service_config
 
 __all__ = [
     "FALLBACK_METADATA_KEY",
@@ -22,4 +23,5 @@ __all__ = [
     "RejectedBulkheadCall",
     "RejectedCall",
     "TrackedStream",
+    "service_config",
 ]

@@ -12,6 +12,7 @@ channel that stays open):
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import sys
@@ -31,6 +32,11 @@ def outcome(call: Any) -> str:
         return f"{error.code().name}: {error.details()}"
 
 
+def report(ended: queue.Queue[str], call: Any) -> None:
+    """Queue the outcome of a finished call."""
+    ended.put(outcome(call))
+
+
 def main() -> None:
     """Serve commands until stdin closes."""
     channel = grpc.insecure_channel(sys.argv[1])
@@ -47,7 +53,7 @@ def main() -> None:
             ended: queue.Queue[str] = queue.Queue()
             futures = [method.future(b"", timeout=TIMEOUT) for _ in range(command["n"])]
             for future in futures:
-                future.add_done_callback(lambda done: ended.put(outcome(done)))
+                future.add_done_callback(functools.partial(report, ended))
             for _ in futures:
                 print(json.dumps({"result": ended.get()}), flush=True)
         elif command["op"] == "until_clean":

@@ -1,0 +1,165 @@
+"""`meshbreaker xds ...` against a real control plane with xds=True, and the bootstrap it prints."""
+
+from __future__ import annotations
+
+import json
+import queue
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from meshbreaker.cli import main
+from meshbreaker.control.xds.resources import CLUSTER
+from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import xds_pb2
+from tests.server_support import ControlPlane
+
+Cli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def cp(tmp_path: Path) -> Iterator[ControlPlane]:
+    plane = ControlPlane(tmp_path / "cp.db", xds=True)
+    yield plane
+    plane.close()
+
+
+@pytest.fixture
+def cli(cp: ControlPlane, capsys: pytest.CaptureFixture[str]) -> Cli:
+    def run(*args: str) -> tuple[int, str, str]:
+        status = main(["--target", cp.target, *args])
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return run
+
+
+def test_cluster_put_list_and_delete(cli: Cli) -> None:
+    status, out, err = cli(
+        "xds",
+        "cluster",
+        "put",
+        "accounts",
+        "--endpoint",
+        "127.0.0.1:5001",
+        "--endpoint",
+        "[::1]:5002/3",
+        "--service",
+        "bank.v1.AccountService",
+    )
+    assert (status, err) == (0, "")
+    assert "registry revision 1" in out
+    status, out, _ = cli("xds", "cluster", "list")
+    assert out.split() == [
+        "accounts",
+        "127.0.0.1:5001",
+        "[::1]:5002/3",
+        "round_robin",
+        "bank.v1.AccountService",
+    ]
+    status, out, _ = cli("xds", "cluster", "list", "--json")
+    listed = json.loads(out)
+    assert listed["revision"] == "1" and listed["clusters"][0]["name"] == "accounts"
+    assert cli("xds", "cluster", "delete", "accounts")[0] == 0
+    status, _, err = cli("xds", "cluster", "delete", "accounts")
+    assert status == 1 and "NOT_FOUND: no xDS cluster named 'accounts'" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--endpoint", "db.internal:5432"], "is not an IP address"),
+        (["--endpoint", "127.0.0.1:70000"], "the port must be in 1..65535"),
+        (["--endpoint", "127.0.0.1"], "is not HOST:PORT"),
+        (["--endpoint", "127.0.0.1:1", "--endpoint", "127.0.0.1:1"], "is listed twice"),
+        (["--endpoint", "127.0.0.1:1", "--service", "not a service"], "not a gRPC service name"),
+        ([], "give at least one --endpoint"),
+    ],
+)
+def test_a_bad_cluster_is_one_line_and_stores_nothing(
+    cli: Cli, cp: ControlPlane, args: list[str], message: str
+) -> None:
+    status, _, err = cli("xds", "cluster", "put", "accounts", *args)
+    assert status == 1 and message in err and len(err.splitlines()) == 1
+    assert cp.running.store.xds_clusters() == (0, [])
+
+
+def test_a_put_with_a_method_selector_and_outlier_detection_is_refused(cp: ControlPlane) -> None:
+    policy = pb.Policy(
+        id="p",
+        selector=pb.Selector(method="/bank.v1.AccountService/Get"),
+        outlier_detection=xds_pb2.OutlierDetection(max_ejection_percent=10),
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        cp.stub.PutPolicy(pb.PutPolicyRequest(policies=[policy]))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "policies[0].outlier_detection: needs a selector without a method" in str(
+        caught.value.details()
+    )
+    policy.selector.method = ""
+    policy.selector.service = "bank.v1.AccountService"
+    policy.outlier_detection.max_ejection_percent = 101
+    with pytest.raises(grpc.RpcError) as caught:
+        cp.stub.PutPolicy(pb.PutPolicyRequest(policies=[policy]))
+    assert "policies[0].outlier_detection.max_ejection_percent: must be in 0..100" in str(
+        caught.value.details()
+    )
+
+
+def test_bootstrap_prints_what_grpc_reads(cli: Cli, tmp_path: Path) -> None:
+    status, out, _ = cli(
+        "xds", "bootstrap", "--server", "10.0.0.7:7070", "--node-id", "gw-1", "--caller", "gateway"
+    )
+    assert status == 0
+    assert json.loads(out) == {
+        "xds_servers": [
+            {
+                "server_uri": "10.0.0.7:7070",
+                "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3"],
+            }
+        ],
+        "node": {"id": "gw-1", "cluster": "gateway"},
+    }
+    ca = tmp_path / "ca.pem"
+    status, out, _ = cli(
+        "xds", "bootstrap", "--server", "cp:7070", "--node-id", "gw-1", "--ca-file", str(ca)
+    )
+    assert json.loads(out)["xds_servers"][0]["channel_creds"] == [
+        {"type": "tls", "config": {"ca_certificate_file": str(ca.resolve())}}
+    ]
+    status, _, err = cli("xds", "bootstrap", "--server", "cp", "--node-id", "x")
+    assert status == 1 and "--server: 'cp' is not HOST:PORT" in err
+    status, _, err = cli(
+        "xds", "bootstrap", "--server", "cp:1", "--node-id", "x", "--cert-file", "c"
+    )
+    assert (status == 1 and "--private-key-file" in err) or "go together" in err
+
+
+def test_clients_show_what_each_node_acked(cli: Cli, cp: ControlPlane) -> None:
+    assert cli("xds", "cluster", "put", "accounts", "--endpoint", "127.0.0.1:5001")[0] == 0
+    channel = grpc.insecure_channel(cp.target)
+    requests: queue.Queue[discovery_pb2.DiscoveryRequest | None] = queue.Queue()
+    requests.put(
+        discovery_pb2.DiscoveryRequest(
+            node={"id": "raw-node", "cluster": "gateway"},
+            type_url=CLUSTER,
+            resource_names=["accounts"],
+        )
+    )
+    stream = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
+        iter(requests.get, None), timeout=20
+    )
+    try:
+        response = next(stream)
+        assert response.version_info == "0.1" and len(response.resources) == 1
+        _, out, _ = cli("xds", "clients")
+        assert "raw-node  caller gateway" in out
+        assert "cluster  accounts  ACKed -" in out
+    finally:
+        requests.put(None)
+        stream.cancel()
+        channel.close()
