@@ -139,7 +139,11 @@ class XdsClientProcess:
 
 
 def cluster(
-    name: str, backends: Iterable[Backend], *, services: Iterable[str] = (), lb_policy: int = 0
+    name: str,
+    backends: Iterable[Backend],
+    *,
+    services: Iterable[str] = (),
+    lb_policy: xds_pb2.LbPolicy.ValueType = xds_pb2.LB_POLICY_UNSPECIFIED,
 ) -> xds_pb2.XdsCluster:
     return xds_pb2.XdsCluster(
         name=name,

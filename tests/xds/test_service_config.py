@@ -90,7 +90,7 @@ async def test_a_plain_channel_with_it_ejects_the_failing_backend(
     target = "ipv4:" + ",".join(f"127.0.0.1:{b.port}" for b in (healthy_a, failing, healthy_b))
     config = service_config([ejection_policy("p")], service=SERVICE)
     async with grpc.aio.insecure_channel(target, options=[("grpc.service_config", config)]) as ch:
-        who = ch.unary_unary("/test.Echo/Who")
+        who: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = ch.unary_unary("/test.Echo/Who")
         results: list[str] = []
         loop_end = asyncio.get_running_loop().time() + DEADLINE
         while len(results) < 30 or any(":" in result for result in results[-30:]):

@@ -42,7 +42,7 @@ def main() -> None:
     channel = grpc.insecure_channel(sys.argv[1])
     for line in sys.stdin:
         command = json.loads(line)
-        method = channel.unary_unary(command["method"])
+        method: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(command["method"])
         if command["op"] == "call":
             results = []
             for _ in range(command["n"]):
