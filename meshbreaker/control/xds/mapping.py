@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from meshbreaker.config import BreakerConfig
-from meshbreaker.control import convert
+from meshbreaker.control.convert import PolicySpec
+from meshbreaker.control.layers import explain, specs_of
 from meshbreaker.control.xds.model import OutlierDetection, outlier_detection_from_proto
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -39,19 +39,11 @@ def check_policy(policy: pb.Policy, path: str = "policy") -> None:
     outlier_detection_from_proto(policy.outlier_detection, f"{path}.outlier_detection")
 
 
-def service_configs(
-    caller: str, services: Sequence[str], policies: Iterable[pb.Policy]
-) -> dict[str, BreakerConfig]:
-    """The effective service-level BreakerConfig of each service that has one, for `caller`."""
-    resolved = convert.policies_for(caller, policies)
-    out: dict[str, BreakerConfig] = {}
-    for service in services:
-        config = resolved.policies.get(service, resolved.default)
-        if config is not None:
-            out[service] = config
-    if not services and resolved.default is not None:
-        out[""] = resolved.default
-    return out
+def max_concurrent_calls(
+    caller: str, service: str, policies: Iterable[pb.Policy | PolicySpec]
+) -> int | None:
+    """The effective service-level `max_concurrent_calls` of `service` for `caller` (None = off)."""
+    return explain(caller, service, policies).config.max_concurrent_calls
 
 
 def cluster_policy(
@@ -64,10 +56,11 @@ def cluster_policy(
     sets it: a named service before every service, a named caller before every caller, then the
     smaller id. Policies that fail validation are skipped (they were refused when put).
     """
+    specs = specs_of(policies)
     limits = [
-        (config.max_concurrent_calls, service)
-        for service, config in service_configs(caller, services, policies).items()
-        if config.max_concurrent_calls is not None
+        (limit, service)
+        for service in services or [""]
+        if (limit := max_concurrent_calls(caller, service, specs)) is not None
     ]
     max_requests, max_requests_from = min(limits) if limits else (None, "")
     wanted = set(services)
