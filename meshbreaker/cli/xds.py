@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, TypeAlias
 
 from meshbreaker.cli.client import Client
@@ -78,6 +79,7 @@ def add_xds_commands(subcommands: _Subcommands, connection: argparse.ArgumentPar
     boot.add_argument("--ca-file", metavar="FILE", help="CA of the server: speak TLS")
     boot.add_argument("--cert-file", metavar="FILE", help="client certificate (mutual TLS)")
     boot.add_argument("--key-file", metavar="FILE", help="client private key (mutual TLS)")
+    boot.add_argument("--output", metavar="FILE", help="write it to FILE (default: print it)")
     boot.set_defaults(handler=xds_bootstrap)
     config = actions.add_parser(
         "service-config",
@@ -177,7 +179,11 @@ def xds_bootstrap(args: argparse.Namespace) -> int:
         )
     except ConfigError as error:
         raise CliError(f"--{error.field.replace('_', '-')}: {error.message}") from None
-    print(json.dumps(document, indent=2))
+    text = json.dumps(document, indent=2)
+    if args.output is None:
+        print(text)
+    else:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
     return 0
 
 

@@ -124,6 +124,10 @@ def test_bootstrap_prints_what_grpc_reads(cli: Cli, tmp_path: Path) -> None:
         ],
         "node": {"id": "gw-1", "cluster": "gateway"},
     }
+    written = tmp_path / "bootstrap.json"
+    args = ("--server", "10.0.0.7:7070", "--node-id", "gw-1", "--caller", "gateway")
+    assert cli("xds", "bootstrap", *args, "--output", str(written))[:2] == (0, "")
+    assert json.loads(written.read_text())["node"] == {"id": "gw-1", "cluster": "gateway"}
     ca = tmp_path / "ca.pem"
     status, out, _ = cli(
         "xds", "bootstrap", "--server", "cp:7070", "--node-id", "gw-1", "--ca-file", str(ca)
