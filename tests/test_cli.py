@@ -23,6 +23,7 @@ import meshbreaker
 from meshbreaker.cli import main
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.control.agent import MeshAgent
+from meshbreaker.control.limits import Limits
 from meshbreaker.control.store import SqliteStore, StoreError
 from meshbreaker.control.store.sqlite import explain_open_error
 from meshbreaker.registry import BreakerRegistry
@@ -378,6 +379,39 @@ def test_status_tables_filters_instances_and_watch(
             agent.stop()
 
 
+def test_a_state_filter_finds_the_forced_breakers_of_that_state(
+    cli: Callable[..., tuple[int, str, str]], cp: ControlPlane
+) -> None:
+    states = {
+        "ForcedOpen": pb.BREAKER_STATE_FORCED_OPEN,
+        "Open": pb.BREAKER_STATE_OPEN,
+        "Closed": pb.BREAKER_STATE_CLOSED,
+        "ForcedClosed": pb.BREAKER_STATE_FORCED_CLOSED,
+        "HalfOpen": pb.BREAKER_STATE_HALF_OPEN,
+    }
+    cp.stub.ReportState(
+        pb.ReportStateRequest(
+            instance_id="tx-1",
+            service="transaction",
+            breakers=[
+                pb.BreakerSnapshot(name=f"/bank.v1.S/{name}", state=state)
+                for name, state in states.items()
+            ],
+        ),
+        timeout=5,
+    )
+
+    def shown(state: str) -> set[str]:
+        status, out, _ = cli("status", "--state", state)
+        assert status == 0
+        return {name for name in states if f"/bank.v1.S/{name} " in out}
+
+    assert shown("OPEN") == {"Open", "ForcedOpen"}  # both refuse calls
+    assert shown("CLOSED") == {"Closed", "ForcedClosed"}
+    assert shown("FORCED_OPEN") == {"ForcedOpen"}
+    assert shown("HALF_OPEN") == {"HalfOpen"}
+
+
 def test_status_says_when_nothing_has_reported(cli: Callable[..., tuple[int, str, str]]) -> None:
     status, out, _ = cli("status")
     assert status == 0
@@ -403,21 +437,43 @@ def test_status_shows_nacks(cli: Callable[..., tuple[int, str, str]], cp: Contro
         assert wait_until(shown)
 
 
-def test_events_without_follow_listen_for_a_while(
-    cli: Callable[..., tuple[int, str, str]], cp: ControlPlane
+def test_events_without_follow_show_the_recent_history_and_exit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    results: list[tuple[int, str, str]] = []
-    listener = threading.Thread(target=lambda: results.append(cli("events", "--duration", "0.5")))
-    listener.start()
-    assert wait_until(lambda: cp.running.servicer.events.subscribers > 0)
-    cp.stub.PutPolicy(
-        pb.PutPolicyRequest(policies=[pb.Policy(id="p1", selector=pb.Selector(method=METHOD))]),
-        timeout=5,
-    )
-    listener.join(5)
-    status, out, err = results[0]
-    assert status == 0, err
-    assert " policy put p1 revision 1 by " in out
+    plane = ControlPlane(tmp_path / "history.db", limits=Limits(event_history=3))
+    try:
+        assert main(["--target", plane.target, "events"]) == 0
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err == (
+            "meshbreaker: no events yet (the control plane keeps the recent ones since it started)\n"
+        )
+        for index in range(4):
+            policy = pb.Policy(id=f"p{index}", selector=pb.Selector(method=f"{METHOD}{index}"))
+            plane.stub.PutPolicy(pb.PutPolicyRequest(policies=[policy]), timeout=5)
+        plane.stub.ReportState(
+            pb.ReportStateRequest(
+                instance_id="tx-1",
+                service="transaction",
+                breakers=[pb.BreakerSnapshot(name=METHOD, state=pb.BREAKER_STATE_OPEN)],
+            ),
+            timeout=5,
+        )
+        assert main(["--target", plane.target, "events"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        # The last three kept (a bounded history), oldest first.
+        assert [line.split(" ", 2)[2] for line in lines] == [
+            "policy put p2 revision 3 by anonymous@" + lines[0].rsplit("@", 1)[1],
+            "policy put p3 revision 4 by anonymous@" + lines[1].rsplit("@", 1)[1],
+            f"transition transaction/tx-1 {METHOD} NEW -> OPEN",
+        ]
+        assert main(["--target", plane.target, "events", "--limit", "1"]) == 0
+        assert capsys.readouterr().out.endswith(f"{METHOD} NEW -> OPEN\n")
+        # Another caller's transitions are left out; policy changes concern every caller.
+        assert main(["--target", plane.target, "events", "--caller", "gateway"]) == 0
+        assert "transition" not in capsys.readouterr().out
+    finally:
+        plane.close()
 
 
 def test_events_follow_prints_transitions_and_policy_changes(

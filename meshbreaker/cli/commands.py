@@ -9,7 +9,6 @@ import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import grpc
 from google.protobuf.message import Message
 from rich.console import Console
 
@@ -19,7 +18,7 @@ from meshbreaker.cli.tables import policy_table, status_view
 from meshbreaker.errors import CliError
 from meshbreaker.live.connection import channel_options, new_backoff
 from meshbreaker.live.follow import EventFollower, print_event
-from meshbreaker.live.terminal import console_for, emit
+from meshbreaker.live.terminal import console_for, emit, say
 from meshbreaker.live.text import state_name, to_json
 from meshbreaker.live.watch import StatusWatch
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -121,27 +120,20 @@ def _no_breakers(args: argparse.Namespace) -> str:
 
 
 def events(args: argparse.Namespace) -> int:
-    """`events`: mesh events for --duration seconds, or (--follow) until interrupted."""
-    request = pb.WatchEventsRequest(service=args.caller)
+    """`events`: the recent events the control plane kept, or (--follow) new ones until Ctrl-C."""
     if args.follow:
+        request = pb.WatchEventsRequest(service=args.caller)
         return _run_live_view(args, EventFollower, request, max_events=args.max_events)
-    console = console_for(sys.stdout)
     with Client(args) as client:
-        stream = client.stub.WatchEvents(request, timeout=args.duration, metadata=client.metadata)
-        seen = 0
-        try:
-            for event in stream:
-                print_event(console, event)
-                seen += 1
-                if args.max_events and seen >= args.max_events:
-                    stream.cancel()
-                    break
-        except grpc.RpcError as error:
-            # The stream ends by its deadline: that is the normal end.
-            if error.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise
-        except KeyboardInterrupt:
-            stream.cancel()
+        response = client.call(
+            client.stub.ListEvents,
+            pb.ListEventsRequest(service=args.caller, limit=min(args.limit, 2**31 - 1)),
+        )
+    console = console_for(sys.stdout)
+    for event in response.events:
+        print_event(console, event)
+    if not response.events:
+        say(sys.stderr, "no events yet (the control plane keeps the recent ones since it started)")
     return 0
 
 

@@ -142,7 +142,8 @@ def _add_status(subcommands: _Subcommands, connection: _Parser) -> None:
     status.add_argument(
         "--state",
         type=arg_types.state_filter,
-        help="only breakers some instance sees in this state (CLOSED, OPEN, HALF_OPEN, ...)",
+        help="only breakers some instance sees in this state: CLOSED, OPEN, HALF_OPEN, "
+        "FORCED_OPEN, FORCED_CLOSED (OPEN includes FORCED_OPEN, CLOSED FORCED_CLOSED)",
     )
     status.add_argument("--instances", action="store_true", help="show each instance")
     status.add_argument(
@@ -205,16 +206,21 @@ def _add_force(subcommands: _Subcommands, connection: _Parser) -> None:
 
 
 def _add_events(subcommands: _Subcommands, connection: _Parser) -> None:
-    events = subcommands.add_parser("events", help="mesh-wide events", parents=[connection])
+    events = subcommands.add_parser(
+        "events",
+        help="recent mesh-wide events (transitions, policy changes, NACKs); --follow for new ones",
+        parents=[connection],
+    )
     _add_caller(events)
     events.add_argument(
         "--follow", action="store_true", help="keep printing events until interrupted"
     )
     events.add_argument(
-        "--duration",
-        type=arg_types.seconds,
-        default=2.0,
-        help="without --follow: seconds to listen (default %(default)s)",
+        "--limit",
+        type=arg_types.count,
+        default=100,
+        help="without --follow: the most recent N events the control plane kept "
+        "(default %(default)s; 0 = all it kept)",
     )
     events.add_argument("--max-events", type=arg_types.count, default=0, help=argparse.SUPPRESS)
     events.set_defaults(handler=commands.events)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
@@ -12,12 +13,30 @@ from meshbreaker.v1 import control_plane_pb2 as pb
 logger = logging.getLogger(__name__)
 
 
-class EventBus:
-    """Fan-out of events to WatchEvents subscribers; a slow subscriber loses its oldest events."""
+def concerns(event: pb.Event, caller: str) -> bool:
+    """Whether `event` is one a watcher of caller service `caller` ("" = all) is sent."""
+    if not caller:
+        return True
+    kind = event.WhichOneof("kind")
+    if kind == "transition":
+        return event.transition.service == caller
+    if kind == "nack":
+        return event.nack.service == caller
+    return True  # policy changes concern every caller
 
-    def __init__(self, queue_size: int, wall_clock: Callable[[], float]) -> None:
+
+class EventBus:
+    """Fan-out of events to WatchEvents subscribers, and the last `history` events for ListEvents.
+
+    A slow subscriber loses its oldest events.
+    """
+
+    def __init__(
+        self, queue_size: int, wall_clock: Callable[[], float], history: int = 1_000
+    ) -> None:
         self._queue_size = queue_size
         self._wall_clock = wall_clock
+        self._history: collections.deque[pb.Event] = collections.deque(maxlen=history)
         self._sequence = 0
         # Events dropped per subscriber queue, so a stalled reader is logged once, not per event.
         self._subscribers: dict[asyncio.Queue[pb.Event], int] = {}
@@ -27,6 +46,7 @@ class EventBus:
         self._sequence += 1
         event.sequence = self._sequence
         event.time.FromNanoseconds(int(self._wall_clock() * 1e9))
+        self._history.append(event)
         for queue, dropped in self._subscribers.items():
             if queue.full():
                 queue.get_nowait()
@@ -34,6 +54,11 @@ class EventBus:
                     logger.warning("events subscriber too slow; dropping its oldest events")
                 self._subscribers[queue] = dropped + 1
             queue.put_nowait(event)
+
+    def recent(self, caller: str = "", limit: int = 0) -> list[pb.Event]:
+        """The last `limit` (0 = all) kept events that concern `caller`, oldest first."""
+        events = [event for event in self._history if concerns(event, caller)]
+        return events[-limit:] if limit > 0 else events
 
     @contextlib.contextmanager
     def subscribe(self) -> Iterator[asyncio.Queue[pb.Event]]:

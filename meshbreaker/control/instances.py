@@ -18,6 +18,13 @@ from meshbreaker.control.validate import STATE_FIELDS, Refused
 from meshbreaker.registry import split_breaker_name
 from meshbreaker.v1 import control_plane_pb2 as pb
 
+# A filter on OPEN (CLOSED) also finds breakers forced open (closed): they refuse (let through)
+# calls alike. FORCED_OPEN and FORCED_CLOSED find the forced ones only.
+_FILTERED_STATES = {
+    pb.BREAKER_STATE_OPEN: ("open", "forced_open"),
+    pb.BREAKER_STATE_CLOSED: ("closed", "forced_closed"),
+}
+
 logger = logging.getLogger(__name__)
 
 
@@ -191,9 +198,10 @@ class InstanceTable:
                             report_age=now - instance.last_seen,
                         )
                     )
+        wanted = _FILTERED_STATES.get(request.state, (STATE_FIELDS.get(request.state, ""),))
         for key in sorted(groups):
             group = groups[key]
-            if request.state and not getattr(group, STATE_FIELDS[request.state]):
+            if request.state and not any(getattr(group, field) for field in wanted):
                 continue
             group.failure_rate /= group.instances
             group.slow_call_rate /= group.instances

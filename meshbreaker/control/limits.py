@@ -17,6 +17,7 @@ class Limits:
     max_instances: int = 100_000
     max_message_bytes: int = 4 * 1024 * 1024
     event_queue_size: int = 1_000
+    event_history: int = 1_000  # recent events kept for ListEvents (`meshbreaker events`)
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:

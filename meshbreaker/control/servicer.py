@@ -19,7 +19,7 @@ import grpc.aio
 
 from meshbreaker.control import convert, validate
 from meshbreaker.control.auth import TokenAuthenticator
-from meshbreaker.control.events import EventBus
+from meshbreaker.control.events import EventBus, concerns
 from meshbreaker.control.instances import InstanceTable, MeshView
 from meshbreaker.control.limits import Limits
 from meshbreaker.control.store import (
@@ -90,7 +90,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         self._write_lock = asyncio.Lock()
         self._writes: set[asyncio.Future[Any]] = set()
         self._watch_streams = 0
-        self.events = EventBus(limits.event_queue_size, wall_clock)
+        self.events = EventBus(limits.event_queue_size, wall_clock, limits.event_history)
         self._instances = InstanceTable(
             report_ttl=report_ttl, limits=limits, publish=self.events.publish
         )
@@ -386,13 +386,18 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             await context.send_initial_metadata(())
             while True:
                 event = await queue.get()
-                if request.service:
-                    kind = event.WhichOneof("kind")
-                    if kind == "transition" and event.transition.service != request.service:
-                        continue
-                    if kind == "nack" and event.nack.service != request.service:
-                        continue
-                yield event
+                if concerns(event, request.service):
+                    yield event
+
+    @abort_on_refusal
+    async def ListEvents(
+        self, request: pb.ListEventsRequest, context: _Context
+    ) -> pb.ListEventsResponse:
+        """The most recent events kept (transitions and NACKs filtered by service), oldest first."""
+        convert.check_caller(request.service, "service", required=False)
+        if request.limit < 0:
+            raise ConfigError("limit", "must be >= 0 (0 = every event kept)")
+        return pb.ListEventsResponse(events=self.events.recent(request.service, request.limit))
 
 
 def _forced_policy_id(selector: convert.Selector) -> str:

@@ -54,6 +54,11 @@ class ControlPlaneStub:
                 request_serializer=meshbreaker_dot_v1_dot_control__plane__pb2.ListBreakersRequest.SerializeToString,
                 response_deserializer=meshbreaker_dot_v1_dot_control__plane__pb2.ListBreakersResponse.FromString,
                 _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/meshbreaker.v1.ControlPlane/ListEvents',
+                request_serializer=meshbreaker_dot_v1_dot_control__plane__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=meshbreaker_dot_v1_dot_control__plane__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
         self.ListPolicies = channel.unary_unary(
                 '/meshbreaker.v1.ControlPlane/ListPolicies',
                 request_serializer=meshbreaker_dot_v1_dot_control__plane__pb2.ListPoliciesRequest.SerializeToString,
@@ -110,6 +115,14 @@ class ControlPlaneServicer:
 
     def ListBreakers(self, request, context):
         """Breaker state across the mesh, aggregated per (caller service, breaker name).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvents(self, request, context):
+        """The most recent events, oldest first: each replica keeps the last Limits.event_history it
+        published since it started (WatchEvents streams the ones that follow).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -176,6 +189,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.ListBreakers,
                     request_deserializer=meshbreaker_dot_v1_dot_control__plane__pb2.ListBreakersRequest.FromString,
                     response_serializer=meshbreaker_dot_v1_dot_control__plane__pb2.ListBreakersResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=meshbreaker_dot_v1_dot_control__plane__pb2.ListEventsRequest.FromString,
+                    response_serializer=meshbreaker_dot_v1_dot_control__plane__pb2.ListEventsResponse.SerializeToString,
             ),
             'ListPolicies': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPolicies,
@@ -311,6 +329,33 @@ class ControlPlane:
             '/meshbreaker.v1.ControlPlane/ListBreakers',
             meshbreaker_dot_v1_dot_control__plane__pb2.ListBreakersRequest.SerializeToString,
             meshbreaker_dot_v1_dot_control__plane__pb2.ListBreakersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshbreaker.v1.ControlPlane/ListEvents',
+            meshbreaker_dot_v1_dot_control__plane__pb2.ListEventsRequest.SerializeToString,
+            meshbreaker_dot_v1_dot_control__plane__pb2.ListEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

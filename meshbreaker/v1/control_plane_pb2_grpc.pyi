@@ -59,6 +59,10 @@ class ControlPlaneStub:
     """
     ListBreakers: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListBreakersRequest, _control_plane_pb2.ListBreakersResponse]
     """Breaker state across the mesh, aggregated per (caller service, breaker name)."""
+    ListEvents: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListEventsRequest, _control_plane_pb2.ListEventsResponse]
+    """The most recent events, oldest first: each replica keeps the last Limits.event_history it
+    published since it started (WatchEvents streams the ones that follow).
+    """
     ListPolicies: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.ListPoliciesRequest, _control_plane_pb2.ListPoliciesResponse]
     """Every stored policy (optionally only those applying to one caller service)."""
     PutPolicy: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.PutPolicyRequest, _control_plane_pb2.PutPolicyResponse]
@@ -92,6 +96,10 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     """
     ListBreakers: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListBreakersRequest, _control_plane_pb2.ListBreakersResponse]  # type: ignore[assignment]
     """Breaker state across the mesh, aggregated per (caller service, breaker name)."""
+    ListEvents: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListEventsRequest, _control_plane_pb2.ListEventsResponse]  # type: ignore[assignment]
+    """The most recent events, oldest first: each replica keeps the last Limits.event_history it
+    published since it started (WatchEvents streams the ones that follow).
+    """
     ListPolicies: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.ListPoliciesRequest, _control_plane_pb2.ListPoliciesResponse]  # type: ignore[assignment]
     """Every stored policy (optionally only those applying to one caller service)."""
     PutPolicy: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.PutPolicyRequest, _control_plane_pb2.PutPolicyResponse]  # type: ignore[assignment]
@@ -146,6 +154,16 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_plane_pb2.ListBreakersResponse, _abc.Awaitable[_control_plane_pb2.ListBreakersResponse]]:
         """Breaker state across the mesh, aggregated per (caller service, breaker name)."""
+
+    @_abc_1.abstractmethod
+    def ListEvents(
+        self,
+        request: _control_plane_pb2.ListEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.ListEventsResponse, _abc.Awaitable[_control_plane_pb2.ListEventsResponse]]:
+        """The most recent events, oldest first: each replica keeps the last Limits.event_history it
+        published since it started (WatchEvents streams the ones that follow).
+        """
 
     @_abc_1.abstractmethod
     def ListPolicies(
