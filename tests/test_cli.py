@@ -446,7 +446,8 @@ def test_events_without_follow_show_the_recent_history_and_exit(
         captured = capsys.readouterr()
         assert captured.out == ""
         assert captured.err == (
-            "meshbreaker: no events yet (the control plane keeps the recent ones since it started)\n"
+            "meshbreaker: no events yet "
+            "(the control plane keeps the recent ones since it started)\n"
         )
         for index in range(4):
             policy = pb.Policy(id=f"p{index}", selector=pb.Selector(method=f"{METHOD}{index}"))
