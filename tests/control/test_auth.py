@@ -68,6 +68,7 @@ def _calls(
         "ListBreakers": lambda: _unary(
             stub.ListBreakers(pb.ListBreakersRequest(), metadata=metadata)
         ),
+        "ListEvents": lambda: _unary(stub.ListEvents(pb.ListEventsRequest(), metadata=metadata)),
         "ListPolicies": lambda: _unary(
             stub.ListPolicies(pb.ListPoliciesRequest(), metadata=metadata)
         ),
