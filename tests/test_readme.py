@@ -6,6 +6,7 @@ blocks must be one the parser accepts, and the README must say how the commands 
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 import subprocess
@@ -19,13 +20,14 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 SHELL_BLOCKS = re.findall(r"```sh\n(.*?)```", README, flags=re.DOTALL)
 ACTIVATE = ". .venv/bin/activate"
+SHELL_OPERATORS = {">", ">>", "|", "&&", "||", ";", "<"}  # where the command's own words end
 
 
 def commands(program: str) -> list[str]:
     """The lines of the README's shell blocks that run `program`, without comments or `&`."""
     found = []
     for block in SHELL_BLOCKS:
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # continued lines joined
             line = line.split("  #", 1)[0].strip().removesuffix("&").strip()
             if line.startswith(f"{program} "):
                 found.append(line)
@@ -41,8 +43,11 @@ def test_the_readme_says_how_its_commands_become_runnable() -> None:
 
 @pytest.mark.parametrize("line", commands("meshbreaker"))
 def test_every_meshbreaker_command_in_the_readme_parses(line: str) -> None:
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    words = list(itertools.takewhile(lambda word: word not in SHELL_OPERATORS, lexer))
     try:
-        build_parser().parse_args(shlex.split(line)[1:])
+        build_parser().parse_args(words[1:])
     except SystemExit as exit_:
         assert exit_.code == 0, f"the README's `{line}` is refused"
 
