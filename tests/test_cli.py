@@ -500,7 +500,7 @@ def test_events_follow_prints_transitions_and_policy_changes(
     lines = out.splitlines()
     assert any(" policy put p1 revision 1 " in line for line in lines)
     assert any(
-        line.endswith("transition transaction/tx-9 /bank.v1.AuditService/Record NEW -> OPEN")
+        line.endswith("transition transaction/tx-9 /bank.v1.AuditService/Record CLOSED -> OPEN")
         for line in lines
     ), lines
 

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from meshbreaker.cli import main
@@ -13,7 +14,7 @@ from meshbreaker.config import BreakerConfig, WindowType
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
-from tests.server_support import ControlPlane, wait_until
+from tests.server_support import ControlPlane
 
 METHOD = "/bank.v1.AccountService/GetBalance"
 SERVICE = "bank.v1.AccountService"
@@ -143,9 +144,7 @@ def test_explain_refuses_bad_names_in_one_line(
     assert status == 1 and message in err and err.count("\n") == 1
 
 
-def test_agent_reports_are_validated_before_status_shows_their_config(
-    cli: Callable[..., tuple[int, str, str]], cp: ControlPlane
-) -> None:
+def test_a_reported_config_is_validated_like_a_policy(cp: ControlPlane) -> None:
     report = pb.ReportStateRequest(
         instance_id="liar",
         service="gateway",
@@ -158,7 +157,8 @@ def test_agent_reports_are_validated_before_status_shows_their_config(
         ],
         full=True,
     )
-    cp.stub.ReportState(report, timeout=5)
-    assert wait_until(lambda: bool(cp.stub.ListBreakers(pb.ListBreakersRequest()).groups))
-    _, out, _ = cli("status", "--instances")
-    assert "\x1b" not in out and "(invalid)" in out
+    with pytest.raises(grpc.RpcError) as caught:
+        cp.stub.ReportState(report, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "breakers[0].config.failure_codes" in str(caught.value.details())
+    assert not cp.stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).instances

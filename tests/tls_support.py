@@ -31,6 +31,7 @@ def issue(
     *,
     ca: bool = False,
     usage: x509.ObjectIdentifier | None = None,
+    uris: tuple[str, ...] = (),
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A certificate for `common_name` signed by `issuer` (self-signed if None), valid 1 h."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -50,7 +51,11 @@ def issue(
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         builder = builder.add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    *(x509.UniformResourceIdentifier(uri) for uri in uris),
+                ]
             ),
             critical=False,
         )

@@ -10,6 +10,7 @@ from meshbreaker import __version__
 from meshbreaker.cli import arg_types, commands
 from meshbreaker.cli.explain import policy_explain
 from meshbreaker.cli.policy_flags import add_policy_arguments
+from meshbreaker.cli.store_commands import store_adopt
 from meshbreaker.cli.xds import add_xds_commands
 from meshbreaker.live.terminal import PROG
 
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(subcommands, connection)
     _add_policy(subcommands, connection)
     _add_force(subcommands, connection)
+    _add_store(subcommands, connection)
     _add_events(subcommands, connection)
     add_xds_commands(subcommands, connection)
     return parser
@@ -107,6 +109,21 @@ def _add_control_plane(subcommands: _Subcommands) -> None:
     )
     serve.add_argument("--admin-token", help="token required for mutations")
     serve.add_argument("--agent-token", help="token accepted for watch/report/reads")
+    serve.add_argument(
+        "--agent-token-file",
+        metavar="FILE",
+        help="agent tokens limited to caller services, one '<token> <service>[,...]' a line",
+    )
+    serve.add_argument(
+        "--tls-client-names-service",
+        action="store_true",
+        help="with --tls-client-ca: an agent's certificate must name its service in a SAN",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without tokens or TLS (logged as a warning)",
+    )
     serve.add_argument("--tls-cert", dest="server_tls_cert", metavar="FILE", help="certificate")
     serve.add_argument("--tls-key", dest="server_tls_key", metavar="FILE", help="private key")
     serve.add_argument(
@@ -133,6 +150,20 @@ def _add_control_plane(subcommands: _Subcommands) -> None:
         "(needs [xds])",
     )
     serve.set_defaults(handler=commands.control_plane)
+
+
+def _add_store(subcommands: _Subcommands, connection: _Parser) -> None:
+    store = subcommands.add_parser(
+        "store", help="decide which store's policies agents hold", parents=[connection]
+    )
+    actions = store.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    adopt = actions.add_parser(
+        "adopt",
+        help="let agents holding another store's policies (or a higher revision) take these",
+        parents=[connection],
+    )
+    adopt.add_argument("store_id", metavar="STORE_ID", help="the store the agents hold now")
+    adopt.set_defaults(handler=store_adopt)
 
 
 def _add_status(subcommands: _Subcommands, connection: _Parser) -> None:

@@ -15,7 +15,7 @@ from meshbreaker.control.layers import describe_value
 from meshbreaker.errors import ConfigError
 from meshbreaker.live.render import instance_table
 from meshbreaker.live.table import Cell, Column, new_table
-from meshbreaker.live.text import format_seconds, state_text
+from meshbreaker.live.text import clean, format_seconds, state_text
 from meshbreaker.v1 import control_plane_pb2 as pb
 
 _GROUP_COLUMNS = (
@@ -60,7 +60,8 @@ def status_view(
     empty: str = "(no breakers reported)",
 ) -> RenderableType:
     """The `status` tables within `width` cells: one row per (caller, breaker), then instances."""
-    parts: list[RenderableType] = [_group_table(response.groups, width)]
+    parts: list[RenderableType] = [*store_mismatch_banner(response)]
+    parts.append(_group_table(response.groups, width))
     if not response.groups:
         parts.append(Text(empty, style="dim"))
     if instances:
@@ -75,6 +76,33 @@ def status_view(
         Text(f"store revision {response.revision}; {len(response.instances)} live instance(s)")
     )
     return Group(*parts)
+
+
+def store_mismatch_banner(response: pb.ListBreakersResponse) -> list[RenderableType]:
+    """Lines that put instances refusing this control plane's store first, with the way out."""
+    held: dict[tuple[str, int, str], list[str]] = {}
+    for item in response.instances:
+        if item.HasField("store_mismatch"):
+            mismatch = item.store_mismatch
+            key = (mismatch.held_store_id, mismatch.held_revision, mismatch.reason)
+            held.setdefault(key, []).append(item.instance_id)
+    lines: list[RenderableType] = []
+    for (store_id, revision, reason), instances in sorted(held.items()):
+        lines.append(
+            Text(
+                clean(
+                    f"STORE MISMATCH: {len(instances)} instance(s) ({', '.join(instances[:3])}"
+                    f"{', …' if len(instances) > 3 else ''}) keep revision {revision} of store "
+                    f"{store_id} and refuse this control plane's ({reason}: store "
+                    f"{response.store_id}, revision {response.revision}). To let them take it: "
+                    f"meshbreaker store adopt {store_id}"
+                ),
+                style="bold red",
+            )
+        )
+    if lines:
+        lines.append(Text())
+    return lines
 
 
 def _group_table(groups: Sequence[pb.BreakerGroup], width: int | None) -> Table:

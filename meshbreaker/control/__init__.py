@@ -6,6 +6,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
+    "AgentStatus",
     "ControlPlaneServer",
     "Limits",
     "MeshAgent",
@@ -17,12 +18,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from meshbreaker.control.agent import MeshAgent
+    from meshbreaker.control.agent import AgentStatus, MeshAgent
     from meshbreaker.control.limits import Limits
     from meshbreaker.control.server import ControlPlaneServer, ServerOptions, run, serve
     from meshbreaker.control.store import PolicyStore, SqliteStore
 
 _LAZY = {
+    "AgentStatus": "meshbreaker.control.agent",
     "MeshAgent": "meshbreaker.control.agent",
     "ControlPlaneServer": "meshbreaker.control.server",
     "Limits": "meshbreaker.control.limits",

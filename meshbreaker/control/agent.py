@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
+import enum
 import logging
 import os
 import random
+import secrets
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -34,12 +34,13 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from google.protobuf import json_format
 
 from meshbreaker._backoff import Backoff as Backoff  # re-exported: the agent's retry backoff
 from meshbreaker.config import State
+from meshbreaker.control.agent_cache import FailStaticCache
 from meshbreaker.control.convert import breaker_to_proto, check_caller
 from meshbreaker.control.layers import ResolvedPolicies, policies_for
+from meshbreaker.control.transition_log import TransitionLog
 from meshbreaker.errors import AgentError as AgentError  # re-exported: users catch it here
 from meshbreaker.errors import ConfigError, MeshbreakerError
 from meshbreaker.registry import BreakerRegistry
@@ -50,26 +51,9 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-CACHE_FORMAT = 1
 # Breakers per ReportState call (the server refuses more than its limit, 2000 by default); a
 # process with more sends its report in several parts.
 MAX_BREAKERS_PER_REPORT = 1000
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` as JSON so a reader (or a crash) sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, sort_keys=True, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
 
 
 def default_instance_id() -> str:
@@ -77,8 +61,17 @@ def default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-# What a missing, truncated, hand-edited or foreign cache file can raise while loading.
-_CACHE_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, MeshbreakerError)
+class AgentStatus(str, enum.Enum):
+    """What an agent can say about its link to the control plane."""
+
+    CONNECTING = "connecting"  # started, no answer yet
+    CONNECTED = "connected"  # the watch stream delivers
+    DENIED = "denied"  # the control plane refuses this agent's credentials
+    UNREACHABLE = "unreachable"  # no control plane answers, and no policies of one are in force
+    STALE = "stale"  # no control plane answers; the last policies applied stay in force
+
+
+_AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 PolicyCheck = Callable[[ResolvedPolicies], None]
@@ -135,6 +128,7 @@ class MeshAgent:
         *,
         instance_id: str | None = None,
         token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         report_interval: float = 5.0,
         cache_path: str | os.PathLike[str] | None = None,
@@ -156,12 +150,17 @@ class MeshAgent:
         self.service = service
         self.registry = registry
         self.instance_id = instance_id or default_instance_id()
-        self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {token}"),) if token else ()
-        )
+        # Claims the instance id at the control plane: only this process knows it.
+        self._instance_key = secrets.token_urlsafe(24)
+        if token is not None and token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        self._token = token
+        self._token_file = Path(token_file) if token_file is not None else None
+        self._metadata = self._read_metadata()
         self._credentials = credentials
         self.report_interval = report_interval
         self.cache_path = Path(cache_path) if cache_path is not None else None
+        self._cache = None if self.cache_path is None else FailStaticCache(self.cache_path, service)
         self._clock = clock
         self._validate = validate
         self._backoff = Backoff(backoff_initial, backoff_max)
@@ -177,6 +176,7 @@ class MeshAgent:
             # down, partition); the server permits them every 5 s even without data.
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.ping_timeout_ms", 10_000),  # recent gRPC waits on this one (1 min)
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
             *channel_options,
@@ -197,12 +197,17 @@ class MeshAgent:
         self._stub: pb_grpc.ControlPlaneAsyncStub | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._applied_policies: Sequence[pb.Policy] = ()
+        self._applied_store_id = ""
+        self._store_mismatch: pb.StoreMismatch | None = None
+        self._transitions = TransitionLog(clock)
 
         self._applied_revision = 0
         self._applied_at: float | None = None
         self._applied_from_cache = False
         self._last_nack: pb.Nack | None = None
         self._last_error: str | None = None
+        self._last_code: grpc.StatusCode | None = None
+        self._report_denied: str | None = None
         self._connected = False
         self._reports_sent = 0
         self._snapshots_received = 0
@@ -237,9 +242,60 @@ class MeshAgent:
         return None if nack is None else (nack.revision, nack.reason)
 
     @property
+    def applied_store_id(self) -> str:
+        """The id of the store the policies in force came from ("" = none, or not known)."""
+        return self._applied_store_id
+
+    @property
+    def store_mismatch(self) -> pb.StoreMismatch | None:
+        """Set while the agent keeps its policies instead of the control plane's (another store,
+        or a lower revision of the same one) until an operator runs `meshbreaker store adopt`."""
+        return self._store_mismatch
+
+    @property
+    def transitions_pending(self) -> int:
+        """Transitions logged and not yet acknowledged by the control plane."""
+        return len(self._transitions)
+
+    @property
     def last_error(self) -> str | None:
         """The latest connection or RPC error, cleared when the watch stream delivers again."""
         return self._last_error
+
+    @property
+    def status(self) -> AgentStatus:
+        """connected / denied / unreachable / stale (or connecting, before the first answer)."""
+        if self._connected and self._report_denied is None:
+            return AgentStatus.CONNECTED
+        if self._last_code in _AUTH_CODES or self._report_denied is not None:
+            return AgentStatus.DENIED
+        if self._last_error is None:
+            return AgentStatus.CONNECTING
+        if self._applied_revision > 0 or self._applied_from_cache:
+            return AgentStatus.STALE
+        return AgentStatus.UNREACHABLE
+
+    @property
+    def token_source(self) -> str:
+        """Where the agent's bearer token comes from, for messages about it (never the token)."""
+        if self._token_file is not None:
+            return f"token file {self._token_file}"
+        if self._token is not None:
+            return "the token given to MeshAgent(token=...)"
+        return "no token configured"
+
+    def _read_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The call metadata carrying the token; a token file is read again on each call here."""
+        token = self._token
+        if self._token_file is not None:
+            try:
+                token = self._token_file.read_text(encoding="utf-8").strip()
+            except OSError as error:
+                logger.warning(
+                    "meshbreaker agent: cannot read token file %s: %s", self._token_file, error
+                )
+                token = None
+        return (("authorization", f"Bearer {token}"),) if token else ()
 
     @property
     def connected(self) -> bool:
@@ -348,7 +404,9 @@ class MeshAgent:
     # ----- watching --------------------------------------------------------------------
 
     async def _watch_loop(self) -> None:
-        request = pb.WatchConfigRequest(service=self.service, instance_id=self.instance_id)
+        request = pb.WatchConfigRequest(
+            service=self.service, instance_id=self.instance_id, instance_key=self._instance_key
+        )
         failed_in_a_row = 0  # targets tried since the last stream that delivered
         while not self._stopped:
             target = self.target
@@ -361,18 +419,24 @@ class MeshAgent:
                         logger.info("control plane %s: watching as %s", target, self.service)
                     self._connected = delivered = True
                     self._last_error = None
+                    self._last_code = None
                     self._backoff.reset()
                     await self._handle_snapshot(snapshot)
                 self._last_error = "the control plane closed the watch stream"
             except grpc.RpcError as error:
                 self._last_error = _describe(error)
+                self._last_code = _code(error)
             except Exception as error:  # a bug must not kill the agent silently
                 logger.exception("meshbreaker agent: watch loop error")
                 self._last_error = f"{type(error).__name__}: {error}"
+                self._last_code = None
             finally:
                 self._connected = False
             if self._stopped:
                 return
+            if self._last_code in _AUTH_CODES:
+                await self._back_off_denied(target)
+                continue
             failed_in_a_row = 0 if delivered else failed_in_a_row + 1
             self._target_index = (self._target_index + 1) % len(self.targets)
             if delivered or failed_in_a_row < len(self.targets):
@@ -395,10 +459,45 @@ class MeshAgent:
             )
             await asyncio.sleep(delay)
 
+    async def _back_off_denied(self, target: str) -> None:
+        """Credentials refused: say so (not "unreachable"), back off, read the token again."""
+        delay = self._backoff.next_delay()
+        log = logger.warning if self._backoff.attempt == 1 else logger.debug
+        log(
+            "control plane %s refused this agent's credentials (%s): authentication problem "
+            "with %s; keeping revision %d, retrying in %.2fs",
+            target,
+            self._last_error,
+            self.token_source,
+            self._applied_revision,
+            delay,
+        )
+        await asyncio.sleep(delay)
+        self._metadata = self._read_metadata()
+
     async def _handle_snapshot(self, snapshot: pb.ConfigSnapshot) -> None:
         self._snapshots_received += 1
+        mismatch = self._mismatch_with(snapshot)
+        if mismatch is not None:
+            if self._store_mismatch != mismatch:
+                logger.warning(
+                    "meshbreaker agent: keeping revision %d of store %s: the control plane "
+                    "offers %s (store %s, revision %d); an operator decides with "
+                    "`meshbreaker store adopt %s`",
+                    mismatch.held_revision,
+                    mismatch.held_store_id,
+                    mismatch.reason,
+                    mismatch.offered_store_id,
+                    mismatch.offered_revision,
+                    mismatch.held_store_id,
+                )
+            self._store_mismatch = mismatch
+            self._acknowledge()
+            return
+        self._store_mismatch = None
         if (
             snapshot.revision == self._applied_revision
+            and snapshot.store_id == self._applied_store_id
             and not self._applied_from_cache
             and self._last_nack is None
             and list(snapshot.policies) == list(self._applied_policies)
@@ -421,10 +520,32 @@ class MeshAgent:
             self._acknowledge()
         else:
             self._acknowledge()
-            if self.cache_path is not None:
-                await asyncio.to_thread(self._save_cache, snapshot)
+            if self._cache is not None:
+                await asyncio.to_thread(self._cache.save, snapshot, snapshot.store_id)
 
-    def _apply(self, snapshot: pb.ConfigSnapshot, *, from_cache: bool = False) -> None:
+    def _mismatch_with(self, snapshot: pb.ConfigSnapshot) -> pb.StoreMismatch | None:
+        """Why `snapshot` must not replace the policies in force, or None when it may."""
+        held, held_revision = self._applied_store_id, self._applied_revision
+        offered = snapshot.store_id
+        if not held or not offered or held_revision == 0 or held in snapshot.adopted_store_ids:
+            return None  # nothing from a store in force, an old server, or an operator's word
+        if offered != held:
+            reason = "another store"
+        elif snapshot.revision < held_revision:
+            reason = "a lower revision of the same store"
+        else:
+            return None
+        return pb.StoreMismatch(
+            held_store_id=held,
+            held_revision=held_revision,
+            offered_store_id=offered,
+            offered_revision=snapshot.revision,
+            reason=reason,
+        )
+
+    def _apply(
+        self, snapshot: pb.ConfigSnapshot, *, from_cache: bool = False, store_id: str | None = None
+    ) -> None:
         """Validate, then apply atomically; raises (with nothing applied) when it cannot."""
         if snapshot.service and snapshot.service != self.service:
             raise ConfigError(
@@ -445,54 +566,37 @@ class MeshAgent:
             self._applied_at = self._clock()
             self._applied_from_cache = from_cache
             self._applied_policies = tuple(snapshot.policies)
+            self._applied_store_id = snapshot.store_id if store_id is None else store_id
             if not from_cache:
                 self._last_nack = None
             self._applied.notify_all()
 
     # ----- cache -----------------------------------------------------------------------
 
-    def _save_cache(self, snapshot: pb.ConfigSnapshot) -> None:
-        if self.cache_path is None:
-            return
-        data = {
-            "format": CACHE_FORMAT,
-            "service": self.service,
-            "revision": snapshot.revision,
-            "snapshot": json_format.MessageToDict(snapshot, preserving_proto_field_name=True),
-        }
-        try:
-            write_json_atomic(self.cache_path, data)
-        except OSError as error:
-            logger.warning("meshbreaker agent: cannot write cache %s: %s", self.cache_path, error)
-
     def _load_cache(self) -> None:
-        path = self.cache_path
-        if path is None or not path.exists():
+        if self._cache is None:
+            return
+        cached = self._cache.load()
+        if cached is None:
             return
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") != CACHE_FORMAT:
-                raise ValueError(f"unknown cache format {data.get('format')!r}")
-            if data.get("service") != self.service:
-                raise ValueError(f"cache is for service {data.get('service')!r}")
-            snapshot = json_format.ParseDict(
-                data["snapshot"], pb.ConfigSnapshot(), ignore_unknown_fields=True
-            )
-            self._apply(snapshot, from_cache=True)
-        except _CACHE_ERRORS as error:
-            logger.warning("meshbreaker agent: ignoring cache %s: %s", path, error)
+            self._apply(cached.snapshot, from_cache=True, store_id=cached.store_id)
+        except Exception as error:  # the cache must never stop the application
+            self._cache.warn_ignored(error)
             return
         logger.info(
             "meshbreaker agent: applied cached config revision %d from %s",
             self._applied_revision,
-            path,
+            self._cache.path,
         )
 
     # ----- reporting -------------------------------------------------------------------
 
     def _on_transition(self, name: str, old: State, new: State) -> None:
-        # Runs in the caller's thread right after a transition: never blocks. Only the first
-        # transition of a burst schedules a wake-up; the rest find one pending.
+        # Runs in the caller's thread right after a transition: never blocks (one short lock to
+        # log it). Only the first transition of a burst schedules a wake-up; the rest find one
+        # pending.
+        self._transitions.append(name, old, new)
         if self._report_pending or self._loop is None:
             return
         self._report_pending = True
@@ -534,15 +638,32 @@ class MeshAgent:
 
     async def _report_once(self, stub: pb_grpc.ControlPlaneAsyncStub) -> bool:
         response = None
+        acknowledged = 0
         try:
             for request in self._build_reports():
                 response = await stub.ReportState(
                     request, timeout=self._rpc_timeout, metadata=self._metadata
                 )
+                acknowledged = max(acknowledged, response.transitions_acknowledged)
         except grpc.RpcError as error:
-            logger.debug("meshbreaker agent: report failed: %s", _describe(error))
+            if _code(error) in _AUTH_CODES:
+                if self._report_denied is None:
+                    logger.warning(
+                        "meshbreaker agent: the control plane refused a report of instance %s "
+                        "(%s): authentication problem with %s",
+                        self.instance_id,
+                        _describe(error),
+                        self.token_source,
+                    )
+                self._report_denied = _describe(error)
+            else:
+                logger.debug("meshbreaker agent: report failed: %s", _describe(error))
             return False
         assert response is not None
+        self._report_denied = None
+        self._transitions.acknowledge(acknowledged)
+        if len(self._transitions) and self._report_event is not None:
+            self._wake_reporter()  # more than one report's worth is logged: send the rest now
         self._reports_sent += 1
         ttl = response.report_ttl.ToTimedelta().total_seconds()
         if ttl and self.report_interval >= ttl and not self._warned_ttl:
@@ -576,7 +697,14 @@ class MeshAgent:
                 applied_revision=self._applied_revision,
                 breakers=snapshots[start : start + MAX_BREAKERS_PER_REPORT],
                 full=start == 0,  # the first part replaces what the server knew; the rest merge
+                instance_key=self._instance_key,
+                applied_store_id=self._applied_store_id,
+                transitions_dropped=self._transitions.dropped,
             )
+            if start == 0:
+                request.transition_log.extend(self._transitions.pending(now))
+            if self._store_mismatch is not None:
+                request.store_mismatch.CopyFrom(self._store_mismatch)
             nack = self._last_nack
             if nack is not None:
                 request.nack.CopyFrom(nack)
@@ -599,6 +727,12 @@ def parse_targets(target: str | Sequence[str]) -> tuple[str, ...]:
     if not targets or not all(targets):
         raise ConfigError("target", f"needs one or more host:port, got {target!r}")
     return tuple(targets)
+
+
+def _code(error: grpc.RpcError) -> grpc.StatusCode | None:
+    code = getattr(error, "code", None)
+    status = code() if callable(code) else None
+    return status if isinstance(status, grpc.StatusCode) else None
 
 
 def _describe(error: grpc.RpcError) -> str:

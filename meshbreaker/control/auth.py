@@ -5,12 +5,15 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, Iterable
+import os
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 
+from meshbreaker.control.convert import check_caller
 from meshbreaker.errors import ConfigError
 
 _TRequest = TypeVar("_TRequest")
@@ -24,7 +27,7 @@ ADMIN_METHODS: frozenset[str] = frozenset(
     [
         *(
             f"/{CONTROL_PLANE_SERVICE}/{name}"
-            for name in ("PutPolicy", "DeletePolicy", "ForceState")
+            for name in ("PutPolicy", "DeletePolicy", "ForceState", "AdoptStore")
         ),
         *(f"/{XDS_ADMIN_SERVICE}/{name}" for name in ("PutCluster", "DeleteCluster")),
     ]
@@ -53,19 +56,36 @@ def _digest(token: str) -> bytes:
 class TokenAuthenticator:
     """Maps `authorization: Bearer <token>` metadata to a Role; open when no token is configured."""
 
-    def __init__(self, admin_token: str | None = None, agent_token: str | None = None) -> None:
-        for name, token in (("admin_token", admin_token), ("agent_token", agent_token)):
+    def __init__(
+        self,
+        admin_token: str | None = None,
+        agent_token: str | None = None,
+        service_tokens: Mapping[str, Iterable[str]] | None = None,
+    ) -> None:
+        """`service_tokens` maps agent tokens to the caller services each may speak for."""
+        service_tokens = dict(service_tokens or {})
+        named = [("admin_token", admin_token), ("agent_token", agent_token)]
+        named += [("agent_token_file", token) for token in service_tokens]
+        for name, token in named:
             if token is not None and (not token or token != token.strip()):
                 raise ConfigError(name, "must be non-empty, without surrounding whitespace")
-        if agent_token is not None and admin_token is None:
+        if (agent_token is not None or service_tokens) and admin_token is None:
             raise ConfigError("agent_token", "needs admin_token too (or nobody could administer)")
-        if admin_token is not None and admin_token == agent_token:
+        if admin_token is not None and (
+            admin_token == agent_token or admin_token in service_tokens
+        ):
             raise ConfigError("agent_token", "must differ from admin_token")
-        self._tokens: list[tuple[bytes, Role]] = []
+        # (digest, role, services the token may speak for; None = any)
+        self._tokens: list[tuple[bytes, Role, frozenset[str] | None]] = []
         if admin_token is not None:
-            self._tokens.append((_digest(admin_token), Role.ADMIN))
+            self._tokens.append((_digest(admin_token), Role.ADMIN, None))
         if agent_token is not None:
-            self._tokens.append((_digest(agent_token), Role.AGENT))
+            self._tokens.append((_digest(agent_token), Role.AGENT, None))
+        for token, services in service_tokens.items():
+            allowed = frozenset(services)
+            if not allowed:
+                raise ConfigError("agent_token_file", "every token needs at least one service")
+            self._tokens.append((_digest(token), Role.AGENT, allowed))
 
     @property
     def enabled(self) -> bool:
@@ -74,14 +94,23 @@ class TokenAuthenticator:
 
     def role(self, metadata: _Metadata) -> Role | None:
         """The role of the bearer token in `metadata`, or None if missing or unknown."""
+        found = self._match(metadata)
+        return None if found is None else found[0]
+
+    def services(self, metadata: _Metadata) -> frozenset[str] | None:
+        """The caller services the token in `metadata` may speak for (None = any)."""
+        found = self._match(metadata)
+        return None if found is None else found[1]
+
+    def _match(self, metadata: _Metadata) -> tuple[Role, frozenset[str] | None] | None:
         presented = bearer_token(metadata)
         if presented is None:
             return None
         digest = _digest(presented)
-        found: Role | None = None
-        for expected, role in self._tokens:  # no early exit: same work whichever token matches
+        found: tuple[Role, frozenset[str] | None] | None = None
+        for expected, role, services in self._tokens:  # no early exit: same work for any token
             if hmac.compare_digest(digest, expected) and found is None:
-                found = role
+                found = (role, services)
         return found
 
     def check(self, method: str, metadata: _Metadata) -> Denial | None:
@@ -104,6 +133,36 @@ class TokenAuthenticator:
         """Who made a call, for the audit log: "<role>@<peer>" ("anonymous" without tokens)."""
         role = self.role(metadata) if self._tokens else None
         return f"{role.value if role else 'anonymous'}@{peer}"
+
+
+def load_token_file(path: str | os.PathLike[str]) -> dict[str, frozenset[str]]:
+    """Agent tokens restricted to services, from lines "<token> <service>[,<service>...]".
+
+    Blank lines and lines starting with '#' are skipped. Raises ConfigError naming the line.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError("agent_token_file", f"cannot read {os.fspath(path)!r}: {error}") from None
+    tokens: dict[str, frozenset[str]] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        where = f"agent_token_file line {number}"
+        if len(parts) != 2:
+            raise ConfigError(where, "expected '<token> <service>[,<service>...]'")
+        token, listed = parts
+        services = frozenset(item for item in listed.split(",") if item)
+        for service in services:
+            check_caller(service, where, required=True)
+        if token in tokens:
+            raise ConfigError(where, "the same token is listed twice")
+        tokens[token] = services
+    if not tokens:
+        raise ConfigError("agent_token_file", f"{os.fspath(path)!r} lists no token")
+    return tokens
 
 
 class Denial:

@@ -6,6 +6,7 @@ lock; the breaker maps it hands out are never mutated afterwards (a report insta
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from meshbreaker.control import convert
 from meshbreaker.control.limits import Limits
 from meshbreaker.control.validate import STATE_FIELDS, Refused
 from meshbreaker.registry import split_breaker_name
@@ -38,6 +40,10 @@ class Instance:
     applied_revision: int = 0
     nack: pb.Nack | None = None
     breakers: dict[str, pb.BreakerSnapshot] = field(default_factory=dict)
+    key: str = ""  # the instance_key of its first report: only that process may speak for it
+    last_sequence: int = 0  # the newest transition of its log published
+    applied_store_id: str = ""
+    store_mismatch: pb.StoreMismatch | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,9 @@ class InstanceTable:
         self._limits = limits
         self._publish = publish
         self._instances: dict[str, Instance] = {}
+        # instance id -> (key, service, open watch streams): a watching agent keeps its claim
+        # even while its reports are late.
+        self._watch_claims: dict[str, tuple[str, str, int]] = {}
         self._last_sweep = -math.inf
         self.reports_received = 0
         self.nacks_received = 0
@@ -100,21 +109,87 @@ class InstanceTable:
             instance = self._instances.pop(key)
             logger.info("instance %s of %s stopped reporting", key, instance.service)
 
-    def record(self, request: pb.ReportStateRequest, now: float) -> None:
-        """Apply one validated report; publish its transitions and a NACK that is new."""
+    def check_claim(self, instance_id: str, key: str, service: str) -> None:
+        """Refuse (PERMISSION_DENIED) a caller speaking for an instance another process holds."""
+        instance = self._instances.get(instance_id)
+        claim = self._watch_claims.get(instance_id)
+        owner = (instance.key, instance.service) if instance is not None else None
+        if owner is None and claim is not None:
+            owner = (claim[0], claim[1])
+        if owner is None:
+            return
+        if not hmac.compare_digest(owner[0], key):
+            raise Refused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"instance_id: {instance_id!r} belongs to another live agent process "
+                "(a different instance_key); pick a unique instance id",
+            )
+        if owner[1] != service:
+            raise Refused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"service: instance {instance_id!r} reports as {owner[1]!r}; an instance "
+                "cannot change service (restart it with a new instance id)",
+            )
+
+    def watch(self, instance_id: str, key: str, service: str) -> Callable[[], None]:
+        """Hold `instance_id` for this watch stream; returns the release to call when it ends."""
+        self.check_claim(instance_id, key, service)
+        _, _, streams = self._watch_claims.get(instance_id, (key, service, 0))
+        self._watch_claims[instance_id] = (key, service, streams + 1)
+
+        def release() -> None:
+            held = self._watch_claims.get(instance_id)
+            if held is None:
+                return
+            if held[2] <= 1:
+                del self._watch_claims[instance_id]
+            else:
+                self._watch_claims[instance_id] = (held[0], held[1], held[2] - 1)
+
+        return release
+
+    def record(self, request: pb.ReportStateRequest, now: float) -> int:
+        """Apply one validated report; publish its new transitions and a NACK that is new.
+
+        Returns the newest transition sequence of this instance published (the report's ack).
+        """
         self.expire(now, throttled=True)
+        self.check_claim(request.instance_id, request.instance_key, request.service)
         instance = self._instances.get(request.instance_id)
+        _check_reported_configs(request, instance)
         if instance is None:
             if len(self._instances) >= self._limits.max_instances:
                 raise Refused(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"instance_id: more than {self._limits.max_instances} live instances",
                 )
-            instance = Instance(request.instance_id, request.service, now)
+            instance = Instance(request.instance_id, request.service, now, key=request.instance_key)
             self._instances[request.instance_id] = instance
-        instance.service = request.service
         instance.last_seen = now
         instance.applied_revision = request.applied_revision
+        instance.applied_store_id = request.applied_store_id
+        instance.store_mismatch = (
+            request.store_mismatch if request.HasField("store_mismatch") else None
+        )
+        # An agent with an instance key sends its transitions as a log: publish each one once.
+        # Without one (an older agent) transitions are derived by diffing its reports.
+        logged = bool(request.instance_key)
+        for record in request.transition_log:
+            if record.sequence <= instance.last_sequence:
+                continue  # resent: published already
+            instance.last_sequence = record.sequence
+            self._publish(
+                pb.Event(
+                    transition=pb.BreakerTransition(
+                        instance_id=instance.instance_id,
+                        service=instance.service,
+                        name=record.name,
+                        from_state=record.from_state,
+                        to_state=record.to_state,
+                        sequence=record.sequence,
+                    )
+                )
+            )
         previous = instance.breakers
         current = {} if request.full else dict(previous)
         closed = pb.BREAKER_STATE_CLOSED  # a breaker first seen CLOSED is no transition
@@ -122,7 +197,7 @@ class InstanceTable:
             name, state = breaker.name, breaker.state
             old = previous.get(name)
             old_state = pb.BREAKER_STATE_UNSPECIFIED if old is None else old.state
-            if old_state != state and (old is not None or state != closed):
+            if not logged and old_state != state and (old is not None or state != closed):
                 self._publish(
                     pb.Event(
                         transition=pb.BreakerTransition(
@@ -152,6 +227,7 @@ class InstanceTable:
         else:
             instance.nack = None
         self.reports_received += 1
+        return instance.last_sequence
 
     def list_breakers(
         self, request: pb.ListBreakersRequest, now: float, response: pb.ListBreakersResponse
@@ -170,6 +246,8 @@ class InstanceTable:
                     nack=instance.nack,
                     report_age=now - instance.last_seen,
                     breakers=len(instance.breakers),
+                    applied_store_id=instance.applied_store_id,
+                    store_mismatch=instance.store_mismatch,
                 )
             )
             for name, snapshot in instance.breakers.items():
@@ -221,3 +299,19 @@ class InstanceTable:
             )
             for instance in sorted(self._instances.values(), key=lambda i: i.instance_id)
         )
+
+
+def _check_reported_configs(request: pb.ReportStateRequest, instance: Instance | None) -> None:
+    """Refuse a report whose effective configs do not parse (only those that changed are read).
+
+    A report's configs reach operators' terminals through `status --instances`: they are read
+    as strictly as a policy, but a config equal to the one already held is not read again.
+    """
+    previous = instance.breakers if instance is not None else {}
+    for index, breaker in enumerate(request.breakers):
+        if not breaker.HasField("config"):
+            continue
+        old = previous.get(breaker.name)
+        if old is not None and old.config == breaker.config:
+            continue
+        convert.config_from_proto(breaker.config, f"breakers[{index}].config")

@@ -14,6 +14,7 @@ class Limits:
     max_policies_per_put: int = 100
     max_policies: int = 10_000
     max_breakers_per_report: int = 2_000
+    max_transitions_per_report: int = 1_000
     max_instances: int = 100_000
     max_message_bytes: int = 4 * 1024 * 1024
     event_queue_size: int = 1_000

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import ipaddress
 import logging
 import math
 import os
@@ -27,7 +28,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from meshbreaker.control.auth import CONTROL_PLANE_SERVICE, AuthInterceptor, TokenAuthenticator
+from meshbreaker.control.auth import (
+    CONTROL_PLANE_SERVICE,
+    AuthInterceptor,
+    TokenAuthenticator,
+    load_token_file,
+)
 from meshbreaker.control.instances import MeshView
 from meshbreaker.control.limits import Limits
 from meshbreaker.control.servicer import ControlPlaneServicer
@@ -71,6 +77,13 @@ class ServerOptions:
     `max_connection_age` seconds is asked to go (GOAWAY) and closed `max_connection_age_grace`
     later, so agents of a fleet spread over the replicas again after one comes back. `xds` also
     serves the policies and the cluster registry over xDS (ADS) on the same port (the `xds` extra).
+
+    `agent_token_file` holds agent tokens limited to caller services (see auth.load_token_file);
+    `tls_client_names_service` (with mutual TLS) makes an agent's client certificate name its
+    service in a SAN (DNS name, or a URI ending in /<service>). A non-loopback `host` needs
+    tokens and TLS unless `insecure` is set. The server pings every connection after
+    `keepalive_time` seconds without traffic and drops it when no answer comes within
+    `keepalive_timeout`, so a frozen client's streams are reclaimed.
     """
 
     host: str = "127.0.0.1"
@@ -89,6 +102,11 @@ class ServerOptions:
     max_connection_age: float = 300.0
     max_connection_age_grace: float = 10.0
     xds: bool = False
+    agent_token_file: str | os.PathLike[str] | None = None
+    tls_client_names_service: bool = False
+    insecure: bool = False
+    keepalive_time: float = 30.0
+    keepalive_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         report_ttl = self.report_ttl
@@ -97,7 +115,12 @@ class ServerOptions:
         if not math.isfinite(report_ttl) or report_ttl <= 0:
             raise ConfigError("report_ttl", "must be > 0")
         _check_port("port", self.port)
-        for name in ("max_connection_age", "max_connection_age_grace"):
+        for name in (
+            "max_connection_age",
+            "max_connection_age_grace",
+            "keepalive_time",
+            "keepalive_timeout",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(name, "must be a number of seconds")
@@ -115,6 +138,35 @@ class ServerOptions:
             raise ConfigError("tls_key", "tls_cert and tls_key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ConfigError("tls_client_ca", "needs tls_cert and tls_key (mutual TLS is TLS)")
+        if self.tls_client_names_service and self.tls_client_ca is None:
+            raise ConfigError("tls_client_names_service", "needs mutual TLS (tls_client_ca)")
+        if not self.insecure and self.insecurities and not is_loopback(self.host):
+            raise ConfigError(
+                "host",
+                f"{self.host!r} is reachable from other machines, and this control plane would "
+                f"run {' and '.join(self.insecurities)}: give --admin-token (and agent tokens) "
+                "and --tls-cert/--tls-key, or --insecure to run so anyway",
+            )
+
+    @property
+    def insecurities(self) -> list[str]:
+        """What this server would run without: ["without tokens", "without TLS"] or less."""
+        missing = []
+        if self.admin_token is None:
+            missing.append("without tokens")
+        if self.tls_cert is None:
+            missing.append("without TLS")
+        return missing
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` listens on this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name or a wildcard: assume the network can reach it
 
 
 def _read_pem(source: PemSource | None, name: str) -> bytes | None:
@@ -181,7 +233,12 @@ class ControlPlaneServer:
         close_store: bool = False,
     ) -> None:
         self.options = options = options or ServerOptions()
-        self._authenticator = TokenAuthenticator(options.admin_token, options.agent_token)
+        service_tokens = (
+            None if options.agent_token_file is None else load_token_file(options.agent_token_file)
+        )
+        self._authenticator = TokenAuthenticator(
+            options.admin_token, options.agent_token, service_tokens
+        )
         self._cert = _read_pem(options.tls_cert, "tls_cert")
         self._key = _read_pem(options.tls_key, "tls_key")
         self._client_ca = _read_pem(options.tls_client_ca, "tls_client_ca")
@@ -243,8 +300,13 @@ class ControlPlaneServer:
                 # Agents may ping idle watch streams; dead peers are found by our own pings.
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-                ("grpc.keepalive_time_ms", 30_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.keepalive_time_ms", int(self.options.keepalive_time * 1000)),
+                ("grpc.keepalive_timeout_ms", int(self.options.keepalive_timeout * 1000)),
+                # Recent gRPC times a ping out by this one (default one minute), not the above.
+                ("grpc.http2.ping_timeout_ms", int(self.options.keepalive_timeout * 1000)),
+                # Without this, gRPC stops pinging after two pings on a connection without data
+                # (an idle watch stream), and a frozen client's streams linger for minutes.
+                ("grpc.http2.max_pings_without_data", 0),
                 # gRPC adds +-10% jitter, so a fleet's connections do not all age out at once.
                 ("grpc.max_connection_age_ms", int(self.options.max_connection_age * 1000)),
                 (
@@ -260,6 +322,7 @@ class ControlPlaneServer:
             clock=self.options.clock,
             wall_clock=self.options.wall_clock,
             limits=self.limits,
+            san_names_service=self.options.tls_client_names_service,
         )
         if self.options.metrics_port is not None:
             # Bound before the gRPC port, so failing here leaves no gRPC port to release.
@@ -315,6 +378,13 @@ class ControlPlaneServer:
             await self._close_xds()
             raise OSError(f"cannot bind the control plane to {address} (address in use?)")
         await server.start()
+        if self.options.insecurities and not is_loopback(self.host):
+            logger.warning(
+                "control plane on %s runs %s (--insecure): anyone who can reach it can read "
+                "and change the mesh's breakers",
+                address,
+                " and ".join(self.options.insecurities),
+            )
         serving = health_pb2.HealthCheckResponse.SERVING
         await health.set("", serving)
         await health.set(CONTROL_PLANE_SERVICE, serving)

@@ -10,7 +10,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -75,8 +83,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
         limits: Limits,
+        san_names_service: bool = False,
     ) -> None:
         self._store = store
+        self._store_id = store.store_id
+        self._adopted: set[str] = set()  # stores whose agents may take this one's (AdoptStore)
+        self._san_names_service = san_names_service
         self._authenticator = authenticator
         self._report_ttl_message = convert.seconds_to_duration(report_ttl)  # sent in every reply
         self._clock = clock
@@ -119,7 +131,25 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             revision=self._revision,
             service=caller,
             policies=convert.applicable(caller, self._policies.values()),
+            store_id=self._store_id,
+            adopted_store_ids=sorted(self._adopted),
         )
+
+    def _check_speaker(self, context: _Context, service: str) -> None:
+        """Refuse (PERMISSION_DENIED) credentials limited to other caller services."""
+        allowed = self._authenticator.services(context.invocation_metadata())
+        if allowed is not None and service not in allowed:
+            raise Refused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"service: this agent token may speak only for {', '.join(sorted(allowed))}",
+            )
+        if self._san_names_service:
+            names = certificate_names(context.auth_context())
+            if not any(name == service or name.endswith("/" + service) for name in names):
+                raise Refused(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"service: the client certificate does not name {service!r} in its SAN",
+                )
 
     async def _committed(self, entries: Sequence[AuditEntry]) -> None:
         """Apply written changes to the in-memory copy, wake watchers, publish events."""
@@ -215,18 +245,26 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
     @abort_on_refusal
     async def GetConfig(self, request: pb.GetConfigRequest, context: _Context) -> pb.ConfigSnapshot:
         """The policies that apply to the caller service, with the store revision."""
-        return self._snapshot(convert.check_caller(request.service, "service", required=True))
+        caller = convert.check_caller(request.service, "service", required=True)
+        self._check_speaker(context, caller)
+        return self._snapshot(caller)
 
     async def WatchConfig(
         self, request: pb.WatchConfigRequest, context: _Context
     ) -> AsyncIterator[pb.ConfigSnapshot]:
         """A snapshot at once, then one per change that affects the caller."""
+        release: Callable[[], None] = _nothing
         try:
             caller = convert.check_caller(request.service, "service", required=True)
+            self._check_speaker(context, caller)
+            if request.instance_id and request.instance_key:
+                release = self._instances.watch(request.instance_id, request.instance_key, caller)
         except ConfigError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except Refused as refusal:
+            await context.abort(refusal.code, refusal.details)
         seen_change = -1
-        last_sent: tuple[tuple[str, int], ...] | None = None
+        last_sent: tuple[object, ...] | None = None
         self._watch_streams += 1
         try:
             while True:
@@ -235,12 +273,16 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                         await self._changed.wait()
                     seen_change = self._changes
                     snapshot = self._snapshot(caller)
-                key = tuple((policy.id, policy.revision) for policy in snapshot.policies)
+                key = (
+                    *((policy.id, policy.revision) for policy in snapshot.policies),
+                    tuple(snapshot.adopted_store_ids),
+                )
                 if key != last_sent:
                     last_sent = key
                     yield snapshot
         finally:
             self._watch_streams -= 1
+            release()
 
     # -- reports ---------------------------------------------------------------------------
 
@@ -250,8 +292,13 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
     ) -> pb.ReportStateResponse:
         """Record one instance's breakers, applied revision and ACK/NACK."""
         validate.check_report(request, self._limits)
-        self._instances.record(request, self._clock())
-        return pb.ReportStateResponse(revision=self._revision, report_ttl=self._report_ttl_message)
+        self._check_speaker(context, request.service)
+        acknowledged = self._instances.record(request, self._clock())
+        return pb.ReportStateResponse(
+            revision=self._revision,
+            report_ttl=self._report_ttl_message,
+            transitions_acknowledged=acknowledged,
+        )
 
     @abort_on_refusal
     async def ListBreakers(
@@ -259,7 +306,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
     ) -> pb.ListBreakersResponse:
         """Breakers across live instances, aggregated per (caller service, breaker name)."""
         validate.check_list_breakers(request)
-        response = pb.ListBreakersResponse(revision=self._revision)
+        response = pb.ListBreakersResponse(revision=self._revision, store_id=self._store_id)
         self._instances.list_breakers(request, self._clock(), response)
         return response
 
@@ -371,6 +418,32 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
 
         return await self._serialized(work)
 
+    # -- stores ----------------------------------------------------------------------------
+
+    @abort_on_refusal
+    async def AdoptStore(
+        self, request: pb.AdoptStoreRequest, context: _Context
+    ) -> pb.AdoptStoreResponse:
+        """Let agents holding the policies of `store_id` take this control plane's."""
+        if not request.store_id:
+            raise ConfigError("store_id", "must not be empty")
+        validate.check_store_id(request.store_id, "store_id")
+        if request.store_id not in self._adopted:
+            self._adopted.add(request.store_id)
+            logger.warning(
+                "%s let agents holding store %s take store %s (revision %d)",
+                self._actor(context),
+                request.store_id,
+                self._store_id,
+                self._revision,
+            )
+            async with self._changed:
+                self._changes += 1
+                self._changed.notify_all()
+        return pb.AdoptStoreResponse(
+            store_id=self._store_id, adopted_store_ids=sorted(self._adopted)
+        )
+
     # -- events ----------------------------------------------------------------------------
 
     async def WatchEvents(
@@ -404,3 +477,15 @@ def _forced_policy_id(selector: convert.Selector) -> str:
     target = selector.method.lstrip("/").replace("/", ".") or selector.service
     caller = selector.caller or "all"
     return f"force.{caller}.{target}"[:128]
+
+
+def _nothing() -> None:
+    """A release for a watch that holds no instance."""
+
+
+def certificate_names(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:
+    """The subject alternative names of a verified client certificate (empty without one)."""
+    return [
+        value.decode("utf-8", "replace")
+        for value in auth_context.get("x509_subject_alternative_name", ())
+    ]

@@ -7,6 +7,8 @@ Refused with its own status code.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -20,6 +22,8 @@ from meshbreaker.v1 import control_plane_pb2 as pb
 
 MAX_INSTANCE_ID_LENGTH = 256
 MAX_NACK_REASON_LENGTH = 4096
+MAX_STORE_ID_LENGTH = 128
+_INSTANCE_KEY = re.compile(r"[A-Za-z0-9_-]{16,128}")
 STATE_FIELDS = {
     pb.BREAKER_STATE_CLOSED: "closed",
     pb.BREAKER_STATE_OPEN: "open",
@@ -93,6 +97,48 @@ def check_report(request: pb.ReportStateRequest, limits: Limits) -> None:
             )
     if request.HasField("nack") and len(request.nack.reason) > MAX_NACK_REASON_LENGTH:
         raise ConfigError("nack.reason", f"at most {MAX_NACK_REASON_LENGTH} characters")
+    if request.instance_key and not _INSTANCE_KEY.fullmatch(request.instance_key):
+        raise ConfigError("instance_key", "must be 16..128 characters of [A-Za-z0-9_-]")
+    check_transition_log(request.transition_log, limits, max_name)
+    if request.transitions_dropped < 0:
+        raise ConfigError("transitions_dropped", "must be >= 0")
+    check_store_id(request.applied_store_id, "applied_store_id")
+    if request.HasField("store_mismatch"):
+        mismatch = request.store_mismatch
+        check_store_id(mismatch.held_store_id, "store_mismatch.held_store_id")
+        check_store_id(mismatch.offered_store_id, "store_mismatch.offered_store_id")
+        if mismatch.held_revision < 0 or mismatch.offered_revision < 0:
+            raise ConfigError("store_mismatch", "revisions must be >= 0")
+        if len(mismatch.reason) > 256:
+            raise ConfigError("store_mismatch.reason", "at most 256 characters")
+
+
+def check_transition_log(log: Sequence[pb.TransitionRecord], limits: Limits, max_name: int) -> None:
+    """Refuse a transition log that is too long, unordered, or names unknown states."""
+    if len(log) > limits.max_transitions_per_report:
+        raise ConfigError(
+            "transition_log", f"at most {limits.max_transitions_per_report} per report"
+        )
+    previous = 0
+    for index, record in enumerate(log):
+        path = f"transition_log[{index}]"
+        if record.sequence < 1 or (previous and record.sequence != previous + 1):
+            raise ConfigError(f"{path}.sequence", "must be >= 1 and contiguous, oldest first")
+        previous = record.sequence
+        if not record.name or len(record.name) > max_name:
+            raise ConfigError(f"{path}.name", f"must be 1..{max_name} characters")
+        if record.from_state not in STATE_FIELDS or record.to_state not in STATE_FIELDS:
+            raise ConfigError(path, "states must be known and set")
+        if record.from_state == record.to_state:
+            raise ConfigError(path, "from_state and to_state must differ")
+        if not 0.0 <= record.age < math.inf:
+            raise ConfigError(f"{path}.age", "must be a finite number >= 0")
+
+
+def check_store_id(value: str, path: str) -> None:
+    """Refuse a store id that is too long or holds control characters."""
+    if len(value) > MAX_STORE_ID_LENGTH or not value.isprintable():
+        raise ConfigError(path, f"must be at most {MAX_STORE_ID_LENGTH} printable characters")
 
 
 def check_put(request: pb.PutPolicyRequest, limits: Limits) -> list[pb.Policy]:

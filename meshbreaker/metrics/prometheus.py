@@ -9,6 +9,7 @@ The call-duration histogram is the one per-call cost; `durations=False` leaves i
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
@@ -207,6 +208,68 @@ class PrometheusExporter:
                 )
             )
         return breaker_families(BREAKER_LABELS, rows, durations=durations)
+
+    def close(self) -> None:
+        """Unregister from the Prometheus registry; idempotent."""
+        if self._registered:
+            self._registered = False
+            self._prometheus_registry.unregister(self)
+
+
+class AgentLink(Protocol):
+    """What AgentExporter reads of a MeshAgent (kept structural: metrics never import the mesh)."""
+
+    service: str
+    instance_id: str
+
+    @property
+    def status(self) -> enum.Enum: ...
+    @property
+    def applied_revision(self) -> int: ...
+
+
+class AgentExporter:
+    """A MeshAgent's link to the control plane as metrics: its status (one series per possible
+    status, 1 for the current one) and the revision of the policies in force.
+    """
+
+    def __init__(
+        self, agent: AgentLink, *, prometheus_registry: CollectorRegistry | None = None
+    ) -> None:
+        self._agent = agent
+        self._prometheus_registry = REGISTRY if prometheus_registry is None else prometheus_registry
+        self._prometheus_registry.register(self)
+        self._registered = True
+
+    def describe(self) -> list[Metric]:
+        """The families without samples."""
+        return self._families(with_samples=False)
+
+    def collect(self) -> list[Metric]:
+        """The families, from the agent's state now."""
+        return self._families(with_samples=True)
+
+    def _families(self, *, with_samples: bool) -> list[Metric]:
+        labels = ["service", "instance"]
+        status = GaugeMetricFamily(
+            "meshbreaker_agent_status",
+            "1 for the agent's current link status (connected, denied, unreachable, stale, "
+            "connecting), 0 for the others",
+            labels=[*labels, "status"],
+        )
+        revision = GaugeMetricFamily(
+            "meshbreaker_agent_applied_revision",
+            "Store revision of the policies the agent has in force (0 = none)",
+            labels=labels,
+        )
+        if with_samples:
+            agent = self._agent
+            current = agent.status
+            values = [agent.service, agent.instance_id]
+            for member in type(current):
+                status.add_metric([*values, str(member.value)], 1.0 if member is current else 0.0)
+            revision.add_metric(values, float(agent.applied_revision))
+        return [status, revision]
 
     def close(self) -> None:
         """Unregister from the Prometheus registry; idempotent."""

@@ -660,19 +660,23 @@ class WatchConfigRequest(_message.Message):
 
     SERVICE_FIELD_NUMBER: _builtins.int
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_KEY_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """the caller service watching (required)"""
     instance_id: _builtins.str
     """informational"""
+    instance_key: _builtins.str
+    """as in ReportStateRequest: keeps the instance id claimed while open"""
     def __init__(
         self,
         *,
         service: _builtins.str = ...,
         instance_id: _builtins.str = ...,
+        instance_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "instance_key", b"instance_key", "service", b"service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -689,13 +693,21 @@ class ConfigSnapshot(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     SERVICE_FIELD_NUMBER: _builtins.int
     POLICIES_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    ADOPTED_STORE_IDS_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """the store revision this snapshot reflects"""
     service: _builtins.str
     """the caller service it was computed for"""
+    store_id: _builtins.str
+    """the store the revision counts in (created with the store)"""
     @_builtins.property
     def policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___Policy]:
         """sorted by id"""
+
+    @_builtins.property
+    def adopted_store_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Stores whose policies an operator let this one replace (AdoptStore)."""
 
     def __init__(
         self,
@@ -703,14 +715,60 @@ class ConfigSnapshot(_message.Message):
         revision: _builtins.int = ...,
         service: _builtins.str = ...,
         policies: _abc.Iterable[Global___Policy] | None = ...,
+        store_id: _builtins.str = ...,
+        adopted_store_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["policies", b"policies", "revision", b"revision", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adopted_store_ids", b"adopted_store_ids", "policies", b"policies", "revision", b"revision", "service", b"service", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConfigSnapshot: _TypeAlias = ConfigSnapshot  # noqa: Y015
+
+@_typing.final
+class AdoptStoreRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.str
+    """the store whose agents may switch (required)"""
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdoptStoreRequest: _TypeAlias = AdoptStoreRequest  # noqa: Y015
+
+@_typing.final
+class AdoptStoreResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    ADOPTED_STORE_IDS_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.str
+    """this control plane's store"""
+    @_builtins.property
+    def adopted_store_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.str = ...,
+        adopted_store_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adopted_store_ids", b"adopted_store_ids", "store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdoptStoreResponse: _TypeAlias = AdoptStoreResponse  # noqa: Y015
 
 @_typing.final
 class BreakerSnapshot(_message.Message):
@@ -916,6 +974,11 @@ class ReportStateRequest(_message.Message):
     NACK_FIELD_NUMBER: _builtins.int
     BREAKERS_FIELD_NUMBER: _builtins.int
     FULL_FIELD_NUMBER: _builtins.int
+    INSTANCE_KEY_FIELD_NUMBER: _builtins.int
+    TRANSITION_LOG_FIELD_NUMBER: _builtins.int
+    TRANSITIONS_DROPPED_FIELD_NUMBER: _builtins.int
+    APPLIED_STORE_ID_FIELD_NUMBER: _builtins.int
+    STORE_MISMATCH_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """required, unique per process"""
     service: _builtins.str
@@ -923,6 +986,15 @@ class ReportStateRequest(_message.Message):
     applied_revision: _builtins.int
     """The revision of the snapshot currently applied (ACKed); 0 = none yet."""
     full: _builtins.bool
+    instance_key: _builtins.str
+    """A secret of this agent process (random, 16..128 characters of [A-Za-z0-9_-]). The first
+    report of an instance id claims it with this key; while the instance is live (or its watch
+    stream is open) a report or watch with another key is refused with PERMISSION_DENIED.
+    """
+    transitions_dropped: _builtins.int
+    """transitions this agent could not keep (its log was full)"""
+    applied_store_id: _builtins.str
+    """the store of the applied revision ("" = none yet)"""
     @_builtins.property
     def nack(self) -> Global___Nack:
         """Set when the latest snapshot received was rejected; the agent keeps its applied policies."""
@@ -933,6 +1005,17 @@ class ReportStateRequest(_message.Message):
         unless `full` is set, in which case they replace it (breakers not listed are dropped).
         """
 
+    @_builtins.property
+    def transition_log(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransitionRecord]:
+        """The transitions not acknowledged yet, oldest first, with contiguous sequence numbers (at most
+        max_transitions_per_report). Resent until ReportStateResponse.transitions_acknowledged covers
+        them; the server publishes each one once.
+        """
+
+    @_builtins.property
+    def store_mismatch(self) -> Global___StoreMismatch:
+        """set while the agent refuses the control plane's store"""
+
     def __init__(
         self,
         *,
@@ -942,14 +1025,89 @@ class ReportStateRequest(_message.Message):
         nack: Global___Nack | None = ...,
         breakers: _abc.Iterable[Global___BreakerSnapshot] | None = ...,
         full: _builtins.bool = ...,
+        instance_key: _builtins.str = ...,
+        transition_log: _abc.Iterable[Global___TransitionRecord] | None = ...,
+        transitions_dropped: _builtins.int = ...,
+        applied_store_id: _builtins.str = ...,
+        store_mismatch: Global___StoreMismatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["nack", b"nack"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["nack", b"nack", "store_mismatch", b"store_mismatch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_revision", b"applied_revision", "breakers", b"breakers", "full", b"full", "instance_id", b"instance_id", "nack", b"nack", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_revision", b"applied_revision", "applied_store_id", b"applied_store_id", "breakers", b"breakers", "full", b"full", "instance_id", b"instance_id", "instance_key", b"instance_key", "nack", b"nack", "service", b"service", "store_mismatch", b"store_mismatch", "transition_log", b"transition_log", "transitions_dropped", b"transitions_dropped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportStateRequest: _TypeAlias = ReportStateRequest  # noqa: Y015
+
+@_typing.final
+class TransitionRecord(_message.Message):
+    """One breaker transition in an agent's ordered log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    FROM_STATE_FIELD_NUMBER: _builtins.int
+    TO_STATE_FIELD_NUMBER: _builtins.int
+    AGE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """1, 2, 3... per agent process"""
+    name: _builtins.str
+    """breaker name"""
+    from_state: Global___BreakerState.ValueType
+    to_state: Global___BreakerState.ValueType
+    age: _builtins.float
+    """seconds between the transition and the report"""
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        name: _builtins.str = ...,
+        from_state: Global___BreakerState.ValueType = ...,
+        to_state: Global___BreakerState.ValueType = ...,
+        age: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age", b"age", "from_state", b"from_state", "name", b"name", "sequence", b"sequence", "to_state", b"to_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransitionRecord: _TypeAlias = TransitionRecord  # noqa: Y015
+
+@_typing.final
+class StoreMismatch(_message.Message):
+    """Why an agent keeps the policies it has instead of the control plane's snapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HELD_STORE_ID_FIELD_NUMBER: _builtins.int
+    HELD_REVISION_FIELD_NUMBER: _builtins.int
+    OFFERED_STORE_ID_FIELD_NUMBER: _builtins.int
+    OFFERED_REVISION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    held_store_id: _builtins.str
+    held_revision: _builtins.int
+    offered_store_id: _builtins.str
+    offered_revision: _builtins.int
+    reason: _builtins.str
+    """"another store" or "a lower revision of the same store" """
+    def __init__(
+        self,
+        *,
+        held_store_id: _builtins.str = ...,
+        held_revision: _builtins.int = ...,
+        offered_store_id: _builtins.str = ...,
+        offered_revision: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_revision", b"held_revision", "held_store_id", b"held_store_id", "offered_revision", b"offered_revision", "offered_store_id", b"offered_store_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoreMismatch: _TypeAlias = StoreMismatch  # noqa: Y015
 
 @_typing.final
 class ReportStateResponse(_message.Message):
@@ -957,10 +1115,13 @@ class ReportStateResponse(_message.Message):
 
     REVISION_FIELD_NUMBER: _builtins.int
     REPORT_TTL_FIELD_NUMBER: _builtins.int
+    TRANSITIONS_ACKNOWLEDGED_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """The current store revision; it may be ahead of the applied one when the later changes did
     not affect this caller (those are not pushed).
     """
+    transitions_acknowledged: _builtins.int
+    """every sequence up to this one is published"""
     @_builtins.property
     def report_ttl(self) -> _duration_pb2.Duration:
         """report more often than this to stay listed"""
@@ -970,10 +1131,11 @@ class ReportStateResponse(_message.Message):
         *,
         revision: _builtins.int = ...,
         report_ttl: _duration_pb2.Duration | None = ...,
+        transitions_acknowledged: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["report_ttl", b"report_ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["report_ttl", b"report_ttl", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report_ttl", b"report_ttl", "revision", b"revision", "transitions_acknowledged", b"transitions_acknowledged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1132,6 +1294,8 @@ class InstanceStatus(_message.Message):
     NACK_FIELD_NUMBER: _builtins.int
     REPORT_AGE_FIELD_NUMBER: _builtins.int
     BREAKERS_FIELD_NUMBER: _builtins.int
+    APPLIED_STORE_ID_FIELD_NUMBER: _builtins.int
+    STORE_MISMATCH_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     service: _builtins.str
     applied_revision: _builtins.int
@@ -1139,9 +1303,14 @@ class InstanceStatus(_message.Message):
     """seconds since its last report"""
     breakers: _builtins.int
     """how many breakers it reports"""
+    applied_store_id: _builtins.str
     @_builtins.property
     def nack(self) -> Global___Nack:
         """its latest NACK, if the latest snapshot was rejected"""
+
+    @_builtins.property
+    def store_mismatch(self) -> Global___StoreMismatch:
+        """set while it refuses this control plane's store"""
 
     def __init__(
         self,
@@ -1152,10 +1321,12 @@ class InstanceStatus(_message.Message):
         nack: Global___Nack | None = ...,
         report_age: _builtins.float = ...,
         breakers: _builtins.int = ...,
+        applied_store_id: _builtins.str = ...,
+        store_mismatch: Global___StoreMismatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["nack", b"nack"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["nack", b"nack", "store_mismatch", b"store_mismatch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_revision", b"applied_revision", "breakers", b"breakers", "instance_id", b"instance_id", "nack", b"nack", "report_age", b"report_age", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_revision", b"applied_revision", "applied_store_id", b"applied_store_id", "breakers", b"breakers", "instance_id", b"instance_id", "nack", b"nack", "report_age", b"report_age", "service", b"service", "store_mismatch", b"store_mismatch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1168,8 +1339,11 @@ class ListBreakersResponse(_message.Message):
     GROUPS_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """the store revision"""
+    store_id: _builtins.str
+    """this control plane's store"""
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___BreakerGroup]:
         """sorted by (service, name)"""
@@ -1184,10 +1358,11 @@ class ListBreakersResponse(_message.Message):
         groups: _abc.Iterable[Global___BreakerGroup] | None = ...,
         instances: _abc.Iterable[Global___InstanceStatus] | None = ...,
         revision: _builtins.int = ...,
+        store_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "instances", b"instances", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "instances", b"instances", "revision", b"revision", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1272,6 +1447,7 @@ class BreakerTransition(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     FROM_STATE_FIELD_NUMBER: _builtins.int
     TO_STATE_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     service: _builtins.str
     name: _builtins.str
@@ -1279,6 +1455,8 @@ class BreakerTransition(_message.Message):
     from_state: Global___BreakerState.ValueType
     """UNSPECIFIED when the breaker was first seen"""
     to_state: Global___BreakerState.ValueType
+    sequence: _builtins.int
+    """the reporting agent's sequence number of this transition (0 = derived)"""
     def __init__(
         self,
         *,
@@ -1287,10 +1465,11 @@ class BreakerTransition(_message.Message):
         name: _builtins.str = ...,
         from_state: Global___BreakerState.ValueType = ...,
         to_state: Global___BreakerState.ValueType = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_state", b"from_state", "instance_id", b"instance_id", "name", b"name", "service", b"service", "to_state", b"to_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_state", b"from_state", "instance_id", b"instance_id", "name", b"name", "sequence", b"sequence", "service", b"service", "to_state", b"to_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

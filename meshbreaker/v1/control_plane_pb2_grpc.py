@@ -84,6 +84,11 @@ class ControlPlaneStub:
                 request_serializer=meshbreaker_dot_v1_dot_control__plane__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=meshbreaker_dot_v1_dot_control__plane__pb2.Event.FromString,
                 _registered_method=True)
+        self.AdoptStore = channel.unary_unary(
+                '/meshbreaker.v1.ControlPlane/AdoptStore',
+                request_serializer=meshbreaker_dot_v1_dot_control__plane__pb2.AdoptStoreRequest.SerializeToString,
+                response_deserializer=meshbreaker_dot_v1_dot_control__plane__pb2.AdoptStoreResponse.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -167,6 +172,17 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdoptStore(self, request, context):
+        """Admin: let agents that hold the policies of store `store_id` take this control plane's. An
+        agent never replaces policies of another store (nor takes a lower revision of the same
+        store) on its own: it keeps them and reports the mismatch until an operator decides here.
+        Naming this control plane's own store lets agents take its lower revision (a restored
+        backup). Held in memory until the server stops.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +235,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=meshbreaker_dot_v1_dot_control__plane__pb2.WatchEventsRequest.FromString,
                     response_serializer=meshbreaker_dot_v1_dot_control__plane__pb2.Event.SerializeToString,
+            ),
+            'AdoptStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdoptStore,
+                    request_deserializer=meshbreaker_dot_v1_dot_control__plane__pb2.AdoptStoreRequest.FromString,
+                    response_serializer=meshbreaker_dot_v1_dot_control__plane__pb2.AdoptStoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -491,6 +512,33 @@ class ControlPlane:
             '/meshbreaker.v1.ControlPlane/WatchEvents',
             meshbreaker_dot_v1_dot_control__plane__pb2.WatchEventsRequest.SerializeToString,
             meshbreaker_dot_v1_dot_control__plane__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdoptStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshbreaker.v1.ControlPlane/AdoptStore',
+            meshbreaker_dot_v1_dot_control__plane__pb2.AdoptStoreRequest.SerializeToString,
+            meshbreaker_dot_v1_dot_control__plane__pb2.AdoptStoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

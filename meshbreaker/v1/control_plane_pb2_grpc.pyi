@@ -79,6 +79,13 @@ class ControlPlaneStub:
     """
     WatchEvents: _grpc.UnaryStreamMultiCallable[_control_plane_pb2.WatchEventsRequest, _control_plane_pb2.Event]
     """Mesh-wide events as they happen: breaker transitions seen in reports, policy changes, NACKs."""
+    AdoptStore: _grpc.UnaryUnaryMultiCallable[_control_plane_pb2.AdoptStoreRequest, _control_plane_pb2.AdoptStoreResponse]
+    """Admin: let agents that hold the policies of store `store_id` take this control plane's. An
+    agent never replaces policies of another store (nor takes a lower revision of the same
+    store) on its own: it keeps them and reports the mismatch until an operator decides here.
+    Naming this control plane's own store lets agents take its lower revision (a restored
+    backup). Held in memory until the server stops.
+    """
 
 @_typing.type_check_only
 class ControlPlaneAsyncStub(ControlPlaneStub):
@@ -116,6 +123,13 @@ class ControlPlaneAsyncStub(ControlPlaneStub):
     """
     WatchEvents: _aio.UnaryStreamMultiCallable[_control_plane_pb2.WatchEventsRequest, _control_plane_pb2.Event]  # type: ignore[assignment]
     """Mesh-wide events as they happen: breaker transitions seen in reports, policy changes, NACKs."""
+    AdoptStore: _aio.UnaryUnaryMultiCallable[_control_plane_pb2.AdoptStoreRequest, _control_plane_pb2.AdoptStoreResponse]  # type: ignore[assignment]
+    """Admin: let agents that hold the policies of store `store_id` take this control plane's. An
+    agent never replaces policies of another store (nor takes a lower revision of the same
+    store) on its own: it keeps them and reports the mismatch until an operator decides here.
+    Naming this control plane's own store lets agents take its lower revision (a restored
+    backup). Held in memory until the server stops.
+    """
 
 class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -210,5 +224,18 @@ class ControlPlaneServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_control_plane_pb2.Event], _abc.AsyncIterator[_control_plane_pb2.Event]]:
         """Mesh-wide events as they happen: breaker transitions seen in reports, policy changes, NACKs."""
+
+    @_abc_1.abstractmethod
+    def AdoptStore(
+        self,
+        request: _control_plane_pb2.AdoptStoreRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_plane_pb2.AdoptStoreResponse, _abc.Awaitable[_control_plane_pb2.AdoptStoreResponse]]:
+        """Admin: let agents that hold the policies of store `store_id` take this control plane's. An
+        agent never replaces policies of another store (nor takes a lower revision of the same
+        store) on its own: it keeps them and reports the mismatch until an operator decides here.
+        Naming this control plane's own store lets agents take its lower revision (a restored
+        backup). Held in memory until the server stops.
+        """
 
 def add_ControlPlaneServicer_to_server(servicer: ControlPlaneServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -10,7 +10,8 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from meshbreaker.config import BreakerConfig, State, WindowType
-from meshbreaker.control.agent import Backoff, MeshAgent, write_json_atomic
+from meshbreaker.control.agent import Backoff, MeshAgent
+from meshbreaker.control.agent_cache import write_json_atomic
 from meshbreaker.control.store import SqliteStore
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb

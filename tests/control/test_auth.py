@@ -89,6 +89,9 @@ def _calls(
                 metadata=metadata,
             )
         ),
+        "AdoptStore": lambda: _unary(
+            stub.AdoptStore(pb.AdoptStoreRequest(store_id="old-store"), metadata=metadata)
+        ),
     }
 
 
@@ -118,7 +121,7 @@ async def _event(
         call.cancel()
 
 
-MUTATIONS = {"PutPolicy", "DeletePolicy", "ForceState"}
+MUTATIONS = {"PutPolicy", "DeletePolicy", "ForceState", "AdoptStore"}
 ALL_RPCS = sorted(pb.DESCRIPTOR.services_by_name["ControlPlane"].methods_by_name)
 
 

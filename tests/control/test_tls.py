@@ -119,3 +119,34 @@ async def test_bad_tls_options(
     with pytest.raises(ConfigError) as caught:
         await start_control_plane(**options)
     assert caught.value.field == field
+
+
+async def test_a_client_certificate_must_name_the_service_it_speaks_for(
+    start_control_plane: Start, pki: Pki
+) -> None:
+    ca = issue("meshbreaker SAN CA", None, ca=True)
+    server_pem = pem(issue("localhost", ca, usage=ExtendedKeyUsageOID.SERVER_AUTH))
+    gateway = pem(
+        issue(
+            "gateway-agent",
+            ca,
+            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+            uris=("spiffe://bank.example/ns/prod/sa/gateway",),
+        )
+    )
+    server = await start_control_plane(
+        tls_cert=server_pem.cert,
+        tls_key=server_pem.key,
+        tls_client_ca=pem(ca).cert,
+        tls_client_names_service=True,
+    )
+    credentials = grpc.ssl_channel_credentials(pem(ca).cert, gateway.key, gateway.cert)
+    async with grpc.aio.secure_channel(server.target, credentials, _options()) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        assert (await stub.GetConfig(pb.GetConfigRequest(service="gateway"))).service == "gateway"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ReportState(
+                pb.ReportStateRequest(instance_id="tx-1", service="transaction"), timeout=2
+            )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "does not name 'transaction'" in (caught.value.details() or "")
