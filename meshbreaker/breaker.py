@@ -693,6 +693,14 @@ class CircuitBreaker:
             self._refresh(now)
         self._emit(transition, None)
 
+    def count_local_refusal(self) -> None:
+        """Count a call refused below the breaker (a load balancer's drop) as rejected.
+
+        Lock-free like the breaker's own rejections: one next() on the counter, atomic under
+        the GIL. The call never reached the dependency, so it is no outcome of the window.
+        """
+        next(self._rejections)
+
     def reset(self) -> None:
         """Back to CLOSED with a fresh window and no backoff; lifetime counters are kept."""
         with self._lock:

@@ -22,6 +22,21 @@ CODE_NAMES: dict[grpc.StatusCode, str] = {code: code.name for code in grpc.Statu
 
 _SUCCESS, _FAILURE, _IGNORED = Outcome.SUCCESS, Outcome.FAILURE, Outcome.IGNORED
 _OK = grpc.StatusCode.OK
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+# What gRPC's own load balancing says when it refuses a call before it leaves the process: xDS
+# circuit breaking (gRFC A32), EDS drop_overloads, a grpclb drop. A local refusal like the
+# breaker's own, so it counts as rejected and never as a failure of the dependency.
+LB_DROP_DETAILS = (
+    "circuit breaker drop",
+    "EDS-configured drop: ",
+    "drop directed by grpclb balancer",
+)
+
+
+def is_lb_drop(code: grpc.StatusCode | None, details: str | None) -> bool:
+    """Whether a call ending with `code` and `details` was dropped by the channel's balancer."""
+    return code is _UNAVAILABLE and details is not None and details.startswith(LB_DROP_DETAILS)
+
 
 # Bounds the per-interceptor method cache against unbounded dynamic method names.
 _MAX_CACHED_METHODS = 10_000
@@ -165,12 +180,18 @@ class Guard:
         duration: float | None = None,
         *,
         quiet: bool = False,
+        details: str | None = None,
     ) -> None:
         """Report the final status `code` on `permit`; never raises.
 
-        `quiet` is for finalizers: no traceback formatting while the garbage collector runs.
+        `details` (read only for UNAVAILABLE) tells a balancer's drop from a failure. `quiet` is
+        for finalizers: no traceback formatting while the garbage collector runs.
         """
         try:
+            if details is not None and is_lb_drop(code, details):
+                permit.ignore()
+                breaker.count_local_refusal()
+                return
             permit.record(self.outcome(breaker, code), duration)
         except Exception:
             if quiet:

@@ -23,10 +23,10 @@ class Tracker:
         self._permit = permit
         self.first: float | None = None
 
-    def finish(self, code: grpc.StatusCode | None) -> None:
-        """Record the final status; only the first report on a permit counts."""
+    def finish(self, code: grpc.StatusCode | None, details: str | None = None) -> None:
+        """Record the final status (`details` for UNAVAILABLE); only the first report counts."""
         if not self._permit.done:
-            self._guard.record(self._permit, self._breaker, code, self.first)
+            self._guard.record(self._permit, self._breaker, code, self.first, details=details)
 
     def first_message(self) -> None:
         """Note the first response message's arrival (the slow-call measure for streams)."""

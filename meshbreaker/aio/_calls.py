@@ -24,6 +24,7 @@ from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
 logger = logging.getLogger(__name__)
 
 _OK = grpc.StatusCode.OK
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 DoneCallback = Any
 
 
@@ -306,6 +307,24 @@ def status_code_now(call: Any) -> grpc.StatusCode | None:
     return None
 
 
+def drop_details(code: grpc.StatusCode | None, call: Any) -> str | None:
+    """A done aio call's details when UNAVAILABLE (a balancer's drop?), read without awaiting."""
+    if code is not _UNAVAILABLE:
+        return None
+    coroutine = call.details()
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coroutine.close()
+    return None
+
+
+def error_details(error: AioRpcError) -> str | None:
+    """An AioRpcError's details when its code is UNAVAILABLE."""
+    return error.details() if error.code() is _UNAVAILABLE else None
+
+
 # Strong references to the rare status reads that could not complete synchronously.
 _pending: set[asyncio.Future[None]] = set()
 
@@ -336,11 +355,12 @@ class CallTracker(Tracker):
             _pending.add(task := asyncio.ensure_future(self._finish_later(call)))
             task.add_done_callback(_pending.discard)
         else:
-            self.finish(code)
+            self.finish(code, drop_details(code, call))
 
     async def _finish_later(self, call: Any) -> None:
         try:
-            self.finish(await call.code())
+            code = await call.code()
+            self.finish(code, await call.details() if code is _UNAVAILABLE else None)
         except BaseException:
             release(self._permit)
             raise
@@ -378,7 +398,7 @@ class TrackedStream(
             self._tracker.finish(_OK)
             raise
         except AioRpcError as error:
-            self._tracker.finish(error.code())
+            self._tracker.finish(error.code(), error_details(error))
             raise
         self._tracker.first_message()
         return response
@@ -388,7 +408,7 @@ class TrackedStream(
         try:
             response = await self._call.read()
         except AioRpcError as error:
-            self._tracker.finish(error.code())
+            self._tracker.finish(error.code(), error_details(error))
             raise
         if response is grpc.aio.EOF:
             self._tracker.finish(_OK)

@@ -12,7 +12,13 @@ from grpc.aio import AioRpcError
 
 from meshbreaker._adapter.fallback import Fallback
 from meshbreaker._adapter.guard import Guard, release
-from meshbreaker.aio._calls import CallTracker, FallbackOnFailureCall, TrackedStream, rejection
+from meshbreaker.aio._calls import (
+    CallTracker,
+    FallbackOnFailureCall,
+    TrackedStream,
+    error_details,
+    rejection,
+)
 from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.registry import BreakerRegistry
 
@@ -49,7 +55,7 @@ async def _guard_unary(
     try:
         call = await continuation(client_call_details, request)
     except AioRpcError as error:
-        guard.record(permit, breaker, error.code())
+        guard.record(permit, breaker, error.code(), details=error_details(error))
         raise
     except BaseException:
         release(permit)
@@ -79,7 +85,7 @@ async def _guard_stream(
     try:
         call = await continuation(client_call_details, request)
     except AioRpcError as error:
-        guard.record(permit, breaker, error.code())
+        guard.record(permit, breaker, error.code(), details=error_details(error))
         raise
     except BaseException:
         release(permit)

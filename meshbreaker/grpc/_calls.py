@@ -22,6 +22,14 @@ from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
 logger = logging.getLogger(__name__)
 
 _OK = grpc.StatusCode.OK
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+def final_status(call: Any) -> tuple[grpc.StatusCode | None, str | None]:
+    """A finished call's code, and its details when UNAVAILABLE (a balancer's drop or not)."""
+    code = call.code()
+    return code, (call.details() if code is _UNAVAILABLE else None)
+
 
 # grpc's stubs type these ABCs narrowly (generic Future, _Metadatum tuples); the call objects
 # here implement grpc's runtime protocol, so they subclass untyped aliases.
@@ -310,10 +318,15 @@ class CallTracker(Tracker):
 
     __slots__ = ("_call",)
 
+    def finish_call(self, call: Any) -> None:
+        """Record a finished call's status; its details only for UNAVAILABLE (no tuple per call)."""
+        code = call.code()
+        self.finish(code, call.details() if code is _UNAVAILABLE else None)
+
     def watch(self, call: Any) -> None:
         """Report when `call` terminates (at once if it already has)."""
         if call.done():
-            self.finish(call.code())
+            self.finish_call(call)
             return
         # add_callback, not add_done_callback: grpc binds the call into a done-callback, which
         # would keep an abandoned call reachable from the channel and stop its cancel-on-GC.
@@ -324,7 +337,7 @@ class CallTracker(Tracker):
             call.add_done_callback(self.on_done_future)
             return
         if not added:
-            self.finish(call.code())
+            self.finish_call(call)
 
     def on_done(self) -> None:
         """grpc's termination callback."""
@@ -332,11 +345,11 @@ class CallTracker(Tracker):
         if call is None:
             release(self._permit)  # collected before it ended: cancelled on GC
         else:
-            self.finish(call.code())
+            self.finish_call(call)
 
     def on_done_future(self, call: Any) -> None:
         """A done-callback, for call objects without add_callback."""
-        self.finish(call.code())
+        self.finish_call(call)
 
     def abandoned(self, call: Any) -> None:
         """The caller dropped the call: record its status if it ended, else release the permit."""
@@ -344,7 +357,8 @@ class CallTracker(Tracker):
         if permit.done:
             return
         if call.done():
-            self._guard.record(permit, self._breaker, call.code(), self.first, quiet=True)
+            code, details = final_status(call)
+            self._guard.record(permit, self._breaker, code, self.first, quiet=True, details=details)
         else:
             permit.ignore()
 
@@ -377,10 +391,10 @@ class TrackedStream(RpcErrorBase, _CallProxy):  # type: ignore[misc]
 
     def _ended(self, error: grpc.RpcError) -> None:
         try:
-            code = error.code() if isinstance(error, grpc.Call) else None
+            code, details = final_status(error) if isinstance(error, grpc.Call) else (None, None)
         except Exception:
-            code = None
-        self._tracker.finish(code)
+            code, details = None, None
+        self._tracker.finish(code, details)
 
     def __del__(self) -> None:
         # Dropped by the caller: the call is cancelled on GC, so its permit must go now.

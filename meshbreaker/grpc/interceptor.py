@@ -11,10 +11,16 @@ import grpc
 from meshbreaker._adapter.fallback import Fallback
 from meshbreaker._adapter.guard import Guard, release
 from meshbreaker.errors import CallNotPermittedError
-from meshbreaker.grpc._calls import CallTracker, FallbackOnFailureCall, TrackedStream, rejection
+from meshbreaker.grpc._calls import (
+    CallTracker,
+    FallbackOnFailureCall,
+    TrackedStream,
+    rejection,
+)
 from meshbreaker.registry import BreakerRegistry
 
 logger = logging.getLogger(__name__)
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 Continuation = Callable[[grpc.ClientCallDetails, Any], Any]
 
@@ -75,7 +81,9 @@ class BreakerInterceptor(
             raise
         try:
             if call.done():  # the blocking path: grpc hands over a finished call
-                guard.record(permit, breaker, call.code())
+                code = call.code()
+                drop = call.details() if code is _UNAVAILABLE else None
+                guard.record(permit, breaker, code, details=drop)
             else:
                 CallTracker(guard, breaker, permit).watch(call)
             if info.fallback is not None and guard.fallback_on_failure:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,8 +46,10 @@ async def xds_client(
 ) -> AsyncIterator[Callable[..., Awaitable[XdsClientProcess]]]:
     processes: list[XdsClientProcess] = []
 
-    async def start(target: str, *, caller: str = "") -> XdsClientProcess:
-        process = await XdsClientProcess.start(target, xds_server, tmp_path, caller=caller)
+    async def start(target: str, *, caller: str = "", **options: Any) -> XdsClientProcess:
+        process = await XdsClientProcess.start(
+            target, xds_server, tmp_path, caller=caller, **options
+        )
         processes.append(process)
         return process
 

@@ -30,6 +30,7 @@ from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 from meshbreaker.v1 import xds_pb2, xds_pb2_grpc
 
 CLIENT_SCRIPT = Path(__file__).with_name("xds_client.py")
+GUARDED_SCRIPT = Path(__file__).with_name("guarded_client.py")
 ROOT = Path(__file__).resolve().parents[2]
 # Generous: the client process, its xDS stream and the backends share two busy cores.
 DEADLINE = 30.0
@@ -93,7 +94,14 @@ class XdsClientProcess:
 
     @classmethod
     async def start(
-        cls, target: str, server: ControlPlaneServer, tmp_path: Path, *, caller: str = ""
+        cls,
+        target: str,
+        server: ControlPlaneServer,
+        tmp_path: Path,
+        *,
+        caller: str = "",
+        script: Path = CLIENT_SCRIPT,
+        args: tuple[str, ...] = (),
     ) -> XdsClientProcess:
         path = tmp_path / f"bootstrap-{caller or 'any'}.json"
         path.write_text(
@@ -103,8 +111,9 @@ class XdsClientProcess:
         env.pop("GRPC_XDS_BOOTSTRAP_CONFIG", None)
         process = await asyncio.create_subprocess_exec(
             sys.executable,
-            str(CLIENT_SCRIPT),
+            str(script),
             target,
+            *args,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,
@@ -121,6 +130,11 @@ class XdsClientProcess:
     async def send(self, command: dict[str, Any]) -> None:
         assert self._process.stdin is not None
         self._process.stdin.write(json.dumps(command).encode() + b"\n")
+        await self._process.stdin.drain()
+
+    async def send_line(self, text: str) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.write(text.encode() + b"\n")
         await self._process.stdin.drain()
 
     async def ask(self, command: dict[str, Any]) -> dict[str, Any]:
