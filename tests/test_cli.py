@@ -188,15 +188,15 @@ def test_policy_put_list_delete_with_flags(cli: Callable[..., tuple[int, str, st
 
     status, out, _ = cli("policy", "list", "--json")
     stored = json.loads(out)["policies"][0]
-    # Only the flags given are stored: everything else stays "default".
-    assert set(stored["config"]) == {
-        "failure_rate_threshold",
-        "open_duration",
-        "open_duration_max",
-        "slow_calls_disabled",
-        "failure_codes",
-        "half_open_max_wait",
-        "mode",
+    # Only the flags given are stored, in the --file format: everything else stays "default".
+    assert stored["config"] == {
+        "failure_rate_threshold": 0.25,
+        "open_duration": 5.0,
+        "open_duration_max": 40.0,
+        "slow_call_duration": None,
+        "failure_codes": ["INTERNAL", "UNAVAILABLE"],
+        "half_open_max_wait": 30.0,
+        "mode": "shadow",
     }
 
     status, out, err = cli("policy", "delete", "tight", "--expected-revision", "7")
@@ -218,6 +218,44 @@ def test_an_open_duration_above_the_default_maximum_needs_no_maximum(
     status, out, _ = cli("policy", "list", "--json")
     stored = json.loads(out)["policies"][0]
     assert set(stored["config"]) == {"open_duration"}  # the maximum stays unset, as sent
+
+
+def test_policy_list_json_is_the_file_format_and_round_trips(
+    cli: Callable[..., tuple[int, str, str]], cp: ControlPlane, tmp_path: Path
+) -> None:
+    """What `policy list --json` prints, `policy put --file` puts back unchanged."""
+    puts = [
+        ("--id", "tight", "--method", METHOD, "--failure-rate", "0.25", "--open-duration", "5",
+         "--slow-call-duration", "off", "--failure-codes", "unavailable,internal",
+         "--ignored-codes", "cancelled", "--mode", "shadow", "--window-type", "count",
+         "--window-size", "50", "--description", "tuning"),
+        ("--id", "mesh-default", "--consecutive-failures", "7"),
+        ("--id", "pinned", "--caller", "gateway", "--service", "bank.v1.AuditService",
+         "--override", "closed", "--no-config"),
+    ]  # fmt: skip
+    for flags in puts:
+        status, _, err = cli("policy", "put", *flags)
+        assert status == 0, err
+
+    def stored() -> list[pb.Policy]:
+        policies = list(cp.stub.ListPolicies(pb.ListPoliciesRequest(), timeout=5).policies)
+        for policy in policies:
+            policy.ClearField("revision")
+            policy.ClearField("updated_at")
+            policy.ClearField("updated_by")
+        return policies
+
+    before = stored()
+    status, out, _ = cli("policy", "list", "--json")
+    path = tmp_path / "policies.json"
+    path.write_text(out)
+    status, out, err = cli("policy", "put", "--file", str(path))
+    assert status == 0, err
+    assert out.splitlines()[-1] == "store revision 4"  # all three again, in one revision
+    assert stored() == before
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(json.loads(path.read_text())["policies"][2]))
+    assert cli("policy", "put", "--file", str(one))[0] == 0  # one entry of it works too
 
 
 def test_policy_put_from_a_file_with_flags_overriding_it(

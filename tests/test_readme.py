@@ -7,6 +7,7 @@ blocks must be one the parser accepts, and the README must say how the commands 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import shlex
 import subprocess
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from meshbreaker.cli import build_parser
+from meshbreaker.cli import build_parser, policy_message
+from meshbreaker.v1 import control_plane_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -74,3 +76,15 @@ def test_make_says_what_it_is_doing() -> None:
     assert "make demo: starting the banking mesh" in demo
     assert "several minutes" in make_dry_run("bench")
     assert "python -m bench --quick" in make_dry_run("bench-quick")
+
+
+def test_the_documented_policy_file_is_accepted() -> None:
+    (example,) = re.findall(r"```json\n(.*?)```", README, flags=re.DOTALL)
+    policies = [policy_message(entry) for entry in json.loads(example)["policies"]]
+    audit, pin = policies
+    assert audit.selector.caller == "gateway" and audit.config.consecutive_failures == 3
+    assert audit.config.slow_calls_disabled and list(audit.config.failure_codes.codes) == [
+        "INTERNAL",
+        "UNAVAILABLE",
+    ]
+    assert not pin.HasField("config") and pin.override == pb.OVERRIDE_FORCED_OPEN

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from rich.console import Console
 
 from meshbreaker.cli.client import Client
 from meshbreaker.cli.policy_flags import policies_from_args
+from meshbreaker.cli.policy_json import policy_document
 from meshbreaker.cli.tables import policy_table, status_view
 from meshbreaker.errors import CliError
 from meshbreaker.live.connection import channel_options, new_backoff
@@ -185,7 +187,12 @@ def policy_list(args: argparse.Namespace) -> int:
     with Client(args) as client:
         response = client.call(client.stub.ListPolicies, pb.ListPoliciesRequest(caller=args.caller))
     if args.json:
-        print(to_json(response))
+        # The --file format: what this prints, `policy put --file` takes back as it is.
+        document = {
+            "revision": response.revision,
+            "policies": [policy_document(policy) for policy in response.policies],
+        }
+        print(json.dumps(document, indent=2, ensure_ascii=True))
         return 0
     console = console_for(sys.stdout)
     emit(console, policy_table(response, _table_width(console)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import enum
 from typing import Any
 
 from meshbreaker.cli import arg_types
@@ -14,11 +15,14 @@ from meshbreaker.v1 import control_plane_pb2 as pb
 _POLICY_KEYS = frozenset(
     {"id", "selector", "caller", "service", "method", "config", "mode", "override", "description"}
 )
+# What the store says about a policy: `policy list --json` prints them, a put ignores them (so its
+# output can be put back as it is); compare-and-set is --expected-revision.
+READ_ONLY_KEYS = frozenset({"revision", "updated_at", "updated_by"})
 
 
 def policy_message(entry: dict[str, Any]) -> pb.Policy:
     """A Policy message from a JSON-like dict; only the config fields given are set."""
-    unknown = sorted(set(entry) - _POLICY_KEYS)
+    unknown = sorted(set(entry) - _POLICY_KEYS - READ_ONLY_KEYS)
     if unknown:
         raise ConfigError(unknown[0], "unknown policy key")
     selector = dict(entry.get("selector") or {})
@@ -78,3 +82,41 @@ def config_message_from(values: dict[str, Any]) -> pb.BreakerConfig:
         return convert.layer_to_proto(check_layer(parsed))
     except ConfigError as error:
         raise ConfigError(f"config.{error.field}", error.message) from None
+
+
+def policy_document(policy: pb.Policy) -> dict[str, Any]:
+    """A stored policy as a --file entry: `policy_message` of it puts the same policy back."""
+    document: dict[str, Any] = {"id": policy.id}
+    selector = {
+        key: getattr(policy.selector, key)
+        for key in ("caller", "service", "method")
+        if getattr(policy.selector, key)
+    }
+    document["selector"] = selector
+    if policy.HasField("config"):
+        layer = convert.layer_from_proto(policy.config)
+        document["config"] = {name: _json_value(value) for name, value in layer.items()}
+        if "mode" not in layer and policy.mode != pb.MODE_UNSPECIFIED:  # from an older client
+            document["config"]["mode"] = "shadow" if policy.mode == pb.MODE_SHADOW else "enforce"
+    else:
+        document["config"] = None  # an override alone
+    override = convert.override_from_proto(policy.override)
+    if override is not None:
+        document["override"] = "open" if override is State.FORCED_OPEN else "closed"
+    if policy.description:
+        document["description"] = policy.description
+    document["revision"] = policy.revision
+    if policy.HasField("updated_at"):
+        document["updated_at"] = policy.updated_at.ToJsonString()
+    if policy.updated_by:
+        document["updated_by"] = policy.updated_by
+    return document
+
+
+def _json_value(value: Any) -> Any:
+    """A config value as a --file spells it: codes as a sorted list, enums by value, None = off."""
+    if isinstance(value, frozenset):
+        return sorted(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
