@@ -11,12 +11,14 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from google.protobuf.message import Message
-from rich.console import Console
+from rich.console import Console, Group
+from rich.text import Text
 
 from meshbreaker.cli.client import Client
 from meshbreaker.cli.policy_flags import policies_from_args
 from meshbreaker.cli.policy_json import policy_document
 from meshbreaker.cli.tables import policy_table, status_view
+from meshbreaker.cli.xds import xds_clients_view, xds_status
 from meshbreaker.errors import CliError
 from meshbreaker.live.connection import channel_options, new_backoff
 from meshbreaker.live.follow import EventFollower, print_event
@@ -87,19 +89,18 @@ def status(args: argparse.Namespace) -> int:
         )
     with Client(args) as client:
         response = client.call(client.stub.ListBreakers, request)
+        xds = None if args.json else xds_status(client)
     if args.json:
         print(to_json(response))
     else:
         console = console_for(sys.stdout)
-        emit(
-            console,
-            status_view(
-                response,
-                width=_table_width(console),
-                instances=args.instances,
-                empty=_no_breakers(args),
-            ),
+        width = _table_width(console)
+        view = status_view(
+            response, width=width, instances=args.instances, empty=_no_breakers(args)
         )
+        if xds is not None:  # the control plane serves xDS: its clients beside the agents
+            view = Group(view, Text(), xds_clients_view(xds, width))
+        emit(console, view)
     return 0
 
 

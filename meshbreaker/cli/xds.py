@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any, TypeAlias
 
+import grpc
+from rich.console import Group
+from rich.text import Text
+
 from meshbreaker.cli.client import Client
 from meshbreaker.control.xds.bootstrap import bootstrap as make_bootstrap
 from meshbreaker.control.xds.model import (
@@ -18,8 +22,9 @@ from meshbreaker.control.xds.model import (
     parse_endpoint,
 )
 from meshbreaker.errors import CliError, ConfigError
-from meshbreaker.live.terminal import say
-from meshbreaker.live.text import clean, format_age, to_json
+from meshbreaker.live.table import Column, new_table
+from meshbreaker.live.terminal import console_for, emit, say
+from meshbreaker.live.text import clean, to_json
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import xds_pb2, xds_pb2_grpc
 
@@ -139,30 +144,59 @@ def cluster_list(args: argparse.Namespace) -> int:
     return 0
 
 
+_XDS_COLUMNS = (
+    Column("XDS CLIENT", cut="end", weight=2),
+    Column("CALLER", cut="end"),
+    Column("TYPE", min_width=8),
+    Column("NAMES", cut="end"),
+    Column("ACKED", min_width=5),
+    Column("NACK", cut="end", weight=3),
+)
+
+
+def xds_clients_view(response: xds_pb2.ListXdsClientsResponse, width: int | None) -> Group:
+    """One row per (xDS client, resource type): what it subscribes to, ACKed, and any NACK."""
+    rows: list[list[str | Text]] = []
+    for status in response.clients:
+        for resource in status.resources:
+            nack = f"{resource.nacked_version}: {resource.error}" if resource.nacked_version else ""
+            rows.append(
+                [
+                    status.node_id,
+                    status.node_cluster or "-",
+                    resource.type,
+                    ",".join(resource.names) or "*",
+                    resource.acked_version or "-",
+                    Text(clean(nack), style="yellow"),
+                ]
+            )
+    nacking = sum(any(r.nacked_version for r in c.resources) for c in response.clients)
+    summary = f"{len(response.clients)} xDS client(s)" + (f", {nacking} NACKing" if nacking else "")
+    return Group(new_table(_XDS_COLUMNS, rows, width), Text(summary))
+
+
+def xds_status(client: Client) -> xds_pb2.ListXdsClientsResponse | None:
+    """The xDS clients of the control plane, or None when it serves no xDS (not started --xds)."""
+    stub = xds_pb2_grpc.XdsAdminStub(client.channel)
+    try:
+        return client.call(stub.ListXdsClients, xds_pb2.ListXdsClientsRequest())
+    except grpc.RpcError as error:
+        if isinstance(error, grpc.Call) and error.code() is grpc.StatusCode.UNIMPLEMENTED:
+            return None
+        raise
+
+
 def xds_clients(args: argparse.Namespace) -> int:
     """`xds clients`: each connected client and, per resource type, its ACK or NACK."""
     with Client(args) as client:
-        stub = xds_pb2_grpc.XdsAdminStub(client.channel)
-        response = client.call(stub.ListXdsClients, xds_pb2.ListXdsClientsRequest())
+        response = xds_status(client)
+    if response is None:
+        raise CliError(f"the control plane at {args.target} serves no xDS (start it with --xds)")
     if args.json:
         print(to_json(response))
         return 0
-    if not response.clients:
-        say(sys.stdout, "no xDS clients connected")
-    for status in response.clients:
-        caller = status.node_cluster or "-"
-        print(
-            clean(
-                f"{status.node_id}  caller {caller}  {status.peer}  "
-                f"connected {format_age(status.connected_for)}"
-            )
-        )
-        for resource in status.resources:
-            answer = f"ACKed {resource.acked_version or '-'}"
-            if resource.nacked_version:
-                answer += f"  NACKed {resource.nacked_version}: {resource.error}"
-            names = ",".join(resource.names) or "*"
-            print(clean(f"  {resource.type:<8} {names}  {answer}"))
+    console = console_for(sys.stdout)
+    emit(console, xds_clients_view(response, console.width if console.is_terminal else None))
     return 0
 
 

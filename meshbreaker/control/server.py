@@ -43,6 +43,7 @@ from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
+    from meshbreaker.control.metrics import XdsView
     from meshbreaker.control.xds.server import XdsServer
     from meshbreaker.metrics.prometheus import MetricsServer
 
@@ -334,6 +335,7 @@ class ControlPlaneServer:
                     asyncio.get_running_loop(),
                     self.options.metrics_port,
                     self.metrics_host,
+                    xds_clients=self._xds_statuses,
                 )
             except OSError as error:
                 servicer.close()
@@ -411,6 +413,14 @@ class ControlPlaneServer:
         if self._close_store:
             self.store.close()
         logger.info("control plane on port %d stopped", self._port)
+
+    def _xds_statuses(self) -> XdsView | None:
+        """The xDS clients' status for /metrics (None without xDS); called on the loop."""
+        if self._xds is None:
+            return None
+        from meshbreaker.control.metrics import XdsView
+
+        return XdsView(self._xds.statuses(), self._xds.nacks)
 
     async def _close_xds(self) -> None:
         xds, self._xds = self._xds, None

@@ -14,7 +14,7 @@ from tests.xds.support import Admin, Backend, XdsClientProcess
 
 @pytest.fixture
 async def xds_server(tmp_path: Path) -> AsyncIterator[ControlPlaneServer]:
-    server = await serve(0, tmp_path / "control-plane.db", xds=True)
+    server = await serve(0, tmp_path / "control-plane.db", xds=True, metrics_port=0)
     yield server
     await server.stop(grace=0)
 

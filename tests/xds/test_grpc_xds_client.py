@@ -6,12 +6,17 @@ meshbreaker code; the control plane, with xds=True, and the backends run in the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
+import pytest
 from google.protobuf.duration_pb2 import Duration
 
+from meshbreaker.cli import main
+from meshbreaker.control.server import ControlPlaneServer
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import xds_pb2
+from tests.scrape_support import Scrape
 from tests.xds.support import Admin, Backend, XdsClientProcess, cluster, wait_for
 
 WHO = "/test.Echo/Who"
@@ -110,7 +115,11 @@ async def test_outlier_detection_ejects_the_failing_backend_of_three(
 
 
 async def test_a_resource_the_client_rejects_is_nacked_and_shown(
-    admin: Admin, backends: Backends, xds_client: Clients
+    admin: Admin,
+    backends: Backends,
+    xds_client: Clients,
+    xds_server: ControlPlaneServer,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     (backend,) = await backends(1)
     await admin.put_cluster(cluster("accounts", [backend]))
@@ -129,6 +138,24 @@ async def test_a_resource_the_client_rejects_is_nacked_and_shown(
     assert state is not None
     assert "LB policy is not supported" in state.error
     assert state.acked_version != state.nacked_version
+    # `meshbreaker status` shows it beside the agents, and /metrics counts it.
+    status = await asyncio.to_thread(main, ["--target", xds_server.target, "status"])
+    out = capsys.readouterr().out
+    assert status == 0
+    (row,) = [
+        line for line in out.splitlines() if line.startswith("node-gateway") and "cluster" in line
+    ]
+    assert "LB policy is not supported" in row and state.nacked_version in row
+    assert "1 xDS client(s), 1 NACKing" in out
+    scrape = await asyncio.to_thread(
+        Scrape, f"http://{xds_server.metrics_host}:{xds_server.metrics_port}/metrics"
+    )
+    key = {"node_id": "node-gateway", "caller": "gateway", "type": "cluster"}
+    assert scrape.one("meshbreaker_control_plane_xds_nacking", **key) == 1
+    assert scrape.one("meshbreaker_control_plane_xds_nacking", **{**key, "type": "listener"}) == 0
+    assert scrape.one("meshbreaker_control_plane_xds_acked_cluster_revision", **key) == 1
+    assert scrape.one("meshbreaker_control_plane_xds_clients") == 1
+    assert scrape.one("meshbreaker_control_plane_xds_nacks_total") >= 1
     # The client keeps the cluster it had and goes on calling.
     assert (await client.ask({"op": "call", "n": 2, "method": WHO, "wait": True}))["results"] == [
         "backend-0",

@@ -15,7 +15,7 @@ from meshbreaker.cli import main
 from meshbreaker.control.xds.resources import CLUSTER
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import xds_pb2
-from tests.server_support import ControlPlane
+from tests.server_support import ControlPlane, wait_until
 
 Cli = Callable[..., tuple[int, str, str]]
 
@@ -143,17 +143,16 @@ def test_bootstrap_prints_what_grpc_reads(cli: Cli, tmp_path: Path) -> None:
     assert (status == 1 and "--private-key-file" in err) or "go together" in err
 
 
-def test_clients_show_what_each_node_acked(cli: Cli, cp: ControlPlane) -> None:
+def test_clients_show_what_each_node_acked_or_nacked(cli: Cli, cp: ControlPlane) -> None:
     assert cli("xds", "cluster", "put", "accounts", "--endpoint", "127.0.0.1:5001")[0] == 0
+    _, out, _ = cli("xds", "clients")
+    assert "0 xDS client(s)" in out
     channel = grpc.insecure_channel(cp.target)
     requests: queue.Queue[discovery_pb2.DiscoveryRequest | None] = queue.Queue()
-    requests.put(
-        discovery_pb2.DiscoveryRequest(
-            node={"id": "raw-node", "cluster": "gateway"},
-            type_url=CLUSTER,
-            resource_names=["accounts"],
-        )
+    subscribe = discovery_pb2.DiscoveryRequest(
+        node={"id": "raw-node", "cluster": "gateway"}, type_url=CLUSTER, resource_names=["accounts"]
     )
+    requests.put(subscribe)
     stream = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
         iter(requests.get, None), timeout=20
     )
@@ -161,8 +160,40 @@ def test_clients_show_what_each_node_acked(cli: Cli, cp: ControlPlane) -> None:
         response = next(stream)
         assert response.version_info == "0.1" and len(response.resources) == 1
         _, out, _ = cli("xds", "clients")
-        assert "raw-node  caller gateway" in out
-        assert "cluster  accounts  ACKed -" in out
+        assert out.splitlines()[1].split() == ["raw-node", "gateway", "cluster", "accounts", "-"]
+        requests.put(
+            discovery_pb2.DiscoveryRequest(
+                type_url=CLUSTER,
+                resource_names=["accounts"],
+                version_info=response.version_info,
+                response_nonce=response.nonce,
+            )
+        )
+        assert wait_until(lambda: "0.1" in cli("xds", "clients")[1], timeout=10)
+        # New endpoints alone change EDS, not this CDS resource: nothing is sent for it.
+        assert cli("xds", "cluster", "put", "accounts", "--endpoint", "127.0.0.1:5002")[0] == 0
+        put = ("xds", "cluster", "put", "accounts", "--endpoint", "127.0.0.1:5002")
+        assert cli(*put, "--lb-policy", "ring_hash")[0] == 0
+        second = next(stream)
+        assert second.version_info == "0.3"
+        requests.put(
+            discovery_pb2.DiscoveryRequest(
+                type_url=CLUSTER,
+                resource_names=["accounts"],
+                version_info=response.version_info,
+                response_nonce=second.nonce,
+                error_detail={"code": 3, "message": "\x1b[31mno thanks"},
+            )
+        )
+        assert wait_until(lambda: "NACKing" in cli("xds", "clients")[1], timeout=10)
+        _, out, _ = cli("xds", "clients")
+        row = out.splitlines()[1]
+        assert row.split()[:5] == ["raw-node", "gateway", "cluster", "accounts", "0.1"]
+        # The client's words reach the terminal escaped, never as control characters.
+        assert "0.3: \\x1b[31mno thanks" in row and "\x1b" not in out
+        _, out, _ = cli("xds", "clients", "--json")
+        (client,) = json.loads(out)["clients"]
+        assert client["resources"][0]["nacked_version"] == "0.3"
     finally:
         requests.put(None)
         stream.cancel()

@@ -89,6 +89,16 @@ class XdsServer:
         """The connected xDS clients."""
         return self.ads.clients()
 
+    def statuses(self) -> list[xds_pb2.XdsClientStatus]:
+        """Every connected client as the admin API shows it."""
+        now = self.clock()
+        return [client.status(now) for client in self.ads.clients()]
+
+    @property
+    def nacks(self) -> int:
+        """NACKs received since start."""
+        return self.ads.nacks
+
     async def run(self, fn: Callable[[], _T]) -> _T:
         """Run `fn` (store or registry I/O) on the worker thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -210,7 +220,4 @@ class XdsAdminServicer(xds_pb2_grpc.XdsAdminServicer):
         self, request: xds_pb2.ListXdsClientsRequest, context: _Context
     ) -> xds_pb2.ListXdsClientsResponse:
         """Every connected xDS client and what it ACKed or NACKed."""
-        now = self._xds.clock()
-        return xds_pb2.ListXdsClientsResponse(
-            clients=[client.status(now) for client in self._xds.clients()]
-        )
+        return xds_pb2.ListXdsClientsResponse(clients=self._xds.statuses())
