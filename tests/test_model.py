@@ -1,8 +1,15 @@
-"""Model-based test: random operations against a small reference model of DESIGN.md §3."""
+"""Model-based test: random operations against a small reference model of DESIGN.md §3.
+
+The model is plain on purpose (a list for the window, explicit states, no quick path, no lazy
+anything); the machine drives the real breaker and the model with the same operations, COUNT
+and TIME windows, slow calls, the bulkhead, shadow mode, live config changes and
+half_open_max_wait included.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -12,45 +19,80 @@ from meshbreaker import (
     BreakerConfig,
     CallNotPermittedError,
     CircuitBreaker,
+    Mode,
     Permit,
     State,
     WindowType,
 )
 from meshbreaker.testing import FakeClock
 
+STALE = -1
+SLOW = 1.0  # slow_call_duration of every config here
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One call in the model's window."""
+
+    failed: bool
+    slow: bool
+    second: int
+
+
+@dataclass
+class Admitted:
+    """A permit the model granted: its generation and whether it holds a bulkhead slot."""
+
+    generation: int
+    holds_slot: bool
+
 
 class Model:
-    """The reference: a plain list for the window, explicit states, no cleverness."""
+    """The reference: explicit states, a list for the window, every rule written out."""
 
     def __init__(self, cfg: BreakerConfig, now: float) -> None:
         self.cfg = cfg
+        self.now = now
         self.state = State.CLOSED
         self.generation = 0
-        self.window: list[bool] = []  # True = failed
+        self.since = now
+        self.window: list[Entry] = []
         self.consecutive = 0
         self.open_until = math.inf
-        self.next_open = cfg.open_duration
-        self.in_flight = 0
+        self.openings_in_row = 0
+        self.in_flight = 0  # half-open probes
         self.successes = 0
-        self.counts = {"successful": 0, "failed": 0, "ignored": 0, "rejected": 0}
-        self.now = now
-        self.since = now
+        self.slots = 0  # bulkhead
+        self.counts = dict.fromkeys(
+            ("successful", "failed", "ignored", "slow", "rejected", "shadow_rejected"), 0
+        )
+        self.enter(State.CLOSED)
+
+    def open_period(self) -> float:
+        cfg = self.cfg
+        grown = cfg.open_duration * cfg.backoff_multiplier ** (self.openings_in_row - 1)
+        return min(grown, cfg.open_duration_max)
 
     def enter(self, state: State) -> None:
         self.state = state
         self.generation += 1
+        self.since = self.now
         self.in_flight = 0
         self.successes = 0
-        self.since = self.now
         if state is State.OPEN:
-            self.open_until = self.now + self.next_open
-            self.next_open = min(
-                self.next_open * self.cfg.backoff_multiplier, self.cfg.open_duration_max
-            )
+            self.openings_in_row += 1
+            self.open_until = self.now + self.open_period()
         if state is State.CLOSED:
             self.window = []
             self.consecutive = 0
-            self.next_open = self.cfg.open_duration
+            self.openings_in_row = 0
+
+    def entries(self) -> list[Entry]:
+        """What the window holds now."""
+        size = self.cfg.window_size
+        if self.cfg.window_type is WindowType.COUNT:
+            return self.window[-size:]
+        return [entry for entry in self.window if entry.second > int(self.now) - size]
 
     def current_state(self) -> State:
         if self.state is State.OPEN and self.now >= self.open_until:
@@ -60,88 +102,112 @@ class Model:
             self.enter(State.OPEN)
         return self.state
 
-    def admit(self) -> int | None:
+    def admit(self) -> Admitted | None:
         state = self.current_state()
-        if state in (State.OPEN, State.FORCED_OPEN):
-            self.counts["rejected"] += 1
-            return None
+        denied = state in (State.OPEN, State.FORCED_OPEN)
+        half_open_slot = False
         if state is State.HALF_OPEN:
-            if self.in_flight >= self.cfg.half_open_max_calls:
+            denied = self.in_flight >= self.cfg.half_open_max_calls
+            half_open_slot = not denied
+        bulkhead = self.cfg.max_concurrent_calls
+        if not denied and bulkhead is not None and self.slots >= bulkhead:
+            denied = True
+            half_open_slot = False
+        if half_open_slot:
+            self.in_flight += 1
+        generation = self.generation
+        if denied:
+            if self.cfg.mode is not Mode.SHADOW:
                 self.counts["rejected"] += 1
                 return None
-            self.in_flight += 1
-        return self.generation
+            self.counts["shadow_rejected"] += 1
+            generation = STALE
+        holds_slot = bulkhead is not None
+        self.slots += holds_slot
+        return Admitted(generation, holds_slot)
 
-    def finish(self, generation: int, outcome: str) -> None:
+    def finish(self, admitted: Admitted, outcome: str, duration: float) -> None:
+        self.slots -= admitted.holds_slot
+        generation = admitted.generation
         if outcome == "ignored":
             self.counts["ignored"] += 1
             if generation == self.generation and self.state is State.HALF_OPEN:
                 self.in_flight -= 1
             return
         failed = outcome == "failed"
+        slow = not failed and duration >= SLOW
         self.counts["failed" if failed else "successful"] += 1
+        self.counts["slow"] += slow
         if generation != self.generation:
             return
         if self.state in (State.CLOSED, State.FORCED_CLOSED):
-            self.window = ([*self.window, failed])[-self.cfg.window_size :]
+            self.window.append(Entry(failed, slow, int(self.now)))
             self.consecutive = self.consecutive + 1 if failed else 0
-            if self.state is State.FORCED_CLOSED:
-                return
-            rate = sum(self.window) / len(self.window)
-            if (
-                self.cfg.consecutive_failures and self.consecutive >= self.cfg.consecutive_failures
-            ) or (
-                len(self.window) >= min(self.cfg.minimum_calls, self.cfg.window_size)
-                and rate >= self.cfg.failure_rate_threshold
-            ):
+            if self.state is State.CLOSED and self.trips():
                 self.enter(State.OPEN)
         elif self.state is State.HALF_OPEN:
+            if self.current_state() is not State.HALF_OPEN:
+                return  # undecided for too long: back to OPEN before this outcome
             self.in_flight -= 1
-            if failed:
+            if failed or slow:
                 self.enter(State.OPEN)
             else:
                 self.successes += 1
                 if self.successes >= self.cfg.half_open_success_threshold:
                     self.enter(State.CLOSED)
 
+    def trips(self) -> bool:
+        cfg = self.cfg
+        if cfg.consecutive_failures and self.consecutive >= cfg.consecutive_failures:
+            return True
+        entries = self.entries()
+        minimum = cfg.minimum_calls
+        if cfg.window_type is WindowType.COUNT:
+            minimum = min(minimum, cfg.window_size)
+        if not entries or len(entries) < minimum:
+            return False
+        failures = sum(entry.failed for entry in entries) / len(entries)
+        slow = sum(entry.slow for entry in entries) / len(entries)
+        return failures >= cfg.failure_rate_threshold or slow >= cfg.slow_call_rate_threshold
+
+    def update(self, cfg: BreakerConfig) -> None:
+        old = self.cfg
+        self.cfg = cfg
+        if (old.window_type, old.window_size) != (cfg.window_type, cfg.window_size):
+            self.window = []
+            self.consecutive = 0
+        if self.state is State.OPEN:
+            self.open_until = self.since + self.open_period()
+
+
+configs = st.builds(
+    BreakerConfig,
+    window_type=st.sampled_from([WindowType.COUNT, WindowType.TIME]),
+    window_size=st.integers(1, 6),
+    minimum_calls=st.integers(1, 6),
+    consecutive_failures=st.integers(0, 4),
+    failure_rate_threshold=st.sampled_from([0.25, 0.5, 1.0]),
+    slow_call_rate_threshold=st.sampled_from([0.5, 1.0]),
+    slow_call_duration=st.just(SLOW),
+    open_duration=st.sampled_from([2.0, 5.0]),
+    open_duration_max=st.just(20.0),
+    half_open_max_calls=st.integers(1, 3),
+    half_open_success_threshold=st.integers(1, 3),
+    half_open_max_wait=st.sampled_from([0.0, 8.0]),
+    max_concurrent_calls=st.sampled_from([None, None, 1, 2]),
+    mode=st.sampled_from([Mode.ENFORCE, Mode.ENFORCE, Mode.SHADOW]),
+)
+
 
 class BreakerMachine(RuleBasedStateMachine):
     """Drives the real breaker and the model with the same operations."""
 
-    @initialize(
-        window_size=st.integers(1, 6),
-        minimum_calls=st.integers(1, 6),
-        consecutive=st.integers(0, 4),
-        threshold=st.sampled_from([0.25, 0.5, 1.0]),
-        half_open_max=st.integers(1, 3),
-        success_threshold=st.integers(1, 3),
-    )
-    def setup(
-        self,
-        window_size: int,
-        minimum_calls: int,
-        consecutive: int,
-        threshold: float,
-        half_open_max: int,
-        success_threshold: int,
-    ) -> None:
-        cfg = BreakerConfig(
-            window_type=WindowType.COUNT,
-            window_size=window_size,
-            minimum_calls=minimum_calls,
-            consecutive_failures=consecutive,
-            failure_rate_threshold=threshold,
-            slow_call_duration=None,
-            open_duration=5.0,
-            open_duration_max=20.0,
-            half_open_max_calls=half_open_max,
-            half_open_success_threshold=success_threshold,
-            half_open_max_wait=8.0,
-        )
+    @initialize(cfg=configs)
+    def setup(self, cfg: BreakerConfig) -> None:
         self.clock = FakeClock()
         self.cb = CircuitBreaker("m", cfg, clock=self.clock)
         self.model = Model(cfg, self.clock())
-        self.permits: list[tuple[Permit, int]] = []
+        self.permits: list[tuple[Permit, Admitted]] = []
 
     @rule()
     def acquire(self) -> None:
@@ -155,17 +221,24 @@ class BreakerMachine(RuleBasedStateMachine):
         self.permits.append((permit, expected))
 
     @precondition(lambda self: self.permits)
-    @rule(index=st.integers(0, 100), outcome=st.sampled_from(["successful", "failed", "ignored"]))
-    def finish(self, index: int, outcome: str) -> None:
-        permit, generation = self.permits.pop(index % len(self.permits))
-        {"successful": permit.success, "failed": permit.failure, "ignored": permit.ignore}[
-            outcome
-        ]()
-        self.model.finish(generation, outcome)
+    @rule(
+        index=st.integers(0, 100),
+        outcome=st.sampled_from(["successful", "failed", "ignored"]),
+        duration=st.sampled_from([0.1, 0.5, 2.0]),
+    )
+    def finish(self, index: int, outcome: str, duration: float) -> None:
+        permit, admitted = self.permits.pop(index % len(self.permits))
+        if outcome == "successful":
+            permit.success(duration)
+        elif outcome == "failed":
+            permit.failure(duration)
+        else:
+            permit.ignore()
+        self.model.finish(admitted, outcome, 0.0 if outcome == "ignored" else duration)
 
     @rule(outcome=st.sampled_from(["successful", "successful", "failed"]))
     def call(self, outcome: str) -> None:
-        """A whole call through cb.call(): the lock-free quick success and the inline rejection."""
+        """A whole call through cb.call(): the lock-free quick success and the fast rejection."""
         expected = self.model.admit()
 
         def fn() -> None:
@@ -180,12 +253,17 @@ class BreakerMachine(RuleBasedStateMachine):
         except ConnectionError:
             pass
         assert expected is not None
-        self.model.finish(expected, outcome)
+        self.model.finish(expected, outcome, 0.0)  # the fake clock stands still during fn
 
     @rule(seconds=st.sampled_from([0.5, 1.0, 5.0, 12.0]))
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
         self.model.now = self.clock()
+
+    @rule(cfg=configs)
+    def update_config(self, cfg: BreakerConfig) -> None:
+        self.cb.update_config(cfg)
+        self.model.update(cfg)
 
     @rule(override=st.sampled_from(["open", "closed", "clear"]))
     def force(self, override: str) -> None:
@@ -209,18 +287,33 @@ class BreakerMachine(RuleBasedStateMachine):
         """Compare counts: a rule, not an invariant, since a snapshot settles quick successes."""
         snap = self.cb.snapshot()
         counts = self.model.counts
-        assert (snap.successful, snap.failed, snap.ignored, snap.rejected) == (
+        assert (
+            snap.successful,
+            snap.failed,
+            snap.ignored,
+            snap.slow,
+            snap.rejected,
+            snap.shadow_rejected,
+        ) == (
             counts["successful"],
             counts["failed"],
             counts["ignored"],
+            counts["slow"],
             counts["rejected"],
+            counts["shadow_rejected"],
         )
         if snap.state in (State.CLOSED, State.FORCED_CLOSED):
-            assert snap.window_calls == len(self.model.window)
+            entries = self.model.entries()
+            assert snap.window_calls == len(entries)
             assert snap.consecutive_failures == self.model.consecutive
+            if entries:
+                failures = sum(entry.failed for entry in entries) / len(entries)
+                assert math.isclose(snap.failure_rate, failures)
         if snap.state is State.HALF_OPEN:
             assert snap.half_open_in_flight == self.model.in_flight
+        if snap.state is State.OPEN:
+            assert snap.open_until == self.model.open_until
 
 
 TestBreakerModel = BreakerMachine.TestCase
-TestBreakerModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestBreakerModel.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
