@@ -589,7 +589,15 @@ class CircuitBreaker:
         """Run `fn(*args, **kwargs)` under the breaker; raises CallNotPermittedError if rejected."""
         generation = self._free_generation
         if generation is None:
-            with self._before(self._clock()):  # Permit.__exit__ reports the outcome
+            now = self._clock()
+            reject_until = self._reject_until
+            if now < reject_until and not self._event_listeners:
+                # _before()'s lock-free rejection, inlined: bench/engine.py's "rejected while
+                # OPEN" row ran 1.37x slower through the call (2026-12-01, old vs new interleaved).
+                next(self._rejections)
+                state = _FORCED_OPEN if reject_until == _UNTIL_CLEARED else _OPEN
+                raise CallNotPermittedError(self.name, state, reject_until - now)
+            with self._before(now):  # Permit.__exit__ reports the outcome
                 return fn(*args, **kwargs)
         clock = self._clock
         start = clock()

@@ -316,4 +316,4 @@ class BreakerMachine(RuleBasedStateMachine):
 
 
 TestBreakerModel = BreakerMachine.TestCase
-TestBreakerModel.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+TestBreakerModel.settings = settings(max_examples=80, stateful_step_count=30)
