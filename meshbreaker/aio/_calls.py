@@ -244,6 +244,35 @@ class _CallProxy:
         return bool(self._call._done_writing_flag)
 
 
+class TrackedUnaryCall(
+    _CallProxy,
+    grpc.aio.UnaryUnaryCall,  # type: ignore[type-arg]
+    grpc.aio.StreamUnaryCall,  # type: ignore[type-arg]
+):
+    """A unary-response call passed through, its outcome counted before the caller's await returns.
+
+    grpc.aio may run a call's done-callbacks after the awaiting task has resumed; counting here
+    too means a caller that has its answer also sees it in the breaker (the callback stays as the
+    safety net for calls nobody awaits, and only the first report counts).
+    """
+
+    def __init__(self, call: Any, tracker: CallTracker) -> None:
+        self._call = call
+        self._tracker = tracker
+
+    async def _response(self) -> Any:
+        try:
+            response = await self._call
+        except AioRpcError as error:
+            self._tracker.finish(error.code(), error_details(error))
+            raise
+        self._tracker.finish(_OK)
+        return response
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._response().__await__()
+
+
 class FallbackOnFailureCall(
     _CallProxy,
     grpc.aio.UnaryUnaryCall,  # type: ignore[type-arg]

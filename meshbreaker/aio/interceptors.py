@@ -16,6 +16,7 @@ from meshbreaker.aio._calls import (
     CallTracker,
     FallbackOnFailureCall,
     TrackedStream,
+    TrackedUnaryCall,
     error_details,
     rejection,
 )
@@ -61,9 +62,12 @@ async def _guard_unary(
         release(permit)
         raise
     try:
-        CallTracker(guard, breaker, permit).watch(call)
+        tracker = CallTracker(guard, breaker, permit)
+        tracker.watch(call)
+        tracked = TrackedUnaryCall(call, tracker)
         if info.fallback is not None and guard.fallback_on_failure:
-            return FallbackOnFailureCall(call, request, info.fallback, guard, breaker)
+            return FallbackOnFailureCall(tracked, request, info.fallback, guard, breaker)
+        return tracked
     except Exception:
         logger.exception("meshbreaker: tracking %s failed", client_call_details.method)
         release(permit)

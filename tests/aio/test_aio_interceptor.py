@@ -76,7 +76,7 @@ async def connect(server: BytesServer) -> AsyncIterator[Connect]:
         await channel.close()
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     """Polls `predicate` while letting the event loop run."""
     end = time.monotonic() + timeout
     while not predicate():
@@ -533,6 +533,10 @@ async def test_every_call_counts_exactly_once_under_concurrency(
         await outcome(lambda: collect(client.bidi(iter([b"fail:INTERNAL" if fail else b"ok"]))))
 
     await asyncio.gather(*(work(index) for index in range(60)))
-    for method in (UNARY, SERVER_STREAM, BIDI):
+    methods = (UNARY, SERVER_STREAM, BIDI)
+    # A call's outcome is recorded by its done-callback, which the loop may run after the
+    # awaiting task has resumed: wait for the last ones, then check each was counted once.
+    await wait_for(lambda: all(registry.get(m).snapshot().total >= 60 for m in methods))
+    for method in methods:
         snapshot = registry.get(method).snapshot()
         assert (snapshot.total, snapshot.failed, snapshot.successful) == (60, 20, 40)
