@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import enum
 import logging
 import os
 import random
@@ -28,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +37,9 @@ import grpc.aio
 from meshbreaker._backoff import Backoff as Backoff  # re-exported: the agent's retry backoff
 from meshbreaker.config import State
 from meshbreaker.control.agent_cache import FailStaticCache
+from meshbreaker.control.agent_link import AUTH_CODES, AgentToken, describe, status_code
+from meshbreaker.control.agent_link import AgentStatus as AgentStatus  # re-exported
+from meshbreaker.control.agent_loop import AgentLoop
 from meshbreaker.control.convert import breaker_to_proto, check_caller
 from meshbreaker.control.layers import ResolvedPolicies, policies_for
 from meshbreaker.control.transition_log import TransitionLog
@@ -61,52 +63,7 @@ def default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-class AgentStatus(str, enum.Enum):
-    """What an agent can say about its link to the control plane."""
-
-    CONNECTING = "connecting"  # started, no answer yet
-    CONNECTED = "connected"  # the watch stream delivers
-    DENIED = "denied"  # the control plane refuses this agent's credentials
-    UNREACHABLE = "unreachable"  # no control plane answers, and no policies of one are in force
-    STALE = "stale"  # no control plane answers; the last policies applied stay in force
-
-
-_AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
-
-
 PolicyCheck = Callable[[ResolvedPolicies], None]
-
-
-class _AgentLoop:
-    """The asyncio loop, in one daemon thread, that runs every MeshAgent of the process."""
-
-    _shared: _AgentLoop | None = None
-    _shared_lock = threading.Lock()
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, name="meshbreaker-agents", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    @classmethod
-    def shared(cls) -> _AgentLoop:
-        """The process-wide loop, started on first use."""
-        with cls._shared_lock:
-            if cls._shared is None or not cls._shared.thread.is_alive():
-                cls._shared = cls()
-            return cls._shared
-
-    def submit(self, coroutine: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
-        """Run `coroutine` on the loop; a concurrent future for its result."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-
-    def in_loop(self) -> bool:
-        """True when called from the loop's own thread."""
-        return threading.current_thread() is self.thread
 
 
 class MeshAgent:
@@ -152,11 +109,8 @@ class MeshAgent:
         self.instance_id = instance_id or default_instance_id()
         # Claims the instance id at the control plane: only this process knows it.
         self._instance_key = secrets.token_urlsafe(24)
-        if token is not None and token_file is not None:
-            raise ValueError("give token or token_file, not both")
-        self._token = token
-        self._token_file = Path(token_file) if token_file is not None else None
-        self._metadata = self._read_metadata()
+        self._token = AgentToken(token, token_file)
+        self._metadata = self._token.metadata()
         self._credentials = credentials
         self.report_interval = report_interval
         self.cache_path = Path(cache_path) if cache_path is not None else None
@@ -188,7 +142,7 @@ class MeshAgent:
         self._applied = threading.Condition(self._lock)
         self._started = False
         self._stopped = False  # also read by the loop's tasks
-        self._loop: _AgentLoop | None = None
+        self._loop: AgentLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._done: concurrent.futures.Future[None] | None = None
         self._report_event: asyncio.Event | None = None
@@ -267,7 +221,7 @@ class MeshAgent:
         """connected / denied / unreachable / stale (or connecting, before the first answer)."""
         if self._connected and self._report_denied is None:
             return AgentStatus.CONNECTED
-        if self._last_code in _AUTH_CODES or self._report_denied is not None:
+        if self._last_code in AUTH_CODES or self._report_denied is not None:
             return AgentStatus.DENIED
         if self._last_error is None:
             return AgentStatus.CONNECTING
@@ -278,24 +232,7 @@ class MeshAgent:
     @property
     def token_source(self) -> str:
         """Where the agent's bearer token comes from, for messages about it (never the token)."""
-        if self._token_file is not None:
-            return f"token file {self._token_file}"
-        if self._token is not None:
-            return "the token given to MeshAgent(token=...)"
-        return "no token configured"
-
-    def _read_metadata(self) -> tuple[tuple[str, str], ...]:
-        """The call metadata carrying the token; a token file is read again on each call here."""
-        token = self._token
-        if self._token_file is not None:
-            try:
-                token = self._token_file.read_text(encoding="utf-8").strip()
-            except OSError as error:
-                logger.warning(
-                    "meshbreaker agent: cannot read token file %s: %s", self._token_file, error
-                )
-                token = None
-        return (("authorization", f"Bearer {token}"),) if token else ()
+        return self._token.source
 
     @property
     def connected(self) -> bool:
@@ -328,7 +265,7 @@ class MeshAgent:
                 return self
             self._started = True
         self._load_cache()
-        self._loop = _AgentLoop.shared()
+        self._loop = AgentLoop.shared()
         if self._loop.in_loop():
             raise AgentError("start() must not be called from the agents' own loop thread")
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -424,8 +361,8 @@ class MeshAgent:
                     await self._handle_snapshot(snapshot)
                 self._last_error = "the control plane closed the watch stream"
             except grpc.RpcError as error:
-                self._last_error = _describe(error)
-                self._last_code = _code(error)
+                self._last_error = describe(error)
+                self._last_code = status_code(error)
             except Exception as error:  # a bug must not kill the agent silently
                 logger.exception("meshbreaker agent: watch loop error")
                 self._last_error = f"{type(error).__name__}: {error}"
@@ -434,7 +371,7 @@ class MeshAgent:
                 self._connected = False
             if self._stopped:
                 return
-            if self._last_code in _AUTH_CODES:
+            if self._last_code in AUTH_CODES:
                 await self._back_off_denied(target)
                 continue
             failed_in_a_row = 0 if delivered else failed_in_a_row + 1
@@ -468,12 +405,12 @@ class MeshAgent:
             "with %s; keeping revision %d, retrying in %.2fs",
             target,
             self._last_error,
-            self.token_source,
+            self._token.source,
             self._applied_revision,
             delay,
         )
         await asyncio.sleep(delay)
-        self._metadata = self._read_metadata()
+        self._metadata = self._token.metadata()
 
     async def _handle_snapshot(self, snapshot: pb.ConfigSnapshot) -> None:
         self._snapshots_received += 1
@@ -646,18 +583,18 @@ class MeshAgent:
                 )
                 acknowledged = max(acknowledged, response.transitions_acknowledged)
         except grpc.RpcError as error:
-            if _code(error) in _AUTH_CODES:
+            if status_code(error) in AUTH_CODES:
                 if self._report_denied is None:
                     logger.warning(
                         "meshbreaker agent: the control plane refused a report of instance %s "
                         "(%s): authentication problem with %s",
                         self.instance_id,
-                        _describe(error),
-                        self.token_source,
+                        describe(error),
+                        self._token.source,
                     )
-                self._report_denied = _describe(error)
+                self._report_denied = describe(error)
             else:
-                logger.debug("meshbreaker agent: report failed: %s", _describe(error))
+                logger.debug("meshbreaker agent: report failed: %s", describe(error))
             return False
         assert response is not None
         self._report_denied = None
@@ -727,19 +664,3 @@ def parse_targets(target: str | Sequence[str]) -> tuple[str, ...]:
     if not targets or not all(targets):
         raise ConfigError("target", f"needs one or more host:port, got {target!r}")
     return tuple(targets)
-
-
-def _code(error: grpc.RpcError) -> grpc.StatusCode | None:
-    code = getattr(error, "code", None)
-    status = code() if callable(code) else None
-    return status if isinstance(status, grpc.StatusCode) else None
-
-
-def _describe(error: grpc.RpcError) -> str:
-    """'CODE: details' on one line for a grpc.RpcError (sync or aio)."""
-    code = getattr(error, "code", None)
-    details = getattr(error, "details", None)
-    status = code() if callable(code) else None
-    text = details() if callable(details) else str(error)
-    name = status.name if isinstance(status, grpc.StatusCode) else "ERROR"
-    return f"{name}: {' '.join((text or '').split())}"
