@@ -141,8 +141,9 @@ def propagation(target: str, agents: int, puts: int) -> dict[str, Any]:
             agent.stop()
 
 
-def _report(instance: int, breakers: int) -> pb.ReportStateRequest:
-    # What an agent whose process exports metrics sends: transition counts and a histogram too.
+def _report(instance: int, breakers: int, *, bound: bool = False) -> pb.ReportStateRequest:
+    # What an agent whose process exports metrics sends: transition counts and a histogram too;
+    # `bound`: also its instance key and each breaker's effective config, as agents send now.
     histogram = pb.DurationHistogram(
         bounds=DEFAULT_BUCKETS, counts=[90 + i for i in range(len(DEFAULT_BUCKETS) + 1)], sum=4.0
     )
@@ -170,20 +171,32 @@ def _report(instance: int, breakers: int) -> pb.ReportStateRequest:
         )
         for index in range(breakers)
     ]
-    return pb.ReportStateRequest(
-        instance_id=f"reporter-{instance}",
+    request = pb.ReportStateRequest(
+        instance_id=f"reporter-{instance}{'-bound' if bound else ''}",
         service="bench",
         applied_revision=1,
         breakers=snapshots,
         full=True,
     )
+    if bound:
+        request.instance_key = f"bench-key-{instance:06d}-0123456789"
+        config = config_to_proto(BreakerConfig())
+        for snapshot in request.breakers:
+            snapshot.config.CopyFrom(config)
+    return request
 
 
 def reports_per_second(
-    target: str, seconds: float, *, clients: int = 4, window: int = 32, breakers: int = 20
+    target: str,
+    seconds: float,
+    *,
+    clients: int = 4,
+    window: int = 32,
+    breakers: int = 20,
+    bound: bool = False,
 ) -> dict[str, Any]:
     """ReportState calls the control plane completes per second, `clients` x `window` in flight."""
-    requests = [_report(index, breakers) for index in range(200)]
+    requests = [_report(index, breakers, bound=bound) for index in range(200)]
     channels = [
         grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
         for _ in range(clients)
@@ -225,6 +238,8 @@ def reports_per_second(
         "in_flight": clients * window,
         "reports": sum(done),
         "failed": sum(failed),
+        "bound": bound,
+        "report_bytes": requests[0].ByteSize(),
         "reports_per_s": round(sum(done) / elapsed, 1),
         "breaker_snapshots_per_s": round(sum(done) * breakers / elapsed, 1),
     }
@@ -239,7 +254,9 @@ def main(quick: bool = False) -> dict[str, Any]:
         control_plane_process(Path(tmp) / "bench.db") as target,
     ):
         results = [propagation(target, agents, puts) for agents in sizes]
+        # Side by side in one run: reports without and with instance key and effective configs.
         throughput = reports_per_second(target, 1.0 if quick else 3.0)
+        bound = reports_per_second(target, 1.0 if quick else 3.0, bound=True)
     payload: dict[str, Any] = {
         "quick": quick,
         "cpus": os.cpu_count(),
@@ -248,6 +265,7 @@ def main(quick: bool = False) -> dict[str, Any]:
         "target_p99_ms_at_200": TARGET_P99_MS,
         "propagation": results,
         "reports": throughput,
+        "bound_reports": bound,
     }
     at_200 = next(r for r in results if r["agents"] == 200)
     payload["target_met"] = at_200["applied_ms_p99"] <= TARGET_P99_MS
@@ -283,15 +301,26 @@ def main(quick: bool = False) -> dict[str, Any]:
     print()
     print(
         table(
-            ["reports/s", "breaker snapshots/s", "breakers/report", "in flight", "failed"],
+            [
+                "reports",
+                "bytes",
+                "reports/s",
+                "breaker snapshots/s",
+                "breakers/report",
+                "in flight",
+                "failed",
+            ],
             [
                 [
-                    f"{throughput['reports_per_s']:.0f}",
-                    f"{throughput['breaker_snapshots_per_s']:.0f}",
-                    str(throughput["breakers_per_report"]),
-                    str(throughput["in_flight"]),
-                    str(throughput["failed"]),
+                    "key + configs" if run["bound"] else "plain",
+                    str(run["report_bytes"]),
+                    f"{run['reports_per_s']:.0f}",
+                    f"{run['breaker_snapshots_per_s']:.0f}",
+                    str(run["breakers_per_report"]),
+                    str(run["in_flight"]),
+                    str(run["failed"]),
                 ]
+                for run in (throughput, bound)
             ],
         )
     )
