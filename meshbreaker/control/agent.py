@@ -575,9 +575,11 @@ class MeshAgent:
 
     async def _report_once(self, stub: pb_grpc.ControlPlaneAsyncStub) -> bool:
         response = None
-        acknowledged = 0
+        acknowledged = sent = 0
         try:
             for request in self._build_reports():
+                if request.transition_log:
+                    sent = request.transition_log[-1].sequence
                 response = await stub.ReportState(
                     request, timeout=self._rpc_timeout, metadata=self._metadata
                 )
@@ -599,8 +601,10 @@ class MeshAgent:
         assert response is not None
         self._report_denied = None
         self._transitions.acknowledge(acknowledged)
-        if len(self._transitions) and self._report_event is not None:
-            self._wake_reporter()  # more than one report's worth is logged: send the rest now
+        if sent and acknowledged >= sent and len(self._transitions):
+            # The server took all this report carried and more is logged: send the rest now.
+            # (A server that acknowledges nothing, an older one, gets them with each report.)
+            self._wake_reporter()
         self._reports_sent += 1
         ttl = response.report_ttl.ToTimedelta().total_seconds()
         if ttl and self.report_interval >= ttl and not self._warned_ttl:
