@@ -52,8 +52,9 @@ def _collect(cp: ServerThread, events: list[pb.Event], stop: threading.Event) ->
         channel.close()
 
 
-def test_fifty_open_half_open_cycles_between_reports_reach_the_stream_in_order(
-    control_plane_thread: ControlPlaneThread,
+@pytest.mark.parametrize("cycles", [50, 300])  # 300: more than one report carries
+def test_open_half_open_cycles_between_reports_reach_the_stream_in_order(
+    control_plane_thread: ControlPlaneThread, cycles: int
 ) -> None:
     cp = control_plane_thread(metrics_port=0)
     events: list[pb.Event] = []
@@ -71,10 +72,10 @@ def test_fifty_open_half_open_cycles_between_reports_reach_the_stream_in_order(
     try:
         with agent:
             breaker.acquire().failure()  # CLOSED -> OPEN
-            for _ in range(50):
+            for _ in range(cycles):
                 clock.advance(1.0)
                 breaker.acquire().failure()  # OPEN -> HALF_OPEN, the probe fails: -> OPEN
-            assert wait_until(lambda: len(events) >= 101, timeout=15)
+            assert wait_until(lambda: len(events) >= 2 * cycles + 1, timeout=15)
             assert wait_until(lambda: agent.transitions_pending == 0)
             # A report that repeats nothing publishes nothing more.
             assert agent.report_now()
@@ -89,14 +90,14 @@ def test_fifty_open_half_open_cycles_between_reports_reach_the_stream_in_order(
             (pb.BREAKER_STATE_OPEN, pb.BREAKER_STATE_HALF_OPEN),
             (pb.BREAKER_STATE_HALF_OPEN, pb.BREAKER_STATE_OPEN),
         ]
-        * 50
+        * cycles
     )
-    assert [e.transition.sequence for e in events] == list(range(1, 102))
+    assert [e.transition.sequence for e in events] == list(range(1, 2 * cycles + 2))
     # /metrics agrees with the stream.
     page = Scrape(f"http://127.0.0.1:{cp.running.metrics_port}/metrics")
     counted = page.by("meshbreaker_state_transitions_total", ("from", "to"), breaker=METHOD)
-    assert counted[("OPEN", "HALF_OPEN")] == 50 == moves.count(moves[1])
-    assert counted[("HALF_OPEN", "OPEN")] == 50 == moves.count(moves[2])
+    assert counted[("OPEN", "HALF_OPEN")] == cycles == moves.count(moves[1])
+    assert counted[("HALF_OPEN", "OPEN")] == cycles == moves.count(moves[2])
 
 
 async def test_a_resent_log_is_published_once_and_acknowledged(
