@@ -10,6 +10,7 @@ import pytest
 from meshbreaker.cli import main
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control.agent import MeshAgent
+from meshbreaker.control.agent_cache import FailStaticCache
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
 from tests.control.agent_support import (
@@ -110,6 +111,11 @@ def test_an_agent_never_applies_a_lower_revision_of_the_same_store(
         agent.stop()
 
 
+def _cached_revision(cache: Path) -> int:
+    cached = FailStaticCache(cache, "gateway").load() if cache.exists() else None
+    return -1 if cached is None else cached.snapshot.revision
+
+
 def test_the_cache_remembers_the_store(
     control_plane_thread: ControlPlaneThread, admin_stub: AdminStub, tmp_path: Path
 ) -> None:
@@ -119,7 +125,8 @@ def test_the_cache_remembers_the_store(
     registry = BreakerRegistry()
     with MeshAgent(cp.target, "gateway", registry, cache_path=cache, report_interval=60.0) as agent:
         assert agent.wait_for_revision(_put(stub, "tight"), timeout=10)
-        assert wait_until(cache.exists)
+        # The cache is written off the loop after the apply: wait for revision 1 in it.
+        assert wait_until(lambda: _cached_revision(cache) == 1)
     store = cp.running.store.store_id
     cp.stop()
     cp.db = tmp_path / "empty.db"
