@@ -56,6 +56,7 @@ def closed_variants() -> dict[str, Callable[[int], None]]:
     guarded = circuit(cb)(work)
     cb_histogram = CircuitBreaker("bench-histogram", BreakerConfig())
     cb_histogram.track_durations()
+    cb_throttled = CircuitBreaker("bench-throttle", BreakerConfig(throttle_k=2.0))
     pb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
     cbr = circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=60)
     cbr_work = cbr.decorate(work)
@@ -71,6 +72,11 @@ def closed_variants() -> dict[str, Callable[[int], None]]:
 
     def mb_histogram(n: int) -> None:
         call = cb_histogram.call
+        for _ in range(n):
+            call(work)
+
+    def mb_throttle(n: int) -> None:
+        call = cb_throttled.call
         for _ in range(n):
             call(work)
 
@@ -120,6 +126,7 @@ def closed_variants() -> dict[str, Callable[[int], None]]:
         "bare": bare,
         "meshbreaker cb.call": mb_call,
         "meshbreaker cb.call + duration histogram": mb_histogram,
+        "meshbreaker cb.call + adaptive throttling": mb_throttle,
         "meshbreaker @circuit": mb_decorator,
         "meshbreaker guard()": mb_guard,
         "meshbreaker acquire/success": mb_permit,
@@ -272,6 +279,9 @@ def main(quick: bool = False) -> dict[str, Any]:
             "closed cb.call histogram on / off": median_ratio(
                 closed, "meshbreaker cb.call + duration histogram", "meshbreaker cb.call"
             ),
+            "closed cb.call throttling on / off": median_ratio(
+                closed, "meshbreaker cb.call + adaptive throttling", "meshbreaker cb.call"
+            ),
             "rejection / pybreaker": median_ratio(rejected, "meshbreaker OPEN", "pybreaker OPEN"),
             "rejection / circuitbreaker": median_ratio(
                 rejected, "meshbreaker OPEN", "circuitbreaker OPEN"
@@ -299,6 +309,7 @@ def main(quick: bool = False) -> dict[str, Any]:
             "closed cb.call / pybreaker": 0.3,
             "closed cb.call / circuitbreaker": 0.6,
             "closed cb.call histogram on / off": 1.2,
+            "closed cb.call throttling on / off": 1.2,
             "rejection / pybreaker": 0.25,
             "8 threads meshbreaker / no breaker": 0.95,
         },

@@ -19,6 +19,7 @@ from meshbreaker.errors import (
     CallNotPermittedError,
     ConfigError,
     MeshbreakerError,
+    ThrottledError,
 )
 from meshbreaker.events import BreakerEvent, EventKind
 from meshbreaker.registry import BreakerRegistry
@@ -47,6 +48,7 @@ __all__ = [
     "Outcome",
     "Permit",
     "State",
+    "ThrottledError",
     "WindowType",
     "circuit",
 ]

@@ -15,7 +15,7 @@ from meshbreaker._backoff import OpenBackoff
 from meshbreaker._quick import SLICE, QuickSuccesses
 from meshbreaker._types import Mode, Outcome, State, WindowType
 from meshbreaker.config import BreakerConfig
-from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
+from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ThrottledError
 from meshbreaker.events import (
     BreakerEvent,
     CallResult,
@@ -26,6 +26,7 @@ from meshbreaker.events import (
 )
 from meshbreaker.histogram import DEFAULT_BUCKETS, DurationHistogram, HistogramSnapshot
 from meshbreaker.snapshot import BreakerObservation, BreakerSnapshot
+from meshbreaker.throttle import AdaptiveThrottle
 from meshbreaker.window import CountWindow, TimeWindow, Window
 
 # Re-exported: they were born here, and users import them from here.
@@ -147,6 +148,7 @@ class CircuitBreaker:
         "_event_listeners",
         "_failed",
         "_free_generation",
+        "_free_until",
         "_generation",
         "_half_open_in_flight",
         "_half_open_successes",
@@ -176,6 +178,8 @@ class CircuitBreaker:
         "_state_listeners",
         "_state_since",
         "_successful",
+        "_throttle",
+        "_throttled",
         "_times_opened",
         "_transitions",
         "_window",
@@ -203,7 +207,7 @@ class CircuitBreaker:
         self._result_listeners: tuple[CallResultListener, ...] = ()
         self._event_listeners: tuple[EventListener, ...] = ()
         self._successful = self._failed = self._ignored = self._slow = 0
-        self._shadow_rejected = self._times_opened = 0
+        self._shadow_rejected = self._times_opened = self._throttled = 0
         # Rejections are counted without the lock: next() on an itertools.count is a single C
         # call, atomic under the GIL (threading names its threads with the same idiom). Reading
         # the count consumes one step, so reads are counted and subtracted.
@@ -219,7 +223,8 @@ class CircuitBreaker:
         self._open_until = _NEVER
         self._histogram: DurationHistogram | None = None
         self._transitions: dict[Transition, int] = {}
-        self._apply_config(config or BreakerConfig())
+        self._throttle: AdaptiveThrottle | None = None
+        self._apply_config(config or BreakerConfig(), clock())
         self._enter(_CLOSED, clock())
 
     # ----- configuration -------------------------------------------------------------
@@ -229,9 +234,19 @@ class CircuitBreaker:
         """The configuration in force."""
         return self._config
 
-    def _apply_config(self, config: BreakerConfig) -> None:
+    def _apply_config(self, config: BreakerConfig, now: float) -> None:
+        """Take `config` (lock held, quick successes settled)."""
         if not isinstance(config, BreakerConfig):
             raise TypeError(f"config must be a BreakerConfig, got {type(config).__name__}")
+        old = getattr(self, "_config", None)
+        if config.throttle_k is None:
+            self._throttle = None
+        elif self._throttle is None or old is None or old.throttle_window != config.throttle_window:
+            self._throttle = AdaptiveThrottle(
+                config.throttle_k, config.throttle_window, now, self._rng
+            )
+        else:
+            self._throttle.k = config.throttle_k  # same window: its evidence still holds
         self._config = config
         self._shadow = config.mode is Mode.SHADOW
         self._slow_threshold = (
@@ -255,8 +270,8 @@ class CircuitBreaker:
         with self._lock:
             now = self._clock()
             old = self._config
-            self._apply_config(config)
             self._settle()
+            self._apply_config(config, now)
             if (old.window_type, old.window_size) != (config.window_type, config.window_size):
                 self._set_window(now)
                 self._consecutive = 0
@@ -274,10 +289,22 @@ class CircuitBreaker:
             self._window = TimeWindow(self._config.window_size, now)
 
     def _refresh(self, now: float) -> None:
-        """Recompute what the lock-free paths read (lock held)."""
+        """Recompute what the lock-free paths read (lock held, quick successes settled)."""
         state = self._state
         free = (state is _CLOSED or state is _FORCED_CLOSED) and self._bulkhead is None
         self._free_generation: int | None = self._generation if free else None
+        # The throttle's invariant for the lock-free admission: while now < _free_until, no
+        # call can be refused. Its counts change only under this lock (outcomes that are not
+        # quick successes, refusals) or when its head second ends, and accepts only lower the
+        # refusal probability; so "quiet now" holds until the head second ends or the next
+        # outcome under the lock, which refreshes this again.
+        throttle = self._throttle
+        if throttle is None or state is not _CLOSED:
+            self._free_until = math.inf
+        elif throttle.quiet(now):
+            self._free_until = throttle.next_second
+        else:
+            self._free_until = _NEVER
         if self._shadow or not (state is _OPEN or state is _FORCED_OPEN):
             self._reject_until = _NEVER
         else:
@@ -288,6 +315,10 @@ class CircuitBreaker:
             self._result_listeners or self._consecutive or window.failures or window.slow
         ):
             until = min(window.quick_until, now + SLICE)
+            if throttle is not None:
+                # Quick successes then all end in the throttle's head second: _settle counts
+                # them there, and the head moves only after a settle.
+                until = min(until, throttle.next_second)
             self._quick.open(self._generation, until, self._slow_threshold)
         else:
             self._quick.close()
@@ -297,6 +328,8 @@ class CircuitBreaker:
         durations = self._quick.take()
         if durations:
             self._successful += len(durations)
+            if self._throttle is not None:
+                self._throttle.record_accepts(len(durations))
             self._window.add_successes(durations)
             if self._histogram is not None:
                 self._histogram.observe_all(durations)
@@ -321,12 +354,14 @@ class CircuitBreaker:
     def _subscribe(self, attribute: str, listener: Callable[..., None]) -> Callable[[], None]:
         with self._lock:
             setattr(self, attribute, (*getattr(self, attribute), listener))
+            self._settle()
             self._refresh(self._clock())  # result listeners close the quick path
 
         def unsubscribe() -> None:
             with self._lock:
                 current: tuple[Callable[..., None], ...] = getattr(self, attribute)
                 setattr(self, attribute, tuple(item for item in current if item is not listener))
+                self._settle()
                 self._refresh(self._clock())
 
         return unsubscribe
@@ -426,9 +461,10 @@ class CircuitBreaker:
     def acquire(self) -> Permit:
         """A permit for one call, or CallNotPermittedError when the breaker rejects it."""
         generation = self._free_generation
-        if generation is not None:
-            return Permit(self, generation, self._clock(), False)
-        return self._before(self._clock())
+        now = self._clock()
+        if generation is not None and now < self._free_until:
+            return Permit(self, generation, now, False)
+        return self._before(now)
 
     def try_acquire(self) -> Permit | None:
         """Like acquire(), but None instead of an exception."""
@@ -461,17 +497,25 @@ class CircuitBreaker:
                     self._half_open_in_flight += 1
                 else:
                     denied = CallNotPermittedError(self.name, state, 0.0)
+            elif state is _CLOSED and self._throttle is not None:
+                # Probes (HALF_OPEN) and an operator's FORCED_CLOSED are never throttled.
+                self._settle()
+                if not self._throttle.admit(now, count=not self._shadow):
+                    denied = ThrottledError(self.name, state, 0.0)
+                self._refresh(now)
             if denied is None and self._bulkhead is not None and self._in_flight >= self._bulkhead:
                 if state is _HALF_OPEN:
                     self._half_open_in_flight -= 1
                 denied = BulkheadFullError(self.name, state, 0.0)
             if denied is not None:
-                if not self._shadow:
-                    next(self._rejections)
-                else:
+                if self._shadow:
                     self._shadow_rejected += 1
                     generation = _STALE  # admitted only in the shadow: its outcome moves nothing
                     denied = None
+                elif type(denied) is ThrottledError:
+                    self._throttled += 1  # counted apart: the breaker did not refuse it
+                else:
+                    next(self._rejections)
             holds_slot = self._bulkhead is not None and denied is None
             if holds_slot:
                 self._in_flight += 1
@@ -528,6 +572,10 @@ class CircuitBreaker:
             return None
         failed = outcome is _FAILURE
         slow = not failed and duration >= self._slow_threshold
+        throttle = self._throttle
+        if throttle is not None:
+            self._settle()  # the head second may move: earlier quick successes count first
+            throttle.record(not failed, now)
         if self._histogram is not None:
             self._histogram.observe(duration)
         if failed:
@@ -601,6 +649,9 @@ class CircuitBreaker:
                 return fn(*args, **kwargs)
         clock = self._clock
         start = clock()
+        if start >= self._free_until:
+            with self._before(start):
+                return fn(*args, **kwargs)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -710,10 +761,20 @@ class CircuitBreaker:
         next(self._rejections)
 
     def reset(self) -> None:
-        """Back to CLOSED with a fresh window and no backoff; lifetime counters are kept."""
+        """Back to CLOSED with fresh windows (the throttle's too) and no backoff.
+
+        Lifetime counters are kept.
+        """
         with self._lock:
             self._override = None
             now = self._clock()
+            self._settle()
+            if self._throttle is not None:
+                config = self._config
+                assert config.throttle_k is not None
+                self._throttle = AdaptiveThrottle(
+                    config.throttle_k, config.throttle_window, now, self._rng
+                )
             transition = self._enter(_CLOSED, now)
         self._emit(transition, None)
         self._emit_event(EventKind.RESET, _CLOSED, now)
@@ -782,6 +843,10 @@ class CircuitBreaker:
             times_opened=self._times_opened,
             half_open_in_flight=self._half_open_in_flight,
             half_open_successes=self._half_open_successes,
+            throttled=self._throttled,
+            throttle_probability=(
+                0.0 if self._throttle is None else self._throttle.probability(now)
+            ),
         )
         return transition, snapshot
 

@@ -13,6 +13,7 @@ from typing import Any
 from meshbreaker._names import DEFAULT_FAILURE_CODES, DEFAULT_IGNORED_CODES, GRPC_CODE_NAMES
 from meshbreaker._types import Mode, State, WindowType
 from meshbreaker.errors import ConfigError
+from meshbreaker.throttle import MAX_WINDOW as MAX_THROTTLE_WINDOW
 
 # Re-exported: the vocabulary lives in _types and _names, and configs are written with it.
 __all__ = [
@@ -56,11 +57,13 @@ class FieldSchema:
     proto_off: str | None = None
 
 
-# rate, number: a float; seconds: a float > 0 (a Duration on the wire); optional_seconds: seconds
+# rate, number: a float; optional_number: a float or None (off; 0 on the wire); seconds: a float
+# > 0 (a Duration on the wire); optional_seconds: seconds
 # or None (off); seconds_or_off: a float >= 0, 0 = off; count: an int >= 0; optional_count: an int,
 # or None (0 on the wire); window_type, mode: the enum; codes: a set of gRPC code names.
 KINDS = frozenset(
-    {"rate", "number", "seconds", "optional_seconds", "seconds_or_off", "count", "optional_count"}
+    {"rate", "number", "optional_number", "seconds", "optional_seconds", "seconds_or_off"}
+    | {"count", "optional_count"}
     | {"window_type", "mode", "codes"}
 )
 
@@ -233,6 +236,26 @@ class BreakerConfig:
         ),
     )
 
+    throttle_k: float | None = field(
+        default=None,
+        metadata=_schema(
+            "throttle_k",
+            ("--throttle-k",),
+            "optional_number",
+            "adaptive throttling: refuse locally when requests exceed K x accepts (2 is the usual"
+            " K; 'off' disables)",
+        ),
+    )
+    throttle_window: float = field(
+        default=120.0,
+        metadata=_schema(
+            "throttle_window",
+            ("--throttle-window",),
+            "seconds",
+            "seconds of requests and accepts adaptive throttling looks back over",
+        ),
+    )
+
     def __post_init__(self) -> None:
         _coerce_enum(self, "window_type", WindowType)
         _coerce_enum(self, "mode", Mode)
@@ -267,6 +290,13 @@ class BreakerConfig:
         if self.max_concurrent_calls is not None:
             _check_int(self, "max_concurrent_calls", minimum=1)
         check_code_sets(self.failure_codes, self.ignored_codes)
+        if self.throttle_k is not None:
+            _check_number(self, "throttle_k")
+            if self.throttle_k < 1.0:
+                raise ConfigError("throttle_k", "must be >= 1 (2 is usual), or None (off)")
+        _check_positive(self, "throttle_window")
+        if not 1.0 <= self.throttle_window <= MAX_THROTTLE_WINDOW:
+            raise ConfigError("throttle_window", f"must be in [1, {MAX_THROTTLE_WINDOW:g}] seconds")
 
     @property
     def effective_minimum_calls(self) -> int:

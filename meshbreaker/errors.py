@@ -65,6 +65,19 @@ class BulkheadFullError(CallNotPermittedError):
         return f"circuit breaker '{self.args[0]}' bulkhead is full (max_concurrent_calls reached)"
 
 
+class ThrottledError(CallNotPermittedError):
+    """Adaptive throttling refused the call locally: the dependency accepts too few calls.
+
+    Not a breaker rejection: counted apart, and never retried.
+    """
+
+    def __str__(self) -> str:
+        return (
+            f"adaptive throttling refused a call to '{self.args[0]}' locally "
+            "(the dependency accepts too few of the calls sent to it)"
+        )
+
+
 class CliError(MeshbreakerError):
     """A user-facing error of the `meshbreaker` command: printed as one line, exit status 1."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -43,6 +44,7 @@ class BreakerRegistry:
         *,
         clock: Clock = time.monotonic,
         max_breakers: int = DEFAULT_MAX_BREAKERS,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         if default is not None and not isinstance(default, BreakerConfig):
             raise ConfigError("default", f"must be a BreakerConfig, got {type(default).__name__}")
@@ -54,6 +56,7 @@ class BreakerRegistry:
         self._overflow_count = 0
         self._default = default or BreakerConfig()
         self._clock = clock
+        self._rng = rng  # open-period jitter and throttling draws: tests pass a fixed one
         self._lock = threading.RLock()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._policies: dict[str, BreakerConfig] = {}
@@ -96,7 +99,7 @@ class BreakerRegistry:
 
     def _create(self, name: str) -> CircuitBreaker:
         """Make and keep the breaker called `name` (lock held)."""
-        breaker = CircuitBreaker(name, self.resolve(name), clock=self._clock)
+        breaker = CircuitBreaker(name, self.resolve(name), clock=self._clock, rng=self._rng)
         breaker.on_state_change(self._dispatch_state_change)
         if self._duration_buckets is not None:
             breaker.track_durations(self._duration_buckets)

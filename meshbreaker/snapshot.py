@@ -32,6 +32,8 @@ class BreakerSnapshot:
     times_opened: int
     half_open_in_flight: int
     half_open_successes: int
+    throttled: int = 0  # refused by adaptive throttling (apart from `rejected`)
+    throttle_probability: float = 0.0  # the chance a call is throttled now (0 when off)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,9 @@ class FallbackResult:
 
     ok: bool
     value: Any
-    reason: str  # "rejected": the breaker refused the call; "failure": the call failed
+    # "rejected": the breaker refused the call; "throttled": adaptive throttling did;
+    # "failure": the call failed
+    reason: str
     state: State
 
     def response(self) -> Any:

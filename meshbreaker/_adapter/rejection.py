@@ -8,7 +8,7 @@ from typing import Final
 import grpc
 
 from meshbreaker._types import State
-from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
+from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ThrottledError
 
 STATE_METADATA_KEY: Final = "x-meshbreaker-state"
 FALLBACK_METADATA_KEY: Final = "x-meshbreaker-fallback"
@@ -16,6 +16,11 @@ FALLBACK_METADATA_KEY: Final = "x-meshbreaker-fallback"
 
 def rejection_details(error: CallNotPermittedError) -> str:
     """The status details of a rejected call: method, state and time to the next probe."""
+    if isinstance(error, ThrottledError):
+        return (
+            f"meshbreaker: adaptive throttling refused a call to {error.name} locally "
+            "(the dependency accepts too few of the calls sent to it)"
+        )
     if isinstance(error, BulkheadFullError):
         return (
             f"meshbreaker: bulkhead for {error.name} is full "
@@ -36,5 +41,14 @@ def rejection_code(error: CallNotPermittedError) -> grpc.StatusCode:
 
 
 def rejection_metadata(error: CallNotPermittedError) -> tuple[tuple[str, str], ...]:
-    """The trailing metadata of a rejected call: (("x-meshbreaker-state", state),)."""
-    return ((STATE_METADATA_KEY, error.state.value),)
+    """The trailing metadata of a refused call: (("x-meshbreaker-state", state),).
+
+    The state is the breaker's, or THROTTLED when adaptive throttling refused the call.
+    """
+    marker = "THROTTLED" if isinstance(error, ThrottledError) else error.state.value
+    return ((STATE_METADATA_KEY, marker),)
+
+
+def fallback_reason(error: CallNotPermittedError) -> str:
+    """Why a fallback answers a refused call: "throttled" or "rejected"."""
+    return "throttled" if isinstance(error, ThrottledError) else "rejected"

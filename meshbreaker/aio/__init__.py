@@ -10,6 +10,7 @@ from meshbreaker.aio._calls import (
     RejectedBulkheadError,
     RejectedCall,
     RejectedError,
+    RejectedThrottledError,
     TrackedStream,
 )
 from meshbreaker.aio.interceptors import (
@@ -30,6 +31,7 @@ __all__ = [
     "RejectedBulkheadError",
     "RejectedCall",
     "RejectedError",
+    "RejectedThrottledError",
     "StreamStreamBreakerInterceptor",
     "StreamUnaryBreakerInterceptor",
     "TrackedStream",

@@ -15,11 +15,16 @@ from grpc.aio import AioRpcError, Metadata
 
 from meshbreaker._adapter.fallback import Fallback, FallbackResult, run_fallback
 from meshbreaker._adapter.guard import Guard, release
-from meshbreaker._adapter.rejection import rejection_code, rejection_details, rejection_metadata
+from meshbreaker._adapter.rejection import (
+    fallback_reason,
+    rejection_code,
+    rejection_details,
+    rejection_metadata,
+)
 from meshbreaker._adapter.tracking import Tracker
 from meshbreaker._types import State
 from meshbreaker.breaker import CircuitBreaker
-from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
+from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ThrottledError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +52,16 @@ class RejectedError(CallNotPermittedError, AioRpcError):
 
 class RejectedBulkheadError(BulkheadFullError, RejectedError):
     """A grpc.aio call rejected because max_concurrent_calls are in flight (RESOURCE_EXHAUSTED)."""
+
+
+class RejectedThrottledError(ThrottledError, RejectedError):
+    """A grpc.aio call adaptive throttling refused locally (UNAVAILABLE, THROTTLED)."""
+
+
+_REJECTED_KINDS: dict[type[CallNotPermittedError], type[RejectedError]] = {
+    BulkheadFullError: RejectedBulkheadError,
+    ThrottledError: RejectedThrottledError,
+}
 
 
 class _FinishedCall(
@@ -178,11 +193,12 @@ def rejection(
     error: CallNotPermittedError, fallback: Fallback | None, request: Any
 ) -> RejectedCall | FallbackCall:
     """What a rejected call returns: the RejectedCall, or `fallback`'s answer to its error."""
-    kind = RejectedBulkheadError if isinstance(error, BulkheadFullError) else RejectedError
+    kind = _REJECTED_KINDS.get(type(error), RejectedError)
     rejected = kind(error.name, error.state, error.retry_after)
     if fallback is None:
         return RejectedCall(rejected)
-    return FallbackCall(run_fallback(fallback, request, rejected, "rejected", error.state))
+    reason = fallback_reason(error)
+    return FallbackCall(run_fallback(fallback, request, rejected, reason, error.state))
 
 
 class _CallProxy:

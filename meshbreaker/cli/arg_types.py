@@ -29,6 +29,11 @@ def number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
+def optional_number(text: str) -> float | None:
+    """A number, or None for "off"/"none"."""
+    return None if text.lower() in _NONE_WORDS else number(text)
+
+
 def integer(text: str) -> int:
     """An int."""
     try:
@@ -128,6 +133,7 @@ def forced_state(text: str) -> State | None:
 KIND_PARSERS: dict[str, Callable[[str], Any]] = {
     "rate": rate,
     "number": number,
+    "optional_number": optional_number,
     "seconds": seconds,
     "optional_seconds": optional_seconds,
     "seconds_or_off": seconds_or_off,
@@ -140,6 +146,7 @@ KIND_PARSERS: dict[str, Callable[[str], Any]] = {
 KIND_METAVARS: dict[str, str] = {
     "rate": "RATE",
     "number": "NUMBER",
+    "optional_number": "NUMBER|off",
     "seconds": "SECONDS",
     "optional_seconds": "SECONDS|off",
     "seconds_or_off": "SECONDS|off",

@@ -324,6 +324,7 @@ def _encode_codes(message: Message, schema: FieldSchema, value: Any) -> None:
 _DECODERS: dict[str, _Decoder] = {
     "rate": _decode_scalar,
     "number": _decode_scalar,
+    "optional_number": _decode_optional_count,  # 0 = off, as for counts
     "count": _decode_scalar,
     "optional_count": _decode_optional_count,
     "seconds": _decode_seconds,
@@ -336,6 +337,7 @@ _DECODERS: dict[str, _Decoder] = {
 _ENCODERS: dict[str, _Encoder] = {
     "rate": _encode_scalar,
     "number": _encode_scalar,
+    "optional_number": _encode_optional_count,
     "count": _encode_scalar,
     "optional_count": _encode_optional_count,
     "seconds": _encode_seconds,

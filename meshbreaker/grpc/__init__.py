@@ -9,6 +9,7 @@ from meshbreaker.grpc._calls import (
     FallbackOnFailureCall,
     RejectedBulkheadCall,
     RejectedCall,
+    RejectedThrottledCall,
     TrackedStream,
 )
 from meshbreaker.grpc.interceptor import BreakerInterceptor
@@ -22,6 +23,7 @@ __all__ = [
     "FallbackOnFailureCall",
     "RejectedBulkheadCall",
     "RejectedCall",
+    "RejectedThrottledCall",
     "TrackedStream",
     "service_config",
 ]

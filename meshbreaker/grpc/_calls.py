@@ -14,10 +14,15 @@ import grpc
 
 from meshbreaker._adapter.fallback import Fallback, FallbackResult, run_fallback
 from meshbreaker._adapter.guard import Guard, release
-from meshbreaker._adapter.rejection import rejection_code, rejection_details, rejection_metadata
+from meshbreaker._adapter.rejection import (
+    fallback_reason,
+    rejection_code,
+    rejection_details,
+    rejection_metadata,
+)
 from meshbreaker._adapter.tracking import Tracker
 from meshbreaker.breaker import CircuitBreaker
-from meshbreaker.errors import BulkheadFullError, CallNotPermittedError
+from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ThrottledError
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +127,16 @@ class RejectedBulkheadCall(BulkheadFullError, RejectedCall):
     """A call rejected because max_concurrent_calls are in flight (RESOURCE_EXHAUSTED)."""
 
 
+class RejectedThrottledCall(ThrottledError, RejectedCall):
+    """A call adaptive throttling refused locally (UNAVAILABLE, x-meshbreaker-state THROTTLED)."""
+
+
+_REJECTED_KINDS: dict[type[CallNotPermittedError], type[RejectedCall]] = {
+    BulkheadFullError: RejectedBulkheadCall,
+    ThrottledError: RejectedThrottledCall,
+}
+
+
 class FallbackCall(_FinishedCall):
     """A finished unary call whose result came from a fallback instead of the server."""
 
@@ -164,11 +179,12 @@ def rejection(
     error: CallNotPermittedError, fallback: Fallback | None, request: Any
 ) -> RejectedCall | FallbackCall:
     """What a rejected call returns: the RejectedCall, or `fallback`'s answer to it."""
-    kind = RejectedBulkheadCall if isinstance(error, BulkheadFullError) else RejectedCall
+    kind = _REJECTED_KINDS.get(type(error), RejectedCall)
     rejected = kind(error.name, error.state, error.retry_after)
     if fallback is None:
         return rejected
-    return FallbackCall(run_fallback(fallback, request, rejected, "rejected", error.state), None)
+    reason = fallback_reason(error)
+    return FallbackCall(run_fallback(fallback, request, rejected, reason, error.state), None)
 
 
 class _CallProxy(CallBase, FutureBase):  # type: ignore[misc]

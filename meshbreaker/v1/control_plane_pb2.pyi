@@ -220,6 +220,8 @@ class BreakerConfig(_message.Message):
     IGNORED_CODES_FIELD_NUMBER: _builtins.int
     HALF_OPEN_MAX_WAIT_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
+    THROTTLE_K_FIELD_NUMBER: _builtins.int
+    THROTTLE_WINDOW_FIELD_NUMBER: _builtins.int
     failure_rate_threshold: _builtins.float
     """(0, 1]"""
     slow_call_rate_threshold: _builtins.float
@@ -248,6 +250,8 @@ class BreakerConfig(_message.Message):
     """>= 1; 0 = no bulkhead"""
     mode: Global___Mode.ValueType
     """UNSPECIFIED is refused when set"""
+    throttle_k: _builtins.float
+    """Adaptive throttling (SRE "Handling Overload"): >= 1 (2 is the usual value); 0 = off"""
     @_builtins.property
     def slow_call_duration(self) -> _duration_pb2.Duration:
         """> 0"""
@@ -267,6 +271,10 @@ class BreakerConfig(_message.Message):
     @_builtins.property
     def half_open_max_wait(self) -> _duration_pb2.Duration:
         """>= 0; a breaker undecided this long after entering HALF_OPEN opens again; 0 = off"""
+
+    @_builtins.property
+    def throttle_window(self) -> _duration_pb2.Duration:
+        """[1 s, 3600 s] of requests and accepts"""
 
     def __init__(
         self,
@@ -290,10 +298,12 @@ class BreakerConfig(_message.Message):
         ignored_codes: Global___CodeList | None = ...,
         half_open_max_wait: _duration_pb2.Duration | None = ...,
         mode: Global___Mode.ValueType | None = ...,
+        throttle_k: _builtins.float | None = ...,
+        throttle_window: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_mode", b"_mode", "_open_jitter", b"_open_jitter", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_slow_calls_disabled", b"_slow_calls_disabled", "_window_size", b"_window_size", "_window_type", b"_window_type", "backoff_multiplier", b"backoff_multiplier", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "mode", b"mode", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_calls_disabled", b"slow_calls_disabled", "window_size", b"window_size", "window_type", b"window_type"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_mode", b"_mode", "_open_jitter", b"_open_jitter", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_slow_calls_disabled", b"_slow_calls_disabled", "_throttle_k", b"_throttle_k", "_window_size", b"_window_size", "_window_type", b"_window_type", "backoff_multiplier", b"backoff_multiplier", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "mode", b"mode", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_calls_disabled", b"slow_calls_disabled", "throttle_k", b"throttle_k", "throttle_window", b"throttle_window", "window_size", b"window_size", "window_type", b"window_type"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_mode", b"_mode", "_open_jitter", b"_open_jitter", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_slow_calls_disabled", b"_slow_calls_disabled", "_window_size", b"_window_size", "_window_type", b"_window_type", "backoff_multiplier", b"backoff_multiplier", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "mode", b"mode", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_calls_disabled", b"slow_calls_disabled", "window_size", b"window_size", "window_type", b"window_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_mode", b"_mode", "_open_jitter", b"_open_jitter", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_slow_calls_disabled", b"_slow_calls_disabled", "_throttle_k", b"_throttle_k", "_window_size", b"_window_size", "_window_type", b"_window_type", "backoff_multiplier", b"backoff_multiplier", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "mode", b"mode", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_calls_disabled", b"slow_calls_disabled", "throttle_k", b"throttle_k", "throttle_window", b"throttle_window", "window_size", b"window_size", "window_type", b"window_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__backoff_multiplier: _TypeAlias = _typing.Literal["backoff_multiplier"]  # noqa: Y015
     _WhichOneofArgType__backoff_multiplier: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier"]  # noqa: Y015
@@ -317,6 +327,8 @@ class BreakerConfig(_message.Message):
     _WhichOneofArgType__slow_call_rate_threshold: _TypeAlias = _typing.Literal["_slow_call_rate_threshold", b"_slow_call_rate_threshold"]  # noqa: Y015
     _WhichOneofReturnType__slow_calls_disabled: _TypeAlias = _typing.Literal["slow_calls_disabled"]  # noqa: Y015
     _WhichOneofArgType__slow_calls_disabled: _TypeAlias = _typing.Literal["_slow_calls_disabled", b"_slow_calls_disabled"]  # noqa: Y015
+    _WhichOneofReturnType__throttle_k: _TypeAlias = _typing.Literal["throttle_k"]  # noqa: Y015
+    _WhichOneofArgType__throttle_k: _TypeAlias = _typing.Literal["_throttle_k", b"_throttle_k"]  # noqa: Y015
     _WhichOneofReturnType__window_size: _TypeAlias = _typing.Literal["window_size"]  # noqa: Y015
     _WhichOneofArgType__window_size: _TypeAlias = _typing.Literal["_window_size", b"_window_size"]  # noqa: Y015
     _WhichOneofReturnType__window_type: _TypeAlias = _typing.Literal["window_type"]  # noqa: Y015
@@ -343,6 +355,8 @@ class BreakerConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__slow_call_rate_threshold) -> _WhichOneofReturnType__slow_call_rate_threshold | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__slow_calls_disabled) -> _WhichOneofReturnType__slow_calls_disabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__throttle_k) -> _WhichOneofReturnType__throttle_k | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__window_size) -> _WhichOneofReturnType__window_size | None: ...
     @_typing.overload

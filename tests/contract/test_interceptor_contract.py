@@ -13,6 +13,7 @@ import pytest
 
 from meshbreaker import BreakerConfig, BreakerRegistry, CallNotPermittedError, State
 from meshbreaker._names import GRPC_CODE_NAMES
+from meshbreaker.errors import ThrottledError
 from meshbreaker.testing import FakeClock
 from tests.contract.drivers import Driver, Seen
 from tests.grpc.broken_registries import BROKEN_REGISTRIES
@@ -246,3 +247,49 @@ async def test_meshbreakers_own_failures_never_change_the_rpc(
     failed = await driver.unary(b"fail:INTERNAL")
     assert (failed.code, failed.details) == (grpc.StatusCode.INTERNAL, "boom INTERNAL")
     assert (await driver.server_stream(b"n:2")).value == [b"m0", b"m1"]
+
+
+def _throttling(clock: FakeClock) -> BreakerRegistry:
+    """Throttling on (k = 1), a breaker that never trips, and draws that refuse whenever p > 0."""
+    config = CONFIG.replace(
+        consecutive_failures=0, failure_rate_threshold=1.0, minimum_calls=1000, throttle_k=1.0
+    )
+    return BreakerRegistry(config, clock=clock, rng=lambda: 0.0)
+
+
+@pytest.mark.parametrize("method", [UNARY, SERVER_STREAM])
+async def test_a_throttled_call_is_a_local_unavailable_marked_throttled(
+    driver: Driver, clock: FakeClock, server: BytesServer, method: str
+) -> None:
+    registry = _throttling(clock)
+    driver.connect(registry)
+    if method == SERVER_STREAM:
+        failed = await driver.server_stream(b"fail-after:0:UNAVAILABLE")
+    else:
+        failed = await driver.unary(b"fail:UNAVAILABLE")
+    assert (
+        failed.code is grpc.StatusCode.UNAVAILABLE and (STATE, "THROTTLED") not in failed.trailing
+    )
+    before = server.total()
+    seen = (
+        await driver.server_stream(b"n:1") if method == SERVER_STREAM else await driver.unary(b"q")
+    )
+    assert (seen.code, seen.trailing) == (grpc.StatusCode.UNAVAILABLE, ((STATE, "THROTTLED"),))
+    assert seen.details is not None and "adaptive throttling" in seen.details
+    assert isinstance(seen.error, ThrottledError) and isinstance(seen.error, grpc.RpcError)
+    assert server.total() == before
+    snapshot = registry.get(method).snapshot()
+    assert (snapshot.throttled, snapshot.rejected, snapshot.failed) == (1, 0, 1)
+
+
+async def test_a_fallback_answers_a_throttled_call(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    driver.connect(_throttling(clock), fallbacks={UNARY: _cached})
+    await driver.unary(b"fail:UNAVAILABLE")
+    seen = await driver.unary(b"q")
+    assert (seen.value, seen.code, seen.trailing) == (
+        b"cached",
+        grpc.StatusCode.OK,
+        ((STATE, "CLOSED"), (FALLBACK, "throttled")),
+    )

@@ -125,6 +125,7 @@ EXAMPLE_VALUES: dict[str, tuple[Any, ...]] = {
     "seconds_or_off": (2.5, 0.0),
     "count": (0, 7),
     "optional_count": (7, None),
+    "optional_number": (2.5, None),
     "window_type": (WindowType.COUNT,),
     "mode": (Mode.SHADOW,),
     "codes": (frozenset({"INTERNAL", "UNAVAILABLE"}),),
