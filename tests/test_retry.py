@@ -1,0 +1,184 @@
+"""Budgeted retries: exact backoffs, Finagle's budget arithmetic, pushback, and each stop rule."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from meshbreaker.errors import ConfigError
+from meshbreaker.retry import NO_RETRY, RetryBudget, RetryPolicy, RetryRun, parse_pushback
+from meshbreaker.testing import FakeClock
+
+
+def test_backoff_ceilings_grow_then_cap() -> None:
+    policy = RetryPolicy(max_attempts=8, initial_backoff=0.1, max_backoff=1.0, multiplier=2.0)
+    ceilings = [policy.backoff_ceiling(retry) for retry in range(1, 7)]
+    assert ceilings == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    assert policy.backoff_ceiling(10_000) == 1.0  # no overflow
+
+
+def test_full_jitter_draws_from_zero_to_the_ceiling() -> None:
+    policy = RetryPolicy(max_attempts=4, initial_backoff=0.1, max_backoff=1.0)
+    for draw in (0.0, 0.25, 0.999):
+        rng = functools.partial(float, draw)
+        run = RetryRun(policy, RetryBudget(), idempotent=True, deadline=None, rng=rng)
+        delays = [run.next_delay("UNAVAILABLE", sent=True, pushback=None, now=0.0) for _ in "abc"]
+        assert delays == pytest.approx([draw * 0.1, draw * 0.2, draw * 0.4])
+
+
+def test_budget_is_the_reserve_plus_a_fifth_of_requests() -> None:
+    clock = FakeClock(1000.0)
+    budget = RetryBudget(0.2, 10, 10.0, clock=clock)
+    assert budget.balance == 100  # 10 per second over 10 seconds, before any request
+    for _ in range(50):
+        budget.deposit()
+    assert budget.balance == 110  # + 50 / 5
+    taken = 0
+    while budget.try_withdraw():
+        taken += 1
+    assert (taken, budget.balance) == (110, 0)
+    budget.deposit()
+    assert not budget.try_withdraw()  # one request is a fifth of a retry
+    for _ in range(4):
+        budget.deposit()
+    assert budget.try_withdraw() and not budget.try_withdraw()
+
+
+def test_deposits_and_withdrawals_expire_after_ttl() -> None:
+    clock = FakeClock(1000.0)
+    budget = RetryBudget(0.5, 0, 10.0, clock=clock)
+    for _ in range(10):
+        budget.deposit()
+    assert budget.balance == 5
+    clock.advance(5.0)
+    for _ in range(4):
+        budget.deposit()
+    assert budget.try_withdraw() and budget.balance == 6
+    clock.advance(5.0)  # the first ten deposits (and only they) are older than ttl
+    assert budget.balance == 1  # 4 deposits = 2 retries, less the one taken
+    clock.advance(5.0)
+    assert budget.balance == 0
+    clock.advance(100.0)
+    assert not budget.try_withdraw()
+
+
+def test_a_budget_without_ratio_lives_on_its_reserve() -> None:
+    clock = FakeClock()
+    budget = RetryBudget(0.0, 2, 1.0, clock=clock)
+    for _ in range(1000):
+        budget.deposit()
+    assert [budget.try_withdraw() for _ in range(3)] == [True, True, False]
+    assert not RetryBudget(0.0, 0, 10.0, clock=clock).try_withdraw()
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([], None),
+        (["250"], 0.25),
+        (["0"], 0.0),
+        (["-1"], NO_RETRY),
+        (["1.5"], NO_RETRY),
+        (["soon"], NO_RETRY),
+        ([""], NO_RETRY),
+        (["١٢"], NO_RETRY),  # digits, but not ASCII ones
+        (["10", "20"], NO_RETRY),
+        (["9" * 40], NO_RETRY),
+        (["86400001"], NO_RETRY),
+    ],
+)
+def test_pushback_parsing(values: list[str], expected: float | None) -> None:
+    assert parse_pushback(values) == expected
+
+
+def run(policy: RetryPolicy, **options: object) -> RetryRun:
+    budget = options.pop("budget", None) or RetryBudget()
+    options.setdefault("idempotent", True)
+    options.setdefault("deadline", None)
+    return RetryRun(policy, budget, rng=lambda: 1.0, **options)  # type: ignore[arg-type]
+
+
+def test_stops_after_max_attempts() -> None:
+    attempts = run(RetryPolicy(max_attempts=3))
+    retries = [attempts.next_delay("UNAVAILABLE", sent=True, pushback=None, now=0.0) for _ in "abc"]
+    assert retries[2] is None and None not in retries[:2] and attempts.attempts == 3
+
+
+def test_only_retryable_codes_are_retried() -> None:
+    attempts = run(RetryPolicy(retryable_codes=frozenset({"unavailable", "RESOURCE_EXHAUSTED"})))
+    assert attempts.next_delay("INTERNAL", sent=True, pushback=None, now=0.0) is None
+    assert attempts.next_delay("RESOURCE_EXHAUSTED", sent=True, pushback=None, now=0.0) == 0.05
+
+
+def test_a_call_that_may_have_reached_the_server_is_retried_only_if_idempotent() -> None:
+    attempts = run(RetryPolicy(), idempotent=False)
+    assert attempts.next_delay("UNAVAILABLE", sent=True, pushback=None, now=0.0) is None
+    assert attempts.next_delay("UNAVAILABLE", sent=False, pushback=None, now=0.0) == 0.05
+
+
+def test_pushback_sets_the_delay_and_restarts_the_backoff() -> None:
+    attempts = run(RetryPolicy(max_attempts=5, initial_backoff=0.1))
+    assert attempts.next_delay("UNAVAILABLE", sent=True, pushback=None, now=0.0) == 0.1
+    assert attempts.next_delay("UNAVAILABLE", sent=True, pushback=None, now=0.0) == 0.2
+    assert attempts.next_delay("UNAVAILABLE", sent=True, pushback=3.0, now=0.0) == 3.0
+    assert attempts.next_delay("UNAVAILABLE", sent=True, pushback=None, now=0.0) == 0.1
+    refused = run(RetryPolicy())
+    assert refused.next_delay("UNAVAILABLE", sent=True, pushback=NO_RETRY, now=0.0) is None
+
+
+def test_no_retry_that_cannot_start_before_the_deadline() -> None:
+    attempts = run(RetryPolicy(max_attempts=5, initial_backoff=0.5), deadline=10.0)
+    assert attempts.next_delay("UNAVAILABLE", sent=True, pushback=None, now=9.0) == 0.5
+    assert attempts.next_delay("UNAVAILABLE", sent=True, pushback=None, now=9.0) is None  # 9+1
+    assert attempts.next_delay("UNAVAILABLE", sent=True, pushback=0.9, now=9.0) == 0.9
+
+
+def test_an_exhausted_budget_stops_retries_and_counts_no_attempt() -> None:
+    clock = FakeClock()
+    budget = RetryBudget(0.5, 0, 10.0, clock=clock)
+    first = run(RetryPolicy(), budget=budget)  # deposits 1: half a retry
+    assert first.next_delay("UNAVAILABLE", sent=True, pushback=None, now=0.0) is None
+    assert first.attempts == 1
+    second = run(RetryPolicy(), budget=budget)  # deposits 1 more: one retry
+    assert second.next_delay("UNAVAILABLE", sent=True, pushback=None, now=0.0) is not None
+    assert first.next_delay("UNAVAILABLE", sent=True, pushback=None, now=0.0) is None
+
+
+def test_amplification_is_bounded_by_the_budget() -> None:
+    # Every attempt fails, 10,000 calls in 10 s: retries <= 20 % of calls + the reserve.
+    clock = FakeClock()
+    policy = RetryPolicy(max_attempts=5)
+    budget = RetryBudget.of(policy, clock)
+    attempts = 0
+    for _ in range(10_000):
+        clock.advance(0.001)
+        call = run(policy, budget=budget)
+        while call.next_delay("UNAVAILABLE", sent=True, pushback=None, now=clock()) is not None:
+            pass
+        attempts += call.attempts
+    assert attempts == 10_000 + 2_000 + 100
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"max_attempts": 0}, "retry.max_attempts"),
+        ({"max_attempts": 11}, "retry.max_attempts"),
+        ({"initial_backoff": 0}, "retry.initial_backoff"),
+        ({"initial_backoff": 2.0}, "retry.max_backoff"),
+        ({"multiplier": 0.5}, "retry.multiplier"),
+        ({"retryable_codes": "UNAVAILABLE"}, "retry.retryable_codes"),
+        ({"retryable_codes": {"NOPE"}}, "retry.retryable_codes"),
+        ({"retryable_codes": {"OK"}}, "retry.retryable_codes"),
+        ({"budget_ratio": -0.1}, "retry.budget_ratio"),
+        ({"budget_min_per_second": 1.5}, "retry.budget_min_per_second"),
+        ({"budget_ttl": 0.5}, "retry.budget_ttl"),
+        ({"budget_ttl": 61}, "retry.budget_ttl"),
+        ({"max_backoff": float("inf")}, "retry.max_backoff"),
+    ],
+)
+def test_bad_policies_name_the_field(changes: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        RetryPolicy(**changes)  # type: ignore[arg-type]
+    assert error.value.field == field
