@@ -1,4 +1,4 @@
-"""The engine's vocabulary: State, Mode and WindowType (imported by config, errors and breaker)."""
+"""The engine's vocabulary: State, Mode, WindowType, ConcurrencyLimit, Outcome."""
 
 from __future__ import annotations
 
@@ -37,6 +37,13 @@ class WindowType(_Named):
 
     COUNT = "count"
     TIME = "time"
+
+
+class ConcurrencyLimit(_Named):
+    """FIXED: max_concurrent_calls is the bulkhead; ADAPTIVE: a limit that follows latency."""
+
+    FIXED = "fixed"
+    ADAPTIVE = "adaptive"
 
 
 class Outcome(enum.IntEnum):

@@ -13,7 +13,8 @@ from typing import Any, Final, TypeVar
 
 from meshbreaker._backoff import OpenBackoff
 from meshbreaker._quick import SLICE, QuickSuccesses
-from meshbreaker._types import Mode, Outcome, State, WindowType
+from meshbreaker._types import ConcurrencyLimit, Mode, Outcome, State, WindowType
+from meshbreaker.concurrency import DEFAULT_MAX_LIMIT, AdaptiveLimit
 from meshbreaker.config import BreakerConfig
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ThrottledError
 from meshbreaker.events import (
@@ -25,6 +26,7 @@ from meshbreaker.events import (
     StateListener,
 )
 from meshbreaker.histogram import DEFAULT_BUCKETS, DurationHistogram, HistogramSnapshot
+from meshbreaker.retry import RetryBudget, RetryPolicy
 from meshbreaker.snapshot import BreakerObservation, BreakerSnapshot
 from meshbreaker.throttle import AdaptiveThrottle
 from meshbreaker.window import CountWindow, TimeWindow, Window
@@ -119,6 +121,10 @@ class Permit:
         return not hasattr(self, "_unreported")
 
 
+def _budget_of(policy: RetryPolicy) -> tuple[float, int, float]:
+    return (policy.budget_ratio, policy.budget_min_per_second, policy.budget_ttl)
+
+
 def _always_failure(exc: BaseException) -> bool:
     return True
 
@@ -157,6 +163,7 @@ class CircuitBreaker:
         "_in_flight",
         "_is_failure",
         "_is_ignored",
+        "_limiter",
         "_lock",
         "_manual_period",
         "_minimum_calls",
@@ -168,6 +175,7 @@ class CircuitBreaker:
         "_rejection_reads",
         "_rejections",
         "_result_listeners",
+        "_retry_budget",
         "_rng",
         "_shadow",
         "_shadow_rejected",
@@ -224,6 +232,8 @@ class CircuitBreaker:
         self._histogram: DurationHistogram | None = None
         self._transitions: dict[Transition, int] = {}
         self._throttle: AdaptiveThrottle | None = None
+        self._limiter: AdaptiveLimit | None = None
+        self._retry_budget: RetryBudget | None = None
         self._apply_config(config or BreakerConfig(), clock())
         self._enter(_CLOSED, clock())
 
@@ -233,6 +243,11 @@ class CircuitBreaker:
     def config(self) -> BreakerConfig:
         """The configuration in force."""
         return self._config
+
+    @property
+    def retry_budget(self) -> RetryBudget | None:
+        """The budget the retries of this breaker's calls share; None when retries are off."""
+        return self._retry_budget
 
     def _apply_config(self, config: BreakerConfig, now: float) -> None:
         """Take `config` (lock held, quick successes settled)."""
@@ -252,7 +267,23 @@ class CircuitBreaker:
         self._slow_threshold = (
             math.inf if config.slow_call_duration is None else config.slow_call_duration
         )
-        self._bulkhead = config.max_concurrent_calls
+        if config.concurrency_limit is ConcurrencyLimit.ADAPTIVE:
+            ceiling = config.max_concurrent_calls or DEFAULT_MAX_LIMIT
+            limiter = self._limiter
+            if limiter is None:
+                limiter = self._limiter = AdaptiveLimit(ceiling)
+            elif limiter.max_limit != ceiling:
+                limiter.max_limit = ceiling  # what it learned still holds, under the new cap
+                limiter.limit = min(limiter.limit, float(ceiling))
+            self._bulkhead: int | None = limiter.current
+        else:
+            self._limiter = None
+            self._bulkhead = config.max_concurrent_calls
+        retry = config.retry
+        if retry is None:
+            self._retry_budget = None
+        elif old is None or old.retry is None or _budget_of(old.retry) != _budget_of(retry):
+            self._retry_budget = RetryBudget.of(retry, self._clock)
         self._backoff = OpenBackoff.of(config)
         self._minimum_calls = config.effective_minimum_calls
 
@@ -551,6 +582,10 @@ class CircuitBreaker:
         try:
             if holds_slot:
                 self._in_flight -= 1
+                limiter = self._limiter
+                if limiter is not None and outcome is not _IGNORED:
+                    failed = outcome is _FAILURE
+                    self._bulkhead = limiter.update(duration, failed, self._in_flight + 1)
             transition = self._count(generation, outcome, duration, now)
         finally:
             self._lock.release()
@@ -844,6 +879,7 @@ class CircuitBreaker:
             half_open_in_flight=self._half_open_in_flight,
             half_open_successes=self._half_open_successes,
             throttled=self._throttled,
+            concurrency_limit=self._bulkhead,
             throttle_probability=(
                 0.0 if self._throttle is None else self._throttle.probability(now)
             ),

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshbreaker._names import DEFAULT_FAILURE_CODES, DEFAULT_IGNORED_CODES, GRPC_CODE_NAMES
-from meshbreaker._types import Mode, State, WindowType
+from meshbreaker._types import ConcurrencyLimit, Mode, State, WindowType
 from meshbreaker.errors import ConfigError
+from meshbreaker.retry import RetryPolicy
 from meshbreaker.throttle import MAX_WINDOW as MAX_THROTTLE_WINDOW
 
 # Re-exported: the vocabulary lives in _types and _names, and configs are written with it.
@@ -21,6 +22,7 @@ __all__ = [
     "DEFAULT_IGNORED_CODES",
     "GRPC_CODE_NAMES",
     "BreakerConfig",
+    "ConcurrencyLimit",
     "Mode",
     "State",
     "WindowType",
@@ -60,11 +62,12 @@ class FieldSchema:
 # rate, number: a float; optional_number: a float or None (off; 0 on the wire); seconds: a float
 # > 0 (a Duration on the wire); optional_seconds: seconds
 # or None (off); seconds_or_off: a float >= 0, 0 = off; count: an int >= 0; optional_count: an int,
-# or None (0 on the wire); window_type, mode: the enum; codes: a set of gRPC code names.
+# or None (0 on the wire); window_type, mode, concurrency_limit: the enum; codes: a set of gRPC code
+# names; retry: a RetryPolicy or None (off); flag: a bool.
 KINDS = frozenset(
     {"rate", "number", "optional_number", "seconds", "optional_seconds", "seconds_or_off"}
     | {"count", "optional_count"}
-    | {"window_type", "mode", "codes"}
+    | {"window_type", "mode", "codes", "concurrency_limit", "retry", "flag"}
 )
 
 
@@ -256,9 +259,44 @@ class BreakerConfig:
         ),
     )
 
+    concurrency_limit: ConcurrencyLimit = field(
+        default=ConcurrencyLimit.FIXED,
+        metadata=_schema(
+            "concurrency_limit",
+            ("--concurrency-limit",),
+            "concurrency_limit",
+            "'fixed' (max_concurrent_calls is the bulkhead) or 'adaptive' (a limit that follows"
+            " latency, at most max_concurrent_calls)",
+        ),
+    )
+    retry: RetryPolicy | None = field(
+        default=None,
+        metadata=_schema(
+            "retry",
+            ("--retry",),
+            "retry",
+            "budgeted retries: name=value pairs of RetryPolicy, e.g. 'max_attempts=3,"
+            "retryable_codes=UNAVAILABLE' ('off' disables)",
+            proto_off="retry_disabled",
+        ),
+    )
+    idempotent: bool = field(
+        default=False,
+        metadata=_schema(
+            "idempotent",
+            ("--idempotent",),
+            "flag",
+            "the method may run twice: retried even after the request may have reached the server",
+        ),
+    )
+
     def __post_init__(self) -> None:
         _coerce_enum(self, "window_type", WindowType)
         _coerce_enum(self, "mode", Mode)
+        _coerce_enum(self, "concurrency_limit", ConcurrencyLimit)
+        _coerce_retry(self)
+        if not isinstance(self.idempotent, bool):
+            raise ConfigError("idempotent", f"must be true or false, got {self.idempotent!r}")
         _coerce_codes(self, "failure_codes")
         _coerce_codes(self, "ignored_codes")
         _check_rate(self, "failure_rate_threshold")
@@ -321,6 +359,8 @@ class BreakerConfig:
                 value = value.value
             elif isinstance(value, frozenset):
                 value = sorted(value)
+            elif isinstance(value, RetryPolicy):
+                value = value.to_dict()
             out[name] = value
         return out
 
@@ -402,6 +442,15 @@ def _coerce_enum(config: BreakerConfig, name: str, kind: type[enum.Enum]) -> Non
     except ValueError:
         allowed = ", ".join(repr(member.value) for member in kind)
         raise ConfigError(name, f"{value!r} is not one of {allowed}") from None
+
+
+def _coerce_retry(config: BreakerConfig) -> None:
+    value = config.retry
+    if value is None or isinstance(value, RetryPolicy):
+        return
+    if not isinstance(value, Mapping):
+        raise ConfigError("retry", "must be a RetryPolicy, a mapping of its fields, or None")
+    _set(config, "retry", RetryPolicy.from_values(value))
 
 
 def _coerce_codes(config: BreakerConfig, name: str) -> None:

@@ -11,9 +11,9 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Final
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Final
 
 from meshbreaker._names import GRPC_CODE_NAMES
 from meshbreaker.errors import ConfigError
@@ -54,6 +54,10 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         _check_int(self.max_attempts, "max_attempts", 1, MAX_ATTEMPTS)
+        for name in ("initial_backoff", "max_backoff", "multiplier", "budget_ratio", "budget_ttl"):
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))  # 1 and 1.0 are one policy
         _check_number(self.initial_backoff, "initial_backoff", 0.0)
         if self.initial_backoff <= 0:
             raise ConfigError("retry.initial_backoff", "must be > 0")
@@ -76,10 +80,58 @@ class RetryPolicy:
         if self.budget_ttl > MAX_BUDGET_TTL:
             raise ConfigError("retry.budget_ttl", f"must be in [1, {MAX_BUDGET_TTL:g}] seconds")
 
+    def __str__(self) -> str:
+        """The command-line form: "max_attempts=3,initial_backoff=0.05,...,retryable_codes=A|B"."""
+        return ",".join(f"{name}={value}" for name, value in self.to_dict().items())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values; codes as a "|"-joined string."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["retryable_codes"] = "|".join(sorted(self.retryable_codes))
+        return values
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> RetryPolicy:
+        """A policy from a mapping (JSON, or parsed text); codes as a list or "A|B" text."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(
+                f"retry.{unknown[0]}", f"unknown field (known: {', '.join(sorted(names))})"
+            )
+        checked = dict(values)
+        codes = checked.get("retryable_codes")
+        if isinstance(codes, str):
+            checked["retryable_codes"] = frozenset(code for code in codes.split("|") if code)
+        elif isinstance(codes, (list, tuple, set, frozenset)):
+            checked["retryable_codes"] = frozenset(codes)
+        return cls(**checked)
+
+    @classmethod
+    def from_text(cls, text: str) -> RetryPolicy:
+        """Parse the command-line form (any subset of fields; the rest take defaults)."""
+        values: dict[str, Any] = {}
+        for part in text.split(","):
+            name, equals, raw = part.strip().partition("=")
+            if not equals or not name:
+                raise ConfigError("retry", f"{part.strip()!r} is not name=value")
+            values[name.strip()] = _parse_field(name.strip(), raw.strip())
+        return cls.from_values(values)
+
     def backoff_ceiling(self, retry: int) -> float:
         """The longest wait before retry number `retry` (1 = the first retry)."""
         exponent = min(retry - 1, 64)  # far past any cap, and no float overflow
         return min(self.max_backoff, self.initial_backoff * self.multiplier**exponent)
+
+
+def _parse_field(name: str, raw: str) -> Any:
+    """A text value read as the named field's type."""
+    if name == "retryable_codes":
+        return raw.upper()
+    try:
+        return int(raw) if name in ("max_attempts", "budget_min_per_second") else float(raw)
+    except ValueError:
+        raise ConfigError(f"retry.{name}", f"{raw!r} is not a number") from None
 
 
 def _check_number(value: object, name: str, minimum: float) -> None:

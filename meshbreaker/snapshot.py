@@ -34,6 +34,7 @@ class BreakerSnapshot:
     half_open_successes: int
     throttled: int = 0  # refused by adaptive throttling (apart from `rejected`)
     throttle_probability: float = 0.0  # the chance a call is throttled now (0 when off)
+    concurrency_limit: int | None = None  # calls in flight allowed now (adaptive or fixed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,10 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from meshbreaker.config import GRPC_CODE_NAMES, KINDS, Mode, State, WindowType
+from meshbreaker.config import GRPC_CODE_NAMES, KINDS, ConcurrencyLimit, Mode, State, WindowType
 from meshbreaker.control import convert
+from meshbreaker.errors import ConfigError
+from meshbreaker.retry import RetryPolicy
 
 # What turns an optional setting off (None) on the command line.
 _NONE_WORDS = frozenset({"none", "off", "null", ""})
@@ -111,6 +113,34 @@ def mode(text: str) -> Mode:
         raise argparse.ArgumentTypeError(f"{text!r} is not 'enforce' or 'shadow'") from None
 
 
+def concurrency_limit(text: str) -> ConcurrencyLimit:
+    """'fixed' or 'adaptive'."""
+    try:
+        return ConcurrencyLimit(text.lower())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'fixed' or 'adaptive'") from None
+
+
+def retry_policy(text: str) -> RetryPolicy | None:
+    """name=value pairs of a RetryPolicy ("max_attempts=3,retryable_codes=A|B"), or "off"."""
+    if text.lower() in _NONE_WORDS:
+        return None
+    try:
+        return RetryPolicy.from_text(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(f"{error.field}: {error.message}") from None
+
+
+def flag(text: str) -> bool:
+    """true/false (also yes/no, on/off, 1/0)."""
+    key = text.lower()
+    if key in ("true", "yes", "on", "1"):
+        return True
+    if key in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
 def state_filter(text: str) -> int:
     """A breaker state name, as the proto BreakerState to filter on."""
     try:
@@ -142,6 +172,9 @@ KIND_PARSERS: dict[str, Callable[[str], Any]] = {
     "window_type": window_type,
     "mode": mode,
     "codes": status_codes,
+    "concurrency_limit": concurrency_limit,
+    "retry": retry_policy,
+    "flag": flag,
 }
 KIND_METAVARS: dict[str, str] = {
     "rate": "RATE",
@@ -155,5 +188,8 @@ KIND_METAVARS: dict[str, str] = {
     "window_type": "count|time",
     "mode": "enforce|shadow",
     "codes": "CODES",
+    "concurrency_limit": "fixed|adaptive",
+    "retry": "NAME=VALUE,...|off",
+    "flag": "true|false",
 }
 assert set(KIND_PARSERS) == set(KIND_METAVARS) == KINDS, "every FieldSchema kind needs a parser"

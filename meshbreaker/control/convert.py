@@ -29,6 +29,7 @@ from meshbreaker.config import (
     KINDS,
     SCHEMA,
     BreakerConfig,
+    ConcurrencyLimit,
     ConfigLayer,
     FieldSchema,
     Mode,
@@ -39,6 +40,7 @@ from meshbreaker.config import (
 )
 from meshbreaker.errors import ConfigError
 from meshbreaker.histogram import MAX_BUCKETS, HistogramSnapshot
+from meshbreaker.retry import RetryPolicy
 from meshbreaker.v1 import control_plane_pb2 as pb
 
 MAX_CODES = 32
@@ -58,6 +60,18 @@ _MODE_FROM_PROTO: dict[int, Mode | None] = {
     pb.MODE_SHADOW: Mode.SHADOW,
 }
 _MODE_TO_PROTO = {Mode.ENFORCE: pb.MODE_ENFORCE, Mode.SHADOW: pb.MODE_SHADOW}
+_LIMIT_FROM_PROTO: dict[int, ConcurrencyLimit | None] = {
+    pb.CONCURRENCY_LIMIT_UNSPECIFIED: None,
+    pb.CONCURRENCY_LIMIT_FIXED: ConcurrencyLimit.FIXED,
+    pb.CONCURRENCY_LIMIT_ADAPTIVE: ConcurrencyLimit.ADAPTIVE,
+}
+_LIMIT_TO_PROTO = {
+    ConcurrencyLimit.FIXED: pb.CONCURRENCY_LIMIT_FIXED,
+    ConcurrencyLimit.ADAPTIVE: pb.CONCURRENCY_LIMIT_ADAPTIVE,
+}
+# RetryPolicy fields by how they are written in the RetryPolicy message.
+_RETRY_SECONDS = ("initial_backoff", "max_backoff", "budget_ttl")
+_RETRY_SCALARS = ("max_attempts", "multiplier", "budget_ratio", "budget_min_per_second")
 _OVERRIDE_FROM_PROTO: dict[int, State | None] = {
     pb.OVERRIDE_NONE: None,
     pb.OVERRIDE_FORCED_OPEN: State.FORCED_OPEN,
@@ -290,6 +304,34 @@ def _decode_codes(message: Message, schema: FieldSchema, path: str) -> Any:
     return codes
 
 
+def _decode_retry(message: Message, schema: FieldSchema, path: str) -> Any:
+    assert schema.proto_off is not None
+    if getattr(message, schema.proto_off):
+        if _has(message, schema.proto):
+            off_path = path.rsplit(".", 1)[0] + "." + schema.proto_off
+            raise ConfigError(off_path, f"cannot be set together with {schema.proto}")
+        return None
+    if not _has(message, schema.proto):
+        return _UNSET
+    policy: pb.RetryPolicy = getattr(message, schema.proto)
+    values: dict[str, Any] = {}
+    for name in _RETRY_SCALARS:
+        if _has(policy, name):
+            values[name] = getattr(policy, name)
+    for name in _RETRY_SECONDS:
+        if _has(policy, name):
+            values[name] = _duration_seconds(getattr(policy, name), f"{path}.{name}")
+    if policy.HasField("retryable_codes"):
+        codes = list(policy.retryable_codes.codes)
+        if len(codes) > MAX_CODES:
+            raise ConfigError(f"{path}.retryable_codes", f"at most {MAX_CODES} codes")
+        values["retryable_codes"] = frozenset(codes)
+    try:
+        return RetryPolicy.from_values(values)
+    except ConfigError as error:  # "retry.<name>" -> the proto path
+        raise ConfigError(f"{path}.{error.field.removeprefix('retry.')}", error.message) from None
+
+
 def _encode_scalar(message: Message, schema: FieldSchema, value: Any) -> None:
     setattr(message, schema.proto, value)
 
@@ -308,6 +350,19 @@ def _encode_optional_seconds(message: Message, schema: FieldSchema, value: Any) 
         setattr(message, schema.proto_off, True)
     else:
         _encode_seconds(message, schema, value)
+
+
+def _encode_retry(message: Message, schema: FieldSchema, value: Any) -> None:
+    if value is None:
+        assert schema.proto_off is not None
+        setattr(message, schema.proto_off, True)
+        return
+    policy: pb.RetryPolicy = getattr(message, schema.proto)
+    for name in _RETRY_SCALARS:
+        setattr(policy, name, getattr(value, name))
+    for name in _RETRY_SECONDS:
+        getattr(policy, name).CopyFrom(seconds_to_duration(getattr(value, name)))
+    policy.retryable_codes.CopyFrom(pb.CodeList(codes=sorted(value.retryable_codes)))
 
 
 def _enum_encoder(table: Mapping[Any, int]) -> _Encoder:
@@ -333,6 +388,9 @@ _DECODERS: dict[str, _Decoder] = {
     "window_type": _enum_decoder(_WINDOW_FROM_PROTO, "WindowType"),
     "mode": _enum_decoder(_MODE_FROM_PROTO, "Mode"),
     "codes": _decode_codes,
+    "concurrency_limit": _enum_decoder(_LIMIT_FROM_PROTO, "ConcurrencyLimit"),
+    "retry": _decode_retry,
+    "flag": _decode_scalar,
 }
 _ENCODERS: dict[str, _Encoder] = {
     "rate": _encode_scalar,
@@ -346,6 +404,9 @@ _ENCODERS: dict[str, _Encoder] = {
     "window_type": _enum_encoder(_WINDOW_TO_PROTO),
     "mode": _enum_encoder(_MODE_TO_PROTO),
     "codes": _encode_codes,
+    "concurrency_limit": _enum_encoder(_LIMIT_TO_PROTO),
+    "retry": _encode_retry,
+    "flag": _encode_scalar,
 }
 assert set(_DECODERS) == set(_ENCODERS) == KINDS, "every FieldSchema kind needs a codec"
 

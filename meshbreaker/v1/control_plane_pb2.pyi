@@ -60,6 +60,27 @@ WINDOW_TYPE_TIME: WindowType.ValueType  # 2
 """the last `window_size` seconds"""
 Global___WindowType: _TypeAlias = WindowType  # noqa: Y015
 
+class _ConcurrencyLimit:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConcurrencyLimitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConcurrencyLimit.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONCURRENCY_LIMIT_UNSPECIFIED: _ConcurrencyLimit.ValueType  # 0
+    CONCURRENCY_LIMIT_FIXED: _ConcurrencyLimit.ValueType  # 1
+    """max_concurrent_calls is the bulkhead (0 = none)"""
+    CONCURRENCY_LIMIT_ADAPTIVE: _ConcurrencyLimit.ValueType  # 2
+    """a gradient limit that follows latency, <= max_concurrent_calls"""
+
+class ConcurrencyLimit(_ConcurrencyLimit, metaclass=_ConcurrencyLimitEnumTypeWrapper): ...
+
+CONCURRENCY_LIMIT_UNSPECIFIED: ConcurrencyLimit.ValueType  # 0
+CONCURRENCY_LIMIT_FIXED: ConcurrencyLimit.ValueType  # 1
+"""max_concurrent_calls is the bulkhead (0 = none)"""
+CONCURRENCY_LIMIT_ADAPTIVE: ConcurrencyLimit.ValueType  # 2
+"""a gradient limit that follows latency, <= max_concurrent_calls"""
+Global___ConcurrencyLimit: _TypeAlias = ConcurrencyLimit  # noqa: Y015
+
 class _Mode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -222,6 +243,10 @@ class BreakerConfig(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     THROTTLE_K_FIELD_NUMBER: _builtins.int
     THROTTLE_WINDOW_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
+    RETRY_DISABLED_FIELD_NUMBER: _builtins.int
+    IDEMPOTENT_FIELD_NUMBER: _builtins.int
     failure_rate_threshold: _builtins.float
     """(0, 1]"""
     slow_call_rate_threshold: _builtins.float
@@ -252,6 +277,12 @@ class BreakerConfig(_message.Message):
     """UNSPECIFIED is refused when set"""
     throttle_k: _builtins.float
     """Adaptive throttling (SRE "Handling Overload"): >= 1 (2 is the usual value); 0 = off"""
+    concurrency_limit: Global___ConcurrencyLimit.ValueType
+    """UNSPECIFIED is refused when set"""
+    retry_disabled: _builtins.bool
+    """true = no retries (retry unset)"""
+    idempotent: _builtins.bool
+    """retried even after the request may have been sent"""
     @_builtins.property
     def slow_call_duration(self) -> _duration_pb2.Duration:
         """> 0"""
@@ -275,6 +306,10 @@ class BreakerConfig(_message.Message):
     @_builtins.property
     def throttle_window(self) -> _duration_pb2.Duration:
         """[1 s, 3600 s] of requests and accepts"""
+
+    @_builtins.property
+    def retry(self) -> Global___RetryPolicy:
+        """budgeted retries of the method's calls"""
 
     def __init__(
         self,
@@ -300,13 +335,19 @@ class BreakerConfig(_message.Message):
         mode: Global___Mode.ValueType | None = ...,
         throttle_k: _builtins.float | None = ...,
         throttle_window: _duration_pb2.Duration | None = ...,
+        concurrency_limit: Global___ConcurrencyLimit.ValueType | None = ...,
+        retry: Global___RetryPolicy | None = ...,
+        retry_disabled: _builtins.bool | None = ...,
+        idempotent: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_mode", b"_mode", "_open_jitter", b"_open_jitter", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_slow_calls_disabled", b"_slow_calls_disabled", "_throttle_k", b"_throttle_k", "_window_size", b"_window_size", "_window_type", b"_window_type", "backoff_multiplier", b"backoff_multiplier", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "mode", b"mode", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_calls_disabled", b"slow_calls_disabled", "throttle_k", b"throttle_k", "throttle_window", b"throttle_window", "window_size", b"window_size", "window_type", b"window_type"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_concurrency_limit", b"_concurrency_limit", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_idempotent", b"_idempotent", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_mode", b"_mode", "_open_jitter", b"_open_jitter", "_retry_disabled", b"_retry_disabled", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_slow_calls_disabled", b"_slow_calls_disabled", "_throttle_k", b"_throttle_k", "_window_size", b"_window_size", "_window_type", b"_window_type", "backoff_multiplier", b"backoff_multiplier", "concurrency_limit", b"concurrency_limit", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "idempotent", b"idempotent", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "mode", b"mode", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "retry", b"retry", "retry_disabled", b"retry_disabled", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_calls_disabled", b"slow_calls_disabled", "throttle_k", b"throttle_k", "throttle_window", b"throttle_window", "window_size", b"window_size", "window_type", b"window_type"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_mode", b"_mode", "_open_jitter", b"_open_jitter", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_slow_calls_disabled", b"_slow_calls_disabled", "_throttle_k", b"_throttle_k", "_window_size", b"_window_size", "_window_type", b"_window_type", "backoff_multiplier", b"backoff_multiplier", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "mode", b"mode", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_calls_disabled", b"slow_calls_disabled", "throttle_k", b"throttle_k", "throttle_window", b"throttle_window", "window_size", b"window_size", "window_type", b"window_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_concurrency_limit", b"_concurrency_limit", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_idempotent", b"_idempotent", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_mode", b"_mode", "_open_jitter", b"_open_jitter", "_retry_disabled", b"_retry_disabled", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_slow_calls_disabled", b"_slow_calls_disabled", "_throttle_k", b"_throttle_k", "_window_size", b"_window_size", "_window_type", b"_window_type", "backoff_multiplier", b"backoff_multiplier", "concurrency_limit", b"concurrency_limit", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "idempotent", b"idempotent", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "mode", b"mode", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "retry", b"retry", "retry_disabled", b"retry_disabled", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_calls_disabled", b"slow_calls_disabled", "throttle_k", b"throttle_k", "throttle_window", b"throttle_window", "window_size", b"window_size", "window_type", b"window_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__backoff_multiplier: _TypeAlias = _typing.Literal["backoff_multiplier"]  # noqa: Y015
     _WhichOneofArgType__backoff_multiplier: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier"]  # noqa: Y015
+    _WhichOneofReturnType__concurrency_limit: _TypeAlias = _typing.Literal["concurrency_limit"]  # noqa: Y015
+    _WhichOneofArgType__concurrency_limit: _TypeAlias = _typing.Literal["_concurrency_limit", b"_concurrency_limit"]  # noqa: Y015
     _WhichOneofReturnType__consecutive_failures: _TypeAlias = _typing.Literal["consecutive_failures"]  # noqa: Y015
     _WhichOneofArgType__consecutive_failures: _TypeAlias = _typing.Literal["_consecutive_failures", b"_consecutive_failures"]  # noqa: Y015
     _WhichOneofReturnType__failure_rate_threshold: _TypeAlias = _typing.Literal["failure_rate_threshold"]  # noqa: Y015
@@ -315,6 +356,8 @@ class BreakerConfig(_message.Message):
     _WhichOneofArgType__half_open_max_calls: _TypeAlias = _typing.Literal["_half_open_max_calls", b"_half_open_max_calls"]  # noqa: Y015
     _WhichOneofReturnType__half_open_success_threshold: _TypeAlias = _typing.Literal["half_open_success_threshold"]  # noqa: Y015
     _WhichOneofArgType__half_open_success_threshold: _TypeAlias = _typing.Literal["_half_open_success_threshold", b"_half_open_success_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__idempotent: _TypeAlias = _typing.Literal["idempotent"]  # noqa: Y015
+    _WhichOneofArgType__idempotent: _TypeAlias = _typing.Literal["_idempotent", b"_idempotent"]  # noqa: Y015
     _WhichOneofReturnType__max_concurrent_calls: _TypeAlias = _typing.Literal["max_concurrent_calls"]  # noqa: Y015
     _WhichOneofArgType__max_concurrent_calls: _TypeAlias = _typing.Literal["_max_concurrent_calls", b"_max_concurrent_calls"]  # noqa: Y015
     _WhichOneofReturnType__minimum_calls: _TypeAlias = _typing.Literal["minimum_calls"]  # noqa: Y015
@@ -323,6 +366,8 @@ class BreakerConfig(_message.Message):
     _WhichOneofArgType__mode: _TypeAlias = _typing.Literal["_mode", b"_mode"]  # noqa: Y015
     _WhichOneofReturnType__open_jitter: _TypeAlias = _typing.Literal["open_jitter"]  # noqa: Y015
     _WhichOneofArgType__open_jitter: _TypeAlias = _typing.Literal["_open_jitter", b"_open_jitter"]  # noqa: Y015
+    _WhichOneofReturnType__retry_disabled: _TypeAlias = _typing.Literal["retry_disabled"]  # noqa: Y015
+    _WhichOneofArgType__retry_disabled: _TypeAlias = _typing.Literal["_retry_disabled", b"_retry_disabled"]  # noqa: Y015
     _WhichOneofReturnType__slow_call_rate_threshold: _TypeAlias = _typing.Literal["slow_call_rate_threshold"]  # noqa: Y015
     _WhichOneofArgType__slow_call_rate_threshold: _TypeAlias = _typing.Literal["_slow_call_rate_threshold", b"_slow_call_rate_threshold"]  # noqa: Y015
     _WhichOneofReturnType__slow_calls_disabled: _TypeAlias = _typing.Literal["slow_calls_disabled"]  # noqa: Y015
@@ -336,6 +381,8 @@ class BreakerConfig(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__backoff_multiplier) -> _WhichOneofReturnType__backoff_multiplier | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__concurrency_limit) -> _WhichOneofReturnType__concurrency_limit | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__consecutive_failures) -> _WhichOneofReturnType__consecutive_failures | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__failure_rate_threshold) -> _WhichOneofReturnType__failure_rate_threshold | None: ...
@@ -344,6 +391,8 @@ class BreakerConfig(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__half_open_success_threshold) -> _WhichOneofReturnType__half_open_success_threshold | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__idempotent) -> _WhichOneofReturnType__idempotent | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrent_calls) -> _WhichOneofReturnType__max_concurrent_calls | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__minimum_calls) -> _WhichOneofReturnType__minimum_calls | None: ...
@@ -351,6 +400,8 @@ class BreakerConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mode) -> _WhichOneofReturnType__mode | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__open_jitter) -> _WhichOneofReturnType__open_jitter | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retry_disabled) -> _WhichOneofReturnType__retry_disabled | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__slow_call_rate_threshold) -> _WhichOneofReturnType__slow_call_rate_threshold | None: ...
     @_typing.overload
@@ -363,6 +414,79 @@ class BreakerConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__window_type) -> _WhichOneofReturnType__window_type | None: ...
 
 Global___BreakerConfig: _TypeAlias = BreakerConfig  # noqa: Y015
+
+@_typing.final
+class RetryPolicy(_message.Message):
+    """Budgeted retries (gRFC A6 backoff and pushback, Finagle's retry budget). Unset fields take the
+    library's defaults.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    INITIAL_BACKOFF_FIELD_NUMBER: _builtins.int
+    MAX_BACKOFF_FIELD_NUMBER: _builtins.int
+    MULTIPLIER_FIELD_NUMBER: _builtins.int
+    RETRYABLE_CODES_FIELD_NUMBER: _builtins.int
+    BUDGET_RATIO_FIELD_NUMBER: _builtins.int
+    BUDGET_MIN_PER_SECOND_FIELD_NUMBER: _builtins.int
+    BUDGET_TTL_FIELD_NUMBER: _builtins.int
+    max_attempts: _builtins.int
+    """[1, 10], the first attempt included"""
+    multiplier: _builtins.float
+    """>= 1"""
+    budget_ratio: _builtins.float
+    """retries per request, >= 0"""
+    budget_min_per_second: _builtins.int
+    """>= 0"""
+    @_builtins.property
+    def initial_backoff(self) -> _duration_pb2.Duration:
+        """> 0"""
+
+    @_builtins.property
+    def max_backoff(self) -> _duration_pb2.Duration:
+        """>= initial_backoff"""
+
+    @_builtins.property
+    def retryable_codes(self) -> Global___CodeList: ...
+    @_builtins.property
+    def budget_ttl(self) -> _duration_pb2.Duration:
+        """[1 s, 60 s]"""
+
+    def __init__(
+        self,
+        *,
+        max_attempts: _builtins.int | None = ...,
+        initial_backoff: _duration_pb2.Duration | None = ...,
+        max_backoff: _duration_pb2.Duration | None = ...,
+        multiplier: _builtins.float | None = ...,
+        retryable_codes: Global___CodeList | None = ...,
+        budget_ratio: _builtins.float | None = ...,
+        budget_min_per_second: _builtins.int | None = ...,
+        budget_ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_budget_min_per_second", b"_budget_min_per_second", "_budget_ratio", b"_budget_ratio", "_max_attempts", b"_max_attempts", "_multiplier", b"_multiplier", "budget_min_per_second", b"budget_min_per_second", "budget_ratio", b"budget_ratio", "budget_ttl", b"budget_ttl", "initial_backoff", b"initial_backoff", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff", "multiplier", b"multiplier", "retryable_codes", b"retryable_codes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget_min_per_second", b"_budget_min_per_second", "_budget_ratio", b"_budget_ratio", "_max_attempts", b"_max_attempts", "_multiplier", b"_multiplier", "budget_min_per_second", b"budget_min_per_second", "budget_ratio", b"budget_ratio", "budget_ttl", b"budget_ttl", "initial_backoff", b"initial_backoff", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff", "multiplier", b"multiplier", "retryable_codes", b"retryable_codes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__budget_min_per_second: _TypeAlias = _typing.Literal["budget_min_per_second"]  # noqa: Y015
+    _WhichOneofArgType__budget_min_per_second: _TypeAlias = _typing.Literal["_budget_min_per_second", b"_budget_min_per_second"]  # noqa: Y015
+    _WhichOneofReturnType__budget_ratio: _TypeAlias = _typing.Literal["budget_ratio"]  # noqa: Y015
+    _WhichOneofArgType__budget_ratio: _TypeAlias = _typing.Literal["_budget_ratio", b"_budget_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__max_attempts: _TypeAlias = _typing.Literal["max_attempts"]  # noqa: Y015
+    _WhichOneofArgType__max_attempts: _TypeAlias = _typing.Literal["_max_attempts", b"_max_attempts"]  # noqa: Y015
+    _WhichOneofReturnType__multiplier: _TypeAlias = _typing.Literal["multiplier"]  # noqa: Y015
+    _WhichOneofArgType__multiplier: _TypeAlias = _typing.Literal["_multiplier", b"_multiplier"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__budget_min_per_second) -> _WhichOneofReturnType__budget_min_per_second | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__budget_ratio) -> _WhichOneofReturnType__budget_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_attempts) -> _WhichOneofReturnType__max_attempts | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__multiplier) -> _WhichOneofReturnType__multiplier | None: ...
+
+Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
 
 @_typing.final
 class Policy(_message.Message):

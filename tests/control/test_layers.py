@@ -9,9 +9,10 @@ import pytest
 
 from meshbreaker.cli.parser import build_parser
 from meshbreaker.cli.policy_json import config_message_from
-from meshbreaker.config import SCHEMA, BreakerConfig, Mode, State, WindowType
+from meshbreaker.config import SCHEMA, BreakerConfig, ConcurrencyLimit, Mode, State, WindowType
 from meshbreaker.control import convert, layers
 from meshbreaker.errors import ConfigError
+from meshbreaker.retry import RetryPolicy
 from meshbreaker.v1 import control_plane_pb2 as pb
 
 METHOD = "/bank.v1.AccountService/GetBalance"
@@ -129,6 +130,12 @@ EXAMPLE_VALUES: dict[str, tuple[Any, ...]] = {
     "window_type": (WindowType.COUNT,),
     "mode": (Mode.SHADOW,),
     "codes": (frozenset({"INTERNAL", "UNAVAILABLE"}),),
+    "concurrency_limit": (ConcurrencyLimit.ADAPTIVE, ConcurrencyLimit.FIXED),
+    "retry": (
+        RetryPolicy(max_attempts=4, retryable_codes=frozenset({"UNAVAILABLE", "ABORTED"})),
+        None,
+    ),
+    "flag": (True, False),
 }
 
 
