@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from meshbreaker.config import BreakerConfig
+if TYPE_CHECKING:  # config imports retry, which imports grow from here
+    from meshbreaker.config import BreakerConfig
 
 # 2**64 times any start is past every cap anyone sets; bounding the exponent keeps a days-long
 # outage from overflowing the float.

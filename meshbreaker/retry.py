@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
+from meshbreaker._backoff import grow
 from meshbreaker._names import GRPC_CODE_NAMES
 from meshbreaker.errors import ConfigError
 
@@ -120,8 +121,7 @@ class RetryPolicy:
 
     def backoff_ceiling(self, retry: int) -> float:
         """The longest wait before retry number `retry` (1 = the first retry)."""
-        exponent = min(retry - 1, 64)  # far past any cap, and no float overflow
-        return min(self.max_backoff, self.initial_backoff * self.multiplier**exponent)
+        return grow(self.initial_backoff, self.multiplier, self.max_backoff, retry - 1)
 
 
 def _parse_field(name: str, raw: str) -> Any:

@@ -21,14 +21,17 @@ ENGINE = [
     "meshbreaker._quick",
     "meshbreaker._backoff",
     "meshbreaker.breaker",
+    "meshbreaker.concurrency",
     "meshbreaker.config",
     "meshbreaker.decorate",
     "meshbreaker.errors",
     "meshbreaker.events",
     "meshbreaker.histogram",
     "meshbreaker.registry",
+    "meshbreaker.retry",
     "meshbreaker.snapshot",
     "meshbreaker.testing",
+    "meshbreaker.throttle",
     "meshbreaker.window",
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -12,6 +13,7 @@ from grpc.aio import AioRpcError
 
 from meshbreaker._adapter.fallback import Fallback
 from meshbreaker._adapter.guard import Guard, release
+from meshbreaker._adapter.retrying import next_delay, remaining, retry_run
 from meshbreaker.aio._calls import (
     CallTracker,
     FallbackOnFailureCall,
@@ -22,6 +24,7 @@ from meshbreaker.aio._calls import (
 )
 from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.registry import BreakerRegistry
+from meshbreaker.retry import RetryRun
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,11 @@ class AioBreakerInterceptor:
 
 # Plain functions taking self: each per-kind class below aliases one, with no wrapper frame.
 async def _guard_unary(
-    self: AioBreakerInterceptor, continuation: Any, client_call_details: Any, request: Any
+    self: AioBreakerInterceptor,
+    continuation: Any,
+    client_call_details: Any,
+    request: Any,
+    replayable: bool = True,
 ) -> Any:
     """Guard a unary-response call: the call (maybe fallback-wrapped), or its rejection."""
     guard = self._guard
@@ -48,6 +55,10 @@ async def _guard_unary(
         method = client_call_details.method
         info = guard.methods.get(method) or guard.method_info(method)
         breaker = guard.registry.get(info.name)
+        if replayable and breaker.config.retry is not None:
+            run = retry_run(breaker, client_call_details.timeout)
+            if run is not None:
+                return await _retrying(guard, continuation, client_call_details, request, run)
         permit = breaker.acquire()
     except CallNotPermittedError as error:
         return await _not_admitted(continuation, client_call_details, request, error, info.fallback)
@@ -72,6 +83,60 @@ async def _guard_unary(
         logger.exception("meshbreaker: tracking %s failed", client_call_details.method)
         release(permit)
     return call
+
+
+async def _guard_stream_unary(
+    self: AioBreakerInterceptor, continuation: Any, client_call_details: Any, request: Any
+) -> Any:
+    """Guard a stream-unary call; never retried (its request stream cannot be replayed)."""
+    return await _guard_unary(self, continuation, client_call_details, request, False)
+
+
+async def _retrying(
+    guard: Guard, continuation: Any, details: Any, request: Any, run: RetryRun
+) -> Any:
+    """A unary call retried by its method's RetryPolicy, each attempt guarded and awaited."""
+    info = guard.methods.get(details.method) or guard.method_info(details.method)
+    breaker = guard.registry.get(info.name)
+    while True:
+        try:
+            permit = breaker.acquire()
+        except CallNotPermittedError as error:  # never retried
+            return await _not_admitted(continuation, details, request, error, info.fallback)
+        try:
+            call = await continuation(details, request)
+            code = await call.code()
+        except AioRpcError as error:
+            code = error.code()
+            delay = next_delay(
+                run, code, error.details(), error.initial_metadata(), error.trailing_metadata()
+            )
+            guard.record(permit, breaker, code)
+            if delay is None:
+                raise
+        except BaseException:
+            release(permit)
+            raise
+        else:
+            delay = None
+            if code is not grpc.StatusCode.OK:
+                delay = next_delay(
+                    run,
+                    code,
+                    await call.details(),
+                    await call.initial_metadata(),
+                    await call.trailing_metadata(),
+                )
+            if delay is None:
+                guard.record(permit, breaker, code)
+                if info.fallback is not None and guard.fallback_on_failure:
+                    return FallbackOnFailureCall(call, request, info.fallback, guard, breaker)
+                return call
+            guard.record(permit, breaker, code)
+        await asyncio.sleep(delay)
+        timeout = remaining(run)
+        if timeout is not None:
+            details = details._replace(timeout=timeout)
 
 
 async def _guard_stream(
@@ -142,7 +207,7 @@ class UnaryStreamBreakerInterceptor(AioBreakerInterceptor, grpc.aio.UnaryStreamC
 class StreamUnaryBreakerInterceptor(AioBreakerInterceptor, grpc.aio.StreamUnaryClientInterceptor):
     """Guards stream-unary calls on a grpc.aio channel."""
 
-    intercept_stream_unary = _guard_unary  # type: ignore[assignment]
+    intercept_stream_unary = _guard_stream_unary  # type: ignore[assignment]
 
 
 class StreamStreamBreakerInterceptor(AioBreakerInterceptor, grpc.aio.StreamStreamClientInterceptor):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
 
 from meshbreaker._adapter.fallback import Fallback
-from meshbreaker._adapter.guard import Guard, release
+from meshbreaker._adapter.guard import Guard, MethodInfo, release
+from meshbreaker._adapter.retrying import next_delay, remaining, retry_run
 from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.grpc._calls import (
     CallTracker,
@@ -18,6 +21,7 @@ from meshbreaker.grpc._calls import (
     rejection,
 )
 from meshbreaker.registry import BreakerRegistry
+from meshbreaker.retry import RetryRun
 
 logger = logging.getLogger(__name__)
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -62,13 +66,19 @@ class BreakerInterceptor(
         """The registry holding this interceptor's breakers."""
         return self._guard.registry
 
-    def _unary(self, continuation: Continuation, details: Any, request: Any) -> Any:
+    def _unary(
+        self, continuation: Continuation, details: Any, request: Any, replayable: bool = True
+    ) -> Any:
         """Guard a unary-response call: the call (maybe fallback-wrapped), or its rejection."""
         guard = self._guard
         try:
             method = details.method
             info = guard.methods.get(method) or guard.method_info(method)
             breaker = guard.registry.get(info.name)
+            if replayable and breaker.config.retry is not None:
+                run = retry_run(breaker, details.timeout)
+                if run is not None:
+                    return self._retrying(continuation, details, request, info, breaker, run)
             permit = breaker.acquire()
         except CallNotPermittedError as error:
             return _not_admitted(continuation, details, request, error, info.fallback)
@@ -79,6 +89,13 @@ class BreakerInterceptor(
         except BaseException:
             release(permit)
             raise
+        return self._tracked(call, request, info, breaker, permit, details)
+
+    def _tracked(
+        self, call: Any, request: Any, info: MethodInfo, breaker: Any, permit: Any, details: Any
+    ) -> Any:
+        """A unary-response call tracked to its end (recorded at once when already over)."""
+        guard = self._guard
         try:
             if call.done():  # the blocking path: grpc hands over a finished call
                 code = call.code()
@@ -92,6 +109,45 @@ class BreakerInterceptor(
             logger.exception("meshbreaker: tracking %s failed", details.method)
             release(permit)
         return call
+
+    def _retrying(
+        self,
+        continuation: Continuation,
+        details: Any,
+        request: Any,
+        info: MethodInfo,
+        breaker: Any,
+        run: RetryRun,
+    ) -> Any:
+        """A blocking unary call retried by its method's RetryPolicy, each attempt guarded.
+
+        A future (`.future()`) is returned after its first attempt: retrying it would need a
+        timer thread per call; blocking calls and `.with_call()` are retried here, in the
+        caller's thread.
+        """
+        while True:
+            try:
+                permit = breaker.acquire()
+            except CallNotPermittedError as error:  # never retried
+                return _not_admitted(continuation, details, request, error, info.fallback)
+            try:
+                call = continuation(details, request)
+            except BaseException:
+                release(permit)
+                raise
+            if not call.done():
+                return self._tracked(call, request, info, breaker, permit, details)
+            code = call.code()
+            delay = None
+            if code is not grpc.StatusCode.OK:
+                delay = next_delay(
+                    run, code, call.details(), call.initial_metadata(), call.trailing_metadata()
+                )
+            if delay is None:
+                return self._tracked(call, request, info, breaker, permit, details)
+            self._guard.record(permit, breaker, code)
+            time.sleep(delay)
+            details = _with_timeout(details, remaining(run))
 
     def _stream(self, continuation: Continuation, details: Any, request: Any) -> Any:
         """Guard a response-stream call: the call tracked to its end, or its rejection."""
@@ -120,9 +176,38 @@ class BreakerInterceptor(
 
     # Aliases, not wrappers: one Python frame less on every call.
     intercept_unary_unary = _unary  # type: ignore[assignment]
-    intercept_stream_unary = _unary  # type: ignore[assignment]
+
+    def intercept_stream_unary(
+        self, continuation: Continuation, details: Any, request_iterator: Any
+    ) -> Any:
+        """Guard a stream-unary call; never retried (its request stream cannot be replayed)."""
+        return self._unary(continuation, details, request_iterator, False)
+
     intercept_unary_stream = _stream  # type: ignore[assignment]
     intercept_stream_stream = _stream  # type: ignore[assignment]
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    """A retry's call details: the caller's, with what is left of the deadline."""
+
+
+def _with_timeout(details: Any, timeout: float | None) -> Any:
+    if timeout is None:
+        return details
+    return _CallDetails(
+        details.method,
+        timeout,
+        details.metadata,
+        details.credentials,
+        getattr(details, "wait_for_ready", None),
+        getattr(details, "compression", None),
+    )
 
 
 def _not_admitted(

@@ -47,10 +47,13 @@ class SyncDriver:
         self._server = server
         self._channels: list[grpc.Channel] = []
 
-    def connect(self, registry: BreakerRegistry, **options: Any) -> None:
+    def connect(
+        self, registry: BreakerRegistry, *, target: str | None = None, **options: Any
+    ) -> None:
         """Guard the driver's calls with `registry` and the interceptor `options`."""
         channel = grpc.intercept_channel(
-            grpc.insecure_channel(self._server.target), BreakerInterceptor(registry, **options)
+            grpc.insecure_channel(target or self._server.target),
+            BreakerInterceptor(registry, **options),
         )
         self._channels.append(channel)
         self._channel = channel
@@ -59,10 +62,12 @@ class SyncDriver:
         for channel in self._channels:
             channel.close()
 
-    async def unary(self, request: bytes, method: str = UNARY) -> Seen:
+    async def unary(
+        self, request: bytes, method: str = UNARY, timeout: float | None = None
+    ) -> Seen:
         multi: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(method)
         try:
-            value, call = multi.with_call(request)
+            value, call = multi.with_call(request, timeout=timeout)
         except grpc.RpcError as error:
             return self._error(error)
         return Seen(
@@ -134,10 +139,12 @@ class AioDriver:
         self._server = server
         self._channels: list[grpc.aio.Channel] = []
 
-    def connect(self, registry: BreakerRegistry, **options: Any) -> None:
+    def connect(
+        self, registry: BreakerRegistry, *, target: str | None = None, **options: Any
+    ) -> None:
         """Guard the driver's calls with `registry` and the interceptor `options`."""
         channel = grpc.aio.insecure_channel(
-            self._server.target, interceptors=breaker_interceptors(registry, **options)
+            target or self._server.target, interceptors=breaker_interceptors(registry, **options)
         )
         self._channels.append(channel)
         self._channel = channel
@@ -146,9 +153,11 @@ class AioDriver:
         for channel in self._channels:
             await channel.close()
 
-    async def unary(self, request: bytes, method: str = UNARY) -> Seen:
+    async def unary(
+        self, request: bytes, method: str = UNARY, timeout: float | None = None
+    ) -> Seen:
         multi: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(method)
-        return await self._unary_response(multi(request))
+        return await self._unary_response(multi(request, timeout=timeout))
 
     async def client_stream(self, requests: list[bytes]) -> Seen:
         multi: grpc.aio.StreamUnaryMultiCallable[bytes, bytes] = self._channel.stream_unary(

@@ -44,7 +44,9 @@ class BytesServer:
 
     b"fail:CODE" aborts with CODE, b"block" waits for `release`, b"deadline" waits for the RPC
     to end, b"n:K" streams K messages, b"fail-after:K:CODE" streams K then aborts, b"forever"
-    streams until cancelled; anything else is echoed. With a FakeClock, b"tick" advances it by
+    streams until cancelled; b"flaky:K:CODE" aborts with CODE the first K times it is sent, then
+    echoes; b"pushback:MS" aborts UNAVAILABLE with grpc-retry-pushback-ms MS (b"flaky:K:CODE:MS"
+    adds that to each abort); anything else is echoed. With a FakeClock, b"tick" advances it by
     `tick` seconds before answering, b"tick-first" streams after advancing it, and b"long-lived"
     streams one message, waits for `release`, advances it, then streams two more.
     """
@@ -57,6 +59,7 @@ class BytesServer:
         self.release = threading.Event()
         self.entered = threading.Semaphore(0)
         self.time_remaining: list[float | None] = []
+        self.seen: collections.Counter[bytes] = collections.Counter()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=48))
         handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
             "Unary": grpc.unary_unary_rpc_method_handler(functools.partial(self._unary, UNARY)),
@@ -98,6 +101,19 @@ class BytesServer:
         self.entered.release()
 
     def _answer(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        if request.startswith(b"flaky:"):
+            _, times, code, *pushback = request.decode().split(":")
+            with self.lock:
+                self.seen[request] += 1
+                seen = self.seen[request]
+            if seen <= int(times):
+                if pushback:
+                    context.set_trailing_metadata((("grpc-retry-pushback-ms", pushback[0]),))
+                context.abort(grpc.StatusCode[code], f"boom {code}")
+            return request
+        if request.startswith(b"pushback:"):
+            context.set_trailing_metadata((("grpc-retry-pushback-ms", request[9:].decode()),))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "boom UNAVAILABLE")
         if request.startswith(b"fail:"):
             context.set_trailing_metadata((TRAILER,))
             context.abort(grpc.StatusCode[request[5:].decode()], f"boom {request[5:].decode()}")

@@ -1,0 +1,157 @@
+"""Budgeted retries through the sync and aio interceptors, against a real server (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+import socket
+
+import grpc
+import pytest
+
+from meshbreaker import BreakerConfig, BreakerRegistry, CallNotPermittedError, ThrottledError
+from meshbreaker.retry import RetryPolicy
+from meshbreaker.testing import FakeClock
+from tests.contract.drivers import Driver
+from tests.grpc.bytes_server import CLIENT_STREAM, CONFIG, UNARY, BytesServer
+
+# Backoffs of a millisecond at most: the tests wait for nothing but the server.
+FAST = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
+PATIENT = CONFIG.replace(consecutive_failures=0)  # never trips unless a test asks
+
+
+def retrying(clock: FakeClock, policy: RetryPolicy = FAST, **fields: object) -> BreakerRegistry:
+    config = PATIENT.replace(retry=policy, idempotent=True).replace(**fields)
+    return BreakerRegistry(config, clock=clock)
+
+
+async def test_an_idempotent_call_is_retried_until_it_succeeds(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    registry = retrying(clock)
+    driver.connect(registry)
+    seen = await driver.unary(b"flaky:2:UNAVAILABLE")
+    assert (seen.value, seen.code) == (b"flaky:2:UNAVAILABLE", grpc.StatusCode.OK)
+    assert server.count(UNARY) == 3
+    snapshot = registry.get(UNARY).snapshot()
+    assert (snapshot.failed, snapshot.successful) == (2, 1)  # every attempt went through it
+
+
+async def test_the_last_failure_is_what_the_caller_gets(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    driver.connect(retrying(clock))
+    seen = await driver.unary(b"flaky:9:UNAVAILABLE")
+    assert (seen.code, seen.details) == (grpc.StatusCode.UNAVAILABLE, "boom UNAVAILABLE")
+    assert server.count(UNARY) == 3  # max_attempts
+
+
+async def test_only_retryable_codes_are_retried(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    driver.connect(retrying(clock))
+    seen = await driver.unary(b"flaky:1:INTERNAL")
+    assert seen.code is grpc.StatusCode.INTERNAL and server.count(UNARY) == 1
+
+
+async def test_a_call_that_reached_the_server_is_not_retried_unless_idempotent(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    driver.connect(retrying(clock, idempotent=False))
+    seen = await driver.unary(b"flaky:1:UNAVAILABLE")
+    assert seen.code is grpc.StatusCode.UNAVAILABLE and server.count(UNARY) == 1
+
+
+async def test_a_call_that_never_left_is_retried_even_if_not_idempotent(
+    driver: Driver, clock: FakeClock
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    registry = retrying(clock, idempotent=False)
+    driver.connect(registry, target=closed)
+    seen = await driver.unary(b"hello", timeout=10)
+    assert seen.code is grpc.StatusCode.UNAVAILABLE
+    assert registry.get(UNARY).snapshot().failed == 3  # three attempts, none reached a server
+
+
+@pytest.mark.parametrize(("pushback", "attempts"), [("0", 3), ("-1", 1), ("soon", 1)])
+async def test_pushback_is_honoured(
+    driver: Driver, clock: FakeClock, server: BytesServer, pushback: str, attempts: int
+) -> None:
+    driver.connect(retrying(clock))
+    seen = await driver.unary(b"pushback:" + pushback.encode())
+    assert seen.code is grpc.StatusCode.UNAVAILABLE and server.count(UNARY) == attempts
+
+
+async def test_a_pushback_past_the_deadline_ends_the_call(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    driver.connect(retrying(clock))
+    seen = await driver.unary(b"pushback:60000", timeout=5)
+    assert seen.code is grpc.StatusCode.UNAVAILABLE and server.count(UNARY) == 1
+
+
+async def test_attempts_share_the_callers_deadline(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    driver.connect(retrying(clock))
+    # Pushback 150 ms. The timeout is small because grpc core sends large ones rounded up
+    # coarsely (19.8 s left arrives as 20 s), which would hide what is measured here.
+    seen = await driver.unary(b"flaky:1:UNAVAILABLE:150", timeout=3)
+    assert seen.code is grpc.StatusCode.OK
+    first, second = server.time_remaining
+    assert first is not None and second is not None
+    assert second < first - 0.1  # the retry got what was left, not a fresh 3 s
+
+
+async def test_a_rejected_attempt_is_never_retried(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    policy = RetryPolicy(max_attempts=5, initial_backoff=0.001, max_backoff=0.001)
+    registry = retrying(clock, policy, consecutive_failures=2)
+    driver.connect(registry)
+    seen = await driver.unary(b"flaky:9:UNAVAILABLE")
+    assert isinstance(seen.error, CallNotPermittedError)  # the third attempt met an open breaker
+    assert server.count(UNARY) == 2
+
+
+async def test_a_throttled_attempt_is_never_retried(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    config = PATIENT.replace(retry=FAST, idempotent=True, throttle_k=1.0, minimum_calls=1000)
+    driver.connect(BreakerRegistry(config, clock=clock, rng=lambda: 0.0))
+    seen = await driver.unary(b"flaky:9:UNAVAILABLE")
+    assert isinstance(seen.error, ThrottledError)  # p = 1/2 after the first failure
+    assert server.count(UNARY) == 1
+
+
+async def test_the_budget_bounds_retries_across_calls(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    policy = RetryPolicy(
+        max_attempts=3,
+        initial_backoff=0.001,
+        max_backoff=0.001,
+        budget_ratio=0.0,
+        budget_min_per_second=1,
+        budget_ttl=1.0,
+    )  # one retry in all
+    driver.connect(retrying(clock, policy))
+    for _ in range(3):
+        await driver.unary(b"flaky:9:UNAVAILABLE")
+    assert server.count(UNARY) == 4
+
+
+async def test_request_streams_are_never_retried(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    driver.connect(retrying(clock))
+    seen = await driver.client_stream([b"fail:UNAVAILABLE"])
+    assert seen.code is grpc.StatusCode.UNAVAILABLE and server.count(CLIENT_STREAM) == 1
+
+
+async def test_no_retry_policy_means_one_attempt(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    driver.connect(BreakerRegistry(BreakerConfig(idempotent=True), clock=clock))
+    await driver.unary(b"flaky:1:UNAVAILABLE")
+    assert server.count(UNARY) == 1
