@@ -7,7 +7,7 @@ import importlib
 import sys
 import time
 
-SUITES = ("engine", "grpc_overhead", "control_plane")
+SUITES = ("engine", "grpc_overhead", "control_plane", "overload", "adaptive_breaker")
 
 
 def main() -> int:

@@ -55,7 +55,7 @@ async def _guard_unary(
         method = client_call_details.method
         info = guard.methods.get(method) or guard.method_info(method)
         breaker = guard.registry.get(info.name)
-        if replayable and breaker.config.retry is not None:
+        if replayable and breaker.retry_budget is not None:
             run = retry_run(breaker, client_call_details.timeout)
             if run is not None:
                 return await _retrying(guard, continuation, client_call_details, request, run)

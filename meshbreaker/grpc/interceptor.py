@@ -75,7 +75,7 @@ class BreakerInterceptor(
             method = details.method
             info = guard.methods.get(method) or guard.method_info(method)
             breaker = guard.registry.get(info.name)
-            if replayable and breaker.config.retry is not None:
+            if replayable and breaker.retry_budget is not None:
                 run = retry_run(breaker, details.timeout)
                 if run is not None:
                     return self._retrying(continuation, details, request, info, breaker, run)

@@ -48,11 +48,11 @@ class SyncDriver:
         self._channels: list[grpc.Channel] = []
 
     def connect(
-        self, registry: BreakerRegistry, *, target: str | None = None, **options: Any
+        self, registry: BreakerRegistry, *, address: str | None = None, **options: Any
     ) -> None:
         """Guard the driver's calls with `registry` and the interceptor `options`."""
         channel = grpc.intercept_channel(
-            grpc.insecure_channel(target or self._server.target),
+            grpc.insecure_channel(address or self._server.target),
             BreakerInterceptor(registry, **options),
         )
         self._channels.append(channel)
@@ -140,11 +140,11 @@ class AioDriver:
         self._channels: list[grpc.aio.Channel] = []
 
     def connect(
-        self, registry: BreakerRegistry, *, target: str | None = None, **options: Any
+        self, registry: BreakerRegistry, *, address: str | None = None, **options: Any
     ) -> None:
         """Guard the driver's calls with `registry` and the interceptor `options`."""
         channel = grpc.aio.insecure_channel(
-            target or self._server.target, interceptors=breaker_interceptors(registry, **options)
+            address or self._server.target, interceptors=breaker_interceptors(registry, **options)
         )
         self._channels.append(channel)
         self._channel = channel

@@ -67,7 +67,7 @@ async def test_a_call_that_never_left_is_retried_even_if_not_idempotent(
         probe.bind(("127.0.0.1", 0))
         closed = f"127.0.0.1:{probe.getsockname()[1]}"
     registry = retrying(clock, idempotent=False)
-    driver.connect(registry, target=closed)
+    driver.connect(registry, address=closed)
     seen = await driver.unary(b"hello", timeout=10)
     assert seen.code is grpc.StatusCode.UNAVAILABLE
     assert registry.get(UNARY).snapshot().failed == 3  # three attempts, none reached a server

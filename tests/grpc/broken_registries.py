@@ -38,6 +38,7 @@ class BrokenBreaker:
     name = "broken"
     config = CONFIG
     state = State.CLOSED
+    retry_budget = None
 
     def acquire(self) -> BrokenPermit:
         return BrokenPermit()
@@ -58,6 +59,7 @@ class UnclassifiableBreaker:
 
     name = "broken"
     state = State.CLOSED
+    retry_budget = None  # no retries: the call goes the plain way
 
     @property
     def config(self) -> BreakerConfig:

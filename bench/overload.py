@@ -1,0 +1,250 @@
+"""Overload control, measured side by side: retry amplification, and goodput under overload.
+
+A real gRPC server on loopback simulates a backend with `CAPACITY` workers: a call that finds n
+calls in flight takes BASE_LATENCY * max(1, n / CAPACITY) (it queues) and fails with
+RESOURCE_EXHAUSTED with probability clamp((n - 2 * CAPACITY) / (2 * CAPACITY), 0, 0.95) (the
+queue overflows). Closed-loop clients (threads) call it through meshbreaker's interceptor, each
+thinking THINK seconds between calls, whatever the answer.
+
+Goodput (successful calls per second) is compared for: no limit; a fixed bulkhead
+(max_concurrent_calls) swept to find the best one in hindsight; the adaptive limit; adaptive
+throttling. Retry amplification (attempts the server saw / calls the clients made) is measured
+with a retry policy with and without its budget, while half of all attempts fail, and while all do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from bench._harness import table, write_json
+from meshbreaker import BreakerConfig, BreakerRegistry, CallNotPermittedError
+from meshbreaker.grpc import BreakerInterceptor
+from meshbreaker.retry import RetryPolicy
+
+CAPACITY = 8
+BASE_LATENCY = 0.05
+THINK = 0.05
+CLIENTS = 32
+METHOD = "/bench.Backend/Work"
+# The breaker itself never trips here: what is measured is the overload controls alone.
+QUIET = BreakerConfig(consecutive_failures=0, failure_rate_threshold=1.0, minimum_calls=10**6)
+
+
+class Backend:
+    """The simulated backend: latency and errors grow with the calls in flight."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.attempts = 0
+        self.fail_ratio = 0.0  # an outage: this share of attempts fails whatever the load
+        self.rng = random.Random(7)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=256))
+        handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(
+            self._work
+        )
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("bench.Backend", {"Work": handler}),)
+        )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def _work(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        with self.lock:
+            self.in_flight += 1
+            self.attempts += 1
+            load = self.in_flight
+            draw = self.rng.random()
+        try:
+            if draw < self.fail_ratio:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "outage")
+            time.sleep(BASE_LATENCY * max(1.0, load / CAPACITY))
+            overflow = min(0.95, max(0.0, (load - 2 * CAPACITY) / (2 * CAPACITY)))
+            if draw < overflow:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded")
+            return request
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def stop(self) -> None:
+        self.server.stop(None)
+
+
+def drive(
+    backend: Backend, config: BreakerConfig, seconds: float, clients: int, warmup: float
+) -> dict[str, Any]:
+    """Run `clients` closed-loop clients for `warmup` + `seconds`; what they saw in `seconds`.
+
+    The warm-up uses the same registry, so limits and budgets have learned when counting starts.
+    """
+    registry = BreakerRegistry(config)
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(f"127.0.0.1:{backend.port}"), BreakerInterceptor(registry)
+    )
+    call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(METHOD)
+    stop, measuring = threading.Event(), threading.Event()
+    counts = {"calls": 0, "ok": 0, "refused": 0, "failed": 0}
+    lock = threading.Lock()
+
+    def client() -> None:
+        mine = {"calls": 0, "ok": 0, "refused": 0, "failed": 0}
+        while not stop.is_set():
+            counted = measuring.is_set()
+            try:
+                call(b"x", timeout=5)
+                outcome = "ok"
+            except grpc.RpcError as error:
+                outcome = "refused" if isinstance(error, CallNotPermittedError) else "failed"
+            if counted:
+                mine["calls"] += 1
+                mine[outcome] += 1
+            time.sleep(THINK)
+        with lock:
+            for key, value in mine.items():
+                counts[key] += value
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(warmup)
+    with backend.lock:
+        attempts_before = backend.attempts
+    measuring.set()
+    started = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    elapsed = time.perf_counter() - started
+    with backend.lock:
+        attempts = backend.attempts - attempts_before
+    for thread in threads:
+        thread.join()
+    snapshot = registry.get(METHOD).snapshot()
+    channel.close()
+    return {
+        **counts,
+        "attempts": attempts,
+        "goodput": counts["ok"] / elapsed,
+        "amplification": attempts / max(1, counts["calls"] - counts["refused"]),
+        "concurrency_limit": snapshot.concurrency_limit,
+        "throttle_probability": snapshot.throttle_probability,
+    }
+
+
+def goodput(backend: Backend, seconds: float, bulkheads: list[int]) -> dict[str, Any]:
+    """Goodput of every variant, measured one after the other on the same backend."""
+    variants: dict[str, BreakerConfig] = {"no limit": QUIET}
+    for size in bulkheads:
+        variants[f"bulkhead {size}"] = QUIET.replace(max_concurrent_calls=size)
+    variants["adaptive limit"] = QUIET.replace(concurrency_limit="adaptive")
+    variants["adaptive throttling (k=2)"] = QUIET.replace(throttle_k=2.0)
+    return {
+        name: drive(backend, config, seconds, CLIENTS, warmup=min(2.0, seconds))
+        for name, config in variants.items()
+    }
+
+
+def amplification(backend: Backend, seconds: float, warmup: float) -> dict[str, Any]:
+    """Attempts per call with retries, with and without the budget, in two outages.
+
+    Counted after a warm-up of one budget ttl, so the budget is in its steady state: retries <=
+    0.2 x calls + 10/s, which stays under 1.25 x calls from 200 calls/s on.
+    """
+    policy = RetryPolicy(max_attempts=5, initial_backoff=0.001, max_backoff=0.005)
+    unbudgeted = RetryPolicy(
+        max_attempts=5, initial_backoff=0.001, max_backoff=0.005, budget_ratio=1000.0
+    )
+    results = {}
+    for share in (0.5, 1.0):
+        backend.fail_ratio = share
+        for label, retry in (("budget", policy), ("no budget", unbudgeted)):
+            config = QUIET.replace(retry=retry, idempotent=True)
+            name = f"{share:.0%} of attempts fail, {label}"
+            results[name] = drive(backend, config, seconds, 16, warmup=warmup)
+    backend.fail_ratio = 0.0
+    return results
+
+
+def main(quick: bool = False) -> dict[str, Any]:
+    """Run both measurements, print the tables and write bench/results/overload.json."""
+    seconds = 1.5 if quick else 5.0
+    bulkheads = [4, 8, 16, 32] if quick else [2, 4, 8, 12, 16, 24, 32]
+    backend = Backend()
+    try:
+        measured = goodput(backend, seconds, bulkheads)
+        retried = amplification(backend, seconds, warmup=1.0 if quick else 10.0)
+    finally:
+        backend.stop()
+    best_name = max(
+        (name for name in measured if name.startswith("bulkhead")),
+        key=lambda name: measured[name]["goodput"],
+    )
+    best = measured[best_name]["goodput"]
+    results: dict[str, Any] = {
+        "goodput": measured,
+        "retries": retried,
+        "best_fixed_bulkhead": best_name,
+        "ratios": {
+            f"{name} / best fixed bulkhead": measured[name]["goodput"] / best
+            for name in ("no limit", "adaptive limit", "adaptive throttling (k=2)")
+        },
+        "targets": {
+            "adaptive limit / best fixed bulkhead": 0.9,
+            "adaptive throttling (k=2) / best fixed bulkhead": 0.9,
+            "amplification with the budget": 1.25,
+        },
+        "model": {
+            "capacity": CAPACITY,
+            "base_latency": BASE_LATENCY,
+            "think": THINK,
+            "clients": CLIENTS,
+            "seconds": seconds,
+        },
+    }
+    _print(results)
+    write_json("overload", results)
+    return results
+
+
+def _rows(results: dict[str, Any]) -> Iterator[list[str]]:
+    best = results["goodput"][results["best_fixed_bulkhead"]]["goodput"]
+    for name, row in results["goodput"].items():
+        limit = row["concurrency_limit"]
+        yield [
+            name,
+            f"{row['goodput']:,.0f}/s",
+            f"{row['goodput'] / best:.2f}",
+            f"{row['failed'] / max(1, row['calls']):.0%}",
+            f"{row['refused'] / max(1, row['calls']):.0%}",
+            "" if limit is None else str(limit),
+        ]
+
+
+def _print(results: dict[str, Any]) -> None:
+    headers = ["variant", "goodput", "/ best bulkhead", "failed", "refused locally", "limit now"]
+    print(table(headers, list(_rows(results))))
+    print()
+    rows = []
+    for name, row in results["retries"].items():
+        verdict = ""
+        if name.endswith(", budget"):
+            met = row["amplification"] <= results["targets"]["amplification with the budget"]
+            verdict = "≤ 1.25 " + ("met" if met else "MISSED")
+        rate = row["calls"] / results["model"]["seconds"]
+        rows.append([name, f"{rate:,.0f}/s", f"{row['amplification']:.2f}", verdict])
+    headers = ["retries (max_attempts=5)", "calls", "attempts / call", "target"]
+    print(table(headers, rows))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke run")
+    main(quick=parser.parse_args().quick)
