@@ -29,16 +29,31 @@ def test_the_limit_grows_while_latency_stays_at_its_minimum() -> None:
     assert limiter.current == int(expected) == 22
 
 
-def test_the_limit_follows_the_ratio_of_minimum_to_latency() -> None:
+def test_the_limit_follows_the_ratio_of_minimum_to_recent_latency() -> None:
     limiter = AdaptiveLimit(100)
     limiter.update(0.010, False, 20)
-    after_first = smoothed(20.0, 1.0)
-    limiter.update(0.020, False, 20)  # 1.5 * 0.010 / 0.020 = 0.75
-    assert limiter.limit == pytest.approx(smoothed(after_first, 0.75))
+    expected, recent = smoothed(20.0, 1.0), 0.010
+    for _ in range(5):
+        limiter.update(0.050, False, 20)
+        recent += 0.1 * (0.050 - recent)  # the recent latency: an exponential average
+        expected = smoothed(expected, max(0.5, min(1.0, 1.5 * 0.010 / recent)))
+    assert limiter.recent_latency == pytest.approx(recent)
+    assert limiter.limit == pytest.approx(expected)
+    assert 0.75 > 1.5 * 0.010 / recent > 0.5  # the gradient was between its bounds
     before = limiter.limit
-    limiter.update(1.0, False, 20)  # the gradient never goes below 0.5 per sample
-    assert limiter.limit == pytest.approx(smoothed(before, 0.5))
+    for _ in range(30):
+        limiter.update(1.0, False, 20)  # the gradient never goes below 0.5 per sample
+    assert limiter.limit >= before * 0.5**30
     assert limiter.min_latency == 0.010
+
+
+def test_one_slow_call_does_not_cut_the_limit() -> None:
+    limiter = AdaptiveLimit(100)
+    for _ in range(10):
+        limiter.update(0.010, False, 20)
+    before = limiter.limit
+    limiter.update(0.020, False, 20)  # recent = 0.011: still within 1.5 x the minimum
+    assert limiter.limit > before
 
 
 def test_failures_cut_the_limit_multiplicatively_down_to_one() -> None:

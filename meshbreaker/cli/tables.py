@@ -25,7 +25,7 @@ _GROUP_COLUMNS = (
         Column(title, numeric=True)
         for title in (
             *("INSTANCES", "CLOSED", "OPEN", "HALF_OPEN", "FORCED"),
-            *("FAILURE", "SLOW", "CALLS", "FAILED", "REJECTED"),
+            *("FAILURE", "SLOW", "CALLS", "FAILED", "REJECTED", "THROTTLED"),
         )
     ),
 )
@@ -122,7 +122,10 @@ def _group_table(groups: Sequence[pb.BreakerGroup], width: int | None) -> Table:
             ),
             _percent(group.failure_rate),
             _percent(group.slow_call_rate),
-            *(str(number) for number in (group.total, group.failed, group.rejected)),
+            *(
+                str(number)
+                for number in (group.total, group.failed, group.rejected, group.throttled)
+            ),
         ]
         for group in groups
     ]

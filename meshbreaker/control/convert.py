@@ -515,7 +515,11 @@ def snapshot_to_proto(
         times_opened=snapshot.times_opened,
         half_open_in_flight=snapshot.half_open_in_flight,
         half_open_successes=snapshot.half_open_successes,
+        throttled=snapshot.throttled,
+        throttle_probability=snapshot.throttle_probability,
     )
+    if snapshot.concurrency_limit is not None:
+        message.concurrency_limit = snapshot.concurrency_limit
     if snapshot.open_until is not None:
         message.open_remaining = max(0.0, snapshot.open_until - now)
     if transitions:

@@ -267,6 +267,7 @@ class InstanceTable:
                 group.total += snapshot.total
                 group.failed += snapshot.failed
                 group.rejected += snapshot.rejected
+                group.throttled += snapshot.throttled
                 if request.include_instances:
                     group.instance_breakers.append(
                         pb.InstanceBreaker(

@@ -87,6 +87,11 @@ def check_report(request: pb.ReportStateRequest, limits: Limits) -> None:
             raise ConfigError(f"breakers[{index}].failure_rate", "must be in [0, 1]")
         if not 0.0 <= breaker.slow_call_rate <= 1.0:
             raise ConfigError(f"breakers[{index}].slow_call_rate", "must be in [0, 1]")
+        if not 0.0 <= breaker.throttle_probability <= 1.0:
+            raise ConfigError(f"breakers[{index}].throttle_probability", "must be in [0, 1]")
+        if breaker.throttled < 0 or breaker.concurrency_limit < 0:
+            field = "throttled" if breaker.throttled < 0 else "concurrency_limit"
+            raise ConfigError(f"breakers[{index}].{field}", "must be >= 0")
         if not 0.0 <= breaker.mean_duration < math.inf:
             raise ConfigError(f"breakers[{index}].mean_duration", "must be a finite number >= 0")
         if breaker.transitions:

@@ -55,6 +55,12 @@ class SnapshotNumbers(Protocol):
     @property
     def shadow_rejected(self) -> int: ...
     @property
+    def throttled(self) -> int: ...
+    @property
+    def throttle_probability(self) -> float: ...
+    @property
+    def concurrency_limit(self) -> int | None: ...
+    @property
     def slow(self) -> int: ...
     @property
     def failure_rate(self) -> float: ...
@@ -100,7 +106,8 @@ def breaker_families(
     calls = CounterMetricFamily(
         "meshbreaker_calls",
         "Calls by outcome: successful, failed, ignored (ran, not counted), not_permitted (rejected,"
-        " never ran), shadow_rejected (shadow mode would have rejected them; they ran and are also"
+        " never ran), throttled (refused by adaptive throttling, never ran), shadow_rejected"
+        " (shadow mode would have rejected them; they ran and are also"
         " counted by how they ended)",
         labels=[*names, "outcome"],
     )
@@ -132,6 +139,16 @@ def breaker_families(
     mean = GaugeMetricFamily(
         "meshbreaker_mean_duration_seconds", "Mean call duration in the window", labels=names
     )
+    throttle = GaugeMetricFamily(
+        "meshbreaker_throttle_probability",
+        "The chance adaptive throttling refuses a call now (0 when off)",
+        labels=names,
+    )
+    concurrency = GaugeMetricFamily(
+        "meshbreaker_concurrency_limit",
+        "Calls in flight allowed now: the adaptive limit, or the fixed bulkhead (absent: none)",
+        labels=names,
+    )
     for row in rows:
         labels = list(row.labels)
         numbers = row.numbers
@@ -142,6 +159,11 @@ def breaker_families(
         calls.add_metric([*labels, "ignored"], numbers.ignored)
         calls.add_metric([*labels, "not_permitted"], numbers.rejected)
         calls.add_metric([*labels, "shadow_rejected"], numbers.shadow_rejected)
+        calls.add_metric([*labels, "throttled"], numbers.throttled)
+        throttle.add_metric(labels, numbers.throttle_probability)
+        limit = numbers.concurrency_limit
+        if limit:  # None (a snapshot) or 0 (a report) when there is no bulkhead
+            concurrency.add_metric(labels, limit)
         slow.add_metric(labels, numbers.slow)
         if row.histogram is not None:
             histogram = row.histogram
@@ -157,7 +179,8 @@ def breaker_families(
     families: list[Metric] = [state, calls, slow]
     if durations:
         families.append(duration)
-    families += [failure_rate, slow_rate, transitions, opened, window_calls, mean]
+    families += [failure_rate, slow_rate, transitions, opened, window_calls, mean, throttle]
+    families.append(concurrency)
     return families
 
 

@@ -938,6 +938,9 @@ class BreakerSnapshot(_message.Message):
     TRANSITIONS_FIELD_NUMBER: _builtins.int
     DURATION_HISTOGRAM_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    THROTTLED_FIELD_NUMBER: _builtins.int
+    THROTTLE_PROBABILITY_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"/pkg.Svc/Method" or "<target>/pkg.Svc/Method" """
     state: Global___BreakerState.ValueType
@@ -963,6 +966,12 @@ class BreakerSnapshot(_message.Message):
     times_opened: _builtins.int
     half_open_in_flight: _builtins.int
     half_open_successes: _builtins.int
+    throttled: _builtins.int
+    """calls adaptive throttling refused (apart from rejected)"""
+    throttle_probability: _builtins.float
+    """[0, 1): the chance a call is throttled now"""
+    concurrency_limit: _builtins.int
+    """calls in flight allowed now; unset = no bulkhead"""
     @_builtins.property
     def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransitionCount]:
         """Lifetime count of each (from, to) transition that happened at least once."""
@@ -1000,13 +1009,21 @@ class BreakerSnapshot(_message.Message):
         transitions: _abc.Iterable[Global___TransitionCount] | None = ...,
         duration_histogram: Global___DurationHistogram | None = ...,
         config: Global___BreakerConfig | None = ...,
+        throttled: _builtins.int = ...,
+        throttle_probability: _builtins.float = ...,
+        concurrency_limit: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_open_remaining", b"_open_remaining", "config", b"config", "duration_histogram", b"duration_histogram", "open_remaining", b"open_remaining"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_concurrency_limit", b"_concurrency_limit", "_open_remaining", b"_open_remaining", "concurrency_limit", b"concurrency_limit", "config", b"config", "duration_histogram", b"duration_histogram", "open_remaining", b"open_remaining"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_open_remaining", b"_open_remaining", "config", b"config", "consecutive_failures", b"consecutive_failures", "duration_histogram", b"duration_histogram", "failed", b"failed", "failure_rate", b"failure_rate", "half_open_in_flight", b"half_open_in_flight", "half_open_successes", b"half_open_successes", "ignored", b"ignored", "mean_duration", b"mean_duration", "name", b"name", "open_remaining", b"open_remaining", "rejected", b"rejected", "shadow_rejected", b"shadow_rejected", "slow", b"slow", "slow_call_rate", b"slow_call_rate", "state", b"state", "state_age", b"state_age", "successful", b"successful", "times_opened", b"times_opened", "total", b"total", "transitions", b"transitions", "window_calls", b"window_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_concurrency_limit", b"_concurrency_limit", "_open_remaining", b"_open_remaining", "concurrency_limit", b"concurrency_limit", "config", b"config", "consecutive_failures", b"consecutive_failures", "duration_histogram", b"duration_histogram", "failed", b"failed", "failure_rate", b"failure_rate", "half_open_in_flight", b"half_open_in_flight", "half_open_successes", b"half_open_successes", "ignored", b"ignored", "mean_duration", b"mean_duration", "name", b"name", "open_remaining", b"open_remaining", "rejected", b"rejected", "shadow_rejected", b"shadow_rejected", "slow", b"slow", "slow_call_rate", b"slow_call_rate", "state", b"state", "state_age", b"state_age", "successful", b"successful", "throttle_probability", b"throttle_probability", "throttled", b"throttled", "times_opened", b"times_opened", "total", b"total", "transitions", b"transitions", "window_calls", b"window_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__concurrency_limit: _TypeAlias = _typing.Literal["concurrency_limit"]  # noqa: Y015
+    _WhichOneofArgType__concurrency_limit: _TypeAlias = _typing.Literal["_concurrency_limit", b"_concurrency_limit"]  # noqa: Y015
     _WhichOneofReturnType__open_remaining: _TypeAlias = _typing.Literal["open_remaining"]  # noqa: Y015
     _WhichOneofArgType__open_remaining: _TypeAlias = _typing.Literal["_open_remaining", b"_open_remaining"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__concurrency_limit) -> _WhichOneofReturnType__concurrency_limit | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__open_remaining) -> _WhichOneofReturnType__open_remaining | None: ...
 
 Global___BreakerSnapshot: _TypeAlias = BreakerSnapshot  # noqa: Y015
@@ -1371,6 +1388,7 @@ class BreakerGroup(_message.Message):
     FAILED_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
     INSTANCE_BREAKERS_FIELD_NUMBER: _builtins.int
+    THROTTLED_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """caller service"""
     name: _builtins.str
@@ -1390,6 +1408,8 @@ class BreakerGroup(_message.Message):
     """sums over instances"""
     failed: _builtins.int
     rejected: _builtins.int
+    throttled: _builtins.int
+    """sum over instances"""
     @_builtins.property
     def instance_breakers(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceBreaker]:
         """only with include_instances"""
@@ -1411,10 +1431,11 @@ class BreakerGroup(_message.Message):
         failed: _builtins.int = ...,
         rejected: _builtins.int = ...,
         instance_breakers: _abc.Iterable[Global___InstanceBreaker] | None = ...,
+        throttled: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "failed", b"failed", "failure_rate", b"failure_rate", "forced_closed", b"forced_closed", "forced_open", b"forced_open", "half_open", b"half_open", "instance_breakers", b"instance_breakers", "instances", b"instances", "name", b"name", "open", b"open", "rejected", b"rejected", "service", b"service", "slow_call_rate", b"slow_call_rate", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "failed", b"failed", "failure_rate", b"failure_rate", "forced_closed", b"forced_closed", "forced_open", b"forced_open", "half_open", b"half_open", "instance_breakers", b"instance_breakers", "instances", b"instances", "name", b"name", "open", b"open", "rejected", b"rejected", "service", b"service", "slow_call_rate", b"slow_call_rate", "throttled", b"throttled", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

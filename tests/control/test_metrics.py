@@ -108,6 +108,7 @@ def test_mesh_metrics_per_instance_and_control_plane_health(
             "ignored": 0.0,
             "not_permitted": 2.0,
             "shadow_rejected": 0.0,
+            "throttled": 0.0,
         }
         assert page.one("meshbreaker_slow_calls_total", **gw1_accounts) == 0.0
         assert page.one("meshbreaker_failure_rate", **gw1_accounts) == 1.0

@@ -95,6 +95,7 @@ def test_every_family_after_a_scripted_sequence(
         "ignored": 1.0,
         "not_permitted": 3.0,
         "shadow_rejected": 0.0,
+        "throttled": 0.0,
     }
     assert page.one("meshbreaker_slow_calls_total", **labels) == 1.0
     assert page.by("meshbreaker_call_duration_seconds_bucket", "le", **labels) == {
@@ -136,6 +137,7 @@ def test_every_family_after_a_scripted_sequence(
         "ignored": 0.0,
         "not_permitted": 0.0,
         "shadow_rejected": 1.0,
+        "throttled": 0.0,
     }
     assert page.by("meshbreaker_state_transitions_total", ("from", "to"), breaker=SHADOW) == {
         ("CLOSED", "OPEN"): 1.0
