@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import grpc
 
-from meshbreaker._adapter.guard import CODE_NAMES
+from meshbreaker._adapter.guard import CODE_NAMES, is_lb_drop
 from meshbreaker.breaker import CircuitBreaker
 from meshbreaker.retry import PUSHBACK_METADATA_KEY, RetryRun, parse_pushback
 
@@ -44,8 +44,8 @@ def next_delay(
     trailing_metadata: Iterable[Any] | None,
 ) -> float | None:
     """Seconds before the next attempt after one that ended with `code`; None = do not retry."""
-    if code is None:
-        return None
+    if code is None or is_lb_drop(code, details):
+        return None  # a balancer's drop is a local refusal: never retried
     unsent = (
         code is _UNAVAILABLE
         and not tuple(initial_metadata or ())

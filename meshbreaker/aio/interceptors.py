@@ -107,32 +107,30 @@ async def _retrying(
             call = await continuation(details, request)
             code = await call.code()
         except AioRpcError as error:
-            code = error.code()
-            delay = next_delay(
-                run, code, error.details(), error.initial_metadata(), error.trailing_metadata()
-            )
-            guard.record(permit, breaker, code)
+            code, text = error.code(), error.details()
+            delay = next_delay(run, code, text, error.initial_metadata(), error.trailing_metadata())
+            guard.record(permit, breaker, code, details=text)
             if delay is None:
                 raise
         except BaseException:
             release(permit)
             raise
         else:
-            delay = None
+            delay, text = None, None
             if code is not grpc.StatusCode.OK:
+                text = await call.details()
                 delay = next_delay(
                     run,
                     code,
-                    await call.details(),
+                    text,
                     await call.initial_metadata(),
                     await call.trailing_metadata(),
                 )
+            guard.record(permit, breaker, code, details=text)
             if delay is None:
-                guard.record(permit, breaker, code)
                 if info.fallback is not None and guard.fallback_on_failure:
                     return FallbackOnFailureCall(call, request, info.fallback, guard, breaker)
                 return call
-            guard.record(permit, breaker, code)
         await asyncio.sleep(delay)
         timeout = remaining(run)
         if timeout is not None:

@@ -8,7 +8,8 @@ import grpc
 import pytest
 
 from meshbreaker import BreakerConfig, BreakerRegistry, CallNotPermittedError, ThrottledError
-from meshbreaker.retry import RetryPolicy
+from meshbreaker._adapter.retrying import next_delay
+from meshbreaker.retry import RetryBudget, RetryPolicy, RetryRun
 from meshbreaker.testing import FakeClock
 from tests.contract.drivers import Driver
 from tests.grpc.bytes_server import CLIENT_STREAM, CONFIG, UNARY, BytesServer
@@ -155,3 +156,10 @@ async def test_no_retry_policy_means_one_attempt(
     driver.connect(BreakerRegistry(BreakerConfig(idempotent=True), clock=clock))
     await driver.unary(b"flaky:1:UNAVAILABLE")
     assert server.count(UNARY) == 1
+
+
+def test_a_balancers_drop_is_never_retried() -> None:
+    run = RetryRun(FAST, RetryBudget(), idempotent=True, deadline=None)
+    drop = "circuit breaker drop"  # how grpc's xds_cluster_impl words it
+    assert next_delay(run, grpc.StatusCode.UNAVAILABLE, drop, (), ()) is None
+    assert next_delay(run, grpc.StatusCode.UNAVAILABLE, "boom", (), ()) is not None
