@@ -83,12 +83,14 @@ class RetryPolicy:
 
     def __str__(self) -> str:
         """The command-line form: "max_attempts=3,initial_backoff=0.05,...,retryable_codes=A|B"."""
-        return ",".join(f"{name}={value}" for name, value in self.to_dict().items())
+        values = self.to_dict()
+        values["retryable_codes"] = "|".join(values["retryable_codes"])
+        return ",".join(f"{name}={value}" for name, value in values.items())
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready values; codes as a "|"-joined string."""
+        """Plain JSON-ready values; codes as a sorted list."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values["retryable_codes"] = "|".join(sorted(self.retryable_codes))
+        values["retryable_codes"] = sorted(self.retryable_codes)
         return values
 
     @classmethod

@@ -10,6 +10,7 @@ from meshbreaker.cli import arg_types
 from meshbreaker.config import SCHEMA, State, check_layer
 from meshbreaker.control import convert
 from meshbreaker.errors import ConfigError
+from meshbreaker.retry import RetryPolicy
 from meshbreaker.v1 import control_plane_pb2 as pb
 
 _POLICY_KEYS = frozenset(
@@ -119,4 +120,6 @@ def _json_value(value: Any) -> Any:
         return sorted(value)
     if isinstance(value, enum.Enum):
         return value.value
+    if isinstance(value, RetryPolicy):
+        return value.to_dict()
     return value
