@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any
 
 import grpc
@@ -21,10 +21,12 @@ from meshbreaker._adapter.rejection import (
     rejection_details,
     rejection_metadata,
 )
+from meshbreaker._adapter.retrying import next_delay, remaining
 from meshbreaker._adapter.tracking import Tracker
 from meshbreaker._types import State
 from meshbreaker.breaker import CircuitBreaker
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ThrottledError
+from meshbreaker.retry import RetryRun
 
 logger = logging.getLogger(__name__)
 
@@ -189,12 +191,17 @@ class FallbackCall(_FinishedCall):
         return grpc.aio.EOF
 
 
+def rejected_error(error: CallNotPermittedError) -> RejectedError:
+    """The AioRpcError a refused call raises."""
+    kind = _REJECTED_KINDS.get(type(error), RejectedError)
+    return kind(error.name, error.state, error.retry_after)
+
+
 def rejection(
     error: CallNotPermittedError, fallback: Fallback | None, request: Any
 ) -> RejectedCall | FallbackCall:
     """What a rejected call returns: the RejectedCall, or `fallback`'s answer to its error."""
-    kind = _REJECTED_KINDS.get(type(error), RejectedError)
-    rejected = kind(error.name, error.state, error.retry_after)
+    rejected = rejected_error(error)
     if fallback is None:
         return RejectedCall(rejected)
     reason = fallback_reason(error)
@@ -471,3 +478,50 @@ class TrackedStream(
     async def debug_error_string(self) -> str:
         """The call's debug error string."""
         return await self._call.debug_error_string()  # type: ignore[no-any-return]
+
+
+class RetryingStream(TrackedStream):
+    """A response stream retried by its method's RetryPolicy until its first message arrives."""
+
+    def __init__(
+        self,
+        call: Any,
+        tracker: CallTracker,
+        run: RetryRun,
+        restart: Callable[[float | None], Awaitable[tuple[Any, CallTracker]]],
+    ) -> None:
+        super().__init__(call, tracker)
+        self._run = run
+        self._restart = restart
+
+    async def _first(self) -> Any:
+        while True:
+            try:
+                return await TrackedStream._first(self)
+            except AioRpcError as error:
+                await self._retry_after(error)
+
+    async def read(self) -> Any:
+        """The next message, or grpc.aio.EOF; retried while no message has arrived."""
+        while True:
+            try:
+                return await TrackedStream.read(self)
+            except AioRpcError as error:
+                if self._tracker.first is not None:
+                    raise
+                await self._retry_after(error)
+
+    async def _retry_after(self, error: AioRpcError) -> None:
+        """Start the next attempt after `error`, or raise it when no retry is due."""
+        delay = next_delay(
+            self._run,
+            error.code(),
+            error.details(),
+            error.initial_metadata(),
+            error.trailing_metadata(),
+        )
+        if delay is None or isinstance(error, CallNotPermittedError):
+            raise error
+        await asyncio.sleep(delay)
+        call, tracker = await self._restart(remaining(self._run))  # a refusal raises
+        self._call, self._tracker, self._iterator = call, tracker, None

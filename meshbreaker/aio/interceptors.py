@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -17,9 +18,11 @@ from meshbreaker._adapter.retrying import next_delay, remaining, retry_run
 from meshbreaker.aio._calls import (
     CallTracker,
     FallbackOnFailureCall,
+    RetryingStream,
     TrackedStream,
     TrackedUnaryCall,
     error_details,
+    rejected_error,
     rejection,
 )
 from meshbreaker.errors import CallNotPermittedError
@@ -138,7 +141,11 @@ async def _retrying(
 
 
 async def _guard_stream(
-    self: AioBreakerInterceptor, continuation: Any, client_call_details: Any, request: Any
+    self: AioBreakerInterceptor,
+    continuation: Any,
+    client_call_details: Any,
+    request: Any,
+    replayable: bool = True,
 ) -> Any:
     """Guard a response-stream call: the call timed to its first message, or its rejection."""
     guard = self._guard
@@ -146,6 +153,9 @@ async def _guard_stream(
         method = client_call_details.method
         info = guard.methods.get(method) or guard.method_info(method)
         breaker = guard.registry.get(info.name)
+        run = None
+        if replayable and breaker.retry_budget is not None:
+            run = retry_run(breaker, client_call_details.timeout)
         permit = breaker.acquire()
     except Exception as error:
         return await _not_admitted(continuation, client_call_details, request, error, None)
@@ -160,11 +170,51 @@ async def _guard_stream(
     try:
         tracker = CallTracker(guard, breaker, permit)
         tracker.watch(call)
-        return TrackedStream(call, tracker)
+        if run is None:
+            return TrackedStream(call, tracker)
+        restart = functools.partial(
+            _restart_stream, guard, breaker, continuation, client_call_details, request
+        )
+        return RetryingStream(call, tracker, run, restart)
     except Exception:
         logger.exception("meshbreaker: tracking %s failed", client_call_details.method)
         release(permit)
         return call
+
+
+async def _guard_stream_stream(
+    self: AioBreakerInterceptor, continuation: Any, client_call_details: Any, request: Any
+) -> Any:
+    """Guard a stream-stream call; never retried (its request stream cannot be replayed)."""
+    return await _guard_stream(self, continuation, client_call_details, request, False)
+
+
+async def _restart_stream(
+    guard: Guard,
+    breaker: Any,
+    continuation: Any,
+    details: Any,
+    request: Any,
+    timeout: float | None,
+) -> tuple[Any, CallTracker]:
+    """A retry of a response stream: a new permit and call; raises the rejection if refused."""
+    try:
+        permit = breaker.acquire()
+    except CallNotPermittedError as error:
+        raise rejected_error(error) from None
+    if timeout is not None:
+        details = details._replace(timeout=timeout)
+    try:
+        call = await continuation(details, request)
+    except AioRpcError as error:
+        guard.record(permit, breaker, error.code(), details=error_details(error))
+        raise
+    except BaseException:
+        release(permit)
+        raise
+    tracker = CallTracker(guard, breaker, permit)
+    tracker.watch(call)
+    return call, tracker
 
 
 async def _not_admitted(
@@ -211,7 +261,7 @@ class StreamUnaryBreakerInterceptor(AioBreakerInterceptor, grpc.aio.StreamUnaryC
 class StreamStreamBreakerInterceptor(AioBreakerInterceptor, grpc.aio.StreamStreamClientInterceptor):
     """Guards stream-stream calls on a grpc.aio channel."""
 
-    intercept_stream_stream = _guard_stream  # type: ignore[assignment]
+    intercept_stream_stream = _guard_stream_stream  # type: ignore[assignment]
 
 
 def breaker_interceptors(

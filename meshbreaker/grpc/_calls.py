@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 import types
 import weakref
 from collections.abc import Callable, Iterator
@@ -20,9 +21,11 @@ from meshbreaker._adapter.rejection import (
     rejection_details,
     rejection_metadata,
 )
+from meshbreaker._adapter.retrying import next_delay, remaining
 from meshbreaker._adapter.tracking import Tracker
 from meshbreaker.breaker import CircuitBreaker
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ThrottledError
+from meshbreaker.retry import RetryRun
 
 logger = logging.getLogger(__name__)
 
@@ -434,3 +437,40 @@ class TrackedStream(RpcErrorBase, _CallProxy):  # type: ignore[misc]
 
     def __str__(self) -> str:
         return str(self._call)
+
+
+class RetryingStream(TrackedStream):
+    """A response stream retried by its method's RetryPolicy until its first message arrives."""
+
+    def __init__(
+        self,
+        call: Any,
+        tracker: CallTracker,
+        run: RetryRun,
+        restart: Callable[[float | None], tuple[Any, CallTracker]],
+    ) -> None:
+        super().__init__(call, tracker)
+        self._run = run
+        self._restart = restart
+
+    def __next__(self) -> Any:
+        while True:
+            try:
+                return TrackedStream.__next__(self)
+            except grpc.RpcError as error:
+                if self._tracker.first is not None or not isinstance(error, grpc.Call):
+                    raise  # after a message the caller has seen part of the answer
+                delay = next_delay(
+                    self._run,
+                    error.code(),
+                    error.details(),
+                    error.initial_metadata(),
+                    error.trailing_metadata(),
+                )
+                if delay is None:
+                    raise
+            time.sleep(delay)
+            call, tracker = self._restart(remaining(self._run))  # a refusal raises, never retried
+            self._call, self._next, self._tracker = call, call.__next__, tracker
+
+    next = __next__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -17,6 +18,7 @@ from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.grpc._calls import (
     CallTracker,
     FallbackOnFailureCall,
+    RetryingStream,
     TrackedStream,
     rejection,
 )
@@ -149,13 +151,18 @@ class BreakerInterceptor(
             time.sleep(delay)
             details = _with_timeout(details, remaining(run))
 
-    def _stream(self, continuation: Continuation, details: Any, request: Any) -> Any:
+    def _stream(
+        self, continuation: Continuation, details: Any, request: Any, replayable: bool = True
+    ) -> Any:
         """Guard a response-stream call: the call tracked to its end, or its rejection."""
         guard = self._guard
         try:
             method = details.method
             info = guard.methods.get(method) or guard.method_info(method)
             breaker = guard.registry.get(info.name)
+            run = None
+            if replayable and breaker.retry_budget is not None:
+                run = retry_run(breaker, details.timeout)
             permit = breaker.acquire()
         except Exception as error:
             return _not_admitted(continuation, details, request, error, None)
@@ -166,13 +173,25 @@ class BreakerInterceptor(
             raise
         try:
             tracker = CallTracker(guard, breaker, permit)
-            stream = TrackedStream(call, tracker)
+            if run is None:
+                stream = TrackedStream(call, tracker)
+            else:
+                restart = functools.partial(
+                    _restart_stream, guard, breaker, continuation, details, request
+                )
+                stream = RetryingStream(call, tracker, run, restart)
             tracker.watch(call)
             return stream
         except Exception:
             logger.exception("meshbreaker: tracking %s failed", details.method)
             release(permit)
             return call
+
+    def intercept_stream_stream(
+        self, continuation: Continuation, details: Any, request_iterator: Any
+    ) -> Any:
+        """Guard a stream-stream call; never retried (its request stream cannot be replayed)."""
+        return self._stream(continuation, details, request_iterator, False)
 
     # Aliases, not wrappers: one Python frame less on every call.
     intercept_unary_unary = _unary  # type: ignore[assignment]
@@ -184,7 +203,6 @@ class BreakerInterceptor(
         return self._unary(continuation, details, request_iterator, False)
 
     intercept_unary_stream = _stream  # type: ignore[assignment]
-    intercept_stream_stream = _stream  # type: ignore[assignment]
 
 
 class _CallDetails(
@@ -208,6 +226,29 @@ def _with_timeout(details: Any, timeout: float | None) -> Any:
         getattr(details, "wait_for_ready", None),
         getattr(details, "compression", None),
     )
+
+
+def _restart_stream(
+    guard: Guard,
+    breaker: Any,
+    continuation: Continuation,
+    details: Any,
+    request: Any,
+    timeout: float | None,
+) -> tuple[Any, CallTracker]:
+    """A retry of a response stream: a new permit and call; raises the rejection if refused."""
+    try:
+        permit = breaker.acquire()
+    except CallNotPermittedError as error:
+        raise rejection(error, None, request) from None
+    try:
+        call = continuation(_with_timeout(details, timeout), request)
+    except BaseException:
+        release(permit)
+        raise
+    tracker = CallTracker(guard, breaker, permit)
+    tracker.watch(call)
+    return call, tracker
 
 
 def _not_admitted(

@@ -12,7 +12,7 @@ from meshbreaker._adapter.retrying import next_delay
 from meshbreaker.retry import RetryBudget, RetryPolicy, RetryRun
 from meshbreaker.testing import FakeClock
 from tests.contract.drivers import Driver
-from tests.grpc.bytes_server import CLIENT_STREAM, CONFIG, UNARY, BytesServer
+from tests.grpc.bytes_server import BIDI, CLIENT_STREAM, CONFIG, SERVER_STREAM, UNARY, BytesServer
 
 # Backoffs of a millisecond at most: the tests wait for nothing but the server.
 FAST = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
@@ -163,3 +163,40 @@ def test_a_balancers_drop_is_never_retried() -> None:
     drop = "circuit breaker drop"  # how grpc's xds_cluster_impl words it
     assert next_delay(run, grpc.StatusCode.UNAVAILABLE, drop, (), ()) is None
     assert next_delay(run, grpc.StatusCode.UNAVAILABLE, "boom", (), ()) is not None
+
+
+async def test_a_response_stream_is_retried_until_its_first_message(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    registry = retrying(clock)
+    driver.connect(registry)
+    seen = await driver.server_stream(b"flaky:2:UNAVAILABLE")
+    assert (seen.value, seen.code) == ([b"flaky:2:UNAVAILABLE"], grpc.StatusCode.OK)
+    assert server.count(SERVER_STREAM) == 3
+    snapshot = registry.get(SERVER_STREAM).snapshot()
+    assert (snapshot.failed, snapshot.successful) == (2, 1)
+
+
+async def test_a_response_stream_is_not_retried_after_a_message(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    driver.connect(retrying(clock))
+    seen = await driver.server_stream(b"fail-after:1:UNAVAILABLE")
+    assert seen.code is grpc.StatusCode.UNAVAILABLE and server.count(SERVER_STREAM) == 1
+
+
+async def test_a_stream_retry_meeting_an_open_breaker_ends_with_the_rejection(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    policy = RetryPolicy(max_attempts=5, initial_backoff=0.001, max_backoff=0.001)
+    driver.connect(retrying(clock, policy, consecutive_failures=2))
+    seen = await driver.server_stream(b"flaky:9:UNAVAILABLE")
+    assert isinstance(seen.error, CallNotPermittedError) and server.count(SERVER_STREAM) == 2
+
+
+async def test_bidi_streams_are_never_retried(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    driver.connect(retrying(clock))
+    seen = await driver.bidi([b"flaky:1:UNAVAILABLE"])  # its requests cannot be sent again
+    assert seen.code is grpc.StatusCode.UNAVAILABLE and server.count(BIDI) == 1

@@ -135,7 +135,9 @@ class BytesServer:
 
     def _server_stream(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         self._enter(SERVER_STREAM, context)
-        if request.startswith(b"n:"):
+        if request.startswith(b"flaky:"):
+            yield self._answer(request, context)  # aborts the first K times, then one message
+        elif request.startswith(b"n:"):
             for index in range(int(request[2:])):
                 yield b"m%d" % index
         elif request.startswith(b"fail-after:"):
