@@ -143,7 +143,8 @@ def propagation(target: str, agents: int, puts: int) -> dict[str, Any]:
 
 def _report(instance: int, breakers: int, *, bound: bool = False) -> pb.ReportStateRequest:
     # What an agent whose process exports metrics sends: transition counts and a histogram too;
-    # `bound`: also its instance key and each breaker's effective config, as agents send now.
+    # `bound`: also its instance key and a two-transition log, as agents send now (their
+    # effective configs go only in the report after a change, so a steady report has none).
     histogram = pb.DurationHistogram(
         bounds=DEFAULT_BUCKETS, counts=[90 + i for i in range(len(DEFAULT_BUCKETS) + 1)], sum=4.0
     )
@@ -180,9 +181,14 @@ def _report(instance: int, breakers: int, *, bound: bool = False) -> pb.ReportSt
     )
     if bound:
         request.instance_key = f"bench-key-{instance:06d}-0123456789"
-        config = config_to_proto(BreakerConfig())
-        for snapshot in request.breakers:
-            snapshot.config.CopyFrom(config)
+        opened = (pb.BREAKER_STATE_CLOSED, pb.BREAKER_STATE_OPEN)
+        probing = (pb.BREAKER_STATE_OPEN, pb.BREAKER_STATE_HALF_OPEN)
+        request.transition_log.extend(
+            pb.TransitionRecord(
+                sequence=sequence, name=snapshots[0].name, from_state=old, to_state=new
+            )
+            for sequence, (old, new) in enumerate((opened, probing), start=1)
+        )
     return request
 
 
@@ -254,7 +260,7 @@ def main(quick: bool = False) -> dict[str, Any]:
         control_plane_process(Path(tmp) / "bench.db") as target,
     ):
         results = [propagation(target, agents, puts) for agents in sizes]
-        # Side by side in one run: reports without and with instance key and effective configs.
+        # Side by side in one run: reports without and with an instance key and transition log.
         throughput = reports_per_second(target, 1.0 if quick else 3.0)
         bound = reports_per_second(target, 1.0 if quick else 3.0, bound=True)
     payload: dict[str, Any] = {
@@ -312,7 +318,7 @@ def main(quick: bool = False) -> dict[str, Any]:
             ],
             [
                 [
-                    "key + configs" if run["bound"] else "plain",
+                    "key + log" if run["bound"] else "plain",
                     str(run["report_bytes"]),
                     f"{run['reports_per_s']:.0f}",
                     f"{run['breaker_snapshots_per_s']:.0f}",

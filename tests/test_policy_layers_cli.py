@@ -14,7 +14,7 @@ from meshbreaker.config import BreakerConfig, WindowType
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
-from tests.server_support import ControlPlane
+from tests.server_support import ControlPlane, wait_until
 
 METHOD = "/bank.v1.AccountService/GetBalance"
 SERVICE = "bank.v1.AccountService"
@@ -162,3 +162,30 @@ def test_a_reported_config_is_validated_like_a_policy(cp: ControlPlane) -> None:
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "breakers[0].config.failure_codes" in str(caught.value.details())
     assert not cp.stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).instances
+
+
+def test_a_config_is_sent_when_it_changes_and_again_to_a_server_that_lost_it(
+    cp: ControlPlane,
+) -> None:
+    registry = BreakerRegistry(PROCESS)
+    registry.get(METHOD)
+    with MeshAgent(cp.target, "gateway", registry, report_interval=60.0) as agent:
+        assert agent.report_now()
+        requests, configs = agent._build_reports()
+        assert configs == {} and not requests[0].breakers[0].HasField("config")
+
+        def shown() -> str:
+            groups = cp.stub.ListBreakers(
+                pb.ListBreakersRequest(include_instances=True), timeout=5
+            ).groups
+            config = groups[0].instance_breakers[0].snapshot.config if groups else None
+            return (
+                ""
+                if config is None or not config.HasField("window_size")
+                else str(config.window_size)
+            )
+
+        assert shown() == "20"  # kept by the server from the first report
+        cp.stop()
+        cp.start()  # a new server process knows nothing of this instance
+        assert wait_until(lambda: agent.report_now() and shown() == "20")

@@ -35,7 +35,7 @@ import grpc
 import grpc.aio
 
 from meshbreaker._backoff import Backoff as Backoff  # re-exported: the agent's retry backoff
-from meshbreaker.config import State
+from meshbreaker.config import BreakerConfig, State
 from meshbreaker.control.agent_cache import FailStaticCache
 from meshbreaker.control.agent_link import AUTH_CODES, AgentToken, describe, status_code
 from meshbreaker.control.agent_link import AgentStatus as AgentStatus  # re-exported
@@ -154,6 +154,9 @@ class MeshAgent:
         self._applied_store_id = ""
         self._store_mismatch: pb.StoreMismatch | None = None
         self._transitions = TransitionLog(clock)
+        # The effective config of each breaker as the control plane last accepted it: a report
+        # carries a breaker's config only when it changed since.
+        self._reported_configs: dict[str, BreakerConfig] = {}
 
         self._applied_revision = 0
         self._applied_at: float | None = None
@@ -576,8 +579,9 @@ class MeshAgent:
     async def _report_once(self, stub: pb_grpc.ControlPlaneAsyncStub) -> bool:
         response = None
         acknowledged = sent = 0
+        requests, configs = self._build_reports()
         try:
-            for request in self._build_reports():
+            for request in requests:
                 if request.transition_log:
                     sent = request.transition_log[-1].sequence
                 response = await stub.ReportState(
@@ -600,6 +604,11 @@ class MeshAgent:
             return False
         assert response is not None
         self._report_denied = None
+        if response.resend_configs:
+            self._reported_configs = {}
+            self._wake_reporter()
+        else:
+            self._reported_configs.update(configs)
         self._transitions.acknowledge(acknowledged)
         if sent and acknowledged >= sent and len(self._transitions):
             # The server took all this report carried and more is logged: send the rest now.
@@ -625,11 +634,23 @@ class MeshAgent:
             raise AgentError("report_now() blocks: call it from another thread")
         return self._loop.submit(self._report_once(self._stub)).result(timeout)
 
-    def _build_reports(self) -> list[pb.ReportStateRequest]:
-        """One report; beyond MAX_BREAKERS_PER_REPORT breakers, a full one and merged parts."""
+    def _build_reports(
+        self,
+    ) -> tuple[list[pb.ReportStateRequest], dict[str, BreakerConfig]]:
+        """One report (beyond MAX_BREAKERS_PER_REPORT breakers, a full one and merged parts),
+        and the configs it carries."""
         now = self._clock()
         breakers = sorted(self.registry, key=lambda breaker: breaker.name)
-        snapshots = [breaker_to_proto(breaker, now) for breaker in breakers]
+        reported = self._reported_configs
+        configs = {
+            breaker.name: breaker.config
+            for breaker in breakers
+            if reported.get(breaker.name) is not breaker.config
+        }
+        snapshots = [
+            breaker_to_proto(breaker, now, with_config=breaker.name in configs)
+            for breaker in breakers
+        ]
         requests = []
         for start in range(0, max(1, len(snapshots)), MAX_BREAKERS_PER_REPORT):
             request = pb.ReportStateRequest(
@@ -650,7 +671,7 @@ class MeshAgent:
             if nack is not None:
                 request.nack.CopyFrom(nack)
             requests.append(request)
-        return requests
+        return requests, configs
 
 
 # gRPC target URIs that may hold an address list of their own; such a target is kept whole.

@@ -536,11 +536,14 @@ def snapshot_to_proto(
     return message
 
 
-def breaker_to_proto(breaker: CircuitBreaker, now: float) -> pb.BreakerSnapshot:
-    """The report message for a breaker: snapshot, transition counts, histogram, config."""
+def breaker_to_proto(
+    breaker: CircuitBreaker, now: float, *, with_config: bool = True
+) -> pb.BreakerSnapshot:
+    """The report message for a breaker: snapshot, transition counts, histogram (and config)."""
     observed = breaker.observe()
     message = snapshot_to_proto(observed.snapshot, now, observed.transitions, observed.durations)
-    message.config.CopyFrom(_config_message(breaker.config))
+    if with_config:
+        message.config.CopyFrom(_config_message(breaker.config))
     return message
 
 

@@ -44,6 +44,8 @@ class Instance:
     last_sequence: int = 0  # the newest transition of its log published
     applied_store_id: str = ""
     store_mismatch: pb.StoreMismatch | None = None
+    # Breaker name -> its effective config as last reported (sent only when it changes).
+    configs: dict[str, pb.BreakerConfig] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -148,15 +150,18 @@ class InstanceTable:
 
         return release
 
-    def record(self, request: pb.ReportStateRequest, now: float) -> int:
+    def record(self, request: pb.ReportStateRequest, now: float) -> tuple[int, bool]:
         """Apply one validated report; publish its new transitions and a NACK that is new.
 
-        Returns the newest transition sequence of this instance published (the report's ack).
+        Returns the newest transition sequence of this instance published (the report's ack),
+        and whether the instance should send every breaker's config again (it is new here and
+        left some out).
         """
         self.expire(now, throttled=True)
         self.check_claim(request.instance_id, request.instance_key, request.service)
         instance = self._instances.get(request.instance_id)
         _check_reported_configs(request, instance)
+        new = instance is None
         if instance is None:
             if len(self._instances) >= self._limits.max_instances:
                 raise Refused(
@@ -192,6 +197,7 @@ class InstanceTable:
             )
         previous = instance.breakers
         current = {} if request.full else dict(previous)
+        configs = dict(instance.configs)
         closed = pb.BREAKER_STATE_CLOSED  # a breaker first seen CLOSED is no transition
         for breaker in request.breakers:
             name, state = breaker.name, breaker.state
@@ -210,7 +216,14 @@ class InstanceTable:
                     )
                 )
             current[name] = breaker
+            if breaker.HasField("config"):
+                configs[name] = breaker.config
         instance.breakers = current  # never mutated once set: views hand it out
+        instance.configs = (
+            {name: config for name, config in configs.items() if name in current}
+            if request.full
+            else configs
+        )
         if request.HasField("nack"):
             if instance.nack != request.nack:
                 self.nacks_received += 1
@@ -227,7 +240,8 @@ class InstanceTable:
         else:
             instance.nack = None
         self.reports_received += 1
-        return instance.last_sequence
+        missing = any(not breaker.HasField("config") for breaker in request.breakers)
+        return instance.last_sequence, new and missing
 
     def list_breakers(
         self, request: pb.ListBreakersRequest, now: float, response: pb.ListBreakersResponse
@@ -269,14 +283,16 @@ class InstanceTable:
                 group.rejected += snapshot.rejected
                 group.throttled += snapshot.throttled
                 if request.include_instances:
-                    group.instance_breakers.append(
-                        pb.InstanceBreaker(
-                            instance_id=instance.instance_id,
-                            applied_revision=instance.applied_revision,
-                            snapshot=snapshot,
-                            report_age=now - instance.last_seen,
-                        )
+                    item = pb.InstanceBreaker(
+                        instance_id=instance.instance_id,
+                        applied_revision=instance.applied_revision,
+                        snapshot=snapshot,
+                        report_age=now - instance.last_seen,
                     )
+                    config = instance.configs.get(name)
+                    if config is not None:
+                        item.snapshot.config.CopyFrom(config)
+                    group.instance_breakers.append(item)
         wanted = _FILTERED_STATES.get(request.state, (STATE_FIELDS.get(request.state, ""),))
         for key in sorted(groups):
             group = groups[key]
@@ -308,11 +324,10 @@ def _check_reported_configs(request: pb.ReportStateRequest, instance: Instance |
     A report's configs reach operators' terminals through `status --instances`: they are read
     as strictly as a policy, but a config equal to the one already held is not read again.
     """
-    previous = instance.breakers if instance is not None else {}
+    previous = instance.configs if instance is not None else {}
     for index, breaker in enumerate(request.breakers):
         if not breaker.HasField("config"):
             continue
-        old = previous.get(breaker.name)
-        if old is not None and old.config == breaker.config:
+        if previous.get(breaker.name) == breaker.config:
             continue
         convert.config_from_proto(breaker.config, f"breakers[{index}].config")

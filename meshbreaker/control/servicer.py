@@ -293,11 +293,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         """Record one instance's breakers, applied revision and ACK/NACK."""
         validate.check_report(request, self._limits)
         self._check_speaker(context, request.service)
-        acknowledged = self._instances.record(request, self._clock())
+        acknowledged, resend_configs = self._instances.record(request, self._clock())
         return pb.ReportStateResponse(
             revision=self._revision,
             report_ttl=self._report_ttl_message,
             transitions_acknowledged=acknowledged,
+            resend_configs=resend_configs,
         )
 
     @abort_on_refusal

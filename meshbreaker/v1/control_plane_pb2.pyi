@@ -982,7 +982,10 @@ class BreakerSnapshot(_message.Message):
 
     @_builtins.property
     def config(self) -> Global___BreakerConfig:
-        """The breaker's effective config (every field set): its layered policies over the process default."""
+        """The breaker's effective config (every field set): its layered policies over the process default.
+        Agents send it when it changed since their last accepted report (or when asked to resend);
+        the server keeps the last one of each breaker and shows it with the snapshot.
+        """
 
     def __init__(
         self,
@@ -1271,12 +1274,15 @@ class ReportStateResponse(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     REPORT_TTL_FIELD_NUMBER: _builtins.int
     TRANSITIONS_ACKNOWLEDGED_FIELD_NUMBER: _builtins.int
+    RESEND_CONFIGS_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """The current store revision; it may be ahead of the applied one when the later changes did
     not affect this caller (those are not pushed).
     """
     transitions_acknowledged: _builtins.int
     """every sequence up to this one is published"""
+    resend_configs: _builtins.bool
+    """The server holds no effective configs of this instance (it is new to it): send them all."""
     @_builtins.property
     def report_ttl(self) -> _duration_pb2.Duration:
         """report more often than this to stay listed"""
@@ -1287,10 +1293,11 @@ class ReportStateResponse(_message.Message):
         revision: _builtins.int = ...,
         report_ttl: _duration_pb2.Duration | None = ...,
         transitions_acknowledged: _builtins.int = ...,
+        resend_configs: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["report_ttl", b"report_ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["report_ttl", b"report_ttl", "revision", b"revision", "transitions_acknowledged", b"transitions_acknowledged"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report_ttl", b"report_ttl", "resend_configs", b"resend_configs", "revision", b"revision", "transitions_acknowledged", b"transitions_acknowledged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
