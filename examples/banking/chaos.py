@@ -1,10 +1,12 @@
-"""Fault injection every banking service serves: failure rate, added latency, outage, hang."""
+"""Fault injection every banking service serves: failures, latency, outage, hang, late answers."""
 
 from __future__ import annotations
 
 import random
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -12,10 +14,12 @@ from grpc_health.v1 import health, health_pb2
 from examples.banking.gen import chaos_pb2, chaos_pb2_grpc
 
 _HANG_POLL = 0.05
+# Health checks and the chaos API itself are never faulted: the demo must always reach them.
+_EXEMPT = ("/grpc.", "/bank.v1.ChaosService/")
 
 
 class Chaos:
-    """The faults currently in force in one service; business handlers call apply() first."""
+    """The faults currently in force in one service; its interceptor applies them to every call."""
 
     def __init__(self, health_servicer: health.HealthServicer | None = None) -> None:
         self._lock = threading.Lock()
@@ -27,15 +31,18 @@ class Chaos:
         self.calls = 0
         self.injected_failures = 0
         self.hung = 0
+        self.late = 0
 
     def set(self, settings: chaos_pb2.ChaosSettings) -> None:
         """Replace all settings at once; rejects out-of-range values with ValueError."""
-        if not 0.0 <= settings.failure_rate <= 1.0:
-            raise ValueError(f"failure_rate must be in [0, 1], got {settings.failure_rate}")
-        if not 0.0 <= settings.added_latency <= 60.0:
-            raise ValueError(
-                f"added_latency must be in [0, 60] seconds, got {settings.added_latency}"
-            )
+        for name in ("failure_rate", "late_rate"):
+            value = getattr(settings, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        for name in ("added_latency", "late_delay"):
+            value = getattr(settings, name)
+            if not 0.0 <= value <= 60.0:
+                raise ValueError(f"{name} must be in [0, 60] seconds, got {value}")
         copy = chaos_pb2.ChaosSettings()
         copy.CopyFrom(settings)
         with self._lock:
@@ -60,18 +67,30 @@ class Chaos:
                 calls=self.calls,
                 injected_failures=self.injected_failures,
                 hung=self.hung,
+                late=self.late,
             )
 
-    def apply(self, context: grpc.ServicerContext) -> None:
-        """Inject the configured faults into this call; aborts the call when one fires."""
+    def _applies(self, settings: chaos_pb2.ChaosSettings, method: str) -> bool:
+        if not settings.methods:
+            return True
+        short = method.rpartition("/")[2]
+        return any(m in (method, short) for m in settings.methods)
+
+    def before(self, method: str, context: grpc.ServicerContext) -> float:
+        """Inject the faults due before the work; returns how long to hold the answer after it."""
         with self._lock:
             settings = self._settings
+            if not self._applies(settings, method):
+                return 0.0
             self.calls += 1
             fail = settings.failure_rate > 0 and self._random.random() < settings.failure_rate
+            late = settings.late_rate > 0 and self._random.random() < settings.late_rate
             if settings.outage or fail:
                 self.injected_failures += 1
             if settings.hang:
                 self.hung += 1
+            if late:
+                self.late += 1
         if settings.outage:
             context.abort(grpc.StatusCode.UNAVAILABLE, "chaos: service outage")
         if settings.hang:
@@ -86,6 +105,40 @@ class Chaos:
             time.sleep(settings.added_latency)
         if fail:
             context.abort(grpc.StatusCode.UNAVAILABLE, "chaos: injected failure")
+        return settings.late_delay if late else 0.0
+
+
+class ChaosInterceptor(grpc.ServerInterceptor):
+    """Applies a service's Chaos around every business call, so no handler has to remember to."""
+
+    def __init__(self, chaos: Chaos) -> None:
+        self._chaos = chaos
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or method.startswith(_EXEMPT):
+            return handler
+        behavior = handler.unary_unary
+        chaos = self._chaos
+
+        def faulty(request: Any, context: grpc.ServicerContext) -> Any:
+            hold = chaos.before(method, context)
+            response = behavior(request, context)
+            if hold > 0:
+                # The work is done and committed; only the answer is late.
+                time.sleep(hold)
+            return response
+
+        return grpc.unary_unary_rpc_method_handler(
+            faulty,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 class ChaosServicer(chaos_pb2_grpc.ChaosServiceServicer):

@@ -1,13 +1,19 @@
-"""The demo's promises, checked against the services' own SQLite databases."""
+"""The demo's promises, checked against the services' own databases and the clients' answers."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+CONSERVED = "total money conserved to the cent"
+APPLIED_ONCE = "no transfer applied twice"
+AUDITED_ONCE = "every committed transfer audited exactly once, at its commit time"
+RECONCILED = "every answer a client got agrees with the ledger"
+NOTHING_OWED = "nothing left half-done"
 
 
 @dataclass(frozen=True)
@@ -19,8 +25,24 @@ class Check:
     detail: str
 
 
-def _rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    # Read-only, so checking can never change what it checks.
+@dataclass
+class Intent:
+    """One payment a client asked for, and every answer it got (retries share the key)."""
+
+    key: str
+    from_account: str
+    to_account: str
+    amount_cents: int
+    answers: list[str] = field(default_factory=list)
+
+    @property
+    def final(self) -> str:
+        """The last answer ('' before the first)."""
+        return self.answers[-1] if self.answers else ""
+
+
+def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Run a query on a database opened read-only, so checking can never change what it checks."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return list(conn.execute(sql).fetchall())
@@ -34,38 +56,39 @@ def cents(amount: int) -> str:
     return f"{sign}${abs(amount) // 100:,}.{abs(amount) % 100:02d}"
 
 
-def check_invariants(dbs: Mapping[str, Path], outboxes: Iterable[Path] = ()) -> list[Check]:
-    """Money conserved, no transfer applied twice, every commit audited once, nothing owed."""
-    initial = _rows(dbs["account"], "SELECT value FROM meta WHERE key = 'initial_total'")[0][0]
-    balances = dict(_rows(dbs["account"], "SELECT account_id, balance_cents FROM accounts"))
-    postings = _rows(
+def check_invariants(
+    dbs: Mapping[str, Path],
+    intents: Iterable[Intent] = (),
+    gateway_dbs: Iterable[Path] = (),
+) -> list[Check]:
+    """Money conserved, nothing applied twice, audited once, answers reconciled, nothing owed."""
+    initial = rows(dbs["account"], "SELECT value FROM meta WHERE key = 'initial_total'")[0][0]
+    balances = dict(rows(dbs["account"], "SELECT account_id, balance_cents FROM accounts"))
+    postings = rows(
         dbs["account"], "SELECT account_id, kind, amount_cents, transfer_id FROM postings"
     )
     transfers = {
         row[0]: row[1:]
-        for row in _rows(
+        for row in rows(
             dbs["transaction"],
-            "SELECT transfer_id, from_account, to_account, amount_cents, status FROM transfers",
+            "SELECT transfer_id, from_account, to_account, amount_cents, status, committed_at "
+            "FROM transfers",
         )
     }
-    audits = {
-        row[0]: row[1:]
-        for row in _rows(
-            dbs["audit"],
-            "SELECT transfer_id, from_account, to_account, amount_cents, deliveries FROM audit_log",
-        )
-    }
+    audits = rows(
+        dbs["audit"],
+        "SELECT transfer_id, from_account, to_account, amount_cents, committed_at FROM audit_log",
+    )
     return [
         _conservation(initial, balances, postings),
         _applied_once(transfers, postings),
         _audited_once(transfers, audits),
-        _nothing_owed(transfers, outboxes),
+        _reconciled(transfers, list(intents)),
+        _nothing_owed(transfers, dbs["transaction"], gateway_dbs),
     ]
 
 
-def _conservation(
-    initial: int, balances: Mapping[str, int], postings: list[tuple[Any, ...]]
-) -> Check:
+def _conservation(initial: int, balances: Mapping[str, int], postings: Sequence[Any]) -> Check:
     total = sum(balances.values())
     ledger: Counter[str] = Counter()
     for account_id, kind, amount, _ in postings:
@@ -75,71 +98,124 @@ def _conservation(
     detail = f"total {cents(total)} vs initial {cents(initial)}"
     if drifted:
         detail += f"; balances disagree with their ledger: {', '.join(drifted[:5])}"
-    return Check("total money conserved to the cent", ok, detail)
+    return Check(CONSERVED, ok, detail)
 
 
-def _applied_once(
-    transfers: Mapping[str, tuple[Any, ...]], postings: list[tuple[Any, ...]]
-) -> Check:
-    by_transfer: dict[str, Counter[str]] = {}
-    amounts: dict[tuple[str, str], tuple[str, int]] = {}
+def _applied_once(transfers: Mapping[str, tuple[Any, ...]], postings: Sequence[Any]) -> Check:
+    # Lists, not dicts: a second posting for the same transfer must be seen, not overwritten.
+    by_transfer: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
     for account_id, kind, amount, transfer_id in postings:
-        if kind == "open":
-            continue
-        by_transfer.setdefault(transfer_id, Counter())[kind] += 1
-        amounts[(transfer_id, kind)] = (account_id, amount)
-    problems = []
-    for transfer_id, kinds in by_transfer.items():
-        if any(count > 1 for count in kinds.values()):
-            problems.append(f"{transfer_id} posted {dict(kinds)}")
-        elif transfer_id not in transfers:
-            problems.append(f"{transfer_id} has postings but no transfer")
-    committed = 0
-    for transfer_id, (source, destination, amount, status) in transfers.items():
-        kinds = by_transfer.get(transfer_id, Counter())
+        if kind != "open":
+            by_transfer[transfer_id].append((kind, account_id, amount))
+    problems = [f"{t} has postings but no transfer" for t in by_transfer if t not in transfers]
+    committed = refunded = 0
+    for transfer_id, (source, destination, amount, status, _) in transfers.items():
+        posted = sorted(by_transfer.get(transfer_id, []))
         if status == "COMMITTED":
             committed += 1
-            expected = {
-                "debit": (source, amount),
-                "credit": (destination, amount),
-            }
-            if any(amounts.get((transfer_id, k)) != v for k, v in expected.items()):
-                problems.append(f"{transfer_id} committed but its postings do not match")
-        elif status == "FAILED" and kinds:
-            # A failed transfer either never debited, or was refunded to its source.
-            refund = {"debit": (source, amount), "credit": (source, amount)}
-            if any(amounts.get((transfer_id, k)) != v for k, v in refund.items()):
-                problems.append(f"{transfer_id} failed but kept its money moved")
-    detail = f"{committed} committed transfers, each one debit + one credit"
-    if problems:
-        detail = f"{len(problems)} problems, e.g. {'; '.join(problems[:3])}"
-    return Check("no transfer applied twice", not problems, detail)
-
-
-def _audited_once(
-    transfers: Mapping[str, tuple[Any, ...]], audits: Mapping[str, tuple[Any, ...]]
-) -> Check:
-    committed = {tid: row[:3] for tid, row in transfers.items() if row[3] == "COMMITTED"}
-    missing = sorted(set(committed) - set(audits))
-    extra = sorted(set(audits) - set(committed))
-    mismatched = sorted(t for t in committed if t in audits and audits[t][:3] != committed[t])
-    duplicates = sum(row[3] - 1 for row in audits.values())
-    ok = not (missing or extra or mismatched)
+            expected = [("credit", destination, amount), ("debit", source, amount)]
+        elif status == "FAILED" and posted:
+            refunded += 1
+            expected = [("credit", source, amount), ("debit", source, amount)]
+        else:
+            expected = posted if status in ("PENDING", "DEBITED") and len(posted) <= 1 else []
+        if posted != expected:
+            kinds = Counter(kind for kind, _, _ in posted)
+            problems.append(f"{transfer_id} ({status}) posted {dict(kinds)}")
     detail = (
-        f"{len(committed)} committed, {len(audits)} audit records "
-        f"({duplicates} duplicate deliveries deduplicated)"
+        f"{committed} committed transfers, each one debit + one credit; "
+        f"{refunded} failed ones debited and refunded"
     )
+    if problems:
+        detail = f"{len(problems)} transfers moved money wrongly, e.g. {'; '.join(problems[:3])}"
+    return Check(APPLIED_ONCE, not problems, detail)
+
+
+def _audited_once(transfers: Mapping[str, tuple[Any, ...]], audits: Sequence[Any]) -> Check:
+    committed = {t: row for t, row in transfers.items() if row[3] == "COMMITTED"}
+    records: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    for transfer_id, *record in audits:
+        records[transfer_id].append(tuple(record))
+    missing = sorted(set(committed) - set(records))
+    extra = sorted(set(records) - set(committed))
+    duplicated = sorted(t for t, found in records.items() if len(found) > 1)
+    wrong = sorted(
+        t for t in committed if t in records and any(r[:3] != committed[t][:3] for r in records[t])
+    )
+    wrong_time = sorted(
+        t for t in committed if t in records and any(r[3] != committed[t][4] for r in records[t])
+    )
+    problems = []
     if missing:
-        detail += f"; {len(missing)} never audited, e.g. {missing[0]}"
+        problems.append(f"{len(missing)} never audited, e.g. {missing[0]}")
+    if duplicated:
+        problems.append(f"{len(duplicated)} audited more than once, e.g. {duplicated[0]}")
     if extra:
-        detail += f"; {len(extra)} audited but not committed, e.g. {extra[0]}"
-    if mismatched:
-        detail += f"; {len(mismatched)} audited with wrong details, e.g. {mismatched[0]}"
-    return Check("every committed transfer audited exactly once", ok, detail)
+        problems.append(f"{len(extra)} audited but not committed, e.g. {extra[0]}")
+    if wrong:
+        problems.append(f"{len(wrong)} audited with wrong details, e.g. {wrong[0]}")
+    if wrong_time:
+        problems.append(
+            f"{len(wrong_time)} audited with a committed_at other than the commit's, "
+            f"e.g. {wrong_time[0]}"
+        )
+    detail = f"{len(committed)} committed, {len(audits)} audit records"
+    if problems:
+        detail += "; " + "; ".join(problems)
+    return Check(AUDITED_ONCE, not problems, detail)
 
 
-def _nothing_owed(transfers: Mapping[str, tuple[Any, ...]], outboxes: Iterable[Path]) -> Check:
-    unresolved = sum(1 for row in transfers.values() if row[3] in ("PENDING", "DEBITED"))
-    owed = sum(_rows(path, "SELECT count(*) FROM outbox")[0][0] for path in outboxes)
-    detail = f"{unresolved} transfers in flight, {owed} outbox rows left"
-    return Check("outbox drained, no transfer left half-done", not (unresolved or owed), detail)
+def _reconciled(transfers: Mapping[str, tuple[Any, ...]], intents: Sequence[Intent]) -> Check:
+    problems: list[str] = []
+    told_committed = 0
+    for intent in intents:
+        row = transfers.get(intent.key)
+        in_ledger = row is not None and row[3] == "COMMITTED"
+        said = set(intent.answers)
+        if "committed" in said:
+            told_committed += 1
+            if not in_ledger:
+                problems.append(f"{intent.key} told committed, the ledger disagrees")
+            elif row is not None and tuple(row[:3]) != (
+                intent.from_account,
+                intent.to_account,
+                intent.amount_cents,
+            ):
+                problems.append(f"{intent.key} committed with other details than asked")
+        if in_ledger and said & {"failed", "rejected"}:
+            problems.append(f"{intent.key} told it did not happen, the ledger says it did")
+        if intent.final == "pending":
+            problems.append(f"{intent.key} never got a final answer")
+    keys = {intent.key for intent in intents}
+    committed = [t for t, row in transfers.items() if row[3] == "COMMITTED"]
+    unasked = [t for t in committed if t not in keys]
+    if unasked:
+        problems.append(
+            f"{len(unasked)} committed transfers no client asked for, e.g. {unasked[0]}"
+        )
+    detail = (
+        f"{len(keys)} client payments, {told_committed} told committed = "
+        f"{len(committed)} committed transfers in the ledger"
+    )
+    if told_committed != len(committed):
+        detail = detail.replace(" = ", " != ")
+        problems.insert(0, "counts differ")
+    if problems:
+        detail += f"; {len(problems)} problems, e.g. {'; '.join(problems[:3])}"
+    return Check(RECONCILED, not problems, detail)
+
+
+def _nothing_owed(
+    transfers: Mapping[str, tuple[Any, ...]], transaction_db: Path, gateway_dbs: Iterable[Path]
+) -> Check:
+    in_flight = sum(1 for row in transfers.values() if row[3] in ("PENDING", "DEBITED"))
+    owed = rows(transaction_db, "SELECT count(*) FROM audit_outbox")[0][0]
+    in_doubt = sum(
+        rows(path, "SELECT count(*) FROM requests WHERE state IN ('in_progress', 'unknown')")[0][0]
+        for path in gateway_dbs
+    )
+    detail = (
+        f"{in_flight} sagas in flight, {owed} audit records owed, "
+        f"{in_doubt} gateway requests in doubt"
+    )
+    return Check(NOTHING_OWED, not (in_flight or owed or in_doubt), detail)

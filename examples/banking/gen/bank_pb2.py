@@ -24,15 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65xamples/banking/gen/bank.proto\x12\x07\x62\x61nk.v1\"\'\n\x11GetBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"?\n\x12GetBalanceResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\rbalance_cents\x18\x02 \x01(\x03\"h\n\x0ePostingRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x03 \x01(\x03\x12\x13\n\x0btransfer_id\x18\x04 \x01(\t\"N\n\x0fPostingResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\rbalance_cents\x18\x02 \x01(\x03\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"f\n\x0fTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_account\x18\x02 \x01(\t\x12\x12\n\nto_account\x18\x03 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x04 \x01(\x03\"r\n\x10TransferResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.bank.v1.TransferStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"j\n\x13NotificationRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_account\x18\x02 \x01(\t\x12\x12\n\nto_account\x18\x03 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x04 \x01(\x03\")\n\x14NotificationResponse\x12\x11\n\tdelivered\x18\x01 \x01(\x08\"x\n\x0b\x41uditRecord\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_account\x18\x02 \x01(\t\x12\x12\n\nto_account\x18\x03 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x04 \x01(\x03\x12\x14\n\x0c\x63ommitted_at\x18\x05 \x01(\x01\"+\n\x16LogTransactionResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08*l\n\x0eTransferStatus\x12\x1f\n\x1bTRANSFER_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19TRANSFER_STATUS_COMMITTED\x10\x01\x12\x1a\n\x16TRANSFER_STATUS_FAILED\x10\x02\x32\xd0\x01\n\x0e\x41\x63\x63ountService\x12\x45\n\nGetBalance\x12\x1a.bank.v1.GetBalanceRequest\x1a\x1b.bank.v1.GetBalanceResponse\x12:\n\x05\x44\x65\x62it\x12\x17.bank.v1.PostingRequest\x1a\x18.bank.v1.PostingResponse\x12;\n\x06\x43redit\x12\x17.bank.v1.PostingRequest\x1a\x18.bank.v1.PostingResponse2U\n\x12TransactionService\x12?\n\x08Transfer\x12\x18.bank.v1.TransferRequest\x1a\x19.bank.v1.TransferResponse2n\n\x13NotificationService\x12W\n\x18SendTransferNotification\x12\x1c.bank.v1.NotificationRequest\x1a\x1d.bank.v1.NotificationResponse2W\n\x0c\x41uditService\x12G\n\x0eLogTransaction\x12\x14.bank.v1.AuditRecord\x1a\x1f.bank.v1.LogTransactionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65xamples/banking/gen/bank.proto\x12\x07\x62\x61nk.v1\"\'\n\x11GetBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"?\n\x12GetBalanceResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\rbalance_cents\x18\x02 \x01(\x03\"h\n\x0ePostingRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x03 \x01(\x03\x12\x13\n\x0btransfer_id\x18\x04 \x01(\t\"N\n\x0fPostingResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\rbalance_cents\x18\x02 \x01(\x03\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"f\n\x0fTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_account\x18\x02 \x01(\t\x12\x12\n\nto_account\x18\x03 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x04 \x01(\x03\"\x88\x01\n\x10TransferResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.bank.v1.TransferStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x12\x14\n\x0c\x63ommitted_at\x18\x05 \x01(\x01\"j\n\x13NotificationRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_account\x18\x02 \x01(\t\x12\x12\n\nto_account\x18\x03 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x04 \x01(\x03\")\n\x14NotificationResponse\x12\x11\n\tdelivered\x18\x01 \x01(\x08\"x\n\x0b\x41uditRecord\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_account\x18\x02 \x01(\t\x12\x12\n\nto_account\x18\x03 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x04 \x01(\x03\x12\x14\n\x0c\x63ommitted_at\x18\x05 \x01(\x01\"+\n\x16LogTransactionResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\"o\n\x14TransferFundsRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_account\x18\x02 \x01(\t\x12\x12\n\nto_account\x18\x03 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x04 \x01(\x03\"|\n\x15TransferFundsResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12,\n\x06status\x18\x02 \x01(\x0e\x32\x1c.bank.v1.TransferFundsStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"\x18\n\x16GetGatewayStatsRequest\"-\n\x0eGatewayBreaker\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"\xa1\x01\n\x0cGatewayStats\x12\x35\n\x08\x63ounters\x18\x01 \x03(\x0b\x32#.bank.v1.GatewayStats.CountersEntry\x12)\n\x08\x62reakers\x18\x02 \x03(\x0b\x32\x17.bank.v1.GatewayBreaker\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*l\n\x0eTransferStatus\x12\x1f\n\x1bTRANSFER_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19TRANSFER_STATUS_COMMITTED\x10\x01\x12\x1a\n\x16TRANSFER_STATUS_FAILED\x10\x02*\xca\x01\n\x13TransferFundsStatus\x12%\n!TRANSFER_FUNDS_STATUS_UNSPECIFIED\x10\x00\x12#\n\x1fTRANSFER_FUNDS_STATUS_COMMITTED\x10\x01\x12 \n\x1cTRANSFER_FUNDS_STATUS_FAILED\x10\x02\x12!\n\x1dTRANSFER_FUNDS_STATUS_PENDING\x10\x03\x12\"\n\x1eTRANSFER_FUNDS_STATUS_REJECTED\x10\x04\x32\xd0\x01\n\x0e\x41\x63\x63ountService\x12\x45\n\nGetBalance\x12\x1a.bank.v1.GetBalanceRequest\x1a\x1b.bank.v1.GetBalanceResponse\x12:\n\x05\x44\x65\x62it\x12\x17.bank.v1.PostingRequest\x1a\x18.bank.v1.PostingResponse\x12;\n\x06\x43redit\x12\x17.bank.v1.PostingRequest\x1a\x18.bank.v1.PostingResponse2U\n\x12TransactionService\x12?\n\x08Transfer\x12\x18.bank.v1.TransferRequest\x1a\x19.bank.v1.TransferResponse2n\n\x13NotificationService\x12W\n\x18SendTransferNotification\x12\x1c.bank.v1.NotificationRequest\x1a\x1d.bank.v1.NotificationResponse2W\n\x0c\x41uditService\x12G\n\x0eLogTransaction\x12\x14.bank.v1.AuditRecord\x1a\x1f.bank.v1.LogTransactionResponse2\xa4\x01\n\x0eGatewayService\x12N\n\rTransferFunds\x12\x1d.bank.v1.TransferFundsRequest\x1a\x1e.bank.v1.TransferFundsResponse\x12\x42\n\x08GetStats\x12\x1f.bank.v1.GetGatewayStatsRequest\x1a\x15.bank.v1.GatewayStatsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'examples.banking.gen.bank_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSFERSTATUS']._serialized_start=874
-  _globals['_TRANSFERSTATUS']._serialized_end=982
+  _globals['_GATEWAYSTATS_COUNTERSENTRY']._loaded_options = None
+  _globals['_GATEWAYSTATS_COUNTERSENTRY']._serialized_options = b'8\001'
+  _globals['_TRANSFERSTATUS']._serialized_start=1373
+  _globals['_TRANSFERSTATUS']._serialized_end=1481
+  _globals['_TRANSFERFUNDSSTATUS']._serialized_start=1484
+  _globals['_TRANSFERFUNDSSTATUS']._serialized_end=1686
   _globals['_GETBALANCEREQUEST']._serialized_start=44
   _globals['_GETBALANCEREQUEST']._serialized_end=83
   _globals['_GETBALANCERESPONSE']._serialized_start=85
@@ -43,22 +47,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POSTINGRESPONSE']._serialized_end=334
   _globals['_TRANSFERREQUEST']._serialized_start=336
   _globals['_TRANSFERREQUEST']._serialized_end=438
-  _globals['_TRANSFERRESPONSE']._serialized_start=440
-  _globals['_TRANSFERRESPONSE']._serialized_end=554
-  _globals['_NOTIFICATIONREQUEST']._serialized_start=556
-  _globals['_NOTIFICATIONREQUEST']._serialized_end=662
-  _globals['_NOTIFICATIONRESPONSE']._serialized_start=664
-  _globals['_NOTIFICATIONRESPONSE']._serialized_end=705
-  _globals['_AUDITRECORD']._serialized_start=707
-  _globals['_AUDITRECORD']._serialized_end=827
-  _globals['_LOGTRANSACTIONRESPONSE']._serialized_start=829
-  _globals['_LOGTRANSACTIONRESPONSE']._serialized_end=872
-  _globals['_ACCOUNTSERVICE']._serialized_start=985
-  _globals['_ACCOUNTSERVICE']._serialized_end=1193
-  _globals['_TRANSACTIONSERVICE']._serialized_start=1195
-  _globals['_TRANSACTIONSERVICE']._serialized_end=1280
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=1282
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=1392
-  _globals['_AUDITSERVICE']._serialized_start=1394
-  _globals['_AUDITSERVICE']._serialized_end=1481
+  _globals['_TRANSFERRESPONSE']._serialized_start=441
+  _globals['_TRANSFERRESPONSE']._serialized_end=577
+  _globals['_NOTIFICATIONREQUEST']._serialized_start=579
+  _globals['_NOTIFICATIONREQUEST']._serialized_end=685
+  _globals['_NOTIFICATIONRESPONSE']._serialized_start=687
+  _globals['_NOTIFICATIONRESPONSE']._serialized_end=728
+  _globals['_AUDITRECORD']._serialized_start=730
+  _globals['_AUDITRECORD']._serialized_end=850
+  _globals['_LOGTRANSACTIONRESPONSE']._serialized_start=852
+  _globals['_LOGTRANSACTIONRESPONSE']._serialized_end=895
+  _globals['_TRANSFERFUNDSREQUEST']._serialized_start=897
+  _globals['_TRANSFERFUNDSREQUEST']._serialized_end=1008
+  _globals['_TRANSFERFUNDSRESPONSE']._serialized_start=1010
+  _globals['_TRANSFERFUNDSRESPONSE']._serialized_end=1134
+  _globals['_GETGATEWAYSTATSREQUEST']._serialized_start=1136
+  _globals['_GETGATEWAYSTATSREQUEST']._serialized_end=1160
+  _globals['_GATEWAYBREAKER']._serialized_start=1162
+  _globals['_GATEWAYBREAKER']._serialized_end=1207
+  _globals['_GATEWAYSTATS']._serialized_start=1210
+  _globals['_GATEWAYSTATS']._serialized_end=1371
+  _globals['_GATEWAYSTATS_COUNTERSENTRY']._serialized_start=1324
+  _globals['_GATEWAYSTATS_COUNTERSENTRY']._serialized_end=1371
+  _globals['_ACCOUNTSERVICE']._serialized_start=1689
+  _globals['_ACCOUNTSERVICE']._serialized_end=1897
+  _globals['_TRANSACTIONSERVICE']._serialized_start=1899
+  _globals['_TRANSACTIONSERVICE']._serialized_end=1984
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=1986
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=2096
+  _globals['_AUDITSERVICE']._serialized_start=2098
+  _globals['_AUDITSERVICE']._serialized_end=2185
+  _globals['_GATEWAYSERVICE']._serialized_start=2188
+  _globals['_GATEWAYSERVICE']._serialized_end=2352
 # @@protoc_insertion_point(module_scope)

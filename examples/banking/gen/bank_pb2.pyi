@@ -6,8 +6,10 @@ Money is always integer cents. Mutations carry an idempotency key: a retry with 
 same key returns the first result and never moves money twice.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -36,6 +38,35 @@ TRANSFER_STATUS_UNSPECIFIED: TransferStatus.ValueType  # 0
 TRANSFER_STATUS_COMMITTED: TransferStatus.ValueType  # 1
 TRANSFER_STATUS_FAILED: TransferStatus.ValueType  # 2
 Global___TransferStatus: _TypeAlias = TransferStatus  # noqa: Y015
+
+class _TransferFundsStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TransferFundsStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TransferFundsStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRANSFER_FUNDS_STATUS_UNSPECIFIED: _TransferFundsStatus.ValueType  # 0
+    TRANSFER_FUNDS_STATUS_COMMITTED: _TransferFundsStatus.ValueType  # 1
+    """Money moved (final)."""
+    TRANSFER_FUNDS_STATUS_FAILED: _TransferFundsStatus.ValueType  # 2
+    """A definitive no, e.g. insufficient funds (final)."""
+    TRANSFER_FUNDS_STATUS_PENDING: _TransferFundsStatus.ValueType  # 3
+    """Outcome unknown or still in progress: retry with the same idempotency key."""
+    TRANSFER_FUNDS_STATUS_REJECTED: _TransferFundsStatus.ValueType  # 4
+    """Nothing was sent and nothing moved (a breaker refused, or a dependency failed first)."""
+
+class TransferFundsStatus(_TransferFundsStatus, metaclass=_TransferFundsStatusEnumTypeWrapper): ...
+
+TRANSFER_FUNDS_STATUS_UNSPECIFIED: TransferFundsStatus.ValueType  # 0
+TRANSFER_FUNDS_STATUS_COMMITTED: TransferFundsStatus.ValueType  # 1
+"""Money moved (final)."""
+TRANSFER_FUNDS_STATUS_FAILED: TransferFundsStatus.ValueType  # 2
+"""A definitive no, e.g. insufficient funds (final)."""
+TRANSFER_FUNDS_STATUS_PENDING: TransferFundsStatus.ValueType  # 3
+"""Outcome unknown or still in progress: retry with the same idempotency key."""
+TRANSFER_FUNDS_STATUS_REJECTED: TransferFundsStatus.ValueType  # 4
+"""Nothing was sent and nothing moved (a breaker refused, or a dependency failed first)."""
+Global___TransferFundsStatus: _TypeAlias = TransferFundsStatus  # noqa: Y015
 
 @_typing.final
 class GetBalanceRequest(_message.Message):
@@ -175,11 +206,15 @@ class TransferResponse(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
+    COMMITTED_AT_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     status: Global___TransferStatus.ValueType
     reason: _builtins.str
     """Why a transfer failed (e.g. "insufficient funds")."""
     replayed: _builtins.bool
+    """True when this transfer id had been seen before (this answer may come from the first attempt)."""
+    committed_at: _builtins.float
+    """Wall-clock time of the commit, seconds since the epoch (0 unless COMMITTED)."""
     def __init__(
         self,
         *,
@@ -187,10 +222,11 @@ class TransferResponse(_message.Message):
         status: Global___TransferStatus.ValueType = ...,
         reason: _builtins.str = ...,
         replayed: _builtins.bool = ...,
+        committed_at: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "replayed", b"replayed", "status", b"status", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_at", b"committed_at", "reason", b"reason", "replayed", b"replayed", "status", b"status", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -298,3 +334,149 @@ class LogTransactionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LogTransactionResponse: _TypeAlias = LogTransactionResponse  # noqa: Y015
+
+@_typing.final
+class TransferFundsRequest(_message.Message):
+    """----------------------------------------------------------------- gateway"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    FROM_ACCOUNT_FIELD_NUMBER: _builtins.int
+    TO_ACCOUNT_FIELD_NUMBER: _builtins.int
+    AMOUNT_CENTS_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Chosen by the client, once per payment, and sent again on every retry of it: the gateway
+    and the transaction service key the transfer by it, so a retry can never pay twice.
+    """
+    from_account: _builtins.str
+    to_account: _builtins.str
+    amount_cents: _builtins.int
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        from_account: _builtins.str = ...,
+        to_account: _builtins.str = ...,
+        amount_cents: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "from_account", b"from_account", "idempotency_key", b"idempotency_key", "to_account", b"to_account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferFundsRequest: _TypeAlias = TransferFundsRequest  # noqa: Y015
+
+@_typing.final
+class TransferFundsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    status: Global___TransferFundsStatus.ValueType
+    reason: _builtins.str
+    replayed: _builtins.bool
+    """True when this answer was given before, to an earlier attempt with the same key."""
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        status: Global___TransferFundsStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+        replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "replayed", b"replayed", "status", b"status", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferFundsResponse: _TypeAlias = TransferFundsResponse  # noqa: Y015
+
+@_typing.final
+class GetGatewayStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGatewayStatsRequest: _TypeAlias = GetGatewayStatsRequest  # noqa: Y015
+
+@_typing.final
+class GatewayBreaker(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    state: _builtins.str
+    """CLOSED, OPEN, HALF_OPEN, FORCED_OPEN or FORCED_CLOSED."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        state: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GatewayBreaker: _TypeAlias = GatewayBreaker  # noqa: Y015
+
+@_typing.final
+class GatewayStats(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CountersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    COUNTERS_FIELD_NUMBER: _builtins.int
+    BREAKERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def counters(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Counters since this gateway process started (notifications_sent, ...)."""
+
+    @_builtins.property
+    def breakers(self) -> _containers.RepeatedCompositeFieldContainer[Global___GatewayBreaker]: ...
+    def __init__(
+        self,
+        *,
+        counters: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        breakers: _abc.Iterable[Global___GatewayBreaker] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakers", b"breakers", "counters", b"counters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GatewayStats: _TypeAlias = GatewayStats  # noqa: Y015

@@ -399,3 +399,119 @@ class AuditService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class GatewayServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.TransferFunds = channel.unary_unary(
+                '/bank.v1.GatewayService/TransferFunds',
+                request_serializer=examples_dot_banking_dot_gen_dot_bank__pb2.TransferFundsRequest.SerializeToString,
+                response_deserializer=examples_dot_banking_dot_gen_dot_bank__pb2.TransferFundsResponse.FromString,
+                _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/bank.v1.GatewayService/GetStats',
+                request_serializer=examples_dot_banking_dot_gen_dot_bank__pb2.GetGatewayStatsRequest.SerializeToString,
+                response_deserializer=examples_dot_banking_dot_gen_dot_bank__pb2.GatewayStats.FromString,
+                _registered_method=True)
+
+
+class GatewayServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def TransferFunds(self, request, context):
+        """The payment API: balance check, transfer, notification (best effort).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_GatewayServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'TransferFunds': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferFunds,
+                    request_deserializer=examples_dot_banking_dot_gen_dot_bank__pb2.TransferFundsRequest.FromString,
+                    response_serializer=examples_dot_banking_dot_gen_dot_bank__pb2.TransferFundsResponse.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=examples_dot_banking_dot_gen_dot_bank__pb2.GetGatewayStatsRequest.FromString,
+                    response_serializer=examples_dot_banking_dot_gen_dot_bank__pb2.GatewayStats.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'bank.v1.GatewayService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('bank.v1.GatewayService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class GatewayService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def TransferFunds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bank.v1.GatewayService/TransferFunds',
+            examples_dot_banking_dot_gen_dot_bank__pb2.TransferFundsRequest.SerializeToString,
+            examples_dot_banking_dot_gen_dot_bank__pb2.TransferFundsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bank.v1.GatewayService/GetStats',
+            examples_dot_banking_dot_gen_dot_bank__pb2.GetGatewayStatsRequest.SerializeToString,
+            examples_dot_banking_dot_gen_dot_bank__pb2.GatewayStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -140,3 +140,37 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_bank_pb2.LogTransactionResponse, _abc.Awaitable[_bank_pb2.LogTransactionResponse]]: ...
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class GatewayServiceStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> GatewayServiceAsyncStub: ...
+    TransferFunds: _grpc.UnaryUnaryMultiCallable[_bank_pb2.TransferFundsRequest, _bank_pb2.TransferFundsResponse]
+    """The payment API: balance check, transfer, notification (best effort)."""
+    GetStats: _grpc.UnaryUnaryMultiCallable[_bank_pb2.GetGatewayStatsRequest, _bank_pb2.GatewayStats]
+
+@_typing.type_check_only
+class GatewayServiceAsyncStub(GatewayServiceStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    TransferFunds: _aio.UnaryUnaryMultiCallable[_bank_pb2.TransferFundsRequest, _bank_pb2.TransferFundsResponse]  # type: ignore[assignment]
+    """The payment API: balance check, transfer, notification (best effort)."""
+    GetStats: _aio.UnaryUnaryMultiCallable[_bank_pb2.GetGatewayStatsRequest, _bank_pb2.GatewayStats]  # type: ignore[assignment]
+
+class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def TransferFunds(
+        self,
+        request: _bank_pb2.TransferFundsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bank_pb2.TransferFundsResponse, _abc.Awaitable[_bank_pb2.TransferFundsResponse]]:
+        """The payment API: balance check, transfer, notification (best effort)."""
+
+    @_abc_1.abstractmethod
+    def GetStats(
+        self,
+        request: _bank_pb2.GetGatewayStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bank_pb2.GatewayStats, _abc.Awaitable[_bank_pb2.GatewayStats]]: ...
+
+def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,8 +3,10 @@
 isort:skip_file
 Fault injection served by every banking service, next to its business API."""
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -24,6 +26,9 @@ class ChaosSettings(_message.Message):
     ADDED_LATENCY_FIELD_NUMBER: _builtins.int
     OUTAGE_FIELD_NUMBER: _builtins.int
     HANG_FIELD_NUMBER: _builtins.int
+    LATE_RATE_FIELD_NUMBER: _builtins.int
+    LATE_DELAY_FIELD_NUMBER: _builtins.int
+    METHODS_FIELD_NUMBER: _builtins.int
     failure_rate: _builtins.float
     """Fraction of calls answered with UNAVAILABLE, in [0, 1]."""
     added_latency: _builtins.float
@@ -32,6 +37,17 @@ class ChaosSettings(_message.Message):
     """Every call fails with UNAVAILABLE and health reports NOT_SERVING."""
     hang: _builtins.bool
     """Every call blocks until the caller gives up (its deadline) or the hang is lifted."""
+    late_rate: _builtins.float
+    """Fraction of calls, in [0, 1], that do their work and then hold the answer back for
+    late_delay seconds: a "slow but completes" fault (the caller's deadline passes, the work stands).
+    """
+    late_delay: _builtins.float
+    @_builtins.property
+    def methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The methods these faults apply to, by method name ("Debit") or full name
+        ("/bank.v1.AccountService/Debit"); empty means every method of the business services.
+        """
+
     def __init__(
         self,
         *,
@@ -39,10 +55,13 @@ class ChaosSettings(_message.Message):
         added_latency: _builtins.float = ...,
         outage: _builtins.bool = ...,
         hang: _builtins.bool = ...,
+        late_rate: _builtins.float = ...,
+        late_delay: _builtins.float = ...,
+        methods: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_latency", b"added_latency", "failure_rate", b"failure_rate", "hang", b"hang", "outage", b"outage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_latency", b"added_latency", "failure_rate", b"failure_rate", "hang", b"hang", "late_delay", b"late_delay", "late_rate", b"late_rate", "methods", b"methods", "outage", b"outage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -56,9 +75,11 @@ class ChaosStats(_message.Message):
     CALLS_FIELD_NUMBER: _builtins.int
     INJECTED_FAILURES_FIELD_NUMBER: _builtins.int
     HUNG_FIELD_NUMBER: _builtins.int
+    LATE_FIELD_NUMBER: _builtins.int
     calls: _builtins.int
     injected_failures: _builtins.int
     hung: _builtins.int
+    late: _builtins.int
     @_builtins.property
     def settings(self) -> Global___ChaosSettings: ...
     def __init__(
@@ -68,10 +89,11 @@ class ChaosStats(_message.Message):
         calls: _builtins.int = ...,
         injected_failures: _builtins.int = ...,
         hung: _builtins.int = ...,
+        late: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "hung", b"hung", "injected_failures", b"injected_failures", "settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "hung", b"hung", "injected_failures", b"injected_failures", "late", b"late", "settings", b"settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from examples.banking.chaos import Chaos, ChaosServicer
+from examples.banking.chaos import Chaos, ChaosInterceptor, ChaosServicer
 from examples.banking.gen import chaos_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -118,12 +118,13 @@ def start_server(
     max_workers: int = 32,
 ) -> RunningService:
     """Build a server with health, chaos and the business servicers; bind 127.0.0.1:port; start."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name)
-    )
     health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     chaos = Chaos(health_servicer)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name),
+        interceptors=[ChaosInterceptor(chaos)],
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     chaos_pb2_grpc.add_ChaosServiceServicer_to_server(ChaosServicer(chaos), server)
     closers = register(server, chaos)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
@@ -134,9 +135,18 @@ def start_server(
     return RunningService(name, server, bound, chaos, health_servicer, closers)
 
 
-def base_parser(name: str) -> argparse.ArgumentParser:
-    """The flags every service process takes."""
+def base_parser(name: str, breaks: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The flags every service process takes; `breaks` names its test-only broken variants."""
     parser = argparse.ArgumentParser(prog=f"python -m examples.banking.services.{name}")
+    if breaks:
+        parser.add_argument(
+            "--break",
+            dest="breaks",
+            action="append",
+            choices=breaks,
+            default=[],
+            help="TEST ONLY: run a deliberately broken variant, to show an invariant catch it",
+        )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free)")
     parser.add_argument("--db", required=True, help="SQLite file for this service's data")
     parser.add_argument("--port-file", help="write the bound port here (atomically) once serving")

@@ -9,10 +9,18 @@ import grpc
 
 from meshbreaker.registry import BreakerRegistry
 
+# A restarted peer comes back on the same port: reconnect within ~0.1-0.5 s, not gRPC's default
+# backoff of up to two minutes.
+RECONNECT = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+)
+
 
 def guarded_channel(target: str, registry: BreakerRegistry | None) -> grpc.Channel:
     """A channel to `target` with one breaker per method from `registry` (None: a plain channel)."""
-    channel = grpc.insecure_channel(target)
+    channel = grpc.insecure_channel(target, options=RECONNECT)
     if registry is None:
         return channel
     from meshbreaker.grpc import BreakerInterceptor
@@ -21,9 +29,12 @@ def guarded_channel(target: str, registry: BreakerRegistry | None) -> grpc.Chann
 
 
 def agent_starter(
-    args: argparse.Namespace, service: str, registry: BreakerRegistry | None
+    args: argparse.Namespace, service: str, registry: BreakerRegistry | None, wait_for: int = 0
 ) -> Callable[[], Callable[[], None] | None] | None:
-    """A callable that starts a MeshAgent for this process and returns its stop, if asked for."""
+    """A callable that starts a MeshAgent for this process and returns its stop, if asked for.
+
+    With `wait_for`, it returns only once the policies at that revision are applied (or 10 s).
+    """
     if not args.control_plane:
         return None
 
@@ -39,6 +50,8 @@ def agent_starter(
             report_interval=0.5,
         )
         agent.start()
+        if wait_for and not agent.wait_for_revision(wait_for, timeout=10):
+            raise RuntimeError(f"{service}: no policies at revision {wait_for} within 10 s")
         return agent.stop
 
     return start

@@ -27,14 +27,12 @@ CREATE TABLE IF NOT EXISTS notifications (
 class NotificationServicer(bank_pb2_grpc.NotificationServiceServicer):
     """Stores the notification; a repeat for the same transfer only bumps a counter."""
 
-    def __init__(self, db: Database, chaos: Chaos) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._chaos = chaos
 
     def SendTransferNotification(
         self, request: bank_pb2.NotificationRequest, context: grpc.ServicerContext
     ) -> bank_pb2.NotificationResponse:
-        self._chaos.apply(context)
         if not request.transfer_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "transfer_id is required")
         with self._db.transaction() as conn:
@@ -57,7 +55,7 @@ def register(db_path: str) -> Callable[[grpc.Server, Chaos], list[Callable[[], N
 
     def add(server: grpc.Server, chaos: Chaos) -> list[Callable[[], None]]:
         db = Database(db_path, SCHEMA)
-        servicer = NotificationServicer(db, chaos)
+        servicer = NotificationServicer(db)
         bank_pb2_grpc.add_NotificationServiceServicer_to_server(servicer, server)
         return [db.close]
 

@@ -1,0 +1,308 @@
+"""The demo's processes: the control plane, the four services and two gateways; kill and restart."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from examples.banking.gen import bank_pb2, bank_pb2_grpc, chaos_pb2, chaos_pb2_grpc
+from examples.banking.policies import policy_messages
+from examples.banking.services.account import account_ids
+from examples.banking.services.mesh import RECONNECT
+from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+
+SERVICES = ("account", "transaction", "notification", "audit")
+GATEWAYS = ("gateway", "plain-gateway")
+_STATE_NAMES = ("closed", "open", "half_open", "forced_open", "forced_closed")
+
+
+@dataclass
+class _Child:
+    name: str
+    module: str
+    args: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    port: int = 0
+
+
+class Processes:
+    """Child processes of the demo; all of them are stopped on exit, Ctrl-C or SIGTERM."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._children: dict[str, _Child] = {}
+        atexit.register(self.stop_all)
+
+    def spawn(
+        self, name: str, module: str, args: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> None:
+        """Run `python -m module args --port-file F`; stderr goes to NAME.log in the run dir."""
+        port_file = self.run_dir / f"{name}.port"
+        port_file.unlink(missing_ok=True)
+        with (self.run_dir / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", module, *args, "--port-file", str(port_file)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+            )
+        self._children[name] = _Child(name, module, list(args), dict(env or {}), process)
+
+    def target(self, name: str, timeout: float = 30.0) -> str:
+        """Wait until child `name` has written its port file; its host:port."""
+        child = self._children[name]
+        port_file = self.run_dir / f"{name}.port"
+        deadline = time.monotonic() + timeout
+        while not port_file.exists():
+            if child.process.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with status {child.process.returncode}; "
+                    f"see {self.run_dir}/{name}.log"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start within {timeout:.0f}s")
+            time.sleep(0.02)
+        child.port = int(port_file.read_text())
+        return f"127.0.0.1:{child.port}"
+
+    def kill(self, name: str) -> None:
+        """SIGKILL child `name`: no goodbye, no cleanup, as a crash or an OOM kill would."""
+        process = self._children[name].process
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    def restart(self, name: str) -> str:
+        """Start `name` again with the same arguments on the same port; its host:port."""
+        child = self._children[name]
+        args = [*child.args, "--port", str(child.port)]
+        self.spawn(name, child.module, args, child.env)
+        self._children[name].args = child.args
+        return self.target(name)
+
+    def pids(self) -> dict[str, int]:
+        """Child process ids by name."""
+        return {name: child.process.pid for name, child in self._children.items()}
+
+    def stop_all(self) -> None:
+        """SIGTERM every child, then SIGKILL whatever is still running after 3 s."""
+        children, self._children = list(self._children.values()), {}
+        for child in children:
+            if child.process.poll() is None:
+                child.process.terminate()
+        deadline = time.monotonic() + 3.0
+        for child in children:
+            try:
+                child.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+
+
+@dataclass(frozen=True)
+class Seed:
+    """The accounts the account service opens on first start."""
+
+    accounts: int = 20
+    balance_cents: int = 1_000_000
+    hot: int = 3
+    hot_cents: int = 10_000
+
+    def ordinary(self) -> list[str]:
+        """Account ids for the everyday load."""
+        return account_ids(self.accounts)
+
+    def hot_ids(self) -> list[str]:
+        """The few small accounts the contention phase fights over."""
+        return account_ids(self.hot, "hot")
+
+
+@dataclass
+class Mesh:
+    """Starts and steers the mesh: control plane, services, gateways; chaos; kill and restart."""
+
+    run_dir: Path
+    seed: Seed = field(default_factory=Seed)
+    # Test-only broken variants, by process name: passed on as `--break MODE`.
+    breaks: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    say: Callable[[str], None] = print
+
+    def __post_init__(self) -> None:
+        import secrets
+
+        self.processes = Processes(self.run_dir)
+        self.admin_token = secrets.token_hex(16)
+        self.agent_token = secrets.token_hex(16)
+        self.targets: dict[str, str] = {}
+        self.dbs = {name: self.run_dir / f"{name}.db" for name in (*SERVICES, *GATEWAYS)}
+        self._channels: list[grpc.Channel] = []
+        self._chaos: dict[str, chaos_pb2_grpc.ChaosServiceStub] = {}
+        self._gateways: dict[str, bank_pb2_grpc.GatewayServiceStub] = {}
+        self.cp: pb_grpc.ControlPlaneStub | None = None
+        self.metrics_url = ""
+        self.revision = 0
+
+    # ---------------------------------------------------------------- start
+
+    def start(self) -> None:
+        """Control plane and policies, then the services, then the gateways; writes run.json."""
+        self.start_control_plane()
+        self.start_services()
+        self.start_gateways()
+        info = {
+            "control_plane": self.targets["control-plane"],
+            "metrics_url": self.metrics_url,
+            "admin_token": self.admin_token,
+            "agent_token": self.agent_token,
+            "pid": os.getpid(),
+            "children": self.processes.pids(),
+        }
+        fd = os.open(self.run_dir / "run.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(info, handle, indent=1)
+
+    def start_control_plane(self) -> None:
+        """The one place the control plane is started and given the demo's policies."""
+        # Tokens travel in the environment, not on command lines other users can read.
+        tokens = {"BANKING_ADMIN_TOKEN": self.admin_token, "BANKING_AGENT_TOKEN": self.agent_token}
+        metrics_port_file = self.run_dir / "control-plane.metrics-port"
+        args = ["--db", str(self.run_dir / "control-plane.db")]
+        args += ["--metrics-port-file", str(metrics_port_file)]
+        self.processes.spawn("control-plane", "examples.banking.controlplane", args, tokens)
+        target = self.targets["control-plane"] = self.processes.target("control-plane")
+        self.metrics_url = f"http://127.0.0.1:{int(metrics_port_file.read_text())}/metrics"
+        self.cp = pb_grpc.ControlPlaneStub(self._channel(target))
+        put = self.admin("PutPolicy", pb.PutPolicyRequest(policies=policy_messages()))
+        self.revision = put.revision
+        self.say(
+            f"control plane on {target}: {len(put.policies)} policies put "
+            f"(revision {put.revision}); address and tokens in {self.run_dir / 'run.json'}"
+        )
+        self.say(f"Prometheus metrics of every breaker in the mesh: {self.metrics_url}")
+
+    def _spawn(self, name: str, module: str, *extra: str) -> None:
+        args = ["--db", str(self.dbs[name]), "--instance-id", f"{name}-1"]
+        args += ["--control-plane", self.targets["control-plane"], *extra]
+        for mode in self.breaks.get(name, ()):
+            args += ["--break", mode]
+        env = {"BANKING_AGENT_TOKEN": self.agent_token}
+        self.processes.spawn(name, module, args, env)
+
+    def start_services(self) -> None:
+        """The four banking services, each its own process with its own MeshAgent."""
+        seed = self.seed
+        self._spawn(
+            "account",
+            "examples.banking.services.account",
+            *("--accounts", str(seed.accounts), "--initial-balance", str(seed.balance_cents)),
+            *("--hot-accounts", str(seed.hot), "--hot-balance", str(seed.hot_cents)),
+        )
+        self._spawn("notification", "examples.banking.services.notification")
+        self._spawn("audit", "examples.banking.services.audit")
+        self.targets["account"] = self.processes.target("account")
+        self.targets["audit"] = self.processes.target("audit")
+        self._spawn(
+            "transaction",
+            "examples.banking.services.transaction",
+            *("--accounts-target", self.targets["account"]),
+            *("--audit-target", self.targets["audit"]),
+        )
+        for name in SERVICES:
+            self.targets[name] = self.processes.target(name)
+            self._chaos[name] = chaos_pb2_grpc.ChaosServiceStub(self._channel(self.targets[name]))
+        self.say("services: " + ", ".join(f"{name} {self.targets[name]}" for name in SERVICES))
+
+    def start_gateways(self) -> None:
+        """The gateway with breakers (policies applied before it serves) and one without."""
+        upstream = (
+            *("--account-target", self.targets["account"]),
+            *("--transaction-target", self.targets["transaction"]),
+            *("--notification-target", self.targets["notification"]),
+        )
+        gateway = "examples.banking.services.gateway"
+        self._spawn("gateway", gateway, *upstream, "--policy-revision", str(self.revision))
+        self._spawn("plain-gateway", gateway, *upstream, "--no-breakers")
+        for name in GATEWAYS:
+            self.targets[name] = self.processes.target(name)
+            channel = self._channel(self.targets[name])
+            self._gateways[name] = bank_pb2_grpc.GatewayServiceStub(channel)
+        self.say(
+            f"gateways: {self.targets['gateway']} with breakers (policies of revision "
+            f"{self.revision} applied), {self.targets['plain-gateway']} without breakers "
+            "(for the hang phase)"
+        )
+
+    def _channel(self, target: str) -> grpc.Channel:
+        channel = grpc.insecure_channel(target, options=RECONNECT)
+        self._channels.append(channel)
+        return channel
+
+    # ---------------------------------------------------------------- steer
+
+    def admin(self, method: str, request: Any) -> Any:
+        """Call the control plane with the admin token."""
+        assert self.cp is not None
+        call: Callable[..., Any] = getattr(self.cp, method)
+        return call(request, timeout=5, metadata=(("authorization", f"Bearer {self.admin_token}"),))
+
+    def set_chaos(self, service: str, **settings: Any) -> None:
+        """Replace the faults in force at `service` (no arguments: none)."""
+        self._chaos[service].SetChaos(chaos_pb2.ChaosSettings(**settings), timeout=5)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process of the mesh."""
+        self.processes.kill(name)
+
+    def restart(self, name: str) -> None:
+        """Start a killed process again, on its old port (its clients reconnect by themselves)."""
+        self.processes.restart(name)
+
+    def gateway_stats(self, name: str = "gateway") -> bank_pb2.GatewayStats | None:
+        """A gateway's counters and breaker states; None while it is down."""
+        try:
+            stats: bank_pb2.GatewayStats = self._gateways[name].GetStats(
+                bank_pb2.GetGatewayStatsRequest(), timeout=2
+            )
+        except grpc.RpcError:
+            return None
+        return stats
+
+    def breaker_rows(self) -> list[dict[str, Any]]:
+        """Breakers across the mesh, as the control plane aggregates them."""
+        try:
+            response = self.admin("ListBreakers", pb.ListBreakersRequest())
+        except grpc.RpcError:
+            return []
+        rows = []
+        for group in response.groups:
+            states = [n for n in _STATE_NAMES if getattr(group, n)]
+            rows.append(
+                {
+                    "caller": group.service,
+                    "name": group.name,
+                    "state": "/".join(s.upper() for s in states) or "?",
+                    "failure_rate": group.failure_rate,
+                    "total": group.total,
+                    "rejected": group.rejected,
+                }
+            )
+        return sorted(rows, key=lambda r: (r["caller"], r["name"]))
+
+    def close(self) -> None:
+        """Close channels and stop every child process."""
+        for channel in self._channels:
+            channel.close()
+        self.processes.stop_all()

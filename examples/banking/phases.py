@@ -1,0 +1,226 @@
+"""The demo's phases: each one a fault that puts a guarantee at risk, and what it must exercise."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from examples.banking.services.account import CLOSED_ACCOUNT
+from meshbreaker.config import State
+from meshbreaker.v1 import control_plane_pb2 as pb
+
+if TYPE_CHECKING:
+    from examples.banking.demo import Demo, PhaseResult
+
+NOTIFY_METHOD = "/bank.v1.NotificationService/SendTransferNotification"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase: its name, what it does to the mesh, and the counters it must move."""
+
+    slug: str
+    name: str
+    title: str
+    run: Callable[[Demo, PhaseResult], None]
+    # (counter, what it means): the run fails if the phase leaves any of them at zero.
+    expects: tuple[tuple[str, str], ...] = ()
+
+
+def steady(demo: Demo, phase: PhaseResult) -> None:
+    """No faults."""
+    demo.hold(phase)
+
+
+def notification_outage(demo: Demo, phase: PhaseResult) -> None:
+    """The notification service is down; transfers do not need it."""
+    demo.mesh.set_chaos("notification", outage=True)
+    demo.hold(phase)
+    demo.mesh.set_chaos("notification")
+
+
+def audit_outage(demo: Demo, phase: PhaseResult) -> None:
+    """The audit service is down; records wait in the transaction service's outbox."""
+    demo.mesh.set_chaos("audit", outage=True)
+    demo.hold(phase)
+    demo.mesh.set_chaos("audit")
+
+
+def late_success(demo: Demo, phase: PhaseResult) -> None:
+    """Postings and audit writes complete, but answer after the caller's deadline."""
+    demo.mesh.set_chaos("account", late_rate=0.12, late_delay=0.8, methods=["Debit", "Credit"])
+    demo.mesh.set_chaos("audit", late_rate=0.3, late_delay=0.8)
+    demo.hold(phase)
+    demo.mesh.set_chaos("account")
+    demo.mesh.set_chaos("audit")
+
+
+def account_fault(demo: Demo, phase: PhaseResult) -> None:
+    """Credits fail for a while: sagas stall after the debit until the fault clears."""
+    demo.mesh.set_chaos("account", failure_rate=1.0, methods=["Credit"])
+    demo.hold(phase, fraction=0.6)
+    demo.mesh.set_chaos("account")
+    phase.notes.append("credits restored; stalled sagas resumed by retries and the sweeper")
+    demo.hold(phase, until=lambda: demo.levels()["in_flight"] == 0, longest=10.0)
+
+
+def hang(demo: Demo, phase: PhaseResult) -> None:
+    """The transaction service hangs; both gateways get the same open-loop load."""
+    demo.mesh.set_chaos("transaction", hang=True)
+    demo.plain.set_rate(demo.settings.rate)
+    demo.hold(phase)
+    demo.plain.set_rate(0)
+    # Every payment that arrived during the hang is measured, including those still queued.
+    demo.hold(phase, seconds=0, until=demo.plain.idle, longest=demo.plain.deadline + 2)
+    phase.calls["p"] = demo.plain.take_calls()
+    demo.mesh.set_chaos("transaction")
+
+
+def crash(demo: Demo, phase: PhaseResult) -> None:
+    """SIGKILL and restart the transaction service, the account service and the gateway."""
+    mesh = demo.mesh
+    step = demo.settings.duration("crash") / 4
+    # Slow credits keep sagas mid-way, so the kill is sure to catch some between debit and credit.
+    mesh.set_chaos("account", added_latency=0.15, methods=["Credit"])
+    demo.hold(phase, seconds=step, until=lambda: demo.levels()["in_flight"] > 0, longest=5.0)
+    caught = demo.levels()["in_flight"]
+    for name in ("transaction", "account", "gateway"):
+        started = time.monotonic()
+        if name == "gateway":
+            demo.remember_gateway_counts()
+        mesh.kill(name)
+        killed = f"SIGKILL {name}"
+        if name == "transaction":
+            killed += f" with {caught} sagas mid-way"
+        demo.say(f"{demo.clock()} {killed}; restarting it on the same port")
+        mesh.restart(name)
+        phase.notes.append(f"{killed}; back in {time.monotonic() - started:.1f} s")
+        demo.hold(phase, seconds=step)
+
+
+def contention(demo: Demo, phase: PhaseResult) -> None:
+    """Hot accounts, amounts near their balance, some payments to a closed account."""
+    hot = demo.mesh.seed.hot_ids()
+    ceiling = demo.mesh.seed.hot_cents
+
+    def pick(rng: random.Random) -> tuple[str, str, int]:
+        source = rng.choice(hot)
+        if rng.random() < 0.15:
+            return source, CLOSED_ACCOUNT, rng.randint(ceiling // 10, ceiling // 4)
+        destination = rng.choice([a for a in hot if a != source])
+        return source, destination, rng.randint(ceiling // 2, ceiling)
+
+    demo.gateway.picker = pick
+    demo.hold(phase)
+    demo.gateway.picker = demo.everyday
+
+
+def override(demo: Demo, phase: PhaseResult) -> None:
+    """An operator force-opens the notification breaker through the control plane."""
+    sent = time.monotonic()
+    demo.mesh.admin(
+        "ForceState",
+        pb.ForceStateRequest(
+            selector=pb.Selector(method=NOTIFY_METHOD), override=pb.OVERRIDE_FORCED_OPEN
+        ),
+    )
+    seen = demo.wait_for_breaker(NOTIFY_METHOD, State.FORCED_OPEN)
+    phase.notes.append(
+        "the gateway's breaker was FORCED_OPEN "
+        + (f"{(seen - sent) * 1000:.0f} ms after the ForceState call" if seen else "only after 5 s")
+    )
+    demo.hold(phase)
+
+
+def recovery(demo: Demo, phase: PhaseResult) -> None:
+    """Override lifted, nothing faulted: breakers close on their own, nothing is owed."""
+    demo.mesh.admin(
+        "ForceState",
+        pb.ForceStateRequest(selector=pb.Selector(method=NOTIFY_METHOD), override=pb.OVERRIDE_NONE),
+    )
+    for service in ("account", "transaction", "notification", "audit"):
+        demo.mesh.set_chaos(service)
+    demo.hold(phase, until=demo.settled)
+
+
+LATE_SUCCESS = Phase(
+    "late-success",
+    "late success",
+    "postings and audit writes complete after the caller's deadline",
+    late_success,
+    (
+        ("multi_attempt", "transfers retried with their key"),
+        ("replayed_postings", "postings answered from the ledger"),
+        ("audit_duplicates", "audit deliveries deduplicated"),
+    ),
+)
+
+PHASES = (
+    Phase("steady", "steady state", "all services healthy", steady),
+    LATE_SUCCESS,
+    Phase(
+        "notification-outage",
+        "notification outage",
+        "notification service down: transfers go on without it",
+        notification_outage,
+        (("notifications_skipped", "notifications skipped by the open breaker"),),
+    ),
+    Phase(
+        "audit-outage",
+        "audit outage",
+        "audit service down: records wait in the transaction service's outbox",
+        audit_outage,
+        (("audit_owed_peak", "audit records waiting in the outbox"),),
+    ),
+    Phase(
+        "account-fault",
+        "account fault",
+        "every Credit fails for a while: sagas stall after the debit",
+        account_fault,
+        (("swept", "stalled sagas resumed by the sweeper"),),
+    ),
+    Phase(
+        "hang",
+        "transaction hang",
+        "transaction service hangs: the same open-loop load on both gateways, 1 s deadline",
+        hang,
+        (("refused", "payments refused at once by the gateway's breaker"),),
+    ),
+    Phase(
+        "crash",
+        "crash and restart",
+        "SIGKILL the transaction service, the account service and the gateway mid-load",
+        crash,
+        (
+            ("resumed", "sagas resumed where a killed process left them"),
+            ("multi_attempt", "transfers retried with their key"),
+        ),
+    ),
+    Phase(
+        "contention",
+        "contention",
+        "hot accounts, amounts near their balance, payments to a closed account",
+        contention,
+        (
+            ("insufficient_funds", "overdrafts refused"),
+            ("refunds", "debits refunded from a closed account"),
+        ),
+    ),
+    Phase(
+        "override",
+        "operator override",
+        "operator force-opens SendTransferNotification through the control plane",
+        override,
+        (("notifications_skipped", "notifications skipped by the forced-open breaker"),),
+    ),
+    Phase(
+        "recovery",
+        "recovery",
+        "faults cleared, override lifted: breakers close on their own, nothing is owed",
+        recovery,
+    ),
+)
+BY_SLUG = {phase.slug: phase for phase in PHASES}
