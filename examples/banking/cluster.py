@@ -193,9 +193,10 @@ class Mesh:
         )
         self.say(f"Prometheus metrics of every breaker in the mesh: {self.metrics_url}")
 
-    def _spawn(self, name: str, module: str, *extra: str) -> None:
-        args = ["--db", str(self.dbs[name]), "--instance-id", f"{name}-1"]
-        args += ["--control-plane", self.targets["control-plane"], *extra]
+    def _spawn(self, name: str, module: str, *extra: str, agent: bool = True) -> None:
+        args = ["--db", str(self.dbs[name]), *extra]
+        if agent:
+            args += ["--control-plane", self.targets["control-plane"], "--instance-id", f"{name}-1"]
         for mode in self.breaks.get(name, ()):
             args += ["--break", mode]
         env = {"BANKING_AGENT_TOKEN": self.agent_token}
@@ -234,7 +235,7 @@ class Mesh:
         )
         gateway = "examples.banking.services.gateway"
         self._spawn("gateway", gateway, *upstream, "--policy-revision", str(self.revision))
-        self._spawn("plain-gateway", gateway, *upstream, "--no-breakers")
+        self._spawn("plain-gateway", gateway, *upstream, "--no-breakers", agent=False)
         for name in GATEWAYS:
             self.targets[name] = self.processes.target(name)
             channel = self._channel(self.targets[name])

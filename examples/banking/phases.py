@@ -84,7 +84,7 @@ def crash(demo: Demo, phase: PhaseResult) -> None:
     mesh = demo.mesh
     step = demo.settings.duration("crash") / 4
     # Slow credits keep sagas mid-way, so the kill is sure to catch some between debit and credit.
-    mesh.set_chaos("account", added_latency=0.15, methods=["Credit"])
+    mesh.set_chaos("account", added_latency=0.3, methods=["Credit"])
     demo.hold(phase, seconds=step, until=lambda: demo.levels()["in_flight"] > 0, longest=5.0)
     caught = demo.levels()["in_flight"]
     for name in ("transaction", "account", "gateway"):
@@ -143,7 +143,7 @@ def recovery(demo: Demo, phase: PhaseResult) -> None:
     )
     for service in ("account", "transaction", "notification", "audit"):
         demo.mesh.set_chaos(service)
-    demo.hold(phase, until=demo.settled)
+    demo.hold(phase, until=demo.settled, longest=demo.settings.recovery_max)
 
 
 LATE_SUCCESS = Phase(

@@ -16,6 +16,8 @@ from meshbreaker.testing import FakeClock
 
 ACCOUNTS = 4
 BALANCE = 100_000
+# The sweeper resumes a saga nobody touched for this long (short, so tests need not wait).
+STALL_AFTER = 0.3
 
 
 @dataclass
@@ -71,14 +73,17 @@ def bank(tmp_path: Path) -> Iterator[Bank]:
     acc = start_server("account", account.register(str(dbs["account"]), ACCOUNTS, BALANCE))
     started = [acc]
     try:
+        aud = start_server("audit", audit.register(str(dbs["audit"])))
+        started.append(aud)
         txn = start_server(
-            "transaction", transaction.register(str(dbs["transaction"]), acc.target, None)
+            "transaction",
+            transaction.register(
+                str(dbs["transaction"]), acc.target, None, aud.target, stall_after=STALL_AFTER
+            ),
         )
         started.append(txn)
         note = start_server("notification", notification.register(str(dbs["notification"])))
         started.append(note)
-        aud = start_server("audit", audit.register(str(dbs["audit"])))
-        started.append(aud)
         result = Bank(acc, txn, note, aud, dbs, [])
         yield result
         for channel in result.channels:

@@ -1,21 +1,30 @@
-"""TransferFunds through breaker-guarded channels: outages, the outbox, invariants, latency."""
+"""TransferFunds through breaker-guarded channels: the client's key, outages, invariants."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from examples.banking.gateway import Deadlines, Gateway, Targets, TransferStatus
+from examples.banking.gateway import (
+    Deadlines,
+    Gateway,
+    KeyReusedError,
+    Targets,
+    TransferOutcome,
+    TransferStatus,
+)
 from examples.banking.gen import chaos_pb2
-from examples.banking.invariants import check_invariants
-from examples.banking.report import percentile
+from examples.banking.invariants import Intent, check_invariants
+from examples.banking.requests import Claim, RequestLog
 from examples.banking.tests.conftest import BALANCE, Bank
 from meshbreaker.config import BreakerConfig, State, WindowType
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.testing import FakeClock
+from tests.server_support import wait_until
 
 POLICY = BreakerConfig(
     window_type=WindowType.COUNT,
@@ -30,8 +39,9 @@ POLICY = BreakerConfig(
 )
 # Roomy, so a busy machine cannot turn a healthy call into a timeout; the tests about hangs
 # use HANG, short enough to wait out a few times.
-ROOMY = Deadlines(balance=2.0, transfer=2.0, notification=2.0, audit=2.0)
-HANG = Deadlines(balance=2.0, transfer=0.2, notification=2.0, audit=2.0)
+ROOMY = Deadlines(balance=2.0, transfer=2.0, notification=2.0)
+HANG = Deadlines(balance=2.0, transfer=0.2, notification=2.0)
+TRANSFER = "/bank.v1.TransactionService/Transfer"
 
 
 @pytest.fixture
@@ -40,11 +50,15 @@ def registry(clock: FakeClock) -> BreakerRegistry:
     return BreakerRegistry(POLICY, clock=clock)
 
 
+def _targets(bank: Bank) -> Targets:
+    t = bank.targets
+    return Targets(t["account"], t["transaction"], t["notification"])
+
+
 @pytest.fixture
 def gateway(bank: Bank, registry: BreakerRegistry, tmp_path: Path) -> Iterator[Gateway]:
-    """A gateway with breakers on every channel and an outbox in tmp_path."""
-    targets = Targets(**bank.targets)
-    gw = Gateway(targets, tmp_path / "outbox.db", registry, deadlines=ROOMY)
+    """A gateway with breakers on every channel and its request log in tmp_path."""
+    gw = Gateway(_targets(bank), tmp_path / "gateway.db", registry, deadlines=ROOMY)
     yield gw
     gw.close()
 
@@ -52,150 +66,190 @@ def gateway(bank: Bank, registry: BreakerRegistry, tmp_path: Path) -> Iterator[G
 @pytest.fixture
 def hang_gateway(bank: Bank, registry: BreakerRegistry, tmp_path: Path) -> Iterator[Gateway]:
     """Like `gateway`, with a 0.2 s transfer deadline for the tests that hang the service."""
-    gw = Gateway(Targets(**bank.targets), tmp_path / "hang-outbox.db", registry, deadlines=HANG)
+    gw = Gateway(_targets(bank), tmp_path / "hang-gateway.db", registry, deadlines=HANG)
     yield gw
     gw.close()
 
 
-def _invariants(bank: Bank, gateway: Gateway) -> dict[str, bool]:
-    return {c.name: c.ok for c in check_invariants(bank.dbs, [Path(gateway.outbox_path)])}
+class Payments:
+    """A client's record of what it asked and what it was told, for the reconciliation check."""
+
+    def __init__(self) -> None:
+        self.intents: dict[str, Intent] = {}
+
+    def pay(
+        self, gateway: Gateway, key: str, source: str, dest: str, amount: int
+    ) -> TransferOutcome:
+        intent = self.intents.setdefault(key, Intent(key, source, dest, amount))
+        outcome = gateway.transfer_funds(key, source, dest, amount)
+        intent.answers.append(outcome.status.value)
+        return outcome
 
 
-def test_a_transfer_commits_notifies_and_is_audited(bank: Bank, gateway: Gateway) -> None:
-    outcome = gateway.transfer_funds("acct-000", "acct-001", 1234)
-    assert outcome.status is TransferStatus.COMMITTED
-    assert (outcome.notification, outcome.audit) == ("sent", "delivered")
-    assert all(_invariants(bank, gateway).values())
+def _invariants(bank: Bank, gateway: Gateway, payments: Payments) -> dict[str, bool]:
+    checks = check_invariants(bank.dbs, payments.intents.values(), [Path(gateway.db_path)])
+    return {c.name: c.ok for c in checks}
 
 
-def test_insufficient_funds_is_a_definitive_failure(bank: Bank, gateway: Gateway) -> None:
-    outcome = gateway.transfer_funds("acct-000", "acct-001", BALANCE + 1)
-    assert (outcome.status, outcome.reason) == (TransferStatus.FAILED, "insufficient funds")
-    assert gateway.outbox.depth() == {"transfer": 0, "audit": 0}
+def _settled(bank: Bank) -> bool:
+    with sqlite3.connect(bank.dbs["transaction"]) as conn:
+        owed: tuple[int] = conn.execute("SELECT count(*) FROM audit_outbox").fetchone()
+    return owed == (0,)
 
 
-def test_notification_outage_never_fails_a_transfer(
+def test_a_payment_commits_notifies_and_is_audited_by_the_transaction_service(
+    bank: Bank, gateway: Gateway
+) -> None:
+    payments = Payments()
+    outcome = payments.pay(gateway, "k1", "acct-000", "acct-001", 1234)
+    assert (outcome.status, outcome.transfer_id, outcome.notification) == (
+        TransferStatus.COMMITTED,
+        "k1",
+        "sent",
+    )
+    assert wait_until(lambda: _settled(bank), timeout=10)
+    assert all(_invariants(bank, gateway, payments).values())
+
+
+def test_a_committed_payment_retried_with_its_key_is_replayed_not_rechecked(
+    bank: Bank, gateway: Gateway
+) -> None:
+    # After paying 60% of the balance, a second balance check would say "insufficient funds".
+    payments = Payments()
+    first = payments.pay(gateway, "k2", "acct-000", "acct-001", BALANCE * 6 // 10)
+    again = payments.pay(gateway, "k2", "acct-000", "acct-001", BALANCE * 6 // 10)
+    assert (first.status, first.replayed) == (TransferStatus.COMMITTED, False)
+    assert (again.status, again.replayed) == (TransferStatus.COMMITTED, True)
+    with sqlite3.connect(bank.dbs["transaction"]) as conn:
+        assert conn.execute("SELECT count(*) FROM transfers").fetchone() == (1,)
+    assert wait_until(lambda: _settled(bank), timeout=10)
+    assert all(_invariants(bank, gateway, payments).values())
+
+
+def test_a_key_used_for_another_payment_is_refused(gateway: Gateway) -> None:
+    gateway.transfer_funds("k3", "acct-000", "acct-001", 10)
+    with pytest.raises(KeyReusedError, match="k3"):
+        gateway.transfer_funds("k3", "acct-000", "acct-001", 11)
+
+
+def test_insufficient_funds_is_final_and_replayed(bank: Bank, gateway: Gateway) -> None:
+    first = gateway.transfer_funds("k4", "acct-000", "acct-001", BALANCE + 1)
+    assert (first.status, first.reason) == (TransferStatus.FAILED, "insufficient funds")
+    # Money arrives; the same payment, retried with its key, still has its first answer.
+    gateway.transfer_funds("k5", "acct-002", "acct-000", 10)
+    again = gateway.transfer_funds("k4", "acct-000", "acct-001", BALANCE + 1)
+    assert (again.status, again.replayed) == (TransferStatus.FAILED, True)
+
+
+def test_an_unknown_outcome_is_resolved_by_retrying_with_the_same_key(
+    bank: Bank, hang_gateway: Gateway
+) -> None:
+    payments = Payments()
+    bank.chaos("transaction").SetChaos(chaos_pb2.ChaosSettings(hang=True))
+    outcome = payments.pay(hang_gateway, "k6", "acct-002", "acct-003", 77)
+    assert outcome.status is TransferStatus.PENDING
+    bank.chaos("transaction").SetChaos(chaos_pb2.ChaosSettings())
+    retry = payments.pay(hang_gateway, "k6", "acct-002", "acct-003", 77)
+    assert (retry.status, retry.replayed) == (TransferStatus.COMMITTED, True)
+    with sqlite3.connect(bank.dbs["transaction"]) as conn:
+        rows = conn.execute("SELECT transfer_id, attempts, status FROM transfers").fetchall()
+    assert rows == [("k6", 1, "COMMITTED")]  # the hung attempt never reached the saga
+    assert wait_until(lambda: _settled(bank), timeout=10)
+    assert all(_invariants(bank, hang_gateway, payments).values())
+
+
+def test_a_payment_in_progress_is_answered_as_in_progress(
+    bank: Bank, gateway: Gateway, tmp_path: Path
+) -> None:
+    bank.chaos("transaction").SetChaos(chaos_pb2.ChaosSettings(hang=True))
+    first: list[TransferOutcome] = []
+    worker = threading.Thread(
+        target=lambda: first.append(gateway.transfer_funds("k7", "acct-000", "acct-001", 5))
+    )
+    worker.start()
+
+    def owned() -> bool:
+        with sqlite3.connect(gateway.db_path) as conn:
+            return conn.execute("SELECT state FROM requests").fetchall() == [("in_progress",)]
+
+    try:
+        assert wait_until(owned, timeout=10)
+        second = gateway.transfer_funds("k7", "acct-000", "acct-001", 5)
+        assert (second.status, second.reason) == (TransferStatus.PENDING, "in progress")
+    finally:
+        bank.chaos("transaction").SetChaos(chaos_pb2.ChaosSettings())
+        worker.join(timeout=10)
+    assert first[0].status is TransferStatus.COMMITTED
+
+
+def test_a_gateway_that_died_mid_payment_resumes_it(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path / "requests.db")
+    assert log.claim("k8", "a", "b", 1).claim is Claim.NEW
+    log.close()  # the process dies here, the attempt with it
+    log = RequestLog(tmp_path / "requests.db")
+    try:
+        assert log.claim("k8", "a", "b", 1).claim is Claim.RESUME
+        assert log.claim("k8", "a", "b", 1).claim is Claim.IN_PROGRESS
+    finally:
+        log.close()
+
+
+def test_a_refused_payment_sends_nothing_and_may_be_tried_again(
+    bank: Bank, gateway: Gateway, registry: BreakerRegistry
+) -> None:
+    registry.set_override(TRANSFER, State.FORCED_OPEN)
+    outcome = gateway.transfer_funds("k9", "acct-000", "acct-001", 5)
+    assert (outcome.status, outcome.reason) == (TransferStatus.REJECTED, "transaction breaker open")
+    # Refused at the edge: not even the balance check went out, and the breaker counted it.
+    assert registry.get("/bank.v1.AccountService/GetBalance").snapshot().total == 0
+    assert registry.get(TRANSFER).snapshot().rejected == 1
+    registry.set_override(TRANSFER, None)
+    assert gateway.transfer_funds("k9", "acct-000", "acct-001", 5).status is (
+        TransferStatus.COMMITTED
+    )
+
+
+def test_a_resumed_payment_refused_by_the_breaker_stays_in_doubt(
+    bank: Bank, hang_gateway: Gateway, registry: BreakerRegistry
+) -> None:
+    bank.chaos("transaction").SetChaos(chaos_pb2.ChaosSettings(hang=True))
+    try:
+        assert hang_gateway.transfer_funds("k10", "acct-000", "acct-001", 5).status is (
+            TransferStatus.PENDING
+        )
+    finally:
+        bank.chaos("transaction").SetChaos(chaos_pb2.ChaosSettings())
+    registry.set_override(TRANSFER, State.FORCED_OPEN)
+    # It was sent once: "nothing moved" would be a lie the client could act on.
+    retry = hang_gateway.transfer_funds("k10", "acct-000", "acct-001", 5)
+    assert retry.status is TransferStatus.PENDING
+
+
+def test_notification_outage_never_fails_a_payment(
     bank: Bank, gateway: Gateway, registry: BreakerRegistry
 ) -> None:
     bank.chaos("notification").SetChaos(chaos_pb2.ChaosSettings(outage=True))
-    outcomes = [gateway.transfer_funds("acct-000", "acct-001", 10) for _ in range(6)]
+    outcomes = [gateway.transfer_funds(f"n{i}", "acct-000", "acct-001", 10) for i in range(6)]
     assert {o.status for o in outcomes} == {TransferStatus.COMMITTED}
     assert [o.notification for o in outcomes] == ["failed"] * 3 + ["rejected"] * 3
     breaker = registry.get("/bank.v1.NotificationService/SendTransferNotification")
     assert breaker.state is State.OPEN
-    stats = gateway.stats()
-    assert (stats.notifications_failed, stats.notifications_rejected) == (3, 3)
+    counts = gateway.counts()
+    assert (counts["notifications_failed"], counts["notifications_skipped"]) == (3, 3)
 
 
-def test_audit_outage_fills_the_outbox_and_it_drains_exactly_once(
-    bank: Bank, gateway: Gateway, registry: BreakerRegistry, clock: FakeClock
-) -> None:
-    bank.chaos("audit").SetChaos(chaos_pb2.ChaosSettings(outage=True))
-    outcomes = [gateway.transfer_funds("acct-001", "acct-002", 5) for _ in range(5)]
-    assert {o.status for o in outcomes} == {TransferStatus.COMMITTED}
-    assert {o.audit for o in outcomes} == {"deferred"}
-    assert gateway.outbox.depth() == {"transfer": 0, "audit": 5}
-    assert registry.get("/bank.v1.AuditService/LogTransaction").state is State.OPEN
-    assert gateway.drain_once() == 0  # the breaker is open: nothing sent
-    assert not _invariants(bank, gateway)["every committed transfer audited exactly once"]
-
-    bank.chaos("audit").SetChaos(chaos_pb2.ChaosSettings())
-    clock.advance(POLICY.open_duration)
-    assert gateway.drain_once() == 5
-    assert gateway.outbox.depth() == {"transfer": 0, "audit": 0}
-    assert registry.get("/bank.v1.AuditService/LogTransaction").state is State.CLOSED
-    assert all(_invariants(bank, gateway).values())
-    with sqlite3.connect(bank.dbs["audit"]) as conn:
-        assert conn.execute("SELECT count(*), max(deliveries) FROM audit_log").fetchone() == (5, 1)
-
-
-def test_an_unknown_outcome_is_resolved_by_retrying_the_same_id(
+def test_hung_dependency_costs_three_deadlines_then_nothing(
     bank: Bank, hang_gateway: Gateway
 ) -> None:
-    gateway = hang_gateway
     bank.chaos("transaction").SetChaos(chaos_pb2.ChaosSettings(hang=True))
-    outcome = gateway.transfer_funds("acct-002", "acct-003", 77)
-    assert outcome.status is TransferStatus.PENDING
-    assert gateway.outbox.depth() == {"transfer": 1, "audit": 0}
-    bank.chaos("transaction").SetChaos(chaos_pb2.ChaosSettings())
-    assert gateway.drain_once() == 2  # resolved as committed, then audited
-    assert gateway.stats().outbox_transfers_committed == 1
-    assert all(_invariants(bank, gateway).values())
-
-
-def test_a_rejected_transfer_sends_nothing(
-    bank: Bank, gateway: Gateway, registry: BreakerRegistry
-) -> None:
-    registry.set_override("/bank.v1.TransactionService/Transfer", State.FORCED_OPEN)
-    outcome = gateway.transfer_funds("acct-000", "acct-001", 5)
-    assert (outcome.status, outcome.reason) == (TransferStatus.REJECTED, "transaction breaker open")
-    # Nothing waited out a deadline (2 s here); the bound leaves room for a loaded machine.
-    assert outcome.latency < 0.5
-    # Refused at the edge: not even the balance check went out, and the breaker counted it.
-    assert registry.get("/bank.v1.AccountService/GetBalance").snapshot().total == 0
-    assert registry.get("/bank.v1.TransactionService/Transfer").snapshot().rejected == 1
-    assert gateway.outbox.depth() == {"transfer": 0, "audit": 0}
-    with sqlite3.connect(bank.dbs["transaction"]) as conn:
-        assert conn.execute("SELECT count(*) FROM transfers").fetchone() == (0,)
-
-
-def test_without_the_outbox_the_audit_invariant_fails(
-    bank: Bank, registry: BreakerRegistry, tmp_path: Path
-) -> None:
-    gw = Gateway(
-        Targets(**bank.targets),
-        tmp_path / "none.db",
-        registry,
-        deadlines=ROOMY,
-        outbox_enabled=False,
-    )
     try:
-        bank.chaos("audit").SetChaos(chaos_pb2.ChaosSettings(outage=True))
-        outcomes = [gw.transfer_funds("acct-000", "acct-003", 9) for _ in range(2)]
-        assert {o.audit for o in outcomes} == {"dropped"}
-        bank.chaos("audit").SetChaos(chaos_pb2.ChaosSettings())
-        gw.drain_once()
-        checks = {c.name: c for c in check_invariants(bank.dbs, [Path(gw.outbox_path)])}
-    finally:
-        gw.close()
-    audited = checks["every committed transfer audited exactly once"]
-    assert not audited.ok
-    assert "2 never audited" in audited.detail
-    assert checks["total money conserved to the cent"].ok
-
-
-def test_the_checker_catches_money_moved_twice(bank: Bank, gateway: Gateway) -> None:
-    outcome = gateway.transfer_funds("acct-000", "acct-001", 500)
-    assert all(_invariants(bank, gateway).values())
-    with sqlite3.connect(bank.dbs["account"]) as conn:
-        conn.execute(
-            "INSERT INTO postings VALUES (?, 'acct-000', 'debit', 500, ?, 0, 0)",
-            (f"{outcome.transfer_id}:debit-again", outcome.transfer_id),
-        )
-        conn.execute(
-            "UPDATE accounts SET balance_cents = balance_cents - 500 WHERE account_id = 'acct-000'"
-        )
-    checks = _invariants(bank, gateway)
-    assert not checks["no transfer applied twice"]
-    assert not checks["total money conserved to the cent"]
-
-
-def test_hung_dependency_p99_is_far_lower_with_breakers(
-    bank: Bank, hang_gateway: Gateway, tmp_path: Path
-) -> None:
-    plain = Gateway(Targets(**bank.targets), tmp_path / "plain.db", None, deadlines=HANG)
-    try:
-        bank.chaos("transaction").SetChaos(chaos_pb2.ChaosSettings(hang=True))
-        guarded = [hang_gateway.transfer_funds("acct-000", "acct-001", 1) for _ in range(1000)]
-        unguarded = [plain.transfer_funds("acct-000", "acct-001", 1).latency for _ in range(4)]
+        outcomes = [
+            hang_gateway.transfer_funds(f"h{i}", "acct-000", "acct-001", 1) for i in range(50)
+        ]
     finally:
         bank.chaos("transaction").SetChaos(chaos_pb2.ChaosSettings())
-        plain.close()
-    # Three calls wait out the 0.2 s deadline before the breaker opens; the rest fail fast.
-    # 1,000 calls put p99 at the 11th slowest, so a few scheduler hiccups on a loaded CI
-    # machine cannot decide the verdict; the three deadline waits still can't hide.
-    statuses = [o.status for o in guarded]
+    # Three calls wait out the 0.2 s deadline before the breaker opens; the rest are refused
+    # without a call (the latency figures live in the demo's summary, not in a timed test).
+    statuses = [o.status for o in outcomes]
     assert statuses[:3] == [TransferStatus.PENDING] * 3
     assert set(statuses[3:]) == {TransferStatus.REJECTED}
-    assert min(unguarded) >= 0.2
-    assert percentile(unguarded, 99) >= 5 * percentile([o.latency for o in guarded], 99)

@@ -14,8 +14,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from examples.banking.gen import bank_pb2, chaos_pb2
+from examples.banking.gen import bank_pb2, bank_pb2_grpc, chaos_pb2
+from examples.banking.services import account
+from examples.banking.services.common import start_server
 from examples.banking.tests.conftest import ACCOUNTS, BALANCE, Bank
+from tests.server_support import wait_until
 
 
 def _balance(bank: Bank, account_id: str) -> int:
@@ -174,6 +177,17 @@ def test_chaos_rejects_settings_out_of_range(bank: Bank) -> None:
     assert "failure_rate" in (info.value.details() or "")
 
 
+def test_chaos_faults_only_the_methods_it_names(bank: Bank) -> None:
+    bank.chaos("account").SetChaos(chaos_pb2.ChaosSettings(failure_rate=1.0, methods=["Credit"]))
+    stub: Any = bank.stub("account")
+    assert _balance(bank, "acct-000") == BALANCE
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Credit(
+            bank_pb2.PostingRequest(idempotency_key="m", account_id="acct-000", amount_cents=1)
+        )
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
 def test_chaos_latency_delays_calls(bank: Bank) -> None:
     bank.chaos("account").SetChaos(chaos_pb2.ChaosSettings(added_latency=0.15))
     started = time.monotonic()
@@ -234,3 +248,115 @@ def test_a_service_runs_as_its_own_process(tmp_path: Path) -> None:
     finally:
         process.kill()
         process.wait()
+
+
+def _transfer(tid: str, source: str, dest: str, amount: int) -> bank_pb2.TransferRequest:
+    return bank_pb2.TransferRequest(
+        transfer_id=tid, from_account=source, to_account=dest, amount_cents=amount
+    )
+
+
+def _one(db: Path, sql: str) -> tuple[Any, ...]:
+    with sqlite3.connect(db) as conn:
+        row: tuple[Any, ...] = conn.execute(sql).fetchone()
+    return row
+
+
+def test_a_commit_owes_its_audit_record_which_arrives_with_the_commit_time(bank: Bank) -> None:
+    stub: Any = bank.stub("transaction")
+    bank.chaos("audit").SetChaos(chaos_pb2.ChaosSettings(outage=True))
+    response = stub.Transfer(_transfer("a1", "acct-000", "acct-001", 42))
+    assert response.status == bank_pb2.TRANSFER_STATUS_COMMITTED
+    # Written in the commit's own transaction, so it waits out the outage in the outbox.
+    assert _one(bank.dbs["transaction"], "SELECT committed_at FROM audit_outbox") == (
+        response.committed_at,
+    )
+    bank.chaos("audit").SetChaos(chaos_pb2.ChaosSettings())
+    assert wait_until(
+        lambda: _one(bank.dbs["transaction"], "SELECT count(*) FROM audit_outbox") == (0,),
+        timeout=10,
+    )
+    assert _one(bank.dbs["audit"], "SELECT transfer_id, committed_at FROM audit_log") == (
+        "a1",
+        response.committed_at,
+    )
+
+
+def test_a_transfer_to_a_closed_account_is_debited_then_refunded(tmp_path: Path) -> None:
+    db = str(tmp_path / "account.db")
+    running = start_server("account", account.register(db, 2, 1_000))
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub: Any = bank_pb2_grpc.AccountServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Credit(
+                    bank_pb2.PostingRequest(
+                        idempotency_key="c", account_id=account.CLOSED_ACCOUNT, amount_cents=1
+                    )
+                )
+    finally:
+        running.stop(None)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "closed" in (info.value.details() or "")
+
+
+def test_the_sweeper_resumes_a_saga_stalled_after_its_debit(bank: Bank) -> None:
+    stub: Any = bank.stub("transaction")
+    bank.chaos("account").SetChaos(chaos_pb2.ChaosSettings(failure_rate=1.0, methods=["Credit"]))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Transfer(_transfer("s1", "acct-000", "acct-001", 9))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert _one(bank.dbs["transaction"], "SELECT status FROM transfers") == ("DEBITED",)
+    bank.chaos("account").SetChaos(chaos_pb2.ChaosSettings())
+    # No client retries it: the sweeper finds it stalled and finishes it.
+    assert wait_until(
+        lambda: _one(bank.dbs["transaction"], "SELECT status FROM transfers") == ("COMMITTED",),
+        timeout=10,
+    )
+    swept = _one(
+        bank.dbs["transaction"], "SELECT attempts, resumes >= 1, swept >= 1 FROM transfers"
+    )
+    assert swept == (1, 1, 1)
+    assert (_balance(bank, "acct-000"), _balance(bank, "acct-001")) == (BALANCE - 9, BALANCE + 9)
+
+
+def test_a_late_answer_did_the_work_and_its_retry_is_answered_from_the_ledger(bank: Bank) -> None:
+    stub: Any = bank.stub("account")
+    bank.chaos("account").SetChaos(
+        chaos_pb2.ChaosSettings(late_rate=1.0, late_delay=0.5, methods=["Debit"])
+    )
+    request = bank_pb2.PostingRequest(idempotency_key="l1", account_id="acct-002", amount_cents=3)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Debit(request, timeout=0.1)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    bank.chaos("account").SetChaos(chaos_pb2.ChaosSettings())
+    assert _balance(bank, "acct-002") == BALANCE - 3  # GetBalance was never faulted
+    again = stub.Debit(request, timeout=5)
+    assert (again.replayed, _balance(bank, "acct-002")) == (True, BALANCE - 3)
+    assert _one(
+        bank.dbs["account"], "SELECT replays FROM postings WHERE idempotency_key = 'l1'"
+    ) == (1,)
+
+
+def test_a_transfer_id_reused_for_other_details_is_refused(bank: Bank) -> None:
+    stub: Any = bank.stub("transaction")
+    stub.Transfer(_transfer("r1", "acct-000", "acct-001", 5))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Transfer(_transfer("r1", "acct-000", "acct-001", 6))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_no_idempotency_break_moves_money_on_every_retry(tmp_path: Path) -> None:
+    # The test-only switch the demo's broken-variant tests rely on really breaks the ledger.
+    db = str(tmp_path / "account.db")
+    running = start_server("account", account.register(db, 1, 100, breaks=["no-idempotency"]))
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub: Any = bank_pb2_grpc.AccountServiceStub(channel)
+            request = bank_pb2.PostingRequest(
+                idempotency_key="k", account_id="acct-000", amount_cents=10
+            )
+            stub.Debit(request)
+            assert stub.Debit(request).balance_cents == 80
+    finally:
+        running.stop(None)
