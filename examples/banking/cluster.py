@@ -157,11 +157,11 @@ class Mesh:
 
     # ---------------------------------------------------------------- start
 
-    def start(self) -> None:
-        """Control plane and policies, then the services, then the gateways; writes run.json."""
+    def start(self, *, plain: bool = True) -> None:
+        """Control plane and policies, services, gateways (`plain`: both); writes run.json."""
         self.start_control_plane()
         self.start_services()
-        self.start_gateways()
+        self.start_gateways(plain=plain)
         info = {
             "control_plane": self.targets["control-plane"],
             "metrics_url": self.metrics_url,
@@ -226,7 +226,7 @@ class Mesh:
             self._chaos[name] = chaos_pb2_grpc.ChaosServiceStub(self._channel(self.targets[name]))
         self.say("services: " + ", ".join(f"{name} {self.targets[name]}" for name in SERVICES))
 
-    def start_gateways(self) -> None:
+    def start_gateways(self, *, plain: bool = True) -> None:
         """The gateway with breakers (policies applied before it serves) and one without."""
         upstream = (
             *("--account-target", self.targets["account"]),
@@ -235,16 +235,16 @@ class Mesh:
         )
         gateway = "examples.banking.services.gateway"
         self._spawn("gateway", gateway, *upstream, "--policy-revision", str(self.revision))
-        self._spawn("plain-gateway", gateway, *upstream, "--no-breakers", agent=False)
-        for name in GATEWAYS:
+        if plain:
+            self._spawn("plain-gateway", gateway, *upstream, "--no-breakers", agent=False)
+        for name in GATEWAYS if plain else GATEWAYS[:1]:
             self.targets[name] = self.processes.target(name)
             channel = self._channel(self.targets[name])
             self._gateways[name] = bank_pb2_grpc.GatewayServiceStub(channel)
-        self.say(
-            f"gateways: {self.targets['gateway']} with breakers (policies of revision "
-            f"{self.revision} applied), {self.targets['plain-gateway']} without breakers "
-            "(for the hang phase)"
-        )
+        shown = f"gateway {self.targets['gateway']} with breakers (policies applied)"
+        if plain:
+            shown += f"; {self.targets['plain-gateway']} without breakers, for the hang phase"
+        self.say(shown)
 
     def _channel(self, target: str) -> grpc.Channel:
         channel = grpc.insecure_channel(target, options=RECONNECT)

@@ -147,7 +147,8 @@ class Demo:
     def start(self) -> None:
         """The mesh, then one client per gateway (same rate, same workers when both run)."""
         self.say(f"meshbreaker banking demo — run directory {self.run_dir}")
-        self.mesh.start()
+        plain = any(phase.slug == "hang" for phase in self.phases)
+        self.mesh.start(plain=plain)
         settings = self.settings
 
         def client(name: str, gateway: str, seed: int) -> Client:
@@ -157,7 +158,7 @@ class Demo:
             return made.start()
 
         self.gateway = client("g", "gateway", 1)
-        self.plain = client("p", "plain-gateway", 2)
+        self.plain = client("p", "plain-gateway", 2) if plain else None
         # Everything allocated so far lives for the whole run; freezing it keeps full garbage
         # collections (which stall every thread) short while latencies are measured.
         gc.collect()
@@ -285,12 +286,17 @@ class Demo:
             )
         calls = phase.calls.get("g") or self.gateway.peek_calls()
         counts = Counter(call.status for call in calls)
+        overdrafts = sum(c.status == "failed" and "insufficient" in c.reason for c in calls)
+        doubt = counts["pending"] + counts["deadline"] + counts["unreachable"]
         self.say(
-            f"  payments: {counts['committed']} committed, {counts['failed']} failed "
-            f"(insufficient funds or closed account), {counts['rejected']} refused by a breaker, "
-            f"{counts['pending'] + counts['deadline'] + counts['unreachable']} in doubt "
-            "(retried with their key)"
+            f"  payments so far: {counts['committed']} committed, {counts['rejected']} refused "
+            f"at once by a breaker, {doubt} in doubt (retried with their key)"
         )
+        if counts["failed"]:
+            self.say(
+                f"  failed: {overdrafts} insufficient funds, {counts['failed'] - overdrafts} "
+                "to a closed account (debited, then refunded)"
+            )
         levels = self.levels()
         self.say(
             f"  now: {levels['in_flight']} sagas mid-way, "
@@ -317,7 +323,7 @@ class Demo:
             for client in self._clients:
                 last.calls[client.name] += client.take_calls()
         intents = [i for client in self._clients for i in client.intents.values()]
-        gateway_dbs = [self.mesh.dbs[name] for name in GATEWAYS]
+        gateway_dbs = [self.mesh.dbs[name] for name in GATEWAYS if name in self.mesh.targets]
         checks = check_invariants(
             {name: self.mesh.dbs[name] for name in SERVICES}, intents, gateway_dbs
         )

@@ -182,7 +182,7 @@ def _reconciled(transfers: Mapping[str, tuple[Any, ...]], intents: Sequence[Inte
                 intent.amount_cents,
             ):
                 problems.append(f"{intent.key} committed with other details than asked")
-        if in_ledger and said & {"failed", "rejected"}:
+        if in_ledger and said & {"failed", "rejected", "abandoned"}:
             problems.append(f"{intent.key} told it did not happen, the ledger says it did")
         if intent.final == "pending":
             problems.append(f"{intent.key} never got a final answer")

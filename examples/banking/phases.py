@@ -69,13 +69,15 @@ def account_fault(demo: Demo, phase: PhaseResult) -> None:
 
 def hang(demo: Demo, phase: PhaseResult) -> None:
     """The transaction service hangs; both gateways get the same open-loop load."""
+    plain = demo.plain
+    assert plain is not None  # started whenever the run has a hang phase
     demo.mesh.set_chaos("transaction", hang=True)
-    demo.plain.set_rate(demo.settings.rate)
+    plain.set_rate(demo.settings.rate)
     demo.hold(phase)
-    demo.plain.set_rate(0)
+    plain.set_rate(0)
     # Every payment that arrived during the hang is measured, including those still queued.
-    demo.hold(phase, seconds=0, until=demo.plain.idle, longest=demo.plain.deadline + 2)
-    phase.calls["p"] = demo.plain.take_calls()
+    demo.hold(phase, seconds=0, until=plain.idle, longest=plain.deadline + 2)
+    phase.calls["p"] = plain.take_calls()
     demo.mesh.set_chaos("transaction")
 
 

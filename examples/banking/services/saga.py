@@ -126,7 +126,7 @@ class Transfers:
                     "PENDING",
                 )
                 return saga, False
-            saga = Saga(request.transfer_id, *row)
+            saga = replace(Saga(request.transfer_id, *row), attempts=row[6] + 1)
             if (saga.from_account, saga.to_account, saga.amount_cents) == (
                 request.from_account,
                 request.to_account,
@@ -173,11 +173,8 @@ class Transfers:
         return saga
 
     def _posting(self, saga: Saga, step: str, account: str) -> bank_pb2.PostingRequest:
-        key = f"{saga.transfer_id}:{step}"
-        if step == "debit" and "double-debit" in self._breaks and saga.attempts > 1:
-            key += f"#{saga.attempts}"  # --break double-debit: a retry debits under a new key
         return bank_pb2.PostingRequest(
-            idempotency_key=key,
+            idempotency_key=f"{saga.transfer_id}:{step}",
             account_id=account,
             amount_cents=saga.amount_cents,
             transfer_id=saga.transfer_id,

@@ -14,7 +14,7 @@ from examples.banking.services.relay import AuditRelay, Sweeper
 from examples.banking.services.saga import SCHEMA, StepUnavailable, Transfers
 from meshbreaker.registry import BreakerRegistry
 
-BREAKS = ("lost-audit", "wrong-commit-time", "double-debit")
+BREAKS = ("lost-audit", "wrong-commit-time")
 _FINAL = {
     "COMMITTED": bank_pb2.TRANSFER_STATUS_COMMITTED,
     "FAILED": bank_pb2.TRANSFER_STATUS_FAILED,

@@ -154,7 +154,6 @@ def test_ctrl_c_stops_every_child_process(tmp_path: Path) -> None:
 # through the quickest phase that exposes it; the named invariant must fail and the demo exit 1.
 BROKEN = [
     ("account=no-idempotency", "late-success", invariants.APPLIED_ONCE, "moved money wrongly"),
-    ("transaction=double-debit", "late-success", invariants.APPLIED_ONCE, "moved money wrongly"),
     ("transaction=lost-audit", "steady", invariants.AUDITED_ONCE, "never audited"),
     ("audit=no-dedupe", "late-success", invariants.AUDITED_ONCE, "audited more than once"),
     ("transaction=wrong-commit-time", "steady", invariants.AUDITED_ONCE, "committed_at"),
