@@ -182,6 +182,11 @@ class Demo:
             self.say()
             self.say(f"{self.clock()} === phase {number}: {phase.name} — {phase.title}")
             phase.run(self, result)
+            following = self.phases[number : number + 1]
+            if following and following[0].slug != "recovery":
+                # Each phase starts from a mesh whose breakers have all closed again, so one
+                # phase's fault (and its backoff) does not spill into the next.
+                self.hold(result, seconds=0, until=self.all_closed, longest=15.0)
             result.ended = time.monotonic()
             result.counters = self.counters(result)
             for client in self._clients:
@@ -239,6 +244,11 @@ class Demo:
         """Sagas mid-way and audit records owed, now."""
         counters = read_counters(self.mesh.dbs)
         return {name: counters[name] for name in LEVELS}
+
+    def all_closed(self) -> bool:
+        """Every breaker in the mesh reports CLOSED to the control plane."""
+        rows = self.mesh.breaker_rows()
+        return bool(rows) and all(row["state"] == State.CLOSED.value for row in rows)
 
     def settled(self) -> bool:
         """Nothing owed, nothing mid-way, every gateway breaker closed."""

@@ -61,8 +61,8 @@ METRIC_WORDS = {
     "multi_attempt": "transfers retried with their key",
     "replayed_postings": "postings answered from the ledger",
     "audit_duplicates": "audit deliveries deduplicated",
-    "resumed": "sagas resumed",
-    "swept": "by the sweeper",
+    "resumed": "sagas resumed where they stopped",
+    "swept": "stalled sagas resumed by the sweeper",
     "insufficient_funds": "overdrafts refused",
     "refunds": "refunds",
     "audit_owed_peak": "audit records owed at peak",
@@ -109,9 +109,11 @@ def print_summary(say: Callable[[str], None], summary: dict[str, Any], settings:
     }
     say(
         f"  replays over the run: {totals['multi_attempt']} transfers with more than one attempt, "
-        f"{totals['replayed_postings']} replayed postings, {totals['audit_duplicates']} audit "
-        f"duplicates (deduplicated), {totals['resumed']} resumed sagas "
-        f"({totals['swept']} by the sweeper)"
+        f"{totals['replayed_postings']} replayed postings,"
+    )
+    say(
+        f"  {totals['audit_duplicates']} audit duplicates (deduplicated), {totals['resumed']} "
+        f"resumed sagas ({totals['swept']} by the sweeper)"
     )
     notes = {
         k: sum(p["metrics"].get(k, 0) for p in summary["phases"])
@@ -136,9 +138,10 @@ def print_summary(say: Callable[[str], None], summary: dict[str, Any], settings:
 def _print_hang(say: Callable[[str], None], summary: dict[str, Any], settings: Settings) -> None:
     say("  transaction hang: TransferFunds as the clients saw it, the same open-loop load on both")
     say(
-        f"  gateways ({settings.rate:.0f} new payments/s, {settings.workers} workers each; latency "
-        "from when a call was due; 2 s client deadline, 1 s for Transfer in the gateway)"
+        f"  gateways: {settings.rate:.0f} new payments/s, {settings.workers} workers each, "
+        "latency from when a call was due,"
     )
+    say("  2 s client deadline, 1 s deadline for Transfer in the gateway")
     say(f"    {'gateway':<18}{'outcome':<13}{'calls':>6}{'p50':>11}   p99")
     for label, row in summary["hang"].items():
         shown = label
