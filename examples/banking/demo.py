@@ -87,6 +87,7 @@ class PhaseResult:
     peaks: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
     before: dict[str, int] = field(default_factory=dict)
+    window_end: float = 0.0  # the hang phase: calls due after this are not compared
     gateway_before: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -396,12 +397,18 @@ class Demo:
         hang = next((r for r in self.results if r.phase.slug == "hang"), None)
         comparison = None
         if hang is not None:
+            window = max(hang.window_end - hang.started, 1e-9)
+            due = {
+                name: [
+                    c for c in hang.calls.get(name, []) if hang.started <= c.due <= hang.window_end
+                ]
+                for name in ("g", "p")
+            }
             comparison = {
                 label: {
-                    "latency": latency_rows(hang.calls.get(name, [])),
-                    "committed_per_s": sum(c.status == "committed" for c in hang.calls[name])
-                    / max(hang.seconds, 1e-9),
-                    "waited_deadline": _share(hang.calls.get(name, []), 1.0),
+                    "latency": latency_rows(due[name]),
+                    "committed_per_s": sum(c.status == "committed" for c in due[name]) / window,
+                    "waited_deadline": _share(due[name], 1.0),
                 }
                 for label, name in (("with breakers", "g"), ("without breakers", "p"))
             }

@@ -103,10 +103,10 @@ class Client:
             calls, self._calls = self._calls, []
         return calls
 
-    def idle(self) -> bool:
-        """No call queued or running."""
+    def done_with(self, due: float) -> bool:
+        """Every call due by `due` has finished (none queued, none running)."""
         with self._cond:
-            return not self._heap and self._busy == 0
+            return self._busy == 0 and not any(entry[0] <= due for entry in self._heap)
 
     def peek_calls(self) -> list[Call]:
         """The calls finished since the last take, left in place."""

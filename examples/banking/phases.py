@@ -75,9 +75,10 @@ def hang(demo: Demo, phase: PhaseResult) -> None:
     plain.set_rate(demo.settings.rate)
     demo.hold(phase)
     plain.set_rate(0)
-    # Every payment that arrived during the hang is measured, including those still queued.
-    demo.hold(phase, seconds=0, until=plain.idle, longest=plain.deadline + 2)
-    phase.calls["p"] = plain.take_calls()
+    # The comparison covers every call due during the hang, queued ones included: the hang is
+    # lifted only once those have finished (retries due later are not part of it).
+    phase.window_end = end = time.monotonic()
+    demo.hold(phase, seconds=0, until=lambda: plain.done_with(end), longest=plain.deadline + 2)
     demo.mesh.set_chaos("transaction")
 
 
