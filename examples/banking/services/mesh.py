@@ -9,11 +9,11 @@ import grpc
 
 from meshbreaker.registry import BreakerRegistry
 
-# A restarted peer comes back on the same port: reconnect within ~0.1-0.5 s, not gRPC's default
-# backoff of up to two minutes.
+# A restarted peer comes back on the same port: retry the connection every 0.1-0.5 s, not with
+# gRPC's default backoff of up to two minutes. (Not grpc.min_reconnect_backoff_ms: it is also the
+# connect timeout, and a short one fails connections to a busy machine.)
 RECONNECT = (
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 500),
 )
 
