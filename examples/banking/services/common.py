@@ -160,6 +160,17 @@ def base_parser(name: str, breaks: Sequence[str] = ()) -> argparse.ArgumentParse
     return parser
 
 
+def transfer_problem(from_account: str, to_account: str, amount_cents: int) -> str:
+    """What is wrong with a transfer request's accounts and amount ('' if nothing)."""
+    if not from_account or not to_account:
+        return "from_account and to_account are required"
+    if from_account == to_account:
+        return "from_account and to_account must differ"
+    if amount_cents <= 0:
+        return "amount_cents must be > 0"
+    return ""
+
+
 def write_port_file(path: str, port: int) -> None:
     """Write `port` to `path` atomically, so a reader never sees a half-written number."""
     tmp = Path(path).with_suffix(".tmp")

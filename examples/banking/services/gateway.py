@@ -9,7 +9,7 @@ import grpc
 from examples.banking.chaos import Chaos
 from examples.banking.gateway import BREAKS, Gateway, KeyReusedError, Targets, TransferStatus
 from examples.banking.gen import bank_pb2, bank_pb2_grpc
-from examples.banking.services.common import base_parser, run_process
+from examples.banking.services.common import base_parser, run_process, transfer_problem
 from examples.banking.services.mesh import agent_starter
 from meshbreaker.registry import BreakerRegistry
 
@@ -66,13 +66,7 @@ def _validate(request: bank_pb2.TransferFundsRequest) -> str:
     key = request.idempotency_key
     if not key or len(key) > MAX_KEY or not key.isascii() or not key.isprintable():
         return f"idempotency_key is required: 1 to {MAX_KEY} printable ASCII characters"
-    if not request.from_account or not request.to_account:
-        return "from_account and to_account are required"
-    if request.from_account == request.to_account:
-        return "from_account and to_account must differ"
-    if request.amount_cents <= 0:
-        return "amount_cents must be > 0"
-    return ""
+    return transfer_problem(request.from_account, request.to_account, request.amount_cents)
 
 
 def main() -> None:

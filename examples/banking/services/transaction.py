@@ -8,7 +8,12 @@ import grpc
 
 from examples.banking.chaos import Chaos
 from examples.banking.gen import bank_pb2, bank_pb2_grpc
-from examples.banking.services.common import Database, base_parser, run_process
+from examples.banking.services.common import (
+    Database,
+    base_parser,
+    run_process,
+    transfer_problem,
+)
 from examples.banking.services.mesh import agent_starter, guarded_channel
 from examples.banking.services.relay import AuditRelay, Sweeper
 from examples.banking.services.saga import SCHEMA, StepUnavailable, Transfers
@@ -60,13 +65,7 @@ class TransactionServicer(bank_pb2_grpc.TransactionServiceServicer):
 def _validate(request: bank_pb2.TransferRequest) -> str:
     if not request.transfer_id:
         return "transfer_id is required"
-    if not request.from_account or not request.to_account:
-        return "from_account and to_account are required"
-    if request.from_account == request.to_account:
-        return "from_account and to_account must differ"
-    if request.amount_cents <= 0:
-        return "amount_cents must be > 0"
-    return ""
+    return transfer_problem(request.from_account, request.to_account, request.amount_cents)
 
 
 def register(
