@@ -117,9 +117,8 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
     hang = summary["hang"]
     guarded, plain = hang["with breakers"]["latency"], hang["without breakers"]["latency"]
     assert guarded["refused"]["count"] > 0
-    # Without breakers nothing is refused and nothing answered: every call waited a deadline.
+    # Without breakers nothing is refused and nothing answered: every call ended in doubt.
     assert set(plain) <= {"all", "in doubt", "deadline"}
-    assert hang["without breakers"]["waited_deadline"] == 1.0
     assert "=== all invariants hold" in output
     assert "SIGKILL transaction" in output and "SIGKILL gateway" in output
     assert all(not _alive(pid) for pid in info["children"].values())

@@ -38,9 +38,9 @@ POLICY = BreakerConfig(
     slow_call_duration=None,
 )
 # Roomy, so a busy machine cannot turn a healthy call into a timeout; the tests about hangs
-# use HANG, short enough to wait out a few times.
-ROOMY = Deadlines(balance=2.0, transfer=2.0, notification=2.0)
-HANG = Deadlines(balance=2.0, transfer=0.2, notification=2.0)
+# use HANG, whose transfer deadline is short enough to wait out a few times.
+ROOMY = Deadlines(balance=30.0, transfer=30.0, notification=30.0)
+HANG = Deadlines(balance=30.0, transfer=0.2, notification=30.0)
 TRANSFER = "/bank.v1.TransactionService/Transfer"
 
 

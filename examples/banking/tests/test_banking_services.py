@@ -322,15 +322,17 @@ def test_the_sweeper_resumes_a_saga_stalled_after_its_debit(bank: Bank) -> None:
 
 def test_a_late_answer_did_the_work_and_its_retry_is_answered_from_the_ledger(bank: Bank) -> None:
     stub: Any = bank.stub("account")
+    # The answer is held back far longer than the caller waits, so the call always times out;
+    # the caller waits long enough that the server has surely started on it.
     bank.chaos("account").SetChaos(
-        chaos_pb2.ChaosSettings(late_rate=1.0, late_delay=0.5, methods=["Debit"])
+        chaos_pb2.ChaosSettings(late_rate=1.0, late_delay=3.0, methods=["Debit"])
     )
     request = bank_pb2.PostingRequest(idempotency_key="l1", account_id="acct-002", amount_cents=3)
     with pytest.raises(grpc.RpcError) as info:
-        stub.Debit(request, timeout=0.1)
+        stub.Debit(request, timeout=1.0)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     bank.chaos("account").SetChaos(chaos_pb2.ChaosSettings())
-    assert _balance(bank, "acct-002") == BALANCE - 3  # GetBalance was never faulted
+    assert wait_until(lambda: _balance(bank, "acct-002") == BALANCE - 3, timeout=10)
     again = stub.Debit(request, timeout=5)
     assert (again.replayed, _balance(bank, "acct-002")) == (True, BALANCE - 3)
     assert _one(
