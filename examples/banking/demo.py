@@ -88,6 +88,7 @@ class PhaseResult:
     notes: list[str] = field(default_factory=list)
     before: dict[str, int] = field(default_factory=dict)
     window_end: float = 0.0  # the hang phase: calls due after this are not compared
+    marks: dict[str, int] = field(default_factory=dict)  # a phase's own extra figures
     gateway_before: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -354,6 +355,7 @@ class Demo:
         if calls is None:
             calls = phase.calls.get("g", [])
         metrics = dict(phase.counters if counters is None else counters)
+        metrics.update(phase.marks)
         metrics["audit_owed_peak"] = phase.peaks["audit_owed"]
         metrics["in_flight_peak"] = phase.peaks["in_flight"]
         metrics["refused"] = sum(call.status == "rejected" for call in calls)

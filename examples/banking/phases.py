@@ -135,7 +135,12 @@ def override(demo: Demo, phase: PhaseResult) -> None:
         "the gateway's breaker was FORCED_OPEN "
         + (f"{(seen - sent) * 1000:.0f} ms after the ForceState call" if seen else "only after 5 s")
     )
+    before = demo.gateway_counts()["notifications_sent"]
     demo.hold(phase)
+    # Only payments already past the breaker when it flipped can still notify: at most one per
+    # client worker.
+    sent = demo.gateway_counts()["notifications_sent"] - before
+    phase.marks["notifications_sent_after_override"] = sent
 
 
 def recovery(demo: Demo, phase: PhaseResult) -> None:

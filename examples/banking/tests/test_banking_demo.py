@@ -112,8 +112,9 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
     assert phases["notification-outage"]["statuses"].get("failed", 0) == 0
     assert phases["contention"]["metrics"]["insufficient_funds"] > 0
     assert sum(p["metrics"].get("notifications_sent", 0) for p in summary["phases"]) > 0
-    # Only calls already past the breaker when the override landed may still have been sent.
-    assert phases["override"]["metrics"]["notifications_sent"] <= 4
+    # Once the gateway showed the override, only payments already past the breaker (at most one
+    # per client worker) could still notify.
+    assert phases["override"]["metrics"]["notifications_sent_after_override"] <= summary["workers"]
     hang = summary["hang"]
     guarded, plain = hang["with breakers"]["latency"], hang["without breakers"]["latency"]
     assert guarded["refused"]["count"] > 0
