@@ -62,7 +62,7 @@ class Processes:
             )
         self._children[name] = _Child(name, module, list(args), dict(env or {}), process)
 
-    def target(self, name: str, timeout: float = 30.0) -> str:
+    def target(self, name: str, timeout: float = 60.0) -> str:
         """Wait until child `name` has written its port file; its host:port."""
         child = self._children[name]
         port_file = self.run_dir / f"{name}.port"

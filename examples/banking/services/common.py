@@ -203,7 +203,11 @@ def run_process(
         signal.signal(signum, lambda *_: stop.set())
     threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
     running = start_server(name, register, port=args.port)
-    stop_agent = start_agent() if start_agent is not None else None
+    try:
+        stop_agent = start_agent() if start_agent is not None else None
+    except BaseException:
+        running.stop(0)  # or the server's threads keep a process that cannot serve alive
+        raise
     if args.port_file:
         write_port_file(args.port_file, running.port)
     print(f"PORT {running.port}", flush=True)

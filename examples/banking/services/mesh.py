@@ -33,7 +33,9 @@ def agent_starter(
 ) -> Callable[[], Callable[[], None] | None] | None:
     """A callable that starts a MeshAgent for this process and returns its stop, if asked for.
 
-    With `wait_for`, it returns only once the policies at that revision are applied (or 10 s).
+    With `wait_for`, it returns only once the policies at that revision are applied (or 30 s).
+    The agent caches its policies next to the process's database, so a restarted process
+    applies them at once, whether or not the control plane answers.
     """
     if not args.control_plane:
         return None
@@ -48,10 +50,11 @@ def agent_starter(
             instance_id=args.instance_id,
             token=args.token,
             report_interval=0.5,
+            cache_path=f"{args.db}.policies.json",
         )
         agent.start()
-        if wait_for and not agent.wait_for_revision(wait_for, timeout=10):
-            raise RuntimeError(f"{service}: no policies at revision {wait_for} within 10 s")
+        if wait_for and not agent.wait_for_revision(wait_for, timeout=30):
+            raise RuntimeError(f"{service}: no policies at revision {wait_for} within 30 s")
         return agent.stop
 
     return start
