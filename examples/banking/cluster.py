@@ -271,15 +271,22 @@ class Mesh:
         """Start a killed process again, on its old port (its clients reconnect by themselves)."""
         self.processes.restart(name)
 
-    def gateway_stats(self, name: str = "gateway") -> bank_pb2.GatewayStats | None:
-        """A gateway's counters and breaker states; None while it is down."""
-        try:
-            stats: bank_pb2.GatewayStats = self._gateways[name].GetStats(
-                bank_pb2.GetGatewayStatsRequest(), timeout=2
-            )
-        except grpc.RpcError:
-            return None
-        return stats
+    def gateway_stats(
+        self, name: str = "gateway", *, wait: float = 0.0
+    ) -> bank_pb2.GatewayStats | None:
+        """A gateway's counters and breaker states; None if it does not answer within `wait` s."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                stats: bank_pb2.GatewayStats = self._gateways[name].GetStats(
+                    bank_pb2.GetGatewayStatsRequest(), timeout=2
+                )
+            except grpc.RpcError:
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.1)
+                continue
+            return stats
 
     def breaker_rows(self) -> list[dict[str, Any]]:
         """Breakers across the mesh, as the control plane aggregates them."""

@@ -179,7 +179,7 @@ class Demo:
         for number, phase in enumerate(self.phases, 1):
             result = PhaseResult(phase, started=time.monotonic())
             result.before = read_counters(self.mesh.dbs)
-            result.gateway_before = self.gateway_counts()
+            result.gateway_before = self.gateway_counts(wait=30)
             self.results.append(result)
             self.say()
             self.say(f"{self.clock()} === phase {number}: {phase.name} — {phase.title}")
@@ -190,16 +190,16 @@ class Demo:
                 # phase's fault (and its backoff) does not spill into the next.
                 self.hold(result, seconds=0, until=self.all_closed, longest=15.0)
             result.ended = time.monotonic()
-            result.counters = self.counters(result)
+            result.counters = self.counters(result, wait=30)
             for client in self._clients:
                 result.calls[client.name] = result.calls.get(client.name, []) + client.take_calls()
             self.view(result)
         return self.finish()
 
-    def counters(self, phase: PhaseResult) -> dict[str, int]:
+    def counters(self, phase: PhaseResult, wait: float = 0.0) -> dict[str, int]:
         """The databases' and the gateway's counters since `phase` began."""
         counters = since(read_counters(self.mesh.dbs), phase.before)
-        for name, count in self.gateway_counts().items():
+        for name, count in self.gateway_counts(wait).items():
             counters[name] = count - phase.gateway_before.get(name, 0)
         return counters
 
@@ -258,7 +258,7 @@ class Demo:
         closed = stats is not None and all(b.state == State.CLOSED.value for b in stats.breakers)
         return closed and not any(self.levels().values())
 
-    def wait_for_breaker(self, name: str, state: State, timeout: float = 5.0) -> float | None:
+    def wait_for_breaker(self, name: str, state: State, timeout: float = 30.0) -> float | None:
         """The monotonic time the gateway reported breaker `name` in `state`, or None."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -270,16 +270,20 @@ class Demo:
             time.sleep(0.002)
         return None
 
-    def gateway_counts(self) -> Counter[str]:
-        """The guarded gateway's counters since the run began (restarts included)."""
-        stats = self.mesh.gateway_stats()
+    def gateway_counts(self, wait: float = 0.0) -> Counter[str]:
+        """The guarded gateway's counters since the run began (restarts included).
+
+        With `wait`, the reading is fresh (or the gateway stayed silent that long); without, a
+        gateway that does not answer at once (it is down, the machine is busy) gives the last.
+        """
+        stats = self.mesh.gateway_stats(wait=wait)
         if stats is not None:
             self._gateway_last = Counter(dict(stats.counters))
         return self._gateway_base + self._gateway_last
 
     def remember_gateway_counts(self) -> None:
         """Bank the gateway's counters before it is killed (a new process starts from zero)."""
-        self.gateway_counts()
+        self.gateway_counts(wait=30)
         self._gateway_base += self._gateway_last
         self._gateway_last = Counter()
 
