@@ -21,7 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 import meshbreaker
 from meshbreaker.cli import main
-from meshbreaker.config import BreakerConfig, State
+from meshbreaker.config import BreakerConfig, Mode, State
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.control.limits import Limits
 from meshbreaker.control.store import SqliteStore, StoreError
@@ -450,6 +450,44 @@ def test_a_state_filter_finds_the_forced_breakers_of_that_state(
     assert shown("CLOSED") == {"Closed", "ForcedClosed"}
     assert shown("FORCED_OPEN") == {"ForcedOpen"}
     assert shown("HALF_OPEN") == {"HalfOpen"}
+
+
+def test_shadow_mode_breakers_are_marked(
+    cli: Callable[..., tuple[int, str, str]], cp: ControlPlane
+) -> None:
+    """A breaker in shadow mode reports the state it would be in; it must not look enforcing."""
+    shadow = BreakerConfig(consecutive_failures=1, mode=Mode.SHADOW)
+    agents = [
+        MeshAgent(cp.target, "transaction", BreakerRegistry(config), instance_id=name,
+                  report_interval=60.0).start()
+        for name, config in (("tx-shadow", shadow), ("tx-enforce", BreakerConfig()))
+    ]  # fmt: skip
+    try:
+        agents[0].registry.get(METHOD).acquire().failure()  # "opens", in shadow
+        agents[1].registry.get(METHOD).acquire().success()
+
+        def reported() -> bool:
+            groups = cp.stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).groups
+            return any(group.instances == 2 and group.open == 1 for group in groups)
+
+        assert wait_until(reported)
+        status, out, _ = cli("status", "--instances")
+        lines = out.splitlines()
+        assert lines[0].split()[7] == "SHADOW"
+        assert next(line for line in lines if METHOD in line).split()[2:8] == [
+            "2", "1", "1", "0", "0", "1"
+        ]  # fmt: skip
+        detail = [line.split() for line in lines if "tx-shadow" in line or "tx-enforce" in line]
+        assert ["tx-shadow", "OPEN", "(shadow)"] in [row[2:5] for row in detail]
+        assert ["tx-enforce", "CLOSED"] in [row[2:4] for row in detail]
+
+        status, out, _ = cli("status", "--watch", "--iterations", "1")
+        row = next(line for line in out.splitlines() if "GetBalance " in line).split()
+        assert row[2:4] == ["OPEN", "shadow:1"]
+        assert "shadow: in shadow mode" in out
+    finally:
+        for agent in agents:
+            agent.stop()
 
 
 def test_status_says_when_nothing_has_reported(cli: Callable[..., tuple[int, str, str]]) -> None:

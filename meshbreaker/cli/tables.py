@@ -13,7 +13,7 @@ from meshbreaker.config import BreakerConfig
 from meshbreaker.control import convert
 from meshbreaker.control.layers import describe_value
 from meshbreaker.errors import ConfigError
-from meshbreaker.live.render import instance_table
+from meshbreaker.live.render import instance_table, shadow_marked
 from meshbreaker.live.table import Cell, Column, new_table
 from meshbreaker.live.text import clean, format_seconds, state_text
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -24,7 +24,7 @@ _GROUP_COLUMNS = (
     *(
         Column(title, numeric=True)
         for title in (
-            *("INSTANCES", "CLOSED", "OPEN", "HALF_OPEN", "FORCED"),
+            *("INSTANCES", "CLOSED", "OPEN", "HALF_OPEN", "FORCED", "SHADOW"),
             *("FAILURE", "SLOW", "CALLS", "FAILED", "REJECTED", "THROTTLED"),
         )
     ),
@@ -118,6 +118,7 @@ def _group_table(groups: Sequence[pb.BreakerGroup], width: int | None) -> Table:
                     group.open,
                     group.half_open,
                     group.forced_open + group.forced_closed,
+                    group.shadow,
                 )
             ),
             _percent(group.failure_rate),
@@ -138,7 +139,7 @@ def _detail_table(groups: Sequence[pb.BreakerGroup], width: int | None) -> Table
             group.service,
             group.name,
             item.instance_id,
-            state_text(item.snapshot.state),
+            shadow_marked(state_text(item.snapshot.state), item.snapshot.config.mode),
             str(item.applied_revision),
             _percent(item.snapshot.failure_rate),
             str(item.snapshot.window_calls),

@@ -282,6 +282,8 @@ class InstanceTable:
                 group.failed += snapshot.failed
                 group.rejected += snapshot.rejected
                 group.throttled += snapshot.throttled
+                if snapshot.config.mode == pb.MODE_SHADOW:
+                    group.shadow += 1
                 if request.include_instances:
                     item = pb.InstanceBreaker(
                         instance_id=instance.instance_id,

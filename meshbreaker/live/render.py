@@ -36,6 +36,9 @@ _LETTERS = {
 _DIM = Style(dim=True)
 _WARN = Style(color="yellow")
 _LEGEND = "INST: C closed, O open, H half-open, FO forced open, FC forced closed"
+_SHADOW_LEGEND = (
+    "shadow: in shadow mode (in N instances): the state it would be in; it never rejects"
+)
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,8 @@ def render_status(
         footer.append(instance_table(shown, width))
     footer.append(Text())
     footer.append(Text(_LEGEND if groups else empty, style=_DIM, no_wrap=True, overflow="ellipsis"))
+    if any(group.shadow for group in groups):
+        footer.append(Text(_SHADOW_LEGEND, style=_DIM, no_wrap=True, overflow="ellipsis"))
     footer_lines = len(footer) + (len(shown) if shown else 0)  # the instance table's title too
     more: Text | None = None
     if height is not None and len(lines) + 1 + len(groups) + footer_lines > height:
@@ -222,6 +227,22 @@ def _latest_transitions(events: Iterable[pb.Event]) -> dict[tuple[str, str], pb.
     return seen
 
 
+def _state_cell(group: pb.BreakerGroup, state: State | None, style: Style) -> Text:
+    """The group's worst state, marked when some of its instances run it in shadow mode."""
+    cell = Text(state.value if state is not None else "-", style=style)
+    if group.shadow:
+        every = group.shadow == group.instances
+        cell.append(" shadow" if every else f" shadow:{group.shadow}", style=_DIM)
+    return cell
+
+
+def shadow_marked(state: Text, mode: int) -> Text:
+    """An instance's state, marked when it runs the breaker in shadow mode."""
+    if mode == pb.MODE_SHADOW:
+        state.append(" (shadow)", style=_DIM)
+    return state
+
+
 def _breaker_table(
     groups: Sequence[pb.BreakerGroup],
     seen: dict[tuple[str, str], pb.Event],
@@ -239,7 +260,7 @@ def _breaker_table(
             [
                 group.service,
                 group.name,
-                Text(state.value if state is not None else "-", style=state_style),
+                _state_cell(group, state, state_style),
                 _instances_cell(group) or "-",
                 format_rate(group.failure_rate),
                 format_rate(group.slow_call_rate),

@@ -1396,6 +1396,7 @@ class BreakerGroup(_message.Message):
     REJECTED_FIELD_NUMBER: _builtins.int
     INSTANCE_BREAKERS_FIELD_NUMBER: _builtins.int
     THROTTLED_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """caller service"""
     name: _builtins.str
@@ -1417,6 +1418,10 @@ class BreakerGroup(_message.Message):
     rejected: _builtins.int
     throttled: _builtins.int
     """sum over instances"""
+    shadow: _builtins.int
+    """Instances running this breaker in shadow mode (their state is the one it would be in; they
+    never reject), from the effective config they report.
+    """
     @_builtins.property
     def instance_breakers(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceBreaker]:
         """only with include_instances"""
@@ -1439,10 +1444,11 @@ class BreakerGroup(_message.Message):
         rejected: _builtins.int = ...,
         instance_breakers: _abc.Iterable[Global___InstanceBreaker] | None = ...,
         throttled: _builtins.int = ...,
+        shadow: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "failed", b"failed", "failure_rate", b"failure_rate", "forced_closed", b"forced_closed", "forced_open", b"forced_open", "half_open", b"half_open", "instance_breakers", b"instance_breakers", "instances", b"instances", "name", b"name", "open", b"open", "rejected", b"rejected", "service", b"service", "slow_call_rate", b"slow_call_rate", "throttled", b"throttled", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "failed", b"failed", "failure_rate", b"failure_rate", "forced_closed", b"forced_closed", "forced_open", b"forced_open", "half_open", b"half_open", "instance_breakers", b"instance_breakers", "instances", b"instances", "name", b"name", "open", b"open", "rejected", b"rejected", "service", b"service", "shadow", b"shadow", "slow_call_rate", b"slow_call_rate", "throttled", b"throttled", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
