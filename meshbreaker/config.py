@@ -79,6 +79,10 @@ def _schema(
     return {"schema": FieldSchema(proto, flags, kind, help, proto_off)}
 
 
+# The cap's default; a config that leaves it there while opening for longer raises it to that.
+_DEFAULT_OPEN_DURATION_MAX = 60.0
+
+
 @dataclass(frozen=True)
 class BreakerConfig:
     """How one breaker decides; immutable, validated on construction.
@@ -155,12 +159,12 @@ class BreakerConfig:
         ),
     )
     open_duration_max: float = field(
-        default=60.0,
+        default=_DEFAULT_OPEN_DURATION_MAX,
         metadata=_schema(
             "open_duration_max",
             ("--open-duration-max",),
             "seconds",
-            "cap of the growing open duration",
+            "cap of the growing open duration (left at 60 it rises to a longer open duration)",
         ),
     )
     backoff_multiplier: float = field(
@@ -313,7 +317,11 @@ class BreakerConfig:
         _check_positive(self, "open_duration")
         _check_positive(self, "open_duration_max")
         if self.open_duration_max < self.open_duration:
-            raise ConfigError("open_duration_max", "must be >= open_duration")
+            if self.open_duration_max != _DEFAULT_OPEN_DURATION_MAX:
+                raise ConfigError("open_duration_max", "must be >= open_duration")
+            # Left at its default, the cap rises to the open duration: the rule of the CLI and
+            # of layered policies too (merge_layers), so BreakerConfig(open_duration=120) works.
+            _set(self, "open_duration_max", float(self.open_duration))
         _check_number(self, "backoff_multiplier")
         if self.backoff_multiplier < 1.0:
             raise ConfigError("backoff_multiplier", "must be >= 1.0")
