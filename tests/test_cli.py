@@ -482,6 +482,7 @@ def test_shadow_mode_breakers_are_marked(
         assert ["tx-enforce", "CLOSED"] in [row[2:4] for row in detail]
 
         status, out, _ = cli("status", "--watch", "--iterations", "1")
+        assert status == 0
         row = next(line for line in out.splitlines() if "GetBalance " in line).split()
         assert row[2:4] == ["OPEN", "shadow:1"]
         assert "shadow: in shadow mode" in out
