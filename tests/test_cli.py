@@ -388,7 +388,7 @@ def test_status_tables_filters_instances_and_watch(
         ]  # fmt: skip
         row = next(line for line in lines if METHOD in line).split()
         assert row[:7] == ["transaction", METHOD, "2", "1", "1", "0", "0"]
-        assert row[7] == "25.0%"  # mean failure rate: tx-0 1/2, tx-1 0/1
+        assert row[7:9] == ["0", "25.0%"]  # none in shadow; mean failure rate: tx-0 1/2, tx-1 0/1
         assert "2 live instance(s)" in out
 
         status, out, _ = cli("status", "--state", "OPEN")
