@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rich.cells import cell_len
 from rich.console import Console, RenderableType
 
 from meshbreaker import live
@@ -158,7 +159,7 @@ def test_any_response_renders_safely_within_the_width(
     for renderable in screens:
         text = recorded(renderable, width)
         assert not unsafe_characters(text)
-        assert all(len(line) <= width for line in SGR.sub("", text).splitlines())
+        assert all(cell_len(line) <= width for line in SGR.sub("", text).splitlines())
 
 
 @settings(max_examples=30, deadline=None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from rich.console import Group, RenderableType
@@ -153,7 +152,7 @@ def _detail_table(groups: Sequence[pb.BreakerGroup], width: int | None) -> Table
 
 
 def _percent(rate: float) -> str:
-    return f"{rate * 100:.1f}%" if math.isfinite(rate) else "?"
+    return f"{rate * 100:.1f}%" if 0.0 <= rate <= 1.0 else "?"  # NaN too
 
 
 def policy_table(response: pb.ListPoliciesResponse, width: int | None = None) -> RenderableType:

@@ -66,13 +66,13 @@ def format_count(value: int) -> str:
 
 
 def format_rate(rate: float) -> str:
-    """A rate in [0, 1] as a short percentage: 0%, 2.5%, 50%, 100% ("?" if not a number)."""
-    if not math.isfinite(rate):
+    """A rate in [0, 1] as a short percentage: 0%, 2.5%, 50%, 100% ("?" for any other value)."""
+    if not 0.0 <= rate <= 1.0:  # NaN too: a reported rate is not trusted to be one
         return "?"
     percent = rate * 100
     if percent == 0:
         return "0%"
-    return f"{percent:.1f}%" if abs(percent) < 9.95 else f"{percent:.0f}%"
+    return f"{percent:.1f}%" if percent < 9.95 else f"{percent:.0f}%"
 
 
 def state_name(value: int) -> str:
