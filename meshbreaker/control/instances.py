@@ -282,7 +282,8 @@ class InstanceTable:
                 group.failed += snapshot.failed
                 group.rejected += snapshot.rejected
                 group.throttled += snapshot.throttled
-                if snapshot.config.mode == pb.MODE_SHADOW:
+                config = instance.configs.get(name)
+                if config is not None and config.mode == pb.MODE_SHADOW:
                     group.shadow += 1
                 if request.include_instances:
                     item = pb.InstanceBreaker(
@@ -291,7 +292,6 @@ class InstanceTable:
                         snapshot=snapshot,
                         report_age=now - instance.last_seen,
                     )
-                    config = instance.configs.get(name)
                     if config is not None:
                         item.snapshot.config.CopyFrom(config)
                     group.instance_breakers.append(item)

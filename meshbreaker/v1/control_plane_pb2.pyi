@@ -1420,7 +1420,7 @@ class BreakerGroup(_message.Message):
     """sum over instances"""
     shadow: _builtins.int
     """Instances running this breaker in shadow mode (their state is the one it would be in; they
-    never reject), from the effective config they report.
+    never reject), from the effective config they last reported.
     """
     @_builtins.property
     def instance_breakers(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceBreaker]:
