@@ -6,15 +6,21 @@ import argparse
 import enum
 from typing import Any
 
+from google.protobuf import json_format
+
 from meshbreaker.cli import arg_types
 from meshbreaker.config import SCHEMA, State, check_layer
 from meshbreaker.control import convert
+from meshbreaker.control.xds.model import outlier_detection_from_json
 from meshbreaker.errors import ConfigError
 from meshbreaker.retry import RetryPolicy
 from meshbreaker.v1 import control_plane_pb2 as pb
 
 _POLICY_KEYS = frozenset(
-    {"id", "selector", "caller", "service", "method", "config", "mode", "override", "description"}
+    {
+        *("id", "selector", "caller", "service", "method", "config", "mode", "override"),
+        *("description", "outlier_detection"),
+    }
 )
 # What the store says about a policy: `policy list --json` prints them, a put ignores them (so its
 # output can be put back as it is); compare-and-set is --expected-revision.
@@ -45,6 +51,9 @@ def policy_message(entry: dict[str, Any]) -> pb.Policy:
     if isinstance(override, str):
         override = _override_word(override)
     message.override = convert.override_to_proto(override)
+    if entry.get("outlier_detection") is not None:
+        # The xDS section (docs/DESIGN.md, "xDS"): served to xDS clients and as service config.
+        message.outlier_detection.CopyFrom(outlier_detection_from_json(entry["outlier_detection"]))
     config = entry.get("config", {})
     if "mode" in entry:
         config = {**(config or {}), "mode": entry["mode"]}
@@ -106,6 +115,10 @@ def policy_document(policy: pb.Policy) -> dict[str, Any]:
         document["override"] = "open" if override is State.FORCED_OPEN else "closed"
     if policy.description:
         document["description"] = policy.description
+    if policy.HasField("outlier_detection"):
+        document["outlier_detection"] = json_format.MessageToDict(
+            policy.outlier_detection, preserving_proto_field_name=True
+        )
     document["revision"] = policy.revision
     if policy.HasField("updated_at"):
         document["updated_at"] = policy.updated_at.ToJsonString()

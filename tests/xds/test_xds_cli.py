@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from meshbreaker.cli import main
@@ -198,3 +199,56 @@ def test_clients_show_what_each_node_acked_or_nacked(cli: Cli, cp: ControlPlane)
         requests.put(None)
         stream.cancel()
         channel.close()
+
+
+def test_outlier_detection_from_a_policy_file_reaches_the_service_config(
+    cli: Cli, tmp_path: Path
+) -> None:
+    policy = {
+        "id": "accounts-ejection",
+        "service": "bank.v1.AccountService",
+        "outlier_detection": {"interval": "2s", "enforcing_failure_percentage": 100},
+    }
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(policy))
+    status, _, err = cli("policy", "put", "--file", str(path))
+    assert (status, err) == (0, "")
+    status, out, _ = cli("policy", "list", "--json")
+    (stored,) = json.loads(out)["policies"]
+    assert stored["outlier_detection"] == {"interval": "2s", "enforcing_failure_percentage": 100}
+    status, out, _ = cli("xds", "service-config", "--service", "bank.v1.AccountService")
+    config = json.loads(out)["loadBalancingConfig"][0]["outlier_detection_experimental"]
+    assert config["interval"] == "2s"
+    assert config["failurePercentageEjection"]["enforcementPercentage"] == 100
+    assert config["successRateEjection"]["stdevFactor"] == 1900  # A50's default
+    assert json.loads(cli("xds", "service-config", "--service", "bank.v1.Other")[1]) == {}
+    for bad, message in (
+        ({"intervall": "2s"}, "outlier_detection: "),
+        ({"max_ejection_percent": 150}, "outlier_detection.max_ejection_percent: must be in"),
+        ("often", "must be an object of OutlierDetection fields"),
+    ):
+        path.write_text(json.dumps({**policy, "outlier_detection": bad}))
+        status, _, err = cli("policy", "put", "--file", str(path))
+        assert status == 1 and message in err and len(err.splitlines()) == 1
+
+
+def test_envoy_style_wildcard_subscriptions_get_every_cluster(cli: Cli, cp: ControlPlane) -> None:
+    for name in ("b", "a"):
+        assert cli("xds", "cluster", "put", name, "--endpoint", "127.0.0.1:5001")[0] == 0
+    requests: queue.Queue[discovery_pb2.DiscoveryRequest | None] = queue.Queue()
+    requests.put(discovery_pb2.DiscoveryRequest(node={"id": "envoy-1"}, type_url=CLUSTER))
+    with grpc.insecure_channel(cp.target) as channel:
+        stream = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
+            iter(requests.get, None), timeout=20
+        )
+        try:
+            response = next(stream)
+            names = [cluster_pb2.Cluster.FromString(r.value).name for r in response.resources]
+            assert names == ["a", "b"]
+            # A new cluster reaches a wildcard subscriber without asking.
+            assert cli("xds", "cluster", "put", "c", "--endpoint", "127.0.0.1:5001")[0] == 0
+            response = next(stream)
+            assert len(response.resources) == 3
+        finally:
+            requests.put(None)
+            stream.cancel()

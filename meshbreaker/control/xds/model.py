@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
+from google.protobuf import json_format
 from google.protobuf.duration_pb2 import Duration
 
 from meshbreaker._names import check_service
@@ -169,6 +170,21 @@ def outlier_detection_from_proto(
         return OutlierDetection(**values)  # type: ignore[arg-type]
     except ConfigError as error:
         raise ConfigError(f"{path}.{error.field}", error.message) from None
+
+
+def outlier_detection_from_json(
+    value: object, path: str = "outlier_detection"
+) -> xds_pb2.OutlierDetection:
+    """The message a JSON object spells (proto field names, durations as "10s"), checked."""
+    if not isinstance(value, dict):
+        raise ConfigError(path, "must be an object of OutlierDetection fields")
+    message = xds_pb2.OutlierDetection()
+    try:
+        json_format.ParseDict(value, message)
+    except json_format.ParseError as error:
+        raise ConfigError(path, " ".join(str(error).split())[:200]) from None
+    outlier_detection_from_proto(message, path)
+    return message
 
 
 def outlier_detection_to_proto(value: OutlierDetection) -> xds_pb2.OutlierDetection:
