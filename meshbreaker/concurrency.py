@@ -5,7 +5,9 @@ The limit moves with the ratio of the no-load latency (the minimum seen) to the 
 not cut the limit): while calls take about as long as they do unloaded, the limit grows by about
 sqrt(limit) (the queue it allows); when latency rises past TOLERANCE times the minimum, the backend
 is queueing and the limit shrinks by that ratio (by half at most per sample); every change is
-smoothed. A failed call cuts the limit by BACKOFF (AIMD's multiplicative decrease). The minimum is
+smoothed. A failed call cuts the limit by BACKOFF (AIMD's multiplicative decrease), at most once per
+limit / 2 calls: the failures of one overload episode arrive together and are one signal (Netflix's
+WindowedLimit reads a window's drops as one), not a collapse by 0.9 per failure. The minimum is
 measured again every PROBE_EVERY samples, so a backend that became slower for good is not starved.
 
 Not thread-safe on its own: the CircuitBreaker that owns it calls it under its lock.
@@ -29,7 +31,7 @@ PROBE_EVERY: Final = 1000
 class AdaptiveLimit:
     """A gradient concurrency limit between MIN_LIMIT and `max_limit` (lock held by the caller)."""
 
-    __slots__ = ("_samples", "limit", "max_limit", "min_latency", "recent_latency")
+    __slots__ = ("_samples", "_since_cut", "limit", "max_limit", "min_latency", "recent_latency")
 
     def __init__(self, max_limit: int = DEFAULT_MAX_LIMIT) -> None:
         self.max_limit = max_limit
@@ -37,6 +39,7 @@ class AdaptiveLimit:
         self.min_latency = math.inf
         self.recent_latency = math.nan  # until the first sample
         self._samples = 0
+        self._since_cut = math.inf  # calls since the last cut for a failure
 
     @property
     def current(self) -> int:
@@ -46,8 +49,11 @@ class AdaptiveLimit:
     def update(self, latency: float, failed: bool, in_flight: int) -> int:
         """Take one finished call (`in_flight` counted it too); the new limit in whole calls."""
         limit = self.limit
+        self._since_cut += 1
         if failed:
-            self.limit = max(MIN_LIMIT, limit * BACKOFF)
+            if self._since_cut >= limit / 2:
+                self._since_cut = 0
+                self.limit = max(MIN_LIMIT, limit * BACKOFF)
             return int(self.limit)
         self._samples += 1
         if self._samples >= PROBE_EVERY:

@@ -56,11 +56,16 @@ def test_one_slow_call_does_not_cut_the_limit() -> None:
     assert limiter.limit > before
 
 
-def test_failures_cut_the_limit_multiplicatively_down_to_one() -> None:
+def test_failures_cut_the_limit_once_per_half_a_limit_of_calls() -> None:
     limiter = AdaptiveLimit(100)
     limiter.update(0.01, True, 20)
     assert limiter.limit == pytest.approx(18.0)
-    for _ in range(100):
+    for _ in range(8):
+        limiter.update(0.01, True, 20)  # the same episode: no further cut
+    assert limiter.limit == pytest.approx(18.0)
+    limiter.update(0.01, True, 20)  # 9 = 18 / 2 calls later
+    assert limiter.limit == pytest.approx(18.0 * 0.9)
+    for _ in range(500):
         limiter.update(0.01, True, 1)
     assert limiter.current == 1
 
@@ -102,20 +107,20 @@ def test_the_breaker_refuses_past_the_adaptive_limit() -> None:
     with pytest.raises(BulkheadFullError):
         breaker.acquire()
     for permit in permits[:10]:
-        permit.failure(0.01)  # 20 -> 18 -> ... -> 20 * 0.9**10 = 6.97
-    assert breaker.snapshot().concurrency_limit == 6
+        permit.failure(0.01)  # 20 -> 18, then 9 calls later 16.2
+    assert breaker.snapshot().concurrency_limit == 16
     for permit in permits[10:]:
         permit.ignore()
-    assert breaker.snapshot().concurrency_limit == 6  # ignored calls are no evidence
-    held = [breaker.acquire() for _ in range(6)]
+    assert breaker.snapshot().concurrency_limit == 16  # ignored calls are no evidence
+    held = [breaker.acquire() for _ in range(16)]
     with pytest.raises(BulkheadFullError):
         breaker.acquire()
-    expected = 20 * 0.9**10
-    for in_flight, permit in zip(range(6, 0, -1), held, strict=True):
+    expected = 20 * 0.9**2
+    for in_flight, permit in zip(range(16, 0, -1), held, strict=True):
         permit.success(0.01)
         if in_flight >= expected / 2:  # below that, the caller limited concurrency
             expected = smoothed(expected, 1.0)
-    assert breaker.snapshot().concurrency_limit == int(expected) == 8
+    assert breaker.snapshot().concurrency_limit == int(expected) == 21
 
 
 def test_a_fixed_bulkhead_reports_its_limit_and_none_means_none() -> None:
