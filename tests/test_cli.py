@@ -643,7 +643,7 @@ def test_control_plane_command_serves_until_interrupted(tmp_path: Path) -> None:
         assert page.one("meshbreaker_control_plane_revision") == 1.0
     finally:
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=10)
+        output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
     assert f"serving on 127.0.0.1:{port}" in output
     assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in output

@@ -495,7 +495,7 @@ def test_ctrl_c_ends_events_follow_with_status_0(plane: ControlPlane) -> None:
         assert process.stdout is not None
         line = process.stdout.readline()
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=10)
+        out, err = process.communicate(timeout=30)
     finally:
         process.kill()
     assert process.returncode == 0

@@ -56,7 +56,7 @@ def test_a_one_field_policy_keeps_every_other_field_of_the_process(
             "policy", "put", "--id", "acct", "--service", SERVICE, "--consecutive-failures", "3"
         )
         assert status == 0, err
-        assert agent.wait_for_revision(1, timeout=10)
+        assert agent.wait_for_revision(1, timeout=30)
         assert breaker.config == BreakerConfig(
             window_type=WindowType.COUNT,
             window_size=20,
@@ -70,7 +70,7 @@ def test_a_one_field_policy_keeps_every_other_field_of_the_process(
         # A mesh default sets the open duration; the service policy still only adds its field.
         status, _, err = cli("policy", "put", "--id", "mesh", "--open-duration", "30")
         assert status == 0, err
-        assert agent.wait_for_revision(2, timeout=10)
+        assert agent.wait_for_revision(2, timeout=30)
         assert (breaker.config.open_duration, breaker.config.consecutive_failures) == (30.0, 3)
         assert breaker.config.window_size == 20
 

@@ -105,6 +105,6 @@ def test_connected_goes_stale_when_the_control_plane_goes(
         revision = stub.PutPolicy(
             pb.PutPolicyRequest(policies=[method_policy("p", BreakerConfig())]), timeout=5
         ).revision
-        assert agent.wait_for_revision(revision, timeout=10)
+        assert agent.wait_for_revision(revision, timeout=30)
         cp.stop()
         assert wait_until(lambda: agent.status is AgentStatus.STALE)

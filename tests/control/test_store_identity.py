@@ -51,7 +51,7 @@ def test_a_control_plane_on_another_store_does_not_wipe_an_agents_policies(
     old_store = cp.running.store.store_id
     agent = _agent(cp.target)
     try:
-        assert agent.wait_for_revision(_put(stub, "tight"), timeout=10)
+        assert agent.wait_for_revision(_put(stub, "tight"), timeout=30)
         assert agent.applied_store_id == old_store
         cp.stop()
         cp.db = tmp_path / "empty.db"  # restarted on an empty database: store id, revision 0
@@ -92,7 +92,7 @@ def test_an_agent_never_applies_a_lower_revision_of_the_same_store(
     agent = _agent(cp.target)
     try:
         assert agent.wait_for_revision(
-            _put(stub, "second", "/bank.v1.AccountService/Deposit"), timeout=10
+            _put(stub, "second", "/bank.v1.AccountService/Deposit"), timeout=30
         )
         cp.stop()
         cp.db = backup  # the same store restored from an older backup: revision 1
@@ -124,7 +124,7 @@ def test_the_cache_remembers_the_store(
     cache = tmp_path / "agent.json"
     registry = BreakerRegistry()
     with MeshAgent(cp.target, "gateway", registry, cache_path=cache, report_interval=60.0) as agent:
-        assert agent.wait_for_revision(_put(stub, "tight"), timeout=10)
+        assert agent.wait_for_revision(_put(stub, "tight"), timeout=30)
         # The cache is written off the loop after the apply: wait for revision 1 in it.
         assert wait_until(lambda: _cached_revision(cache) == 1)
     store = cp.running.store.store_id

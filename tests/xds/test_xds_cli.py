@@ -170,7 +170,7 @@ def test_clients_show_what_each_node_acked_or_nacked(cli: Cli, cp: ControlPlane)
                 response_nonce=response.nonce,
             )
         )
-        assert wait_until(lambda: "0.1" in cli("xds", "clients")[1], timeout=10)
+        assert wait_until(lambda: "0.1" in cli("xds", "clients")[1], timeout=30)
         # New endpoints alone change EDS, not this CDS resource: nothing is sent for it.
         assert cli("xds", "cluster", "put", "accounts", "--endpoint", "127.0.0.1:5002")[0] == 0
         put = ("xds", "cluster", "put", "accounts", "--endpoint", "127.0.0.1:5002")
@@ -186,7 +186,7 @@ def test_clients_show_what_each_node_acked_or_nacked(cli: Cli, cp: ControlPlane)
                 error_detail={"code": 3, "message": "\x1b[31mno thanks"},
             )
         )
-        assert wait_until(lambda: "NACKing" in cli("xds", "clients")[1], timeout=10)
+        assert wait_until(lambda: "NACKing" in cli("xds", "clients")[1], timeout=30)
         _, out, _ = cli("xds", "clients")
         row = out.splitlines()[1]
         assert row.split()[:5] == ["raw-node", "gateway", "cluster", "accounts", "0.1"]

@@ -143,7 +143,7 @@ def test_ctrl_c_stops_every_child_process(tmp_path: Path) -> None:
         }
         assert all(_alive(pid) for pid in children.values())
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=10) == 130
+        assert process.wait(timeout=30) == 130
     finally:
         process.kill()
         process.wait()

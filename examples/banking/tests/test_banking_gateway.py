@@ -107,7 +107,7 @@ def test_a_payment_commits_notifies_and_is_audited_by_the_transaction_service(
         "k1",
         "sent",
     )
-    assert wait_until(lambda: _settled(bank), timeout=10)
+    assert wait_until(lambda: _settled(bank), timeout=30)
     assert all(_invariants(bank, gateway, payments).values())
 
 
@@ -122,7 +122,7 @@ def test_a_committed_payment_retried_with_its_key_is_replayed_not_rechecked(
     assert (again.status, again.replayed) == (TransferStatus.COMMITTED, True)
     with sqlite3.connect(bank.dbs["transaction"]) as conn:
         assert conn.execute("SELECT count(*) FROM transfers").fetchone() == (1,)
-    assert wait_until(lambda: _settled(bank), timeout=10)
+    assert wait_until(lambda: _settled(bank), timeout=30)
     assert all(_invariants(bank, gateway, payments).values())
 
 
@@ -154,7 +154,7 @@ def test_an_unknown_outcome_is_resolved_by_retrying_with_the_same_key(
     with sqlite3.connect(bank.dbs["transaction"]) as conn:
         rows = conn.execute("SELECT transfer_id, attempts, status FROM transfers").fetchall()
     assert rows == [("k6", 1, "COMMITTED")]  # the hung attempt never reached the saga
-    assert wait_until(lambda: _settled(bank), timeout=10)
+    assert wait_until(lambda: _settled(bank), timeout=30)
     assert all(_invariants(bank, hang_gateway, payments).values())
 
 
@@ -173,7 +173,7 @@ def test_a_payment_in_progress_is_answered_as_in_progress(
             return conn.execute("SELECT state FROM requests").fetchall() == [("in_progress",)]
 
     try:
-        assert wait_until(owned, timeout=10)
+        assert wait_until(owned, timeout=30)
         second = gateway.transfer_funds("k7", "acct-000", "acct-001", 5)
         assert (second.status, second.reason) == (TransferStatus.PENDING, "in progress")
     finally:

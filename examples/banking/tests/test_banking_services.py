@@ -274,7 +274,7 @@ def test_a_commit_owes_its_audit_record_which_arrives_with_the_commit_time(bank:
     bank.chaos("audit").SetChaos(chaos_pb2.ChaosSettings())
     assert wait_until(
         lambda: _one(bank.dbs["transaction"], "SELECT count(*) FROM audit_outbox") == (0,),
-        timeout=10,
+        timeout=30,
     )
     assert _one(bank.dbs["audit"], "SELECT transfer_id, committed_at FROM audit_log") == (
         "a1",
@@ -311,7 +311,7 @@ def test_the_sweeper_resumes_a_saga_stalled_after_its_debit(bank: Bank) -> None:
     # No client retries it: the sweeper finds it stalled and finishes it.
     assert wait_until(
         lambda: _one(bank.dbs["transaction"], "SELECT status FROM transfers") == ("COMMITTED",),
-        timeout=10,
+        timeout=30,
     )
     swept = _one(
         bank.dbs["transaction"], "SELECT attempts, resumes >= 1, swept >= 1 FROM transfers"
@@ -332,7 +332,7 @@ def test_a_late_answer_did_the_work_and_its_retry_is_answered_from_the_ledger(ba
         stub.Debit(request, timeout=1.0)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     bank.chaos("account").SetChaos(chaos_pb2.ChaosSettings())
-    assert wait_until(lambda: _balance(bank, "acct-002") == BALANCE - 3, timeout=10)
+    assert wait_until(lambda: _balance(bank, "acct-002") == BALANCE - 3, timeout=30)
     again = stub.Debit(request, timeout=5)
     assert (again.replayed, _balance(bank, "acct-002")) == (True, BALANCE - 3)
     assert _one(
