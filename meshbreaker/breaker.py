@@ -249,6 +249,11 @@ class CircuitBreaker:
         """The budget the retries of this breaker's calls share; None when retries are off."""
         return self._retry_budget
 
+    @property
+    def clock(self) -> Clock:
+        """The clock this breaker reads: snapshot times (open_until, state_since) are on it."""
+        return self._clock
+
     def _apply_config(self, config: BreakerConfig, now: float) -> None:
         """Take `config` (lock held, quick successes settled)."""
         if not isinstance(config, BreakerConfig):
@@ -770,9 +775,11 @@ class CircuitBreaker:
         self._emit(transition, None)
 
     def open_for(self, seconds: float) -> None:
-        """OPEN for `seconds` (not the configured period), then probe as usual.
+        """OPEN for `seconds` from now (not the configured period), then probe as usual.
 
-        Clears an override. The opening counts toward the backoff of later openings.
+        Clears an override. A breaker not OPEN opens, and the opening counts toward the backoff
+        of later openings. An OPEN breaker keeps its opening and only moves its end: lengthening
+        an open period (an HTTP Retry-After) is not a second opening.
         """
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
             raise TypeError(f"seconds must be a number, got {type(seconds).__name__}")
@@ -781,7 +788,7 @@ class CircuitBreaker:
         with self._lock:
             self._override = None
             now = self._clock()
-            transition = self._enter(_OPEN, now)
+            transition = None if self._state is _OPEN else self._enter(_OPEN, now)
             self._manual_period = float(seconds)
             self._open_until = now + seconds
             self._refresh(now)

@@ -115,6 +115,26 @@ def test_open_for_opens_for_the_given_time_then_probes(clock: FakeClock) -> None
     assert snapshot.open_until - snapshot.state_since == 100.0 * 2
 
 
+def test_open_for_on_an_open_breaker_moves_its_end_without_a_second_opening(
+    clock: FakeClock,
+) -> None:
+    cb = make(clock, consecutive_failures=1, open_duration=10.0, open_duration_max=1000.0)
+    cb.acquire().failure()
+    opened = cb.snapshot()
+    clock.advance(4.0)
+    cb.open_for(30.0)  # e.g. a server's Retry-After: 30
+    snapshot = cb.snapshot()
+    assert (snapshot.times_opened, snapshot.state_since) == (1, opened.state_since)
+    assert snapshot.open_until == cb.clock() + 30.0
+    clock.advance(30.0)
+    assert cb.state is State.HALF_OPEN
+    cb.acquire().failure()  # the second opening backs off once, not twice
+    reopened = cb.snapshot()
+    assert reopened.times_opened == 2
+    assert reopened.open_until is not None
+    assert reopened.open_until - reopened.state_since == 10.0 * 2
+
+
 @pytest.mark.parametrize("seconds", [0, -1.0, float("inf"), float("nan")])
 def test_open_for_refuses_what_is_not_a_period(clock: FakeClock, seconds: float) -> None:
     with pytest.raises(ValueError, match="seconds must be finite and > 0"):
