@@ -8,7 +8,10 @@ are thin shells over one `_Core`; the response body is tracked by one `_Tracker`
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from typing import Final
 
@@ -20,6 +23,7 @@ except ImportError as error:  # absolute import: this module's own name is not t
     ) from error
 
 from meshbreaker.breaker import CircuitBreaker, Outcome, Permit
+from meshbreaker.config import State
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError
 from meshbreaker.registry import BreakerRegistry
 
@@ -33,6 +37,8 @@ __all__ = [
     "Route",
     "breaker_name",
     "default_route",
+    "lengthen_open_period",
+    "parse_retry_after",
     "route_templates",
 ]
 
@@ -52,6 +58,7 @@ DEFAULT_FAILURE_EXCEPTIONS: Final[tuple[type[BaseException], ...]] = (
 # Breaker names go into every agent report, which the control plane bounds (512 characters).
 MAX_ROUTE_LENGTH: Final = 256
 LONG_ROUTE: Final = "/{path}"
+RETRY_AFTER_STATUSES: Final = frozenset({429, 503})
 
 _SUCCESS, _FAILURE, _IGNORED = Outcome.SUCCESS, Outcome.FAILURE, Outcome.IGNORED
 _ID_SEGMENT = re.compile(
@@ -59,6 +66,7 @@ _ID_SEGMENT = re.compile(
     r"(?=/|$)"
 )
 _TEMPLATE_PART = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+_DELAY_SECONDS = re.compile(r"[0-9]{1,10}")
 
 
 class HTTPCallNotPermittedError(CallNotPermittedError, httpx.TransportError):
@@ -109,6 +117,35 @@ def route_templates(*templates: str) -> Route:
         return None
 
     return route
+
+
+def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds a Retry-After header asks for (a delay or an HTTP-date); None if absent or bad."""
+    if value is None or len(value) > 64:  # a server's header: bounded before it is parsed
+        return None
+    value = value.strip()
+    if _DELAY_SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC by RFC 5322
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - now())
+
+
+def lengthen_open_period(breaker: CircuitBreaker, seconds: float) -> None:
+    """Keep an OPEN breaker open at least `seconds` from now, capped by its open_duration_max.
+
+    Only lengthens, and only an open period: a breaker that is not OPEN is left alone.
+    """
+    seconds = min(seconds, breaker.config.open_duration_max)
+    snapshot = breaker.snapshot()
+    if snapshot.state is not State.OPEN or snapshot.open_until is None or seconds <= 0:
+        return
+    if snapshot.open_until - breaker.clock() < seconds:
+        breaker.open_for(seconds)  # moves the end of this opening; it is not a second one
 
 
 def _check_route(route: object, field: str) -> str:
@@ -188,6 +225,10 @@ class _Core:
         if status not in self.failure_statuses:
             return _Tracker(self, permit)
         permit.failure()
+        if status in RETRY_AFTER_STATUSES:
+            seconds = parse_retry_after(response.headers.get("retry-after"))
+            if seconds is not None:
+                lengthen_open_period(breaker, seconds)
         return None
 
 
@@ -255,8 +296,10 @@ class BreakerTransport(httpx.BaseTransport):
 
     Failures: `failure_statuses` (5xx and 429 by default) and `failure_exceptions` (connection
     errors, timeouts, broken responses). A response with another status counts when its body
-    ends: a success, or a failure if reading it fails. A refused request raises
-    HTTPCallNotPermittedError, both a CallNotPermittedError and an httpx.TransportError.
+    ends: a success, or a failure if reading it fails. A `Retry-After` on a failed 429 or 503
+    lengthens the open period of a breaker that is open (up to its open_duration_max). A refused
+    request raises HTTPCallNotPermittedError, both a CallNotPermittedError and an
+    httpx.TransportError.
     """
 
     def __init__(

@@ -15,6 +15,7 @@ from meshbreaker.httpx import (
     HTTPBulkheadFullError,
     HTTPCallNotPermittedError,
     default_route,
+    parse_retry_after,
     route_templates,
 )
 from meshbreaker.registry import BreakerRegistry
@@ -114,6 +115,57 @@ def test_a_good_probe_after_the_open_period_closes_the_breaker(
 
     assert client.get(http_server.url("/charge")).text == "ok"
     assert registry.get(http_server.url("/charge")).state is State.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "open_for"),
+    [
+        (503, "30", 30.0),  # lengthened
+        (429, "30", 30.0),
+        (503, "99999", 60.0),  # capped by open_duration_max
+        (503, "2", 10.0),  # never shortened
+        (500, "30", 10.0),  # only 429 and 503 carry it
+        (503, "soon", 10.0),  # unparsable: ignored
+    ],
+)
+def test_retry_after_lengthens_the_open_period(
+    http_server: FaultyServer,
+    clock: FakeClock,
+    make_caller: MakeCaller,
+    status: int,
+    retry_after: str,
+    open_for: float,
+) -> None:
+    registry = BreakerRegistry(CONFIG.replace(open_duration_max=60.0), clock=clock)
+    client = make_caller(registry)
+    http_server.fault("/charge", Fault(status=status, headers={"Retry-After": retry_after}))
+    for _ in range(3):
+        client.get(http_server.url("/charge"))
+
+    snapshot = registry.get(http_server.url("/charge")).snapshot()
+    assert snapshot.state is State.OPEN
+    assert snapshot.times_opened == 1
+    assert snapshot.open_until == clock() + open_for
+
+
+def test_retry_after_does_not_open_a_closed_breaker(
+    http_server: FaultyServer, registry: BreakerRegistry, make_caller: MakeCaller
+) -> None:
+    client = make_caller(registry)
+    http_server.fault("/charge", Fault(status=429, headers={"Retry-After": "30"}))
+    client.get(http_server.url("/charge"))
+    assert registry.get(http_server.url("/charge")).state is State.CLOSED
+
+
+def test_parse_retry_after_reads_delays_and_http_dates() -> None:
+    date = "Wed, 21 Oct 2015 07:28:00 GMT"
+    at = 1445412480.0  # that instant
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after(date, now=lambda: at - 45.0) == 45.0
+    assert parse_retry_after(date, now=lambda: at + 45.0) == 0.0  # already past
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 -0000", now=lambda: at) == 0.0
+    for bad in (None, "", "-5", "1.5", "soon", "9" * 11, " " * 100 + "1"):
+        assert parse_retry_after(bad) is None
 
 
 def test_a_refused_connection_is_a_failure(
