@@ -3,8 +3,10 @@
 Written once here, with no grpc import, for the engine, the adapters and the control plane alike.
 Proto identifiers are `[A-Za-z_][A-Za-z0-9_]*`; a service is dotted identifiers
 ("bank.v1.AccountService"); a method is "/<service>/<identifier>". A breaker name is a method,
-a target-prefixed method ("dns:///accounts:50051/bank.v1.AccountService/GetBalance"), or any
-other string (a breaker that is not a gRPC method).
+a target-prefixed method ("dns:///accounts:50051/bank.v1.AccountService/GetBalance"), an HTTP
+route ("https://cards.example/v1/charges": origin and path, meshbreaker.httpx), or any other
+string. An HTTP route is selected like a method, its origin ("https://cards.example") like its
+service.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ _METHOD_RE: Final = re.compile(rf"/({_SERVICE})/{_IDENT}")
 _TAIL_RE: Final = re.compile(rf"(.*?)(/({_SERVICE})/{_IDENT})")
 # A breaker shared by a service's methods: "/pkg.Svc/", after an optional target label.
 _SERVICE_TAIL_RE: Final = re.compile(rf"(.*?)/({_SERVICE})/")
+# An HTTP breaker name: the origin (scheme, host, port) and a path; no space, query or fragment.
+_HTTP_ORIGIN = r"https?://[^/\s?#]+"
+_HTTP_ORIGIN_RE: Final = re.compile(_HTTP_ORIGIN)
+_HTTP_NAME_RE: Final = re.compile(rf"({_HTTP_ORIGIN})/[^\s?#]*")
+# The breaker shared by an origin's routes once a registry is full.
+HTTP_OVERFLOW_ROUTE: Final = "/*"
 # The one breaker shared by names that are not gRPC methods, once a registry is full.
 OVERFLOW_BREAKER_NAME: Final = "<overflow>"
 
@@ -74,24 +82,56 @@ def is_method_name(name: object) -> bool:
     )
 
 
+def is_http_origin(name: object) -> bool:
+    """Whether `name` is an HTTP origin, "https://host[:port]"."""
+    return (
+        isinstance(name, str)
+        and len(name) <= MAX_NAME_LENGTH
+        and _HTTP_ORIGIN_RE.fullmatch(name) is not None
+    )
+
+
+def is_http_name(name: object) -> bool:
+    """Whether `name` is an HTTP breaker name, "https://host[:port]/route"."""
+    return (
+        isinstance(name, str)
+        and len(name) <= MAX_NAME_LENGTH
+        and _HTTP_NAME_RE.fullmatch(name) is not None
+    )
+
+
+def is_method_selector(name: str) -> bool:
+    """Whether a policy selector names one breaker's calls: a gRPC method or an HTTP route."""
+    return name.startswith("/") or is_http_name(name)
+
+
 def check_service(value: str, path: str) -> str:
-    """`value` if it is a service name or empty; else ConfigError naming `path`."""
-    if value and not is_service_name(value):
-        raise ConfigError(path, f"{value!r} is not a gRPC service name like 'pkg.v1.Service'")
+    """`value` if it is a service name, an HTTP origin or empty; else ConfigError naming `path`."""
+    if value and not (is_service_name(value) or is_http_origin(value)):
+        raise ConfigError(
+            path,
+            f"{value!r} is not a gRPC service like 'pkg.v1.Service' "
+            "nor an HTTP origin like 'https://host:port'",
+        )
     return value
 
 
 def check_method(value: str, path: str) -> str:
-    """`value` if it is a full method name or empty; else ConfigError naming `path`."""
-    if value and not is_method_name(value):
+    """`value` if it is a full method name, an HTTP route name or empty; else ConfigError."""
+    if value and not (is_method_name(value) or is_http_name(value)):
         raise ConfigError(
-            path, f"{value!r} is not a full method name like '/pkg.v1.Service/Method'"
+            path,
+            f"{value!r} is not a full method name like '/pkg.v1.Service/Method' "
+            "nor an HTTP route like 'https://host/v1/charges'",
         )
     return value
 
 
 def method_service(method: str) -> str:
-    """The service part of a full method name: "/pkg.Svc/M" -> "pkg.Svc"."""
+    """The service of a method: "/pkg.Svc/M" -> "pkg.Svc"; "https://h/v1/x" -> "https://h"."""
+    http = _HTTP_NAME_RE.fullmatch(method)
+    if http is not None:
+        return http.group(1)
     return method[1:].split("/", 1)[0]
 
 
@@ -103,6 +143,9 @@ def split_breaker_name(name: str) -> tuple[str, str, str]:
     """
     if len(name) > 2 * MAX_NAME_LENGTH:
         return ("", "", "")
+    http = _HTTP_NAME_RE.fullmatch(name)
+    if http is not None:  # its origin is its service: "https://h/v1/x" -> ("", "https://h", name)
+        return ("", http.group(1), name)
     match = _TAIL_RE.fullmatch(name)
     if match is None:
         return ("", "", "")
@@ -114,8 +157,11 @@ def split_breaker_name(name: str) -> tuple[str, str, str]:
 def service_breaker_name(name: str) -> str:
     """The name of the breaker a full registry gives `name`: its service's, "target/pkg.Svc/".
 
-    Names that are not gRPC methods share OVERFLOW_BREAKER_NAME.
+    An HTTP route's is its origin's, "https://h/*". Other names share OVERFLOW_BREAKER_NAME.
     """
+    http = _HTTP_NAME_RE.fullmatch(name) if len(name) <= 2 * MAX_NAME_LENGTH else None
+    if http is not None:
+        return f"{http.group(1)}{HTTP_OVERFLOW_ROUTE}"
     target, service, method = split_breaker_name(name)
     return f"{target}/{service}/" if method else OVERFLOW_BREAKER_NAME
 
@@ -125,7 +171,7 @@ def selectors_for(name: str) -> tuple[str, ...]:
 
     "/pkg.Svc/M" -> ("/pkg.Svc/M", "pkg.Svc"); "target/pkg.Svc/M" -> (the name itself,
     "/pkg.Svc/M", "pkg.Svc"); a service's shared breaker "/pkg.Svc/" -> (itself, "pkg.Svc");
-    any other name matches only itself.
+    "https://h/v1/x" -> (itself, "https://h"); any other name matches only itself.
     """
     target, service, method = split_breaker_name(name)
     if not method:

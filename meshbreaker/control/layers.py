@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshbreaker._names import method_service
+from meshbreaker._names import is_method_selector, method_service
 from meshbreaker.config import SCHEMA, BreakerConfig, State, merge_layers
 from meshbreaker.control.convert import PolicySpec, policy_from_proto
 from meshbreaker.errors import ConfigError
@@ -75,7 +75,7 @@ def _chain(key: str) -> tuple[str, ...]:
     """The registry selectors whose layers make up `key`'s config, least specific first."""
     if not key:
         return ("",)
-    if key.startswith("/"):
+    if is_method_selector(key):
         return ("", method_service(key), key)
     return ("", key)
 

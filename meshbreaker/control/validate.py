@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from meshbreaker._names import is_method_selector
 from meshbreaker.control import convert
 from meshbreaker.control.limits import Limits
 from meshbreaker.control.store import selector_key
@@ -176,7 +177,7 @@ def check_put(request: pb.PutPolicyRequest, limits: Limits) -> list[pb.Policy]:
 def check_list_breakers(request: pb.ListBreakersRequest) -> None:
     """Refuse a ListBreakers filter that could never match."""
     convert.check_caller(request.service, "service", required=False)
-    if request.method.startswith("/"):
+    if is_method_selector(request.method):
         convert.check_method(request.method, "method")
     else:
         convert.check_service(request.method, "method")
