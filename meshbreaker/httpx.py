@@ -151,9 +151,10 @@ def lengthen_open_period(breaker: CircuitBreaker, seconds: float) -> None:
 def _check_route(route: object, field: str) -> str:
     if not isinstance(route, str) or not route.startswith("/"):
         raise ConfigError(field, f"{route!r} is not a path template starting with '/'")
-    if len(route) > MAX_ROUTE_LENGTH or not route.isprintable() or " " in route:
+    if len(route) > MAX_ROUTE_LENGTH or not route.isprintable() or any(c in route for c in " ?#"):
         raise ConfigError(
-            field, f"{route[:40]!r}... must be at most {MAX_ROUTE_LENGTH} printable characters"
+            field,
+            f"{route[:40]!r}: at most {MAX_ROUTE_LENGTH} printable characters, no space, ? or #",
         )
     return route
 

@@ -8,8 +8,11 @@ from meshbreaker import BreakerConfig, BreakerRegistry, ConfigError
 from meshbreaker._names import (
     check_method,
     check_service,
+    is_http_name,
     is_method_name,
     is_service_name,
+    selectors_for,
+    service_breaker_name,
     split_breaker_name,
 )
 from meshbreaker.control import convert
@@ -68,3 +71,47 @@ def test_split_names_with_a_target_that_holds_slashes() -> None:
     assert split_breaker_name("a/b/c/d") == ("a/b", "c", "/c/d")
     assert split_breaker_name("a/b/c-d/e") == ("", "", "")  # no method at its end
     assert split_breaker_name("x" * 5000 + method) == ("", "", "")  # bounded work
+
+
+ROUTE = "https://cards.example:8443/v1/cards/{id}/charges"
+ORIGIN = "https://cards.example:8443"
+
+
+def test_an_http_route_is_selected_like_a_method_and_its_origin_like_a_service() -> None:
+    assert split_breaker_name(ROUTE) == ("", ORIGIN, ROUTE)
+    assert selectors_for(ROUTE) == (ROUTE, ORIGIN)
+    assert check_method(ROUTE, "method") == ROUTE
+    assert check_service(ORIGIN, "service") == ORIGIN
+    convert.selector_from_proto(pb.Selector(service=ORIGIN, method=ROUTE))
+    registry = BreakerRegistry()
+    registry.set_policy(ORIGIN, BreakerConfig(consecutive_failures=2))
+    registry.set_policy(f"{ORIGIN}/v1/refunds", BreakerConfig(consecutive_failures=9))
+    assert registry.get(ROUTE).config.consecutive_failures == 2
+    assert registry.get(f"{ORIGIN}/v1/refunds").config.consecutive_failures == 9
+    assert registry.get("https://other.example/v1").config == registry.default
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "https://cards.example",  # an origin, not a route
+        "https://cards.example/v1/charges?x=1",
+        "https://cards.example/v1/a b",
+        "https:///v1/charges",
+        "ftp://cards.example/v1",
+        "https://cards.example/v1\n",
+    ],
+)
+def test_what_is_not_an_http_route_is_not_one(name: str) -> None:
+    assert not is_http_name(name)
+    with pytest.raises(ConfigError):
+        check_method(name, "method")
+
+
+def test_routes_past_max_breakers_share_their_origins_breaker() -> None:
+    registry = BreakerRegistry(max_breakers=2)
+    registry.get(f"{ORIGIN}/a")
+    registry.get(f"{ORIGIN}/b")
+    shared = registry.get(ROUTE)
+    assert shared.name == service_breaker_name(ROUTE) == f"{ORIGIN}/*"
+    assert registry.get("https://other.example/x").name == "https://other.example/*"

@@ -10,6 +10,7 @@ import pytest
 
 import meshbreaker.httpx as mb_httpx
 from meshbreaker import BulkheadFullError, CallNotPermittedError, ConfigError, State
+from meshbreaker._names import is_http_name
 from meshbreaker.httpx import (
     BreakerTransport,
     HTTPBulkheadFullError,
@@ -38,6 +39,7 @@ def test_one_breaker_per_origin_and_route_template_without_the_query(
         f"{origin}/v1/accounts/{{id}}/statements",
     ]
     assert registry.get(f"{origin}/v1/accounts/{{id}}").snapshot().successful == 2
+    assert all(is_http_name(breaker.name) for breaker in registry)  # selectable by policies
 
 
 def test_a_route_callable_names_the_breakers(
@@ -306,6 +308,8 @@ def test_bad_options_are_refused_with_the_field_named(
         route_templates("/v1/{card")
     with pytest.raises(ConfigError, match="starting with '/'"):
         route_templates("v1/charges")
+    with pytest.raises(ConfigError, match="no space"):
+        route_templates("/v1/charges?all")
 
     transport = BreakerTransport(registry, route=lambda request: "charges")
     with httpx.Client(transport=transport) as client, pytest.raises(ConfigError, match="route"):

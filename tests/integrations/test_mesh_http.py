@@ -53,9 +53,7 @@ def test_a_policy_reaches_the_http_breakers_of_a_route_and_of_an_origin(
     ):
         strict = BreakerConfig(consecutive_failures=1, open_duration=30.0, open_duration_max=30.0)
         put(control_plane, "cards-strict", pb.Selector(method=charges), strict)
-        revision = put(
-            control_plane, "cards-down", pb.Selector(service=origin), forced_open=True
-        )
+        revision = put(control_plane, "cards-down", pb.Selector(service=origin), forced_open=True)
         assert agent.wait_for_revision(revision, timeout=10.0)
 
         with pytest.raises(HTTPCallNotPermittedError) as refused:
