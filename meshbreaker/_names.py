@@ -106,18 +106,34 @@ def is_method_selector(name: str) -> bool:
 
 
 def check_service(value: str, path: str) -> str:
-    """`value` if it is a service name, an HTTP origin or empty; else ConfigError naming `path`."""
+    """`value` if it is a service name or empty; else ConfigError naming `path`."""
+    if value and not is_service_name(value):
+        raise ConfigError(path, f"{value!r} is not a gRPC service name like 'pkg.v1.Service'")
+    return value
+
+
+def check_method(value: str, path: str) -> str:
+    """`value` if it is a full method name or empty; else ConfigError naming `path`."""
+    if value and not is_method_name(value):
+        raise ConfigError(
+            path, f"{value!r} is not a full method name like '/pkg.v1.Service/Method'"
+        )
+    return value
+
+
+def check_service_selector(value: str, path: str) -> str:
+    """`value` if a policy may select it as a service: a gRPC service, an HTTP origin, or empty."""
     if value and not (is_service_name(value) or is_http_origin(value)):
         raise ConfigError(
             path,
-            f"{value!r} is not a gRPC service like 'pkg.v1.Service' "
+            f"{value!r} is not a gRPC service name like 'pkg.v1.Service' "
             "nor an HTTP origin like 'https://host:port'",
         )
     return value
 
 
-def check_method(value: str, path: str) -> str:
-    """`value` if it is a full method name, an HTTP route name or empty; else ConfigError."""
+def check_method_selector(value: str, path: str) -> str:
+    """`value` if a policy may select it as a method: a gRPC method, an HTTP route, or empty."""
     if value and not (is_method_name(value) or is_http_name(value)):
         raise ConfigError(
             path,

@@ -6,8 +6,9 @@ import pytest
 
 from meshbreaker import BreakerConfig, BreakerRegistry, ConfigError
 from meshbreaker._names import (
-    check_method,
+    check_method_selector,
     check_service,
+    check_service_selector,
     is_http_name,
     is_method_name,
     is_service_name,
@@ -42,7 +43,7 @@ def test_good_methods_are_accepted_everywhere(name: str) -> None:
 def test_bad_methods_are_refused_everywhere(name: str) -> None:
     assert not is_method_name(name)
     with pytest.raises(ConfigError):
-        check_method(name, "method")
+        check_method_selector(name, "method")
     with pytest.raises(ConfigError):
         convert.selector_from_proto(pb.Selector(method=name))
     if name.startswith("/"):
@@ -80,8 +81,10 @@ ORIGIN = "https://cards.example:8443"
 def test_an_http_route_is_selected_like_a_method_and_its_origin_like_a_service() -> None:
     assert split_breaker_name(ROUTE) == ("", ORIGIN, ROUTE)
     assert selectors_for(ROUTE) == (ROUTE, ORIGIN)
-    assert check_method(ROUTE, "method") == ROUTE
-    assert check_service(ORIGIN, "service") == ORIGIN
+    assert check_method_selector(ROUTE, "method") == ROUTE
+    assert check_service_selector(ORIGIN, "service") == ORIGIN
+    with pytest.raises(ConfigError):  # gRPC-only places (xDS clusters, fallbacks) keep gRPC names
+        check_service(ORIGIN, "service")
     convert.selector_from_proto(pb.Selector(service=ORIGIN, method=ROUTE))
     registry = BreakerRegistry()
     registry.set_policy(ORIGIN, BreakerConfig(consecutive_failures=2))
@@ -105,7 +108,7 @@ def test_an_http_route_is_selected_like_a_method_and_its_origin_like_a_service()
 def test_what_is_not_an_http_route_is_not_one(name: str) -> None:
     assert not is_http_name(name)
     with pytest.raises(ConfigError):
-        check_method(name, "method")
+        check_method_selector(name, "method")
 
 
 def test_routes_past_max_breakers_share_their_origins_breaker() -> None:

@@ -22,8 +22,8 @@ from google.protobuf.message import Message
 # The name checks are _names'; re-exported for the server's request checks.
 from meshbreaker._names import MAX_NAME_LENGTH as MAX_NAME_LENGTH
 from meshbreaker._names import check_method as check_method
+from meshbreaker._names import check_method_selector, check_service_selector, method_service
 from meshbreaker._names import check_service as check_service
-from meshbreaker._names import method_service
 from meshbreaker.breaker import BreakerSnapshot, CircuitBreaker
 from meshbreaker.config import (
     KINDS,
@@ -169,8 +169,8 @@ def check_caller(value: str, path: str, *, required: bool) -> str:
 def selector_from_proto(message: pb.Selector, path: str = "policy.selector") -> Selector:
     """Validate a Selector message; the method must belong to the service when both are set."""
     caller = check_caller(message.caller, f"{path}.caller", required=False)
-    service = check_service(message.service, f"{path}.service")
-    method = check_method(message.method, f"{path}.method")
+    service = check_service_selector(message.service, f"{path}.service")
+    method = check_method_selector(message.method, f"{path}.method")
     if service and method and method_service(method) != service:
         raise ConfigError(f"{path}.method", f"{method!r} is not a method of service {service!r}")
     return Selector(caller, service, method)

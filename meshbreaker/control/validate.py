@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from meshbreaker._names import is_method_selector
+from meshbreaker._names import check_method_selector, check_service_selector, is_method_selector
 from meshbreaker.control import convert
 from meshbreaker.control.limits import Limits
 from meshbreaker.control.store import selector_key
@@ -178,8 +178,8 @@ def check_list_breakers(request: pb.ListBreakersRequest) -> None:
     """Refuse a ListBreakers filter that could never match."""
     convert.check_caller(request.service, "service", required=False)
     if is_method_selector(request.method):
-        convert.check_method(request.method, "method")
+        check_method_selector(request.method, "method")
     else:
-        convert.check_service(request.method, "method")
+        check_service_selector(request.method, "method")
     if request.state != pb.BREAKER_STATE_UNSPECIFIED and request.state not in STATE_FIELDS:
         raise ConfigError("state", f"unknown BreakerState {request.state}")
