@@ -24,7 +24,12 @@ except ImportError as error:  # absolute import: this module's own name is not t
 
 from meshbreaker.breaker import CircuitBreaker, Outcome, Permit
 from meshbreaker.config import State
-from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError
+from meshbreaker.errors import (
+    BulkheadFullError,
+    CallNotPermittedError,
+    ConfigError,
+    ThrottledError,
+)
 from meshbreaker.registry import BreakerRegistry
 
 __all__ = [
@@ -34,6 +39,7 @@ __all__ = [
     "BreakerTransport",
     "HTTPBulkheadFullError",
     "HTTPCallNotPermittedError",
+    "HTTPThrottledError",
     "Route",
     "breaker_name",
     "default_route",
@@ -79,6 +85,10 @@ class HTTPCallNotPermittedError(CallNotPermittedError, httpx.TransportError):
 
 class HTTPBulkheadFullError(BulkheadFullError, HTTPCallNotPermittedError):
     """A request refused because its breaker's max_concurrent_calls are all in flight."""
+
+
+class HTTPThrottledError(ThrottledError, HTTPCallNotPermittedError):
+    """A request adaptive throttling refused locally (the policy's throttle_k)."""
 
 
 def default_route(request: httpx.Request) -> str:
@@ -209,6 +219,8 @@ class _Core:
             return breaker, breaker.acquire()
         except BulkheadFullError as rejection:
             raise HTTPBulkheadFullError(rejection, request) from None
+        except ThrottledError as rejection:
+            raise HTTPThrottledError(rejection, request) from None
         except CallNotPermittedError as rejection:
             raise HTTPCallNotPermittedError(rejection, request) from None
 

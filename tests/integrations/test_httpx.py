@@ -11,10 +11,12 @@ import pytest
 import meshbreaker.httpx as mb_httpx
 from meshbreaker import BulkheadFullError, CallNotPermittedError, ConfigError, State
 from meshbreaker._names import is_http_name
+from meshbreaker.errors import ThrottledError
 from meshbreaker.httpx import (
     BreakerTransport,
     HTTPBulkheadFullError,
     HTTPCallNotPermittedError,
+    HTTPThrottledError,
     default_route,
     parse_retry_after,
     route_templates,
@@ -231,6 +233,22 @@ def test_a_streamed_response_counts_when_closed_and_holds_its_bulkhead_slot_unti
     assert breaker.snapshot().successful == 1
     assert client.get(url).text == "ok"
     assert breaker.snapshot().successful == 2
+
+
+def test_adaptive_throttling_refuses_locally_with_a_transport_error(
+    http_server: FaultyServer, clock: FakeClock, make_caller: MakeCaller
+) -> None:
+    config = CONFIG.replace(consecutive_failures=0, throttle_k=1.0)
+    client = make_caller(BreakerRegistry(config, clock=clock))
+    http_server.fault("/charge", Fault(status=503))
+    # Nothing is accepted, so the refusal probability grows as requests/(requests + 1):
+    # past the tenth request at least 0.9 each time, so 60 requests see a refusal.
+    with pytest.raises(HTTPThrottledError) as throttled:
+        for _ in range(60):
+            client.get(http_server.url("/charge"))
+    assert isinstance(throttled.value, ThrottledError)
+    assert isinstance(throttled.value, httpx.TransportError)
+    assert "throttling" in str(throttled.value)
 
 
 def test_a_full_connection_pool_is_not_held_against_the_server(
