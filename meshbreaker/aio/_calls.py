@@ -348,28 +348,24 @@ class FallbackOnFailureCall(
         return await self._call.details()  # type: ignore[no-any-return]
 
 
-def status_code_now(call: Any) -> grpc.StatusCode | None:
-    """The final code of a done aio call, read without awaiting (None if it would block)."""
-    coroutine = call.code()
+def _value_now(coroutine: Any) -> Any:
+    """What a coroutine of a done aio call returns, without awaiting (None if it would block)."""
     try:
         coroutine.send(None)
     except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+        return stop.value
     coroutine.close()
     return None
+
+
+def status_code_now(call: Any) -> grpc.StatusCode | None:
+    """The final code of a done aio call, read without awaiting (None if it would block)."""
+    return _value_now(call.code())  # type: ignore[no-any-return]
 
 
 def drop_details(code: grpc.StatusCode | None, call: Any) -> str | None:
     """A done aio call's details when UNAVAILABLE (a balancer's drop?), read without awaiting."""
-    if code is not _UNAVAILABLE:
-        return None
-    coroutine = call.details()
-    try:
-        coroutine.send(None)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-    coroutine.close()
-    return None
+    return None if code is not _UNAVAILABLE else _value_now(call.details())
 
 
 def error_details(error: AioRpcError) -> str | None:
