@@ -381,21 +381,6 @@ async def test_abandoned_streams_release_their_permits_when_they_end(
 # ----- deadlines, isolation, naming ---------------------------------------------------------------
 
 
-async def test_expired_deadline_is_a_failure_and_is_passed_unchanged(
-    connect: Connect, registry: BreakerRegistry, server: BytesServer
-) -> None:
-    client = connect(breaker_interceptors(registry))
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await client.unary(b"deadline", timeout=0.1)
-    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert registry.get(UNARY).snapshot().failed == 1
-    remaining = server.time_remaining[-1]
-    assert remaining is not None and 0.0 < remaining <= 0.15
-    assert await client.unary(b"x") == b"x"
-    remaining = server.time_remaining[-1]
-    assert remaining is not None and remaining > 1e9  # no deadline added
-
-
 # ----- fallbacks and bulkhead ---------------------------------------------------------------------
 
 

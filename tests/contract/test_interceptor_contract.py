@@ -125,6 +125,21 @@ async def test_a_forced_open_breaker_names_the_override(
     assert (STATE, "FORCED_OPEN") in seen.trailing
 
 
+async def test_an_expired_deadline_is_a_failure_and_deadlines_pass_unchanged(
+    driver: Driver, registry: BreakerRegistry, server: BytesServer
+) -> None:
+    driver.connect(registry)
+    expired = await driver.unary(b"deadline", timeout=0.1)
+    assert expired.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert registry.get(UNARY).snapshot().failed == 1
+    # Whether the expired call reached the server depends on the machine's load; these do.
+    assert (await driver.unary(b"x", timeout=30.0)).value == b"x"
+    assert (await driver.unary(b"y")).value == b"y"
+    with_deadline, without = server.time_remaining[-2:]
+    assert with_deadline is not None and 0.0 < with_deadline <= 30.0  # passed on as it was
+    assert without is not None and without > 1e9  # none added
+
+
 async def test_a_failing_method_opens_only_its_own_breaker(
     driver: Driver, registry: BreakerRegistry
 ) -> None:

@@ -388,21 +388,6 @@ def test_a_thousand_abandoned_streams_leak_no_permit(
 # ----- deadlines, isolation -----------------------------------------------------------------------
 
 
-def test_expired_deadline_is_a_failure_and_is_passed_unchanged(
-    connect: Callable[..., Client], registry: BreakerRegistry, server: BytesServer
-) -> None:
-    client = connect(BreakerInterceptor(registry))
-    with pytest.raises(grpc.RpcError) as raised:
-        client.unary(b"deadline", timeout=0.1)
-    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert registry.get(UNARY).snapshot().failed == 1
-    remaining = server.time_remaining[-1]
-    assert remaining is not None and 0.0 < remaining <= 0.15
-    assert client.unary(b"x") == b"x"
-    remaining = server.time_remaining[-1]
-    assert remaining is not None and remaining > 1e9  # no deadline added
-
-
 # ----- fallbacks ----------------------------------------------------------------------------------
 
 
