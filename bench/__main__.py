@@ -7,7 +7,14 @@ import importlib
 import sys
 import time
 
-SUITES = ("engine", "grpc_overhead", "control_plane", "overload", "adaptive_breaker")
+SUITES = (
+    "engine",
+    "grpc_overhead",
+    "control_plane",
+    "control_plane_scale",
+    "overload",
+    "adaptive_breaker",
+)
 
 
 def main() -> int:

@@ -84,12 +84,9 @@ def test_every_cli_view_of_a_hostile_report_is_safe(
             instance_id=f"tx{HOSTILE}",
             service="transaction",
             nack=pb.Nack(revision=1, reason=f"bad{HOSTILE}"),
-            breakers=[
-                pb.BreakerSnapshot(
-                    name=f"{METHOD}{HOSTILE}", state=pb.BREAKER_STATE_OPEN, state_age=math.nan
-                ),
-                pb.BreakerSnapshot(name=METHOD, state=pb.BREAKER_STATE_OPEN, state_age=math.inf),
-            ],
+            # The server refuses control characters in breaker names and non-finite ages
+            # (tests/control/test_bounds.py); an instance id and a NACK reason still carry them.
+            breakers=[pb.BreakerSnapshot(name=METHOD, state=pb.BREAKER_STATE_OPEN, state_age=1.0)],
         ),
         timeout=5,
     )

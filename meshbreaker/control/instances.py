@@ -85,6 +85,8 @@ class InstanceTable:
         self._limits = limits
         self._publish = publish
         self._instances: dict[str, Instance] = {}
+        self._per_service: dict[str, int] = {}  # live instances per service
+        self.reported_breakers = 0  # breakers held across every live instance
         # instance id -> (key, service, open watch streams): a watching agent keeps its claim
         # even while its reports are late.
         self._watch_claims: dict[str, tuple[str, str, int]] = {}
@@ -94,6 +96,16 @@ class InstanceTable:
 
     def __len__(self) -> int:
         return len(self._instances)
+
+    def acknowledged(self, instance_id: str, revision: int) -> bool:
+        """True once the instance has applied `revision` (or a later one) or rejected it."""
+        instance = self._instances.get(instance_id)
+        if instance is None:
+            return False
+        nack = instance.nack
+        return instance.applied_revision >= revision or (
+            nack is not None and nack.revision >= revision
+        )
 
     def expire(self, now: float, *, throttled: bool = False) -> None:
         """Drop the instances whose last report is older than the report TTL."""
@@ -109,7 +121,44 @@ class InstanceTable:
         ]
         for key in expired:
             instance = self._instances.pop(key)
+            self._forget(instance)
             logger.info("instance %s of %s stopped reporting", key, instance.service)
+
+    def _forget(self, instance: Instance) -> None:
+        self.reported_breakers -= len(instance.breakers)
+        left = self._per_service[instance.service] - 1
+        if left:
+            self._per_service[instance.service] = left
+        else:
+            del self._per_service[instance.service]
+
+    def _check_bounds(self, request: pb.ReportStateRequest, instance: Instance | None) -> None:
+        """Refuse (RESOURCE_EXHAUSTED) a report that would pass a bound; nothing is applied."""
+        limits = self._limits
+        previous = {} if instance is None else instance.breakers
+        names = {breaker.name for breaker in request.breakers}
+        held = len(names) if request.full else len(previous) + len(names - previous.keys())
+        if held > limits.max_breakers_per_instance:
+            raise Refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"breakers: this instance would hold {held} breakers, over"
+                f" limits.max_breakers_per_instance ({limits.max_breakers_per_instance})",
+            )
+        if self.reported_breakers + held - len(previous) > limits.max_reported_breakers:
+            raise Refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "breakers: this control plane holds limits.max_reported_breakers"
+                f" ({limits.max_reported_breakers}) reported breakers; try another replica",
+            )
+        if instance is None:
+            count = self._per_service.get(request.service, 0)
+            if count >= limits.max_instances_per_service:
+                raise Refused(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"instance_id: service {request.service} has"
+                    f" limits.max_instances_per_service ({limits.max_instances_per_service})"
+                    " live instances",
+                )
 
     def check_claim(self, instance_id: str, key: str, service: str) -> None:
         """Refuse (PERMISSION_DENIED) a caller speaking for an instance another process holds."""
@@ -161,6 +210,7 @@ class InstanceTable:
         self.check_claim(request.instance_id, request.instance_key, request.service)
         instance = self._instances.get(request.instance_id)
         _check_reported_configs(request, instance)
+        self._check_bounds(request, instance)
         new = instance is None
         if instance is None:
             if len(self._instances) >= self._limits.max_instances:
@@ -170,6 +220,7 @@ class InstanceTable:
                 )
             instance = Instance(request.instance_id, request.service, now, key=request.instance_key)
             self._instances[request.instance_id] = instance
+            self._per_service[instance.service] = self._per_service.get(instance.service, 0) + 1
         instance.last_seen = now
         instance.applied_revision = request.applied_revision
         instance.applied_store_id = request.applied_store_id
@@ -218,6 +269,7 @@ class InstanceTable:
             current[name] = breaker
             if breaker.HasField("config"):
                 configs[name] = breaker.config
+        self.reported_breakers += len(current) - len(previous)
         instance.breakers = current  # never mutated once set: views hand it out
         instance.configs = (
             {name: config for name, config in configs.items() if name in current}

@@ -16,6 +16,9 @@ class Limits:
     max_breakers_per_report: int = 2_000
     max_transitions_per_report: int = 1_000
     max_instances: int = 100_000
+    max_instances_per_service: int = 10_000
+    max_breakers_per_instance: int = 10_000  # what one instance holds, partial reports merged
+    max_reported_breakers: int = 250_000  # across every instance this replica holds
     max_message_bytes: int = 4 * 1024 * 1024
     event_queue_size: int = 1_000
     event_history: int = 1_000  # recent events kept for ListEvents (`meshbreaker events`)

@@ -40,6 +40,7 @@ from meshbreaker.control.servicer import ControlPlaneServicer
 from meshbreaker.control.store import PolicyStore, SqliteStore
 from meshbreaker.control.store.url import open_store
 from meshbreaker.errors import ConfigError
+from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
@@ -168,6 +169,37 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a host name or a wildcard: assume the network can reach it
+
+
+class _HandlerCapture:
+    """Stands in for a server to capture the generated method handlers of a servicer."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self.handlers = dict(handlers)
+
+
+def _add_servicer(servicer: ControlPlaneServicer, server: grpc.aio.Server) -> None:
+    """The generated handlers, but WatchConfig's snapshots serialized through their cache."""
+    capture = _HandlerCapture()
+    pb_grpc.add_ControlPlaneServicer_to_server(servicer, capture)  # type: ignore[arg-type]
+    handlers = capture.handlers
+    handlers["WatchConfig"] = grpc.unary_stream_rpc_method_handler(
+        servicer.WatchConfig,
+        request_deserializer=pb.WatchConfigRequest.FromString,
+        response_serializer=servicer.config_streams.serialize,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(CONTROL_PLANE_SERVICE, handlers),)
+    )
+    server.add_registered_method_handlers(CONTROL_PLANE_SERVICE, handlers)
 
 
 def _read_pem(source: PemSource | None, name: str) -> bytes | None:
@@ -343,7 +375,7 @@ class ControlPlaneServer:
                 raise OSError(
                     f"cannot bind the metrics endpoint to {metrics_address}: {error.strerror}"
                 ) from error
-        pb_grpc.add_ControlPlaneServicer_to_server(servicer, server)
+        _add_servicer(servicer, server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         services = [CONTROL_PLANE_SERVICE, "grpc.health.v1.Health", reflection.SERVICE_NAME]

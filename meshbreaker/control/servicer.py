@@ -8,6 +8,7 @@ touch the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import (
@@ -17,7 +18,6 @@ from collections.abc import (
     Coroutine,
     Iterable,
     Mapping,
-    Sequence,
 )
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -27,19 +27,18 @@ import grpc.aio
 
 from meshbreaker.control import convert, validate
 from meshbreaker.control.auth import TokenAuthenticator
+from meshbreaker.control.config_streams import ConfigStreams
 from meshbreaker.control.events import EventBus, concerns
 from meshbreaker.control.instances import InstanceTable, MeshView
 from meshbreaker.control.limits import Limits
+from meshbreaker.control.policies import Follower, PolicyIndex, Update
 from meshbreaker.control.store import (
     AuditEntry,
-    PolicyNotFoundError,
     PolicyStore,
     RevisionMismatchError,
-    SelectorConflictError,
-    StoreError,
-    selector_key,
 )
 from meshbreaker.control.validate import Refused
+from meshbreaker.control.writes import StoreWriter
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
@@ -51,6 +50,8 @@ _S = TypeVar("_S")
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
 _Context = grpc.aio.ServicerContext[Any, Any]
+
+READ_THREADS = 2
 
 
 def abort_on_refusal(
@@ -93,19 +94,22 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         self._report_ttl_message = convert.seconds_to_duration(report_ttl)  # sent in every reply
         self._clock = clock
         self._limits = limits
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="meshbreaker-store")
-        revision, policies = store.list()
-        self._revision = revision
-        self._policies: dict[str, pb.Policy] = {policy.id: policy for policy in policies}
-        self._changes = 0  # bumps on every write, wakes watchers
-        self._changed = asyncio.Condition()
-        self._write_lock = asyncio.Lock()
-        self._writes: set[asyncio.Future[Any]] = set()
-        self._watch_streams = 0
         self.events = EventBus(limits.event_queue_size, wall_clock, limits.event_history)
         self._instances = InstanceTable(
             report_ttl=report_ttl, limits=limits, publish=self.events.publish
         )
+        revision, policies = store.list()
+        self._revision = revision  # the newest revision applied here (loop side)
+        self._index = PolicyIndex(revision, policies, store_id=self._store_id)
+        # Reads that build snapshots or sort every policy run here, off the loop, on few threads.
+        self._reads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="meshbreaker-reads")
+        self.config_streams = ConfigStreams(
+            self._index, self._instances.acknowledged, executor=self._reads
+        )
+        self._loop = asyncio.get_running_loop()
+        self._writer = StoreWriter(store)
+        self._follower = Follower(store, self._index, self._deliver)
+        self._follower.start()
 
     @property
     def revision(self) -> int:
@@ -114,26 +118,21 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
 
     async def drain(self) -> None:
         """Wait for writes in progress (their clients may be gone) to finish."""
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+        await self._writer.drain()
 
     def close(self) -> None:
-        """Stop the store worker thread."""
-        self._executor.shutdown(wait=True)
+        """Stop following the store and the store worker thread."""
+        self._follower.stop()
+        self._writer.close()
+        self._reads.shutdown(wait=True)
+
+    async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await self._loop.run_in_executor(self._reads, functools.partial(fn, *args))
 
     # -- helpers ---------------------------------------------------------------------------
 
     def _actor(self, context: _Context) -> str:
         return self._authenticator.actor(context.invocation_metadata(), context.peer())
-
-    def _snapshot(self, caller: str) -> pb.ConfigSnapshot:
-        return pb.ConfigSnapshot(
-            revision=self._revision,
-            service=caller,
-            policies=convert.applicable(caller, self._policies.values()),
-            store_id=self._store_id,
-            adopted_store_ids=sorted(self._adopted),
-        )
 
     def _check_speaker(self, context: _Context, service: str) -> None:
         """Refuse (PERMISSION_DENIED) credentials limited to other caller services."""
@@ -151,14 +150,15 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                     f"service: the client certificate does not name {service!r} in its SAN",
                 )
 
-    async def _committed(self, entries: Sequence[AuditEntry]) -> None:
-        """Apply written changes to the in-memory copy, wake watchers, publish events."""
-        for entry in entries:
-            if entry.after is None:
-                self._policies.pop(entry.policy_id, None)
-            else:
-                self._policies[entry.policy_id] = entry.after
-            self._revision = max(self._revision, entry.revision)
+    def _deliver(self, update: Update) -> None:
+        """Follower thread: encode the new snapshots there, then hand the update to the loop."""
+        self.config_streams.encode(update.snapshots)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone
+            self._loop.call_soon_threadsafe(self._apply, update)
+
+    def _apply(self, update: Update) -> None:
+        """On the loop: publish the changes, push the new snapshots, release waiting writes."""
+        for entry in update.entries:
             change = pb.PolicyChange(
                 kind=pb.PolicyChange.KIND_PUT if entry.after else pb.PolicyChange.KIND_DELETE,
                 policy_id=entry.policy_id,
@@ -177,68 +177,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                 entry.revision,
                 entry.actor,
             )
-        async with self._changed:
-            self._changes += 1
-            self._changed.notify_all()
-
-    async def _write(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """Run a store write on the store thread; a store refusal becomes a status code."""
-        call = functools.partial(fn, *args, **kwargs)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-        except RevisionMismatchError as error:
-            raise Refused(grpc.StatusCode.ABORTED, str(error)) from None
-        except SelectorConflictError as error:
-            raise Refused(grpc.StatusCode.ALREADY_EXISTS, str(error)) from None
-        except PolicyNotFoundError as error:
-            raise Refused(grpc.StatusCode.NOT_FOUND, str(error)) from None
-        except StoreError as error:
-            raise Refused(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from None
-        except Exception as error:  # disk full, I/O error...: nothing was committed
-            logger.exception("policy store write failed")
-            raise Refused(
-                grpc.StatusCode.UNAVAILABLE, f"policy store write failed: {error}"
-            ) from None
-
-    async def _put(
-        self, policies: Sequence[pb.Policy], expected: int | None, actor: str
-    ) -> list[AuditEntry]:
-        """Store `policies`, then bring the in-memory copy and the watchers up to date."""
-        entries = await self._write(
-            self._store.put, policies, expected_revision=expected, actor=actor
-        )
-        await self._committed(entries)
-        return entries
-
-    async def _delete(self, policy_id: str, expected: int | None, actor: str) -> AuditEntry:
-        """Delete a stored policy, then bring the in-memory copy and the watchers up to date."""
-        entry = await self._write(
-            self._store.delete, policy_id, expected_revision=expected, actor=actor
-        )
-        await self._committed([entry])
-        return entry
-
-    async def _serialized(self, work: Callable[[], Awaitable[_T]]) -> _T:
-        """Run `work` under the write lock, to completion even if the calling RPC is cancelled.
-
-        A write the store committed must also reach the in-memory copy and the watchers; a client
-        that gives up mid-write (deadline, cancel) must not leave the two apart.
-        """
-
-        async def locked() -> _T:
-            async with self._write_lock:
-                return await work()
-
-        task = asyncio.ensure_future(locked())
-        self._writes.add(task)
-        task.add_done_callback(self._write_done)
-        return await asyncio.shield(task)
-
-    def _write_done(self, task: asyncio.Future[Any]) -> None:
-        self._writes.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # Retrieved here so an abandoned write's refusal is not reported as unhandled.
-            logger.debug("write finished with %r", task.exception())
+        self._revision = max(self._revision, update.revision)
+        self.config_streams.update(update.snapshots)
+        self._writer.caught_up(self._revision)
 
     # -- config ----------------------------------------------------------------------------
 
@@ -247,7 +188,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         """The policies that apply to the caller service, with the store revision."""
         caller = convert.check_caller(request.service, "service", required=True)
         self._check_speaker(context, caller)
-        return self._snapshot(caller)
+        current = self.config_streams.current(caller)
+        if current is not None and current.revision == self._revision:
+            return current
+        return await self._off_loop(self._index.snapshot, caller)
 
     async def WatchConfig(
         self, request: pb.WatchConfigRequest, context: _Context
@@ -260,28 +204,14 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             if request.instance_id and request.instance_key:
                 release = self._instances.watch(request.instance_id, request.instance_key, caller)
         except ConfigError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, validate.clip(str(error)))
         except Refused as refusal:
             await context.abort(refusal.code, refusal.details)
-        seen_change = -1
-        last_sent: tuple[object, ...] | None = None
-        self._watch_streams += 1
         try:
-            while True:
-                async with self._changed:
-                    while self._changes == seen_change:
-                        await self._changed.wait()
-                    seen_change = self._changes
-                    snapshot = self._snapshot(caller)
-                key = (
-                    *((policy.id, policy.revision) for policy in snapshot.policies),
-                    tuple(snapshot.adopted_store_ids),
-                )
-                if key != last_sent:
-                    last_sent = key
-                    yield snapshot
+            instance_id = request.instance_id[: validate.MAX_INSTANCE_ID_LENGTH]
+            async for snapshot in self.config_streams.stream(caller, instance_id):
+                yield snapshot
         finally:
-            self._watch_streams -= 1
             release()
 
     # -- reports ---------------------------------------------------------------------------
@@ -294,6 +224,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         validate.check_report(request, self._limits)
         self._check_speaker(context, request.service)
         acknowledged, resend_configs = self._instances.record(request, self._clock())
+        self.config_streams.acknowledged(request.instance_id)
         return pb.ReportStateResponse(
             revision=self._revision,
             report_ttl=self._report_ttl_message,
@@ -309,6 +240,14 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         validate.check_list_breakers(request)
         response = pb.ListBreakersResponse(revision=self._revision, store_id=self._store_id)
         self._instances.list_breakers(request, self._clock(), response)
+        size = response.ByteSize()
+        if size > self._limits.max_message_bytes:
+            raise Refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the answer would be {size} bytes, over limits.max_message_bytes"
+                f" ({self._limits.max_message_bytes}): filter by service or method,"
+                " or leave out include_instances",
+            )
         return response
 
     def mesh_view(self) -> MeshView:
@@ -321,7 +260,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         instances = self._instances.views(self._clock())
         return MeshView(
             revision=self._revision,
-            watch_streams=self._watch_streams,
+            watch_streams=self.config_streams.streams,
             reports_received=self._instances.reports_received,
             nacks_received=self._instances.nacks_received,
             instances=instances,
@@ -335,10 +274,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
     ) -> pb.ListPoliciesResponse:
         """Every policy (or those applying to one caller), sorted by id, with the revision."""
         convert.check_caller(request.caller, "caller", required=False)
-        if request.caller:
-            policies = convert.applicable(request.caller, self._policies.values())
-        else:
-            policies = sorted(self._policies.values(), key=lambda policy: policy.id)
+        policies = await self._off_loop(self._index.policies, request.caller)
         return pb.ListPoliciesResponse(policies=policies, revision=self._revision)
 
     @abort_on_refusal
@@ -351,15 +287,23 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         actor = self._actor(context)
 
         async def work() -> list[AuditEntry]:
-            new_ids = {policy.id for policy in policies} - self._policies.keys()
-            if len(self._policies) + len(new_ids) > self._limits.max_policies:
+            new_ids = [policy.id for policy in policies if not self._index.has(policy.id)]
+            if len(self._index) + len(new_ids) > self._limits.max_policies:
                 raise Refused(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"policies: the store holds at most {self._limits.max_policies} policies",
                 )
-            return await self._put(policies, expected, actor)
+            caller, size = self._index.largest_snapshot_bytes(policies)
+            if size > self._limits.max_message_bytes:
+                raise Refused(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"policies: the config snapshot of {caller or 'every caller'} would be about"
+                    f" {size} bytes, over limits.max_message_bytes"
+                    f" ({self._limits.max_message_bytes})",
+                )
+            return await self._writer.put(policies, expected, actor)
 
-        entries = await self._serialized(work)
+        entries = await self._writer.serialized(work)
         return pb.PutPolicyResponse(
             policies=[entry.after for entry in entries if entry.after is not None],
             revision=entries[0].revision,
@@ -373,7 +317,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         convert.check_policy_id(request.id, "id")
         expected = validate.expected_revision(request)
         actor = self._actor(context)
-        entry = await self._serialized(lambda: self._delete(request.id, expected, actor))
+        entry = await self._writer.serialized(
+            lambda: self._writer.delete(request.id, expected, actor)
+        )
         return pb.DeletePolicyResponse(revision=entry.revision)
 
     @abort_on_refusal
@@ -392,7 +338,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         wanted = (selector.caller, selector.service, selector.method)
 
         async def work() -> pb.ForceStateResponse:
-            existing = next((p for p in self._policies.values() if selector_key(p) == wanted), None)
+            existing = self._index.by_selector(wanted)
             if existing is None and override is None:
                 if expected is not None and expected != self._revision:
                     mismatch = RevisionMismatchError(expected, self._revision)
@@ -400,7 +346,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                 return pb.ForceStateResponse(revision=self._revision)
             if existing is not None and override is None and not existing.HasField("config"):
                 # An override-only policy without its override does nothing: remove it.
-                entry = await self._delete(existing.id, expected, actor)
+                entry = await self._writer.delete(existing.id, expected, actor)
                 return pb.ForceStateResponse(revision=entry.revision)
             if existing is not None:
                 policy = validate.without_output_only(existing)
@@ -408,16 +354,16 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                 policy = pb.Policy(
                     id=request.policy_id or _forced_policy_id(selector), selector=request.selector
                 )
-                if policy.id in self._policies:
+                if self._index.has(policy.id):
                     raise Refused(
                         grpc.StatusCode.ALREADY_EXISTS,
                         f"policy_id: {policy.id!r} is taken by a policy with another selector",
                     )
             policy.override = convert.override_to_proto(override)
-            entries = await self._put([policy], expected, actor)
+            entries = await self._writer.put([policy], expected, actor)
             return pb.ForceStateResponse(policy=entries[0].after, revision=entries[0].revision)
 
-        return await self._serialized(work)
+        return await self._writer.serialized(work)
 
     # -- stores ----------------------------------------------------------------------------
 
@@ -438,9 +384,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                 self._store_id,
                 self._revision,
             )
-            async with self._changed:
-                self._changes += 1
-                self._changed.notify_all()
+            adopted = tuple(sorted(self._adopted))
+            snapshots = await self._off_loop(self._index.set_adopted, adopted)
+            self.config_streams.encode(snapshots)
+            self.config_streams.update(snapshots)
         return pb.AdoptStoreResponse(
             store_id=self._store_id, adopted_store_ids=sorted(self._adopted)
         )
@@ -454,7 +401,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         try:
             convert.check_caller(request.service, "service", required=False)
         except ConfigError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, validate.clip(str(error)))
         with self.events.subscribe() as queue:
             # Headers go out at once so a client knows it is subscribed before the first event.
             await context.send_initial_metadata(())

@@ -19,6 +19,7 @@ from meshbreaker.control.limits import Limits
 from meshbreaker.control.store import selector_key
 from meshbreaker.control.xds.mapping import check_policy as check_xds_section
 from meshbreaker.errors import ConfigError, MeshbreakerError
+from meshbreaker.registry import split_breaker_name
 from meshbreaker.v1 import control_plane_pb2 as pb
 
 MAX_INSTANCE_ID_LENGTH = 256
@@ -34,19 +35,44 @@ STATE_FIELDS = {
 }
 
 
+# Lifetime counters a breaker snapshot carries; none is ever negative.
+_COUNTERS = (
+    "total",
+    "successful",
+    "failed",
+    "ignored",
+    "slow",
+    "rejected",
+    "shadow_rejected",
+    "window_calls",
+    "consecutive_failures",
+    "times_opened",
+    "half_open_in_flight",
+    "half_open_successes",
+)
+# Error details echo at most this much of anything a client sent.
+MAX_DETAILS = 300
+
+
+def clip(details: str) -> str:
+    """`details` cut to MAX_DETAILS characters: an error never echoes a huge input back."""
+    return details if len(details) <= MAX_DETAILS else details[: MAX_DETAILS - 1] + "…"
+
+
 class Refused(MeshbreakerError):
     """A request is refused with a status code; raised inside handlers, turned into an abort."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
         self.code = code
-        self.details = details
+        self.details = clip(details)
 
 
 def without_output_only(policy: pb.Policy) -> pb.Policy:
     """A copy of `policy` without the fields the store sets."""
     copy = pb.Policy()
     copy.CopyFrom(policy)
+    copy.DiscardUnknownFields()  # fields of a newer client are not stored, nor passed on
     for output_only in ("revision", "updated_at", "updated_by"):
         copy.ClearField(output_only)
     return copy
@@ -80,6 +106,24 @@ def check_report(request: pb.ReportStateRequest, limits: Limits) -> None:
         name = breaker.name
         if not name or len(name) > max_name:
             raise ConfigError(f"breakers[{index}].name", f"must be 1..{max_name} characters")
+        if not name.isprintable() or ("/" in name and not split_breaker_name(name)[2]):
+            raise ConfigError(
+                f"breakers[{index}].name",
+                "must be printable, and a gRPC breaker name ([target]/pkg.Svc/Method) if it has /",
+            )
+        if min(getattr(breaker, counter) for counter in _COUNTERS) < 0:
+            negative = next(c for c in _COUNTERS if getattr(breaker, c) < 0)
+            raise ConfigError(f"breakers[{index}].{negative}", "must be >= 0")
+        if breaker.successful + breaker.failed + breaker.ignored > breaker.total:
+            raise ConfigError(
+                f"breakers[{index}].total", "must be >= successful + failed + ignored"
+            )
+        if not 0.0 <= breaker.state_age < math.inf or (
+            breaker.HasField("open_remaining") and not 0.0 <= breaker.open_remaining < math.inf
+        ):
+            raise ConfigError(
+                f"breakers[{index}].state_age", "ages must be finite numbers of seconds >= 0"
+            )
         if breaker.state not in states:
             raise ConfigError(
                 f"breakers[{index}].state", f"unknown or unset BreakerState {breaker.state}"

@@ -609,7 +609,7 @@ class _EtcdFeed(ChangeFeed):
                 log = logger.warning if delay == 0.1 else logger.debug
                 log("etcd change feed: %s; retrying in %.1fs", error, delay)
                 await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+                delay = min(1.0, delay * 2)
             else:
                 delay = 0.1
 

@@ -1,0 +1,260 @@
+"""The server's copy of the policies, kept in step with the store's change feed, off the loop.
+
+One follower thread reads the feed (every replica's writes, this one's too) and applies each batch
+to a `PolicyIndex`: policies by id and by caller, so a change costs work for the callers it
+touches and its own size, never all policies times all watchers. For every watched caller a
+change touches, it builds that caller's new ConfigSnapshot there, in the follower thread; the
+loop only swaps in finished snapshots and wakes the watchers of those callers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from meshbreaker.control.store import (
+    AuditEntry,
+    ChangeFeed,
+    CompactedError,
+    PolicyStore,
+    selector_key,
+)
+from meshbreaker.v1 import control_plane_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+# Room in a message for what wraps the policies (revision, service, field tags).
+SNAPSHOT_OVERHEAD_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class Update:
+    """What one feed batch changed: its entries, the new revision, fresh snapshots per caller."""
+
+    revision: int
+    entries: Sequence[AuditEntry]
+    snapshots: dict[str, pb.ConfigSnapshot]
+    relisted: bool = False  # the history was compacted: the whole state was read again
+
+
+class PolicyIndex:
+    """Policies by id and by caller ("" = every caller), with each caller bucket's byte size.
+
+    Guarded by one lock: the follower thread writes, request handlers read snapshots from it.
+    """
+
+    def __init__(self, revision: int, policies: Iterable[pb.Policy], *, store_id: str = "") -> None:
+        self._lock = threading.Lock()
+        self.revision = revision
+        self.store_id = store_id
+        self._adopted: tuple[str, ...] = ()  # stores whose agents may take this one's
+        self._by_id: dict[str, pb.Policy] = {}
+        self._by_selector: dict[tuple[str, str, str], pb.Policy] = {}
+        self._by_caller: dict[str, dict[str, pb.Policy]] = {}
+        self._bytes: dict[str, int] = {}
+        self._watched: set[str] = set()
+        for policy in policies:
+            self._add(policy)
+
+    def _add(self, policy: pb.Policy) -> None:
+        self._by_id[policy.id] = policy
+        self._by_selector[selector_key(policy)] = policy
+        caller = policy.selector.caller
+        self._by_caller.setdefault(caller, {})[policy.id] = policy
+        self._bytes[caller] = self._bytes.get(caller, 0) + policy.ByteSize() + 8
+
+    def _remove(self, policy_id: str) -> pb.Policy | None:
+        policy = self._by_id.pop(policy_id, None)
+        if policy is not None:
+            self._by_selector.pop(selector_key(policy), None)
+            caller = policy.selector.caller
+            bucket = self._by_caller[caller]
+            del bucket[policy_id]
+            self._bytes[caller] -= policy.ByteSize() + 8
+            if not bucket:
+                del self._by_caller[caller]
+                del self._bytes[caller]
+        return policy
+
+    def _applicable(self, caller: str) -> list[pb.Policy]:
+        # The policies for every caller plus the caller's own: applicable(), without a scan.
+        mine = list(self._by_caller.get("", {}).values())
+        if caller:
+            mine += self._by_caller.get(caller, {}).values()
+        return mine
+
+    def snapshot(self, caller: str) -> pb.ConfigSnapshot:
+        """The policies that apply to `caller` now, sorted by id, with the revision."""
+        with self._lock:
+            revision, mine = self.revision, self._applicable(caller)
+        return self._snapshot(revision, caller, mine)
+
+    def policies(self, caller: str = "") -> list[pb.Policy]:
+        """Every policy (or those applying to `caller`), sorted by id."""
+        with self._lock:
+            found = self._applicable(caller) if caller else list(self._by_id.values())
+        return sorted(found, key=lambda policy: policy.id)
+
+    def by_selector(self, key: tuple[str, str, str]) -> pb.Policy | None:
+        """The policy holding exactly this selector, or None."""
+        with self._lock:
+            return self._by_selector.get(key)
+
+    def has(self, policy_id: str) -> bool:
+        """True when a policy has this id."""
+        with self._lock:
+            return policy_id in self._by_id
+
+    def watch(self, caller: str) -> pb.ConfigSnapshot:
+        """Start building snapshots for `caller` on every change; its snapshot now."""
+        with self._lock:
+            self._watched.add(caller)
+            revision, mine = self.revision, self._applicable(caller)
+        return self._snapshot(revision, caller, mine)
+
+    def set_adopted(self, store_ids: tuple[str, ...]) -> dict[str, pb.ConfigSnapshot]:
+        """Name the stores an operator adopted; every watched caller's snapshot, renewed."""
+        with self._lock:
+            self._adopted = store_ids
+            revision = self.revision
+            lists = {caller: self._applicable(caller) for caller in self._watched}
+        return {caller: self._snapshot(revision, caller, mine) for caller, mine in lists.items()}
+
+    def unwatch(self, caller: str) -> None:
+        """No more snapshots for `caller` (its last watcher left)."""
+        with self._lock:
+            self._watched.discard(caller)
+
+    def apply(self, entries: Sequence[AuditEntry]) -> dict[str, pb.ConfigSnapshot]:
+        """Apply whole revisions in order; the new snapshot of every watched caller they touch."""
+        touched: set[str] = set()
+        with self._lock:
+            start = self.revision
+            for entry in entries:
+                if entry.revision <= start:
+                    continue  # already in (the listing this index started from had it)
+                old = self._remove(entry.policy_id)
+                if old is not None:
+                    touched.add(old.selector.caller)
+                if entry.after is not None:
+                    self._add(entry.after)
+                    touched.add(entry.after.selector.caller)
+            self.revision = revision = max(start, entries[-1].revision)
+            callers = set(self._watched) if "" in touched else touched & self._watched
+            lists = {caller: self._applicable(caller) for caller in callers}
+        # Built outside the lock: readers wait only for the bookkeeping above.
+        return {caller: self._snapshot(revision, caller, mine) for caller, mine in lists.items()}
+
+    def replace(self, revision: int, policies: Iterable[pb.Policy]) -> dict[str, pb.ConfigSnapshot]:
+        """Start over from a full listing (after a compaction); every watched caller's snapshot."""
+        with self._lock:
+            self._by_id.clear()
+            self._by_selector.clear()
+            self._by_caller.clear()
+            self._bytes.clear()
+            for policy in policies:
+                self._add(policy)
+            self.revision = revision
+            lists = {caller: self._applicable(caller) for caller in self._watched}
+        return {caller: self._snapshot(revision, caller, mine) for caller, mine in lists.items()}
+
+    def largest_snapshot_bytes(self, changes: Sequence[pb.Policy]) -> tuple[str, int]:
+        """(caller, approximate bytes) of the largest snapshot `changes` would leave behind."""
+        with self._lock:
+            sizes = dict(self._bytes)
+            for policy in changes:
+                old = self._by_id.get(policy.id)
+                if old is not None:
+                    sizes[old.selector.caller] -= old.ByteSize() + 8
+                caller = policy.selector.caller
+                sizes[caller] = sizes.get(caller, 0) + policy.ByteSize() + 8
+        common = sizes.pop("", 0)
+        if not sizes:
+            return "", common + SNAPSHOT_OVERHEAD_BYTES
+        caller = max(sizes, key=lambda name: sizes[name])
+        return caller, common + sizes[caller] + SNAPSHOT_OVERHEAD_BYTES
+
+    def _snapshot(self, revision: int, caller: str, policies: list[pb.Policy]) -> pb.ConfigSnapshot:
+        policies.sort(key=lambda policy: policy.id)
+        return pb.ConfigSnapshot(
+            revision=revision,
+            service=caller,
+            policies=policies,
+            store_id=self.store_id,
+            adopted_store_ids=self._adopted,
+        )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_id)
+
+
+class Follower:
+    """A thread that follows the store's feed into a PolicyIndex and hands each Update on."""
+
+    def __init__(
+        self,
+        store: PolicyStore,
+        index: PolicyIndex,
+        deliver: Callable[[Update], None],
+        *,
+        poll: float = 0.5,
+    ) -> None:
+        self._store = store
+        self._index = index
+        self._deliver = deliver
+        self._poll = poll
+        self._stopped = threading.Event()
+        self._feed: ChangeFeed | None = None
+        self._thread = threading.Thread(
+            target=self._run, name="meshbreaker-policy-feed", daemon=True
+        )
+
+    def start(self) -> None:
+        """Follow from the index's revision on."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop following and wait for the thread (closing the feed wakes it at once)."""
+        self._stopped.set()
+        feed = self._feed
+        if feed is not None:
+            feed.close()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        feed = None
+        while not self._stopped.is_set():
+            try:
+                if feed is None:
+                    feed = self._feed = self._store.watch(self._index.revision)
+                entries = feed.next(timeout=self._poll)
+                if entries:
+                    snapshots = self._index.apply(entries)
+                    self._deliver(Update(self._index.revision, entries, snapshots))
+            except CompactedError as error:
+                logger.warning("policy feed: %s", error)
+                if feed is not None:
+                    feed.close()
+                feed = None
+                self._relist()
+            except Exception as error:  # store away: keep serving what we have, retry
+                logger.warning("policy feed: %s; retrying", error)
+                if feed is not None:
+                    feed.close()
+                feed = None
+                self._stopped.wait(1.0)
+        if feed is not None:
+            feed.close()
+
+    def _relist(self) -> None:
+        try:
+            revision, policies = self._store.list()
+        except Exception as error:
+            logger.warning("policy feed: re-listing failed: %s; retrying", error)
+            self._stopped.wait(1.0)
+            return
+        snapshots = self._index.replace(revision, policies)
+        self._deliver(Update(revision, (), snapshots, relisted=True))
