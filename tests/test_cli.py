@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -356,6 +357,23 @@ def test_force_open_closed_auto(cli: Callable[..., tuple[int, str, str]], cp: Co
         assert breaker.state is State.CLOSED
     status, _, err = cli("force", "open")
     assert status == 1 and "force needs --service or --method" in err
+
+
+def test_force_for_a_while_shows_the_time_left_in_status(
+    cli: Callable[..., tuple[int, str, str]], cp: ControlPlane
+) -> None:
+    status, out, _ = cli(
+        "force", "open", "--method", METHOD, "--for", "10m", "--reason", "account deploy"
+    )
+    assert status == 0 and "forced open for 10m00s" in out
+    status, out, _ = cli("status")
+    assert status == 0
+    row = next(line for line in out.splitlines() if "FORCED_OPEN" in line)
+    assert re.search(r"\b(10m00s|9m5\ds)\b", row) and "account deploy" in row
+    status, _, err = cli("force", "open", "--method", METHOD, "--for", "ten minutes")
+    assert status == 2 and "is not a length of time (e.g. 90s, 10m, 2h, 1d)" in err
+    status, _, err = cli("force", "auto", "--method", METHOD, "--for", "10m")
+    assert status == 1 and "--for needs open or closed" in err
 
 
 def test_status_tables_filters_instances_and_watch(

@@ -60,6 +60,23 @@ def seconds(text: str) -> float:
     return value
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def span(text: str) -> float:
+    """A positive length of time: seconds, or a number with s, m, h or d ("90s", "10m", "2h")."""
+    unit = _UNITS.get(text[-1:].lower(), 0.0)
+    try:
+        value = float(text[:-1] if unit else text) * (unit or 1.0)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a length of time (e.g. 90s, 10m, 2h, 1d)"
+        ) from None
+    return value
+
+
 def seconds_or_off(text: str) -> float:
     """A non-negative number of seconds; 0 (or "off") turns the setting off."""
     if text.lower() in _NONE_WORDS:

@@ -23,7 +23,7 @@ from meshbreaker.errors import CliError
 from meshbreaker.live.connection import channel_options, new_backoff
 from meshbreaker.live.follow import EventFollower, print_event
 from meshbreaker.live.terminal import console_for, emit, say
-from meshbreaker.live.text import state_name, to_json
+from meshbreaker.live.text import format_left, state_name, to_json
 from meshbreaker.live.watch import StatusWatch
 from meshbreaker.v1 import control_plane_pb2 as pb
 
@@ -219,7 +219,12 @@ def force(args: argparse.Namespace) -> int:
         override=_FORCE_ACTIONS[args.action],
         policy_id=args.policy_id,
         expected_revision=args.expected_revision,
+        reason=args.reason,
     )
+    if args.duration is not None:
+        if args.action == "auto":
+            raise CliError("--for needs open or closed (auto ends an override now)")
+        request.duration.FromNanoseconds(round(args.duration * 1e9))
     with Client(args) as client:
         response = client.call(client.stub.ForceState, request)
     target = " ".join(
@@ -235,5 +240,6 @@ def force(args: argparse.Namespace) -> int:
         print(f"{target}: back to automatic; store revision {response.revision}")
     else:
         holder = f" (policy {response.policy.id})" if response.HasField("policy") else ""
-        print(f"{target}: forced {args.action}{holder}; store revision {response.revision}")
+        until = "" if args.duration is None else f" for {format_left(args.duration)}"
+        print(f"{target}: forced {args.action}{until}{holder}; store revision {response.revision}")
     return 0

@@ -232,6 +232,15 @@ def _add_force(subcommands: _Subcommands, connection: _Parser) -> None:
     force.add_argument("--method", default="", help="full method name")
     force.add_argument("--caller", default="", help="only this calling service")
     force.add_argument("--policy-id", default="", help="id of the policy to create, if any")
+    force.add_argument(
+        "--for",
+        dest="duration",
+        type=arg_types.span,
+        default=None,
+        help="end the override after this long (90s, 10m, 2h, 1d), on every instance, even"
+        " while the control plane is down; default: until set back",
+    )
+    force.add_argument("--reason", default="", help="why, shown by status (256 characters)")
     _add_expected_revision(force)
     force.set_defaults(handler=commands.force)
 

@@ -40,6 +40,7 @@ from meshbreaker.control.agent_cache import FailStaticCache
 from meshbreaker.control.agent_link import AUTH_CODES, AgentToken, describe, status_code
 from meshbreaker.control.agent_link import AgentStatus as AgentStatus  # re-exported
 from meshbreaker.control.agent_loop import AgentLoop
+from meshbreaker.control.agent_overrides import OverrideClock
 from meshbreaker.control.convert import breaker_to_proto, check_caller
 from meshbreaker.control.layers import ResolvedPolicies, policies_for
 from meshbreaker.control.transition_log import TransitionLog
@@ -72,7 +73,8 @@ class MeshAgent:
     `target` is one control plane ("host:port", or a DNS name whose addresses gRPC tries in
     turn), several replicas ("cp-a:7070,cp-b:7070" or a list): the agent starts on a random one,
     moves to the next as soon as its stream breaks, and backs off only once every one has failed.
-    `clock` must be the registry's clock (breaker snapshots hold its readings). `validate`, if
+    `clock` must be the registry's clock (breaker snapshots hold its readings); `wall_clock` tells
+    when an override expires (unix time, as the control plane writes it). `validate`, if
     given, is an application-level admission check run on every resolved snapshot before it is
     applied; raising ConfigError (or ValueError) rejects the snapshot, which is then NACKed.
     """
@@ -90,6 +92,7 @@ class MeshAgent:
         report_interval: float = 5.0,
         cache_path: str | os.PathLike[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         validate: PolicyCheck | None = None,
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
@@ -116,6 +119,8 @@ class MeshAgent:
         self.cache_path = Path(cache_path) if cache_path is not None else None
         self._cache = None if self.cache_path is None else FailStaticCache(self.cache_path, service)
         self._clock = clock
+        self._wall_clock = wall_clock
+        self._overrides = OverrideClock(registry, wall_clock)
         self._validate = validate
         self._backoff = Backoff(backoff_initial, backoff_max)
         self._rpc_timeout = rpc_timeout
@@ -151,6 +156,7 @@ class MeshAgent:
         self._stub: pb_grpc.ControlPlaneAsyncStub | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._applied_policies: Sequence[pb.Policy] = ()
+        self._applied_snapshot: pb.ConfigSnapshot | None = None
         self._applied_store_id = ""
         self._store_mismatch: pb.StoreMismatch | None = None
         self._transitions = TransitionLog(clock)
@@ -309,6 +315,7 @@ class MeshAgent:
         children = [
             asyncio.create_task(self._watch_loop()),
             asyncio.create_task(self._report_loop()),
+            asyncio.create_task(self._expiry_loop()),
         ]
         try:
             await asyncio.wait(children)  # they only end when stopped
@@ -492,7 +499,12 @@ class MeshAgent:
                 "snapshot.service", f"is for {snapshot.service!r}, this agent is {self.service!r}"
             )
         resolved = policies_for(
-            self.service, snapshot.policies, "snapshot.policies", self._base_default
+            self.service,
+            snapshot.policies,
+            "snapshot.policies",
+            self._base_default,
+            now=self._wall_clock(),
+            instance_id=self.instance_id,
         )
         if self._validate is not None:
             self._validate(resolved)
@@ -501,7 +513,9 @@ class MeshAgent:
             default=resolved.default or self._base_default,
             overrides=resolved.overrides,
         )
+        self._overrides.applied(resolved)
         with self._applied:
+            self._applied_snapshot = snapshot
             self._applied_revision = snapshot.revision
             self._applied_at = self._clock()
             self._applied_from_cache = from_cache
@@ -510,6 +524,29 @@ class MeshAgent:
             if not from_cache:
                 self._last_nack = None
             self._applied.notify_all()
+
+    async def _expiry_loop(self) -> None:
+        """Resolve the policies in force again whenever an override of theirs expires.
+
+        Runs whether or not a control plane answers: a forgotten or orphaned override ends on
+        time everywhere.
+        """
+        while not self._stopped:
+            await asyncio.sleep(self._overrides.wait(min(self.report_interval, 1.0)))
+            snapshot = self._applied_snapshot
+            if snapshot is None or not self._overrides.due():
+                continue
+            nack = self._last_nack  # a NACK of a later snapshot still stands
+            try:
+                self._apply(
+                    snapshot, from_cache=self._applied_from_cache, store_id=self._applied_store_id
+                )
+                self._last_nack = nack
+            except Exception:  # applied once already: only a `validate` hook can refuse now
+                logger.exception("meshbreaker agent: an override expired but could not be dropped")
+                self._overrides.next_expiry = None
+            else:
+                logger.info("meshbreaker agent: an override expired; policies resolved again")
 
     # ----- cache -----------------------------------------------------------------------
 

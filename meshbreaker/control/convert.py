@@ -18,6 +18,7 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 # The name checks are _names'; re-exported for the server's request checks.
 from meshbreaker._names import MAX_NAME_LENGTH as MAX_NAME_LENGTH
@@ -45,6 +46,10 @@ from meshbreaker.v1 import control_plane_pb2 as pb
 
 MAX_CODES = 32
 MAX_DESCRIPTION_LENGTH = 1024
+MAX_REASON_LENGTH = 256
+MAX_PROBERS = 64
+# Timestamps an override may expire at: after 2000-01-01 and before 3000-01-01 (unix seconds).
+_EARLIEST_EXPIRY, _LATEST_EXPIRY = 946_684_800.0, 32_503_680_000.0
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _CALLER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
@@ -111,14 +116,38 @@ class Selector:
 
 
 @dataclass(frozen=True)
+class FleetSpec:
+    """A validated FleetDecision: who probes this open period, and from when (unix seconds)."""
+
+    probers: frozenset[str]
+    open_until: float
+    period: int
+    decided_at: float
+
+
+@dataclass(frozen=True)
 class PolicySpec:
-    """A validated Policy: selector, the config fields it sets (a layer), optional override."""
+    """A validated Policy: selector, the config fields it sets (a layer), optional override.
+
+    `override_expires_at` (unix seconds, None = never) bounds the override; `fleet` marks it a
+    fleet decision.
+    """
 
     id: str
     selector: Selector
     config: ConfigLayer | None = None
     override: State | None = None
     description: str = ""
+    override_expires_at: float | None = None
+    override_reason: str = ""
+    fleet: FleetSpec | None = None
+
+    def override_at(self, now: float | None) -> State | None:
+        """The override in force at unix time `now` (None = whatever the time)."""
+        expires = self.override_expires_at
+        if now is not None and expires is not None and now >= expires:
+            return None
+        return self.override
 
     @property
     def layer_name(self) -> str:
@@ -186,7 +215,8 @@ def _has(message: Message, name: str) -> bool:
     return message.HasField(name)
 
 
-def _duration_seconds(value: Duration, path: str) -> float:
+def duration_seconds(value: Duration, path: str) -> float:
+    """A Duration as seconds; ConfigError naming `path` when it is not a valid one."""
     if not -315_576_000_000 <= value.seconds <= 315_576_000_000 or not (
         -999_999_999 <= value.nanos <= 999_999_999
     ):
@@ -270,7 +300,7 @@ def _decode_optional_count(message: Message, schema: FieldSchema, path: str) -> 
 def _decode_seconds(message: Message, schema: FieldSchema, path: str) -> Any:
     if not _has(message, schema.proto):
         return _UNSET
-    return _duration_seconds(getattr(message, schema.proto), path)
+    return duration_seconds(getattr(message, schema.proto), path)
 
 
 def _decode_optional_seconds(message: Message, schema: FieldSchema, path: str) -> Any:
@@ -320,7 +350,7 @@ def _decode_retry(message: Message, schema: FieldSchema, path: str) -> Any:
             values[name] = getattr(policy, name)
     for name in _RETRY_SECONDS:
         if _has(policy, name):
-            values[name] = _duration_seconds(getattr(policy, name), f"{path}.{name}")
+            values[name] = duration_seconds(getattr(policy, name), f"{path}.{name}")
     if policy.HasField("retryable_codes"):
         codes = list(policy.retryable_codes.codes)
         if len(codes) > MAX_CODES:
@@ -430,7 +460,63 @@ def policy_from_proto(message: pb.Policy, path: str = "policy") -> PolicySpec:
         raise ConfigError(f"{path}.override", "needs a selector with a service or a method")
     if len(message.description) > MAX_DESCRIPTION_LENGTH:
         raise ConfigError(f"{path}.description", f"at most {MAX_DESCRIPTION_LENGTH} characters")
-    return PolicySpec(policy_id, selector, config, override, message.description)
+    expires_at = None
+    if message.HasField("override_expires_at"):
+        if override is None:
+            raise ConfigError(f"{path}.override_expires_at", "needs an override")
+        expires_at = timestamp_seconds(message.override_expires_at, f"{path}.override_expires_at")
+    reason = check_reason(message.override_reason, f"{path}.override_reason")
+    fleet = None
+    if message.HasField("fleet"):
+        fleet = _fleet_from_proto(message, f"{path}.fleet")
+    return PolicySpec(
+        policy_id, selector, config, override, message.description, expires_at, reason, fleet
+    )
+
+
+def check_reason(reason: str, path: str) -> str:
+    """An override's reason: at most MAX_REASON_LENGTH printable characters."""
+    if len(reason) > MAX_REASON_LENGTH:
+        raise ConfigError(path, f"at most {MAX_REASON_LENGTH} characters")
+    if not reason.isprintable():
+        raise ConfigError(path, "must be printable text (no control characters)")
+    return reason
+
+
+def timestamp_seconds(message: Timestamp, path: str) -> float:
+    """A Timestamp an override may expire at, as unix seconds."""
+    seconds = message.seconds + message.nanos / 1e9
+    if not 0 <= message.nanos < 1_000_000_000 or not (_EARLIEST_EXPIRY <= seconds < _LATEST_EXPIRY):
+        raise ConfigError(path, "must be a time between the years 2000 and 3000")
+    return seconds
+
+
+def seconds_to_timestamp(seconds: float) -> Timestamp:
+    """Unix seconds as a Timestamp."""
+    message = Timestamp()
+    message.FromNanoseconds(round(seconds * 1e9))
+    return message
+
+
+def _fleet_from_proto(message: pb.Policy, path: str) -> FleetSpec:
+    fleet = message.fleet
+    if message.override != pb.OVERRIDE_FORCED_OPEN or not message.HasField("override_expires_at"):
+        raise ConfigError(path, "needs override FORCED_OPEN with override_expires_at")
+    if not message.selector.caller or not message.selector.method:
+        raise ConfigError(path, "needs a selector with a caller and a method")
+    if len(fleet.probers) > MAX_PROBERS:
+        raise ConfigError(f"{path}.probers", f"at most {MAX_PROBERS}")
+    for index, prober in enumerate(fleet.probers):
+        if not 0 < len(prober) <= MAX_NAME_LENGTH or not prober.isprintable():
+            raise ConfigError(f"{path}.probers[{index}]", "must be an instance id")
+    if fleet.period < 1:
+        raise ConfigError(f"{path}.period", "must be >= 1")
+    return FleetSpec(
+        frozenset(fleet.probers),
+        timestamp_seconds(fleet.open_until, f"{path}.open_until"),
+        fleet.period,
+        timestamp_seconds(fleet.decided_at, f"{path}.decided_at"),
+    )
 
 
 def policy_to_proto(spec: PolicySpec) -> pb.Policy:
@@ -440,9 +526,22 @@ def policy_to_proto(spec: PolicySpec) -> pb.Policy:
         selector=selector_to_proto(spec.selector),
         override=_OVERRIDE_TO_PROTO[spec.override],
         description=spec.description,
+        override_reason=spec.override_reason,
     )
     if spec.config is not None:
         message.config.CopyFrom(layer_to_proto(spec.config))
+    if spec.override_expires_at is not None:
+        message.override_expires_at.CopyFrom(seconds_to_timestamp(spec.override_expires_at))
+    fleet = spec.fleet
+    if fleet is not None:
+        message.fleet.CopyFrom(
+            pb.FleetDecision(
+                probers=sorted(fleet.probers),
+                open_until=seconds_to_timestamp(fleet.open_until),
+                period=fleet.period,
+                decided_at=seconds_to_timestamp(fleet.decided_at),
+            )
+        )
     return message
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from meshbreaker._names import is_method_selector, method_service
 from meshbreaker.config import SCHEMA, BreakerConfig, State, merge_layers
-from meshbreaker.control.convert import PolicySpec, policy_from_proto
+from meshbreaker.control.convert import FleetSpec, PolicySpec, policy_from_proto
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2 as pb
 
@@ -27,11 +27,17 @@ class ResolvedPolicies:
 
     Every config is already layered over the process default. `default` is None when no mesh
     default policy applies (the agent then keeps the process's own default config).
+    `next_expiry` is the unix time the earliest override still in force ends (None = none ends),
+    when the agent resolves again. `probes` maps the selectors of the fleet decisions this
+    instance probes for to their FleetSpec: their breakers are opened until `open_until`, not
+    forced.
     """
 
     default: BreakerConfig | None = None
     policies: dict[str, BreakerConfig] = field(default_factory=dict)
     overrides: dict[str, State] = field(default_factory=dict)
+    next_expiry: float | None = None
+    probes: dict[str, FleetSpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,30 +102,45 @@ def policies_for(
     policies: Iterable[pb.Policy | PolicySpec],
     path: str = "policies",
     base: BreakerConfig | None = None,
+    *,
+    now: float | None = None,
+    instance_id: str = "",
 ) -> ResolvedPolicies:
     """Resolve the policies that apply to `caller` into registry policies, default and overrides.
 
     Validates every policy first and raises ConfigError naming the bad one, with nothing resolved;
     a layered config that is inconsistent (a cap below the open duration another layer sets)
-    raises too. The override of a selector comes from its most specific policy that sets one.
+    raises too. The override of a selector comes from its most specific policy that sets one and
+    has not expired at unix time `now` (None: none has). A fleet decision that names
+    `instance_id` among its probers is a probe, not an override, for this instance.
     """
     base = base or BreakerConfig()
     by_key = _by_key(caller, specs_of(policies, path))
-    resolved = ResolvedPolicies()
+    default: BreakerConfig | None = None
+    configs: dict[str, BreakerConfig] = {}
+    overrides: dict[str, State] = {}
+    probes: dict[str, FleetSpec] = {}
+    expiries: list[float] = []
     for key in sorted(by_key):
         chain = [spec for part in _chain(key) for spec in by_key.get(part, [])]
         if any(spec.config is not None for spec in by_key[key]):
             config = _merge(base, chain, key)
             if key:
-                resolved.policies[key] = config
+                configs[key] = config
             else:
-                resolved = ResolvedPolicies(config, resolved.policies, resolved.overrides)
-        override = next(
-            (spec.override for spec in reversed(by_key[key]) if spec.override is not None), None
+                default = config
+        holder = next(
+            (spec for spec in reversed(by_key[key]) if spec.override_at(now) is not None), None
         )
-        if override is not None:
-            resolved.overrides[key] = override
-    return resolved
+        if holder is None or holder.override is None:
+            continue
+        if holder.override_expires_at is not None:
+            expiries.append(holder.override_expires_at)
+        if holder.fleet is not None and instance_id in holder.fleet.probers:
+            probes[key] = holder.fleet
+        else:
+            overrides[key] = holder.override
+    return ResolvedPolicies(default, configs, overrides, min(expiries, default=None), probes)
 
 
 def explain(

@@ -55,6 +55,7 @@ class PolicyIndex:
         self._by_caller: dict[str, dict[str, pb.Policy]] = {}
         self._bytes: dict[str, int] = {}
         self._watched: set[str] = set()
+        self._overridden: dict[str, pb.Policy] = {}  # the policies holding an override, by id
         for policy in policies:
             self._add(policy)
 
@@ -64,10 +65,13 @@ class PolicyIndex:
         caller = policy.selector.caller
         self._by_caller.setdefault(caller, {})[policy.id] = policy
         self._bytes[caller] = self._bytes.get(caller, 0) + policy.ByteSize() + 8
+        if policy.override != pb.OVERRIDE_NONE:
+            self._overridden[policy.id] = policy
 
     def _remove(self, policy_id: str) -> pb.Policy | None:
         policy = self._by_id.pop(policy_id, None)
         if policy is not None:
+            self._overridden.pop(policy_id, None)
             self._by_selector.pop(selector_key(policy), None)
             caller = policy.selector.caller
             bucket = self._by_caller[caller]
@@ -97,10 +101,23 @@ class PolicyIndex:
             found = self._applicable(caller) if caller else list(self._by_id.values())
         return sorted(found, key=lambda policy: policy.id)
 
+    def overrides(self, caller: str = "") -> list[pb.Policy]:
+        """The policies holding an override (those applying to `caller`, "" = all), by id."""
+        with self._lock:
+            found = list(self._overridden.values())
+        if caller:
+            found = [policy for policy in found if policy.selector.caller in ("", caller)]
+        return sorted(found, key=lambda policy: policy.id)
+
     def by_selector(self, key: tuple[str, str, str]) -> pb.Policy | None:
         """The policy holding exactly this selector, or None."""
         with self._lock:
             return self._by_selector.get(key)
+
+    def by_id(self, policy_id: str) -> pb.Policy | None:
+        """The policy with this id, or None."""
+        with self._lock:
+            return self._by_id.get(policy_id)
 
     def has(self, policy_id: str) -> bool:
         """True when a policy has this id."""
@@ -154,6 +171,7 @@ class PolicyIndex:
             self._by_selector.clear()
             self._by_caller.clear()
             self._bytes.clear()
+            self._overridden.clear()
             for policy in policies:
                 self._add(policy)
             self.revision = revision

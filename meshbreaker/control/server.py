@@ -85,7 +85,8 @@ class ServerOptions:
     service in a SAN (DNS name, or a URI ending in /<service>). A non-loopback `host` needs
     tokens and TLS unless `insecure` is set. The server pings every connection after
     `keepalive_time` seconds without traffic and drops it when no answer comes within
-    `keepalive_timeout`, so a frozen client's streams are reclaimed.
+    `keepalive_timeout`, so a frozen client's streams are reclaimed. The fleet decider (expiring
+    overrides, quorum opens, probe periods) looks at the mesh every `decider_tick` seconds.
     """
 
     host: str = "127.0.0.1"
@@ -109,6 +110,7 @@ class ServerOptions:
     insecure: bool = False
     keepalive_time: float = 30.0
     keepalive_timeout: float = 10.0
+    decider_tick: float = 1.0
 
     def __post_init__(self) -> None:
         report_ttl = self.report_ttl
@@ -122,6 +124,7 @@ class ServerOptions:
             "max_connection_age_grace",
             "keepalive_time",
             "keepalive_timeout",
+            "decider_tick",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -356,6 +359,7 @@ class ControlPlaneServer:
             wall_clock=self.options.wall_clock,
             limits=self.limits,
             san_names_service=self.options.tls_client_names_service,
+            decider_tick=self.options.decider_tick,
         )
         if self.options.metrics_port is not None:
             # Bound before the gRPC port, so failing here leaves no gRPC port to release.

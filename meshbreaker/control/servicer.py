@@ -25,12 +25,14 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from meshbreaker.control import convert, validate
+from meshbreaker.control import convert, overrides, validate
 from meshbreaker.control.auth import TokenAuthenticator
 from meshbreaker.control.config_streams import ConfigStreams
 from meshbreaker.control.events import EventBus, concerns
+from meshbreaker.control.fleet import DEFAULT_TICK, FleetDecider
 from meshbreaker.control.instances import InstanceTable, MeshView
 from meshbreaker.control.limits import Limits
+from meshbreaker.control.overrides import MAX_OVERRIDE_SECONDS, set_override
 from meshbreaker.control.policies import Follower, PolicyIndex, Update
 from meshbreaker.control.store import (
     AuditEntry,
@@ -85,6 +87,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         wall_clock: Callable[[], float],
         limits: Limits,
         san_names_service: bool = False,
+        decider_tick: float = DEFAULT_TICK,
     ) -> None:
         self._store = store
         self._store_id = store.store_id
@@ -93,6 +96,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         self._authenticator = authenticator
         self._report_ttl_message = convert.seconds_to_duration(report_ttl)  # sent in every reply
         self._clock = clock
+        self._wall_clock = wall_clock
         self._limits = limits
         self.events = EventBus(limits.event_queue_size, wall_clock, limits.event_history)
         self._instances = InstanceTable(
@@ -110,6 +114,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         self._writer = StoreWriter(store)
         self._follower = Follower(store, self._index, self._deliver)
         self._follower.start()
+        self.decider = FleetDecider(
+            self._index, self._writer, wall_clock=wall_clock, tick=decider_tick
+        )
+        self.decider.start()
 
     @property
     def revision(self) -> int:
@@ -117,7 +125,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         return self._revision
 
     async def drain(self) -> None:
-        """Wait for writes in progress (their clients may be gone) to finish."""
+        """Stop deciding; wait for writes in progress (their clients may be gone) to finish."""
+        await self.decider.stop()
         await self._writer.drain()
 
     def close(self) -> None:
@@ -240,6 +249,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         validate.check_list_breakers(request)
         response = pb.ListBreakersResponse(revision=self._revision, store_id=self._store_id)
         self._instances.list_breakers(request, self._clock(), response)
+        now = self._wall_clock()
+        for policy in self._index.overrides(request.service):
+            active = response.overrides.add(policy=policy)
+            expires = overrides.expires_at(policy)
+            if expires is not None:
+                active.remaining = max(0.0, expires - now)
         size = response.ByteSize()
         if size > self._limits.max_message_bytes:
             raise Refused(
@@ -333,6 +348,13 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         override = convert.override_from_proto(request.override, "override")
         if request.policy_id:
             convert.check_policy_id(request.policy_id, "policy_id")
+        expires_at = None
+        if override is not None and request.HasField("duration"):
+            duration = convert.duration_seconds(request.duration, "duration")
+            if not 0 < duration <= MAX_OVERRIDE_SECONDS:
+                raise ConfigError("duration", "must be > 0 and at most 366 days")
+            expires_at = self._wall_clock() + duration
+        reason = convert.check_reason(request.reason, "reason")
         expected = validate.expected_revision(request)
         actor = self._actor(context)
         wanted = (selector.caller, selector.service, selector.method)
@@ -359,7 +381,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                         grpc.StatusCode.ALREADY_EXISTS,
                         f"policy_id: {policy.id!r} is taken by a policy with another selector",
                     )
-            policy.override = convert.override_to_proto(override)
+            set_override(policy, override, expires_at=expires_at, reason=reason)
             entries = await self._writer.put([policy], expected, actor)
             return pb.ForceStateResponse(policy=entries[0].after, revision=entries[0].revision)
 

@@ -19,6 +19,7 @@ from meshbreaker.live.text import (
     clean,
     format_age,
     format_count,
+    format_left,
     format_rate,
     nack_text,
 )
@@ -38,6 +39,20 @@ _WARN = Style(color="yellow")
 _LEGEND = "INST: C closed, O open, H half-open, FO forced open, FC forced closed"
 _SHADOW_LEGEND = (
     "shadow: in shadow mode (in N instances): the state it would be in; it never rejects"
+)
+
+
+_OVERRIDE_STATES = {
+    pb.OVERRIDE_FORCED_OPEN: State.FORCED_OPEN,
+    pb.OVERRIDE_FORCED_CLOSED: State.FORCED_CLOSED,
+}
+_OVERRIDE_COLUMNS = (
+    Column("OVERRIDE"),
+    Column("CALLER", cut="end"),
+    Column("SELECTOR", cut="start", min_width=8, weight=2),
+    Column("LEFT", numeric=True),
+    Column("BY", cut="end"),
+    Column("REASON", cut="end", weight=2),
 )
 
 
@@ -179,6 +194,9 @@ def render_status(
 
     groups: Sequence[pb.BreakerGroup] = response.groups
     footer: list[RenderableType] = []
+    if response.overrides:
+        footer.append(Text())
+        footer.append(override_table(response.overrides, width))
     shown = [item for item in response.instances if instances or item.HasField("nack")]
     if shown:
         footer.append(Text())
@@ -187,7 +205,8 @@ def render_status(
     footer.append(Text(_LEGEND if groups else empty, style=_DIM, no_wrap=True, overflow="ellipsis"))
     if any(group.shadow for group in groups):
         footer.append(Text(_SHADOW_LEGEND, style=_DIM, no_wrap=True, overflow="ellipsis"))
-    footer_lines = len(footer) + (len(shown) if shown else 0)  # the instance table's title too
+    # Each table counts its title line in `footer`; its rows are added here.
+    footer_lines = len(footer) + len(shown) + len(response.overrides)
     more: Text | None = None
     if height is not None and len(lines) + 1 + len(groups) + footer_lines > height:
         keep = max(0, height - len(lines) - footer_lines - 2)  # rows besides title and "more"
@@ -271,6 +290,25 @@ def _breaker_table(
             ]
         )
     return new_table(_BREAKER_COLUMNS, rows, width)
+
+
+def override_table(overrides: Sequence[pb.ActiveOverride], width: int | None) -> RenderableType:
+    """One row per override in force: what, where, the time it has left, who and why."""
+    rows: list[list[Cell]] = []
+    for item in overrides:
+        policy = item.policy
+        state = _OVERRIDE_STATES.get(policy.override)
+        rows.append(
+            [
+                Text(state.value, style=STATE_STYLES[state]) if state else "?",
+                policy.selector.caller or "*",
+                policy.selector.method or policy.selector.service,
+                format_left(item.remaining) if item.HasField("remaining") else "until set back",
+                "fleet" if policy.HasField("fleet") else policy.updated_by or policy.id,
+                policy.override_reason,
+            ]
+        )
+    return new_table(_OVERRIDE_COLUMNS, rows, width)
 
 
 def instance_table(shown: Sequence[pb.InstanceStatus], width: int | None) -> RenderableType:

@@ -49,6 +49,19 @@ def format_age(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
+def format_left(seconds: float) -> str:
+    """Time left to the second, in two units: 42s, 9m58s, 2h05m, 3d04h ("?" when not finite)."""
+    if not math.isfinite(seconds):
+        return "?"
+    whole = math.ceil(max(0.0, seconds))
+    if whole < 60:
+        return f"{whole}s"
+    for big, size, small, small_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60)):
+        if whole >= size:
+            return f"{whole // size}{big}{(whole % size) // small_size:02d}{small}"
+    return f"{whole // 60}m{whole % 60:02d}s"
+
+
 def format_seconds(seconds: float) -> str:
     """An age with a tenth of a second: 1.5s ("?" for one that is not finite)."""
     return f"{seconds:.1f}s" if math.isfinite(seconds) else "?"

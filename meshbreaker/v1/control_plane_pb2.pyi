@@ -502,6 +502,9 @@ class Policy(_message.Message):
     UPDATED_BY_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     OUTLIER_DETECTION_FIELD_NUMBER: _builtins.int
+    OVERRIDE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    OVERRIDE_REASON_FIELD_NUMBER: _builtins.int
+    FLEET_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique, 1..128 characters of [A-Za-z0-9._-], starting with a letter or digit."""
     mode: Global___Mode.ValueType
@@ -513,6 +516,8 @@ class Policy(_message.Message):
     updated_by: _builtins.str
     description: _builtins.str
     """Free text for operators."""
+    override_reason: _builtins.str
+    """Why the override holds (at most 256 characters), e.g. a fleet decision's quorum."""
     @_builtins.property
     def selector(self) -> Global___Selector: ...
     @_builtins.property
@@ -531,6 +536,17 @@ class Policy(_message.Message):
         empty method in the selector (clients eject endpoints, not methods). Absent = none.
         """
 
+    @_builtins.property
+    def override_expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the override ends (needs an override). Every agent drops it at that moment on its own,
+        with or without a control plane, and the control plane then removes it from the store.
+        Absent = until set back.
+        """
+
+    @_builtins.property
+    def fleet(self) -> Global___FleetDecision:
+        """Set when the override is a fleet decision (written by the control plane's decider only)."""
+
     def __init__(
         self,
         *,
@@ -544,14 +560,62 @@ class Policy(_message.Message):
         updated_by: _builtins.str = ...,
         description: _builtins.str = ...,
         outlier_detection: _xds_pb2.OutlierDetection | None = ...,
+        override_expires_at: _timestamp_pb2.Timestamp | None = ...,
+        override_reason: _builtins.str = ...,
+        fleet: Global___FleetDecision | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "outlier_detection", b"outlier_detection", "selector", b"selector", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "fleet", b"fleet", "outlier_detection", b"outlier_detection", "override_expires_at", b"override_expires_at", "selector", b"selector", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "description", b"description", "id", b"id", "mode", b"mode", "outlier_detection", b"outlier_detection", "override", b"override", "revision", b"revision", "selector", b"selector", "updated_at", b"updated_at", "updated_by", b"updated_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "description", b"description", "fleet", b"fleet", "id", b"id", "mode", b"mode", "outlier_detection", b"outlier_detection", "override", b"override", "override_expires_at", b"override_expires_at", "override_reason", b"override_reason", "revision", b"revision", "selector", b"selector", "updated_at", b"updated_at", "updated_by", b"updated_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Policy: _TypeAlias = Policy  # noqa: Y015
+
+@_typing.final
+class FleetDecision(_message.Message):
+    """A decision the control plane took for a whole caller service: the breakers of `selector` are
+    open on every instance (FORCED_OPEN) but the probers, whose own breakers are opened until
+    `open_until` and then probe as usual, so the fleet sends at most half_open_max_calls probes per
+    open period. The probers' outcome closes (the policy is removed) or reopens the whole fleet.
+    An instance that hears nothing more falls back to its own breaker at override_expires_at.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROBERS_FIELD_NUMBER: _builtins.int
+    OPEN_UNTIL_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    period: _builtins.int
+    """1 for the first open period, +1 per failed probe"""
+    @_builtins.property
+    def probers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """instance ids that probe this period"""
+
+    @_builtins.property
+    def open_until(self) -> _timestamp_pb2.Timestamp:
+        """when this period's probes may start"""
+
+    @_builtins.property
+    def decided_at(self) -> _timestamp_pb2.Timestamp:
+        """when the quorum was reached"""
+
+    def __init__(
+        self,
+        *,
+        probers: _abc.Iterable[_builtins.str] | None = ...,
+        open_until: _timestamp_pb2.Timestamp | None = ...,
+        period: _builtins.int = ...,
+        decided_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "open_until", b"open_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "open_until", b"open_until", "period", b"period", "probers", b"probers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FleetDecision: _TypeAlias = FleetDecision  # noqa: Y015
 
 @_typing.final
 class ListPoliciesRequest(_message.Message):
@@ -710,15 +774,23 @@ class ForceStateRequest(_message.Message):
     OVERRIDE_FIELD_NUMBER: _builtins.int
     EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
     POLICY_ID_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     override: Global___Override.ValueType
     """OVERRIDE_NONE = back to automatic"""
     expected_revision: _builtins.int
     """as in PutPolicyRequest"""
     policy_id: _builtins.str
     """Id of the policy to create when none has this selector (default: derived from the selector)."""
+    reason: _builtins.str
+    """Why (at most 256 characters), shown by `status` and in the policy."""
     @_builtins.property
     def selector(self) -> Global___Selector:
         """needs a service or method"""
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """How long the override holds (> 0); unset = until set back. Ignored with OVERRIDE_NONE."""
 
     def __init__(
         self,
@@ -727,10 +799,12 @@ class ForceStateRequest(_message.Message):
         override: Global___Override.ValueType = ...,
         expected_revision: _builtins.int | None = ...,
         policy_id: _builtins.str = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_revision", b"_expected_revision", "expected_revision", b"expected_revision", "selector", b"selector"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_revision", b"_expected_revision", "duration", b"duration", "expected_revision", b"expected_revision", "selector", b"selector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_revision", b"_expected_revision", "expected_revision", b"expected_revision", "override", b"override", "policy_id", b"policy_id", "selector", b"selector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_revision", b"_expected_revision", "duration", b"duration", "expected_revision", b"expected_revision", "override", b"override", "policy_id", b"policy_id", "reason", b"reason", "selector", b"selector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_revision: _TypeAlias = _typing.Literal["expected_revision"]  # noqa: Y015
     _WhichOneofArgType__expected_revision: _TypeAlias = _typing.Literal["_expected_revision", b"_expected_revision"]  # noqa: Y015
@@ -1512,6 +1586,7 @@ class ListBreakersResponse(_message.Message):
     INSTANCES_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     STORE_ID_FIELD_NUMBER: _builtins.int
+    OVERRIDES_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """the store revision"""
     store_id: _builtins.str
@@ -1524,6 +1599,10 @@ class ListBreakersResponse(_message.Message):
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceStatus]:
         """live instances matching `service`, sorted by id"""
 
+    @_builtins.property
+    def overrides(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActiveOverride]:
+        """The overrides in force (operators' and fleet decisions) that apply to `service`, by id."""
+
     def __init__(
         self,
         *,
@@ -1531,14 +1610,43 @@ class ListBreakersResponse(_message.Message):
         instances: _abc.Iterable[Global___InstanceStatus] | None = ...,
         revision: _builtins.int = ...,
         store_id: _builtins.str = ...,
+        overrides: _abc.Iterable[Global___ActiveOverride] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "instances", b"instances", "revision", b"revision", "store_id", b"store_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "instances", b"instances", "overrides", b"overrides", "revision", b"revision", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListBreakersResponse: _TypeAlias = ListBreakersResponse  # noqa: Y015
+
+@_typing.final
+class ActiveOverride(_message.Message):
+    """One override in force, with the time it has left on this control plane's clock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    remaining: _builtins.float
+    """seconds until it expires; unset = until set back"""
+    @_builtins.property
+    def policy(self) -> Global___Policy: ...
+    def __init__(
+        self,
+        *,
+        policy: Global___Policy | None = ...,
+        remaining: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_remaining", b"_remaining", "policy", b"policy", "remaining", b"remaining"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_remaining", b"_remaining", "policy", b"policy", "remaining", b"remaining"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__remaining: _TypeAlias = _typing.Literal["remaining"]  # noqa: Y015
+    _WhichOneofArgType__remaining: _TypeAlias = _typing.Literal["_remaining", b"_remaining"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__remaining) -> _WhichOneofReturnType__remaining | None: ...
+
+Global___ActiveOverride: _TypeAlias = ActiveOverride  # noqa: Y015
 
 @_typing.final
 class WatchEventsRequest(_message.Message):
