@@ -590,7 +590,7 @@ class CircuitBreaker:
                 limiter = self._limiter
                 if limiter is not None and outcome is not _IGNORED:
                     failed = outcome is _FAILURE
-                    self._bulkhead = limiter.update(duration, failed, self._in_flight + 1)
+                    self._bulkhead = limiter.update(duration, failed, self._in_flight + 1, now)
             transition = self._count(generation, outcome, duration, now)
         finally:
             self._lock.release()

@@ -1,14 +1,23 @@
-"""AdaptiveLimit: a concurrency limit that follows latency (Netflix concurrency-limits' gradient).
+"""AdaptiveLimit: a concurrency limit following latency (Netflix concurrency-limits' Vegas limit).
 
-The limit moves with the ratio of the no-load latency (the minimum seen) to the recent latency
-(an exponential average of the last calls' latencies, weight RECENT_WEIGHT, so one slow call does
-not cut the limit): while calls take about as long as they do unloaded, the limit grows by about
-sqrt(limit) (the queue it allows); when latency rises past TOLERANCE times the minimum, the backend
-is queueing and the limit shrinks by that ratio (by half at most per sample); every change is
-smoothed. A failed call cuts the limit by BACKOFF (AIMD's multiplicative decrease), at most once per
-limit / 2 calls: the failures of one overload episode arrive together and are one signal (Netflix's
-WindowedLimit reads a window's drops as one), not a collapse by 0.9 per failure. The minimum is
-measured again every PROBE_EVERY samples, so a backend that became slower for good is not starved.
+The limit estimates the calls queued at the backend from the ratio of the no-load latency (the
+minimum seen) to the recent latency: `queue = limit · (1 - min_latency / recent_latency)`, the
+calls in flight beyond what the backend serves at its no-load latency. It keeps that queue small:
+it grows by 1 while the queue is under ALPHA (by BETA while there is none, to find the knee fast),
+shrinks by 1 past BETA, and holds in between. Throughput stops growing at the knee and latency
+only queues past it; a queue of a few calls keeps the backend busy without overrunning it, for
+any capacity and latency, with no tuning. ALPHA and BETA scale with log10(limit) as Netflix's do.
+
+It decides once per window, never per call: a window holds only the calls admitted after the last
+decision, and closes once as many have finished as were in flight at most (about one round trip;
+at least WINDOW_MIN_SAMPLES). A decision per call would act on latencies measured before its own
+previous decisions took effect, and a controller acting on stale evidence overshoots: the limit
+runs past the knee for a round trip before any call admitted under it reports back. A window with a
+failed call cuts the limit by BACKOFF (AIMD's multiplicative decrease: the backend is shedding, an
+overload episode's failures are one signal). A window in which fewer than half the limit were in
+flight changes nothing (the caller, not the backend, limited concurrency). The minimum is measured
+afresh (from one window's fastest call) every PROBE_EVERY calls, so a backend that became slower
+for good is not starved.
 
 Not thread-safe on its own: the CircuitBreaker that owns it calls it under its lock.
 """
@@ -21,59 +30,98 @@ from typing import Final
 DEFAULT_MAX_LIMIT: Final = 1000
 INITIAL_LIMIT: Final = 20
 MIN_LIMIT: Final = 1
-TOLERANCE: Final = 1.5  # latency may reach 1.5 x the minimum before the limit shrinks
-SMOOTHING: Final = 0.2
-RECENT_WEIGHT: Final = 0.1  # each call's share of the recent latency
+ALPHA: Final = 3  # queue below ALPHA · log10(limit): grow by log10(limit)
+BETA: Final = 6  # queue above BETA · log10(limit): shrink by log10(limit)
 BACKOFF: Final = 0.9
+WINDOW_MIN_SAMPLES: Final = 10
 PROBE_EVERY: Final = 1000
 
 
-class AdaptiveLimit:
-    """A gradient concurrency limit between MIN_LIMIT and `max_limit` (lock held by the caller)."""
+def _log10(limit: float) -> int:
+    """Netflix's log10 root: max(1, floor(log10(limit)))."""
+    return max(1, int(math.log10(max(limit, 1.0))))
 
-    __slots__ = ("_samples", "_since_cut", "limit", "max_limit", "min_latency", "recent_latency")
+
+class AdaptiveLimit:
+    """A Vegas concurrency limit between MIN_LIMIT and `max_limit` (lock held by the caller)."""
+
+    __slots__ = (
+        "_count",
+        "_failed",
+        "_fastest",
+        "_max_in_flight",
+        "_since_probe",
+        "_total",
+        "_window_start",
+        "limit",
+        "max_limit",
+        "min_latency",
+        "recent_latency",
+    )
 
     def __init__(self, max_limit: int = DEFAULT_MAX_LIMIT) -> None:
         self.max_limit = max_limit
         self.limit = float(min(INITIAL_LIMIT, max_limit))
         self.min_latency = math.inf
-        self.recent_latency = math.nan  # until the first sample
-        self._samples = 0
-        self._since_cut = math.inf  # calls since the last cut for a failure
+        self.recent_latency = math.nan  # the last window's mean latency, until the first: NaN
+        self._window_start = -math.inf  # calls admitted before this were admitted by an old limit
+        self._since_probe = 0
+        self._open_window()
+
+    def _open_window(self) -> None:
+        self._count = 0
+        self._total = 0.0
+        self._fastest = math.inf
+        self._max_in_flight = 0
+        self._failed = False
 
     @property
     def current(self) -> int:
         """The limit in whole calls."""
         return int(self.limit)
 
-    def update(self, latency: float, failed: bool, in_flight: int) -> int:
-        """Take one finished call (`in_flight` counted it too); the new limit in whole calls."""
-        limit = self.limit
-        self._since_cut += 1
+    def update(self, latency: float, failed: bool, in_flight: int, now: float) -> int:
+        """Take a call that ended at `now` (`in_flight` counts it too); the limit in whole calls."""
+        if now - latency < self._window_start:
+            return int(self.limit)  # admitted before the last decision: evidence about an old limit
+        self._count += 1
+        if in_flight > self._max_in_flight:
+            self._max_in_flight = in_flight
         if failed:
-            if self._since_cut >= limit / 2:
-                self._since_cut = 0
-                self.limit = max(MIN_LIMIT, limit * BACKOFF)
-            return int(self.limit)
-        self._samples += 1
-        if self._samples >= PROBE_EVERY:
-            self._samples = 0
-            self.min_latency = latency  # measure the no-load latency again from here
-        elif latency < self.min_latency:
-            self.min_latency = latency
-        recent = self.recent_latency
-        if recent != recent:  # NaN: the first sample
-            recent = latency
+            self._failed = True
         else:
-            recent += RECENT_WEIGHT * (latency - recent)
-        self.recent_latency = recent
-        if in_flight < limit / 2:
-            return int(limit)  # the caller, not the backend, limits concurrency: no evidence
-        if recent <= 0.0:
-            gradient = 1.0
-        else:
-            gradient = max(0.5, min(1.0, TOLERANCE * self.min_latency / recent))
-        target = limit * gradient + math.sqrt(limit)
-        limit = limit * (1.0 - SMOOTHING) + target * SMOOTHING
-        self.limit = max(float(MIN_LIMIT), min(float(self.max_limit), limit))
+            self._total += latency
+            if latency < self._fastest:
+                self._fastest = latency
+        if self._count >= max(WINDOW_MIN_SAMPLES, self._max_in_flight):
+            self._decide()
+            self._window_start = now
+            self._open_window()
         return int(self.limit)
+
+    def _decide(self) -> None:
+        """Move the limit by what the window closing now saw."""
+        limit = self.limit
+        fastest = self._fastest
+        self._since_probe += self._count
+        if self._since_probe >= PROBE_EVERY and fastest < math.inf:
+            self._since_probe = 0
+            self.min_latency = fastest  # measured afresh from here
+        elif fastest < self.min_latency:
+            self.min_latency = fastest
+        if self._failed:
+            self.limit = max(float(MIN_LIMIT), limit * BACKOFF)
+            return
+        recent = self._total / self._count  # no call failed: all are successes
+        self.recent_latency = recent
+        if 2 * self._max_in_flight < limit or recent <= 0.0:
+            return  # the caller, not the backend, limited concurrency: no evidence
+        queue = limit * (1.0 - self.min_latency / recent)
+        step = _log10(limit)
+        if queue <= step:
+            limit += BETA * step  # no queue: the knee is further up
+        elif queue < ALPHA * step:
+            limit += step
+        elif queue > BETA * step:
+            limit -= step
+        self.limit = max(float(MIN_LIMIT), min(float(self.max_limit), limit))

@@ -1,8 +1,6 @@
-"""Adaptive concurrency: the gradient formula exactly, and the breaker's bulkhead following it."""
+"""Adaptive concurrency: the Vegas rule exactly, one decision per window, the bulkhead following."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 
@@ -13,81 +11,113 @@ from meshbreaker.errors import ConfigError
 from meshbreaker.testing import FakeClock
 
 
-def smoothed(limit: float, gradient: float) -> float:
-    """One step of the documented rule: 0.8 * limit + 0.2 * (limit * gradient + sqrt(limit))."""
-    return 0.8 * limit + 0.2 * (limit * gradient + math.sqrt(limit))
+class Calls:
+    """Calls ending one after another on a fake time line, all started after the last decision."""
+
+    def __init__(self, limiter: AdaptiveLimit) -> None:
+        self.limiter = limiter
+        self.now = 1000.0
+
+    def window(
+        self, latency: float, calls: int, in_flight: int | None = None, failed: int = 0
+    ) -> int:
+        """`calls` calls of `latency` (the first `failed` failing), all admitted from now on."""
+        start = self.now + 0.001  # after the last decision, whatever the rounding
+        limit = self.limiter.current
+        for index in range(calls):
+            self.now = start + latency + index * 1e-6
+            limit = self.limiter.update(
+                latency, index < failed, calls if in_flight is None else in_flight, self.now
+            )
+        return limit
 
 
-def test_the_limit_grows_while_latency_stays_at_its_minimum() -> None:
-    limiter = AdaptiveLimit(100)
-    assert limiter.current == 20
-    expected = 20.0
-    for _ in range(3):
-        limiter.update(0.010, False, 20)
-        expected = smoothed(expected, 1.0)
-    assert limiter.limit == pytest.approx(expected)
-    assert limiter.current == int(expected) == 22
+def test_the_limit_grows_fast_while_nothing_queues() -> None:
+    calls = Calls(AdaptiveLimit(100))
+    assert calls.limiter.current == 20
+    assert calls.window(0.010, 19, in_flight=20) == 20  # a window: as many calls as were in flight
+    assert calls.window(0.010, 1, in_flight=20) == 26  # 20 calls, queue 0: + BETA
+    assert calls.window(0.010, 26) == 32
+    assert calls.limiter.min_latency == 0.010
+    assert calls.limiter.recent_latency == pytest.approx(0.010)
 
 
-def test_the_limit_follows_the_ratio_of_minimum_to_recent_latency() -> None:
-    limiter = AdaptiveLimit(100)
-    limiter.update(0.010, False, 20)
-    expected, recent = smoothed(20.0, 1.0), 0.010
-    for _ in range(5):
-        limiter.update(0.050, False, 20)
-        recent += 0.1 * (0.050 - recent)  # the recent latency: an exponential average
-        expected = smoothed(expected, max(0.5, min(1.0, 1.5 * 0.010 / recent)))
-    assert limiter.recent_latency == pytest.approx(recent)
-    assert limiter.limit == pytest.approx(expected)
-    assert 0.75 > 1.5 * 0.010 / recent > 0.5  # the gradient was between its bounds
-    before = limiter.limit
-    for _ in range(30):
-        limiter.update(1.0, False, 20)  # the gradient never goes below 0.5 per sample
-    assert limiter.limit >= before * 0.5**30
-    assert limiter.min_latency == 0.010
+@pytest.mark.parametrize(
+    ("recent", "expected"),
+    [
+        (0.010 / (1 - 2 / 20), 21),  # queue 2: under ALPHA = 3, grow by 1
+        (0.010 / (1 - 4 / 20), 20),  # queue 4: between ALPHA and BETA, hold
+        (0.010 / (1 - 7 / 20), 19),  # queue 7: over BETA = 6, shrink by 1
+        (0.050, 19),  # queue 16: still only 1 a window
+    ],
+)
+def test_the_limit_keeps_the_queue_between_alpha_and_beta(recent: float, expected: int) -> None:
+    calls = Calls(AdaptiveLimit(100))
+    calls.limiter.min_latency = 0.010
+    assert calls.window(recent, 20) == expected
+    assert calls.limiter.recent_latency == pytest.approx(recent)
+
+
+def test_the_steps_scale_with_log10_of_the_limit() -> None:
+    calls = Calls(AdaptiveLimit(1000))
+    calls.limiter.limit = 150.0
+    calls.limiter.min_latency = 0.010
+    assert calls.window(0.010 / (1 - 5 / 150), 150) == 152  # queue 5 < 3 * 2: + 2
+    assert calls.window(0.010 / (1 - 13 / 152), 152) == 150  # queue 13 > 6 * 2: - 2
+    assert calls.window(0.010, 150) == 162  # no queue: + 6 * 2
 
 
 def test_one_slow_call_does_not_cut_the_limit() -> None:
-    limiter = AdaptiveLimit(100)
-    for _ in range(10):
-        limiter.update(0.010, False, 20)
-    before = limiter.limit
-    limiter.update(0.020, False, 20)  # recent = 0.011: still within 1.5 x the minimum
-    assert limiter.limit > before
+    calls = Calls(AdaptiveLimit(100))
+    calls.window(0.010, 20)
+    calls.window(0.010, 25, in_flight=26)
+    assert calls.window(0.020, 1, in_flight=26) == 32  # the window's mean is 10.4 ms: queue 0.96
+    assert calls.limiter.recent_latency == pytest.approx(0.010 + 0.010 / 26)
 
 
-def test_failures_cut_the_limit_once_per_half_a_limit_of_calls() -> None:
-    limiter = AdaptiveLimit(100)
-    limiter.update(0.01, True, 20)
-    assert limiter.limit == pytest.approx(18.0)
-    for _ in range(8):
-        limiter.update(0.01, True, 20)  # the same episode: no further cut
-    assert limiter.limit == pytest.approx(18.0)
-    limiter.update(0.01, True, 20)  # 9 = 18 / 2 calls later
-    assert limiter.limit == pytest.approx(18.0 * 0.9)
-    for _ in range(500):
-        limiter.update(0.01, True, 1)
-    assert limiter.current == 1
-
-
-def test_no_growth_while_the_caller_keeps_concurrency_low() -> None:
-    limiter = AdaptiveLimit(100)
+def test_a_window_with_failures_cuts_the_limit_once() -> None:
+    calls = Calls(AdaptiveLimit(100))
+    assert calls.window(0.010, 20, failed=20) == 18  # twenty failures, one window: one cut
+    assert calls.limiter.limit == pytest.approx(18.0)
+    assert calls.window(0.010, 18, failed=1) == int(18 * 0.9)
     for _ in range(50):
-        limiter.update(0.01, False, 3)  # 3 < 20 / 2: the caller limits, not the backend
-    assert limiter.limit == 20.0
+        calls.window(0.010, 10, failed=1)
+    assert calls.limiter.current == 1
+
+
+def test_calls_admitted_before_a_decision_are_not_evidence_for_the_next() -> None:
+    calls = Calls(AdaptiveLimit(100))
+    calls.window(0.010, 20)
+    assert calls.limiter.current == 26
+    decided = calls.now
+    for _ in range(100):  # slow calls that started before the decision: ignored
+        calls.limiter.update(0.5, False, 26, decided + 0.1)
+    assert calls.limiter.current == 26
+    calls.now = decided + 0.1
+    assert calls.window(0.010, 26) == 32  # the first window of calls admitted after it
+
+
+def test_no_change_while_the_caller_keeps_concurrency_low() -> None:
+    calls = Calls(AdaptiveLimit(100))
+    calls.limiter.min_latency = 0.010
+    for latency in (0.010, 0.050):
+        for _ in range(10):
+            assert calls.window(latency, 10, in_flight=9) == 20  # 9 < 20 / 2: the caller limits
 
 
 def test_the_cap_and_the_probe() -> None:
-    limiter = AdaptiveLimit(25)
-    for _ in range(100):
-        limiter.update(0.01, False, 25)
-    assert limiter.current == 25
-    for _ in range(PROBE_EVERY):
-        limiter.update(0.05, False, 25)  # the backend got slower for good
-    assert limiter.min_latency == 0.05  # measured again: the limit is not starved
-    before = limiter.limit
-    limiter.update(0.05, False, 25)
-    assert limiter.limit >= before
+    calls = Calls(AdaptiveLimit(25))
+    for _ in range(5):
+        calls.window(0.010, 25)
+    assert calls.limiter.current == 25
+    windows = 5
+    while calls.limiter.min_latency == 0.010:
+        calls.window(0.050, 25)  # the backend got slower for good: a queue of 0.8 x the limit
+        windows += 1
+    assert windows * 25 == PROBE_EVERY  # measured afresh from the window that reached it
+    assert calls.limiter.min_latency == 0.050
+    assert calls.limiter.current == 7 + 6  # down by 1 to 7 (queue 5.6), then no queue: + BETA
+    assert calls.window(0.050, 25) == 19
 
 
 def test_the_breaker_refuses_past_the_adaptive_limit() -> None:
@@ -106,21 +136,20 @@ def test_the_breaker_refuses_past_the_adaptive_limit() -> None:
     permits = [breaker.acquire() for _ in range(20)]
     with pytest.raises(BulkheadFullError):
         breaker.acquire()
-    for permit in permits[:10]:
-        permit.failure(0.01)  # 20 -> 18, then 9 calls later 16.2
-    assert breaker.snapshot().concurrency_limit == 16
-    for permit in permits[10:]:
-        permit.ignore()
-    assert breaker.snapshot().concurrency_limit == 16  # ignored calls are no evidence
-    held = [breaker.acquire() for _ in range(16)]
+    clock.advance(0.01)
+    for permit in permits:
+        permit.success(0.01)
+    assert breaker.snapshot().concurrency_limit == 26  # 20 in flight, no queue: + 6
+    clock.advance(0.01)  # calls admitted from here are the next window's
+    permits = [breaker.acquire() for _ in range(26)]
     with pytest.raises(BulkheadFullError):
         breaker.acquire()
-    expected = 20 * 0.9**2
-    for in_flight, permit in zip(range(16, 0, -1), held, strict=True):
-        permit.success(0.01)
-        if in_flight >= expected / 2:  # below that, the caller limited concurrency
-            expected = smoothed(expected, 1.0)
-    assert breaker.snapshot().concurrency_limit == int(expected) == 21
+    clock.advance(0.01)
+    for permit in permits[:5]:
+        permit.ignore()  # no evidence
+    for permit in permits[5:]:
+        permit.failure(0.01)
+    assert breaker.snapshot().concurrency_limit == int(26 * 0.9)  # one window, one cut
 
 
 def test_a_fixed_bulkhead_reports_its_limit_and_none_means_none() -> None:
