@@ -509,6 +509,46 @@ def test_shadow_mode_breakers_are_marked(
             agent.stop()
 
 
+def test_status_shows_the_concurrency_limits(
+    cli: Callable[..., tuple[int, str, str]], cp: ControlPlane
+) -> None:
+    """LIMIT: each instance's adaptive limit or bulkhead, summed per breaker; '-' for none."""
+    audit = "/bank.v1.AuditService/Record"
+    adaptive = BreakerRegistry(BreakerConfig(concurrency_limit="adaptive"))  # type: ignore[arg-type]
+    agents = [
+        MeshAgent(cp.target, "transaction", registry, instance_id=name,
+                  report_interval=60.0).start()
+        for name, registry in (
+            ("tx-adaptive", adaptive),
+            ("tx-fixed", BreakerRegistry(BreakerConfig(max_concurrent_calls=5))),
+            ("tx-none", BreakerRegistry()),
+        )
+    ]  # fmt: skip
+    try:
+        for agent in agents[:2]:
+            agent.registry.get(METHOD).acquire().success()
+        agents[2].registry.get(audit).acquire().success()
+
+        def reported() -> bool:
+            groups = cp.stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).groups
+            return {(g.name, g.instances) for g in groups} == {(METHOD, 2), (audit, 1)}
+
+        assert wait_until(reported)
+        status, out, _ = cli("status", "--instances")
+        assert status == 0
+        lines = out.splitlines()
+        assert lines[0].split()[-1] == "LIMIT"
+        assert next(line for line in lines if f"{METHOD} " in line).split()[-1] == "25"
+        assert next(line for line in lines if f"{audit} " in line).split()[-1] == "-"
+        rows = [line.split() for line in lines if line.startswith("transaction ")]
+        detail = {row[2]: row[7] for row in rows if row[2].startswith("tx-")}
+        assert detail["tx-adaptive"] == "20" and detail["tx-fixed"] == "5"
+        assert next(line for line in lines if "WINDOW" in line).split()[7] == "LIMIT"
+    finally:
+        for agent in agents:
+            agent.stop()
+
+
 def test_status_says_when_nothing_has_reported(cli: Callable[..., tuple[int, str, str]]) -> None:
     status, out, _ = cli("status")
     assert status == 0

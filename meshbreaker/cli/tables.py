@@ -24,7 +24,7 @@ _GROUP_COLUMNS = (
         Column(title, numeric=True)
         for title in (
             *("INSTANCES", "CLOSED", "OPEN", "HALF_OPEN", "FORCED", "SHADOW"),
-            *("FAILURE", "SLOW", "CALLS", "FAILED", "REJECTED", "THROTTLED"),
+            *("FAILURE", "SLOW", "CALLS", "FAILED", "REJECTED", "THROTTLED", "LIMIT"),
         )
     ),
 )
@@ -36,6 +36,7 @@ _DETAIL_COLUMNS = (
     Column("REVISION", numeric=True),
     Column("FAILURE", numeric=True),
     Column("WINDOW", numeric=True),
+    Column("LIMIT", numeric=True),
     Column("AGE", numeric=True),
     Column("EFFECTIVE CONFIG", cut="end", weight=3),
 )
@@ -129,6 +130,7 @@ def _group_table(groups: Sequence[pb.BreakerGroup], width: int | None) -> Table:
                 str(number)
                 for number in (group.total, group.failed, group.rejected, group.throttled)
             ),
+            _limit(group),
         ]
         for group in groups
     ]
@@ -145,6 +147,7 @@ def _detail_table(groups: Sequence[pb.BreakerGroup], width: int | None) -> Table
             str(item.applied_revision),
             _percent(item.snapshot.failure_rate),
             str(item.snapshot.window_calls),
+            _limit(item.snapshot),
             format_seconds(item.report_age),
             describe_effective(item.snapshot),
         ]
@@ -152,6 +155,11 @@ def _detail_table(groups: Sequence[pb.BreakerGroup], width: int | None) -> Table
         for item in group.instance_breakers
     ]
     return new_table(_DETAIL_COLUMNS, rows, width)
+
+
+def _limit(message: pb.BreakerGroup | pb.BreakerSnapshot) -> str:
+    """Calls in flight allowed now (a bulkhead or an adaptive limit); '-' for no limit."""
+    return str(message.concurrency_limit) if message.HasField("concurrency_limit") else "-"
 
 
 def _percent(rate: float) -> str:

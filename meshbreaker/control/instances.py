@@ -334,6 +334,8 @@ class InstanceTable:
                 group.failed += snapshot.failed
                 group.rejected += snapshot.rejected
                 group.throttled += snapshot.throttled
+                if snapshot.HasField("concurrency_limit"):
+                    group.concurrency_limit += snapshot.concurrency_limit
                 config = instance.configs.get(name)
                 if config is not None and config.mode == pb.MODE_SHADOW:
                     group.shadow += 1

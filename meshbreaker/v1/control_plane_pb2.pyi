@@ -1471,6 +1471,7 @@ class BreakerGroup(_message.Message):
     INSTANCE_BREAKERS_FIELD_NUMBER: _builtins.int
     THROTTLED_FIELD_NUMBER: _builtins.int
     SHADOW_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_LIMIT_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """caller service"""
     name: _builtins.str
@@ -1496,6 +1497,10 @@ class BreakerGroup(_message.Message):
     """Instances running this breaker in shadow mode (their state is the one it would be in; they
     never reject), from the effective config they last reported.
     """
+    concurrency_limit: _builtins.int
+    """Calls in flight its instances allow now (fixed bulkheads and adaptive limits), summed over
+    the instances that have one; unset when none has.
+    """
     @_builtins.property
     def instance_breakers(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceBreaker]:
         """only with include_instances"""
@@ -1519,12 +1524,15 @@ class BreakerGroup(_message.Message):
         instance_breakers: _abc.Iterable[Global___InstanceBreaker] | None = ...,
         throttled: _builtins.int = ...,
         shadow: _builtins.int = ...,
+        concurrency_limit: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_concurrency_limit", b"_concurrency_limit", "concurrency_limit", b"concurrency_limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "failed", b"failed", "failure_rate", b"failure_rate", "forced_closed", b"forced_closed", "forced_open", b"forced_open", "half_open", b"half_open", "instance_breakers", b"instance_breakers", "instances", b"instances", "name", b"name", "open", b"open", "rejected", b"rejected", "service", b"service", "shadow", b"shadow", "slow_call_rate", b"slow_call_rate", "throttled", b"throttled", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_concurrency_limit", b"_concurrency_limit", "closed", b"closed", "concurrency_limit", b"concurrency_limit", "failed", b"failed", "failure_rate", b"failure_rate", "forced_closed", b"forced_closed", "forced_open", b"forced_open", "half_open", b"half_open", "instance_breakers", b"instance_breakers", "instances", b"instances", "name", b"name", "open", b"open", "rejected", b"rejected", "service", b"service", "shadow", b"shadow", "slow_call_rate", b"slow_call_rate", "throttled", b"throttled", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__concurrency_limit: _TypeAlias = _typing.Literal["concurrency_limit"]  # noqa: Y015
+    _WhichOneofArgType__concurrency_limit: _TypeAlias = _typing.Literal["_concurrency_limit", b"_concurrency_limit"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__concurrency_limit) -> _WhichOneofReturnType__concurrency_limit | None: ...
 
 Global___BreakerGroup: _TypeAlias = BreakerGroup  # noqa: Y015
 
