@@ -22,6 +22,7 @@ from meshbreaker.grpc._calls import (
     TrackedStream,
     rejection,
 )
+from meshbreaker.grpc._retry_future import RetryingFuture
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.retry import RetryRun
 
@@ -121,11 +122,11 @@ class BreakerInterceptor(
         breaker: Any,
         run: RetryRun,
     ) -> Any:
-        """A blocking unary call retried by its method's RetryPolicy, each attempt guarded.
+        """A unary call retried by its method's RetryPolicy, each attempt guarded.
 
-        A future (`.future()`) is returned after its first attempt: retrying it would need a
-        timer thread per call; blocking calls and `.with_call()` are retried here, in the
-        caller's thread.
+        Blocking calls and `.with_call()` are retried here, in the caller's thread (grpc hands
+        over their attempts finished); a `.future()` becomes a RetryingFuture, retried from its
+        attempts' done-callbacks and the shared timer thread.
         """
         while True:
             try:
@@ -138,7 +139,8 @@ class BreakerInterceptor(
                 release(permit)
                 raise
             if not call.done():
-                return self._tracked(call, request, info, breaker, permit, details)
+                args = (continuation, details, request, info, breaker, run, call, permit)
+                return self._future(*args)
             code = call.code()
             delay = None
             if code is not grpc.StatusCode.OK:
@@ -150,6 +152,37 @@ class BreakerInterceptor(
             self._guard.record(permit, breaker, code)
             time.sleep(delay)
             details = _with_timeout(details, remaining(run))
+
+    def _future(
+        self,
+        continuation: Continuation,
+        details: Any,
+        request: Any,
+        info: MethodInfo,
+        breaker: Any,
+        run: RetryRun,
+        call: Any,
+        permit: Any,
+    ) -> Any:
+        """A `.future()` call whose first attempt is in flight, retried as a RetryingFuture."""
+        guard = self._guard
+        try:
+            future = RetryingFuture(
+                guard,
+                breaker,
+                run,
+                lambda timeout: continuation(_with_timeout(details, timeout), request),
+                lambda error: rejection(error, info.fallback, request),
+                call,
+                permit,
+            )
+            if info.fallback is not None and guard.fallback_on_failure:
+                return FallbackOnFailureCall(future, request, info.fallback, guard, breaker)
+            return future
+        except Exception:
+            logger.exception("meshbreaker: retrying %s failed", details.method)
+            release(permit)
+            return call
 
     def _stream(
         self, continuation: Continuation, details: Any, request: Any, replayable: bool = True

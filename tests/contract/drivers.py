@@ -130,6 +130,29 @@ class SyncDriver:
         )
 
 
+class FutureDriver(SyncDriver):
+    """SyncDriver whose unary-response calls are made with .future() and waited on."""
+
+    flavour = "sync-future"
+
+    async def unary(
+        self, request: bytes, method: str = UNARY, timeout: float | None = None
+    ) -> Seen:
+        multi: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(method)
+        future: Any = multi.future(request, timeout=timeout)
+        try:
+            value = future.result()
+        except grpc.RpcError as error:
+            return self._error(error)
+        return Seen(
+            value,
+            future.code(),
+            future.details(),
+            _pairs(future.initial_metadata()),
+            _pairs(future.trailing_metadata()),
+        )
+
+
 class AioDriver:
     """Calls through breaker_interceptors on a grpc.aio channel."""
 

@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import socket
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
 
 from meshbreaker import BreakerConfig, BreakerRegistry, CallNotPermittedError, ThrottledError
 from meshbreaker._adapter.retrying import next_delay
+from meshbreaker.grpc import BreakerInterceptor
+from meshbreaker.grpc._retry_future import Timer
 from meshbreaker.retry import RetryBudget, RetryPolicy, RetryRun
 from meshbreaker.testing import FakeClock
-from tests.contract.drivers import Driver
+from tests.contract.drivers import DRIVERS, Driver, FutureDriver
 from tests.grpc.bytes_server import BIDI, CLIENT_STREAM, CONFIG, SERVER_STREAM, UNARY, BytesServer
+from tests.server_support import wait_until
 
 # Backoffs of a millisecond at most: the tests wait for nothing but the server.
 FAST = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
 PATIENT = CONFIG.replace(consecutive_failures=0)  # never trips unless a test asks
+
+
+@pytest.fixture(params=[*sorted(DRIVERS), "sync-future"])
+async def driver(request: pytest.FixtureRequest, server: BytesServer) -> AsyncIterator[Driver]:
+    """Each flavour, and sync .future() calls (retried from callbacks and the timer thread)."""
+    flavours = {**DRIVERS, "sync-future": FutureDriver}
+    made = flavours[request.param](server)
+    yield made
+    await made.close()
 
 
 def retrying(clock: FakeClock, policy: RetryPolicy = FAST, **fields: object) -> BreakerRegistry:
@@ -200,3 +215,65 @@ async def test_bidi_streams_are_never_retried(
     driver.connect(retrying(clock))
     seen = await driver.bidi([b"flaky:1:UNAVAILABLE"])  # its requests cannot be sent again
     assert seen.code is grpc.StatusCode.UNAVAILABLE and server.count(BIDI) == 1
+
+
+def test_a_future_cancelled_while_waiting_to_retry_ends_at_once(
+    clock: FakeClock, server: BytesServer
+) -> None:
+    registry = retrying(clock, RetryPolicy(max_attempts=3, initial_backoff=0.001))
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(server.target), BreakerInterceptor(registry)
+    )
+    try:
+        multi: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(UNARY)
+        future: Any = multi.future(b"pushback:60000")  # the retry waits a minute
+        ended = threading.Event()
+        future.add_done_callback(lambda done: ended.set() if done is future else None)
+        assert wait_until(lambda: registry.get(UNARY).snapshot().failed == 1)
+        assert future.running() and not future.done()
+        assert future.cancel()
+        assert ended.is_set() and future.done() and future.cancelled()
+        assert future.code() is grpc.StatusCode.CANCELLED
+        with pytest.raises(grpc.FutureCancelledError):
+            future.result()
+        assert not future.cancel()  # over
+        assert server.count(UNARY) == 1
+    finally:
+        channel.close()
+
+
+def test_a_future_cancelled_in_flight_is_not_retried(clock: FakeClock, server: BytesServer) -> None:
+    registry = retrying(clock)
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(server.target), BreakerInterceptor(registry)
+    )
+    try:
+        multi: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(UNARY)
+        future: Any = multi.future(b"deadline")  # answers when the call ends
+        assert wait_until(lambda: server.count(UNARY) == 1)
+        assert future.cancel()
+        assert wait_until(future.done)
+        assert future.cancelled() and future.code() is grpc.StatusCode.CANCELLED
+        assert server.count(UNARY) == 1
+        assert registry.get(UNARY).snapshot().failed == 0  # a cancelled call is ignored
+    finally:
+        channel.close()
+
+
+def test_the_timer_runs_callables_in_order_of_their_due_time() -> None:
+    clock = FakeClock(0.0)
+    timer, ran = Timer(clock), []
+    done = threading.Event()
+
+    def last() -> None:
+        ran.append("last")
+        done.set()
+
+    timer.call_later(0.06, last)
+    timer.call_later(0.0, lambda: ran.append("first"))
+    assert wait_until(lambda: ran == ["first"])  # due now; the others wait for the clock
+    timer.call_later(0.03, lambda: ran.append("second"))
+    timer.call_later(0.03, lambda: ran.append("third"))  # a tie runs in the order scheduled
+    clock.advance(1.0)
+    assert done.wait(30)
+    assert ran == ["first", "second", "third", "last"]
