@@ -56,7 +56,6 @@ def closed_variants() -> dict[str, Callable[[int], None]]:
     guarded = circuit(cb)(work)
     cb_histogram = CircuitBreaker("bench-histogram", BreakerConfig())
     cb_histogram.track_durations()
-    cb_throttled = CircuitBreaker("bench-throttle", BreakerConfig(throttle_k=2.0))
     pb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
     cbr = circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=60)
     cbr_work = cbr.decorate(work)
@@ -72,11 +71,6 @@ def closed_variants() -> dict[str, Callable[[int], None]]:
 
     def mb_histogram(n: int) -> None:
         call = cb_histogram.call
-        for _ in range(n):
-            call(work)
-
-    def mb_throttle(n: int) -> None:
-        call = cb_throttled.call
         for _ in range(n):
             call(work)
 
@@ -126,7 +120,6 @@ def closed_variants() -> dict[str, Callable[[int], None]]:
         "bare": bare,
         "meshbreaker cb.call": mb_call,
         "meshbreaker cb.call + duration histogram": mb_histogram,
-        "meshbreaker cb.call + adaptive throttling": mb_throttle,
         "meshbreaker @circuit": mb_decorator,
         "meshbreaker guard()": mb_guard,
         "meshbreaker acquire/success": mb_permit,
@@ -134,6 +127,45 @@ def closed_variants() -> dict[str, Callable[[int], None]]:
         "circuitbreaker": circuitbreaker_call,
         "reference: call(fn) + 2 clock reads + lock": reference_closed,
     }
+
+
+def throttle_variants() -> dict[str, Callable[[int], None]]:
+    """cb.call with throttling off, on (quiet), and off on a second breaker: the A/A control."""
+
+    def calling(config: BreakerConfig, name: str) -> Callable[[int], None]:
+        call = CircuitBreaker(name, config).call
+
+        def run(n: int) -> None:
+            for _ in range(n):
+                call(work)
+
+        return run
+
+    return {
+        "cb.call": calling(BreakerConfig(), "bench-off"),
+        "cb.call + adaptive throttling": calling(BreakerConfig(throttle_k=2.0), "bench-throttle"),
+        "cb.call, a second breaker (A/A)": calling(BreakerConfig(), "bench-off-again"),
+    }
+
+
+def alternating(
+    variants: dict[str, Callable[[int], None]], *, rounds: int, calls: int
+) -> dict[str, list[float]]:
+    """Like interleaved(), with the order reversed every other round: no variant always runs first.
+
+    For ratios near 1, where running first or last in a round (cache, allocator, the machine's
+    drift within a round) is as large as the difference measured.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for run in variants.values():
+        run(min(calls, 2000))  # warm-up
+    order = list(variants)
+    for index in range(rounds):
+        for name in order if index % 2 == 0 else reversed(order):
+            start = time.perf_counter_ns()
+            variants[name](calls)
+            samples[name].append((time.perf_counter_ns() - start) / calls)
+    return samples
 
 
 def open_variants() -> dict[str, Callable[[int], None]]:
@@ -247,6 +279,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     rounds, calls = (5, 5_000) if quick else (15, 20_000)
     closed = interleaved(closed_variants(), rounds=rounds, calls=calls)
     rejected = interleaved(open_variants(), rounds=rounds, calls=calls)
+    throttling = alternating(throttle_variants(), rounds=2 * rounds, calls=calls)
     awaited = interleaved(async_variants(), rounds=rounds, calls=calls)
 
     thread_rounds, thread_calls = (3, 30) if quick else (7, 100)
@@ -266,6 +299,7 @@ def main(quick: bool = False) -> dict[str, Any]:
         "memory_breakers": breakers,
         "closed_ns": {k: statistics.median(v) for k, v in closed.items()},
         "open_ns": {k: statistics.median(v) for k, v in rejected.items()},
+        "throttle_ns": {k: statistics.median(v) for k, v in throttling.items()},
         "async_ns": {k: statistics.median(v) for k, v in awaited.items()},
         "threads_calls_per_s": {k: statistics.median(v) for k, v in per_round.items()},
         "ratios": {
@@ -280,7 +314,10 @@ def main(quick: bool = False) -> dict[str, Any]:
                 closed, "meshbreaker cb.call + duration histogram", "meshbreaker cb.call"
             ),
             "closed cb.call throttling on / off": median_ratio(
-                closed, "meshbreaker cb.call + adaptive throttling", "meshbreaker cb.call"
+                throttling, "cb.call + adaptive throttling", "cb.call"
+            ),
+            "closed cb.call A/A: a second breaker / the first (noise)": median_ratio(
+                throttling, "cb.call, a second breaker (A/A)", "cb.call"
             ),
             "rejection / pybreaker": median_ratio(rejected, "meshbreaker OPEN", "pybreaker OPEN"),
             "rejection / circuitbreaker": median_ratio(
@@ -323,7 +360,7 @@ def main(quick: bool = False) -> dict[str, Any]:
 
 def _print(results: dict[str, Any]) -> None:
     rows = []
-    for group in ("closed_ns", "open_ns", "async_ns"):
+    for group in ("closed_ns", "throttle_ns", "open_ns", "async_ns"):
         for name, ns in results[group].items():
             rows.append([group.removesuffix("_ns"), name, f"{ns:,.0f} ns"])
     for name, rate in results["threads_calls_per_s"].items():
