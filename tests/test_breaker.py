@@ -17,6 +17,7 @@ from meshbreaker import (
     CircuitBreaker,
     Mode,
     Outcome,
+    Permit,
     State,
     WindowType,
 )
@@ -247,6 +248,14 @@ def test_forced_open_rejects_and_forced_closed_never_trips(clock: FakeClock) -> 
     assert cb.snapshot().window_calls == 0
 
 
+def test_clearing_no_override_keeps_the_window(clock: FakeClock) -> None:
+    cb = make(clock)
+    fail(cb, 2)
+    cb.clear_override()  # automatic already: not a return to CLOSED with a fresh window
+    snap = cb.snapshot()
+    assert snap.state is State.CLOSED and snap.window_calls == 2 and snap.failure_rate == 1.0
+
+
 def test_shadow_mode_never_rejects_but_counts(clock: FakeClock) -> None:
     cb = make(clock, consecutive_failures=2, mode=Mode.SHADOW, half_open_max_calls=1)
     fail(cb, 2)
@@ -326,6 +335,15 @@ def test_guard_records_block(clock: FakeClock) -> None:
     assert cb.state is State.OPEN
     with pytest.raises(CallNotPermittedError), cb.guard():
         pytest.fail("the block must not run")
+
+
+def test_guard_gives_the_block_its_permit(clock: FakeClock) -> None:
+    cb = make(clock)
+    with cb.guard() as permit:
+        assert isinstance(permit, Permit) and not permit.done
+        permit.ignore()  # the block may report itself; the exit then reports nothing more
+    snap = cb.snapshot()
+    assert permit.done and (snap.ignored, snap.successful) == (1, 0)
 
 
 async def test_call_async(clock: FakeClock) -> None:

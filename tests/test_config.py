@@ -45,6 +45,9 @@ BAD_VALUES = [
     ("open_duration", -5),
     ("open_duration_max", 1.0),  # below open_duration
     ("backoff_multiplier", 0.5),
+    ("backoff_multiplier", math.nan),
+    ("backoff_multiplier", math.inf),
+    ("backoff_multiplier", "2"),
     ("open_jitter", 1.0),
     ("open_jitter", -0.1),
     ("half_open_max_calls", 0),
@@ -55,6 +58,7 @@ BAD_VALUES = [
     ("failure_codes", ["UNAVAILABLE", "NOPE"]),
     ("failure_codes", "UNAVAILABLE"),
     ("failure_codes", ["OK"]),
+    ("failure_codes", 5),  # not a collection: a ConfigError, not a TypeError
     ("ignored_codes", ["UNAVAILABLE"]),  # both failed and ignored
 ]
 
@@ -65,6 +69,16 @@ def test_bad_value_names_the_field(field: str, value: object) -> None:
         BreakerConfig(**{field: value})  # type: ignore[arg-type]
     assert info.value.field == field
     assert field in str(info.value)
+
+
+@pytest.mark.parametrize(("window_type", "maximum"), [("time", 3600), ("count", 1_000_000)])
+def test_a_window_may_be_as_large_as_its_maximum_and_no_larger(
+    window_type: str, maximum: int
+) -> None:
+    assert BreakerConfig(window_type=window_type, window_size=maximum).window_size == maximum  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as info:
+        BreakerConfig(window_type=window_type, window_size=maximum + 1)  # type: ignore[arg-type]
+    assert info.value.field == "window_size" and f"{maximum}" in str(info.value)
 
 
 def test_enums_and_codes_are_normalised() -> None:

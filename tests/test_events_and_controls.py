@@ -88,6 +88,33 @@ def test_config_updates_are_events(clock: FakeClock) -> None:
     assert [e.kind for e in events] == [EventKind.CONFIG_UPDATED]
 
 
+def test_overrides_and_their_clearing_reach_state_listeners(clock: FakeClock) -> None:
+    cb = make(clock)
+    changes: list[tuple[str, State, State]] = []
+    cb.on_state_change(lambda name, old, new: changes.append((name, old, new)))
+    cb.force_open()
+    cb.force_closed()
+    cb.clear_override()
+    cb.clear_override()  # nothing to clear: no transition
+    assert changes == [
+        ("dep", State.CLOSED, State.FORCED_OPEN),
+        ("dep", State.FORCED_OPEN, State.FORCED_CLOSED),
+        ("dep", State.FORCED_CLOSED, State.CLOSED),
+    ]
+
+
+def test_observe_tells_listeners_of_the_transition_it_makes(clock: FakeClock) -> None:
+    cb = make(clock)
+    changes: list[tuple[State, State]] = []
+    cb.on_state_change(lambda name, old, new: changes.append((old, new)))
+    cb.acquire().failure()
+    clock.advance(10.0)
+    observation = cb.observe()  # the first to look after the open period moves it on
+    assert observation.snapshot.state is State.HALF_OPEN
+    assert changes == [(State.CLOSED, State.OPEN), (State.OPEN, State.HALF_OPEN)]
+    assert observation.transitions[(State.OPEN, State.HALF_OPEN)] == 1
+
+
 def test_transition_to_half_open_lets_probes_go_now(clock: FakeClock) -> None:
     cb = make(clock, half_open_max_calls=1, half_open_success_threshold=1)
     cb.acquire().failure()

@@ -96,6 +96,17 @@ def test_same_bounds_keep_counts_other_bounds_restart_none_drops(clock: FakeCloc
     assert cb.duration_histogram() is None
 
 
+def test_successes_from_before_tracking_began_are_left_out(clock: FakeClock) -> None:
+    cb = CircuitBreaker("dep", clock=clock)
+    for _ in range(3):
+        cb.acquire().success(0.001)  # logged lock-free, not yet counted when tracking begins
+    cb.track_durations()
+    cb.acquire().success(0.002)
+    snapshot = cb.duration_histogram()
+    assert snapshot is not None and snapshot.count == 1
+    assert cb.snapshot().successful == 4
+
+
 def test_registry_tracks_durations_in_present_and_future_breakers(clock: FakeClock) -> None:
     registry = BreakerRegistry(clock=clock)
     before = registry.get("/a.S/M")

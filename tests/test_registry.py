@@ -97,6 +97,9 @@ def test_replace_policies_is_all_or_nothing(clock: FakeClock) -> None:
     assert "selector" in str(info.value)
     with pytest.raises(ConfigError):
         reg.replace_policies({METHOD: good}, overrides={METHOD: State.OPEN})
+    with pytest.raises(ConfigError) as info:
+        reg.replace_policies({METHOD: good}, overrides={"/broken": State.FORCED_OPEN})
+    assert "selector" in str(info.value)
     assert reg.policies() == {} and cb.config == BreakerConfig()
     reg.replace_policies({METHOD: good}, default=BreakerConfig(minimum_calls=2))
     assert cb.config == good and reg.default.minimum_calls == 2
