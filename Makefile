@@ -45,7 +45,8 @@ proto: $(STAMP)
 	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
 	  --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
 	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
-	  protos/meshbreaker/v1/control_plane.proto protos/meshbreaker/v1/xds.proto
+	  protos/meshbreaker/v1/control_plane.proto protos/meshbreaker/v1/mesh.proto \
+	  protos/meshbreaker/v1/xds.proto
 	$(BIN)/python -m examples.banking.gen_protos
 
 clean:

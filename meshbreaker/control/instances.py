@@ -46,6 +46,7 @@ class Instance:
     store_mismatch: pb.StoreMismatch | None = None
     # Breaker name -> its effective config as last reported (sent only when it changes).
     configs: dict[str, pb.BreakerConfig] = field(default_factory=dict)
+    replica: str = ""  # the other replica it reports to ("" = this one)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class MeshView:
     reports_received: int  # ReportState calls accepted
     nacks_received: int  # NACKs, each counted once however often an instance repeats it
     instances: tuple[InstanceView, ...]
+    replicas: int = 1  # replicas known alive on the store, this one included
 
 
 class InstanceTable:
@@ -93,6 +95,12 @@ class InstanceTable:
         self._last_sweep = -math.inf
         self.reports_received = 0
         self.nacks_received = 0
+        # Instances other replicas serve, by (replica id, instance id): kept by replica_mesh.
+        self.remote: dict[tuple[str, str], Instance] = {}
+        # What changed since replica_mesh last shared it (ids), and what it must share soon.
+        self.changed: set[str] = set()
+        self.removed: set[str] = set()
+        self.on_urgent_change: Callable[[], None] = _nothing
 
     def __len__(self) -> int:
         return len(self._instances)
@@ -122,7 +130,30 @@ class InstanceTable:
         for key in expired:
             instance = self._instances.pop(key)
             self._forget(instance)
+            self.changed.discard(key)
+            self.removed.add(key)
             logger.info("instance %s of %s stopped reporting", key, instance.service)
+        if expired:
+            self.on_urgent_change()
+
+    def local(self) -> Mapping[str, Instance]:
+        """The instances reporting to this replica, by id (do not change the mapping)."""
+        return self._instances
+
+    def live(self, now: float) -> list[Instance]:
+        """Every live instance, this replica's and the other replicas', sorted by id.
+
+        An instance reporting here hides any other replica's record of it (it failed over);
+        of two other replicas' records, the fresher one is shown.
+        """
+        live = dict(self._instances)
+        for instance in self.remote.values():
+            if now - instance.last_seen > self._report_ttl:
+                continue  # its replica stopped vouching for it
+            held = live.get(instance.instance_id)
+            if held is None or (held.replica and held.last_seen < instance.last_seen):
+                live[instance.instance_id] = instance
+        return [live[key] for key in sorted(live)]
 
     def _forget(self, instance: Instance) -> None:
         self.reported_breakers -= len(instance.breakers)
@@ -212,6 +243,7 @@ class InstanceTable:
         _check_reported_configs(request, instance)
         self._check_bounds(request, instance)
         new = instance is None
+        self.changed.add(request.instance_id)
         if instance is None:
             if len(self._instances) >= self._limits.max_instances:
                 raise Refused(
@@ -221,6 +253,8 @@ class InstanceTable:
             instance = Instance(request.instance_id, request.service, now, key=request.instance_key)
             self._instances[request.instance_id] = instance
             self._per_service[instance.service] = self._per_service.get(instance.service, 0) + 1
+            self.removed.discard(request.instance_id)
+            self.on_urgent_change()
         instance.last_seen = now
         instance.applied_revision = request.applied_revision
         instance.applied_store_id = request.applied_store_id
@@ -301,7 +335,7 @@ class InstanceTable:
         """Fill `response` with the live instances and breaker groups that match `request`."""
         self.expire(now)
         groups: dict[tuple[str, str], pb.BreakerGroup] = {}
-        for instance in sorted(self._instances.values(), key=lambda i: i.instance_id):
+        for instance in self.live(now):
             if request.service and instance.service != request.service:
                 continue
             response.instances.append(
@@ -359,7 +393,7 @@ class InstanceTable:
             response.groups.append(group)
 
     def views(self, now: float) -> tuple[InstanceView, ...]:
-        """Every live instance (expired ones are swept first), sorted by id."""
+        """Every live instance, other replicas' too (expired ones are swept first), sorted by id."""
         self.expire(now)
         return tuple(
             InstanceView(
@@ -370,8 +404,12 @@ class InstanceTable:
                 nacking=instance.nack is not None,
                 breakers=instance.breakers,
             )
-            for instance in sorted(self._instances.values(), key=lambda i: i.instance_id)
+            for instance in self.live(now)
         )
+
+
+def _nothing() -> None:
+    """No one to tell."""
 
 
 def _check_reported_configs(request: pb.ReportStateRequest, instance: Instance | None) -> None:

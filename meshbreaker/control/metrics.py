@@ -118,6 +118,10 @@ def _health_families(view: MeshView) -> list[Metric]:
     watch_streams.add_metric([], view.watch_streams)
     revision = GaugeMetricFamily(f"{prefix}_revision", "The policy store revision")
     revision.add_metric([], view.revision)
+    replicas = GaugeMetricFamily(
+        f"{prefix}_replicas", "Control-plane replicas alive on the store (this one included)"
+    )
+    replicas.add_metric([], view.replicas)
     reports = CounterMetricFamily(f"{prefix}_reports", "ReportState calls accepted")
     reports.add_metric([], view.reports_received)
     nacks = CounterMetricFamily(
@@ -152,7 +156,17 @@ def _health_families(view: MeshView) -> list[Metric]:
     for service, (live, nacks_now) in sorted(per_service.items()):
         instances.add_metric([service], live)
         nacking.add_metric([service], nacks_now)
-    return [watch_streams, revision, reports, nacks, instances, nacking, report_age, applied]
+    return [
+        watch_streams,
+        revision,
+        replicas,
+        reports,
+        nacks,
+        instances,
+        nacking,
+        report_age,
+        applied,
+    ]
 
 
 def _xds_families(view: XdsView) -> list[Metric]:

@@ -87,6 +87,11 @@ class ServerOptions:
     `keepalive_time` seconds without traffic and drops it when no answer comes within
     `keepalive_timeout`, so a frozen client's streams are reclaimed. The fleet decider (expiring
     overrides, quorum opens, probe periods) looks at the mesh every `decider_tick` seconds.
+
+    Replicas on a shared store (etcd) show each other's instances: each shares what changed of
+    its instances every `replica_publish_interval` seconds (sooner for transitions, NACKs and
+    instances come or gone), on a store lease of `replica_lease_ttl` seconds (whole seconds, at
+    least 2) that expires when the replica dies, taking its instances out of every view.
     """
 
     host: str = "127.0.0.1"
@@ -111,6 +116,8 @@ class ServerOptions:
     keepalive_time: float = 30.0
     keepalive_timeout: float = 10.0
     decider_tick: float = 1.0
+    replica_lease_ttl: float = 10.0
+    replica_publish_interval: float = 5.0
 
     def __post_init__(self) -> None:
         report_ttl = self.report_ttl
@@ -125,6 +132,8 @@ class ServerOptions:
             "keepalive_time",
             "keepalive_timeout",
             "decider_tick",
+            "replica_lease_ttl",
+            "replica_publish_interval",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -360,6 +369,8 @@ class ControlPlaneServer:
             limits=self.limits,
             san_names_service=self.options.tls_client_names_service,
             decider_tick=self.options.decider_tick,
+            replica_lease_ttl=self.options.replica_lease_ttl,
+            replica_publish_interval=self.options.replica_publish_interval,
         )
         if self.options.metrics_port is not None:
             # Bound before the gRPC port, so failing here leaves no gRPC port to release.
@@ -416,6 +427,7 @@ class ControlPlaneServer:
             await self._close_xds()
             raise OSError(f"cannot bind the control plane to {address} (address in use?)")
         await server.start()
+        servicer.start_sharing()
         if self.options.insecurities and not is_loopback(self.host):
             logger.warning(
                 "control plane on %s runs %s (--insecure): anyone who can reach it can read "

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -34,6 +35,7 @@ from meshbreaker.control.instances import InstanceTable, MeshView
 from meshbreaker.control.limits import Limits
 from meshbreaker.control.overrides import MAX_OVERRIDE_SECONDS, set_override
 from meshbreaker.control.policies import Follower, PolicyIndex, Update
+from meshbreaker.control.replica_mesh import ReplicaMesh, new_replica_id
 from meshbreaker.control.store import (
     AuditEntry,
     PolicyStore,
@@ -88,6 +90,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         limits: Limits,
         san_names_service: bool = False,
         decider_tick: float = DEFAULT_TICK,
+        replica_lease_ttl: float = 10.0,
+        replica_publish_interval: float = 5.0,
     ) -> None:
         self._store = store
         self._store_id = store.store_id
@@ -100,7 +104,21 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         self._limits = limits
         self.events = EventBus(limits.event_queue_size, wall_clock, limits.event_history)
         self._instances = InstanceTable(
-            report_ttl=report_ttl, limits=limits, publish=self.events.publish
+            report_ttl=report_ttl, limits=limits, publish=self._publish_local
+        )
+        # Replicas on a shared store show each other's instances (none on a one-replica store).
+        presence = store.presence(new_replica_id(), math.ceil(replica_lease_ttl))
+        self._mesh = (
+            None
+            if presence is None
+            else ReplicaMesh(
+                presence,
+                self._instances,
+                self.events.publish,
+                clock=clock,
+                wall_clock=wall_clock,
+                interval=replica_publish_interval,
+            )
         )
         revision, policies = store.list()
         self._revision = revision  # the newest revision applied here (loop side)
@@ -119,15 +137,28 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         )
         self.decider.start()
 
+    def start_sharing(self) -> None:
+        """Begin sharing this replica's instances and following the others' (once serving)."""
+        if self._mesh is not None:
+            self._mesh.start()
+
     @property
     def revision(self) -> int:
         """The store revision as this server last wrote or loaded it."""
         return self._revision
 
     async def drain(self) -> None:
-        """Stop deciding; wait for writes in progress (their clients may be gone) to finish."""
+        """Stop deciding; wait for writes in progress (their clients may be gone); stop sharing."""
         await self.decider.stop()
         await self._writer.drain()
+        if self._mesh is not None:
+            await self._mesh.stop()
+
+    def _publish_local(self, event: pb.Event) -> None:
+        """An event of an instance reporting here: on the bus, and shared with other replicas."""
+        self.events.publish(event)
+        if self._mesh is not None:
+            self._mesh.note_event(event)
 
     def close(self) -> None:
         """Stop following the store and the store worker thread."""
@@ -279,6 +310,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             reports_received=self._instances.reports_received,
             nacks_received=self._instances.nacks_received,
             instances=instances,
+            replicas=1 if self._mesh is None else self._mesh.replicas,
         )
 
     # -- policies --------------------------------------------------------------------------

@@ -13,6 +13,8 @@ import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from meshbreaker.control.store.presence import Presence
+
 # The store's errors live in the one tree of meshbreaker.errors; re-exported for the stores.
 from meshbreaker.errors import ClusterNotFoundError as ClusterNotFoundError
 from meshbreaker.errors import CompactedError as CompactedError
@@ -117,6 +119,10 @@ class PolicyStore(abc.ABC):
     @abc.abstractmethod
     def audit_log(self, *, since_revision: int = 0, limit: int = 1000) -> builtins.list[AuditEntry]:
         """Changes with a revision > since_revision, oldest first, at most `limit`."""
+
+    def presence(self, replica_id: str, ttl: int) -> Presence | None:
+        """Records this replica shares with the others on the store, or None (one replica only)."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; the store is unusable afterwards."""

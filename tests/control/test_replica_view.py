@@ -1,0 +1,205 @@
+"""Any replica shows the whole mesh: instances, breakers and events of agents on other replicas.
+
+Replicas on one real etcd share their instances through records on leases (replica_mesh); a
+replica that stops takes its instances out of every view, and they come back through the
+replica their agents fail over to. Publishing is fast here (0.1 s) so the tests wait little.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from meshbreaker.config import BreakerConfig
+from meshbreaker.control import replica_mesh
+from meshbreaker.control.agent import MeshAgent
+from meshbreaker.control.instances import MeshView
+from meshbreaker.control.store.etcd import EtcdStore
+from meshbreaker.registry import BreakerRegistry
+from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+from meshbreaker.v1 import mesh_pb2
+from tests.control.agent_support import METHOD, AdminStub, ControlPlaneThread
+from tests.etcd_support import EtcdServer
+from tests.server_support import ServerThread, wait_until
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    with EtcdServer(tmp_path / "etcd") as server:
+        yield server
+
+
+@pytest.fixture
+def replicas(
+    etcd: EtcdServer, control_plane_thread: ControlPlaneThread
+) -> Callable[[int], list[ServerThread]]:
+    def start(count: int) -> list[ServerThread]:
+        return [
+            control_plane_thread(
+                store=etcd.url,
+                report_ttl=5.0,
+                replica_publish_interval=0.1,
+                replica_lease_ttl=2,
+            )
+            for _ in range(count)
+        ]
+
+    return start
+
+
+@pytest.fixture
+def agents() -> Iterator[Callable[..., MeshAgent]]:
+    started: list[MeshAgent] = []
+
+    def start(target: str | list[str], service: str) -> MeshAgent:
+        registry = BreakerRegistry(BreakerConfig(consecutive_failures=1, open_duration=60.0))
+        agent = MeshAgent(target, service, registry, report_interval=0.2).start()
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()
+
+
+def listed(stub: pb_grpc.ControlPlaneStub, **request: object) -> pb.ListBreakersResponse:
+    return stub.ListBreakers(pb.ListBreakersRequest(**request), timeout=10)  # type: ignore[arg-type]
+
+
+def test_every_replica_lists_every_instance_with_its_breakers_and_configs(
+    replicas: Callable[[int], list[ServerThread]],
+    agents: Callable[..., MeshAgent],
+    admin_stub: AdminStub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Tiny record parts: an instance's breakers are spread over several records and reassembled.
+    monkeypatch.setattr(replica_mesh, "PART_BYTES", 200)
+    planes = replicas(2)
+    near = agents(planes[0].target, "transaction")
+    far = agents(planes[1].target, "gateway")
+    for index in range(5):
+        far.registry.get(f"/bank.v1.AccountService/M{index}").acquire().success()
+    near.registry.get(METHOD).acquire().success()
+    stubs = [admin_stub(plane.target) for plane in planes]
+    everyone = {near.instance_id, far.instance_id}
+
+    def whole(stub: pb_grpc.ControlPlaneStub) -> bool:
+        answer = listed(stub, include_instances=True)
+        breakers = {(group.service, group.name): group.total for group in answer.groups}
+        return {i.instance_id for i in answer.instances} == everyone and len(breakers) == 6
+
+    for stub in stubs:
+        assert wait_until(functools.partial(whole, stub), timeout=10)
+    answer = listed(stubs[0], service="gateway", include_instances=True)
+    assert [instance.instance_id for instance in answer.instances] == [far.instance_id]
+    assert [group.name for group in answer.groups] == [
+        f"/bank.v1.AccountService/M{index}" for index in range(5)
+    ]
+    for group in answer.groups:
+        assert group.total == 1 and group.closed == 1
+        # The effective config an instance reported travels with its breaker.
+        (item,) = group.instance_breakers
+        assert item.instance_id == far.instance_id
+        assert item.snapshot.config.consecutive_failures == 1
+    # The replica's own view for /metrics counts both instances and both replicas.
+    view = planes[0].call(_mesh_view(planes[0]))
+    assert {instance.instance_id for instance in view.instances} == everyone
+    assert view.replicas == 2
+
+
+async def _mesh_view(plane: ServerThread) -> MeshView:
+    return plane.running.servicer.mesh_view()
+
+
+def test_a_transition_on_one_replica_is_an_event_on_every_other(
+    replicas: Callable[[int], list[ServerThread]],
+    agents: Callable[..., MeshAgent],
+    admin_stub: AdminStub,
+) -> None:
+    planes = replicas(2)
+    agent = agents(planes[0].target, "transaction")
+    remote = admin_stub(planes[1].target)
+    assert wait_until(
+        lambda: any(i.instance_id == agent.instance_id for i in listed(remote).instances),
+        timeout=10,
+    )
+    events = remote.WatchEvents(pb.WatchEventsRequest(service="transaction"), timeout=10)
+    agent.registry.get(METHOD).acquire().failure()  # consecutive_failures=1: it opens
+    transitions = []
+    for event in events:
+        if event.HasField("transition"):
+            transitions.append(event.transition)
+            break
+    events.cancel()
+    (transition,) = transitions
+    assert transition.instance_id == agent.instance_id
+    assert transition.name == METHOD
+    assert transition.to_state == pb.BREAKER_STATE_OPEN
+    # The group's state on the other replica follows within a publish.
+    assert wait_until(
+        lambda: [g.open for g in listed(remote, state=pb.BREAKER_STATE_OPEN).groups] == [1],
+        timeout=10,
+    )
+
+
+def test_a_stopped_replicas_instances_leave_every_view_and_come_back_by_failover(
+    replicas: Callable[[int], list[ServerThread]],
+    agents: Callable[..., MeshAgent],
+    admin_stub: AdminStub,
+) -> None:
+    planes = replicas(3)
+    agent = agents([planes[0].target, planes[1].target], "transaction")
+    assert wait_until(lambda: agent.connected, timeout=10)
+    home, other = (planes[0], planes[1]) if agent.target == planes[0].target else planes[1::-1]
+    watcher = admin_stub(planes[2].target)
+
+    def seen_on(target: str | None) -> bool:
+        answer = listed(watcher)
+        return [i.instance_id for i in answer.instances] == [agent.instance_id] and (
+            target is None or agent.target == target
+        )
+
+    assert wait_until(lambda: seen_on(None), timeout=10)
+    home.stop()  # gives its lease back: its records go at once
+    # The agent is on the other replica, and replica 2 shows it once, served from there.
+    assert wait_until(lambda: seen_on(other.target), timeout=10)
+    assert len(listed(watcher).instances) == 1
+
+
+def test_a_crashed_replicas_records_expire_with_its_lease(etcd: EtcdServer) -> None:
+    crashed = EtcdStore([etcd.endpoint], prefix="/lease/")
+    watching = EtcdStore([etcd.endpoint], prefix="/lease/")
+    try:
+        presence = crashed.presence("crashed", ttl=2)
+        assert presence is not None
+        heartbeat = mesh_pb2.ReplicaHeartbeat(replica_id="crashed", instances=1)
+        assert presence.publish({"heartbeat": heartbeat.SerializeToString(), "instance/x/0": b""})
+        observer = watching.presence("observer", ttl=2)
+        assert observer is not None
+        feed = observer.feed()
+        try:
+            reset, changes = feed.next(timeout=5)
+            assert reset
+            assert {(c.replica_id, c.name) for c in changes} == {
+                ("crashed", "heartbeat"),
+                ("crashed", "instance/x/0"),
+            }
+            # The process dies: its etcd connections go, its lease is never given back.
+            crashed.close()
+            gone: set[str] = set()
+
+            def all_gone() -> bool:
+                gone.update(c.name for c in feed.next(timeout=0.1)[1] if c.value is None)
+                return gone == {"heartbeat", "instance/x/0"}
+
+            assert wait_until(all_gone, timeout=10)
+        finally:
+            feed.close()
+            observer.close()
+    finally:
+        crashed.close()
+        watching.close()
