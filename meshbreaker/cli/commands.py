@@ -62,6 +62,7 @@ def control_plane(args: argparse.Namespace) -> int:
             report_ttl=args.report_ttl,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
+            metrics_instance_breakers=args.metrics_instance_breakers,
             xds=args.xds,
         )
     return 0

@@ -144,6 +144,13 @@ def _add_control_plane(subcommands: _Subcommands) -> None:
         "--metrics-host", help="address for the metrics endpoint (default: the --host address)"
     )
     serve.add_argument(
+        "--metrics-instance-breakers",
+        type=arg_types.count,
+        default=2_000,
+        help="metrics per instance up to this many reported breakers, then summed per caller "
+        'service with instance="*" (default %(default)s)',
+    )
+    serve.add_argument(
         "--xds",
         action="store_true",
         help="also serve policies and the cluster registry over xDS (ADS) on this port "

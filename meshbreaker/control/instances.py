@@ -71,6 +71,7 @@ class MeshView:
     nacks_received: int  # NACKs, each counted once however often an instance repeats it
     instances: tuple[InstanceView, ...]
     replicas: int = 1  # replicas known alive on the store, this one included
+    version: int = 0  # changes whenever a breaker of `instances` may have changed
 
 
 class InstanceTable:
@@ -101,6 +102,7 @@ class InstanceTable:
         self.changed: set[str] = set()
         self.removed: set[str] = set()
         self.on_urgent_change: Callable[[], None] = _nothing
+        self.version = 0  # moves on with every change of what the table holds
 
     def __len__(self) -> int:
         return len(self._instances)
@@ -134,6 +136,7 @@ class InstanceTable:
             self.removed.add(key)
             logger.info("instance %s of %s stopped reporting", key, instance.service)
         if expired:
+            self.version += 1
             self.on_urgent_change()
 
     def local(self) -> Mapping[str, Instance]:
@@ -244,6 +247,7 @@ class InstanceTable:
         self._check_bounds(request, instance)
         new = instance is None
         self.changed.add(request.instance_id)
+        self.version += 1
         if instance is None:
             if len(self._instances) >= self._limits.max_instances:
                 raise Refused(

@@ -1,33 +1,26 @@
 """The control plane's /metrics: every live instance's breakers as last reported, and its health.
 
 Needs the `prometheus` extra; the server imports this module only when a metrics port is set.
-Scrapes run on prometheus_client's HTTP threads while the server's state lives on its asyncio
-loop, so a scrape asks the loop for a `MeshView` (one short, await-free call there) and builds
-the families from that copy on its own thread.
+Scrapes run on the metrics server's HTTP threads while the server's state lives on its asyncio
+loop, so a scrape asks the loop for a `MeshView` (one short, await-free call there) and writes
+the text from that copy on its own thread (control/exposition). The breaker series are kept
+from one scrape to the next while no report changed them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import http.server
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import CollectorRegistry
 
-from meshbreaker._names import split_breaker_name
-from meshbreaker.control.convert import (
-    histogram_from_proto,
-    state_from_proto,
-    transitions_from_proto,
-)
-from meshbreaker.metrics.prometheus import (
-    BreakerRow,
-    MetricsServer,
-    breaker_families,
-    start_metrics_server,
-)
+from meshbreaker.control.exposition import MESH_LABELS, mesh_rows, render_metrics, render_rows
+from meshbreaker.metrics.prometheus import breaker_families
 from meshbreaker.v1 import xds_pb2
 
 if TYPE_CHECKING:
@@ -46,9 +39,8 @@ class XdsView:
 # Called on the server's loop; None while the server serves no xDS.
 XdsStatuses = Callable[[], XdsView | None]
 
-# The caller service and instance come first; "service" is the caller here (as everywhere in the
-# control plane), so the called gRPC service parsed from the breaker name is "grpc_service".
-MESH_LABELS = ("service", "instance", "breaker", "target", "grpc_service", "method")
+# Reported breakers up to which /metrics has series per instance (then per service): the default.
+METRICS_INSTANCE_BREAKERS = 2_000
 
 
 class ControlPlaneCollector:
@@ -61,11 +53,15 @@ class ControlPlaneCollector:
         *,
         timeout: float = 5.0,
         xds_clients: XdsStatuses | None = None,
+        max_instance_breakers: int = METRICS_INSTANCE_BREAKERS,
     ) -> None:
         self._servicer = servicer
         self._loop = loop
         self._timeout = timeout
         self._xds_clients = xds_clients
+        self._max_instance_breakers = max_instance_breakers
+        self._lock = threading.Lock()
+        self._cached: tuple[int, str] | None = None  # (view version, breaker series text)
 
     def _read(self) -> tuple[MeshView, XdsView | None]:
         xds = self._xds_clients
@@ -86,28 +82,28 @@ class ControlPlaneCollector:
         return asyncio.run_coroutine_threadsafe(read(), self._loop).result(self._timeout)
 
     def collect(self) -> Iterator[Metric]:
-        """The meshbreaker_* families per instance, then the control plane's own gauges."""
+        """The meshbreaker_* families, then the control plane's own gauges (prometheus_client)."""
         view, xds_clients = self._read()
-        rows = []
-        for instance in view.instances:
-            for name, snapshot in sorted(instance.breakers.items()):
-                state = state_from_proto(snapshot.state)
-                if state is None:  # refused when reported; kept out all the same
-                    continue
-                rows.append(
-                    BreakerRow(
-                        (instance.service, instance.instance_id, name, *split_breaker_name(name)),
-                        state,
-                        snapshot,
-                        transitions_from_proto(snapshot.transitions),
-                        histogram_from_proto(snapshot),
-                    )
-                )
+        rows = mesh_rows(view.instances, self._max_instance_breakers)
         durations = any(row.histogram is not None for row in rows)
         yield from breaker_families(MESH_LABELS, rows, durations=durations)
         yield from _health_families(view)
         if xds_clients is not None:
             yield from _xds_families(xds_clients)
+
+    def render(self) -> str:
+        """What collect() yields, as exposition text; the breaker series cached per view version."""
+        view, xds_clients = self._read()
+        with self._lock:  # one scrape renders; a concurrent one waits and takes its text
+            cached = self._cached
+            if cached is None or cached[0] != view.version:
+                rows = mesh_rows(view.instances, self._max_instance_breakers)
+                durations = any(row.histogram is not None for row in rows)
+                cached = self._cached = (view.version, render_rows(rows, durations=durations))
+        own = _health_families(view)
+        if xds_clients is not None:
+            own += _xds_families(xds_clients)
+        return cached[1] + render_metrics(own)
 
 
 def _health_families(view: MeshView) -> list[Metric]:
@@ -201,6 +197,53 @@ def _xds_families(view: XdsView) -> list[Metric]:
     return [clients, nacks, nacking, policy, registry]
 
 
+class ExpositionServer:
+    """GET /metrics over HTTP from `render`, gzipped when the scraper accepts it (own threads)."""
+
+    def __init__(self, render: Callable[[], str], port: int, host: str) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] not in ("/metrics", "/"):
+                    self.send_error(404, "the control plane serves /metrics")
+                    return
+                body = render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE)
+                if "gzip" in self.headers.get("Accept-Encoding", ""):
+                    body = gzip.compress(body, compresslevel=1)
+                    self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Scrapes are not logged."""
+
+        self._server = http.server.ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="meshbreaker-metrics", daemon=True
+        )
+        self._thread.start()
+        self.host = host
+        self.port: int = self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        """The scrape URL."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        """Stop serving and release the port (takes up to 0.5 s: the server's poll interval)."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
 def start_control_plane_metrics(
     servicer: ControlPlaneServicer,
     loop: asyncio.AbstractEventLoop,
@@ -208,8 +251,10 @@ def start_control_plane_metrics(
     host: str,
     *,
     xds_clients: XdsStatuses | None = None,
-) -> MetricsServer:
-    """Serve the control plane's metrics on http://host:port/metrics (own registry)."""
-    registry = CollectorRegistry()
-    registry.register(ControlPlaneCollector(servicer, loop, xds_clients=xds_clients))
-    return start_metrics_server(port, host, registry)
+    max_instance_breakers: int = METRICS_INSTANCE_BREAKERS,
+) -> ExpositionServer:
+    """Serve the control plane's metrics on http://host:port/metrics."""
+    collector = ControlPlaneCollector(
+        servicer, loop, xds_clients=xds_clients, max_instance_breakers=max_instance_breakers
+    )
+    return ExpositionServer(collector.render, port, host)

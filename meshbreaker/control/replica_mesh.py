@@ -373,6 +373,7 @@ class _RemoteRecords:
             touched.add(key)
         for key in touched:
             self._assemble(key, announce=not reset)
+        self._table.version += 1
 
     def _heartbeat(self, replica: str, heartbeat: mesh_pb2.ReplicaHeartbeat) -> None:
         seen = self._local_time(heartbeat.as_of.ToNanoseconds() / 1e9)

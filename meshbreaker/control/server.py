@@ -44,9 +44,8 @@ from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    from meshbreaker.control.metrics import XdsView
+    from meshbreaker.control.metrics import ExpositionServer, XdsView
     from meshbreaker.control.xds.server import XdsServer
-    from meshbreaker.metrics.prometheus import MetricsServer
 
 __all__ = [
     "ControlPlaneServer",
@@ -75,7 +74,9 @@ class ServerOptions:
 
     TLS material is a file path or PEM bytes; `tls_client_ca` turns on mutual TLS. Port 0 picks a
     free port. `metrics_port` serves Prometheus metrics on http://metrics_host:metrics_port/metrics
-    (`metrics_host` defaults to `host`; needs the `prometheus` extra). A connection older than
+    (`metrics_host` defaults to `host`; needs the `prometheus` extra): per instance while the
+    mesh reports at most `metrics_instance_breakers` breakers, summed per caller service (with
+    instance="*") past that, so a scrape stays cheap at any size. A connection older than
     `max_connection_age` seconds is asked to go (GOAWAY) and closed `max_connection_age_grace`
     later, so agents of a fleet spread over the replicas again after one comes back. `xds` also
     serves the policies and the cluster registry over xDS (ADS) on the same port (the `xds` extra).
@@ -118,6 +119,7 @@ class ServerOptions:
     decider_tick: float = 1.0
     replica_lease_ttl: float = 10.0
     replica_publish_interval: float = 5.0
+    metrics_instance_breakers: int = 2_000
 
     def __post_init__(self) -> None:
         report_ttl = self.report_ttl
@@ -140,6 +142,9 @@ class ServerOptions:
                 raise ConfigError(name, "must be a number of seconds")
             if not 0 < value < math.inf:
                 raise ConfigError(name, "must be > 0 and finite")
+        limit = self.metrics_instance_breakers
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError("metrics_instance_breakers", "must be an integer >= 0")
         if self.metrics_port is not None:
             _check_port("metrics_port", self.metrics_port)
             if importlib.util.find_spec("prometheus_client") is None:
@@ -297,7 +302,7 @@ class ControlPlaneServer:
         self._health: HealthServicer | None = None
         self._servicer: ControlPlaneServicer | None = None
         self._port = 0
-        self._metrics: MetricsServer | None = None
+        self._metrics: ExpositionServer | None = None
         self._xds: XdsServer | None = None
 
     @property
@@ -383,6 +388,7 @@ class ControlPlaneServer:
                     self.options.metrics_port,
                     self.metrics_host,
                     xds_clients=self._xds_statuses,
+                    max_instance_breakers=self.options.metrics_instance_breakers,
                 )
             except OSError as error:
                 servicer.close()

@@ -311,6 +311,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             nacks_received=self._instances.nacks_received,
             instances=instances,
             replicas=1 if self._mesh is None else self._mesh.replicas,
+            version=self._instances.version,
         )
 
     # -- policies --------------------------------------------------------------------------

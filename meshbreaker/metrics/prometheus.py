@@ -10,8 +10,8 @@ The call-duration histogram is the one per-call cost; `durations=False` leaves i
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import NamedTuple, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import NamedTuple, Protocol, cast
 
 try:
     from prometheus_client import start_http_server
@@ -75,18 +75,133 @@ class SnapshotNumbers(Protocol):
 
 
 class BreakerRow(NamedTuple):
-    """One breaker as the families see it: label values, state, numbers, transitions, durations."""
+    """One breaker as the families see it: label values, state, numbers, transitions, durations.
+
+    `state_counts`, when set, makes the row stand for several breakers (a control plane's series
+    summed over a service's instances): meshbreaker_state is then how many are in each state.
+    """
 
     labels: Sequence[str]
     state: State
     numbers: SnapshotNumbers
     transitions: Mapping[tuple[State, State], int]
     histogram: HistogramSnapshot | None
+    state_counts: Mapping[State, int] | None = None
 
 
 def breaker_labels(name: str) -> tuple[str, str, str, str]:
     """The BREAKER_LABELS values for breaker `name` (target/service/method empty if not gRPC)."""
     return (name, *split_breaker_name(name))
+
+
+# The families of breaker_families, in order; a row's samples name them by index (FAMILY_*).
+FAMILY_STATE, FAMILY_CALLS, FAMILY_SLOW, FAMILY_DURATION = 0, 1, 2, 3
+FAMILY_FAILURE_RATE, FAMILY_SLOW_RATE, FAMILY_TRANSITIONS, FAMILY_OPENED = 4, 5, 6, 7
+FAMILY_WINDOW_CALLS, FAMILY_MEAN, FAMILY_THROTTLE, FAMILY_CONCURRENCY = 8, 9, 10, 11
+_STATES = tuple(State)
+# The labels a family adds after a row's own.
+FAMILY_EXTRA_LABELS: Mapping[int, tuple[str, ...]] = {
+    FAMILY_STATE: ("state",),
+    FAMILY_CALLS: ("outcome",),
+    FAMILY_TRANSITIONS: ("from", "to"),
+}
+
+
+def empty_breaker_families(label_names: Sequence[str]) -> list[Metric]:
+    """The meshbreaker_* families without samples, indexed by FAMILY_*."""
+    names = list(label_names)
+    return [
+        GaugeMetricFamily(
+            "meshbreaker_state",
+            "1 for the state the breaker is in, 0 for the others",
+            labels=[*names, *FAMILY_EXTRA_LABELS[FAMILY_STATE]],
+        ),
+        CounterMetricFamily(
+            "meshbreaker_calls",
+            "Calls by outcome: successful, failed, ignored (ran, not counted), not_permitted"
+            " (rejected, never ran), throttled (refused by adaptive throttling, never ran),"
+            " shadow_rejected (shadow mode would have rejected them; they ran and are also"
+            " counted by how they ended)",
+            labels=[*names, *FAMILY_EXTRA_LABELS[FAMILY_CALLS]],
+        ),
+        CounterMetricFamily(
+            "meshbreaker_slow_calls",
+            "Successful calls that took at least slow_call_duration",
+            labels=names,
+        ),
+        HistogramMetricFamily(
+            "meshbreaker_call_duration_seconds",
+            "Duration of calls that ran and were not ignored",
+            labels=names,
+        ),
+        GaugeMetricFamily(
+            "meshbreaker_failure_rate", "Failure rate over the window (0..1)", labels=names
+        ),
+        GaugeMetricFamily(
+            "meshbreaker_slow_call_rate", "Slow-call rate over the window (0..1)", labels=names
+        ),
+        CounterMetricFamily(
+            "meshbreaker_state_transitions",
+            "State transitions by (from, to)",
+            labels=[*names, *FAMILY_EXTRA_LABELS[FAMILY_TRANSITIONS]],
+        ),
+        CounterMetricFamily("meshbreaker_times_opened", "Transitions into OPEN", labels=names),
+        GaugeMetricFamily("meshbreaker_window_calls", "Calls in the window", labels=names),
+        GaugeMetricFamily(
+            "meshbreaker_mean_duration_seconds", "Mean call duration in the window", labels=names
+        ),
+        GaugeMetricFamily(
+            "meshbreaker_throttle_probability",
+            "The chance adaptive throttling refuses a call now (0 when off)",
+            labels=names,
+        ),
+        GaugeMetricFamily(
+            "meshbreaker_concurrency_limit",
+            "Calls in flight allowed now: the adaptive limit, or the fixed bulkhead (absent: none)",
+            labels=names,
+        ),
+    ]
+
+
+def breaker_samples(row: BreakerRow) -> Iterator[tuple[int, tuple[str, ...], float]]:
+    """(FAMILY_* index, label values after the row's own, value) of a row, histogram aside."""
+    numbers = row.numbers
+    counts = row.state_counts
+    for candidate in _STATES:
+        if counts is None:
+            value = 1.0 if row.state is candidate else 0.0
+        else:
+            value = float(counts.get(candidate, 0))
+        yield FAMILY_STATE, (candidate.value,), value
+    yield FAMILY_CALLS, ("successful",), numbers.successful
+    yield FAMILY_CALLS, ("failed",), numbers.failed
+    yield FAMILY_CALLS, ("ignored",), numbers.ignored
+    yield FAMILY_CALLS, ("not_permitted",), numbers.rejected
+    yield FAMILY_CALLS, ("shadow_rejected",), numbers.shadow_rejected
+    yield FAMILY_CALLS, ("throttled",), numbers.throttled
+    yield FAMILY_THROTTLE, (), numbers.throttle_probability
+    limit = numbers.concurrency_limit
+    if limit:  # None (a snapshot) or 0 (a report) when there is no bulkhead
+        yield FAMILY_CONCURRENCY, (), limit
+    yield FAMILY_SLOW, (), numbers.slow
+    yield FAMILY_FAILURE_RATE, (), numbers.failure_rate
+    yield FAMILY_SLOW_RATE, (), numbers.slow_call_rate
+    for (old, new), count in sorted(row.transitions.items()):
+        yield FAMILY_TRANSITIONS, (old.value, new.value), count
+    yield FAMILY_OPENED, (), numbers.times_opened
+    yield FAMILY_WINDOW_CALLS, (), numbers.window_calls
+    yield FAMILY_MEAN, (), numbers.mean_duration
+
+
+def histogram_buckets(histogram: HistogramSnapshot) -> list[tuple[str, float]]:
+    """Cumulative (le, count) buckets as Prometheus writes them."""
+    return [(_le(bound), count) for bound, count in histogram.cumulative()]
+
+
+class _ValueFamily(Protocol):
+    """A gauge or counter family: one value per label set."""
+
+    def add_metric(self, labels: Sequence[str], value: float) -> None: ...
 
 
 def breaker_families(
@@ -97,90 +212,17 @@ def breaker_families(
     Transitions are exported for the (from, to) pairs that happened; a row without a histogram
     has no duration samples.
     """
-    names = list(label_names)
-    state = GaugeMetricFamily(
-        "meshbreaker_state",
-        "1 for the state the breaker is in, 0 for the others",
-        labels=[*names, "state"],
-    )
-    calls = CounterMetricFamily(
-        "meshbreaker_calls",
-        "Calls by outcome: successful, failed, ignored (ran, not counted), not_permitted (rejected,"
-        " never ran), throttled (refused by adaptive throttling, never ran), shadow_rejected"
-        " (shadow mode would have rejected them; they ran and are also"
-        " counted by how they ended)",
-        labels=[*names, "outcome"],
-    )
-    slow = CounterMetricFamily(
-        "meshbreaker_slow_calls",
-        "Successful calls that took at least slow_call_duration",
-        labels=names,
-    )
-    duration = HistogramMetricFamily(
-        "meshbreaker_call_duration_seconds",
-        "Duration of calls that ran and were not ignored",
-        labels=names,
-    )
-    failure_rate = GaugeMetricFamily(
-        "meshbreaker_failure_rate", "Failure rate over the window (0..1)", labels=names
-    )
-    slow_rate = GaugeMetricFamily(
-        "meshbreaker_slow_call_rate", "Slow-call rate over the window (0..1)", labels=names
-    )
-    transitions = CounterMetricFamily(
-        "meshbreaker_state_transitions",
-        "State transitions by (from, to)",
-        labels=[*names, "from", "to"],
-    )
-    opened = CounterMetricFamily("meshbreaker_times_opened", "Transitions into OPEN", labels=names)
-    window_calls = GaugeMetricFamily(
-        "meshbreaker_window_calls", "Calls in the window", labels=names
-    )
-    mean = GaugeMetricFamily(
-        "meshbreaker_mean_duration_seconds", "Mean call duration in the window", labels=names
-    )
-    throttle = GaugeMetricFamily(
-        "meshbreaker_throttle_probability",
-        "The chance adaptive throttling refuses a call now (0 when off)",
-        labels=names,
-    )
-    concurrency = GaugeMetricFamily(
-        "meshbreaker_concurrency_limit",
-        "Calls in flight allowed now: the adaptive limit, or the fixed bulkhead (absent: none)",
-        labels=names,
-    )
+    families = empty_breaker_families(label_names)
     for row in rows:
         labels = list(row.labels)
-        numbers = row.numbers
-        for candidate in State:
-            state.add_metric([*labels, candidate.value], 1.0 if row.state is candidate else 0.0)
-        calls.add_metric([*labels, "successful"], numbers.successful)
-        calls.add_metric([*labels, "failed"], numbers.failed)
-        calls.add_metric([*labels, "ignored"], numbers.ignored)
-        calls.add_metric([*labels, "not_permitted"], numbers.rejected)
-        calls.add_metric([*labels, "shadow_rejected"], numbers.shadow_rejected)
-        calls.add_metric([*labels, "throttled"], numbers.throttled)
-        throttle.add_metric(labels, numbers.throttle_probability)
-        limit = numbers.concurrency_limit
-        if limit:  # None (a snapshot) or 0 (a report) when there is no bulkhead
-            concurrency.add_metric(labels, limit)
-        slow.add_metric(labels, numbers.slow)
+        for family, extra, value in breaker_samples(row):
+            cast(_ValueFamily, families[family]).add_metric([*labels, *extra], value)
         if row.histogram is not None:
-            histogram = row.histogram
-            buckets = [(_le(bound), count) for bound, count in histogram.cumulative()]
-            duration.add_metric(labels, buckets, histogram.sum)
-        failure_rate.add_metric(labels, numbers.failure_rate)
-        slow_rate.add_metric(labels, numbers.slow_call_rate)
-        for (old, new), count in sorted(row.transitions.items()):
-            transitions.add_metric([*labels, old.value, new.value], count)
-        opened.add_metric(labels, numbers.times_opened)
-        window_calls.add_metric(labels, numbers.window_calls)
-        mean.add_metric(labels, numbers.mean_duration)
-    families: list[Metric] = [state, calls, slow]
-    if durations:
-        families.append(duration)
-    families += [failure_rate, slow_rate, transitions, opened, window_calls, mean, throttle]
-    families.append(concurrency)
+            duration = families[FAMILY_DURATION]
+            assert isinstance(duration, HistogramMetricFamily)
+            duration.add_metric(labels, histogram_buckets(row.histogram), row.histogram.sum)
+    if not durations:
+        del families[FAMILY_DURATION]
     return families
 
 
