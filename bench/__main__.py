@@ -12,6 +12,8 @@ SUITES = (
     "grpc_overhead",
     "control_plane",
     "control_plane_scale",
+    "metrics_scale",
+    "etcd_writes",
     "overload",
     "adaptive_breaker",
 )

@@ -277,8 +277,6 @@ def replicas_fanout(agents: int, replicas: int, puts: int) -> dict[str, Any]:
         "applied_ms_p50": round(statistics.median(delays), 1),
         "applied_ms_p99": round(_percentile(delays, 0.99), 1),
         "applied_ms_max": round(max(delays), 1),
-        # Reports stay in the replica's memory; only policy writes go to etcd.
-        "etcd_writes_per_agent_per_minute": 0,
     }
 
 
@@ -377,13 +375,12 @@ def main(quick: bool = False) -> dict[str, Any]:
     print()
     print(
         table(
-            ["agents", "replicas (etcd)", "applied p50 / p99 / max ms", "etcd writes/agent/min"],
+            ["agents", "replicas (etcd)", "applied p50 / p99 / max ms"],
             [
                 [
                     str(f["agents"]),
                     str(f["replicas"]),
                     f"{f['applied_ms_p50']} / {f['applied_ms_p99']} / {f['applied_ms_max']}",
-                    str(f["etcd_writes_per_agent_per_minute"]),
                 ]
                 for f in fanout
             ],

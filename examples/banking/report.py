@@ -58,6 +58,8 @@ def p99_text(row: dict[str, Any]) -> str:
 
 
 METRIC_WORDS = {
+    "failed_over": "processes reporting to a surviving replica",
+    "applied_after_failover": "processes that applied a write made after the kill",
     "multi_attempt": "transfers retried with their key",
     "replayed_postings": "postings answered from the ledger",
     "audit_duplicates": "audit deliveries deduplicated",

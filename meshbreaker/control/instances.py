@@ -59,6 +59,7 @@ class InstanceView:
     applied_revision: int
     nacking: bool
     breakers: Mapping[str, pb.BreakerSnapshot]
+    replica: str = ""  # the other replica it reports to ("" = this one)
 
 
 @dataclass(frozen=True)
@@ -407,6 +408,7 @@ class InstanceTable:
                 applied_revision=instance.applied_revision,
                 nacking=instance.nack is not None,
                 breakers=instance.breakers,
+                replica=instance.replica,
             )
             for instance in self.live(now)
         )

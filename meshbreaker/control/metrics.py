@@ -10,9 +10,11 @@ from one scrape to the next while no report changed them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import http.server
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -61,7 +63,8 @@ class ControlPlaneCollector:
         self._xds_clients = xds_clients
         self._max_instance_breakers = max_instance_breakers
         self._lock = threading.Lock()
-        self._cached: tuple[int, str] | None = None  # (view version, breaker series text)
+        # Whole mesh (False) or this replica's instances (True) -> (view version, breaker text).
+        self._cached: dict[bool, tuple[int, str]] = {}
 
     def _read(self) -> tuple[MeshView, XdsView | None]:
         xds = self._xds_clients
@@ -91,15 +94,23 @@ class ControlPlaneCollector:
         if xds_clients is not None:
             yield from _xds_families(xds_clients)
 
-    def render(self) -> str:
-        """What collect() yields, as exposition text; the breaker series cached per view version."""
+    def render(self, *, local: bool = False) -> str:
+        """What collect() yields, as exposition text; the breaker series cached per view version.
+
+        With `local`, only the instances reporting to this replica: the scope for a Prometheus
+        that scrapes every replica (each would otherwise export the whole mesh again).
+        """
         view, xds_clients = self._read()
+        if local:
+            mine = tuple(instance for instance in view.instances if not instance.replica)
+            view = dataclasses.replace(view, instances=mine)
         with self._lock:  # one scrape renders; a concurrent one waits and takes its text
-            cached = self._cached
+            cached = self._cached.get(local)
             if cached is None or cached[0] != view.version:
                 rows = mesh_rows(view.instances, self._max_instance_breakers)
                 durations = any(row.histogram is not None for row in rows)
-                cached = self._cached = (view.version, render_rows(rows, durations=durations))
+                cached = (view.version, render_rows(rows, durations=durations))
+                self._cached[local] = cached
         own = _health_families(view)
         if xds_clients is not None:
             own += _xds_families(xds_clients)
@@ -198,15 +209,20 @@ def _xds_families(view: XdsView) -> list[Metric]:
 
 
 class ExpositionServer:
-    """GET /metrics over HTTP from `render`, gzipped when the scraper accepts it (own threads)."""
+    """GET /metrics over HTTP from `render`, gzipped when the scraper accepts it (own threads).
 
-    def __init__(self, render: Callable[[], str], port: int, host: str) -> None:
+    /metrics is the whole mesh; /metrics?scope=local the instances reporting to this replica.
+    """
+
+    def __init__(self, render: Callable[[bool], str], port: int, host: str) -> None:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.split("?")[0] not in ("/metrics", "/"):
-                    self.send_error(404, "the control plane serves /metrics")
+                path, _, query = self.path.partition("?")
+                scope = urllib.parse.parse_qs(query).get("scope", ["mesh"])[-1]
+                if path not in ("/metrics", "/") or scope not in ("mesh", "local"):
+                    self.send_error(404, "the control plane serves /metrics[?scope=local]")
                     return
-                body = render().encode()
+                body = render(scope == "local").encode()
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE)
                 if "gzip" in self.headers.get("Accept-Encoding", ""):
@@ -257,4 +273,4 @@ def start_control_plane_metrics(
     collector = ControlPlaneCollector(
         servicer, loop, xds_clients=xds_clients, max_instance_breakers=max_instance_breakers
     )
-    return ExpositionServer(collector.render, port, host)
+    return ExpositionServer(lambda local: collector.render(local=local), port, host)

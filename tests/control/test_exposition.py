@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -14,9 +17,10 @@ from prometheus_client.registry import CollectorRegistry
 
 from meshbreaker.control.exposition import MESH_LABELS, mesh_rows, render_metrics, render_rows
 from meshbreaker.control.instances import InstanceView, MeshView
-from meshbreaker.control.metrics import ControlPlaneCollector
+from meshbreaker.control.metrics import ControlPlaneCollector, ExpositionServer
 from meshbreaker.metrics.prometheus import breaker_families
 from meshbreaker.v1 import control_plane_pb2 as pb
+from tests.scrape_support import Scrape
 
 ACCOUNTS = "accounts/bank.v1.AccountService/GetBalance"
 DEBIT = "/bank.v1.AccountService/Debit"
@@ -191,6 +195,35 @@ def test_the_breaker_series_are_written_again_only_when_the_view_changed() -> No
         servicer.view = MeshView(4, 0, 0, 0, MESH[:1], version=8)
         assert 'instance="gw-2"' not in collector.render()
     finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def test_scope_local_leaves_out_the_instances_of_other_replicas() -> None:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    elsewhere = dataclasses.replace(MESH[2], replica="replica-b")
+    servicer = _Servicer(MeshView(3, 0, 0, 0, (*MESH[:2], elsewhere), version=1))
+    collector = ControlPlaneCollector(servicer, loop)  # type: ignore[arg-type]
+    server = ExpositionServer(lambda local: collector.render(local=local), 0, "127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        mesh = Scrape(url)
+        local = Scrape(url + "?scope=local")
+        assert mesh.by("meshbreaker_control_plane_instances", "service") == {
+            "gateway": 2.0,
+            "transaction": 1.0,
+        }
+        assert local.by("meshbreaker_control_plane_instances", "service") == {"gateway": 2.0}
+        assert ("tx-1",) in mesh.label_sets("meshbreaker_state", "instance")
+        assert ("tx-1",) not in local.label_sets("meshbreaker_state", "instance")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + "?scope=everything", timeout=5)
+        assert refused.value.code == 404
+    finally:
+        server.close()
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()

@@ -125,6 +125,40 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
     assert all(not _alive(pid) for pid in info["children"].values())
 
 
+# The mesh on etcd with two control-plane replicas, one SIGKILLed mid-load.
+@pytest.mark.timeout(240)
+def test_the_mesh_on_etcd_carries_on_when_a_control_plane_replica_dies(tmp_path: Path) -> None:
+    process = _demo(tmp_path, "--store", "etcd", "--replicas", "2", "--phases", "replica-death")
+    assert process.stdout is not None
+    try:
+        output, _ = process.communicate(timeout=200)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, output
+    assert "SIGKILL control-plane" in output and "=== all invariants hold" in output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["ok"] is True and all(check["ok"] for check in summary["invariants"])
+    death = next(p for p in summary["phases"] if p["slug"] == "replica-death")
+    # Every process with an agent (four services and the gateway) reported to the surviving
+    # replica and applied a write made through it after the kill.
+    assert death["metrics"]["failed_over"] == 1 + len(SERVICES)
+    assert death["metrics"]["applied_after_failover"] == 1 + len(SERVICES)
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert all(not _alive(pid) for pid in info["children"].values())
+
+
+def test_replicas_need_etcd() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "examples.banking", "--replicas", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and "--replicas N needs --store etcd" in run.stderr
+
+
 def test_ctrl_c_stops_every_child_process(tmp_path: Path) -> None:
     process = _demo(tmp_path)
     assert process.stdout is not None
