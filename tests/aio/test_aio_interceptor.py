@@ -24,6 +24,7 @@ from tests.grpc.bytes_server import (
     CLIENT_STREAM,
     CONFIG,
     OTHER,
+    PATIENT,
     SERVER_STREAM,
     TRAILER,
     UNARY,
@@ -163,7 +164,7 @@ def scenarios(client: Client) -> list[Callable[[], Awaitable[Any]]]:
 
 async def test_closed_breaker_is_invisible_to_the_caller(connect: Connect) -> None:
     plain = connect()
-    guarded = connect(breaker_interceptors(BreakerRegistry(CONFIG.replace(consecutive_failures=0))))
+    guarded = connect(breaker_interceptors(BreakerRegistry(PATIENT)))
     expected = [await outcome(fn) for fn in scenarios(plain)]
     observed = [await outcome(fn) for fn in scenarios(guarded)]
     assert observed == expected
@@ -413,7 +414,7 @@ async def test_fallbacks_for_rejected_and_failed_calls(
 
     on_failure = connect(
         breaker_interceptors(
-            BreakerRegistry(CONFIG.replace(consecutive_failures=0)),
+            BreakerRegistry(PATIENT),
             fallbacks={
                 UNARY: after_failure,
                 CLIENT_STREAM: lambda r, e: b"stream fallback",
@@ -506,7 +507,7 @@ def test_one_interceptor_per_kind_sharing_one_registry() -> None:
 async def test_every_call_counts_exactly_once_under_concurrency(
     connect: Connect, clock: FakeClock
 ) -> None:
-    registry = BreakerRegistry(CONFIG.replace(consecutive_failures=0), clock=clock)
+    registry = BreakerRegistry(PATIENT, clock=clock)
     client = connect(breaker_interceptors(registry))
 
     async def work(index: int) -> None:
@@ -521,7 +522,16 @@ async def test_every_call_counts_exactly_once_under_concurrency(
     methods = (UNARY, SERVER_STREAM, BIDI)
     # A call's outcome is recorded by its done-callback, which the loop may run after the
     # awaiting task has resumed: wait for the last ones, then check each was counted once.
-    await wait_for(lambda: all(registry.get(m).snapshot().total >= 60 for m in methods))
+    # A rejection is no outcome: counting it too, a tripped breaker fails the check below
+    # instead of the wait.
+    await wait_for(
+        lambda: all((s := registry.get(m).snapshot()).total + s.rejected >= 60 for m in methods)
+    )
     for method in methods:
         snapshot = registry.get(method).snapshot()
-        assert (snapshot.total, snapshot.failed, snapshot.successful) == (60, 20, 40)
+        assert (snapshot.rejected, snapshot.total, snapshot.failed, snapshot.successful) == (
+            0,
+            60,
+            20,
+            40,
+        )

@@ -22,6 +22,7 @@ from tests.grpc.bytes_server import (
     CONFIG,
     INITIAL,
     OTHER,
+    PATIENT,
     SERVER_STREAM,
     TRAILER,
     UNARY,
@@ -72,7 +73,7 @@ async def test_a_closed_breaker_is_invisible_to_the_caller(
 
 @pytest.mark.parametrize("code", sorted(GRPC_CODE_NAMES - {"OK", "CANCELLED"}))
 async def test_every_status_code_is_classified(driver: Driver, code: str, clock: FakeClock) -> None:
-    registry = BreakerRegistry(CONFIG.replace(consecutive_failures=0), clock=clock)
+    registry = BreakerRegistry(PATIENT, clock=clock)
     driver.connect(registry)
     seen = await driver.unary(b"fail:" + code.encode())
     assert seen.code is grpc.StatusCode[code]
@@ -203,7 +204,7 @@ async def test_a_fallback_on_failure_keeps_what_the_server_sent(
     driver: Driver, clock: FakeClock
 ) -> None:
     driver.connect(
-        BreakerRegistry(CONFIG.replace(consecutive_failures=0), clock=clock),
+        BreakerRegistry(PATIENT, clock=clock),
         fallbacks={UNARY: _cached},
         fallback_on_failure=True,
     )

@@ -17,12 +17,11 @@ from meshbreaker.grpc._retry_future import Timer
 from meshbreaker.retry import RetryBudget, RetryPolicy, RetryRun
 from meshbreaker.testing import FakeClock
 from tests.contract.drivers import DRIVERS, Driver, FutureDriver
-from tests.grpc.bytes_server import BIDI, CLIENT_STREAM, CONFIG, SERVER_STREAM, UNARY, BytesServer
+from tests.grpc.bytes_server import BIDI, CLIENT_STREAM, PATIENT, SERVER_STREAM, UNARY, BytesServer
 from tests.server_support import wait_until
 
 # Backoffs of a millisecond at most: the tests wait for nothing but the server.
 FAST = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
-PATIENT = CONFIG.replace(consecutive_failures=0)  # never trips unless a test asks
 
 
 @pytest.fixture(params=[*sorted(DRIVERS), "sync-future"])
@@ -133,7 +132,7 @@ async def test_a_rejected_attempt_is_never_retried(
 async def test_a_throttled_attempt_is_never_retried(
     driver: Driver, clock: FakeClock, server: BytesServer
 ) -> None:
-    config = PATIENT.replace(retry=FAST, idempotent=True, throttle_k=1.0, minimum_calls=1000)
+    config = PATIENT.replace(retry=FAST, idempotent=True, throttle_k=1.0)
     driver.connect(BreakerRegistry(config, clock=clock, rng=lambda: 0.0))
     seen = await driver.unary(b"flaky:9:UNAVAILABLE")
     assert isinstance(seen.error, ThrottledError)  # p = 1/2 after the first failure

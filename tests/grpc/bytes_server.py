@@ -37,6 +37,10 @@ CONFIG = BreakerConfig(
     half_open_success_threshold=1,
     slow_call_duration=5.0,
 )
+# CONFIG that rates never trip within a test's calls: a COUNT window's effective minimum_calls is
+# min(minimum_calls, window_size), so CONFIG's window of 20 would trip on 10 failures that happen
+# to finish together (as concurrent calls under load do).
+PATIENT = CONFIG.replace(consecutive_failures=0, window_size=1000, minimum_calls=1000)
 
 
 class BytesServer:

@@ -25,6 +25,7 @@ from tests.grpc.bytes_server import (
     CLIENT_STREAM,
     CONFIG,
     OTHER,
+    PATIENT,
     SERVER_STREAM,
     TRAILER,
     UNARY,
@@ -142,7 +143,7 @@ def scenarios(client: Client) -> list[Callable[[], Any]]:
 
 def test_closed_breaker_is_invisible_to_the_caller(connect: Callable[..., Client]) -> None:
     plain = connect()
-    guarded = connect(BreakerInterceptor(BreakerRegistry(CONFIG.replace(consecutive_failures=0))))
+    guarded = connect(BreakerInterceptor(BreakerRegistry(PATIENT)))
     expected = [outcome(fn) for fn in scenarios(plain)]
     observed = [outcome(fn) for fn in scenarios(guarded)]
     assert observed == expected
@@ -427,7 +428,7 @@ def test_fallback_on_failure_only_when_asked(
         without.unary(b"fail:INTERNAL")
     with_ = connect(
         BreakerInterceptor(
-            BreakerRegistry(CONFIG.replace(consecutive_failures=0)),
+            BreakerRegistry(PATIENT),
             fallbacks={UNARY: fallback, CLIENT_STREAM: lambda r, e: b"cs"},
             fallback_on_failure=True,
         )
@@ -540,7 +541,7 @@ def test_every_call_counts_exactly_once_under_concurrency(
     connect: Callable[..., Client], clock: FakeClock
 ) -> None:
     # Streams end on the caller's thread and in grpc's done-callback: only one of them may count.
-    registry = BreakerRegistry(CONFIG.replace(consecutive_failures=0), clock=clock)
+    registry = BreakerRegistry(PATIENT, clock=clock)
     client = connect(BreakerInterceptor(registry))
 
     def work(index: int) -> None:
