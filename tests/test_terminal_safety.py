@@ -16,13 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rich.cells import cell_len
 from rich.console import Console, RenderableType
+from rich.text import Text
 
 from meshbreaker import live
 from meshbreaker.cli import main, policy_table, status_view
+from meshbreaker.live.table import ELLIPSIS, keep_end
 from meshbreaker.v1 import control_plane_pb2 as pb
 from tests.server_support import ControlPlane, wait_until
 
@@ -142,8 +144,53 @@ def responses(draw: st.DrawFn) -> pb.ListBreakersResponse:
     return response
 
 
+def named(text: str) -> pb.ListBreakersResponse:
+    """A response whose breaker name, service and instance id are all `text`."""
+    response = pb.ListBreakersResponse(revision=1)
+    group = response.groups.add(service=text, name=text, instances=1, total=5)
+    group.instance_breakers.add(
+        instance_id=text, report_age=1.0, snapshot=pb.BreakerSnapshot(name=text, state=2)
+    )
+    response.instances.add(instance_id=text, service=text, report_age=1.0)
+    response.instances[0].nack.CopyFrom(pb.Nack(revision=1, reason=text))
+    return response
+
+
+# Text whose cells are not the sum of its characters' (rich counts graphemes), or that joins or
+# hides: emoji with VS16 after Hangul jamo or combining marks, wide CJK, zero-width characters.
+_GRAPHEMES = [
+    "\u2764\ufe0f" * 12,
+    "\u1100\u2764\ufe0f" * 8,
+    "\u1161\u2764\ufe0f" * 8,
+    "\u2764\u0301\ufe0f" * 8,
+    "\u1100\u1161\u11a8" * 10,
+    "e\u0301\u0308" * 12,
+    "\u6f22\u5b57" * 12,
+    "a\u200b\u200d\u00ad" * 10,
+    "\U0001f1fa\U0001f1f8\U0001f3fb" * 8,
+]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(response=responses(), width=st.integers(20, 160), now=_FLOAT)
+@example(response=named(_GRAPHEMES[0]), width=20, now=1.8e9)
+@example(response=named(_GRAPHEMES[0]), width=33, now=1.8e9)
+@example(response=named(_GRAPHEMES[1]), width=20, now=1.8e9)
+@example(response=named(_GRAPHEMES[1]), width=33, now=1.8e9)
+@example(response=named(_GRAPHEMES[2]), width=20, now=1.8e9)
+@example(response=named(_GRAPHEMES[2]), width=33, now=1.8e9)
+@example(response=named(_GRAPHEMES[3]), width=20, now=1.8e9)
+@example(response=named(_GRAPHEMES[3]), width=33, now=1.8e9)
+@example(response=named(_GRAPHEMES[4]), width=20, now=1.8e9)
+@example(response=named(_GRAPHEMES[4]), width=33, now=1.8e9)
+@example(response=named(_GRAPHEMES[5]), width=20, now=1.8e9)
+@example(response=named(_GRAPHEMES[5]), width=33, now=1.8e9)
+@example(response=named(_GRAPHEMES[6]), width=20, now=1.8e9)
+@example(response=named(_GRAPHEMES[6]), width=33, now=1.8e9)
+@example(response=named(_GRAPHEMES[7]), width=20, now=1.8e9)
+@example(response=named(_GRAPHEMES[7]), width=33, now=1.8e9)
+@example(response=named(_GRAPHEMES[8]), width=20, now=1.8e9)
+@example(response=named(_GRAPHEMES[8]), width=33, now=1.8e9)
 def test_any_response_renders_safely_within_the_width(
     response: pb.ListBreakersResponse, width: int, now: float
 ) -> None:
@@ -157,6 +204,32 @@ def test_any_response_renders_safely_within_the_width(
         text = recorded(renderable, width)
         assert not unsafe_characters(text)
         assert all(cell_len(line) <= width for line in SGR.sub("", text).splitlines())
+
+
+_GRAPHEME_TEXT = st.text(
+    alphabet=st.sampled_from("\u1100\u1161\u11a8\u0301\u0308\u200b\u00ad\u2764\ufe0f\u6f22a/."),
+    max_size=40,
+)
+
+
+@example(text="\u2764\ufe0f" * 12, width=10)  # 1 + 0 cells apart, 2 together
+@example(text="\u1100\u2764\ufe0f" * 4, width=2)
+@example(text="a\u0301" * 8, width=3)  # the mark must not join the ellipsis
+@given(text=_GRAPHEME_TEXT, width=st.integers(0, 30))
+def test_a_cell_cut_from_its_start_fits_its_width_in_cells(text: str, width: int) -> None:
+    kept = keep_end(Text(text), width).plain
+    assert cell_len(kept) <= width
+    if kept != text and kept:
+        assert kept.startswith(ELLIPSIS) and text.endswith(kept[1:])
+        assert kept == ELLIPSIS or cell_len(kept[1]) > 0
+
+
+def test_a_wide_address_gives_way_before_the_connection_status() -> None:
+    # 17 characters, 32 cells: counted in characters, the line kept parts that did not fit.
+    link = live.Link("\u6f22" * 15 + ":1", state="connected", error="", fetched_at=1.8e9)
+    screen = live.render_status(named("x"), (), now=1.8e9, link=link, width=40)
+    header = SGR.sub("", recorded(screen, 40)).splitlines()[0]
+    assert header.endswith("  connected") and cell_len(header) <= 40
 
 
 @settings(max_examples=30, deadline=None)

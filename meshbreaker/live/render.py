@@ -158,11 +158,11 @@ def _header(response: pb.ListBreakersResponse | None, link: Link, now: float, wi
         parts.append((3, Text(f"{len(response.instances)} instances")))
     parts.append((4, Text(time.strftime("%H:%M:%S", time.localtime(now)))))
     parts.append((1, status))
-    while len(parts) > 2 and sum(len(part) + 2 for _, part in parts) - 2 > width:
+    while len(parts) > 2 and sum(part.cell_len + 2 for _, part in parts) - 2 > width:
         parts.remove(max(parts, key=lambda part: part[0]))
-    overflow = sum(len(part) + 2 for _, part in parts) - 2 - width
+    overflow = sum(part.cell_len + 2 for _, part in parts) - 2 - width
     if overflow > 0:  # the address gives way before the connection status
-        target.truncate(max(8, len(target) - overflow), overflow="ellipsis")
+        target.truncate(max(8, target.cell_len - overflow), overflow="ellipsis")
     line = Text("  ").join(part for _, part in parts)
     line.no_wrap = True
     line.overflow = "ellipsis"

@@ -46,16 +46,30 @@ class KeepEnd:
 
 
 def keep_end(text: Text, width: int) -> Text:
-    """`text` within `width` cells, its start replaced by an ellipsis when cut."""
-    if cell_len(text.plain) <= width:
+    """`text` within `width` cells, its start replaced by an ellipsis when cut.
+
+    Cells are measured on whole suffixes, never summed per character: rich counts graphemes, so
+    a character's cells depend on its neighbours ("\u2764\ufe0f" is 2 cells, 1 + 0 apart).
+    """
+    plain = text.plain
+    if cell_len(plain) <= width:
         return text
-    if width <= 0:
+    room = width - cell_len(ELLIPSIS)
+    if room < 0:
         return Text("")
-    used, start = cell_len(ELLIPSIS), len(text.plain)
-    while start > 0 and used + cell_len(text.plain[start - 1]) <= width:
-        start -= 1
-        used += cell_len(text.plain[start])
-    return Text(ELLIPSIS, style=text.style) + text[start:]
+    # The longest suffix that fits, by bisection (a suffix's cells grow with its length); `high`
+    # only ever moves to a start that fits, and the empty suffix does, so the cut always fits.
+    low, high = 0, len(plain)
+    while low < high:
+        middle = (low + high) // 2
+        if cell_len(plain[middle:]) <= room:
+            high = middle
+        else:
+            low = middle + 1
+    # Marks that would join the ellipsis (combining, vowel signs, VS16) go with what was cut.
+    while low < len(plain) and cell_len(plain[low]) == 0:
+        low += 1
+    return Text(ELLIPSIS, style=text.style) + text[low:]
 
 
 def new_table(
