@@ -149,7 +149,9 @@ def named(text: str) -> pb.ListBreakersResponse:
     response = pb.ListBreakersResponse(revision=1)
     group = response.groups.add(service=text, name=text, instances=1, total=5)
     group.instance_breakers.add(
-        instance_id=text, report_age=1.0, snapshot=pb.BreakerSnapshot(name=text, state=2)
+        instance_id=text,
+        report_age=1.0,
+        snapshot=pb.BreakerSnapshot(name=text, state=pb.BREAKER_STATE_OPEN),
     )
     response.instances.add(instance_id=text, service=text, report_age=1.0)
     response.instances[0].nack.CopyFrom(pb.Nack(revision=1, reason=text))
