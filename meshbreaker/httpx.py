@@ -23,7 +23,6 @@ except ImportError as error:  # absolute import: this module's own name is not t
     ) from error
 
 from meshbreaker.breaker import CircuitBreaker, Outcome, Permit
-from meshbreaker.config import State
 from meshbreaker.errors import (
     BulkheadFullError,
     CallNotPermittedError,
@@ -43,7 +42,6 @@ __all__ = [
     "Route",
     "breaker_name",
     "default_route",
-    "lengthen_open_period",
     "parse_retry_after",
     "route_templates",
 ]
@@ -145,19 +143,6 @@ def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -
     return max(0.0, when.timestamp() - now())
 
 
-def lengthen_open_period(breaker: CircuitBreaker, seconds: float) -> None:
-    """Keep an OPEN breaker open at least `seconds` from now, capped by its open_duration_max.
-
-    Only lengthens, and only an open period: a breaker that is not OPEN is left alone.
-    """
-    seconds = min(seconds, breaker.config.open_duration_max)
-    snapshot = breaker.snapshot()
-    if snapshot.state is not State.OPEN or snapshot.open_until is None or seconds <= 0:
-        return
-    if snapshot.open_until - breaker.clock() < seconds:
-        breaker.open_for(seconds)  # moves the end of this opening; it is not a second one
-
-
 def _check_route(route: object, field: str) -> str:
     if not isinstance(route, str) or not route.startswith("/"):
         raise ConfigError(field, f"{route!r} is not a path template starting with '/'")
@@ -241,7 +226,7 @@ class _Core:
         if status in RETRY_AFTER_STATUSES:
             seconds = parse_retry_after(response.headers.get("retry-after"))
             if seconds is not None:
-                lengthen_open_period(breaker, seconds)
+                breaker.keep_open(seconds)  # one locked step: only lengthens an opening
         return None
 
 

@@ -162,6 +162,50 @@ def test_open_for_on_an_open_breaker_moves_its_end_without_a_second_opening(
     assert reopened.open_until - reopened.state_since == 10.0 * 2
 
 
+def test_keep_open_lengthens_the_current_opening_up_to_open_duration_max(
+    clock: FakeClock,
+) -> None:
+    cb = make(clock, open_duration_max=60.0)
+    cb.acquire().failure()
+    opened = cb.snapshot()
+    clock.advance(4.0)
+    assert cb.keep_open(30.0)  # a server's Retry-After: 30
+    snapshot = cb.snapshot()
+    assert (snapshot.times_opened, snapshot.state_since) == (1, opened.state_since)
+    assert snapshot.open_until == cb.clock() + 30.0
+    assert not cb.keep_open(2.0)  # never shortens
+    assert cb.snapshot().open_until == cb.clock() + 30.0
+    assert cb.keep_open(99_999.0)  # capped: a server's word never holds it past the max
+    assert cb.snapshot().open_until == cb.clock() + 60.0
+    cb.update_config(cb.config.replace(open_duration=1.0))
+    assert cb.snapshot().open_until == cb.clock() + 60.0  # a new config keeps the server's end
+    with pytest.raises(CallNotPermittedError) as info:
+        cb.acquire()
+    assert info.value.retry_after == 60.0  # the lock-free rejection reads the new end
+
+
+def test_keep_open_leaves_a_breaker_alone_unless_it_is_open(clock: FakeClock) -> None:
+    cb = make(clock)
+    assert not cb.keep_open(30.0)
+    assert cb.state is State.CLOSED  # a Retry-After never opens a closed breaker
+    cb.acquire().failure()
+    clock.advance(10.0)  # the open period has ended; HALF_OPEN is due but not yet made
+    assert not cb.keep_open(30.0)
+    snapshot = cb.snapshot()
+    assert (snapshot.state, snapshot.times_opened) == (State.HALF_OPEN, 1)  # no second opening
+    probe = cb.acquire()
+    assert not cb.keep_open(30.0) and cb.state is State.HALF_OPEN
+    probe.success()
+    cb.force_open()
+    assert not cb.keep_open(30.0) and cb.state is State.FORCED_OPEN
+
+
+@pytest.mark.parametrize("seconds", [-1.0, float("inf"), float("nan")])
+def test_keep_open_refuses_what_is_not_a_period(clock: FakeClock, seconds: float) -> None:
+    with pytest.raises(ValueError, match="seconds must be finite and >= 0"):
+        make(clock).keep_open(seconds)
+
+
 @pytest.mark.parametrize("seconds", [0, -1.0, float("inf"), float("nan")])
 def test_open_for_refuses_what_is_not_a_period(clock: FakeClock, seconds: float) -> None:
     with pytest.raises(ValueError, match="seconds must be finite and > 0"):
