@@ -136,7 +136,7 @@ def measure(instances: int, histograms: bool, rounds: int) -> list[dict[str, Any
 
 def main(quick: bool = False) -> list[dict[str, Any]]:
     """Print the table; write bench/results/metrics_scale.json."""
-    instances, rounds = (20, 3) if quick else (200, 3)
+    instances, rounds = (20, 3) if quick else (200, 2)
     rows = measure(instances, False, rounds) + measure(instances, True, rounds)
     print(
         table(

@@ -135,6 +135,7 @@ class ReplicaMesh:
         self._generation = 0
         self._urgent = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._failing = False  # the last publish failed (the store is away)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="meshbreaker-presence")
         self._remote = _RemoteRecords(self.replica_id, table, publish_event, clock, wall_clock)
         self._feed: PresenceFeed | None = None
@@ -198,8 +199,15 @@ class ReplicaMesh:
             try:
                 await self._publish_once()
             except Exception as error:  # the store is away: keep everything for the next one
-                logger.warning("sharing this replica's instances: %s", error)
+                # One warning per outage; the retries are debug noise.
+                log = logger.debug if self._failing else logger.warning
+                log("sharing this replica's instances: %s", error)
+                self._failing = True
                 await asyncio.sleep(min(self._interval, 1.0))
+            else:
+                if self._failing:
+                    logger.info("sharing this replica's instances again")
+                self._failing = False
 
     async def _publish_once(self) -> None:
         table = self._table

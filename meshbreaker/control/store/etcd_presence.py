@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 # is cut into transactions below both.
 MAX_TRANSACTION_BYTES = 1024 * 1024
 MAX_TRANSACTION_OPS = 100
+# Seconds a closing replica waits for etcd to take its lease back.
+REVOKE_WAIT = 2.0
 
 
 class EtcdPresence(Presence):
@@ -127,10 +129,13 @@ class EtcdPresence(Presence):
         async def revoke() -> None:
             await self._store.call(lambda client: client.revoke_lease(lease))
 
+        # A stopping replica does not wait long for an etcd that is away: the lease expires anyway.
+        future = asyncio.run_coroutine_threadsafe(revoke(), self._store.loop)
         try:
-            self._store.run(revoke())
-        except Exception as error:  # the lease expires on its own
-            logger.warning("revoking replica %s's lease: %s", self.replica_id, error)
+            future.result(REVOKE_WAIT)
+        except Exception as error:
+            future.cancel()
+            logger.warning("revoking replica %s's lease: %r", self.replica_id, error)
 
 
 class EtcdPresenceFeed(PresenceFeed):
