@@ -247,8 +247,9 @@ class InstanceTable:
         _check_reported_configs(request, instance)
         self._check_bounds(request, instance)
         new = instance is None
-        self.changed.add(request.instance_id)
-        self.version += 1
+        if instance is None or _changes(instance, request):
+            self.changed.add(request.instance_id)
+            self.version += 1
         if instance is None:
             if len(self._instances) >= self._limits.max_instances:
                 raise Refused(
@@ -412,6 +413,39 @@ class InstanceTable:
             )
             for instance in self.live(now)
         )
+
+
+def _changes(instance: Instance, request: pb.ReportStateRequest) -> bool:
+    """Whether a report tells anything new of an instance beyond the time that passed.
+
+    A breaker through which no call went, whose state and window stayed the same, is the same:
+    only its ages moved (state_age, open_remaining), and those are not worth sharing.
+    """
+    if (
+        instance.applied_revision != request.applied_revision
+        or instance.applied_store_id != request.applied_store_id
+        or (request.nack if request.HasField("nack") else None) != instance.nack
+        or (request.store_mismatch if request.HasField("store_mismatch") else None)
+        != instance.store_mismatch
+        or request.transition_log
+        or (request.full and len(request.breakers) != len(instance.breakers))
+    ):
+        return True
+    previous = instance.breakers
+    for breaker in request.breakers:
+        old = previous.get(breaker.name)
+        if (
+            old is None
+            or breaker.HasField("config")
+            or old.state != breaker.state
+            or old.total != breaker.total
+            or old.rejected != breaker.rejected
+            or old.throttled != breaker.throttled
+            or old.window_calls != breaker.window_calls
+            or old.failure_rate != breaker.failure_rate
+        ):
+            return True
+    return False
 
 
 def _nothing() -> None:

@@ -16,7 +16,8 @@ import pytest
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control import replica_mesh
 from meshbreaker.control.agent import MeshAgent
-from meshbreaker.control.instances import MeshView
+from meshbreaker.control.instances import InstanceTable, MeshView
+from meshbreaker.control.limits import Limits
 from meshbreaker.control.store.etcd import EtcdStore
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -203,3 +204,32 @@ def test_a_crashed_replicas_records_expire_with_its_lease(etcd: EtcdServer) -> N
     finally:
         crashed.close()
         watching.close()
+
+
+def test_only_reports_that_tell_something_new_are_shared() -> None:
+    table = InstanceTable(report_ttl=30.0, limits=Limits(), publish=lambda event: None)
+
+    def report(total: int, state: pb.BreakerState.ValueType = pb.BREAKER_STATE_CLOSED) -> None:
+        breaker = pb.BreakerSnapshot(
+            name=METHOD, state=state, total=total, successful=total, state_age=total * 0.5
+        )
+        table.record(
+            pb.ReportStateRequest(
+                instance_id="i-1", service="transaction", breakers=[breaker], full=True
+            ),
+            now=float(total),
+        )
+
+    def shared() -> set[str]:
+        changed, table.changed = table.changed, set()
+        return changed
+
+    report(1)
+    assert shared() == {"i-1"}  # new here
+    version = table.version
+    report(1)  # the same numbers, only its ages moved: nothing to write to the store
+    assert shared() == set() and table.version == version
+    report(2)  # a call went through
+    assert shared() == {"i-1"} and table.version > version
+    report(2, pb.BREAKER_STATE_OPEN)
+    assert shared() == {"i-1"}
