@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import subprocess
 import sys
@@ -350,7 +351,13 @@ def main(quick: bool = False) -> dict[str, Any]:
         replicas_fanout(*((50, 1, 3) if quick else (200, 1, 10))),
     ]
     memory = memory_per_breaker(*((20, 100) if quick else (200, 100)))
-    payload = {"quick": quick, "watchers": runs, "fanout": fanout, "memory": memory}
+    payload = {
+        "quick": quick,
+        "load_average": os.getloadavg(),
+        "watchers": runs,
+        "fanout": fanout,
+        "memory": memory,
+    }
     print(
         table(
             [

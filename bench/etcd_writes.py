@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import tempfile
 import time
 import urllib.request
@@ -157,7 +158,8 @@ def main(quick: bool = False) -> list[dict[str, Any]]:
     """Run both rows, print them, write bench/results/etcd_writes.json."""
     rows = etcd_writes(*((40, 20.0) if quick else (200, 60.0)))
     print_table(rows)
-    print(f"wrote {write_json('etcd_writes', {'quick': quick, 'rows': rows})}")
+    payload = {"quick": quick, "load_average": os.getloadavg(), "rows": rows}
+    print(f"wrote {write_json('etcd_writes', payload)}")
     return rows
 
 

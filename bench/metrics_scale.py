@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import threading
 import time
@@ -154,7 +155,8 @@ def main(quick: bool = False) -> list[dict[str, Any]]:
             ],
         )
     )
-    print(f"wrote {write_json('metrics_scale', {'quick': quick, 'rows': rows})}")
+    payload = {"quick": quick, "load_average": os.getloadavg(), "rows": rows}
+    print(f"wrote {write_json('metrics_scale', payload)}")
     return rows
 
 
