@@ -293,6 +293,26 @@ class BreakerConfig:
             "the method may run twice: retried even after the request may have reached the server",
         ),
     )
+    fleet_open_quorum: float | None = field(
+        default=None,
+        metadata=_schema(
+            "fleet_open_quorum",
+            ("--fleet-open-quorum",),
+            "optional_number",
+            "the control plane opens the method on every instance of the caller once this"
+            " fraction (0..1] of its live instances have it open ('off' disables); read from"
+            " policies",
+        ),
+    )
+    fleet_min_instances: int = field(
+        default=3,
+        metadata=_schema(
+            "fleet_min_instances",
+            ("--fleet-min-instances",),
+            "count",
+            "and once at least this many instances have it open (>= 1)",
+        ),
+    )
 
     def __post_init__(self) -> None:
         _coerce_enum(self, "window_type", WindowType)
@@ -340,6 +360,11 @@ class BreakerConfig:
             _check_number(self, "throttle_k")
             if self.throttle_k < 1.0:
                 raise ConfigError("throttle_k", "must be >= 1 (2 is usual), or None (off)")
+        if self.fleet_open_quorum is not None:
+            _check_number(self, "fleet_open_quorum")
+            if not 0.0 < self.fleet_open_quorum <= 1.0:
+                raise ConfigError("fleet_open_quorum", "must be in (0, 1], or None (off)")
+        _check_int(self, "fleet_min_instances", minimum=1)
         _check_positive(self, "throttle_window")
         if not 1.0 <= self.throttle_window <= MAX_THROTTLE_WINDOW:
             raise ConfigError("throttle_window", f"must be in [1, {MAX_THROTTLE_WINDOW:g}] seconds")

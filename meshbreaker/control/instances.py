@@ -73,6 +73,8 @@ class MeshView:
     instances: tuple[InstanceView, ...]
     replicas: int = 1  # replicas known alive on the store, this one included
     version: int = 0  # changes whenever a breaker of `instances` may have changed
+    # (caller service, method, action) -> fleet decisions taken here (fleet.FleetDecider).
+    fleet_decisions: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
 
 
 class InstanceTable:

@@ -173,7 +173,20 @@ def _health_families(view: MeshView) -> list[Metric]:
         nacking,
         report_age,
         applied,
+        *_fleet_families(view),
     ]
+
+
+def _fleet_families(view: MeshView) -> list[Metric]:
+    decisions = CounterMetricFamily(
+        "meshbreaker_fleet_decisions",
+        "Fleet decisions this control plane took: opened (a quorum), reopened (a probe failed),"
+        " reassigned (no probe came), closed (the probes passed)",
+        labels=["service", "method", "action"],
+    )
+    for (service, method, action), count in sorted(view.fleet_decisions.items()):
+        decisions.add_metric([service, method, action], count)
+    return [decisions]
 
 
 def _xds_families(view: XdsView) -> list[Metric]:

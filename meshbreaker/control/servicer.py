@@ -114,7 +114,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             else ReplicaMesh(
                 presence,
                 self._instances,
-                self.events.publish,
+                self._publish_remote,
                 clock=clock,
                 wall_clock=wall_clock,
                 interval=replica_publish_interval,
@@ -133,7 +133,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         self._follower = Follower(store, self._index, self._deliver)
         self._follower.start()
         self.decider = FleetDecider(
-            self._index, self._writer, wall_clock=wall_clock, tick=decider_tick
+            self._index,
+            self._writer,
+            wall_clock=wall_clock,
+            tick=decider_tick,
+            live_instances=lambda: self._instances.views(self._clock()),
+            probe_wait=report_ttl,
         )
         self.decider.start()
 
@@ -155,10 +160,15 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             await self._mesh.stop()
 
     def _publish_local(self, event: pb.Event) -> None:
-        """An event of an instance reporting here: on the bus, and shared with other replicas."""
-        self.events.publish(event)
+        """An event of an instance reporting here: on the bus, to other replicas, the decider."""
+        self._publish_remote(event)
         if self._mesh is not None:
             self._mesh.note_event(event)
+
+    def _publish_remote(self, event: pb.Event) -> None:
+        """An event of an instance (here or at another replica): on the bus, to the decider."""
+        self.events.publish(event)
+        self.decider.observe(event)
 
     def close(self) -> None:
         """Stop following the store and the store worker thread."""
@@ -312,6 +322,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             instances=instances,
             replicas=1 if self._mesh is None else self._mesh.replicas,
             version=self._instances.version,
+            fleet_decisions=dict(self.decider.decisions),
         )
 
     # -- policies --------------------------------------------------------------------------

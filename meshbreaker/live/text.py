@@ -133,6 +133,17 @@ def event_line(event: pb.Event) -> Text:
                 f"by {change.actor or '?'}"
             )
         )
+        after = change.after
+        if after.HasField("fleet"):
+            line.append(
+                clean(
+                    f": fleet decision, open period {after.fleet.period}, probers "
+                    f"{','.join(after.fleet.probers) or 'none'}; {after.override_reason}"
+                ),
+                style="magenta",
+            )
+        elif change.before.HasField("fleet") and not after.HasField("fleet"):
+            line.append(": fleet decision ended", style="magenta")
     elif kind == "nack":
         nack = event.nack
         line.append(

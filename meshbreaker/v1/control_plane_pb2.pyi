@@ -247,6 +247,8 @@ class BreakerConfig(_message.Message):
     RETRY_FIELD_NUMBER: _builtins.int
     RETRY_DISABLED_FIELD_NUMBER: _builtins.int
     IDEMPOTENT_FIELD_NUMBER: _builtins.int
+    FLEET_OPEN_QUORUM_FIELD_NUMBER: _builtins.int
+    FLEET_MIN_INSTANCES_FIELD_NUMBER: _builtins.int
     failure_rate_threshold: _builtins.float
     """(0, 1]"""
     slow_call_rate_threshold: _builtins.float
@@ -283,6 +285,10 @@ class BreakerConfig(_message.Message):
     """true = no retries (retry unset)"""
     idempotent: _builtins.bool
     """retried even after the request may have been sent"""
+    fleet_open_quorum: _builtins.float
+    """The control plane's quorum open (read from policies): (0, 1]; 0 = off"""
+    fleet_min_instances: _builtins.int
+    """>= 1"""
     @_builtins.property
     def slow_call_duration(self) -> _duration_pb2.Duration:
         """> 0"""
@@ -339,10 +345,12 @@ class BreakerConfig(_message.Message):
         retry: Global___RetryPolicy | None = ...,
         retry_disabled: _builtins.bool | None = ...,
         idempotent: _builtins.bool | None = ...,
+        fleet_open_quorum: _builtins.float | None = ...,
+        fleet_min_instances: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_concurrency_limit", b"_concurrency_limit", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_idempotent", b"_idempotent", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_mode", b"_mode", "_open_jitter", b"_open_jitter", "_retry_disabled", b"_retry_disabled", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_slow_calls_disabled", b"_slow_calls_disabled", "_throttle_k", b"_throttle_k", "_window_size", b"_window_size", "_window_type", b"_window_type", "backoff_multiplier", b"backoff_multiplier", "concurrency_limit", b"concurrency_limit", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "idempotent", b"idempotent", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "mode", b"mode", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "retry", b"retry", "retry_disabled", b"retry_disabled", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_calls_disabled", b"slow_calls_disabled", "throttle_k", b"throttle_k", "throttle_window", b"throttle_window", "window_size", b"window_size", "window_type", b"window_type"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_concurrency_limit", b"_concurrency_limit", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_fleet_min_instances", b"_fleet_min_instances", "_fleet_open_quorum", b"_fleet_open_quorum", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_idempotent", b"_idempotent", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_mode", b"_mode", "_open_jitter", b"_open_jitter", "_retry_disabled", b"_retry_disabled", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_slow_calls_disabled", b"_slow_calls_disabled", "_throttle_k", b"_throttle_k", "_window_size", b"_window_size", "_window_type", b"_window_type", "backoff_multiplier", b"backoff_multiplier", "concurrency_limit", b"concurrency_limit", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "fleet_min_instances", b"fleet_min_instances", "fleet_open_quorum", b"fleet_open_quorum", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "idempotent", b"idempotent", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "mode", b"mode", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "retry", b"retry", "retry_disabled", b"retry_disabled", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_calls_disabled", b"slow_calls_disabled", "throttle_k", b"throttle_k", "throttle_window", b"throttle_window", "window_size", b"window_size", "window_type", b"window_type"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_concurrency_limit", b"_concurrency_limit", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_idempotent", b"_idempotent", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_mode", b"_mode", "_open_jitter", b"_open_jitter", "_retry_disabled", b"_retry_disabled", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_slow_calls_disabled", b"_slow_calls_disabled", "_throttle_k", b"_throttle_k", "_window_size", b"_window_size", "_window_type", b"_window_type", "backoff_multiplier", b"backoff_multiplier", "concurrency_limit", b"concurrency_limit", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "idempotent", b"idempotent", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "mode", b"mode", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "retry", b"retry", "retry_disabled", b"retry_disabled", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_calls_disabled", b"slow_calls_disabled", "throttle_k", b"throttle_k", "throttle_window", b"throttle_window", "window_size", b"window_size", "window_type", b"window_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier", "_concurrency_limit", b"_concurrency_limit", "_consecutive_failures", b"_consecutive_failures", "_failure_rate_threshold", b"_failure_rate_threshold", "_fleet_min_instances", b"_fleet_min_instances", "_fleet_open_quorum", b"_fleet_open_quorum", "_half_open_max_calls", b"_half_open_max_calls", "_half_open_success_threshold", b"_half_open_success_threshold", "_idempotent", b"_idempotent", "_max_concurrent_calls", b"_max_concurrent_calls", "_minimum_calls", b"_minimum_calls", "_mode", b"_mode", "_open_jitter", b"_open_jitter", "_retry_disabled", b"_retry_disabled", "_slow_call_rate_threshold", b"_slow_call_rate_threshold", "_slow_calls_disabled", b"_slow_calls_disabled", "_throttle_k", b"_throttle_k", "_window_size", b"_window_size", "_window_type", b"_window_type", "backoff_multiplier", b"backoff_multiplier", "concurrency_limit", b"concurrency_limit", "consecutive_failures", b"consecutive_failures", "failure_codes", b"failure_codes", "failure_rate_threshold", b"failure_rate_threshold", "fleet_min_instances", b"fleet_min_instances", "fleet_open_quorum", b"fleet_open_quorum", "half_open_max_calls", b"half_open_max_calls", "half_open_max_wait", b"half_open_max_wait", "half_open_success_threshold", b"half_open_success_threshold", "idempotent", b"idempotent", "ignored_codes", b"ignored_codes", "max_concurrent_calls", b"max_concurrent_calls", "minimum_calls", b"minimum_calls", "mode", b"mode", "open_duration", b"open_duration", "open_duration_max", b"open_duration_max", "open_jitter", b"open_jitter", "retry", b"retry", "retry_disabled", b"retry_disabled", "slow_call_duration", b"slow_call_duration", "slow_call_rate_threshold", b"slow_call_rate_threshold", "slow_calls_disabled", b"slow_calls_disabled", "throttle_k", b"throttle_k", "throttle_window", b"throttle_window", "window_size", b"window_size", "window_type", b"window_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__backoff_multiplier: _TypeAlias = _typing.Literal["backoff_multiplier"]  # noqa: Y015
     _WhichOneofArgType__backoff_multiplier: _TypeAlias = _typing.Literal["_backoff_multiplier", b"_backoff_multiplier"]  # noqa: Y015
@@ -352,6 +360,10 @@ class BreakerConfig(_message.Message):
     _WhichOneofArgType__consecutive_failures: _TypeAlias = _typing.Literal["_consecutive_failures", b"_consecutive_failures"]  # noqa: Y015
     _WhichOneofReturnType__failure_rate_threshold: _TypeAlias = _typing.Literal["failure_rate_threshold"]  # noqa: Y015
     _WhichOneofArgType__failure_rate_threshold: _TypeAlias = _typing.Literal["_failure_rate_threshold", b"_failure_rate_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__fleet_min_instances: _TypeAlias = _typing.Literal["fleet_min_instances"]  # noqa: Y015
+    _WhichOneofArgType__fleet_min_instances: _TypeAlias = _typing.Literal["_fleet_min_instances", b"_fleet_min_instances"]  # noqa: Y015
+    _WhichOneofReturnType__fleet_open_quorum: _TypeAlias = _typing.Literal["fleet_open_quorum"]  # noqa: Y015
+    _WhichOneofArgType__fleet_open_quorum: _TypeAlias = _typing.Literal["_fleet_open_quorum", b"_fleet_open_quorum"]  # noqa: Y015
     _WhichOneofReturnType__half_open_max_calls: _TypeAlias = _typing.Literal["half_open_max_calls"]  # noqa: Y015
     _WhichOneofArgType__half_open_max_calls: _TypeAlias = _typing.Literal["_half_open_max_calls", b"_half_open_max_calls"]  # noqa: Y015
     _WhichOneofReturnType__half_open_success_threshold: _TypeAlias = _typing.Literal["half_open_success_threshold"]  # noqa: Y015
@@ -386,6 +398,10 @@ class BreakerConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__consecutive_failures) -> _WhichOneofReturnType__consecutive_failures | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__failure_rate_threshold) -> _WhichOneofReturnType__failure_rate_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fleet_min_instances) -> _WhichOneofReturnType__fleet_min_instances | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fleet_open_quorum) -> _WhichOneofReturnType__fleet_open_quorum | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__half_open_max_calls) -> _WhichOneofReturnType__half_open_max_calls | None: ...
     @_typing.overload

@@ -1,0 +1,252 @@
+"""Fleet decisions with real agents and a real control plane: a quorum opens a method on every
+instance, one prober at a time sends the fleet's probes, and the fleet closes or reopens on its
+outcome. Time (open periods, probe waits, expiries) comes from fake clocks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from meshbreaker import BreakerRegistry, CircuitBreaker, State
+from meshbreaker.config import BreakerConfig
+from meshbreaker.control.agent import MeshAgent
+from meshbreaker.live.text import event_line
+from meshbreaker.testing import FakeClock
+from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+from tests.control.agent_support import (
+    METHOD,
+    AdminStub,
+    ControlPlaneThread,
+    method_policy,
+    wait_until,
+)
+from tests.server_support import ServerThread
+
+START = 1_700_000_000.0
+OPEN_DURATION = 10.0
+REPORT_TTL = 1.0  # the probe wait too: seconds of the fake wall clock
+POLICY = BreakerConfig(
+    consecutive_failures=1,
+    open_duration=OPEN_DURATION,
+    open_jitter=0.0,
+    half_open_max_calls=2,
+    half_open_success_threshold=1,
+    fleet_open_quorum=0.5,
+    fleet_min_instances=2,
+)
+
+
+class Fleet:
+    """A control plane and agents of one caller service, on shared fake clocks."""
+
+    def __init__(self, cp: ServerThread, stub: pb_grpc.ControlPlaneStub, wall: FakeClock) -> None:
+        self.cp = cp
+        self.stub = stub
+        self.wall = wall
+        self.monotonic = FakeClock()
+        self.agents: dict[str, MeshAgent] = {}
+
+    def join(self, instance_id: str, *, report_interval: float = 0.05) -> MeshAgent:
+        registry = BreakerRegistry(clock=self.monotonic)
+        agent = MeshAgent(
+            self.cp.target, "transaction", registry, instance_id=instance_id,
+            clock=self.monotonic, wall_clock=self.wall, report_interval=report_interval,
+            backoff_max=0.2,
+        ).start()  # fmt: skip
+        self.agents[instance_id] = agent
+        assert agent.wait_for_revision(1, timeout=2.0)
+        permit = registry.get(METHOD).acquire()  # the breaker exists and has been used
+        permit.success()
+        assert agent.report_now()  # listed with its breaker before the test goes on
+        return agent
+
+    def leave(self, instance_id: str) -> None:
+        self.agents.pop(instance_id).stop()
+
+    def breaker(self, instance_id: str) -> CircuitBreaker:
+        return self.agents[instance_id].registry.get(METHOD)
+
+    def state(self, instance_id: str) -> State:
+        return self.agents[instance_id].registry.get(METHOD).state
+
+    def fail(self, instance_id: str) -> None:
+        self.agents[instance_id].registry.get(METHOD).acquire().failure()
+
+    def rejecting(self) -> bool:
+        """True when no instance would let a call through now (nothing admitted is left over)."""
+        return all(
+            agent.registry.get(METHOD).state in (State.OPEN, State.FORCED_OPEN)
+            for agent in self.agents.values()
+        )
+
+    def decision(self) -> pb.Policy | None:
+        listing = self.stub.ListPolicies(pb.ListPoliciesRequest(), timeout=5)
+        return next((p for p in listing.policies if p.HasField("fleet")), None)
+
+    def decisions(self) -> dict[tuple[str, str, str], int]:
+        async def read() -> dict[tuple[str, str, str], int]:
+            servicer = self.cp.running._servicer
+            assert servicer is not None
+            return dict(servicer.decider.decisions)
+
+        return self.cp.call(read())
+
+    def passes(self) -> int:
+        async def read() -> int:
+            servicer = self.cp.running._servicer
+            assert servicer is not None
+            return servicer.decider.passes
+
+        return self.cp.call(read())
+
+    def settle(self) -> None:
+        """Let the decider look at least twice at what is reported now."""
+        seen = self.passes()
+        assert wait_until(lambda: self.passes() >= seen + 3)
+
+    def advance(self, seconds: float) -> None:
+        self.wall.advance(seconds)
+        self.monotonic.advance(seconds)
+
+
+@pytest.fixture
+def fleet(control_plane_thread: ControlPlaneThread, admin_stub: AdminStub) -> Iterator[Fleet]:
+    wall = FakeClock(START)
+    cp = control_plane_thread(wall_clock=wall, decider_tick=0.05, report_ttl=REPORT_TTL)
+    stub = admin_stub(cp.target)
+    stub.PutPolicy(pb.PutPolicyRequest(policies=[method_policy("balance", POLICY)]), timeout=5)
+    fleet = Fleet(cp, stub, wall)
+    yield fleet
+    for agent in fleet.agents.values():
+        agent.stop()
+
+
+def test_a_quorum_opens_the_method_on_every_instance_and_one_prober_closes_it_for_all(
+    fleet: Fleet,
+) -> None:
+    for index in range(4):
+        # Reports only on transitions: the decision cannot wait for a periodic report.
+        fleet.join(f"tx-{index}", report_interval=60.0)
+    fleet.fail("tx-0")
+    fleet.settle()
+    assert fleet.decision() is None  # 1 open of 4: under fleet_min_instances
+
+    fleet.fail("tx-1")  # 2 of 4: the quorum
+    assert wait_until(fleet.rejecting)
+    decision = fleet.decision()
+    assert decision is not None
+    assert decision.override == pb.OVERRIDE_FORCED_OPEN
+    assert decision.selector == pb.Selector(caller="transaction", method=METHOD)
+    assert decision.override_reason.startswith("quorum: 2 of 4 live instances of transaction")
+    assert list(decision.fleet.probers) == ["tx-0"] and decision.fleet.period == 1
+    assert fleet.state("tx-0") is State.OPEN  # the prober: its own breaker, opened until then
+    assert all(fleet.state(f"tx-{i}") is State.FORCED_OPEN for i in (1, 2, 3))
+    assert fleet.decisions() == {("transaction", METHOD, "opened"): 1}
+    (active,) = fleet.stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).overrides
+    assert active.remaining == pytest.approx(OPEN_DURATION + 2 * REPORT_TTL)
+
+    # The open period ends: every instance tries five calls; only the prober's probes go.
+    fleet.advance(OPEN_DURATION)
+    admitted = [
+        permit
+        for instance_id in sorted(fleet.agents)
+        for permit in (fleet.breaker(instance_id).try_acquire() for _ in range(5))
+        if permit is not None
+    ]
+    assert len(admitted) == POLICY.half_open_max_calls  # not 4 x that
+    admitted[0].success()  # the probe passes: the prober closes, and the fleet with it
+    assert wait_until(lambda: all(fleet.state(i) is State.CLOSED for i in fleet.agents))
+    assert wait_until(lambda: fleet.decision() is None)
+    assert fleet.decisions()[("transaction", METHOD, "closed")] == 1
+    events = fleet.stub.ListEvents(pb.ListEventsRequest(), timeout=5).events
+    changes = [e.policy_change for e in events if e.policy_change.actor == "control-plane"]
+    assert changes[0].after.fleet.probers == ["tx-0"]
+    first = next(e for e in events if e.policy_change.after.HasField("fleet"))
+    assert "fleet decision, open period 1, probers tx-0; quorum: 2 of 4" in event_line(first).plain
+    assert changes[-1].kind == pb.PolicyChange.KIND_DELETE
+
+
+def test_a_failed_probe_reopens_the_fleet_and_hands_the_probes_to_another_instance(
+    fleet: Fleet,
+) -> None:
+    for index in range(3):
+        fleet.join(f"tx-{index}")
+    fleet.fail("tx-0")
+    fleet.fail("tx-1")
+    assert wait_until(lambda: fleet.decision() is not None)
+    assert wait_until(fleet.rejecting)
+    fleet.advance(OPEN_DURATION)
+    probe = fleet.breaker("tx-0").try_acquire()
+    assert probe is not None
+    probe.failure()  # still down: the whole fleet opens again, for a longer period
+
+    def period_two() -> bool:
+        decision = fleet.decision()
+        return decision is not None and decision.fleet.period == 2
+
+    assert wait_until(period_two)
+    decision = fleet.decision()
+    assert decision is not None and list(decision.fleet.probers) == ["tx-1"]
+    assert wait_until(lambda: fleet.state("tx-0") is State.FORCED_OPEN)
+    assert wait_until(lambda: fleet.state("tx-1") is State.OPEN)
+    assert fleet.decisions()[("transaction", METHOD, "reopened")] == 1
+
+
+def test_a_prober_that_sends_no_probe_is_replaced_before_the_decision_expires(
+    fleet: Fleet,
+) -> None:
+    for index in range(3):
+        fleet.join(f"tx-{index}")
+    fleet.fail("tx-0")
+    fleet.fail("tx-1")
+    assert wait_until(lambda: fleet.decision() is not None)
+    fleet.advance(OPEN_DURATION + REPORT_TTL)  # tx-0 made no call: no probe came
+
+    def reassigned() -> bool:
+        decision = fleet.decision()
+        return decision is not None and list(decision.fleet.probers) == ["tx-1"]
+
+    assert wait_until(reassigned)
+    assert fleet.decisions()[("transaction", METHOD, "reassigned")] == 1
+
+
+def test_expired_presence_never_counts_toward_the_quorum_and_a_joining_instance_does(
+    fleet: Fleet,
+) -> None:
+    for index in range(4):
+        fleet.join(f"tx-{index}")
+    fleet.fail("tx-0")
+    fleet.leave("tx-0")  # its OPEN breaker stays in the table until its presence expires
+
+    def live() -> set[str]:
+        response = fleet.stub.ListBreakers(pb.ListBreakersRequest(), timeout=5)
+        return {instance.instance_id for instance in response.instances}
+
+    assert wait_until(lambda: "tx-0" not in live(), timeout=5.0)
+    fleet.fail("tx-1")  # 1 open of 3 live: tx-0 would have made it 2 of 4
+    fleet.settle()
+    assert fleet.decision() is None
+
+    fleet.join("tx-4")
+    fleet.fail("tx-4")  # 2 open of 4 live
+    assert wait_until(lambda: fleet.decision() is not None)
+    decision = fleet.decision()
+    assert decision is not None
+    assert decision.override_reason.startswith("quorum: 2 of 4 live instances")
+
+
+def test_instances_fall_back_to_their_own_breakers_when_the_control_plane_dies_mid_decision(
+    fleet: Fleet,
+) -> None:
+    for index in range(3):
+        fleet.join(f"tx-{index}")
+    fleet.fail("tx-0")
+    fleet.fail("tx-1")
+    assert wait_until(fleet.rejecting)
+    fleet.cp.stop()
+    fleet.advance(OPEN_DURATION + 2 * REPORT_TTL)  # the decision's expiry: no one renewed it
+    # Never "always open": each instance's own breaker decides again (the prober probes).
+    assert wait_until(lambda: all(fleet.state(i) is not State.FORCED_OPEN for i in fleet.agents))
+    assert fleet.breaker("tx-2").try_acquire() is not None
