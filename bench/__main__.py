@@ -16,6 +16,7 @@ SUITES = (
     "etcd_writes",
     "overload",
     "adaptive_breaker",
+    "fleet",
 )
 
 
