@@ -52,6 +52,7 @@ class Dependency:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.times: list[float] = []  # when each call arrived (monotonic)
         self.up = True
         self._lock = threading.Lock()
         self._server = grpc.server(concurrent.futures.ThreadPoolExecutor(32))
@@ -65,6 +66,7 @@ class Dependency:
     def _call(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         with self._lock:
             self.calls += 1
+            self.times.append(time.monotonic())
         time.sleep(0.02)  # long enough for concurrent calls to overlap
         if not self.up:
             context.abort(grpc.StatusCode.UNAVAILABLE, "down")
@@ -225,30 +227,62 @@ def probes(target: str, stub: pb_grpc.ControlPlaneStub, seconds: float) -> dict[
             "every breaker open",
         )
         before = {name: dep.calls for name, dep in dependencies.items()}
-        stop = time.monotonic() + seconds
+        opened = sum(i.registry.get(METHOD).snapshot().times_opened for i in fleets["independent"])
+        started = time.monotonic()
+        stop = started + seconds
+        periods: list[tuple[float, int]] = []  # (from when, the coordinated fleet's period)
 
         def load(instance: Instance) -> None:
             while time.monotonic() < stop:
                 instance.burst(HALF_OPEN_MAX_CALLS * 2)
                 time.sleep(0.01)
 
+        def watch_periods() -> None:
+            while time.monotonic() < stop:
+                listing = stub.ListPolicies(pb.ListPoliciesRequest(caller="coordinated"))
+                period = max((p.fleet.period for p in listing.policies), default=0)
+                if not periods or periods[-1][1] != period:
+                    periods.append((time.monotonic(), period))
+                time.sleep(0.005)
+
         threads = [
             threading.Thread(target=load, args=(instance,))
             for fleet in fleets.values()
             for instance in fleet
         ]
+        threads.append(threading.Thread(target=watch_periods))
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        periods = seconds / OPEN_DURATION
-        result: dict[str, Any] = {"seconds": seconds, "open_periods": periods}
-        for name, dependency in dependencies.items():
-            received = dependency.calls - before[name]
-            result[name] = {"probes": received, "probes_per_open_period": received / periods}
-        result["ratio_independent_to_coordinated"] = result["independent"]["probes"] / max(
-            1, result["coordinated"]["probes"]
-        )
+        # Each coordinated probe belongs to the fleet period in force when it arrived (the
+        # period is read every 5 ms, so a probe right at a boundary may land in the previous).
+        per_period: dict[int, int] = {}
+        for arrived in dependencies["coordinated"].times[before["coordinated"] :]:
+            period = next((p for since, p in reversed(periods) if since <= arrived), 0)
+            per_period[period] = per_period.get(period, 0) + 1
+        reopened = (
+            sum(i.registry.get(METHOD).snapshot().times_opened for i in fleets["independent"])
+            - opened
+        ) / INSTANCES
+        coordinated = dependencies["coordinated"].calls - before["coordinated"]
+        independent = dependencies["independent"].calls - before["independent"]
+        result: dict[str, Any] = {
+            "seconds": seconds,
+            "coordinated": {
+                "probes": coordinated,
+                "fleet_periods": len(per_period),
+                "probes_per_open_period": coordinated / max(1, len(per_period)),
+                "most_probes_in_one_period": max(per_period.values(), default=0),
+            },
+            "independent": {
+                "probes": independent,
+                "open_periods_per_instance": reopened,
+                "probes_per_open_period": independent / max(1.0, reopened),
+                "most_probes_in_one_period": None,
+            },
+        }
+        result["ratio_independent_to_coordinated"] = independent / max(1, coordinated)
         return result
     finally:
         for fleet in fleets.values():
@@ -304,12 +338,19 @@ def main(quick: bool = False) -> dict[str, Any]:
     print()
     print(
         table(
-            ["probes of a down dependency", "total", "per open period", "half_open_max_calls"],
+            [
+                "probes of a down dependency (10 instances)",
+                "total",
+                "per open period",
+                "most in one period",
+                "half_open_max_calls",
+            ],
             [
                 [
                     name,
                     str(probe_counts[name]["probes"]),
                     f"{probe_counts[name]['probes_per_open_period']:.1f}",
+                    str(probe_counts[name]["most_probes_in_one_period"] or "-"),
                     str(HALF_OPEN_MAX_CALLS),
                 ]
                 for name in ("coordinated", "independent")

@@ -573,6 +573,7 @@ class MeshAgent:
         # Runs in the caller's thread right after a transition: never blocks (one short lock to
         # log it). Only the first transition of a burst schedules a wake-up; the rest find one
         # pending.
+        self._overrides.transition(name, old, new)
         self._transitions.append(name, old, new)
         if self._report_pending or self._loop is None:
             return

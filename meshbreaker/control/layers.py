@@ -38,6 +38,7 @@ class ResolvedPolicies:
     overrides: dict[str, State] = field(default_factory=dict)
     next_expiry: float | None = None
     probes: dict[str, FleetSpec] = field(default_factory=dict)
+    expiries: dict[str, float] = field(default_factory=dict)  # selector -> its override's end
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def policies_for(
     configs: dict[str, BreakerConfig] = {}
     overrides: dict[str, State] = {}
     probes: dict[str, FleetSpec] = {}
-    expiries: list[float] = []
+    expiries: dict[str, float] = {}
     for key in sorted(by_key):
         chain = [spec for part in _chain(key) for spec in by_key.get(part, [])]
         if any(spec.config is not None for spec in by_key[key]):
@@ -135,12 +136,13 @@ def policies_for(
         if holder is None or holder.override is None:
             continue
         if holder.override_expires_at is not None:
-            expiries.append(holder.override_expires_at)
+            expiries[key] = holder.override_expires_at
         if holder.fleet is not None and instance_id in holder.fleet.probers:
             probes[key] = holder.fleet
         else:
             overrides[key] = holder.override
-    return ResolvedPolicies(default, configs, overrides, min(expiries, default=None), probes)
+    next_expiry = min(expiries.values(), default=None)
+    return ResolvedPolicies(default, configs, overrides, next_expiry, probes, expiries)
 
 
 def explain(

@@ -218,3 +218,29 @@ def test_a_fleet_decision_is_a_probe_for_its_probers_and_an_override_for_the_res
     other = layers.policies_for("tx", [decision], now=START, instance_id="tx-2")
     assert other.overrides == {METHOD: State.FORCED_OPEN} and other.probes == {}
     assert other.next_expiry == START + 60
+
+
+def test_a_prober_whose_probe_fails_does_not_probe_again_until_the_decision_moves_on() -> None:
+    from meshbreaker.control.agent_overrides import OverrideClock
+
+    monotonic, wall = FakeClock(), FakeClock(START)
+    config = BreakerConfig(consecutive_failures=1, open_duration=5.0, open_jitter=0.0)
+    registry = BreakerRegistry(config, clock=monotonic)
+    breaker = registry.get(METHOD)
+    clock = OverrideClock(registry, wall)
+    registry.on_state_change(clock.transition)
+    fleet = FleetSpec(frozenset({"tx-1"}), open_until=START + 10, period=1, decided_at=START)
+    decision = _spec("fleet", Selector(caller="tx", method=METHOD), START + 40, fleet)
+    clock.applied(layers.policies_for("tx", [decision], now=START, instance_id="tx-1"))
+    assert breaker.state is State.OPEN  # until the fleet's open period ends, not its own
+    monotonic.advance(10.0)
+    wall.advance(10.0)
+    probe = breaker.try_acquire()
+    assert probe is not None
+    probe.failure()
+    monotonic.advance(config.open_duration)  # its own open period would let it probe again
+    wall.advance(config.open_duration)
+    assert breaker.try_acquire() is None
+    # The decision ends (it expired, or the fleet closed): the prober closes with the rest.
+    clock.applied(layers.policies_for("tx", [decision], now=START + 40, instance_id="tx-1"))
+    assert breaker.state is State.CLOSED

@@ -147,8 +147,10 @@ def test_every_field_round_trips_alone_through_proto_flags_and_json(name: str) -
             continue  # out of that field's range
         if name in ("window_size", "minimum_calls", "half_open_max_calls") and value == 0:
             continue
-        if name == "half_open_success_threshold" and value == 0:
+        if name in ("half_open_success_threshold", "fleet_min_instances") and value == 0:
             continue
+        if name == "fleet_open_quorum" and value is not None:
+            value = 0.25  # a fraction
         if name == "ignored_codes":
             value = frozenset({"NOT_FOUND"})
         message = convert.layer_to_proto({name: value})
