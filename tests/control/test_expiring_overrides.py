@@ -243,4 +243,4 @@ def test_a_prober_whose_probe_fails_does_not_probe_again_until_the_decision_move
     assert breaker.try_acquire() is None
     # The decision ends (it expired, or the fleet closed): the prober closes with the rest.
     clock.applied(layers.policies_for("tx", [decision], now=START + 40, instance_id="tx-1"))
-    assert breaker.state is State.CLOSED
+    assert registry.get(METHOD).state is State.CLOSED
