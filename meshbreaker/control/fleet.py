@@ -1,7 +1,8 @@
 """The decider: what the control plane changes in the store on its own, for the whole fleet.
 
 It runs on the server's loop, one pass per `tick` seconds (and at once when `wake()` is called),
-and only while `is_leader()` says this replica decides (always, with one SQLite server). Each
+and only while `is_leader()` says this replica decides: replicas on etcd hold an election on
+their presence leases; with one SQLite server (no `is_leader`) that server decides. Each
 pass removes the overrides whose expiry has passed (agents dropped them on their own already;
 the store catches up, so `policy list` and `status` stop showing them), then lets the fleet
 rules (`FleetRules`) make their decisions. Every change is an ordinary store write by
@@ -15,7 +16,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from meshbreaker._backoff import OpenBackoff
 from meshbreaker._names import split_breaker_name
@@ -45,7 +46,7 @@ class FleetDecider:
         *,
         wall_clock: Callable[[], float],
         tick: float = DEFAULT_TICK,
-        is_leader: Callable[[], bool] = lambda: True,
+        is_leader: Callable[[], Awaitable[bool]] | None = None,
         live_instances: Callable[[], Iterable[LiveInstance]] = tuple,
         probe_wait: float = 30.0,
     ) -> None:
@@ -63,6 +64,7 @@ class FleetDecider:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.passes = 0  # completed passes, for tests that wait for one
+        self.leading = is_leader is None  # whether this replica decided at its latest look
 
     def start(self) -> None:
         """Start deciding (call on the server's loop)."""
@@ -85,7 +87,14 @@ class FleetDecider:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._tick)
             self._wakeup.clear()
-            if not self._is_leader():
+            leading = True if self._is_leader is None else await self._is_leader()
+            if leading != self.leading:
+                self.leading = leading
+                logger.info(
+                    "fleet decider: this replica %s",
+                    "decides now" if leading else "no longer decides",
+                )
+            if not leading:
                 continue
             try:
                 await self.decide()

@@ -41,6 +41,7 @@ from meshbreaker.control.store import (
     PolicyStore,
     RevisionMismatchError,
 )
+from meshbreaker.control.store.presence import Presence
 from meshbreaker.control.validate import Refused
 from meshbreaker.control.writes import StoreWriter
 from meshbreaker.errors import ConfigError
@@ -139,6 +140,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             tick=decider_tick,
             live_instances=lambda: self._instances.views(self._clock()),
             probe_wait=report_ttl,
+            is_leader=None if presence is None else functools.partial(_campaign, presence),
         )
         self.decider.start()
 
@@ -485,6 +487,15 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         if request.limit < 0:
             raise ConfigError("limit", "must be >= 0 (0 = every event kept)")
         return pb.ListEventsResponse(events=self.events.recent(request.service, request.limit))
+
+
+async def _campaign(presence: Presence) -> bool:
+    """Whether this replica decides fleet-wide now (the election runs on the presence lease)."""
+    try:
+        return await asyncio.to_thread(presence.campaign, "decider")
+    except Exception as error:  # the store is away: decide nothing rather than twice
+        logger.debug("fleet decider election: %s", error)
+        return False
 
 
 def _forced_policy_id(selector: convert.Selector) -> str:

@@ -143,7 +143,8 @@ def test_a_quorum_opens_the_method_on_every_instance_and_one_prober_closes_it_fo
     assert list(decision.fleet.probers) == ["tx-0"] and decision.fleet.period == 1
     assert fleet.state("tx-0") is State.OPEN  # the prober: its own breaker, opened until then
     assert all(fleet.state(f"tx-{i}") is State.FORCED_OPEN for i in (1, 2, 3))
-    assert fleet.decisions() == {("transaction", METHOD, "opened"): 1}
+    # Counted once the store answered the write (a read may see the decision a moment sooner).
+    assert wait_until(lambda: fleet.decisions() == {("transaction", METHOD, "opened"): 1})
     (active,) = fleet.stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).overrides
     assert active.remaining == pytest.approx(OPEN_DURATION + 2 * REPORT_TTL)
 
@@ -159,7 +160,7 @@ def test_a_quorum_opens_the_method_on_every_instance_and_one_prober_closes_it_fo
     admitted[0].success()  # the probe passes: the prober closes, and the fleet with it
     assert wait_until(lambda: all(fleet.state(i) is State.CLOSED for i in fleet.agents))
     assert wait_until(lambda: fleet.decision() is None)
-    assert fleet.decisions()[("transaction", METHOD, "closed")] == 1
+    assert wait_until(lambda: fleet.decisions().get(("transaction", METHOD, "closed")) == 1)
     events = fleet.stub.ListEvents(pb.ListEventsRequest(), timeout=5).events
     changes = [e.policy_change for e in events if e.policy_change.actor == "control-plane"]
     assert changes[0].after.fleet.probers == ["tx-0"]
@@ -191,7 +192,7 @@ def test_a_failed_probe_reopens_the_fleet_and_hands_the_probes_to_another_instan
     assert decision is not None and list(decision.fleet.probers) == ["tx-1"]
     assert wait_until(lambda: fleet.state("tx-0") is State.FORCED_OPEN)
     assert wait_until(lambda: fleet.state("tx-1") is State.OPEN)
-    assert fleet.decisions()[("transaction", METHOD, "reopened")] == 1
+    assert wait_until(lambda: fleet.decisions().get(("transaction", METHOD, "reopened")) == 1)
 
 
 def test_a_prober_that_sends_no_probe_is_replaced_before_the_decision_expires(
@@ -209,7 +210,7 @@ def test_a_prober_that_sends_no_probe_is_replaced_before_the_decision_expires(
         return decision is not None and list(decision.fleet.probers) == ["tx-1"]
 
     assert wait_until(reassigned)
-    assert fleet.decisions()[("transaction", METHOD, "reassigned")] == 1
+    assert wait_until(lambda: fleet.decisions().get(("transaction", METHOD, "reassigned")) == 1)
 
 
 def test_expired_presence_never_counts_toward_the_quorum_and_a_joining_instance_does(

@@ -87,6 +87,37 @@ class EtcdPresence(Presence):
                 return False
         return True
 
+    def campaign(self, name: str) -> bool:
+        """Hold `<prefix>leader/<name>` on this replica's lease unless another replica does."""
+        return self._store.run(self._campaign(name))
+
+    async def _campaign(self, name: str) -> bool:
+        lease = self._lease
+        if lease is None:
+            # No lease yet (nothing published), or it was lost: publish() makes the next one
+            # and rewrites this replica's records; the election must not do that behind it.
+            return False
+        store, key, mine = self._store, self._store.key("leader", name), self.replica_id.encode()
+        transactions = store.transactions
+        try:
+            held, responses = await store.call(
+                lambda client: client.transaction(
+                    compare=[transactions.create(key) == 0],
+                    success=[transactions.put(key, mine, lease=lease)],
+                    failure=[transactions.get(key)],
+                )
+            )
+        except StoreUnavailableError:
+            raise
+        except Exception as error:
+            if "lease not found" not in str(error):
+                raise
+            return False  # publish() finds the loss and takes a new lease
+        if held:
+            return True
+        found = responses[0][0] if responses and responses[0] else None
+        return found is not None and bytes(found[0]) == mine
+
     @staticmethod
     def _transaction(ops: builtins.list[Any]) -> Callable[[Any], Awaitable[Any]]:
         return lambda client: client.transaction(compare=[], success=ops, failure=[])

@@ -54,6 +54,15 @@ class Presence(abc.ABC):
         """
 
     @abc.abstractmethod
+    def campaign(self, name: str) -> bool:
+        """Hold `name` on this replica's lease unless another replica holds it (an election).
+
+        True while this replica holds it. The holder keeps it until its lease ends (it stops, or
+        its keep-alives stop reaching the store); then the next replica to campaign gets it.
+        Raises StoreUnavailableError when the store cannot be reached.
+        """
+
+    @abc.abstractmethod
     def feed(self) -> PresenceFeed:
         """Every replica's records (this one's included), then their changes."""
 
