@@ -1,4 +1,4 @@
-"""Sync gRPC client interceptors: one circuit breaker per method, all four call kinds.
+"""Sync gRPC: a circuit breaker per method, all four call kinds: interceptor or guarded channel.
 
 meshbreaker.aio offers the same for grpc.aio channels, with the same names for the same roles.
 """
@@ -12,6 +12,7 @@ from meshbreaker.grpc._calls import (
     RejectedThrottledCall,
     TrackedStream,
 )
+from meshbreaker.grpc.guarded import GuardedChannel, guarded_channel
 from meshbreaker.grpc.interceptor import BreakerInterceptor
 from meshbreaker.grpc.service_config import service_config
 
@@ -21,9 +22,11 @@ __all__ = [
     "BreakerInterceptor",
     "FallbackCall",
     "FallbackOnFailureCall",
+    "GuardedChannel",
     "RejectedBulkheadCall",
     "RejectedCall",
     "RejectedThrottledCall",
     "TrackedStream",
+    "guarded_channel",
     "service_config",
 ]

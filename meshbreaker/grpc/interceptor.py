@@ -84,9 +84,9 @@ class BreakerInterceptor(
                     return self._retrying(continuation, details, request, info, breaker, run)
             permit = breaker.acquire()
         except CallNotPermittedError as error:
-            return _not_admitted(continuation, details, request, error, info.fallback)
+            return not_admitted(continuation, details, request, error, info.fallback)
         except Exception as error:
-            return _not_admitted(continuation, details, request, error, None)
+            return not_admitted(continuation, details, request, error, None)
         try:
             call = continuation(details, request)
         except BaseException:
@@ -132,7 +132,7 @@ class BreakerInterceptor(
             try:
                 permit = breaker.acquire()
             except CallNotPermittedError as error:  # never retried
-                return _not_admitted(continuation, details, request, error, info.fallback)
+                return not_admitted(continuation, details, request, error, info.fallback)
             try:
                 call = continuation(details, request)
             except BaseException:
@@ -198,7 +198,7 @@ class BreakerInterceptor(
                 run = retry_run(breaker, details.timeout)
             permit = breaker.acquire()
         except Exception as error:
-            return _not_admitted(continuation, details, request, error, None)
+            return not_admitted(continuation, details, request, error, None)
         try:
             call = continuation(details, request)
         except BaseException:
@@ -238,9 +238,9 @@ class BreakerInterceptor(
     intercept_unary_stream = _stream  # type: ignore[assignment]
 
 
-class _CallDetails(
+class CallDetails(
     collections.namedtuple(
-        "_CallDetails",
+        "CallDetails",
         ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
     ),
     grpc.ClientCallDetails,
@@ -251,7 +251,7 @@ class _CallDetails(
 def _with_timeout(details: Any, timeout: float | None) -> Any:
     if timeout is None:
         return details
-    return _CallDetails(
+    return CallDetails(
         details.method,
         timeout,
         details.metadata,
@@ -284,7 +284,7 @@ def _restart_stream(
     return call, tracker
 
 
-def _not_admitted(
+def not_admitted(
     continuation: Continuation,
     details: Any,
     request: Any,

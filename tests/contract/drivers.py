@@ -15,7 +15,7 @@ import grpc.aio
 import pytest
 
 from meshbreaker.aio import breaker_interceptors
-from meshbreaker.grpc import BreakerInterceptor
+from meshbreaker.grpc import BreakerInterceptor, guarded_channel
 from meshbreaker.registry import BreakerRegistry
 from tests.grpc.bytes_server import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY, BytesServer
 
@@ -51,12 +51,16 @@ class SyncDriver:
         self, registry: BreakerRegistry, *, address: str | None = None, **options: Any
     ) -> None:
         """Guard the driver's calls with `registry` and the interceptor `options`."""
-        channel = grpc.intercept_channel(
-            grpc.insecure_channel(address or self._server.target),
-            BreakerInterceptor(registry, **options),
+        channel = self.guard(
+            grpc.insecure_channel(address or self._server.target), registry, options
         )
         self._channels.append(channel)
         self._channel = channel
+
+    @staticmethod
+    def guard(channel: grpc.Channel, registry: BreakerRegistry, options: Any) -> grpc.Channel:
+        """The flavour's way to put the breakers on `channel`."""
+        return grpc.intercept_channel(channel, BreakerInterceptor(registry, **options))
 
     async def close(self) -> None:
         for channel in self._channels:
@@ -153,6 +157,26 @@ class FutureDriver(SyncDriver):
         )
 
 
+class GuardedDriver(SyncDriver):
+    """SyncDriver through guarded_channel instead of intercept_channel."""
+
+    flavour = "sync-guarded"
+
+    @staticmethod
+    def guard(channel: grpc.Channel, registry: BreakerRegistry, options: Any) -> grpc.Channel:
+        return guarded_channel(channel, registry, **options)
+
+
+class GuardedFutureDriver(FutureDriver):
+    """FutureDriver through guarded_channel."""
+
+    flavour = "sync-guarded-future"
+
+    @staticmethod
+    def guard(channel: grpc.Channel, registry: BreakerRegistry, options: Any) -> grpc.Channel:
+        return guarded_channel(channel, registry, **options)
+
+
 class AioDriver:
     """Calls through breaker_interceptors on a grpc.aio channel."""
 
@@ -235,7 +259,11 @@ class AioDriver:
 
 
 Driver = SyncDriver | AioDriver
-DRIVERS: dict[str, Callable[[BytesServer], Driver]] = {"sync": SyncDriver, "aio": AioDriver}
+DRIVERS: dict[str, Callable[[BytesServer], Driver]] = {
+    "sync": SyncDriver,
+    "sync-guarded": GuardedDriver,
+    "aio": AioDriver,
+}
 
 
 @pytest.fixture(params=sorted(DRIVERS))

@@ -16,7 +16,7 @@ from meshbreaker.grpc import BreakerInterceptor
 from meshbreaker.grpc._retry_future import Timer
 from meshbreaker.retry import RetryBudget, RetryPolicy, RetryRun
 from meshbreaker.testing import FakeClock
-from tests.contract.drivers import DRIVERS, Driver, FutureDriver
+from tests.contract.drivers import DRIVERS, Driver, FutureDriver, GuardedFutureDriver
 from tests.grpc.bytes_server import BIDI, CLIENT_STREAM, PATIENT, SERVER_STREAM, UNARY, BytesServer
 from tests.server_support import wait_until
 
@@ -24,10 +24,13 @@ from tests.server_support import wait_until
 FAST = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
 
 
-@pytest.fixture(params=[*sorted(DRIVERS), "sync-future"])
+FUTURES = {"sync-future": FutureDriver, "sync-guarded-future": GuardedFutureDriver}
+
+
+@pytest.fixture(params=[*sorted(DRIVERS), *sorted(FUTURES)])
 async def driver(request: pytest.FixtureRequest, server: BytesServer) -> AsyncIterator[Driver]:
     """Each flavour, and sync .future() calls (retried from callbacks and the timer thread)."""
-    flavours = {**DRIVERS, "sync-future": FutureDriver}
+    flavours = {**DRIVERS, **FUTURES}
     made = flavours[request.param](server)
     yield made
     await made.close()

@@ -1,4 +1,7 @@
-"""BreakerInterceptor on sync channels against a real server: the "Must hold" list of issue 3."""
+"""BreakerInterceptor on sync channels against a real server: the "Must hold" list of issue 3.
+
+Every test runs through grpc.intercept_channel and through guarded_channel (issue 18).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import pytest
 
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError
-from meshbreaker.grpc import BreakerInterceptor, RejectedCall
+from meshbreaker.grpc import BreakerInterceptor, GuardedChannel, RejectedCall
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.testing import FakeClock
 from tests.grpc.broken_registries import BROKEN_REGISTRIES
@@ -63,14 +66,20 @@ class Client:
         self.channel.close()
 
 
-@pytest.fixture
-def connect(server: BytesServer) -> Iterator[Callable[..., Client]]:
-    """connect(interceptor=None) -> Client on a fresh channel to the test server."""
+@pytest.fixture(params=["intercept_channel", "guarded_channel"])
+def connect(server: BytesServer, request: pytest.FixtureRequest) -> Iterator[Callable[..., Client]]:
+    """connect(interceptor=None) -> Client on a fresh channel to the test server.
+
+    Each test runs twice: the interceptor through grpc.intercept_channel, and the same
+    interceptor carried by a GuardedChannel, which must behave exactly alike.
+    """
     clients: list[Client] = []
 
     def make(interceptor: Any = None) -> Client:
         channel = grpc.insecure_channel(server.target)
-        if interceptor is not None:
+        if request.param == "guarded_channel" and isinstance(interceptor, BreakerInterceptor):
+            channel = GuardedChannel(channel, interceptor)
+        elif interceptor is not None:
             channel = grpc.intercept_channel(channel, interceptor)
         client = Client(channel)
         clients.append(client)
