@@ -1,4 +1,4 @@
-"""grpc.aio client interceptors: one circuit breaker per method, all four call kinds.
+"""grpc.aio: a circuit breaker per method, all four call kinds: interceptors or guarded channel.
 
 The same roles as meshbreaker.grpc, under the same names; one core (meshbreaker._adapter).
 """
@@ -13,6 +13,7 @@ from meshbreaker.aio._calls import (
     RejectedThrottledError,
     TrackedStream,
 )
+from meshbreaker.aio.guarded import GuardedChannel, guarded_channel
 from meshbreaker.aio.interceptors import (
     AioBreakerInterceptor,
     StreamStreamBreakerInterceptor,
@@ -28,6 +29,7 @@ __all__ = [
     "AioBreakerInterceptor",
     "FallbackCall",
     "FallbackOnFailureCall",
+    "GuardedChannel",
     "RejectedBulkheadError",
     "RejectedCall",
     "RejectedError",
@@ -38,4 +40,5 @@ __all__ = [
     "UnaryStreamBreakerInterceptor",
     "UnaryUnaryBreakerInterceptor",
     "breaker_interceptors",
+    "guarded_channel",
 ]

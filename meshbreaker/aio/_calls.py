@@ -452,17 +452,15 @@ class TrackedStream(
         return response
 
     async def read(self) -> Any:
-        """The next message, or grpc.aio.EOF."""
+        """The next message, or grpc.aio.EOF.
+
+        Read through the iterator, as grpc's intercepted calls read, so read() and `async for`
+        may be mixed on a guarded channel exactly as on an intercepted one.
+        """
         try:
-            response = await self._call.read()
-        except AioRpcError as error:
-            self._tracker.finish(error.code(), error_details(error))
-            raise
-        if response is grpc.aio.EOF:
-            self._tracker.finish(_OK)
-        elif self._tracker.first is None:
-            self._tracker.first_message()
-        return response
+            return await self.__anext__()
+        except StopAsyncIteration:
+            return grpc.aio.EOF
 
     def cancel(self) -> bool:
         """Cancels the call and frees its permit at once (a cancelled call is ignored)."""
@@ -495,16 +493,6 @@ class RetryingStream(TrackedStream):
             try:
                 return await TrackedStream._first(self)
             except AioRpcError as error:
-                await self._retry_after(error)
-
-    async def read(self) -> Any:
-        """The next message, or grpc.aio.EOF; retried while no message has arrived."""
-        while True:
-            try:
-                return await TrackedStream.read(self)
-            except AioRpcError as error:
-                if self._tracker.first is not None:
-                    raise
                 await self._retry_after(error)
 
     async def _retry_after(self, error: AioRpcError) -> None:

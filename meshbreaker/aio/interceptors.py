@@ -13,7 +13,7 @@ import grpc.aio
 from grpc.aio import AioRpcError
 
 from meshbreaker._adapter.fallback import Fallback
-from meshbreaker._adapter.guard import Guard, release
+from meshbreaker._adapter.guard import Guard, MethodInfo, release
 from meshbreaker._adapter.retrying import next_delay, remaining, retry_run
 from meshbreaker.aio._calls import (
     CallTracker,
@@ -25,6 +25,7 @@ from meshbreaker.aio._calls import (
     rejected_error,
     rejection,
 )
+from meshbreaker.breaker import CircuitBreaker, Permit
 from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.retry import RetryRun
@@ -61,7 +62,7 @@ async def _guard_unary(
         if replayable and breaker.retry_budget is not None:
             run = retry_run(breaker, client_call_details.timeout)
             if run is not None:
-                return await _retrying(guard, continuation, client_call_details, request, run)
+                return await retrying(guard, continuation, client_call_details, request, run)
         permit = breaker.acquire()
     except CallNotPermittedError as error:
         return await _not_admitted(continuation, client_call_details, request, error, info.fallback)
@@ -75,6 +76,13 @@ async def _guard_unary(
     except BaseException:
         release(permit)
         raise
+    return track_unary(guard, info, breaker, permit, call, request)
+
+
+def track_unary(
+    guard: Guard, info: MethodInfo, breaker: CircuitBreaker, permit: Permit, call: Any, request: Any
+) -> Any:
+    """A unary-response call tracked to its end (fallback-wrapped if asked); bare if that fails."""
     try:
         tracker = CallTracker(guard, breaker, permit)
         tracker.watch(call)
@@ -83,7 +91,7 @@ async def _guard_unary(
             return FallbackOnFailureCall(tracked, request, info.fallback, guard, breaker)
         return tracked
     except Exception:
-        logger.exception("meshbreaker: tracking %s failed", client_call_details.method)
+        logger.exception("meshbreaker: tracking %s failed", info.name)
         release(permit)
     return call
 
@@ -95,7 +103,7 @@ async def _guard_stream_unary(
     return await _guard_unary(self, continuation, client_call_details, request, False)
 
 
-async def _retrying(
+async def retrying(
     guard: Guard, continuation: Any, details: Any, request: Any, run: RetryRun
 ) -> Any:
     """A unary call retried by its method's RetryPolicy, each attempt guarded and awaited."""
@@ -167,17 +175,32 @@ async def _guard_stream(
     except BaseException:
         release(permit)
         raise
+    restart = None
+    if run is not None:
+        restart = functools.partial(
+            restart_stream, guard, breaker, continuation, client_call_details, request
+        )
+    return track_stream(guard, info, breaker, permit, call, run, restart)
+
+
+def track_stream(
+    guard: Guard,
+    info: MethodInfo,
+    breaker: CircuitBreaker,
+    permit: Permit,
+    call: Any,
+    run: RetryRun | None,
+    restart: Any,
+) -> Any:
+    """A response stream tracked to its end (retried when `run`); the bare call if that fails."""
     try:
         tracker = CallTracker(guard, breaker, permit)
         tracker.watch(call)
         if run is None:
             return TrackedStream(call, tracker)
-        restart = functools.partial(
-            _restart_stream, guard, breaker, continuation, client_call_details, request
-        )
         return RetryingStream(call, tracker, run, restart)
     except Exception:
-        logger.exception("meshbreaker: tracking %s failed", client_call_details.method)
+        logger.exception("meshbreaker: tracking %s failed", info.name)
         release(permit)
         return call
 
@@ -189,7 +212,7 @@ async def _guard_stream_stream(
     return await _guard_stream(self, continuation, client_call_details, request, False)
 
 
-async def _restart_stream(
+async def restart_stream(
     guard: Guard,
     breaker: Any,
     continuation: Any,
@@ -229,15 +252,26 @@ async def _not_admitted(
     `fallback` (None for response streams) answers a rejection. When meshbreaker itself failed,
     the RPC goes on unguarded: the breaker's bookkeeping never breaks a call.
     """
+    refused = refusal(error, fallback, request, client_call_details.method)
+    if refused is not None:
+        return refused
+    return await continuation(client_call_details, request)
+
+
+def refusal(error: Exception, fallback: Fallback | None, request: Any, method: Any) -> Any:
+    """A rejected call's RejectedCall or FallbackCall; None (logged) when the call must go on.
+
+    None when meshbreaker itself failed (`error` is no rejection, or building it failed): the
+    breaker's bookkeeping never breaks a call.
+    """
     if isinstance(error, CallNotPermittedError):
         try:
             return rejection(error, fallback, request)
         except Exception:
             logger.exception("meshbreaker: building the rejection failed; calling through")
     else:
-        method = client_call_details.method
         logger.error("meshbreaker: guarding %s failed; calling through", method, exc_info=error)
-    return await continuation(client_call_details, request)
+    return None
 
 
 class UnaryUnaryBreakerInterceptor(AioBreakerInterceptor, grpc.aio.UnaryUnaryClientInterceptor):

@@ -13,7 +13,12 @@ import grpc
 import grpc.aio
 import pytest
 
-from meshbreaker.aio import AioBreakerInterceptor, RejectedError, breaker_interceptors
+from meshbreaker.aio import (
+    AioBreakerInterceptor,
+    GuardedChannel,
+    RejectedError,
+    breaker_interceptors,
+)
 from meshbreaker.config import State
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError
 from meshbreaker.registry import BreakerRegistry
@@ -62,13 +67,22 @@ Connect = Callable[..., Client]
 Stream = grpc.aio.UnaryStreamCall[bytes, bytes] | grpc.aio.StreamStreamCall[bytes, bytes]
 
 
-@pytest.fixture
-async def connect(server: BytesServer) -> AsyncIterator[Connect]:
-    """connect(interceptors=None) -> Client on a fresh aio channel to the test server."""
+@pytest.fixture(params=["interceptors", "guarded_channel"])
+async def connect(server: BytesServer, request: pytest.FixtureRequest) -> AsyncIterator[Connect]:
+    """connect(interceptors=None) -> Client on a fresh aio channel to the test server.
+
+    Each test runs twice: with breaker_interceptors on the channel, and with their Guard on a
+    GuardedChannel, which must behave exactly alike.
+    """
     channels: list[grpc.aio.Channel] = []
 
     def make(interceptors: Any = None) -> Client:
-        channel = grpc.aio.insecure_channel(server.target, interceptors=interceptors)
+        guards = {getattr(interceptor, "_guard", None) for interceptor in interceptors or ()}
+        channel: grpc.aio.Channel
+        if request.param == "guarded_channel" and len(guards) == 1 and None not in guards:
+            channel = GuardedChannel(grpc.aio.insecure_channel(server.target), guards.pop())
+        else:
+            channel = grpc.aio.insecure_channel(server.target, interceptors=interceptors)
         channels.append(channel)
         return Client(channel)
 

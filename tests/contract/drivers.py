@@ -15,6 +15,7 @@ import grpc.aio
 import pytest
 
 from meshbreaker.aio import breaker_interceptors
+from meshbreaker.aio import guarded_channel as aio_guarded_channel
 from meshbreaker.grpc import BreakerInterceptor, guarded_channel
 from meshbreaker.registry import BreakerRegistry
 from tests.grpc.bytes_server import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY, BytesServer
@@ -190,11 +191,15 @@ class AioDriver:
         self, registry: BreakerRegistry, *, address: str | None = None, **options: Any
     ) -> None:
         """Guard the driver's calls with `registry` and the interceptor `options`."""
-        channel = grpc.aio.insecure_channel(
-            address or self._server.target, interceptors=breaker_interceptors(registry, **options)
-        )
+        channel = self.guard(address or self._server.target, registry, options)
         self._channels.append(channel)
         self._channel = channel
+
+    @staticmethod
+    def guard(target: str, registry: BreakerRegistry, options: Any) -> grpc.aio.Channel:
+        """A channel to `target` with the flavour's breakers."""
+        interceptors = breaker_interceptors(registry, **options)
+        return grpc.aio.insecure_channel(target, interceptors=interceptors)
 
     async def close(self) -> None:
         for channel in self._channels:
@@ -258,11 +263,22 @@ class AioDriver:
         )
 
 
+class GuardedAioDriver(AioDriver):
+    """AioDriver through meshbreaker.aio.guarded_channel instead of interceptors."""
+
+    flavour = "aio-guarded"
+
+    @staticmethod
+    def guard(target: str, registry: BreakerRegistry, options: Any) -> grpc.aio.Channel:
+        return aio_guarded_channel(grpc.aio.insecure_channel(target), registry, **options)
+
+
 Driver = SyncDriver | AioDriver
 DRIVERS: dict[str, Callable[[BytesServer], Driver]] = {
     "sync": SyncDriver,
     "sync-guarded": GuardedDriver,
     "aio": AioDriver,
+    "aio-guarded": GuardedAioDriver,
 }
 
 
