@@ -13,6 +13,7 @@ import grpc
 import grpc.aio
 import pytest
 
+from meshbreaker._adapter.guard import Guard
 from meshbreaker.aio import (
     AioBreakerInterceptor,
     GuardedChannel,
@@ -77,9 +78,14 @@ async def connect(server: BytesServer, request: pytest.FixtureRequest) -> AsyncI
     channels: list[grpc.aio.Channel] = []
 
     def make(interceptors: Any = None) -> Client:
-        guards = {getattr(interceptor, "_guard", None) for interceptor in interceptors or ()}
+        guards: set[Guard] = {
+            interceptor._guard
+            for interceptor in interceptors or ()
+            if isinstance(interceptor, AioBreakerInterceptor)
+        }
         channel: grpc.aio.Channel
-        if request.param == "guarded_channel" and len(guards) == 1 and None not in guards:
+        only_breakers = all(isinstance(i, AioBreakerInterceptor) for i in interceptors or ())
+        if request.param == "guarded_channel" and only_breakers and len(guards) == 1:
             channel = GuardedChannel(grpc.aio.insecure_channel(server.target), guards.pop())
         else:
             channel = grpc.aio.insecure_channel(server.target, interceptors=interceptors)
