@@ -6,6 +6,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from meshbreaker.testing import FakeClock
+from tests.browser_support import browser  # noqa: F401  (the headless Chromium fixture)
 
 # Hypothesis' deadlines and "too slow" health checks time the machine, not the code: on 2 shared
 # cores with a CPU hog beside them they fail tests that are correct. Correctness checks stay on.

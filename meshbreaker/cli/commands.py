@@ -63,6 +63,8 @@ def control_plane(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
             metrics_instance_breakers=args.metrics_instance_breakers,
+            console_port=args.console_port,
+            console_host=args.console_host,
             xds=args.xds,
         )
     return 0

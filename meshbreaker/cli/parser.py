@@ -151,6 +151,14 @@ def _add_control_plane(subcommands: _Subcommands) -> None:
         'service with instance="*" (default %(default)s)',
     )
     serve.add_argument(
+        "--console-port",
+        type=arg_types.count,
+        help="serve the web console on this HTTP port (HTTPS with --tls-cert; default: off)",
+    )
+    serve.add_argument(
+        "--console-host", help="address for the web console (default: the --host address)"
+    )
+    serve.add_argument(
         "--xds",
         action="store_true",
         help="also serve policies and the cluster registry over xDS (ADS) on this port "

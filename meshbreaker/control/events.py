@@ -73,6 +73,11 @@ class EventBus:
                 logger.warning("events subscriber left; %d events were dropped for it", dropped)
 
     @property
+    def sequence(self) -> int:
+        """The sequence number of the newest event published (0 before the first)."""
+        return self._sequence
+
+    @property
     def subscribers(self) -> int:
         """How many subscriptions are open."""
         return len(self._subscribers)

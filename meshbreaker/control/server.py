@@ -44,6 +44,7 @@ from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
+    from meshbreaker.control.console import ConsoleServer
     from meshbreaker.control.metrics import ExpositionServer, XdsView
     from meshbreaker.control.xds.server import XdsServer
 
@@ -80,6 +81,8 @@ class ServerOptions:
     `max_connection_age` seconds is asked to go (GOAWAY) and closed `max_connection_age_grace`
     later, so agents of a fleet spread over the replicas again after one comes back. `xds` also
     serves the policies and the cluster registry over xDS (ADS) on the same port (the `xds` extra).
+    `console_port` serves the web console on http(s)://console_host:console_port/ (`console_host`
+    defaults to `host`; HTTPS with the server's own certificate when it has TLS).
 
     `agent_token_file` holds agent tokens limited to caller services (see auth.load_token_file);
     `tls_client_names_service` (with mutual TLS) makes an agent's client certificate name its
@@ -120,6 +123,8 @@ class ServerOptions:
     replica_lease_ttl: float = 10.0
     replica_publish_interval: float = 5.0
     metrics_instance_breakers: int = 2_000
+    console_port: int | None = None
+    console_host: str | None = None
 
     def __post_init__(self) -> None:
         report_ttl = self.report_ttl
@@ -145,6 +150,8 @@ class ServerOptions:
         limit = self.metrics_instance_breakers
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ConfigError("metrics_instance_breakers", "must be an integer >= 0")
+        if self.console_port is not None:
+            _check_port("console_port", self.console_port)
         if self.metrics_port is not None:
             _check_port("metrics_port", self.metrics_port)
             if importlib.util.find_spec("prometheus_client") is None:
@@ -159,6 +166,19 @@ class ServerOptions:
             raise ConfigError("tls_client_ca", "needs tls_cert and tls_key (mutual TLS is TLS)")
         if self.tls_client_names_service and self.tls_client_ca is None:
             raise ConfigError("tls_client_names_service", "needs mutual TLS (tls_client_ca)")
+        console_host = self.console_host or self.host
+        if (
+            self.console_port is not None
+            and not self.insecure
+            and self.insecurities
+            and not is_loopback(console_host)
+        ):
+            raise ConfigError(
+                "console_host",
+                f"{console_host!r} is reachable from other machines, and this console would "
+                f"run {' and '.join(self.insecurities)}: give --admin-token and "
+                "--tls-cert/--tls-key, or --insecure to run so anyway",
+            )
         if not self.insecure and self.insecurities and not is_loopback(self.host):
             raise ConfigError(
                 "host",
@@ -297,6 +317,7 @@ class ControlPlaneServer:
         self.host = options.host
         self.limits = options.limits
         self.metrics_host = options.metrics_host or options.host
+        self.console_host = options.console_host or options.host
         self._close_store = close_store
         self._server: grpc.aio.Server | None = None
         self._health: HealthServicer | None = None
@@ -304,6 +325,7 @@ class ControlPlaneServer:
         self._port = 0
         self._metrics: ExpositionServer | None = None
         self._xds: XdsServer | None = None
+        self._console: ConsoleServer | None = None
 
     @property
     def xds(self) -> XdsServer | None:
@@ -328,6 +350,13 @@ class ControlPlaneServer:
         if self._server is None:
             raise RuntimeError("the server is not started")
         return None if self._metrics is None else self._metrics.port
+
+    @property
+    def console_url(self) -> str | None:
+        """The web console's address, or None when the console is off."""
+        if self._server is None:
+            raise RuntimeError("the server is not started")
+        return None if self._console is None else self._console.url
 
     @property
     def servicer(self) -> ControlPlaneServicer:
@@ -396,6 +425,16 @@ class ControlPlaneServer:
                 raise OSError(
                     f"cannot bind the metrics endpoint to {metrics_address}: {error.strerror}"
                 ) from error
+        if self.options.console_port is not None:
+            try:
+                self._console = self._start_console(servicer)
+            except OSError as error:
+                servicer.close()
+                await self._close_metrics()
+                console_address = f"{self.console_host}:{self.options.console_port}"
+                raise OSError(
+                    f"cannot bind the console to {console_address}: {error.strerror}"
+                ) from error
         _add_servicer(servicer, server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -428,6 +467,7 @@ class ControlPlaneServer:
             # grpc's "Failed to bind" carries no reason; the usual one is EADDRINUSE.
             port = 0
         if port == 0:
+            await self._close_console()
             servicer.close()
             await self._close_metrics()
             await self._close_xds()
@@ -450,12 +490,15 @@ class ControlPlaneServer:
         )
         if self._metrics is not None:
             logger.info("control plane metrics on %s", self._metrics.url)
+        if self._console is not None:
+            logger.info("control plane console on %s", self._console.url)
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop serving (open streams are cancelled after `grace` seconds); idempotent."""
         server, self._server = self._server, None
         if server is None:
             return
+        await self._close_console()
         await self._close_metrics()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
@@ -475,6 +518,28 @@ class ControlPlaneServer:
         from meshbreaker.control.metrics import XdsView
 
         return XdsView(self._xds.statuses(), self._xds.nacks)
+
+    def _start_console(self, servicer: ControlPlaneServicer) -> ConsoleServer:
+        """The web console, HTTPS with this server's certificate (and client CA) when it has TLS."""
+        from meshbreaker.control.console import ConsoleServer, tls_context
+
+        tls = None
+        if self._cert is not None and self._key is not None:
+            tls = tls_context(self._cert, self._key, self._client_ca)
+        console = ConsoleServer(
+            servicer,
+            self._authenticator,
+            self.console_host,
+            self.options.console_port or 0,
+            tls=tls,
+        )
+        console.start()
+        return console
+
+    async def _close_console(self) -> None:
+        console, self._console = self._console, None
+        if console is not None:
+            await console.stop()
 
     async def _close_xds(self) -> None:
         xds, self._xds = self._xds, None

@@ -1,0 +1,168 @@
+// The console page: the token, the live feed, and what it draws.
+
+import {Refusal, get, setToken, token} from "./api.js";
+import {el, tickAges} from "./dom.js";
+import {Feed} from "./feed.js";
+import {ExplainForm, ForceForm, PolicyForm} from "./forms.js";
+import {eventItem, renderBreakers, renderInstances} from "./render.js";
+
+const MAX_EVENTS = 500;
+const $ = (id) => document.getElementById(id);
+
+const page = {
+  session: null,
+  lostSince: null,
+  policiesTimer: null,
+};
+
+const forceForm = new ForceForm($("force-form"), $("force-expiry"));
+const explainForm = new ExplainForm($("explain-form"), $("explanation"));
+const policyForm = new PolicyForm($("policy-form"), $("policy-delete"), $("policy-revision"), () => loadPolicies());
+
+const feed = new Feed({
+  hello(session) {
+    page.session = session;
+    showRole(session);
+    if (session.since === 0) $("events").replaceChildren();
+  },
+  event(event) {
+    const list = $("events");
+    list.prepend(eventItem(event));
+    while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
+    if (event.kind === "policy_change") schedulePolicies();
+  },
+  mesh(mesh) {
+    if (mesh.error) {
+      banner(`The control plane refused the mesh view: ${mesh.error.code}: ${mesh.error.message}`);
+      return;
+    }
+    $("revision").textContent = `store revision ${mesh.revision}`;
+    $("breakers-empty").hidden = mesh.groups.length > 0;
+    renderBreakers($("breakers"), mesh, {
+      canWrite: Boolean(page.session && page.session.can_write),
+      force: (caller, method, override) => forceForm.apply(caller, method, override),
+      explain: (caller, method) => explainForm.explain(caller, method),
+    });
+    renderInstances($("instances").tBodies[0], mesh.instances);
+  },
+  lost(info) {
+    banner(`This page fell behind and missed ${info.events} events; the mesh view is current.`, "warn");
+  },
+  up() {
+    const link = $("link");
+    link.dataset.link = "live";
+    link.textContent = "live";
+    if (page.lostSince !== null) {
+      const gone = Math.round((Date.now() - page.lostSince) / 1000);
+      banner(`Back in touch with the control plane after ${gone}s; caught up.`, "ok");
+      setTimeout(() => { if ($("banner").dataset.kind === "ok") banner(""); }, 4000);
+      page.lostSince = null;
+      loadPolicies();
+    } else {
+      banner("");
+    }
+  },
+  down(reason) {
+    const link = $("link");
+    link.dataset.link = "lost";
+    link.textContent = "lost the control plane";
+    if (page.lostSince === null) page.lostSince = Date.now();
+    const when = new Date(page.lostSince).toLocaleTimeString([], {hour12: false});
+    banner(`Lost the control plane at ${when}: ${reason}. Reconnecting… What you see is as it was then.`, "lost");
+  },
+  denied(message) {
+    askForToken(message);
+  },
+});
+
+function banner(text, kind = "") {
+  const node = $("banner");
+  node.textContent = text;
+  node.dataset.kind = kind;
+  node.hidden = !text;
+}
+
+function showRole(session) {
+  const role = $("role");
+  const words = {admin: "admin", agent: "read-only (agent token)", open: "open (no tokens)"};
+  role.textContent = words[session.role] || session.role;
+  role.dataset.role = session.role;
+  const note = $("write-note");
+  note.hidden = session.can_write;
+  note.textContent = session.can_write ? "" : "Read-only: this token cannot change the mesh. Enter the admin token to force methods and edit policies.";
+  for (const form of [$("force-form"), $("policy-form")]) {
+    form.querySelector("fieldset").disabled = !session.can_write;
+  }
+}
+
+function askForToken(message) {
+  feed.stop();
+  const link = $("link");
+  link.dataset.link = "denied";
+  link.textContent = "needs a token";
+  banner(`${message} Enter a token above (it stays in this tab only).`, "lost");
+  $("token").focus();
+}
+
+function schedulePolicies() {
+  clearTimeout(page.policiesTimer);
+  page.policiesTimer = setTimeout(loadPolicies, 200);
+}
+
+async function loadPolicies() {
+  let answer;
+  try {
+    answer = await get("/api/policies");
+  } catch (error) {
+    return; // the feed says what is wrong
+  }
+  policyForm.setRevision(answer.revision);
+  const body = $("policies").tBodies[0];
+  body.replaceChildren(...answer.policies.map((entry) => policyRow(entry)));
+}
+
+function policyRow(entry) {
+  const stored = entry.document;
+  const config = Object.entries(entry.form).map(([name, text]) => `${name}=${text}`).join(" ");
+  const edit = el("button", {type: "button", text: "edit"});
+  edit.addEventListener("click", () => policyForm.edit(entry));
+  return el("tr", {data: {policy: stored.id}},
+    el("td", {text: stored.id}),
+    el("td", {text: stored.selector.caller || "*"}),
+    el("td", {text: stored.selector.service || "*"}),
+    el("td", {text: stored.selector.method || "*"}),
+    el("td", {cls: "config", text: stored.config === null ? "(override only)" : config}),
+    el("td", {text: stored.override || ""}),
+    el("td", {text: stored.description || ""}),
+    el("td", {cls: "num", text: stored.revision}),
+    el("td", {}, edit));
+}
+
+async function begin() {
+  try {
+    const schema = await get("/api/schema");
+    policyForm.setSchema(schema, $("config-fields"));
+    forceForm.allowExpiry(Boolean(schema.force_expiry));
+  } catch (error) {
+    if (error instanceof Refusal && (error.status === 401 || error.status === 403)) {
+      askForToken(error.message);
+      return;
+    }
+  }
+  feed.restart();
+  loadPolicies();
+}
+
+$("token-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  setToken($("token").value.trim());
+  $("token").value = "";
+  begin();
+});
+$("token-forget").addEventListener("click", () => {
+  setToken("");
+  begin();
+});
+if (token()) $("token").placeholder = "(token set)";
+setInterval(() => tickAges(), 1000);
+begin();

@@ -1,0 +1,212 @@
+// The forms: force a method, put / edit / delete a policy, explain a breaker's config.
+// Every write is validated by the control plane; its refusal is shown in the form as it came.
+
+import {get, post} from "./api.js";
+import {el} from "./dom.js";
+
+function show(form, ok, message) {
+  const output = form.elements.namedItem("result");
+  output.textContent = message;
+  output.dataset.ok = String(ok);
+}
+
+async function submit(form, work) {
+  const button = form.querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    return await work();
+  } catch (error) {
+    show(form, false, error.code ? `${error.code}: ${error.message}` : String(error.message || error));
+    return null;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function value(form, name) {
+  return form.elements.namedItem(name).value.trim();
+}
+
+export class ForceForm {
+  constructor(form, expiry) {
+    this.form = form;
+    this.expiry = expiry;
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.apply(value(form, "caller"), value(form, "method"), value(form, "override"), value(form, "expires_in"));
+    });
+  }
+
+  allowExpiry(allowed) {
+    this.expiry.hidden = !allowed;
+  }
+
+  async apply(caller, method, override, expiresIn = "") {
+    const form = this.form;
+    form.elements.namedItem("caller").value = caller;
+    form.elements.namedItem("method").value = method;
+    form.elements.namedItem("override").value = override;
+    const body = {caller, method, override};
+    if (expiresIn && !this.expiry.hidden) body.expires_in = Number(expiresIn);
+    const answer = await submit(form, () => post("/api/force", body));
+    if (answer) {
+      const who = caller ? `${caller}'s calls of ${method}` : method;
+      const word = override === "auto" ? "back to automatic" : `forced ${override}`;
+      show(form, true, `${who}: ${word} (store revision ${answer.revision})`);
+    }
+  }
+}
+
+export class PolicyForm {
+  constructor(form, deleteButton, revisionLabel, onChange) {
+    this.form = form;
+    this.revisionLabel = revisionLabel;
+    this.revision = null;
+    this.onChange = onChange;
+    this.fields = [];
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.put();
+    });
+    form.addEventListener("reset", () => show(form, true, ""));
+    deleteButton.addEventListener("click", () => this.remove());
+  }
+
+  // One text input per BreakerConfig field, spelled as its command-line flag reads it.
+  setSchema(schema, container) {
+    this.fields = schema.fields;
+    container.replaceChildren(...schema.fields.map((field) =>
+      el("label", {title: field.help},
+        el("span", {text: field.name}),
+        inputFor(field))));
+  }
+
+  setRevision(revision) {
+    this.revision = revision;
+    this.revisionLabel.textContent = String(revision);
+  }
+
+  edit(entry) {
+    const form = this.form;
+    const stored = entry.document;
+    form.reset();
+    form.elements.namedItem("id").value = stored.id;
+    for (const key of ["caller", "service", "method"]) {
+      form.elements.namedItem(key).value = stored.selector[key] || "";
+    }
+    form.elements.namedItem("description").value = stored.description || "";
+    form.elements.namedItem("override").value = stored.override || "";
+    for (const [name, text] of Object.entries(entry.form)) {
+      const input = form.elements.namedItem(`config.${name}`);
+      if (input) input.value = text;
+    }
+    form.scrollIntoView({block: "nearest"});
+  }
+
+  policy() {
+    const form = this.form;
+    const config = {};
+    for (const field of this.fields) {
+      const text = value(form, `config.${field.name}`);
+      if (text !== "") config[field.name] = text;
+    }
+    const policy = {
+      id: value(form, "id"),
+      selector: {caller: value(form, "caller"), service: value(form, "service"), method: value(form, "method")},
+      description: value(form, "description"),
+      config: Object.keys(config).length ? config : null,
+    };
+    const override = value(form, "override");
+    if (override) policy.override = override;
+    return policy;
+  }
+
+  body(extra) {
+    const body = {...extra};
+    if (this.form.elements.namedItem("cas").checked && this.revision !== null) body.expected_revision = this.revision;
+    return body;
+  }
+
+  async put() {
+    const answer = await submit(this.form, () => post("/api/policies/put", this.body({policy: this.policy()})));
+    if (answer) {
+      show(this.form, true, `put ${answer.policy.document.id} at revision ${answer.revision}`);
+      this.onChange();
+    }
+  }
+
+  async remove() {
+    const id = value(this.form, "id");
+    const answer = await submit(this.form, () => post("/api/policies/delete", this.body({id})));
+    if (answer) {
+      show(this.form, true, `deleted ${id} at revision ${answer.revision}`);
+      this.onChange();
+    }
+  }
+}
+
+function inputFor(field) {
+  const input = el("input");
+  input.name = `config.${field.name}`;
+  input.placeholder = field.metavar;
+  input.autocomplete = "off";
+  return input;
+}
+
+export class ExplainForm {
+  constructor(form, target) {
+    this.form = form;
+    this.target = target;
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.explain(value(form, "caller"), value(form, "method"));
+    });
+  }
+
+  async explain(caller, method) {
+    const form = this.form;
+    form.elements.namedItem("caller").value = caller;
+    form.elements.namedItem("method").value = method;
+    const query = new URLSearchParams({caller, method});
+    const answer = await submit(form, () => get(`/api/explain?${query}`));
+    if (!answer) return;
+    if (answer.error) {
+      show(form, false, answer.error);
+      this.target.replaceChildren();
+      return;
+    }
+    const lagging = answer.instances.filter((item) => item.differs.length).length;
+    show(form, lagging === 0,
+      `${method} called by ${caller} at revision ${answer.revision}: ${answer.instances.length} instances report it` +
+      (lagging ? `, ${lagging} with another config` : ""));
+    this.target.replaceChildren(explanationTable(answer));
+  }
+}
+
+function explanationTable(answer) {
+  const instances = answer.instances;
+  const head = el("tr", {}, el("th", {text: "field"}), el("th", {text: "layered"}), el("th", {text: "from"}),
+    ...instances.map((item) => el("th", {text: item.instance, title: `applied revision ${item.applied_revision}`})));
+  const rows = answer.fields.map((name) => {
+    const layered = answer.layered.config[name];
+    return el("tr", {data: {field: name}},
+      el("td", {text: name}),
+      el("td", {text: describe(layered.value)}),
+      el("td", {cls: "muted", text: layered.from}),
+      ...instances.map((item) => el("td", {
+        text: item.config[name],
+        cls: item.differs.includes(name) ? "bad" : "",
+        title: item.differs.includes(name) ? "differs from the layered policies over this instance's defaults" : "",
+      })));
+  });
+  const override = answer.layered.override ? `${answer.layered.override} (from ${answer.layered.override_from})` : "none";
+  return el("div", {}, el("table", {cls: "grid explanation"}, el("thead", {}, head), el("tbody", {}, ...rows)),
+    el("p", {text: `override: ${override}`}));
+}
+
+function describe(value) {
+  if (value === null) return "off";
+  if (Array.isArray(value)) return value.join(",");
+  if (typeof value === "object") return JSON.stringify(value);
+  return String(value);
+}

@@ -1,0 +1,295 @@
+"""The web console's HTTP side, against a real control plane: auth, one write path, safety."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from meshbreaker.cli import build_parser
+from meshbreaker.control.console.http import CONTENT_SECURITY_POLICY
+from meshbreaker.control.server import ServerOptions
+from meshbreaker.errors import ConfigError
+from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+from tests.control.conftest import bearer
+from tests.server_support import ServerThread
+from tests.tls_support import issue, pem
+
+ADMIN, AGENT = "admin-secret", "agent-secret"
+METHOD = "/bank.v1.AccountService/GetBalance"
+
+StartThread = Callable[..., ServerThread]
+Metadata = tuple[tuple[str, str], ...]
+
+
+@pytest.fixture
+def console(control_plane_thread: StartThread) -> Iterator[tuple[ServerThread, str]]:
+    """A control plane with tokens and its console: (the server, the console's URL)."""
+    server = control_plane_thread(console_port=0, admin_token=ADMIN, agent_token=AGENT)
+    url = server.running.console_url
+    assert url is not None
+    yield server, url
+
+
+def _client(url: str, token: str | None = None) -> httpx.Client:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    return httpx.Client(base_url=url, headers=headers, timeout=10.0)
+
+
+def _grpc_refusal(
+    target: str, token: str | None, call: Callable[[pb_grpc.ControlPlaneStub, Metadata], object]
+) -> str:
+    """The details the gRPC API refuses `call(stub, metadata)` with."""
+    metadata: Metadata = () if token is None else bearer(token)
+    with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError) as refused:
+        call(pb_grpc.ControlPlaneStub(channel), metadata)
+    return str(refused.value.details())
+
+
+def test_the_console_is_off_unless_asked_for(control_plane_thread: StartThread) -> None:
+    server = control_plane_thread()
+    assert server.running.console_url is None
+
+
+def test_every_answer_carries_a_strict_content_security_policy(
+    console: tuple[ServerThread, str],
+) -> None:
+    _, url = console
+    with _client(url, ADMIN) as client:
+        for path in ("/", "/static/app.js", "/static/console.css", "/api/session", "/nowhere"):
+            answer = client.get(path)
+            assert answer.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY, path
+            assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        page = client.get("/").text
+    assert "script-src 'self'" in CONTENT_SECURITY_POLICY
+    assert "unsafe-inline" not in CONTENT_SECURITY_POLICY
+    # Nothing inline the policy would have to allow: no script body, no style attribute.
+    assert "<script>" not in page and "style=" not in page and "<style" not in page
+    assert '<script type="module" src="/static/app.js"></script>' in page
+
+
+def test_reads_need_a_token_as_the_grpc_api_does(console: tuple[ServerThread, str]) -> None:
+    server, url = console
+    expected = _grpc_refusal(
+        server.target,
+        None,
+        lambda stub, metadata: stub.ListBreakers(pb.ListBreakersRequest(), metadata=metadata),
+    )
+    with _client(url) as client:
+        answer = client.get("/api/session")
+    assert answer.status_code == 401
+    assert answer.json() == {"code": "UNAUTHENTICATED", "message": expected}
+    with _client(url, "wrong") as client:
+        assert client.get("/api/stream").status_code == 401
+    with _client(url, AGENT) as client:
+        assert client.get("/api/session").json()["role"] == "agent"
+        assert client.get("/api/session").json()["can_write"] is False
+    with _client(url, ADMIN) as client:
+        assert client.get("/api/session").json()["can_write"] is True
+
+
+def test_the_agent_token_cannot_write(console: tuple[ServerThread, str]) -> None:
+    server, url = console
+    with _client(url, AGENT) as client:
+        answer = client.post("/api/force", json={"method": METHOD, "override": "open"})
+    assert answer.status_code == 403
+    assert answer.json() == {
+        "code": "PERMISSION_DENIED",
+        "message": "/meshbreaker.v1.ControlPlane/ForceState needs the admin token",
+    }
+    with grpc.insecure_channel(server.target) as channel:
+        policies = pb_grpc.ControlPlaneStub(channel).ListPolicies(
+            pb.ListPoliciesRequest(), metadata=bearer(ADMIN)
+        )
+    assert list(policies.policies) == []
+
+
+def test_a_refused_put_says_what_the_grpc_api_says(console: tuple[ServerThread, str]) -> None:
+    server, url = console
+    entry = {"id": "mismatch", "selector": {"service": "bank.v1.A", "method": "/bank.v1.B/M"}}
+    policy = pb.Policy(
+        id="mismatch", selector=pb.Selector(service="bank.v1.A", method="/bank.v1.B/M")
+    )
+    policy.config.SetInParent()
+    expected = _grpc_refusal(
+        server.target,
+        ADMIN,
+        lambda stub, metadata: stub.PutPolicy(
+            pb.PutPolicyRequest(policies=[policy]), metadata=metadata
+        ),
+    )
+    with _client(url, ADMIN) as client:
+        answer = client.post("/api/policies/put", json={"policy": entry})
+    assert answer.status_code == 400
+    assert answer.json() == {"code": "INVALID_ARGUMENT", "message": expected}
+    assert "selector.method" in expected
+
+
+def test_writes_from_the_console_are_the_grpc_apis_writes(
+    console: tuple[ServerThread, str],
+) -> None:
+    server, url = console
+    entry = {
+        "id": "balance",
+        "selector": {"method": METHOD},
+        "config": {"failure_rate_threshold": "0.25", "open_duration": "30s"},
+        "description": "<b>tight</b>",
+    }
+    with _client(url, ADMIN) as client:
+        put = client.post("/api/policies/put", json={"policy": entry})
+        assert put.status_code == 200, put.text
+        stale = client.post("/api/policies/put", json={"policy": entry, "expected_revision": 0})
+        forced = client.post(
+            "/api/force", json={"caller": "gateway", "method": METHOD, "override": "closed"}
+        )
+        listed = client.get("/api/policies").json()
+    assert stale.status_code == 409 and stale.json()["code"] == "ABORTED"
+    assert forced.status_code == 200, forced.text
+    with grpc.insecure_channel(server.target) as channel:
+        stored = pb_grpc.ControlPlaneStub(channel).ListPolicies(
+            pb.ListPoliciesRequest(), metadata=bearer(ADMIN)
+        )
+    by_id = {policy.id: policy for policy in stored.policies}
+    assert by_id["balance"].config.failure_rate_threshold == 0.25
+    assert by_id["balance"].description == "<b>tight</b>"
+    assert by_id["balance"].updated_by.startswith("admin@console:127.0.0.1:")
+    forced_policy = next(policy for policy in stored.policies if policy.id != "balance")
+    assert forced_policy.override == pb.OVERRIDE_FORCED_CLOSED
+    assert forced_policy.selector.caller == "gateway"
+    # The page gets back what `policy list --json` prints, and the form's spelling of each field.
+    entries = {item["document"]["id"]: item for item in listed["policies"]}
+    assert entries["balance"]["form"] == {"failure_rate_threshold": "0.25", "open_duration": "30.0"}
+    assert entries["balance"]["document"]["selector"] == {"method": METHOD}
+    with _client(url, ADMIN) as client:
+        deleted = client.post("/api/policies/delete", json={"id": "balance"})
+        missing = client.post("/api/policies/delete", json={"id": "balance"})
+    assert deleted.status_code == 200
+    assert missing.status_code == 404 and "balance" in missing.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "words"),
+    [
+        ({"Content-Type": "text/plain"}, b"{}", 400, "application/json"),
+        ({"Content-Type": "application/json"}, b"[1]", 400, "JSON object"),
+        ({"Content-Type": "application/json"}, b"{not json", 400, "not JSON"),
+        (
+            {"Content-Type": "application/json", "Origin": "http://evil.example"},
+            b"{}",
+            403,
+            "cross-origin",
+        ),
+        ({"Content-Type": "application/json"}, b"{" + b" " * 300_000 + b"}", 413, "over"),
+    ],
+)
+def test_bad_writes_are_refused_before_anything_runs(
+    console: tuple[ServerThread, str],
+    headers: dict[str, str],
+    body: bytes,
+    status: int,
+    words: str,
+) -> None:
+    _, url = console
+    with _client(url, ADMIN) as client:
+        answer = client.post("/api/force", content=body, headers=headers)
+    assert answer.status_code == status
+    assert words in answer.json()["message"]
+
+
+def test_an_open_console_answers_only_to_addresses(control_plane_thread: StartThread) -> None:
+    """Without tokens, a DNS name pointing at loopback (rebinding) gets nothing."""
+    server = control_plane_thread(console_port=0)
+    url = server.running.console_url
+    assert url is not None
+    with _client(url) as client:
+        assert client.get("/api/session").json()["role"] == "open"
+        refused = client.get(
+            "/api/session", headers={"Host": f"rebind.example:{url.split(':')[-1]}"}
+        )
+    assert refused.status_code == 421
+
+
+def test_the_feed_opens_with_hello_the_history_and_the_mesh(
+    console: tuple[ServerThread, str],
+) -> None:
+    _, url = console
+    with _client(url, ADMIN) as client:
+        client.post("/api/force", json={"method": METHOD, "override": "open"})
+        seen: dict[str, list[object]] = {}
+        with client.stream("GET", "/api/stream") as stream:
+            assert stream.headers["Content-Type"] == "text/event-stream"
+            name = ""
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    seen.setdefault(name, []).append(json.loads(line[6:]))
+                if "mesh" in seen:
+                    break
+    hello = seen["hello"][0]
+    assert isinstance(hello, dict) and hello["role"] == "admin" and hello["since"] == 0
+    events = seen["event"]
+    assert any(
+        isinstance(event, dict)
+        and event["kind"] == "policy_change"
+        and event["override"] == "FORCED_OPEN"
+        for event in events
+    )
+    mesh = seen["mesh"][0]
+    assert isinstance(mesh, dict) and mesh["groups"] == [] and mesh["revision"] == 1
+
+
+def test_the_console_serves_https_when_the_control_plane_has_tls(
+    control_plane_thread: StartThread, tmp_path: Path
+) -> None:
+    ca = issue("console test CA", None, ca=True)
+    server_pem = pem(issue("localhost", ca, usage=ExtendedKeyUsageOID.SERVER_AUTH))
+    server = control_plane_thread(
+        console_port=0,
+        admin_token=ADMIN,
+        tls_cert=server_pem.cert,
+        tls_key=server_pem.key,
+    )
+    url = server.running.console_url
+    assert url is not None and url.startswith("https://")
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(pem(ca).cert)
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.check_hostname = False
+    with httpx.Client(base_url=url, verify=context, timeout=10.0) as client:
+        answer = client.get("/api/session", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert answer.json()["role"] == "admin"
+    plain = url.replace("https", "http")
+    with httpx.Client(base_url=plain, timeout=10.0) as client, pytest.raises(httpx.HTTPError):
+        client.get("/api/session")
+
+
+def test_a_taken_console_port_is_an_error_naming_the_console(
+    control_plane_thread: StartThread,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot bind the console to 127.0.0.1:{port}"):
+            control_plane_thread(console_port=port)
+
+
+def test_options_and_flags() -> None:
+    with pytest.raises(ConfigError, match="console_host"):
+        ServerOptions(console_port=0, console_host="0.0.0.0")
+    with pytest.raises(ConfigError, match="console_port"):
+        ServerOptions(console_port=70000)
+    ServerOptions(console_port=0, console_host="0.0.0.0", insecure=True)
+    args = build_parser().parse_args(
+        ["control-plane", "--console-port", "8081", "--console-host", "127.0.0.2"]
+    )
+    assert (args.console_port, args.console_host) == (8081, "127.0.0.2")
