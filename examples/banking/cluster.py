@@ -157,6 +157,7 @@ class Mesh:
         self._gateways: dict[str, bank_pb2_grpc.GatewayServiceStub] = {}
         self.cp: pb_grpc.ControlPlaneStub | None = None
         self.metrics_url = ""
+        self.console_url = ""
         self.revision = 0
         self.etcd: Any = None
 
@@ -170,6 +171,7 @@ class Mesh:
         info = {
             "control_plane": self.targets["control-plane"],
             "metrics_url": self.metrics_url,
+            "console_url": self.console_url,
             "admin_token": self.admin_token,
             "agent_token": self.agent_token,
             "pid": os.getpid(),
@@ -193,14 +195,18 @@ class Mesh:
             self.say(f"etcd on {self.etcd.url}, data in {self.run_dir / 'etcd'}")
         else:
             store = ["--db", str(self.run_dir / "control-plane.db")]
+        console_port_file = self.run_dir / "control-plane.console-port"
         names = self.control_planes
         for index, name in enumerate(names):
-            metrics = ["--metrics-port-file", str(metrics_port_file)] if index == 0 else []
-            self.processes.spawn(name, "examples.banking.controlplane", [*store, *metrics], tokens)
+            # The first replica serves the metrics and the web console (any replica could).
+            served = ["--metrics-port-file", str(metrics_port_file)] if index == 0 else []
+            served += ["--console-port-file", str(console_port_file)] if index == 0 else []
+            self.processes.spawn(name, "examples.banking.controlplane", [*store, *served], tokens)
         for name in names:
             self.targets[name] = self.processes.target(name)
         target = self.targets["control-plane"]
         self.metrics_url = f"http://127.0.0.1:{int(metrics_port_file.read_text())}/metrics"
+        self.console_url = f"http://127.0.0.1:{int(console_port_file.read_text())}/"
         # Operator calls go to the first replica that answers (pick_first over every address).
         ports = ",".join(self.targets[name] for name in names)
         self.cp = pb_grpc.ControlPlaneStub(self._channel(f"ipv4:{ports}"))
@@ -212,6 +218,13 @@ class Mesh:
             f"(revision {put.revision}); address and tokens in {self.run_dir / 'run.json'}"
         )
         self.say(f"Prometheus metrics of every breaker in the mesh: {self.metrics_url}")
+        # The agent token in the fragment (never sent to a server) opens the read-only view;
+        # the admin token for changes is in run.json.
+        self.say(f"web console, live: {self.console_link()}")
+
+    def console_link(self, token: str | None = None) -> str:
+        """The console's address, signed in with `token` (default: the read-only agent token)."""
+        return f"{self.console_url}#token={token or self.agent_token}"
 
     @property
     def control_planes(self) -> list[str]:

@@ -36,6 +36,10 @@ def main() -> None:
         "--metrics-port-file",
         help="serve Prometheus metrics on a free port; write it here before --port-file",
     )
+    parser.add_argument(
+        "--console-port-file",
+        help="serve the web console on a free port; write it here before --port-file",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s control-plane %(message)s")
     threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
@@ -45,6 +49,8 @@ def main() -> None:
     def ready(server: ControlPlaneServer) -> None:
         if args.metrics_port_file and server.metrics_port is not None:
             write_port_file(args.metrics_port_file, server.metrics_port)
+        if args.console_port_file and server.console_port is not None:
+            write_port_file(args.console_port_file, server.console_port)
         write_port_file(args.port_file, server.port)
         print(f"PORT {server.port}", flush=True)
 
@@ -61,6 +67,7 @@ def main() -> None:
         agent_token=args.agent_token,
         report_ttl=args.report_ttl,
         metrics_port=0 if args.metrics_port_file else None,
+        console_port=0 if args.console_port_file else None,
     )
 
 

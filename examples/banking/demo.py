@@ -9,6 +9,7 @@ import random
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,7 @@ from examples.banking.ledger import LEVELS, read_counters, since
 from examples.banking.load import Call, Client
 from examples.banking.phases import BY_SLUG, PHASES, REPLICA_DEATH, Phase
 from examples.banking.report import print_summary, short_method
+from examples.banking.screenshot import capture
 from meshbreaker.config import State
 
 EXERCISED = "every phase exercised what it is meant to"
@@ -118,6 +120,7 @@ class Demo:
         seed: Seed | None = None,
         store: str = "sqlite",
         replicas: int = 1,
+        screenshot: Path | None = None,
     ) -> None:
         self.settings = settings
         self.run_dir = run_dir
@@ -132,6 +135,8 @@ class Demo:
         self._gateway_base: Counter[str] = Counter()
         self._gateway_last: Counter[str] = Counter()
         self._clients: list[Client] = []
+        self.screenshot = screenshot  # a picture of the console once a breaker opens in an outage
+        self._shooting: threading.Thread | None = None
 
     # ---------------------------------------------------------------- output
 
@@ -239,7 +244,39 @@ class Demo:
             if time.monotonic() >= next_view:
                 self.view(phase)
                 next_view += self.settings.view_interval
+            self.shoot_console(phase)
             time.sleep(0.2)
+
+    def shoot_console(self, phase: PhaseResult) -> None:
+        """During the notification outage, once a breaker is open: a picture of the console."""
+        if self.screenshot is None or self._shooting is not None:
+            return
+        if phase.phase.slug != "notification-outage":
+            return
+        if not any("OPEN" in row["state"].split("/") for row in self.mesh.breaker_rows()):
+            return
+        path, link = self.screenshot, self.mesh.console_link()
+
+        def shoot() -> None:
+            self.say(f"{self.clock()} {capture(link, path)}")
+
+        # Off the phase's thread: the picture takes seconds and the phase goes on meanwhile.
+        self._shooting = threading.Thread(target=shoot, name="screenshot", daemon=True)
+        self._shooting.start()
+
+    def linger(self, seconds: float) -> None:
+        """Keep the mesh (idle now) and its control plane up, so a person can look at the story."""
+        self.say()
+        self.say(
+            f"the mesh and its control plane stay up for {seconds:.0f} s (Ctrl-C ends it sooner);"
+            f" the whole story is in the web console: {self.mesh.console_link()}"
+        )
+        deadline = time.monotonic() + seconds
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                time.sleep(min(0.2, left))
+        except KeyboardInterrupt:
+            self.say("stopping the mesh")
 
     def met(self, phase: PhaseResult) -> bool:
         """Whether every counter the phase exists to move has moved so far."""
@@ -437,6 +474,8 @@ class Demo:
 
     def close(self) -> None:
         """Stop the clients and every child process."""
+        if self._shooting is not None:
+            self._shooting.join(timeout=70)  # Chromium's own limit is 60 s
         for client in self._clients:
             client.stop()
         self._clients = []
@@ -465,13 +504,26 @@ def _breaks(values: Sequence[str]) -> dict[str, list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m examples.banking [--quick] [--run-dir DIR] [--phases A,B] [--break P=M]`."""
+    """`python -m examples.banking [--quick] [--run-dir DIR] [--phases A,B] [--linger S] ...`."""
     parser = argparse.ArgumentParser(
         prog="python -m examples.banking",
         description="Run the banking mesh through chaos that attacks every guarantee.",
     )
     parser.add_argument("--quick", action="store_true", help="a shortened run (~35 s)")
     parser.add_argument("--run-dir", help="keep databases, logs and summary.json here")
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after the run, keep the mesh and its control plane (and web console) up this long",
+    )
+    parser.add_argument(
+        "--screenshot",
+        type=Path,
+        metavar="PNG",
+        help="save a picture of the web console during the notification outage (needs Chromium)",
+    )
     parser.add_argument(
         "--phases",
         help=f"only these phases, comma-separated, then recovery ({', '.join(BY_SLUG)})",
@@ -517,6 +569,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_dir = Path(tempfile.mkdtemp(prefix="meshbreaker-demo-"))
     signal.signal(signal.SIGTERM, _terminate)
     settings = QUICK if args.quick else FULL
+    if not args.linger >= 0:  # also refuses nan
+        parser.error("--linger: must be >= 0 seconds")
     demo = Demo(
         settings,
         run_dir,
@@ -525,9 +579,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         breaks=_breaks(args.breaks),
         store=args.store,
         replicas=args.replicas,
+        screenshot=args.screenshot,
     )
     try:
-        return demo.run()
+        status = demo.run()
+        if args.linger:
+            demo.linger(args.linger)
+        return status
     except KeyboardInterrupt:
         demo.say("\ninterrupted: stopping the mesh")
         return 130

@@ -352,6 +352,13 @@ class ControlPlaneServer:
         return None if self._metrics is None else self._metrics.port
 
     @property
+    def console_port(self) -> int | None:
+        """The bound console port, or None when the console is off."""
+        if self._server is None:
+            raise RuntimeError("the server is not started")
+        return None if self._console is None else self._console.port
+
+    @property
     def console_url(self) -> str | None:
         """The web console's address, or None when the console is off."""
         if self._server is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -250,7 +249,7 @@ def test_the_page_says_it_lost_the_control_plane_and_catches_up(
     row = page.locator(_row(page, METHOD))
     expect(row).to_have_attribute("data-state", "CLOSED", timeout=DEADLINE_MS)
     # The console comes back on the same port, as a restarted control plane's would.
-    mesh.server.options["console_port"] = urlsplit(mesh.url).port
+    mesh.server.options["console_port"] = mesh.server.running.console_port
     mesh.server.stop()
     expect(page.locator("#link")).to_have_text("lost the control plane", timeout=DEADLINE_MS)
     expect(page.locator("#banner")).to_contain_text("Lost the control plane")

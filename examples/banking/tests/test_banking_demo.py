@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+import httpx
 import pytest
 
 from examples.banking import invariants
@@ -81,6 +82,11 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
             assert time.monotonic() < deadline, status.stdout + status.stderr
             time.sleep(0.2)
         metrics = Scrape(info["metrics_url"])
+        console = httpx.get(
+            info["console_url"] + "api/session",
+            headers={"Authorization": f"Bearer {info['agent_token']}"},
+            timeout=10,
+        )
         seen.extend(process.stdout)
         assert process.wait(timeout=200) == 0, "".join(seen)
     finally:
@@ -121,6 +127,9 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
     # Without breakers nothing is refused and nothing answered: every call ended in doubt.
     assert set(plain) <= {"all", "in doubt", "deadline"}
     assert "=== all invariants hold" in output
+    # The web console of the same control plane, its address printed with the read-only token.
+    assert console.json()["role"] == "agent"
+    assert f"web console, live: {info['console_url']}#token={info['agent_token']}" in output
     assert "SIGKILL transaction" in output and "SIGKILL gateway" in output
     assert all(not _alive(pid) for pid in info["children"].values())
 

@@ -30,7 +30,7 @@ class _Instance(Protocol):
 class CallHistory:
     """A ring of samples of every group's (calls, failures) totals; call it on one thread only."""
 
-    def __init__(self, step: float = 5.0, length: int = 60, max_series: int = 2_000) -> None:
+    def __init__(self, step: float = 2.0, length: int = 90, max_series: int = 2_000) -> None:
         if not step > 0 or length < 2 or max_series < 1:
             raise ValueError("step > 0, length >= 2 and max_series >= 1 are needed")
         self.step = step

@@ -51,7 +51,7 @@ class ConsoleServer:
         *,
         tls: ssl.SSLContext | None = None,
         refresh: float = 2.0,
-        history_step: float = 5.0,
+        history_step: float = 2.0,
     ) -> None:
         self._servicer = servicer
         self._authenticator = authenticator

@@ -163,6 +163,12 @@ $("token-forget").addEventListener("click", () => {
   setToken("");
   begin();
 });
+// A link may carry the token in its fragment (never sent to a server): kept, then wiped.
+const fragment = new URLSearchParams(location.hash.slice(1));
+if (fragment.get("token")) {
+  setToken(fragment.get("token"));
+  history.replaceState(null, "", location.pathname + location.search);
+}
 if (token()) $("token").placeholder = "(token set)";
 setInterval(() => tickAges(), 1000);
 begin();
