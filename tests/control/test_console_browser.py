@@ -131,13 +131,21 @@ def test_a_breaker_that_opens_turns_red_without_a_reload(admin_page: Watched, me
 
 def test_forcing_a_method_from_the_page_reaches_the_agent(admin_page: Watched, mesh: Mesh) -> None:
     page = admin_page.page
+    form = page.locator("#force-form")
+    form.locator('input[name="expires_in"]').fill("600")
+    form.locator('input[name="reason"]').fill("<b>db failover</b>")
     row = page.locator(_row(page, METHOD))
     row.locator("button.force-open").click()
     assert wait_until(lambda: mesh.registry.get(METHOD).state is State.FORCED_OPEN, 5.0)
-    expect(page.locator("#force-form output")).to_contain_text("forced open")
+    expect(form.locator("output")).to_contain_text("forced open for 600 s")
     expect(row).to_have_attribute("data-state", "FORCED_OPEN", timeout=DEADLINE_MS)
-    row.locator("button.force-auto").click()
+    override = page.locator("#overrides tbody tr")
+    expect(override).to_contain_text("<b>db failover</b>", timeout=DEADLINE_MS)
+    expect(override).to_contain_text(re.compile(r"(9m5\ds|10m00s)"))  # counting down from 600 s
+    # Lifted from the list of overrides in force.
+    override.locator("button.force-auto").click()
     assert wait_until(lambda: mesh.registry.get(METHOD).state is State.CLOSED, 5.0)
+    expect(page.locator("#overrides")).to_be_hidden(timeout=DEADLINE_MS)
 
 
 def test_a_malicious_breaker_name_is_shown_as_text(admin_page: Watched, mesh: Mesh) -> None:

@@ -240,7 +240,7 @@ def test_the_feed_opens_with_hello_the_history_and_the_mesh(
     assert any(
         isinstance(event, dict)
         and event["kind"] == "policy_change"
-        and event["override"] == "FORCED_OPEN"
+        and event["override"]["state"] == "FORCED_OPEN"
         for event in events
     )
     mesh = seen["mesh"][0]
@@ -293,3 +293,39 @@ def test_options_and_flags() -> None:
         ["control-plane", "--console-port", "8081", "--console-host", "127.0.0.2"]
     )
     assert (args.console_port, args.console_host) == (8081, "127.0.0.2")
+
+
+def test_a_forced_method_expires_and_a_put_from_the_page_keeps_its_override(
+    console: tuple[ServerThread, str],
+) -> None:
+    server, url = console
+    with _client(url, ADMIN) as client:
+        forced = client.post(
+            "/api/force",
+            json={"method": METHOD, "override": "open", "expires_in": 600, "reason": "<i>db</i>"},
+        )
+        assert forced.status_code == 200, forced.text
+        policy_id = forced.json()["policy"]["document"]["id"]
+        assert forced.json()["policy"]["override"]["reason"] == "<i>db</i>"
+        entry = {"id": policy_id, "selector": {"method": METHOD}, "config": {"minimum_calls": "5"}}
+        kept = client.post("/api/policies/put", json={"policy": entry})
+        refused = client.post("/api/policies/put", json={"policy": {**entry, "override": "closed"}})
+        bad_expiry = client.post(
+            "/api/force", json={"method": METHOD, "override": "open", "expires_in": -1}
+        )
+        not_seconds = client.post(
+            "/api/force", json={"method": METHOD, "override": "open", "expires_in": "soon"}
+        )
+    assert kept.status_code == 200, kept.text
+    assert refused.status_code == 400 and "ForceState" in refused.json()["message"]
+    assert bad_expiry.status_code == 400 and "duration" in bad_expiry.json()["message"]
+    assert not_seconds.status_code == 400
+    with grpc.insecure_channel(server.target) as channel:
+        stored = pb_grpc.ControlPlaneStub(channel).ListPolicies(
+            pb.ListPoliciesRequest(), metadata=bearer(ADMIN)
+        )
+    (policy,) = stored.policies
+    assert policy.override == pb.OVERRIDE_FORCED_OPEN
+    assert policy.override_reason == "<i>db</i>"
+    assert policy.HasField("override_expires_at")
+    assert policy.config.minimum_calls == 5

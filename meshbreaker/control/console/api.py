@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,16 +29,6 @@ from meshbreaker.control.servicer import ControlPlaneServicer
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2 as pb
 
-# ForceStateRequest's expiry, where the control plane's overrides expire: its Duration field.
-_FORCE_EXPIRY = next(
-    (
-        field.name
-        for field in pb.ForceStateRequest.DESCRIPTOR.fields
-        if field.message_type is not None
-        and field.message_type.full_name == "google.protobuf.Duration"
-    ),
-    None,
-)
 # What a page asks for at once when it (re)connects: the most recent events kept.
 RECENT_EVENTS = 200
 
@@ -109,7 +100,7 @@ class ConsoleApi:
             }
             for name, field in SCHEMA.items()
         ]
-        return {"fields": fields, "force_expiry": _FORCE_EXPIRY is not None}
+        return {"fields": fields}
 
     async def mesh(self, context: HttpCallContext) -> MeshRead:
         """Every breaker with each instance's view, every live instance, the call history."""
@@ -152,6 +143,15 @@ class ConsoleApi:
             policy = policy_message(entry)
         except ConfigError as error:
             raise _invalid(error) from None
+        if "override" in entry:
+            raise ApiError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "override: set overrides with ForceState (the force form); a put keeps them",
+            )
+        stored = await call(
+            self._authenticator, self._servicer.ListPolicies, pb.ListPoliciesRequest(), context
+        )
+        _keep_override(policy, stored.policies)
         request = pb.PutPolicyRequest(policies=[policy], **_expected(body))
         response = await call(self._authenticator, self._servicer.PutPolicy, request, context)
         return {"revision": response.revision, "policy": _policy_entry(response.policies[0])}
@@ -178,21 +178,17 @@ class ConsoleApi:
         request = pb.ForceStateRequest(
             selector=selector, override=convert.override_to_proto(override), **_expected(body)
         )
+        request.reason = _field(body, "reason", str, "")
         expires_in = body.get("expires_in")
         if expires_in is not None:
-            if _FORCE_EXPIRY is None:
-                raise ApiError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "expires_in: this control plane's overrides do not expire",
-                )
             if (
                 isinstance(expires_in, bool)
                 or not isinstance(expires_in, (int, float))
                 or not math.isfinite(expires_in)
             ):
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "expires_in: must be seconds")
-            # Range checks are the handler's, as for any ForceState request.
-            getattr(request, _FORCE_EXPIRY).FromNanoseconds(int(expires_in * 1e9))
+            # Its range (> 0) is the handler's to check, as for any ForceState request.
+            request.duration.FromNanoseconds(int(expires_in * 1e9))
         response = await call(self._authenticator, self._servicer.ForceState, request, context)
         policy = _policy_entry(response.policy) if response.HasField("policy") else None
         return {"revision": response.revision, "policy": policy}
@@ -221,13 +217,40 @@ class ConsoleApi:
         return _explanations(caller, method, policies, breakers)
 
 
+def _keep_override(policy: pb.Policy, stored: Iterable[pb.Policy]) -> None:
+    """Give `policy` the override (with its expiry and reason) of the stored one, if any.
+
+    The form edits a policy's selector, description and config; its override belongs to
+    ForceState, so a put from the page must not lift it, nor make an expiring one permanent.
+    """
+    for existing in stored:
+        if existing.id != policy.id:
+            continue
+        if existing.HasField("fleet"):
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"id: {policy.id!r} holds a fleet decision, which the control plane's decider"
+                " owns; it goes when the decision ends",
+            )
+        policy.override = existing.override
+        policy.override_reason = existing.override_reason
+        if existing.HasField("override_expires_at"):
+            policy.override_expires_at.CopyFrom(existing.override_expires_at)
+        return
+
+
 def _policy_entry(policy: pb.Policy) -> dict[str, Any]:
-    """A policy file entry, and its config fields as text the form (and the CLI flags) read."""
+    """A policy file entry, its config fields as the form (and the CLI flags) spell them, and
+    its override as the page shows it."""
     form: dict[str, str] = {}
     if policy.HasField("config"):
         for name, value in convert.layer_from_proto(policy.config).items():
             form[name] = describe_value(value)
-    return {"document": policy_document(policy), "form": form}
+    return {
+        "document": policy_document(policy),
+        "form": form,
+        "override": views.override(policy),
+    }
 
 
 def _explanations(

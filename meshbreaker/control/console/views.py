@@ -73,6 +73,23 @@ def _member(item: pb.InstanceBreaker) -> dict[str, Any]:
     }
 
 
+def override(policy: pb.Policy) -> dict[str, Any] | None:
+    """A policy's override as the page shows it: state, expiry (unix seconds), reason, fleet."""
+    word = _override_word(policy.override)
+    if word is None:
+        return None
+    return {
+        "state": word,
+        "expires_at": (
+            policy.override_expires_at.ToMilliseconds() / 1000.0
+            if policy.HasField("override_expires_at")
+            else None
+        ),
+        "reason": policy.override_reason,
+        "fleet": policy.HasField("fleet"),
+    }
+
+
 def mesh(
     response: pb.ListBreakersResponse, series: dict[tuple[str, str], dict[str, Any]]
 ) -> dict[str, Any]:
@@ -120,11 +137,23 @@ def mesh(
                 "store_mismatch": None if mismatch is None else mismatch.reason,
             }
         )
+    overrides = [
+        {
+            "policy_id": item.policy.id,
+            "caller": item.policy.selector.caller,
+            "service": item.policy.selector.service,
+            "method": item.policy.selector.method,
+            "remaining": item.remaining if item.HasField("remaining") else None,
+            **(override(item.policy) or {}),
+        }
+        for item in response.overrides
+    ]
     return {
         "revision": response.revision,
         "store_id": response.store_id,
         "groups": groups,
         "instances": instances,
+        "overrides": overrides,
     }
 
 
@@ -153,7 +182,7 @@ def event(message: pb.Event) -> dict[str, Any]:
             change="delete" if after is None else "put",
             revision=change.revision,
             actor=change.actor,
-            override=_override_word(after.override) if after is not None else None,
+            override=override(after) if after is not None else None,
             description=after.description if after is not None else "",
         )
     elif kind == "nack":

@@ -4,7 +4,7 @@ import {Refusal, get, setToken, token} from "./api.js";
 import {el, tickAges} from "./dom.js";
 import {Feed} from "./feed.js";
 import {ExplainForm, ForceForm, PolicyForm} from "./forms.js";
-import {eventItem, renderBreakers, renderInstances} from "./render.js";
+import {eventItem, overrideText, renderBreakers, renderInstances, renderOverrides} from "./render.js";
 
 const MAX_EVENTS = 500;
 const $ = (id) => document.getElementById(id);
@@ -15,7 +15,7 @@ const page = {
   policiesTimer: null,
 };
 
-const forceForm = new ForceForm($("force-form"), $("force-expiry"));
+const forceForm = new ForceForm($("force-form"));
 const explainForm = new ExplainForm($("explain-form"), $("explanation"));
 const policyForm = new PolicyForm($("policy-form"), $("policy-delete"), $("policy-revision"), () => loadPolicies());
 
@@ -38,12 +38,15 @@ const feed = new Feed({
     }
     $("revision").textContent = `store revision ${mesh.revision}`;
     $("breakers-empty").hidden = mesh.groups.length > 0;
-    renderBreakers($("breakers"), mesh, {
+    const actions = {
       canWrite: Boolean(page.session && page.session.can_write),
-      force: (caller, method, override) => forceForm.apply(caller, method, override),
+      force: (selector, override) => forceForm.apply(selector, override),
       explain: (caller, method) => explainForm.explain(caller, method),
-    });
+    };
+    renderBreakers($("breakers"), mesh, actions);
     renderInstances($("instances").tBodies[0], mesh.instances);
+    renderOverrides($("overrides").tBodies[0], mesh.overrides, actions);
+    $("overrides").hidden = mesh.overrides.length === 0;
   },
   lost(info) {
     banner(`This page fell behind and missed ${info.events} events; the mesh view is current.`, "warn");
@@ -132,7 +135,7 @@ function policyRow(entry) {
     el("td", {text: stored.selector.service || "*"}),
     el("td", {text: stored.selector.method || "*"}),
     el("td", {cls: "config", text: stored.config === null ? "(override only)" : config}),
-    el("td", {text: stored.override || ""}),
+    el("td", {text: entry.override ? overrideText(entry.override) : ""}),
     el("td", {text: stored.description || ""}),
     el("td", {cls: "num", text: stored.revision}),
     el("td", {}, edit));
@@ -142,7 +145,6 @@ async function begin() {
   try {
     const schema = await get("/api/schema");
     policyForm.setSchema(schema, $("config-fields"));
-    forceForm.allowExpiry(Boolean(schema.force_expiry));
   } catch (error) {
     if (error instanceof Refusal && (error.status === 401 || error.status === 403)) {
       askForToken(error.message);

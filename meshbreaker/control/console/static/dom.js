@@ -49,7 +49,7 @@ export function age(seconds) {
 
 // An age that keeps counting: the element shows `seconds` plus the time since it was made.
 export function liveAge(seconds, prefix = "") {
-  const node = el("span", {cls: "age", text: prefix + age(seconds)});
+  const node = el("span", {cls: "age", text: prefix + age(Math.abs(seconds))});
   node.dataset.base = String(seconds);
   node.dataset.at = String(performance.now());
   node.dataset.prefix = prefix;
@@ -60,7 +60,8 @@ export function tickAges(root = document) {
   const now = performance.now();
   for (const node of root.querySelectorAll("span.age")) {
     const seconds = Number(node.dataset.base) + (now - Number(node.dataset.at)) / 1000;
-    node.textContent = node.dataset.prefix + age(seconds);
+    // A countdown is an age from minus its time left: it shows what is left, down to 0.
+    node.textContent = node.dataset.prefix + age(node.dataset.countdown ? Math.max(0, -seconds) : seconds);
   }
 }
 

@@ -28,30 +28,33 @@ function value(form, name) {
 }
 
 export class ForceForm {
-  constructor(form, expiry) {
+  constructor(form) {
     this.form = form;
-    this.expiry = expiry;
     form.addEventListener("submit", (event) => {
       event.preventDefault();
-      this.apply(value(form, "caller"), value(form, "method"), value(form, "override"), value(form, "expires_in"));
+      // One field for a method ("/pkg.Svc/M") or a whole gRPC service ("pkg.Svc").
+      const target = value(form, "method");
+      const selector = target.startsWith("/") ? {method: target} : {service: target};
+      this.apply({caller: value(form, "caller"), ...selector}, value(form, "override"));
     });
   }
 
-  allowExpiry(allowed) {
-    this.expiry.hidden = !allowed;
-  }
-
-  async apply(caller, method, override, expiresIn = "") {
+  // Force the breakers of `selector` {caller, service, method}: a row's button, an override's
+  // "auto", or the form. The expiry and reason typed in the form go too.
+  async apply(selector, override) {
     const form = this.form;
-    form.elements.namedItem("caller").value = caller;
-    form.elements.namedItem("method").value = method;
+    const target = selector.method || selector.service || "";
+    form.elements.namedItem("caller").value = selector.caller || "";
+    form.elements.namedItem("method").value = target;
     form.elements.namedItem("override").value = override;
-    const body = {caller, method, override};
-    if (expiresIn && !this.expiry.hidden) body.expires_in = Number(expiresIn);
+    const body = {...selector, override, reason: value(form, "reason")};
+    const expiresIn = value(form, "expires_in");
+    if (expiresIn && override !== "auto") body.expires_in = Number(expiresIn);
     const answer = await submit(form, () => post("/api/force", body));
     if (answer) {
-      const who = caller ? `${caller}'s calls of ${method}` : method;
-      const word = override === "auto" ? "back to automatic" : `forced ${override}`;
+      const who = selector.caller ? `${selector.caller}'s calls of ${target}` : target;
+      let word = override === "auto" ? "back to automatic" : `forced ${override}`;
+      if (body.expires_in !== undefined) word += ` for ${body.expires_in} s`;
       show(form, true, `${who}: ${word} (store revision ${answer.revision})`);
     }
   }
@@ -95,7 +98,6 @@ export class PolicyForm {
       form.elements.namedItem(key).value = stored.selector[key] || "";
     }
     form.elements.namedItem("description").value = stored.description || "";
-    form.elements.namedItem("override").value = stored.override || "";
     for (const [name, text] of Object.entries(entry.form)) {
       const input = form.elements.namedItem(`config.${name}`);
       if (input) input.value = text;
@@ -116,8 +118,6 @@ export class PolicyForm {
       description: value(form, "description"),
       config: Object.keys(config).length ? config : null,
     };
-    const override = value(form, "override");
-    if (override) policy.override = override;
     return policy;
   }
 

@@ -75,7 +75,7 @@ function rowActions(group, actions) {
   if (actions.canWrite) {
     for (const [override, label] of [["open", "force open"], ["closed", "force closed"], ["auto", "auto"]]) {
       const button = el("button", {type: "button", cls: `force force-${override}`, text: label});
-      button.addEventListener("click", () => actions.force(group.service, method, override));
+      button.addEventListener("click", () => actions.force({caller: group.service, method}, override));
       buttons.push(button);
     }
   }
@@ -162,6 +162,39 @@ function formatSeconds(seconds) {
   return seconds < 1 ? `${Math.round(seconds * 1000)} ms` : `${seconds} s`;
 }
 
+// "forced open until 12:00:05, by the fleet: reason"
+export function overrideText(override) {
+  let text = STATE_WORDS[override.state] || override.state;
+  if (override.expires_at !== null) text += ` until ${clock(override.expires_at)}`;
+  if (override.fleet) text += ", a fleet decision";
+  if (override.reason) text += `: ${override.reason}`;
+  return text;
+}
+
+// The overrides in force; `auto` (admin) lifts one through ForceState.
+export function renderOverrides(body, overrides, actions) {
+  body.replaceChildren(...overrides.map((item) => {
+    const target = item.method || item.service;
+    const lift = el("button", {type: "button", cls: "force-auto", text: "auto"});
+    const selector = {caller: item.caller, service: item.service, method: item.method};
+    lift.addEventListener("click", () => actions.force(selector, "auto"));
+    return el("tr", {data: {policy: item.policy_id}},
+      el("td", {text: item.policy_id}),
+      el("td", {text: item.caller || "*"}),
+      el("td", {text: target}),
+      el("td", {}, el("span", {cls: "chip", data: {state: item.state}, text: STATE_WORDS[item.state] || item.state})),
+      el("td", {}, item.remaining === null ? el("span", {text: "until set back"}) : liveCountdown(item.remaining)),
+      el("td", {text: item.fleet ? `fleet decision${item.reason ? `: ${item.reason}` : ""}` : item.reason}),
+      el("td", {}, actions.canWrite && !item.fleet ? lift : null));
+  }));
+}
+
+function liveCountdown(seconds) {
+  const node = liveAge(-seconds);
+  node.dataset.countdown = "true";
+  return node;
+}
+
 export function renderInstances(body, instances) {
   body.replaceChildren(...instances.map((instance) => {
     const config = instance.store_mismatch
@@ -188,7 +221,7 @@ export function eventItem(event) {
     text = `${event.service} · ${event.instance}: ${event.name} ${STATE_WORDS[event.from_state] || "new"} → ${STATE_WORDS[event.to_state] || event.to_state}`;
     kind = `transition to-${event.to_state}`;
   } else if (event.kind === "policy_change") {
-    const override = event.override ? ` (override ${event.override})` : "";
+    const override = event.override ? ` (${overrideText(event.override)})` : "";
     text = `policy ${event.policy_id} ${event.change === "delete" ? "deleted" : "put"}${override} at revision ${event.revision} by ${event.actor}`;
     if (event.description) text += ` — ${event.description}`;
   } else if (event.kind === "nack") {
