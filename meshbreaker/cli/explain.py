@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 
 from rich.console import Group, RenderableType
 from rich.text import Text
@@ -59,17 +60,8 @@ def process_default(
     reports for this method holds it. Without one, the library's defaults stand in (and say so).
     """
     reported: dict[BreakerConfig, str] = {}
-    for group in breakers.groups:
-        if not group.name.endswith(method):
-            continue
-        for item in group.instance_breakers:
-            if not item.snapshot.HasField("config"):
-                continue
-            try:
-                config = convert.config_from_proto(item.snapshot.config)
-            except ConfigError:
-                continue  # an instance reporting nonsense is no source of truth
-            reported.setdefault(config, item.instance_id)
+    for _, item, config in reported_configs(breakers, method):
+        reported.setdefault(config, item.instance_id)
     if not reported:
         return (
             BreakerConfig(),
@@ -81,6 +73,23 @@ def process_default(
     if len(reported) > 1:
         note = f"{len(reported)} instances report different configs; showing {instance}'s defaults"
     return config, f"{PROCESS_DEFAULT} ({instance})", note
+
+
+def reported_configs(
+    breakers: pb.ListBreakersResponse, method: str
+) -> Iterator[tuple[str, pb.InstanceBreaker, BreakerConfig]]:
+    """(breaker name, instance, its effective config) for each instance reporting `method`."""
+    for group in breakers.groups:
+        if not group.name.endswith(method):
+            continue
+        for item in group.instance_breakers:
+            if not item.snapshot.HasField("config"):
+                continue
+            try:
+                config = convert.config_from_proto(item.snapshot.config)
+            except ConfigError:
+                continue  # an instance reporting nonsense is no source of truth
+            yield group.name, item, config
 
 
 _COLUMNS = (Column("FIELD"), Column("VALUE", cut="end"), Column("FROM", cut="end", weight=2))

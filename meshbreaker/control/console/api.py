@@ -16,16 +16,17 @@ from typing import Any
 import grpc
 
 from meshbreaker.cli import arg_types
-from meshbreaker.cli.explain import explanation_json
+from meshbreaker.cli.explain import explanation_json, reported_configs
 from meshbreaker.cli.policy_json import policy_document, policy_message
 from meshbreaker.config import SCHEMA, BreakerConfig
 from meshbreaker.control import convert
 from meshbreaker.control.auth import Role, TokenAuthenticator
 from meshbreaker.control.console import views
-from meshbreaker.control.console.bridge import ApiError, HttpCallContext, authorize, call
+from meshbreaker.control.console.bridge import HttpCallContext, authorize, call
 from meshbreaker.control.console.history import CallHistory
 from meshbreaker.control.layers import PROCESS_DEFAULT, describe_value, explain
 from meshbreaker.control.servicer import ControlPlaneServicer
+from meshbreaker.control.validate import Refused
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2 as pb
 
@@ -47,7 +48,7 @@ def _field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> 
     if value is not None and (
         not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)
     ):
-        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: must be a {kind.__name__}")
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: must be a {kind.__name__}")
     return value
 
 
@@ -57,8 +58,8 @@ def _expected(body: dict[str, Any]) -> dict[str, Any]:
     return {} if expected is None else {"expected_revision": expected}
 
 
-def _invalid(error: ConfigError) -> ApiError:
-    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+def _invalid(error: ConfigError) -> Refused:
+    return Refused(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
 
 class ConsoleApi:
@@ -138,13 +139,13 @@ class ConsoleApi:
         authorize(self._authenticator, "PutPolicy", context)
         entry = _field(body, "policy", dict)
         if entry is None:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "policy: a policy is needed")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "policy: a policy is needed")
         try:
             policy = policy_message(entry)
         except ConfigError as error:
             raise _invalid(error) from None
         if "override" in entry:
-            raise ApiError(
+            raise Refused(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "override: set overrides with ForceState (the force form); a put keeps them",
             )
@@ -169,7 +170,7 @@ class ConsoleApi:
         try:
             override = arg_types.forced_state(word)
         except argparse.ArgumentTypeError as error:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"override: {error}") from None
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"override: {error}") from None
         selector = pb.Selector(
             caller=_field(body, "caller", str, ""),
             service=_field(body, "service", str, ""),
@@ -186,7 +187,7 @@ class ConsoleApi:
                 or not isinstance(expires_in, (int, float))
                 or not math.isfinite(expires_in)
             ):
-                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "expires_in: must be seconds")
+                raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "expires_in: must be seconds")
             # Its range (> 0) is the handler's to check, as for any ForceState request.
             request.duration.FromNanoseconds(int(expires_in * 1e9))
         response = await call(self._authenticator, self._servicer.ForceState, request, context)
@@ -201,7 +202,7 @@ class ConsoleApi:
         except ConfigError as error:
             raise _invalid(error) from None
         if not method:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "method: must not be empty")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "method: must not be empty")
         policies = await call(
             self._authenticator,
             self._servicer.ListPolicies,
@@ -227,7 +228,7 @@ def _keep_override(policy: pb.Policy, stored: Iterable[pb.Policy]) -> None:
         if existing.id != policy.id:
             continue
         if existing.HasField("fleet"):
-            raise ApiError(
+            raise Refused(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"id: {policy.id!r} holds a fleet decision, which the control plane's decider"
                 " owns; it goes when the decision ends",
@@ -278,31 +279,23 @@ def _explanations(
         result["error"] = f"the policies for {caller} do not resolve: {error}"
         return result
     result["layered"] = explanation_json(layered, policies.revision)
-    for group in breakers.groups:
-        if not group.name.endswith(method):
-            continue
-        for item in group.instance_breakers:
-            if not item.snapshot.HasField("config"):
-                continue
-            try:
-                reported = convert.config_from_proto(item.snapshot.config)
-                expected = explain(
-                    caller, method, policies.policies, reported, PROCESS_DEFAULT
-                ).config
-            except ConfigError:
-                continue  # an instance reporting nonsense is no source of truth
-            values = {name: describe_value(getattr(reported, name)) for name in SCHEMA}
-            result["instances"].append(
-                {
-                    "instance": item.instance_id,
-                    "breaker": group.name,
-                    "applied_revision": item.applied_revision,
-                    "config": values,
-                    "differs": [
-                        name
-                        for name in SCHEMA
-                        if getattr(expected, name) != getattr(reported, name)
-                    ],
-                }
-            )
+    for name, item, reported in reported_configs(breakers, method):
+        try:
+            expected = explain(caller, method, policies.policies, reported, PROCESS_DEFAULT)
+        except ConfigError:
+            continue  # the policies do not resolve over what this instance reports
+        values = {field: describe_value(getattr(reported, field)) for field in SCHEMA}
+        result["instances"].append(
+            {
+                "instance": item.instance_id,
+                "breaker": name,
+                "applied_revision": item.applied_revision,
+                "config": values,
+                "differs": [
+                    field
+                    for field in SCHEMA
+                    if getattr(expected.config, field) != getattr(reported, field)
+                ],
+            }
+        )
     return result

@@ -16,7 +16,7 @@ import grpc
 import grpc.aio
 
 from meshbreaker.control.auth import CONTROL_PLANE_SERVICE, TokenAuthenticator
-from meshbreaker.control.validate import clip
+from meshbreaker.control.validate import Refused
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
@@ -36,22 +36,14 @@ HTTP_STATUS = {
 }
 
 
-class ApiError(Exception):
-    """A refused console request: the gRPC code name and the server's own message."""
+def http_status(refusal: Refused) -> int:
+    """The HTTP status the console answers a refusal with."""
+    return HTTP_STATUS.get(refusal.code, 500)
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = clip(message)
 
-    @property
-    def http_status(self) -> int:
-        """The HTTP status the console answers with."""
-        return HTTP_STATUS.get(self.code, 500)
-
-    def body(self) -> dict[str, str]:
-        """The JSON body of the refusal."""
-        return {"code": self.code.name, "message": self.message}
+def refusal_body(refusal: Refused) -> dict[str, str]:
+    """The JSON body of a refusal: the gRPC code's name and the server's own message."""
+    return {"code": refusal.code.name, "message": refusal.details}
 
 
 class HttpCallContext(grpc.aio.ServicerContext[Any, Any]):
@@ -90,10 +82,10 @@ class HttpCallContext(grpc.aio.ServicerContext[Any, Any]):
         details: str = "",
         trailing_metadata: grpc.aio.Metadata | Sequence[tuple[str, str | bytes]] = (),
     ) -> NoReturn:
-        raise ApiError(code, details)
+        raise Refused(code, details)
 
     async def abort_with_status(self, status: Any) -> NoReturn:
-        raise ApiError(status.code, status.details)
+        raise Refused(status.code, status.details)
 
     def _unused(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise NotImplementedError("the console calls unary handlers only")
@@ -103,12 +95,12 @@ class HttpCallContext(grpc.aio.ServicerContext[Any, Any]):
 
 
 def authorize(authenticator: TokenAuthenticator, method: str, context: HttpCallContext) -> None:
-    """Refuse (ApiError) a caller the gRPC interceptor would refuse for ControlPlane/`method`."""
+    """Refuse (Refused) a caller the gRPC interceptor would refuse for ControlPlane/`method`."""
     denial = authenticator.check(
         f"/{CONTROL_PLANE_SERVICE}/{method}", context.invocation_metadata()
     )
     if denial is not None:
-        raise ApiError(denial.code, denial.details)
+        raise Refused(denial.code, denial.details)
 
 
 async def call(
@@ -120,7 +112,7 @@ async def call(
     """Check the token as the gRPC interceptor would for the handler's method, then run it.
 
     `handler` is a ControlPlaneServicer method (its name is the gRPC method's). Call it on the
-    server's event loop. Raises ApiError with the gRPC code and message.
+    server's event loop. Raises Refused with the gRPC code and message.
     """
     authorize(authenticator, handler.__name__, context)
     return await handler(request, context)

@@ -26,9 +26,10 @@ from urllib.parse import parse_qs, urlsplit
 import grpc
 
 from meshbreaker.control.console.api import ConsoleApi
-from meshbreaker.control.console.bridge import ApiError, HttpCallContext
+from meshbreaker.control.console.bridge import HttpCallContext, http_status, refusal_body
 from meshbreaker.control.console.feed import EventPump, MeshCache
 from meshbreaker.control.events import EventBus
+from meshbreaker.control.validate import Refused
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +108,10 @@ class ConsoleHttpServer(ThreadingHTTPServer):
 
     @contextlib.contextmanager
     def stream_slot(self) -> Iterator[None]:
-        """Hold one of the `max_streams` feeds for the block (ApiError when all are taken)."""
+        """Hold one of the `max_streams` feeds for the block (Refused when all are taken)."""
         with self._streams_changed:
             if self._streams >= self._max_streams:
-                raise ApiError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, "too many console pages are open"
-                )
+                raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many console pages are open")
             self._streams += 1
         try:
             yield
@@ -150,13 +149,13 @@ class ConsoleHttpServer(ThreadingHTTPServer):
         logger.debug("console request from %s failed", client_address, exc_info=True)
 
     def run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
-        """Run `coroutine` on the control plane's loop and wait for it (ApiError passes through)."""
+        """Run `coroutine` on the control plane's loop and wait for it (Refused passes through)."""
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         try:
             return future.result(LOOP_TIMEOUT)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise ApiError(
+            raise Refused(
                 grpc.StatusCode.DEADLINE_EXCEEDED, "the control plane did not answer in time"
             ) from None
 
@@ -220,9 +219,9 @@ class ConsoleHandler(BaseHTTPRequestHandler):
             return
         try:
             body = self._json_body()
-        except ApiError as error:
+        except Refused as error:
             self.close_connection = True  # the unread body would be taken for the next request
-            self._send_json(error.http_status, error.body())
+            self._send_json(http_status(error), refusal_body(error))
             return
         self._answer(lambda context: self.server.run(write(context, body)))
 
@@ -232,8 +231,8 @@ class ConsoleHandler(BaseHTTPRequestHandler):
         context = HttpCallContext(self.headers.get("Authorization"), f"console:{host}:{port}")
         try:
             result = work(context)
-        except ApiError as error:
-            self._send_json(error.http_status, error.body())
+        except Refused as error:
+            self._send_json(http_status(error), refusal_body(error))
             return
         except (OSError, ssl.SSLError):
             self.close_connection = True  # the client went away mid-answer
@@ -267,21 +266,21 @@ class ConsoleHandler(BaseHTTPRequestHandler):
     def _json_body(self) -> dict[str, Any]:
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "send the body as application/json")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "send the body as application/json")
         try:
             length = int(self.headers.get("Content-Length") or "")
         except ValueError:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "Content-Length is needed") from None
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "Content-Length is needed") from None
         if not 0 <= length <= MAX_BODY_BYTES:
-            raise ApiError(
+            raise Refused(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"the body is over {MAX_BODY_BYTES} bytes"
             )
         try:
             body = json.loads(self.rfile.read(length))
         except (ValueError, UnicodeDecodeError):
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "the body is not JSON") from None
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "the body is not JSON") from None
         if not isinstance(body, dict):
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "the body must be a JSON object")
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "the body must be a JSON object")
         return body
 
     # -- answers ---------------------------------------------------------------------------
@@ -329,7 +328,7 @@ class ConsoleHandler(BaseHTTPRequestHandler):
         """Subscribed first, then the history read: no event falls between the two."""
         server = self.server
         if not pump.wait_subscribed(LOOP_TIMEOUT):
-            raise ApiError(grpc.StatusCode.UNAVAILABLE, "the event stream did not open")
+            raise Refused(grpc.StatusCode.UNAVAILABLE, "the event stream did not open")
         since = _integer(query.get("since")) if query.get("boot") == server.boot else 0
         recent = server.run(server.api.events(context, since))
         self._headers(200, "text/event-stream", "no-store")
@@ -366,8 +365,8 @@ class ConsoleHandler(BaseHTTPRequestHandler):
             if (dirty and pump.events.empty()) or now - last_mesh >= server.refresh:
                 try:
                     mesh = server.mesh.get(seen, context)
-                except ApiError as error:
-                    mesh = json.dumps({"error": error.body()}).encode()
+                except Refused as error:
+                    mesh = json.dumps({"error": refusal_body(error)}).encode()
                 self._event("mesh", mesh)
                 last_mesh, dirty = now, False
 
