@@ -268,3 +268,34 @@ def test_the_page_says_it_lost_the_control_plane_and_catches_up(
     expect(page.locator("#link")).to_have_text("live", timeout=DEADLINE_MS)
     expect(row).to_have_attribute("data-state", "OPEN", timeout=DEADLINE_MS)
     expect(page.locator("#banner")).to_contain_text("Back in touch")
+
+
+def test_a_policy_is_edited_and_deleted_from_the_page(admin_page: Watched, mesh: Mesh) -> None:
+    page = admin_page.page
+    with grpc.insecure_channel(mesh.server.target) as channel:
+        pb_grpc.ControlPlaneStub(channel).PutPolicy(
+            pb.PutPolicyRequest(
+                policies=[
+                    pb.Policy(
+                        id="tight",
+                        selector=pb.Selector(method=METHOD),
+                        config=pb.BreakerConfig(failure_rate_threshold=0.3),
+                    )
+                ]
+            ),
+            metadata=bearer(ADMIN),
+        )
+    assert wait_until(lambda: mesh.registry.resolve(METHOD).failure_rate_threshold == 0.3, 5.0)
+    page.locator('#policies tr[data-policy="tight"] button').click(timeout=DEADLINE_MS)
+    form = page.locator("#policy-form")
+    expect(form.locator('input[name="method"]')).to_have_value(METHOD)
+    threshold = form.locator('input[name="config.failure_rate_threshold"]')
+    expect(threshold).to_have_value("0.3")
+    threshold.fill("0.4")
+    form.locator('button[type="submit"]').click()
+    expect(form.locator("output")).to_contain_text("put tight at revision", timeout=DEADLINE_MS)
+    assert wait_until(lambda: mesh.registry.resolve(METHOD).failure_rate_threshold == 0.4, 5.0)
+    form.locator("#policy-delete").click()
+    expect(form.locator("output")).to_contain_text("deleted tight", timeout=DEADLINE_MS)
+    expect(page.locator('#policies tr[data-policy="tight"]')).to_have_count(0, timeout=DEADLINE_MS)
+    assert wait_until(lambda: mesh.registry.resolve(METHOD).failure_rate_threshold == 0.5, 5.0)

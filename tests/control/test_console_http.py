@@ -272,6 +272,37 @@ def test_the_console_serves_https_when_the_control_plane_has_tls(
         client.get("/api/session")
 
 
+def test_with_mutual_tls_the_console_wants_a_client_certificate_too(
+    control_plane_thread: StartThread, tmp_path: Path
+) -> None:
+    ca = issue("console test CA", None, ca=True)
+    server_pem = pem(issue("localhost", ca, usage=ExtendedKeyUsageOID.SERVER_AUTH))
+    client_pem = pem(issue("operator", ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH))
+    server = control_plane_thread(
+        console_port=0,
+        admin_token=ADMIN,
+        tls_cert=server_pem.cert,
+        tls_key=server_pem.key,
+        tls_client_ca=pem(ca).cert,
+    )
+    url = server.running.console_url
+    assert url is not None
+    for name, data in (("ca", pem(ca).cert), ("cert", client_pem.cert), ("key", client_pem.key)):
+        (tmp_path / f"{name}.pem").write_bytes(data)
+    context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    context.check_hostname = False
+    # Without a client certificate the handshake is refused.
+    with (
+        httpx.Client(base_url=url, verify=context, timeout=10.0) as client,
+        pytest.raises(httpx.HTTPError),
+    ):
+        client.get("/api/session")
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    with httpx.Client(base_url=url, verify=context, timeout=10.0) as client:
+        answer = client.get("/api/session", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert answer.json()["role"] == "admin"
+
+
 def test_a_taken_console_port_is_an_error_naming_the_console(
     control_plane_thread: StartThread,
 ) -> None:
