@@ -198,9 +198,11 @@ class Mesh:
         console_port_file = self.run_dir / "control-plane.console-port"
         names = self.control_planes
         for index, name in enumerate(names):
-            # The first replica serves the metrics and the web console (any replica could).
             served = ["--metrics-port-file", str(metrics_port_file)] if index == 0 else []
-            served += ["--console-port-file", str(console_port_file)] if index == 0 else []
+            # The web console on the last replica, which the replica-death phase leaves up: any
+            # replica shows the whole mesh, so the page watches the first one die.
+            if index == len(names) - 1:
+                served += ["--console-port-file", str(console_port_file)]
             self.processes.spawn(name, "examples.banking.controlplane", [*store, *served], tokens)
         for name in names:
             self.targets[name] = self.processes.target(name)
