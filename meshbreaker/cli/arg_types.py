@@ -52,6 +52,14 @@ def rate(text: str) -> float:
     return value
 
 
+def rate_or_zero(text: str) -> float:
+    """A fraction in [0, 1]."""
+    value = number(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0, 1]")
+    return value
+
+
 def seconds(text: str) -> float:
     """A positive number of seconds."""
     value = number(text)

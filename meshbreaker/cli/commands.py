@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 from rich.console import Console, Group
 from rich.text import Text
 
+from meshbreaker.cli import rollout
 from meshbreaker.cli.client import Client
 from meshbreaker.cli.policy_flags import policies_from_args
 from meshbreaker.cli.policy_json import policy_document
@@ -176,6 +177,10 @@ def _run_live_view(
 def policy_put(args: argparse.Namespace) -> int:
     """`policy put`: create or replace policies from --file and flags."""
     policies = policies_from_args(args)
+    if args.canary is not None:
+        return rollout.put_canary(args, policies)
+    if args.canary_max_rejection_margin is not None:
+        raise CliError("--canary-max-rejection-margin needs --canary")
     # expected_revision=None leaves the field unset: no compare-and-set.
     request = pb.PutPolicyRequest(policies=policies, expected_revision=args.expected_revision)
     with Client(args) as client:

@@ -7,7 +7,7 @@ import os
 from typing import NoReturn, TypeAlias
 
 from meshbreaker import __version__
-from meshbreaker.cli import arg_types, commands
+from meshbreaker.cli import arg_types, commands, rollout
 from meshbreaker.cli.explain import policy_explain
 from meshbreaker.cli.policy_flags import add_policy_arguments
 from meshbreaker.cli.store_commands import store_adopt
@@ -215,8 +215,31 @@ def _add_policy(subcommands: _Subcommands, connection: _Parser) -> None:
         "put", help="create or replace a policy (flags override --file)", parents=[connection]
     )
     add_policy_arguments(put)
+    put.add_argument(
+        "--canary",
+        type=rollout.percent,
+        default=None,
+        metavar="N%",
+        help="stage it: the new config runs on N%% of the matching instances (chosen by a hash of"
+        " policy and instance id), the stored one on the rest, until promote or rollback",
+    )
+    put.add_argument(
+        "--canary-max-rejection-margin",
+        type=arg_types.rate_or_zero,
+        default=None,
+        metavar="RATE",
+        help="with --canary: the control plane rolls it back once the canary refuses more of its"
+        " calls than the rest by more than this (0..1)",
+    )
     _add_expected_revision(put)
     put.set_defaults(handler=commands.policy_put)
+    for name, handler, text in (
+        ("promote", rollout.promote, "the canary's config becomes the policy's, everywhere"),
+        ("rollback", rollout.rollback, "end the canary: every instance runs the stored config"),
+    ):
+        finishing = policy_commands.add_parser(name, help=text, parents=[connection])
+        finishing.add_argument("policy_id", metavar="ID")
+        finishing.set_defaults(handler=handler)
     listing = policy_commands.add_parser("list", help="list policies", parents=[connection])
     listing.add_argument("--caller", default="", help="only policies applying to this caller")
     _add_json(listing)

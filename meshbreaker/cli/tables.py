@@ -12,7 +12,7 @@ from meshbreaker.config import BreakerConfig
 from meshbreaker.control import convert
 from meshbreaker.control.layers import describe_value
 from meshbreaker.errors import ConfigError
-from meshbreaker.live.render import instance_table, override_table, shadow_marked
+from meshbreaker.live.render import canary_table, instance_table, override_table, shadow_marked
 from meshbreaker.live.table import Cell, Column, new_table
 from meshbreaker.live.text import clean, format_seconds, state_text
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -70,6 +70,9 @@ def status_view(
     if response.overrides:
         parts.append(Text())
         parts.append(override_table(response.overrides, width))
+    if response.canaries:
+        parts.append(Text())
+        parts.append(canary_table(response.canaries, width))
     nacking = [item for item in response.instances if item.HasField("nack")]
     if instances or nacking:
         parts.append(Text())

@@ -126,6 +126,15 @@ class FleetSpec:
 
 
 @dataclass(frozen=True)
+class CanarySpec:
+    """A validated Canary: on which share of the instances, what they run, when to roll back."""
+
+    percent: float
+    config: ConfigLayer | None
+    max_rejection_margin: float | None = None
+
+
+@dataclass(frozen=True)
 class PolicySpec:
     """A validated Policy: selector, the config fields it sets (a layer), optional override.
 
@@ -141,6 +150,7 @@ class PolicySpec:
     override_expires_at: float | None = None
     override_reason: str = ""
     fleet: FleetSpec | None = None
+    canary: CanarySpec | None = None
 
     def override_at(self, now: float | None) -> State | None:
         """The override in force at unix time `now` (None = whatever the time)."""
@@ -469,9 +479,27 @@ def policy_from_proto(message: pb.Policy, path: str = "policy") -> PolicySpec:
     fleet = None
     if message.HasField("fleet"):
         fleet = _fleet_from_proto(message, f"{path}.fleet")
-    return PolicySpec(
-        policy_id, selector, config, override, message.description, expires_at, reason, fleet
+    canary = (
+        _canary_from_proto(message.canary, f"{path}.canary") if message.HasField("canary") else None
     )
+    return PolicySpec(
+        policy_id, selector, config, override, message.description, expires_at, reason, fleet,
+        canary,
+    )  # fmt: skip
+
+
+def _canary_from_proto(message: pb.Canary, path: str) -> CanarySpec:
+    if not 0 < message.percent < 100:
+        raise ConfigError(f"{path}.percent", "must be between 0 and 100 (exclusive)")
+    config = None
+    if message.HasField("config"):
+        config = MappingProxyType(layer_from_proto(message.config, f"{path}.config"))
+    margin = None
+    if message.HasField("max_rejection_margin"):
+        margin = message.max_rejection_margin
+        if not 0 <= margin <= 1:
+            raise ConfigError(f"{path}.max_rejection_margin", "must be in [0, 1]")
+    return CanarySpec(message.percent, config, margin)
 
 
 def check_reason(reason: str, path: str) -> str:

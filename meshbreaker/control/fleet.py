@@ -22,6 +22,7 @@ from meshbreaker._backoff import OpenBackoff
 from meshbreaker._names import split_breaker_name
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.control import convert
+from meshbreaker.control.canary import rejection_rate, should_roll_back, side_by_side
 from meshbreaker.control.layers import explain
 from meshbreaker.control.overrides import CONTROL_PLANE_ACTOR, expires_at, is_empty, set_override
 from meshbreaker.control.policies import PolicyIndex
@@ -137,10 +138,50 @@ class FleetDecider:
         for key, count in counts.items():
             if key not in decided and count.open:
                 await self._consider(count, now)
+        for policy in self._index.canaries():
+            if policy.canary.HasField("max_rejection_margin"):
+                await self._watch_canary(policy)
         for policy in self._index.overrides():
             end = expires_at(policy)
             if end is not None and now >= end:
                 await self._expire(policy.id, end)
+
+    async def _watch_canary(self, policy: pb.Policy) -> None:
+        """Roll a canary back when it refuses more calls than the rest by more than its margin."""
+        status = side_by_side(policy, self._live_instances())
+        margin = policy.canary.max_rejection_margin
+        if not should_roll_back(status, margin):
+            return
+
+        async def work() -> bool:
+            current = self._index.by_id(policy.id)
+            if current is None or current != policy:
+                return False
+            kept = without_output_only(current)
+            kept.ClearField("canary")
+            if is_empty(kept):
+                await self._writer.delete(policy.id, self._index.revision, CONTROL_PLANE_ACTOR)
+            else:
+                await self._writer.put([kept], self._index.revision, CONTROL_PLANE_ACTOR)
+            return True
+
+        try:
+            rolled_back = await self._writer.serialized(work)
+        except Refused as refusal:
+            logger.debug("fleet decider: rolling back %s: %s", policy.id, refusal.details)
+            return
+        if rolled_back:
+            selector = policy.selector
+            target = selector.method or selector.service or "*"
+            self.decisions[(selector.caller or "*", target, "rolled_back")] += 1
+            logger.warning(
+                "canary of policy %s rolled back: it refused %.1f%% of its calls, the rest"
+                " %.1f%% (max_rejection_margin %g)",
+                policy.id,
+                100 * rejection_rate(status.canary),
+                100 * rejection_rate(status.rest),
+                margin,
+            )
 
     def _config(self, service: str, method: str) -> BreakerConfig | None:
         """The method's config as the policies for `service` layer it (None when they clash)."""

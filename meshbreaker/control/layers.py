@@ -8,12 +8,14 @@ process's own default (`base`). The agent and `meshbreaker policy explain` both 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from meshbreaker._names import is_method_selector, method_service
 from meshbreaker.config import SCHEMA, BreakerConfig, State, merge_layers
+from meshbreaker.control.canary import in_canary
 from meshbreaker.control.convert import FleetSpec, PolicySpec, policy_from_proto
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -116,7 +118,8 @@ def policies_for(
     `instance_id` among its probers is a probe, not an override, for this instance.
     """
     base = base or BreakerConfig()
-    by_key = _by_key(caller, specs_of(policies, path))
+    specs = [_as_run_by(spec, instance_id) for spec in specs_of(policies, path)]
+    by_key = _by_key(caller, specs)
     default: BreakerConfig | None = None
     configs: dict[str, BreakerConfig] = {}
     overrides: dict[str, State] = {}
@@ -143,6 +146,14 @@ def policies_for(
             overrides[key] = holder.override
     next_expiry = min(expiries.values(), default=None)
     return ResolvedPolicies(default, configs, overrides, next_expiry, probes, expiries)
+
+
+def _as_run_by(spec: PolicySpec, instance_id: str) -> PolicySpec:
+    """`spec` as instance `instance_id` runs it: with its canary's config when in the canary."""
+    canary = spec.canary
+    if canary is None or not in_canary(spec.id, instance_id, canary.percent):
+        return spec
+    return dataclasses.replace(spec, config=canary.config)
 
 
 def explain(

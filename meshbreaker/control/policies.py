@@ -56,6 +56,7 @@ class PolicyIndex:
         self._bytes: dict[str, int] = {}
         self._watched: set[str] = set()
         self._overridden: dict[str, pb.Policy] = {}  # the policies holding an override, by id
+        self._canaries: dict[str, pb.Policy] = {}  # the policies with a canary, by id
         for policy in policies:
             self._add(policy)
 
@@ -67,11 +68,14 @@ class PolicyIndex:
         self._bytes[caller] = self._bytes.get(caller, 0) + policy.ByteSize() + 8
         if policy.override != pb.OVERRIDE_NONE:
             self._overridden[policy.id] = policy
+        if policy.HasField("canary"):
+            self._canaries[policy.id] = policy
 
     def _remove(self, policy_id: str) -> pb.Policy | None:
         policy = self._by_id.pop(policy_id, None)
         if policy is not None:
             self._overridden.pop(policy_id, None)
+            self._canaries.pop(policy_id, None)
             self._by_selector.pop(selector_key(policy), None)
             caller = policy.selector.caller
             bucket = self._by_caller[caller]
@@ -105,6 +109,14 @@ class PolicyIndex:
         """The policies holding an override (those applying to `caller`, "" = all), by id."""
         with self._lock:
             found = list(self._overridden.values())
+        if caller:
+            found = [policy for policy in found if policy.selector.caller in ("", caller)]
+        return sorted(found, key=lambda policy: policy.id)
+
+    def canaries(self, caller: str = "") -> list[pb.Policy]:
+        """The policies with a canary (those applying to `caller`, "" = all), by id."""
+        with self._lock:
+            found = list(self._canaries.values())
         if caller:
             found = [policy for policy in found if policy.selector.caller in ("", caller)]
         return sorted(found, key=lambda policy: policy.id)
@@ -172,6 +184,7 @@ class PolicyIndex:
             self._by_caller.clear()
             self._bytes.clear()
             self._overridden.clear()
+            self._canaries.clear()
             for policy in policies:
                 self._add(policy)
             self.revision = revision

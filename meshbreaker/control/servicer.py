@@ -28,6 +28,7 @@ import grpc.aio
 
 from meshbreaker.control import convert, overrides, validate
 from meshbreaker.control.auth import TokenAuthenticator
+from meshbreaker.control.canary import side_by_side
 from meshbreaker.control.config_streams import ConfigStreams
 from meshbreaker.control.events import EventBus, concerns
 from meshbreaker.control.fleet import DEFAULT_TICK, FleetDecider
@@ -292,6 +293,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         validate.check_list_breakers(request)
         response = pb.ListBreakersResponse(revision=self._revision, store_id=self._store_id)
         self._instances.list_breakers(request, self._clock(), response)
+        canaries = self._index.canaries(request.service)
+        if canaries:
+            live = self._instances.views(self._clock())
+            response.canaries.extend(side_by_side(policy, live) for policy in canaries)
         now = self._wall_clock()
         for policy in self._index.overrides(request.service):
             active = response.overrides.add(policy=policy)

@@ -42,6 +42,14 @@ _SHADOW_LEGEND = (
 )
 
 
+_CANARY_COLUMNS = (
+    Column("POLICY", cut="end"),
+    Column("HALF"),
+    *(
+        Column(title, numeric=True)
+        for title in ("INSTANCES", "CALLS", "FAILURE", "REJECTED", "SHADOW REJ")
+    ),
+)
 _OVERRIDE_STATES = {
     pb.OVERRIDE_FORCED_OPEN: State.FORCED_OPEN,
     pb.OVERRIDE_FORCED_CLOSED: State.FORCED_CLOSED,
@@ -197,6 +205,9 @@ def render_status(
     if response.overrides:
         footer.append(Text())
         footer.append(override_table(response.overrides, width))
+    if response.canaries:
+        footer.append(Text())
+        footer.append(canary_table(response.canaries, width))
     shown = [item for item in response.instances if instances or item.HasField("nack")]
     if shown:
         footer.append(Text())
@@ -206,7 +217,7 @@ def render_status(
     if any(group.shadow for group in groups):
         footer.append(Text(_SHADOW_LEGEND, style=_DIM, no_wrap=True, overflow="ellipsis"))
     # Each table counts its title line in `footer`; its rows are added here.
-    footer_lines = len(footer) + len(shown) + len(response.overrides)
+    footer_lines = len(footer) + len(shown) + len(response.overrides) + 2 * len(response.canaries)
     more: Text | None = None
     if height is not None and len(lines) + 1 + len(groups) + footer_lines > height:
         keep = max(0, height - len(lines) - footer_lines - 2)  # rows besides title and "more"
@@ -309,6 +320,26 @@ def override_table(overrides: Sequence[pb.ActiveOverride], width: int | None) ->
             ]
         )
     return new_table(_OVERRIDE_COLUMNS, rows, width)
+
+
+def canary_table(canaries: Sequence[pb.CanaryStatus], width: int | None) -> RenderableType:
+    """Per policy with a canary: the canary and the rest side by side."""
+    rows: list[list[Cell]] = []
+    for status in canaries:
+        for label, half in (("canary", status.canary), ("rest", status.rest)):
+            tried = half.total + half.rejected
+            rows.append(
+                [
+                    status.policy_id if label == "canary" else "",
+                    f"{label} {status.percent:g}%" if label == "canary" else label,
+                    str(half.instances),
+                    format_count(half.total),
+                    format_rate(half.failed / half.total) if half.total else DASH,
+                    format_rate(half.rejected / tried) if tried else DASH,
+                    format_count(half.shadow_rejected),
+                ]
+            )
+    return new_table(_CANARY_COLUMNS, rows, width)
 
 
 def instance_table(shown: Sequence[pb.InstanceStatus], width: int | None) -> RenderableType:

@@ -521,6 +521,7 @@ class Policy(_message.Message):
     OVERRIDE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     OVERRIDE_REASON_FIELD_NUMBER: _builtins.int
     FLEET_FIELD_NUMBER: _builtins.int
+    CANARY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique, 1..128 characters of [A-Za-z0-9._-], starting with a letter or digit."""
     mode: Global___Mode.ValueType
@@ -563,6 +564,10 @@ class Policy(_message.Message):
     def fleet(self) -> Global___FleetDecision:
         """Set when the override is a fleet decision (written by the control plane's decider only)."""
 
+    @_builtins.property
+    def canary(self) -> Global___Canary:
+        """A staged rollout: the canary instances run `canary.config` instead of `config`."""
+
     def __init__(
         self,
         *,
@@ -579,14 +584,55 @@ class Policy(_message.Message):
         override_expires_at: _timestamp_pb2.Timestamp | None = ...,
         override_reason: _builtins.str = ...,
         fleet: Global___FleetDecision | None = ...,
+        canary: Global___Canary | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "fleet", b"fleet", "outlier_detection", b"outlier_detection", "override_expires_at", b"override_expires_at", "selector", b"selector", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "config", b"config", "fleet", b"fleet", "outlier_detection", b"outlier_detection", "override_expires_at", b"override_expires_at", "selector", b"selector", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "description", b"description", "fleet", b"fleet", "id", b"id", "mode", b"mode", "outlier_detection", b"outlier_detection", "override", b"override", "override_expires_at", b"override_expires_at", "override_reason", b"override_reason", "revision", b"revision", "selector", b"selector", "updated_at", b"updated_at", "updated_by", b"updated_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "config", b"config", "description", b"description", "fleet", b"fleet", "id", b"id", "mode", b"mode", "outlier_detection", b"outlier_detection", "override", b"override", "override_expires_at", b"override_expires_at", "override_reason", b"override_reason", "revision", b"revision", "selector", b"selector", "updated_at", b"updated_at", "updated_by", b"updated_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Policy: _TypeAlias = Policy  # noqa: Y015
+
+@_typing.final
+class Canary(_message.Message):
+    """A policy's staged rollout (`meshbreaker policy put --canary 10%`, `policy promote ID`, `policy
+    rollback ID`). An instance is in the canary when a hash of the policy id and its instance id
+    falls under `percent`: the same on every agent and replica, and across restarts.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERCENT_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    MAX_REJECTION_MARGIN_FIELD_NUMBER: _builtins.int
+    percent: _builtins.float
+    """(0, 100) of the instances the policy matches"""
+    max_rejection_margin: _builtins.float
+    """When set, the control plane rolls the canary back on its own once the canary's rejection
+    rate (rejected and shadow-rejected calls over calls tried) exceeds the rest's by more than
+    this, [0, 1].
+    """
+    @_builtins.property
+    def config(self) -> Global___BreakerConfig:
+        """What the canary instances run instead of Policy.config (absent: no config from this policy)."""
+
+    def __init__(
+        self,
+        *,
+        percent: _builtins.float = ...,
+        config: Global___BreakerConfig | None = ...,
+        max_rejection_margin: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_rejection_margin", b"_max_rejection_margin", "config", b"config", "max_rejection_margin", b"max_rejection_margin"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_rejection_margin", b"_max_rejection_margin", "config", b"config", "max_rejection_margin", b"max_rejection_margin", "percent", b"percent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_rejection_margin: _TypeAlias = _typing.Literal["max_rejection_margin"]  # noqa: Y015
+    _WhichOneofArgType__max_rejection_margin: _TypeAlias = _typing.Literal["_max_rejection_margin", b"_max_rejection_margin"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_rejection_margin) -> _WhichOneofReturnType__max_rejection_margin | None: ...
+
+Global___Canary: _TypeAlias = Canary  # noqa: Y015
 
 @_typing.final
 class FleetDecision(_message.Message):
@@ -1611,6 +1657,7 @@ class ListBreakersResponse(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     STORE_ID_FIELD_NUMBER: _builtins.int
     OVERRIDES_FIELD_NUMBER: _builtins.int
+    CANARIES_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """the store revision"""
     store_id: _builtins.str
@@ -1627,6 +1674,10 @@ class ListBreakersResponse(_message.Message):
     def overrides(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActiveOverride]:
         """The overrides in force (operators' and fleet decisions) that apply to `service`, by id."""
 
+    @_builtins.property
+    def canaries(self) -> _containers.RepeatedCompositeFieldContainer[Global___CanaryStatus]:
+        """Every policy with a canary that applies to `service`: its canary and the rest side by side."""
+
     def __init__(
         self,
         *,
@@ -1635,14 +1686,78 @@ class ListBreakersResponse(_message.Message):
         revision: _builtins.int = ...,
         store_id: _builtins.str = ...,
         overrides: _abc.Iterable[Global___ActiveOverride] | None = ...,
+        canaries: _abc.Iterable[Global___CanaryStatus] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "instances", b"instances", "overrides", b"overrides", "revision", b"revision", "store_id", b"store_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canaries", b"canaries", "groups", b"groups", "instances", b"instances", "overrides", b"overrides", "revision", b"revision", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListBreakersResponse: _TypeAlias = ListBreakersResponse  # noqa: Y015
+
+@_typing.final
+class CanaryHalf(_message.Message):
+    """One half of a canary rollout: its live instances and their matching breakers' counters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    SHADOW_REJECTED_FIELD_NUMBER: _builtins.int
+    instances: _builtins.int
+    total: _builtins.int
+    failed: _builtins.int
+    rejected: _builtins.int
+    shadow_rejected: _builtins.int
+    def __init__(
+        self,
+        *,
+        instances: _builtins.int = ...,
+        total: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        rejected: _builtins.int = ...,
+        shadow_rejected: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "instances", b"instances", "rejected", b"rejected", "shadow_rejected", b"shadow_rejected", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CanaryHalf: _TypeAlias = CanaryHalf  # noqa: Y015
+
+@_typing.final
+class CanaryStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_ID_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    CANARY_FIELD_NUMBER: _builtins.int
+    REST_FIELD_NUMBER: _builtins.int
+    policy_id: _builtins.str
+    percent: _builtins.float
+    @_builtins.property
+    def canary(self) -> Global___CanaryHalf: ...
+    @_builtins.property
+    def rest(self) -> Global___CanaryHalf: ...
+    def __init__(
+        self,
+        *,
+        policy_id: _builtins.str = ...,
+        percent: _builtins.float = ...,
+        canary: Global___CanaryHalf | None = ...,
+        rest: Global___CanaryHalf | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "rest", b"rest"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary", b"canary", "percent", b"percent", "policy_id", b"policy_id", "rest", b"rest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CanaryStatus: _TypeAlias = CanaryStatus  # noqa: Y015
 
 @_typing.final
 class ActiveOverride(_message.Message):
