@@ -242,6 +242,7 @@ class ReplicaMesh:
             raise
         self._parts.update(parts)
         if not kept:  # the lease was lost and the store dropped every record: write them all
+            self._restore(pending, gone)
             table.changed |= set(table.local())
             self._urgent.set()
 

@@ -7,9 +7,13 @@ replica their agents fail over to. Publishing is fast here (0.1 s) so the tests 
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -233,3 +237,57 @@ def test_only_reports_that_tell_something_new_are_shared() -> None:
     assert shared() == {"i-1"} and table.version > version
     report(2, pb.BREAKER_STATE_OPEN)
     assert shared() == {"i-1"}
+
+
+def _etcd_json(etcd: EtcdServer, path: str, body: dict[str, object]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{etcd.client_port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+        return answer
+
+
+@pytest.mark.parametrize("publish_interval", [0.1, 1.0], ids=["publish finds", "keepalive finds"])
+def test_a_replica_whose_lease_was_lost_writes_its_instances_again(
+    etcd: EtcdServer,
+    control_plane_thread: ControlPlaneThread,
+    agents: Callable[..., MeshAgent],
+    admin_stub: AdminStub,
+    publish_interval: float,
+) -> None:
+    # A publish more often than the keepalive (every ttl/3) finds the lease gone first, or not.
+    planes = [
+        control_plane_thread(
+            store=etcd.url,
+            report_ttl=5.0,
+            replica_publish_interval=publish_interval,
+            replica_lease_ttl=2,
+        )
+        for _ in range(2)
+    ]
+    agent = agents(planes[0].target, "transaction")
+    remote = admin_stub(planes[1].target)
+    assert wait_until(
+        lambda: [i.instance_id for i in listed(remote).instances] == [agent.instance_id],
+        timeout=10,
+    )
+    start = base64.b64encode(b"/meshbreaker/mesh/").decode()
+    end = base64.b64encode(b"/meshbreaker/mesh0").decode()
+
+    def records() -> list[str]:
+        found = _etcd_json(etcd, "/v3/kv/range", {"key": start, "range_end": end})
+        return [base64.b64decode(kv["key"]).decode() for kv in found.get("kvs", [])]
+
+    assert any("/instance/" in key for key in records())
+    # etcd drops every lease (as when they expire during a long outage): the records go too.
+    for lease in _etcd_json(etcd, "/v3/lease/leases", {}).get("leases", []):
+        _etcd_json(etcd, "/v3/lease/revoke", {"ID": lease["ID"]})
+    # The replica notices, takes a new lease and writes its instance again.
+    assert wait_until(lambda: any("/instance/" in key for key in records()), timeout=10)
+    assert wait_until(
+        lambda: [i.instance_id for i in listed(remote).instances] == [agent.instance_id],
+        timeout=10,
+    )

@@ -42,6 +42,7 @@ class EtcdPresence(Presence):
         self.replica_id = replica_id
         self.ttl = max(2, int(ttl))
         self._lease: int | None = None
+        self._lost = False  # the lease expired under us; the next publish must say so
         self._closed = False
         self._keepalive = asyncio.run_coroutine_threadsafe(self._keep_alive(), store.loop)
 
@@ -57,6 +58,9 @@ class EtcdPresence(Presence):
         if self._lease is None:
             lease = await store.call(lambda client: client.lease(self.ttl))
             self._lease = int(lease.id)
+            if self._lost:  # the keepalive found it gone: every record went with it
+                self._lost = False
+                return False
         transactions = store.transactions
         batches: builtins.list[builtins.list[Any]] = [[]]
         size = 0
@@ -141,7 +145,7 @@ class EtcdPresence(Presence):
             if reply is None or reply.TTL <= 0:
                 logger.warning("replica %s's etcd lease expired", self.replica_id)
                 if self._lease == lease:
-                    self._lease = None
+                    self._lease, self._lost = None, True
 
     def feed(self) -> PresenceFeed:
         """Every replica's records, then their changes (from an etcd watch on mesh/)."""
