@@ -10,7 +10,9 @@ side by side in one process, in rounds whose order alternates:
 - default: summed per (caller service, breaker) past 2,000 reported breakers, written directly,
 - cached: a second scrape while no report changed the view.
 
-Seconds are the median of the rounds; MB is the size of the text; peak MB is the most memory
+Seconds are the median of the rounds, wall clock and this process's CPU time (the rendering is
+single-threaded: on a machine shared with other work, CPU time is what it would take on an idle
+core, wall time what it took here); MB is the size of the text; peak MB is the most memory
 Python allocated while rendering (tracemalloc, in a separate pass so it does not slow the timed
 ones).
 """
@@ -104,13 +106,15 @@ def measure(instances: int, histograms: bool, rounds: int) -> list[dict[str, Any
     try:
         variants = _variants(view, loop)
         seconds: dict[str, list[float]] = {name: [] for name in variants}
+        cpu: dict[str, list[float]] = {name: [] for name in variants}
         sizes: dict[str, float] = {}
         for turn in range(rounds):
             names = list(variants) if turn % 2 == 0 else list(reversed(variants))
             for name in names:
-                started = time.perf_counter()
+                started, started_cpu = time.perf_counter(), time.process_time()
                 text = variants[name]()
                 seconds[name].append(time.perf_counter() - started)
+                cpu[name].append(time.process_time() - started_cpu)
                 sizes[name] = len(text.encode()) / 1e6
         peaks = {}
         for name, render in variants.items():
@@ -128,6 +132,7 @@ def measure(instances: int, histograms: bool, rounds: int) -> list[dict[str, Any
             "histograms": histograms,
             "variant": name,
             "seconds": round(statistics.median(seconds[name]), 3),
+            "cpu_seconds": round(statistics.median(cpu[name]), 3),
             "text_mb": round(sizes[name], 1),
             "peak_mb": round(peaks[name], 1),
         }
@@ -141,13 +146,22 @@ def main(quick: bool = False) -> list[dict[str, Any]]:
     rows = measure(instances, False, rounds) + measure(instances, True, rounds)
     print(
         table(
-            ["reported breakers", "histograms", "rendering", "s (median)", "text MB", "peak MB"],
+            [
+                "reported breakers",
+                "histograms",
+                "rendering",
+                "s (median)",
+                "CPU s",
+                "text MB",
+                "peak MB",
+            ],
             [
                 [
                     str(row["reported_breakers"]),
                     "yes" if row["histograms"] else "no",
                     row["variant"],
                     str(row["seconds"]),
+                    str(row["cpu_seconds"]),
                     str(row["text_mb"]),
                     str(row["peak_mb"]),
                 ]
