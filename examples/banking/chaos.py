@@ -1,4 +1,5 @@
-"""Fault injection every banking service serves: failures, latency, outage, hang, late answers."""
+"""Fault injection every banking service serves: failures, latency, outage, hang, late answers,
+overload."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class Chaos:
         self.injected_failures = 0
         self.hung = 0
         self.late = 0
+        self.overloaded = 0
+        self._waiting = 0  # calls in the overload's queue now
 
     def set(self, settings: chaos_pb2.ChaosSettings) -> None:
         """Replace all settings at once; rejects out-of-range values with ValueError."""
@@ -39,7 +42,9 @@ class Chaos:
             value = getattr(settings, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
-        for name in ("added_latency", "late_delay"):
+        if not 0 <= settings.capacity <= 10_000:
+            raise ValueError(f"capacity must be in [0, 10000], got {settings.capacity}")
+        for name in ("added_latency", "late_delay", "base_latency"):
             value = getattr(settings, name)
             if not 0.0 <= value <= 60.0:
                 raise ValueError(f"{name} must be in [0, 60] seconds, got {value}")
@@ -68,6 +73,7 @@ class Chaos:
                 injected_failures=self.injected_failures,
                 hung=self.hung,
                 late=self.late,
+                overloaded=self.overloaded,
             )
 
     def _applies(self, settings: chaos_pb2.ChaosSettings, method: str) -> bool:
@@ -91,6 +97,9 @@ class Chaos:
                 self.hung += 1
             if late:
                 self.late += 1
+            draw = self._random.random()
+        if settings.capacity > 0:
+            self._overload(settings, draw, context)
         if settings.outage:
             context.abort(grpc.StatusCode.UNAVAILABLE, "chaos: service outage")
         if settings.hang:
@@ -106,6 +115,27 @@ class Chaos:
         if fail:
             context.abort(grpc.StatusCode.UNAVAILABLE, "chaos: injected failure")
         return settings.late_delay if late else 0.0
+
+    def _overload(
+        self, settings: chaos_pb2.ChaosSettings, draw: float, context: grpc.ServicerContext
+    ) -> None:
+        """Queue behind the calls already waiting; shed this one if the queue overflows."""
+        with self._lock:
+            self._waiting += 1
+            load = self._waiting
+        shed = False
+        try:
+            capacity = settings.capacity
+            time.sleep(settings.base_latency * max(1.0, load / capacity))
+            overflow = min(0.95, max(0.0, (load - 2 * capacity) / (2 * capacity)))
+            shed = draw < overflow
+        finally:
+            with self._lock:
+                self._waiting -= 1
+                if shed:
+                    self.overloaded += 1
+        if shed:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "chaos: overloaded")
 
 
 class ChaosInterceptor(grpc.ServerInterceptor):

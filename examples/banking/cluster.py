@@ -308,6 +308,13 @@ class Mesh:
         """Replace the faults in force at `service` (no arguments: none)."""
         self._chaos[service].SetChaos(chaos_pb2.ChaosSettings(**settings), timeout=5)
 
+    def chaos_stats(self, service: str) -> chaos_pb2.ChaosStats:
+        """What the faults in force at `service` did so far."""
+        stats: chaos_pb2.ChaosStats = self._chaos[service].GetChaos(
+            chaos_pb2.GetChaosRequest(), timeout=5
+        )
+        return stats
+
     def kill(self, name: str) -> None:
         """SIGKILL one process of the mesh."""
         self.processes.kill(name)

@@ -17,7 +17,7 @@ from examples.banking.gen import bank_pb2, bank_pb2_grpc
 from examples.banking.requests import Claim, RequestLog
 from examples.banking.services.mesh import guarded_channel
 from meshbreaker.config import State
-from meshbreaker.errors import CallNotPermittedError
+from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ThrottledError
 from meshbreaker.registry import BreakerRegistry
 
 TRANSFER_METHOD = "/bank.v1.TransactionService/Transfer"
@@ -174,9 +174,14 @@ class Gateway:
             to_account=to_account,
             amount_cents=amount,
         )
+        self._count("transfer_calls")  # the gateway's calls; its retries are attempts within one
         try:
             response = self._transactions.Transfer(request, timeout=self.deadlines.transfer)
         except grpc.RpcError as exc:
+            if isinstance(exc, ThrottledError | BulkheadFullError):
+                # Shed here by the overload controls (adaptive throttling, the concurrency limit).
+                self._count("overload_refused")
+                return refused("transaction service overloaded: shed by the gateway")
             if isinstance(exc, CallNotPermittedError):
                 return refused("transaction breaker open")
             if exc.code() in _DEFINITIVE:

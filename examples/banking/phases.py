@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -9,9 +10,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from examples.banking.controlplane import REPLICA_LEASE_TTL
+from examples.banking.gateway import TRANSFER_METHOD
 from examples.banking.policies import policy_messages
 from examples.banking.services.account import CLOSED_ACCOUNT
-from meshbreaker.config import State
+from meshbreaker.config import ConcurrencyLimit, ConfigLayer, State
+from meshbreaker.control import convert
+from meshbreaker.retry import RetryPolicy
 from meshbreaker.v1 import control_plane_pb2 as pb
 
 if TYPE_CHECKING:
@@ -199,6 +203,112 @@ def override(demo: Demo, phase: PhaseResult) -> None:
     phase.marks["notifications_sent_after_override"] = after - before
 
 
+# The transaction service serves three Transfers at its base latency (25 a second); more queue,
+# and more than six overflow. The clients offer more than that, so its queue fills.
+OVERLOAD = {"capacity": 3, "base_latency": 0.12, "methods": ["Transfer"]}
+OVERLOAD_POLICY = "demo-overload"
+# Only RESOURCE_EXHAUSTED is retried: the service sheds it before any work, so when a later
+# attempt is refused locally, nothing has moved and the gateway may say so.
+_SHED = frozenset({"RESOURCE_EXHAUSTED"})
+_RETRY = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05, retryable_codes=_SHED)
+# Both halves: the breaker judges the failure rate only (a run of sheds from a service that is
+# still serving most calls is no outage), so what differs between them is the overload controls.
+_BREAKER: ConfigLayer = {"consecutive_failures": 0, "idempotent": True}
+WITHOUT_CONTROLS: ConfigLayer = {
+    **_BREAKER,
+    "retry": dataclasses.replace(_RETRY, budget_ratio=1000.0),  # every failure retried: no budget
+}
+WITH_CONTROLS: ConfigLayer = {
+    **_BREAKER,
+    # At a few dozen calls a second the 10 retries/s reserve would dominate the 20 %.
+    "retry": dataclasses.replace(_RETRY, budget_min_per_second=1),
+    "throttle_k": 2.0,
+    "concurrency_limit": ConcurrencyLimit.ADAPTIVE,
+    "max_concurrent_calls": 8,  # the adaptive limit's cap: the clients' workers
+}
+
+
+def overload(demo: Demo, phase: PhaseResult) -> None:
+    """The transaction service is overloaded, not down: without the overload controls, then with."""
+    demo.mesh.set_chaos("transaction", **OVERLOAD)
+    halves = (
+        ("without", WITHOUT_CONTROLS, "unbudgeted retries"),
+        ("with", WITH_CONTROLS, "budgeted retries, throttle_k=2, adaptive concurrency limit"),
+    )
+    for label, layer, what in halves:
+        if not _apply_transfer_policy(demo, layer):
+            phase.notes.append(f"the {label} policy did not reach the gateway within 30 s")
+        before, started = _overload_counts(demo), time.monotonic()
+        # The first half runs its time; the second until the phase has exercised its purpose.
+        demo.hold(phase, fraction=0.5, until=(lambda: True) if label == "without" else None)
+        after, seconds = _overload_counts(demo), time.monotonic() - started
+        moved = {name: after[name] - before[name] for name in after}
+        calls = moved["transfer_calls"]
+        phase.marks["overloaded"] = phase.marks.get("overloaded", 0) + moved["overloaded"]
+        phase.marks[f"committed_{label}_controls"] = moved["committed"]
+        phase.marks[f"attempts_{label}_controls"] = moved["attempts"]
+        phase.marks[f"transfer_calls_{label}_controls"] = calls
+        phase.notes.append(
+            f"{label} overload controls ({what}): {moved['committed'] / seconds:.1f} payments "
+            f"committed/s; {moved['attempts'] / max(calls, 1):.2f} Transfer attempts per gateway "
+            f"call; {moved['overloaded']} shed by the service, "
+            f"{moved['overload_refused']} by the gateway itself"
+        )
+    demo.mesh.set_chaos("transaction")
+    demo.mesh.admin("DeletePolicy", pb.DeletePolicyRequest(id=OVERLOAD_POLICY))
+
+
+def _apply_transfer_policy(demo: Demo, layer: ConfigLayer) -> bool:
+    """Put `layer` on the gateway's Transfer method; whether the gateway applied it within 30 s."""
+    demo.mesh.admin(
+        "PutPolicy",
+        pb.PutPolicyRequest(
+            policies=[
+                pb.Policy(
+                    id=OVERLOAD_POLICY,
+                    selector=pb.Selector(caller="gateway", method=TRANSFER_METHOD),
+                    config=convert.layer_to_proto(layer),
+                    description="overload phase: the gateway's retries and overload controls",
+                )
+            ]
+        ),
+    )
+    request = pb.ListBreakersRequest(
+        service="gateway", method=TRANSFER_METHOD, include_instances=True
+    )
+
+    def applied() -> bool:
+        groups = demo.mesh.admin("ListBreakers", request).groups
+        configs = [
+            convert.config_from_proto(item.snapshot.config)
+            for group in groups
+            for item in group.instance_breakers
+        ]
+        return bool(configs) and all(
+            getattr(config, name) == value for config in configs for name, value in layer.items()
+        )
+
+    deadline = time.monotonic() + 30
+    while not applied():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _overload_counts(demo: Demo) -> dict[str, int]:
+    """The gateway's Transfer calls and answers, and what the transaction service saw."""
+    gateway = demo.gateway_counts(wait=30)
+    chaos = demo.mesh.chaos_stats("transaction")
+    return {
+        "transfer_calls": gateway["transfer_calls"],
+        "committed": gateway["committed"],
+        "overload_refused": gateway["overload_refused"],
+        "attempts": chaos.calls,
+        "overloaded": chaos.overloaded,
+    }
+
+
 def recovery(demo: Demo, phase: PhaseResult) -> None:
     """Override lifted, nothing faulted: breakers close on their own, nothing is owed."""
     demo.mesh.admin(
@@ -252,6 +362,16 @@ PHASES = (
         "transaction service hangs: the same open-loop load on both gateways, 1 s deadline",
         hang,
         (("refused", "payments refused at once by the gateway's breaker"),),
+    ),
+    Phase(
+        "overload",
+        "overload",
+        "transaction service overloaded, not down: without the overload controls, then with",
+        overload,
+        (
+            ("overloaded", "Transfer attempts the overloaded service shed"),
+            ("overload_refused", "Transfers the gateway's overload controls shed itself"),
+        ),
     ),
     Phase(
         "crash",

@@ -70,6 +70,8 @@ METRIC_WORDS = {
     "audit_owed_peak": "audit records owed at peak",
     "notifications_skipped": "notifications skipped by the breaker",
     "refused": "payments refused at once",
+    "overloaded": "Transfer attempts shed by the overloaded service",
+    "overload_refused": "Transfers the gateway shed itself",
 }
 
 

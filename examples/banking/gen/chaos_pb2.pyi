@@ -29,6 +29,8 @@ class ChaosSettings(_message.Message):
     LATE_RATE_FIELD_NUMBER: _builtins.int
     LATE_DELAY_FIELD_NUMBER: _builtins.int
     METHODS_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    BASE_LATENCY_FIELD_NUMBER: _builtins.int
     failure_rate: _builtins.float
     """Fraction of calls answered with UNAVAILABLE, in [0, 1]."""
     added_latency: _builtins.float
@@ -42,6 +44,13 @@ class ChaosSettings(_message.Message):
     late_delay seconds: a "slow but completes" fault (the caller's deadline passes, the work stands).
     """
     late_delay: _builtins.float
+    capacity: _builtins.int
+    """Overload rather than outage, when > 0: a call that finds n calls waiting here (itself
+    included) waits base_latency * max(1, n / capacity) seconds, then is shed with
+    RESOURCE_EXHAUSTED, before any work, with probability clamp((n - 2 capacity) / (2 capacity),
+    0, 0.95): latency grows with load past `capacity`, and so do errors past twice that.
+    """
+    base_latency: _builtins.float
     @_builtins.property
     def methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The methods these faults apply to, by method name ("Debit") or full name
@@ -58,10 +67,12 @@ class ChaosSettings(_message.Message):
         late_rate: _builtins.float = ...,
         late_delay: _builtins.float = ...,
         methods: _abc.Iterable[_builtins.str] | None = ...,
+        capacity: _builtins.int = ...,
+        base_latency: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_latency", b"added_latency", "failure_rate", b"failure_rate", "hang", b"hang", "late_delay", b"late_delay", "late_rate", b"late_rate", "methods", b"methods", "outage", b"outage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_latency", b"added_latency", "base_latency", b"base_latency", "capacity", b"capacity", "failure_rate", b"failure_rate", "hang", b"hang", "late_delay", b"late_delay", "late_rate", b"late_rate", "methods", b"methods", "outage", b"outage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -76,10 +87,13 @@ class ChaosStats(_message.Message):
     INJECTED_FAILURES_FIELD_NUMBER: _builtins.int
     HUNG_FIELD_NUMBER: _builtins.int
     LATE_FIELD_NUMBER: _builtins.int
+    OVERLOADED_FIELD_NUMBER: _builtins.int
     calls: _builtins.int
     injected_failures: _builtins.int
     hung: _builtins.int
     late: _builtins.int
+    overloaded: _builtins.int
+    """calls shed with RESOURCE_EXHAUSTED by the overload"""
     @_builtins.property
     def settings(self) -> Global___ChaosSettings: ...
     def __init__(
@@ -90,10 +104,11 @@ class ChaosStats(_message.Message):
         injected_failures: _builtins.int = ...,
         hung: _builtins.int = ...,
         late: _builtins.int = ...,
+        overloaded: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "hung", b"hung", "injected_failures", b"injected_failures", "late", b"late", "settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "hung", b"hung", "injected_failures", b"injected_failures", "late", b"late", "overloaded", b"overloaded", "settings", b"settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

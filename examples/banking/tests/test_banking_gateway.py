@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from examples.banking.gateway import (
@@ -253,3 +254,35 @@ def test_hung_dependency_costs_three_deadlines_then_nothing(
     statuses = [o.status for o in outcomes]
     assert statuses[:3] == [TransferStatus.PENDING] * 3
     assert set(statuses[3:]) == {TransferStatus.REJECTED}
+
+
+def test_a_transfer_the_overload_controls_shed_is_refused_and_counted_apart(
+    bank: Bank, gateway: Gateway, registry: BreakerRegistry
+) -> None:
+    registry.set_policy(TRANSFER, POLICY.replace(max_concurrent_calls=1))
+    held = registry.get(TRANSFER).acquire()  # the bulkhead's one slot is taken
+    try:
+        outcome = gateway.transfer_funds("o1", "acct-000", "acct-001", 5)
+    finally:
+        held.ignore()
+    assert outcome.status is TransferStatus.REJECTED
+    assert outcome.reason == "transaction service overloaded: shed by the gateway"
+    counts = gateway.counts()
+    assert (counts["transfer_calls"], counts["overload_refused"]) == (1, 1)
+    assert bank.chaos("transaction").GetChaos(chaos_pb2.GetChaosRequest()).calls == 0
+    assert gateway.transfer_funds("o1", "acct-000", "acct-001", 5).status is (
+        TransferStatus.COMMITTED  # nothing had moved: the same key goes through once there is room
+    )
+
+
+def test_overload_settings_are_checked_and_reported(bank: Bank) -> None:
+    chaos = bank.chaos("transaction")
+    with pytest.raises(grpc.RpcError) as error:
+        chaos.SetChaos(chaos_pb2.ChaosSettings(capacity=-1))
+    assert error.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    chaos.SetChaos(chaos_pb2.ChaosSettings(capacity=1, methods=["Transfer"]))
+    try:
+        stats = chaos.GetChaos(chaos_pb2.GetChaosRequest())
+        assert stats.settings.capacity == 1 and stats.overloaded == 0
+    finally:
+        chaos.SetChaos(chaos_pb2.ChaosSettings())
