@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import importlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +29,26 @@ from meshbreaker.retry import RetryRun
 
 logger = logging.getLogger(__name__)
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+def _grpc_types(module: str, *names: str) -> tuple[type, ...]:
+    found = (getattr(importlib.import_module(module), name, None) for name in names)
+    return tuple(kind for kind in found if isinstance(kind, type))
+
+
+# What grpc's blocking unary path (a call, .with_call()) hands an interceptor: its attempt, over.
+# .future() hands over a live rendezvous instead, even when it has already ended. Only the blocking
+# path may sleep through a backoff in the caller's thread; anything else is a RetryingFuture, which
+# never blocks .future(). Private grpc names, pinned by test_grpcs_blocking_outcome_types: should
+# grpc rename them, blocking calls are retried as futures (correct, one timer wait per attempt).
+BLOCKING_OUTCOMES = _grpc_types("grpc._interceptor", "_UnaryOutcome", "_FailureOutcome")
+BLOCKING_OUTCOMES += _grpc_types("grpc._channel", "_InactiveRpcError")
+
+
+def _blocking(call: Any) -> bool:
+    """Whether grpc's blocking path handed over `call` (see BLOCKING_OUTCOMES)."""
+    return isinstance(call, BLOCKING_OUTCOMES)
+
 
 Continuation = Callable[[grpc.ClientCallDetails, Any], Any]
 
@@ -138,7 +159,7 @@ class BreakerInterceptor(
             except BaseException:
                 release(permit)
                 raise
-            if not call.done():
+            if not _blocking(call):
                 args = (continuation, details, request, info, breaker, run, call, permit)
                 return self._future(*args)
             code = call.code()

@@ -14,6 +14,7 @@ from meshbreaker import BreakerConfig, BreakerRegistry, CallNotPermittedError, T
 from meshbreaker._adapter.retrying import next_delay
 from meshbreaker.grpc import BreakerInterceptor
 from meshbreaker.grpc._retry_future import Timer
+from meshbreaker.grpc.interceptor import BLOCKING_OUTCOMES
 from meshbreaker.retry import RetryBudget, RetryPolicy, RetryRun
 from meshbreaker.testing import FakeClock
 from tests.contract.drivers import DRIVERS, Driver, FutureDriver, GuardedFutureDriver
@@ -279,3 +280,33 @@ def test_the_timer_runs_callables_in_order_of_their_due_time() -> None:
     clock.advance(1.0)
     assert done.wait(30)
     assert ran == ["first", "second", "third", "last"]
+
+
+class _Peek(grpc.UnaryUnaryClientInterceptor):
+    """Notes what the continuation hands an interceptor."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        call = continuation(details, request)
+        self.seen.append(call)
+        return call
+
+
+def test_grpcs_blocking_outcome_types(server: BytesServer) -> None:
+    """Blocking calls hand interceptors one of BLOCKING_OUTCOMES; futures never do."""
+    assert len(BLOCKING_OUTCOMES) == 3
+    peek = _Peek()
+    channel = grpc.intercept_channel(grpc.insecure_channel(server.target), peek)
+    try:
+        multi: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(UNARY)
+        multi(b"hello")
+        with pytest.raises(grpc.RpcError):
+            multi(b"fail:UNAVAILABLE")
+        future: Any = multi.future(b"fail:UNAVAILABLE")
+        assert wait_until(future.done)  # ended, and still not a blocking outcome
+        assert [isinstance(call, BLOCKING_OUTCOMES) for call in peek.seen] == [True, True, False]
+        assert not isinstance(multi.future(b"hello"), BLOCKING_OUTCOMES)
+    finally:
+        channel.close()
