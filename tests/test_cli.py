@@ -520,7 +520,7 @@ def test_status_shows_the_concurrency_limits(
                   report_interval=60.0).start()
         for name, registry in (
             ("tx-adaptive", adaptive),
-            ("tx-fixed", BreakerRegistry(BreakerConfig(max_concurrent_calls=5))),
+            ("tx-fixed", BreakerRegistry(BreakerConfig(max_concurrent_calls=5, throttle_k=2.0))),
             ("tx-none", BreakerRegistry()),
         )
     ]  # fmt: skip
@@ -541,9 +541,11 @@ def test_status_shows_the_concurrency_limits(
         assert next(line for line in lines if f"{METHOD} " in line).split()[-1] == "25"
         assert next(line for line in lines if f"{audit} " in line).split()[-1] == "-"
         rows = [line.split() for line in lines if line.startswith("transaction ")]
-        detail = {row[2]: row[7] for row in rows if row[2].startswith("tx-")}
-        assert detail["tx-adaptive"] == "20" and detail["tx-fixed"] == "5"
-        assert next(line for line in lines if "WINDOW" in line).split()[7] == "LIMIT"
+        detail = {row[2]: row[7:9] for row in rows if row[2].startswith("tx-")}
+        assert detail["tx-adaptive"] == ["20", "-"]  # no throttling
+        assert detail["tx-fixed"] == ["5", "0.0%"]  # throttling on, refusing nothing now
+        header = next(line for line in lines if "WINDOW" in line).split()
+        assert header[7:9] == ["LIMIT", "THROTTLE"]
     finally:
         for agent in agents:
             agent.stop()

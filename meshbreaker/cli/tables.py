@@ -37,6 +37,7 @@ _DETAIL_COLUMNS = (
     Column("FAILURE", numeric=True),
     Column("WINDOW", numeric=True),
     Column("LIMIT", numeric=True),
+    Column("THROTTLE", numeric=True),
     Column("AGE", numeric=True),
     Column("EFFECTIVE CONFIG", cut="end", weight=3),
 )
@@ -151,6 +152,7 @@ def _detail_table(groups: Sequence[pb.BreakerGroup], width: int | None) -> Table
             _percent(item.snapshot.failure_rate),
             str(item.snapshot.window_calls),
             _limit(item.snapshot),
+            _throttle(item.snapshot),
             format_seconds(item.report_age),
             describe_effective(item.snapshot),
         ]
@@ -163,6 +165,13 @@ def _detail_table(groups: Sequence[pb.BreakerGroup], width: int | None) -> Table
 def _limit(message: pb.BreakerGroup | pb.BreakerSnapshot) -> str:
     """Calls in flight allowed now (a bulkhead or an adaptive limit); '-' for no limit."""
     return str(message.concurrency_limit) if message.HasField("concurrency_limit") else "-"
+
+
+def _throttle(snapshot: pb.BreakerSnapshot) -> str:
+    """The chance adaptive throttling refuses a call now; '-' where it is off."""
+    if not snapshot.config.throttle_k:  # unset, or 0: off (k >= 1 when on)
+        return "-"
+    return _percent(snapshot.throttle_probability)
 
 
 def _percent(rate: float) -> str:
