@@ -13,7 +13,7 @@ from examples.banking.controlplane import REPLICA_LEASE_TTL
 from examples.banking.gateway import TRANSFER_METHOD
 from examples.banking.policies import policy_messages
 from examples.banking.services.account import CLOSED_ACCOUNT
-from meshbreaker.config import ConcurrencyLimit, ConfigLayer, State
+from meshbreaker.config import BreakerConfig, ConcurrencyLimit, ConfigLayer, State
 from meshbreaker.control import convert
 from meshbreaker.retry import RetryPolicy
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -256,6 +256,9 @@ def overload(demo: Demo, phase: PhaseResult) -> None:
         )
     demo.mesh.set_chaos("transaction")
     demo.mesh.admin("DeletePolicy", pb.DeletePolicyRequest(id=OVERLOAD_POLICY))
+    # The next phase starts from the gateway's usual Transfer config, not from a shedding one.
+    if not _gateway_transfer_config(demo, lambda config: config.throttle_k is None):
+        phase.notes.append("the gateway kept the overload policy for 30 s after it was deleted")
 
 
 def _apply_transfer_policy(demo: Demo, layer: ConfigLayer) -> bool:
@@ -273,23 +276,28 @@ def _apply_transfer_policy(demo: Demo, layer: ConfigLayer) -> bool:
             ]
         ),
     )
+    return _gateway_transfer_config(
+        demo, lambda config: all(getattr(config, name) == v for name, v in layer.items())
+    )
+
+
+def _gateway_transfer_config(demo: Demo, wanted: Callable[[BreakerConfig], bool]) -> bool:
+    """Whether the gateway's Transfer breaker reports a config `wanted` accepts within 30 s."""
     request = pb.ListBreakersRequest(
         service="gateway", method=TRANSFER_METHOD, include_instances=True
     )
 
-    def applied() -> bool:
+    def reported() -> bool:
         groups = demo.mesh.admin("ListBreakers", request).groups
         configs = [
             convert.config_from_proto(item.snapshot.config)
             for group in groups
             for item in group.instance_breakers
         ]
-        return bool(configs) and all(
-            getattr(config, name) == value for config in configs for name, value in layer.items()
-        )
+        return bool(configs) and all(wanted(config) for config in configs)
 
     deadline = time.monotonic() + 30
-    while not applied():
+    while not reported():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
