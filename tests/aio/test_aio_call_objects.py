@@ -1,0 +1,322 @@
+"""The grpc.aio call objects the interceptors hand back answer the call API like grpc's own."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from meshbreaker._adapter.guard import Guard
+from meshbreaker.aio import breaker_interceptors
+from meshbreaker.aio._calls import (
+    CallTracker,
+    FallbackCall,
+    TrackedStream,
+    TrackedUnaryCall,
+    rejection,
+)
+from meshbreaker.config import State
+from meshbreaker.errors import CallNotPermittedError
+from meshbreaker.registry import BreakerRegistry
+from tests.grpc.bytes_server import (
+    BIDI,
+    CLIENT_STREAM,
+    CONFIG,
+    SERVER_STREAM,
+    UNARY,
+    BytesServer,
+)
+
+Connect = Callable[..., grpc.aio.Channel]
+CLOSED_CONFIG = CONFIG.replace(consecutive_failures=0)  # never trips: every call reaches the server
+
+
+@pytest.fixture
+async def connect(server: BytesServer) -> AsyncIterator[Connect]:
+    """connect(**interceptor options) -> an aio channel to the test server, guarded by them."""
+    channels: list[grpc.aio.Channel] = []
+
+    def make(registry: BreakerRegistry, **options: Any) -> grpc.aio.Channel:
+        interceptors = breaker_interceptors(registry, **options)
+        channel = grpc.aio.insecure_channel(server.target, interceptors=interceptors)
+        channels.append(channel)
+        return channel
+
+    yield make
+    for channel in channels:
+        await channel.close()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Polls `predicate` while letting the event loop run."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+async def entered(server: BytesServer) -> None:
+    """Waits until one more call has entered the server."""
+    assert await asyncio.to_thread(server.entered.acquire, True, 10)
+
+
+async def trip(channel: grpc.aio.Channel, registry: BreakerRegistry, method: str) -> None:
+    """Opens the breaker of `method` with two UNAVAILABLE answers."""
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            if method == SERVER_STREAM:
+                await channel.unary_stream(method)(b"fail-after:0:UNAVAILABLE").read()
+            else:
+                await channel.unary_unary(method)(b"fail:UNAVAILABLE")
+        assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert registry.get(method).state is State.OPEN
+
+
+def counts(registry: BreakerRegistry, method: str) -> tuple[int, int, int]:
+    """(successful, failed, ignored) of `method`'s breaker."""
+    snapshot = registry.get(method).snapshot()
+    return snapshot.successful, snapshot.failed, snapshot.ignored
+
+
+# ----- refused calls ------------------------------------------------------------------------
+
+
+async def test_a_rejected_call_has_no_transport_error_to_tell(
+    connect: Connect, registry: BreakerRegistry
+) -> None:
+    channel = connect(registry)
+    await trip(channel, registry, UNARY)
+    call = channel.unary_unary(UNARY)(b"hello")
+    assert await call.debug_error_string() == ""
+    assert tuple(await call.initial_metadata()) == ()
+    assert call.done() and not call.cancelled() and not call.cancel()
+
+
+async def test_a_fallback_answer_is_a_finished_unary_call(
+    connect: Connect, registry: BreakerRegistry
+) -> None:
+    channel = connect(registry, fallbacks={UNARY: lambda request, error: b"cached"})
+    await trip(channel, registry, UNARY)
+    call = channel.unary_unary(UNARY)(b"hello")
+    assert await call == b"cached"
+    assert await call.details() == "meshbreaker: fallback used (rejected)"
+    assert call.done() and not call.cancelled()
+
+
+async def test_the_call_behind_a_fallback_answer_is_finished_in_every_role() -> None:
+    # grpc.aio wraps what an interceptor returns; the object itself serves every call kind.
+    error = CallNotPermittedError(UNARY, State.OPEN, 30.0)
+    call = rejection(error, lambda request, error: b"cached", b"hello")
+    assert isinstance(call, FallbackCall)
+    assert await call == b"cached"
+    assert await call.read() is grpc.aio.EOF  # no stream to read: at its end at once
+    assert [message async for message in call] == []
+    with pytest.raises(asyncio.InvalidStateError):
+        await call.write(b"more")  # over: refused like grpc refuses a write to a finished call
+    await call.done_writing()
+    seen: list[Any] = []
+    call.add_done_callback(seen.append)
+    assert seen == [call]
+
+
+# ----- fallback on failure ------------------------------------------------------------------
+
+
+async def test_the_fallback_on_failure_tells_its_own_details_and_markers(
+    connect: Connect,
+) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG)
+    channel = connect(registry, fallbacks={UNARY: lambda r, e: b"cached"}, fallback_on_failure=True)
+    call = channel.unary_unary(UNARY)(b"fail:INTERNAL")
+    assert await call == b"cached"
+    assert await call.code() is grpc.StatusCode.OK
+    assert await call.details() == "meshbreaker: fallback used (failure)"
+    trailing = tuple(await call.trailing_metadata())
+    assert ("x-meshbreaker-fallback", "failure") in trailing
+    assert ("x-test-trailer", "server") in trailing  # what the server sent is kept
+    assert counts(registry, UNARY) == (0, 1, 0)
+    answered = channel.unary_unary(UNARY)(b"fine")
+    assert await answered == b"fine"
+    assert (await answered.code(), await answered.details()) == (grpc.StatusCode.OK, "")
+
+
+async def test_cancelling_a_fallback_on_failure_call_cancels_the_rpc(
+    connect: Connect, server: BytesServer
+) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG)
+    channel = connect(registry, fallbacks={UNARY: lambda r, e: b"cached"}, fallback_on_failure=True)
+    call = channel.unary_unary(UNARY)(b"block")
+    await entered(server)
+    assert not call.done()
+    assert call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert call.cancelled() and call.done()
+    await wait_for(lambda: counts(registry, UNARY) == (0, 0, 1))  # a cancelled call is ignored
+
+
+# ----- streams ------------------------------------------------------------------------------
+
+
+async def test_a_client_stream_written_by_hand_is_guarded(
+    connect: Connect, registry: BreakerRegistry
+) -> None:
+    channel = connect(registry)
+    call = channel.stream_unary(CLIENT_STREAM)()
+    assert not call.done()
+    await call.write(b"a")
+    await call.write(b"b")
+    await call.done_writing()
+    assert await call == b"count:2"
+    assert call.done()
+    await wait_for(lambda: counts(registry, CLIENT_STREAM) == (1, 0, 0))
+    failing = channel.stream_unary(CLIENT_STREAM)()
+    await failing.write(b"fail:DATA_LOSS")
+    await failing.done_writing()
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await failing
+    assert raised.value.code() is grpc.StatusCode.DATA_LOSS
+    await wait_for(lambda: counts(registry, CLIENT_STREAM) == (1, 1, 0))
+
+
+async def test_a_bidi_stream_written_by_hand_is_guarded(
+    connect: Connect, registry: BreakerRegistry
+) -> None:
+    channel = connect(registry)
+    call = channel.stream_stream(BIDI)()
+    await call.write(b"x")
+    assert await call.read() == b"x"
+    await call.done_writing()
+    assert await call.read() is grpc.aio.EOF
+    assert call.done() and await call.code() is grpc.StatusCode.OK
+    assert counts(registry, BIDI) == (1, 0, 0)  # the end read counted it before returning
+
+
+async def test_reading_a_response_stream_to_its_end_records_one_outcome(
+    connect: Connect, registry: BreakerRegistry
+) -> None:
+    channel = connect(registry)
+    stream = channel.unary_stream(SERVER_STREAM)(b"n:2")
+    assert [await stream.read() for _ in range(3)] == [b"m0", b"m1", grpc.aio.EOF]
+    assert counts(registry, SERVER_STREAM) == (1, 0, 0)
+    failing = channel.unary_stream(SERVER_STREAM)(b"fail-after:1:INTERNAL")
+    assert await failing.read() == b"m0"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await failing.read()
+    assert raised.value.code() is grpc.StatusCode.INTERNAL
+    assert counts(registry, SERVER_STREAM) == (1, 1, 0)  # counted before the caller saw it
+
+
+async def test_a_stream_that_ends_unread_is_still_recorded(
+    connect: Connect, registry: BreakerRegistry
+) -> None:
+    channel = connect(registry)
+    held = [
+        channel.unary_stream(SERVER_STREAM)(b"n:0"),
+        channel.unary_stream(SERVER_STREAM)(b"fail-after:0:UNAVAILABLE"),
+    ]
+    await wait_for(lambda: counts(registry, SERVER_STREAM) == (1, 1, 0))
+    assert all(stream.done() for stream in held)
+
+
+# ----- outcomes reach the breaker before the caller ---------------------------------------
+
+
+@pytest.fixture
+async def plain(server: BytesServer) -> AsyncIterator[grpc.aio.Channel]:
+    """An aio channel to the test server without interceptors."""
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        yield channel
+
+
+def unwatched(registry: BreakerRegistry, method: str) -> CallTracker:
+    """A tracker holding a permit of `method`'s breaker, not watching any done-callback.
+
+    grpc runs a call's done-callbacks when it pleases (here mostly before the awaiting task
+    resumes); without them, only the call object itself can have counted the outcome.
+    """
+    breaker = registry.get(method)
+    return CallTracker(Guard(registry), breaker, breaker.acquire())
+
+
+async def test_a_unary_outcome_is_counted_before_the_await_returns(
+    plain: grpc.aio.Channel,
+) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG)
+    failing = TrackedUnaryCall(
+        plain.unary_unary(UNARY)(b"fail:INTERNAL"), unwatched(registry, UNARY)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await failing
+    assert raised.value.code() is grpc.StatusCode.INTERNAL
+    assert counts(registry, UNARY) == (0, 1, 0)
+    answered = TrackedUnaryCall(plain.unary_unary(UNARY)(b"hello"), unwatched(registry, UNARY))
+    assert await answered == b"hello"
+    assert counts(registry, UNARY) == (1, 1, 0)
+
+
+async def test_a_stream_outcome_is_counted_before_the_read_returns(
+    plain: grpc.aio.Channel,
+) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG)
+
+    def stream(request: bytes) -> TrackedStream:
+        call = plain.unary_stream(SERVER_STREAM)(request)
+        return TrackedStream(call, unwatched(registry, SERVER_STREAM))
+
+    read = stream(b"n:1")
+    assert [await read.read() for _ in range(2)] == [b"m0", grpc.aio.EOF]
+    assert counts(registry, SERVER_STREAM) == (1, 0, 0)
+    failing = stream(b"fail-after:1:INTERNAL")
+    assert await failing.read() == b"m0"
+    with pytest.raises(grpc.aio.AioRpcError):
+        await failing.read()
+    assert counts(registry, SERVER_STREAM) == (1, 1, 0)
+    iterated = stream(b"fail-after:0:INTERNAL")
+    with pytest.raises(grpc.aio.AioRpcError):
+        [message async for message in iterated]
+    assert counts(registry, SERVER_STREAM) == (1, 2, 0)
+    empty = stream(b"n:0")
+    assert [message async for message in empty] == []
+    assert counts(registry, SERVER_STREAM) == (2, 2, 0)
+
+
+async def test_the_proxies_pass_writes_through_to_the_call(plain: grpc.aio.Channel) -> None:
+    # grpc.aio's intercepted calls write through a queue of their own; a caller holding the
+    # call object itself writes through the proxy.
+    registry = BreakerRegistry(CLOSED_CONFIG)
+    call = plain.stream_unary(CLIENT_STREAM)()
+    tracked = TrackedUnaryCall(call, unwatched(registry, CLIENT_STREAM))
+    await tracked.write(b"a")
+    await tracked.write(b"b")
+    await tracked.done_writing()
+    assert await tracked == b"count:2"
+    assert tracked.done() and await tracked.code() is grpc.StatusCode.OK
+    assert counts(registry, CLIENT_STREAM) == (1, 0, 0)
+
+
+async def test_a_raising_continuation_gives_the_permit_back(
+    server: BytesServer,
+) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG.replace(max_concurrent_calls=1))
+
+    class Broken(grpc.aio.UnaryStreamClientInterceptor):
+        """Below the breaker: the continuation the breaker calls raises."""
+
+        async def intercept_unary_stream(
+            self, continuation: Any, client_call_details: Any, request: Any
+        ) -> Any:
+            raise RuntimeError("broken below the breaker")
+
+    interceptors = [*breaker_interceptors(registry), Broken()]
+    async with grpc.aio.insecure_channel(server.target, interceptors=interceptors) as channel:
+        for _ in range(2):  # a kept slot would make the second a RESOURCE_EXHAUSTED rejection
+            with pytest.raises(RuntimeError, match="broken below"):
+                await channel.unary_stream(SERVER_STREAM)(b"n:1").read()
+    snapshot = registry.get(SERVER_STREAM).snapshot()
+    assert (snapshot.ignored, snapshot.rejected) == (2, 0)
