@@ -36,6 +36,22 @@ Connect = Callable[..., grpc.aio.Channel]
 CLOSED_CONFIG = CONFIG.replace(consecutive_failures=0)  # never trips: every call reaches the server
 
 
+def unary(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+    return channel.unary_unary(UNARY)
+
+
+def server_stream(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:
+    return channel.unary_stream(SERVER_STREAM)
+
+
+def client_stream(channel: grpc.aio.Channel) -> grpc.aio.StreamUnaryMultiCallable[bytes, bytes]:
+    return channel.stream_unary(CLIENT_STREAM)
+
+
+def bidi(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamMultiCallable[bytes, bytes]:
+    return channel.stream_stream(BIDI)
+
+
 @pytest.fixture
 async def connect(server: BytesServer) -> AsyncIterator[Connect]:
     """connect(**interceptor options) -> an aio channel to the test server, guarded by them."""
@@ -70,9 +86,9 @@ async def trip(channel: grpc.aio.Channel, registry: BreakerRegistry, method: str
     for _ in range(2):
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             if method == SERVER_STREAM:
-                await channel.unary_stream(method)(b"fail-after:0:UNAVAILABLE").read()
+                await server_stream(channel)(b"fail-after:0:UNAVAILABLE").read()
             else:
-                await channel.unary_unary(method)(b"fail:UNAVAILABLE")
+                await unary(channel)(b"fail:UNAVAILABLE")
         assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
     assert registry.get(method).state is State.OPEN
 
@@ -91,8 +107,8 @@ async def test_a_rejected_call_has_no_transport_error_to_tell(
 ) -> None:
     channel = connect(registry)
     await trip(channel, registry, UNARY)
-    call = channel.unary_unary(UNARY)(b"hello")
-    assert await call.debug_error_string() == ""
+    call = unary(channel)(b"hello")
+    assert await call.debug_error_string() == ""  # type: ignore[attr-defined]
     assert tuple(await call.initial_metadata()) == ()
     assert call.done() and not call.cancelled() and not call.cancel()
 
@@ -102,7 +118,7 @@ async def test_a_fallback_answer_is_a_finished_unary_call(
 ) -> None:
     channel = connect(registry, fallbacks={UNARY: lambda request, error: b"cached"})
     await trip(channel, registry, UNARY)
-    call = channel.unary_unary(UNARY)(b"hello")
+    call = unary(channel)(b"hello")
     assert await call == b"cached"
     assert await call.details() == "meshbreaker: fallback used (rejected)"
     assert call.done() and not call.cancelled()
@@ -132,7 +148,7 @@ async def test_the_fallback_on_failure_tells_its_own_details_and_markers(
 ) -> None:
     registry = BreakerRegistry(CLOSED_CONFIG)
     channel = connect(registry, fallbacks={UNARY: lambda r, e: b"cached"}, fallback_on_failure=True)
-    call = channel.unary_unary(UNARY)(b"fail:INTERNAL")
+    call = unary(channel)(b"fail:INTERNAL")
     assert await call == b"cached"
     assert await call.code() is grpc.StatusCode.OK
     assert await call.details() == "meshbreaker: fallback used (failure)"
@@ -140,7 +156,7 @@ async def test_the_fallback_on_failure_tells_its_own_details_and_markers(
     assert ("x-meshbreaker-fallback", "failure") in trailing
     assert ("x-test-trailer", "server") in trailing  # what the server sent is kept
     assert counts(registry, UNARY) == (0, 1, 0)
-    answered = channel.unary_unary(UNARY)(b"fine")
+    answered = unary(channel)(b"fine")
     assert await answered == b"fine"
     assert (await answered.code(), await answered.details()) == (grpc.StatusCode.OK, "")
 
@@ -150,7 +166,7 @@ async def test_cancelling_a_fallback_on_failure_call_cancels_the_rpc(
 ) -> None:
     registry = BreakerRegistry(CLOSED_CONFIG)
     channel = connect(registry, fallbacks={UNARY: lambda r, e: b"cached"}, fallback_on_failure=True)
-    call = channel.unary_unary(UNARY)(b"block")
+    call = unary(channel)(b"block")
     await entered(server)
     assert not call.done()
     assert call.cancel()
@@ -167,7 +183,7 @@ async def test_a_client_stream_written_by_hand_is_guarded(
     connect: Connect, registry: BreakerRegistry
 ) -> None:
     channel = connect(registry)
-    call = channel.stream_unary(CLIENT_STREAM)()
+    call = client_stream(channel)()
     assert not call.done()
     await call.write(b"a")
     await call.write(b"b")
@@ -175,7 +191,7 @@ async def test_a_client_stream_written_by_hand_is_guarded(
     assert await call == b"count:2"
     assert call.done()
     await wait_for(lambda: counts(registry, CLIENT_STREAM) == (1, 0, 0))
-    failing = channel.stream_unary(CLIENT_STREAM)()
+    failing = client_stream(channel)()
     await failing.write(b"fail:DATA_LOSS")
     await failing.done_writing()
     with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -188,7 +204,7 @@ async def test_a_bidi_stream_written_by_hand_is_guarded(
     connect: Connect, registry: BreakerRegistry
 ) -> None:
     channel = connect(registry)
-    call = channel.stream_stream(BIDI)()
+    call = bidi(channel)()
     await call.write(b"x")
     assert await call.read() == b"x"
     await call.done_writing()
@@ -201,10 +217,10 @@ async def test_reading_a_response_stream_to_its_end_records_one_outcome(
     connect: Connect, registry: BreakerRegistry
 ) -> None:
     channel = connect(registry)
-    stream = channel.unary_stream(SERVER_STREAM)(b"n:2")
+    stream = server_stream(channel)(b"n:2")
     assert [await stream.read() for _ in range(3)] == [b"m0", b"m1", grpc.aio.EOF]
     assert counts(registry, SERVER_STREAM) == (1, 0, 0)
-    failing = channel.unary_stream(SERVER_STREAM)(b"fail-after:1:INTERNAL")
+    failing = server_stream(channel)(b"fail-after:1:INTERNAL")
     assert await failing.read() == b"m0"
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await failing.read()
@@ -217,8 +233,8 @@ async def test_a_stream_that_ends_unread_is_still_recorded(
 ) -> None:
     channel = connect(registry)
     held = [
-        channel.unary_stream(SERVER_STREAM)(b"n:0"),
-        channel.unary_stream(SERVER_STREAM)(b"fail-after:0:UNAVAILABLE"),
+        server_stream(channel)(b"n:0"),
+        server_stream(channel)(b"fail-after:0:UNAVAILABLE"),
     ]
     await wait_for(lambda: counts(registry, SERVER_STREAM) == (1, 1, 0))
     assert all(stream.done() for stream in held)
@@ -248,14 +264,12 @@ async def test_a_unary_outcome_is_counted_before_the_await_returns(
     plain: grpc.aio.Channel,
 ) -> None:
     registry = BreakerRegistry(CLOSED_CONFIG)
-    failing = TrackedUnaryCall(
-        plain.unary_unary(UNARY)(b"fail:INTERNAL"), unwatched(registry, UNARY)
-    )
+    failing = TrackedUnaryCall(unary(plain)(b"fail:INTERNAL"), unwatched(registry, UNARY))
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await failing
     assert raised.value.code() is grpc.StatusCode.INTERNAL
     assert counts(registry, UNARY) == (0, 1, 0)
-    answered = TrackedUnaryCall(plain.unary_unary(UNARY)(b"hello"), unwatched(registry, UNARY))
+    answered = TrackedUnaryCall(unary(plain)(b"hello"), unwatched(registry, UNARY))
     assert await answered == b"hello"
     assert counts(registry, UNARY) == (1, 1, 0)
 
@@ -266,7 +280,7 @@ async def test_a_stream_outcome_is_counted_before_the_read_returns(
     registry = BreakerRegistry(CLOSED_CONFIG)
 
     def stream(request: bytes) -> TrackedStream:
-        call = plain.unary_stream(SERVER_STREAM)(request)
+        call = server_stream(plain)(request)
         return TrackedStream(call, unwatched(registry, SERVER_STREAM))
 
     read = stream(b"n:1")
@@ -290,7 +304,7 @@ async def test_the_proxies_pass_writes_through_to_the_call(plain: grpc.aio.Chann
     # grpc.aio's intercepted calls write through a queue of their own; a caller holding the
     # call object itself writes through the proxy.
     registry = BreakerRegistry(CLOSED_CONFIG)
-    call = plain.stream_unary(CLIENT_STREAM)()
+    call = client_stream(plain)()
     tracked = TrackedUnaryCall(call, unwatched(registry, CLIENT_STREAM))
     await tracked.write(b"a")
     await tracked.write(b"b")
@@ -317,6 +331,6 @@ async def test_a_raising_continuation_gives_the_permit_back(
     async with grpc.aio.insecure_channel(server.target, interceptors=interceptors) as channel:
         for _ in range(2):  # a kept slot would make the second a RESOURCE_EXHAUSTED rejection
             with pytest.raises(RuntimeError, match="broken below"):
-                await channel.unary_stream(SERVER_STREAM)(b"n:1").read()
+                await server_stream(channel)(b"n:1").read()
     snapshot = registry.get(SERVER_STREAM).snapshot()
     assert (snapshot.ignored, snapshot.rejected) == (2, 0)

@@ -127,8 +127,9 @@ async def trip(client: Client, registry: BreakerRegistry, method: str = UNARY) -
         BIDI: lambda: collect(client.bidi(iter([b"fail:UNAVAILABLE"]))),
     }
     for _ in range(2):
-        with pytest.raises(grpc.aio.AioRpcError):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
             await calls[method]()
+        assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
     await wait_for(lambda: registry.get(method).state is State.OPEN)
 
 
@@ -243,8 +244,9 @@ async def test_codes_from_the_config_and_from_the_interceptor(
     ]
     for client in clients:
         for request in (b"fail:NOT_FOUND", b"fail:ABORTED", b"fail:UNAVAILABLE"):
-            with pytest.raises(grpc.aio.AioRpcError):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await client.unary(request)
+            assert raised.value.code().name == request.decode().removeprefix("fail:")
     for registry in (by_config, by_interceptor):
         snapshot = registry.get(UNARY).snapshot()
         assert (snapshot.failed, snapshot.ignored, snapshot.successful) == (1, 1, 1)
@@ -429,8 +431,9 @@ async def test_fallbacks_for_rejected_and_failed_calls(
     assert all(isinstance(error, CallNotPermittedError) for error in seen)
 
     def after_failure(request: bytes, error: BaseException) -> bytes:
-        assert isinstance(error, grpc.aio.AioRpcError)
-        return b"after " + error.code().name.encode()
+        seen.append(error)  # checked outside: the interceptor catches what a fallback raises
+        code = error.code().name if isinstance(error, grpc.aio.AioRpcError) else "?"
+        return b"after " + code.encode()
 
     on_failure = connect(
         breaker_interceptors(
@@ -443,18 +446,22 @@ async def test_fallbacks_for_rejected_and_failed_calls(
         )
     )
     assert await on_failure.unary(b"fail:INTERNAL") == b"after INTERNAL"
+    assert isinstance(seen[-1], grpc.aio.AioRpcError)
     writer = on_failure.client_stream()
     await writer.write(b"fail:DATA_LOSS")
     await writer.done_writing()
     assert await writer == b"stream fallback"
     assert await writer.code() is grpc.StatusCode.OK
     assert await on_failure.client_stream(iter([b"a"])) == b"count:1"
-    with pytest.raises(grpc.aio.AioRpcError):
+    with pytest.raises(grpc.aio.AioRpcError) as not_a_failure:
         await on_failure.unary(b"fail:NOT_FOUND")
+    assert not_a_failure.value.code() is grpc.StatusCode.NOT_FOUND
     assert await on_failure.unary(b"fine") == b"fine"
     without = connect(breaker_interceptors(BreakerRegistry(CONFIG), fallbacks={UNARY: fallback}))
-    with pytest.raises(grpc.aio.AioRpcError):
+    answered = len(seen)
+    with pytest.raises(grpc.aio.AioRpcError) as unanswered:
         await without.unary(b"fail:INTERNAL")
+    assert unanswered.value.code() is grpc.StatusCode.INTERNAL and len(seen) == answered
 
 
 async def test_fallback_on_failure_never_hides_the_error_when_classifying_fails(

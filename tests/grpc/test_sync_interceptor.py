@@ -114,8 +114,9 @@ def trip(client: Client, registry: BreakerRegistry, method: str = UNARY) -> None
         BIDI: lambda: list(client.bidi(iter([b"fail:UNAVAILABLE"]))),
     }[method]
     for _ in range(2):
-        with pytest.raises(grpc.RpcError):
+        with pytest.raises(grpc.RpcError) as raised:
             call()
+        assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
     assert wait_until(lambda: registry.get(method).state is State.OPEN)
 
 
@@ -222,8 +223,9 @@ def test_codes_configured_on_the_breaker_config(
     )
     client = connect(BreakerInterceptor(registry))
     for request in (b"fail:NOT_FOUND", b"fail:ABORTED", b"fail:UNAVAILABLE"):
-        with pytest.raises(grpc.RpcError):
+        with pytest.raises(grpc.RpcError) as raised:
             client.unary(request)
+        assert raised.value.code().name == request.decode().removeprefix("fail:")
     snapshot = registry.get(UNARY).snapshot()
     assert (snapshot.failed, snapshot.ignored, snapshot.successful) == (1, 1, 1)
 
@@ -428,13 +430,17 @@ def test_fallback_answers_rejected_unary_calls(
 def test_fallback_on_failure_only_when_asked(
     connect: Callable[..., Client], registry: BreakerRegistry
 ) -> None:
+    errors: list[BaseException] = []  # checked outside: the interceptor catches what it raises
+
     def fallback(request: bytes, error: BaseException) -> bytes:
-        assert isinstance(error, grpc.RpcError)
-        return b"fallback for " + request + b" after " + error.code().name.encode()
+        errors.append(error)
+        code = error.code().name if isinstance(error, grpc.RpcError) else "?"
+        return b"fallback for " + request + b" after " + code.encode()
 
     without = connect(BreakerInterceptor(registry, fallbacks={UNARY: fallback}))
-    with pytest.raises(grpc.RpcError):
+    with pytest.raises(grpc.RpcError) as raised:
         without.unary(b"fail:INTERNAL")
+    assert raised.value.code() is grpc.StatusCode.INTERNAL and errors == []
     with_ = connect(
         BreakerInterceptor(
             BreakerRegistry(PATIENT),
@@ -443,6 +449,7 @@ def test_fallback_on_failure_only_when_asked(
         )
     )
     assert with_.unary(b"fail:INTERNAL") == b"fallback for fail:INTERNAL after INTERNAL"
+    assert isinstance(errors[-1], grpc.RpcError)
     assert with_.unary.future(b"fail:UNAVAILABLE").result() == (
         b"fallback for fail:UNAVAILABLE after UNAVAILABLE"
     )

@@ -1,0 +1,157 @@
+"""The sync call objects the interceptor hands back answer grpc's call API and free permits."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+import grpc
+import pytest
+
+from meshbreaker.config import State
+from meshbreaker.grpc import BreakerInterceptor
+from meshbreaker.registry import BreakerRegistry
+from tests.grpc.bytes_server import CONFIG, SERVER_STREAM, UNARY, BytesServer
+from tests.server_support import wait_until
+
+CLOSED_CONFIG = CONFIG.replace(consecutive_failures=0)  # never trips: every call reaches the server
+Connect = Callable[..., grpc.Channel]
+
+
+def unary(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable[bytes, bytes]:
+    return channel.unary_unary(UNARY)
+
+
+def server_stream(channel: grpc.Channel) -> grpc.UnaryStreamMultiCallable[bytes, bytes]:
+    return channel.unary_stream(SERVER_STREAM)
+
+
+@pytest.fixture
+def connect(server: BytesServer) -> Iterator[Connect]:
+    """connect(*interceptors) -> a channel to the test server through them, closed at teardown."""
+    channels: list[grpc.Channel] = []
+
+    def make(*interceptors: Any) -> grpc.Channel:
+        channel = grpc.insecure_channel(server.target)
+        channels.append(channel)
+        return grpc.intercept_channel(channel, *interceptors)
+
+    yield make
+    for channel in channels:
+        channel.close()
+
+
+def counts(registry: BreakerRegistry, method: str) -> tuple[int, int, int]:
+    """(successful, failed, ignored) of `method`'s breaker."""
+    snapshot = registry.get(method).snapshot()
+    return snapshot.successful, snapshot.failed, snapshot.ignored
+
+
+def trip(channel: grpc.Channel, registry: BreakerRegistry) -> None:
+    """Opens the breaker of UNARY with two UNAVAILABLE answers."""
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError) as raised:
+            unary(channel)(b"fail:UNAVAILABLE")
+        assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert registry.get(UNARY).state is State.OPEN
+
+
+def test_a_rejected_call_is_a_terminated_call(connect: Connect, registry: BreakerRegistry) -> None:
+    channel = connect(BreakerInterceptor(registry))
+    trip(channel, registry)
+    future = unary(channel).future(b"hello")
+    assert future.initial_metadata() == ()  # no server was contacted
+    assert future.add_callback(lambda: None) is False  # terminated already: grpc's answer
+    assert not future.is_active() and not future.running() and future.done()
+    assert future.time_remaining() is None and not future.cancel() and not future.cancelled()
+    assert future.debug_error_string() == future.details()  # type: ignore[attr-defined]
+    with pytest.raises(grpc.RpcError) as raised:
+        future.result()
+    assert raised.value is cast(object, future)  # the rejection is the future itself
+    assert future.traceback() is future.__traceback__  # type: ignore[attr-defined]
+
+
+def test_a_future_covered_by_a_fallback_reads_as_the_fallbacks_answer(
+    connect: Connect, server: BytesServer
+) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG)
+    channel = connect(
+        BreakerInterceptor(
+            registry, fallbacks={UNARY: lambda r, e: b"cached"}, fallback_on_failure=True
+        )
+    )
+    future = unary(channel).future(b"fail:INTERNAL")
+    assert future.result(timeout=10) == b"cached"
+    assert future.code() is grpc.StatusCode.OK
+    assert future.details() == "meshbreaker: fallback used (failure)"
+    assert future.exception() is None and future.traceback() is None
+    trailing = tuple(future.trailing_metadata() or ())
+    assert ("x-meshbreaker-fallback", "failure") in trailing
+    assert ("x-test-trailer", "server") in trailing  # what the server sent is kept
+    answered = unary(channel).future(b"fine")
+    assert answered.result(timeout=10) == b"fine"
+    assert (answered.code(), answered.details()) == (grpc.StatusCode.OK, "")
+    assert answered.exception() is None and answered.traceback() is None
+    not_covered = unary(channel).future(b"fail:NOT_FOUND")  # not a failure
+    error = not_covered.exception(timeout=10)
+    assert isinstance(error, grpc.RpcError) and error.code() is grpc.StatusCode.NOT_FOUND
+    assert not_covered.code() is grpc.StatusCode.NOT_FOUND
+    assert not_covered.details() == "boom NOT_FOUND"
+    assert not_covered.traceback() is not None
+    assert wait_until(lambda: counts(registry, UNARY) == (2, 1, 0), timeout=10)
+
+
+def test_a_fallback_that_raises_shows_its_error_on_the_future(connect: Connect) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG)
+
+    def fallback(request: bytes, error: BaseException) -> bytes:
+        raise LookupError("no cached answer")
+
+    channel = connect(
+        BreakerInterceptor(registry, fallbacks={UNARY: fallback}, fallback_on_failure=True)
+    )
+    future = unary(channel).future(b"fail:INTERNAL")
+    error = future.exception(timeout=10)
+    assert isinstance(error, LookupError)
+    assert future.code() is grpc.StatusCode.UNKNOWN
+    frames = traceback.extract_tb(future.traceback())
+    assert frames and frames[-1].name == "fallback"
+    with pytest.raises(LookupError):
+        future.result()
+
+
+def test_a_raising_continuation_gives_the_stream_permit_back(server: BytesServer) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG.replace(max_concurrent_calls=1))
+    plain = grpc.insecure_channel(server.target)
+    channel = grpc.intercept_channel(plain, BreakerInterceptor(registry))
+    plain.close()  # grpc's own continuation now raises; grpc hands the caller the error
+    for _ in range(2):  # a kept slot would make the second a RESOURCE_EXHAUSTED rejection
+        with pytest.raises(ValueError, match="closed"):
+            next(server_stream(channel)(b"n:1"))
+    snapshot = registry.get(SERVER_STREAM).snapshot()
+    assert (snapshot.ignored, snapshot.rejected) == (2, 0)
+
+
+def test_a_stream_that_ends_unread_is_still_recorded(
+    connect: Connect, registry: BreakerRegistry
+) -> None:
+    channel = connect(BreakerInterceptor(registry))
+    held: list[Any] = [
+        server_stream(channel)(b"n:0"),
+        server_stream(channel)(b"fail-after:0:UNAVAILABLE"),
+    ]
+    assert wait_until(lambda: counts(registry, SERVER_STREAM) == (1, 1, 0), timeout=10)
+    assert all(stream.done() for stream in held)
+
+
+def test_a_dropped_stream_frees_its_permit_at_once(
+    connect: Connect, registry: BreakerRegistry, server: BytesServer
+) -> None:
+    registry.set_policy(SERVER_STREAM, CLOSED_CONFIG.replace(max_concurrent_calls=1))
+    channel = connect(BreakerInterceptor(registry))
+    stream = server_stream(channel)(b"forever")
+    assert next(stream) == b"m0"
+    del stream  # the last reference: grpc cancels the call; no garbage collection needed
+    assert counts(registry, SERVER_STREAM) == (0, 0, 1)
+    assert list(server_stream(channel)(b"n:1")) == [b"m0"]  # the slot is free
