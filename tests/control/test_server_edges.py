@@ -1,0 +1,133 @@
+"""The control plane at its edges: length limits, sums over instances, taken ids, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+
+from meshbreaker.control.server import ControlPlaneServer
+from meshbreaker.control.validate import MAX_INSTANCE_ID_LENGTH
+from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+
+Start = Callable[..., Awaitable[ControlPlaneServer]]
+GET = "/bank.v1.A/Get"
+
+
+def policy(policy_id: str, **selector: str) -> pb.Policy:
+    return pb.Policy(
+        id=policy_id,
+        selector=pb.Selector(**selector),
+        config=pb.BreakerConfig(failure_rate_threshold=0.25),
+    )
+
+
+async def test_an_instance_id_may_be_as_long_as_the_maximum_and_no_longer(
+    start_control_plane: Start,
+) -> None:
+    server = await start_control_plane()
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        longest = "i" * MAX_INSTANCE_ID_LENGTH
+        await stub.ReportState(pb.ReportStateRequest(instance_id=longest, service="tx"))
+        listed = await stub.ListBreakers(pb.ListBreakersRequest())
+        assert [instance.instance_id for instance in listed.instances] == [longest]
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.ReportState(pb.ReportStateRequest(instance_id=longest + "i", service="tx"))
+        assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert f"at most {MAX_INSTANCE_ID_LENGTH}" in (raised.value.details() or "")
+
+
+async def test_list_breakers_sums_the_counters_of_every_instance(
+    start_control_plane: Start,
+) -> None:
+    server = await start_control_plane()
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        for instance, rejected, throttled in (("i1", 3, 1), ("i2", 4, 2)):
+            breaker = pb.BreakerSnapshot(
+                name=GET, state=pb.BREAKER_STATE_OPEN, rejected=rejected, throttled=throttled
+            )
+            request = pb.ReportStateRequest(instance_id=instance, service="tx", breakers=[breaker])
+            await stub.ReportState(request)
+        (group,) = (await stub.ListBreakers(pb.ListBreakersRequest())).groups
+        assert (group.instances, group.open, group.rejected, group.throttled) == (2, 2, 7, 3)
+
+
+async def test_force_state_refuses_a_policy_id_another_selector_holds(
+    start_control_plane: Start,
+) -> None:
+    server = await start_control_plane()
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("a", service="bank.v1.A")]))
+        request = pb.ForceStateRequest(
+            selector=pb.Selector(method=GET), override=pb.OVERRIDE_FORCED_OPEN, policy_id="a"
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.ForceState(request)
+        assert raised.value.code() is grpc.StatusCode.ALREADY_EXISTS
+        assert "'a'" in (raised.value.details() or "")
+        listed = await stub.ListPolicies(pb.ListPoliciesRequest())
+        assert [(p.id, p.selector.service, p.override) for p in listed.policies] == [
+            ("a", "bank.v1.A", pb.OVERRIDE_NONE)  # untouched
+        ]
+
+
+async def test_stopping_finishes_the_writes_in_progress(
+    start_control_plane: Start, tmp_path: Path
+) -> None:
+    db = tmp_path / "control-plane.db"
+    server = await start_control_plane(db=db)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # the first write waits for the database
+        writes = [
+            asyncio.ensure_future(
+                stub.PutPolicy(pb.PutPolicyRequest(policies=[policy(name, service=service)]))
+            )
+            for name, service in (("first", "bank.v1.A"), ("second", "bank.v1.B"))
+        ]
+        writer = server.servicer._writer
+        await wait_for(lambda: len(writer._writes) == 2)  # one at the store, one queued behind
+        stopping = asyncio.ensure_future(server.stop(grace=0))  # the RPCs are cancelled...
+        await asyncio.sleep(0.1)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        await stopping  # ...but what they asked for is written before stop() returns
+        await asyncio.gather(*writes, return_exceptions=True)
+    restarted = await start_control_plane(db=db)
+    async with grpc.aio.insecure_channel(restarted.target) as channel:
+        listed = await pb_grpc.ControlPlaneStub(channel).ListPolicies(pb.ListPoliciesRequest())
+    assert sorted(p.id for p in listed.policies) == ["first", "second"]
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Polls `predicate` while letting the event loop run."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+def _policy_feeds() -> int:
+    return sum(thread.name == "meshbreaker-policy-feed" for thread in threading.enumerate())
+
+
+async def test_a_metrics_port_in_use_leaves_no_store_follower_running(
+    start_control_plane: Start,
+) -> None:
+    first = await start_control_plane(metrics_port=0)
+    before = _policy_feeds()
+    with pytest.raises(OSError, match="metrics endpoint"):
+        await start_control_plane(metrics_port=first.metrics_port)
+    assert _policy_feeds() == before  # the refused server's servicer was closed
