@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
 from meshbreaker import BreakerConfig, ConfigError, Mode, WindowType
-from meshbreaker.config import DEFAULT_FAILURE_CODES
+from meshbreaker.config import DEFAULT_FAILURE_CODES, check_layer
+from meshbreaker.retry import RetryPolicy
 
 
 def test_defaults_match_the_design_table() -> None:
@@ -112,3 +114,19 @@ def test_config_is_immutable() -> None:
     cfg = BreakerConfig()
     with pytest.raises(AttributeError):
         cfg.minimum_calls = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [{"ignored_codes": ["UNAVAILABLE"]}, {"window_size": 100_000}, {"open_duration_max": 5.0}],
+    ids=["ignored_codes", "window_size", "open_duration_max"],
+)
+def test_a_layer_is_checked_against_a_partner_that_never_conflicts(layer: dict[str, Any]) -> None:
+    # The partner field may come from another layer: alone, the layer is valid.
+    checked = check_layer(layer)
+    assert list(checked) == list(layer)
+
+
+def test_a_retry_mapping_becomes_a_retry_policy() -> None:
+    retry = BreakerConfig(retry={"max_attempts": 4}).retry  # type: ignore[arg-type]
+    assert isinstance(retry, RetryPolicy) and retry.max_attempts == 4

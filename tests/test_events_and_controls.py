@@ -115,6 +115,16 @@ def test_observe_tells_listeners_of_the_transition_it_makes(clock: FakeClock) ->
     assert observation.transitions[(State.OPEN, State.HALF_OPEN)] == 1
 
 
+def test_a_later_opening_follows_the_config_again_after_open_for(clock: FakeClock) -> None:
+    cb = make(clock, half_open_max_calls=1, half_open_success_threshold=1)
+    cb.open_for(100.0)  # a period of its own, which a config change leaves alone
+    cb.transition_to_half_open()
+    cb.acquire().failure()  # the probe fails: an ordinary opening, by the config
+    opened_at = clock()
+    cb.update_config(cb.config.replace(open_duration=45.0, open_duration_max=45.0))
+    assert cb.snapshot().open_until == pytest.approx(opened_at + 45.0)  # it follows the change
+
+
 def test_transition_to_half_open_lets_probes_go_now(clock: FakeClock) -> None:
     cb = make(clock, half_open_max_calls=1, half_open_success_threshold=1)
     cb.acquire().failure()

@@ -107,6 +107,19 @@ def test_replace_policies_is_all_or_nothing(clock: FakeClock) -> None:
     assert cb.config.minimum_calls == 2
 
 
+def test_set_override_checks_its_selector_and_none_returns_to_automatic(clock: FakeClock) -> None:
+    reg = BreakerRegistry(clock=clock)
+    cb = reg.get(METHOD)
+    with pytest.raises(ConfigError) as info:
+        reg.set_override("/broken", State.FORCED_OPEN)
+    assert "selector" in str(info.value)
+    reg.set_override("bank.v1.AccountService", State.FORCED_OPEN)
+    assert cb.state is State.FORCED_OPEN
+    reg.set_override("bank.v1.AccountService", None)
+    assert cb.state is State.CLOSED and cb.override is None
+    assert reg.get("/bank.v1.AccountService/Debit").override is None
+
+
 def test_overrides_apply_to_existing_and_new_breakers(clock: FakeClock) -> None:
     reg = BreakerRegistry(clock=clock)
     existing = reg.get(METHOD)
