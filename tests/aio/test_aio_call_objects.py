@@ -110,7 +110,7 @@ async def test_a_rejected_call_has_no_transport_error_to_tell(
     call = unary(channel)(b"hello")
     assert await call.debug_error_string() == ""  # type: ignore[attr-defined]
     assert tuple(await call.initial_metadata()) == ()
-    assert call.done() and not call.cancelled() and not call.cancel()
+    assert call.done() and call.cancelled() is False and call.cancel() is False
 
 
 async def test_a_fallback_answer_is_a_finished_unary_call(
@@ -238,6 +238,16 @@ async def test_a_stream_that_ends_unread_is_still_recorded(
     ]
     await wait_for(lambda: counts(registry, SERVER_STREAM) == (1, 1, 0))
     assert all(stream.done() for stream in held)
+
+
+async def test_cancelling_a_stream_frees_its_permit_at_once(
+    connect: Connect, registry: BreakerRegistry
+) -> None:
+    channel = connect(registry)
+    stream = server_stream(channel)(b"forever")
+    assert await stream.read() == b"m0"
+    assert stream.cancel()
+    assert counts(registry, SERVER_STREAM) == (0, 0, 1)  # not when the done-callback comes
 
 
 # ----- outcomes reach the breaker before the caller ---------------------------------------

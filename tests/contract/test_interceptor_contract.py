@@ -93,6 +93,21 @@ async def test_codes_from_the_interceptor_override_the_config(
     assert (snapshot.failed, snapshot.ignored, snapshot.successful) == (1, 1, 1)
 
 
+@pytest.mark.parametrize("side", ["failure_codes", "ignored_codes"])
+async def test_one_code_set_from_the_interceptor_takes_its_codes_from_the_other(
+    driver: Driver, registry: BreakerRegistry, side: str
+) -> None:
+    # One set given: it replaces the config's set of its kind, and its codes leave the other.
+    code = "UNAVAILABLE" if side == "ignored_codes" else "CANCELLED"
+    codes: dict[str, Any] = {side: [code]}
+    driver.connect(registry, **codes)
+    await driver.unary(f"fail:{code}".encode())
+    await driver.unary(b"fail:INTERNAL")  # a failure by the config's failure codes only
+    snapshot = registry.get(UNARY).snapshot()
+    expected = (1, 1, 0) if side == "ignored_codes" else (1, 0, 1)
+    assert (snapshot.failed, snapshot.ignored, snapshot.successful) == expected
+
+
 async def test_an_open_breaker_rejects_every_kind_without_the_server(
     driver: Driver, registry: BreakerRegistry, server: BytesServer
 ) -> None:

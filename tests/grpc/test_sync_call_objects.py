@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -12,7 +14,7 @@ import pytest
 from meshbreaker.config import State
 from meshbreaker.grpc import BreakerInterceptor
 from meshbreaker.registry import BreakerRegistry
-from tests.grpc.bytes_server import CONFIG, SERVER_STREAM, UNARY, BytesServer
+from tests.grpc.bytes_server import BIDI, CONFIG, SERVER_STREAM, UNARY, BytesServer
 from tests.server_support import wait_until
 
 CLOSED_CONFIG = CONFIG.replace(consecutive_failures=0)  # never trips: every call reaches the server
@@ -21,6 +23,10 @@ Connect = Callable[..., grpc.Channel]
 
 def unary(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable[bytes, bytes]:
     return channel.unary_unary(UNARY)
+
+
+def bidi(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable[bytes, bytes]:
+    return channel.stream_stream(BIDI)
 
 
 def server_stream(channel: grpc.Channel) -> grpc.UnaryStreamMultiCallable[bytes, bytes]:
@@ -72,6 +78,20 @@ def test_a_rejected_call_is_a_terminated_call(connect: Connect, registry: Breake
     assert future.traceback() is future.__traceback__  # type: ignore[attr-defined]
 
 
+def test_a_fallback_for_a_rejected_call_reads_as_a_call_no_server_answered(
+    connect: Connect, registry: BreakerRegistry
+) -> None:
+    channel = connect(BreakerInterceptor(registry, fallbacks={UNARY: lambda r, e: b"cached"}))
+    trip(channel, registry)
+    response, call = unary(channel).with_call(b"hello")
+    assert response == b"cached" and call.code() is grpc.StatusCode.OK
+    assert call.initial_metadata() == ()  # no server was called
+    assert tuple(call.trailing_metadata() or ()) == (
+        ("x-meshbreaker-state", "OPEN"),
+        ("x-meshbreaker-fallback", "rejected"),
+    )
+
+
 def test_a_future_covered_by_a_fallback_reads_as_the_fallbacks_answer(
     connect: Connect, server: BytesServer
 ) -> None:
@@ -86,6 +106,7 @@ def test_a_future_covered_by_a_fallback_reads_as_the_fallbacks_answer(
     assert future.code() is grpc.StatusCode.OK
     assert future.details() == "meshbreaker: fallback used (failure)"
     assert future.exception() is None and future.traceback() is None
+    assert ("x-test-initial", "server") in tuple(future.initial_metadata() or ())
     trailing = tuple(future.trailing_metadata() or ())
     assert ("x-meshbreaker-fallback", "failure") in trailing
     assert ("x-test-trailer", "server") in trailing  # what the server sent is kept
@@ -155,3 +176,58 @@ def test_a_dropped_stream_frees_its_permit_at_once(
     del stream  # the last reference: grpc cancels the call; no garbage collection needed
     assert counts(registry, SERVER_STREAM) == (0, 0, 1)
     assert list(server_stream(channel)(b"n:1")) == [b"m0"]  # the slot is free
+
+
+def test_cancelling_a_stream_frees_its_permit_at_once(
+    connect: Connect, registry: BreakerRegistry
+) -> None:
+    channel = connect(BreakerInterceptor(registry))
+    stream = server_stream(channel)(b"forever")
+    assert next(stream) == b"m0"
+    assert stream.cancel()
+    assert counts(registry, SERVER_STREAM) == (0, 0, 1)  # not when grpc's callback comes
+
+
+def test_a_failed_stream_answers_the_call_api_like_grpcs_own(
+    connect: Connect, registry: BreakerRegistry
+) -> None:
+    channel = connect(BreakerInterceptor(registry))
+    stream = bidi(channel)(iter([b"x", b"fail:INTERNAL"]))
+    with pytest.raises(grpc.RpcError) as raised:
+        list(stream)
+    assert raised.value.code() is grpc.StatusCode.INTERNAL
+    assert (stream.code(), stream.details()) == (grpc.StatusCode.INTERNAL, "boom INTERNAL")
+    assert ("x-test-trailer", "server") in tuple(stream.trailing_metadata() or ())
+    error = stream.exception()  # type: ignore[attr-defined]
+    assert isinstance(error, grpc.RpcError) and error.code() is grpc.StatusCode.INTERNAL
+    assert stream.done() and not stream.running() and not stream.is_active()  # type: ignore[attr-defined]
+
+
+def test_a_failed_future_runs_its_fallback_once_for_concurrent_readers(connect: Connect) -> None:
+    ran: list[bytes] = []
+
+    def fallback(request: bytes, error: BaseException) -> bytes:
+        ran.append(request)
+        time.sleep(0.05)  # long enough for every reader to arrive while it runs
+        return b"cached"
+
+    registry = BreakerRegistry(CLOSED_CONFIG)
+    channel = connect(
+        BreakerInterceptor(registry, fallbacks={UNARY: fallback}, fallback_on_failure=True)
+    )
+    future = unary(channel).future(b"fail:INTERNAL")
+    assert wait_until(future.done, timeout=10)
+    readers = 4
+    start = threading.Barrier(readers)
+    answers: list[bytes] = []
+
+    def read() -> None:
+        start.wait(10)
+        answers.append(future.result(timeout=10))
+
+    threads = [threading.Thread(target=read) for _ in range(readers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert answers == [b"cached"] * readers and ran == [b"fail:INTERNAL"]
