@@ -77,7 +77,13 @@ GROUPS = [
     (
         "breaker+window",
         "engine",
-        ["meshbreaker/breaker.py", "meshbreaker/window.py"],
+        [
+            "meshbreaker/breaker.py",
+            "meshbreaker/_machine.py",
+            "meshbreaker/_admission.py",
+            "meshbreaker/_permit.py",
+            "meshbreaker/window.py",
+        ],
         40,
         ENGINE_TESTS,
         400,
