@@ -344,3 +344,32 @@ async def test_a_raising_continuation_gives_the_permit_back(
                 await server_stream(channel)(b"n:1").read()
     snapshot = registry.get(SERVER_STREAM).snapshot()
     assert (snapshot.ignored, snapshot.rejected) == (2, 0)
+
+
+class Refusing(grpc.aio.UnaryUnaryClientInterceptor):
+    """Below the breaker: refuses every call with an AioRpcError, as a proxy interceptor may."""
+
+    @staticmethod
+    def _refuse() -> grpc.aio.AioRpcError:
+        metadata = grpc.aio.Metadata()
+        return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, metadata, metadata, "refused")
+
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        raise self._refuse()
+
+
+async def test_an_rpc_error_raised_below_the_breaker_is_counted_and_reaches_the_caller(
+    server: BytesServer,
+) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG)
+    interceptors = [*breaker_interceptors(registry), Refusing()]
+    async with grpc.aio.insecure_channel(server.target, interceptors=interceptors) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await unary(channel)(b"hello")
+        assert (raised.value.code(), raised.value.details()) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "refused",
+        )
+    assert counts(registry, UNARY) == (0, 1, 0)

@@ -10,7 +10,8 @@ from concurrent import futures
 import grpc
 import pytest
 
-from meshbreaker.control.agent import MeshAgent
+from meshbreaker.control.agent import AgentError, MeshAgent
+from meshbreaker.control.agent_loop import AgentLoop
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
@@ -73,7 +74,7 @@ def test_starting_twice_runs_one_watch(holding: tuple[CountingControlPlane, str]
     try:
         assert agent.start() is agent
         assert agent.start() is agent  # already running: nothing more starts
-        assert agent.wait_for_revision(1, timeout=10)
+        assert agent.wait_for_revision(1)  # no timeout: applying it wakes the waiter
         assert agent.report_now()  # a round trip on the agent's loop after both starts
         assert servicer.watchers == 1
     finally:
@@ -114,3 +115,17 @@ def test_the_report_ttl_warning_comes_once_and_only_when_reports_are_too_rare(
         assert agent.report_now() and agent.report_now()  # more reports, no more warnings
     warnings = [r.getMessage() for r in caplog.records if "report TTL" in r.getMessage()]
     assert len(warnings) == (1 if warned else 0)
+
+
+def test_report_now_on_the_agents_own_loop_is_refused_not_a_deadlock(
+    holding: tuple[CountingControlPlane, str],
+) -> None:
+    _, target = holding
+    with MeshAgent(target, "transaction", BreakerRegistry(), report_interval=60.0) as agent:
+        assert agent.wait_for_revision(1, timeout=10)
+
+        async def on_the_loop() -> bool:
+            return agent.report_now()
+
+        with pytest.raises(AgentError, match="another thread"):
+            AgentLoop.shared().submit(on_the_loop()).result(timeout=10)

@@ -14,7 +14,8 @@ import grpc.aio
 import pytest
 
 from meshbreaker.control.server import ControlPlaneServer
-from meshbreaker.control.validate import MAX_INSTANCE_ID_LENGTH
+from meshbreaker.control.validate import MAX_INSTANCE_ID_LENGTH, MAX_STORE_ID_LENGTH
+from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 
@@ -60,6 +61,40 @@ async def test_list_breakers_sums_the_counters_of_every_instance(
             await stub.ReportState(request)
         (group,) = (await stub.ListBreakers(pb.ListBreakersRequest())).groups
         assert (group.instances, group.open, group.rejected, group.throttled) == (2, 2, 7, 3)
+
+
+async def test_list_breakers_tells_how_old_each_report_is(
+    start_control_plane: Start, clock: FakeClock
+) -> None:
+    server = await start_control_plane()
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        await stub.ReportState(pb.ReportStateRequest(instance_id="i1", service="tx"))
+        clock.advance(4.0)
+        (instance,) = (await stub.ListBreakers(pb.ListBreakersRequest())).instances
+        assert instance.report_age == pytest.approx(4.0)
+
+
+async def test_list_events_returns_the_events_kept(start_control_plane: Start) -> None:
+    server = await start_control_plane()
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("a", service="bank.v1.A")]))
+        events = (await stub.ListEvents(pb.ListEventsRequest())).events
+        assert [event.WhichOneof("kind") for event in events] == ["policy_change"]
+
+
+@pytest.mark.parametrize("store_id", ["s" * (MAX_STORE_ID_LENGTH + 1), "bad\x1bid"])
+async def test_adopt_store_refuses_a_store_id_that_is_too_long_or_unprintable(
+    start_control_plane: Start, store_id: str
+) -> None:
+    server = await start_control_plane()
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.AdoptStore(pb.AdoptStoreRequest(store_id=store_id))
+        assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "store_id" in (raised.value.details() or "")
 
 
 async def test_force_state_refuses_a_policy_id_another_selector_holds(

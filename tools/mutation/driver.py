@@ -60,11 +60,12 @@ ADAPTER_TESTS = "tests/contract tests/grpc tests/aio"
 AGENT_TESTS = (
     "tests/control/test_agent.py tests/control/test_agent_cache.py tests/control/test_agent_failover.py "
     "tests/control/test_agent_failstatic.py tests/control/test_agent_status.py "
-    "tests/control/test_report_binding.py tests/control/test_safe_defaults.py"
+    "tests/control/test_report_binding.py tests/control/test_safe_defaults.py "
+    "tests/control/test_agent_lifecycle.py"
 )
 # The plane's tests, the slow token/validation files last (with -x a detected mutant stops early).
 PLANE_TESTS = (
-    "tests/control/test_server.py tests/control/test_bounds.py tests/control/test_replicas.py "
+    "tests/control/test_server.py tests/control/test_server_edges.py tests/control/test_bounds.py tests/control/test_replicas.py "
     "tests/control/test_layers.py tests/control/test_metrics.py tests/control/test_transition_log.py "
     "tests/control/test_store_identity.py tests/control/test_store_contract.py "
     "tests/control/test_store_sqlite.py tests/control/test_report_binding.py "
