@@ -23,6 +23,7 @@ from meshbreaker.aio._calls import (
 from meshbreaker.config import State
 from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.registry import BreakerRegistry
+from meshbreaker.retry import RetryPolicy
 from tests.grpc.bytes_server import (
     BIDI,
     CLIENT_STREAM,
@@ -360,10 +361,13 @@ class Refusing(grpc.aio.UnaryUnaryClientInterceptor):
         raise self._refuse()
 
 
+@pytest.mark.parametrize("retried", [False, True], ids=["once", "retried"])
 async def test_an_rpc_error_raised_below_the_breaker_is_counted_and_reaches_the_caller(
-    server: BytesServer,
+    server: BytesServer, retried: bool
 ) -> None:
-    registry = BreakerRegistry(CLOSED_CONFIG)
+    fast = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
+    config = CLOSED_CONFIG.replace(retry=fast, idempotent=True) if retried else CLOSED_CONFIG
+    registry = BreakerRegistry(config)
     interceptors = [*breaker_interceptors(registry), Refusing()]
     async with grpc.aio.insecure_channel(server.target, interceptors=interceptors) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -372,4 +376,21 @@ async def test_an_rpc_error_raised_below_the_breaker_is_counted_and_reaches_the_
             grpc.StatusCode.UNAVAILABLE,
             "refused",
         )
-    assert counts(registry, UNARY) == (0, 1, 0)
+    assert counts(registry, UNARY) == (0, 3 if retried else 1, 0)
+
+
+async def test_reading_a_retried_response_stream_returns_the_retry_s_messages(
+    connect: Connect,
+) -> None:
+    fast = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
+    registry = BreakerRegistry(CLOSED_CONFIG.replace(retry=fast, idempotent=True))
+    channel = connect(registry)
+    stream = server_stream(channel)(b"flaky:1:UNAVAILABLE")  # fails once, then answers
+    assert await stream.read() == b"flaky:1:UNAVAILABLE"
+    assert await stream.read() is grpc.aio.EOF
+    assert counts(registry, SERVER_STREAM) == (1, 1, 0)
+    failing = server_stream(channel)(b"fail-after:0:UNAVAILABLE")  # fails every attempt
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await failing.read()
+    assert raised.value.code() is grpc.StatusCode.UNAVAILABLE  # the last failure, retries spent
+    assert counts(registry, SERVER_STREAM) == (1, 4, 0)

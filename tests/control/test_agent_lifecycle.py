@@ -9,6 +9,7 @@ from concurrent import futures
 
 import grpc
 import pytest
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshbreaker.control.agent import AgentError, MeshAgent
 from meshbreaker.control.agent_loop import AgentLoop
@@ -16,6 +17,7 @@ from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 from tests.control.agent_support import ControlPlaneThread, wait_until
+from tests.tls_support import issue, pem
 
 
 class CountingControlPlane(pb_grpc.ControlPlaneServicer):
@@ -129,3 +131,14 @@ def test_report_now_on_the_agents_own_loop_is_refused_not_a_deadlock(
 
         with pytest.raises(AgentError, match="another thread"):
             AgentLoop.shared().submit(on_the_loop()).result(timeout=10)
+
+
+def test_an_agent_watches_over_tls(control_plane_thread: ControlPlaneThread) -> None:
+    ca = issue("meshbreaker test CA", None, ca=True)
+    server = pem(issue("localhost", ca, usage=ExtendedKeyUsageOID.SERVER_AUTH))
+    cp = control_plane_thread(tls_cert=server.cert, tls_key=server.key)
+    credentials = grpc.ssl_channel_credentials(root_certificates=pem(ca).cert)
+    registry = BreakerRegistry()
+    with MeshAgent(cp.target, "transaction", registry, credentials=credentials) as agent:
+        assert wait_until(lambda: agent.connected, timeout=10)
+        assert agent.report_now()

@@ -14,6 +14,7 @@ import pytest
 from meshbreaker.config import State
 from meshbreaker.grpc import BreakerInterceptor
 from meshbreaker.registry import BreakerRegistry
+from meshbreaker.retry import RetryPolicy
 from tests.grpc.bytes_server import BIDI, CONFIG, SERVER_STREAM, UNARY, BytesServer
 from tests.server_support import wait_until
 
@@ -231,3 +232,12 @@ def test_a_failed_future_runs_its_fallback_once_for_concurrent_readers(connect: 
     for thread in threads:
         thread.join(10)
     assert answers == [b"cached"] * readers and ran == [b"fail:INTERNAL"]
+
+
+def test_next_on_a_retried_stream_retries_like_iteration(connect: Connect) -> None:
+    fast = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
+    registry = BreakerRegistry(CLOSED_CONFIG.replace(retry=fast, idempotent=True))
+    channel = connect(BreakerInterceptor(registry))
+    stream = server_stream(channel)(b"flaky:1:UNAVAILABLE")  # fails once, then answers
+    assert stream.next() == b"flaky:1:UNAVAILABLE"  # type: ignore[attr-defined]
+    assert registry.get(SERVER_STREAM).snapshot().failed == 1  # the attempt retried

@@ -61,7 +61,7 @@ AGENT_TESTS = (
     "tests/control/test_agent.py tests/control/test_agent_cache.py tests/control/test_agent_failover.py "
     "tests/control/test_agent_failstatic.py tests/control/test_agent_status.py "
     "tests/control/test_report_binding.py tests/control/test_safe_defaults.py "
-    "tests/control/test_agent_lifecycle.py"
+    "tests/control/test_agent_lifecycle.py tests/control/test_tls.py"
 )
 # The plane's tests, the slow token/validation files last (with -x a detected mutant stops early).
 PLANE_TESTS = (
@@ -69,7 +69,7 @@ PLANE_TESTS = (
     "tests/control/test_layers.py tests/control/test_metrics.py tests/control/test_transition_log.py "
     "tests/control/test_store_identity.py tests/control/test_store_contract.py "
     "tests/control/test_store_sqlite.py tests/control/test_report_binding.py "
-    "tests/control/test_safe_defaults.py tests/control/test_validation.py"
+    "tests/control/test_safe_defaults.py tests/control/test_tls.py tests/control/test_validation.py"
 )
 # Each group: name, area, files, sample size, tests run against each mutant, outer time-out (s).
 # The outer time-out is generous: on a shared machine a slow survivor must not pass for "detected".

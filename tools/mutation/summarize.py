@@ -10,6 +10,7 @@ and listed with its reason. Every other survivor is a behaviour no test pins dow
 from __future__ import annotations
 
 import collections
+import fnmatch
 import json
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def equivalent_reason(result: dict[str, Any], equivalents: list[dict[str, str]])
     """Why `result` is an equivalent mutant, or None when it is not a known one."""
     for entry in equivalents:
         if (
-            entry.get("file") == result["file"]
+            fnmatch.fnmatch(result["file"], entry.get("file", ""))
             and entry.get("line") == result["source_line"]
             and entry.get("mutation") in ("*", f"{result['kind']} {result['desc']}")
         ):
