@@ -69,6 +69,7 @@ async def test_list_breakers_tells_how_old_each_report_is(
     server = await start_control_plane()
     async with grpc.aio.insecure_channel(server.target) as channel:
         stub = pb_grpc.ControlPlaneStub(channel)
+        clock.advance(100.0)  # not at zero, where now - seen and now + seen agree
         await stub.ReportState(pb.ReportStateRequest(instance_id="i1", service="tx"))
         clock.advance(4.0)
         (instance,) = (await stub.ListBreakers(pb.ListBreakersRequest())).instances
