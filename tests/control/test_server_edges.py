@@ -70,10 +70,14 @@ async def test_list_breakers_tells_how_old_each_report_is(
     async with grpc.aio.insecure_channel(server.target) as channel:
         stub = pb_grpc.ControlPlaneStub(channel)
         clock.advance(100.0)  # not at zero, where now - seen and now + seen agree
-        await stub.ReportState(pb.ReportStateRequest(instance_id="i1", service="tx"))
+        breaker = pb.BreakerSnapshot(name=GET, state=pb.BREAKER_STATE_CLOSED)
+        request = pb.ReportStateRequest(instance_id="i1", service="tx", breakers=[breaker])
+        await stub.ReportState(request)
         clock.advance(4.0)
-        (instance,) = (await stub.ListBreakers(pb.ListBreakersRequest())).instances
-        assert instance.report_age == pytest.approx(4.0)
+        listed = await stub.ListBreakers(pb.ListBreakersRequest(include_instances=True))
+        (instance,) = listed.instances
+        (item,) = listed.groups[0].instance_breakers
+        assert instance.report_age == pytest.approx(4.0) and item.report_age == pytest.approx(4.0)
 
 
 async def test_list_events_returns_the_events_kept(start_control_plane: Start) -> None:
