@@ -3,10 +3,12 @@
 Written once here, with no grpc import, for the engine, the adapters and the control plane alike.
 Proto identifiers are `[A-Za-z_][A-Za-z0-9_]*`; a service is dotted identifiers
 ("bank.v1.AccountService"); a method is "/<service>/<identifier>". A breaker name is a method,
-a target-prefixed method ("dns:///accounts:50051/bank.v1.AccountService/GetBalance"), an HTTP
-route ("https://cards.example/v1/charges": origin and path, meshbreaker.httpx), or any other
-string. An HTTP route is selected like a method, its origin ("https://cards.example") like its
-service.
+a target-prefixed method ("dns:///accounts:50051/bank.v1.AccountService/GetBalance"), an
+endpoint URL, or any other string. An endpoint URL is `scheme://authority/path`: an HTTP route
+("https://cards.example/v1/charges", meshbreaker.httpx) or a database ("sqlite:///ledger.db",
+"postgresql://db:5432/ledger", meshbreaker.db). It is selected like a method, its origin
+("https://cards.example", "postgresql://db:5432") like its service. A URL with one of gRPC's
+resolver schemes ("dns:///host/pkg.Svc/M") is a channel target before a method instead.
 """
 
 from __future__ import annotations
@@ -27,12 +29,19 @@ _METHOD_RE: Final = re.compile(rf"/({_SERVICE})/{_IDENT}")
 _TAIL_RE: Final = re.compile(rf"(.*?)(/({_SERVICE})/{_IDENT})")
 # A breaker shared by a service's methods: "/pkg.Svc/", after an optional target label.
 _SERVICE_TAIL_RE: Final = re.compile(rf"(.*?)/({_SERVICE})/")
-# An HTTP breaker name: the origin (scheme, host, port) and a path; no space, query or fragment.
-_HTTP_ORIGIN = r"https?://[^/\s?#]+"
-_HTTP_ORIGIN_RE: Final = re.compile(_HTTP_ORIGIN)
-_HTTP_NAME_RE: Final = re.compile(rf"({_HTTP_ORIGIN})/[^\s?#]*")
+# An endpoint URL: origin (scheme, authority) and a path; no space, query or fragment. Schemes
+# are lower case, as httpx and SQLAlchemy write them; an HTTP origin needs a host, a database's
+# may have none ("sqlite:///ledger.db").
+_ENDPOINT_ORIGIN = r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<authority>[^/\s?#]*)"
+_ENDPOINT_ORIGIN_RE: Final = re.compile(_ENDPOINT_ORIGIN)
+_ENDPOINT_NAME_RE: Final = re.compile(rf"({_ENDPOINT_ORIGIN})/[^\s?#]*")
+_HOSTED_SCHEMES: Final = frozenset({"http", "https"})
+# gRPC's resolver schemes: a name starting with one is a channel target, not an endpoint.
+GRPC_TARGET_SCHEMES: Final = frozenset(
+    {"dns", "xds", "unix", "unix-abstract", "ipv4", "ipv6", "vsock", "google-c2p"}
+)
 # The breaker shared by an origin's routes once a registry is full.
-HTTP_OVERFLOW_ROUTE: Final = "/*"
+ENDPOINT_OVERFLOW_PATH: Final = "/*"
 # The one breaker shared by names that are not gRPC methods, once a registry is full.
 OVERFLOW_BREAKER_NAME: Final = "<overflow>"
 
@@ -82,27 +91,40 @@ def is_method_name(name: object) -> bool:
     )
 
 
-def is_http_origin(name: object) -> bool:
-    """Whether `name` is an HTTP origin, "https://host[:port]"."""
+def _endpoint(match: re.Match[str] | None) -> re.Match[str] | None:
+    """`match` if it is an endpoint's (not a gRPC target's, and hosted where HTTP needs a host)."""
+    if match is None:
+        return None
+    scheme, authority = match.group("scheme"), match.group("authority")
+    if scheme in GRPC_TARGET_SCHEMES or (not authority and scheme in _HOSTED_SCHEMES):
+        return None
+    return match
+
+
+def _endpoint_name(name: str) -> re.Match[str] | None:
+    """The match of an endpoint URL name (group 1: its origin), or None."""
+    if len(name) > MAX_NAME_LENGTH:
+        return None
+    return _endpoint(_ENDPOINT_NAME_RE.fullmatch(name))
+
+
+def is_endpoint_origin(name: object) -> bool:
+    """Whether `name` is an endpoint's origin: "https://host[:port]", "postgresql://db:5432"."""
     return (
         isinstance(name, str)
         and len(name) <= MAX_NAME_LENGTH
-        and _HTTP_ORIGIN_RE.fullmatch(name) is not None
+        and _endpoint(_ENDPOINT_ORIGIN_RE.fullmatch(name)) is not None
     )
 
 
-def is_http_name(name: object) -> bool:
-    """Whether `name` is an HTTP breaker name, "https://host[:port]/route"."""
-    return (
-        isinstance(name, str)
-        and len(name) <= MAX_NAME_LENGTH
-        and _HTTP_NAME_RE.fullmatch(name) is not None
-    )
+def is_endpoint_name(name: object) -> bool:
+    """Whether `name` is an endpoint URL breaker name: an HTTP route, a database."""
+    return isinstance(name, str) and _endpoint_name(name) is not None
 
 
 def is_method_selector(name: str) -> bool:
-    """Whether a policy selector names one breaker's calls: a gRPC method or an HTTP route."""
-    return name.startswith("/") or is_http_name(name)
+    """Whether a policy selector names one breaker's calls: a gRPC method or an endpoint URL."""
+    return name.startswith("/") or is_endpoint_name(name)
 
 
 def check_service(value: str, path: str) -> str:
@@ -122,32 +144,32 @@ def check_method(value: str, path: str) -> str:
 
 
 def check_service_selector(value: str, path: str) -> str:
-    """`value` if a policy may select it as a service: a gRPC service, an HTTP origin, or empty."""
-    if value and not (is_service_name(value) or is_http_origin(value)):
+    """`value` if a policy may select it as a service: a gRPC service, an origin, or empty."""
+    if value and not (is_service_name(value) or is_endpoint_origin(value)):
         raise ConfigError(
             path,
             f"{value!r} is not a gRPC service name like 'pkg.v1.Service' "
-            "nor an HTTP origin like 'https://host:port'",
+            "nor an origin like 'https://host:port' or 'postgresql://host:port'",
         )
     return value
 
 
 def check_method_selector(value: str, path: str) -> str:
-    """`value` if a policy may select it as a method: a gRPC method, an HTTP route, or empty."""
-    if value and not (is_method_name(value) or is_http_name(value)):
+    """`value` if a policy may select it as a method: a gRPC method, an endpoint URL, or empty."""
+    if value and not (is_method_name(value) or is_endpoint_name(value)):
         raise ConfigError(
             path,
-            f"{value!r} is not a full method name like '/pkg.v1.Service/Method' "
-            "nor an HTTP route like 'https://host/v1/charges'",
+            f"{value!r} is not a full method name like '/pkg.v1.Service/Method' nor an "
+            "endpoint URL like 'https://host/v1/charges' or 'postgresql://host:5432/ledger'",
         )
     return value
 
 
 def method_service(method: str) -> str:
     """The service of a method: "/pkg.Svc/M" -> "pkg.Svc"; "https://h/v1/x" -> "https://h"."""
-    http = _HTTP_NAME_RE.fullmatch(method)
-    if http is not None:
-        return http.group(1)
+    endpoint = _endpoint_name(method)
+    if endpoint is not None:
+        return endpoint.group(1)
     return method[1:].split("/", 1)[0]
 
 
@@ -159,9 +181,9 @@ def split_breaker_name(name: str) -> tuple[str, str, str]:
     """
     if len(name) > 2 * MAX_NAME_LENGTH:
         return ("", "", "")
-    http = _HTTP_NAME_RE.fullmatch(name)
-    if http is not None:  # its origin is its service: "https://h/v1/x" -> ("", "https://h", name)
-        return ("", http.group(1), name)
+    endpoint = _endpoint_name(name)
+    if endpoint is not None:  # its origin is its service: ("", "https://h", "https://h/v1/x")
+        return ("", endpoint.group(1), name)
     match = _TAIL_RE.fullmatch(name)
     if match is None:
         return ("", "", "")
@@ -173,11 +195,11 @@ def split_breaker_name(name: str) -> tuple[str, str, str]:
 def service_breaker_name(name: str) -> str:
     """The name of the breaker a full registry gives `name`: its service's, "target/pkg.Svc/".
 
-    An HTTP route's is its origin's, "https://h/*". Other names share OVERFLOW_BREAKER_NAME.
+    An endpoint URL's is its origin's, "https://h/*". Other names share OVERFLOW_BREAKER_NAME.
     """
-    http = _HTTP_NAME_RE.fullmatch(name) if len(name) <= 2 * MAX_NAME_LENGTH else None
-    if http is not None:
-        return f"{http.group(1)}{HTTP_OVERFLOW_ROUTE}"
+    endpoint = _endpoint_name(name)
+    if endpoint is not None:
+        return f"{endpoint.group(1)}{ENDPOINT_OVERFLOW_PATH}"
     target, service, method = split_breaker_name(name)
     return f"{target}/{service}/" if method else OVERFLOW_BREAKER_NAME
 
@@ -187,7 +209,7 @@ def selectors_for(name: str) -> tuple[str, ...]:
 
     "/pkg.Svc/M" -> ("/pkg.Svc/M", "pkg.Svc"); "target/pkg.Svc/M" -> (the name itself,
     "/pkg.Svc/M", "pkg.Svc"); a service's shared breaker "/pkg.Svc/" -> (itself, "pkg.Svc");
-    "https://h/v1/x" -> (itself, "https://h"); any other name matches only itself.
+    an endpoint URL "https://h/v1/x" -> (itself, "https://h"); any other name matches only itself.
     """
     target, service, method = split_breaker_name(name)
     if not method:

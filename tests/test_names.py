@@ -9,7 +9,7 @@ from meshbreaker._names import (
     check_method_selector,
     check_service,
     check_service_selector,
-    is_http_name,
+    is_endpoint_name,
     is_method_name,
     is_service_name,
     selectors_for,
@@ -101,14 +101,47 @@ def test_an_http_route_is_selected_like_a_method_and_its_origin_like_a_service()
         "https://cards.example/v1/charges?x=1",
         "https://cards.example/v1/a b",
         "https:///v1/charges",
-        "ftp://cards.example/v1",
+        "HTTPS://cards.example/v1",  # schemes are written in lower case
+        "dns:///cards.example/v1",  # a gRPC channel target
         "https://cards.example/v1\n",
     ],
 )
-def test_what_is_not_an_http_route_is_not_one(name: str) -> None:
-    assert not is_http_name(name)
+def test_what_is_not_an_endpoint_url_is_not_one(name: str) -> None:
+    assert not is_endpoint_name(name)
     with pytest.raises(ConfigError):
         check_method_selector(name, "method")
+
+
+DATABASE = "postgresql://db.internal:5432/ledger"
+SQLITE = "sqlite:///var/lib/bank/account.db"
+
+
+def test_a_database_is_selected_like_a_method_and_its_server_like_a_service() -> None:
+    assert split_breaker_name(DATABASE) == ("", "postgresql://db.internal:5432", DATABASE)
+    assert selectors_for(DATABASE) == (DATABASE, "postgresql://db.internal:5432")
+    assert selectors_for(SQLITE) == (SQLITE, "sqlite://")  # every SQLite file of the process
+    assert check_method_selector(SQLITE, "method") == SQLITE
+    assert check_service_selector("postgresql://db.internal:5432", "service")
+    registry = BreakerRegistry()
+    registry.set_policy("postgresql://db.internal:5432", BreakerConfig(consecutive_failures=2))
+    registry.set_policy(SQLITE, BreakerConfig(consecutive_failures=9))
+    assert registry.get(DATABASE).config.consecutive_failures == 2
+    assert registry.get(SQLITE).config.consecutive_failures == 9
+    assert registry.get("sqlite:///other.db").config == registry.default
+
+
+def test_a_grpc_target_url_before_a_method_stays_a_grpc_name() -> None:
+    name = "dns://8.8.8.8/accounts:50051/bank.v1.AccountService/GetBalance"
+    assert split_breaker_name(name)[1:] == (
+        "bank.v1.AccountService",
+        "/bank.v1.AccountService/GetBalance",
+    )
+    # A database whose host looks like a service is still a database.
+    assert split_breaker_name("postgresql://db/ledger") == (
+        "",
+        "postgresql://db",
+        "postgresql://db/ledger",
+    )
 
 
 def test_routes_past_max_breakers_share_their_origins_breaker() -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from meshbreaker._names import check_method_selector
 from meshbreaker.cli.client import Client
 from meshbreaker.config import SCHEMA, BreakerConfig
 from meshbreaker.control import convert
@@ -21,10 +22,13 @@ from meshbreaker.v1 import control_plane_pb2 as pb
 
 
 def policy_explain(args: argparse.Namespace) -> int:
-    """`policy explain`: resolve the caller's policies for one method, as its agent would."""
+    """`policy explain`: resolve the caller's policies for one breaker, as its agent would.
+
+    The breaker is named as a policy selects it: a gRPC method, an HTTP route or a database.
+    """
     try:
         caller = convert.check_caller(args.caller, "--caller", required=True)
-        method = convert.check_method(args.method, "--method")
+        method = check_method_selector(args.method, "--method")
     except ConfigError as error:
         raise CliError(str(error)) from None
     if not method:

@@ -184,7 +184,11 @@ def _add_store(subcommands: _Subcommands, connection: _Parser) -> None:
 def _add_status(subcommands: _Subcommands, connection: _Parser) -> None:
     status = subcommands.add_parser("status", help="breakers across the mesh", parents=[connection])
     _add_caller(status)
-    status.add_argument("--method", default="", help="only this method or gRPC service")
+    status.add_argument(
+        "--method",
+        default="",
+        help="only this method or service: a gRPC one, an HTTP route or origin, a database",
+    )
     status.add_argument(
         "--state",
         type=arg_types.state_filter,
@@ -255,7 +259,10 @@ def _add_policy(subcommands: _Subcommands, connection: _Parser) -> None:
     )
     explaining.add_argument("--caller", required=True, help="the calling service, e.g. gateway")
     explaining.add_argument(
-        "--method", required=True, help="full method, e.g. /bank.v1.AccountService/GetBalance"
+        "--method",
+        required=True,
+        help="the breaker: a full gRPC method (/bank.v1.AccountService/GetBalance), an HTTP "
+        "route (https://cards.example/v1/charges) or a database (sqlite:///var/ledger.db)",
     )
     _add_json(explaining)
     explaining.set_defaults(handler=policy_explain)

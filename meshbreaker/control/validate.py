@@ -109,7 +109,8 @@ def check_report(request: pb.ReportStateRequest, limits: Limits) -> None:
         if not name.isprintable() or ("/" in name and not split_breaker_name(name)[2]):
             raise ConfigError(
                 f"breakers[{index}].name",
-                "must be printable, and a gRPC breaker name ([target]/pkg.Svc/Method) if it has /",
+                "must be printable, and if it has / a gRPC breaker name ([target]/pkg.Svc/Method) "
+                "or an endpoint URL (https://host/route, postgresql://host/db)",
             )
         if min(getattr(breaker, counter) for counter in _COUNTERS) < 0:
             negative = next(c for c in _COUNTERS if getattr(breaker, c) < 0)

@@ -10,7 +10,7 @@ import pytest
 
 import meshbreaker.httpx as mb_httpx
 from meshbreaker import BulkheadFullError, CallNotPermittedError, ConfigError, State
-from meshbreaker._names import is_http_name
+from meshbreaker._names import is_endpoint_name
 from meshbreaker.errors import ThrottledError
 from meshbreaker.httpx import (
     BreakerTransport,
@@ -41,7 +41,7 @@ def test_one_breaker_per_origin_and_route_template_without_the_query(
         f"{origin}/v1/accounts/{{id}}/statements",
     ]
     assert registry.get(f"{origin}/v1/accounts/{{id}}").snapshot().successful == 2
-    assert all(is_http_name(breaker.name) for breaker in registry)  # selectable by policies
+    assert all(is_endpoint_name(breaker.name) for breaker in registry)  # selectable by policies
 
 
 def test_a_route_callable_names_the_breakers(
