@@ -203,21 +203,26 @@ class GuardedConnection:
             raise
         return GuardedCursor(cursor, self._breaker, self._classify)
 
+    def _shortcut(self, method: str, *args: Any) -> GuardedCursor:
+        # One permit covers opening the cursor too: a driver whose connection broke fails
+        # there, and an open breaker must refuse before that.
+        def run() -> Any:
+            cursor = self._connection.cursor()
+            getattr(cursor, method)(*args)
+            return cursor
+
+        cursor = _run(self._breaker, self._classify, run)
+        return GuardedCursor(cursor, self._breaker, self._classify)
+
     def execute(self, operation: Any, *args: Any) -> GuardedCursor:
         """The sqlite3 (and psycopg 3) shortcut: a new cursor that executes `operation`."""
-        cursor = self.cursor()
-        cursor.execute(operation, *args)
-        return cursor
+        return self._shortcut("execute", operation, *args)
 
     def executemany(self, operation: Any, seq_of_parameters: Any) -> GuardedCursor:
-        cursor = self.cursor()
-        cursor.executemany(operation, seq_of_parameters)
-        return cursor
+        return self._shortcut("executemany", operation, seq_of_parameters)
 
     def executescript(self, script: str) -> GuardedCursor:
-        cursor = self.cursor()
-        cursor.executescript(script)
-        return cursor
+        return self._shortcut("executescript", script)
 
     def commit(self) -> None:
         _run(self._breaker, self._classify, self._connection.commit)
