@@ -42,6 +42,7 @@ class Backend:
     def __init__(self, name: str) -> None:
         self.name = name
         self.failing = False
+        self.flaky = False  # fail every other call: a first attempt fails, its retry succeeds
         self.held = 0
         self.calls = 0
         self._release = asyncio.Event()
@@ -73,7 +74,7 @@ class Backend:
 
     async def _who(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         self.calls += 1
-        if self.failing:
+        if self.failing or (self.flaky and self.calls % 2):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name} is failing")
         return self.name.encode()
 

@@ -161,3 +161,56 @@ async def test_a_resource_the_client_rejects_is_nacked_and_shown(
         "backend-0",
         "backend-0",
     ]
+
+
+async def test_retry_policies_reach_the_routes_for_idempotent_methods_only(
+    admin: Admin, backends: Backends, xds_client: Clients
+) -> None:
+    (backend,) = await backends(1)
+    backend.flaky = True
+    await admin.put_cluster(cluster("echo", [backend], services=["test.Echo"]))
+    client = await xds_client("xds:///echo", caller="gateway")
+    await client.ask({"op": "call", "n": 2, "method": WHO, "wait": True})
+
+    async def routes_at(revision: int) -> None:
+        async def acked() -> bool:
+            state = await admin.resource("node-gateway", "route")
+            return state is not None and state.acked_version.startswith(f"{revision}.")
+
+        await wait_for(acked)
+
+    retry = pb.RetryPolicy(
+        max_attempts=3,
+        initial_backoff=Duration(nanos=10_000_000),
+        max_backoff=Duration(nanos=50_000_000),
+        retryable_codes=pb.CodeList(codes=["UNAVAILABLE"]),
+    )
+    await routes_at(
+        await admin.put_policy(
+            pb.Policy(
+                id="echo-retries",
+                selector=pb.Selector(service="test.Echo"),
+                config=pb.BreakerConfig(retry=retry, idempotent=True),
+            )
+        )
+    )
+    before = backend.calls
+    reply = await client.ask({"op": "call", "n": 6, "method": WHO, "wait": True})
+    assert reply["results"] == ["backend-0"] * 6  # gRPC retried each failed first attempt
+    assert backend.calls - before == 12
+
+    # The same retries on a method that is not idempotent: gRPC would retry by status alone,
+    # so that method's route gets none.
+    await routes_at(
+        await admin.put_policy(
+            pb.Policy(
+                id="who-not-idempotent",
+                selector=pb.Selector(method=WHO),
+                config=pb.BreakerConfig(idempotent=False),
+            )
+        )
+    )
+    before = backend.calls
+    reply = await client.ask({"op": "call", "n": 6, "method": WHO, "wait": True})
+    assert sum(result == "backend-0" for result in reply["results"]) == 3
+    assert backend.calls - before == 6

@@ -101,3 +101,67 @@ async def test_a_plain_channel_with_it_ejects_the_failing_backend(
                 results.append(f"{error.code().name}: {error.details()}")
     assert any("backend-1 is failing" in result for result in results)
     assert set(results[-30:]) == {"backend-0", "backend-2"}
+
+
+RETRY = pb.RetryPolicy(
+    max_attempts=3,
+    initial_backoff=Duration(nanos=10_000_000),
+    max_backoff=Duration(nanos=50_000_000),
+    multiplier=1.5,
+    retryable_codes=pb.CodeList(codes=["UNAVAILABLE", "ABORTED"]),
+    budget_ratio=0.1,
+    budget_min_per_second=5,
+    budget_ttl=Duration(seconds=10),
+)
+
+
+def retry_policies(service: str = "test.Echo") -> list[pb.Policy]:
+    return [
+        pb.Policy(
+            id="retries",
+            selector=pb.Selector(service=service),
+            config=pb.BreakerConfig(retry=RETRY, idempotent=True),
+        ),
+        pb.Policy(
+            id="hold-once",
+            selector=pb.Selector(method=f"/{service}/Hold"),
+            config=pb.BreakerConfig(idempotent=False),
+        ),
+    ]
+
+
+def test_the_json_carries_retries_per_method_config_and_the_budget_as_throttling() -> None:
+    config = json.loads(service_config(retry_policies(SERVICE), service=SERVICE))
+    assert config["methodConfig"] == [
+        {"name": [{"service": SERVICE, "method": "Hold"}]},  # not idempotent: no retries
+        {
+            "name": [{"service": SERVICE}],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.01s",
+                "maxBackoff": "0.05s",
+                "backoffMultiplier": 1.5,
+                "retryableStatusCodes": ["ABORTED", "UNAVAILABLE"],
+            },
+        },
+    ]
+    assert config["retryThrottling"] == {"maxTokens": 100, "tokenRatio": 0.1}
+    # Retries without `idempotent` would be retried by status alone: none are exported.
+    not_idempotent = pb.Policy(
+        id="r", selector=pb.Selector(service=SERVICE), config=pb.BreakerConfig(retry=RETRY)
+    )
+    assert service_config([not_idempotent], service=SERVICE) == "{}"
+
+
+async def test_a_plain_channel_with_it_retries_what_the_policy_says(
+    backends: Callable[[int], Awaitable[list[Backend]]],
+) -> None:
+    (backend,) = await backends(1)
+    backend.flaky = True
+    config = service_config(retry_policies(), service="test.Echo")
+    target = f"127.0.0.1:{backend.port}"
+    async with grpc.aio.insecure_channel(target, options=[("grpc.service_config", config)]) as ch:
+        who: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = ch.unary_unary("/test.Echo/Who")
+        answers = [bytes(await who(b"", timeout=DEADLINE)).decode() for _ in range(4)]
+    assert answers == ["backend-0"] * 4  # every failed first attempt was retried
+    assert backend.calls == 8

@@ -3,6 +3,7 @@
 A cluster names the gRPC services it serves. For a client whose bootstrap node `cluster` names
 caller C, the policies that apply to C and select one of those services, or every service (the
 mesh-wide ones), shape the cluster. Method policies cannot: xDS limits and ejects per cluster.
+Retries are per route, so method policies shape those (`route_retries`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from meshbreaker._names import is_method_name, method_service
 from meshbreaker.control.convert import PolicySpec
 from meshbreaker.control.layers import explain, specs_of
 from meshbreaker.control.xds.model import OutlierDetection, outlier_detection_from_proto
 from meshbreaker.errors import ConfigError
+from meshbreaker.retry import RetryPolicy
 from meshbreaker.v1 import control_plane_pb2 as pb
 
 
@@ -44,6 +47,64 @@ def max_concurrent_calls(
 ) -> int | None:
     """The effective service-level `max_concurrent_calls` of `service` for `caller` (None = off)."""
     return explain(caller, service, policies).config.max_concurrent_calls
+
+
+@dataclass(frozen=True)
+class RouteRetry:
+    """The retries gRPC itself should make on one route: a method, a whole service, or all."""
+
+    service: str = ""  # "" = every call (the mesh-wide route)
+    method: str = ""  # the method's own name in `service`; "" = the whole service
+    retry: RetryPolicy | None = None  # None = no retries configured on this route
+
+    @property
+    def path(self) -> str:
+        """The request path the route matches: exactly "/pkg.Svc/M", or by prefix "/pkg.Svc/"."""
+        if not self.service:
+            return ""
+        return f"/{self.service}/{self.method}"
+
+
+def effective_retry(caller: str, key: str, specs: Sequence[PolicySpec]) -> RetryPolicy | None:
+    """The retries a channel may make for `key` (a method, a service, "" for all), for `caller`.
+
+    meshbreaker retries a call that may have reached the server only if the method is
+    `idempotent`; gRPC's own retries (xDS or service config) retry by status alone, so a method
+    that is not idempotent gets none (gRPC still retries calls that never left, transparently).
+    """
+    config = explain(caller, key, specs).config
+    return config.retry if config.idempotent else None
+
+
+def route_retries(
+    caller: str, services: Sequence[str], policies: Sequence[pb.Policy | PolicySpec]
+) -> list[RouteRetry]:
+    """The retry routes of a cluster serving `services`, for `caller`, most specific first.
+
+    A method gets a route of its own when a method policy applying to `caller` names it and its
+    retries differ from its service's; then one route per service; last, every other call (the
+    mesh-wide retries).
+    """
+    specs = specs_of(policies)
+    routes: list[RouteRetry] = []
+    for service in sorted(set(services)):
+        own = effective_retry(caller, service, specs)
+        methods = sorted(
+            {
+                spec.selector.method
+                for spec in specs
+                if spec.selector.applies_to(caller)
+                and is_method_name(spec.selector.method)
+                and method_service(spec.selector.method) == service
+            }
+        )
+        for method in methods:
+            retry = effective_retry(caller, method, specs)
+            if retry != own:
+                routes.append(RouteRetry(service, method.rsplit("/", 1)[1], retry))
+        routes.append(RouteRetry(service, "", own))
+    routes.append(RouteRetry("", "", effective_retry(caller, "", specs)))
+    return routes
 
 
 def cluster_policy(

@@ -1,9 +1,10 @@
 """The four xDS resources of a registered cluster, as gRPC's xDS client and Envoy read them.
 
 For cluster N: Listener N (an api_listener: HttpConnectionManager, routes over ADS, the router
-filter), RouteConfiguration N (every path to cluster N), Cluster N (EDS over ADS, its LB policy,
-circuit breaking and outlier detection from the policies) and ClusterLoadAssignment N (its
-endpoints, one locality). A channel to `xds:///N` asks for exactly these.
+filter), RouteConfiguration N (every path to cluster N, with the policies' retries), Cluster N
+(EDS over ADS, its LB policy, circuit breaking and outlier detection from the policies) and
+ClusterLoadAssignment N (its endpoints, one locality). A channel to `xds:///N` asks for exactly
+these.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from google.protobuf import any_pb2, wrappers_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
-from meshbreaker.control.xds.mapping import ClusterPolicy, cluster_policy
+from meshbreaker.control.xds.mapping import ClusterPolicy, RouteRetry, cluster_policy, route_retries
 from meshbreaker.control.xds.model import OutlierDetection
+from meshbreaker.retry import RetryPolicy
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import xds_pb2
 
@@ -40,6 +42,14 @@ TYPE_NAMES: dict[str, str] = {
     ENDPOINT: "endpoint",
 }
 ROUTER_FILTER = "envoy.filters.http.router"
+# The status codes gRPC's xDS client retries on (gRFC A44), by their `retry_on` names.
+A44_RETRY_ON = {
+    "CANCELLED": "cancelled",
+    "DEADLINE_EXCEEDED": "deadline-exceeded",
+    "INTERNAL": "internal",
+    "RESOURCE_EXHAUSTED": "resource-exhausted",
+    "UNAVAILABLE": "unavailable",
+}
 
 _LB_POLICIES = {
     xds_pb2.LB_POLICY_UNSPECIFIED: cluster_pb2.Cluster.ROUND_ROBIN,
@@ -93,22 +103,47 @@ def listener(name: str) -> listener_pb2.Listener:
     )
 
 
-def route_configuration(name: str) -> route_pb2.RouteConfiguration:
-    """Every call to cluster `name` (per-service retry routes wait for RetryPolicy)."""
+def retry_policy(value: RetryPolicy) -> route_components_pb2.RetryPolicy | None:
+    """The A44 retry policy of `value`; None if none of its codes is one gRPC retries on.
+
+    xDS has no backoff multiplier (gRPC doubles) and no retry budget; codes outside A44's five
+    are left out. gRPC caps attempts at 5.
+    """
+    codes = sorted(A44_RETRY_ON[code] for code in value.retryable_codes if code in A44_RETRY_ON)
+    if value.max_attempts < 2 or not codes:
+        return None
+    return route_components_pb2.RetryPolicy(
+        retry_on=",".join(codes),
+        num_retries=_u32(value.max_attempts - 1),
+        retry_back_off=route_components_pb2.RetryPolicy.RetryBackOff(
+            base_interval=_seconds(value.initial_backoff),
+            max_interval=_seconds(value.max_backoff),
+        ),
+    )
+
+
+def _route(cluster_name: str, retry: RouteRetry) -> route_components_pb2.Route:
+    if retry.method:
+        match = route_components_pb2.RouteMatch(path=retry.path)
+    else:
+        match = route_components_pb2.RouteMatch(prefix=retry.path)
+    action = route_components_pb2.RouteAction(cluster=cluster_name)
+    policy = None if retry.retry is None else retry_policy(retry.retry)
+    if policy is not None:
+        action.retry_policy.CopyFrom(policy)
+    return route_components_pb2.Route(match=match, route=action)
+
+
+def route_configuration(
+    name: str, retries: Sequence[RouteRetry] = ()
+) -> route_pb2.RouteConfiguration:
+    """Every call to cluster `name`: method routes, then service routes, then every other path."""
+    routes = [_route(name, retry) for retry in retries]
+    if not routes or routes[-1].match.prefix or routes[-1].match.path:
+        routes.append(_route(name, RouteRetry()))
     return route_pb2.RouteConfiguration(
         name=name,
-        virtual_hosts=[
-            route_components_pb2.VirtualHost(
-                name=name,
-                domains=["*"],
-                routes=[
-                    route_components_pb2.Route(
-                        match=route_components_pb2.RouteMatch(prefix=""),
-                        route=route_components_pb2.RouteAction(cluster=name),
-                    )
-                ],
-            )
-        ],
+        virtual_hosts=[route_components_pb2.VirtualHost(name=name, domains=["*"], routes=routes)],
     )
 
 
@@ -206,7 +241,8 @@ def resources(
         if type_url == LISTENER:
             out[name] = listener(name)
         elif type_url == ROUTE:
-            out[name] = route_configuration(name)
+            retries = route_retries(caller, list(registered.services), state.policies)
+            out[name] = route_configuration(name, retries)
         elif type_url == CLUSTER:
             policy = cluster_policy(caller, list(registered.services), state.policies)
             out[name] = cluster(registered, policy)
