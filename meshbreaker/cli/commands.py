@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import grpc
 from google.protobuf.message import Message
 from rich.console import Console, Group
 from rich.text import Text
@@ -19,14 +20,16 @@ from meshbreaker.cli.client import Client
 from meshbreaker.cli.policy_flags import policies_from_args
 from meshbreaker.cli.policy_json import policy_document
 from meshbreaker.cli.tables import policy_table, status_view
-from meshbreaker.cli.xds import xds_clients_view, xds_status
+from meshbreaker.cli.xds import xds_status
 from meshbreaker.errors import CliError
 from meshbreaker.live.connection import channel_options, new_backoff
 from meshbreaker.live.follow import EventFollower, print_event
 from meshbreaker.live.terminal import console_for, emit, say
 from meshbreaker.live.text import format_left, state_name, to_json
 from meshbreaker.live.watch import StatusWatch
+from meshbreaker.live.xds_view import xds_clients_view
 from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import xds_pb2_grpc
 
 _FORCE_ACTIONS = {
     "open": pb.OVERRIDE_FORCED_OPEN,
@@ -84,6 +87,7 @@ def status(args: argparse.Namespace) -> int:
             args,
             StatusWatch,
             request,
+            stubs=lambda channel: {"xds": xds_pb2_grpc.XdsAdminStub(channel)},
             timeout=args.timeout,
             interval=args.interval,
             as_json=args.json,
@@ -154,12 +158,21 @@ class _LiveView(Protocol):
 
 
 def _run_live_view(
-    args: argparse.Namespace, view: Callable[..., _LiveView], request: Message, **options: Any
+    args: argparse.Namespace,
+    view: Callable[..., _LiveView],
+    request: Message,
+    stubs: Callable[[grpc.Channel], dict[str, Any]] | None = None,
+    **options: Any,
 ) -> int:
-    """Run the live view class `view` on a channel reconnecting at its pace; Ctrl-C ends it, 0."""
+    """Run the live view class `view` on a channel reconnecting at its pace; Ctrl-C ends it, 0.
+
+    `stubs` makes the view's further stubs (keyword arguments) on the same channel.
+    """
     backoff = new_backoff()
     try:
         with Client(args, channel_options(backoff)) as client:
+            if stubs is not None:
+                options.update(stubs(client.channel))
             return view(
                 client.stub,
                 request,

@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import grpc
-from rich.console import Group
-from rich.text import Text
 
 from meshbreaker.cli.client import Client
 from meshbreaker.control.xds.bootstrap import bootstrap as make_bootstrap
@@ -22,9 +20,9 @@ from meshbreaker.control.xds.model import (
     parse_endpoint,
 )
 from meshbreaker.errors import CliError, ConfigError
-from meshbreaker.live.table import Column, new_table
 from meshbreaker.live.terminal import console_for, emit, say
 from meshbreaker.live.text import clean, to_json
+from meshbreaker.live.xds_view import xds_clients_view
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import xds_pb2, xds_pb2_grpc
 
@@ -142,37 +140,6 @@ def cluster_list(args: argparse.Namespace) -> int:
         policy = LB_POLICY_NAMES.get(cluster.lb_policy, "?")
         print(clean(f"{cluster.name}  {endpoints}  {policy}  {services}"))
     return 0
-
-
-_XDS_COLUMNS = (
-    Column("XDS CLIENT", cut="end", weight=2),
-    Column("CALLER", cut="end"),
-    Column("TYPE", min_width=8),
-    Column("NAMES", cut="end"),
-    Column("ACKED", min_width=5),
-    Column("NACK", cut="end", weight=3),
-)
-
-
-def xds_clients_view(response: xds_pb2.ListXdsClientsResponse, width: int | None) -> Group:
-    """One row per (xDS client, resource type): what it subscribes to, ACKed, and any NACK."""
-    rows: list[list[str | Text]] = []
-    for status in response.clients:
-        for resource in status.resources:
-            nack = f"{resource.nacked_version}: {resource.error}" if resource.nacked_version else ""
-            rows.append(
-                [
-                    status.node_id,
-                    status.node_cluster or "-",
-                    resource.type,
-                    ",".join(resource.names) or "*",
-                    resource.acked_version or "-",
-                    Text(clean(nack), style="yellow"),
-                ]
-            )
-    nacking = sum(any(r.nacked_version for r in c.resources) for c in response.clients)
-    summary = f"{len(response.clients)} xDS client(s)" + (f", {nacking} NACKing" if nacking else "")
-    return Group(new_table(_XDS_COLUMNS, rows, width), Text(summary))
 
 
 def xds_status(client: Client) -> xds_pb2.ListXdsClientsResponse | None:

@@ -2,7 +2,8 @@
 
 An event marks the table out of date and ListBreakers is fetched again once a burst has had
 `coalesce` seconds to settle, plus a slow periodic fetch every `interval` seconds so counters,
-rates and ages stay current.
+rates and ages stay current. When the control plane serves xDS, each fetch also lists its xDS
+clients, shown below the breakers.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 import grpc
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.text import Text
 
 from meshbreaker._backoff import Backoff
 from meshbreaker.live.connection import (
@@ -32,8 +34,10 @@ from meshbreaker.live.connection import (
 from meshbreaker.live.render import Link, render_status
 from meshbreaker.live.terminal import render_text, say
 from meshbreaker.live.text import to_json
+from meshbreaker.live.xds_view import xds_clients_view
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+from meshbreaker.v1 import xds_pb2, xds_pb2_grpc
 
 COALESCE = 0.25
 # The longest a turn of `run` waits for news: how soon Ctrl-C is noticed.
@@ -63,8 +67,11 @@ class StatusWatch:
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        xds: xds_pb2_grpc.XdsAdminStub | None = None,
     ) -> None:
         self._stub = stub
+        # Asked for its xDS clients until it answers UNIMPLEMENTED (not started with --xds).
+        self._xds = xds
         self._request = pb.ListBreakersRequest()
         self._request.CopyFrom(request)
         self._request.include_instances = True  # their state ages fill LAST when no event did
@@ -103,6 +110,7 @@ class StatusWatch:
         self._done = threading.Event()
         self._interrupted = False  # set by Ctrl-C, see _ctrl_c_ends
         self.response: pb.ListBreakersResponse | None = None
+        self.xds_clients: xds_pb2.ListXdsClientsResponse | None = None
         self.fetched_at: float | None = None
         self.events = 0  # received from the stream
         self.fetches = 0  # ListBreakers answered
@@ -239,15 +247,17 @@ class StatusWatch:
         self._render(force=news)
 
     def _fetch(self) -> None:
-        """ListBreakers once: the new table, or a lost connection."""
+        """ListBreakers (and the xDS clients) once: the new table, or a lost connection."""
         try:
             response = self._stub.ListBreakers(
                 self._request, timeout=self._timeout, metadata=self._metadata
             )
+            xds_clients = self._fetch_xds_clients()
         except grpc.RpcError as error:
             self._connection_lost(error)
             return
         self.response = response
+        self.xds_clients = xds_clients
         self.fetched_at = self._wall_clock()
         self._last_fetch = self._clock()
         self._need_fetch = self._dirty = False
@@ -265,6 +275,21 @@ class StatusWatch:
         self._render(force=True)
         if self._iterations and self.fetches >= self._iterations:
             self.stop()
+
+    def _fetch_xds_clients(self) -> xds_pb2.ListXdsClientsResponse | None:
+        """The control plane's xDS clients; None (and never asked again) if it serves no xDS."""
+        if self._xds is None or self._json:
+            return None
+        try:
+            response: xds_pb2.ListXdsClientsResponse = self._xds.ListXdsClients(
+                xds_pb2.ListXdsClientsRequest(), timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            if isinstance(error, grpc.Call) and error.code() is grpc.StatusCode.UNIMPLEMENTED:
+                self._xds = None
+                return None
+            raise
+        return response
 
     # -- output ----------------------------------------------------------------------------
 
@@ -284,7 +309,7 @@ class StatusWatch:
     def render(self) -> RenderableType:
         """The screen as it would be drawn now, fitted to the console."""
         size = self._console.size
-        return render_status(
+        status = render_status(
             self.response,
             self._transitions.values(),
             now=self._wall_clock(),
@@ -294,6 +319,9 @@ class StatusWatch:
             instances=self._instances,
             empty=self._empty,
         )
+        if self.xds_clients is None:
+            return status
+        return Group(status, Text(), xds_clients_view(self.xds_clients, size.width))
 
     def _render(self, *, force: bool) -> None:
         """Draw the screen; off a terminal only when forced (a fetch, a lost connection)."""

@@ -252,3 +252,41 @@ def test_envoy_style_wildcard_subscriptions_get_every_cluster(cli: Cli, cp: Cont
         finally:
             requests.put(None)
             stream.cancel()
+
+
+def test_status_watch_shows_the_xds_clients_beside_the_breakers(cli: Cli, cp: ControlPlane) -> None:
+    assert cli("xds", "cluster", "put", "accounts", "--endpoint", "127.0.0.1:5001")[0] == 0
+    channel = grpc.insecure_channel(cp.target)
+    subscribe = discovery_pb2.DiscoveryRequest(
+        node={"id": "watched-node", "cluster": "gateway"},
+        type_url=CLUSTER,
+        resource_names=["accounts"],
+    )
+    requests: queue.Queue[discovery_pb2.DiscoveryRequest | None] = queue.Queue()
+    requests.put(subscribe)
+    stream = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
+        iter(requests.get, None), timeout=20
+    )
+    try:
+        next(stream)
+        status, out, err = cli("status", "--watch", "--iterations", "1")
+        assert status == 0, err
+        assert "1 xDS client(s)" in out
+        row = next(line for line in out.splitlines() if "watched-node" in line)
+        assert row.split()[:4] == ["watched-node", "gateway", "cluster", "accounts"]
+    finally:
+        requests.put(None)
+        stream.cancel()
+        channel.close()
+
+
+def test_status_watch_of_a_control_plane_without_xds_shows_breakers_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plane = ControlPlane(tmp_path / "plain.db")
+    try:
+        assert main(["--target", plane.target, "status", "--watch", "--iterations", "2"]) == 0
+    finally:
+        plane.close()
+    out = capsys.readouterr().out
+    assert "no breakers" in out and "xDS" not in out
