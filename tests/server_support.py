@@ -27,8 +27,10 @@ from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 _T = TypeVar("_T")
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 2.0) -> bool:
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0) -> bool:
     """Poll `predicate` every 20 ms (I/O waiting on background threads) until true or timeout."""
+    # The deadline only catches a hang: a wait ends on its condition, and a machine loaded with
+    # other work may take seconds to get there (a 2 s default ran out beside a CPU hog).
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -58,6 +58,11 @@ def cli(
     return run
 
 
+def reported_now(agents: list[MeshAgent], shown: Callable[[], bool]) -> bool:
+    """Each agent reports now, not at its interval, until `shown()` (at once, unless lost)."""
+    return wait_until(lambda: all(agent.report_now(timeout=30.0) for agent in agents) and shown())
+
+
 # ---------------------------------------------------------------------------------------------
 # No server needed
 
@@ -397,7 +402,7 @@ def test_status_tables_filters_instances_and_watch(
                 g.name == "/bank.v1.AuditService/Record" for g in groups
             )
 
-        assert wait_until(reported)
+        assert reported_now(agents, reported)
         status, out, _ = cli("status")
         assert status == 0
         lines = out.splitlines()
@@ -488,7 +493,7 @@ def test_shadow_mode_breakers_are_marked(
             groups = cp.stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).groups
             return any(group.instances == 2 and group.open == 1 for group in groups)
 
-        assert wait_until(reported)
+        assert reported_now(agents, reported)
         status, out, _ = cli("status", "--instances")
         lines = out.splitlines()
         assert lines[0].split()[7] == "SHADOW"
@@ -533,7 +538,7 @@ def test_status_shows_the_concurrency_limits(
             groups = cp.stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).groups
             return {(g.name, g.instances) for g in groups} == {(METHOD, 2), (audit, 1)}
 
-        assert wait_until(reported)
+        assert reported_now(agents, reported)
         status, out, _ = cli("status", "--instances")
         assert status == 0
         lines = out.splitlines()
