@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check meshbreaker tests bench examples
-	$(BIN)/ruff format --check meshbreaker tests bench examples
+	$(BIN)/ruff check meshbreaker tests bench examples tools
+	$(BIN)/ruff format --check meshbreaker tests bench examples tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
