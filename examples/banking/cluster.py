@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 
 from examples.banking.gen import bank_pb2, bank_pb2_grpc, chaos_pb2, chaos_pb2_grpc
 from examples.banking.policies import policy_messages
@@ -25,6 +26,7 @@ from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 
 SERVICES = ("account", "transaction", "notification", "audit")
 GATEWAYS = ("gateway", "plain-gateway")
+EMAIL_PROVIDER = "email-provider"  # a third party over HTTP, not a mesh member
 _STATE_NAMES = ("closed", "open", "half_open", "forced_open", "forced_closed")
 
 
@@ -151,20 +153,25 @@ class Mesh:
         self.admin_token = secrets.token_hex(16)
         self.agent_token = secrets.token_hex(16)
         self.targets: dict[str, str] = {}
-        self.dbs = {name: self.run_dir / f"{name}.db" for name in (*SERVICES, *GATEWAYS)}
+        self.dbs = {
+            name: self.run_dir / f"{name}.db" for name in (*SERVICES, *GATEWAYS, EMAIL_PROVIDER)
+        }
         self._channels: list[grpc.Channel] = []
         self._chaos: dict[str, chaos_pb2_grpc.ChaosServiceStub] = {}
         self._gateways: dict[str, bank_pb2_grpc.GatewayServiceStub] = {}
         self.cp: pb_grpc.ControlPlaneStub | None = None
         self.metrics_url = ""
         self.console_url = ""
+        self.email_url = ""
+        self._email: httpx.Client | None = None
         self.revision = 0
         self.etcd: Any = None
 
     # ---------------------------------------------------------------- start
 
     def start(self, *, plain: bool = True) -> None:
-        """Control plane and policies, services, gateways (`plain`: both); writes run.json."""
+        """Email provider, control plane and policies, services, gateways; writes run.json."""
+        self.start_email_provider()
         self.start_control_plane()
         self.start_services()
         self.start_gateways(plain=plain)
@@ -172,6 +179,7 @@ class Mesh:
             "control_plane": self.targets["control-plane"],
             "metrics_url": self.metrics_url,
             "console_url": self.console_url,
+            "email_url": self.email_url,
             "admin_token": self.admin_token,
             "agent_token": self.agent_token,
             "pid": os.getpid(),
@@ -180,6 +188,14 @@ class Mesh:
         fd = os.open(self.run_dir / "run.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(info, handle, indent=1)
+
+    def start_email_provider(self) -> None:
+        """The HTTP email provider the notification service delivers through."""
+        args = ["--db", str(self.dbs[EMAIL_PROVIDER])]
+        self.processes.spawn(EMAIL_PROVIDER, "examples.banking.services.email_provider", args)
+        self.email_url = f"http://{self.processes.target(EMAIL_PROVIDER)}"
+        self._email = httpx.Client(base_url=self.email_url, timeout=5.0)
+        self.say(f"email provider (HTTP, a third party) on {self.email_url}")
 
     def start_control_plane(self) -> None:
         """The one place the control plane is started and given the demo's policies."""
@@ -212,7 +228,8 @@ class Mesh:
         # Operator calls go to the first replica that answers (pick_first over every address).
         ports = ",".join(self.targets[name] for name in names)
         self.cp = pb_grpc.ControlPlaneStub(self._channel(f"ipv4:{ports}"))
-        put = self.admin("PutPolicy", pb.PutPolicyRequest(policies=policy_messages()))
+        policies = policy_messages(self.email_url or None)
+        put = self.admin("PutPolicy", pb.PutPolicyRequest(policies=policies))
         self.revision = put.revision
         replicas = f"{len(names)} replicas on etcd: {ports}" if len(names) > 1 else target
         self.say(
@@ -256,7 +273,9 @@ class Mesh:
             *("--accounts", str(seed.accounts), "--initial-balance", str(seed.balance_cents)),
             *("--hot-accounts", str(seed.hot), "--hot-balance", str(seed.hot_cents)),
         )
-        self._spawn("notification", "examples.banking.services.notification")
+        self._spawn(
+            "notification", "examples.banking.services.notification", "--email-url", self.email_url
+        )
         self._spawn("audit", "examples.banking.services.audit")
         self.targets["account"] = self.processes.target("account")
         self.targets["audit"] = self.processes.target("audit")
@@ -315,6 +334,11 @@ class Mesh:
         )
         return stats
 
+    def set_email_chaos(self, **settings: float) -> None:
+        """Replace the faults of the email provider (no arguments: none)."""
+        assert self._email is not None
+        self._email.put("/chaos", json=settings).raise_for_status()
+
     def kill(self, name: str) -> None:
         """SIGKILL one process of the mesh."""
         self.processes.kill(name)
@@ -372,6 +396,8 @@ class Mesh:
         """Close channels and stop every child process."""
         for channel in self._channels:
             channel.close()
+        if self._email is not None:
+            self._email.close()
         self.processes.stop_all()
         if self.etcd is not None:
             self.etcd.stop()

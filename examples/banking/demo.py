@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from examples.banking.cluster import GATEWAYS, SERVICES, Mesh, Seed
+from examples.banking.cluster import EMAIL_PROVIDER, GATEWAYS, SERVICES, Mesh, Seed
 from examples.banking.invariants import Check, check_invariants
 from examples.banking.ledger import LEVELS, read_counters, since
 from examples.banking.load import Call, Client
@@ -48,6 +48,7 @@ FULL = Settings(
     durations={
         "steady": 5,
         "notification-outage": 4,
+        "email-outage": 4,
         "audit-outage": 4,
         "late-success": 6,
         "account-fault": 5,
@@ -65,6 +66,7 @@ QUICK = Settings(
     durations={
         "steady": 1.5,
         "notification-outage": 1.5,
+        "email-outage": 1.5,
         "audit-outage": 1.5,
         "late-success": 2.5,
         "account-fault": 2.5,
@@ -336,11 +338,11 @@ class Demo:
         """The live table: breakers across the mesh, then this phase's payments so far."""
         self.say(f"{self.clock()} {phase.name}")
         self.say(
-            f"  {'caller':<12}{'breaker':<45}{'state':<14}{'fail%':>6}{'calls':>8}{'rejected':>9}"
+            f"  {'caller':<13}{'breaker':<45}{'state':<14}{'fail%':>6}{'calls':>8}{'rejected':>9}"
         )
         for row in self.mesh.breaker_rows():
             self.say(
-                f"  {row['caller']:<12}{short_method(row['name']):<45}{row['state']:<14}"
+                f"  {row['caller']:<13}{short_method(row['name']):<45}{row['state']:<14}"
                 f"{row['failure_rate'] * 100:>5.0f}%{row['total']:>8}{row['rejected']:>9}"
             )
         calls = phase.calls.get("g") or self.gateway.peek_calls()
@@ -359,7 +361,8 @@ class Demo:
         levels = self.levels()
         self.say(
             f"  now: {levels['in_flight']} sagas mid-way, "
-            f"{levels['audit_owed']} audit records waiting in the outbox"
+            f"{levels['audit_owed']} audit records waiting in the outbox, "
+            f"{levels['emails_owed']} emails waiting for the provider"
         )
 
     # --------------------------------------------------------------- summary
@@ -383,9 +386,8 @@ class Demo:
                 last.calls[client.name] += client.take_calls()
         intents = [i for client in self._clients for i in client.intents.values()]
         gateway_dbs = [self.mesh.dbs[name] for name in GATEWAYS if name in self.mesh.targets]
-        checks = check_invariants(
-            {name: self.mesh.dbs[name] for name in SERVICES}, intents, gateway_dbs
-        )
+        dbs = {name: self.mesh.dbs[name] for name in (*SERVICES, EMAIL_PROVIDER)}
+        checks = check_invariants(dbs, intents, gateway_dbs)
         checks.append(self.exercised())
         summary = self.summary(checks, left)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -405,6 +407,7 @@ class Demo:
         metrics.update(phase.marks)
         metrics["audit_owed_peak"] = phase.peaks["audit_owed"]
         metrics["in_flight_peak"] = phase.peaks["in_flight"]
+        metrics["emails_owed_peak"] = phase.peaks["emails_owed"]
         metrics["refused"] = sum(call.status == "rejected" for call in calls)
         metrics["insufficient_funds"] = sum(
             call.status == "failed" and "insufficient funds" in call.reason for call in calls

@@ -14,6 +14,8 @@ APPLIED_ONCE = "no transfer applied twice"
 AUDITED_ONCE = "every committed transfer audited exactly once, at its commit time"
 RECONCILED = "every answer a client got agrees with the ledger"
 NOTHING_OWED = "nothing left half-done"
+EMAILED_ONCE = "every notification emailed exactly once, through the provider's breaker"
+EMAIL_DB = "email-provider"  # the third-party provider's own record, when the run had one
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,10 @@ def check_invariants(
     intents: Iterable[Intent] = (),
     gateway_dbs: Iterable[Path] = (),
 ) -> list[Check]:
-    """Money conserved, nothing applied twice, audited once, answers reconciled, nothing owed."""
+    """Money conserved, nothing applied twice, audited once, answers reconciled, nothing owed.
+
+    With the email provider's database in `dbs`, also: every notification emailed once.
+    """
     initial = rows(dbs["account"], "SELECT value FROM meta WHERE key = 'initial_total'")[0][0]
     balances = dict(rows(dbs["account"], "SELECT account_id, balance_cents FROM accounts"))
     postings = rows(
@@ -79,13 +84,16 @@ def check_invariants(
         dbs["audit"],
         "SELECT transfer_id, from_account, to_account, amount_cents, committed_at FROM audit_log",
     )
-    return [
+    checks = [
         _conservation(initial, balances, postings),
         _applied_once(transfers, postings),
         _audited_once(transfers, audits),
         _reconciled(transfers, list(intents)),
         _nothing_owed(transfers, dbs["transaction"], gateway_dbs),
     ]
+    if EMAIL_DB in dbs:
+        checks.append(_emailed_once(dbs["notification"], dbs[EMAIL_DB]))
+    return checks
 
 
 def _conservation(initial: int, balances: Mapping[str, int], postings: Sequence[Any]) -> Check:
@@ -203,6 +211,29 @@ def _reconciled(transfers: Mapping[str, tuple[Any, ...]], intents: Sequence[Inte
     if problems:
         detail += f"; {len(problems)} problems, e.g. {'; '.join(problems[:3])}"
     return Check(RECONCILED, not problems, detail)
+
+
+def _emailed_once(notification_db: Path, email_db: Path) -> Check:
+    notifications = dict(rows(notification_db, "SELECT transfer_id, emailed FROM notifications"))
+    emails = dict(rows(email_db, "SELECT idempotency_key, deliveries FROM emails"))
+    owed = sorted(t for t, emailed in notifications.items() if not emailed)
+    lost = sorted(t for t, emailed in notifications.items() if emailed and t not in emails)
+    unknown = sorted(set(emails) - set(notifications))
+    problems = []
+    if owed:
+        problems.append(f"{len(owed)} still waiting in the outbox, e.g. {owed[0]}")
+    if lost:
+        problems.append(f"{len(lost)} marked emailed but the provider has none, e.g. {lost[0]}")
+    if unknown:
+        problems.append(f"{len(unknown)} emailed without a notification, e.g. {unknown[0]}")
+    repeats = sum(emails.values()) - len(emails)
+    detail = (
+        f"{len(notifications)} notifications, {len(emails)} emails "
+        f"({repeats} repeats deduplicated by the provider)"
+    )
+    if problems:
+        detail += "; " + "; ".join(problems)
+    return Check(EMAILED_ONCE, not problems, detail)
 
 
 def _nothing_owed(

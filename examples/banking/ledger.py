@@ -31,9 +31,12 @@ QUERIES: dict[str, tuple[str, str]] = {
     "replayed_postings": ("account", "SELECT coalesce(sum(replays), 0) FROM postings"),
     "audit_duplicates": ("audit", "SELECT coalesce(sum(deliveries - 1), 0) FROM audit_log"),
     "notifications": ("notification", "SELECT count(*) FROM notifications"),
+    "emails_owed": ("notification", "SELECT count(*) FROM notifications WHERE emailed = 0"),
+    "emails": ("email-provider", "SELECT count(*) FROM emails"),
+    "email_repeats": ("email-provider", "SELECT coalesce(sum(deliveries - 1), 0) FROM emails"),
 }
 # Levels, not running totals: a phase reports their peak, not a difference.
-LEVELS = frozenset({"in_flight", "audit_owed"})
+LEVELS = frozenset({"in_flight", "audit_owed", "emails_owed"})
 
 
 def read_counters(dbs: Mapping[str, Path]) -> dict[str, int]:

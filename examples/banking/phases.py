@@ -48,6 +48,26 @@ def notification_outage(demo: Demo, phase: PhaseResult) -> None:
     demo.mesh.set_chaos("notification")
 
 
+def email_outage(demo: Demo, phase: PhaseResult) -> None:
+    """The email provider answers 503 with Retry-After: emails wait in the notification outbox."""
+    before = _email_refusals(demo)
+    demo.mesh.set_email_chaos(failure_rate=1.0, status=503, retry_after=1)
+    demo.hold(
+        phase, until=lambda: phase.peaks["emails_owed"] > 0 and _email_refusals(demo) > before
+    )
+    demo.mesh.set_email_chaos()
+    phase.marks["email_refusals"] = _email_refusals(demo) - before
+
+
+def _email_refusals(demo: Demo) -> int:
+    """Sends the notification service's email breaker refused so far, as the mesh reports it."""
+    return sum(
+        row["rejected"]
+        for row in demo.mesh.breaker_rows()
+        if row["caller"] == "notification" and row["name"].startswith(demo.mesh.email_url)
+    )
+
+
 def audit_outage(demo: Demo, phase: PhaseResult) -> None:
     """The audit service is down; records wait in the transaction service's outbox."""
     demo.mesh.set_chaos("audit", outage=True)
@@ -325,6 +345,7 @@ def recovery(demo: Demo, phase: PhaseResult) -> None:
     )
     for service in ("account", "transaction", "notification", "audit"):
         demo.mesh.set_chaos(service)
+    demo.mesh.set_email_chaos()
     demo.hold(phase, until=demo.settled, longest=demo.settings.recovery_max)
 
 
@@ -349,6 +370,16 @@ PHASES = (
         "notification service down: transfers go on without it",
         notification_outage,
         (("notifications_skipped", "notifications skipped by the open breaker"),),
+    ),
+    Phase(
+        "email-outage",
+        "email outage",
+        "the HTTP email provider answers 503 + Retry-After: its breaker opens, emails wait",
+        email_outage,
+        (
+            ("email_refusals", "email sends refused by the provider's open HTTP breaker"),
+            ("emails_owed_peak", "emails waiting in the notification outbox"),
+        ),
     ),
     Phase(
         "audit-outage",

@@ -57,9 +57,47 @@ POLICIES: dict[str, tuple[BreakerConfig, str]] = {
 }
 
 
-def policy_messages() -> list[pb.Policy]:
-    """The demo's policies as control-plane messages, one per banking service."""
-    messages = []
+# The account service's ledger database (meshbreaker.db), selected by its origin like a service.
+LEDGER_DATABASE = (
+    "sqlite://",
+    _BASE.replace(consecutive_failures=3, open_duration=1.0, open_duration_max=2.0),
+    "ledger database: refuse postings at once while SQLite fails",
+)
+# The email provider (meshbreaker.httpx): its origin is known once it runs.
+EMAIL_PROVIDER = (
+    _BASE.replace(
+        consecutive_failures=3,
+        open_duration=0.5,
+        open_duration_max=5.0,
+        slow_call_duration=None,
+        half_open_max_calls=1,
+        half_open_success_threshold=1,
+    ),
+    "email provider: messages wait in the outbox; Retry-After is honoured up to 5 s",
+)
+
+
+def policy_messages(email_origin: str | None = None) -> list[pb.Policy]:
+    """The demo's policies: banking services, ledger database, email provider (if it runs)."""
+    service, config, description = LEDGER_DATABASE
+    messages = [
+        pb.Policy(
+            id="banking-ledger-db",
+            selector=pb.Selector(caller="account", service=service),
+            config=convert.config_to_proto(config),
+            description=description,
+        )
+    ]
+    if email_origin is not None:
+        config, description = EMAIL_PROVIDER
+        messages.append(
+            pb.Policy(
+                id="banking-email",
+                selector=pb.Selector(caller="notification", service=email_origin),
+                config=convert.config_to_proto(config),
+                description=description,
+            )
+        )
     for service, (config, description) in POLICIES.items():
         messages.append(
             pb.Policy(

@@ -23,7 +23,15 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def short_method(name: str) -> str:
-    """'/bank.v1.AccountService/GetBalance' -> 'AccountService/GetBalance'."""
+    """'/bank.v1.AccountService/GetBalance' -> 'AccountService/GetBalance'; URLs kept whole.
+
+    A long database path keeps its scheme and file name: 'sqlite:///.../account.db'.
+    """
+    if "://" in name:
+        if len(name) <= 44:
+            return name
+        scheme, _, path = name.partition("://")
+        return f"{scheme}://.../{path.rsplit('/', 1)[-1]}"[:44]
     service, _, method = name.rpartition("/")
     return f"{service.rsplit('.', 1)[-1]}/{method}"
 
@@ -72,6 +80,8 @@ METRIC_WORDS = {
     "refused": "payments refused at once",
     "overloaded": "Transfer attempts shed by the overloaded service",
     "overload_refused": "Transfers the gateway shed itself",
+    "email_refusals": "email sends refused by the open HTTP breaker",
+    "emails_owed_peak": "emails waiting in the outbox at peak",
 }
 
 

@@ -1,16 +1,20 @@
-"""AccountService: balances and an idempotent ledger of postings, in SQLite."""
+"""AccountService: balances and an idempotent ledger of postings, in SQLite behind a breaker."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 
 from examples.banking.chaos import Chaos
 from examples.banking.gen import bank_pb2, bank_pb2_grpc
 from examples.banking.services.common import Database, base_parser, run_process
+from meshbreaker.errors import CallNotPermittedError
+from meshbreaker.registry import BreakerRegistry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -74,9 +78,10 @@ class AccountServicer(bank_pb2_grpc.AccountServiceServicer):
     def GetBalance(
         self, request: bank_pb2.GetBalanceRequest, context: grpc.ServicerContext
     ) -> bank_pb2.GetBalanceResponse:
-        rows = self._db.query(
-            "SELECT balance_cents FROM accounts WHERE account_id = ?", (request.account_id,)
-        )
+        with _database_refusal(context):
+            rows = self._db.query(
+                "SELECT balance_cents FROM accounts WHERE account_id = ?", (request.account_id,)
+            )
         if not rows:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown account {request.account_id!r}")
         return bank_pb2.GetBalanceResponse(account_id=request.account_id, balance_cents=rows[0][0])
@@ -99,11 +104,20 @@ class AccountServicer(bank_pb2_grpc.AccountServiceServicer):
         if request.amount_cents <= 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "amount_cents must be > 0")
         response = bank_pb2.PostingResponse(account_id=request.account_id)
-        with self._db.transaction() as conn:
+        with _database_refusal(context), self._db.transaction() as conn:
             error = _apply_posting(conn, request, kind, response, self._idempotent)
         if error is not None:
             context.abort(*error)
         return response
+
+
+@contextmanager
+def _database_refusal(context: grpc.ServicerContext) -> Iterator[None]:
+    """A refusal of the ledger database's breaker answers UNAVAILABLE: retry elsewhere or later."""
+    try:
+        yield
+    except CallNotPermittedError as refused:
+        context.abort(grpc.StatusCode.UNAVAILABLE, f"ledger database: {refused}")
 
 
 def _apply_posting(
@@ -174,17 +188,27 @@ def register(
     hot: int = 0,
     hot_cents: int = 0,
     breaks: Sequence[str] = (),
+    registry: BreakerRegistry | None = None,
 ) -> Callable[[grpc.Server, Chaos], list[Callable[[], None]]]:
-    """A start_server() callback that opens the database, seeds it and adds the servicer."""
+    """A start_server() callback that opens the database, seeds it and adds the servicer.
+
+    With a `registry`, the database sits behind its breaker "sqlite:///<db_path>".
+    """
 
     def add(server: grpc.Server, chaos: Chaos) -> list[Callable[[], None]]:
-        db = Database(db_path, SCHEMA)
+        breaker = None if registry is None else registry.get(database_breaker_name(db_path))
+        db = Database(db_path, SCHEMA, breaker)
         seed(db, accounts, balance_cents, hot, hot_cents)
         servicer = AccountServicer(db, idempotent="no-idempotency" not in breaks)
         bank_pb2_grpc.add_AccountServiceServicer_to_server(servicer, server)
         return [db.close]
 
     return add
+
+
+def database_breaker_name(db_path: str) -> str:
+    """The ledger database's breaker: named as SQLAlchemy names it, sqlite:///<absolute path>."""
+    return f"sqlite:///{Path(db_path).resolve()}"
 
 
 def main() -> None:
@@ -197,6 +221,7 @@ def main() -> None:
     args = parser.parse_args()
     from examples.banking.services.mesh import agent_starter
 
+    registry = BreakerRegistry()
     run_process(
         "account",
         args,
@@ -207,8 +232,9 @@ def main() -> None:
             args.hot_accounts,
             args.hot_balance,
             args.breaks,
+            registry,
         ),
-        agent_starter(args, "account", None),
+        agent_starter(args, "account", registry),
     )
 
 

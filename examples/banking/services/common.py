@@ -22,6 +22,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from examples.banking.chaos import Chaos, ChaosInterceptor, ChaosServicer
 from examples.banking.gen import chaos_pb2_grpc
+from meshbreaker.breaker import CircuitBreaker
+from meshbreaker.db import guard_connection
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +31,19 @@ CHECKPOINT_INTERVAL = 0.5
 
 
 class Database:
-    """One SQLite connection shared by the server's threads, serialised by a lock."""
+    """One SQLite connection shared by the server's threads, serialised by a lock.
 
-    def __init__(self, path: str | os.PathLike[str], schema: str) -> None:
+    With a `breaker`, every statement and commit goes through it (meshbreaker.db): while the
+    database fails, the breaker opens and work is refused with CallNotPermittedError before it
+    reaches SQLite.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], schema: str, breaker: CircuitBreaker | None = None
+    ) -> None:
         self.path = str(path)
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        raw = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn: Any = raw if breaker is None else guard_connection(raw, breaker)
         self._conn.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: a commit survives a crash of this process without an fsync per commit.
         self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -68,10 +78,11 @@ class Database:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.commit()
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # rollback(), not a ROLLBACK statement: a guarded connection never refuses it.
+                self._conn.rollback()
                 raise
-            self._conn.execute("COMMIT")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only statement and return all rows."""

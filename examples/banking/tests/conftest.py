@@ -12,6 +12,7 @@ import pytest
 from examples.banking.gen import bank_pb2_grpc, chaos_pb2_grpc
 from examples.banking.services import account, audit, notification, transaction
 from examples.banking.services.common import RunningService, start_server
+from meshbreaker.registry import BreakerRegistry
 from meshbreaker.testing import FakeClock
 
 ACCOUNTS = 4
@@ -82,7 +83,9 @@ def bank(tmp_path: Path) -> Iterator[Bank]:
             ),
         )
         started.append(txn)
-        note = start_server("notification", notification.register(str(dbs["notification"])))
+        note = start_server(
+            "notification", notification.register(str(dbs["notification"]), BreakerRegistry(), None)
+        )
         started.append(note)
         result = Bank(acc, txn, note, aud, dbs, [])
         yield result

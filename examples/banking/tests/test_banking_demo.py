@@ -77,7 +77,10 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
         deadline = time.monotonic() + 10
         while True:
             status = _status(info["control_plane"], info["admin_token"])
-            if status.returncode == 0 and all(s in status.stdout for s in SERVICES):
+            # The HTTP and database breakers beside the gRPC ones: the email provider's route
+            # (the notification service's) and the account service's ledger database.
+            shown = (*SERVICES, f"{info['email_url']}/v1/messages", "sqlite:///")
+            if status.returncode == 0 and all(s in status.stdout for s in shown):
                 break
             assert time.monotonic() < deadline, status.stdout + status.stderr
             time.sleep(0.2)
@@ -121,6 +124,8 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
     # Once the gateway showed the override, only payments already past the breaker (at most one
     # per client worker) could still notify.
     assert phases["override"]["metrics"]["notifications_sent_after_override"] <= summary["workers"]
+    assert phases["email-outage"]["statuses"].get("failed", 0) == 0  # emails wait, payments go on
+    assert invariants.EMAILED_ONCE in {c["name"] for c in summary["invariants"]}
     hang = summary["hang"]
     guarded, plain = hang["with breakers"]["latency"], hang["without breakers"]["latency"]
     assert guarded["refused"]["count"] > 0
@@ -183,6 +188,7 @@ def test_ctrl_c_stops_every_child_process(tmp_path: Path) -> None:
             "audit",
             "gateway",
             "plain-gateway",
+            "email-provider",
         }
         assert all(_alive(pid) for pid in children.values())
         process.send_signal(signal.SIGINT)
