@@ -23,10 +23,15 @@ from examples.banking.services.account import account_ids
 from examples.banking.services.mesh import RECONNECT
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+from meshbreaker.v1 import xds_pb2, xds_pb2_grpc
 
 SERVICES = ("account", "transaction", "notification", "audit")
 GATEWAYS = ("gateway", "plain-gateway")
 EMAIL_PROVIDER = "email-provider"  # a third party over HTTP, not a mesh member
+# With --xds: a second account replica on the same ledger, and the xDS cluster of both that the
+# gateway reaches as xds:///accounts.
+ACCOUNT_REPLICA = "account-2"
+ACCOUNTS_CLUSTER = "accounts"
 _STATE_NAMES = ("closed", "open", "half_open", "forced_open", "forced_closed")
 
 
@@ -145,6 +150,8 @@ class Mesh:
     # etcd the demo starts).
     store: str = "sqlite"
     replicas: int = 1
+    # The gateway reaches two account replicas through gRPC's own xDS client (xds:///accounts).
+    xds: bool = False
 
     def __post_init__(self) -> None:
         import secrets
@@ -164,6 +171,7 @@ class Mesh:
         self.console_url = ""
         self.email_url = ""
         self._email: httpx.Client | None = None
+        self.xds_bootstrap: Path | None = None
         self.revision = 0
         self.etcd: Any = None
 
@@ -212,6 +220,11 @@ class Mesh:
         else:
             store = ["--db", str(self.run_dir / "control-plane.db")]
         console_port_file = self.run_dir / "control-plane.console-port"
+        if self.xds:
+            # gRPC's xDS client presents no bearer token (mutual TLS only, which the demo does
+            # not set up): with --xds the control plane, on loopback, takes no tokens.
+            tokens = {}
+            store.append("--xds")
         names = self.control_planes
         for index, name in enumerate(names):
             served = ["--metrics-port-file", str(metrics_port_file)] if index == 0 else []
@@ -228,7 +241,7 @@ class Mesh:
         # Operator calls go to the first replica that answers (pick_first over every address).
         ports = ",".join(self.targets[name] for name in names)
         self.cp = pb_grpc.ControlPlaneStub(self._channel(f"ipv4:{ports}"))
-        policies = policy_messages(self.email_url or None)
+        policies = policy_messages(self.email_url or None, xds=self.xds)
         put = self.admin("PutPolicy", pb.PutPolicyRequest(policies=policies))
         self.revision = put.revision
         replicas = f"{len(names)} replicas on etcd: {ports}" if len(names) > 1 else target
@@ -255,24 +268,42 @@ class Mesh:
         """Every replica's host:port, comma-separated, as agents take them."""
         return ",".join(self.targets[name] for name in self.control_planes)
 
-    def _spawn(self, name: str, module: str, *extra: str, agent: bool = True) -> None:
-        args = ["--db", str(self.dbs[name]), *extra]
+    def _spawn(
+        self,
+        name: str,
+        module: str,
+        *extra: str,
+        agent: bool = True,
+        replica_of: str = "",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """Start process `name`; a `replica_of` another shares its database and --break modes."""
+        role = replica_of or name
+        args = ["--db", str(self.dbs[role]), *extra]
         if agent:
-            args += ["--control-plane", self.control_plane_targets, "--instance-id", f"{name}-1"]
-        for mode in self.breaks.get(name, ()):
+            instance = name if replica_of else f"{name}-1"
+            args += ["--control-plane", self.control_plane_targets, "--instance-id", instance]
+        for mode in self.breaks.get(role, ()):
             args += ["--break", mode]
-        env = {"BANKING_AGENT_TOKEN": self.agent_token}
-        self.processes.spawn(name, module, args, env)
+        self.processes.spawn(
+            name, module, args, {"BANKING_AGENT_TOKEN": self.agent_token, **(env or {})}
+        )
 
     def start_services(self) -> None:
         """The four banking services, each its own process with its own MeshAgent."""
         seed = self.seed
-        self._spawn(
-            "account",
-            "examples.banking.services.account",
+        account = (
             *("--accounts", str(seed.accounts), "--initial-balance", str(seed.balance_cents)),
             *("--hot-accounts", str(seed.hot), "--hot-balance", str(seed.hot_cents)),
         )
+        self._spawn("account", "examples.banking.services.account", *account)
+        if self.xds:
+            self._spawn(
+                ACCOUNT_REPLICA,
+                "examples.banking.services.account",
+                *account,
+                replica_of="account",
+            )
         self._spawn(
             "notification", "examples.banking.services.notification", "--email-url", self.email_url
         )
@@ -285,20 +316,57 @@ class Mesh:
             *("--accounts-target", self.targets["account"]),
             *("--audit-target", self.targets["audit"]),
         )
-        for name in SERVICES:
+        started = (*SERVICES, ACCOUNT_REPLICA) if self.xds else SERVICES
+        for name in started:
             self.targets[name] = self.processes.target(name)
             self._chaos[name] = chaos_pb2_grpc.ChaosServiceStub(self._channel(self.targets[name]))
-        self.say("services: " + ", ".join(f"{name} {self.targets[name]}" for name in SERVICES))
+        self.say("services: " + ", ".join(f"{name} {self.targets[name]}" for name in started))
+        if self.xds:
+            self.start_xds()
+
+    def start_xds(self) -> None:
+        """Both account replicas as xDS cluster `accounts`; the gateway's bootstrap file."""
+        from meshbreaker.control.xds.bootstrap import bootstrap
+
+        endpoints = [
+            xds_pb2.XdsEndpoint(host="127.0.0.1", port=int(self.targets[name].rsplit(":", 1)[1]))
+            for name in ("account", ACCOUNT_REPLICA)
+        ]
+        cluster = xds_pb2.XdsCluster(
+            name=ACCOUNTS_CLUSTER, endpoints=endpoints, services=["bank.v1.AccountService"]
+        )
+        stub = xds_pb2_grpc.XdsAdminStub(self._channel(self.targets["control-plane"]))
+        admin = (("authorization", f"Bearer {self.admin_token}"),)
+        stub.PutCluster(xds_pb2.PutClusterRequest(cluster=cluster), timeout=5, metadata=admin)
+        document = bootstrap(self.targets["control-plane"], "gateway-1", caller="gateway")
+        self.xds_bootstrap = self.run_dir / "gateway.xds-bootstrap.json"
+        self.xds_bootstrap.write_text(json.dumps(document, indent=1))
+        self.say(
+            f"xDS: cluster {ACCOUNTS_CLUSTER} = account and {ACCOUNT_REPLICA} (one ledger); the "
+            f"gateway reaches it as xds:///{ACCOUNTS_CLUSTER} through gRPC's own xDS client"
+        )
 
     def start_gateways(self, *, plain: bool = True) -> None:
         """The gateway with breakers (policies applied before it serves) and one without."""
-        upstream = (
-            *("--account-target", self.targets["account"]),
+        upstream: tuple[str, ...] = (
             *("--transaction-target", self.targets["transaction"]),
             *("--notification-target", self.targets["notification"]),
         )
+        direct = ("--account-target", self.targets["account"])
         gateway = "examples.banking.services.gateway"
-        self._spawn("gateway", gateway, *upstream, "--policy-revision", str(self.revision))
+        revision = ("--policy-revision", str(self.revision))
+        if self.xds:
+            self._spawn(
+                "gateway",
+                gateway,
+                *upstream,
+                *("--account-target", f"xds:///{ACCOUNTS_CLUSTER}"),
+                *revision,
+                env={"GRPC_XDS_BOOTSTRAP": str(self.xds_bootstrap)},
+            )
+        else:
+            self._spawn("gateway", gateway, *upstream, *direct, *revision)
+        upstream = (*upstream, *direct)
         if plain:
             self._spawn("plain-gateway", gateway, *upstream, "--no-breakers", agent=False)
         for name in GATEWAYS if plain else GATEWAYS[:1]:

@@ -40,6 +40,7 @@ def main() -> None:
         "--console-port-file",
         help="serve the web console on a free port; write it here before --port-file",
     )
+    parser.add_argument("--xds", action="store_true", help="also serve xDS (ADS) on the port")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s control-plane %(message)s")
     threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
@@ -68,6 +69,7 @@ def main() -> None:
         report_ttl=args.report_ttl,
         metrics_port=0 if args.metrics_port_file else None,
         console_port=0 if args.console_port_file else None,
+        xds=args.xds,
     )
 
 

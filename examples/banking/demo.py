@@ -21,7 +21,14 @@ from examples.banking.cluster import EMAIL_PROVIDER, GATEWAYS, SERVICES, Mesh, S
 from examples.banking.invariants import Check, check_invariants
 from examples.banking.ledger import LEVELS, read_counters, since
 from examples.banking.load import Call, Client
-from examples.banking.phases import BY_SLUG, PHASES, REPLICA_DEATH, Phase
+from examples.banking.phases import (
+    BY_SLUG,
+    PHASES,
+    REPLICA_DEATH,
+    XDS_EJECTION,
+    Phase,
+    phases_for,
+)
 from examples.banking.report import print_summary, short_method
 from examples.banking.screenshot import capture
 from meshbreaker.config import State
@@ -58,6 +65,7 @@ FULL = Settings(
         "contention": 5,
         "override": 4,
         "replica-death": 6,
+        "xds-ejection": 4,
         "recovery": 1,
     },
     view_interval=2.0,
@@ -76,6 +84,7 @@ QUICK = Settings(
         "contention": 2,
         "override": 1.5,
         "replica-death": 2,
+        "xds-ejection": 2,
         "recovery": 1,
     },
     view_interval=1.0,
@@ -125,12 +134,13 @@ class Demo:
         store: str = "sqlite",
         replicas: int = 1,
         screenshot: Path | None = None,
+        xds: bool = False,
     ) -> None:
         self.settings = settings
         self.run_dir = run_dir
         self.out = out
         self.phases = list(phases)
-        self.mesh = Mesh(run_dir, seed or Seed(), breaks or {}, self.say, store, replicas)
+        self.mesh = Mesh(run_dir, seed or Seed(), breaks or {}, self.say, store, replicas, xds=xds)
         # A phase runs on until it has exercised what it exists to exercise; a broken variant
         # (test only) is expected to fail its invariant anyway, so it gets the plain duration.
         self.extend = not breaks
@@ -553,16 +563,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="PROCESS=MODE",
         help="TEST ONLY: run a deliberately broken variant of a process (see tests)",
     )
+    parser.add_argument(
+        "--xds",
+        action="store_true",
+        help="the gateway reaches two account replicas through gRPC's xDS client "
+        "(xds:///accounts), served by the control plane; adds the xds-ejection phase",
+    )
     args = parser.parse_args(argv)
     if args.replicas < 1 or (args.replicas > 1 and args.store != "etcd"):
         parser.error("--replicas N needs --store etcd (replicas share one etcd), N >= 1")
-    phases = list(PHASES)
+    phases = list(phases_for(args.xds))
     if args.replicas > 1:
         phases.insert(len(phases) - 1, REPLICA_DEATH)  # before recovery
     if args.phases:
         unknown = [s for s in args.phases.split(",") if s not in BY_SLUG]
         if unknown:
             parser.error(f"unknown phase {unknown[0]!r}; choose from {', '.join(BY_SLUG)}")
+        if XDS_EJECTION.slug in args.phases.split(",") and not args.xds:
+            parser.error(f"phase {XDS_EJECTION.slug!r} needs --xds")
         chosen = [s for s in args.phases.split(",") if s != "recovery"]
         if REPLICA_DEATH.slug in chosen and args.replicas < 2:
             parser.error("the replica-death phase needs --store etcd --replicas 2 (or more)")
@@ -585,6 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         store=args.store,
         replicas=args.replicas,
         screenshot=args.screenshot,
+        xds=args.xds,
     )
     try:
         status = demo.run()

@@ -68,6 +68,48 @@ def _email_refusals(demo: Demo) -> int:
     )
 
 
+def xds_ejection(demo: Demo, phase: PhaseResult) -> None:
+    """One of the two account replicas behind xds:///accounts fails every GetBalance.
+
+    gRPC's own xDS client ejects it (outlier detection from the policies): its failures stop
+    growing while payments still commit, with the gateway's GetBalance breaker closed.
+    """
+    from examples.banking.cluster import ACCOUNT_REPLICA
+    from examples.banking.ledger import read_counters
+
+    mesh = demo.mesh
+    mesh.set_chaos(ACCOUNT_REPLICA, failure_rate=1.0, methods=["GetBalance"])
+    deadline = time.monotonic() + 30
+    failures, quiet_since, commits = 0, time.monotonic(), 0
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = mesh.chaos_stats(ACCOUNT_REPLICA).injected_failures
+        committed = read_counters(mesh.dbs)["committed"]
+        if now != failures or not failures:
+            failures, quiet_since, commits = now, time.monotonic(), committed
+        elif (
+            time.monotonic() - quiet_since >= 1.5
+            and committed > commits
+            and _balance_breaker_closed(demo)
+        ):
+            phase.marks["replica_ejected"] = 1
+            phase.notes.append(
+                f"{ACCOUNT_REPLICA} failed {failures} GetBalance calls, then got none while "
+                f"{committed - commits} payments committed: ejected by the gateway's channel"
+            )
+            break
+    phase.marks["replica_failures"] = failures
+    demo.hold(phase)
+    mesh.set_chaos(ACCOUNT_REPLICA)
+
+
+def _balance_breaker_closed(demo: Demo) -> bool:
+    stats = demo.mesh.gateway_stats()
+    return stats is not None and any(
+        b.name.endswith("/GetBalance") and b.state == State.CLOSED.value for b in stats.breakers
+    )
+
+
 def audit_outage(demo: Demo, phase: PhaseResult) -> None:
     """The audit service is down; records wait in the transaction service's outbox."""
     demo.mesh.set_chaos("audit", outage=True)
@@ -457,4 +499,20 @@ REPLICA_DEATH = Phase(
         ("applied_after_failover", "processes that applied a write made after the kill"),
     ),
 )
-BY_SLUG = {phase.slug: phase for phase in (*PHASES, REPLICA_DEATH)}
+# With --xds only: the gateway reaches two account replicas through xds:///accounts.
+XDS_EJECTION = Phase(
+    "xds-ejection",
+    "xDS ejection",
+    "one of two account replicas behind xds:///accounts fails: gRPC's xDS client ejects it",
+    xds_ejection,
+    (
+        ("replica_failures", "GetBalance calls the failing replica failed"),
+        ("replica_ejected", "the failing replica ejected while payments went on"),
+    ),
+)
+BY_SLUG = {phase.slug: phase for phase in (*PHASES, REPLICA_DEATH, XDS_EJECTION)}
+
+
+def phases_for(xds: bool) -> tuple[Phase, ...]:
+    """The demo's phases; with xDS the ejection phase comes before recovery."""
+    return (*PHASES[:-1], XDS_EJECTION, PHASES[-1]) if xds else PHASES

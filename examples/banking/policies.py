@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from google.protobuf.duration_pb2 import Duration
+
 from meshbreaker.config import BreakerConfig, WindowType
 from meshbreaker.control import convert
 from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import xds_pb2
 
 # Shared shape: judge on the last 20 calls, trip fast on a run of failures, probe again soon.
 _BASE = BreakerConfig(
@@ -77,8 +80,28 @@ EMAIL_PROVIDER = (
 )
 
 
-def policy_messages(email_origin: str | None = None) -> list[pb.Policy]:
-    """The demo's policies: banking services, ledger database, email provider (if it runs)."""
+# With --xds: how the gateway's gRPC channel (xds:///accounts) ejects an account replica whose
+# calls fail (gRFC A50 failure-percentage ejection), judged every half second.
+ACCOUNT_EJECTION = pb.Policy(
+    id="banking-account-ejection",
+    selector=pb.Selector(caller="gateway", service="bank.v1.AccountService"),
+    outlier_detection=xds_pb2.OutlierDetection(
+        interval=Duration(nanos=500_000_000),
+        base_ejection_time=Duration(seconds=3),
+        max_ejection_time=Duration(seconds=10),
+        max_ejection_percent=50,
+        enforcing_success_rate=0,
+        failure_percentage_threshold=50,
+        enforcing_failure_percentage=100,
+        failure_percentage_minimum_hosts=2,
+        failure_percentage_request_volume=4,
+    ),
+    description="xDS: eject an account replica that fails half its calls (the gateway's channel)",
+)
+
+
+def policy_messages(email_origin: str | None = None, *, xds: bool = False) -> list[pb.Policy]:
+    """The demo's policies: banking services, ledger database, email provider, xDS ejection."""
     service, config, description = LEDGER_DATABASE
     messages = [
         pb.Policy(
@@ -98,6 +121,8 @@ def policy_messages(email_origin: str | None = None) -> list[pb.Policy]:
                 description=description,
             )
         )
+    if xds:
+        messages.append(ACCOUNT_EJECTION)
     for service, (config, description) in POLICIES.items():
         messages.append(
             pb.Policy(

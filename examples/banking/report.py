@@ -82,6 +82,8 @@ METRIC_WORDS = {
     "overload_refused": "Transfers the gateway shed itself",
     "email_refusals": "email sends refused by the open HTTP breaker",
     "emails_owed_peak": "emails waiting in the outbox at peak",
+    "replica_failures": "GetBalance calls failed by the failing replica",
+    "replica_ejected": "replica ejected by outlier detection (1 = yes)",
 }
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from examples.banking import invariants
 from examples.banking.demo import EXERCISED
-from examples.banking.phases import PHASES
+from examples.banking.phases import phases_for
 from tests.scrape_support import Scrape
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -63,12 +63,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# A whole (quick) demo: ~45 s on an idle 2-core machine, more when it is shared.
+# A whole (quick) demo, with --xds: ~50 s on an idle 2-core machine, more when it is shared.
 @pytest.mark.timeout(240)
 def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
     tmp_path: Path,
 ) -> None:
-    process = _demo(tmp_path)
+    process = _demo(tmp_path, "--xds")
     assert process.stdout is not None
     seen: list[str] = []
     try:
@@ -104,7 +104,9 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
     }
     callers = metrics.by("meshbreaker_control_plane_instances", "service")
     assert callers.keys() >= {"gateway", "transaction"}
-    assert sum(callers.values()) == 1 + len(SERVICES)  # the gateway and the four services
+    # The gateway and the four services, the account service twice (the replica behind xDS).
+    assert callers["account"] == 2
+    assert sum(callers.values()) == 2 + len(SERVICES)
     gateway_histograms = metrics.label_sets("meshbreaker_call_duration_seconds_count", "service")
     assert ("gateway",) in gateway_histograms
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -112,9 +114,9 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
     assert all(check["ok"] for check in summary["invariants"])
     assert [c["name"] for c in summary["invariants"]][-1] == EXERCISED
     phases = {p["slug"]: p for p in summary["phases"]}
-    assert list(phases) == [phase.slug for phase in PHASES]
+    assert list(phases) == [phase.slug for phase in phases_for(xds=True)]
     # Every phase moved what it exists to move (the EXERCISED check, seen from outside).
-    for phase in PHASES:
+    for phase in phases_for(xds=True):
         for counter, _ in phase.expects:
             assert phases[phase.slug]["metrics"][counter] > 0, (phase.slug, counter)
     # A notification failure never fails a payment; insufficient funds is the only "failed".
@@ -126,6 +128,9 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
     assert phases["override"]["metrics"]["notifications_sent_after_override"] <= summary["workers"]
     assert phases["email-outage"]["statuses"].get("failed", 0) == 0  # emails wait, payments go on
     assert invariants.EMAILED_ONCE in {c["name"] for c in summary["invariants"]}
+    # gRPC's own xDS client ejected the failing account replica, and payments went on.
+    assert phases["xds-ejection"]["metrics"]["replica_ejected"] == 1
+    assert phases["xds-ejection"]["statuses"].get("committed", 0) > 0
     hang = summary["hang"]
     guarded, plain = hang["with breakers"]["latency"], hang["without breakers"]["latency"]
     assert guarded["refused"]["count"] > 0
