@@ -259,6 +259,12 @@ class Mesh:
         return f"{self.console_url}#token={token or self.agent_token}"
 
     @property
+    def agents(self) -> list[str]:
+        """The processes that run a MeshAgent: the services (and account replica), the gateway."""
+        replica = [ACCOUNT_REPLICA] if self.xds else []
+        return [*SERVICES, *replica, "gateway"]
+
+    @property
     def control_planes(self) -> list[str]:
         """The control-plane processes' names: control-plane, control-plane-2, ..."""
         return ["control-plane"] + [f"control-plane-{n}" for n in range(2, self.replicas + 1)]

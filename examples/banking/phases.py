@@ -183,7 +183,7 @@ def replica_death(demo: Demo, phase: PhaseResult) -> None:
     # Once the dead replica's lease has expired its records are gone, so every instance the
     # survivors list reports to a survivor; reports stay fresh throughout (fail-static agents).
     expired = started + REPLICA_LEASE_TTL + 1.0
-    instances = len(mesh.dbs) - 1  # every service and the guarded gateway, not the plain one
+    instances = len(mesh.agents)
 
     def moved() -> bool:
         listed = mesh.instances()
