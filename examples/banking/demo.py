@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from examples.banking.cluster import EMAIL_PROVIDER, GATEWAYS, SERVICES, Mesh, Seed
 from examples.banking.invariants import Check, check_invariants
 from examples.banking.ledger import LEVELS, read_counters, since
-from examples.banking.load import Call, Client
+from examples.banking.load import RESOLVE_TIMEOUT, Call, Client
 from examples.banking.phases import (
     BY_SLUG,
     PHASES,
@@ -383,7 +383,13 @@ class Demo:
             client.set_rate(0)
         self.say()
         self.say(f"{self.clock()} load stopped; resolving payments still in doubt by their keys")
-        left = sum(client.resolve(timeout=20) for client in self._clients)
+        # Generous: on a loaded machine a retry can wait seconds for the gateway, and a breaker
+        # that opened on the last phase's faults must probe before a payment in doubt resumes.
+        deadline = time.monotonic() + RESOLVE_TIMEOUT
+        left = sum(
+            client.resolve(timeout=max(deadline - time.monotonic(), 0.0))
+            for client in self._clients
+        )
         deadline = time.monotonic() + 20
         while any(self.levels().values()) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -15,7 +15,7 @@ import grpc
 
 from examples.banking.gen import bank_pb2, bank_pb2_grpc
 from examples.banking.requests import Claim, RequestLog
-from examples.banking.services.mesh import guarded_channel
+from examples.banking.services.mesh import SentAttempts, guarded_channel
 from meshbreaker.config import State
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ThrottledError
 from meshbreaker.registry import BreakerRegistry
@@ -94,9 +94,11 @@ class Gateway:
     def __post_init__(self) -> None:
         self.requests = RequestLog(self.db_path)
         targets = self.targets
+        self._sent_transfers = SentAttempts()
         self._channels = [
-            guarded_channel(target, self.registry)
-            for target in (targets.account, targets.transaction, targets.notification)
+            guarded_channel(targets.account, self.registry),
+            guarded_channel(targets.transaction, self.registry, self._sent_transfers),
+            guarded_channel(targets.notification, self.registry),
         ]
         self._accounts = bank_pb2_grpc.AccountServiceStub(self._channels[0])
         self._transactions = bank_pb2_grpc.TransactionServiceStub(self._channels[1])
@@ -144,11 +146,14 @@ class Gateway:
         log = self.requests
 
         def refused(reason: str) -> TransferOutcome:
-            # A new key that was never sent is forgotten; one sent before stays unknown.
+            # Nothing was sent by this attempt. A key sent before stays unknown (that Transfer may
+            # have moved money); a new one is rejected for good: the answer is kept and replayed,
+            # so no later attempt with the key (a retry, or a stale attempt still queued in this
+            # gateway) can commit what the client was told never moved.
             if resume:
                 log.settle(transfer_id, "unknown")
                 return TransferOutcome(transfer_id, TransferStatus.PENDING, f"{reason}; retry")
-            log.forget(transfer_id)
+            log.settle(transfer_id, "rejected", reason)
             return TransferOutcome(transfer_id, TransferStatus.REJECTED, reason)
 
         if not self._transfer_may_go():
@@ -175,9 +180,19 @@ class Gateway:
             amount_cents=amount,
         )
         self._count("transfer_calls")  # the gateway's calls; its retries are attempts within one
+        sent_before = self._sent_transfers.count()
         try:
             response = self._transactions.Transfer(request, timeout=self.deadlines.transfer)
         except grpc.RpcError as exc:
+            sent = self._sent_transfers.count() > sent_before
+            if isinstance(exc, CallNotPermittedError) and sent:
+                # A retry refused locally after an earlier attempt went out: that attempt may have
+                # done the work (the saga goes on, or the sweeper resumes it), so "nothing moved"
+                # would be a guess. In doubt, like any other unknown outcome.
+                log.settle(transfer_id, "unknown")
+                return TransferOutcome(
+                    transfer_id, TransferStatus.PENDING, "outcome unknown: a retry was refused"
+                )
             if isinstance(exc, ThrottledError | BulkheadFullError):
                 # Shed here by the overload controls (adaptive throttling, the concurrency limit).
                 self._count("overload_refused")

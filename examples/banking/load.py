@@ -16,6 +16,8 @@ from examples.banking.gen import bank_pb2, bank_pb2_grpc
 from examples.banking.invariants import Intent
 from examples.banking.services.mesh import RECONNECT
 
+# Seconds the demo gives every payment to get a final answer once the load stops.
+RESOLVE_TIMEOUT = 60.0
 # (from_account, to_account, amount_cents) for the next payment.
 Picker = Callable[[random.Random], tuple[str, str, int]]
 
@@ -114,9 +116,9 @@ class Client:
             return list(self._calls)
 
     def unresolved(self) -> list[Intent]:
-        """Payments whose last answer was 'outcome unknown'."""
+        """Payments without a final answer yet: not answered, or last told 'outcome unknown'."""
         with self._lock:
-            return [i for i in self.intents.values() if i.final == "pending"]
+            return [i for i in self.intents.values() if i.final in ("", "pending")]
 
     # ------------------------------------------------------------- scheduling
 
@@ -137,12 +139,16 @@ class Client:
             if due > now:
                 self._stop.wait(min(due - now, 0.05))
                 continue
-            source, destination, amount = self.picker(self._rng)
-            key = f"{self.name}-{next(self._seq):06d}"
-            with self._lock:
-                self.intents[key] = Intent(key, source, destination, amount)
-            self._push(due, key, 1)
+            self.submit(*self.picker(self._rng), due=due)
             due += 1.0 / rate
+
+    def submit(self, source: str, destination: str, amount: int, due: float | None = None) -> str:
+        """A new payment, its first attempt due at `due` (default now); returns its key."""
+        key = f"{self.name}-{next(self._seq):06d}"
+        with self._lock:
+            self.intents[key] = Intent(key, source, destination, amount)
+        self._push(time.monotonic() if due is None else due, key, 1)
+        return key
 
     def _next(self) -> tuple[float, str, int] | None:
         with self._cond:
@@ -161,8 +167,12 @@ class Client:
             due, key, attempt = job
             try:
                 status = self.call(key, attempt, due)
-                if status == "pending" and attempt <= len(self._backoff):
-                    self._push(time.monotonic() + self._backoff[attempt - 1], key, attempt + 1)
+                if status == "pending":
+                    # In doubt: retried with its key until it has a final answer (the backoff
+                    # grows to its last step and stays there), so every payment in doubt always
+                    # has exactly one retry queued or running, and nothing else sends its key.
+                    pause = self._backoff[min(attempt, len(self._backoff)) - 1]
+                    self._push(time.monotonic() + pause, key, attempt + 1)
             finally:
                 with self._cond:
                     self._busy -= 1
@@ -204,13 +214,15 @@ class Client:
             intent.answers.append(status)
             self._calls.append(call)
 
-    def resolve(self, timeout: float, pause: float = 0.2) -> int:
-        """Retry every payment still in doubt with its own key until it is final; how many left."""
+    def resolve(self, timeout: float) -> int:
+        """Wait (arrivals stopped) until every payment has a final answer; how many have none.
+
+        The workers do the retrying, each payment's in turn, so a key is never sent twice at
+        once and never again once it has a final answer.
+        """
         deadline = time.monotonic() + timeout
-        while (left := self.unresolved()) and time.monotonic() < deadline:
-            for intent in left:
-                self.call(intent.key, len(intent.answers) + 1, time.monotonic())
-            time.sleep(pause)
+        while self.unresolved() and time.monotonic() < deadline:
+            time.sleep(0.1)
         return len(self.unresolved())
 
     def stop(self) -> None:

@@ -6,6 +6,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from examples.banking.load import RESOLVE_TIMEOUT
+
 if TYPE_CHECKING:
     from examples.banking.demo import Settings
     from examples.banking.load import Call
@@ -143,7 +145,8 @@ def print_summary(say: Callable[[str], None], summary: dict[str, Any], settings:
     if summary["hang"]:
         _print_hang(say, summary, settings)
     if summary["unresolved"]:
-        say(f"  {summary['unresolved']} payments still had no final answer after 20 s")
+        left = summary["unresolved"]
+        say(f"  {left} payments had no final answer {RESOLVE_TIMEOUT:.0f} s after the load stopped")
     say("  invariants (the services' own SQLite databases, and every answer the clients got):")
     for check in summary["invariants"]:
         say(f"    [{'ok' if check['ok'] else 'FAIL'}] {check['name']}: {check['detail']}")

@@ -16,14 +16,21 @@ CREATE TABLE IF NOT EXISTS requests (
     to_account      TEXT NOT NULL,
     amount_cents    INTEGER NOT NULL,
     -- in_progress: an attempt is running it now; unknown: it was sent and its outcome is not
-    -- known (the next attempt resumes it by id); committed / failed: the answer, kept for replay.
+    -- known (the next attempt resumes it by id); committed / failed / rejected: the answer, kept
+    -- for replay. rejected means nothing was ever sent for this key, and nothing ever will be: a
+    -- later attempt with the key (the client's, or a stale one still queued) gets the refusal
+    -- again instead of moving money the client was told never moved.
     state           TEXT NOT NULL
-                    CHECK (state IN ('in_progress', 'unknown', 'committed', 'failed')),
+                    CHECK (state IN ('in_progress', 'unknown', 'committed', 'failed', 'rejected')),
     reason          TEXT NOT NULL DEFAULT '',
     attempts        INTEGER NOT NULL DEFAULT 1,
     updated_at      REAL NOT NULL
 );
 """
+
+
+# The answers a key keeps for good: every later attempt with the key gets the same one.
+FINAL = frozenset({"committed", "failed", "rejected"})
 
 
 class Claim(enum.Enum):
@@ -72,7 +79,7 @@ class RequestLog:
             if tuple(row[:3]) != (from_account, to_account, amount):
                 return Entry(Claim.MISMATCH)
             state, reason = row[3], row[4]
-            if state in ("committed", "failed"):
+            if state in FINAL:
                 return Entry(Claim.ANSWERED, state, reason)
             if state == "in_progress":
                 return Entry(Claim.IN_PROGRESS)
@@ -84,19 +91,12 @@ class RequestLog:
             return Entry(Claim.RESUME)
 
     def settle(self, key: str, state: str, reason: str = "") -> None:
-        """Record the outcome of the attempt that owns the key (unknown, committed or failed)."""
+        """Record the outcome of the attempt that owns the key: unknown, or a final answer."""
         with self._db.transaction() as conn:
             conn.execute(
                 "UPDATE requests SET state = ?, reason = ?, updated_at = ? "
                 "WHERE idempotency_key = ?",
                 (state, reason, time.time(), key),
-            )
-
-    def forget(self, key: str) -> None:
-        """Nothing was sent for this new key: the client may try it again from scratch."""
-        with self._db.transaction() as conn:
-            conn.execute(
-                "DELETE FROM requests WHERE idempotency_key = ? AND state = 'in_progress'", (key,)
             )
 
     def close(self) -> None:

@@ -36,9 +36,9 @@ class GatewayServicer(bank_pb2_grpc.GatewayServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
-            # Queued past its deadline (a busy gateway): the client has given up on this attempt
-            # and may have retried; a retry refused before it was sent forgets its key, so a
-            # late start here could move money the client was told never moved.
+            # Queued past its deadline (a busy gateway): nobody waits for the answer, so the
+            # work is shed. Not for correctness: a stale attempt that does start finds the key's
+            # answer in the request log (a refusal is kept for good) or resumes it by id.
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before it started")
         try:
             outcome = self._gateway.transfer_funds(

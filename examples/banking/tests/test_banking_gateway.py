@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from examples.banking.chaos import Chaos
 from examples.banking.gateway import (
     Deadlines,
     Gateway,
@@ -19,12 +20,15 @@ from examples.banking.gateway import (
     TransferOutcome,
     TransferStatus,
 )
-from examples.banking.gen import chaos_pb2
+from examples.banking.gen import bank_pb2, bank_pb2_grpc, chaos_pb2
 from examples.banking.invariants import Intent, check_invariants
 from examples.banking.requests import Claim, RequestLog
+from examples.banking.services.common import start_server
+from examples.banking.services.gateway import GatewayServicer
 from examples.banking.tests.conftest import BALANCE, Bank
 from meshbreaker.config import BreakerConfig, State, WindowType
 from meshbreaker.registry import BreakerRegistry
+from meshbreaker.retry import RetryPolicy
 from meshbreaker.testing import FakeClock
 from tests.server_support import wait_until
 
@@ -202,7 +206,7 @@ def test_a_gateway_that_died_mid_payment_resumes_it(tmp_path: Path) -> None:
         log.close()
 
 
-def test_a_refused_payment_sends_nothing_and_may_be_tried_again(
+def test_a_refused_payment_sends_nothing_and_its_key_keeps_the_refusal(
     bank: Bank, gateway: Gateway, registry: BreakerRegistry
 ) -> None:
     registry.set_override(TRANSFER, State.FORCED_OPEN)
@@ -212,9 +216,19 @@ def test_a_refused_payment_sends_nothing_and_may_be_tried_again(
     assert registry.get("/bank.v1.AccountService/GetBalance").snapshot().total == 0
     assert registry.get(TRANSFER).snapshot().rejected == 1
     registry.set_override(TRANSFER, None)
-    assert gateway.transfer_funds("k9", "acct-000", "acct-001", 5).status is (
+    # The client was told nothing moved: the key keeps that answer, even with the way clear now.
+    again = gateway.transfer_funds("k9", "acct-000", "acct-001", 5)
+    assert (again.status, again.reason, again.replayed) == (
+        TransferStatus.REJECTED,
+        "transaction breaker open",
+        True,
+    )
+    # Trying the payment again is a new payment, with a new key.
+    assert gateway.transfer_funds("k9b", "acct-000", "acct-001", 5).status is (
         TransferStatus.COMMITTED
     )
+    with sqlite3.connect(bank.dbs["transaction"]) as conn:
+        assert conn.execute("SELECT transfer_id FROM transfers").fetchall() == [("k9b",)]
 
 
 def test_a_resumed_payment_refused_by_the_breaker_stays_in_doubt(
@@ -277,8 +291,9 @@ def test_a_transfer_the_overload_controls_shed_is_refused_and_counted_apart(
     counts = gateway.counts()
     assert (counts["transfer_calls"], counts["overload_refused"]) == (1, 1)
     assert bank.chaos("transaction").GetChaos(chaos_pb2.GetChaosRequest()).calls == 0
+    # Nothing had moved, and nothing will under this key: a retry gets the same answer.
     assert gateway.transfer_funds("o1", "acct-000", "acct-001", 5).status is (
-        TransferStatus.COMMITTED  # nothing had moved: the same key goes through once there is room
+        TransferStatus.REJECTED
     )
 
 
@@ -293,3 +308,75 @@ def test_overload_settings_are_checked_and_reported(bank: Bank) -> None:
         assert stats.settings.capacity == 1 and stats.overloaded == 0
     finally:
         chaos.SetChaos(chaos_pb2.ChaosSettings())
+
+
+def test_an_attempt_that_starts_after_its_key_was_refused_gets_the_refusal(
+    bank: Bank, gateway: Gateway, registry: BreakerRegistry
+) -> None:
+    """The race behind the demo's reconciliation failures, driven step by step.
+
+    A first attempt is held in the gateway's server before it reaches the request log (a
+    busy gateway's queue; here the gateway's own chaos holds it until the test lets go). The
+    client has given up on it and retried; the retry is refused and the client told so. Then
+    the stale attempt starts: it must find the refusal, not a key it may commit.
+    """
+
+    def serve(server: grpc.Server, chaos: Chaos) -> list[Callable[[], None]]:
+        bank_pb2_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(gateway), server)
+        return []
+
+    running = start_server("gateway", serve)
+    channel = grpc.insecure_channel(running.target)
+    payments = Payments()
+    try:
+        stub = bank_pb2_grpc.GatewayServiceStub(channel)
+        running.chaos.set(chaos_pb2.ChaosSettings(hang=True, methods=["TransferFunds"]))
+        request = bank_pb2.TransferFundsRequest(
+            idempotency_key="s1", from_account="acct-000", to_account="acct-001", amount_cents=5
+        )
+        stale = stub.TransferFunds.future(request, timeout=60)
+        assert wait_until(lambda: running.chaos.stats().hung == 1, timeout=30)
+        registry.set_override(TRANSFER, State.FORCED_OPEN)
+        told = payments.pay(gateway, "s1", "acct-000", "acct-001", 5)
+        assert told.status is TransferStatus.REJECTED
+        registry.set_override(TRANSFER, None)
+        running.chaos.set(chaos_pb2.ChaosSettings())  # the stale attempt goes on
+        late = stale.result(timeout=60)
+    finally:
+        channel.close()
+        running.stop(None)
+    assert (late.status, late.replayed) == (bank_pb2.TRANSFER_FUNDS_STATUS_REJECTED, True)
+    with sqlite3.connect(bank.dbs["transaction"]) as conn:
+        assert conn.execute("SELECT count(*) FROM transfers").fetchone() == (0,)
+    assert all(_invariants(bank, gateway, payments).values())
+
+
+def test_a_retry_refused_after_an_attempt_went_out_leaves_the_payment_in_doubt(
+    bank: Bank, gateway: Gateway, registry: BreakerRegistry, clock: FakeClock
+) -> None:
+    # Transfer retries UNAVAILABLE (it is idempotent by transfer id); one failure opens the
+    # breaker, so the retry is refused locally, after the first attempt has debited.
+    retrying = POLICY.replace(
+        consecutive_failures=1,
+        idempotent=True,
+        retry=RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.01),
+    )
+    registry.set_policy(TRANSFER, retrying)
+    account = bank.chaos("account")
+    account.SetChaos(chaos_pb2.ChaosSettings(failure_rate=1.0, methods=["Credit"]))
+    payments = Payments()
+    try:
+        first = payments.pay(gateway, "r1", "acct-000", "acct-001", 5)
+    finally:
+        account.SetChaos(chaos_pb2.ChaosSettings())
+    # Not "rejected": the first attempt's saga holds a debit, and the sweeper finishes it.
+    assert (first.status, first.reason) == (
+        TransferStatus.PENDING,
+        "outcome unknown: a retry was refused",
+    )
+    assert registry.get(TRANSFER).snapshot().rejected == 1
+    clock.advance(POLICY.open_duration)  # the breaker lets a probe through again
+    retry = payments.pay(gateway, "r1", "acct-000", "acct-001", 5)
+    assert (retry.status, retry.replayed) == (TransferStatus.COMMITTED, True)
+    assert wait_until(lambda: _settled(bank), timeout=30)
+    assert all(_invariants(bank, gateway, payments).values())
