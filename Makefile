@@ -41,9 +41,10 @@ mutate: $(STAMP)
 	@echo "make mutate: about 180 mutants of the engine, the adapters and the control plane, each run against its area's tests (under an hour on 2 cores; niced)"
 	nice -n 10 $(BIN)/python tools/mutation/driver.py sample --src . $(if $(SEED),--seed $(SEED))
 
+# DEMO_ARGS passes flags through: make demo DEMO_ARGS=--xds (python -m examples.banking --help).
 demo: $(STAMP)
 	@echo "make demo: starting the banking mesh (control plane, four services, gateway) under chaos; about a minute"
-	$(BIN)/python -m examples.banking
+	$(BIN)/python -m examples.banking $(DEMO_ARGS)
 
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos \

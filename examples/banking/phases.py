@@ -118,12 +118,24 @@ def audit_outage(demo: Demo, phase: PhaseResult) -> None:
 
 
 def late_success(demo: Demo, phase: PhaseResult) -> None:
-    """Postings and audit writes complete, but answer after the caller's deadline."""
+    """Postings and audit writes complete, but answer after the caller's deadline.
+
+    While the fault lasts, postings are replayed (the sweeper resumes a saga whose step answered
+    late) and audit records redelivered, whatever the gateway's breaker does; a resumed saga has
+    a payment in doubt behind it, which its client retries with its key until final, so once the
+    fault is lifted and the breaker lets Transfers through, a transfer is retried with its key.
+    """
     demo.mesh.set_chaos("account", late_rate=0.12, late_delay=0.8, methods=["Debit", "Credit"])
     demo.mesh.set_chaos("audit", late_rate=0.3, late_delay=0.8)
-    demo.hold(phase)
+    demo.hold(phase, until=moved(demo, phase, "replayed_postings", "audit_duplicates", "resumed"))
     demo.mesh.set_chaos("account")
     demo.mesh.set_chaos("audit")
+    demo.hold(phase, seconds=0)
+
+
+def moved(demo: Demo, phase: PhaseResult, *counters: str) -> Callable[[], bool]:
+    """A hold condition: every one of `counters` has moved since `phase` began."""
+    return lambda: all(demo.counters(phase).get(name, 0) > 0 for name in counters)
 
 
 def account_fault(demo: Demo, phase: PhaseResult) -> None:
@@ -151,25 +163,49 @@ def hang(demo: Demo, phase: PhaseResult) -> None:
 
 
 def crash(demo: Demo, phase: PhaseResult) -> None:
-    """SIGKILL and restart the transaction service, the account service and the gateway."""
+    """SIGKILL and restart the transaction service, the account service and the gateway.
+
+    The transaction service is killed until a kill catches sagas mid-way (read from its
+    database once it is dead). Each of those has a payment in doubt behind it, which its client
+    retries with its key until final, and a sweeper that resumes it: so the phase's counters
+    move by construction, given the time a busy machine needs, which the last hold waits for.
+    """
     mesh = demo.mesh
     step = demo.settings.duration("crash") / 4
-    # Slow credits keep sagas mid-way, so the kill is sure to catch some between debit and credit.
+    # Slow credits keep sagas mid-way, so a kill is sure to catch some between debit and credit.
     mesh.set_chaos("account", added_latency=0.3, methods=["Credit"])
-    demo.hold(phase, seconds=step, until=lambda: demo.levels()["in_flight"] > 0, longest=5.0)
-    caught = demo.levels()["in_flight"]
-    for name in ("transaction", "account", "gateway"):
+    caught, started = 0, time.monotonic()
+    for _ in range(_CRASH_TRIES):
+        demo.hold(phase, seconds=step, until=lambda: demo.levels()["in_flight"] > 0, longest=30.0)
+        started = time.monotonic()
+        mesh.kill("transaction")
+        caught = demo.levels()["in_flight"]  # the dead process's database: exactly what it left
+        if caught:
+            break
+        mesh.restart("transaction")  # it was between sagas: try again
+    killed = f"SIGKILL transaction with {caught} sagas mid-way"
+    _restarted(demo, phase, "transaction", killed, started, step)
+    for name in ("account", "gateway"):
         started = time.monotonic()
         if name == "gateway":
             demo.remember_gateway_counts()
         mesh.kill(name)
-        killed = f"SIGKILL {name}"
-        if name == "transaction":
-            killed += f" with {caught} sagas mid-way"
-        demo.say(f"{demo.clock()} {killed}; restarting it on the same port")
-        mesh.restart(name)
-        phase.notes.append(f"{killed}; back in {time.monotonic() - started:.1f} s")
-        demo.hold(phase, seconds=step)
+        _restarted(demo, phase, name, f"SIGKILL {name}", started, step)
+    # Until the resumed sagas and the retried payments show (a busy machine restarts slowly).
+    demo.hold(phase, seconds=0, longest=60.0)
+
+
+_CRASH_TRIES = 5
+
+
+def _restarted(
+    demo: Demo, phase: PhaseResult, name: str, killed: str, started: float, step: float
+) -> None:
+    """Restart a killed process on its port, note it, and let the load run for `step`."""
+    demo.say(f"{demo.clock()} {killed}; restarting it on the same port")
+    demo.mesh.restart(name)
+    phase.notes.append(f"{killed}; back in {time.monotonic() - started:.1f} s")
+    demo.hold(phase, seconds=step, until=_now)
 
 
 def replica_death(demo: Demo, phase: PhaseResult) -> None:

@@ -132,10 +132,12 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
     assert phases["xds-ejection"]["metrics"]["replica_ejected"] == 1
     assert phases["xds-ejection"]["statuses"].get("committed", 0) > 0
     hang = summary["hang"]
-    guarded, plain = hang["with breakers"]["latency"], hang["without breakers"]["latency"]
-    assert guarded["refused"]["count"] > 0
-    # Without breakers nothing is refused and nothing answered: every call ended in doubt.
-    assert set(plain) <= {"all", "in doubt", "deadline"}
+    assert hang["with breakers"]["latency"]["refused"]["count"] > 0
+    # Without breakers nothing commits and nothing is refused by a breaker: its calls wait the
+    # hung service out (a balance check that times out on a busy machine is refused, rightly).
+    assert hang["without breakers"]["committed_per_s"] == 0
+    assert all("breaker" not in reason for reason in hang["without breakers"]["refusals"])
+    assert any("breaker open" in reason for reason in hang["with breakers"]["refusals"])
     assert "=== all invariants hold" in output
     # The web console of the same control plane, its address printed with the read-only token.
     assert console.json()["role"] == "agent"
