@@ -113,23 +113,34 @@ class _FinishedCall(
         """Nothing to close."""
 
 
-class RejectedCall(_FinishedCall):
-    """A rejected grpc.aio call: awaiting it or reading from it raises its RejectedError."""
+class ErrorCall(_FinishedCall):
+    """A grpc.aio call that ended with `error` before the caller saw it.
 
-    def __init__(self, error: RejectedError) -> None:
+    Awaiting it or reading from it raises the error; its status and metadata are the error's.
+    """
+
+    def __init__(self, error: AioRpcError) -> None:
         self.error = error
 
+    async def initial_metadata(self) -> Metadata:
+        """The error's initial metadata."""
+        return self.error.initial_metadata()
+
     async def trailing_metadata(self) -> Metadata:
-        """(("x-meshbreaker-state", state),)."""
+        """The error's trailing metadata."""
         return self.error.trailing_metadata()
 
     async def code(self) -> grpc.StatusCode:
-        """UNAVAILABLE (RESOURCE_EXHAUSTED for a full bulkhead)."""
+        """The error's code."""
         return self.error.code()
 
     async def details(self) -> str:
-        """The method, the breaker state and the time to the next probe."""
+        """The error's details."""
         return self.error.details() or ""
+
+    async def debug_error_string(self) -> str:
+        """The error's debug string."""
+        return self.error.debug_error_string() or ""
 
     async def _raise(self) -> Any:
         raise self.error
@@ -144,8 +155,81 @@ class RejectedCall(_FinishedCall):
         raise self.error
 
     async def read(self) -> Any:
-        """Raises the rejection."""
+        """Raises the error."""
         raise self.error
+
+
+class RejectedCall(ErrorCall):
+    """A rejected grpc.aio call: awaiting it or reading from it raises its RejectedError.
+
+    Its code is UNAVAILABLE (RESOURCE_EXHAUSTED for a full bulkhead), its details name the
+    method, the state and the time to the next probe, its trailers carry x-meshbreaker-state.
+    """
+
+    error: RejectedError
+
+    def __init__(self, error: RejectedError) -> None:
+        super().__init__(error)
+
+
+class FailedCall(_FinishedCall):
+    """An exception raised below the breaker, handed back as an intercepted grpc.aio call does.
+
+    grpc.aio runs interceptors in a task, so what the channel or an interceptor below raises
+    (other than an AioRpcError) comes out where the call is used: awaiting it, reading it,
+    writing to it or asking its status raises that exception, unchanged.
+    """
+
+    def __init__(self, exception: Exception) -> None:
+        self.exception = exception
+
+    async def _raise(self) -> Any:
+        raise self.exception
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._raise().__await__()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise self.exception
+
+    async def read(self) -> Any:
+        """Raises the exception."""
+        raise self.exception
+
+    async def initial_metadata(self) -> Metadata:
+        """Raises the exception."""
+        raise self.exception
+
+    async def trailing_metadata(self) -> Metadata:
+        """Raises the exception."""
+        raise self.exception
+
+    async def code(self) -> grpc.StatusCode:
+        """Raises the exception."""
+        raise self.exception
+
+    async def details(self) -> str:
+        """Raises the exception."""
+        raise self.exception
+
+    async def debug_error_string(self) -> str:
+        """Raises the exception."""
+        raise self.exception
+
+    async def wait_for_connection(self) -> None:
+        """Raises the exception."""
+        raise self.exception
+
+    async def write(self, request: Any) -> None:
+        """Raises the exception."""
+        raise self.exception
+
+    async def done_writing(self) -> None:
+        """Raises the exception."""
+        raise self.exception
 
 
 class FallbackCall(_FinishedCall):
@@ -289,6 +373,9 @@ class TrackedUnaryCall(
         except AioRpcError as error:
             self._tracker.finish(error.code(), error_details(error))
             raise
+        except Exception:  # raised below the breaker: no status, never counted
+            self._tracker.release()
+            raise
         self._tracker.finish(_OK)
         return response
 
@@ -395,8 +482,7 @@ class CallTracker(Tracker):
             return
         try:
             code = status_code_now(call)
-        except Exception:
-            logger.exception("meshbreaker: reading the status of a finished call failed")
+        except Exception:  # the call raised something below the breaker: no status to count
             release(self._permit)
             return
         if code is None:
@@ -409,6 +495,8 @@ class CallTracker(Tracker):
         try:
             code = await call.code()
             self.finish(code, await call.details() if code is _UNAVAILABLE else None)
+        except Exception:  # raised below the breaker: no status to count
+            release(self._permit)
         except BaseException:
             release(self._permit)
             raise
@@ -447,6 +535,9 @@ class TrackedStream(
             raise
         except AioRpcError as error:
             self._tracker.finish(error.code(), error_details(error))
+            raise
+        except Exception:  # raised below the breaker: no status, never counted
+            self._tracker.release()
             raise
         self._tracker.first_message()
         return response

@@ -21,6 +21,7 @@ from grpc.aio import AioRpcError, ClientCallDetails
 from meshbreaker._adapter.fallback import Fallback
 from meshbreaker._adapter.guard import Guard, MethodInfo, release
 from meshbreaker._adapter.retrying import retry_run
+from meshbreaker.aio._calls import FailedCall
 from meshbreaker.aio.interceptors import (
     refusal,
     restart_stream,
@@ -28,8 +29,10 @@ from meshbreaker.aio.interceptors import (
     track_stream,
     track_unary,
 )
+from meshbreaker.breaker import CircuitBreaker, Permit
 from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.registry import BreakerRegistry
+from meshbreaker.retry import RetryRun
 
 logger = logging.getLogger(__name__)
 
@@ -106,40 +109,116 @@ class GuardedChannel(grpc.aio.Channel):
 
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """A guarded unary-unary multi-callable."""
-        return GuardedUnaryCall(
-            self._channel.unary_unary(method, *args, **kwargs), method, self._guard, True
+        return GuardedUnaryUnary(
+            self._channel.unary_unary(method, *args, **kwargs), method, self._guard
         )
 
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """A guarded unary-stream multi-callable."""
-        return GuardedStreamCall(
-            self._channel.unary_stream(method, *args, **kwargs), method, self._guard, True
+        return GuardedUnaryStream(
+            self._channel.unary_stream(method, *args, **kwargs), method, self._guard
         )
 
     def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """A guarded stream-unary multi-callable (never retried: requests cannot be replayed)."""
-        return GuardedUnaryCall(
-            self._channel.stream_unary(method, *args, **kwargs), method, self._guard, False
+        return GuardedStreamUnary(
+            self._channel.stream_unary(method, *args, **kwargs), method, self._guard
         )
 
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """A guarded stream-stream multi-callable (never retried: requests cannot be replayed)."""
-        return GuardedStreamCall(
-            self._channel.stream_stream(method, *args, **kwargs), method, self._guard, False
+        return GuardedStreamStream(
+            self._channel.stream_stream(method, *args, **kwargs), method, self._guard
         )
 
 
 class _Guarded:
-    """What the guarded multi-callables share: the channel's own one, the method and its facts."""
+    """One guarded call, admitted, made and tracked where the caller makes it; kinds differ below.
 
-    __slots__ = ("_guard", "_info", "_inner", "_method", "_replayable")
+    Subclasses say how a call of their kind is tracked, and carry grpc's signature for it.
+    """
 
-    def __init__(self, inner: Any, method: str, guard: Guard, replayable: bool) -> None:
+    __slots__ = ("_guard", "_info", "_inner", "_method")
+
+    # Whether a retry policy may make the call again: only a unary request can be sent twice.
+    _replayable = True
+    # Whether retries run before the call is handed over (unary responses, in a DeferredCall) or
+    # inside the stream handed over (response streams, until their first message).
+    _defers = False
+
+    def __init__(self, inner: Any, method: str, guard: Guard) -> None:
         self._inner = inner
         self._method = method
         self._guard = guard
         self._info: MethodInfo = guard.method_info(method)
-        self._replayable = replayable
+
+    def _call(
+        self,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+    ) -> Any:
+        """The call guarded, or its refusal; made exactly as the interceptors would make it."""
+        guard = self._guard
+        info = self._info
+        options = {
+            "timeout": timeout,
+            "metadata": metadata,
+            "credentials": credentials,
+            "wait_for_ready": wait_for_ready,
+            "compression": compression,
+        }
+        try:
+            breaker = guard.registry.get(info.name)
+            run = None
+            if self._replayable and breaker.retry_budget is not None:
+                run = retry_run(breaker, timeout)
+                if run is not None and self._defers:
+                    # Retried before the caller sees an answer: in a task, like interceptors.
+                    details = self._details(options)
+                    through = self._through(compression)
+                    return DeferredCall(retrying(guard, through, details, request, run))
+            permit = breaker.acquire()
+        except CallNotPermittedError as error:
+            return self._unguarded(error, self._fallback(info), request, options)
+        except Exception as error:
+            return self._unguarded(error, None, request, options)
+        try:
+            call = self._inner(request, **options)
+        except Exception as error:  # raised below the breaker: where an intercepted call has it
+            release(permit)
+            return FailedCall(error)
+        except BaseException:
+            release(permit)
+            raise
+        return self._track(breaker, permit, call, request, run, options)
+
+    def _fallback(self, info: MethodInfo) -> Fallback | None:
+        """The fallback that answers a rejection: unary responses only."""
+        return None
+
+    def _track(
+        self,
+        breaker: CircuitBreaker,
+        permit: Permit,
+        call: Any,
+        request: Any,
+        run: RetryRun | None,
+        options: dict[str, Any],
+    ) -> Any:
+        raise NotImplementedError
+
+    def _details(self, options: dict[str, Any]) -> ClientCallDetails:
+        return ClientCallDetails(
+            self._method,
+            options["timeout"],
+            options["metadata"],
+            options["credentials"],
+            options["wait_for_ready"],
+        )
 
     def _through(self, compression: Any) -> Any:
         """The continuation the interceptors' code calls: this call's channel multi-callable."""
@@ -161,17 +240,71 @@ class _Guarded:
     ) -> Any:
         """A call not admitted: its rejection, or the call made unguarded if meshbreaker failed."""
         refused = refusal(error, fallback, request, self._method)
-        return refused if refused is not None else self._inner(request, **options)
+        if refused is not None:
+            return refused
+        try:
+            return self._inner(request, **options)
+        except Exception as raised:  # raised below the breaker: where an intercepted call has it
+            return FailedCall(raised)
 
 
-class GuardedUnaryCall(_Guarded, _UnaryUnaryBase, _StreamUnaryBase):  # type: ignore[misc]
-    """A unary-response multi-callable (unary or client-streaming requests) with the breaker."""
+class _UnaryResponse(_Guarded):
+    """A unary-response call: tracked until it answers, covered by its method's fallback."""
+
+    __slots__ = ()
+
+    _defers = True
+
+    def _fallback(self, info: MethodInfo) -> Fallback | None:
+        return info.fallback
+
+    def _track(
+        self,
+        breaker: CircuitBreaker,
+        permit: Permit,
+        call: Any,
+        request: Any,
+        run: RetryRun | None,
+        options: dict[str, Any],
+    ) -> Any:
+        return track_unary(self._guard, self._info, breaker, permit, call, request)
+
+
+class _StreamResponse(_Guarded):
+    """A response stream: tracked to its end, retried before its first message."""
+
+    __slots__ = ()
+
+    def _track(
+        self,
+        breaker: CircuitBreaker,
+        permit: Permit,
+        call: Any,
+        request: Any,
+        run: RetryRun | None,
+        options: dict[str, Any],
+    ) -> Any:
+        restart = None
+        if run is not None:
+            restart = functools.partial(
+                restart_stream,
+                self._guard,
+                breaker,
+                self._through(options["compression"]),
+                self._details(options),
+                request,
+            )
+        return track_stream(self._guard, self._info, breaker, permit, call, run, restart)
+
+
+class GuardedUnaryUnary(_UnaryResponse, _UnaryUnaryBase):  # type: ignore[misc]
+    """A unary-unary multi-callable with the breaker; grpc.aio's signature."""
 
     __slots__ = ()
 
     def __call__(
         self,
-        request: Any = None,
+        request: Any,
         *,
         timeout: float | None = None,
         metadata: Any = None,
@@ -179,48 +312,40 @@ class GuardedUnaryCall(_Guarded, _UnaryUnaryBase, _StreamUnaryBase):  # type: ig
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        """The call (awaitable), or its rejection (awaiting it raises); no request: write() them."""
-        guard = self._guard
-        info = self._info
-        options = {
-            "timeout": timeout,
-            "metadata": metadata,
-            "credentials": credentials,
-            "wait_for_ready": wait_for_ready,
-            "compression": compression,
-        }
-        try:
-            breaker = guard.registry.get(info.name)
-            if self._replayable and breaker.retry_budget is not None:
-                run = retry_run(breaker, timeout)
-                if run is not None:
-                    details = ClientCallDetails(
-                        self._method, timeout, metadata, credentials, wait_for_ready
-                    )
-                    return DeferredCall(
-                        retrying(guard, self._through(compression), details, request, run)
-                    )
-            permit = breaker.acquire()
-        except CallNotPermittedError as error:
-            return self._unguarded(error, info.fallback, request, options)
-        except Exception as error:
-            return self._unguarded(error, None, request, options)
-        try:
-            call = self._inner(request, **options)
-        except BaseException:
-            release(permit)
-            raise
-        return track_unary(guard, info, breaker, permit, call, request)
+        """The call (awaitable), or its rejection (awaiting it raises)."""
+        return self._call(request, timeout, metadata, credentials, wait_for_ready, compression)
 
 
-class GuardedStreamCall(_Guarded, _UnaryStreamBase, _StreamStreamBase):  # type: ignore[misc]
-    """A response-stream multi-callable (unary or streaming requests) with the breaker."""
+class GuardedStreamUnary(_UnaryResponse, _StreamUnaryBase):  # type: ignore[misc]
+    """A stream-unary multi-callable with the breaker; grpc.aio's signature (`request_iterator`)."""
+
+    __slots__ = ()
+
+    _replayable = False
+
+    def __call__(
+        self,
+        request_iterator: Any = None,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        """The call (awaitable), or its rejection; without `request_iterator`, write() them."""
+        return self._call(
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+
+class GuardedUnaryStream(_StreamResponse, _UnaryStreamBase):  # type: ignore[misc]
+    """A unary-stream multi-callable with the breaker; grpc.aio's signature."""
 
     __slots__ = ()
 
     def __call__(
         self,
-        request: Any = None,
+        request: Any,
         *,
         timeout: float | None = None,
         metadata: Any = None,
@@ -229,37 +354,29 @@ class GuardedStreamCall(_Guarded, _UnaryStreamBase, _StreamStreamBase):  # type:
         compression: Any = None,
     ) -> Any:
         """The response stream, or its rejection (reading it raises)."""
-        guard = self._guard
-        info = self._info
-        options = {
-            "timeout": timeout,
-            "metadata": metadata,
-            "credentials": credentials,
-            "wait_for_ready": wait_for_ready,
-            "compression": compression,
-        }
-        try:
-            breaker = guard.registry.get(info.name)
-            run = None
-            if self._replayable and breaker.retry_budget is not None:
-                run = retry_run(breaker, timeout)
-            permit = breaker.acquire()
-        except Exception as error:
-            return self._unguarded(error, None, request, options)
-        try:
-            call = self._inner(request, **options)
-        except BaseException:
-            release(permit)
-            raise
-        restart = None
-        if run is not None:
-            details = ClientCallDetails(
-                self._method, timeout, metadata, credentials, wait_for_ready
-            )
-            restart = functools.partial(
-                restart_stream, guard, breaker, self._through(compression), details, request
-            )
-        return track_stream(guard, info, breaker, permit, call, run, restart)
+        return self._call(request, timeout, metadata, credentials, wait_for_ready, compression)
+
+
+class GuardedStreamStream(_StreamResponse, _StreamStreamBase):  # type: ignore[misc]
+    """A stream-stream multi-callable with the breaker; grpc.aio's (`request_iterator`)."""
+
+    __slots__ = ()
+
+    _replayable = False
+
+    def __call__(
+        self,
+        request_iterator: Any = None,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        """The response stream, or its rejection; without `request_iterator`, write() them."""
+        return self._call(
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        )
 
 
 class DeferredCall(_CallBase):  # type: ignore[misc]

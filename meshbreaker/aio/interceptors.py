@@ -17,6 +17,7 @@ from meshbreaker._adapter.guard import Guard, MethodInfo, release
 from meshbreaker._adapter.retrying import next_delay, remaining, retry_run
 from meshbreaker.aio._calls import (
     CallTracker,
+    ErrorCall,
     FallbackOnFailureCall,
     RetryingStream,
     TrackedStream,
@@ -59,15 +60,17 @@ async def _guard_unary(
         method = client_call_details.method
         info = guard.methods.get(method) or guard.method_info(method)
         breaker = guard.registry.get(info.name)
+        run = None
         if replayable and breaker.retry_budget is not None:
             run = retry_run(breaker, client_call_details.timeout)
-            if run is not None:
-                return await retrying(guard, continuation, client_call_details, request, run)
-        permit = breaker.acquire()
+        if run is None:
+            permit = breaker.acquire()
     except CallNotPermittedError as error:
         return await _not_admitted(continuation, client_call_details, request, error, info.fallback)
     except Exception as error:
         return await _not_admitted(continuation, client_call_details, request, error, None)
+    if run is not None:  # outside the try: what the attempts raise is the caller's
+        return await retrying(guard, continuation, client_call_details, request, run)
     try:
         call = await continuation(client_call_details, request)
     except AioRpcError as error:
@@ -114,6 +117,8 @@ async def retrying(
             permit = breaker.acquire()
         except CallNotPermittedError as error:  # never retried
             return await _not_admitted(continuation, details, request, error, info.fallback)
+        except Exception as error:
+            return await _not_admitted(continuation, details, request, error, None)
         try:
             call = await continuation(details, request)
             code = await call.code()
@@ -171,7 +176,9 @@ async def _guard_stream(
         call = await continuation(client_call_details, request)
     except AioRpcError as error:
         guard.record(permit, breaker, error.code(), details=error_details(error))
-        raise
+        if run is None:
+            raise
+        call = ErrorCall(error)  # retried from its first read, like any failed first attempt
     except BaseException:
         release(permit)
         raise
@@ -227,15 +234,15 @@ async def restart_stream(
         raise rejected_error(error) from None
     if timeout is not None:
         details = details._replace(timeout=timeout)
+    tracker = CallTracker(guard, breaker, permit)
     try:
         call = await continuation(details, request)
     except AioRpcError as error:
         guard.record(permit, breaker, error.code(), details=error_details(error))
-        raise
+        return ErrorCall(error), tracker  # the retry loop decides whether to try again
     except BaseException:
         release(permit)
         raise
-    tracker = CallTracker(guard, breaker, permit)
     tracker.watch(call)
     return call, tracker
 

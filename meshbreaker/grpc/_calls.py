@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import threading
 import time
@@ -23,7 +24,7 @@ from meshbreaker._adapter.rejection import (
 )
 from meshbreaker._adapter.retrying import next_delay, remaining
 from meshbreaker._adapter.tracking import Tracker
-from meshbreaker.breaker import CircuitBreaker
+from meshbreaker.breaker import CircuitBreaker, Permit
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ThrottledError
 from meshbreaker.retry import RetryRun
 
@@ -31,12 +32,6 @@ logger = logging.getLogger(__name__)
 
 _OK = grpc.StatusCode.OK
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
-
-
-def final_status(call: Any) -> tuple[grpc.StatusCode | None, str | None]:
-    """A finished call's code, and its details when UNAVAILABLE (a balancer's drop or not)."""
-    code = call.code()
-    return code, (call.details() if code is _UNAVAILABLE else None)
 
 
 # grpc's stubs type these ABCs narrowly (generic Future, _Metadatum tuples); the call objects
@@ -138,6 +133,99 @@ _REJECTED_KINDS: dict[type[CallNotPermittedError], type[RejectedCall]] = {
     BulkheadFullError: RejectedBulkheadCall,
     ThrottledError: RejectedThrottledCall,
 }
+
+
+class FailedCall(RpcErrorBase, _FinishedCall):  # type: ignore[misc]
+    """An exception raised below the breaker, handed back as grpc.intercept_channel does.
+
+    What an intercepted channel's `.future()` and response streams return when the channel or an
+    interceptor below raises something that is not a grpc.RpcError: a finished call with code
+    INTERNAL whose result() and iteration raise that exception, unchanged.
+    """
+
+    def __init__(self, exception: Exception, traceback: types.TracebackType | None) -> None:
+        super().__init__()
+        self._exception = exception
+        self._traceback = traceback
+
+    def code(self) -> grpc.StatusCode:
+        """INTERNAL, as grpc says of an exception raised while intercepting."""
+        return grpc.StatusCode.INTERNAL
+
+    def details(self) -> str:
+        """grpc's own words for it."""
+        return "Exception raised while intercepting the RPC"
+
+    def initial_metadata(self) -> None:
+        """None: no server answered."""
+        return None
+
+    def trailing_metadata(self) -> None:
+        """None: no server answered."""
+        return None
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Raises the exception."""
+        raise self._exception
+
+    def exception(self, timeout: float | None = None) -> BaseException:
+        """The exception."""
+        return self._exception
+
+    def traceback(self, timeout: float | None = None) -> types.TracebackType | None:
+        """Where it was raised."""
+        return self._traceback
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        raise self._exception
+
+    next = __next__
+
+
+def grpc_types(module: str, *names: str) -> tuple[type, ...]:
+    """The classes `names` of grpc's `module` that exist (private names may go in a release)."""
+    found = (getattr(importlib.import_module(module), name, None) for name in names)
+    return tuple(kind for kind in found if isinstance(kind, type))
+
+
+# An exception raised below the breaker, as a call: grpc.intercept_channel's own (private, pinned
+# by test_grpcs_failure_outcome_type) and a guarded channel's. Not the dependency's answer, so the
+# breaker ignores it and never retries it (DESIGN.md §4).
+RAISED_BELOW = (*grpc_types("grpc._interceptor", "_FailureOutcome"), FailedCall)
+
+
+def raised_below(call: Any) -> bool:
+    """Whether `call` stands for an exception raised below the breaker, not for a status."""
+    return isinstance(call, RAISED_BELOW)
+
+
+def record_finished(
+    guard: Guard,
+    breaker: CircuitBreaker,
+    permit: Permit,
+    call: Any,
+    duration: float | None = None,
+    *,
+    quiet: bool = False,
+) -> None:
+    """Record a finished call's status on `permit` (details only for UNAVAILABLE: a drop?).
+
+    An exception raised below the breaker is no status: its permit is released, never counted.
+    """
+    code = call.code()
+    if code is _OK:
+        guard.record(permit, breaker, code, duration, quiet=quiet)
+    elif not isinstance(call, RAISED_BELOW):
+        details = call.details() if code is _UNAVAILABLE else None
+        guard.record(permit, breaker, code, duration, quiet=quiet, details=details)
+    elif quiet:  # a finalizer: no traceback formatting while the garbage collector runs
+        with contextlib.suppress(Exception):
+            permit.ignore()
+    else:
+        release(permit)
 
 
 class FallbackCall(_FinishedCall):
@@ -292,8 +380,10 @@ class FallbackOnFailureCall(_CallProxy):
         return self._resolved
 
     def _failed(self, error: BaseException) -> bool:
-        code = error.code() if isinstance(error, grpc.Call) else None
-        return self._guard.fallback_applies(self._breaker, code)
+        # An exception raised below the breaker (no grpc.Call) is the caller's, never covered.
+        return isinstance(error, grpc.Call) and self._guard.fallback_applies(
+            self._breaker, error.code()
+        )
 
     def result(self, timeout: float | None = None) -> Any:
         """The response, or the fallback's response when the call failed."""
@@ -338,9 +428,9 @@ class CallTracker(Tracker):
     __slots__ = ("_call",)
 
     def finish_call(self, call: Any) -> None:
-        """Record a finished call's status; its details only for UNAVAILABLE (no tuple per call)."""
-        code = call.code()
-        self.finish(code, call.details() if code is _UNAVAILABLE else None)
+        """Record a finished call's status, unless an earlier report did."""
+        if not self._permit.done:
+            record_finished(self._guard, self._breaker, self._permit, call, self.first)
 
     def watch(self, call: Any) -> None:
         """Report when `call` terminates (at once if it already has)."""
@@ -376,8 +466,7 @@ class CallTracker(Tracker):
         if permit.done:
             return
         if call.done():
-            code, details = final_status(call)
-            self._guard.record(permit, self._breaker, code, self.first, quiet=True, details=details)
+            record_finished(self._guard, self._breaker, permit, call, self.first, quiet=True)
         else:
             permit.ignore()
 
@@ -409,11 +498,10 @@ class TrackedStream(RpcErrorBase, _CallProxy):  # type: ignore[misc]
     next = __next__  # grpc's response iterators offer next() too
 
     def _ended(self, error: grpc.RpcError) -> None:
-        try:
-            code, details = final_status(error) if isinstance(error, grpc.Call) else (None, None)
-        except Exception:
-            code, details = None, None
-        self._tracker.finish(code, details)
+        if isinstance(error, grpc.Call):
+            with contextlib.suppress(Exception):
+                self._tracker.finish_call(error)
+        self._tracker.finish(None)  # an error with no status (only when the above did not count)
 
     def __del__(self) -> None:
         # Dropped by the caller: the call is cancelled on GC, so its permit must go now.

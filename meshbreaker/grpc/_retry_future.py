@@ -23,7 +23,7 @@ from meshbreaker._adapter.guard import Guard, release
 from meshbreaker._adapter.retrying import next_delay, remaining
 from meshbreaker.breaker import CircuitBreaker, Permit
 from meshbreaker.errors import CallNotPermittedError
-from meshbreaker.grpc._calls import CallBase, FutureBase, final_status
+from meshbreaker.grpc._calls import CallBase, FutureBase, raised_below, record_finished
 from meshbreaker.retry import RetryRun
 
 logger = logging.getLogger(__name__)
@@ -114,9 +114,9 @@ class RetryingFuture(CallBase, FutureBase):  # type: ignore[misc]
     def _attempt_ended(self, call: Any, permit: Permit) -> None:
         delay = None
         try:
-            code, drop = final_status(call)
-            self._guard.record(permit, self._breaker, code, details=drop)
-            if code is not _OK and not self._stop:
+            record_finished(self._guard, self._breaker, permit, call)
+            code = call.code()
+            if code is not _OK and not self._stop and not raised_below(call):
                 delay = next_delay(
                     self._run,
                     code,

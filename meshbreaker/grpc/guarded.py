@@ -18,6 +18,7 @@ import grpc
 from meshbreaker._adapter.fallback import Fallback
 from meshbreaker._adapter.guard import MethodInfo, release
 from meshbreaker.errors import CallNotPermittedError
+from meshbreaker.grpc._calls import FailedCall
 from meshbreaker.grpc.interceptor import BreakerInterceptor, CallDetails, not_admitted
 from meshbreaker.registry import BreakerRegistry
 
@@ -99,7 +100,7 @@ class GuardedChannel(grpc.Channel):
             response_deserializer,
             _registered_method,
         )
-        return GuardedUnaryUnary(inner, method, self.interceptor, True)
+        return GuardedUnaryUnary(inner, method, self.interceptor)
 
     def unary_stream(
         self,
@@ -116,7 +117,7 @@ class GuardedChannel(grpc.Channel):
             response_deserializer,
             _registered_method,
         )
-        return GuardedStream(inner, method, self.interceptor, True)
+        return GuardedUnaryStream(inner, method, self.interceptor)
 
     def stream_unary(
         self,
@@ -133,7 +134,7 @@ class GuardedChannel(grpc.Channel):
             response_deserializer,
             _registered_method,
         )
-        return GuardedUnaryUnary(inner, method, self.interceptor, False)
+        return GuardedStreamUnary(inner, method, self.interceptor)
 
     def stream_stream(
         self,
@@ -150,7 +151,7 @@ class GuardedChannel(grpc.Channel):
             response_deserializer,
             _registered_method,
         )
-        return GuardedStream(inner, method, self.interceptor, False)
+        return GuardedStreamStream(inner, method, self.interceptor)
 
     def close(self) -> None:
         """Closes the wrapped channel."""
@@ -175,21 +176,103 @@ def _multi(
 class _Guarded:
     """What the guarded multi-callables share: the channel's own one, the method and its facts."""
 
-    __slots__ = ("_guard", "_info", "_inner", "_interceptor", "_method", "_replayable")
+    __slots__ = ("_guard", "_info", "_inner", "_interceptor", "_method")
 
-    def __init__(
-        self, inner: Any, method: str, interceptor: BreakerInterceptor, replayable: bool
-    ) -> None:
+    # Whether a retry policy may make the call again: only a unary request can be sent twice.
+    _replayable = True
+
+    def __init__(self, inner: Any, method: str, interceptor: BreakerInterceptor) -> None:
         self._inner = inner
         self._method = method
         self._interceptor = interceptor
         self._guard = guard = interceptor._guard
         self._info: MethodInfo = guard.method_info(method)
-        self._replayable = replayable
 
 
-class GuardedUnaryUnary(_Guarded, _UnaryUnaryBase, _StreamUnaryBase):  # type: ignore[misc]
-    """A unary-response multi-callable (unary or client-streaming requests) with the breaker."""
+class _UnaryResponse(_Guarded):
+    """A unary-response call's three forms (blocking, with_call, future) with the breaker."""
+
+    __slots__ = ()
+
+    def _future(self, request: Any, details: CallDetails) -> Any:
+        """A grpc.Future and grpc.Call of the response (a rejection: one already failed)."""
+        try:
+            return self._interceptor._unary(
+                self._future_through, details, request, self._replayable
+            )
+        except Exception as error:  # raised below the breaker: as grpc.intercept_channel hands it
+            return FailedCall(error, error.__traceback__)
+
+    def _blocking(self, request: Any, details: CallDetails) -> tuple[Any, Any]:
+        """A blocking call: the direct path when nothing but the breaker applies."""
+        guard = self._guard
+        info = self._info
+        try:
+            breaker = guard.registry.get(info.name)
+            direct = not (
+                (self._replayable and breaker.retry_budget is not None)
+                or (info.fallback is not None and guard.fallback_on_failure)
+            )
+            permit = breaker.acquire() if direct else None
+        except CallNotPermittedError as error:
+            outcome = not_admitted(self._blocking_through, details, request, error, info.fallback)
+            return outcome.result(), outcome
+        except Exception:
+            permit = None  # the interceptor's path logs it and calls through
+        if permit is None:
+            outcome = self._interceptor._unary(
+                self._blocking_through, details, request, self._replayable
+            )
+            return outcome.result(), outcome
+        try:
+            response, call = self._inner.with_call(
+                request,
+                timeout=details.timeout,
+                metadata=details.metadata,
+                credentials=details.credentials,
+                wait_for_ready=details.wait_for_ready,
+                compression=details.compression,
+            )
+        except grpc.RpcError as error:
+            code = error.code()
+            drop = error.details() if code is _UNAVAILABLE else None
+            guard.record(permit, breaker, code, details=drop)
+            raise
+        except BaseException:  # raised below the breaker: no status, so never counted
+            release(permit)
+            raise
+        guard.record(permit, breaker, _OK)
+        return response, call
+
+    def _blocking_through(self, details: Any, request: Any) -> Any:
+        """The continuation of a blocking call: its finished call, or its error (also a call)."""
+        try:
+            return self._inner.with_call(
+                request,
+                timeout=details.timeout,
+                metadata=details.metadata,
+                credentials=details.credentials,
+                wait_for_ready=details.wait_for_ready,
+                compression=details.compression,
+            )[1]
+        except grpc.RpcError as error:
+            return error
+        except Exception as error:  # raised below the breaker: what grpc's continuation returns
+            return FailedCall(error, error.__traceback__)
+
+    def _future_through(self, details: Any, request: Any) -> Any:
+        return self._inner.future(
+            request,
+            timeout=details.timeout,
+            metadata=details.metadata,
+            credentials=details.credentials,
+            wait_for_ready=details.wait_for_ready,
+            compression=details.compression,
+        )
+
+
+class GuardedUnaryUnary(_UnaryResponse, _UnaryUnaryBase):  # type: ignore[misc]
+    """A unary-unary multi-callable with the breaker; grpc's signatures."""
 
     __slots__ = ()
 
@@ -233,68 +316,79 @@ class GuardedUnaryUnary(_Guarded, _UnaryUnaryBase, _StreamUnaryBase):  # type: i
         compression: Any = None,
     ) -> Any:
         """A grpc.Future and grpc.Call of the response (a rejection: one already failed)."""
-        details = CallDetails(
-            self._method, timeout, metadata, credentials, wait_for_ready, compression
+        return self._future(
+            request,
+            CallDetails(self._method, timeout, metadata, credentials, wait_for_ready, compression),
         )
-        return self._interceptor._unary(self._future_through, details, request, self._replayable)
 
-    def _blocking(self, request: Any, details: CallDetails) -> tuple[Any, Any]:
-        """A blocking call: the direct path when nothing but the breaker applies."""
-        guard = self._guard
-        info = self._info
-        try:
-            breaker = guard.registry.get(info.name)
-            direct = not (
-                (self._replayable and breaker.retry_budget is not None)
-                or (info.fallback is not None and guard.fallback_on_failure)
-            )
-            permit = breaker.acquire() if direct else None
-        except CallNotPermittedError as error:
-            outcome = not_admitted(self._blocking_through, details, request, error, info.fallback)
-            return outcome.result(), outcome
-        except Exception:
-            permit = None  # the interceptor's path logs it and calls through
-        if permit is None:
-            outcome = self._interceptor._unary(
-                self._blocking_through, details, request, self._replayable
-            )
-            return outcome.result(), outcome
-        try:
-            response, call = self._inner.with_call(
-                request,
-                timeout=details.timeout,
-                metadata=details.metadata,
-                credentials=details.credentials,
-                wait_for_ready=details.wait_for_ready,
-                compression=details.compression,
-            )
-        except grpc.RpcError as error:
-            code = error.code()
-            drop = error.details() if code is _UNAVAILABLE else None
-            guard.record(permit, breaker, code, details=drop)
-            raise
-        except BaseException:
-            release(permit)
-            raise
-        guard.record(permit, breaker, _OK)
-        return response, call
 
-    def _blocking_through(self, details: Any, request: Any) -> Any:
-        """The continuation of a blocking call: its finished call, or its error (also a call)."""
-        try:
-            return self._inner.with_call(
-                request,
-                timeout=details.timeout,
-                metadata=details.metadata,
-                credentials=details.credentials,
-                wait_for_ready=details.wait_for_ready,
-                compression=details.compression,
-            )[1]
-        except grpc.RpcError as error:
-            return error
+class GuardedStreamUnary(_UnaryResponse, _StreamUnaryBase):  # type: ignore[misc]
+    """A stream-unary multi-callable with the breaker; grpc's signatures (`request_iterator`)."""
 
-    def _future_through(self, details: Any, request: Any) -> Any:
-        return self._inner.future(
+    __slots__ = ()
+
+    _replayable = False
+
+    def __call__(
+        self,
+        request_iterator: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        """The response, or the call's error raised (a rejection: also a CallNotPermittedError)."""
+        return self._blocking(
+            request_iterator,
+            CallDetails(self._method, timeout, metadata, credentials, wait_for_ready, compression),
+        )[0]
+
+    def with_call(
+        self,
+        request_iterator: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> tuple[Any, grpc.Call]:
+        """(response, call), or the call's error raised."""
+        return self._blocking(
+            request_iterator,
+            CallDetails(self._method, timeout, metadata, credentials, wait_for_ready, compression),
+        )
+
+    def future(
+        self,
+        request_iterator: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        """A grpc.Future and grpc.Call of the response (a rejection: one already failed)."""
+        return self._future(
+            request_iterator,
+            CallDetails(self._method, timeout, metadata, credentials, wait_for_ready, compression),
+        )
+
+
+class _StreamResponse(_Guarded):
+    """A response-stream call with the breaker."""
+
+    __slots__ = ()
+
+    def _stream(self, request: Any, details: CallDetails) -> Any:
+        """The response stream (an iterator, grpc.Call and grpc.Future), or its rejection."""
+        try:
+            return self._interceptor._stream(self._through, details, request, self._replayable)
+        except Exception as error:  # raised below the breaker: as grpc.intercept_channel hands it
+            return FailedCall(error, error.__traceback__)
+
+    def _through(self, details: Any, request: Any) -> Any:
+        return self._inner(
             request,
             timeout=details.timeout,
             metadata=details.metadata,
@@ -304,8 +398,8 @@ class GuardedUnaryUnary(_Guarded, _UnaryUnaryBase, _StreamUnaryBase):  # type: i
         )
 
 
-class GuardedStream(_Guarded, _UnaryStreamBase, _StreamStreamBase):  # type: ignore[misc]
-    """A response-stream multi-callable (unary or streaming requests) with the breaker."""
+class GuardedUnaryStream(_StreamResponse, _UnaryStreamBase):  # type: ignore[misc]
+    """A unary-stream multi-callable with the breaker; grpc's signature."""
 
     __slots__ = ()
 
@@ -319,17 +413,30 @@ class GuardedStream(_Guarded, _UnaryStreamBase, _StreamStreamBase):  # type: ign
         compression: Any = None,
     ) -> Any:
         """The response stream (an iterator, grpc.Call and grpc.Future), or its rejection."""
-        details = CallDetails(
-            self._method, timeout, metadata, credentials, wait_for_ready, compression
-        )
-        return self._interceptor._stream(self._through, details, request, self._replayable)
-
-    def _through(self, details: Any, request: Any) -> Any:
-        return self._inner(
+        return self._stream(
             request,
-            timeout=details.timeout,
-            metadata=details.metadata,
-            credentials=details.credentials,
-            wait_for_ready=details.wait_for_ready,
-            compression=details.compression,
+            CallDetails(self._method, timeout, metadata, credentials, wait_for_ready, compression),
+        )
+
+
+class GuardedStreamStream(_StreamResponse, _StreamStreamBase):  # type: ignore[misc]
+    """A stream-stream multi-callable with the breaker; grpc's signature (`request_iterator`)."""
+
+    __slots__ = ()
+
+    _replayable = False
+
+    def __call__(
+        self,
+        request_iterator: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        """The response stream (an iterator, grpc.Call and grpc.Future), or its rejection."""
+        return self._stream(
+            request_iterator,
+            CallDetails(self._method, timeout, metadata, credentials, wait_for_ready, compression),
         )

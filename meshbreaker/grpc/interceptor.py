@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import importlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -18,9 +17,13 @@ from meshbreaker._adapter.retrying import next_delay, remaining, retry_run
 from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.grpc._calls import (
     CallTracker,
+    FailedCall,
     FallbackOnFailureCall,
     RetryingStream,
     TrackedStream,
+    grpc_types,
+    raised_below,
+    record_finished,
     rejection,
 )
 from meshbreaker.grpc._retry_future import RetryingFuture
@@ -28,12 +31,6 @@ from meshbreaker.registry import BreakerRegistry
 from meshbreaker.retry import RetryRun
 
 logger = logging.getLogger(__name__)
-_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
-
-
-def _grpc_types(module: str, *names: str) -> tuple[type, ...]:
-    found = (getattr(importlib.import_module(module), name, None) for name in names)
-    return tuple(kind for kind in found if isinstance(kind, type))
 
 
 # What grpc's blocking unary path (a call, .with_call()) hands an interceptor: its attempt, over.
@@ -41,8 +38,9 @@ def _grpc_types(module: str, *names: str) -> tuple[type, ...]:
 # path may sleep through a backoff in the caller's thread; anything else is a RetryingFuture, which
 # never blocks .future(). Private grpc names, pinned by test_grpcs_blocking_outcome_types: should
 # grpc rename them, blocking calls are retried as futures (correct, one timer wait per attempt).
-BLOCKING_OUTCOMES = _grpc_types("grpc._interceptor", "_UnaryOutcome", "_FailureOutcome")
-BLOCKING_OUTCOMES += _grpc_types("grpc._channel", "_InactiveRpcError")
+# A guarded channel's blocking path hands over its own FailedCall where grpc has _FailureOutcome.
+BLOCKING_OUTCOMES = grpc_types("grpc._interceptor", "_UnaryOutcome", "_FailureOutcome")
+BLOCKING_OUTCOMES += (*grpc_types("grpc._channel", "_InactiveRpcError"), FailedCall)
 
 
 def _blocking(call: Any) -> bool:
@@ -99,15 +97,17 @@ class BreakerInterceptor(
             method = details.method
             info = guard.methods.get(method) or guard.method_info(method)
             breaker = guard.registry.get(info.name)
+            run = None
             if replayable and breaker.retry_budget is not None:
                 run = retry_run(breaker, details.timeout)
-                if run is not None:
-                    return self._retrying(continuation, details, request, info, breaker, run)
-            permit = breaker.acquire()
+            if run is None:
+                permit = breaker.acquire()
         except CallNotPermittedError as error:
             return not_admitted(continuation, details, request, error, info.fallback)
         except Exception as error:
             return not_admitted(continuation, details, request, error, None)
+        if run is not None:  # outside the try: what the attempts raise is the caller's
+            return self._retrying(continuation, details, request, info, breaker, run)
         try:
             call = continuation(details, request)
         except BaseException:
@@ -122,9 +122,7 @@ class BreakerInterceptor(
         guard = self._guard
         try:
             if call.done():  # the blocking path: grpc hands over a finished call
-                code = call.code()
-                drop = call.details() if code is _UNAVAILABLE else None
-                guard.record(permit, breaker, code, details=drop)
+                record_finished(guard, breaker, permit, call)
             else:
                 CallTracker(guard, breaker, permit).watch(call)
             if info.fallback is not None and guard.fallback_on_failure:
@@ -154,6 +152,8 @@ class BreakerInterceptor(
                 permit = breaker.acquire()
             except CallNotPermittedError as error:  # never retried
                 return not_admitted(continuation, details, request, error, info.fallback)
+            except Exception as error:
+                return not_admitted(continuation, details, request, error, None)
             try:
                 call = continuation(details, request)
             except BaseException:
@@ -164,7 +164,7 @@ class BreakerInterceptor(
                 return self._future(*args)
             code = call.code()
             delay = None
-            if code is not grpc.StatusCode.OK:
+            if code is not grpc.StatusCode.OK and not raised_below(call):
                 delay = next_delay(
                     run, code, call.details(), call.initial_metadata(), call.trailing_metadata()
                 )

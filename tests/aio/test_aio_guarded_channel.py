@@ -12,11 +12,13 @@ import grpc
 import grpc.aio
 import pytest
 
-from meshbreaker.aio import GuardedChannel, guarded_channel
+from meshbreaker.aio import GuardedChannel, breaker_interceptors, guarded_channel
 from meshbreaker.config import State
 from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.registry import BreakerRegistry
-from tests.grpc.bytes_server import SERVER_STREAM, UNARY, BytesServer
+from meshbreaker.retry import RetryPolicy
+from meshbreaker.testing import FakeClock
+from tests.grpc.bytes_server import PATIENT, SERVER_STREAM, UNARY, BytesServer
 
 
 class Tracing(grpc.aio.UnaryUnaryClientInterceptor):
@@ -68,3 +70,76 @@ def test_what_is_not_an_aio_channel_is_refused(
     with pytest.raises(TypeError, match=r"channel must be a grpc\.aio\.Channel, got "):
         guarded_channel(sync, registry)  # type: ignore[arg-type]
     sync.close()
+
+
+def _on(path: str, target: str, registry: BreakerRegistry, below: Any = ()) -> grpc.aio.Channel:
+    """A channel to `target` with the breakers above the interceptors `below`, on `path`."""
+    if path == "guarded_channel":
+        inner = grpc.aio.insecure_channel(target, interceptors=list(below) or None)
+        return guarded_channel(inner, registry)
+    interceptors = [*breaker_interceptors(registry), *below]
+    return grpc.aio.insecure_channel(target, interceptors=interceptors)
+
+
+PATHS = pytest.mark.parametrize("path", ["interceptors", "guarded_channel"])
+
+
+@PATHS
+async def test_a_closed_channel_fails_where_the_call_is_used_on_both_paths(
+    server: BytesServer, registry: BreakerRegistry, path: str
+) -> None:
+    channel = _on(path, server.target, registry)
+    await channel.close()
+    unary: Any = channel.unary_unary(UNARY)
+    call = unary(b"x")  # made: grpc.aio raises where the call is used, not here
+    with pytest.raises(grpc.aio.UsageError):
+        await call
+    with pytest.raises(grpc.aio.UsageError):
+        await call.code()
+    stream: Any = channel.unary_stream(SERVER_STREAM)
+    with pytest.raises(grpc.aio.UsageError):
+        await stream(b"n:1").read()
+    for method in (UNARY, SERVER_STREAM):
+        snapshot = registry.get(method).snapshot()
+        assert (snapshot.ignored, snapshot.failed) == (1, 0)
+
+
+class RefusingFirst(grpc.aio.UnaryStreamClientInterceptor):
+    """Below the breaker: refuses the first `times` calls with UNAVAILABLE, as a proxy may."""
+
+    def __init__(self, times: int) -> None:
+        self.times = times
+        self.calls = 0
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.calls += 1
+        if self.calls <= self.times:
+            metadata = grpc.aio.Metadata()
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, metadata, metadata, "refused below"
+            )
+        return await continuation(details, request)
+
+
+@PATHS
+@pytest.mark.parametrize("times", [1, 5])
+async def test_a_stream_refused_below_is_retried_alike_on_both_paths(
+    server: BytesServer, clock: FakeClock, path: str, times: int
+) -> None:
+    fast = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
+    registry = BreakerRegistry(PATIENT.replace(retry=fast, idempotent=True), clock=clock)
+    below = RefusingFirst(times)
+    async with _on(path, server.target, registry, [below]) as channel:
+        stream: Any = channel.unary_stream(SERVER_STREAM)
+        call = stream(b"n:2")
+        if times < 3:
+            assert [message async for message in call] == [b"m0", b"m1"]
+            assert await call.code() is grpc.StatusCode.OK
+        else:  # every attempt refused: the last refusal is what the caller gets
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call.read()
+            assert raised.value.details() == "refused below"
+            assert await call.code() is grpc.StatusCode.UNAVAILABLE
+    assert below.calls == min(times + 1, 3)
+    snapshot = registry.get(SERVER_STREAM).snapshot()
+    assert (snapshot.failed, snapshot.successful) == (min(times, 3), 1 if times < 3 else 0)

@@ -39,6 +39,62 @@ def _pairs(metadata: Iterable[Any] | None) -> Metadata:
     return tuple((key, value) for key, value in metadata or ())
 
 
+class RaisingBelow(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """A sync interceptor below the breaker that raises `error` (no grpc.RpcError) on every call."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.calls = 0
+
+    def _raise(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.calls += 1
+        raise self.error
+
+    intercept_unary_unary = intercept_unary_stream = _raise  # type: ignore[assignment]
+    intercept_stream_unary = intercept_stream_stream = _raise  # type: ignore[assignment]
+
+
+class _AioRaising:
+    def __init__(self, below: RaisingBelow) -> None:
+        self.below = below
+
+    async def _raise(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.below.calls += 1
+        raise self.below.error
+
+
+class _AioRaisingUnaryUnary(_AioRaising, grpc.aio.UnaryUnaryClientInterceptor):
+    intercept_unary_unary = _AioRaising._raise  # type: ignore[assignment]
+
+
+class _AioRaisingUnaryStream(_AioRaising, grpc.aio.UnaryStreamClientInterceptor):
+    intercept_unary_stream = _AioRaising._raise  # type: ignore[assignment]
+
+
+class _AioRaisingStreamUnary(_AioRaising, grpc.aio.StreamUnaryClientInterceptor):
+    intercept_stream_unary = _AioRaising._raise  # type: ignore[assignment]
+
+
+class _AioRaisingStreamStream(_AioRaising, grpc.aio.StreamStreamClientInterceptor):
+    intercept_stream_stream = _AioRaising._raise  # type: ignore[assignment]
+
+
+def aio_raising(below: RaisingBelow) -> list[grpc.aio.ClientInterceptor]:
+    """`below` as grpc.aio interceptors (a channel files each under one call kind)."""
+    kinds = (
+        _AioRaisingUnaryUnary,
+        _AioRaisingUnaryStream,
+        _AioRaisingStreamUnary,
+        _AioRaisingStreamStream,
+    )
+    return [kind(below) for kind in kinds]
+
+
 class SyncDriver:
     """Calls through BreakerInterceptor on a sync channel."""
 
@@ -49,12 +105,21 @@ class SyncDriver:
         self._channels: list[grpc.Channel] = []
 
     def connect(
-        self, registry: BreakerRegistry, *, address: str | None = None, **options: Any
+        self,
+        registry: BreakerRegistry,
+        *,
+        address: str | None = None,
+        below: RaisingBelow | None = None,
+        **options: Any,
     ) -> None:
-        """Guard the driver's calls with `registry` and the interceptor `options`."""
-        channel = self.guard(
-            grpc.insecure_channel(address or self._server.target), registry, options
-        )
+        """Guard the driver's calls with `registry` and the interceptor `options`.
+
+        `below`: an interceptor between the breaker and the channel.
+        """
+        channel = grpc.insecure_channel(address or self._server.target)
+        if below is not None:
+            channel = grpc.intercept_channel(channel, below)
+        channel = self.guard(channel, registry, options)
         self._channels.append(channel)
         self._channel = channel
 
@@ -188,17 +253,31 @@ class AioDriver:
         self._channels: list[grpc.aio.Channel] = []
 
     def connect(
-        self, registry: BreakerRegistry, *, address: str | None = None, **options: Any
+        self,
+        registry: BreakerRegistry,
+        *,
+        address: str | None = None,
+        below: RaisingBelow | None = None,
+        **options: Any,
     ) -> None:
-        """Guard the driver's calls with `registry` and the interceptor `options`."""
-        channel = self.guard(address or self._server.target, registry, options)
+        """Guard the driver's calls with `registry` and the interceptor `options`.
+
+        `below`: an interceptor between the breaker and the channel.
+        """
+        lower = aio_raising(below) if below is not None else []
+        channel = self.guard(address or self._server.target, registry, options, lower)
         self._channels.append(channel)
         self._channel = channel
 
     @staticmethod
-    def guard(target: str, registry: BreakerRegistry, options: Any) -> grpc.aio.Channel:
-        """A channel to `target` with the flavour's breakers."""
-        interceptors = breaker_interceptors(registry, **options)
+    def guard(
+        target: str,
+        registry: BreakerRegistry,
+        options: Any,
+        below: list[grpc.aio.ClientInterceptor],
+    ) -> grpc.aio.Channel:
+        """A channel to `target` with the flavour's breakers above the interceptors `below`."""
+        interceptors = [*breaker_interceptors(registry, **options), *below]
         return grpc.aio.insecure_channel(target, interceptors=interceptors)
 
     async def close(self) -> None:
@@ -269,8 +348,14 @@ class GuardedAioDriver(AioDriver):
     flavour = "aio-guarded"
 
     @staticmethod
-    def guard(target: str, registry: BreakerRegistry, options: Any) -> grpc.aio.Channel:
-        return aio_guarded_channel(grpc.aio.insecure_channel(target), registry, **options)
+    def guard(
+        target: str,
+        registry: BreakerRegistry,
+        options: Any,
+        below: list[grpc.aio.ClientInterceptor],
+    ) -> grpc.aio.Channel:
+        inner = grpc.aio.insecure_channel(target, interceptors=below or None)
+        return aio_guarded_channel(inner, registry, **options)
 
 
 Driver = SyncDriver | AioDriver
@@ -282,9 +367,24 @@ DRIVERS: dict[str, Callable[[BytesServer], Driver]] = {
 }
 
 
+# Sync .future() calls: what differs from a blocking call is how the outcome comes back.
+FUTURES: dict[str, Callable[[BytesServer], Driver]] = {
+    "sync-future": FutureDriver,
+    "sync-guarded-future": GuardedFutureDriver,
+}
+
+
 @pytest.fixture(params=sorted(DRIVERS))
 async def driver(request: pytest.FixtureRequest, server: BytesServer) -> AsyncIterator[Driver]:
     """A driver of each flavour, on the test server."""
     made = DRIVERS[request.param](server)
+    yield made
+    await made.close()
+
+
+@pytest.fixture(params=[*sorted(DRIVERS), *sorted(FUTURES)])
+async def any_driver(request: pytest.FixtureRequest, server: BytesServer) -> AsyncIterator[Driver]:
+    """Each flavour, and sync .future() calls."""
+    made = {**DRIVERS, **FUTURES}[request.param](server)
     yield made
     await made.close()

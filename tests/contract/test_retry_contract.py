@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -17,7 +16,7 @@ from meshbreaker.grpc._retry_future import Timer
 from meshbreaker.grpc.interceptor import BLOCKING_OUTCOMES
 from meshbreaker.retry import RetryBudget, RetryPolicy, RetryRun
 from meshbreaker.testing import FakeClock
-from tests.contract.drivers import DRIVERS, Driver, FutureDriver, GuardedFutureDriver
+from tests.contract.drivers import Driver
 from tests.grpc.bytes_server import BIDI, CLIENT_STREAM, PATIENT, SERVER_STREAM, UNARY, BytesServer
 from tests.server_support import wait_until
 
@@ -25,16 +24,10 @@ from tests.server_support import wait_until
 FAST = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
 
 
-FUTURES = {"sync-future": FutureDriver, "sync-guarded-future": GuardedFutureDriver}
-
-
-@pytest.fixture(params=[*sorted(DRIVERS), *sorted(FUTURES)])
-async def driver(request: pytest.FixtureRequest, server: BytesServer) -> AsyncIterator[Driver]:
+@pytest.fixture
+def driver(any_driver: Driver) -> Driver:
     """Each flavour, and sync .future() calls (retried from callbacks and the timer thread)."""
-    flavours = {**DRIVERS, **FUTURES}
-    made = flavours[request.param](server)
-    yield made
-    await made.close()
+    return any_driver
 
 
 def retrying(clock: FakeClock, policy: RetryPolicy = FAST, **fields: object) -> BreakerRegistry:
@@ -296,7 +289,7 @@ class _Peek(grpc.UnaryUnaryClientInterceptor):
 
 def test_grpcs_blocking_outcome_types(server: BytesServer) -> None:
     """Blocking calls hand interceptors one of BLOCKING_OUTCOMES; futures never do."""
-    assert len(BLOCKING_OUTCOMES) == 3
+    assert len(BLOCKING_OUTCOMES) == 4  # grpc's three and the guarded channel's FailedCall
     peek = _Peek()
     channel = grpc.intercept_channel(grpc.insecure_channel(server.target), peek)
     try:

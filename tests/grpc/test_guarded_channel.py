@@ -14,8 +14,9 @@ import pytest
 
 from meshbreaker.config import State
 from meshbreaker.errors import CallNotPermittedError
-from meshbreaker.grpc import GuardedChannel, guarded_channel
+from meshbreaker.grpc import BreakerInterceptor, GuardedChannel, guarded_channel
 from meshbreaker.registry import BreakerRegistry
+from tests.contract.drivers import RaisingBelow
 from tests.grpc.bytes_server import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY, BytesServer
 from tests.server_support import wait_until
 
@@ -135,3 +136,54 @@ def test_the_channel_api_reaches_the_wrapped_channel(
 def test_what_is_not_a_channel_is_refused(registry: BreakerRegistry) -> None:
     with pytest.raises(TypeError, match=r"channel must be a grpc\.Channel, got str"):
         guarded_channel("localhost:50051", registry)  # type: ignore[arg-type]
+
+
+def _both_paths(channel: grpc.Channel, registry: BreakerRegistry) -> list[grpc.Channel]:
+    """`channel` guarded through grpc.intercept_channel and through guarded_channel."""
+    return [
+        grpc.intercept_channel(channel, BreakerInterceptor(registry)),
+        guarded_channel(channel, registry),
+    ]
+
+
+def test_what_is_raised_below_comes_back_as_intercept_channel_hands_it(
+    channel: grpc.Channel, registry: BreakerRegistry, server: BytesServer
+) -> None:
+    below = RaisingBelow(LookupError("raised below the breaker"))
+    lower = grpc.intercept_channel(channel, below)
+    for guarded in _both_paths(lower, registry):
+        unary: Any = guarded.unary_unary(UNARY)
+        with pytest.raises(LookupError):
+            unary(b"x")
+        future = unary.future(b"x")
+        stream: Any = guarded.unary_stream(SERVER_STREAM)(b"n:1")
+        for call in (future, stream):  # a finished call that says INTERNAL and raises the error
+            assert call.done() and call.code() is grpc.StatusCode.INTERNAL
+            assert call.details() == "Exception raised while intercepting the RPC"
+        assert future.exception() is below.error
+        with pytest.raises(LookupError):
+            next(stream)
+    assert below.calls == 6 and server.total() == 0
+    for method in (UNARY, SERVER_STREAM):
+        snapshot = registry.get(method).snapshot()
+        assert (snapshot.failed, snapshot.successful) == (0, 0)
+
+
+def test_a_closed_channel_fails_alike_on_both_paths(
+    server: BytesServer, registry: BreakerRegistry
+) -> None:
+    for path in range(2):
+        closed = grpc.insecure_channel(server.target)
+        closed.close()
+        guarded = _both_paths(closed, registry)[path]
+        unary: Any = guarded.unary_unary(UNARY)
+        with pytest.raises(ValueError, match="closed channel"):
+            unary(b"x")
+        future = unary.future(b"x")
+        assert future.code() is grpc.StatusCode.INTERNAL
+        assert isinstance(future.exception(), ValueError)
+        stream: Any = guarded.unary_stream(SERVER_STREAM)(b"n:1")
+        with pytest.raises(ValueError, match="Channel closed"):
+            next(stream)
+    unary_snapshot = registry.get(UNARY).snapshot()
+    assert (unary_snapshot.ignored, unary_snapshot.failed) == (4, 0)
