@@ -13,7 +13,7 @@ import email.utils
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 try:
     import httpx
@@ -289,7 +289,34 @@ class _AsyncTrackedStream(httpx.AsyncByteStream):
             self._tracker.ended()
 
 
-class BreakerTransport(httpx.BaseTransport):
+_Inner = TypeVar("_Inner", httpx.BaseTransport, httpx.AsyncBaseTransport)
+
+
+class _Shell(Generic[_Inner]):
+    """What the sync and async transports share: the core, and the transport they send through."""
+
+    def __init__(
+        self,
+        registry: BreakerRegistry,
+        transport: _Inner | None = None,
+        *,
+        route: Route | None = None,
+        failure_statuses: Collection[int] = DEFAULT_FAILURE_STATUSES,
+        failure_exceptions: tuple[type[BaseException], ...] = DEFAULT_FAILURE_EXCEPTIONS,
+    ) -> None:
+        self._core = _Core(registry, route, failure_statuses, failure_exceptions)
+        self._transport: _Inner = self._default_transport() if transport is None else transport
+
+    def _default_transport(self) -> _Inner:
+        raise NotImplementedError
+
+    @property
+    def registry(self) -> BreakerRegistry:
+        """The registry holding this transport's breakers."""
+        return self._core.registry
+
+
+class BreakerTransport(_Shell[httpx.BaseTransport], httpx.BaseTransport):
     """Sends each request through the breaker of its origin and route, then `transport`.
 
     Failures: `failure_statuses` (5xx and 429 by default) and `failure_exceptions` (connection
@@ -297,25 +324,11 @@ class BreakerTransport(httpx.BaseTransport):
     ends: a success, or a failure if reading it fails. A `Retry-After` on a failed 429 or 503
     lengthens the open period of a breaker that is open (up to its open_duration_max). A refused
     request raises HTTPCallNotPermittedError, both a CallNotPermittedError and an
-    httpx.TransportError.
+    httpx.TransportError. Without `transport`, an httpx.HTTPTransport.
     """
 
-    def __init__(
-        self,
-        registry: BreakerRegistry,
-        transport: httpx.BaseTransport | None = None,
-        *,
-        route: Route | None = None,
-        failure_statuses: Collection[int] = DEFAULT_FAILURE_STATUSES,
-        failure_exceptions: tuple[type[BaseException], ...] = DEFAULT_FAILURE_EXCEPTIONS,
-    ) -> None:
-        self._core = _Core(registry, route, failure_statuses, failure_exceptions)
-        self._transport = httpx.HTTPTransport() if transport is None else transport
-
-    @property
-    def registry(self) -> BreakerRegistry:
-        """The registry holding this transport's breakers."""
-        return self._core.registry
+    def _default_transport(self) -> httpx.BaseTransport:
+        return httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         core = self._core
@@ -336,25 +349,14 @@ class BreakerTransport(httpx.BaseTransport):
         self._transport.close()
 
 
-class AsyncBreakerTransport(httpx.AsyncBaseTransport):
-    """BreakerTransport for httpx.AsyncClient: the same breakers, names and outcomes."""
+class AsyncBreakerTransport(_Shell[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport):
+    """BreakerTransport for httpx.AsyncClient: the same breakers, names and outcomes.
 
-    def __init__(
-        self,
-        registry: BreakerRegistry,
-        transport: httpx.AsyncBaseTransport | None = None,
-        *,
-        route: Route | None = None,
-        failure_statuses: Collection[int] = DEFAULT_FAILURE_STATUSES,
-        failure_exceptions: tuple[type[BaseException], ...] = DEFAULT_FAILURE_EXCEPTIONS,
-    ) -> None:
-        self._core = _Core(registry, route, failure_statuses, failure_exceptions)
-        self._transport = httpx.AsyncHTTPTransport() if transport is None else transport
+    Without `transport`, an httpx.AsyncHTTPTransport.
+    """
 
-    @property
-    def registry(self) -> BreakerRegistry:
-        """The registry holding this transport's breakers."""
-        return self._core.registry
+    def _default_transport(self) -> httpx.AsyncBaseTransport:
+        return httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         core = self._core
