@@ -113,14 +113,36 @@ class _FinishedCall(
         """Nothing to close."""
 
 
-class ErrorCall(_FinishedCall):
+class _RaisingCall(_FinishedCall):
+    """A call over before the caller saw it, whose response is an exception: `_raised`."""
+
+    _raised: BaseException
+
+    async def _raise(self) -> Any:
+        raise self._raised
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._raise().__await__()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise self._raised
+
+    async def read(self) -> Any:
+        """Raises the call's exception."""
+        raise self._raised
+
+
+class ErrorCall(_RaisingCall):
     """A grpc.aio call that ended with `error` before the caller saw it.
 
     Awaiting it or reading from it raises the error; its status and metadata are the error's.
     """
 
     def __init__(self, error: AioRpcError) -> None:
-        self.error = error
+        self.error = self._raised = error
 
     async def initial_metadata(self) -> Metadata:
         """The error's initial metadata."""
@@ -142,22 +164,6 @@ class ErrorCall(_FinishedCall):
         """The error's debug string."""
         return self.error.debug_error_string() or ""
 
-    async def _raise(self) -> Any:
-        raise self.error
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._raise().__await__()
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self
-
-    async def __anext__(self) -> Any:
-        raise self.error
-
-    async def read(self) -> Any:
-        """Raises the error."""
-        raise self.error
-
 
 class RejectedCall(ErrorCall):
     """A rejected grpc.aio call: awaiting it or reading from it raises its RejectedError.
@@ -172,7 +178,7 @@ class RejectedCall(ErrorCall):
         super().__init__(error)
 
 
-class FailedCall(_FinishedCall):
+class FailedCall(_RaisingCall):
     """An exception raised below the breaker, handed back as an intercepted grpc.aio call does.
 
     grpc.aio runs interceptors in a task, so what the channel or an interceptor below raises
@@ -181,53 +187,16 @@ class FailedCall(_FinishedCall):
     """
 
     def __init__(self, exception: Exception) -> None:
-        self.exception = exception
+        self.exception = self._raised = exception
 
-    async def _raise(self) -> Any:
+    async def _status(self) -> Any:
+        """Raises the exception, as an intercepted call asked for its status or metadata does."""
         raise self.exception
 
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._raise().__await__()
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self
-
-    async def __anext__(self) -> Any:
-        raise self.exception
-
-    async def read(self) -> Any:
-        """Raises the exception."""
-        raise self.exception
-
-    async def initial_metadata(self) -> Metadata:
-        """Raises the exception."""
-        raise self.exception
-
-    async def trailing_metadata(self) -> Metadata:
-        """Raises the exception."""
-        raise self.exception
-
-    async def code(self) -> grpc.StatusCode:
-        """Raises the exception."""
-        raise self.exception
-
-    async def details(self) -> str:
-        """Raises the exception."""
-        raise self.exception
-
-    async def debug_error_string(self) -> str:
-        """Raises the exception."""
-        raise self.exception
-
-    async def wait_for_connection(self) -> None:
-        """Raises the exception."""
-        raise self.exception
+    initial_metadata = trailing_metadata = code = details = _status
+    debug_error_string = wait_for_connection = done_writing = _status
 
     async def write(self, request: Any) -> None:
-        """Raises the exception."""
-        raise self.exception
-
-    async def done_writing(self) -> None:
         """Raises the exception."""
         raise self.exception
 

@@ -297,8 +297,8 @@ class _StreamResponse(_Guarded):
         return track_stream(self._guard, self._info, breaker, permit, call, run, restart)
 
 
-class GuardedUnaryUnary(_UnaryResponse, _UnaryUnaryBase):  # type: ignore[misc]
-    """A unary-unary multi-callable with the breaker; grpc.aio's signature."""
+class _UnaryRequest(_Guarded):
+    """grpc.aio's signature for a unary request: the request, then keyword-only options."""
 
     __slots__ = ()
 
@@ -312,16 +312,16 @@ class GuardedUnaryUnary(_UnaryResponse, _UnaryUnaryBase):  # type: ignore[misc]
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        """The call (awaitable), or its rejection (awaiting it raises)."""
+        """The call, or its rejection (awaiting or reading it raises)."""
         return self._call(request, timeout, metadata, credentials, wait_for_ready, compression)
 
 
-class GuardedStreamUnary(_UnaryResponse, _StreamUnaryBase):  # type: ignore[misc]
-    """A stream-unary multi-callable with the breaker; grpc.aio's signature (`request_iterator`)."""
+class _StreamRequest(_Guarded):
+    """grpc.aio's signature for a request stream: `request_iterator` (None: write() them)."""
 
     __slots__ = ()
 
-    _replayable = False
+    _replayable = False  # the requests are sent once: never retried
 
     def __call__(
         self,
@@ -332,51 +332,34 @@ class GuardedStreamUnary(_UnaryResponse, _StreamUnaryBase):  # type: ignore[misc
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        """The call (awaitable), or its rejection; without `request_iterator`, write() them."""
+        """The call, or its rejection (awaiting or reading it raises)."""
         return self._call(
             request_iterator, timeout, metadata, credentials, wait_for_ready, compression
         )
 
 
-class GuardedUnaryStream(_StreamResponse, _UnaryStreamBase):  # type: ignore[misc]
-    """A unary-stream multi-callable with the breaker; grpc.aio's signature."""
+class GuardedUnaryUnary(_UnaryRequest, _UnaryResponse, _UnaryUnaryBase):  # type: ignore[misc]
+    """A unary-unary multi-callable with the breaker."""
 
     __slots__ = ()
 
-    def __call__(
-        self,
-        request: Any,
-        *,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        """The response stream, or its rejection (reading it raises)."""
-        return self._call(request, timeout, metadata, credentials, wait_for_ready, compression)
 
-
-class GuardedStreamStream(_StreamResponse, _StreamStreamBase):  # type: ignore[misc]
-    """A stream-stream multi-callable with the breaker; grpc.aio's (`request_iterator`)."""
+class GuardedUnaryStream(_UnaryRequest, _StreamResponse, _UnaryStreamBase):  # type: ignore[misc]
+    """A unary-stream multi-callable with the breaker."""
 
     __slots__ = ()
 
-    _replayable = False
 
-    def __call__(
-        self,
-        request_iterator: Any = None,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        """The response stream, or its rejection; without `request_iterator`, write() them."""
-        return self._call(
-            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
-        )
+class GuardedStreamUnary(_StreamRequest, _UnaryResponse, _StreamUnaryBase):  # type: ignore[misc]
+    """A stream-unary multi-callable with the breaker."""
+
+    __slots__ = ()
+
+
+class GuardedStreamStream(_StreamRequest, _StreamResponse, _StreamStreamBase):  # type: ignore[misc]
+    """A stream-stream multi-callable with the breaker."""
+
+    __slots__ = ()
 
 
 class DeferredCall(_CallBase):  # type: ignore[misc]
