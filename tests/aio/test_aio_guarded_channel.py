@@ -6,6 +6,7 @@ suite, both parametrised over the interceptors and the guarded channel.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -18,7 +19,14 @@ from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.retry import RetryPolicy
 from meshbreaker.testing import FakeClock
-from tests.grpc.bytes_server import PATIENT, SERVER_STREAM, UNARY, BytesServer
+from tests.grpc.bytes_server import (
+    BIDI,
+    CLIENT_STREAM,
+    PATIENT,
+    SERVER_STREAM,
+    UNARY,
+    BytesServer,
+)
 
 
 class Tracing(grpc.aio.UnaryUnaryClientInterceptor):
@@ -143,3 +151,60 @@ async def test_a_stream_refused_below_is_retried_alike_on_both_paths(
     assert below.calls == min(times + 1, 3)
     snapshot = registry.get(SERVER_STREAM).snapshot()
     assert (snapshot.failed, snapshot.successful) == (min(times, 3), 1 if times < 3 else 0)
+
+
+class _Refusing:
+    """Below the breaker: refuses every call with UNAVAILABLE, before or after making it."""
+
+    def __init__(self, after: bool) -> None:
+        self.after = after
+
+    async def _refuse(self, continuation: Any, details: Any, request: Any) -> Any:
+        if self.after:
+            await continuation(details, request)
+        metadata = grpc.aio.Metadata()
+        raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, metadata, metadata, "refused")
+
+
+class _RefusingUnaryUnary(_Refusing, grpc.aio.UnaryUnaryClientInterceptor):
+    intercept_unary_unary = _Refusing._refuse  # type: ignore[assignment]
+
+
+class _RefusingUnaryStream(_Refusing, grpc.aio.UnaryStreamClientInterceptor):
+    intercept_unary_stream = _Refusing._refuse  # type: ignore[assignment]
+
+
+class _RefusingStreamUnary(_Refusing, grpc.aio.StreamUnaryClientInterceptor):
+    intercept_stream_unary = _Refusing._refuse  # type: ignore[assignment]
+
+
+class _RefusingStreamStream(_Refusing, grpc.aio.StreamStreamClientInterceptor):
+    intercept_stream_stream = _Refusing._refuse  # type: ignore[assignment]
+
+
+@PATHS
+@pytest.mark.parametrize("after", [False, True], ids=["before-the-call", "after-the-call"])
+@pytest.mark.parametrize("method", [UNARY, SERVER_STREAM, CLIENT_STREAM, BIDI])
+async def test_a_call_refused_below_ends_with_its_refusal(
+    server: BytesServer, registry: BreakerRegistry, path: str, after: bool, method: str
+) -> None:
+    """Issue 21's suspected hang: code() after a refusal below must complete on every kind."""
+    kinds = (_RefusingUnaryUnary, _RefusingUnaryStream, _RefusingStreamUnary, _RefusingStreamStream)
+    async with _on(path, server.target, registry, [kind(after) for kind in kinds]) as channel:
+        if method in (UNARY, SERVER_STREAM):
+            multi: Any = getattr(channel, "unary_unary" if method == UNARY else "unary_stream")
+            call = multi(method)(b"n:1" if method == SERVER_STREAM else b"hello")
+        else:
+            multi = getattr(channel, "stream_unary" if method == CLIENT_STREAM else "stream_stream")
+            call = multi(method)(iter([b"a"]))
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            if method in (UNARY, CLIENT_STREAM):
+                await call
+            else:
+                await call.read()
+        assert raised.value.details() == "refused"
+        # A generous bound, not a timing check: without it a hang would stall the suite.
+        assert await asyncio.wait_for(call.code(), 30) is grpc.StatusCode.UNAVAILABLE
+        assert await asyncio.wait_for(call.details(), 30) == "refused"
+    snapshot = registry.get(method).snapshot()
+    assert (snapshot.failed, snapshot.successful, snapshot.ignored) == (1, 0, 0)
