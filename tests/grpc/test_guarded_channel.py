@@ -156,7 +156,8 @@ def test_what_is_raised_below_comes_back_as_intercept_channel_hands_it(
         with pytest.raises(LookupError):
             unary(b"x")
         future = unary.future(b"x")
-        stream: Any = guarded.unary_stream(SERVER_STREAM)(b"n:1")
+        streams: Any = guarded.unary_stream(SERVER_STREAM)
+        stream = streams(b"n:1")
         for call in (future, stream):  # a finished call that says INTERNAL and raises the error
             assert call.done() and call.code() is grpc.StatusCode.INTERNAL
             assert call.details() == "Exception raised while intercepting the RPC"
@@ -182,7 +183,8 @@ def test_a_closed_channel_fails_alike_on_both_paths(
         future = unary.future(b"x")
         assert future.code() is grpc.StatusCode.INTERNAL
         assert isinstance(future.exception(), ValueError)
-        stream: Any = guarded.unary_stream(SERVER_STREAM)(b"n:1")
+        streams: Any = guarded.unary_stream(SERVER_STREAM)
+        stream = streams(b"n:1")
         with pytest.raises(ValueError, match="Channel closed"):
             next(stream)
     unary_snapshot = registry.get(UNARY).snapshot()
