@@ -29,10 +29,7 @@ from meshbreaker.aio.interceptors import (
     track_stream,
     track_unary,
 )
-from meshbreaker.breaker import CircuitBreaker, Permit
-from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.registry import BreakerRegistry
-from meshbreaker.retry import RetryRun
 
 logger = logging.getLogger(__name__)
 
@@ -133,18 +130,18 @@ class GuardedChannel(grpc.aio.Channel):
 
 
 class _Guarded:
-    """One guarded call, admitted, made and tracked where the caller makes it; kinds differ below.
+    """One guarded call, admitted, made and tracked where the caller makes it.
 
-    Subclasses say how a call of their kind is tracked, and carry grpc's signature for it.
+    The subclasses below cross grpc.aio's two request signatures with the two response kinds.
     """
 
     __slots__ = ("_guard", "_info", "_inner", "_method")
 
     # Whether a retry policy may make the call again: only a unary request can be sent twice.
     _replayable = True
-    # Whether retries run before the call is handed over (unary responses, in a DeferredCall) or
-    # inside the stream handed over (response streams, until their first message).
-    _defers = False
+    # Unary responses are retried before the call is handed over (in a DeferredCall) and answered
+    # by fallbacks; response streams are retried inside the stream, before its first message.
+    _unary_response = True
 
     def __init__(self, inner: Any, method: str, guard: Guard) -> None:
         self._inner = inner
@@ -161,64 +158,55 @@ class _Guarded:
         wait_for_ready: bool | None,
         compression: Any,
     ) -> Any:
-        """The call guarded, or its refusal; made exactly as the interceptors would make it."""
+        """The call guarded, or its refusal; made exactly as the interceptors would make it.
+
+        The hot path: no dict of options, no frame beyond the tracking function (track_unary or
+        track_stream, shared with the interceptors).
+        """
         guard = self._guard
         info = self._info
-        options = {
-            "timeout": timeout,
-            "metadata": metadata,
-            "credentials": credentials,
-            "wait_for_ready": wait_for_ready,
-            "compression": compression,
-        }
         try:
             breaker = guard.registry.get(info.name)
             run = None
             if self._replayable and breaker.retry_budget is not None:
                 run = retry_run(breaker, timeout)
-                if run is not None and self._defers:
+                if run is not None and self._unary_response:
                     # Retried before the caller sees an answer: in a task, like interceptors.
-                    details = self._details(options)
+                    details = ClientCallDetails(
+                        self._method, timeout, metadata, credentials, wait_for_ready
+                    )
                     through = self._through(compression)
                     return DeferredCall(retrying(guard, through, details, request, run))
             permit = breaker.acquire()
-        except CallNotPermittedError as error:
-            return self._unguarded(error, self._fallback(info), request, options)
         except Exception as error:
-            return self._unguarded(error, None, request, options)
+            fallback = info.fallback if self._unary_response else None
+            options = (timeout, metadata, credentials, wait_for_ready, compression)
+            return self._unguarded(error, fallback, request, *options)
         try:
-            call = self._inner(request, **options)
+            call = self._inner(
+                request,
+                timeout=timeout,
+                metadata=metadata,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
         except Exception as error:  # raised below the breaker: where an intercepted call has it
             release(permit)
             return FailedCall(error)
         except BaseException:
             release(permit)
             raise
-        return self._track(breaker, permit, call, request, run, options)
-
-    def _fallback(self, info: MethodInfo) -> Fallback | None:
-        """The fallback that answers a rejection: unary responses only."""
-        return None
-
-    def _track(
-        self,
-        breaker: CircuitBreaker,
-        permit: Permit,
-        call: Any,
-        request: Any,
-        run: RetryRun | None,
-        options: dict[str, Any],
-    ) -> Any:
-        raise NotImplementedError
-
-    def _details(self, options: dict[str, Any]) -> ClientCallDetails:
-        return ClientCallDetails(
-            self._method,
-            options["timeout"],
-            options["metadata"],
-            options["credentials"],
-            options["wait_for_ready"],
-        )
+        if self._unary_response:
+            return track_unary(guard, info, breaker, permit, call, request)
+        restart = None
+        if run is not None:
+            details = ClientCallDetails(
+                self._method, timeout, metadata, credentials, wait_for_ready
+            )
+            through = self._through(compression)
+            restart = functools.partial(restart_stream, guard, breaker, through, details, request)
+        return track_stream(guard, info, breaker, permit, call, run, restart)
 
     def _through(self, compression: Any) -> Any:
         """The continuation the interceptors' code calls: this call's channel multi-callable."""
@@ -236,38 +224,31 @@ class _Guarded:
         return continuation
 
     def _unguarded(
-        self, error: Exception, fallback: Fallback | None, request: Any, options: dict[str, Any]
+        self,
+        error: Exception,
+        fallback: Fallback | None,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
     ) -> Any:
         """A call not admitted: its rejection, or the call made unguarded if meshbreaker failed."""
         refused = refusal(error, fallback, request, self._method)
         if refused is not None:
             return refused
         try:
-            return self._inner(request, **options)
+            return self._inner(
+                request,
+                timeout=timeout,
+                metadata=metadata,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
         except Exception as raised:  # raised below the breaker: where an intercepted call has it
             return FailedCall(raised)
-
-
-class _UnaryResponse(_Guarded):
-    """A unary-response call: tracked until it answers, covered by its method's fallback."""
-
-    __slots__ = ()
-
-    _defers = True
-
-    def _fallback(self, info: MethodInfo) -> Fallback | None:
-        return info.fallback
-
-    def _track(
-        self,
-        breaker: CircuitBreaker,
-        permit: Permit,
-        call: Any,
-        request: Any,
-        run: RetryRun | None,
-        options: dict[str, Any],
-    ) -> Any:
-        return track_unary(self._guard, self._info, breaker, permit, call, request)
 
 
 class _StreamResponse(_Guarded):
@@ -275,26 +256,7 @@ class _StreamResponse(_Guarded):
 
     __slots__ = ()
 
-    def _track(
-        self,
-        breaker: CircuitBreaker,
-        permit: Permit,
-        call: Any,
-        request: Any,
-        run: RetryRun | None,
-        options: dict[str, Any],
-    ) -> Any:
-        restart = None
-        if run is not None:
-            restart = functools.partial(
-                restart_stream,
-                self._guard,
-                breaker,
-                self._through(options["compression"]),
-                self._details(options),
-                request,
-            )
-        return track_stream(self._guard, self._info, breaker, permit, call, run, restart)
+    _unary_response = False
 
 
 class _UnaryRequest(_Guarded):
@@ -338,7 +300,7 @@ class _StreamRequest(_Guarded):
         )
 
 
-class GuardedUnaryUnary(_UnaryRequest, _UnaryResponse, _UnaryUnaryBase):  # type: ignore[misc]
+class GuardedUnaryUnary(_UnaryRequest, _UnaryUnaryBase):  # type: ignore[misc]
     """A unary-unary multi-callable with the breaker."""
 
     __slots__ = ()
@@ -350,7 +312,7 @@ class GuardedUnaryStream(_UnaryRequest, _StreamResponse, _UnaryStreamBase):  # t
     __slots__ = ()
 
 
-class GuardedStreamUnary(_StreamRequest, _UnaryResponse, _StreamUnaryBase):  # type: ignore[misc]
+class GuardedStreamUnary(_StreamRequest, _StreamUnaryBase):  # type: ignore[misc]
     """A stream-unary multi-callable with the breaker."""
 
     __slots__ = ()
