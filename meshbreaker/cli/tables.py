@@ -187,9 +187,9 @@ def policy_table(response: pb.ListPoliciesResponse, width: int | None = None) ->
             policy.selector.service or "*",
             policy.selector.method or "*",
             _mode_name(policy),
-            _override_name(policy.override),
+            _override_cell(policy),
             str(policy.revision),
-            describe_config(policy),
+            _settings(policy),
         ]
         for policy in response.policies
     ]
@@ -209,9 +209,33 @@ def _mode_name(policy: pb.Policy) -> str:
     return "-" if mode is None else describe_value(mode)
 
 
-def _override_name(value: int) -> str:
-    state = convert.override_from_proto(value)
-    return state.value if state is not None else "-"
+def _override_cell(policy: pb.Policy) -> str:
+    """The override, and when it ends: "FORCED_OPEN until 2026-12-01T06:30:00Z", "-" for none."""
+    state = convert.override_from_proto(policy.override)
+    if state is None:
+        return "-"
+    if policy.HasField("override_expires_at"):
+        return f"{state.value} until {policy.override_expires_at.ToJsonString()}"
+    return state.value
+
+
+def _settings(policy: pb.Policy) -> str:
+    """The config the policy sets, then its canary, fleet decision and override's reason."""
+    parts = [describe_config(policy)]
+    if policy.HasField("canary"):
+        canary = policy.canary
+        staged = describe_layer(canary.config) if canary.HasField("config") else "(no config)"
+        part = f"canary {canary.percent:g}%: {staged}"
+        if canary.HasField("max_rejection_margin"):
+            part += f" (rolled back past +{canary.max_rejection_margin:g} rejections)"
+        parts.append(part)
+    if policy.HasField("fleet"):
+        fleet = policy.fleet
+        probers = ", ".join(fleet.probers) or "none"
+        parts.append(f"fleet decision, open period {fleet.period}, probers {probers}")
+    if policy.override_reason:
+        parts.append(f"reason: {policy.override_reason}")
+    return "; ".join(parts)
 
 
 def describe_effective(snapshot: pb.BreakerSnapshot) -> str:
@@ -235,8 +259,13 @@ def describe_config(policy: pb.Policy) -> str:
     """The config fields the policy sets (the rest come from less specific layers)."""
     if not policy.HasField("config"):
         return "(no config)"
+    return describe_layer(policy.config)
+
+
+def describe_layer(config: pb.BreakerConfig) -> str:
+    """The config fields a layer sets, as flags spell their values ("mode" is its own column)."""
     try:
-        layer = convert.layer_from_proto(policy.config)
+        layer = convert.layer_from_proto(config)
     except ConfigError as error:
         return f"(invalid: {error})"
     words = [f"{name}={describe_value(value)}" for name, value in layer.items() if name != "mode"]

@@ -353,6 +353,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         actor = self._actor(context)
 
         async def work() -> list[AuditEntry]:
+            for index, policy in enumerate(policies):
+                check_fleet_unchanged(policy, self._index.by_id(policy.id), index)
             new_ids = [policy.id for policy in policies if not self._index.has(policy.id)]
             if len(self._index) + len(new_ids) > self._limits.max_policies:
                 raise Refused(
@@ -501,6 +503,23 @@ async def _campaign(presence: Presence) -> bool:
     except Exception as error:  # the store is away: decide nothing rather than twice
         logger.debug("fleet decider election: %s", error)
         return False
+
+
+def check_fleet_unchanged(policy: pb.Policy, stored: pb.Policy | None, index: int) -> None:
+    """Refuse a put that makes or changes a fleet decision: only the decider writes those.
+
+    One that carries the stored decision back unchanged passes, so the policies `policy list
+    --json` prints can be put back as they are.
+    """
+    if not policy.HasField("fleet"):
+        return
+    if stored is None or not stored.HasField("fleet") or stored.fleet != policy.fleet:
+        raise Refused(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"policies[{index}].fleet: fleet decisions are written by the control plane's decider"
+            " only; a put may carry back only the one stored now (list the policies again, or"
+            " leave fleet out)",
+        )
 
 
 def _forced_policy_id(selector: convert.Selector) -> str:

@@ -206,8 +206,6 @@ def check_put(request: pb.PutPolicyRequest, limits: Limits) -> list[pb.Policy]:
         path = f"policies[{index}]"
         convert.policy_from_proto(policy, path)
         check_xds_section(policy, path)
-        if policy.HasField("fleet"):
-            raise ConfigError(f"{path}.fleet", "is written by the control plane's decider only")
         if policy.id in seen_ids:
             raise ConfigError(f"{path}.id", f"duplicate of policies[{seen_ids[policy.id]}]")
         seen_ids[policy.id] = index

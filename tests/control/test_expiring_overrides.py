@@ -179,11 +179,17 @@ def test_put_refuses_an_expiry_without_override_and_a_hand_written_fleet_decisio
             decided_at=seconds_to_timestamp(START),
         ),
     )  # fmt: skip
-    for policy, field in ((lone, "override_expires_at"), (forged, "fleet")):
+    refusals = (
+        (lone, "override_expires_at", grpc.StatusCode.INVALID_ARGUMENT),
+        # Only the decider writes one; a put may carry back only the one stored (none here).
+        (forged, "fleet", grpc.StatusCode.FAILED_PRECONDITION),
+    )
+    for policy, field, code in refusals:
         with pytest.raises(grpc.RpcError) as caught:
             stub.PutPolicy(pb.PutPolicyRequest(policies=[policy]), timeout=5)
-        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.code() == code
         assert (caught.value.details() or "").startswith(f"policies[0].{field}:")
+    assert not stub.ListPolicies(pb.ListPoliciesRequest(), timeout=5).policies
 
 
 # ---------------------------------------------------------------------------------------------

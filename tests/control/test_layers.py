@@ -9,11 +9,11 @@ import pytest
 
 from meshbreaker.cli.parser import build_parser
 from meshbreaker.cli.policy_json import config_message_from
-from meshbreaker.config import SCHEMA, BreakerConfig, ConcurrencyLimit, Mode, State, WindowType
+from meshbreaker.config import SCHEMA, BreakerConfig, Mode, State, WindowType
 from meshbreaker.control import convert, layers
 from meshbreaker.errors import ConfigError
-from meshbreaker.retry import RetryPolicy
 from meshbreaker.v1 import control_plane_pb2 as pb
+from tests.config_examples import field_examples
 
 METHOD = "/bank.v1.AccountService/GetBalance"
 SERVICE = "bank.v1.AccountService"
@@ -118,41 +118,10 @@ def test_a_legacy_policy_mode_still_applies() -> None:
 # One schema
 
 
-EXAMPLE_VALUES: dict[str, tuple[Any, ...]] = {
-    "rate": (0.25,),
-    "number": (1.5, 0.0),
-    "seconds": (2.5,),
-    "optional_seconds": (2.5, None),
-    "seconds_or_off": (2.5, 0.0),
-    "count": (0, 7),
-    "optional_count": (7, None),
-    "optional_number": (2.5, None),
-    "window_type": (WindowType.COUNT,),
-    "mode": (Mode.SHADOW,),
-    "codes": (frozenset({"INTERNAL", "UNAVAILABLE"}),),
-    "concurrency_limit": (ConcurrencyLimit.ADAPTIVE, ConcurrencyLimit.FIXED),
-    "retry": (
-        RetryPolicy(max_attempts=4, retryable_codes=frozenset({"UNAVAILABLE", "ABORTED"})),
-        None,
-    ),
-    "flag": (True, False),
-}
-
-
 @pytest.mark.parametrize("name", list(SCHEMA))
 def test_every_field_round_trips_alone_through_proto_flags_and_json(name: str) -> None:
     schema = SCHEMA[name]
-    for value in EXAMPLE_VALUES[schema.kind]:
-        if (name, value) in (("open_jitter", 1.5), ("backoff_multiplier", 0.0)):
-            continue  # out of that field's range
-        if name in ("window_size", "minimum_calls", "half_open_max_calls") and value == 0:
-            continue
-        if name in ("half_open_success_threshold", "fleet_min_instances") and value == 0:
-            continue
-        if name == "fleet_open_quorum" and value is not None:
-            value = 0.25  # a fraction
-        if name == "ignored_codes":
-            value = frozenset({"NOT_FOUND"})
+    for value in field_examples(name):
         message = convert.layer_to_proto({name: value})
         assert message.ListFields(), f"{name} sets nothing in the proto"
         assert convert.layer_from_proto(message) == {name: value}
