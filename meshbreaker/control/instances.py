@@ -75,6 +75,9 @@ class MeshView:
     version: int = 0  # changes whenever a breaker of `instances` may have changed
     # (caller service, method, action) -> fleet decisions taken here (fleet.FleetDecider).
     fleet_decisions: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
+    # (caller service, method) -> the open period of the fleet decision in force (the store's).
+    fleet_decisions_active: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    decider_leading: bool = True  # whether this replica decided at its latest look
 
 
 class InstanceTable:

@@ -186,7 +186,26 @@ def _fleet_families(view: MeshView) -> list[Metric]:
     )
     for (service, method, action), count in sorted(view.fleet_decisions.items()):
         decisions.add_metric([service, method, action], count)
-    return [decisions]
+    active = GaugeMetricFamily(
+        "meshbreaker_fleet_decisions_active",
+        "Fleet decisions in force (the store's, so every replica shows them): 1 per caller"
+        " service and method held open fleet-wide",
+        labels=["service", "method"],
+    )
+    period = GaugeMetricFamily(
+        "meshbreaker_fleet_decision_open_period",
+        "The open period a fleet decision in force is in: 1 at first, +1 per failed probe",
+        labels=["service", "method"],
+    )
+    for (service, method), number in sorted(view.fleet_decisions_active.items()):
+        active.add_metric([service, method], 1)
+        period.add_metric([service, method], number)
+    leading = GaugeMetricFamily(
+        "meshbreaker_fleet_decider_leading",
+        "1 while this replica is the one that takes fleet decisions (exactly one should be)",
+    )
+    leading.add_metric([], 1 if view.decider_leading else 0)
+    return [decisions, active, period, leading]
 
 
 def _xds_families(view: XdsView) -> list[Metric]:

@@ -330,6 +330,12 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             replicas=1 if self._mesh is None else self._mesh.replicas,
             version=self._instances.version,
             fleet_decisions=dict(self.decider.decisions),
+            fleet_decisions_active={
+                (policy.selector.caller, policy.selector.method): policy.fleet.period
+                for policy in self._index.overrides()
+                if policy.HasField("fleet")
+            },
+            decider_leading=self.decider.leading,
         )
 
     # -- policies --------------------------------------------------------------------------

@@ -5,10 +5,12 @@ outcome. Time (open periods, probe waits, expiries) comes from fake clocks."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from meshbreaker import BreakerRegistry, CircuitBreaker, State
+from meshbreaker.cli import main
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.live.text import event_line
@@ -22,6 +24,7 @@ from tests.control.agent_support import (
     method_policy,
     wait_until,
 )
+from tests.scrape_support import Scrape
 from tests.server_support import ServerThread
 
 START = 1_700_000_000.0
@@ -114,7 +117,9 @@ class Fleet:
 @pytest.fixture
 def fleet(control_plane_thread: ControlPlaneThread, admin_stub: AdminStub) -> Iterator[Fleet]:
     wall = FakeClock(START)
-    cp = control_plane_thread(wall_clock=wall, decider_tick=0.05, report_ttl=REPORT_TTL)
+    cp = control_plane_thread(
+        wall_clock=wall, decider_tick=0.05, report_ttl=REPORT_TTL, metrics_port=0
+    )
     stub = admin_stub(cp.target)
     stub.PutPolicy(pb.PutPolicyRequest(policies=[method_policy("balance", POLICY)]), timeout=5)
     fleet = Fleet(cp, stub, wall)
@@ -167,6 +172,59 @@ def test_a_quorum_opens_the_method_on_every_instance_and_one_prober_closes_it_fo
     first = next(e for e in events if e.policy_change.after.HasField("fleet"))
     assert "fleet decision, open period 1, probers tx-0; quorum: 2 of 4" in event_line(first).plain
     assert changes[-1].kind == pb.PolicyChange.KIND_DELETE
+
+
+def test_an_operator_sees_the_decision_in_status_events_metrics_and_a_listing_put_back_keeps_it(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def cli(*args: str) -> str:
+        status = main(["--target", fleet.cp.target, *args])
+        captured = capsys.readouterr()
+        assert status == 0, captured.err
+        return captured.out
+
+    def scrape() -> Scrape:
+        return Scrape(f"http://127.0.0.1:{fleet.cp.running.metrics_port}/metrics")
+
+    assert scrape().one("meshbreaker_fleet_decider_leading") == 1  # the one SQLite server
+    for index in range(3):
+        fleet.join(f"tx-{index}")
+    fleet.fail("tx-0")
+    fleet.fail("tx-1")
+    assert wait_until(fleet.rejecting)
+    decision = fleet.decision()
+    assert decision is not None
+
+    (row,) = [line for line in cli("status").splitlines() if "FORCED_OPEN" in line]
+    assert row.split()[:3] == ["FORCED_OPEN", "transaction", METHOD]
+    assert " fleet " in row and "quorum: 2 of 3 live instances of transaction" in row
+    assert "fleet decision, open period 1, probers tx-0; quorum: 2 of 3" in cli("events")
+    assert wait_until(lambda: fleet.decisions().get(("transaction", METHOD, "opened")) == 1)
+    page = scrape()
+    labels = {"service": "transaction", "method": METHOD}
+    assert page.one("meshbreaker_fleet_decisions_total", action="opened", **labels) == 1
+    assert page.one("meshbreaker_fleet_decisions_active", **labels) == 1
+    assert page.one("meshbreaker_fleet_decision_open_period", **labels) == 1
+
+    # An operator puts a listing back: the decision is the same, and the decider goes on with it.
+    listing = tmp_path / "policies.json"
+    listing.write_text(cli("policy", "list", "--json"))
+    cli("policy", "put", "--file", str(listing))
+    kept = fleet.decision()
+    assert kept is not None and kept.revision > decision.revision
+    for name in ("revision", "updated_at", "updated_by"):
+        kept.ClearField(name)
+        decision.ClearField(name)
+    assert kept == decision
+    fleet.advance(OPEN_DURATION)
+    probe = fleet.breaker("tx-0").try_acquire()
+    assert probe is not None
+    probe.success()
+    assert wait_until(lambda: all(fleet.state(i) is State.CLOSED for i in fleet.agents))
+    assert wait_until(lambda: fleet.decision() is None)
+    page = scrape()
+    assert page.one("meshbreaker_fleet_decisions_total", action="closed", **labels) == 1
+    assert not page.by("meshbreaker_fleet_decisions_active", "method")
 
 
 def test_a_failed_probe_reopens_the_fleet_and_hands_the_probes_to_another_instance(
