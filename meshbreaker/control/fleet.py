@@ -26,7 +26,7 @@ from meshbreaker.control.canary import rejection_rate, should_roll_back, side_by
 from meshbreaker.control.layers import explain
 from meshbreaker.control.overrides import CONTROL_PLANE_ACTOR, expires_at, is_empty, set_override
 from meshbreaker.control.policies import PolicyIndex
-from meshbreaker.control.quorum import FleetCount, LiveInstance, choose_prober, count_fleet
+from meshbreaker.control.quorum import FleetCount, LiveInstance, QuorumCounter, choose_prober
 from meshbreaker.control.validate import Refused, without_output_only
 from meshbreaker.control.writes import StoreWriter
 from meshbreaker.errors import ConfigError
@@ -58,6 +58,7 @@ class FleetDecider:
         self._is_leader = is_leader
         self._live_instances = live_instances
         self._probe_wait = probe_wait
+        self._quorum = QuorumCounter()  # brought up to date at each pass
         # (service, method, period) -> State.CLOSED or State.OPEN: how a prober's probe ended.
         self._outcomes: dict[tuple[str, str, int], State] = {}
         # (service, method, action) -> count: opened, reopened, reassigned, closed.
@@ -128,15 +129,17 @@ class FleetDecider:
     async def decide(self) -> None:
         """One pass: follow the fleet decisions, open by quorum, remove expired overrides."""
         now = self._wall_clock()
-        counts = count_fleet(self._live_instances())
+        quorum = self._quorum
+        quorum.update(self._live_instances())
         decided: set[tuple[str, str]] = set()
         for policy in self._index.overrides():
             if policy.HasField("fleet"):
                 key = (policy.selector.caller, policy.selector.method)
                 decided.add(key)
-                await self._follow(policy, counts.get(key), now)
-        for key, count in counts.items():
-            if key not in decided and count.open:
+                await self._follow(policy, quorum.count(*key), now)
+        for key in quorum.open_keys():
+            count = quorum.count(*key)
+            if key not in decided and count is not None:
                 await self._consider(count, now)
         for policy in self._index.canaries():
             if policy.canary.HasField("max_rejection_margin"):

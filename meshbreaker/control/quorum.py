@@ -1,7 +1,9 @@
 """Quorum open: how much of a caller service's fleet has a method open, and who may probe.
 
-Pure functions over the live instances (an instance whose reports stopped has already expired
-from the view, so it never counts): the decider in `fleet.py` acts on what they find.
+`QuorumCounter` keeps, per (caller service, method), each live instance's state and how many
+have it open, updated from the instances that changed since it last looked: an instance whose
+breakers were replaced (it reported), that joined, or that is gone (its presence expired, so it
+never counts). The decider in `fleet.py` acts on what it finds.
 """
 
 from __future__ import annotations
@@ -67,27 +69,109 @@ _RANK: dict[int, int] = {
 }
 
 
-def count_fleet(instances: Iterable[LiveInstance]) -> dict[tuple[str, str], FleetCount]:
-    """Every (caller service, method) some live instance has a breaker for, counted."""
-    live: dict[str, int] = {}
-    counts: dict[tuple[str, str], FleetCount] = {}
-    for instance in instances:
-        live[instance.service] = live.get(instance.service, 0) + 1
-        for name, snapshot in instance.breakers.items():
-            method = split_breaker_name(name)[2]
-            if not method.startswith("/"):
-                continue  # not a gRPC method (an HTTP origin, an overflow breaker)
-            key = (instance.service, method)
-            count = counts.get(key)
-            if count is None:
-                count = counts[key] = FleetCount(instance.service, method, 0)
-            seen = count.states.get(instance.instance_id)
-            state = int(snapshot.state)
-            if seen is None or _RANK.get(state, 0) > _RANK.get(seen, 0):
-                count.states[instance.instance_id] = state
-    for count in counts.values():
-        count.live = live[count.service]
-    return counts
+def method_states(breakers: Mapping[str, pb.BreakerSnapshot]) -> dict[str, int]:
+    """Each gRPC method's state on one instance (the most open one, if several targets)."""
+    states: dict[str, int] = {}
+    for name, snapshot in breakers.items():
+        method = split_breaker_name(name)[2]
+        if not method.startswith("/"):
+            continue  # not a gRPC method (an HTTP origin, an overflow breaker)
+        seen = states.get(method)
+        state = int(snapshot.state)
+        if seen is None or _RANK.get(state, 0) > _RANK.get(seen, 0):
+            states[method] = state
+    return states
+
+
+@dataclass
+class _Counted:
+    """What one instance adds to the counts, and the breakers it was read from."""
+
+    service: str
+    breakers: Mapping[str, pb.BreakerSnapshot]
+    states: dict[str, int]  # method -> state
+
+
+class QuorumCounter:
+    """Per (caller service, method): every live instance's state, and how many have it open.
+
+    `update` costs one look per live instance plus the breakers of those that changed, not
+    every breaker of every instance. It relies on the instance table's invariant that an
+    instance's breaker mapping is replaced by each report, never changed in place, so the same
+    mapping object means nothing changed.
+    """
+
+    def __init__(self) -> None:
+        self._counted: dict[str, _Counted] = {}  # instance id -> what it adds
+        self._live: dict[str, int] = {}  # service -> live instances
+        self._states: dict[tuple[str, str], dict[str, int]] = {}  # key -> instance -> state
+        self._open: dict[tuple[str, str], int] = {}  # key -> instances with it open (> 0)
+
+    def update(self, instances: Iterable[LiveInstance]) -> None:
+        """Bring the counts to `instances`, the live instances now."""
+        present: set[str] = set()
+        for instance in instances:
+            instance_id = instance.instance_id
+            present.add(instance_id)
+            counted = self._counted.get(instance_id)
+            if counted is not None and counted.breakers is instance.breakers:
+                continue  # no report since the last look
+            if counted is not None:
+                self._remove(instance_id, counted)
+            self._add(instance_id, instance.service, instance.breakers)
+        for gone in [key for key in self._counted if key not in present]:
+            self._remove(gone, self._counted[gone])
+
+    def open_keys(self) -> list[tuple[str, str]]:
+        """The (service, method) pairs some live instance has open, sorted."""
+        return sorted(self._open)
+
+    def count(self, service: str, method: str) -> FleetCount | None:
+        """The method across the service's live instances (None when none has its breaker)."""
+        states = self._states.get((service, method))
+        if states is None:
+            return None
+        return FleetCount(service, method, self._live[service], dict(states))
+
+    def counts(self) -> dict[tuple[str, str], FleetCount]:
+        """Every (service, method) counted (for tests and tools; the decider asks per key)."""
+        return {
+            key: FleetCount(key[0], key[1], self._live[key[0]], dict(states))
+            for key, states in self._states.items()
+        }
+
+    def _add(
+        self, instance_id: str, service: str, breakers: Mapping[str, pb.BreakerSnapshot]
+    ) -> None:
+        states = method_states(breakers)
+        self._counted[instance_id] = _Counted(service, breakers, states)
+        self._live[service] = self._live.get(service, 0) + 1
+        for method, state in states.items():
+            key = (service, method)
+            self._states.setdefault(key, {})[instance_id] = state
+            if state in OPEN_STATES:
+                self._open[key] = self._open.get(key, 0) + 1
+
+    def _remove(self, instance_id: str, counted: _Counted) -> None:
+        del self._counted[instance_id]
+        service = counted.service
+        left = self._live[service] - 1
+        if left:
+            self._live[service] = left
+        else:
+            del self._live[service]
+        for method, state in counted.states.items():
+            key = (service, method)
+            holders = self._states[key]
+            del holders[instance_id]
+            if not holders:
+                del self._states[key]
+            if state in OPEN_STATES:
+                opened = self._open[key] - 1
+                if opened:
+                    self._open[key] = opened
+                else:
+                    del self._open[key]
 
 
 def choose_prober(count: FleetCount | None, previous: Sequence[str] = ()) -> list[str]:
