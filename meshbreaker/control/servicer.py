@@ -1,8 +1,9 @@
 """The ControlPlane RPCs: policies, config streams, reports, mesh views and events.
 
-Store writes run on one worker thread so a store's fsync or network round trip never blocks the
-event loop; the servicer keeps a copy of every policy in memory, so reads and watch pushes never
-touch the store.
+The servicer checks who speaks and wires the parts together; what a policy write does is
+`policy_writes.py`'s. Store writes run on one worker thread so a store's fsync or network round
+trip never blocks the event loop; the servicer keeps a copy of every policy in memory, so reads
+and watch pushes never touch the store.
 """
 
 from __future__ import annotations
@@ -34,14 +35,10 @@ from meshbreaker.control.events import EventBus, concerns
 from meshbreaker.control.fleet import DEFAULT_TICK, FleetDecider
 from meshbreaker.control.instances import InstanceTable, MeshView
 from meshbreaker.control.limits import Limits
-from meshbreaker.control.overrides import MAX_OVERRIDE_SECONDS, set_override
 from meshbreaker.control.policies import Follower, PolicyIndex, Update
+from meshbreaker.control.policy_writes import PolicyWrites
 from meshbreaker.control.replica_mesh import ReplicaMesh, new_replica_id
-from meshbreaker.control.store import (
-    AuditEntry,
-    PolicyStore,
-    RevisionMismatchError,
-)
+from meshbreaker.control.store import PolicyStore
 from meshbreaker.control.store.presence import Presence
 from meshbreaker.control.validate import Refused
 from meshbreaker.control.writes import StoreWriter
@@ -132,6 +129,13 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         )
         self._loop = asyncio.get_running_loop()
         self._writer = StoreWriter(store)
+        self._policy_writes = PolicyWrites(
+            self._index,
+            self._writer,
+            limits=limits,
+            wall_clock=wall_clock,
+            revision=lambda: self._revision,
+        )
         self._follower = Follower(store, self._index, self._deliver)
         self._follower.start()
         self.decider = FleetDecider(
@@ -354,97 +358,21 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         self, request: pb.PutPolicyRequest, context: _Context
     ) -> pb.PutPolicyResponse:
         """Create or replace policies atomically (compare-and-set on the store revision)."""
-        policies = validate.check_put(request, self._limits)
-        expected = validate.expected_revision(request)
-        actor = self._actor(context)
-
-        async def work() -> list[AuditEntry]:
-            for index, policy in enumerate(policies):
-                check_fleet_unchanged(policy, self._index.by_id(policy.id), index)
-            new_ids = [policy.id for policy in policies if not self._index.has(policy.id)]
-            if len(self._index) + len(new_ids) > self._limits.max_policies:
-                raise Refused(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"policies: the store holds at most {self._limits.max_policies} policies",
-                )
-            caller, size = self._index.largest_snapshot_bytes(policies)
-            if size > self._limits.max_message_bytes:
-                raise Refused(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"policies: the config snapshot of {caller or 'every caller'} would be about"
-                    f" {size} bytes, over limits.max_message_bytes"
-                    f" ({self._limits.max_message_bytes})",
-                )
-            return await self._writer.put(policies, expected, actor)
-
-        entries = await self._writer.serialized(work)
-        return pb.PutPolicyResponse(
-            policies=[entry.after for entry in entries if entry.after is not None],
-            revision=entries[0].revision,
-        )
+        return await self._policy_writes.put(request, self._actor(context))
 
     @abort_on_refusal
     async def DeletePolicy(
         self, request: pb.DeletePolicyRequest, context: _Context
     ) -> pb.DeletePolicyResponse:
         """Delete one policy (compare-and-set on the store revision)."""
-        convert.check_policy_id(request.id, "id")
-        expected = validate.expected_revision(request)
-        actor = self._actor(context)
-        entry = await self._writer.serialized(
-            lambda: self._writer.delete(request.id, expected, actor)
-        )
-        return pb.DeletePolicyResponse(revision=entry.revision)
+        return await self._policy_writes.delete(request, self._actor(context))
 
     @abort_on_refusal
     async def ForceState(
         self, request: pb.ForceStateRequest, context: _Context
     ) -> pb.ForceStateResponse:
         """Set (or clear) the override of the policy with exactly this selector."""
-        selector = convert.selector_from_proto(request.selector, "selector")
-        if not selector.registry_selector:
-            raise ConfigError("selector", "needs a service or a method")
-        override = convert.override_from_proto(request.override, "override")
-        if request.policy_id:
-            convert.check_policy_id(request.policy_id, "policy_id")
-        expires_at = None
-        if override is not None and request.HasField("duration"):
-            duration = convert.duration_seconds(request.duration, "duration")
-            if not 0 < duration <= MAX_OVERRIDE_SECONDS:
-                raise ConfigError("duration", "must be > 0 and at most 366 days")
-            expires_at = self._wall_clock() + duration
-        reason = convert.check_reason(request.reason, "reason")
-        expected = validate.expected_revision(request)
-        actor = self._actor(context)
-        wanted = (selector.caller, selector.service, selector.method)
-
-        async def work() -> pb.ForceStateResponse:
-            existing = self._index.by_selector(wanted)
-            if existing is None and override is None:
-                if expected is not None and expected != self._revision:
-                    mismatch = RevisionMismatchError(expected, self._revision)
-                    raise Refused(grpc.StatusCode.ABORTED, str(mismatch))
-                return pb.ForceStateResponse(revision=self._revision)
-            if existing is not None and override is None and not existing.HasField("config"):
-                # An override-only policy without its override does nothing: remove it.
-                entry = await self._writer.delete(existing.id, expected, actor)
-                return pb.ForceStateResponse(revision=entry.revision)
-            if existing is not None:
-                policy = validate.without_output_only(existing)
-            else:
-                policy = pb.Policy(
-                    id=request.policy_id or _forced_policy_id(selector), selector=request.selector
-                )
-                if self._index.has(policy.id):
-                    raise Refused(
-                        grpc.StatusCode.ALREADY_EXISTS,
-                        f"policy_id: {policy.id!r} is taken by a policy with another selector",
-                    )
-            set_override(policy, override, expires_at=expires_at, reason=reason)
-            entries = await self._writer.put([policy], expected, actor)
-            return pb.ForceStateResponse(policy=entries[0].after, revision=entries[0].revision)
-
-        return await self._writer.serialized(work)
+        return await self._policy_writes.force(request, self._actor(context))
 
     # -- stores ----------------------------------------------------------------------------
 
@@ -509,29 +437,6 @@ async def _campaign(presence: Presence) -> bool:
     except Exception as error:  # the store is away: decide nothing rather than twice
         logger.debug("fleet decider election: %s", error)
         return False
-
-
-def check_fleet_unchanged(policy: pb.Policy, stored: pb.Policy | None, index: int) -> None:
-    """Refuse a put that makes or changes a fleet decision: only the decider writes those.
-
-    One that carries the stored decision back unchanged passes, so the policies `policy list
-    --json` prints can be put back as they are.
-    """
-    if not policy.HasField("fleet"):
-        return
-    if stored is None or not stored.HasField("fleet") or stored.fleet != policy.fleet:
-        raise Refused(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            f"policies[{index}].fleet: fleet decisions are written by the control plane's decider"
-            " only; a put may carry back only the one stored now (list the policies again, or"
-            " leave fleet out)",
-        )
-
-
-def _forced_policy_id(selector: convert.Selector) -> str:
-    target = selector.method.lstrip("/").replace("/", ".") or selector.service
-    caller = selector.caller or "all"
-    return f"force.{caller}.{target}"[:128]
 
 
 def _nothing() -> None:
