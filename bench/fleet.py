@@ -11,6 +11,10 @@ receives.
   bursts of concurrent calls for a fixed time once every breaker is open. One caller service
   has `fleet_open_quorum` (coordinated probes), the other the same policy without it; both run
   at once, against their own dependency, so they see the same machine.
+* Quorum counting per decider pass (in this process, no server): a counter brought up to date
+  from the instances that reported since the last pass, against a fresh counter that counts
+  every breaker of every live instance (what each pass did before counting was incremental),
+  interleaved in one run.
 """
 
 from __future__ import annotations
@@ -23,17 +27,19 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from bench._harness import table, write_json
+from bench._harness import interleaved, median_ratio, table, write_json
 from bench.control_plane import control_plane_process
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.control.convert import config_to_proto
+from meshbreaker.control.quorum import QuorumCounter
 from meshbreaker.grpc import BreakerInterceptor
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -292,6 +298,66 @@ def probes(target: str, stub: pb_grpc.ControlPlaneStub, seconds: float) -> dict[
             dependency.stop()
 
 
+@dataclass(frozen=True)
+class _Live:
+    instance_id: str
+    service: str
+    breakers: Mapping[str, pb.BreakerSnapshot]
+
+
+def quorum_counting(quick: bool) -> dict[str, Any]:
+    """Microseconds per decider pass: incremental update against a count from scratch."""
+    instances, breakers, reported = 500, 40, 10  # 20,000 breakers; 2 % report between passes
+    states = (pb.BREAKER_STATE_CLOSED, pb.BREAKER_STATE_OPEN)
+
+    def snapshot_map(number: int, turn: int) -> dict[str, pb.BreakerSnapshot]:
+        return {
+            f"/bench.v1.Dependency{b}/Call": pb.BreakerSnapshot(
+                state=states[(number + b + turn) % 2]
+            )
+            for b in range(breakers)
+        }
+
+    live = [_Live(f"i-{n:04d}", f"svc-{n % 5}", snapshot_map(n, 0)) for n in range(instances)]
+    # Each pass, `reported` instances have reported: their breaker mappings are new objects.
+    fresh_maps = [[snapshot_map(n, turn) for n in range(reported)] for turn in (1, 2)]
+    counter = QuorumCounter()
+    counter.update(live)
+    turn = [0]
+
+    def incremental(calls: int) -> None:
+        for _ in range(calls):
+            turn[0] ^= 1
+            for n, mapping in enumerate(fresh_maps[turn[0]]):
+                live[n] = _Live(live[n].instance_id, live[n].service, mapping)
+            counter.update(live)
+
+    def from_scratch(calls: int) -> None:
+        for _ in range(calls):
+            QuorumCounter().update(live)
+
+    samples = interleaved(
+        {"incremental": incremental, "from_scratch": from_scratch},
+        rounds=3 if quick else 9,
+        calls=3 if quick else 10,
+    )
+    assert counter.counts() == _fresh(live).counts()  # the same answer, whichever way
+    return {
+        "instances": instances,
+        "breakers": instances * breakers,
+        "reported_per_pass": reported,
+        "incremental_us_per_pass": statistics.median(samples["incremental"]) / 1000,
+        "from_scratch_us_per_pass": statistics.median(samples["from_scratch"]) / 1000,
+        "ratio_from_scratch_to_incremental": median_ratio(samples, "from_scratch", "incremental"),
+    }
+
+
+def _fresh(live: list[_Live]) -> QuorumCounter:
+    counter = QuorumCounter()
+    counter.update(live)
+    return counter
+
+
 def main(quick: bool = False) -> dict[str, Any]:
     """Run the benchmark, print its tables, write bench/results/fleet.json."""
     with (
@@ -308,6 +374,7 @@ def main(quick: bool = False) -> dict[str, Any]:
         ]
         stub.PutPolicy(pb.PutPolicyRequest(policies=policies), timeout=10)
         latency = decision_latency(target, stub, 5 if quick else 20)
+        counting = quorum_counting(quick)
         probe_counts = probes(target, stub, 2.0 if quick else 5.0)
         channel.close()
     payload: dict[str, Any] = {
@@ -319,6 +386,7 @@ def main(quick: bool = False) -> dict[str, Any]:
         "open_duration_s": OPEN_DURATION,
         "decision_latency": latency,
         "probes": probe_counts,
+        "quorum_counting": counting,
     }
     print(
         table(
@@ -358,6 +426,22 @@ def main(quick: bool = False) -> dict[str, Any]:
         )
     )
     print(f"\nindependent / coordinated: {probe_counts['ratio_independent_to_coordinated']:.1f}x")
+    print()
+    print(
+        table(
+            ["quorum counting per decider pass", "breakers", "reported", "us per pass"],
+            [
+                [
+                    name,
+                    str(counting["breakers"]),
+                    str(counting["reported_per_pass"] if name == "incremental" else "all"),
+                    f"{counting[f'{name}_us_per_pass']:.0f}",
+                ]
+                for name in ("incremental", "from_scratch")
+            ],
+        )
+    )
+    print(f"\nfrom scratch / incremental: {counting['ratio_from_scratch_to_incremental']:.1f}x")
     write_json("fleet", payload)
     return payload
 
