@@ -41,6 +41,10 @@ class Instance:
     nack: pb.Nack | None = None
     breakers: dict[str, pb.BreakerSnapshot] = field(default_factory=dict)
     key: str = ""  # the instance_key of its first report: only that process may speak for it
+    # A watch stream of its process was open here: once none is, the process's link is gone and
+    # a new process may take the id over (a restart); a process that only reports holds its id
+    # until its reports stop for `report_ttl`.
+    linked: bool = False
     last_sequence: int = 0  # the newest transition of its log published
     applied_store_id: str = ""
     store_mismatch: pb.StoreMismatch | None = None
@@ -201,12 +205,19 @@ class InstanceTable:
                 )
 
     def check_claim(self, instance_id: str, key: str, service: str) -> None:
-        """Refuse (PERMISSION_DENIED) a caller speaking for an instance another process holds."""
+        """Refuse (PERMISSION_DENIED) a caller speaking for an instance another process holds.
+
+        An id belongs to the process whose watch stream holds it while that stream lives; after
+        that, to a new process (a restart with the same id takes over at once). An instance that
+        never watched here belongs to its reporter until its reports stop for `report_ttl`.
+        """
         instance = self._instances.get(instance_id)
         claim = self._watch_claims.get(instance_id)
-        owner = (instance.key, instance.service) if instance is not None else None
-        if owner is None and claim is not None:
+        owner: tuple[str, str] | None = None
+        if claim is not None:
             owner = (claim[0], claim[1])
+        elif instance is not None and not (instance.linked and instance.key != key):
+            owner = (instance.key, instance.service)
         if owner is None:
             return
         if not hmac.compare_digest(owner[0], key):
@@ -227,6 +238,9 @@ class InstanceTable:
         self.check_claim(instance_id, key, service)
         _, _, streams = self._watch_claims.get(instance_id, (key, service, 0))
         self._watch_claims[instance_id] = (key, service, streams + 1)
+        instance = self._instances.get(instance_id)
+        if instance is not None and instance.key == key:
+            instance.linked = True
 
         def release() -> None:
             held = self._watch_claims.get(instance_id)
@@ -249,6 +263,19 @@ class InstanceTable:
         self.expire(now, throttled=True)
         self.check_claim(request.instance_id, request.instance_key, request.service)
         instance = self._instances.get(request.instance_id)
+        if instance is not None and instance.key != request.instance_key:
+            # check_claim let a new process take the id over: what the old one said is void.
+            logger.info(
+                "instance %s of %s: a new agent process took it over (restarted)",
+                instance.instance_id,
+                instance.service,
+            )
+            del self._instances[request.instance_id]
+            self._forget(instance)
+            self.changed.discard(request.instance_id)
+            self.removed.add(request.instance_id)
+            self.version += 1
+            instance = None
         _check_reported_configs(request, instance)
         self._check_bounds(request, instance)
         new = instance is None
@@ -261,7 +288,14 @@ class InstanceTable:
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"instance_id: more than {self._limits.max_instances} live instances",
                 )
-            instance = Instance(request.instance_id, request.service, now, key=request.instance_key)
+            claim = self._watch_claims.get(request.instance_id)
+            instance = Instance(
+                request.instance_id,
+                request.service,
+                now,
+                key=request.instance_key,
+                linked=claim is not None and claim[0] == request.instance_key,
+            )
             self._instances[request.instance_id] = instance
             self._per_service[instance.service] = self._per_service.get(instance.service, 0) + 1
             self.removed.discard(request.instance_id)

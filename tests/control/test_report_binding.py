@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
 import pytest
 
+from meshbreaker.control.agent import AgentStatus, MeshAgent
 from meshbreaker.control.server import ControlPlaneServer
+from meshbreaker.registry import BreakerRegistry
 from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
-from tests.control.agent_support import METHOD, StartControlPlane
+from tests.control.agent_support import (
+    METHOD,
+    ControlPlaneThread,
+    StartControlPlane,
+    wait_until,
+)
 
 OWNER = "owner-key-" + "a" * 16
 THIEF = "thief-key-" + "b" * 16
@@ -87,6 +95,44 @@ async def test_an_open_watch_stream_keeps_the_claim(
         watch.cancel()
 
 
+RESTARTED = "restart-key-" + "c" * 16
+
+
+async def test_a_restarted_process_takes_its_id_over_once_the_old_watch_stream_is_gone(
+    start_control_plane: StartControlPlane, clock: FakeClock
+) -> None:
+    server: ControlPlaneServer = await start_control_plane(report_ttl=10.0)
+    table = server.servicer._instances
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        watch = stub.WatchConfig(
+            pb.WatchConfigRequest(service="gateway", instance_id="gw-1", instance_key=OWNER)
+        )
+        await watch.read()
+        await stub.ReportState(_report(OWNER, state=pb.BREAKER_STATE_OPEN))
+        # While the old process's stream lives, a new key is refused.
+        assert (
+            await _code(stub.ReportState(_report(RESTARTED))) == grpc.StatusCode.PERMISSION_DENIED
+        )
+        watch.cancel()  # the old process dies: its stream ends
+        for _ in range(200):
+            if "gw-1" not in table._watch_claims:
+                break
+            await asyncio.sleep(0.01)
+        # Its report is still fresh (no clock moved), yet the restarted process takes over...
+        restarted = stub.WatchConfig(
+            pb.WatchConfigRequest(service="gateway", instance_id="gw-1", instance_key=RESTARTED)
+        )
+        await restarted.read()
+        assert await _code(stub.ReportState(_report(RESTARTED))) == grpc.StatusCode.OK
+        listed = await stub.ListBreakers(pb.ListBreakersRequest())
+        assert [(i.instance_id, i.breakers) for i in listed.instances] == [("gw-1", 1)]
+        assert (listed.groups[0].closed, listed.groups[0].open) == (1, 0)  # the old one is void
+        # ...and from then on the old key is the one refused.
+        assert await _code(stub.ReportState(_report(OWNER))) == grpc.StatusCode.PERMISSION_DENIED
+        restarted.cancel()
+
+
 async def test_an_agent_token_limited_to_a_service_cannot_speak_for_another(
     start_control_plane: StartControlPlane, tmp_path: Path
 ) -> None:
@@ -129,3 +175,22 @@ async def test_a_bad_token_file_is_refused_naming_the_line(
     tokens.write_text(content)
     with pytest.raises(Exception, match=message):
         await start_control_plane(admin_token=ADMIN, agent_token_file=tokens)
+
+
+def test_a_restarted_agent_with_the_same_instance_id_is_served_at_once(
+    control_plane_thread: ControlPlaneThread,
+) -> None:
+    cp = control_plane_thread(report_ttl=30.0)
+    first = MeshAgent(cp.target, "gateway", BreakerRegistry(), instance_id="gw-1").start()
+    try:
+        assert wait_until(lambda: first.connected and first.reports_sent >= 1, timeout=5)
+    finally:
+        first.stop()
+    # Its report is fresh for 30 s more, but its process (its watch stream) is gone.
+    second = MeshAgent(cp.target, "gateway", BreakerRegistry(), instance_id="gw-1").start()
+    try:
+        assert wait_until(lambda: second.connected, timeout=5)
+        assert second.report_now()
+        assert second.status is AgentStatus.CONNECTED
+    finally:
+        second.stop()
