@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -185,14 +185,33 @@ async def test_health_is_open_reflection_is_not(server: ControlPlaneServer) -> N
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         reflection = reflection_stub(channel)
         request = reflection_pb2.ServerReflectionRequest(list_services="")
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            async for _ in reflection.ServerReflectionInfo(iter([request])):
-                pass
-        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # The refusal through grpc's sync client: the aio one reports INTERNAL ("Failed
+        # execute_batch") instead of the server's status when its write loses the race with the
+        # server's answer (grpc/grpc#36066), a client bug other gRPC clients do not have.
+        refused = await asyncio.to_thread(_reflect_without_token, server.target, request)
+        assert refused == grpc.StatusCode.UNAUTHENTICATED
         call = reflection.ServerReflectionInfo(iter([request]), metadata=bearer(AGENT))
         listed = await read(call)
         assert listed.list_services_response.service
         call.cancel()
+
+
+def _reflect_without_token(
+    target: str, request: reflection_pb2.ServerReflectionRequest
+) -> grpc.StatusCode:
+    """The status of a reflection call made without a token by grpc's sync client."""
+    with grpc.insecure_channel(target) as channel:
+        info = channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        try:
+            for _ in info(iter([request]), timeout=10):
+                pass
+        except grpc.RpcError as error:
+            return cast(grpc.Call, error).code()
+    return grpc.StatusCode.OK
 
 
 async def test_only_an_admin_token_locks_everything(start_control_plane: Start) -> None:

@@ -1,6 +1,6 @@
 """Replicas on one real etcd: writes anywhere reach every agent; replicas die; etcd dies.
 
-Each test starts its own etcd (tests/etcd_support.py) and replicas as ServerThreads with
+Each test starts its own etcd (meshbreaker/testing/etcd.py) and replicas as ServerThreads with
 `store="etcd://..."`; agents are real MeshAgents.
 """
 
@@ -18,10 +18,10 @@ from meshbreaker.control.agent import MeshAgent
 from meshbreaker.control.policies import Follower, PolicyIndex, Update
 from meshbreaker.control.store.etcd import EtcdStore
 from meshbreaker.registry import BreakerRegistry
+from meshbreaker.testing.etcd import EtcdServer
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 from tests.control.agent_support import METHOD, AdminStub, ControlPlaneThread, method_policy
-from tests.etcd_support import EtcdServer
 from tests.server_support import ServerThread, wait_until
 
 
@@ -90,6 +90,7 @@ def test_a_write_on_any_replica_reaches_the_agents_and_views_of_every_replica(
 
 
 def test_a_replica_dies_mid_burst_no_acknowledged_write_is_lost(
+    etcd: EtcdServer,
     replicas: Callable[[int], list[ServerThread]],
     agents: Callable[..., MeshAgent],
     admin_stub: AdminStub,
@@ -101,12 +102,15 @@ def test_a_replica_dies_mid_burst_no_acknowledged_write_is_lost(
     acknowledged: list[tuple[str, int]] = []
     stop = threading.Event()
 
+    def method_of(policy_id: str) -> str:
+        return f"/bank.v1.AccountService/{policy_id.replace('-', 'x').upper()}"
+
     def writer(slot: int) -> None:
         stubs = [admin_stub(target) for target in targets]
         count = 0
         while not stop.is_set():
             policy_id = f"w{slot}-{count}"
-            method = f"/bank.v1.AccountService/W{slot}x{count}"
+            method = method_of(policy_id)
             for attempt in range(len(stubs)):  # a client that fails over too
                 try:
                     revision = put(stubs[(slot + attempt) % len(stubs)], policy_id, 3, method)
@@ -136,9 +140,25 @@ def test_a_replica_dies_mid_burst_no_acknowledged_write_is_lost(
         lambda: survivor.ListPolicies(pb.ListPoliciesRequest()).revision >= newest, timeout=5
     )
     listed = survivor.ListPolicies(pb.ListPoliciesRequest())
-    stored = {policy.id: policy.revision for policy in listed.policies}
-    # Every acknowledged write is stored, at the revision it was acknowledged with.
-    assert all(stored.get(policy_id) == revision for policy_id, revision in acknowledged)
+    stored = {policy.id: policy for policy in listed.policies}
+    # Every acknowledged write was made at the revision it was acknowledged with, and its policy
+    # is stored. A client whose put failed on the dying replica (UNAVAILABLE: it may or may not
+    # have been applied) retries elsewhere, so the dying replica may finish the same put later:
+    # then the policy is stored at a later revision, with the same selector and config.
+    store = EtcdStore([etcd.endpoint])
+    try:
+        made = {(entry.policy_id, entry.revision) for entry in store.audit_log(limit=100_000)}
+    finally:
+        store.close()
+    assert set(acknowledged) <= made
+    lost = [
+        (policy_id, revision)
+        for policy_id, revision in acknowledged
+        if policy_id not in stored
+        or stored[policy_id].revision < revision
+        or stored[policy_id].selector.method != method_of(policy_id)
+    ]
+    assert not lost, f"acknowledged writes (id, revision) not stored: {lost}"
     assert len({revision for _, revision in acknowledged}) == len(acknowledged)
     # Every agent is on a live replica with the newest revision, nothing re-applied backwards.
     assert all(agent.wait_for_revision(listed.revision, timeout=5) for agent in fleet)
@@ -157,6 +177,11 @@ def test_while_etcd_is_down_replicas_serve_the_last_policies_and_refuse_writes(
     first = put(stubs[0], "before", 4, "/bank.v1.AccountService/Before")
     agent = agents([plane.target for plane in planes])
     assert agent.wait_for_revision(first, timeout=5)
+    # Each replica learns the write from its own change feed: both know it before etcd goes.
+    assert wait_until(
+        lambda: all(s.ListPolicies(pb.ListPoliciesRequest()).revision >= first for s in stubs),
+        timeout=5,
+    )
     etcd.stop()
     with pytest.raises(grpc.RpcError) as refused:
         put(stubs[1], "during", 5, "/bank.v1.AccountService/During")
