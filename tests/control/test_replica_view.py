@@ -24,11 +24,11 @@ from meshbreaker.control.instances import InstanceTable, MeshView
 from meshbreaker.control.limits import Limits
 from meshbreaker.control.store.etcd import EtcdStore
 from meshbreaker.registry import BreakerRegistry
+from meshbreaker.testing.etcd import EtcdServer
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 from meshbreaker.v1 import mesh_pb2
 from tests.control.agent_support import METHOD, AdminStub, ControlPlaneThread
-from tests.etcd_support import EtcdServer
 from tests.server_support import ServerThread, wait_until
 
 

@@ -25,10 +25,10 @@ from meshbreaker.control.store import (
 )
 from meshbreaker.control.store.url import open_store, parse_etcd_url
 from meshbreaker.errors import ConfigError
+from meshbreaker.testing.etcd import free_port
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import xds_pb2
 from tests.control.store_support import OpenStore
-from tests.etcd_support import free_port
 
 
 def policy(policy_id: str, service: str = "", caller: str = "", rate: float = 0.5) -> pb.Policy:
