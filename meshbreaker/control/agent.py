@@ -8,10 +8,9 @@ one process meant 600 threads fighting for the GIL, and a policy took up to ~0.8
 last of them (bench/control_plane.py); on one loop the p99 is about five times lower, and a lone
 agent costs one shared thread instead of three.
 
-A breaker transition (the caller's thread) only sets a flag and, when none is pending, schedules
-a wake-up on the loop (`call_soon_threadsafe`); the reporter then waits a few milliseconds so a
-burst of transitions coalesces into one report. Cache writes (fsync) run in a worker thread so
-they never stall the shared loop.
+This module holds the lifecycle, the public state and the watch loop; how a snapshot is applied
+is in `agent_apply`, how reports go in `agent_reports`. Cache writes (fsync) run in a worker
+thread so they never stall the shared loop.
 """
 
 from __future__ import annotations
@@ -35,17 +34,18 @@ import grpc
 import grpc.aio
 
 from meshbreaker._backoff import Backoff as Backoff  # re-exported: the agent's retry backoff
-from meshbreaker.config import BreakerConfig, State
+from meshbreaker.config import BreakerConfig
+from meshbreaker.control.agent_apply import AgentConfig, PolicyCheck
 from meshbreaker.control.agent_cache import FailStaticCache
 from meshbreaker.control.agent_link import AUTH_CODES, AgentToken, describe, status_code
 from meshbreaker.control.agent_link import AgentStatus as AgentStatus  # re-exported
 from meshbreaker.control.agent_loop import AgentLoop
 from meshbreaker.control.agent_overrides import OverrideClock
-from meshbreaker.control.convert import breaker_to_proto, check_caller
-from meshbreaker.control.layers import ResolvedPolicies, policies_for
+from meshbreaker.control.agent_reports import MAX_BREAKERS_PER_REPORT as MAX_BREAKERS_PER_REPORT
+from meshbreaker.control.convert import check_caller
 from meshbreaker.control.transition_log import TransitionLog
 from meshbreaker.errors import AgentError as AgentError  # re-exported: users catch it here
-from meshbreaker.errors import ConfigError, MeshbreakerError
+from meshbreaker.errors import ConfigError
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
@@ -54,20 +54,13 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-# Breakers per ReportState call (the server refuses more than its limit, 2000 by default); a
-# process with more sends its report in several parts.
-MAX_BREAKERS_PER_REPORT = 1000
-
 
 def default_instance_id() -> str:
     """host-pid-random: unique per process even when pids repeat across containers."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-PolicyCheck = Callable[[ResolvedPolicies], None]
-
-
-class MeshAgent:
+class MeshAgent(AgentConfig):
     """Applies the control plane's policies to `registry` live and reports its breakers back.
 
     `target` is one control plane ("host:port", or a DNS name whose addresses gRPC tries in
@@ -421,295 +414,6 @@ class MeshAgent:
         )
         await asyncio.sleep(delay)
         self._metadata = self._token.metadata()
-
-    async def _handle_snapshot(self, snapshot: pb.ConfigSnapshot) -> None:
-        self._snapshots_received += 1
-        mismatch = self._mismatch_with(snapshot)
-        if mismatch is not None:
-            if self._store_mismatch != mismatch:
-                logger.warning(
-                    "meshbreaker agent: keeping revision %d of store %s: the control plane "
-                    "offers %s (store %s, revision %d); an operator decides with "
-                    "`meshbreaker store adopt %s`",
-                    mismatch.held_revision,
-                    mismatch.held_store_id,
-                    mismatch.reason,
-                    mismatch.offered_store_id,
-                    mismatch.offered_revision,
-                    mismatch.held_store_id,
-                )
-            self._store_mismatch = mismatch
-            self._acknowledge()
-            return
-        self._store_mismatch = None
-        if (
-            snapshot.revision == self._applied_revision
-            and snapshot.store_id == self._applied_store_id
-            and not self._applied_from_cache
-            and self._last_nack is None
-            and list(snapshot.policies) == list(self._applied_policies)
-        ):
-            # The same policies again (a reconnect, another replica): resume, nothing to apply.
-            self._acknowledge()
-            return
-        try:
-            self._apply(snapshot)
-        except Exception as error:  # whatever the cause (a `validate` hook's bug too): NACK
-            reason = str(error) if isinstance(error, (MeshbreakerError, ValueError)) else ""
-            reason = reason or f"{type(error).__name__}: {error}"
-            logger.warning(
-                "meshbreaker agent: rejected config revision %d: %s (keeping revision %d)",
-                snapshot.revision,
-                reason,
-                self._applied_revision,
-            )
-            self._last_nack = pb.Nack(revision=snapshot.revision, reason=reason)
-            self._acknowledge()
-        else:
-            self._acknowledge()
-            if self._cache is not None:
-                await asyncio.to_thread(self._cache.save, snapshot, snapshot.store_id)
-
-    def _mismatch_with(self, snapshot: pb.ConfigSnapshot) -> pb.StoreMismatch | None:
-        """Why `snapshot` must not replace the policies in force, or None when it may."""
-        held, held_revision = self._applied_store_id, self._applied_revision
-        offered = snapshot.store_id
-        if not held or not offered or held_revision == 0 or held in snapshot.adopted_store_ids:
-            return None  # nothing from a store in force, an old server, or an operator's word
-        if offered != held:
-            reason = "another store"
-        elif snapshot.revision < held_revision:
-            reason = "a lower revision of the same store"
-        else:
-            return None
-        return pb.StoreMismatch(
-            held_store_id=held,
-            held_revision=held_revision,
-            offered_store_id=offered,
-            offered_revision=snapshot.revision,
-            reason=reason,
-        )
-
-    def _apply(
-        self, snapshot: pb.ConfigSnapshot, *, from_cache: bool = False, store_id: str | None = None
-    ) -> None:
-        """Validate, then apply atomically; raises (with nothing applied) when it cannot."""
-        if snapshot.service and snapshot.service != self.service:
-            raise ConfigError(
-                "snapshot.service", f"is for {snapshot.service!r}, this agent is {self.service!r}"
-            )
-        resolved = policies_for(
-            self.service,
-            snapshot.policies,
-            "snapshot.policies",
-            self._base_default,
-            now=self._wall_clock(),
-            instance_id=self.instance_id,
-        )
-        if self._validate is not None:
-            self._validate(resolved)
-        self.registry.replace_policies(
-            resolved.policies,
-            default=resolved.default or self._base_default,
-            overrides=resolved.overrides,
-        )
-        self._overrides.applied(resolved)
-        with self._applied:
-            self._applied_snapshot = snapshot
-            self._applied_revision = snapshot.revision
-            self._applied_at = self._clock()
-            self._applied_from_cache = from_cache
-            self._applied_policies = tuple(snapshot.policies)
-            self._applied_store_id = snapshot.store_id if store_id is None else store_id
-            if not from_cache:
-                self._last_nack = None
-            self._applied.notify_all()
-
-    async def _expiry_loop(self) -> None:
-        """Resolve the policies in force again whenever an override of theirs expires.
-
-        Runs whether or not a control plane answers: a forgotten or orphaned override ends on
-        time everywhere.
-        """
-        while not self._stopped:
-            await asyncio.sleep(self._overrides.wait(min(self.report_interval, 1.0)))
-            snapshot = self._applied_snapshot
-            if snapshot is None or not self._overrides.due():
-                continue
-            nack = self._last_nack  # a NACK of a later snapshot still stands
-            try:
-                self._apply(
-                    snapshot, from_cache=self._applied_from_cache, store_id=self._applied_store_id
-                )
-                self._last_nack = nack
-            except Exception:  # applied once already: only a `validate` hook can refuse now
-                logger.exception("meshbreaker agent: an override expired but could not be dropped")
-                self._overrides.next_expiry = None
-            else:
-                logger.info("meshbreaker agent: an override expired; policies resolved again")
-
-    # ----- cache -----------------------------------------------------------------------
-
-    def _load_cache(self) -> None:
-        if self._cache is None:
-            return
-        cached = self._cache.load()
-        if cached is None:
-            return
-        try:
-            self._apply(cached.snapshot, from_cache=True, store_id=cached.store_id)
-        except Exception as error:  # the cache must never stop the application
-            self._cache.warn_ignored(error)
-            return
-        logger.info(
-            "meshbreaker agent: applied cached config revision %d from %s",
-            self._applied_revision,
-            self._cache.path,
-        )
-
-    # ----- reporting -------------------------------------------------------------------
-
-    def _on_transition(self, name: str, old: State, new: State) -> None:
-        # Runs in the caller's thread right after a transition: never blocks (one short lock to
-        # log it). Only the first transition of a burst schedules a wake-up; the rest find one
-        # pending.
-        self._overrides.transition(name, old, new)
-        self._transitions.append(name, old, new)
-        if self._report_pending or self._loop is None:
-            return
-        self._report_pending = True
-        with contextlib.suppress(RuntimeError):  # the loop is gone at interpreter exit
-            self._loop.loop.call_soon_threadsafe(self._wake_reporter)
-
-    def _acknowledge(self) -> None:
-        """Report the ACK/NACK soon, at a random moment within `ack_spread` seconds."""
-        # Every agent of the fleet gets the same snapshot at the same instant: spread their
-        # ACKs so they do not hit the control plane (nor, in one process, the loop) at once.
-        delay = self._rng.uniform(0.0, self._ack_spread)
-        asyncio.get_running_loop().call_later(delay, self._wake_reporter)
-
-    def _wake_reporter(self) -> None:
-        self._report_pending = True
-        if self._report_event is not None:
-            self._report_event.set()
-
-    async def _report_loop(self) -> None:
-        assert self._report_event is not None
-        event = self._report_event
-        while not self._stopped:
-            try:
-                await asyncio.wait_for(event.wait(), self.report_interval)
-            except asyncio.TimeoutError:
-                pass  # the periodic report
-            else:
-                if self._report_coalesce > 0 and not self._stopped:
-                    await asyncio.sleep(self._report_coalesce)  # let a burst settle
-            if self._stopped:
-                return
-            event.clear()
-            self._report_pending = False
-            try:
-                if self._stub is not None:
-                    await self._report_once(self._stub)
-            except Exception:  # a bug must not stop the reports (nor the watch with them)
-                logger.exception("meshbreaker agent: report failed")
-
-    async def _report_once(self, stub: pb_grpc.ControlPlaneAsyncStub) -> bool:
-        response = None
-        acknowledged = sent = 0
-        requests, configs = self._build_reports()
-        try:
-            for request in requests:
-                if request.transition_log:
-                    sent = request.transition_log[-1].sequence
-                response = await stub.ReportState(
-                    request, timeout=self._rpc_timeout, metadata=self._metadata
-                )
-                acknowledged = max(acknowledged, response.transitions_acknowledged)
-        except grpc.RpcError as error:
-            if status_code(error) in AUTH_CODES:
-                if self._report_denied is None:
-                    logger.warning(
-                        "meshbreaker agent: the control plane refused a report of instance %s "
-                        "(%s): authentication problem with %s",
-                        self.instance_id,
-                        describe(error),
-                        self._token.source,
-                    )
-                self._report_denied = describe(error)
-            else:
-                logger.debug("meshbreaker agent: report failed: %s", describe(error))
-            return False
-        assert response is not None
-        self._report_denied = None
-        if response.resend_configs:
-            self._reported_configs = {}
-            self._wake_reporter()
-        else:
-            self._reported_configs.update(configs)
-        self._transitions.acknowledge(acknowledged)
-        if sent and acknowledged >= sent and len(self._transitions):
-            # The server took all this report carried and more is logged: send the rest now.
-            # (A server that acknowledges nothing, an older one, gets them with each report.)
-            self._wake_reporter()
-        self._reports_sent += 1
-        ttl = response.report_ttl.ToTimedelta().total_seconds()
-        if ttl and self.report_interval >= ttl and not self._warned_ttl:
-            self._warned_ttl = True
-            logger.warning(
-                "meshbreaker agent: report_interval %.1fs >= the server's report TTL %.1fs: "
-                "this instance will drop out of ListBreakers between reports",
-                self.report_interval,
-                ttl,
-            )
-        return True
-
-    def report_now(self, timeout: float = 10.0) -> bool:
-        """Send one report and wait for it; False (logged) when it was not accepted."""
-        if self._loop is None or self._stub is None or self._stopped:
-            return False
-        if self._loop.in_loop():
-            raise AgentError("report_now() blocks: call it from another thread")
-        return self._loop.submit(self._report_once(self._stub)).result(timeout)
-
-    def _build_reports(
-        self,
-    ) -> tuple[list[pb.ReportStateRequest], dict[str, BreakerConfig]]:
-        """One report (beyond MAX_BREAKERS_PER_REPORT breakers, a full one and merged parts),
-        and the configs it carries."""
-        now = self._clock()
-        breakers = sorted(self.registry, key=lambda breaker: breaker.name)
-        reported = self._reported_configs
-        configs = {
-            breaker.name: breaker.config
-            for breaker in breakers
-            if reported.get(breaker.name) is not breaker.config
-        }
-        snapshots = [
-            breaker_to_proto(breaker, now, with_config=breaker.name in configs)
-            for breaker in breakers
-        ]
-        requests = []
-        for start in range(0, max(1, len(snapshots)), MAX_BREAKERS_PER_REPORT):
-            request = pb.ReportStateRequest(
-                instance_id=self.instance_id,
-                service=self.service,
-                applied_revision=self._applied_revision,
-                breakers=snapshots[start : start + MAX_BREAKERS_PER_REPORT],
-                full=start == 0,  # the first part replaces what the server knew; the rest merge
-                instance_key=self._instance_key,
-                applied_store_id=self._applied_store_id,
-                transitions_dropped=self._transitions.dropped,
-            )
-            if start == 0:
-                request.transition_log.extend(self._transitions.pending(now))
-            if self._store_mismatch is not None:
-                request.store_mismatch.CopyFrom(self._store_mismatch)
-            nack = self._last_nack
-            if nack is not None:
-                request.nack.CopyFrom(nack)
-            requests.append(request)
-        return requests, configs
 
 
 # gRPC target URIs that may hold an address list of their own; such a target is kept whole.
