@@ -30,7 +30,7 @@ import grpc
 import grpc.aio
 
 from bench._harness import table, write_json
-from meshbreaker.testing.etcd import EtcdServer, free_port
+from meshbreaker.control.store.etcd_server import EtcdServer, free_port
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 

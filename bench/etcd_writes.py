@@ -26,7 +26,7 @@ import grpc.aio
 
 from bench._harness import table, write_json
 from bench.control_plane_scale import control_plane
-from meshbreaker.testing.etcd import EtcdServer
+from meshbreaker.control.store.etcd_server import EtcdServer
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 

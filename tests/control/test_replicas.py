@@ -1,7 +1,7 @@
 """Replicas on one real etcd: writes anywhere reach every agent; replicas die; etcd dies.
 
-Each test starts its own etcd (meshbreaker/testing/etcd.py) and replicas as ServerThreads with
-`store="etcd://..."`; agents are real MeshAgents.
+Each test starts its own etcd (meshbreaker/control/store/etcd_server.py) and replicas as
+ServerThreads with `store="etcd://..."`; agents are real MeshAgents.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from meshbreaker.config import BreakerConfig
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.control.policies import Follower, PolicyIndex, Update
 from meshbreaker.control.store.etcd import EtcdStore
+from meshbreaker.control.store.etcd_server import EtcdServer
 from meshbreaker.registry import BreakerRegistry
-from meshbreaker.testing.etcd import EtcdServer
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 from tests.control.agent_support import METHOD, AdminStub, ControlPlaneThread, method_policy

