@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meshbreaker.control.store import SqliteStore, StoreError
+from meshbreaker.control.store import SelectorConflictError, SqliteStore, StoreError
 from meshbreaker.v1 import control_plane_pb2 as pb
 
 
@@ -44,3 +44,38 @@ def test_a_file_from_before_store_ids_gets_one_that_stays(tmp_path: Path) -> Non
     again = SqliteStore(path)
     assert again.store_id == given and again.revision() == 1
     again.close()
+
+
+def _policy(policy_id: str, method: str) -> pb.Policy:
+    return pb.Policy(id=policy_id, selector=pb.Selector(method=method))
+
+
+def test_a_schema_1_file_gets_its_selectors_indexed_and_keeps_them_unique(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    old = SqliteStore(path)
+    old.put([_policy("a", "/s.S/A"), _policy("b", "/s.S/B")])
+    old.close()
+    with sqlite3.connect(path) as db:  # as schema version 1 left it: no selectors table
+        db.execute("DROP TABLE selectors")
+        db.execute("UPDATE meta SET value = 1 WHERE key = 'schema_version'")
+    store = SqliteStore(path)
+    try:
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+                2,
+            )
+        with pytest.raises(SelectorConflictError, match="'b'"):
+            store.put([_policy("c", "/s.S/B")])  # b's selector, indexed from the old file
+        # A policy moves to a free selector; its old one is free again, in one put or two.
+        store.put([_policy("b", "/s.S/C")])
+        store.put([_policy("c", "/s.S/B")])
+        store.put([_policy("a", "/s.S/B2"), _policy("c", "/s.S/A")])  # c takes what a leaves
+        store.delete("c")
+        store.put([_policy("d", "/s.S/A")])
+        assert {p.id: p.selector.method for p in store.list()[1]} == {
+            "a": "/s.S/B2",
+            "b": "/s.S/C",
+            "d": "/s.S/A",
+        }
+    finally:
+        store.close()

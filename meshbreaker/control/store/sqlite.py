@@ -32,7 +32,8 @@ from meshbreaker.v1 import xds_pb2
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2: selectors in a table of their own, so a put checks uniqueness without reading every policy.
+SCHEMA_VERSION = 2
 # A feed reads at most this many revisions per batch, so a far-behind reader is fed in steps.
 FEED_BATCH_REVISIONS = 1000
 
@@ -56,6 +57,13 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_revision ON audit (revision);
 CREATE TABLE IF NOT EXISTS xds_clusters (name TEXT PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS selectors (
+    caller TEXT NOT NULL,
+    service TEXT NOT NULL,
+    method TEXT NOT NULL,
+    policy_id TEXT NOT NULL UNIQUE,
+    PRIMARY KEY (caller, service, method)
+);
 """
 
 
@@ -138,6 +146,11 @@ class SqliteStore(PolicyStore):
                     f"{self.path}: schema version {row[0]} is newer than this meshbreaker's "
                     f"({SCHEMA_VERSION}): upgrade meshbreaker, or use another file"
                 )
+            elif row[0] < SCHEMA_VERSION:
+                self._index_selectors()
+                self._db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,)
+                )
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('compacted', 0)")
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('xds_revision', 0)")
             # Created once with the store; a file from before store ids gets one on first open.
@@ -146,6 +159,15 @@ class SqliteStore(PolicyStore):
                 identity = (str(uuid.uuid4()),)
                 self._db.execute("INSERT INTO identity VALUES (?)", identity)
             self._store_id = str(identity[0])
+
+    def _index_selectors(self) -> None:
+        """Fill the selectors table from the policies (a file from schema version 1)."""
+        self._db.execute("DELETE FROM selectors")
+        for policy_id, body in self._db.execute("SELECT id, body FROM policies").fetchall():
+            self._db.execute(
+                "INSERT INTO selectors VALUES (?, ?, ?, ?)",
+                (*selector_key(pb.Policy.FromString(body)), policy_id),
+            )
 
     @property
     def store_id(self) -> str:
@@ -230,16 +252,27 @@ class SqliteStore(PolicyStore):
         now = self._wall_clock()
         with self._transaction():
             revision = self._check_revision(expected_revision) + 1
-            owners = {
-                selector_key(pb.Policy.FromString(body)): policy_id
-                for policy_id, body in self._db.execute("SELECT id, body FROM policies")
-                if policy_id not in ids
-            }
+            claimed: dict[tuple[str, str, str], str] = {}
             for policy in policies:
                 key = selector_key(policy)
-                if key in owners:
-                    raise SelectorConflictError(policy.id, owners[key])
-                owners[key] = policy.id
+                row = self._db.execute(
+                    "SELECT policy_id FROM selectors"
+                    " WHERE caller = ? AND service = ? AND method = ?",
+                    key,
+                ).fetchone()
+                if row is not None and row[0] not in ids:
+                    raise SelectorConflictError(policy.id, str(row[0]))
+                if key in claimed:
+                    raise SelectorConflictError(policy.id, claimed[key])
+                claimed[key] = policy.id
+            # Every policy of the put lets go of its old selector before any takes its new one.
+            self._db.executemany(
+                "DELETE FROM selectors WHERE policy_id = ?", [(policy_id,) for policy_id in ids]
+            )
+            self._db.executemany(
+                "INSERT INTO selectors VALUES (?, ?, ?, ?)",
+                [(*key, policy_id) for key, policy_id in claimed.items()],
+            )
             entries = []
             for policy in policies:
                 stored = pb.Policy()
@@ -269,6 +302,7 @@ class SqliteStore(PolicyStore):
             if before is None:
                 raise PolicyNotFoundError(policy_id)
             self._db.execute("DELETE FROM policies WHERE id = ?", (policy_id,))
+            self._db.execute("DELETE FROM selectors WHERE policy_id = ?", (policy_id,))
             entry = AuditEntry(revision, policy_id, "delete", actor, now, before, None)
             self._audit(entry)
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (revision,))
