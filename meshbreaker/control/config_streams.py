@@ -1,8 +1,8 @@
 """WatchConfig streams: the current snapshot per watched caller, pushed to agents, paced by ACKs.
 
-Every agent of a caller service gets the same snapshot object; its wire bytes are encoded once, in
-the policy follower's thread (`encode`), and the stream's serializer looks them up by identity
-(`serialize`), so a change costs the loop one dictionary lookup and one write per agent.
+Every agent of a caller service gets the same snapshot, encoded once in the policy follower's
+thread (policies.EncodedSnapshot); the stream's serializer hands its bytes over as they are, so a
+change costs the loop one write per agent.
 
 A stream never runs more than one unacknowledged revision ahead of its agent: after sending a
 snapshot it waits for the agent's report to ACK (or NACK) it before sending a newer one, and
@@ -17,8 +17,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Executor
 
-from meshbreaker.control.policies import PolicyIndex
-from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.control.policies import EncodedSnapshot, PolicyIndex
 
 # Real seconds a stream waits for an ACK before it sends a newer snapshot anyway.
 DEFAULT_ACK_WAIT = 5.0
@@ -39,43 +38,22 @@ class ConfigStreams:
         self._executor = executor  # where first snapshots are built, off the loop
         self._acknowledged = acknowledged  # (instance_id, revision) -> ACKed or NACKed it?
         self._ack_wait = ack_wait
-        self._current: dict[str, pb.ConfigSnapshot] = {}
+        self._current: dict[str, EncodedSnapshot] = {}
         self._wakes: dict[str, set[asyncio.Event]] = {}
         self._by_instance: dict[str, set[asyncio.Event]] = {}
-        # id(snapshot) -> (snapshot, its bytes); the snapshot is kept so its id is not reused.
-        self._encoded: dict[int, tuple[pb.ConfigSnapshot, bytes]] = {}
         self.streams = 0
 
-    # -- any thread ------------------------------------------------------------------------
-
-    def encode(self, snapshots: Mapping[str, pb.ConfigSnapshot]) -> None:
-        """Encode snapshots once, before they are handed to the loop (follower thread)."""
-        for snapshot in snapshots.values():
-            self._encoded[id(snapshot)] = (snapshot, snapshot.SerializeToString())
-
-    def serialize(self, snapshot: pb.ConfigSnapshot) -> bytes:
-        """The WatchConfig response serializer: the bytes encoded once, else encode now."""
-        found = self._encoded.get(id(snapshot))
-        if found is not None and found[0] is snapshot:
-            return found[1]
-        return snapshot.SerializeToString()
-
-    # -- the loop --------------------------------------------------------------------------
-
-    def current(self, caller: str) -> pb.ConfigSnapshot | None:
+    def current(self, caller: str) -> EncodedSnapshot | None:
         """The snapshot streams of `caller` carry now (None: nobody watches it)."""
         return self._current.get(caller)
 
-    def update(self, snapshots: Mapping[str, pb.ConfigSnapshot]) -> None:
+    def update(self, snapshots: Mapping[str, EncodedSnapshot]) -> None:
         """Install newer snapshots and wake the streams of their callers."""
         for caller, snapshot in snapshots.items():
             wakes = self._wakes.get(caller)
             old = self._current.get(caller)
             if wakes is None or (old is not None and old.revision > snapshot.revision):
-                self._encoded.pop(id(snapshot), None)  # no watcher left, or an older one
-                continue
-            if old is not None:
-                self._encoded.pop(id(old), None)
+                continue  # no watcher left, or an older one
             self._current[caller] = snapshot
             for wake in wakes:
                 wake.set()
@@ -85,7 +63,7 @@ class ConfigStreams:
         for wake in self._by_instance.get(instance_id, ()):
             wake.set()
 
-    async def stream(self, caller: str, instance_id: str) -> AsyncIterator[pb.ConfigSnapshot]:
+    async def stream(self, caller: str, instance_id: str) -> AsyncIterator[EncodedSnapshot]:
         """The current snapshot at once, then each newer one as the agent keeps up."""
         wake = asyncio.Event()
         self._wakes.setdefault(caller, set()).add(wake)
@@ -95,12 +73,10 @@ class ConfigStreams:
         try:
             loop = asyncio.get_running_loop()
             if caller not in self._current:
-                first = await loop.run_in_executor(self._executor, self._first, caller)
-                if caller in self._current:  # another stream of this caller was quicker
-                    self._encoded.pop(id(first), None)
-                else:
+                first = await loop.run_in_executor(self._executor, self._index.watch, caller)
+                if caller not in self._current:  # else another stream of this caller was quicker
                     self.update({caller: first})
-            sent: pb.ConfigSnapshot | None = None
+            sent: EncodedSnapshot | None = None
             sent_at = 0.0
             while True:
                 wake.clear()
@@ -124,21 +100,13 @@ class ConfigStreams:
             self.streams -= 1
             self._leave(caller, instance_id, wake)
 
-    def _first(self, caller: str) -> pb.ConfigSnapshot:
-        """A caller's first snapshot, built and encoded off the loop."""
-        snapshot = self._index.watch(caller)
-        self.encode({caller: snapshot})
-        return snapshot
-
     def _leave(self, caller: str, instance_id: str, wake: asyncio.Event) -> None:
         wakes = self._wakes.get(caller)
         if wakes is not None:
             wakes.discard(wake)
             if not wakes:
                 del self._wakes[caller]
-                old = self._current.pop(caller, None)
-                if old is not None:
-                    self._encoded.pop(id(old), None)
+                self._current.pop(caller, None)
                 self._index.unwatch(caller)
         streams = self._by_instance.get(instance_id)
         if streams is not None:

@@ -29,6 +29,7 @@ from meshbreaker.control.auth import (
 )
 from meshbreaker.control.instances import MeshView
 from meshbreaker.control.limits import Limits
+from meshbreaker.control.policies import encode_snapshot
 from meshbreaker.control.server_options import (
     PemSource,
     ServerOptions,
@@ -78,14 +79,19 @@ class _HandlerCapture:
 
 
 def _add_servicer(servicer: ControlPlaneServicer, server: grpc.aio.Server) -> None:
-    """The generated handlers, but WatchConfig's snapshots serialized through their cache."""
+    """The generated handlers, but config snapshots sent as the bytes encoded once."""
     capture = _HandlerCapture()
     pb_grpc.add_ControlPlaneServicer_to_server(servicer, capture)  # type: ignore[arg-type]
     handlers = capture.handlers
+    handlers["GetConfig"] = grpc.unary_unary_rpc_method_handler(
+        servicer.GetConfig,
+        request_deserializer=pb.GetConfigRequest.FromString,
+        response_serializer=encode_snapshot,
+    )
     handlers["WatchConfig"] = grpc.unary_stream_rpc_method_handler(
         servicer.WatchConfig,
         request_deserializer=pb.WatchConfigRequest.FromString,
-        response_serializer=servicer.config_streams.serialize,
+        response_serializer=encode_snapshot,
     )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(CONTROL_PLANE_SERVICE, handlers),)

@@ -35,7 +35,7 @@ from meshbreaker.control.events import EventBus, concerns
 from meshbreaker.control.fleet import DEFAULT_TICK, FleetDecider
 from meshbreaker.control.instances import InstanceTable, MeshView
 from meshbreaker.control.limits import Limits
-from meshbreaker.control.policies import Follower, PolicyIndex, Update
+from meshbreaker.control.policies import EncodedSnapshot, Follower, PolicyIndex, Update
 from meshbreaker.control.policy_writes import PolicyWrites
 from meshbreaker.control.replica_mesh import ReplicaMesh, new_replica_id
 from meshbreaker.control.store import PolicyStore
@@ -208,8 +208,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                 )
 
     def _deliver(self, update: Update) -> None:
-        """Follower thread: encode the new snapshots there, then hand the update to the loop."""
-        self.config_streams.encode(update.snapshots)
+        """Follower thread: hand the update, its snapshots encoded there, to the loop."""
         with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone
             self._loop.call_soon_threadsafe(self._apply, update)
 
@@ -241,7 +240,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
     # -- config ----------------------------------------------------------------------------
 
     @abort_on_refusal
-    async def GetConfig(self, request: pb.GetConfigRequest, context: _Context) -> pb.ConfigSnapshot:
+    async def GetConfig(  # type: ignore[override]  # server.py serializes it: encode_snapshot
+        self, request: pb.GetConfigRequest, context: _Context
+    ) -> EncodedSnapshot:
         """The policies that apply to the caller service, with the store revision."""
         caller = convert.check_caller(request.service, "service", required=True)
         self._check_speaker(context, caller)
@@ -250,9 +251,9 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             return current
         return await self._off_loop(self._index.snapshot, caller)
 
-    async def WatchConfig(
+    async def WatchConfig(  # type: ignore[override]  # server.py serializes: encode_snapshot
         self, request: pb.WatchConfigRequest, context: _Context
-    ) -> AsyncIterator[pb.ConfigSnapshot]:
+    ) -> AsyncIterator[EncodedSnapshot]:
         """A snapshot at once, then one per change that affects the caller."""
         release: Callable[[], None] = _nothing
         try:
@@ -395,7 +396,6 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             )
             adopted = tuple(sorted(self._adopted))
             snapshots = await self._off_loop(self._index.set_adopted, adopted)
-            self.config_streams.encode(snapshots)
             self.config_streams.update(snapshots)
         return pb.AdoptStoreResponse(
             store_id=self._store_id, adopted_store_ids=sorted(self._adopted)

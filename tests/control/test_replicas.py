@@ -228,7 +228,7 @@ def test_a_follower_behind_a_compaction_relists(etcd: EtcdServer) -> None:
             follower.stop()
         relisted = next(update for update in updates if update.relisted)
         assert relisted.revision == 4
-        snapshot = relisted.snapshots["transaction"]
+        snapshot = relisted.snapshots["transaction"].message()
         assert [policy.id for policy in snapshot.policies] == ["b", "c"]
         assert [policy.id for policy in index.policies()] == ["b", "c"]
     finally:

@@ -1,0 +1,62 @@
+"""PolicyIndex: snapshots built as bytes from each policy's own encoding equal the messages."""
+
+from __future__ import annotations
+
+from meshbreaker.control.policies import PolicyIndex, encode_snapshot
+from meshbreaker.control.store import AuditEntry
+from meshbreaker.v1 import control_plane_pb2 as pb
+
+
+def _policy(policy_id: str, caller: str, failures: int, revision: int = 1) -> pb.Policy:
+    return pb.Policy(
+        id=policy_id,
+        selector=pb.Selector(caller=caller, method=f"/bank.v1.S/{policy_id.upper()}"),
+        config=pb.BreakerConfig(consecutive_failures=failures),
+        revision=revision,
+    )
+
+
+def _expected(
+    revision: int, caller: str, policies: list[pb.Policy], adopted: tuple[str, ...] = ()
+) -> pb.ConfigSnapshot:
+    return pb.ConfigSnapshot(
+        revision=revision,
+        service=caller,
+        policies=sorted(policies, key=lambda policy: policy.id),
+        store_id="store-1",
+        adopted_store_ids=adopted,
+    )
+
+
+def test_encoded_snapshots_equal_the_messages_through_puts_deletes_and_adoption() -> None:
+    every = _policy("z-all", "", 2)
+    mine, theirs = _policy("b-tx", "transaction", 3), _policy("a-tx", "transaction", 4)
+    other = _policy("c-audit", "audit", 5)
+    index = PolicyIndex(1, [every, mine, other], store_id="store-1")
+    first = index.watch("transaction")
+    assert first.message() == _expected(1, "transaction", [every, mine])
+    assert encode_snapshot(first) == first.payload
+
+    # A put for one caller renews its snapshot only; the other caller is not watched.
+    changed = index.apply([AuditEntry(2, "a-tx", "put", "t", 0.0, None, theirs)])
+    assert set(changed) == {"transaction"}
+    assert changed["transaction"].revision == 2
+    assert changed["transaction"].message() == _expected(2, "transaction", [every, mine, theirs])
+    assert index.apply([AuditEntry(3, "c-audit", "delete", "t", 0.0, other, None)]) == {}
+
+    # A change of a policy for every caller renews every watched caller; a replaced policy's
+    # old bytes are gone.
+    newer = _policy("z-all", "", 9, revision=4)
+    changed = index.apply([AuditEntry(4, "z-all", "put", "t", 0.0, every, newer)])
+    assert changed["transaction"].message() == _expected(4, "transaction", [newer, mine, theirs])
+    deleted = index.apply([AuditEntry(5, "b-tx", "delete", "t", 0.0, mine, None)])
+    assert deleted["transaction"].message() == _expected(5, "transaction", [newer, theirs])
+
+    adopted = index.set_adopted(("old-store",))["transaction"]
+    assert adopted.message() == _expected(5, "transaction", [newer, theirs], ("old-store",))
+    assert index.snapshot("audit").message() == _expected(5, "audit", [newer], ("old-store",))
+
+
+def test_encode_snapshot_also_serializes_a_plain_message() -> None:
+    message = _expected(3, "audit", [_policy("a", "audit", 2)])
+    assert pb.ConfigSnapshot.FromString(encode_snapshot(message)) == message
