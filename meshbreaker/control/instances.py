@@ -51,6 +51,9 @@ class Instance:
     # Breaker name -> its effective config as last reported (sent only when it changes).
     configs: dict[str, pb.BreakerConfig] = field(default_factory=dict)
     replica: str = ""  # the other replica it reports to ("" = this one)
+    # Another replica's instance: the clock() time its breakers' ages are as of (its record is
+    # rewritten only when something but the ages changed); None: as of `last_seen`.
+    ages_as_of: float | None = None
 
 
 @dataclass(frozen=True)
@@ -425,6 +428,8 @@ class InstanceTable:
                         snapshot=snapshot,
                         report_age=now - instance.last_seen,
                     )
+                    if instance.ages_as_of is not None:
+                        _age(item.snapshot, instance.last_seen - instance.ages_as_of)
                     if config is not None:
                         item.snapshot.config.CopyFrom(config)
                     group.instance_breakers.append(item)
@@ -485,6 +490,15 @@ def _changes(instance: Instance, request: pb.ReportStateRequest) -> bool:
         ):
             return True
     return False
+
+
+def _age(snapshot: pb.BreakerSnapshot, seconds: float) -> None:
+    """Tell a snapshot's ages `seconds` later (its state unchanged meanwhile)."""
+    if seconds <= 0:
+        return
+    snapshot.state_age += seconds
+    if snapshot.HasField("open_remaining"):
+        snapshot.open_remaining = max(0.0, snapshot.open_remaining - seconds)
 
 
 def _nothing() -> None:

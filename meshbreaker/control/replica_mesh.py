@@ -60,6 +60,7 @@ class _Shared:
     breakers: dict[str, pb.BreakerSnapshot]
     configs: dict[str, pb.BreakerConfig]
     transitions: list[pb.TransitionRecord]
+    reported_at: float  # wall clock of the report the breakers come from
 
 
 def encode_instance(shared: _Shared, generation: int) -> list[bytes]:
@@ -89,12 +90,14 @@ def encode_instance(shared: _Shared, generation: int) -> list[bytes]:
         if config is not None:
             breaker.config.CopyFrom(config)
         size += breaker.ByteSize()
-    return [
-        mesh_pb2.ReplicaInstance(
+    records = []
+    for part, report in enumerate(reports):
+        record = mesh_pb2.ReplicaInstance(
             report=report, part=part, parts=len(reports), generation=generation
-        ).SerializeToString()
-        for part, report in enumerate(reports)
-    ]
+        )
+        record.reported_at.FromNanoseconds(int(shared.reported_at * 1e9))
+        records.append(record.SerializeToString())
+    return records
 
 
 @dataclass
@@ -217,12 +220,15 @@ class ReplicaMesh:
         table.changed, table.removed = set(), set()
         self._pending = _Pending()
         live = table.local()
+        # The wall-clock time of each instance's last report: its breakers' ages are as of then.
+        wall_offset = self._wall_clock() - self._clock()
         shared = [
             _Shared(
                 live[key],
                 live[key].breakers,
                 live[key].configs,
                 pending.transitions.get(key, []),
+                live[key].last_seen + wall_offset,
             )
             for key in pending.changed
             if key in live
@@ -415,10 +421,15 @@ class _RemoteRecords:
                 if breaker.HasField("config"):
                     configs[breaker.name] = breaker.config
                 breakers[breaker.name] = breaker
+        last_seen = self._heartbeats.get(replica, self._clock())
+        ages_as_of = None
+        if head.HasField("reported_at"):
+            ages_as_of = min(last_seen, self._local_time(head.reported_at.ToNanoseconds() / 1e9))
         instance = Instance(
             instance_id=instance_id,
             service=report.service,
-            last_seen=self._heartbeats.get(replica, self._clock()),
+            last_seen=last_seen,
+            ages_as_of=ages_as_of,
             applied_revision=report.applied_revision,
             nack=report.nack if report.HasField("nack") else None,
             breakers=breakers,

@@ -26,15 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from meshbreaker.v1 import control_plane_pb2 as meshbreaker_dot_v1_dot_control__plane__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19meshbreaker/v1/mesh.proto\x12\x0emeshbreaker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"meshbreaker/v1/control_plane.proto\"v\n\x0fReplicaInstance\x12\x32\n\x06report\x18\x01 \x01(\x0b\x32\".meshbreaker.v1.ReportStateRequest\x12\x0c\n\x04part\x18\x02 \x01(\r\x12\r\n\x05parts\x18\x03 \x01(\r\x12\x12\n\ngeneration\x18\x04 \x01(\x04\"x\n\x10ReplicaHeartbeat\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x11\n\tinstances\x18\x04 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19meshbreaker/v1/mesh.proto\x12\x0emeshbreaker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"meshbreaker/v1/control_plane.proto\"\xa7\x01\n\x0fReplicaInstance\x12\x32\n\x06report\x18\x01 \x01(\x0b\x32\".meshbreaker.v1.ReportStateRequest\x12\x0c\n\x04part\x18\x02 \x01(\r\x12\r\n\x05parts\x18\x03 \x01(\r\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12/\n\x0breported_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"x\n\x10ReplicaHeartbeat\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x11\n\tinstances\x18\x04 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshbreaker.v1.mesh_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLICAINSTANCE']._serialized_start=114
-  _globals['_REPLICAINSTANCE']._serialized_end=232
-  _globals['_REPLICAHEARTBEAT']._serialized_start=234
-  _globals['_REPLICAHEARTBEAT']._serialized_end=354
+  _globals['_REPLICAINSTANCE']._serialized_start=115
+  _globals['_REPLICAINSTANCE']._serialized_end=282
+  _globals['_REPLICAHEARTBEAT']._serialized_start=284
+  _globals['_REPLICAHEARTBEAT']._serialized_end=404
 # @@protoc_insertion_point(module_scope)

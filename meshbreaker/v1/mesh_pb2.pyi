@@ -30,6 +30,7 @@ class ReplicaInstance(_message.Message):
     PART_FIELD_NUMBER: _builtins.int
     PARTS_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    REPORTED_AT_FIELD_NUMBER: _builtins.int
     part: _builtins.int
     """breakers are split over parts so that each store value stays small"""
     parts: _builtins.int
@@ -43,6 +44,12 @@ class ReplicaInstance(_message.Message):
         instance_key.
         """
 
+    @_builtins.property
+    def reported_at(self) -> _timestamp_pb2.Timestamp:
+        """When the instance sent the report its breakers come from: their ages (state_age,
+        open_remaining) are as of then. Unset by older replicas.
+        """
+
     def __init__(
         self,
         *,
@@ -50,10 +57,11 @@ class ReplicaInstance(_message.Message):
         part: _builtins.int = ...,
         parts: _builtins.int = ...,
         generation: _builtins.int = ...,
+        reported_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report", "reported_at", b"reported_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "part", b"part", "parts", b"parts", "report", b"report"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "part", b"part", "parts", b"parts", "report", b"report", "reported_at", b"reported_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from meshbreaker.config import BreakerConfig
+from meshbreaker.config import BreakerConfig, State
 from meshbreaker.control import replica_mesh
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.control.instances import InstanceTable, MeshView
@@ -114,6 +114,34 @@ def test_every_replica_lists_every_instance_with_its_breakers_and_configs(
     view = planes[0].call(_mesh_view(planes[0]))
     assert {instance.instance_id for instance in view.instances} == everyone
     assert view.replicas == 2
+
+
+def test_a_lasting_state_shows_its_real_age_on_every_replica(
+    replicas: Callable[[int], list[ServerThread]],
+    agents: Callable[..., MeshAgent],
+    admin_stub: AdminStub,
+) -> None:
+    planes = replicas(2)
+    agent = agents(planes[0].target, "transaction")
+    breaker = agent.registry.get(METHOD)
+    breaker.acquire().failure()  # one failure opens it (open for 60 s)
+    elsewhere = admin_stub(planes[1].target)
+
+    def age_elsewhere() -> float:
+        """The breaker's state_age as the other replica tells it (-1: not OPEN there yet)."""
+        answer = listed(elsewhere, include_instances=True)
+        for group in answer.groups:
+            for item in group.instance_breakers:
+                if item.snapshot.state == pb.BREAKER_STATE_OPEN:
+                    return item.snapshot.state_age
+        return -1.0
+
+    assert wait_until(lambda: age_elsewhere() >= 0, timeout=10)
+    first = age_elsewhere()
+    # The agent keeps reporting the same state: its record is not rewritten (only the replica's
+    # heartbeat is), yet the age the other replica tells keeps growing with the real one.
+    assert wait_until(lambda: age_elsewhere() >= first + 1.0, timeout=10)
+    assert breaker.state is State.OPEN
 
 
 async def _mesh_view(plane: ServerThread) -> MeshView:
