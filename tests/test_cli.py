@@ -26,7 +26,7 @@ from meshbreaker.config import BreakerConfig, Mode, State
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.control.limits import Limits
 from meshbreaker.control.store import SqliteStore, StoreError
-from meshbreaker.control.store.sqlite import explain_open_error
+from meshbreaker.control.store.sqlite import SCHEMA_VERSION, explain_open_error
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
 from tests.scrape_support import Scrape
@@ -794,7 +794,7 @@ def _old_store(path: Path) -> Path:
         ),
         (
             lambda tmp: _old_store(tmp / "old.db"),
-            "schema version 99 is newer than this meshbreaker's (1): upgrade meshbreaker",
+            f"schema version 99 is newer than this meshbreaker's ({SCHEMA_VERSION}): upgrade",
         ),
     ],
     ids=["missing-directory", "a-directory", "not-a-database", "newer-schema"],
