@@ -140,7 +140,7 @@ def test_agents_keep_their_policies_through_an_outage_and_resync_on_their_own(
         revision = stub.PutPolicy(
             pb.PutPolicyRequest(policies=[method_policy("tight", tight)]), timeout=5
         ).revision
-        assert all(agent.wait_for_revision(revision, timeout=1.0) for agent in agents)
+        assert all(agent.wait_for_revision(revision, timeout=10) for agent in agents)
 
         cp.stop()
         assert wait_until(lambda: not any(agent.connected for agent in agents))
@@ -189,7 +189,7 @@ def test_the_cache_written_from_the_server_is_reloaded_when_it_is_away(
         revision = stub.PutPolicy(
             pb.PutPolicyRequest(policies=[method_policy("tight", tight)]), timeout=5
         ).revision
-        assert agent.wait_for_revision(revision, timeout=1.0)
+        assert agent.wait_for_revision(revision, timeout=10)
         assert wait_until(lambda: cache.exists() and json.loads(cache.read_text())["revision"])
     assert json.loads(cache.read_text())["revision"] == revision
     cp.stop()
