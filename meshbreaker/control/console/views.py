@@ -74,7 +74,8 @@ def _member(item: pb.InstanceBreaker) -> dict[str, Any]:
 
 
 def override(policy: pb.Policy) -> dict[str, Any] | None:
-    """A policy's override as the page shows it: state, expiry (unix seconds), reason, fleet."""
+    """A policy's override as the page shows it: state, expiry (unix seconds), reason, and the
+    fleet decision it carries (None for an operator's override)."""
     word = _override_word(policy.override)
     if word is None:
         return None
@@ -86,7 +87,16 @@ def override(policy: pb.Policy) -> dict[str, Any] | None:
             else None
         ),
         "reason": policy.override_reason,
-        "fleet": policy.HasField("fleet"),
+        "fleet": fleet_decision(policy.fleet) if policy.HasField("fleet") else None,
+    }
+
+
+def fleet_decision(decision: pb.FleetDecision) -> dict[str, Any]:
+    """The decider's open period, its probers and when their probes may start (unix seconds)."""
+    return {
+        "period": decision.period,
+        "probers": list(decision.probers),
+        "open_until": decision.open_until.ToMilliseconds() / 1000.0,
     }
 
 
@@ -177,6 +187,7 @@ def event(message: pb.Event) -> dict[str, Any]:
     elif kind == "policy_change":
         change = message.policy_change
         after = change.after if change.HasField("after") else None
+        ended = change.before.HasField("fleet") and (after is None or not after.HasField("fleet"))
         item.update(
             policy_id=change.policy_id,
             change="delete" if after is None else "put",
@@ -184,6 +195,7 @@ def event(message: pb.Event) -> dict[str, Any]:
             actor=change.actor,
             override=override(after) if after is not None else None,
             description=after.description if after is not None else "",
+            fleet_ended=ended,  # the decider closed the method again (or an operator took over)
         )
     elif kind == "nack":
         nack = message.nack

@@ -12,7 +12,7 @@ export function el(tag, options = {}, ...children) {
 export function svg(tag, attributes = {}, ...children) {
   const node = document.createElementNS(SVG, tag);
   for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
-  for (const child of children) node.append(child);
+  for (const child of children) if (child !== null) node.append(child);
   return node;
 }
 

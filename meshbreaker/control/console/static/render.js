@@ -129,7 +129,8 @@ function sparkline(history) {
     title,
     svg("line", {class: "base", x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5}),
     svg("polyline", {class: "calls", points: points(calls)}),
-    svg("polyline", {class: "failures", points: points(failures)}));
+    // No failures, no red line: a red stroke along the base reads as trouble at a glance.
+    failed > 0 ? svg("polyline", {class: "failures", points: points(failures)}) : null);
 }
 
 // Call durations summed over the instances that report the same buckets.
@@ -162,13 +163,18 @@ function formatSeconds(seconds) {
   return seconds < 1 ? `${Math.round(seconds * 1000)} ms` : `${seconds} s`;
 }
 
-// "forced open until 12:00:05, by the fleet: reason"
+// "forced open until 12:00:05, fleet decision, open period 1, probers tx-0: reason"
 export function overrideText(override) {
   let text = STATE_WORDS[override.state] || override.state;
   if (override.expires_at !== null) text += ` until ${clock(override.expires_at)}`;
-  if (override.fleet) text += ", a fleet decision";
+  if (override.fleet) text += `, ${fleetText(override.fleet)}`;
   if (override.reason) text += `: ${override.reason}`;
   return text;
+}
+
+// In the words of `meshbreaker events`: the decider's open period and who probes in it.
+function fleetText(fleet) {
+  return `fleet decision, open period ${fleet.period}, probers ${fleet.probers.join(",") || "none"}`;
 }
 
 // The overrides in force; `auto` (admin) lifts one through ForceState.
@@ -184,7 +190,7 @@ export function renderOverrides(body, overrides, actions) {
       el("td", {text: target}),
       el("td", {}, el("span", {cls: "chip", data: {state: item.state}, text: STATE_WORDS[item.state] || item.state})),
       el("td", {}, item.remaining === null ? el("span", {text: "until set back"}) : liveCountdown(item.remaining)),
-      el("td", {text: item.fleet ? `fleet decision${item.reason ? `: ${item.reason}` : ""}` : item.reason}),
+      el("td", {text: item.fleet ? `${fleetText(item.fleet)}${item.reason ? `; ${item.reason}` : ""}` : item.reason}),
       el("td", {}, actions.canWrite && !item.fleet ? lift : null));
   }));
 }
@@ -221,7 +227,7 @@ export function eventItem(event) {
     text = `${event.service} · ${event.instance}: ${event.name} ${STATE_WORDS[event.from_state] || "new"} → ${STATE_WORDS[event.to_state] || event.to_state}`;
     kind = `transition to-${event.to_state}`;
   } else if (event.kind === "policy_change") {
-    const override = event.override ? ` (${overrideText(event.override)})` : "";
+    const override = event.override ? ` (${overrideText(event.override)})` : event.fleet_ended ? " (fleet decision ended)" : "";
     text = `policy ${event.policy_id} ${event.change === "delete" ? "deleted" : "put"}${override} at revision ${event.revision} by ${event.actor}`;
     if (event.description) text += ` — ${event.description}`;
   } else if (event.kind === "nack") {
