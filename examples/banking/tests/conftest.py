@@ -14,6 +14,7 @@ from examples.banking.services import account, audit, notification, transaction
 from examples.banking.services.common import RunningService, start_server
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.testing import FakeClock
+from tests.browser_support import browser  # noqa: F401  (headless Chromium, for the console)
 
 ACCOUNTS = 4
 BALANCE = 100_000

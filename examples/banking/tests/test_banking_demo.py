@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from typing import IO
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, expect
 
 from examples.banking import invariants
 from examples.banking.demo import EXERCISED
@@ -237,3 +239,83 @@ def test_a_broken_variant_fails_its_invariant_and_the_demo(
     failed = {c["name"]: c["detail"] for c in summary["invariants"] if not c["ok"]}
     assert says in failed[invariant], failed
     assert "=== AN INVARIANT FAILED" in output
+
+
+# --linger and --screenshot: the console of the run stays up to be looked at, and a picture of it
+# during the notification outage is saved. Both are checked in a real browser.
+OPEN_RGB = (214, 45, 32)  # the console's colour for an open breaker (--open in console.css)
+
+
+@pytest.mark.timeout(300)
+def test_the_demo_lingers_with_its_console_and_pictures_the_outage(
+    tmp_path: Path, browser: Browser
+) -> None:
+    picture = tmp_path / "console.png"
+    process = _demo(
+        tmp_path, "--phases", "notification-outage", "--screenshot", str(picture), "--linger", "600"
+    )
+    assert process.stdout is not None
+    seen: list[str] = []
+    try:
+        _read_until(process.stdout, "stay up for 600 s", seen)
+        info = json.loads((tmp_path / "run.json").read_text())
+        link = f"{info['console_url']}#token={info['agent_token']}"
+        assert seen[-1].rstrip().endswith(f"the whole story is in the web console: {link}")
+        if not any("screenshot" in line for line in seen):  # saved, or why not
+            _read_until(process.stdout, "screenshot", seen)
+        assert f"console screenshot saved to {picture}" in "".join(seen)
+        # The mesh is idle now, and its console still tells the outage.
+        page = browser.new_page()
+        try:
+            page.goto(link)
+            expect(page.locator("#link")).to_have_text("live", timeout=30_000)
+            opened = page.locator("#events .event.to-OPEN").filter(
+                has_text="/bank.v1.NotificationService/"
+            )
+            expect(opened.first).to_be_visible(timeout=30_000)
+        finally:
+            page.close()
+        width, height, open_pixels = _picture(browser, picture.read_bytes())
+        assert (width, height) == (1400, 1000)
+        # An open breaker's chip is about 2,000 pixels of that red; without one, the red of an
+        # event's text and the sparklines' failure lines make a few hundred.
+        assert open_pixels > 1_000, f"no open breaker in the picture ({open_pixels} red pixels)"
+        process.send_signal(signal.SIGINT)  # Ctrl-C ends the linger early
+        rest, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, "".join(seen) + rest
+    finally:
+        process.kill()
+        process.wait()
+    assert "stopping the mesh" in rest
+    assert all(not _alive(pid) for pid in info["children"].values())
+
+
+def _picture(browser: Browser, png: bytes) -> tuple[int, int, int]:
+    """A PNG's width, height and pixels of the open colour, read by the browser from a canvas
+    (on a blank page: the console's Content-Security-Policy refuses data: images)."""
+    encoded = base64.b64encode(png).decode()
+    page = browser.new_page()
+    try:
+        width, height, matching = page.evaluate(
+            """async ([encoded, [red, green, blue]]) => {
+            const image = new Image();
+            image.src = `data:image/png;base64,${encoded}`;
+            await image.decode();
+            const canvas = document.createElement("canvas");
+            canvas.width = image.width;
+            canvas.height = image.height;
+            const context = canvas.getContext("2d");
+            context.drawImage(image, 0, 0);
+            const pixels = context.getImageData(0, 0, image.width, image.height).data;
+            const near = (i, value) => Math.abs(pixels[i] - value) <= 6;
+            let matching = 0;
+            for (let i = 0; i < pixels.length; i += 4) {
+                if (near(i, red) && near(i + 1, green) && near(i + 2, blue)) matching += 1;
+            }
+            return [image.width, image.height, matching];
+        }""",
+            [encoded, list(OPEN_RGB)],
+        )
+    finally:
+        page.close()
+    return int(width), int(height), int(matching)
