@@ -145,16 +145,35 @@ def _open(browser: Browser, url: str, token: str | None) -> Iterator[Watched]:
         context.close()
 
 
-@pytest.fixture
-def admin_page(browser: Browser, mesh: Mesh) -> Iterator[Watched]:
-    with _open(browser, mesh.url, ADMIN) as watched:
+@pytest.fixture(scope="module")
+def admin_tab(browser: Browser, shared_mesh: Mesh) -> Iterator[Watched]:
+    """One tab with the admin token for the module: a new page per test costs far more."""
+    with _open(browser, shared_mesh.url, ADMIN) as watched:
         yield watched
 
 
-@pytest.fixture
-def agent_page(browser: Browser, mesh: Mesh) -> Iterator[Watched]:
-    with _open(browser, mesh.url, AGENT) as watched:
+@pytest.fixture(scope="module")
+def agent_tab(browser: Browser, shared_mesh: Mesh) -> Iterator[Watched]:
+    with _open(browser, shared_mesh.url, AGENT) as watched:
         yield watched
+
+
+def _fresh(tab: Watched, url: str) -> Watched:
+    """The tab loaded anew (its token stays in the tab's session), its records emptied."""
+    tab.errors.clear()
+    tab.dialogs.clear()
+    tab.page.goto(url)
+    return tab
+
+
+@pytest.fixture
+def admin_page(admin_tab: Watched, mesh: Mesh) -> Watched:
+    return _fresh(admin_tab, mesh.url)
+
+
+@pytest.fixture
+def agent_page(agent_tab: Watched, mesh: Mesh) -> Watched:
+    return _fresh(agent_tab, mesh.url)
 
 
 @pytest.fixture
