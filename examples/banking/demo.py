@@ -267,12 +267,17 @@ class Demo:
             time.sleep(0.2)
 
     def shoot_console(self, phase: PhaseResult) -> None:
-        """During the notification outage, once a breaker is open: a picture of the console."""
+        """During the notification outage, once its breaker is open: a picture of the console."""
         if self.screenshot is None or self._shooting is not None:
             return
         if phase.phase.slug != "notification-outage":
             return
-        if not any("OPEN" in row["state"].split("/") for row in self.mesh.breaker_rows()):
+        # Its own breaker: one still open from the phase before would picture that fault instead.
+        if not any(
+            row["name"].startswith("/bank.v1.NotificationService/")
+            and "OPEN" in row["state"].split("/")
+            for row in self.mesh.breaker_rows()
+        ):
             return
         path, link = self.screenshot, self.mesh.console_link()
 
