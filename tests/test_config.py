@@ -130,3 +130,9 @@ def test_a_layer_is_checked_against_a_partner_that_never_conflicts(layer: dict[s
 def test_a_retry_mapping_becomes_a_retry_policy() -> None:
     retry = BreakerConfig(retry={"max_attempts": 4}).retry  # type: ignore[arg-type]
     assert isinstance(retry, RetryPolicy) and retry.max_attempts == 4
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_idempotent_must_be_true_or_false(bad: object) -> None:
+    with pytest.raises(ConfigError, match="idempotent: must be true or false"):
+        BreakerConfig(idempotent=bad)  # type: ignore[arg-type]

@@ -254,3 +254,18 @@ def test_async_results_can_count_as_failures(clock: FakeClock) -> None:
     cb.reset()
     assert asyncio.run(cb.call_async_checked(lambda code: code >= 500, status)) == 503
     assert cb.state is State.OPEN
+
+
+def test_transition_to_half_open_tells_listeners(clock: FakeClock) -> None:
+    cb = make(clock)
+    changes: list[tuple[State, State]] = []
+    cb.on_state_change(lambda name, old, new: changes.append((old, new)))
+    cb.acquire().failure()
+    cb.transition_to_half_open()
+    assert changes == [(State.CLOSED, State.OPEN), (State.OPEN, State.HALF_OPEN)]
+
+
+def test_repr_names_the_breaker_and_its_state(clock: FakeClock) -> None:
+    cb = make(clock)
+    cb.acquire().failure()
+    assert repr(cb) == "CircuitBreaker('dep', state=OPEN)"

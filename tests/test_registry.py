@@ -195,3 +195,13 @@ def test_breakers_stay_bounded_however_many_names_arrive(clock: FakeClock) -> No
 def test_max_breakers_is_validated(bad: object) -> None:
     with pytest.raises(ConfigError, match="max_breakers"):
         BreakerRegistry(max_breakers=bad)  # type: ignore[arg-type]
+
+
+def test_removing_an_overflowed_name_lets_it_have_a_breaker_of_its_own(clock: FakeClock) -> None:
+    reg = BreakerRegistry(clock=clock, max_breakers=2)
+    own = [reg.get(f"/pkg.Own/M{i}") for i in range(2)]
+    assert reg.get("/pkg.Bulk/M9").name == "/pkg.Bulk/"  # shares its service's breaker
+    for breaker in own:  # room again (the service's shared breaker counts as one)
+        reg.remove(breaker.name)
+    reg.remove("/pkg.Bulk/M9")
+    assert reg.get("/pkg.Bulk/M9").name == "/pkg.Bulk/M9"

@@ -6,6 +6,7 @@ import functools
 
 import pytest
 
+from meshbreaker import BreakerConfig, CircuitBreaker
 from meshbreaker.errors import ConfigError
 from meshbreaker.retry import NO_RETRY, RetryBudget, RetryPolicy, RetryRun, parse_pushback
 from meshbreaker.testing import FakeClock
@@ -182,3 +183,23 @@ def test_bad_policies_name_the_field(changes: dict[str, object], field: str) -> 
     with pytest.raises(ConfigError) as error:
         RetryPolicy(**changes)  # type: ignore[arg-type]
     assert error.value.field == field
+
+
+def test_a_breaker_takes_a_new_budget_when_its_terms_change_and_keeps_it_otherwise() -> None:
+    clock = FakeClock()
+
+    def retry(min_per_second: int, max_attempts: int = 3) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=max_attempts, budget_ratio=0.0,
+            budget_min_per_second=min_per_second, budget_ttl=1.0,
+        )  # fmt: skip
+
+    cb = CircuitBreaker("dep", BreakerConfig(retry=retry(1)), clock=clock)
+    first = cb.retry_budget
+    assert first is not None and first.try_withdraw() and not first.try_withdraw()
+    cb.update_config(cb.config.replace(retry=retry(3)))
+    second = cb.retry_budget
+    assert second is not first and second is not None
+    assert [second.try_withdraw() for _ in range(4)] == [True, True, True, False]
+    cb.update_config(cb.config.replace(retry=retry(3, max_attempts=5)))  # same budget terms
+    assert cb.retry_budget is second and not second.try_withdraw()  # what it spent still counts
