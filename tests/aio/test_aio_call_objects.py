@@ -160,6 +160,7 @@ async def test_the_fallback_on_failure_tells_its_own_details_and_markers(
     answered = unary(channel)(b"fine")
     assert await answered == b"fine"
     assert (await answered.code(), await answered.details()) == (grpc.StatusCode.OK, "")
+    assert ("x-test-trailer", "server") in tuple(await answered.trailing_metadata())
 
 
 async def test_cancelling_a_fallback_on_failure_call_cancels_the_rpc(
@@ -348,15 +349,29 @@ async def test_a_raising_continuation_gives_the_permit_back(
     assert (snapshot.ignored, snapshot.rejected) == (2, 0)
 
 
-class Refusing(grpc.aio.UnaryUnaryClientInterceptor):
+class _Refuser:
     """Below the breaker: refuses every call with an AioRpcError, as a proxy interceptor may."""
 
-    @staticmethod
-    def _refuse() -> grpc.aio.AioRpcError:
+    def __init__(self) -> None:
+        self.refused = 0
+
+    def _refuse(self) -> grpc.aio.AioRpcError:
+        self.refused += 1
         metadata = grpc.aio.Metadata()
         return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, metadata, metadata, "refused")
 
+
+class Refusing(_Refuser, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        raise self._refuse()
+
+
+class RefusingStreams(_Refuser, grpc.aio.UnaryStreamClientInterceptor):
+    """A channel files each interceptor under one call kind: one class per kind."""
+
+    async def intercept_unary_stream(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
         raise self._refuse()
@@ -369,7 +384,8 @@ async def test_an_rpc_error_raised_below_the_breaker_is_counted_and_reaches_the_
     fast = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
     config = CLOSED_CONFIG.replace(retry=fast, idempotent=True) if retried else CLOSED_CONFIG
     registry = BreakerRegistry(config)
-    interceptors = [*breaker_interceptors(registry), Refusing()]
+    refusing, refusing_streams = Refusing(), RefusingStreams()
+    interceptors = [*breaker_interceptors(registry), refusing, refusing_streams]
     async with grpc.aio.insecure_channel(server.target, interceptors=interceptors) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await unary(channel)(b"hello")
@@ -377,7 +393,26 @@ async def test_an_rpc_error_raised_below_the_breaker_is_counted_and_reaches_the_
             grpc.StatusCode.UNAVAILABLE,
             "refused",
         )
-    assert counts(registry, UNARY) == (0, 3 if retried else 1, 0)
+        with pytest.raises(grpc.aio.AioRpcError) as streamed:
+            await server_stream(channel)(b"n:1").read()
+        assert streamed.value.code() is grpc.StatusCode.UNAVAILABLE
+    attempts = 3 if retried else 1
+    assert counts(registry, UNARY) == (0, attempts, 0)
+    assert counts(registry, SERVER_STREAM) == (0, 1, 0)  # counted, and its permit given back
+    assert (refusing.refused, refusing_streams.refused) == (attempts, 1)  # none unguarded
+
+
+async def test_waiting_for_the_connection_of_a_failed_call_raises_its_error(
+    connect: Connect,
+) -> None:
+    channel = connect(BreakerRegistry(CLOSED_CONFIG))
+    for call in (
+        unary(channel)(b"fail:INTERNAL"),
+        server_stream(channel)(b"fail-after:0:INTERNAL"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call.wait_for_connection()
+        assert raised.value.code() is grpc.StatusCode.INTERNAL
 
 
 async def test_reading_a_retried_response_stream_returns_the_retry_s_messages(
