@@ -506,7 +506,7 @@ async def test_sigkill_during_a_burst_loses_no_acknowledged_put(
     )
     try:
         assert process.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 10)
+        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 60)
         target = f"127.0.0.1:{int(line)}"
         acknowledged: list[str] = []
         killed = asyncio.Event()
