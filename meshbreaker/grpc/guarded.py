@@ -18,12 +18,11 @@ import grpc
 from meshbreaker._adapter.fallback import Fallback
 from meshbreaker._adapter.guard import MethodInfo, release
 from meshbreaker.errors import CallNotPermittedError
-from meshbreaker.grpc._calls import FailedCall
+from meshbreaker.grpc._calls import FailedCall, record_finished
 from meshbreaker.grpc.interceptor import BreakerInterceptor, CallDetails, not_admitted
 from meshbreaker.registry import BreakerRegistry
 
 _OK = grpc.StatusCode.OK
-_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 # grpc's stubs type the multi-callables as generics; these implement them for any message type.
 _UnaryUnaryBase: Any = grpc.UnaryUnaryMultiCallable
@@ -194,8 +193,19 @@ class _UnaryResponse(_Guarded):
 
     __slots__ = ()
 
-    def _future(self, request: Any, details: CallDetails) -> Any:
+    def _future(
+        self,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+    ) -> Any:
         """A grpc.Future and grpc.Call of the response (a rejection: one already failed)."""
+        details = CallDetails(
+            self._method, timeout, metadata, credentials, wait_for_ready, compression
+        )
         try:
             return self._interceptor._unary(
                 self._future_through, details, request, self._replayable
@@ -203,10 +213,19 @@ class _UnaryResponse(_Guarded):
         except Exception as error:  # raised below the breaker: as grpc.intercept_channel hands it
             return FailedCall(error, error.__traceback__)
 
-    def _blocking(self, request: Any, details: CallDetails) -> tuple[Any, Any]:
-        """A blocking call: the direct path when nothing but the breaker applies."""
+    def _blocking(
+        self,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+    ) -> tuple[Any, Any]:
+        """A blocking call: the direct path (no CallDetails built) when only the breaker applies."""
         guard = self._guard
         info = self._info
+        rejected = None
         try:
             breaker = guard.registry.get(info.name)
             direct = not (
@@ -215,28 +234,32 @@ class _UnaryResponse(_Guarded):
             )
             permit = breaker.acquire() if direct else None
         except CallNotPermittedError as error:
-            outcome = not_admitted(self._blocking_through, details, request, error, info.fallback)
-            return outcome.result(), outcome
+            permit, rejected = None, error
         except Exception:
             permit = None  # the interceptor's path logs it and calls through
         if permit is None:
-            outcome = self._interceptor._unary(
-                self._blocking_through, details, request, self._replayable
+            details = CallDetails(
+                self._method, timeout, metadata, credentials, wait_for_ready, compression
             )
+            if rejected is not None:
+                through = self._blocking_through
+                outcome = not_admitted(through, details, request, rejected, info.fallback)
+            else:
+                outcome = self._interceptor._unary(
+                    self._blocking_through, details, request, self._replayable
+                )
             return outcome.result(), outcome
         try:
             response, call = self._inner.with_call(
                 request,
-                timeout=details.timeout,
-                metadata=details.metadata,
-                credentials=details.credentials,
-                wait_for_ready=details.wait_for_ready,
-                compression=details.compression,
+                timeout=timeout,
+                metadata=metadata,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
             )
-        except grpc.RpcError as error:
-            code = error.code()
-            drop = error.details() if code is _UNAVAILABLE else None
-            guard.record(permit, breaker, code, details=drop)
+        except grpc.RpcError as error:  # also the call, finished
+            record_finished(guard, breaker, permit, error)
             raise
         except BaseException:  # raised below the breaker: no status, so never counted
             release(permit)
@@ -286,10 +309,9 @@ class GuardedUnaryUnary(_UnaryResponse, _UnaryUnaryBase):  # type: ignore[misc]
         compression: Any = None,
     ) -> Any:
         """The response, or the call's error raised (a rejection: also a CallNotPermittedError)."""
-        return self._blocking(
-            request,
-            CallDetails(self._method, timeout, metadata, credentials, wait_for_ready, compression),
-        )[0]
+        return self._blocking(request, timeout, metadata, credentials, wait_for_ready, compression)[
+            0
+        ]
 
     def with_call(
         self,
@@ -301,10 +323,7 @@ class GuardedUnaryUnary(_UnaryResponse, _UnaryUnaryBase):  # type: ignore[misc]
         compression: Any = None,
     ) -> tuple[Any, grpc.Call]:
         """(response, call), or the call's error raised."""
-        return self._blocking(
-            request,
-            CallDetails(self._method, timeout, metadata, credentials, wait_for_ready, compression),
-        )
+        return self._blocking(request, timeout, metadata, credentials, wait_for_ready, compression)
 
     def future(
         self,
@@ -316,10 +335,7 @@ class GuardedUnaryUnary(_UnaryResponse, _UnaryUnaryBase):  # type: ignore[misc]
         compression: Any = None,
     ) -> Any:
         """A grpc.Future and grpc.Call of the response (a rejection: one already failed)."""
-        return self._future(
-            request,
-            CallDetails(self._method, timeout, metadata, credentials, wait_for_ready, compression),
-        )
+        return self._future(request, timeout, metadata, credentials, wait_for_ready, compression)
 
 
 class GuardedStreamUnary(_UnaryResponse, _StreamUnaryBase):  # type: ignore[misc]
@@ -340,8 +356,7 @@ class GuardedStreamUnary(_UnaryResponse, _StreamUnaryBase):  # type: ignore[misc
     ) -> Any:
         """The response, or the call's error raised (a rejection: also a CallNotPermittedError)."""
         return self._blocking(
-            request_iterator,
-            CallDetails(self._method, timeout, metadata, credentials, wait_for_ready, compression),
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
         )[0]
 
     def with_call(
@@ -355,8 +370,7 @@ class GuardedStreamUnary(_UnaryResponse, _StreamUnaryBase):  # type: ignore[misc
     ) -> tuple[Any, grpc.Call]:
         """(response, call), or the call's error raised."""
         return self._blocking(
-            request_iterator,
-            CallDetails(self._method, timeout, metadata, credentials, wait_for_ready, compression),
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
         )
 
     def future(
@@ -370,8 +384,7 @@ class GuardedStreamUnary(_UnaryResponse, _StreamUnaryBase):  # type: ignore[misc
     ) -> Any:
         """A grpc.Future and grpc.Call of the response (a rejection: one already failed)."""
         return self._future(
-            request_iterator,
-            CallDetails(self._method, timeout, metadata, credentials, wait_for_ready, compression),
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
         )
 
 
@@ -380,8 +393,19 @@ class _StreamResponse(_Guarded):
 
     __slots__ = ()
 
-    def _stream(self, request: Any, details: CallDetails) -> Any:
+    def _stream(
+        self,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+    ) -> Any:
         """The response stream (an iterator, grpc.Call and grpc.Future), or its rejection."""
+        details = CallDetails(
+            self._method, timeout, metadata, credentials, wait_for_ready, compression
+        )
         try:
             return self._interceptor._stream(self._through, details, request, self._replayable)
         except Exception as error:  # raised below the breaker: as grpc.intercept_channel hands it
@@ -413,10 +437,7 @@ class GuardedUnaryStream(_StreamResponse, _UnaryStreamBase):  # type: ignore[mis
         compression: Any = None,
     ) -> Any:
         """The response stream (an iterator, grpc.Call and grpc.Future), or its rejection."""
-        return self._stream(
-            request,
-            CallDetails(self._method, timeout, metadata, credentials, wait_for_ready, compression),
-        )
+        return self._stream(request, timeout, metadata, credentials, wait_for_ready, compression)
 
 
 class GuardedStreamStream(_StreamResponse, _StreamStreamBase):  # type: ignore[misc]
@@ -437,6 +458,5 @@ class GuardedStreamStream(_StreamResponse, _StreamStreamBase):  # type: ignore[m
     ) -> Any:
         """The response stream (an iterator, grpc.Call and grpc.Future), or its rejection."""
         return self._stream(
-            request_iterator,
-            CallDetails(self._method, timeout, metadata, credentials, wait_for_ready, compression),
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
         )
