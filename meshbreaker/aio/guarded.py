@@ -158,7 +158,9 @@ class _Guarded:
         wait_for_ready: bool | None,
         compression: Any,
     ) -> Any:
-        """The call guarded, or its refusal; made exactly as the interceptors would make it.
+        """The call guarded, its refusal, or (if meshbreaker itself failed) the call unguarded.
+
+        Made exactly as the interceptors would make it.
 
         The hot path: no dict of options, no frame beyond the tracking function (track_unary or
         track_stream, shared with the interceptors).
@@ -180,8 +182,10 @@ class _Guarded:
             permit = breaker.acquire()
         except Exception as error:
             fallback = info.fallback if self._unary_response else None
-            options = (timeout, metadata, credentials, wait_for_ready, compression)
-            return self._unguarded(error, fallback, request, *options)
+            refused = refusal(error, fallback, request, self._method)
+            if refused is not None:
+                return refused
+            permit = None  # meshbreaker failed: the call is made unguarded
         try:
             call = self._inner(
                 request,
@@ -192,11 +196,15 @@ class _Guarded:
                 compression=compression,
             )
         except Exception as error:  # raised below the breaker: where an intercepted call has it
-            release(permit)
+            if permit is not None:
+                release(permit)
             return FailedCall(error)
         except BaseException:
-            release(permit)
+            if permit is not None:
+                release(permit)
             raise
+        if permit is None:
+            return call
         if self._unary_response:
             return track_unary(guard, info, breaker, permit, call, request)
         restart = None
@@ -222,33 +230,6 @@ class _Guarded:
             )
 
         return continuation
-
-    def _unguarded(
-        self,
-        error: Exception,
-        fallback: Fallback | None,
-        request: Any,
-        timeout: float | None,
-        metadata: Any,
-        credentials: Any,
-        wait_for_ready: bool | None,
-        compression: Any,
-    ) -> Any:
-        """A call not admitted: its rejection, or the call made unguarded if meshbreaker failed."""
-        refused = refusal(error, fallback, request, self._method)
-        if refused is not None:
-            return refused
-        try:
-            return self._inner(
-                request,
-                timeout=timeout,
-                metadata=metadata,
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-                compression=compression,
-            )
-        except Exception as raised:  # raised below the breaker: where an intercepted call has it
-            return FailedCall(raised)
 
 
 class _StreamResponse(_Guarded):
