@@ -499,9 +499,12 @@ class TrackedStream(RpcErrorBase, _CallProxy):  # type: ignore[misc]
 
     def _ended(self, error: grpc.RpcError) -> None:
         if isinstance(error, grpc.Call):
-            with contextlib.suppress(Exception):
+            try:
                 self._tracker.finish_call(error)
-        self._tracker.finish(None)  # an error with no status (only when the above did not count)
+                return
+            except Exception:  # its status could not be read: counted as an error with none
+                pass
+        self._tracker.finish(None)
 
     def __del__(self) -> None:
         # Dropped by the caller: the call is cancelled on GC, so its permit must go now.
