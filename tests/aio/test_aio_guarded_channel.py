@@ -19,6 +19,7 @@ from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.retry import RetryPolicy
 from meshbreaker.testing import FakeClock
+from tests.contract.drivers import aio_below
 from tests.grpc.bytes_server import (
     BIDI,
     CLIENT_STREAM,
@@ -153,33 +154,16 @@ async def test_a_stream_refused_below_is_retried_alike_on_both_paths(
     assert (snapshot.failed, snapshot.successful) == (min(times, 3), 1 if times < 3 else 0)
 
 
-class _Refusing:
+def _refusing(after: bool) -> list[grpc.aio.ClientInterceptor]:
     """Below the breaker: refuses every call with UNAVAILABLE, before or after making it."""
 
-    def __init__(self, after: bool) -> None:
-        self.after = after
-
-    async def _refuse(self, continuation: Any, details: Any, request: Any) -> Any:
-        if self.after:
+    async def refuse(continuation: Any, details: Any, request: Any) -> Any:
+        if after:
             await continuation(details, request)
         metadata = grpc.aio.Metadata()
         raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, metadata, metadata, "refused")
 
-
-class _RefusingUnaryUnary(_Refusing, grpc.aio.UnaryUnaryClientInterceptor):
-    intercept_unary_unary = _Refusing._refuse  # type: ignore[assignment]
-
-
-class _RefusingUnaryStream(_Refusing, grpc.aio.UnaryStreamClientInterceptor):
-    intercept_unary_stream = _Refusing._refuse  # type: ignore[assignment]
-
-
-class _RefusingStreamUnary(_Refusing, grpc.aio.StreamUnaryClientInterceptor):
-    intercept_stream_unary = _Refusing._refuse  # type: ignore[assignment]
-
-
-class _RefusingStreamStream(_Refusing, grpc.aio.StreamStreamClientInterceptor):
-    intercept_stream_stream = _Refusing._refuse  # type: ignore[assignment]
+    return aio_below(refuse)
 
 
 @PATHS
@@ -189,8 +173,7 @@ async def test_a_call_refused_below_ends_with_its_refusal(
     server: BytesServer, registry: BreakerRegistry, path: str, after: bool, method: str
 ) -> None:
     """Issue 21's suspected hang: code() after a refusal below must complete on every kind."""
-    kinds = (_RefusingUnaryUnary, _RefusingUnaryStream, _RefusingStreamUnary, _RefusingStreamStream)
-    async with _on(path, server.target, registry, [kind(after) for kind in kinds]) as channel:
+    async with _on(path, server.target, registry, _refusing(after)) as channel:
         if method in (UNARY, SERVER_STREAM):
             multi: Any = getattr(channel, "unary_unary" if method == UNARY else "unary_stream")
             call = multi(method)(b"n:1" if method == SERVER_STREAM else b"hello")

@@ -6,7 +6,7 @@ caller of that flavour observes as a Seen: response, status, details and both me
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,40 +59,49 @@ class RaisingBelow(
     intercept_stream_unary = intercept_stream_stream = _raise  # type: ignore[assignment]
 
 
-class _AioRaising:
-    def __init__(self, below: RaisingBelow) -> None:
-        self.below = below
-
-    async def _raise(self, continuation: Any, details: Any, request: Any) -> Any:
-        self.below.calls += 1
-        raise self.below.error
+AioIntercept = Callable[[Any, Any, Any], Awaitable[Any]]
 
 
-class _AioRaisingUnaryUnary(_AioRaising, grpc.aio.UnaryUnaryClientInterceptor):
-    intercept_unary_unary = _AioRaising._raise  # type: ignore[assignment]
+class _AioBelow:
+    """One coroutine (continuation, details, request) as a grpc.aio interceptor."""
+
+    def __init__(self, intercept: AioIntercept) -> None:
+        self._intercept = intercept
+
+    async def _run(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await self._intercept(continuation, details, request)
 
 
-class _AioRaisingUnaryStream(_AioRaising, grpc.aio.UnaryStreamClientInterceptor):
-    intercept_unary_stream = _AioRaising._raise  # type: ignore[assignment]
+class _AioBelowUnaryUnary(_AioBelow, grpc.aio.UnaryUnaryClientInterceptor):
+    intercept_unary_unary = _AioBelow._run  # type: ignore[assignment]
 
 
-class _AioRaisingStreamUnary(_AioRaising, grpc.aio.StreamUnaryClientInterceptor):
-    intercept_stream_unary = _AioRaising._raise  # type: ignore[assignment]
+class _AioBelowUnaryStream(_AioBelow, grpc.aio.UnaryStreamClientInterceptor):
+    intercept_unary_stream = _AioBelow._run  # type: ignore[assignment]
 
 
-class _AioRaisingStreamStream(_AioRaising, grpc.aio.StreamStreamClientInterceptor):
-    intercept_stream_stream = _AioRaising._raise  # type: ignore[assignment]
+class _AioBelowStreamUnary(_AioBelow, grpc.aio.StreamUnaryClientInterceptor):
+    intercept_stream_unary = _AioBelow._run  # type: ignore[assignment]
+
+
+class _AioBelowStreamStream(_AioBelow, grpc.aio.StreamStreamClientInterceptor):
+    intercept_stream_stream = _AioBelow._run  # type: ignore[assignment]
+
+
+def aio_below(intercept: AioIntercept) -> list[grpc.aio.ClientInterceptor]:
+    """`intercept` as grpc.aio interceptors of every call kind (a channel files each under one)."""
+    kinds = (_AioBelowUnaryUnary, _AioBelowUnaryStream, _AioBelowStreamUnary, _AioBelowStreamStream)
+    return [kind(intercept) for kind in kinds]
 
 
 def aio_raising(below: RaisingBelow) -> list[grpc.aio.ClientInterceptor]:
-    """`below` as grpc.aio interceptors (a channel files each under one call kind)."""
-    kinds = (
-        _AioRaisingUnaryUnary,
-        _AioRaisingUnaryStream,
-        _AioRaisingStreamUnary,
-        _AioRaisingStreamStream,
-    )
-    return [kind(below) for kind in kinds]
+    """`below` as grpc.aio interceptors."""
+
+    async def raise_error(continuation: Any, details: Any, request: Any) -> Any:
+        below.calls += 1
+        raise below.error
+
+    return aio_below(raise_error)
 
 
 class SyncDriver:
