@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from meshbreaker.cli import build_parser, policy_message
+from meshbreaker.cli import build_parser, main, policy_message
 from meshbreaker.v1 import control_plane_pb2 as pb
+from tests.server_support import ControlPlane
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -88,3 +89,32 @@ def test_the_documented_policy_file_is_accepted() -> None:
         "UNAVAILABLE",
     ]
     assert not pin.HasField("config") and pin.override == pb.OVERRIDE_FORCED_OPEN
+
+
+CLI_TOUR_START = (
+    "meshbreaker control-plane --port 7070 --db meshbreaker.db --admin-token secret-admin &\n"
+)
+
+
+def cli_tour() -> list[str]:
+    """The README's CLI block after its control-plane line: each command, as a user runs them."""
+    (block,) = (block for block in SHELL_BLOCKS if block.startswith(CLI_TOUR_START))
+    lines = [line.split("  #", 1)[0].strip() for line in block.splitlines()[1:]]
+    return [line for line in lines if line.startswith("meshbreaker ")]
+
+
+def test_the_readme_cli_tour_runs_in_order_against_a_control_plane(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plane = ControlPlane(tmp_path / "meshbreaker.db", admin_token="secret-admin")
+    monkeypatch.setenv("MESHBREAKER_TARGET", plane.target)
+    monkeypatch.setenv("MESHBREAKER_TOKEN", "secret-admin")
+    try:
+        tour = cli_tour()
+        # Live views run until Ctrl-C; test_live.py runs those in a terminal.
+        ran = [line for line in tour if "--watch" not in line and "--follow" not in line]
+        assert len(ran) >= 10 and ran[-1].startswith("meshbreaker policy delete")
+        for line in ran:
+            assert main(shlex.split(line)[1:]) == 0, f"the README's `{line}` failed"
+    finally:
+        plane.close()
