@@ -153,20 +153,13 @@ def _audited_once(transfers: Mapping[str, tuple[Any, ...]], audits: Sequence[Any
     wrong_time = sorted(
         t for t in committed if t in records and any(r[3] != committed[t][4] for r in records[t])
     )
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} never audited, e.g. {missing[0]}")
-    if duplicated:
-        problems.append(f"{len(duplicated)} audited more than once, e.g. {duplicated[0]}")
-    if extra:
-        problems.append(f"{len(extra)} audited but not committed, e.g. {extra[0]}")
-    if wrong:
-        problems.append(f"{len(wrong)} audited with wrong details, e.g. {wrong[0]}")
-    if wrong_time:
-        problems.append(
-            f"{len(wrong_time)} audited with a committed_at other than the commit's, "
-            f"e.g. {wrong_time[0]}"
-        )
+    problems = _found(
+        (missing, "never audited"),
+        (duplicated, "audited more than once"),
+        (extra, "audited but not committed"),
+        (wrong, "audited with wrong details"),
+        (wrong_time, "audited with a committed_at other than the commit's"),
+    )
     detail = f"{len(committed)} committed, {len(audits)} audit records"
     if problems:
         detail += "; " + "; ".join(problems)
@@ -219,13 +212,11 @@ def _emailed_once(notification_db: Path, email_db: Path) -> Check:
     owed = sorted(t for t, emailed in notifications.items() if not emailed)
     lost = sorted(t for t, emailed in notifications.items() if emailed and t not in emails)
     unknown = sorted(set(emails) - set(notifications))
-    problems = []
-    if owed:
-        problems.append(f"{len(owed)} still waiting in the outbox, e.g. {owed[0]}")
-    if lost:
-        problems.append(f"{len(lost)} marked emailed but the provider has none, e.g. {lost[0]}")
-    if unknown:
-        problems.append(f"{len(unknown)} emailed without a notification, e.g. {unknown[0]}")
+    problems = _found(
+        (owed, "still waiting in the outbox"),
+        (lost, "marked emailed but the provider has none"),
+        (unknown, "emailed without a notification"),
+    )
     repeats = sum(emails.values()) - len(emails)
     detail = (
         f"{len(notifications)} notifications, {len(emails)} emails "
@@ -234,6 +225,11 @@ def _emailed_once(notification_db: Path, email_db: Path) -> Check:
     if problems:
         detail += "; " + "; ".join(problems)
     return Check(EMAILED_ONCE, not problems, detail)
+
+
+def _found(*findings: tuple[Sequence[str], str]) -> list[str]:
+    """One line per finding that has keys: how many, what is wrong, and the first as an example."""
+    return [f"{len(keys)} {what}, e.g. {keys[0]}" for keys, what in findings if keys]
 
 
 def _nothing_owed(
