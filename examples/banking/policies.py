@@ -103,33 +103,27 @@ ACCOUNT_EJECTION = pb.Policy(
 def policy_messages(email_origin: str | None = None, *, xds: bool = False) -> list[pb.Policy]:
     """The demo's policies: banking services, ledger database, email provider, xDS ejection."""
     service, config, description = LEDGER_DATABASE
-    messages = [
-        pb.Policy(
-            id="banking-ledger-db",
-            selector=pb.Selector(caller="account", service=service),
-            config=convert.config_to_proto(config),
-            description=description,
-        )
-    ]
+    messages = [_policy("banking-ledger-db", service, config, description, caller="account")]
     if email_origin is not None:
         config, description = EMAIL_PROVIDER
         messages.append(
-            pb.Policy(
-                id="banking-email",
-                selector=pb.Selector(caller="notification", service=email_origin),
-                config=convert.config_to_proto(config),
-                description=description,
-            )
+            _policy("banking-email", email_origin, config, description, caller="notification")
         )
     if xds:
         messages.append(ACCOUNT_EJECTION)
     for service, (config, description) in POLICIES.items():
-        messages.append(
-            pb.Policy(
-                id=f"banking-{service.rsplit('.', 1)[-1].removesuffix('Service').lower()}",
-                selector=pb.Selector(service=service),
-                config=convert.config_to_proto(config),
-                description=description,
-            )
-        )
+        name = service.rsplit(".", 1)[-1].removesuffix("Service").lower()
+        messages.append(_policy(f"banking-{name}", service, config, description))
     return messages
+
+
+def _policy(
+    policy_id: str, service: str, config: BreakerConfig, description: str, caller: str = ""
+) -> pb.Policy:
+    """A breaker policy for `service` (from `caller` only, when given)."""
+    return pb.Policy(
+        id=policy_id,
+        selector=pb.Selector(caller=caller, service=service),
+        config=convert.config_to_proto(config),
+        description=description,
+    )
