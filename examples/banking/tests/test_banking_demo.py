@@ -53,7 +53,7 @@ def _status(target: str, token: str) -> subprocess.CompletedProcess[str]:
         [*command, "--target", target, "--token", token, "status"],
         capture_output=True,
         text=True,
-        timeout=20,
+        timeout=60,  # a fresh Python's start: slow on a loaded machine, only a hang runs out
     )
 
 
@@ -76,7 +76,9 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
     try:
         _read_until(process.stdout, "=== phase 2", seen)
         info = json.loads((tmp_path / "run.json").read_text())
-        deadline = time.monotonic() + 10
+        # The deadline only catches a hang: every try starts a Python process, and the agents'
+        # reports reach the control plane in their own time on a loaded machine.
+        deadline = time.monotonic() + 90
         while True:
             status = _status(info["control_plane"], info["admin_token"])
             # The HTTP and database breakers beside the gRPC ones: the email provider's route
@@ -90,7 +92,7 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
         console = httpx.get(
             info["console_url"] + "api/session",
             headers={"Authorization": f"Bearer {info['agent_token']}"},
-            timeout=10,
+            timeout=30,
         )
         seen.extend(process.stdout)
         assert process.wait(timeout=200) == 0, "".join(seen)

@@ -57,7 +57,7 @@ def _notify(note: RunningService, transfer_id: str) -> None:
         request = bank_pb2.NotificationRequest(
             transfer_id=transfer_id, from_account="acct-000", to_account="acct-001", amount_cents=5
         )
-        assert stub.SendTransferNotification(request, timeout=5).delivered
+        assert stub.SendTransferNotification(request, timeout=30).delivered
     finally:
         channel.close()
 
@@ -71,18 +71,20 @@ def test_the_courier_emails_the_outbox_through_the_breaker_and_waits_out_an_outa
     note = start_server("notification", notification.register(str(db_path), registry, provider.url))
     try:
         _notify(note, "t1")
-        assert wait_until(lambda: "t1" in _emails(provider), timeout=10)
+        assert wait_until(lambda: "t1" in _emails(provider))
         breaker = registry.get(f"{provider.url}/v1/messages")
 
         provider.chaos = EmailChaos(failure_rate=1.0, status=503, retry_after=30)
         _notify(note, "t2")
-        assert wait_until(lambda: breaker.state is State.OPEN, timeout=10)
+        assert wait_until(lambda: breaker.state is State.OPEN)
         # Retry-After: 30 keeps it open past its own 1 s (capped by open_duration_max, 60 s).
         open_until = breaker.snapshot().open_until
         assert open_until is not None and open_until - clock() == pytest.approx(30)
         clock.advance(2)
         assert breaker.state is State.OPEN
-        sent = provider.hits
+        # The courier goes on trying: wait until the open breaker has refused it again.
+        sent, refused = provider.hits, breaker.snapshot().rejected
+        assert wait_until(lambda: breaker.snapshot().rejected > refused)
         owed = Database(db_path, notification.SCHEMA)
         try:
             rows = owed.query("SELECT transfer_id FROM notifications WHERE emailed = 0")
@@ -90,10 +92,9 @@ def test_the_courier_emails_the_outbox_through_the_breaker_and_waits_out_an_outa
             assert provider.hits == sent  # nothing reached the provider while it was open
             provider.chaos = EmailChaos()
             clock.advance(30)
-            assert wait_until(lambda: "t2" in _emails(provider), timeout=10)
+            assert wait_until(lambda: "t2" in _emails(provider))
             assert wait_until(
-                lambda: not owed.query("SELECT 1 FROM notifications WHERE emailed = 0"),
-                timeout=10,
+                lambda: not owed.query("SELECT 1 FROM notifications WHERE emailed = 0")
             )
         finally:
             owed.close()
@@ -136,7 +137,7 @@ def test_the_ledger_database_sits_behind_its_breaker(tmp_path: Path) -> None:
     channel = grpc.insecure_channel(running.target)
     try:
         stub: Any = bank_pb2_grpc.AccountServiceStub(channel)
-        balance = stub.GetBalance(bank_pb2.GetBalanceRequest(account_id="acct-000"), timeout=5)
+        balance = stub.GetBalance(bank_pb2.GetBalanceRequest(account_id="acct-000"), timeout=30)
         assert balance.balance_cents == 100
         breaker = registry.get(account.database_breaker_name(db_path))
         assert breaker.name == f"sqlite:///{Path(db_path).resolve()}"
@@ -146,7 +147,7 @@ def test_the_ledger_database_sits_behind_its_breaker(tmp_path: Path) -> None:
         with pytest.raises(grpc.RpcError) as refused:
             stub.Debit(
                 bank_pb2.PostingRequest(idempotency_key="k", account_id="acct-000", amount_cents=1),
-                timeout=5,
+                timeout=30,
             )
         assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
         assert "ledger database" in str(refused.value.details())
