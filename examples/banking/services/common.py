@@ -30,6 +30,47 @@ log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 0.5
 
 
+class Loop:
+    """A daemon thread that runs one round every `interval` seconds (sooner when woken)."""
+
+    name = "loop"
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def round(self) -> int:
+        """One pass over the work; returns how many items it finished."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Run rounds in the background until stop()."""
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Run the next round now rather than at the end of the interval."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Finish the current round and end the thread."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.round()
+            except Exception:  # the loop must outlive any one bad round
+                log.exception("%s round failed", self.name)
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+
 class Database:
     """One SQLite connection shared by the server's threads, serialised by a lock.
 

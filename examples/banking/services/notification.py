@@ -10,8 +10,6 @@ message sent again after a lost answer is still emailed once.
 from __future__ import annotations
 
 import json
-import logging
-import threading
 import time
 from collections.abc import Callable
 
@@ -20,13 +18,11 @@ import httpx
 
 from examples.banking.chaos import Chaos
 from examples.banking.gen import bank_pb2, bank_pb2_grpc
-from examples.banking.services.common import Database, base_parser, run_process
+from examples.banking.services.common import Database, Loop, base_parser, run_process
 from examples.banking.services.mesh import agent_starter
 from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.httpx import BreakerTransport
 from meshbreaker.registry import BreakerRegistry
-
-log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS notifications (
@@ -72,52 +68,43 @@ class NotificationServicer(bank_pb2_grpc.NotificationServiceServicer):
         return bank_pb2.NotificationResponse(delivered=True)
 
 
-class Courier:
+class Courier(Loop):
     """Emails what the outbox owes, oldest first, through the breaker-guarded HTTP client."""
 
+    name = "email-courier"
+
     def __init__(self, db: Database, client: httpx.Client, messages_url: str) -> None:
+        super().__init__(COURIER_IDLE)
         self._db = db
         self._client = client
         self._url = messages_url
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="email-courier", daemon=True)
-
-    def start(self) -> Courier:
-        self._thread.start()
-        return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        """End the thread, then close the HTTP client."""
+        super().stop()
         self._client.close()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                drained = self.deliver_owed()
-            except Exception:  # the outbox keeps the messages; try again shortly
-                log.warning("email courier round failed", exc_info=True)
-                drained = True
-            if drained:
-                self._stop.wait(COURIER_IDLE)
-
-    def deliver_owed(self) -> bool:
-        """One round; True when it emptied the outbox or had to stop (breaker open, failure)."""
+    def round(self, limit: int = COURIER_BATCH) -> int:
+        """Email owed messages until one fails or is refused (breaker open); how many went."""
         owed = self._db.query(
             "SELECT transfer_id, from_account, to_account, amount_cents FROM notifications "
             "WHERE emailed = 0 ORDER BY sent_at LIMIT ?",
-            (COURIER_BATCH,),
+            (limit,),
         )
+        delivered = 0
         for transfer_id, from_account, to_account, amount_cents in owed:
             if self._stop.is_set() or not self._send(
                 transfer_id, from_account, to_account, amount_cents
             ):
-                return True
+                return delivered
             with self._db.transaction() as conn:
                 conn.execute(
                     "UPDATE notifications SET emailed = 1 WHERE transfer_id = ?", (transfer_id,)
                 )
-        return len(owed) < COURIER_BATCH
+            delivered += 1
+        if delivered == limit:
+            self.wake()  # a full batch went: more may be owed, so no pause before the next
+        return delivered
 
     def _send(self, transfer_id: str, from_account: str, to_account: str, cents: int) -> bool:
         body = json.dumps(
@@ -146,7 +133,8 @@ def register(
         if email_url is None:
             return [db.close]
         client = httpx.Client(transport=BreakerTransport(registry), timeout=EMAIL_TIMEOUT)
-        courier = Courier(db, client, f"{email_url}/v1/messages").start()
+        courier = Courier(db, client, f"{email_url}/v1/messages")
+        courier.start()
         return [db.close, courier.stop]
 
     return add

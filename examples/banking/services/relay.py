@@ -2,63 +2,18 @@
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 
 import grpc
 
 from examples.banking.gen import bank_pb2, bank_pb2_grpc
-from examples.banking.services.common import Database
+from examples.banking.services.common import Database, Loop
 from examples.banking.services.saga import StepUnavailable, Transfers
-
-log = logging.getLogger(__name__)
 
 AUDIT_DEADLINE = 0.5
 
 
-class _Loop:
-    """A daemon thread that runs one round every `interval` seconds (sooner when woken)."""
-
-    name = "loop"
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def round(self) -> int:
-        """One pass over the work; returns how many items it finished."""
-        raise NotImplementedError
-
-    def start(self) -> None:
-        """Run rounds in the background until stop()."""
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        """Run the next round now rather than at the end of the interval."""
-        self._wake.set()
-
-    def stop(self) -> None:
-        """Finish the current round and end the thread."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.round()
-            except Exception:  # the loop must outlive any one bad round
-                log.exception("%s round failed", self.name)
-            self._wake.wait(self.interval)
-            self._wake.clear()
-
-
-class AuditRelay(_Loop):
+class AuditRelay(Loop):
     """Delivers the audit outbox through the (breaker-guarded) audit channel, oldest first."""
 
     name = "audit-relay"
@@ -104,7 +59,7 @@ class AuditRelay(_Loop):
         return delivered
 
 
-class Sweeper(_Loop):
+class Sweeper(Loop):
     """Resumes sagas left PENDING/DEBITED (a crash, an outage) that no client is retrying."""
 
     name = "saga-sweeper"
