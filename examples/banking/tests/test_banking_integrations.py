@@ -158,3 +158,29 @@ def test_the_ledger_database_sits_behind_its_breaker(tmp_path: Path) -> None:
     with sqlite3.connect(db_path) as conn:  # the refused posting left nothing behind
         assert conn.execute("SELECT count(*) FROM postings WHERE kind = 'debit'").fetchone() == (0,)
     conn.close()
+
+
+def test_the_emailed_once_invariant_fails_on_owed_lost_and_unknown_emails(tmp_path: Path) -> None:
+    notes = Database(tmp_path / "notification.db", notification.SCHEMA)
+    emails = Database(tmp_path / "email.db", SCHEMA)
+    try:
+        with notes.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO notifications VALUES (?, 'a', 'b', 1, 1, 0, ?)",
+                [("sent", 1), ("owed", 0), ("lost", 1)],
+            )
+        with emails.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO emails VALUES (?, '{}', ?, 0)", [("sent", 2), ("stray", 1)]
+            )
+    finally:
+        notes.close()
+        emails.close()
+    check = _emailed_once(tmp_path / "notification.db", tmp_path / "email.db")
+    assert (check.name, check.ok) == (EMAILED_ONCE, False)
+    assert check.detail == (
+        "3 notifications, 2 emails (1 repeats deduplicated by the provider); "
+        "1 still waiting in the outbox, e.g. owed; "
+        "1 marked emailed but the provider has none, e.g. lost; "
+        "1 emailed without a notification, e.g. stray"
+    )
