@@ -143,10 +143,7 @@ class InstanceTable:
             if now - instance.last_seen > self._report_ttl
         ]
         for key in expired:
-            instance = self._instances.pop(key)
-            self._forget(instance)
-            self.changed.discard(key)
-            self.removed.add(key)
+            instance = self._drop(key)
             logger.info("instance %s of %s stopped reporting", key, instance.service)
         if expired:
             self.version += 1
@@ -171,13 +168,18 @@ class InstanceTable:
                 live[instance.instance_id] = instance
         return [live[key] for key in sorted(live)]
 
-    def _forget(self, instance: Instance) -> None:
+    def _drop(self, instance_id: str) -> Instance:
+        """Take a local instance out of the table (the replicas learn it is gone); returns it."""
+        instance = self._instances.pop(instance_id)
         self.reported_breakers -= len(instance.breakers)
         left = self._per_service[instance.service] - 1
         if left:
             self._per_service[instance.service] = left
         else:
             del self._per_service[instance.service]
+        self.changed.discard(instance_id)
+        self.removed.add(instance_id)
+        return instance
 
     def _check_bounds(self, request: pb.ReportStateRequest, instance: Instance | None) -> None:
         """Refuse (RESOURCE_EXHAUSTED) a report that would pass a bound; nothing is applied."""
@@ -273,10 +275,7 @@ class InstanceTable:
                 instance.instance_id,
                 instance.service,
             )
-            del self._instances[request.instance_id]
-            self._forget(instance)
-            self.changed.discard(request.instance_id)
-            self.removed.add(request.instance_id)
+            self._drop(request.instance_id)
             self.version += 1
             instance = None
         _check_reported_configs(request, instance)
