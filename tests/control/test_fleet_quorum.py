@@ -29,7 +29,7 @@ from tests.server_support import ServerThread
 
 START = 1_700_000_000.0
 OPEN_DURATION = 10.0
-REPORT_TTL = 1.0  # the probe wait too: seconds of the fake wall clock
+REPORT_TTL = 1.0  # seconds of the server's fake clock; the probe wait too, of the fake wall clock
 POLICY = BreakerConfig(
     consecutive_failures=1,
     open_duration=OPEN_DURATION,
@@ -42,12 +42,23 @@ POLICY = BreakerConfig(
 
 
 class Fleet:
-    """A control plane and agents of one caller service, on shared fake clocks."""
+    """A control plane and agents of one caller service, on shared fake clocks.
 
-    def __init__(self, cp: ServerThread, stub: pb_grpc.ControlPlaneStub, wall: FakeClock) -> None:
+    The server's monotonic clock (report TTLs) is its own and moves only in `expire_silent`: an
+    instance that reports only on transitions stays live however slowly the test runs.
+    """
+
+    def __init__(
+        self,
+        cp: ServerThread,
+        stub: pb_grpc.ControlPlaneStub,
+        wall: FakeClock,
+        server_clock: FakeClock,
+    ) -> None:
         self.cp = cp
         self.stub = stub
         self.wall = wall
+        self.server_clock = server_clock
         self.monotonic = FakeClock()
         self.agents: dict[str, MeshAgent] = {}
 
@@ -67,6 +78,13 @@ class Fleet:
 
     def leave(self, instance_id: str) -> None:
         self.agents.pop(instance_id).stop()
+
+    def expire_silent(self) -> None:
+        """Move the server's clock past the report TTL, the agents left reporting halfway."""
+        for _ in range(2):
+            self.server_clock.advance(REPORT_TTL * 0.6)
+            for agent in self.agents.values():
+                assert agent.report_now()
 
     def breaker(self, instance_id: str) -> CircuitBreaker:
         return self.agents[instance_id].registry.get(METHOD)
@@ -116,13 +134,17 @@ class Fleet:
 
 @pytest.fixture
 def fleet(control_plane_thread: ControlPlaneThread, admin_stub: AdminStub) -> Iterator[Fleet]:
-    wall = FakeClock(START)
+    wall, server_clock = FakeClock(START), FakeClock()
     cp = control_plane_thread(
-        wall_clock=wall, decider_tick=0.05, report_ttl=REPORT_TTL, metrics_port=0
+        clock=server_clock,
+        wall_clock=wall,
+        decider_tick=0.05,
+        report_ttl=REPORT_TTL,
+        metrics_port=0,
     )
     stub = admin_stub(cp.target)
     stub.PutPolicy(pb.PutPolicyRequest(policies=[method_policy("balance", POLICY)]), timeout=5)
-    fleet = Fleet(cp, stub, wall)
+    fleet = Fleet(cp, stub, wall, server_clock)
     yield fleet
     for agent in fleet.agents.values():
         agent.stop()
@@ -278,6 +300,7 @@ def test_expired_presence_never_counts_toward_the_quorum_and_a_joining_instance_
         fleet.join(f"tx-{index}")
     fleet.fail("tx-0")
     fleet.leave("tx-0")  # its OPEN breaker stays in the table until its presence expires
+    fleet.expire_silent()
 
     def live() -> set[str]:
         response = fleet.stub.ListBreakers(pb.ListBreakersRequest(), timeout=5)
