@@ -71,6 +71,17 @@ def agents() -> Iterator[Callable[..., MeshAgent]]:
         agent.stop()
 
 
+@pytest.fixture
+def across(
+    replicas: Callable[[int], list[ServerThread]],
+    agents: Callable[..., MeshAgent],
+    admin_stub: AdminStub,
+) -> tuple[MeshAgent, pb_grpc.ControlPlaneStub]:
+    """Two replicas: an agent of transaction on the first, and an admin stub of the second."""
+    planes = replicas(2)
+    return agents(planes[0].target, "transaction"), admin_stub(planes[1].target)
+
+
 def listed(stub: pb_grpc.ControlPlaneStub, **request: object) -> pb.ListBreakersResponse:
     return stub.ListBreakers(pb.ListBreakersRequest(**request), timeout=10)  # type: ignore[arg-type]
 
@@ -117,15 +128,11 @@ def test_every_replica_lists_every_instance_with_its_breakers_and_configs(
 
 
 def test_a_lasting_state_shows_its_real_age_on_every_replica(
-    replicas: Callable[[int], list[ServerThread]],
-    agents: Callable[..., MeshAgent],
-    admin_stub: AdminStub,
+    across: tuple[MeshAgent, pb_grpc.ControlPlaneStub],
 ) -> None:
-    planes = replicas(2)
-    agent = agents(planes[0].target, "transaction")
+    agent, elsewhere = across
     breaker = agent.registry.get(METHOD)
     breaker.acquire().failure()  # one failure opens it (open for 60 s)
-    elsewhere = admin_stub(planes[1].target)
 
     def age_elsewhere() -> float:
         """The breaker's state_age as the other replica tells it (-1: not OPEN there yet)."""
@@ -149,13 +156,9 @@ async def _mesh_view(plane: ServerThread) -> MeshView:
 
 
 def test_a_transition_on_one_replica_is_an_event_on_every_other(
-    replicas: Callable[[int], list[ServerThread]],
-    agents: Callable[..., MeshAgent],
-    admin_stub: AdminStub,
+    across: tuple[MeshAgent, pb_grpc.ControlPlaneStub],
 ) -> None:
-    planes = replicas(2)
-    agent = agents(planes[0].target, "transaction")
-    remote = admin_stub(planes[1].target)
+    agent, remote = across
     assert wait_until(
         lambda: any(i.instance_id == agent.instance_id for i in listed(remote).instances),
         timeout=10,
