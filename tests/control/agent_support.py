@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 from meshbreaker.config import BreakerConfig
@@ -17,6 +19,7 @@ __all__ = [
     "ControlPlaneThread",
     "StartControlPlane",
     "method_policy",
+    "wait_for",
     "wait_until",
 ]
 
@@ -33,3 +36,11 @@ def method_policy(policy_id: str, config: BreakerConfig, method: str = METHOD) -
     return pb.Policy(
         id=policy_id, selector=pb.Selector(method=method), config=config_to_proto(config)
     )
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Polls `predicate` while letting the event loop run."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached in time"
+        await asyncio.sleep(0.005)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import grpc
@@ -18,6 +17,7 @@ from tests.control.agent_support import (
     METHOD,
     ControlPlaneThread,
     StartControlPlane,
+    wait_for,
     wait_until,
 )
 
@@ -115,10 +115,7 @@ async def test_a_restarted_process_takes_its_id_over_once_the_old_watch_stream_i
             await _code(stub.ReportState(_report(RESTARTED))) == grpc.StatusCode.PERMISSION_DENIED
         )
         watch.cancel()  # the old process dies: its stream ends
-        for _ in range(200):
-            if "gw-1" not in table._watch_claims:
-                break
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: "gw-1" not in table._watch_claims)
         # Its report is still fresh (no clock moved), yet the restarted process takes over...
         restarted = stub.WatchConfig(
             pb.WatchConfigRequest(service="gateway", instance_id="gw-1", instance_key=RESTARTED)

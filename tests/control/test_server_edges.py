@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from meshbreaker.control.validate import MAX_INSTANCE_ID_LENGTH, MAX_STORE_ID_LE
 from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+from tests.control.agent_support import wait_for
 
 Start = Callable[..., Awaitable[ControlPlaneServer]]
 GET = "/bank.v1.A/Get"
@@ -149,14 +149,6 @@ async def test_stopping_finishes_the_writes_in_progress(
     async with grpc.aio.insecure_channel(restarted.target) as channel:
         listed = await pb_grpc.ControlPlaneStub(channel).ListPolicies(pb.ListPoliciesRequest())
     assert sorted(p.id for p in listed.policies) == ["first", "second"]
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Polls `predicate` while letting the event loop run."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def _policy_feeds() -> int:
