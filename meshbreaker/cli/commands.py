@@ -70,6 +70,7 @@ def control_plane(args: argparse.Namespace) -> int:
             console_port=args.console_port,
             console_host=args.console_host,
             xds=args.xds,
+            xds_allow_anonymous=args.xds_allow_anonymous,
         )
     return 0
 

@@ -164,6 +164,12 @@ def _add_control_plane(subcommands: _Subcommands) -> None:
         help="also serve policies and the cluster registry over xDS (ADS) on this port "
         "(needs [xds])",
     )
+    serve.add_argument(
+        "--xds-allow-anonymous",
+        action="store_true",
+        help="with --xds and tokens: let ADS streams without a token read the mesh (gRPC's xDS "
+        "client sends none; mutual TLS clients are let in anyway)",
+    )
     serve.set_defaults(handler=commands.control_plane)
 
 

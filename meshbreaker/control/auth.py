@@ -32,8 +32,8 @@ ADMIN_METHODS: frozenset[str] = frozenset(
         *(f"/{XDS_ADMIN_SERVICE}/{name}" for name in ("PutCluster", "DeleteCluster")),
     ]
 )
-# xDS clients cannot always send a token: the ADS servicer authenticates them itself (a token or
-# a client certificate verified by mutual TLS).
+# xDS clients cannot always send a token: the ADS servicer authenticates them itself (a token, a
+# client certificate verified by mutual TLS, or no token at all with --xds-allow-anonymous).
 SELF_AUTHENTICATED_METHODS: frozenset[str] = frozenset(
     {"/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"}
 )

@@ -267,6 +267,7 @@ class ControlPlaneServer:
                 authenticator=self._authenticator,
                 clock=self.options.clock,
                 max_clients=self.limits.max_instances,
+                allow_anonymous=self.options.xds_allow_anonymous,
             )
             services += self._xds.service_names
         reflection.enable_server_reflection(services, server)
@@ -298,6 +299,12 @@ class ControlPlaneServer:
                 "and change the mesh's breakers",
                 address,
                 " and ".join(self.options.insecurities),
+            )
+        if self.options.xds_allow_anonymous and not is_loopback(self.host):
+            logger.warning(
+                "xDS on %s takes streams without a token (--xds-allow-anonymous): anyone who can "
+                "reach it can read the clusters' endpoints and the policies that shape them",
+                address,
             )
         serving = health_pb2.HealthCheckResponse.SERVING
         await health.set("", serving)

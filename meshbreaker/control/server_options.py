@@ -41,7 +41,10 @@ class ServerOptions:
     instance="*") past that, so a scrape stays cheap at any size. A connection older than
     `max_connection_age` seconds is asked to go (GOAWAY) and closed `max_connection_age_grace`
     later, so agents of a fleet spread over the replicas again after one comes back. `xds` also
-    serves the policies and the cluster registry over xDS (ADS) on the same port (the `xds` extra).
+    serves the policies and the cluster registry over xDS (ADS) on the same port (the `xds` extra);
+    with tokens on, an ADS stream needs the agent token or a client certificate verified by mutual
+    TLS, unless `xds_allow_anonymous` lets streams without a token in (gRPC's xDS client sends
+    none): what they read, endpoints and policies, is then open to anyone who reaches the port.
     `console_port` serves the web console on http(s)://console_host:console_port/ (`console_host`
     defaults to `host`; HTTPS with the server's own certificate when it has TLS).
 
@@ -75,6 +78,7 @@ class ServerOptions:
     max_connection_age: float = 300.0
     max_connection_age_grace: float = 10.0
     xds: bool = False
+    xds_allow_anonymous: bool = False
     agent_token_file: str | os.PathLike[str] | None = None
     tls_client_names_service: bool = False
     insecure: bool = False
@@ -121,6 +125,8 @@ class ServerOptions:
                 )
         if self.xds and importlib.util.find_spec("envoy") is None:
             raise ConfigError("xds", "needs xds-protos: install meshbreaker[xds]")
+        if self.xds_allow_anonymous and not self.xds:
+            raise ConfigError("xds_allow_anonymous", "needs xds (--xds): it opens the ADS stream")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_key", "tls_cert and tls_key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:

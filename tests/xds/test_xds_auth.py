@@ -1,5 +1,6 @@
-"""Who may open an ADS stream when the control plane has tokens: the agent token, or a client
-certificate verified by mutual TLS (what gRPC's own xDS client presents from its bootstrap)."""
+"""Who may open an ADS stream when the control plane has tokens: the agent token, a client
+certificate verified by mutual TLS (what gRPC's own xDS client presents from its bootstrap), or,
+only when the operator says so (--xds-allow-anonymous), no token at all."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from meshbreaker.control.server import serve
+from meshbreaker.control.server import ServerOptions, serve
 from meshbreaker.control.xds.bootstrap import bootstrap
 from meshbreaker.control.xds.resources import CLUSTER
+from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import xds_pb2, xds_pb2_grpc
 from tests.tls_support import issue, pem
-from tests.xds.support import CLIENT_SCRIPT, DEADLINE, ROOT, Backend, cluster
+from tests.xds.support import CLIENT_SCRIPT, DEADLINE, ROOT, Backend, XdsClientProcess, cluster
 
 ADMIN, AGENT = "admin-secret", "agent-secret"
 
@@ -53,6 +55,7 @@ async def test_with_tokens_an_ads_stream_needs_the_agent_token(tmp_path: Path) -
             await asyncio.to_thread(ads_stream, server.target, None)
         assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
         assert "client certificate (mutual TLS) or the agent token" in str(caught.value.details())
+        assert "--xds-allow-anonymous" in str(caught.value.details())
         with pytest.raises(grpc.RpcError) as caught:
             await asyncio.to_thread(ads_stream, server.target, "wrong")
         assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
@@ -127,4 +130,54 @@ async def test_grpcs_xds_client_authenticates_with_the_bootstrap_certificate(
         if process is not None and process.returncode is None:
             process.kill()
             await process.wait()
+        await server.stop(grace=0)
+
+
+def test_anonymous_xds_needs_xds() -> None:
+    with pytest.raises(ConfigError, match="xds_allow_anonymous: needs xds"):
+        ServerOptions(xds_allow_anonymous=True)
+
+
+async def test_allow_anonymous_lets_grpcs_xds_client_in_and_keeps_the_rest_behind_tokens(
+    tmp_path: Path, backends: Callable[[int], Awaitable[list[Backend]]]
+) -> None:
+    server = await serve(
+        0,
+        tmp_path / "cp.db",
+        xds=True,
+        xds_allow_anonymous=True,
+        admin_token=ADMIN,
+        agent_token=AGENT,
+    )
+    (backend,) = await backends(1)
+    client = None
+    try:
+        admin = (("authorization", f"Bearer {ADMIN}"),)
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            stub = xds_pb2_grpc.XdsAdminStub(channel)
+            put = xds_pb2.PutClusterRequest(cluster=cluster("accounts", [backend]))
+            await stub.PutCluster(put, metadata=admin)
+            # Only the ADS stream opens: the admin and agent RPCs beside it still need tokens.
+            calls = (
+                stub.PutCluster(put),
+                stub.ListClusters(xds_pb2.ListClustersRequest()),
+                stub.ListXdsClients(xds_pb2.ListXdsClientsRequest()),
+            )
+            for call in calls:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call
+                assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        # A token that is there but wrong is refused: it is a mistake, not an anonymous client.
+        with pytest.raises(grpc.RpcError) as caught:
+            await asyncio.to_thread(ads_stream, server.target, "wrong")
+        assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert "invalid token" in str(caught.value.details())
+        assert (await asyncio.to_thread(ads_stream, server.target, None)).type_url == CLUSTER
+        # gRPC's own xDS client, from a plain bootstrap without credentials.
+        client = await XdsClientProcess.start("xds:///accounts", server, tmp_path, caller="gw")
+        reply = await client.ask({"op": "call", "n": 2, "method": "/test.Echo/Who", "wait": True})
+        assert reply["results"] == ["backend-0", "backend-0"]
+    finally:
+        if client is not None:
+            await client.close()
         await server.stop(grace=0)

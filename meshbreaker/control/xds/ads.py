@@ -19,7 +19,7 @@ import grpc
 import grpc.aio
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from meshbreaker.control.auth import TokenAuthenticator
+from meshbreaker.control.auth import TokenAuthenticator, bearer_token
 from meshbreaker.control.xds.resources import (
     CLUSTER,
     LISTENER,
@@ -125,9 +125,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         clock: Callable[[], float],
         max_clients: int,
         authenticator: TokenAuthenticator,
+        allow_anonymous: bool = False,
     ) -> None:
         self._source = source
         self._authenticator = authenticator
+        self._allow_anonymous = allow_anonymous
         self._clock = clock
         self._max_clients = max_clients
         self._clients: set[XdsClient] = set()
@@ -144,17 +146,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         """Answer one client's subscriptions, ACKs and NACKs until it goes away."""
-        if (
-            self._authenticator.enabled
-            and self._authenticator.role(context.invocation_metadata()) is None
-            and context.peer_identities() is None
-        ):
-            # The auth interceptor leaves this method to us: a certificate verified by mutual
-            # TLS authenticates an xDS client as well as the agent token does.
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "xDS clients need a client certificate (mutual TLS) or the agent token",
-            )
+        denial = self._denial(context)
+        if denial is not None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, denial)
         if len(self._clients) >= self._max_clients:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {self._max_clients} xDS clients"
@@ -190,6 +184,28 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             reader.cancel()
             self._source.remove(wake)
             self._clients.discard(client)
+
+    def _denial(self, context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+        """Why this stream may not read the mesh, or None.
+
+        The auth interceptor leaves this method to us: a certificate verified by mutual TLS
+        authenticates an xDS client as well as the agent token does, and with `allow_anonymous`
+        a stream without any token is let in too (a wrong token never is).
+        """
+        authenticator = self._authenticator
+        if not authenticator.enabled or context.peer_identities() is not None:
+            return None
+        metadata = context.invocation_metadata()
+        if bearer_token(metadata) is None:
+            if self._allow_anonymous:
+                return None
+            return (
+                "xDS clients need a client certificate (mutual TLS) or the agent token, or a "
+                "control plane started with --xds-allow-anonymous"
+            )
+        if authenticator.role(metadata) is None:
+            return "invalid token: send the agent token, or none (with --xds-allow-anonymous)"
+        return None
 
     def _receive(self, client: XdsClient, request: discovery_pb2.DiscoveryRequest) -> None:
         """Take in one request: identity, subscription, ACK or NACK; ConfigError if malformed."""

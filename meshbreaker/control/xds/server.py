@@ -46,6 +46,7 @@ class XdsServer:
         authenticator: TokenAuthenticator,
         clock: Callable[[], float],
         max_clients: int,
+        allow_anonymous: bool = False,
         poll_interval: float = 1.0,
     ) -> None:
         self.store = store
@@ -56,7 +57,11 @@ class XdsServer:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="meshbreaker-xds")
         self.source = MeshSource(MeshState({}, []))
         self.ads = AdsServicer(
-            self.source, clock=clock, max_clients=max_clients, authenticator=authenticator
+            self.source,
+            clock=clock,
+            max_clients=max_clients,
+            authenticator=authenticator,
+            allow_anonymous=allow_anonymous,
         )
         self._follower: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
@@ -148,6 +153,7 @@ async def start_xds(
     authenticator: TokenAuthenticator,
     clock: Callable[[], float],
     max_clients: int,
+    allow_anonymous: bool = False,
 ) -> XdsServer:
     """An XdsServer over `store`'s cluster registry, registered on `server` and started."""
     xds = XdsServer(
@@ -156,6 +162,7 @@ async def start_xds(
         authenticator=authenticator,
         clock=clock,
         max_clients=max_clients,
+        allow_anonymous=allow_anonymous,
     )
     xds.add_to(server)
     try:
