@@ -3,6 +3,7 @@ overload."""
 
 from __future__ import annotations
 
+import collections
 import random
 import threading
 import time
@@ -15,6 +16,9 @@ from grpc_health.v1 import health, health_pb2
 from examples.banking.gen import chaos_pb2, chaos_pb2_grpc
 
 _HANG_POLL = 0.05
+# Arrival times of faulted calls kept (ChaosStats.faulted_at): a fleet's probes of a dead service
+# are a few dozen; the bound only keeps a long outage under load from growing a list.
+_FAULTED_KEPT = 10_000
 # Health checks and the chaos API itself are never faulted: the demo must always reach them.
 _EXEMPT = ("/grpc.", "/bank.v1.ChaosService/")
 
@@ -35,6 +39,7 @@ class Chaos:
         self.late = 0
         self.overloaded = 0
         self._waiting = 0  # calls in the overload's queue now
+        self._faulted_at: collections.deque[float] = collections.deque(maxlen=_FAULTED_KEPT)
 
     def set(self, settings: chaos_pb2.ChaosSettings) -> None:
         """Replace all settings at once; rejects out-of-range values with ValueError."""
@@ -74,6 +79,7 @@ class Chaos:
                 hung=self.hung,
                 late=self.late,
                 overloaded=self.overloaded,
+                faulted_at=self._faulted_at,
             )
 
     def _applies(self, settings: chaos_pb2.ChaosSettings, method: str) -> bool:
@@ -95,12 +101,17 @@ class Chaos:
                 self.injected_failures += 1
             if settings.hang:
                 self.hung += 1
+            if settings.outage or fail or settings.hang:
+                self._faulted_at.append(time.time())  # wall clock: other processes compare it
             if late:
                 self.late += 1
             draw = self._random.random()
         if settings.capacity > 0:
             self._overload(settings, draw, context)
         if settings.outage:
+            # With added_latency, a dying service: it takes that long to say UNAVAILABLE.
+            if settings.added_latency > 0:
+                time.sleep(settings.added_latency)
             context.abort(grpc.StatusCode.UNAVAILABLE, "chaos: service outage")
         if settings.hang:
             # Hold the call until its caller gives up; a hung request never does any work, so a

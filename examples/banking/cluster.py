@@ -27,6 +27,9 @@ from meshbreaker.v1 import xds_pb2, xds_pb2_grpc
 
 SERVICES = ("account", "transaction", "notification", "audit")
 GATEWAYS = ("gateway", "plain-gateway")
+# The fleet phase's other instances of the gateway (the first is "gateway", instance gateway-1):
+# the same code and policies, each its own process, request log and MeshAgent.
+FLEET_GATEWAYS = ("gateway-2", "gateway-3")
 EMAIL_PROVIDER = "email-provider"  # a third party over HTTP, not a mesh member
 # With --xds: a second account replica on the same ledger, and the xDS cluster of both that the
 # gateway reaches as xds:///accounts.
@@ -161,7 +164,8 @@ class Mesh:
         self.agent_token = secrets.token_hex(16)
         self.targets: dict[str, str] = {}
         self.dbs = {
-            name: self.run_dir / f"{name}.db" for name in (*SERVICES, *GATEWAYS, EMAIL_PROVIDER)
+            name: self.run_dir / f"{name}.db"
+            for name in (*SERVICES, *GATEWAYS, *FLEET_GATEWAYS, EMAIL_PROVIDER)
         }
         self._channels: list[grpc.Channel] = []
         self._chaos: dict[str, chaos_pb2_grpc.ChaosServiceStub] = {}
@@ -260,9 +264,10 @@ class Mesh:
 
     @property
     def agents(self) -> list[str]:
-        """The processes that run a MeshAgent: the services (and account replica), the gateway."""
+        """The processes that run a MeshAgent: the services (and account replica), the gateways."""
         replica = [ACCOUNT_REPLICA] if self.xds else []
-        return [*SERVICES, *replica, "gateway"]
+        fleet = [name for name in FLEET_GATEWAYS if name in self.targets]
+        return [*SERVICES, *replica, "gateway", *fleet]
 
     @property
     def control_planes(self) -> list[str]:
@@ -283,9 +288,10 @@ class Mesh:
         replica_of: str = "",
         env: Mapping[str, str] | None = None,
     ) -> None:
-        """Start process `name`; a `replica_of` another shares its database and --break modes."""
+        """Start process `name`; a `replica_of` another shares its --break modes, and its database
+        unless `name` has one of its own in `dbs`."""
         role = replica_of or name
-        args = ["--db", str(self.dbs[role]), *extra]
+        args = ["--db", str(self.dbs.get(name, self.dbs[role])), *extra]
         if agent:
             instance = name if replica_of else f"{name}-1"
             args += ["--control-plane", self.control_plane_targets, "--instance-id", instance]
@@ -352,13 +358,17 @@ class Mesh:
             f"gateway reaches it as xds:///{ACCOUNTS_CLUSTER} through gRPC's own xDS client"
         )
 
-    def start_gateways(self, *, plain: bool = True) -> None:
-        """The gateway with breakers (policies applied before it serves) and one without."""
-        upstream: tuple[str, ...] = (
+    def _gateway_args(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """A gateway's targets of the transaction and notification services; of the account one."""
+        upstream = (
             *("--transaction-target", self.targets["transaction"]),
             *("--notification-target", self.targets["notification"]),
         )
-        direct = ("--account-target", self.targets["account"])
+        return upstream, ("--account-target", self.targets["account"])
+
+    def start_gateways(self, *, plain: bool = True) -> None:
+        """The gateway with breakers (policies applied before it serves) and one without."""
+        upstream, direct = self._gateway_args()
         gateway = "examples.banking.services.gateway"
         revision = ("--policy-revision", str(self.revision))
         if self.xds:
@@ -383,6 +393,19 @@ class Mesh:
         if plain:
             shown += f"; {self.targets['plain-gateway']} without breakers, for the hang phase"
         self.say(shown)
+
+    def start_fleet_gateways(self) -> list[str]:
+        """Two more instances of the gateway with breakers (the fleet phase); their host:ports."""
+        upstream, direct = self._gateway_args()
+        revision = ("--policy-revision", str(self.revision))
+        for name in FLEET_GATEWAYS:
+            module = "examples.banking.services.gateway"
+            self._spawn(name, module, *upstream, *direct, *revision, replica_of="gateway")
+        for name in FLEET_GATEWAYS:
+            self.targets[name] = self.processes.target(name)
+            channel = self._channel(self.targets[name])
+            self._gateways[name] = bank_pb2_grpc.GatewayServiceStub(channel)
+        return [self.targets[name] for name in FLEET_GATEWAYS]
 
     def _channel(self, target: str) -> grpc.Channel:
         channel = grpc.insecure_channel(target, options=RECONNECT)

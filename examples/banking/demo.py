@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from examples.banking.cluster import EMAIL_PROVIDER, GATEWAYS, SERVICES, Mesh, Seed
+from examples.banking.cluster import (
+    EMAIL_PROVIDER,
+    FLEET_GATEWAYS,
+    GATEWAYS,
+    SERVICES,
+    Mesh,
+    Seed,
+)
+from examples.banking.fleet import fleet_check
 from examples.banking.invariants import Check, check_invariants
 from examples.banking.ledger import LEVELS, read_counters, since
 from examples.banking.load import RESOLVE_TIMEOUT, Call, Client
@@ -150,6 +158,7 @@ class Demo:
         self._gateway_base: Counter[str] = Counter()
         self._gateway_last: Counter[str] = Counter()
         self._clients: list[Client] = []
+        self._fleet_clients: list[Client] = []  # of the fleet phase's other gateway instances
         self.screenshot = screenshot  # a picture of the console once a breaker opens in an outage
         self._shooting: threading.Thread | None = None
 
@@ -176,15 +185,8 @@ class Demo:
         plain = any(phase.slug == "hang" for phase in self.phases)
         self.mesh.start(plain=plain)
         settings = self.settings
-
-        def client(name: str, gateway: str, seed: int) -> Client:
-            target = self.mesh.targets[gateway]
-            made = Client(name, target, self.everyday, workers=settings.workers, seed=seed)
-            self._clients.append(made)
-            return made.start()
-
-        self.gateway = client("g", "gateway", 1)
-        self.plain = client("p", "plain-gateway", 2) if plain else None
+        self.gateway = self._client("g", self.mesh.targets["gateway"], 1)
+        self.plain = self._client("p", self.mesh.targets["plain-gateway"], 2) if plain else None
         # Everything allocated so far lives for the whole run; freezing it keeps full garbage
         # collections (which stall every thread) short while latencies are measured.
         gc.collect()
@@ -193,6 +195,32 @@ class Demo:
             f"clients: {settings.rate:.0f} new payments/s (open loop), {settings.workers} "
             "workers, 2 s deadline; a payment in doubt is retried with its own key"
         )
+
+    def _client(self, name: str, target: str, seed: int) -> Client:
+        """A started client of the gateway at `target` (no arrivals until its rate is set)."""
+        made = Client(name, target, self.everyday, workers=self.settings.workers, seed=seed)
+        self._clients.append(made)
+        return made.start()
+
+    def start_fleet(self) -> int:
+        """The fleet phase's two more gateway instances, each with a client; how many in all."""
+        if not self._fleet_clients:
+            targets = self.mesh.start_fleet_gateways()
+            self.say(
+                f"{self.clock()} two more gateway instances: "
+                + ", ".join(f"{n} {t}" for n, t in zip(FLEET_GATEWAYS, targets, strict=True))
+            )
+            for number, target in enumerate(targets, 2):
+                self._fleet_clients.append(self._client(f"g{number}", target, 10 + number))
+        return 1 + len(self._fleet_clients)
+
+    def fleet_load(self, spread: bool) -> None:
+        """Spread the clients' load over the three gateway instances (half on the first, a
+        quarter on each other one), or put it back on the first."""
+        rate = self.settings.rate
+        self.gateway.set_rate(rate / 2 if spread else rate)
+        for client in self._fleet_clients:
+            client.set_rate(rate / 4 if spread else 0.0)
 
     # ---------------------------------------------------------------- phases
 
@@ -415,9 +443,18 @@ class Demo:
             for client in self._clients:
                 last.calls[client.name] += client.take_calls()
         intents = [i for client in self._clients for i in client.intents.values()]
-        gateway_dbs = [self.mesh.dbs[name] for name in GATEWAYS if name in self.mesh.targets]
+        gateway_dbs = [
+            self.mesh.dbs[name]
+            for name in (*GATEWAYS, *FLEET_GATEWAYS)
+            if name in self.mesh.targets
+        ]
         dbs = {name: self.mesh.dbs[name] for name in (*SERVICES, EMAIL_PROVIDER)}
         checks = check_invariants(dbs, intents, gateway_dbs)
+        checks.extend(
+            fleet_check(self.metrics(result))
+            for result in self.results
+            if result.phase.slug == "fleet"
+        )
         checks.append(self.exercised())
         summary = self.summary(checks, left)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

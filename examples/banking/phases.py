@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from examples.banking.controlplane import REPLICA_LEASE_TTL
-from examples.banking.gateway import TRANSFER_METHOD
+from examples.banking.fleet import fleet
+from examples.banking.gateway import NOTIFY_METHOD, TRANSFER_METHOD
 from examples.banking.policies import policy_messages
 from examples.banking.services.account import CLOSED_ACCOUNT
 from meshbreaker.config import BreakerConfig, ConcurrencyLimit, ConfigLayer, State
@@ -20,8 +21,6 @@ from meshbreaker.v1 import control_plane_pb2 as pb
 
 if TYPE_CHECKING:
     from examples.banking.demo import Demo, PhaseResult
-
-NOTIFY_METHOD = "/bank.v1.NotificationService/SendTransferNotification"
 
 
 @dataclass(frozen=True)
@@ -513,6 +512,17 @@ PHASES = (
         (
             ("insufficient_funds", "overdrafts refused"),
             ("refunds", "debits refunded from a closed account"),
+        ),
+    ),
+    Phase(
+        "fleet",
+        "fleet",
+        "three gateways; the notification service dies and recovers: alone, then as a fleet",
+        fleet,
+        (
+            ("probes_without", "probes of the dead service, each instance on its own"),
+            ("fleet_opened", "gateway instances opened by the quorum's fleet decision"),
+            ("periods_with", "open periods the fleet probed in together"),
         ),
     ),
     Phase(

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from examples.banking.fleet import fleet_table
 from examples.banking.load import RESOLVE_TIMEOUT
 
 if TYPE_CHECKING:
@@ -86,6 +87,9 @@ METRIC_WORDS = {
     "emails_owed_peak": "emails waiting in the outbox at peak",
     "replica_failures": "GetBalance calls failed by the failing replica",
     "replica_ejected": "replica ejected by outlier detection (1 = yes)",
+    "probes_without": "probes of the dead service, each instance on its own",
+    "fleet_opened": "gateway instances opened by the quorum's fleet decision",
+    "periods_with": "open periods the fleet probed in together",
 }
 
 
@@ -144,6 +148,9 @@ def print_summary(say: Callable[[str], None], summary: dict[str, Any], settings:
     )
     if summary["hang"]:
         _print_hang(say, summary, settings)
+    for phase in summary["phases"]:
+        if phase["slug"] == "fleet":
+            fleet_table(say, phase["metrics"])
     if summary["unresolved"]:
         left = summary["unresolved"]
         say(f"  {left} payments had no final answer {RESOLVE_TIMEOUT:.0f} s after the load stopped")

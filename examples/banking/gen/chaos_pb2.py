@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n examples/banking/gen/chaos.proto\x12\x07\x62\x61nk.v1\"\xba\x01\n\rChaosSettings\x12\x14\n\x0c\x66\x61ilure_rate\x18\x01 \x01(\x01\x12\x15\n\radded_latency\x18\x02 \x01(\x01\x12\x0e\n\x06outage\x18\x03 \x01(\x08\x12\x0c\n\x04hang\x18\x04 \x01(\x08\x12\x11\n\tlate_rate\x18\x05 \x01(\x01\x12\x12\n\nlate_delay\x18\x06 \x01(\x01\x12\x0f\n\x07methods\x18\x07 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x08 \x01(\x05\x12\x14\n\x0c\x62\x61se_latency\x18\t \x01(\x01\"\x90\x01\n\nChaosStats\x12(\n\x08settings\x18\x01 \x01(\x0b\x32\x16.bank.v1.ChaosSettings\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x03\x12\x19\n\x11injected_failures\x18\x03 \x01(\x03\x12\x0c\n\x04hung\x18\x04 \x01(\x03\x12\x0c\n\x04late\x18\x05 \x01(\x03\x12\x12\n\noverloaded\x18\x06 \x01(\x03\"\x11\n\x0fGetChaosRequest2\x82\x01\n\x0c\x43haosService\x12\x37\n\x08SetChaos\x12\x16.bank.v1.ChaosSettings\x1a\x13.bank.v1.ChaosStats\x12\x39\n\x08GetChaos\x12\x18.bank.v1.GetChaosRequest\x1a\x13.bank.v1.ChaosStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n examples/banking/gen/chaos.proto\x12\x07\x62\x61nk.v1\"\xba\x01\n\rChaosSettings\x12\x14\n\x0c\x66\x61ilure_rate\x18\x01 \x01(\x01\x12\x15\n\radded_latency\x18\x02 \x01(\x01\x12\x0e\n\x06outage\x18\x03 \x01(\x08\x12\x0c\n\x04hang\x18\x04 \x01(\x08\x12\x11\n\tlate_rate\x18\x05 \x01(\x01\x12\x12\n\nlate_delay\x18\x06 \x01(\x01\x12\x0f\n\x07methods\x18\x07 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x08 \x01(\x05\x12\x14\n\x0c\x62\x61se_latency\x18\t \x01(\x01\"\xa4\x01\n\nChaosStats\x12(\n\x08settings\x18\x01 \x01(\x0b\x32\x16.bank.v1.ChaosSettings\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x03\x12\x19\n\x11injected_failures\x18\x03 \x01(\x03\x12\x0c\n\x04hung\x18\x04 \x01(\x03\x12\x0c\n\x04late\x18\x05 \x01(\x03\x12\x12\n\noverloaded\x18\x06 \x01(\x03\x12\x12\n\nfaulted_at\x18\x07 \x03(\x01\"\x11\n\x0fGetChaosRequest2\x82\x01\n\x0c\x43haosService\x12\x37\n\x08SetChaos\x12\x16.bank.v1.ChaosSettings\x1a\x13.bank.v1.ChaosStats\x12\x39\n\x08GetChaos\x12\x18.bank.v1.GetChaosRequest\x1a\x13.bank.v1.ChaosStatsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHAOSSETTINGS']._serialized_start=46
   _globals['_CHAOSSETTINGS']._serialized_end=232
   _globals['_CHAOSSTATS']._serialized_start=235
-  _globals['_CHAOSSTATS']._serialized_end=379
-  _globals['_GETCHAOSREQUEST']._serialized_start=381
-  _globals['_GETCHAOSREQUEST']._serialized_end=398
-  _globals['_CHAOSSERVICE']._serialized_start=401
-  _globals['_CHAOSSERVICE']._serialized_end=531
+  _globals['_CHAOSSTATS']._serialized_end=399
+  _globals['_GETCHAOSREQUEST']._serialized_start=401
+  _globals['_GETCHAOSREQUEST']._serialized_end=418
+  _globals['_CHAOSSERVICE']._serialized_start=421
+  _globals['_CHAOSSERVICE']._serialized_end=551
 # @@protoc_insertion_point(module_scope)

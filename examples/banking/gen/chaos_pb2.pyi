@@ -34,7 +34,7 @@ class ChaosSettings(_message.Message):
     failure_rate: _builtins.float
     """Fraction of calls answered with UNAVAILABLE, in [0, 1]."""
     added_latency: _builtins.float
-    """Seconds added before every call is handled."""
+    """Seconds added before every call is handled (with `outage`, before it is refused)."""
     outage: _builtins.bool
     """Every call fails with UNAVAILABLE and health reports NOT_SERVING."""
     hang: _builtins.bool
@@ -88,6 +88,7 @@ class ChaosStats(_message.Message):
     HUNG_FIELD_NUMBER: _builtins.int
     LATE_FIELD_NUMBER: _builtins.int
     OVERLOADED_FIELD_NUMBER: _builtins.int
+    FAULTED_AT_FIELD_NUMBER: _builtins.int
     calls: _builtins.int
     injected_failures: _builtins.int
     hung: _builtins.int
@@ -96,6 +97,12 @@ class ChaosStats(_message.Message):
     """calls shed with RESOURCE_EXHAUSTED by the overload"""
     @_builtins.property
     def settings(self) -> Global___ChaosSettings: ...
+    @_builtins.property
+    def faulted_at(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """When each call a fault refused or held (an outage, an injected failure, a hang) arrived, in
+        unix seconds on this host's clock, oldest first: the last 10,000 since the service started.
+        """
+
     def __init__(
         self,
         *,
@@ -105,10 +112,11 @@ class ChaosStats(_message.Message):
         hung: _builtins.int = ...,
         late: _builtins.int = ...,
         overloaded: _builtins.int = ...,
+        faulted_at: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "hung", b"hung", "injected_failures", b"injected_failures", "late", b"late", "overloaded", b"overloaded", "settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "faulted_at", b"faulted_at", "hung", b"hung", "injected_failures", b"injected_failures", "late", b"late", "overloaded", b"overloaded", "settings", b"settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

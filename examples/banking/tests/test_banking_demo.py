@@ -19,6 +19,7 @@ from playwright.sync_api import Browser, expect
 
 from examples.banking import invariants
 from examples.banking.demo import EXERCISED
+from examples.banking.fleet import FLEET_CHECK, per_period, probes_per_period
 from examples.banking.phases import phases_for
 from tests.scrape_support import Scrape
 
@@ -65,8 +66,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# A whole (quick) demo, with --xds: ~50 s on an idle 2-core machine, more when it is shared.
-@pytest.mark.timeout(240)
+# A whole (quick) demo, with --xds: ~75 s on an idle 2-core machine, more when it is shared.
+@pytest.mark.timeout(300)
 def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
     tmp_path: Path,
 ) -> None:
@@ -95,7 +96,7 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
             timeout=30,
         )
         seen.extend(process.stdout)
-        assert process.wait(timeout=200) == 0, "".join(seen)
+        assert process.wait(timeout=260) == 0, "".join(seen)
     finally:
         process.kill()
         process.wait()
@@ -108,7 +109,8 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
     }
     callers = metrics.by("meshbreaker_control_plane_instances", "service")
     assert callers.keys() >= {"gateway", "transaction"}
-    # The gateway and the four services, the account service twice (the replica behind xDS).
+    # The gateway and the four services, the account service twice (the replica behind xDS),
+    # scraped before the fleet phase starts two more gateway instances.
     assert callers["account"] == 2
     assert sum(callers.values()) == 2 + len(SERVICES)
     gateway_histograms = metrics.label_sets("meshbreaker_call_duration_seconds_count", "service")
@@ -173,6 +175,48 @@ def test_the_mesh_on_etcd_carries_on_when_a_control_plane_replica_dies(tmp_path:
     assert death["metrics"]["applied_after_failover"] == 1 + len(SERVICES)
     info = json.loads((tmp_path / "run.json").read_text())
     assert all(not _alive(pid) for pid in info["children"].values())
+
+
+# Three gateway instances, one notification service that dies and recovers twice: each instance
+# on its own, then as a fleet. The probes are counted by the dead service as they arrive.
+@pytest.mark.timeout(240)
+def test_the_fleet_probes_a_dead_service_together_within_half_open_max_calls(
+    tmp_path: Path,
+) -> None:
+    process = _demo(tmp_path, "--phases", "fleet")
+    try:
+        output, _ = process.communicate(timeout=220)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["ok"] is True and all(check["ok"] for check in summary["invariants"])
+    assert FLEET_CHECK in {check["name"] for check in summary["invariants"]}
+    fleet = next(p for p in summary["phases"] if p["slug"] == "fleet")
+    metrics, limit = fleet["metrics"], fleet["metrics"]["half_open_max_calls"]
+    # The quorum (two of three) opened the method on all three gateway instances.
+    assert metrics["fleet_instances"] == 3 and metrics["fleet_opened"] == 3
+    assert any("fleet decision on all 3 gateway instances: quorum: " in n for n in fleet["notes"])
+    # With coordination: no fleet open period saw more than half_open_max_calls probes.
+    assert metrics["periods_with"] >= 1 and metrics["probes_with"] >= 1
+    assert metrics["most_probes_with"] <= limit
+    # Without it, every instance probes in each of its own periods: more per period, and more
+    # than half_open_max_calls (the fleet of three sends about three times that).
+    without, coordinated = per_period(metrics)
+    assert metrics["open_periods_without"] >= 3 and metrics["probes_without"] >= 3
+    assert without > limit >= coordinated
+    assert "with coordination (fleet decision)" in output
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert all(not _alive(pid) for pid in info["children"].values())
+
+
+def test_a_fleet_probe_belongs_to_the_period_in_force_when_it_arrived() -> None:
+    open_until = {1: 10.0, 2: 13.0, 3: 16.0}
+    arrivals = [9.9, 10.0, 10.1, 12.9, 13.0, 13.05, 15.99, 16.0, 16.1]  # before period 1: trips
+    # Period 3 has no known end (the fleet closed, or the count stopped): it is not counted.
+    assert probes_per_period(open_until, arrivals) == [3, 3]
+    assert probes_per_period({1: 10.0}, arrivals) == []
 
 
 def test_replicas_need_etcd() -> None:
