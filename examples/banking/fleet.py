@@ -23,6 +23,7 @@ import grpc
 
 from examples.banking.gateway import NOTIFY_METHOD
 from examples.banking.invariants import Check
+from examples.banking.policies import applies, method_policy
 from meshbreaker.config import ConfigLayer
 from meshbreaker.control import convert
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -162,26 +163,15 @@ def probes_per_period(open_until: dict[int, float], arrivals: Sequence[float]) -
 
 def _apply(demo: Demo, phase: PhaseResult, layer: ConfigLayer, instances: int) -> bool:
     """Put `layer` on the gateways' method; whether every instance reports it within 60 s."""
+    description = "fleet phase: the gateways' notification breaker"
     demo.mesh.admin(
-        "PutPolicy",
-        pb.PutPolicyRequest(
-            policies=[
-                pb.Policy(
-                    id=FLEET_POLICY,
-                    selector=pb.Selector(caller="gateway", method=NOTIFY_METHOD),
-                    config=convert.layer_to_proto(layer),
-                    description="fleet phase: the gateways' notification breaker",
-                )
-            ]
-        ),
+        "PutPolicy", method_policy(FLEET_POLICY, "gateway", NOTIFY_METHOD, layer, description)
     )
 
     def applied() -> bool:
         states = _instances(demo)
         configs = [convert.config_from_proto(item.snapshot.config) for item in states.values()]
-        return len(configs) == instances and all(
-            getattr(config, name) == value for config in configs for name, value in layer.items()
-        )
+        return len(configs) == instances and all(applies(layer, config) for config in configs)
 
     demo.hold(phase, seconds=0, until=applied, longest=_WAIT)
     if not applied():

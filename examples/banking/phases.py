@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from examples.banking.controlplane import REPLICA_LEASE_TTL
 from examples.banking.fleet import fleet
 from examples.banking.gateway import NOTIFY_METHOD, TRANSFER_METHOD
-from examples.banking.policies import policy_messages
+from examples.banking.policies import applies, method_policy, policy_messages
 from examples.banking.services.account import CLOSED_ACCOUNT
 from meshbreaker.config import BreakerConfig, ConcurrencyLimit, ConfigLayer, State
 from meshbreaker.control import convert
@@ -365,22 +365,10 @@ def overload(demo: Demo, phase: PhaseResult) -> None:
 
 def _apply_transfer_policy(demo: Demo, layer: ConfigLayer) -> bool:
     """Put `layer` on the gateway's Transfer method; whether the gateway applied it within 30 s."""
-    demo.mesh.admin(
-        "PutPolicy",
-        pb.PutPolicyRequest(
-            policies=[
-                pb.Policy(
-                    id=OVERLOAD_POLICY,
-                    selector=pb.Selector(caller="gateway", method=TRANSFER_METHOD),
-                    config=convert.layer_to_proto(layer),
-                    description="overload phase: the gateway's retries and overload controls",
-                )
-            ]
-        ),
-    )
-    return _gateway_transfer_config(
-        demo, lambda config: all(getattr(config, name) == v for name, v in layer.items())
-    )
+    description = "overload phase: the gateway's retries and overload controls"
+    put = method_policy(OVERLOAD_POLICY, "gateway", TRANSFER_METHOD, layer, description)
+    demo.mesh.admin("PutPolicy", put)
+    return _gateway_transfer_config(demo, lambda config: applies(layer, config))
 
 
 def _gateway_transfer_config(demo: Demo, wanted: Callable[[BreakerConfig], bool]) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.protobuf.duration_pb2 import Duration
 
-from meshbreaker.config import BreakerConfig, WindowType
+from meshbreaker.config import BreakerConfig, ConfigLayer, WindowType
 from meshbreaker.control import convert
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import xds_pb2
@@ -127,3 +127,21 @@ def _policy(
         config=convert.config_to_proto(config),
         description=description,
     )
+
+
+def method_policy(
+    policy_id: str, caller: str, method: str, layer: ConfigLayer, description: str
+) -> pb.PutPolicyRequest:
+    """A phase's own policy: `layer` on `caller`'s calls of `method`, ready to put."""
+    policy = pb.Policy(
+        id=policy_id,
+        selector=pb.Selector(caller=caller, method=method),
+        config=convert.layer_to_proto(layer),
+        description=description,
+    )
+    return pb.PutPolicyRequest(policies=[policy])
+
+
+def applies(layer: ConfigLayer, config: BreakerConfig) -> bool:
+    """Whether an instance's effective `config` has every value `layer` sets."""
+    return all(getattr(config, name) == value for name, value in layer.items())

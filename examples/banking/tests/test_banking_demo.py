@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -35,6 +35,26 @@ def _demo(run_dir: Path, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def _run(run_dir: Path, *args: str, timeout: float = 200) -> tuple[int, str]:
+    """The quick demo with `args`, run to its end: its exit status and output."""
+    process = _demo(run_dir, *args)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    finally:
+        process.kill()
+        process.wait()
+    return process.returncode, output
+
+
+def _passed(run_dir: Path, *args: str) -> tuple[str, dict[str, Any]]:
+    """The quick demo with `args`, which must pass every invariant: its output and summary."""
+    status, output = _run(run_dir, *args)
+    assert status == 0, output
+    summary: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
+    assert summary["ok"] is True and all(check["ok"] for check in summary["invariants"])
+    return output, summary
 
 
 def _read_until(stream: IO[str], marker: str, seen: list[str]) -> None:
@@ -157,17 +177,10 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
 # The mesh on etcd with two control-plane replicas, one SIGKILLed mid-load.
 @pytest.mark.timeout(240)
 def test_the_mesh_on_etcd_carries_on_when_a_control_plane_replica_dies(tmp_path: Path) -> None:
-    process = _demo(tmp_path, "--store", "etcd", "--replicas", "2", "--phases", "replica-death")
-    assert process.stdout is not None
-    try:
-        output, _ = process.communicate(timeout=200)
-    finally:
-        process.kill()
-        process.wait()
-    assert process.returncode == 0, output
+    output, summary = _passed(
+        tmp_path, "--store", "etcd", "--replicas", "2", "--phases", "replica-death"
+    )
     assert "SIGKILL control-plane" in output and "=== all invariants hold" in output
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["ok"] is True and all(check["ok"] for check in summary["invariants"])
     death = next(p for p in summary["phases"] if p["slug"] == "replica-death")
     # Every process with an agent (four services and the gateway) reported to the surviving
     # replica and applied a write made through it after the kill.
@@ -183,15 +196,7 @@ def test_the_mesh_on_etcd_carries_on_when_a_control_plane_replica_dies(tmp_path:
 def test_the_fleet_probes_a_dead_service_together_within_half_open_max_calls(
     tmp_path: Path,
 ) -> None:
-    process = _demo(tmp_path, "--phases", "fleet")
-    try:
-        output, _ = process.communicate(timeout=220)
-    finally:
-        process.kill()
-        process.wait()
-    assert process.returncode == 0, output
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["ok"] is True and all(check["ok"] for check in summary["invariants"])
+    output, summary = _passed(tmp_path, "--phases", "fleet")
     assert FLEET_CHECK in {check["name"] for check in summary["invariants"]}
     fleet = next(p for p in summary["phases"] if p["slug"] == "fleet")
     metrics, limit = fleet["metrics"], fleet["metrics"]["half_open_max_calls"]
@@ -273,13 +278,8 @@ BROKEN = [
 def test_a_broken_variant_fails_its_invariant_and_the_demo(
     tmp_path: Path, broken: str, phase: str, invariant: str, says: str
 ) -> None:
-    process = _demo(tmp_path, "--phases", phase, "--break", broken)
-    try:
-        output, _ = process.communicate(timeout=170)
-    finally:
-        process.kill()
-        process.wait()
-    assert process.returncode == 1, output
+    status, output = _run(tmp_path, "--phases", phase, "--break", broken, timeout=170)
+    assert status == 1, output
     assert f"[FAIL] {invariant}: " in output, output
     summary = json.loads((tmp_path / "summary.json").read_text())
     failed = {c["name"]: c["detail"] for c in summary["invariants"] if not c["ok"]}
