@@ -30,7 +30,12 @@ from typing import Any
 import grpc
 
 from bench._grpc_aio import run_aio
-from bench._grpc_interception import histogram_table, interceptor_cost
+from bench._grpc_interception import (
+    guarded_aio_cost,
+    guarded_aio_table,
+    histogram_table,
+    interceptor_cost,
+)
 from bench._grpc_rig import STREAM_MESSAGES, THREADS, VARIANTS, serve
 from bench._grpc_sync import run_sync
 from bench._harness import table, write_json
@@ -87,6 +92,7 @@ def main(quick: bool = False) -> dict[str, Any]:
             "sync": run_sync(target, rounds, calls, streams, batches),
             "aio": asyncio.run(run_aio(target, rounds, calls, streams, batches)),
             "interceptor_cost": interceptor_cost(rounds, 20_000 if quick else 100_000),
+            "guarded_aio_cost": guarded_aio_cost(rounds, 5_000 if quick else 20_000),
         }
         results["meta"]["seconds"] = round(time.time() - started, 1)
         results["meta"]["load_average_after"] = list(os.getloadavg())
@@ -105,6 +111,8 @@ def main(quick: bool = False) -> dict[str, Any]:
         f"Interception alone, no network: breaker adds {cost['added_ns_sync']:.0f} ns per sync"
         f" call and {cost['added_ns_aio']:.0f} ns per aio call over a pass-through interceptor."
     )
+    print()
+    print(guarded_aio_table(results["guarded_aio_cost"]))
     print()
     print(histogram_table(cost))
     print(f"wrote {write_json('grpc_overhead', results)}")
