@@ -115,6 +115,18 @@ class ClusterNotFoundError(StoreError):
         self.name = name
 
 
+class EndpointLimitError(StoreError):
+    """An xDS cluster holds as many endpoints as it may: no more can register."""
+
+    def __init__(self, cluster: str, limit: int) -> None:
+        super().__init__(
+            f"xDS cluster {cluster!r} holds {limit} endpoints, the most it may: "
+            "deregister some, or split the servers over several clusters"
+        )
+        self.cluster = cluster
+        self.limit = limit
+
+
 class StoreUnavailableError(StoreError):
     """The store cannot be reached (or did not answer in time); nothing is known to be written."""
 

@@ -136,6 +136,10 @@ def cluster_list(args: argparse.Namespace) -> int:
         )
     for cluster in response.clusters:
         endpoints = " ".join(format_endpoint(e) for e in cluster.endpoints) or "-"
+        if cluster.registered_endpoints:  # servers that registered themselves, while they renew
+            endpoints += " +registered " + " ".join(
+                format_endpoint(e) for e in cluster.registered_endpoints
+            )
         services = ",".join(cluster.services) or "(mesh-wide policies only)"
         policy = LB_POLICY_NAMES.get(cluster.lb_policy, "?")
         print(clean(f"{cluster.name}  {endpoints}  {policy}  {services}"))

@@ -26,41 +26,49 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meshbreaker/v1/xds.proto\x12\x0emeshbreaker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"9\n\x0bXdsEndpoint\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x0e\n\x06weight\x18\x03 \x01(\r\"\xdf\x01\n\nXdsCluster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\tendpoints\x18\x02 \x03(\x0b\x32\x1b.meshbreaker.v1.XdsEndpoint\x12\x10\n\x08services\x18\x03 \x03(\t\x12+\n\tlb_policy\x18\x04 \x01(\x0e\x32\x18.meshbreaker.v1.LbPolicy\x12\x10\n\x08revision\x18\x05 \x01(\x03\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x07 \x01(\t\"\xc2\x06\n\x10OutlierDetection\x12+\n\x08interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12\x62\x61se_ejection_time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11max_ejection_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12!\n\x14max_ejection_percent\x18\x04 \x01(\rH\x00\x88\x01\x01\x12&\n\x19success_rate_stdev_factor\x18\x05 \x01(\rH\x01\x88\x01\x01\x12#\n\x16\x65nforcing_success_rate\x18\x06 \x01(\rH\x02\x88\x01\x01\x12\'\n\x1asuccess_rate_minimum_hosts\x18\x07 \x01(\rH\x03\x88\x01\x01\x12(\n\x1bsuccess_rate_request_volume\x18\x08 \x01(\rH\x04\x88\x01\x01\x12)\n\x1c\x66\x61ilure_percentage_threshold\x18\t \x01(\rH\x05\x88\x01\x01\x12)\n\x1c\x65nforcing_failure_percentage\x18\n \x01(\rH\x06\x88\x01\x01\x12-\n failure_percentage_minimum_hosts\x18\x0b \x01(\rH\x07\x88\x01\x01\x12.\n!failure_percentage_request_volume\x18\x0c \x01(\rH\x08\x88\x01\x01\x42\x17\n\x15_max_ejection_percentB\x1c\n\x1a_success_rate_stdev_factorB\x19\n\x17_enforcing_success_rateB\x1d\n\x1b_success_rate_minimum_hostsB\x1e\n\x1c_success_rate_request_volumeB\x1f\n\x1d_failure_percentage_thresholdB\x1f\n\x1d_enforcing_failure_percentageB#\n!_failure_percentage_minimum_hostsB$\n\"_failure_percentage_request_volume\"@\n\x11PutClusterRequest\x12+\n\x07\x63luster\x18\x01 \x01(\x0b\x32\x1a.meshbreaker.v1.XdsCluster\"S\n\x12PutClusterResponse\x12+\n\x07\x63luster\x18\x01 \x01(\x0b\x32\x1a.meshbreaker.v1.XdsCluster\x12\x10\n\x08revision\x18\x02 \x01(\x03\"$\n\x14\x44\x65leteClusterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x15\x44\x65leteClusterResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"\x15\n\x13ListClustersRequest\"V\n\x14ListClustersResponse\x12,\n\x08\x63lusters\x18\x01 \x03(\x0b\x32\x1a.meshbreaker.v1.XdsCluster\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x17\n\x15ListXdsClientsRequest\"\x83\x01\n\x10XdsResourceState\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x14\n\x0csent_version\x18\x03 \x01(\t\x12\x15\n\racked_version\x18\x04 \x01(\t\x12\x16\n\x0enacked_version\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\xa6\x01\n\x0fXdsClientStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cnode_cluster\x18\x02 \x01(\t\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x12\n\nuser_agent\x18\x04 \x01(\t\x12\x15\n\rconnected_for\x18\x05 \x01(\x01\x12\x33\n\tresources\x18\x06 \x03(\x0b\x32 .meshbreaker.v1.XdsResourceState\"J\n\x16ListXdsClientsResponse\x12\x30\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x1f.meshbreaker.v1.XdsClientStatus*\xa2\x01\n\x08LbPolicy\x12\x19\n\x15LB_POLICY_UNSPECIFIED\x10\x00\x12\x19\n\x15LB_POLICY_ROUND_ROBIN\x10\x01\x12\x1b\n\x17LB_POLICY_LEAST_REQUEST\x10\x02\x12\x17\n\x13LB_POLICY_RING_HASH\x10\x03\x12\x14\n\x10LB_POLICY_RANDOM\x10\x04\x12\x14\n\x10LB_POLICY_MAGLEV\x10\x05\x32\xf9\x02\n\x08XdsAdmin\x12S\n\nPutCluster\x12!.meshbreaker.v1.PutClusterRequest\x1a\".meshbreaker.v1.PutClusterResponse\x12\\\n\rDeleteCluster\x12$.meshbreaker.v1.DeleteClusterRequest\x1a%.meshbreaker.v1.DeleteClusterResponse\x12Y\n\x0cListClusters\x12#.meshbreaker.v1.ListClustersRequest\x1a$.meshbreaker.v1.ListClustersResponse\x12_\n\x0eListXdsClients\x12%.meshbreaker.v1.ListXdsClientsRequest\x1a&.meshbreaker.v1.ListXdsClientsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meshbreaker/v1/xds.proto\x12\x0emeshbreaker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"9\n\x0bXdsEndpoint\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x0e\n\x06weight\x18\x03 \x01(\r\"\x9a\x02\n\nXdsCluster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\tendpoints\x18\x02 \x03(\x0b\x32\x1b.meshbreaker.v1.XdsEndpoint\x12\x10\n\x08services\x18\x03 \x03(\t\x12+\n\tlb_policy\x18\x04 \x01(\x0e\x32\x18.meshbreaker.v1.LbPolicy\x12\x10\n\x08revision\x18\x05 \x01(\x03\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x07 \x01(\t\x12\x39\n\x14registered_endpoints\x18\x08 \x03(\x0b\x32\x1b.meshbreaker.v1.XdsEndpoint\"\xc2\x06\n\x10OutlierDetection\x12+\n\x08interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12\x62\x61se_ejection_time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11max_ejection_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12!\n\x14max_ejection_percent\x18\x04 \x01(\rH\x00\x88\x01\x01\x12&\n\x19success_rate_stdev_factor\x18\x05 \x01(\rH\x01\x88\x01\x01\x12#\n\x16\x65nforcing_success_rate\x18\x06 \x01(\rH\x02\x88\x01\x01\x12\'\n\x1asuccess_rate_minimum_hosts\x18\x07 \x01(\rH\x03\x88\x01\x01\x12(\n\x1bsuccess_rate_request_volume\x18\x08 \x01(\rH\x04\x88\x01\x01\x12)\n\x1c\x66\x61ilure_percentage_threshold\x18\t \x01(\rH\x05\x88\x01\x01\x12)\n\x1c\x65nforcing_failure_percentage\x18\n \x01(\rH\x06\x88\x01\x01\x12-\n failure_percentage_minimum_hosts\x18\x0b \x01(\rH\x07\x88\x01\x01\x12.\n!failure_percentage_request_volume\x18\x0c \x01(\rH\x08\x88\x01\x01\x42\x17\n\x15_max_ejection_percentB\x1c\n\x1a_success_rate_stdev_factorB\x19\n\x17_enforcing_success_rateB\x1d\n\x1b_success_rate_minimum_hostsB\x1e\n\x1c_success_rate_request_volumeB\x1f\n\x1d_failure_percentage_thresholdB\x1f\n\x1d_enforcing_failure_percentageB#\n!_failure_percentage_minimum_hostsB$\n\"_failure_percentage_request_volume\"@\n\x11PutClusterRequest\x12+\n\x07\x63luster\x18\x01 \x01(\x0b\x32\x1a.meshbreaker.v1.XdsCluster\"S\n\x12PutClusterResponse\x12+\n\x07\x63luster\x18\x01 \x01(\x0b\x32\x1a.meshbreaker.v1.XdsCluster\x12\x10\n\x08revision\x18\x02 \x01(\x03\"$\n\x14\x44\x65leteClusterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x15\x44\x65leteClusterResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"\x15\n\x13ListClustersRequest\"V\n\x14ListClustersResponse\x12,\n\x08\x63lusters\x18\x01 \x03(\x0b\x32\x1a.meshbreaker.v1.XdsCluster\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x17\n\x15ListXdsClientsRequest\"\x83\x01\n\x10XdsResourceState\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x14\n\x0csent_version\x18\x03 \x01(\t\x12\x15\n\racked_version\x18\x04 \x01(\t\x12\x16\n\x0enacked_version\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\xa6\x01\n\x0fXdsClientStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cnode_cluster\x18\x02 \x01(\t\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x12\n\nuser_agent\x18\x04 \x01(\t\x12\x15\n\rconnected_for\x18\x05 \x01(\x01\x12\x33\n\tresources\x18\x06 \x03(\x0b\x32 .meshbreaker.v1.XdsResourceState\"J\n\x16ListXdsClientsResponse\x12\x30\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x1f.meshbreaker.v1.XdsClientStatus\"\x81\x01\n\x17RegisterEndpointRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12-\n\x08\x65ndpoint\x18\x02 \x01(\x0b\x32\x1b.meshbreaker.v1.XdsEndpoint\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"e\n\x18RegisterEndpointResponse\x12&\n\x03ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\x12\x10\n\x08revision\x18\x03 \x01(\x03\"[\n\x19\x44\x65registerEndpointRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12-\n\x08\x65ndpoint\x18\x02 \x01(\x0b\x32\x1b.meshbreaker.v1.XdsEndpoint\"?\n\x1a\x44\x65registerEndpointResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\x12\x10\n\x08revision\x18\x02 \x01(\x03*\xa2\x01\n\x08LbPolicy\x12\x19\n\x15LB_POLICY_UNSPECIFIED\x10\x00\x12\x19\n\x15LB_POLICY_ROUND_ROBIN\x10\x01\x12\x1b\n\x17LB_POLICY_LEAST_REQUEST\x10\x02\x12\x17\n\x13LB_POLICY_RING_HASH\x10\x03\x12\x14\n\x10LB_POLICY_RANDOM\x10\x04\x12\x14\n\x10LB_POLICY_MAGLEV\x10\x05\x32\xcd\x04\n\x08XdsAdmin\x12S\n\nPutCluster\x12!.meshbreaker.v1.PutClusterRequest\x1a\".meshbreaker.v1.PutClusterResponse\x12\\\n\rDeleteCluster\x12$.meshbreaker.v1.DeleteClusterRequest\x1a%.meshbreaker.v1.DeleteClusterResponse\x12Y\n\x0cListClusters\x12#.meshbreaker.v1.ListClustersRequest\x1a$.meshbreaker.v1.ListClustersResponse\x12_\n\x0eListXdsClients\x12%.meshbreaker.v1.ListXdsClientsRequest\x1a&.meshbreaker.v1.ListXdsClientsResponse\x12\x65\n\x10RegisterEndpoint\x12\'.meshbreaker.v1.RegisterEndpointRequest\x1a(.meshbreaker.v1.RegisterEndpointResponse\x12k\n\x12\x44\x65registerEndpoint\x12).meshbreaker.v1.DeregisterEndpointRequest\x1a*.meshbreaker.v1.DeregisterEndpointResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshbreaker.v1.xds_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LBPOLICY']._serialized_start=1979
-  _globals['_LBPOLICY']._serialized_end=2141
+  _globals['_LBPOLICY']._serialized_start=2431
+  _globals['_LBPOLICY']._serialized_end=2593
   _globals['_XDSENDPOINT']._serialized_start=109
   _globals['_XDSENDPOINT']._serialized_end=166
   _globals['_XDSCLUSTER']._serialized_start=169
-  _globals['_XDSCLUSTER']._serialized_end=392
-  _globals['_OUTLIERDETECTION']._serialized_start=395
-  _globals['_OUTLIERDETECTION']._serialized_end=1229
-  _globals['_PUTCLUSTERREQUEST']._serialized_start=1231
-  _globals['_PUTCLUSTERREQUEST']._serialized_end=1295
-  _globals['_PUTCLUSTERRESPONSE']._serialized_start=1297
-  _globals['_PUTCLUSTERRESPONSE']._serialized_end=1380
-  _globals['_DELETECLUSTERREQUEST']._serialized_start=1382
-  _globals['_DELETECLUSTERREQUEST']._serialized_end=1418
-  _globals['_DELETECLUSTERRESPONSE']._serialized_start=1420
-  _globals['_DELETECLUSTERRESPONSE']._serialized_end=1461
-  _globals['_LISTCLUSTERSREQUEST']._serialized_start=1463
-  _globals['_LISTCLUSTERSREQUEST']._serialized_end=1484
-  _globals['_LISTCLUSTERSRESPONSE']._serialized_start=1486
-  _globals['_LISTCLUSTERSRESPONSE']._serialized_end=1572
-  _globals['_LISTXDSCLIENTSREQUEST']._serialized_start=1574
-  _globals['_LISTXDSCLIENTSREQUEST']._serialized_end=1597
-  _globals['_XDSRESOURCESTATE']._serialized_start=1600
-  _globals['_XDSRESOURCESTATE']._serialized_end=1731
-  _globals['_XDSCLIENTSTATUS']._serialized_start=1734
-  _globals['_XDSCLIENTSTATUS']._serialized_end=1900
-  _globals['_LISTXDSCLIENTSRESPONSE']._serialized_start=1902
-  _globals['_LISTXDSCLIENTSRESPONSE']._serialized_end=1976
-  _globals['_XDSADMIN']._serialized_start=2144
-  _globals['_XDSADMIN']._serialized_end=2521
+  _globals['_XDSCLUSTER']._serialized_end=451
+  _globals['_OUTLIERDETECTION']._serialized_start=454
+  _globals['_OUTLIERDETECTION']._serialized_end=1288
+  _globals['_PUTCLUSTERREQUEST']._serialized_start=1290
+  _globals['_PUTCLUSTERREQUEST']._serialized_end=1354
+  _globals['_PUTCLUSTERRESPONSE']._serialized_start=1356
+  _globals['_PUTCLUSTERRESPONSE']._serialized_end=1439
+  _globals['_DELETECLUSTERREQUEST']._serialized_start=1441
+  _globals['_DELETECLUSTERREQUEST']._serialized_end=1477
+  _globals['_DELETECLUSTERRESPONSE']._serialized_start=1479
+  _globals['_DELETECLUSTERRESPONSE']._serialized_end=1520
+  _globals['_LISTCLUSTERSREQUEST']._serialized_start=1522
+  _globals['_LISTCLUSTERSREQUEST']._serialized_end=1543
+  _globals['_LISTCLUSTERSRESPONSE']._serialized_start=1545
+  _globals['_LISTCLUSTERSRESPONSE']._serialized_end=1631
+  _globals['_LISTXDSCLIENTSREQUEST']._serialized_start=1633
+  _globals['_LISTXDSCLIENTSREQUEST']._serialized_end=1656
+  _globals['_XDSRESOURCESTATE']._serialized_start=1659
+  _globals['_XDSRESOURCESTATE']._serialized_end=1790
+  _globals['_XDSCLIENTSTATUS']._serialized_start=1793
+  _globals['_XDSCLIENTSTATUS']._serialized_end=1959
+  _globals['_LISTXDSCLIENTSRESPONSE']._serialized_start=1961
+  _globals['_LISTXDSCLIENTSRESPONSE']._serialized_end=2035
+  _globals['_REGISTERENDPOINTREQUEST']._serialized_start=2038
+  _globals['_REGISTERENDPOINTREQUEST']._serialized_end=2167
+  _globals['_REGISTERENDPOINTRESPONSE']._serialized_start=2169
+  _globals['_REGISTERENDPOINTRESPONSE']._serialized_end=2270
+  _globals['_DEREGISTERENDPOINTREQUEST']._serialized_start=2272
+  _globals['_DEREGISTERENDPOINTREQUEST']._serialized_end=2363
+  _globals['_DEREGISTERENDPOINTRESPONSE']._serialized_start=2365
+  _globals['_DEREGISTERENDPOINTRESPONSE']._serialized_end=2428
+  _globals['_XDSADMIN']._serialized_start=2596
+  _globals['_XDSADMIN']._serialized_end=3185
 # @@protoc_insertion_point(module_scope)

@@ -67,7 +67,7 @@ class XdsEndpoint(_message.Message):
     port: _builtins.int
     """1..65535"""
     weight: _builtins.int
-    """0 = 1"""
+    """0..1000000; 0 = 1"""
     def __init__(
         self,
         *,
@@ -96,6 +96,7 @@ class XdsCluster(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_BY_FIELD_NUMBER: _builtins.int
+    REGISTERED_ENDPOINTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """1..128 characters of [A-Za-z0-9._-], starting with a letter or digit."""
     lb_policy: Global___LbPolicy.ValueType
@@ -114,6 +115,12 @@ class XdsCluster(_message.Message):
 
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def registered_endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___XdsEndpoint]:
+        """Output only: the endpoints servers registered themselves (RegisterEndpoint), each until its
+        ttl runs out unrenewed; served in EDS after `endpoints` (one address is served once).
+        """
+
     def __init__(
         self,
         *,
@@ -124,10 +131,11 @@ class XdsCluster(_message.Message):
         revision: _builtins.int = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         updated_by: _builtins.str = ...,
+        registered_endpoints: _abc.Iterable[Global___XdsEndpoint] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "lb_policy", b"lb_policy", "name", b"name", "revision", b"revision", "services", b"services", "updated_at", b"updated_at", "updated_by", b"updated_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "lb_policy", b"lb_policy", "name", b"name", "registered_endpoints", b"registered_endpoints", "revision", b"revision", "services", b"services", "updated_at", b"updated_at", "updated_by", b"updated_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -482,3 +490,114 @@ class ListXdsClientsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListXdsClientsResponse: _TypeAlias = ListXdsClientsResponse  # noqa: Y015
+
+@_typing.final
+class RegisterEndpointRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    cluster: _builtins.str
+    """an existing cluster's name"""
+    @_builtins.property
+    def endpoint(self) -> Global___XdsEndpoint:
+        """The address xDS clients reach this server at: an IP address, not a wildcard (0.0.0.0, ::)."""
+
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """2..300 s, rounded up to whole seconds; unset = 10 s"""
+
+    def __init__(
+        self,
+        *,
+        cluster: _builtins.str = ...,
+        endpoint: Global___XdsEndpoint | None = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "endpoint", b"endpoint", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterEndpointRequest: _TypeAlias = RegisterEndpointRequest  # noqa: Y015
+
+@_typing.final
+class RegisterEndpointResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TTL_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    """false for a renewal (same endpoint and weight)"""
+    revision: _builtins.int
+    """the registry revision"""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """how long the registration lives without a renewal"""
+
+    def __init__(
+        self,
+        *,
+        ttl: _duration_pb2.Duration | None = ...,
+        changed: _builtins.bool = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "revision", b"revision", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterEndpointResponse: _TypeAlias = RegisterEndpointResponse  # noqa: Y015
+
+@_typing.final
+class DeregisterEndpointRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    cluster: _builtins.str
+    @_builtins.property
+    def endpoint(self) -> Global___XdsEndpoint:
+        """its host and port; the weight is not looked at"""
+
+    def __init__(
+        self,
+        *,
+        cluster: _builtins.str = ...,
+        endpoint: Global___XdsEndpoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "endpoint", b"endpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeregisterEndpointRequest: _TypeAlias = DeregisterEndpointRequest  # noqa: Y015
+
+@_typing.final
+class DeregisterEndpointResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    removed: _builtins.bool
+    """false when it was not registered (gone already)"""
+    revision: _builtins.int
+    """the registry revision"""
+    def __init__(
+        self,
+        *,
+        removed: _builtins.bool = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeregisterEndpointResponse: _TypeAlias = DeregisterEndpointResponse  # noqa: Y015

@@ -54,6 +54,16 @@ class XdsAdminStub:
                 request_serializer=meshbreaker_dot_v1_dot_xds__pb2.ListXdsClientsRequest.SerializeToString,
                 response_deserializer=meshbreaker_dot_v1_dot_xds__pb2.ListXdsClientsResponse.FromString,
                 _registered_method=True)
+        self.RegisterEndpoint = channel.unary_unary(
+                '/meshbreaker.v1.XdsAdmin/RegisterEndpoint',
+                request_serializer=meshbreaker_dot_v1_dot_xds__pb2.RegisterEndpointRequest.SerializeToString,
+                response_deserializer=meshbreaker_dot_v1_dot_xds__pb2.RegisterEndpointResponse.FromString,
+                _registered_method=True)
+        self.DeregisterEndpoint = channel.unary_unary(
+                '/meshbreaker.v1.XdsAdmin/DeregisterEndpoint',
+                request_serializer=meshbreaker_dot_v1_dot_xds__pb2.DeregisterEndpointRequest.SerializeToString,
+                response_deserializer=meshbreaker_dot_v1_dot_xds__pb2.DeregisterEndpointResponse.FromString,
+                _registered_method=True)
 
 
 class XdsAdminServicer:
@@ -87,6 +97,22 @@ class XdsAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterEndpoint(self, request, context):
+        """Agent: add the calling server's own endpoint to an existing cluster for `ttl`, or renew it
+        (call again before the ttl ends, e.g. every ttl/3). Unknown cluster -> NOT_FOUND; a cluster
+        holding max_endpoints_per_cluster endpoints already -> RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeregisterEndpoint(self, request, context):
+        """Agent: remove a registered endpoint now (a server that stops); removed=false if it was not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_XdsAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +135,16 @@ def add_XdsAdminServicer_to_server(servicer, server):
                     servicer.ListXdsClients,
                     request_deserializer=meshbreaker_dot_v1_dot_xds__pb2.ListXdsClientsRequest.FromString,
                     response_serializer=meshbreaker_dot_v1_dot_xds__pb2.ListXdsClientsResponse.SerializeToString,
+            ),
+            'RegisterEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterEndpoint,
+                    request_deserializer=meshbreaker_dot_v1_dot_xds__pb2.RegisterEndpointRequest.FromString,
+                    response_serializer=meshbreaker_dot_v1_dot_xds__pb2.RegisterEndpointResponse.SerializeToString,
+            ),
+            'DeregisterEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeregisterEndpoint,
+                    request_deserializer=meshbreaker_dot_v1_dot_xds__pb2.DeregisterEndpointRequest.FromString,
+                    response_serializer=meshbreaker_dot_v1_dot_xds__pb2.DeregisterEndpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +255,60 @@ class XdsAdmin:
             '/meshbreaker.v1.XdsAdmin/ListXdsClients',
             meshbreaker_dot_v1_dot_xds__pb2.ListXdsClientsRequest.SerializeToString,
             meshbreaker_dot_v1_dot_xds__pb2.ListXdsClientsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshbreaker.v1.XdsAdmin/RegisterEndpoint',
+            meshbreaker_dot_v1_dot_xds__pb2.RegisterEndpointRequest.SerializeToString,
+            meshbreaker_dot_v1_dot_xds__pb2.RegisterEndpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeregisterEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshbreaker.v1.XdsAdmin/DeregisterEndpoint',
+            meshbreaker_dot_v1_dot_xds__pb2.DeregisterEndpointRequest.SerializeToString,
+            meshbreaker_dot_v1_dot_xds__pb2.DeregisterEndpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

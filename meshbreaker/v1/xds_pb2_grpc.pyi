@@ -45,6 +45,13 @@ class XdsAdminStub:
     """Every registered cluster, sorted by name."""
     ListXdsClients: _grpc.UnaryUnaryMultiCallable[_xds_pb2.ListXdsClientsRequest, _xds_pb2.ListXdsClientsResponse]
     """Every connected xDS client and, per resource type, what it ACKed or NACKed."""
+    RegisterEndpoint: _grpc.UnaryUnaryMultiCallable[_xds_pb2.RegisterEndpointRequest, _xds_pb2.RegisterEndpointResponse]
+    """Agent: add the calling server's own endpoint to an existing cluster for `ttl`, or renew it
+    (call again before the ttl ends, e.g. every ttl/3). Unknown cluster -> NOT_FOUND; a cluster
+    holding max_endpoints_per_cluster endpoints already -> RESOURCE_EXHAUSTED.
+    """
+    DeregisterEndpoint: _grpc.UnaryUnaryMultiCallable[_xds_pb2.DeregisterEndpointRequest, _xds_pb2.DeregisterEndpointResponse]
+    """Agent: remove a registered endpoint now (a server that stops); removed=false if it was not."""
 
 @_typing.type_check_only
 class XdsAdminAsyncStub(XdsAdminStub):
@@ -57,6 +64,13 @@ class XdsAdminAsyncStub(XdsAdminStub):
     """Every registered cluster, sorted by name."""
     ListXdsClients: _aio.UnaryUnaryMultiCallable[_xds_pb2.ListXdsClientsRequest, _xds_pb2.ListXdsClientsResponse]  # type: ignore[assignment]
     """Every connected xDS client and, per resource type, what it ACKed or NACKed."""
+    RegisterEndpoint: _aio.UnaryUnaryMultiCallable[_xds_pb2.RegisterEndpointRequest, _xds_pb2.RegisterEndpointResponse]  # type: ignore[assignment]
+    """Agent: add the calling server's own endpoint to an existing cluster for `ttl`, or renew it
+    (call again before the ttl ends, e.g. every ttl/3). Unknown cluster -> NOT_FOUND; a cluster
+    holding max_endpoints_per_cluster endpoints already -> RESOURCE_EXHAUSTED.
+    """
+    DeregisterEndpoint: _aio.UnaryUnaryMultiCallable[_xds_pb2.DeregisterEndpointRequest, _xds_pb2.DeregisterEndpointResponse]  # type: ignore[assignment]
+    """Agent: remove a registered endpoint now (a server that stops); removed=false if it was not."""
 
 class XdsAdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -90,5 +104,24 @@ class XdsAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_xds_pb2.ListXdsClientsResponse, _abc.Awaitable[_xds_pb2.ListXdsClientsResponse]]:
         """Every connected xDS client and, per resource type, what it ACKed or NACKed."""
+
+    @_abc_1.abstractmethod
+    def RegisterEndpoint(
+        self,
+        request: _xds_pb2.RegisterEndpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_xds_pb2.RegisterEndpointResponse, _abc.Awaitable[_xds_pb2.RegisterEndpointResponse]]:
+        """Agent: add the calling server's own endpoint to an existing cluster for `ttl`, or renew it
+        (call again before the ttl ends, e.g. every ttl/3). Unknown cluster -> NOT_FOUND; a cluster
+        holding max_endpoints_per_cluster endpoints already -> RESOURCE_EXHAUSTED.
+        """
+
+    @_abc_1.abstractmethod
+    def DeregisterEndpoint(
+        self,
+        request: _xds_pb2.DeregisterEndpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_xds_pb2.DeregisterEndpointResponse, _abc.Awaitable[_xds_pb2.DeregisterEndpointResponse]]:
+        """Agent: remove a registered endpoint now (a server that stops); removed=false if it was not."""
 
 def add_XdsAdminServicer_to_server(servicer: XdsAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from meshbreaker.control.server import ControlPlaneServer, serve
+from tests.control.conftest import etcd_server  # noqa: F401  (one real etcd per worker)
 from tests.xds.support import Admin, Backend, XdsClientProcess
 
 

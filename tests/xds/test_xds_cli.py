@@ -15,7 +15,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from meshbreaker.cli import main
 from meshbreaker.control.xds.resources import CLUSTER
 from meshbreaker.v1 import control_plane_pb2 as pb
-from meshbreaker.v1 import xds_pb2
+from meshbreaker.v1 import xds_pb2, xds_pb2_grpc
 from tests.server_support import ControlPlane, wait_until
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -67,6 +67,27 @@ def test_cluster_put_list_and_delete(cli: Cli) -> None:
     assert cli("xds", "cluster", "delete", "accounts")[0] == 0
     status, _, err = cli("xds", "cluster", "delete", "accounts")
     assert status == 1 and "NOT_FOUND: no xDS cluster named 'accounts'" in err
+
+
+def test_cluster_list_shows_the_endpoints_servers_registered(cli: Cli, cp: ControlPlane) -> None:
+    assert cli("xds", "cluster", "put", "accounts", "--endpoint", "127.0.0.1:5001")[0] == 0
+    stub = xds_pb2_grpc.XdsAdminStub(cp.channel)
+    request = xds_pb2.RegisterEndpointRequest(
+        cluster="accounts", endpoint=xds_pb2.XdsEndpoint(host="::1", port=6000)
+    )
+    stub.RegisterEndpoint(request, timeout=30)
+    status, out, _ = cli("xds", "cluster", "list")
+    assert status == 0
+    assert out.split() == [
+        "accounts",
+        "127.0.0.1:5001",
+        "+registered",
+        "[::1]:6000",
+        "round_robin",
+        "(mesh-wide",
+        "policies",
+        "only)",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import builtins
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from meshbreaker.control.store.presence import Presence
@@ -18,6 +18,7 @@ from meshbreaker.control.store.presence import Presence
 # The store's errors live in the one tree of meshbreaker.errors; re-exported for the stores.
 from meshbreaker.errors import ClusterNotFoundError as ClusterNotFoundError
 from meshbreaker.errors import CompactedError as CompactedError
+from meshbreaker.errors import EndpointLimitError as EndpointLimitError
 from meshbreaker.errors import PolicyNotFoundError as PolicyNotFoundError
 from meshbreaker.errors import RevisionMismatchError as RevisionMismatchError
 from meshbreaker.errors import SelectorConflictError as SelectorConflictError
@@ -90,6 +91,7 @@ class PolicyStore(abc.ABC):
         """The xDS cluster registry's revision and every cluster, sorted by name, read consistently.
 
         The registry has its own revision (0 before its first write), apart from the policies'.
+        Each cluster's `registered_endpoints` are filled in, sorted by host and port.
         """
 
     @abc.abstractmethod
@@ -104,6 +106,28 @@ class PolicyStore(abc.ABC):
     @abc.abstractmethod
     def delete_xds_cluster(self, name: str, *, actor: str = "") -> int:
         """Delete a cluster at a new registry revision, returned (ClusterNotFoundError)."""
+
+    @abc.abstractmethod
+    def register_xds_endpoint(
+        self, cluster: str, endpoint: xds_pb2.XdsEndpoint, ttl: int, *, max_endpoints: int
+    ) -> tuple[bool, int]:
+        """Register `endpoint` (checked, host canonical) in `cluster` for `ttl` s, or renew it.
+
+        Returns (changed, registry revision): a new address or weight moves the revision, a
+        renewal does not. Raises ClusterNotFoundError, or EndpointLimitError when the cluster
+        holds `max_endpoints` endpoints (listed and registered) and this one is new.
+        """
+
+    @abc.abstractmethod
+    def deregister_xds_endpoint(self, cluster: str, host: str, port: int) -> int | None:
+        """Remove a registered endpoint at a new registry revision (returned); None if absent."""
+
+    @abc.abstractmethod
+    def sweep_xds_endpoints(self) -> int:
+        """Remove the registrations whose ttl ran out, at one new registry revision; how many.
+
+        Every replica calls it every second or so; it writes only when something ran out.
+        """
 
     @abc.abstractmethod
     def watch(self, since_revision: int) -> ChangeFeed:
@@ -154,3 +178,15 @@ def check_since(since_revision: int, compacted: int) -> None:
     """Raise CompactedError unless the changes after `since_revision` are all in the history."""
     if since_revision < compacted:
         raise CompactedError(since_revision, compacted)
+
+
+def registered_by_cluster(
+    found: Iterable[tuple[str, xds_pb2.XdsEndpoint]],
+) -> dict[str, builtins.list[xds_pb2.XdsEndpoint]]:
+    """Registered endpoints grouped by cluster, each group sorted by host and port."""
+    grouped: dict[str, builtins.list[xds_pb2.XdsEndpoint]] = {}
+    for cluster, endpoint in found:
+        grouped.setdefault(cluster, []).append(endpoint)
+    for endpoints in grouped.values():
+        endpoints.sort(key=lambda endpoint: (endpoint.host, endpoint.port))
+    return grouped

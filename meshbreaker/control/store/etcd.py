@@ -10,6 +10,9 @@ Layout under the prefix (default "/meshbreaker/"):
     audit/<revision>  one JSON record per revision (zero-padded, so keys sort by revision)
     xds/revision      the xDS cluster registry's own revision, a decimal
     xds/cluster/<name>  an XdsCluster, serialized
+    xds/registered/<cluster>/<host>/<port>  an endpoint a server registered (XdsEndpoint)
+    xds/alive/<cluster>/<host>/<port>  empty, on the registration's lease: renewing refreshes
+                      the lease; once it expires, a replica's sweep drops the registered key
     mesh/<replica>/...  what each replica shares of its instances, on its lease (etcd_presence)
 
 A write reads what it needs, then commits only if `store/revision` has not moved since (etcd
@@ -36,6 +39,7 @@ from meshbreaker.control.store.base import (
     AuditEntry,
     ChangeFeed,
     ClusterNotFoundError,
+    EndpointLimitError,
     PolicyNotFoundError,
     PolicyStore,
     RevisionMismatchError,
@@ -43,6 +47,7 @@ from meshbreaker.control.store.base import (
     StoreError,
     StoreUnavailableError,
     check_since,
+    registered_by_cluster,
     selector_key,
 )
 from meshbreaker.control.store.etcd_feed import EtcdFeed
@@ -64,6 +69,8 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 DEFAULT_PREFIX = "/meshbreaker/"
+# Registrations one sweep drops at most (one transaction, below etcd's 128 operations).
+SWEEP_BATCH = 50
 
 
 def _aetcd() -> Any:
@@ -379,10 +386,22 @@ class EtcdStore(PolicyStore):
 
         async def read() -> tuple[int, builtins.list[xds_pb2.XdsCluster]]:
             start = self.key("xds", "cluster", "")
-            counter, found = await self._read(
-                self._get(self.key("xds", "revision")), self._get(start, prefix_end(start))
+            registered_start = self.key("xds", "registered", "")
+            counter, found, registrations = await self._read(
+                self._get(self.key("xds", "revision")),
+                self._get(start, prefix_end(start)),
+                self._get(registered_start, prefix_end(registered_start)),
+            )
+            registered = registered_by_cluster(
+                (
+                    bytes(meta.key)[len(registered_start) :].decode().partition("/")[0],
+                    xds_pb2.XdsEndpoint.FromString(value),
+                )
+                for value, meta in registrations
             )
             clusters = [xds_pb2.XdsCluster.FromString(value) for value, _ in found]
+            for cluster in clusters:
+                cluster.registered_endpoints.extend(registered.get(cluster.name, ()))
             return read_counter(counter)[1], sorted(clusters, key=lambda cluster: cluster.name)
 
         return self.run(read())
@@ -425,20 +444,141 @@ class EtcdStore(PolicyStore):
                 if not found:
                     raise ClusterNotFoundError(name)
                 version, current = read_counter(counter)
-                ops = [self.transactions.delete(key)]
+                delete_range = self.transactions.delete
+                ops = [delete_range(key)]
+                for kind in ("registered", "alive"):
+                    start = self.key("xds", kind, name, "")
+                    ops.append(delete_range(start, prefix_end(start)))
                 if await self._commit_xds(version, current + 1, ops):
                     return current + 1
 
         return self.run(delete())
 
-    async def _commit_xds(self, version: int, revision: int, ops: builtins.list[Any]) -> bool:
-        """Apply `ops` and move the registry counter to `revision` if the counter is unchanged."""
+    def _endpoint_key(self, kind: str, cluster: str, host: str, port: int) -> bytes:
+        return self.key("xds", kind, cluster, host, str(port))
+
+    def register_xds_endpoint(
+        self, cluster: str, endpoint: xds_pb2.XdsEndpoint, ttl: int, *, max_endpoints: int
+    ) -> tuple[bool, int]:
+        """Register `endpoint`, its alive key on a new lease of `ttl` s, or refresh that lease."""
+        body = endpoint.SerializeToString(deterministic=True)
+        registered = self._endpoint_key("registered", cluster, endpoint.host, endpoint.port)
+        alive = self._endpoint_key("alive", cluster, endpoint.host, endpoint.port)
+        siblings = self.key("xds", "registered", cluster, "")
+
+        async def register() -> tuple[bool, int]:
+            while True:
+                counter, found_cluster, found, living, others = await self._read(
+                    self._get(self.key("xds", "revision")),
+                    self._get(self.key("xds", "cluster", cluster)),
+                    self._get(registered),
+                    self._get(alive),
+                    self._get(siblings, prefix_end(siblings)),
+                )
+                if not found_cluster:
+                    raise ClusterNotFoundError(cluster)
+                version, current = read_counter(counter)
+                same = bool(found) and bytes(found[0][0]) == body
+                if same and living:
+                    reply = await self.call(self._refresh_lease(int(living[0][1].lease)))
+                    if reply is not None and int(reply.TTL) == ttl:
+                        return False, current  # renewed: the same lease lives on
+                if not found:
+                    listed = len(xds_pb2.XdsCluster.FromString(found_cluster[0][0]).endpoints)
+                    if listed + len(others) >= max_endpoints:
+                        raise EndpointLimitError(cluster, max_endpoints)
+                lease = await self.call(lambda client: client.lease(ttl))
+                put = self.transactions.put
+                ops = [put(alive, b"", lease=lease.id)]
+                if not same:
+                    ops.append(put(registered, body))
+                    if await self._commit_xds(version, current + 1, ops):
+                        return True, current + 1
+                elif await self._commit_xds(version, current, ops, bump=False):
+                    return False, current
+                await self._revoke(int(lease.id))
+
+        return self.run(register())
+
+    @staticmethod
+    def _refresh_lease(lease_id: int) -> Callable[[Any], Awaitable[Any]]:
+        return lambda client: client.refresh_lease(lease_id)
+
+    async def _revoke(self, lease_id: int) -> None:
+        try:
+            await self.call(lambda client: client.revoke_lease(lease_id))
+        except Exception as error:  # it expires on its own
+            logger.debug("revoking an unused registration lease: %r", error)
+
+    def deregister_xds_endpoint(self, cluster: str, host: str, port: int) -> int | None:
+        """Delete a registration and its alive key at a new registry revision; None if absent."""
+        registered = self._endpoint_key("registered", cluster, host, port)
+        alive = self._endpoint_key("alive", cluster, host, port)
+
+        async def deregister() -> int | None:
+            while True:
+                counter, found = await self._read(
+                    self._get(self.key("xds", "revision")), self._get(registered)
+                )
+                if not found:
+                    return None
+                version, current = read_counter(counter)
+                delete = self.transactions.delete
+                if await self._commit_xds(
+                    version, current + 1, [delete(registered), delete(alive)]
+                ):
+                    return current + 1
+
+        return self.run(deregister())
+
+    def sweep_xds_endpoints(self) -> int:
+        """Drop registrations whose alive key went with its lease, at one new registry revision."""
+        registered_start = self.key("xds", "registered", "")
+        alive_start = self.key("xds", "alive", "")
+
+        async def sweep() -> int:
+            counter, registered, living = await self._read(
+                self._get(self.key("xds", "revision")),
+                self._get(registered_start, prefix_end(registered_start)),
+                self._get(alive_start, prefix_end(alive_start)),
+            )
+            alive = {bytes(meta.key)[len(alive_start) :] for _, meta in living}
+            orphans = [
+                bytes(meta.key)[len(registered_start) :]
+                for _, meta in registered
+                if bytes(meta.key)[len(registered_start) :] not in alive
+            ][:SWEEP_BATCH]
+            if not orphans:
+                return 0
+            version, current = read_counter(counter)
+            transactions = self.transactions
+            # Each still without its alive key when this commits: a renewal in between wins.
+            compare = [transactions.create(alive_start + name) == 0 for name in orphans]
+            ops = [transactions.delete(registered_start + name) for name in orphans]
+            committed = await self._commit_xds(version, current + 1, ops, compare=compare)
+            return len(orphans) if committed else 0
+
+        return self.run(sweep())
+
+    async def _commit_xds(
+        self,
+        version: int,
+        revision: int,
+        ops: builtins.list[Any],
+        *,
+        bump: bool = True,
+        compare: Sequence[Any] = (),
+    ) -> bool:
+        """Apply `ops` (moving the registry counter to `revision` unless not `bump`) if the
+        counter is unchanged and every other `compare` holds."""
         counter_key = self.key("xds", "revision")
-        put = self.transactions.put
-        ops = [put(counter_key, str(revision).encode()), *ops]
+        if bump:
+            ops = [self.transactions.put(counter_key, str(revision).encode()), *ops]
         succeeded, _ = await self.call(
             lambda c: c.transaction(
-                compare=[c.transactions.version(counter_key) == version], success=ops, failure=[]
+                compare=[c.transactions.version(counter_key) == version, *compare],
+                success=ops,
+                failure=[],
             )
         )
         return bool(succeeded)

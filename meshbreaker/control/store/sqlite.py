@@ -19,12 +19,14 @@ from meshbreaker.control.store.base import (
     AuditEntry,
     ChangeFeed,
     ClusterNotFoundError,
+    EndpointLimitError,
     PolicyNotFoundError,
     PolicyStore,
     RevisionMismatchError,
     SelectorConflictError,
     StoreError,
     check_since,
+    registered_by_cluster,
     selector_key,
 )
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -57,6 +59,14 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_revision ON audit (revision);
 CREATE TABLE IF NOT EXISTS xds_clusters (name TEXT PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS xds_endpoints (
+    cluster TEXT NOT NULL,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (cluster, host, port)
+);
 CREATE TABLE IF NOT EXISTS selectors (
     caller TEXT NOT NULL,
     service TEXT NOT NULL,
@@ -329,9 +339,16 @@ class SqliteStore(PolicyStore):
             try:
                 revision = self._xds_revision()
                 rows = self._db.execute("SELECT body FROM xds_clusters ORDER BY name").fetchall()
+                endpoints = self._db.execute("SELECT cluster, body FROM xds_endpoints").fetchall()
             finally:
                 self._db.execute("COMMIT")
-        return revision, [xds_pb2.XdsCluster.FromString(row[0]) for row in rows]
+        registered = registered_by_cluster(
+            (name, xds_pb2.XdsEndpoint.FromString(body)) for name, body in endpoints
+        )
+        clusters = [xds_pb2.XdsCluster.FromString(row[0]) for row in rows]
+        for cluster in clusters:
+            cluster.registered_endpoints.extend(registered.get(cluster.name, ()))
+        return revision, clusters
 
     def put_xds_cluster(
         self, cluster: xds_pb2.XdsCluster, *, actor: str = ""
@@ -358,9 +375,71 @@ class SqliteStore(PolicyStore):
             deleted = self._db.execute("DELETE FROM xds_clusters WHERE name = ?", (name,))
             if deleted.rowcount == 0:
                 raise ClusterNotFoundError(name)
+            self._db.execute("DELETE FROM xds_endpoints WHERE cluster = ?", (name,))
             revision = self._xds_revision() + 1
             self._set_xds_revision(revision)
         return revision
+
+    def register_xds_endpoint(
+        self, cluster: str, endpoint: xds_pb2.XdsEndpoint, ttl: int, *, max_endpoints: int
+    ) -> tuple[bool, int]:
+        """Register or renew `endpoint` until ttl seconds from now (the store's wall clock)."""
+        body = endpoint.SerializeToString(deterministic=True)
+        key = (cluster, endpoint.host, endpoint.port)
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT body FROM xds_clusters WHERE name = ?", (cluster,)
+            ).fetchone()
+            if row is None:
+                raise ClusterNotFoundError(cluster)
+            found = self._db.execute(
+                "SELECT body FROM xds_endpoints WHERE cluster = ? AND host = ? AND port = ?", key
+            ).fetchone()
+            if found is None:
+                listed = len(xds_pb2.XdsCluster.FromString(row[0]).endpoints)
+                (count,) = self._db.execute(
+                    "SELECT count(*) FROM xds_endpoints WHERE cluster = ?", (cluster,)
+                ).fetchone()
+                if listed + count >= max_endpoints:
+                    raise EndpointLimitError(cluster, max_endpoints)
+            self._db.execute(
+                "INSERT OR REPLACE INTO xds_endpoints VALUES (?, ?, ?, ?, ?)",
+                (*key, body, self._wall_clock() + ttl),
+            )
+            revision = self._xds_revision()
+            changed = found is None or bytes(found[0]) != body
+            if changed:
+                revision += 1
+                self._set_xds_revision(revision)
+        return changed, revision
+
+    def deregister_xds_endpoint(self, cluster: str, host: str, port: int) -> int | None:
+        """Remove a registered endpoint at a new registry revision; None if absent."""
+        with self._transaction():
+            deleted = self._db.execute(
+                "DELETE FROM xds_endpoints WHERE cluster = ? AND host = ? AND port = ?",
+                (cluster, host, port),
+            )
+            if deleted.rowcount == 0:
+                return None
+            revision = self._xds_revision() + 1
+            self._set_xds_revision(revision)
+        return revision
+
+    def sweep_xds_endpoints(self) -> int:
+        """Delete the registrations past their expiry time, at one new registry revision."""
+        now = self._wall_clock()
+        with self._lock:
+            due = self._db.execute(
+                "SELECT 1 FROM xds_endpoints WHERE expires <= ? LIMIT 1", (now,)
+            ).fetchone()
+        if due is None:  # the usual answer: no write, no wake-up for the feeds
+            return 0
+        with self._transaction():
+            swept = self._db.execute("DELETE FROM xds_endpoints WHERE expires <= ?", (now,))
+            if swept.rowcount:
+                self._set_xds_revision(self._xds_revision() + 1)
+        return int(swept.rowcount)
 
     def _set_xds_revision(self, revision: int) -> None:
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'xds_revision'", (revision,))

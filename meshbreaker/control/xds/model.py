@@ -22,6 +22,11 @@ from meshbreaker.v1 import xds_pb2
 MAX_CLUSTERS = 1_000
 MAX_ENDPOINTS_PER_CLUSTER = 1_000
 MAX_SERVICES_PER_CLUSTER = 100
+MAX_ENDPOINT_WEIGHT = 1_000_000
+# A registration lives this long past its last renewal; etcd leases are whole seconds, at least 2.
+DEFAULT_REGISTRATION_TTL = 10
+MIN_REGISTRATION_TTL = 2
+MAX_REGISTRATION_TTL = 300
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 LB_POLICY_NAMES: dict[int, str] = {
@@ -55,16 +60,7 @@ def check_cluster(cluster: xds_pb2.XdsCluster, path: str = "cluster") -> None:
     seen: set[tuple[str, int]] = set()
     for index, endpoint in enumerate(cluster.endpoints):
         where = f"{path}.endpoints[{index}]"
-        try:
-            address = ipaddress.ip_address(endpoint.host)
-        except ValueError:
-            raise ConfigError(
-                f"{where}.host",
-                f"{endpoint.host[:80]!r} is not an IP address (xDS clients do not resolve names)",
-            ) from None
-        if not 1 <= endpoint.port <= 65535:
-            raise ConfigError(f"{where}.port", "must be in 1..65535")
-        key = (str(address), endpoint.port)
+        key = endpoint_key(check_endpoint(endpoint, where))
         if key in seen:
             raise ConfigError(where, f"{endpoint.host}:{endpoint.port} is listed twice")
         seen.add(key)
@@ -78,6 +74,63 @@ def check_cluster(cluster: xds_pb2.XdsCluster, path: str = "cluster") -> None:
         raise ConfigError(f"{path}.services", "lists a service twice")
     if cluster.lb_policy not in LB_POLICY_NAMES:
         raise ConfigError(f"{path}.lb_policy", f"unknown value {cluster.lb_policy}")
+
+
+def check_endpoint(endpoint: xds_pb2.XdsEndpoint, path: str) -> xds_pb2.XdsEndpoint:
+    """`endpoint` with its host in canonical form, if it is an IP address, port and weight."""
+    try:
+        address = ipaddress.ip_address(endpoint.host)
+    except ValueError:
+        raise ConfigError(
+            f"{path}.host",
+            f"{endpoint.host[:80]!r} is not an IP address (xDS clients do not resolve names)",
+        ) from None
+    if not 1 <= endpoint.port <= 65535:
+        raise ConfigError(f"{path}.port", "must be in 1..65535")
+    if endpoint.weight > MAX_ENDPOINT_WEIGHT:
+        raise ConfigError(f"{path}.weight", f"must be in 0..{MAX_ENDPOINT_WEIGHT}")
+    return xds_pb2.XdsEndpoint(host=str(address), port=endpoint.port, weight=endpoint.weight)
+
+
+def endpoint_key(endpoint: xds_pb2.XdsEndpoint) -> tuple[str, int]:
+    """(canonical host, port): what makes two endpoints one address."""
+    try:
+        return str(ipaddress.ip_address(endpoint.host)), endpoint.port
+    except ValueError:
+        return endpoint.host, endpoint.port
+
+
+def registered_endpoint(endpoint: xds_pb2.XdsEndpoint, path: str) -> xds_pb2.XdsEndpoint:
+    """The endpoint a server may register for itself: checked, canonical, not a wildcard."""
+    checked = check_endpoint(endpoint, path)
+    if ipaddress.ip_address(checked.host).is_unspecified:
+        raise ConfigError(
+            f"{path}.host",
+            f"{checked.host} is where a server listens, not an address: give the address "
+            "clients reach it at",
+        )
+    return checked
+
+
+def registration_ttl(seconds: float, path: str = "ttl") -> int:
+    """`seconds` rounded up to whole seconds, if within the bounds of a registration's ttl."""
+    if not MIN_REGISTRATION_TTL <= seconds <= MAX_REGISTRATION_TTL:
+        raise ConfigError(
+            path, f"must be {MIN_REGISTRATION_TTL}..{MAX_REGISTRATION_TTL} seconds, got {seconds:g}"
+        )
+    return math.ceil(seconds)
+
+
+def served_endpoints(cluster: xds_pb2.XdsCluster) -> list[xds_pb2.XdsEndpoint]:
+    """What EDS serves: the listed endpoints, then the registered ones at other addresses."""
+    served = list(cluster.endpoints)
+    seen = {endpoint_key(endpoint) for endpoint in served}
+    for endpoint in cluster.registered_endpoints:
+        key = endpoint_key(endpoint)
+        if key not in seen:
+            seen.add(key)
+            served.append(endpoint)
+    return served
 
 
 def parse_endpoint(text: str) -> xds_pb2.XdsEndpoint:

@@ -26,7 +26,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
 from meshbreaker.control.xds.mapping import ClusterPolicy, RouteRetry, cluster_policy, route_retries
-from meshbreaker.control.xds.model import OutlierDetection
+from meshbreaker.control.xds.model import OutlierDetection, served_endpoints
 from meshbreaker.retry import RetryPolicy
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import xds_pb2
@@ -203,7 +203,8 @@ def cluster(registered: xds_pb2.XdsCluster, policy: ClusterPolicy) -> cluster_pb
 
 
 def load_assignment(registered: xds_pb2.XdsCluster) -> endpoint_pb2.ClusterLoadAssignment:
-    """The EDS resource: every endpoint, healthy, in one locality (gRPC ignores weightless ones)."""
+    """The EDS resource: every endpoint, listed or registered, healthy, in one locality (gRPC
+    ignores weightless ones)."""
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=registered.name,
         endpoints=[
@@ -222,7 +223,7 @@ def load_assignment(registered: xds_pb2.XdsCluster) -> endpoint_pb2.ClusterLoadA
                         health_status=health_check_pb2.HEALTHY,
                         load_balancing_weight=_u32(endpoint.weight or 1),
                     )
-                    for endpoint in registered.endpoints
+                    for endpoint in served_endpoints(registered)
                 ],
             )
         ],

@@ -20,9 +20,19 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from meshbreaker.control.auth import TokenAuthenticator
 from meshbreaker.control.events import EventBus
-from meshbreaker.control.store import ClusterNotFoundError, PolicyStore
+from meshbreaker.control.store import ClusterNotFoundError, EndpointLimitError, PolicyStore
 from meshbreaker.control.xds.ads import AdsServicer, MeshSource, XdsClient
-from meshbreaker.control.xds.model import MAX_CLUSTERS, check_cluster, check_cluster_name
+from meshbreaker.control.xds.model import (
+    DEFAULT_REGISTRATION_TTL,
+    MAX_CLUSTERS,
+    MAX_ENDPOINTS_PER_CLUSTER,
+    check_cluster,
+    check_cluster_name,
+    check_endpoint,
+    format_endpoint,
+    registered_endpoint,
+    registration_ttl,
+)
 from meshbreaker.control.xds.resources import MeshState
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import xds_pb2, xds_pb2_grpc
@@ -136,6 +146,9 @@ class XdsServer:
                 while not queue.empty():
                     queue.get_nowait()
                 try:
+                    swept = await self.run(self.store.sweep_xds_endpoints)
+                    if swept:
+                        logger.info("%d xDS endpoint registrations ran out unrenewed", swept)
                     await self.reload()
                 except Exception:  # a store hiccup must not end the follower; the next poll retries
                     logger.exception("reading the mesh for xDS failed; retrying")
@@ -185,7 +198,7 @@ class XdsAdminServicer(xds_pb2_grpc.XdsAdminServicer):
         """Check and store one cluster, then push it to the xDS clients."""
         cluster = xds_pb2.XdsCluster()
         cluster.CopyFrom(request.cluster)
-        for output_only in ("revision", "updated_at", "updated_by"):
+        for output_only in ("revision", "updated_at", "updated_by", "registered_endpoints"):
             cluster.ClearField(output_only)
         store = self._xds.store
         try:
@@ -222,6 +235,74 @@ class XdsAdminServicer(xds_pb2_grpc.XdsAdminServicer):
         """Every registered cluster."""
         revision, clusters = await self._xds.run(self._xds.store.xds_clusters)
         return xds_pb2.ListClustersResponse(clusters=clusters, revision=revision)
+
+    async def RegisterEndpoint(
+        self, request: xds_pb2.RegisterEndpointRequest, context: _Context
+    ) -> xds_pb2.RegisterEndpointResponse:
+        """Add the caller's endpoint to a cluster for `ttl` seconds, or renew it."""
+        try:
+            name = check_cluster_name(request.cluster, "cluster")
+            endpoint = registered_endpoint(request.endpoint, "endpoint")
+            seconds = request.ttl.ToNanoseconds() / 1e9 if request.HasField("ttl") else None
+            ttl = registration_ttl(DEFAULT_REGISTRATION_TTL if seconds is None else seconds)
+        except ConfigError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        store = self._xds.store
+        try:
+            changed, revision = await self._xds.run(
+                lambda: store.register_xds_endpoint(
+                    name, endpoint, ttl, max_endpoints=MAX_ENDPOINTS_PER_CLUSTER
+                )
+            )
+        except ClusterNotFoundError:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no xDS cluster named {name!r}: an admin creates it first "
+                f"(meshbreaker xds cluster put {name} --service ...)",
+            )
+        except EndpointLimitError as error:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+        if changed:
+            logger.info(
+                "%s registered %s in xDS cluster %s for %d s",
+                self._xds.actor(context),
+                format_endpoint(endpoint),
+                name,
+                ttl,
+            )
+            await self._xds.reload()
+        response = xds_pb2.RegisterEndpointResponse(changed=changed, revision=revision)
+        response.ttl.FromSeconds(ttl)
+        return response
+
+    async def DeregisterEndpoint(
+        self, request: xds_pb2.DeregisterEndpointRequest, context: _Context
+    ) -> xds_pb2.DeregisterEndpointResponse:
+        """Remove a registered endpoint now."""
+        try:
+            name = check_cluster_name(request.cluster, "cluster")
+            endpoint = check_endpoint(
+                xds_pb2.XdsEndpoint(host=request.endpoint.host, port=request.endpoint.port),
+                "endpoint",
+            )
+        except ConfigError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        store = self._xds.store
+        revision = await self._xds.run(
+            lambda: store.deregister_xds_endpoint(name, endpoint.host, endpoint.port)
+        )
+        if revision is None:
+            return xds_pb2.DeregisterEndpointResponse(
+                removed=False, revision=(await self._xds.run(store.xds_clusters))[0]
+            )
+        logger.info(
+            "%s deregistered %s from xDS cluster %s",
+            self._xds.actor(context),
+            format_endpoint(endpoint),
+            name,
+        )
+        await self._xds.reload()
+        return xds_pb2.DeregisterEndpointResponse(removed=True, revision=revision)
 
     async def ListXdsClients(
         self, request: xds_pb2.ListXdsClientsRequest, context: _Context
