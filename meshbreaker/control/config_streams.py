@@ -8,6 +8,11 @@ A stream never runs more than one unacknowledged revision ahead of its agent: af
 snapshot it waits for the agent's report to ACK (or NACK) it before sending a newer one, and
 then sends the newest, skipping any in between (coalesce, don't queue). An agent that never
 acknowledges (an older one, or one whose reports fail) still gets the newest after `ack_wait`.
+
+A change is installed for every caller at once, but its streams are woken `WAKE_BATCH` at a
+time, one batch per turn of the loop: a change every agent watches does not hold the loop for
+hundreds of sends in a row, and the RPCs that arrive meanwhile (the write's own answer, GetConfig,
+reports) are served between the batches.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from meshbreaker.control.policies import EncodedSnapshot, PolicyIndex
 
 # Real seconds a stream waits for an ACK before it sends a newer snapshot anyway.
 DEFAULT_ACK_WAIT = 5.0
+# Streams woken per turn of the event loop when a change reaches many.
+WAKE_BATCH = 32
 
 
 class ConfigStreams:
@@ -39,6 +46,9 @@ class ConfigStreams:
         self._acknowledged = acknowledged  # (instance_id, revision) -> ACKed or NACKed it?
         self._ack_wait = ack_wait
         self._current: dict[str, EncodedSnapshot] = {}
+        # Callers whose snapshot of a revision already applied is being built: a new stream of
+        # one waits for it (up to ack_wait), so it starts from every write answered before.
+        self._coming: set[str] = set()
         self._wakes: dict[str, set[asyncio.Event]] = {}
         self._by_instance: dict[str, set[asyncio.Event]] = {}
         self.streams = 0
@@ -47,16 +57,23 @@ class ConfigStreams:
         """The snapshot streams of `caller` carry now (None: nobody watches it)."""
         return self._current.get(caller)
 
+    def coming(self, callers: frozenset[str]) -> None:
+        """The snapshots of `callers` are out of date: newer ones follow in an update()."""
+        self._coming |= callers
+
     def update(self, snapshots: Mapping[str, EncodedSnapshot]) -> None:
-        """Install newer snapshots and wake the streams of their callers."""
+        """Install newer snapshots and wake the streams of their callers, a batch per turn."""
+        woken: list[asyncio.Event] = []
         for caller, snapshot in snapshots.items():
+            self._coming.discard(caller)
             wakes = self._wakes.get(caller)
             old = self._current.get(caller)
             if wakes is None or (old is not None and old.revision > snapshot.revision):
                 continue  # no watcher left, or an older one
             self._current[caller] = snapshot
-            for wake in wakes:
-                wake.set()
+            woken += wakes
+        if woken:
+            wake_in_batches(woken)
 
     def acknowledged(self, instance_id: str) -> None:
         """An instance reported: wake its streams waiting for an ACK."""
@@ -72,6 +89,9 @@ class ConfigStreams:
         self.streams += 1
         try:
             loop = asyncio.get_running_loop()
+            if caller in self._coming:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._built(caller, wake), self._ack_wait)
             if caller not in self._current:
                 first = await loop.run_in_executor(self._executor, self._index.watch, caller)
                 if caller not in self._current:  # else another stream of this caller was quicker
@@ -100,6 +120,11 @@ class ConfigStreams:
             self.streams -= 1
             self._leave(caller, instance_id, wake)
 
+    async def _built(self, caller: str, wake: asyncio.Event) -> None:
+        while caller in self._coming:
+            wake.clear()
+            await wake.wait()
+
     def _leave(self, caller: str, instance_id: str, wake: asyncio.Event) -> None:
         wakes = self._wakes.get(caller)
         if wakes is not None:
@@ -113,3 +138,12 @@ class ConfigStreams:
             streams.discard(wake)
             if not streams:
                 del self._by_instance[instance_id]
+
+
+def wake_in_batches(wakes: list[asyncio.Event], start: int = 0) -> None:
+    """Wake a batch of streams, and the next batch on the loop's next turn."""
+    end = start + WAKE_BATCH
+    for wake in wakes[start:end]:
+        wake.set()
+    if end < len(wakes):
+        asyncio.get_running_loop().call_soon(wake_in_batches, wakes, end)

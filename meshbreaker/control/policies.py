@@ -2,8 +2,9 @@
 
 One follower thread reads the feed (every replica's writes, this one's too) and applies each batch
 to a `PolicyIndex`: policies by id and by caller, so a change costs work for the callers it
-touches and its own size, never all policies times all watchers. For every watched caller a
-change touches, it builds that caller's new snapshot there, in the follower thread, as wire bytes:
+touches and its own size, never all policies times all watchers. It hands the new revision on at
+once (a write waiting to see it answers then), and then, for every watched caller the change
+touches, builds that caller's new snapshot there, in the follower thread, as wire bytes:
 each policy is encoded once, when it is stored, as its own `policies` field of a ConfigSnapshot,
 and a caller's snapshot is the header's bytes followed by its policies' bytes in id order (a
 protobuf message is the concatenation of its fields, in any order: the bytes equal the message's
@@ -62,6 +63,8 @@ class Update:
     entries: Sequence[AuditEntry]
     snapshots: dict[str, EncodedSnapshot]
     relisted: bool = False  # the history was compacted: the whole state was read again
+    # Watched callers whose snapshots these entries changed: they follow in the next Update.
+    coming: frozenset[str] = frozenset()
 
 
 class PolicyIndex:
@@ -195,6 +198,10 @@ class PolicyIndex:
 
     def apply(self, entries: Sequence[AuditEntry]) -> dict[str, EncodedSnapshot]:
         """Apply whole revisions in order; the new snapshot of every watched caller they touch."""
+        return self.snapshots(self.record(entries))
+
+    def record(self, entries: Sequence[AuditEntry]) -> frozenset[str]:
+        """Apply whole revisions in order (bookkeeping only); the watched callers they touch."""
         touched: set[str] = set()
         with self._lock:
             start = self.revision
@@ -207,8 +214,13 @@ class PolicyIndex:
                 if entry.after is not None:
                     self._add(entry.after)
                     touched.add(entry.after.selector.caller)
-            self.revision = revision = max(start, entries[-1].revision)
-            callers = set(self._watched) if "" in touched else touched & self._watched
+            self.revision = max(start, entries[-1].revision)
+            return frozenset(self._watched if "" in touched else touched & self._watched)
+
+    def snapshots(self, callers: Iterable[str]) -> dict[str, EncodedSnapshot]:
+        """The snapshot of each of `callers` now."""
+        with self._lock:
+            revision = self.revision
             lists = {caller: self._applicable_encoded(caller) for caller in callers}
         # Built outside the lock: readers wait only for the bookkeeping above.
         return {caller: self._snapshot(revision, caller, mine) for caller, mine in lists.items()}
@@ -304,8 +316,13 @@ class Follower:
                     feed = self._feed = self._store.watch(self._index.revision)
                 entries = feed.next(timeout=self._poll)
                 if entries:
-                    snapshots = self._index.apply(entries)
-                    self._deliver(Update(self._index.revision, entries, snapshots))
+                    # The revision first, so the writes waiting for it answer without waiting
+                    # for the snapshots; then the snapshots of the watched callers it changed.
+                    callers = self._index.record(entries)
+                    self._deliver(Update(self._index.revision, entries, {}, coming=callers))
+                    if callers:
+                        snapshots = self._index.snapshots(callers)
+                        self._deliver(Update(self._index.revision, (), snapshots))
             except CompactedError as error:
                 logger.warning("policy feed: %s", error)
                 if feed is not None:

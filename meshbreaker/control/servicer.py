@@ -208,12 +208,8 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                 )
 
     def _deliver(self, update: Update) -> None:
-        """Follower thread: hand the update, its snapshots encoded there, to the loop."""
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone
-            self._loop.call_soon_threadsafe(self._apply, update)
-
-    def _apply(self, update: Update) -> None:
-        """On the loop: publish the changes, push the new snapshots, release waiting writes."""
+        """Follower thread: hand the update, its snapshots and events built here, to the loop."""
+        changes = []
         for entry in update.entries:
             change = pb.PolicyChange(
                 kind=pb.PolicyChange.KIND_PUT if entry.after else pb.PolicyChange.KIND_DELETE,
@@ -225,7 +221,7 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                 change.before.CopyFrom(entry.before)
             if entry.after is not None:
                 change.after.CopyFrom(entry.after)
-            self.events.publish(pb.Event(policy_change=change))
+            changes.append(pb.Event(policy_change=change))
             logger.info(
                 "policy %s %s at revision %d by %s",
                 entry.policy_id,
@@ -233,9 +229,17 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
                 entry.revision,
                 entry.actor,
             )
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone
+            self._loop.call_soon_threadsafe(self._apply, update, changes)
+
+    def _apply(self, update: Update, changes: list[pb.Event]) -> None:
+        """On the loop: release waiting writes, publish the changes, push the new snapshots."""
         self._revision = max(self._revision, update.revision)
-        self.config_streams.update(update.snapshots)
         self._writer.caught_up(self._revision)
+        for event in changes:
+            self.events.publish(event)
+        self.config_streams.coming(update.coming)
+        self.config_streams.update(update.snapshots)
 
     # -- config ----------------------------------------------------------------------------
 

@@ -46,16 +46,24 @@ class StoreWriter:
         self._lock = asyncio.Lock()
         self._writes: set[asyncio.Future[Any]] = set()
         self._seen = 0  # the newest revision the feed brought to this replica
-        self._caught_up = asyncio.Condition()
+        # Writes waiting to see their revision: (revision, resolved True when seen, False after
+        # WRITE_VISIBLE_WAIT).
+        self._waiting: list[tuple[int, asyncio.Future[bool]]] = []
 
     def caught_up(self, revision: int) -> None:
-        """The feed has brought `revision`: release the writes waiting for it."""
-        self._seen = max(self._seen, revision)
-        asyncio.get_running_loop().create_task(self._notify())
+        """The feed has brought `revision`: release the writes waiting for it, at once.
 
-    async def _notify(self) -> None:
-        async with self._caught_up:
-            self._caught_up.notify_all()
+        Their futures are resolved here, so each write's answer is the next thing its task
+        does, ahead of the pushes to watchers the same change wakes after this.
+        """
+        self._seen = max(self._seen, revision)
+        waiting = []
+        for wanted, seen in self._waiting:
+            if wanted <= self._seen and not seen.done():
+                seen.set_result(True)
+            elif not seen.done():
+                waiting.append((wanted, seen))
+        self._waiting = waiting
 
     async def drain(self) -> None:
         """Wait for writes in progress (their clients may be gone) to finish."""
@@ -107,14 +115,18 @@ class StoreWriter:
             logger.debug("write finished with %r", task.exception())
 
     async def _visible(self, revision: int) -> None:
+        if self._seen >= revision:
+            return
+        loop = asyncio.get_running_loop()
+        seen: asyncio.Future[bool] = loop.create_future()
+        self._waiting.append((revision, seen))
+        timer = loop.call_later(WRITE_VISIBLE_WAIT, _give_up, seen)
         try:
-            async with self._caught_up:
-                await asyncio.wait_for(
-                    self._caught_up.wait_for(lambda: self._seen >= revision), WRITE_VISIBLE_WAIT
-                )
-        except asyncio.TimeoutError:
-            # Committed all the same; the feed will bring it when the store answers again.
-            logger.warning("revision %d written but not seen on the change feed yet", revision)
+            if not await seen:
+                # Committed all the same; the feed will bring it when the store answers again.
+                logger.warning("revision %d written but not seen on the change feed yet", revision)
+        finally:
+            timer.cancel()
 
     async def _write(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run a store write on the store thread; a store refusal becomes a status code."""
@@ -139,3 +151,8 @@ class StoreWriter:
             raise Refused(
                 grpc.StatusCode.UNAVAILABLE, f"policy store write failed: {error}"
             ) from None
+
+
+def _give_up(seen: asyncio.Future[bool]) -> None:
+    if not seen.done():
+        seen.set_result(False)

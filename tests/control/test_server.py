@@ -13,6 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
+from meshbreaker.control.config_streams import WAKE_BATCH, wake_in_batches
 from meshbreaker.control.events import EventBus
 from meshbreaker.control.server import ControlPlaneServer, Limits
 from meshbreaker.control.servicer import READ_THREADS
@@ -230,6 +231,51 @@ async def test_a_watch_runs_at_most_one_unacknowledged_revision_ahead_and_coales
     await stub.ReportState(pb.ReportStateRequest(instance_id="i1", service="tx", nack=nack))
     assert (await asyncio.wait_for(pending, 2)).revision == 3
     watch.cancel()
+
+
+async def test_a_put_answers_before_its_snapshots_are_built_and_a_watch_opened_then_waits_for_them(
+    stub: pb_grpc.ControlPlaneAsyncStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from meshbreaker.control.policies import PolicyIndex
+
+    building, release = threading.Event(), threading.Event()
+    build = PolicyIndex.snapshots
+
+    def held(index: PolicyIndex, callers: Any) -> Any:
+        building.set()
+        release.wait(30)
+        return build(index, callers)
+
+    watch = stub.WatchConfig(pb.WatchConfigRequest(service="tx"))
+    assert (await asyncio.wait_for(read(watch), 30)).revision == 0
+    monkeypatch.setattr(PolicyIndex, "snapshots", held)
+    # The put answers once its revision is applied here, while the follower thread still
+    # builds the snapshots it changed (held here until released).
+    put = await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("a", service="a.A")]))
+    assert put.revision == 1 and building.is_set()
+    assert (await stub.GetConfig(pb.GetConfigRequest(service="tx"))).revision == 1
+    # A stream of the same caller opened now starts from that write, not the older snapshot.
+    late = stub.WatchConfig(pb.WatchConfigRequest(service="tx"))
+    first = asyncio.ensure_future(read(late))
+    done, _ = await asyncio.wait([first], timeout=0.2)
+    assert not done  # it waits for the snapshot being built
+    release.set()
+    assert (await asyncio.wait_for(first, 30)).revision == 1
+    assert (await asyncio.wait_for(read(watch), 30)).revision == 1
+    watch.cancel()
+    late.cancel()
+
+
+async def test_a_change_wakes_its_streams_a_batch_per_turn_of_the_loop() -> None:
+    wakes = [asyncio.Event() for _ in range(2 * WAKE_BATCH + 1)]
+    wake_in_batches(wakes)
+    woken = []
+    for _ in range(3):  # what else is ready runs between the batches
+        woken.append(sum(wake.is_set() for wake in wakes))
+        await asyncio.sleep(0)
+    assert woken == [WAKE_BATCH, 2 * WAKE_BATCH, 2 * WAKE_BATCH + 1]
 
 
 async def test_many_watchers_all_get_the_change(server: ControlPlaneServer) -> None:
