@@ -106,6 +106,7 @@ class BreakerAdmission(BreakerMachine):
             del permit._unreported
         except AttributeError:
             return  # reported already
+        permit._done = True  # only after the deletion won (Permit's slots say why)
         now = self._clock()
         if duration is None:
             duration = now - permit._start

@@ -19,7 +19,11 @@ class Permit:
 
     # `_unreported` exists until the first report deletes it: deleting a slot is one C
     # operation under the GIL, so exactly one of any number of racing reports wins, lock-free.
-    __slots__ = ("_breaker", "_generation", "_holds_slot", "_start", "_unreported")
+    # `_done` turns True right after that deletion, set by the report that won; `done` reads
+    # it because reading a deleted slot raises (and formats) an AttributeError, dearer than the
+    # rest of a report. It may read False for a few bytecodes after a racing report won (a
+    # report made meanwhile is the no-op it always was), never True before one won.
+    __slots__ = ("_breaker", "_done", "_generation", "_holds_slot", "_start", "_unreported")
 
     def __init__(
         self, breaker: BreakerAdmission, generation: int, start: float, holds_slot: bool
@@ -29,6 +33,7 @@ class Permit:
         self._start = start
         self._holds_slot = holds_slot
         self._unreported = True
+        self._done = False
 
     def success(self, duration: float | None = None) -> None:
         """The call succeeded; `duration` defaults to the time since acquire."""
@@ -62,4 +67,4 @@ class Permit:
     @property
     def done(self) -> bool:
         """Whether an outcome has been reported."""
-        return not hasattr(self, "_unreported")
+        return self._done

@@ -305,6 +305,26 @@ def test_permit_reports_once(clock: FakeClock) -> None:
     assert permit.done
 
 
+@pytest.mark.parametrize("report", ["success", "failure", "ignore", "record", "exit"])
+def test_done_turns_true_with_the_one_report_that_counts(clock: FakeClock, report: str) -> None:
+    # Permit.done reads a flag the winning report sets (reading the deleted once-slot raised):
+    # every way of reporting sets it, none before it is counted, later reports change nothing.
+    cb = make(clock)
+    permit = cb.acquire()
+    assert not permit.done
+    if report == "exit":
+        with permit:
+            pass
+    elif report == "record":
+        permit.record(Outcome.FAILURE)
+    else:
+        getattr(permit, report)()
+    snap = cb.snapshot()
+    assert permit.done and snap.successful + snap.failed + snap.ignored == 1
+    permit.failure()
+    assert permit.done and cb.snapshot() == snap
+
+
 def test_call_classifies_exceptions(clock: FakeClock) -> None:
     cb = CircuitBreaker(
         "c",
