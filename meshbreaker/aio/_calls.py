@@ -414,16 +414,6 @@ def _value_now(coroutine: Any) -> Any:
     return None
 
 
-def status_code_now(call: Any) -> grpc.StatusCode | None:
-    """The final code of a done aio call, read without awaiting (None if it would block)."""
-    return _value_now(call.code())  # type: ignore[no-any-return]
-
-
-def drop_details(code: grpc.StatusCode | None, call: Any) -> str | None:
-    """A done aio call's details when UNAVAILABLE (a balancer's drop?), read without awaiting."""
-    return None if code is not _UNAVAILABLE else _value_now(call.details())
-
-
 def error_details(error: AioRpcError) -> str | None:
     """An AioRpcError's details when its code is UNAVAILABLE."""
     return error.details() if error.code() is _UNAVAILABLE else None
@@ -450,15 +440,15 @@ class CallTracker(Tracker):
         if self._permit.done:
             return
         try:
-            code = status_code_now(call)
+            code = _value_now(call.code())  # None if it would block
         except Exception:  # the call raised something below the breaker: no status to count
             release(self._permit)
             return
         if code is None:
             _pending.add(task := asyncio.ensure_future(self._finish_later(call)))
             task.add_done_callback(_pending.discard)
-        else:
-            self.finish(code, drop_details(code, call))
+        else:  # the details only when UNAVAILABLE: a balancer's drop?
+            self.finish(code, None if code is not _UNAVAILABLE else _value_now(call.details()))
 
     async def _finish_later(self, call: Any) -> None:
         try:
