@@ -36,10 +36,11 @@ bench-quick: $(STAMP)
 	@echo "make bench-quick: fewer rounds; the figures are noisier than make bench's"
 	$(BIN)/python -m bench --quick
 
-# Sampled mutation testing (tools/mutation/README.md): SEED=N redraws a given sample or resumes it.
+# Sampled mutation testing (tools/mutation/README.md): SEED=N redraws a given sample or resumes it;
+# AREA=engine|adapters|control runs one area's mutants of it.
 mutate: $(STAMP)
-	@echo "make mutate: about 180 mutants of the engine, the adapters and the control plane, each run against its area's tests (under an hour on 2 cores; niced)"
-	nice -n 10 $(BIN)/python tools/mutation/driver.py sample --src . $(if $(SEED),--seed $(SEED))
+	@echo "make mutate: about 200 mutants of the engine, the adapters and the control plane, each run against its area's tests (under an hour on 2 cores; niced)"
+	nice -n 10 $(BIN)/python tools/mutation/driver.py sample --src . $(if $(SEED),--seed $(SEED)) $(if $(AREA),--area $(AREA))
 
 # DEMO_ARGS passes flags through: make demo DEMO_ARGS=--xds (python -m examples.banking --help).
 demo: $(STAMP)

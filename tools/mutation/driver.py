@@ -2,11 +2,12 @@
 """Sampled mutation testing for meshbreaker: draw mutants, run each area's tests against them.
 
 Usage:
-  driver.py sample [--src REPO] [--seed N] [--workers 2]   (what `make mutate` runs: plan, run
-        and summarise a fresh sample into REPO/.mutation/seed-N/; run it again to resume)
+  driver.py sample [--src REPO] [--seed N] [--area A] [--workers 2]   (what `make mutate` runs:
+        plan, run and summarise a fresh sample into REPO/.mutation/seed-N/; run it again to
+        resume; --area engine|adapters|control runs that area's mutants only)
   driver.py plan  --src REPO --seed N --out plan.json
   driver.py run   --src REPO --plan plan.json --results results.jsonl [--workers 2]
-        [--venv REPO/.venv]
+        [--venv REPO/.venv] [--area A]
   driver.py show  --src REPO --plan plan.json ID        (print the mutant's diff)
   driver.py recheck --src REPO --plan plan.json --ids 1,2 --tests "tests ..." --results out.jsonl
 
@@ -210,6 +211,11 @@ def main() -> None:
     ap.add_argument("--venv", type=Path)
     ap.add_argument("--tests")
     ap.add_argument("--timeout", type=int)
+    ap.add_argument(
+        "--area",
+        choices=sorted({group.area for group in GROUPS}),
+        help="sample, run: only this area's mutants (the plan is drawn whole all the same)",
+    )
     a = ap.parse_intermixed_args()  # the ID may follow the options (as the README shows)
     a.ids = a.ids or a.ids_option
     if a.cmd in ("show", "recheck") and not a.ids:
@@ -256,7 +262,7 @@ def run(src: Path, venv: Path, a: argparse.Namespace, cmd: str) -> None:
     plan = json.loads(a.plan.read_text())["mutants"]
     by_id = {m["id"]: m for m in plan}
     todo = (
-        [m for m in plan if not m.get("excluded")]
+        [m for m in plan if not m.get("excluded") and a.area in (None, m["area"])]
         if cmd == "run"
         else [by_id[int(i)] for i in a.ids.split(",")]
     )
