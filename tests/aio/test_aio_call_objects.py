@@ -10,11 +10,13 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from grpc.aio._interceptor import UnaryUnaryCallResponse
 
 from meshbreaker._adapter.guard import Guard
 from meshbreaker.aio import breaker_interceptors
 from meshbreaker.aio._calls import (
     CallTracker,
+    FailedCall,
     FallbackCall,
     TrackedStream,
     TrackedUnaryCall,
@@ -132,6 +134,7 @@ async def test_the_call_behind_a_fallback_answer_is_finished_in_every_role() -> 
     assert isinstance(call, FallbackCall)
     assert await call == b"cached"
     assert await call.read() is grpc.aio.EOF  # no stream to read: at its end at once
+    assert await call.debug_error_string() == ""  # no transport error to tell
     assert [message async for message in call] == []
     with pytest.raises(asyncio.InvalidStateError):
         await call.write(b"more")  # over: refused like grpc refuses a write to a finished call
@@ -352,13 +355,14 @@ async def test_a_raising_continuation_gives_the_permit_back(
 class _Refuser:
     """Below the breaker: refuses every call with an AioRpcError, as a proxy interceptor may."""
 
-    def __init__(self) -> None:
+    def __init__(self, details: str = "refused") -> None:
         self.refused = 0
+        self._details = details
 
     def _refuse(self) -> grpc.aio.AioRpcError:
         self.refused += 1
         metadata = grpc.aio.Metadata()
-        return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, metadata, metadata, "refused")
+        return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, metadata, metadata, self._details)
 
 
 class Refusing(_Refuser, grpc.aio.UnaryUnaryClientInterceptor):
@@ -400,6 +404,74 @@ async def test_an_rpc_error_raised_below_the_breaker_is_counted_and_reaches_the_
     assert counts(registry, UNARY) == (0, attempts, 0)
     assert counts(registry, SERVER_STREAM) == (0, attempts, 0)  # counted, permits given back
     assert (refusing.refused, refusing_streams.refused) == (attempts, attempts)  # none unguarded
+
+
+async def test_a_balancers_drop_below_counts_as_a_refusal_and_frees_the_slot(
+    server: BytesServer,
+) -> None:
+    # One slot: a permit kept by the first drop would refuse the second with RESOURCE_EXHAUSTED.
+    registry = BreakerRegistry(CLOSED_CONFIG.replace(max_concurrent_calls=1))
+    dropping = Refusing("circuit breaker drop")  # how grpc's xds_cluster_impl words it
+    interceptors = [*breaker_interceptors(registry), dropping]
+    async with grpc.aio.insecure_channel(server.target, interceptors=interceptors) as channel:
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await unary(channel)(b"hello")
+            assert raised.value.details() == "circuit breaker drop"
+    snapshot = registry.get(UNARY).snapshot()
+    assert (snapshot.failed, snapshot.ignored, snapshot.rejected) == (0, 2, 2)
+    assert dropping.refused == 2
+
+
+class _Untrackable(UnaryUnaryCallResponse):
+    """An answer from below in a call object that takes no done-callback (grpc's own raises)."""
+
+    def done(self) -> bool:
+        return False
+
+
+class AnsweringUntrackably(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        return _Untrackable(b"answered below")
+
+
+async def test_a_call_meshbreaker_cannot_track_goes_through_and_frees_its_slot(
+    server: BytesServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG.replace(max_concurrent_calls=1))
+    interceptors = [*breaker_interceptors(registry), AnsweringUntrackably()]
+    async with grpc.aio.insecure_channel(server.target, interceptors=interceptors) as channel:
+        for _ in range(2):  # a kept slot would make the second a RESOURCE_EXHAUSTED rejection
+            assert await unary(channel)(b"hello") == b"answered below"
+    assert counts(registry, UNARY) == (0, 0, 2)
+    assert f"meshbreaker: tracking {UNARY} failed" in caplog.text
+
+
+async def test_a_unary_call_raising_below_frees_its_permit_before_the_await_returns() -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG)
+    error = LookupError("raised below the breaker")
+    tracked = TrackedUnaryCall(FailedCall(error), unwatched(registry, UNARY))
+    with pytest.raises(LookupError) as raised:
+        await tracked
+    assert raised.value is error
+    assert counts(registry, UNARY) == (0, 0, 1)  # ignored: no status to count
+
+
+async def test_a_status_not_readable_at_the_done_callback_is_counted_once_it_comes(
+    plain: grpc.aio.Channel,
+) -> None:
+    # grpc runs done-callbacks once the status is in; should one come before it can be read
+    # without waiting, the tracker reads it later instead of dropping the outcome.
+    registry = BreakerRegistry(CLOSED_CONFIG)
+    tracker = unwatched(registry, UNARY)
+    call = unary(plain)(b"fail:INTERNAL")
+    tracker.on_done(call)  # still in flight: its code() would wait
+    assert counts(registry, UNARY) == (0, 0, 0)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await call
+    await wait_for(lambda: counts(registry, UNARY) == (0, 1, 0))
 
 
 async def test_waiting_for_the_connection_of_a_failed_call_raises_its_error(

@@ -13,7 +13,9 @@ import grpc
 import grpc.aio
 import pytest
 
+from meshbreaker._adapter.guard import Guard
 from meshbreaker.aio import GuardedChannel, breaker_interceptors, guarded_channel
+from meshbreaker.aio.guarded import GuardedUnaryUnary
 from meshbreaker.config import State
 from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.registry import BreakerRegistry
@@ -191,3 +193,21 @@ async def test_a_call_refused_below_ends_with_its_refusal(
         assert await asyncio.wait_for(call.details(), 30) == "refused"
     snapshot = registry.get(method).snapshot()
     assert (snapshot.failed, snapshot.successful, snapshot.ignored) == (1, 0, 0)
+
+
+class Interrupted(BaseException):
+    """Stands for a KeyboardInterrupt or SystemExit raised while the call is being made."""
+
+
+async def test_a_base_exception_making_the_call_reaches_the_caller_and_frees_the_slot() -> None:
+    registry = BreakerRegistry(PATIENT.replace(max_concurrent_calls=1))
+
+    def interrupted(request: Any, **options: Any) -> Any:  # the channel's multi-callable
+        raise Interrupted()
+
+    unary = GuardedUnaryUnary(interrupted, UNARY, Guard(registry))
+    for _ in range(2):  # a kept slot would make the second a RESOURCE_EXHAUSTED rejection
+        with pytest.raises(Interrupted):
+            unary(b"hello")
+    snapshot = registry.get(UNARY).snapshot()
+    assert (snapshot.ignored, snapshot.rejected) == (2, 0)

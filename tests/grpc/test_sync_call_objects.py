@@ -11,10 +11,12 @@ from typing import Any, cast
 import grpc
 import pytest
 
+from meshbreaker._adapter.guard import Guard
 from meshbreaker.config import State
 from meshbreaker.grpc import BreakerInterceptor
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.retry import RetryPolicy
+from tests.grpc.broken_registries import UnclassifiableBreaker
 from tests.grpc.bytes_server import BIDI, CONFIG, SERVER_STREAM, UNARY, BytesServer
 from tests.server_support import wait_until
 
@@ -177,6 +179,20 @@ def test_a_dropped_stream_frees_its_permit_at_once(
     del stream  # the last reference: grpc cancels the call; no garbage collection needed
     assert counts(registry, SERVER_STREAM) == (0, 0, 1)
     assert list(server_stream(channel)(b"n:1")) == [b"m0"]  # the slot is free
+
+
+def test_an_outcome_a_finalizer_cannot_record_still_frees_the_permit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A dropped stream that had ended is recorded from its finalizer (quiet=True); if that
+    # fails, the permit is given back all the same, and nothing is formatted at the GC's pace.
+    registry = BreakerRegistry(CLOSED_CONFIG.replace(max_concurrent_calls=1))
+    permit = registry.get(UNARY).acquire()
+    unclassifiable: Any = UnclassifiableBreaker()  # reading its config raises
+    Guard(registry).record(permit, unclassifiable, grpc.StatusCode.INTERNAL, quiet=True)
+    assert permit.done
+    assert counts(registry, UNARY) == (0, 0, 1)
+    assert not [record for record in caplog.records if record.exc_info]
 
 
 def test_cancelling_a_stream_frees_its_permit_at_once(

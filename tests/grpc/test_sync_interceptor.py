@@ -527,6 +527,8 @@ def test_defaults_and_bad_arguments() -> None:
             BreakerInterceptor(fallbacks={never_called: lambda r, e: r})
     with pytest.raises(ConfigError, match="fallbacks"):
         BreakerInterceptor(fallbacks={UNARY: "not callable"})  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match="fallbacks: must be a mapping"):
+        BreakerInterceptor(fallbacks=[(UNARY, lambda r, e: r)])  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="failure_codes"):
         BreakerInterceptor(failure_codes=["NOPE"])
     with pytest.raises(ConfigError, match="failure_codes"):
