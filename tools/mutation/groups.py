@@ -227,6 +227,7 @@ GROUPS = (
             "meshbreaker/control/xds/bootstrap.py",
             "meshbreaker/control/xds/mapping.py",
             "meshbreaker/control/xds/model.py",
+            "meshbreaker/control/xds/registration.py",
             "meshbreaker/control/xds/resources.py",
             "meshbreaker/control/xds/server.py",
             # Policies as gRPC service config: the same mapping as xDS's, tested beside it.
