@@ -114,7 +114,9 @@ def optional_count(text: str) -> int | None:
 
 
 def status_codes(text: str) -> frozenset[str]:
-    """Comma-separated gRPC status code names, upper-cased."""
+    """Comma-separated gRPC status code names, upper-cased; "none" for no code at all."""
+    if text.strip().lower() == "none":
+        return frozenset()
     codes = frozenset(part.strip().upper() for part in text.split(",") if part.strip())
     unknown = sorted(codes - GRPC_CODE_NAMES)
     if unknown:

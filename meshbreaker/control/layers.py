@@ -189,7 +189,7 @@ def describe_value(value: Any) -> str:
     if value is None:
         return "off"
     if isinstance(value, frozenset):
-        return ",".join(sorted(value))
+        return ",".join(sorted(value)) or "none"  # "" would read as a field not given
     if hasattr(value, "value"):
         return str(value.value)
     return str(value)

@@ -23,11 +23,13 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect
 
 from meshbreaker import BreakerConfig, BreakerRegistry, State
+from meshbreaker.cli.policy_json import READ_ONLY_KEYS, policy_document
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.control.convert import config_to_proto
 from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+from tests.config_examples import every_field_policy
 from tests.control.conftest import bearer
 from tests.server_support import ServerThread, wait_until
 
@@ -373,6 +375,45 @@ def test_a_policy_is_edited_and_deleted_from_the_page(admin_page: Watched, mesh:
     expect(form.locator("output")).to_contain_text("deleted tight", timeout=DEADLINE_MS)
     expect(page.locator('#policies tr[data-policy="tight"]')).to_have_count(0, timeout=DEADLINE_MS)
     assert wait_until(lambda: mesh.registry.resolve(mesh.method).failure_rate_threshold == 0.5)
+
+
+def test_editing_one_field_of_a_policy_keeps_every_other_field(
+    admin_page: Watched, mesh: Mesh
+) -> None:
+    """Config, canary and its config, outlier detection, description, override: all set, one
+    field edited in the form, the rest back on the server as they were."""
+    page = admin_page.page
+    # A gRPC service of its own: the override and the fleet settings touch no other test's breaker.
+    selector = pb.Selector(caller="transaction", service="bank.v1.FormService")
+    stored = every_field_policy("everything", selector)
+    _put(mesh.server, stored)
+    (before,) = [policy for policy in _policies(mesh.server) if policy.id == "everything"]
+    page.locator('#policies tr[data-policy="everything"] button').click(timeout=DEADLINE_MS)
+    form = page.locator("#policy-form")
+    expect(form.locator('input[name="service"]')).to_have_value(selector.service)
+    for path in ("canary.config.retry", "outlier_detection.interval", "config.failure_codes"):
+        expect(form.locator(f'input[name="{path}"]')).not_to_have_value("")
+    threshold = form.locator('input[name="config.failure_rate_threshold"]')
+    expect(threshold).to_have_value("0.25")
+    threshold.fill("0.75")
+    form.locator('button[type="submit"]').click()
+    expect(form.locator("output")).to_contain_text(
+        "put everything at revision", timeout=DEADLINE_MS
+    )
+    (after,) = [policy for policy in _policies(mesh.server) if policy.id == "everything"]
+    expected = pb.Policy()
+    expected.CopyFrom(before)
+    expected.config.failure_rate_threshold = 0.75
+    for name in READ_ONLY_KEYS:
+        expected.ClearField(name)  # type: ignore[arg-type]  # Policy field names
+        after.ClearField(name)  # type: ignore[arg-type]
+    assert policy_document(after) == policy_document(expected)  # a readable difference first
+    assert after == expected
+    with grpc.insecure_channel(mesh.server.target) as channel:
+        pb_grpc.ControlPlaneStub(channel).DeletePolicy(
+            pb.DeletePolicyRequest(id="everything"), metadata=bearer(ADMIN), timeout=30
+        )
+    assert admin_page.errors == []
 
 
 # ---------------------------------------------------------------------------------------------

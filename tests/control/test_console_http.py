@@ -166,7 +166,12 @@ def test_writes_from_the_console_are_the_grpc_apis_writes(
     assert forced_policy.selector.caller == "gateway"
     # The page gets back what `policy list --json` prints, and the form's spelling of each field.
     entries = {item["document"]["id"]: item for item in listed["policies"]}
-    assert entries["balance"]["form"] == {"failure_rate_threshold": "0.25", "open_duration": "30.0"}
+    assert entries["balance"]["form"] == {
+        "description": "<b>tight</b>",
+        "config.failure_rate_threshold": "0.25",
+        "config.open_duration": "30.0",
+    }
+    assert entries["balance"]["sections"] == ["config"]
     assert entries["balance"]["document"]["selector"] == {"method": METHOD}
     with _client(url, ADMIN) as client:
         deleted = client.post("/api/policies/delete", json={"id": "balance"})

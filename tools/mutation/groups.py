@@ -48,7 +48,7 @@ FLEET_TESTS = (
 )
 CONSOLE_TESTS = (
     "tests/control/test_console_history.py tests/control/test_console_http.py "
-    "tests/control/test_console_browser.py"
+    "tests/control/test_console_form.py tests/control/test_console_browser.py"
 )
 XDS_TESTS = "tests/xds tests/control/test_proto_fresh.py"
 # Modules with mutation candidates that no group samples, each with the reason.
@@ -210,6 +210,7 @@ GROUPS = (
             "meshbreaker/control/console/api.py",
             "meshbreaker/control/console/bridge.py",
             "meshbreaker/control/console/feed.py",
+            "meshbreaker/control/console/form.py",
             "meshbreaker/control/console/history.py",
             "meshbreaker/control/console/http.py",
             "meshbreaker/control/console/server.py",

@@ -21,7 +21,7 @@ from meshbreaker.cli.policy_json import policy_document, policy_message
 from meshbreaker.config import SCHEMA, BreakerConfig
 from meshbreaker.control import convert
 from meshbreaker.control.auth import Role, TokenAuthenticator
-from meshbreaker.control.console import views
+from meshbreaker.control.console import form, views
 from meshbreaker.control.console.bridge import HttpCallContext, authorize, call
 from meshbreaker.control.console.history import CallHistory
 from meshbreaker.control.layers import PROCESS_DEFAULT, describe_value, explain
@@ -90,18 +90,9 @@ class ConsoleApi:
         }
 
     async def schema(self, context: HttpCallContext) -> dict[str, Any]:
-        """The BreakerConfig fields as the policy form (and the CLI's flags) spell them."""
+        """The policy form's sections and inputs (`form.schema`), as a read of policies."""
         authorize(self._authenticator, "ListPolicies", context)
-        fields = [
-            {
-                "name": name,
-                "kind": field.kind,
-                "metavar": arg_types.KIND_METAVARS[field.kind],
-                "help": field.help,
-            }
-            for name, field in SCHEMA.items()
-        ]
-        return {"fields": fields}
+        return form.schema()
 
     async def mesh(self, context: HttpCallContext) -> MeshRead:
         """Every breaker with each instance's view, every live instance, the call history."""
@@ -221,8 +212,8 @@ class ConsoleApi:
 def _keep_override(policy: pb.Policy, stored: Iterable[pb.Policy]) -> None:
     """Give `policy` the override (with its expiry and reason) of the stored one, if any.
 
-    The form edits a policy's selector, description and config; its override belongs to
-    ForceState, so a put from the page must not lift it, nor make an expiring one permanent.
+    The form edits everything else of a policy; its override belongs to ForceState, so a put
+    from the page must not lift it, nor make an expiring one permanent.
     """
     for existing in stored:
         if existing.id != policy.id:
@@ -233,23 +224,18 @@ def _keep_override(policy: pb.Policy, stored: Iterable[pb.Policy]) -> None:
                 f"id: {policy.id!r} holds a fleet decision, which the control plane's decider"
                 " owns; it goes when the decision ends",
             )
-        policy.override = existing.override
-        policy.override_reason = existing.override_reason
-        if existing.HasField("override_expires_at"):
-            policy.override_expires_at.CopyFrom(existing.override_expires_at)
+        form.keep_owned(policy, existing)
         return
 
 
 def _policy_entry(policy: pb.Policy) -> dict[str, Any]:
-    """A policy file entry, its config fields as the form (and the CLI flags) spell them, and
-    its override as the page shows it."""
-    form: dict[str, str] = {}
-    if policy.HasField("config"):
-        for name, value in convert.layer_from_proto(policy.config).items():
-            form[name] = describe_value(value)
+    """A policy file entry; the text of each form input it sets, by path, and the form sections
+    it holds (`form.values`); and its override as the page shows it."""
+    texts, sections = form.values(policy)
     return {
         "document": policy_document(policy),
-        "form": form,
+        "form": texts,
+        "sections": sections,
         "override": views.override(policy),
     }
 

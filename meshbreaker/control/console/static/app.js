@@ -126,7 +126,13 @@ async function loadPolicies() {
 
 function policyRow(entry) {
   const stored = entry.document;
-  const config = Object.entries(entry.form).map(([name, text]) => `${name}=${text}`).join(" ");
+  // Every input the policy sets (a config field by its name), and each section it holds empty.
+  const words = Object.entries(entry.form)
+    .filter(([path]) => path !== "description")
+    .map(([path, text]) => `${path.replace(/^config\./, "")}=${text}`);
+  for (const path of entry.sections) {
+    if (!Object.keys(entry.form).some((key) => key.startsWith(`${path}.`))) words.push(`${path}={}`);
+  }
   const edit = el("button", {type: "button", text: "edit"});
   edit.addEventListener("click", () => policyForm.edit(entry));
   return el("tr", {data: {policy: stored.id}},
@@ -134,7 +140,7 @@ function policyRow(entry) {
     el("td", {text: stored.selector.caller || "*"}),
     el("td", {text: stored.selector.service || "*"}),
     el("td", {text: stored.selector.method || "*"}),
-    el("td", {cls: "config", text: stored.config === null ? "(override only)" : config}),
+    el("td", {cls: "config", text: words.length ? words.join(" ") : "(override only)"}),
     el("td", {text: entry.override ? overrideText(entry.override) : ""}),
     el("td", {text: stored.description || ""}),
     el("td", {cls: "num", text: stored.revision}),
@@ -144,7 +150,7 @@ function policyRow(entry) {
 async function begin() {
   try {
     const schema = await get("/api/schema");
-    policyForm.setSchema(schema, $("config-fields"));
+    policyForm.setSchema(schema, $("policy-fields"));
   } catch (error) {
     if (error instanceof Refusal && (error.status === 401 || error.status === 403)) {
       askForToken(error.message);

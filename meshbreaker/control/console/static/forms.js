@@ -66,22 +66,45 @@ export class PolicyForm {
     this.revisionLabel = revisionLabel;
     this.revision = null;
     this.onChange = onChange;
-    this.fields = [];
+    this.sections = [];
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       this.put();
     });
     form.addEventListener("reset", () => show(form, true, ""));
+    // Typing in a section's input puts that section (and the ones it sits in) in the policy.
+    form.addEventListener("input", (event) => {
+      const section = event.target.dataset && event.target.dataset.section;
+      if (section) this.include(section);
+    });
     deleteButton.addEventListener("click", () => this.remove());
   }
 
-  // One text input per BreakerConfig field, spelled as its command-line flag reads it.
+  // The server's sections of a policy (/api/schema): the policy's own inputs, then one box per
+  // message it may hold (config, outlier_detection, canary, canary.config...), each input
+  // spelled as the policy file (and, for a BreakerConfig, its command-line flag) reads it.
   setSchema(schema, container) {
-    this.fields = schema.fields;
-    container.replaceChildren(...schema.fields.map((field) =>
-      el("label", {title: field.help},
-        el("span", {text: field.name}),
-        inputFor(field))));
+    this.sections = schema.sections;
+    container.replaceChildren(...schema.sections.map((section) => {
+      const inputs = section.fields.map((field) =>
+        el("label", {title: field.help, cls: section.path ? "" : "wide"},
+          el("span", {text: section.path ? field.name : field.path}),
+          inputFor(field, section.path)));
+      if (!section.path) return el("div", {cls: "row"}, ...inputs);
+      const box = el("input", {type: "checkbox"});
+      box.name = sectionBox(section.path);
+      return el("fieldset", {cls: "section", data: {section: section.path}},
+        el("legend", {}, el("label", {cls: "check", title: "unticked: the policy holds no " + section.path},
+          box, el("span", {text: section.path}))),
+        el("div", {cls: "config-fields"}, ...inputs));
+    }));
+  }
+
+  include(path) {
+    for (let at = path; at; at = parent(at)) {
+      const box = this.form.elements.namedItem(sectionBox(at));
+      if (box) box.checked = true;
+    }
   }
 
   setRevision(revision) {
@@ -89,6 +112,7 @@ export class PolicyForm {
     this.revisionLabel.textContent = String(revision);
   }
 
+  // The form filled from a stored policy: every input it sets, every section it holds.
   edit(entry) {
     const form = this.form;
     const stored = entry.document;
@@ -97,27 +121,33 @@ export class PolicyForm {
     for (const key of ["caller", "service", "method"]) {
       form.elements.namedItem(key).value = stored.selector[key] || "";
     }
-    form.elements.namedItem("description").value = stored.description || "";
-    for (const [name, text] of Object.entries(entry.form)) {
-      const input = form.elements.namedItem(`config.${name}`);
-      if (input) input.value = text;
+    for (const section of this.sections) {
+      if (section.path) form.elements.namedItem(sectionBox(section.path)).checked = entry.sections.includes(section.path);
+      for (const field of section.fields) {
+        form.elements.namedItem(field.path).value = entry.form[field.path] ?? "";
+      }
     }
     form.scrollIntoView({block: "nearest"});
   }
 
+  // A policy file entry: a section not ticked (or inside one not ticked) is sent as null, an
+  // empty input as not given.
   policy() {
     const form = this.form;
-    const config = {};
-    for (const field of this.fields) {
-      const text = value(form, `config.${field.name}`);
-      if (text !== "") config[field.name] = text;
-    }
     const policy = {
       id: value(form, "id"),
       selector: {caller: value(form, "caller"), service: value(form, "service"), method: value(form, "method")},
-      description: value(form, "description"),
-      config: Object.keys(config).length ? config : null,
     };
+    const held = (path) => !path || (form.elements.namedItem(sectionBox(path)).checked && held(parent(path)));
+    for (const section of this.sections) {
+      if (!held(parent(section.path))) continue;
+      if (section.path) setAt(policy, section.path, held(section.path) ? {} : null);
+      if (!held(section.path)) continue;
+      for (const field of section.fields) {
+        const text = value(form, field.path);
+        if (text !== "") setAt(policy, field.path, text);
+      }
+    }
     return policy;
   }
 
@@ -145,9 +175,25 @@ export class PolicyForm {
   }
 }
 
-function inputFor(field) {
-  const input = el("input");
-  input.name = `config.${field.name}`;
+function sectionBox(path) {
+  return `section:${path}`;
+}
+
+// "canary" of "canary.config"; "" of "config".
+function parent(path) {
+  return path.includes(".") ? path.slice(0, path.lastIndexOf(".")) : "";
+}
+
+function setAt(target, path, item) {
+  const names = path.split(".");
+  let node = target;
+  for (const name of names.slice(0, -1)) node = node[name];
+  node[names[names.length - 1]] = item;
+}
+
+function inputFor(field, section) {
+  const input = el("input", {data: section ? {section} : {}});
+  input.name = field.path;
   input.placeholder = field.metavar;
   input.autocomplete = "off";
   return input;
