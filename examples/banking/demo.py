@@ -38,10 +38,14 @@ from examples.banking.phases import (
     phases_for,
 )
 from examples.banking.report import print_summary, short_method
+from examples.banking.screenshot import TIMEOUT as SCREENSHOT_TIMEOUT
 from examples.banking.screenshot import capture
 from meshbreaker.config import State
 
 EXERCISED = "every phase exercised what it is meant to"
+# How much longer than its longest an outage goes on for its picture, waiting for the control
+# plane to report its breaker open (seconds on an idle machine; a loaded one lags).
+PICTURE_WAIT = 120.0
 
 
 @dataclass(frozen=True)
@@ -285,20 +289,34 @@ class Demo:
             for name, value in levels.items():
                 phase.peaks[name] = max(phase.peaks[name], value)
             done = until is None or elapsed >= longest or until()
-            # The picture is of the fault: its phase goes on until Chromium has taken it.
-            if elapsed >= seconds and done and not self.taking_screenshot():
-                return
+            # The picture is of the fault: its phase goes on until Chromium has taken it (the
+            # breaker opens at once, the control plane hears of it with the next report).
+            owed = self.owes_screenshot(phase) and elapsed < longest + PICTURE_WAIT
+            if elapsed >= seconds and done and not owed and not self.taking_screenshot():
+                break
             if time.monotonic() >= next_view:
                 self.view(phase)
                 next_view += self.settings.view_interval
             self.shoot_console(phase)
             time.sleep(0.2)
+        if self.owes_screenshot(phase):
+            self.say(
+                f"{self.clock()} no screenshot: the control plane never reported a"
+                " NotificationService breaker open during the outage"
+            )
+            self.screenshot = None
+
+    def owes_screenshot(self, phase: PhaseResult) -> bool:
+        """A picture of this phase is asked for and not taken yet."""
+        return (
+            self.screenshot is not None
+            and self._shooting is None
+            and phase.phase.slug == "notification-outage"
+        )
 
     def shoot_console(self, phase: PhaseResult) -> None:
         """During the notification outage, once its breaker is open: a picture of the console."""
-        if self.screenshot is None or self._shooting is not None:
-            return
-        if phase.phase.slug != "notification-outage":
+        if not self.owes_screenshot(phase):
             return
         # Its own breaker: one still open from the phase before would picture that fault instead.
         if not any(
@@ -308,6 +326,7 @@ class Demo:
         ):
             return
         path, link = self.screenshot, self.mesh.console_link()
+        assert path is not None
 
         def shoot() -> None:
             self.say(f"{self.clock()} {capture(link, path)}")
@@ -317,7 +336,7 @@ class Demo:
         self._shooting.start()
 
     def taking_screenshot(self) -> bool:
-        """Chromium is taking the console's picture now (it gives up after 60 s)."""
+        """Chromium is taking the console's picture now (it gives up after SCREENSHOT_TIMEOUT)."""
         return self._shooting is not None and self._shooting.is_alive()
 
     def linger(self, seconds: float) -> None:
@@ -552,7 +571,7 @@ class Demo:
     def close(self) -> None:
         """Stop the clients and every child process."""
         if self._shooting is not None:
-            self._shooting.join(timeout=70)  # Chromium's own limit is 60 s
+            self._shooting.join(timeout=SCREENSHOT_TIMEOUT + 10)  # Chromium's own limit
         for client in self._clients:
             client.stop()
         self._clients = []

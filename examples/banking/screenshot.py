@@ -19,6 +19,8 @@ FLAGS = (
     "--no-first-run",
     "--hide-scrollbars",
 )
+# Chromium's start and the page's first feed take seconds; on a machine shared by many, minutes.
+TIMEOUT = 120.0
 
 
 def capture(link: str, path: Path, *, width: int = 1400, height: int = 1000) -> str:
@@ -38,9 +40,9 @@ def capture(link: str, path: Path, *, width: int = 1400, height: int = 1000) -> 
             link,
         ]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
         except subprocess.TimeoutExpired:
-            return "no screenshot: Chromium did not finish within 60 s"
+            return f"no screenshot: Chromium did not finish within {TIMEOUT:.0f} s"
     if done.returncode != 0 or not path.exists():
         return f"no screenshot: Chromium exited with {done.returncode}"
     return f"console screenshot saved to {path}"
