@@ -1,4 +1,4 @@
-"""Bad input -> INVALID_ARGUMENT naming the field, nothing stored; convert.py round trips."""
+"""Bad input -> INVALID_ARGUMENT naming the field, nothing stored; convert round trips."""
 
 from __future__ import annotations
 
@@ -422,7 +422,7 @@ async def test_bad_requests_name_the_field(
     assert not (await stub.ListBreakers(pb.ListBreakersRequest())).instances
 
 
-# -- convert.py ---------------------------------------------------------------------------------
+# -- convert ------------------------------------------------------------------------------------
 
 
 def test_config_round_trip() -> None:
