@@ -226,9 +226,8 @@ class Mesh:
         console_port_file = self.run_dir / "control-plane.console-port"
         if self.xds:
             # gRPC's xDS client presents no bearer token (mutual TLS only, which the demo does
-            # not set up): with --xds the control plane, on loopback, takes no tokens.
-            tokens = {}
-            store.append("--xds")
+            # not set up): the ADS stream alone takes none; every other RPC keeps its token.
+            store += ["--xds", "--xds-allow-anonymous"]
         names = self.control_planes
         for index, name in enumerate(names):
             served = ["--metrics-port-file", str(metrics_port_file)] if index == 0 else []
@@ -248,6 +247,12 @@ class Mesh:
         policies = policy_messages(self.email_url or None, xds=self.xds)
         put = self.admin("PutPolicy", pb.PutPolicyRequest(policies=policies))
         self.revision = put.revision
+        if self.xds:
+            # The cluster the account servers register themselves in: no endpoints of its own.
+            cluster = xds_pb2.XdsCluster(name=ACCOUNTS_CLUSTER, services=["bank.v1.AccountService"])
+            stub = xds_pb2_grpc.XdsAdminStub(self._channel(target))
+            admin = (("authorization", f"Bearer {self.admin_token}"),)
+            stub.PutCluster(xds_pb2.PutClusterRequest(cluster=cluster), timeout=30, metadata=admin)
         replicas = f"{len(names)} replicas on etcd: {ports}" if len(names) > 1 else target
         self.say(
             f"control plane {replicas}: {len(put.policies)} policies put "
@@ -304,10 +309,12 @@ class Mesh:
     def start_services(self) -> None:
         """The four banking services, each its own process with its own MeshAgent."""
         seed = self.seed
-        account = (
+        account: tuple[str, ...] = (
             *("--accounts", str(seed.accounts), "--initial-balance", str(seed.balance_cents)),
             *("--hot-accounts", str(seed.hot), "--hot-balance", str(seed.hot_cents)),
         )
+        if self.xds:  # each account server puts itself into the cluster the gateway dials
+            account = (*account, "--xds-cluster", ACCOUNTS_CLUSTER)
         self._spawn("account", "examples.banking.services.account", *account)
         if self.xds:
             self._spawn(
@@ -337,25 +344,25 @@ class Mesh:
             self.start_xds()
 
     def start_xds(self) -> None:
-        """Both account replicas as xDS cluster `accounts`; the gateway's bootstrap file."""
+        """The gateway's bootstrap file, once both account replicas registered themselves."""
         from meshbreaker.control.xds.bootstrap import bootstrap
 
-        endpoints = [
-            xds_pb2.XdsEndpoint(host="127.0.0.1", port=int(self.targets[name].rsplit(":", 1)[1]))
-            for name in ("account", ACCOUNT_REPLICA)
-        ]
-        cluster = xds_pb2.XdsCluster(
-            name=ACCOUNTS_CLUSTER, endpoints=endpoints, services=["bank.v1.AccountService"]
-        )
+        # Each account server registered itself before it announced its port.
         stub = xds_pb2_grpc.XdsAdminStub(self._channel(self.targets["control-plane"]))
-        admin = (("authorization", f"Bearer {self.admin_token}"),)
-        stub.PutCluster(xds_pb2.PutClusterRequest(cluster=cluster), timeout=5, metadata=admin)
+        agent = (("authorization", f"Bearer {self.agent_token}"),)
+        listed = stub.ListClusters(xds_pb2.ListClustersRequest(), timeout=30, metadata=agent)
+        (cluster,) = [c for c in listed.clusters if c.name == ACCOUNTS_CLUSTER]
+        registered = sorted(f"{e.host}:{e.port}" for e in cluster.registered_endpoints)
+        expected = sorted(self.targets[name] for name in ("account", ACCOUNT_REPLICA))
+        if registered != expected:
+            raise RuntimeError(f"xDS cluster {ACCOUNTS_CLUSTER} holds {registered}, not {expected}")
         document = bootstrap(self.targets["control-plane"], "gateway-1", caller="gateway")
         self.xds_bootstrap = self.run_dir / "gateway.xds-bootstrap.json"
         self.xds_bootstrap.write_text(json.dumps(document, indent=1))
         self.say(
-            f"xDS: cluster {ACCOUNTS_CLUSTER} = account and {ACCOUNT_REPLICA} (one ledger); the "
-            f"gateway reaches it as xds:///{ACCOUNTS_CLUSTER} through gRPC's own xDS client"
+            f"xDS: account and {ACCOUNT_REPLICA} (one ledger) registered themselves in cluster "
+            f"{ACCOUNTS_CLUSTER}; the gateway reaches it as xds:///{ACCOUNTS_CLUSTER} through "
+            "gRPC's own xDS client, which reads it without a token (--xds-allow-anonymous)"
         )
 
     def _gateway_args(self) -> tuple[tuple[str, ...], tuple[str, ...]]:

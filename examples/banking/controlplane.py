@@ -41,6 +41,11 @@ def main() -> None:
         help="serve the web console on a free port; write it here before --port-file",
     )
     parser.add_argument("--xds", action="store_true", help="also serve xDS (ADS) on the port")
+    parser.add_argument(
+        "--xds-allow-anonymous",
+        action="store_true",
+        help="let ADS streams without a token in (gRPC's xDS client sends none)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s control-plane %(message)s")
     threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
@@ -70,6 +75,7 @@ def main() -> None:
         metrics_port=0 if args.metrics_port_file else None,
         console_port=0 if args.console_port_file else None,
         xds=args.xds,
+        xds_allow_anonymous=args.xds_allow_anonymous,
     )
 
 

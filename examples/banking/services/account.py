@@ -218,8 +218,13 @@ def main() -> None:
     parser.add_argument("--initial-balance", type=int, default=1_000_000, help="cents per account")
     parser.add_argument("--hot-accounts", type=int, default=0, help="small accounts to fight over")
     parser.add_argument("--hot-balance", type=int, default=10_000, help="cents per hot account")
+    parser.add_argument(
+        "--xds-cluster",
+        metavar="NAME",
+        help="register this server in xDS cluster NAME while it runs (needs --control-plane)",
+    )
     args = parser.parse_args()
-    from examples.banking.services.mesh import agent_starter
+    from examples.banking.services.mesh import agent_starter, endpoint_registrar
 
     registry = BreakerRegistry()
     run_process(
@@ -235,6 +240,7 @@ def main() -> None:
             registry,
         ),
         agent_starter(args, "account", registry),
+        endpoint_registrar(args, args.xds_cluster),
     )
 
 

@@ -245,8 +245,13 @@ def run_process(
     args: argparse.Namespace,
     register: Callable[[grpc.Server, Chaos], list[Callable[[], None]]],
     start_agent: Callable[[], Callable[[], None] | None] | None = None,
+    register_endpoint: Callable[[int], Callable[[], None]] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT: print and write the port, run the agent, stop gracefully."""
+    """Serve until SIGTERM/SIGINT: print and write the port, run the agent, stop gracefully.
+
+    `register_endpoint(port)` puts the server into an xDS cluster before its port is announced
+    and returns what takes it out again, first thing on the way down.
+    """
     logging.basicConfig(
         level=logging.WARNING, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"
     )
@@ -255,9 +260,14 @@ def run_process(
         signal.signal(signum, lambda *_: stop.set())
     threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
     running = start_server(name, register, port=args.port)
+    stop_agent = deregister = None
     try:
         stop_agent = start_agent() if start_agent is not None else None
+        if register_endpoint is not None:
+            deregister = register_endpoint(running.port)
     except BaseException:
+        if stop_agent is not None:
+            stop_agent()
         running.stop(0)  # or the server's threads keep a process that cannot serve alive
         raise
     if args.port_file:
@@ -267,6 +277,8 @@ def run_process(
         while not stop.wait(0.2):
             pass
     finally:
+        if deregister is not None:
+            deregister()  # out of EDS before the server stops answering
         if stop_agent is not None:
             stop_agent()
         running.stop(0.5)

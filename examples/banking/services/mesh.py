@@ -20,6 +20,11 @@ RECONNECT = (
 )
 
 
+# An account server SIGKILLed leaves xDS this long after its last renewal (it comes back on the
+# same port sooner, and renews its own registration then).
+REGISTRATION_TTL = 5.0
+
+
 class SentAttempts(grpc.UnaryUnaryClientInterceptor):
     """Counts, per thread, the unary attempts handed to the network below the breaker.
 
@@ -59,6 +64,30 @@ def guarded_channel(
 
     # Interceptors run in the order given: the breaker first, the counter next to the network.
     return grpc.intercept_channel(channel, BreakerInterceptor(registry), *inner)
+
+
+def endpoint_registrar(
+    args: argparse.Namespace, cluster: str | None
+) -> Callable[[int], Callable[[], None]] | None:
+    """A callable that keeps this server's 127.0.0.1:PORT in xDS cluster `cluster`, if asked for.
+
+    The server registers itself through the control plane (any replica) with the agent token
+    and renews every few seconds; it returns the registration's stop, which deregisters.
+    """
+    if not cluster or not args.control_plane:
+        return None
+    # Several replicas (all on loopback here): gRPC's ipv4: resolver fails over between them.
+    target = args.control_plane if "," not in args.control_plane else f"ipv4:{args.control_plane}"
+
+    def start(port: int) -> Callable[[], None]:
+        from meshbreaker.control.xds.registration import EndpointRegistration
+
+        registration = EndpointRegistration(
+            target, cluster, f"127.0.0.1:{port}", token=args.token, ttl=REGISTRATION_TTL
+        )
+        return registration.start().stop
+
+    return start
 
 
 def agent_starter(

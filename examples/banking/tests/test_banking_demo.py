@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+import grpc
 import httpx
 import pytest
 from playwright.sync_api import Browser, expect
@@ -21,6 +22,7 @@ from examples.banking import invariants
 from examples.banking.demo import EXERCISED
 from examples.banking.fleet import FLEET_CHECK, per_period, probes_per_period
 from examples.banking.phases import phases_for
+from meshbreaker.v1 import xds_pb2, xds_pb2_grpc
 from tests.scrape_support import Scrape
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -78,6 +80,18 @@ def _status(target: str, token: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _xds_cluster(target: str, token: str, name: str) -> xds_pb2.XdsCluster:
+    """The named xDS cluster, as the control plane lists it to an agent."""
+    with grpc.insecure_channel(target) as channel:
+        listed = xds_pb2_grpc.XdsAdminStub(channel).ListClusters(
+            xds_pb2.ListClustersRequest(),
+            timeout=60,
+            metadata=(("authorization", f"Bearer {token}"),),
+        )
+    (cluster,) = [c for c in listed.clusters if c.name == name]
+    return cluster
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -110,6 +124,7 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
             assert time.monotonic() < deadline, status.stdout + status.stderr
             time.sleep(0.2)
         metrics = Scrape(info["metrics_url"])
+        accounts = _xds_cluster(info["control_plane"], info["agent_token"], "accounts")
         console = httpx.get(
             info["console_url"] + "api/session",
             headers={"Authorization": f"Bearer {info['agent_token']}"},
@@ -165,10 +180,12 @@ def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
     assert all("breaker" not in reason for reason in hang["without breakers"]["refusals"])
     assert any("breaker open" in reason for reason in hang["with breakers"]["refusals"])
     assert "=== all invariants hold" in output
-    # The web console of the same control plane, its address printed with the read-only token.
-    # (With --xds the demo's control plane, on loopback, takes no tokens: gRPC's xDS client sends
-    # none. The page is open, and says so.)
-    assert console.json()["role"] == "open"
+    # The web console of the same control plane, its address printed with the read-only token:
+    # tokens stay on with --xds (only the ADS stream takes none, --xds-allow-anonymous).
+    assert console.json()["role"] == "agent"
+    # The account servers registered themselves in the xDS cluster the gateway dials.
+    assert len(accounts.registered_endpoints) == 2 and not accounts.endpoints
+    assert "registered themselves in cluster accounts" in output
     assert f"web console, live: {info['console_url']}#token={info['agent_token']}" in output
     assert "SIGKILL transaction" in output and "SIGKILL gateway" in output
     assert all(not _alive(pid) for pid in info["children"].values())
