@@ -254,6 +254,10 @@ def test_replicas_share_the_cluster_registry(open_store: OpenStore) -> None:
     assert two.xds_clusters()[0] == 2
 
 
+# Long enough that nothing runs out during a test, however loaded the machine.
+TTL = 60
+
+
 def endpoint(port: int, weight: int = 0) -> xds_pb2.XdsEndpoint:
     return xds_pb2.XdsEndpoint(host="127.0.0.1", port=port, weight=weight)
 
@@ -265,17 +269,17 @@ def registered(store: PolicyStore, name: str = "a") -> list[tuple[int, int]]:
 
 def test_servers_register_renew_and_deregister_their_endpoints(store: PolicyStore) -> None:
     with pytest.raises(ClusterNotFoundError):
-        store.register_xds_endpoint("a", endpoint(6000), 10, max_endpoints=10)
+        store.register_xds_endpoint("a", endpoint(6000), TTL, max_endpoints=10)
     store.put_xds_cluster(xds_cluster("a", 5000))
-    assert store.register_xds_endpoint("a", endpoint(6001), 10, max_endpoints=10) == (True, 2)
-    assert store.register_xds_endpoint("a", endpoint(6000), 10, max_endpoints=10) == (True, 3)
+    assert store.register_xds_endpoint("a", endpoint(6001), TTL, max_endpoints=10) == (True, 2)
+    assert store.register_xds_endpoint("a", endpoint(6000), TTL, max_endpoints=10) == (True, 3)
     # A renewal is no change; a new weight is.
-    assert store.register_xds_endpoint("a", endpoint(6000), 10, max_endpoints=10) == (False, 3)
-    assert store.register_xds_endpoint("a", endpoint(6000, 5), 10, max_endpoints=10) == (True, 4)
+    assert store.register_xds_endpoint("a", endpoint(6000), TTL, max_endpoints=10) == (False, 3)
+    assert store.register_xds_endpoint("a", endpoint(6000, 5), TTL, max_endpoints=10) == (True, 4)
     assert registered(store) == [(6000, 5), (6001, 0)]
     (cluster,) = store.xds_clusters()[1]
     assert [e.port for e in cluster.endpoints] == [5000]  # the listed ones stay apart
-    # Nothing ran out (SQLite's wall clock stands still here; etcd's leases last 10 s).
+    # Nothing ran out (SQLite's wall clock stands still here; etcd's leases last a minute).
     assert store.sweep_xds_endpoints() == 0
     assert store.deregister_xds_endpoint("a", "127.0.0.1", 6001) == 5
     assert store.deregister_xds_endpoint("a", "127.0.0.1", 6001) is None
@@ -291,13 +295,13 @@ def test_servers_register_renew_and_deregister_their_endpoints(store: PolicyStor
 def test_a_cluster_takes_registrations_up_to_its_endpoint_bound(store: PolicyStore) -> None:
     store.put_xds_cluster(xds_cluster("a", 5000))
     store.put_xds_cluster(xds_cluster("b", 5000))
-    store.register_xds_endpoint("a", endpoint(6000), 10, max_endpoints=3)
-    store.register_xds_endpoint("a", endpoint(6001), 10, max_endpoints=3)
+    store.register_xds_endpoint("a", endpoint(6000), TTL, max_endpoints=3)
+    store.register_xds_endpoint("a", endpoint(6001), TTL, max_endpoints=3)
     with pytest.raises(EndpointLimitError, match="holds 3 endpoints"):
-        store.register_xds_endpoint("a", endpoint(6002), 10, max_endpoints=3)
+        store.register_xds_endpoint("a", endpoint(6002), TTL, max_endpoints=3)
     # Renewing one that is in is fine at the bound; other clusters have bounds of their own.
-    assert store.register_xds_endpoint("a", endpoint(6001), 10, max_endpoints=3)[0] is False
-    assert store.register_xds_endpoint("b", endpoint(6002), 10, max_endpoints=3)[0] is True
+    assert store.register_xds_endpoint("a", endpoint(6001), TTL, max_endpoints=3)[0] is False
+    assert store.register_xds_endpoint("b", endpoint(6002), TTL, max_endpoints=3)[0] is True
     assert registered(store) == [(6000, 0), (6001, 0)]
 
 

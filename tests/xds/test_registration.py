@@ -148,7 +148,8 @@ async def test_a_renewal_keeps_it_a_deregistration_removes_it_at_once(
     assert await plane.sweep() == 0
     assert await plane.registered() == [("127.0.0.1", backend.port)]
     wall.advance(3)
-    assert await plane.sweep() == 1
+    # The control plane's own sweep (every second) or this one, whichever comes first.
+    await plane.sweep()
     assert await plane.registered() == []
     assert (await plane.clusters()).revision == first.revision + 1
 
