@@ -44,7 +44,7 @@ mutate: $(STAMP)
 
 # DEMO_ARGS passes flags through: make demo DEMO_ARGS=--xds (python -m examples.banking --help).
 demo: $(STAMP)
-	@echo "make demo: starting the banking mesh (control plane, four services, gateway) under chaos; about a minute"
+	@echo "make demo: starting the banking mesh (control plane, four services, gateway) under chaos; about two minutes"
 	$(BIN)/python -m examples.banking $(DEMO_ARGS)
 
 proto: $(STAMP)

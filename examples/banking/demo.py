@@ -611,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m examples.banking",
         description="Run the banking mesh through chaos that attacks every guarantee.",
     )
-    parser.add_argument("--quick", action="store_true", help="a shortened run (~35 s)")
+    parser.add_argument("--quick", action="store_true", help="a shortened run: shorter phases")
     parser.add_argument("--run-dir", help="keep databases, logs and summary.json here")
     parser.add_argument(
         "--linger",

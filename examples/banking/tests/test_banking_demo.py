@@ -100,7 +100,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# A whole (quick) demo, with --xds: ~75 s on an idle 2-core machine, more when it is shared.
+# A whole (quick) demo, with --xds: about two minutes on the shared 2-core machine.
 @pytest.mark.timeout(300)
 def test_quick_demo_keeps_every_promise_and_is_visible_in_meshbreaker_status(
     tmp_path: Path,
