@@ -10,7 +10,8 @@ times on this host's wall clock), and those are the probes:
   probes, and an open period is one of each instance's own (its `times_opened`, as reported);
 * with coordination, a probe belongs to the fleet period in force when it arrived: the decision's
   `open_until` of period k up to that of period k + 1, read back from the control plane's events
-  (each decision is a policy write), so only periods whose end is known are counted, exactly.
+  (each decision is a policy write), so only periods whose end is known are counted, exactly;
+  and only those that began once every instance was seen holding the decision.
 """
 
 from __future__ import annotations
@@ -124,6 +125,10 @@ def _with(demo: Demo, phase: PhaseResult, instances: int) -> None:
         return True
 
     demo.hold(phase, seconds=0, until=everywhere, longest=_WAIT)
+    # From here every instance holds the decision: a period that begins later gets only the
+    # probers' probes (one that began sooner may also get the own probe of an instance the
+    # decision had not reached yet: how long a decision takes to arrive is bench/fleet.py's).
+    everyone = time.time()
     if decided:
         decision = decided[-1]
         phase.marks["fleet_opened"] = instances
@@ -131,10 +136,15 @@ def _with(demo: Demo, phase: PhaseResult, instances: int) -> None:
             f"fleet decision on all {instances} gateway instances: {decision.override_reason};"
             f" probing: {', '.join(decision.fleet.probers)}"
         )
+    seen: dict[int, float] = {}  # period -> its open_until, as the decisions are polled
 
     def probed() -> bool:
         decision = _decision(demo)
-        return decision is None or decision.fleet.period > PERIODS
+        if decision is None:
+            return True
+        open_until = convert.timestamp_seconds(decision.fleet.open_until, "open_until")
+        seen[decision.fleet.period] = open_until
+        return len(periods_from(seen, everyone)) >= PERIODS
 
     demo.hold(phase, seconds=0, until=probed, longest=_WAIT)
     demo.mesh.set_chaos("notification")
@@ -146,18 +156,31 @@ def _with(demo: Demo, phase: PhaseResult, instances: int) -> None:
     if closed():
         phase.notes.append("the service recovered: the prober's probe passed, the fleet closed")
     faulted = demo.mesh.chaos_stats("notification").faulted_at
-    counts = probes_per_period(_periods(demo, since=outage), faulted)
+    periods = _periods(demo, since=outage)
+    counts = probes_per_period(periods, faulted, everyone)
+    left_out = [k for k in sorted(periods) if k + 1 in periods and periods[k] < everyone]
+    if left_out:
+        phase.notes.append(
+            f"periods {', '.join(map(str, left_out))} not counted: they began before every"
+            " instance was seen holding the decision"
+        )
     phase.marks["periods_with"] = len(counts)
     phase.marks["probes_with"] = sum(counts)
     phase.marks["most_probes_with"] = max(counts, default=0)
 
 
-def probes_per_period(open_until: dict[int, float], arrivals: Sequence[float]) -> list[int]:
-    """Probes in each fleet period whose end is known: arrivals in [open_until[k], [k + 1])."""
+def periods_from(open_until: dict[int, float], since: float) -> list[int]:
+    """The fleet periods that began at or after `since` and whose end is known."""
+    return [k for k in sorted(open_until) if k + 1 in open_until and open_until[k] >= since]
+
+
+def probes_per_period(
+    open_until: dict[int, float], arrivals: Sequence[float], since: float
+) -> list[int]:
+    """Probes in each period `periods_from` counts: arrivals in [open_until[k], [k + 1])."""
     return [
         sum(open_until[k] <= arrived < open_until[k + 1] for arrived in arrivals)
-        for k in sorted(open_until)
-        if k + 1 in open_until
+        for k in periods_from(open_until, since)
     ]
 
 

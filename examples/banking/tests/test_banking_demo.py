@@ -237,8 +237,10 @@ def test_a_fleet_probe_belongs_to_the_period_in_force_when_it_arrived() -> None:
     open_until = {1: 10.0, 2: 13.0, 3: 16.0}
     arrivals = [9.9, 10.0, 10.1, 12.9, 13.0, 13.05, 15.99, 16.0, 16.1]  # before period 1: trips
     # Period 3 has no known end (the fleet closed, or the count stopped): it is not counted.
-    assert probes_per_period(open_until, arrivals) == [3, 3]
-    assert probes_per_period({1: 10.0}, arrivals) == []
+    assert probes_per_period(open_until, arrivals, since=0.0) == [3, 3]
+    assert probes_per_period({1: 10.0}, arrivals, since=0.0) == []
+    # Every instance was seen holding the decision only after period 1 began: from period 2 on.
+    assert probes_per_period(open_until, arrivals, since=10.5) == [3]
 
 
 def test_replicas_need_etcd() -> None:
