@@ -26,6 +26,7 @@ class CountingControlPlane(pb_grpc.ControlPlaneServicer):
     def __init__(self, end: bool) -> None:
         self.end = end
         self.watchers = 0
+        self.peers: set[str] = set()  # the client connections the watches came on
         self.lock = threading.Lock()
 
     def WatchConfig(
@@ -33,6 +34,7 @@ class CountingControlPlane(pb_grpc.ControlPlaneServicer):
     ) -> Iterator[pb.ConfigSnapshot]:
         with self.lock:
             self.watchers += 1
+            self.peers.add(context.peer())
         if self.end:
             return  # a clean end: status OK, no snapshot
         yield pb.ConfigSnapshot(revision=1, service=request.service)
@@ -91,9 +93,18 @@ def test_a_watch_the_server_ends_cleanly_is_named_as_the_last_error(
         target, "transaction", BreakerRegistry(), report_interval=60.0, backoff_max=0.1
     )
     with agent:
-        assert wait_until(lambda: servicer.watchers >= 2, timeout=10)  # it tries again
+        assert wait_until(lambda: servicer.watchers >= 3, timeout=10)  # it tries again
         assert agent.last_error == "the control plane closed the watch stream"
         assert not agent.connected
+    assert len(servicer.peers) == 1  # one channel to the target, kept across the watches
+
+
+def test_an_agent_never_started_stops_and_stays_stopped() -> None:
+    agent = MeshAgent("127.0.0.1:1", "transaction", BreakerRegistry())
+    agent.stop()
+    agent.stop()
+    with pytest.raises(AgentError, match="a stopped MeshAgent cannot be started again"):
+        agent.start()
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,7 @@ def snapshot(
         successful=10,
         failed=failed,
         failure_rate=rate,
+        slow_call_rate=rate / 2,
         window_calls=10 + failed,
         mean_duration=0.004,
         times_opened=1 if state == pb.BREAKER_STATE_OPEN else 0,
@@ -156,6 +157,9 @@ def test_past_the_cap_series_are_summed_per_caller_service() -> None:
     }
     assert samples(text, "meshbreaker_failure_rate", breaker=ACCOUNTS) == {
         ("gateway", "*", ACCOUNTS): pytest.approx(0.3)  # the mean over instances
+    }
+    assert samples(text, "meshbreaker_slow_call_rate", breaker=ACCOUNTS) == {
+        ("gateway", "*", ACCOUNTS): pytest.approx(0.15)
     }
     assert samples(text, "meshbreaker_concurrency_limit", service="gateway", breaker=DEBIT) == {
         ("gateway", "*", DEBIT): 16.0

@@ -20,7 +20,7 @@ import pytest
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.control import replica_mesh
 from meshbreaker.control.agent import MeshAgent
-from meshbreaker.control.instances import InstanceTable, MeshView
+from meshbreaker.control.instances import Instance, InstanceTable, MeshView
 from meshbreaker.control.limits import Limits
 from meshbreaker.control.store.etcd import EtcdStore
 from meshbreaker.control.store.etcd_server import EtcdServer
@@ -268,6 +268,13 @@ def test_only_reports_that_tell_something_new_are_shared() -> None:
     assert shared() == {"i-1"} and table.version > version
     report(2, pb.BREAKER_STATE_OPEN)
     assert shared() == {"i-1"}
+
+
+def test_another_replicas_record_is_live_until_it_is_a_report_ttl_old() -> None:
+    table = InstanceTable(report_ttl=30.0, limits=Limits(), publish=lambda event: None)
+    table.remote[("r-2", "i-9")] = Instance("i-9", "transaction", last_seen=100.0, replica="r-2")
+    assert [instance.instance_id for instance in table.live(now=130.0)] == ["i-9"]
+    assert table.live(now=130.5) == []  # its replica stopped vouching for it
 
 
 def _etcd_json(etcd: EtcdServer, path: str, body: dict[str, object]) -> dict[str, Any]:

@@ -85,8 +85,9 @@ async def test_list_events_returns_the_events_kept(start_control_plane: Start) -
     async with grpc.aio.insecure_channel(server.target) as channel:
         stub = pb_grpc.ControlPlaneStub(channel)
         await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("a", service="bank.v1.A")]))
-        events = (await stub.ListEvents(pb.ListEventsRequest())).events
-        assert [event.WhichOneof("kind") for event in events] == ["policy_change"]
+        for service in ("", "tx"):  # a policy change concerns every caller service
+            events = (await stub.ListEvents(pb.ListEventsRequest(service=service))).events
+            assert [event.WhichOneof("kind") for event in events] == ["policy_change"]
 
 
 @pytest.mark.parametrize("store_id", ["s" * (MAX_STORE_ID_LENGTH + 1), "bad\x1bid"])

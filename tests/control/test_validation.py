@@ -129,6 +129,11 @@ BAD_POLICIES: list[tuple[str, pb.Policy, str]] = [
         _config(slow_calls_disabled=True, slow_call_duration=_seconds(1)),
         "policies[0].config.slow_calls_disabled",
     ),
+    (
+        "retry off and on",
+        _config(retry_disabled=True, retry=pb.RetryPolicy(max_attempts=2)),
+        "policies[0].config.retry_disabled",
+    ),
     ("unknown window type", _config(window_type=7), "policies[0].config.window_type"),
     ("unknown mode", _policy(config=pb.BreakerConfig(), mode=9), "policies[0].mode"),
     ("mode without config", _policy(mode=pb.MODE_SHADOW), "policies[0].mode"),

@@ -32,7 +32,8 @@ AGENT_TESTS = (
 # The plane's tests, the slow token/validation files last (with -x a detected mutant stops early).
 PLANE_TESTS = (
     "tests/control/test_server.py tests/control/test_server_edges.py "
-    "tests/control/test_bounds.py tests/control/test_replicas.py tests/control/test_layers.py "
+    "tests/control/test_bounds.py tests/control/test_replicas.py "
+    "tests/control/test_replica_view.py tests/control/test_layers.py "
     "tests/control/test_metrics.py tests/control/test_exposition.py "
     "tests/control/test_transition_log.py tests/control/test_policy_index.py "
     "tests/control/test_canary.py tests/control/test_expiring_overrides.py "
