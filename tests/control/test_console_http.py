@@ -35,7 +35,7 @@ def console(control_plane_thread: StartThread) -> Iterator[tuple[ServerThread, s
     """A control plane with tokens and its console: (the server, the console's URL)."""
     server = control_plane_thread(console_port=0, admin_token=ADMIN, agent_token=AGENT)
     url = server.running.console_url
-    assert url is not None
+    assert url == f"http://127.0.0.1:{server.running.console_port}/"
     yield server, url
 
 
@@ -56,7 +56,7 @@ def _grpc_refusal(
 
 def test_the_console_is_off_unless_asked_for(control_plane_thread: StartThread) -> None:
     server = control_plane_thread()
-    assert server.running.console_url is None
+    assert server.running.console_url is None and server.running.console_port is None
 
 
 def test_every_answer_carries_a_strict_content_security_policy(

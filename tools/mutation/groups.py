@@ -35,6 +35,7 @@ PLANE_TESTS = (
     "tests/control/test_bounds.py tests/control/test_replicas.py "
     "tests/control/test_replica_view.py tests/control/test_layers.py "
     "tests/control/test_metrics.py tests/control/test_exposition.py "
+    "tests/control/test_console_http.py "  # the server's console wiring
     "tests/control/test_transition_log.py tests/control/test_policy_index.py "
     "tests/control/test_canary.py tests/control/test_expiring_overrides.py "
     "tests/control/test_store_identity.py tests/control/test_store_contract.py "
