@@ -6,6 +6,7 @@ ServerThreads with `store="etcd://..."`; agents are real MeshAgents.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -233,3 +234,25 @@ def test_a_follower_behind_a_compaction_relists(etcd: EtcdServer) -> None:
         assert [policy.id for policy in index.policies()] == ["b", "c"]
     finally:
         store.close()
+
+
+def test_closing_the_store_ends_every_task_on_its_loop(etcd: EtcdServer) -> None:
+    # A task the store runs (a feed, a lease keepalive) that needs a few turns of the loop to
+    # end once cancelled: close() must let it end, or it is "destroyed but pending" at exit.
+    store = EtcdStore([etcd.endpoint], prefix="/closing/")
+    started = threading.Event()
+
+    async def cleans_up_slowly() -> None:
+        try:
+            started.set()
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0.5)  # a goodbye to etcd, say
+
+    task = asyncio.run_coroutine_threadsafe(cleans_up_slowly(), store.loop)
+    feed = store.watch(0)  # a feed on a live etcd watch, left open
+    assert started.wait(30)
+    store.close()
+    assert task.done() and task.cancelled()
+    assert not asyncio.all_tasks(store.loop)
+    feed.close()

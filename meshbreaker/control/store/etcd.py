@@ -69,6 +69,8 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 DEFAULT_PREFIX = "/meshbreaker/"
+# Seconds closing the store waits for its tasks (feeds, keepalives) to end once cancelled.
+CLOSE_WAIT = 2.0
 # Registrations one sweep drops at most (one transaction, below etcd's 128 operations).
 SWEEP_BATCH = 50
 
@@ -638,19 +640,30 @@ class EtcdStore(PolicyStore):
             return
 
         async def close_all() -> None:
-            # Feeds and lease keepalives still running end with the store.
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            # Feeds and lease keepalives still running end with the store, and are waited
+            # for: a task left pending on the closed loop is "destroyed but pending" at exit.
+            await _end_tasks()
             for client in self._clients:
                 try:
                     await client.close()
                 except Exception as error:  # closing must go on for the others
                     logger.debug("closing an etcd client: %r", error)
+            await _end_tasks()  # any the clients' closing started
 
         if self._thread.is_alive() and hasattr(self, "_clients"):
-            asyncio.run_coroutine_threadsafe(close_all(), self.loop).result(10)
+            asyncio.run_coroutine_threadsafe(close_all(), self.loop).result(4 * CLOSE_WAIT + 10)
         self._closed = True
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+async def _end_tasks() -> None:
+    """Cancel every other task on the running loop and give them CLOSE_WAIT to end."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=CLOSE_WAIT)
+        if pending:
+            logger.warning("closing the etcd store: %d tasks did not end", len(pending))
