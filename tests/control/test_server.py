@@ -254,7 +254,8 @@ async def test_a_put_answers_before_its_snapshots_are_built_and_a_watch_opened_t
     # The put answers once its revision is applied here, while the follower thread still
     # builds the snapshots it changed (held here until released).
     put = await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy("a", service="a.A")]))
-    assert put.revision == 1 and building.is_set()
+    assert put.revision == 1
+    assert await asyncio.to_thread(building.wait, 30)  # and the snapshots are still held
     assert (await stub.GetConfig(pb.GetConfigRequest(service="tx"))).revision == 1
     # A stream of the same caller opened now starts from that write, not the older snapshot.
     late = stub.WatchConfig(pb.WatchConfigRequest(service="tx"))
