@@ -17,6 +17,7 @@ SUITES = (
     "overload",
     "adaptive_breaker",
     "fleet",
+    "console",
     "integrations",
 )
 

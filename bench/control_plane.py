@@ -41,20 +41,21 @@ METHOD = "/bench.v1.Service/Call"
 TARGET_P99_MS = 250.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
 
 @contextlib.contextmanager
-def control_plane_process(db: Path) -> Iterator[str]:
-    """`meshbreaker control-plane` in a child process; yields its target once it answers."""
-    port = _free_port()
+def control_plane_process(db: Path, *options: str) -> Iterator[str]:
+    """`meshbreaker control-plane` in a child process (with more `options`, e.g. a console port);
+    yields its target once it answers."""
+    port = free_port()
     target = f"127.0.0.1:{port}"
     command = [sys.executable, "-m", "meshbreaker.cli", "control-plane"]
     process = subprocess.Popen(
-        [*command, "--port", str(port), "--db", str(db), "--report-ttl", "60"],
+        [*command, "--port", str(port), "--db", str(db), "--report-ttl", "60", *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
