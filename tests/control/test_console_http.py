@@ -222,7 +222,7 @@ def test_an_open_console_answers_only_to_addresses(control_plane_thread: StartTh
     assert refused.status_code == 421
 
 
-def test_the_feed_opens_with_hello_the_history_and_the_mesh(
+def test_the_feed_opens_with_hello_the_history_and_the_mesh_which_a_plain_read_gives_too(
     console: tuple[ServerThread, str],
 ) -> None:
     _, url = console
@@ -250,6 +250,11 @@ def test_the_feed_opens_with_hello_the_history_and_the_mesh(
     )
     mesh = seen["mesh"][0]
     assert isinstance(mesh, dict) and mesh["groups"] == [] and mesh["revision"] == 1
+    # The same mesh in one plain answer (the page's first paint), read-only as ListBreakers is.
+    with _client(url, AGENT) as client:
+        assert client.get("/api/mesh").json() == mesh
+    with _client(url) as client:
+        assert client.get("/api/mesh").status_code == 401
 
 
 def test_the_console_serves_https_when_the_control_plane_has_tls(

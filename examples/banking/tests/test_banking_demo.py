@@ -308,7 +308,9 @@ def test_a_broken_variant_fails_its_invariant_and_the_demo(
 
 # --linger and --screenshot: the console of the run stays up to be looked at, and a picture of it
 # during the notification outage is saved. Both are checked in a real browser.
-OPEN_RGB = (214, 45, 32)  # the console's colour for an open breaker (--open in console.css)
+# The console's chip colours of a breaker not closed (console.css): --open, --half-open (the
+# breaker probing between two open periods of the outage) and --forced-open.
+NOT_CLOSED_RGB = ((214, 45, 32), (224, 155, 0), (142, 27, 18))
 PAGE_DEADLINE_MS = 60_000  # polled
 
 
@@ -343,11 +345,11 @@ def test_the_demo_lingers_with_its_console_and_pictures_the_outage(
             expect(opened.first).to_be_visible(timeout=PAGE_DEADLINE_MS)
         finally:
             page.close()
-        width, height, open_pixels = _picture(browser, picture.read_bytes())
+        width, height, chip_pixels = _picture(browser, picture.read_bytes())
         assert (width, height) == (1400, 1000)
-        # An open breaker's chip is about 2,000 pixels of that red; without one, the red of an
-        # event's text and the sparklines' failure lines make a few hundred.
-        assert open_pixels > 1_000, f"no open breaker in the picture ({open_pixels} red pixels)"
+        # A breaker's chip is about 2,000 pixels of its colour; without one, the red of an event's
+        # text and the sparklines' failure lines make a few hundred.
+        assert chip_pixels > 1_000, f"no breaker of the outage in the picture ({chip_pixels})"
         process.send_signal(signal.SIGINT)  # Ctrl-C ends the linger early
         rest, _ = process.communicate(timeout=180)  # stopping five processes, under load
         assert process.returncode == 0, "".join(seen) + rest
@@ -359,13 +361,13 @@ def test_the_demo_lingers_with_its_console_and_pictures_the_outage(
 
 
 def _picture(browser: Browser, png: bytes) -> tuple[int, int, int]:
-    """A PNG's width, height and pixels of the open colour, read by the browser from a canvas
-    (on a blank page: the console's Content-Security-Policy refuses data: images)."""
+    """A PNG's width, height and pixels of a not-closed chip's colours, read by the browser from
+    a canvas (on a blank page: the console's Content-Security-Policy refuses data: images)."""
     encoded = base64.b64encode(png).decode()
     page = browser.new_page()
     try:
         width, height, matching = page.evaluate(
-            """async ([encoded, [red, green, blue]]) => {
+            """async ([encoded, colours]) => {
             const image = new Image();
             image.src = `data:image/png;base64,${encoded}`;
             await image.decode();
@@ -378,11 +380,12 @@ def _picture(browser: Browser, png: bytes) -> tuple[int, int, int]:
             const near = (i, value) => Math.abs(pixels[i] - value) <= 6;
             let matching = 0;
             for (let i = 0; i < pixels.length; i += 4) {
-                if (near(i, red) && near(i + 1, green) && near(i + 2, blue)) matching += 1;
+                if (colours.some(([red, green, blue]) =>
+                    near(i, red) && near(i + 1, green) && near(i + 2, blue))) matching += 1;
             }
             return [image.width, image.height, matching];
         }""",
-            [encoded, list(OPEN_RGB)],
+            [encoded, [list(colour) for colour in NOT_CLOSED_RGB]],
         )
     finally:
         page.close()

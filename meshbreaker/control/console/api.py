@@ -105,6 +105,12 @@ class ConsoleApi:
         )
         return MeshRead(response, self.history.series(), sequence)
 
+    async def mesh_view(self, context: HttpCallContext) -> dict[str, Any]:
+        """The mesh as the feed pushes it, in one plain answer: a page's first paint (and so the
+        picture a headless Chromium `--screenshot` takes, which waits for fetches, not streams)."""
+        read = await self.mesh(context)
+        return views.mesh(read.response, read.series)
+
     async def events(self, context: HttpCallContext, since: int = 0) -> list[dict[str, Any]]:
         """The most recent events kept, oldest first; only those after `since` when given."""
         response = await call(

@@ -191,6 +191,7 @@ class ConsoleHandler(BaseHTTPRequestHandler):
         reads: dict[str, Callable[[HttpCallContext], Awaitable[Any]]] = {
             "/api/session": self.server.api.session,
             "/api/schema": self.server.api.schema,
+            "/api/mesh": self.server.api.mesh_view,
             "/api/policies": self.server.api.policies,
             "/api/explain": lambda context: self.server.api.explain(
                 context, query.get("caller", ""), query.get("method", "")

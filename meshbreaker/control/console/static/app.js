@@ -11,6 +11,7 @@ const $ = (id) => document.getElementById(id);
 
 const page = {
   session: null,
+  meshSeen: false, // the feed brought a mesh (newer than the first read's)
   lostSince: null,
   policiesTimer: null,
 };
@@ -32,21 +33,8 @@ const feed = new Feed({
     if (event.kind === "policy_change") schedulePolicies();
   },
   mesh(mesh) {
-    if (mesh.error) {
-      banner(`The control plane refused the mesh view: ${mesh.error.code}: ${mesh.error.message}`);
-      return;
-    }
-    $("revision").textContent = `store revision ${mesh.revision}`;
-    $("breakers-empty").hidden = mesh.groups.length > 0;
-    const actions = {
-      canWrite: Boolean(page.session && page.session.can_write),
-      force: (selector, override) => forceForm.apply(selector, override),
-      explain: (caller, method) => explainForm.explain(caller, method),
-    };
-    renderBreakers($("breakers"), mesh, actions);
-    renderInstances($("instances").tBodies[0], mesh.instances);
-    renderOverrides($("overrides").tBodies[0], mesh.overrides, actions);
-    $("overrides").hidden = mesh.overrides.length === 0;
+    page.meshSeen = true;
+    showMesh(mesh);
   },
   lost(info) {
     banner(`This page fell behind and missed ${info.events} events; the mesh view is current.`, "warn");
@@ -77,6 +65,24 @@ const feed = new Feed({
     askForToken(message);
   },
 });
+
+function showMesh(mesh) {
+  if (mesh.error) {
+    banner(`The control plane refused the mesh view: ${mesh.error.code}: ${mesh.error.message}`);
+    return;
+  }
+  $("revision").textContent = `store revision ${mesh.revision}`;
+  $("breakers-empty").hidden = mesh.groups.length > 0;
+  const actions = {
+    canWrite: Boolean(page.session && page.session.can_write),
+    force: (selector, override) => forceForm.apply(selector, override),
+    explain: (caller, method) => explainForm.explain(caller, method),
+  };
+  renderBreakers($("breakers"), mesh, actions);
+  renderInstances($("instances").tBodies[0], mesh.instances);
+  renderOverrides($("overrides").tBodies[0], mesh.overrides, actions);
+  $("overrides").hidden = mesh.overrides.length === 0;
+}
 
 function banner(text, kind = "") {
   const node = $("banner");
@@ -157,8 +163,22 @@ async function begin() {
       return;
     }
   }
+  page.meshSeen = false;
   feed.restart();
   loadPolicies();
+  loadMesh();
+}
+
+// The mesh in one plain read, drawn unless the feed was quicker: the first paint does not wait
+// for the stream (nor does a headless Chromium's --screenshot, which waits for fetches only).
+async function loadMesh() {
+  let mesh;
+  try {
+    mesh = await get("/api/mesh");
+  } catch (error) {
+    return; // the feed says what is wrong
+  }
+  if (!page.meshSeen) showMesh(mesh);
 }
 
 $("token-form").addEventListener("submit", (event) => {
