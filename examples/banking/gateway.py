@@ -15,7 +15,7 @@ import grpc
 
 from examples.banking.gen import bank_pb2, bank_pb2_grpc
 from examples.banking.requests import Claim, RequestLog
-from examples.banking.services.mesh import SentAttempts, guarded_channel
+from examples.banking.services.mesh import guarded_channel
 from meshbreaker.config import State
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ThrottledError
 from meshbreaker.registry import BreakerRegistry
@@ -95,10 +95,9 @@ class Gateway:
     def __post_init__(self) -> None:
         self.requests = RequestLog(self.db_path)
         targets = self.targets
-        self._sent_transfers = SentAttempts()
         self._channels = [
             guarded_channel(targets.account, self.registry),
-            guarded_channel(targets.transaction, self.registry, self._sent_transfers),
+            guarded_channel(targets.transaction, self.registry),
             guarded_channel(targets.notification, self.registry),
         ]
         self._accounts = bank_pb2_grpc.AccountServiceStub(self._channels[0])
@@ -181,19 +180,11 @@ class Gateway:
             amount_cents=amount,
         )
         self._count("transfer_calls")  # the gateway's calls; its retries are attempts within one
-        sent_before = self._sent_transfers.count()
         try:
             response = self._transactions.Transfer(request, timeout=self.deadlines.transfer)
         except grpc.RpcError as exc:
-            sent = self._sent_transfers.count() > sent_before
-            if isinstance(exc, CallNotPermittedError) and sent:
-                # A retry refused locally after an earlier attempt went out: that attempt may have
-                # done the work (the saga goes on, or the sweeper resumes it), so "nothing moved"
-                # would be a guess. In doubt, like any other unknown outcome.
-                log.settle(transfer_id, "unknown")
-                return TransferOutcome(
-                    transfer_id, TransferStatus.PENDING, "outcome unknown: a retry was refused"
-                )
+            # A local refusal here means nothing was sent: a retry refused after an attempt went
+            # out ends with that attempt's status (gRFC A6), which is in doubt like any other.
             if isinstance(exc, ThrottledError | BulkheadFullError):
                 # Shed here by the overload controls (adaptive throttling, the concurrency limit).
                 self._count("overload_refused")

@@ -539,7 +539,7 @@ class RetryingStream(TrackedStream):
         call: Any,
         tracker: CallTracker,
         run: RetryRun,
-        restart: Callable[[float | None], Awaitable[tuple[Any, CallTracker]]],
+        restart: Callable[[float | None], Awaitable[tuple[Any, CallTracker] | None]],
     ) -> None:
         super().__init__(call, tracker)
         self._run = run
@@ -554,6 +554,8 @@ class RetryingStream(TrackedStream):
 
     async def _retry_after(self, error: AioRpcError) -> None:
         """Start the next attempt after `error`, or raise it when no retry is due."""
+        if isinstance(error, CallNotPermittedError):
+            raise error  # a local refusal: never retried, and no retry drawn from the budget
         delay = next_delay(
             self._run,
             error.code(),
@@ -561,8 +563,10 @@ class RetryingStream(TrackedStream):
             error.initial_metadata(),
             error.trailing_metadata(),
         )
-        if delay is None or isinstance(error, CallNotPermittedError):
+        if delay is None:
             raise error
         await asyncio.sleep(delay)
-        call, tracker = await self._restart(remaining(self._run))  # a refusal raises
-        self._call, self._tracker, self._iterator = call, tracker, None
+        restarted = await self._restart(remaining(self._run))
+        if restarted is None:  # refused locally: the last attempt's status stands (gRFC A6)
+            raise error
+        self._call, self._tracker, self._iterator = restarted[0], restarted[1], None

@@ -23,7 +23,6 @@ from meshbreaker.aio._calls import (
     TrackedStream,
     TrackedUnaryCall,
     error_details,
-    rejected_error,
     rejection,
 )
 from meshbreaker.breaker import CircuitBreaker, Permit
@@ -109,13 +108,21 @@ async def _guard_stream_unary(
 async def retrying(
     guard: Guard, continuation: Any, details: Any, request: Any, run: RetryRun
 ) -> Any:
-    """A unary call retried by its method's RetryPolicy, each attempt guarded and awaited."""
+    """A unary call retried by its method's RetryPolicy, each attempt guarded and awaited.
+
+    A retry refused locally ends the call with the last attempt's status (gRFC A6).
+    """
     info = guard.methods.get(details.method) or guard.method_info(details.method)
     breaker = guard.registry.get(info.name)
+    last: Any = None  # the attempt before this one, over and recorded: its call or its error
     while True:
         try:
             permit = breaker.acquire()
         except CallNotPermittedError as error:  # never retried
+            if isinstance(last, AioRpcError):
+                raise last from None
+            if last is not None:
+                return _answer(guard, info, breaker, last, request)
             return await _not_admitted(continuation, details, request, error, info.fallback)
         except Exception as error:
             return await _not_admitted(continuation, details, request, error, None)
@@ -128,6 +135,7 @@ async def retrying(
             guard.record(permit, breaker, code, details=text)
             if delay is None:
                 raise
+            last = error
         except BaseException:
             release(permit)
             raise
@@ -144,13 +152,21 @@ async def retrying(
                 )
             guard.record(permit, breaker, code, details=text)
             if delay is None:
-                if info.fallback is not None and guard.fallback_on_failure:
-                    return FallbackOnFailureCall(call, request, info.fallback, guard, breaker)
-                return call
+                return _answer(guard, info, breaker, call, request)
+            last = call
         await asyncio.sleep(delay)
         timeout = remaining(run)
         if timeout is not None:
             details = details._replace(timeout=timeout)
+
+
+def _answer(
+    guard: Guard, info: MethodInfo, breaker: CircuitBreaker, call: Any, request: Any
+) -> Any:
+    """What the caller gets for a retried call's last attempt: it, or its fallback-on-failure."""
+    if info.fallback is not None and guard.fallback_on_failure:
+        return FallbackOnFailureCall(call, request, info.fallback, guard, breaker)
+    return call
 
 
 async def _guard_stream(
@@ -226,12 +242,12 @@ async def restart_stream(
     details: Any,
     request: Any,
     timeout: float | None,
-) -> tuple[Any, CallTracker]:
-    """A retry of a response stream: a new permit and call; raises the rejection if refused."""
+) -> tuple[Any, CallTracker] | None:
+    """A retry of a response stream: a new permit and call; None if refused (never retried)."""
     try:
         permit = breaker.acquire()
-    except CallNotPermittedError as error:
-        raise rejected_error(error) from None
+    except CallNotPermittedError:
+        return None
     if timeout is not None:
         details = details._replace(timeout=timeout)
     tracker = CallTracker(guard, breaker, permit)

@@ -538,7 +538,7 @@ class RetryingStream(TrackedStream):
         call: Any,
         tracker: CallTracker,
         run: RetryRun,
-        restart: Callable[[float | None], tuple[Any, CallTracker]],
+        restart: Callable[[float | None], tuple[Any, CallTracker] | None],
     ) -> None:
         super().__init__(call, tracker)
         self._run = run
@@ -560,8 +560,11 @@ class RetryingStream(TrackedStream):
                 )
                 if delay is None:
                     raise
-            time.sleep(delay)
-            call, tracker = self._restart(remaining(self._run))  # a refusal raises, never retried
+                time.sleep(delay)
+                restarted = self._restart(remaining(self._run))
+                if restarted is None:  # refused locally: the last attempt's status stands (A6)
+                    raise
+            call, tracker = restarted
             self._call, self._next, self._tracker = call, call.__next__, tracker
 
     next = __next__

@@ -74,16 +74,15 @@ TIMER = Timer()
 
 # Starts one attempt with the timeout left of the caller's deadline: the grpc future.
 Start = Callable[[float | None], Any]
-# What a refused attempt ends the call with: the rejection, or the fallback's answer to it.
-Refused = Callable[[CallNotPermittedError], Any]
 
 
 class RetryingFuture(CallBase, FutureBase):  # type: ignore[misc]
     """One grpc.Call and grpc.Future over a unary call's attempts; done when the last one is.
 
-    Every attempt takes its own permit and is recorded when it ends; a local refusal ends the call
-    at once (never retried). cancel() cancels the attempt in flight or the pending retry. A future
-    the caller drops still runs its attempts to the end (the timer holds it until then).
+    Every attempt takes its own permit and is recorded when it ends; a retry refused locally ends
+    the call at once with the last attempt's status (never retried, gRFC A6). cancel() cancels
+    the attempt in flight or the pending retry. A future the caller drops still runs its attempts
+    to the end (the timer holds it until then).
     """
 
     def __init__(
@@ -92,7 +91,6 @@ class RetryingFuture(CallBase, FutureBase):  # type: ignore[misc]
         breaker: CircuitBreaker,
         run: RetryRun,
         start: Start,
-        refused: Refused,
         call: Any,
         permit: Permit,
     ) -> None:
@@ -100,7 +98,6 @@ class RetryingFuture(CallBase, FutureBase):  # type: ignore[misc]
         self._breaker = breaker
         self._run = run
         self._start = start
-        self._refused = refused
         self._lock = threading.Lock()
         self._over = threading.Event()
         self._callbacks: list[Callable[[], None]] = []
@@ -137,8 +134,10 @@ class RetryingFuture(CallBase, FutureBase):  # type: ignore[misc]
             return
         try:
             permit = self._breaker.acquire()
-        except CallNotPermittedError as error:  # never retried
-            self._finish(self._refused(error))
+        except Exception as error:  # a refusal is never retried: the last attempt's status stands
+            if not isinstance(error, CallNotPermittedError):
+                logger.exception("meshbreaker: retrying %s failed", self._breaker.name)
+            self._finish(self._call)
             return
         try:
             call = self._start(remaining(self._run))

@@ -125,11 +125,17 @@ class BreakerInterceptor(
                 record_finished(guard, breaker, permit, call)
             else:
                 CallTracker(guard, breaker, permit).watch(call)
-            if info.fallback is not None and guard.fallback_on_failure:
-                return FallbackOnFailureCall(call, request, info.fallback, guard, breaker)
+            return self._answer(call, request, info, breaker)
         except Exception:
             logger.exception("meshbreaker: tracking %s failed", details.method)
             release(permit)
+        return call
+
+    def _answer(self, call: Any, request: Any, info: MethodInfo, breaker: Any) -> Any:
+        """What the caller gets for a tracked `call`: the call, or its fallback-on-failure."""
+        guard = self._guard
+        if info.fallback is not None and guard.fallback_on_failure:
+            return FallbackOnFailureCall(call, request, info.fallback, guard, breaker)
         return call
 
     def _retrying(
@@ -145,12 +151,16 @@ class BreakerInterceptor(
 
         Blocking calls and `.with_call()` are retried here, in the caller's thread (grpc hands
         over their attempts finished); a `.future()` becomes a RetryingFuture, retried from its
-        attempts' done-callbacks and the shared timer thread.
+        attempts' done-callbacks and the shared timer thread. A retry refused locally ends the
+        call with the last attempt's status (gRFC A6), not the refusal.
         """
+        last = None  # the attempt before this one, finished and recorded
         while True:
             try:
                 permit = breaker.acquire()
             except CallNotPermittedError as error:  # never retried
+                if last is not None:
+                    return self._answer(last, request, info, breaker)
                 return not_admitted(continuation, details, request, error, info.fallback)
             except Exception as error:
                 return not_admitted(continuation, details, request, error, None)
@@ -171,6 +181,7 @@ class BreakerInterceptor(
             if delay is None:
                 return self._tracked(call, request, info, breaker, permit, details)
             self._guard.record(permit, breaker, code)
+            last = call
             time.sleep(delay)
             details = _with_timeout(details, remaining(run))
 
@@ -193,13 +204,10 @@ class BreakerInterceptor(
                 breaker,
                 run,
                 lambda timeout: continuation(_with_timeout(details, timeout), request),
-                lambda error: rejection(error, info.fallback, request),
                 call,
                 permit,
             )
-            if info.fallback is not None and guard.fallback_on_failure:
-                return FallbackOnFailureCall(future, request, info.fallback, guard, breaker)
-            return future
+            return self._answer(future, request, info, breaker)
         except Exception:
             logger.exception("meshbreaker: retrying %s failed", details.method)
             release(permit)
@@ -289,12 +297,12 @@ def _restart_stream(
     details: Any,
     request: Any,
     timeout: float | None,
-) -> tuple[Any, CallTracker]:
-    """A retry of a response stream: a new permit and call; raises the rejection if refused."""
+) -> tuple[Any, CallTracker] | None:
+    """A retry of a response stream: a new permit and call; None if refused (never retried)."""
     try:
         permit = breaker.acquire()
-    except CallNotPermittedError as error:
-        raise rejection(error, None, request) from None
+    except CallNotPermittedError:
+        return None
     try:
         call = continuation(_with_timeout(details, timeout), request)
     except BaseException:

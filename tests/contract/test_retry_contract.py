@@ -16,7 +16,7 @@ from meshbreaker.grpc._retry_future import Timer
 from meshbreaker.grpc.interceptor import BLOCKING_OUTCOMES
 from meshbreaker.retry import RetryBudget, RetryPolicy, RetryRun
 from meshbreaker.testing import FakeClock
-from tests.contract.drivers import Driver
+from tests.contract.drivers import Driver, Seen
 from tests.grpc.bytes_server import BIDI, CLIENT_STREAM, PATIENT, SERVER_STREAM, UNARY, BytesServer
 from tests.server_support import wait_until
 
@@ -115,24 +115,59 @@ async def test_attempts_share_the_callers_deadline(
     assert second < first - 0.1  # the retry got what was left, not a fresh 3 s
 
 
-async def test_a_rejected_attempt_is_never_retried(
-    driver: Driver, clock: FakeClock, server: BytesServer
+def assert_last_attempts_status(seen: Seen) -> None:
+    """The caller got the failure the server sent (gRFC A6), not the local refusal of a retry."""
+    assert (seen.code, seen.details) == (grpc.StatusCode.UNAVAILABLE, "boom UNAVAILABLE")
+    assert not isinstance(seen.error, CallNotPermittedError)
+    assert all(key != "x-meshbreaker-state" for key, _ in seen.trailing)
+
+
+async def send(driver: Driver, method: str, request: bytes) -> Seen:
+    """One call of `method`'s kind carrying `request` (a request stream: it alone)."""
+    if method == SERVER_STREAM:
+        return await driver.server_stream(request)
+    if method == CLIENT_STREAM:
+        return await driver.client_stream([request])
+    return await driver.unary(request, method)
+
+
+@pytest.mark.parametrize("method", [UNARY, SERVER_STREAM])
+async def test_a_rejected_retry_ends_with_the_last_attempts_status(
+    driver: Driver, clock: FakeClock, server: BytesServer, method: str
 ) -> None:
     policy = RetryPolicy(max_attempts=5, initial_backoff=0.001, max_backoff=0.001)
     registry = retrying(clock, policy, consecutive_failures=2)
     driver.connect(registry)
-    seen = await driver.unary(b"flaky:9:UNAVAILABLE")
-    assert isinstance(seen.error, CallNotPermittedError)  # the third attempt met an open breaker
-    assert server.count(UNARY) == 2
+    seen = await send(driver, method, b"flaky:9:UNAVAILABLE")
+    assert_last_attempts_status(seen)  # the third attempt met an open breaker
+    assert server.count(method) == 2
+    assert registry.get(method).snapshot().rejected == 1  # refused, and never retried
 
 
-async def test_a_throttled_attempt_is_never_retried(
+def throttling(clock: FakeClock) -> BreakerRegistry:
+    """Retries, and a throttle that refuses every call it may (p = 1/2 after one failure)."""
+    config = PATIENT.replace(retry=FAST, idempotent=True, throttle_k=1.0)
+    return BreakerRegistry(config, clock=clock, rng=lambda: 0.0)
+
+
+async def test_a_throttled_retry_ends_with_the_last_attempts_status(
     driver: Driver, clock: FakeClock, server: BytesServer
 ) -> None:
-    config = PATIENT.replace(retry=FAST, idempotent=True, throttle_k=1.0)
-    driver.connect(BreakerRegistry(config, clock=clock, rng=lambda: 0.0))
+    registry = throttling(clock)
+    driver.connect(registry)
     seen = await driver.unary(b"flaky:9:UNAVAILABLE")
-    assert isinstance(seen.error, ThrottledError)  # p = 1/2 after the first failure
+    assert_last_attempts_status(seen)
+    assert server.count(UNARY) == 1
+    assert registry.get(UNARY).snapshot().throttled == 1
+
+
+async def test_a_first_attempt_refused_is_the_rejection(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    driver.connect(throttling(clock))
+    await driver.unary(b"flaky:1:UNAVAILABLE")  # sent once; its retry throttled
+    seen = await driver.unary(b"hello")
+    assert isinstance(seen.error, ThrottledError)  # nothing was sent: the refusal is the answer
     assert server.count(UNARY) == 1
 
 
@@ -194,15 +229,6 @@ async def test_a_response_stream_is_not_retried_after_a_message(
     driver.connect(retrying(clock))
     seen = await driver.server_stream(b"fail-after:1:UNAVAILABLE")
     assert seen.code is grpc.StatusCode.UNAVAILABLE and server.count(SERVER_STREAM) == 1
-
-
-async def test_a_stream_retry_meeting_an_open_breaker_ends_with_the_rejection(
-    driver: Driver, clock: FakeClock, server: BytesServer
-) -> None:
-    policy = RetryPolicy(max_attempts=5, initial_backoff=0.001, max_backoff=0.001)
-    driver.connect(retrying(clock, policy, consecutive_failures=2))
-    seen = await driver.server_stream(b"flaky:9:UNAVAILABLE")
-    assert isinstance(seen.error, CallNotPermittedError) and server.count(SERVER_STREAM) == 2
 
 
 async def test_bidi_streams_are_never_retried(

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import threading
 from collections.abc import Callable
-from typing import Any
 
 import grpc
 
@@ -25,45 +23,14 @@ RECONNECT = (
 REGISTRATION_TTL = 5.0
 
 
-class SentAttempts(grpc.UnaryUnaryClientInterceptor):
-    """Counts, per thread, the unary attempts handed to the network below the breaker.
-
-    Placed inside BreakerInterceptor, it sees every attempt the breaker lets go, retries
-    included (a blocking call's retries run in the caller's thread), and none it refuses: so a
-    caller can tell "refused before anything was sent" from "refused on a retry, after an
-    attempt that may have done the work".
-    """
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def count(self) -> int:
-        """Attempts this thread has handed to the network so far."""
-        sent: int = getattr(self._local, "sent", 0)
-        return sent
-
-    def intercept_unary_unary(
-        self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
-    ) -> Any:
-        self._local.sent = self.count() + 1
-        return continuation(client_call_details, request)
-
-
-def guarded_channel(
-    target: str, registry: BreakerRegistry | None, sent: SentAttempts | None = None
-) -> grpc.Channel:
-    """A channel to `target` with one breaker per method from `registry` (None: a plain channel).
-
-    With `sent`, the attempts that get past the breakers are counted there.
-    """
+def guarded_channel(target: str, registry: BreakerRegistry | None) -> grpc.Channel:
+    """A channel to `target` with one breaker per method from `registry` (None: a plain channel)."""
     channel = grpc.insecure_channel(target, options=RECONNECT)
-    inner = [sent] if sent is not None else []
     if registry is None:
-        return grpc.intercept_channel(channel, *inner) if inner else channel
+        return channel
     from meshbreaker.grpc import BreakerInterceptor
 
-    # Interceptors run in the order given: the breaker first, the counter next to the network.
-    return grpc.intercept_channel(channel, BreakerInterceptor(registry), *inner)
+    return grpc.intercept_channel(channel, BreakerInterceptor(registry))
 
 
 def endpoint_registrar(

@@ -369,10 +369,11 @@ def test_a_retry_refused_after_an_attempt_went_out_leaves_the_payment_in_doubt(
         first = payments.pay(gateway, "r1", "acct-000", "acct-001", 5)
     finally:
         account.SetChaos(chaos_pb2.ChaosSettings())
-    # Not "rejected": the first attempt's saga holds a debit, and the sweeper finishes it.
+    # Not "rejected": the first attempt's saga holds a debit, and the sweeper finishes it. The
+    # refused retry ends the call with the first attempt's status (gRFC A6), not the refusal.
     assert (first.status, first.reason) == (
         TransferStatus.PENDING,
-        "outcome unknown: a retry was refused",
+        "outcome unknown: UNAVAILABLE",
     )
     assert registry.get(TRANSFER).snapshot().rejected == 1
     clock.advance(POLICY.open_duration)  # the breaker lets a probe through again
