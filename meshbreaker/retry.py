@@ -260,10 +260,20 @@ class RetryRun:
     """The retries of one call: attempt count, backoff and the shared deadline.
 
     `deadline` is the caller's, on the run's clock (None = none): every attempt shares it, and no
-    retry starts that could not begin before it.
+    retry starts that could not begin before it. Once `commit()`ed (gRFC A6: the request can no
+    longer be sent again), the run retries no more.
     """
 
-    __slots__ = ("_backoff_step", "_budget", "_rng", "attempts", "deadline", "idempotent", "policy")
+    __slots__ = (
+        "_backoff_step",
+        "_budget",
+        "_rng",
+        "attempts",
+        "committed",
+        "deadline",
+        "idempotent",
+        "policy",
+    )
 
     def __init__(
         self,
@@ -280,8 +290,13 @@ class RetryRun:
         self.deadline = deadline
         self._rng = rng
         self.attempts = 1
+        self.committed = False
         self._backoff_step = 1
         budget.deposit()
+
+    def commit(self) -> None:
+        """No further attempt: the one in flight (or the last) is the call's answer."""
+        self.committed = True
 
     def next_delay(
         self, code: str, *, sent: bool, pushback: float | None, now: float
@@ -292,7 +307,9 @@ class RetryRun:
         then); `pushback`: parse_pushback() of the server's answer.
         """
         policy = self.policy
-        if self.attempts >= policy.max_attempts or code not in policy.retryable_codes:
+        if self.committed or self.attempts >= policy.max_attempts:
+            return None
+        if code not in policy.retryable_codes:
             return None
         if sent and not self.idempotent:
             return None

@@ -117,13 +117,13 @@ class GuardedChannel(grpc.aio.Channel):
         )
 
     def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """A guarded stream-unary multi-callable (never retried: requests cannot be replayed)."""
+        """A guarded stream-unary multi-callable (retried by replaying its buffered requests)."""
         return GuardedStreamUnary(
             self._channel.stream_unary(method, *args, **kwargs), method, self._guard
         )
 
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """A guarded stream-stream multi-callable (never retried: requests cannot be replayed)."""
+        """A guarded stream-stream multi-callable (never retried)."""
         return GuardedStreamStream(
             self._channel.stream_stream(method, *args, **kwargs), method, self._guard
         )
@@ -137,8 +137,10 @@ class _Guarded:
 
     __slots__ = ("_guard", "_info", "_inner", "_method")
 
-    # Whether a retry policy may make the call again: only a unary request can be sent twice.
+    # Whether a retry policy may make the call again (not a bidi stream: its requests may answer
+    # its responses), and whether its requests are a stream, replayed from a ReplayBuffer.
     _replayable = True
+    _streamed = False
     # Unary responses are retried before the call is handed over (in a DeferredCall) and answered
     # by fallbacks; response streams are retried inside the stream, before its first message.
     _unary_response = True
@@ -173,14 +175,17 @@ class _Guarded:
             breaker = guard.registry.get(info.name)
             run = None
             if self._replayable and breaker.retry_budget is not None:
-                run = retry_run(breaker, timeout)
+                # A request stream the caller write()s (None) cannot be replayed: never retried.
+                if request is not None or not self._streamed:
+                    run = retry_run(breaker, timeout)
                 if run is not None and self._unary_response:
                     # Retried before the caller sees an answer: in a task, like interceptors.
                     details = ClientCallDetails(
                         self._method, timeout, metadata, credentials, wait_for_ready
                     )
                     through = self._through(compression)
-                    return DeferredCall(retrying(guard, through, details, request, run))
+                    attempts = retrying(guard, through, details, request, run, self._streamed)
+                    return DeferredCall(attempts)
             permit = breaker.acquire()
         except Exception as error:
             fallback = info.fallback if self._unary_response else None
@@ -255,8 +260,6 @@ class _StreamRequest(_Guarded):
 
     __slots__ = ()
 
-    _replayable = False  # the requests are sent once: never retried
-
     def __call__(
         self,
         request_iterator: Any = None,
@@ -290,15 +293,19 @@ class GuardedUnaryStream(_UnaryRequest, _StreamResponse, _UnaryStreamBase):  # t
 
 
 class GuardedStreamUnary(_StreamRequest, _StreamUnaryBase):  # type: ignore[misc]
-    """A stream-unary multi-callable with the breaker."""
+    """A stream-unary multi-callable with the breaker; its requests replayed on a retry."""
 
     __slots__ = ()
+
+    _streamed = True
 
 
 class GuardedStreamStream(_StreamRequest, _StreamResponse, _StreamStreamBase):  # type: ignore[misc]
-    """A stream-stream multi-callable with the breaker."""
+    """A stream-stream multi-callable with the breaker; never retried."""
 
     __slots__ = ()
+
+    _replayable = False
 
 
 class DeferredCall(_CallBase):  # type: ignore[misc]

@@ -125,7 +125,7 @@ class GuardedChannel(grpc.Channel):
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
-        """A guarded stream-unary multi-callable (never retried: requests cannot be replayed)."""
+        """A guarded stream-unary multi-callable (retried by replaying its buffered requests)."""
         inner = _multi(
             self._channel.stream_unary,
             method,
@@ -142,7 +142,7 @@ class GuardedChannel(grpc.Channel):
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
-        """A guarded stream-stream multi-callable (never retried: requests cannot be replayed)."""
+        """A guarded stream-stream multi-callable (never retried)."""
         inner = _multi(
             self._channel.stream_stream,
             method,
@@ -177,8 +177,10 @@ class _Guarded:
 
     __slots__ = ("_guard", "_info", "_inner", "_interceptor", "_method")
 
-    # Whether a retry policy may make the call again: only a unary request can be sent twice.
+    # Whether a retry policy may make the call again (not a bidi stream: its requests depend on
+    # its answers), and whether its requests are a stream, replayed from a ReplayBuffer.
     _replayable = True
+    _streamed = False
 
     def __init__(self, inner: Any, method: str, interceptor: BreakerInterceptor) -> None:
         self._inner = inner
@@ -208,7 +210,7 @@ class _UnaryResponse(_Guarded):
         )
         try:
             return self._interceptor._unary(
-                self._future_through, details, request, self._replayable
+                self._future_through, details, request, self._replayable, self._streamed
             )
         except Exception as error:  # raised below the breaker: as grpc.intercept_channel hands it
             return FailedCall(error, error.__traceback__)
@@ -246,7 +248,7 @@ class _UnaryResponse(_Guarded):
                 outcome = not_admitted(through, details, request, rejected, info.fallback)
             else:
                 outcome = self._interceptor._unary(
-                    self._blocking_through, details, request, self._replayable
+                    self._blocking_through, details, request, self._replayable, self._streamed
                 )
             return outcome.result(), outcome
         try:
@@ -343,7 +345,7 @@ class GuardedStreamUnary(_UnaryResponse, _StreamUnaryBase):  # type: ignore[misc
 
     __slots__ = ()
 
-    _replayable = False
+    _streamed = True
 
     def __call__(
         self,

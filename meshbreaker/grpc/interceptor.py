@@ -13,6 +13,7 @@ import grpc
 
 from meshbreaker._adapter.fallback import Fallback
 from meshbreaker._adapter.guard import Guard, MethodInfo, release
+from meshbreaker._adapter.replay import ReplayBuffer
 from meshbreaker._adapter.retrying import next_delay, remaining, retry_run
 from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.grpc._calls import (
@@ -89,9 +90,17 @@ class BreakerInterceptor(
         return self._guard.registry
 
     def _unary(
-        self, continuation: Continuation, details: Any, request: Any, replayable: bool = True
+        self,
+        continuation: Continuation,
+        details: Any,
+        request: Any,
+        replayable: bool = True,
+        streamed: bool = False,
     ) -> Any:
-        """Guard a unary-response call: the call (maybe fallback-wrapped), or its rejection."""
+        """Guard a unary-response call: the call (maybe fallback-wrapped), or its rejection.
+
+        `streamed`: `request` is a request iterator, replayed from a ReplayBuffer on a retry.
+        """
         guard = self._guard
         try:
             method = details.method
@@ -107,7 +116,8 @@ class BreakerInterceptor(
         except Exception as error:
             return not_admitted(continuation, details, request, error, None)
         if run is not None:  # outside the try: what the attempts raise is the caller's
-            return self._retrying(continuation, details, request, info, breaker, run)
+            replay = ReplayBuffer(request, run) if streamed else None
+            return self._retrying(continuation, details, request, info, breaker, run, replay)
         try:
             call = continuation(details, request)
         except BaseException:
@@ -146,8 +156,9 @@ class BreakerInterceptor(
         info: MethodInfo,
         breaker: Any,
         run: RetryRun,
+        replay: ReplayBuffer | None,
     ) -> Any:
-        """A unary call retried by its method's RetryPolicy, each attempt guarded.
+        """A unary-response call retried by its method's RetryPolicy, each attempt guarded.
 
         Blocking calls and `.with_call()` are retried here, in the caller's thread (grpc hands
         over their attempts finished); a `.future()` becomes a RetryingFuture, retried from its
@@ -165,12 +176,12 @@ class BreakerInterceptor(
             except Exception as error:
                 return not_admitted(continuation, details, request, error, None)
             try:
-                call = continuation(details, request)
+                call = continuation(details, request if replay is None else replay.attempt())
             except BaseException:
                 release(permit)
                 raise
             if not _blocking(call):
-                args = (continuation, details, request, info, breaker, run, call, permit)
+                args = (continuation, details, request, info, breaker, run, call, permit, replay)
                 return self._future(*args)
             code = call.code()
             delay = None
@@ -195,15 +206,21 @@ class BreakerInterceptor(
         run: RetryRun,
         call: Any,
         permit: Any,
+        replay: ReplayBuffer | None,
     ) -> Any:
         """A `.future()` call whose first attempt is in flight, retried as a RetryingFuture."""
         guard = self._guard
+
+        def start(timeout: float | None) -> Any:
+            sent = request if replay is None else replay.attempt()
+            return continuation(_with_timeout(details, timeout), sent)
+
         try:
             future = RetryingFuture(
                 guard,
                 breaker,
                 run,
-                lambda timeout: continuation(_with_timeout(details, timeout), request),
+                start,
                 call,
                 permit,
             )
@@ -252,7 +269,7 @@ class BreakerInterceptor(
     def intercept_stream_stream(
         self, continuation: Continuation, details: Any, request_iterator: Any
     ) -> Any:
-        """Guard a stream-stream call; never retried (its request stream cannot be replayed)."""
+        """Guard a stream-stream call; never retried (its requests may answer its responses)."""
         return self._stream(continuation, details, request_iterator, False)
 
     # Aliases, not wrappers: one Python frame less on every call.
@@ -261,8 +278,8 @@ class BreakerInterceptor(
     def intercept_stream_unary(
         self, continuation: Continuation, details: Any, request_iterator: Any
     ) -> Any:
-        """Guard a stream-unary call; never retried (its request stream cannot be replayed)."""
-        return self._unary(continuation, details, request_iterator, False)
+        """Guard a stream-unary call; retried by replaying its requests (gRFC A6's buffer)."""
+        return self._unary(continuation, details, request_iterator, True, True)
 
     intercept_unary_stream = _stream  # type: ignore[assignment]
 

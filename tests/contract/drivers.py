@@ -218,7 +218,15 @@ class FutureDriver(SyncDriver):
         self, request: bytes, method: str = UNARY, timeout: float | None = None
     ) -> Seen:
         multi: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(method)
-        future: Any = multi.future(request, timeout=timeout)
+        return self._wait(multi.future(request, timeout=timeout))
+
+    async def client_stream(self, requests: list[bytes]) -> Seen:
+        multi: grpc.StreamUnaryMultiCallable[bytes, bytes] = self._channel.stream_unary(
+            CLIENT_STREAM
+        )
+        return self._wait(multi.future(iter(requests)))
+
+    def _wait(self, future: Any) -> Seen:
         try:
             value = future.result()
         except grpc.RpcError as error:

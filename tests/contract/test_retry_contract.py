@@ -7,10 +7,15 @@ import threading
 from typing import Any
 
 import grpc
+import grpc.aio
 import pytest
+from grpc.aio._interceptor import _InterceptedStreamRequestMixin
 
 from meshbreaker import BreakerConfig, BreakerRegistry, CallNotPermittedError, ThrottledError
 from meshbreaker._adapter.retrying import next_delay
+from meshbreaker.aio import breaker_interceptors
+from meshbreaker.aio import guarded_channel as aio_guarded_channel
+from meshbreaker.aio.interceptors import WRITES_CODE, replayable
 from meshbreaker.grpc import BreakerInterceptor
 from meshbreaker.grpc._retry_future import Timer
 from meshbreaker.grpc.interceptor import BLOCKING_OUTCOMES
@@ -131,7 +136,7 @@ async def send(driver: Driver, method: str, request: bytes) -> Seen:
     return await driver.unary(request, method)
 
 
-@pytest.mark.parametrize("method", [UNARY, SERVER_STREAM])
+@pytest.mark.parametrize("method", [UNARY, SERVER_STREAM, CLIENT_STREAM])
 async def test_a_rejected_retry_ends_with_the_last_attempts_status(
     driver: Driver, clock: FakeClock, server: BytesServer, method: str
 ) -> None:
@@ -188,11 +193,73 @@ async def test_the_budget_bounds_retries_across_calls(
     assert server.count(UNARY) == 4
 
 
-async def test_request_streams_are_never_retried(
+async def test_a_request_stream_is_retried_replaying_every_message(
     driver: Driver, clock: FakeClock, server: BytesServer
 ) -> None:
+    registry = retrying(clock)
+    driver.connect(registry)
+    requests = [b"a", b"flaky:2:UNAVAILABLE", b"b", b"c"]
+    seen = await driver.client_stream(requests)
+    assert (seen.value, seen.code) == (b"count:4", grpc.StatusCode.OK), (seen, server.streams)
+    assert server.count(CLIENT_STREAM) == 3
+    assert server.streams[-1] == requests  # the last attempt sent them all, in order
+    assert all(stream[:2] == requests[:2] for stream in server.streams)
+    snapshot = registry.get(CLIENT_STREAM).snapshot()
+    assert (snapshot.failed, snapshot.successful) == (2, 1)  # every attempt went through it
+
+
+# Past gRFC A6's per-RPC buffer (256 KiB) a call is committed: its requests are not kept.
+LARGE = [b"x" * 100_000] * 3
+
+
+@pytest.mark.parametrize(("requests", "attempts"), [(LARGE[:2], 3), (LARGE, 1)])
+async def test_a_request_stream_past_the_buffer_limit_is_not_retried(
+    driver: Driver, clock: FakeClock, server: BytesServer, requests: list[bytes], attempts: int
+) -> None:
     driver.connect(retrying(clock))
-    seen = await driver.client_stream([b"fail:UNAVAILABLE"])
+    seen = await driver.client_stream([*requests, b"fail:UNAVAILABLE"])
+    assert seen.code is grpc.StatusCode.UNAVAILABLE
+    assert server.count(CLIENT_STREAM) == attempts  # 200 kB kept and replayed; 300 kB committed
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["interceptors", "guarded"])
+async def test_aio_requests_written_with_write_are_sent_once(
+    clock: FakeClock, server: BytesServer, guarded: bool
+) -> None:
+    # grpc.aio reads write()s only once the interceptors have returned the call: not replayable.
+    registry = retrying(clock)
+    if guarded:
+        channel = aio_guarded_channel(grpc.aio.insecure_channel(server.target), registry)
+    else:
+        interceptors = breaker_interceptors(registry)
+        channel = grpc.aio.insecure_channel(server.target, interceptors=interceptors)
+    try:
+        multi: Any = channel.stream_unary(CLIENT_STREAM)
+        call = multi(timeout=30)  # a hang would end DEADLINE_EXCEEDED, failing the test
+        await call.write(b"a")
+        await call.write(b"flaky:1:UNAVAILABLE")
+        await call.done_writing()  # the server aborts once it has them all
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert server.count(CLIENT_STREAM) == 1
+    finally:
+        await channel.close()
+
+
+def test_grpcs_write_proxy_is_known() -> None:
+    """The generator grpc.aio makes of write()s is recognised (else no request stream retries)."""
+    assert WRITES_CODE is not None
+    writes = _InterceptedStreamRequestMixin()._proxy_writes_as_request_iterator()  # type: ignore[no-untyped-call]
+    assert not replayable(writes)
+    assert replayable(iter([b"a"]))
+
+
+async def test_a_request_stream_that_reached_the_server_is_not_retried_unless_idempotent(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    driver.connect(retrying(clock, idempotent=False))
+    seen = await driver.client_stream([b"a", b"flaky:1:UNAVAILABLE"])
     assert seen.code is grpc.StatusCode.UNAVAILABLE and server.count(CLIENT_STREAM) == 1
 
 

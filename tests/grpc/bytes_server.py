@@ -52,7 +52,8 @@ class BytesServer:
     echoes; b"pushback:MS" aborts UNAVAILABLE with grpc-retry-pushback-ms MS (b"flaky:K:CODE:MS"
     adds that to each abort); anything else is echoed. With a FakeClock, b"tick" advances it by
     `tick` seconds before answering, b"tick-first" streams after advancing it, and b"long-lived"
-    streams one message, waits for `release`, advances it, then streams two more.
+    streams one message, waits for `release`, advances it, then streams two more. A client
+    stream's requests are answered in order once it has them all (`streams` keeps each one's).
     """
 
     def __init__(self, clock: FakeClock | None = None, tick: float = 10.0) -> None:
@@ -64,6 +65,7 @@ class BytesServer:
         self.entered = threading.Semaphore(0)
         self.time_remaining: list[float | None] = []
         self.seen: collections.Counter[bytes] = collections.Counter()
+        self.streams: list[list[bytes]] = []  # each client stream's requests, as received
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=48))
         handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
             "Unary": grpc.unary_unary_rpc_method_handler(functools.partial(self._unary, UNARY)),
@@ -172,11 +174,17 @@ class BytesServer:
 
     def _client_stream(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         self._enter(CLIENT_STREAM, context)
-        count = 0
+        received: list[bytes] = []
+        with self.lock:
+            self.streams.append(received)
         for request in requests:
+            with self.lock:
+                received.append(request)
+        # Answered once the client has sent them all: an abort racing the client's writes ends
+        # the call INTERNAL or CANCELLED on grpc.aio instead of with the code aborted with.
+        for request in received:
             self._answer(request, context)
-            count += 1
-        return b"count:%d" % count
+        return b"count:%d" % len(received)
 
     def _bidi(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         self._enter(BIDI, context)

@@ -21,7 +21,7 @@ ENGINE_TESTS = (
     "tests/test_names.py tests/test_layers.py "
     "tests/control/test_agent_failstatic.py"  # Backoff's tests (the agent's reconnects)
 )
-ADAPTER_TESTS = "tests/contract tests/grpc tests/aio"
+ADAPTER_TESTS = "tests/contract tests/grpc tests/aio tests/test_replay.py"
 AGENT_TESTS = (
     "tests/control/test_agent.py tests/control/test_agent_cache.py "
     "tests/control/test_agent_failover.py tests/control/test_agent_failstatic.py "
@@ -124,6 +124,7 @@ GROUPS = (
             "meshbreaker/_adapter/fallback.py",
             "meshbreaker/_adapter/guard.py",
             "meshbreaker/_adapter/rejection.py",
+            "meshbreaker/_adapter/replay.py",
             "meshbreaker/_adapter/retrying.py",
             "meshbreaker/_adapter/tracking.py",
             "meshbreaker/grpc/_calls.py",
