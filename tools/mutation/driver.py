@@ -106,16 +106,18 @@ def make_plan(src: Path, seed: int) -> list[Mutant]:
 
 
 def run_one(
-    src: Path,
     work: Path,
     venv: Path,
     m: Mutant,
     tests: str | None = None,
     timeout: int | None = None,
 ) -> dict[str, Any]:
-    """Run `m`'s tests (or `tests`) against it in the copy `work`; the copy is restored after."""
+    """Run `m`'s tests (or `tests`) against it in the copy `work`; the copy is restored after.
+
+    The original is the copy's own: the tree the copies were taken from may change meanwhile.
+    """
     f = work / m["file"]
-    original = (src / m["file"]).read_text()
+    original = f.read_text()
     f.write_text(apply(original, m))
     shutil.rmtree(work / ".hypothesis", ignore_errors=True)
     for pyc in (work / "meshbreaker").rglob("__pycache__"):
@@ -174,6 +176,20 @@ def run_one(
         "failed": failed,
         "tail": out[-1500:] if status != "survived" else out[-300:],
     }
+
+
+def _stale(src: Path, todo: list[Mutant]) -> list[str]:
+    """The mutants whose line no longer reads as it did when the plan was drawn."""
+    texts: dict[str, list[str]] = {}
+    stale = []
+    for m in todo:
+        if m["file"] not in texts:
+            path = src / m["file"]
+            texts[m["file"]] = path.read_text().splitlines() if path.exists() else []
+        lines = texts[m["file"]]
+        if len(lines) < m["line"] or lines[m["line"] - 1].strip() != m["source_line"]:
+            stale.append(f"{m['file']}:{m['line']}")
+    return stale
 
 
 def _check_imports_from(venv: Path, work: Path) -> None:
@@ -271,6 +287,12 @@ def run(src: Path, venv: Path, a: argparse.Namespace, cmd: str) -> None:
         results = a.results.read_text().splitlines()
         done = {json.loads(line)["id"] for line in results if line.strip()}
     todo = [m for m in todo if m["id"] not in done]
+    stale = _stale(src, todo)
+    if stale:
+        sys.exit(
+            f"the tree changed since the plan was drawn ({', '.join(stale[:3])}): "
+            "draw a new plan (a fresh seed), or run it on the tree it was drawn from"
+        )
     # Private copies (several runs may share a machine): mutants are written there, never in src.
     scratch = Path(tempfile.mkdtemp(prefix="meshbreaker-mutate-"))
     workdirs = []
@@ -300,7 +322,7 @@ def run(src: Path, venv: Path, a: argparse.Namespace, cmd: str) -> None:
         with lock:
             wd = free.pop()
         try:
-            return run_one(src, wd, venv, m, a.tests, a.timeout)
+            return run_one(wd, venv, m, a.tests, a.timeout)
         finally:
             with lock:
                 free.append(wd)
