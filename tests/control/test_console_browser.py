@@ -297,7 +297,7 @@ def test_the_read_only_view_refuses_writes(agent_page: Watched, mesh: Mesh) -> N
     assert mesh.registry.get(mesh.method).state is State.CLOSED
 
 
-def test_each_instance_shows_how_long_ago_it_last_reported(
+def test_each_instance_shows_how_long_ago_it_last_reported_and_its_breakers_time_in_state(
     browser: Browser, control_plane_thread: Callable[..., ServerThread]
 ) -> None:
     # The control plane's clock is the test's: the age it gives is exact, the page counts on.
@@ -322,6 +322,10 @@ def test_each_instance_shows_how_long_ago_it_last_reported(
             expect(last_report).to_have_text(re.compile(r"^\d+s ago$"), timeout=DEADLINE_MS)
             clock.advance(125.0)  # no report for two minutes: the page shows it, unreloaded
             expect(last_report).to_have_text(re.compile(r"^2m\d\ds ago$"), timeout=DEADLINE_MS)
+            # The breaker's time in its state counts from its report too: two minutes closed.
+            chip = page.locator('tr.breaker .chip[data-instance="tx-quiet"]')
+            expect(chip.locator(".word")).to_have_text("closed")
+            expect(chip.locator(".age")).to_have_text(re.compile(r"^2m\d\ds$"))
             assert agent.report_now(timeout=30.0)  # a report: back to seconds
             expect(last_report).to_have_text(re.compile(r"^\d+s ago$"), timeout=DEADLINE_MS)
             assert watched.errors == []
