@@ -21,6 +21,7 @@ from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, Throttl
 from meshbreaker.registry import BreakerRegistry
 
 TRANSFER_METHOD = "/bank.v1.TransactionService/Transfer"
+BALANCE_METHOD = "/bank.v1.AccountService/GetBalance"
 NOTIFY_METHOD = "/bank.v1.NotificationService/SendTransferNotification"
 BREAKS = ("new-id-per-attempt", "wrong-answer")
 _REFUSING = frozenset({State.OPEN, State.FORCED_OPEN})

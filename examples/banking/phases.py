@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from examples.banking.controlplane import REPLICA_LEASE_TTL
 from examples.banking.fleet import fleet
-from examples.banking.gateway import NOTIFY_METHOD, TRANSFER_METHOD
+from examples.banking.gateway import BALANCE_METHOD, NOTIFY_METHOD, TRANSFER_METHOD
 from examples.banking.policies import applies, method_policy, policy_messages
 from examples.banking.services.account import CLOSED_ACCOUNT
 from meshbreaker.config import BreakerConfig, ConcurrencyLimit, ConfigLayer, State
@@ -67,16 +67,38 @@ def _email_refusals(demo: Demo) -> int:
     )
 
 
+# The xds-ejection phase's policy on the gateway's GetBalance: the breaker judges the account
+# service as a whole, gRPC's outlier detection each replica. One replica of two failing every call
+# fails about half of them (round robin alternates the replicas), which the usual policy (opens at
+# half, or five in a row as answers arrive) would count as an outage: it would open and keep the
+# calls away from the channel whose ejection needs 4 calls to the replica within 0.5 s (a breaker
+# probing two calls per open period never gives it that). With this layer only a window whose
+# calls all fail, or are all slow, opens it: the whole service down, never one replica.
+XDS_EJECTION_POLICY = "demo-xds-ejection"
+SERVICE_AS_A_WHOLE: ConfigLayer = {
+    "failure_rate_threshold": 1.0,
+    "slow_call_rate_threshold": 1.0,
+    "consecutive_failures": 0,
+}
+
+
 def xds_ejection(demo: Demo, phase: PhaseResult) -> None:
     """One of the two account replicas behind xds:///accounts fails every GetBalance.
 
     gRPC's own xDS client ejects it (outlier detection from the policies): its failures stop
-    growing while payments still commit, with the gateway's GetBalance breaker closed.
+    growing while payments still commit, with the gateway's GetBalance breaker closed. For the
+    phase the breaker opens only when the service as a whole fails (SERVICE_AS_A_WHOLE), so one
+    replica's failures reach the channel, which ejects it: by construction, whatever the load.
     """
     from examples.banking.cluster import ACCOUNT_REPLICA
     from examples.banking.ledger import read_counters
 
     mesh = demo.mesh
+    description = "xds-ejection phase: one replica failing is gRPC's to eject, not an outage"
+    if not _apply_gateway_policy(
+        demo, XDS_EJECTION_POLICY, BALANCE_METHOD, SERVICE_AS_A_WHOLE, description
+    ):
+        phase.notes.append("the phase's GetBalance policy did not reach the gateway within 30 s")
     mesh.set_chaos(ACCOUNT_REPLICA, failure_rate=1.0, methods=["GetBalance"])
     deadline = time.monotonic() + 30
     failures, quiet_since, commits = 0, time.monotonic(), 0
@@ -100,6 +122,11 @@ def xds_ejection(demo: Demo, phase: PhaseResult) -> None:
     phase.marks["replica_failures"] = failures
     demo.hold(phase)
     mesh.set_chaos(ACCOUNT_REPLICA)
+    mesh.admin("DeletePolicy", pb.DeletePolicyRequest(id=XDS_EJECTION_POLICY))
+    if not _gateway_config(
+        demo, BALANCE_METHOD, lambda config: not applies(SERVICE_AS_A_WHOLE, config)
+    ):
+        phase.notes.append("the gateway kept the phase's GetBalance policy 30 s after its delete")
 
 
 def _balance_breaker_closed(demo: Demo) -> bool:
@@ -359,23 +386,27 @@ def overload(demo: Demo, phase: PhaseResult) -> None:
     demo.mesh.set_chaos("transaction")
     demo.mesh.admin("DeletePolicy", pb.DeletePolicyRequest(id=OVERLOAD_POLICY))
     # The next phase starts from the gateway's usual Transfer config, not from a shedding one.
-    if not _gateway_transfer_config(demo, lambda config: config.throttle_k is None):
+    if not _gateway_config(demo, TRANSFER_METHOD, lambda config: config.throttle_k is None):
         phase.notes.append("the gateway kept the overload policy for 30 s after it was deleted")
 
 
 def _apply_transfer_policy(demo: Demo, layer: ConfigLayer) -> bool:
     """Put `layer` on the gateway's Transfer method; whether the gateway applied it within 30 s."""
     description = "overload phase: the gateway's retries and overload controls"
-    put = method_policy(OVERLOAD_POLICY, "gateway", TRANSFER_METHOD, layer, description)
-    demo.mesh.admin("PutPolicy", put)
-    return _gateway_transfer_config(demo, lambda config: applies(layer, config))
+    return _apply_gateway_policy(demo, OVERLOAD_POLICY, TRANSFER_METHOD, layer, description)
 
 
-def _gateway_transfer_config(demo: Demo, wanted: Callable[[BreakerConfig], bool]) -> bool:
-    """Whether the gateway's Transfer breaker reports a config `wanted` accepts within 30 s."""
-    request = pb.ListBreakersRequest(
-        service="gateway", method=TRANSFER_METHOD, include_instances=True
-    )
+def _apply_gateway_policy(
+    demo: Demo, policy_id: str, method: str, layer: ConfigLayer, description: str
+) -> bool:
+    """Put `layer` on the gateway's `method`; whether the gateway applied it within 30 s."""
+    demo.mesh.admin("PutPolicy", method_policy(policy_id, "gateway", method, layer, description))
+    return _gateway_config(demo, method, lambda config: applies(layer, config))
+
+
+def _gateway_config(demo: Demo, method: str, wanted: Callable[[BreakerConfig], bool]) -> bool:
+    """Whether the gateway's breaker of `method` reports a config `wanted` accepts within 30 s."""
+    request = pb.ListBreakersRequest(service="gateway", method=method, include_instances=True)
 
     def reported() -> bool:
         groups = demo.mesh.admin("ListBreakers", request).groups
