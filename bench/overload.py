@@ -10,7 +10,8 @@ Goodput (successful calls per second) is compared for: no limit; a fixed bulkhea
 (max_concurrent_calls) swept to find the best one in hindsight; the adaptive limit; adaptive
 throttling; both. Retry amplification (attempts the server saw / calls the clients made) is
 measured with a retry policy with and without its budget, while half of all attempts fail, and
-while all do.
+while all do; and for client-streaming calls (STREAM_LENGTH requests each, replayed from gRFC A6's
+buffer on every retry) while half fail, with the messages each attempt delivered.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ BASE_LATENCY = 0.05
 THINK = 0.05
 CLIENTS = 32
 METHOD = "/bench.Backend/Work"
+STREAM_METHOD = "/bench.Backend/WorkStream"
+STREAM_LENGTH = 4
 # The breaker itself never trips here: what is measured is the overload controls alone.
 QUIET = BreakerConfig(consecutive_failures=0, failure_rate_threshold=1.0, minimum_calls=10**6)
 # The variants with no tuning, held to GOODPUT_TARGET x the best fixed bulkhead in hindsight.
@@ -49,14 +52,16 @@ class Backend:
         self.lock = threading.Lock()
         self.in_flight = 0
         self.attempts = 0
+        self.messages = 0  # requests received by WorkStream
         self.fail_ratio = 0.0  # an outage: this share of attempts fails whatever the load
         self.rng = random.Random(7)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=256))
-        handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(
-            self._work
-        )
+        handlers: dict[str, grpc.RpcMethodHandler[Any, bytes]] = {
+            "Work": grpc.unary_unary_rpc_method_handler(self._work),
+            "WorkStream": grpc.stream_unary_rpc_method_handler(self._work_stream),
+        }
         self.server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("bench.Backend", {"Work": handler}),)
+            (grpc.method_handlers_generic_handler("bench.Backend", handlers),)
         )
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
@@ -79,6 +84,12 @@ class Backend:
             with self.lock:
                 self.in_flight -= 1
 
+    def _work_stream(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        received = sum(1 for _ in requests)  # all of them first: the call's work is its stream
+        with self.lock:
+            self.messages += received
+        return self._work(b"x" * received, context)
+
     def stop(self) -> None:
         self.server.stop(None)
 
@@ -90,16 +101,27 @@ def drive(
     clients: int,
     warmup: float,
     think: float = THINK,
+    streamed: bool = False,
 ) -> dict[str, Any]:
     """Run `clients` closed-loop clients for `warmup` + `seconds`; what they saw in `seconds`.
 
     The warm-up uses the same registry, so limits and budgets have learned when counting starts.
+    `streamed`: client-streaming calls of STREAM_LENGTH requests instead of unary ones.
     """
     registry = BreakerRegistry(config)
     channel = grpc.intercept_channel(
         grpc.insecure_channel(f"127.0.0.1:{backend.port}"), BreakerInterceptor(registry)
     )
-    call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(METHOD)
+    method = STREAM_METHOD if streamed else METHOD
+    unary: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(METHOD)
+    stream: grpc.StreamUnaryMultiCallable[bytes, bytes] = channel.stream_unary(STREAM_METHOD)
+    requests = [b"x"] * STREAM_LENGTH
+
+    def call(request: bytes, timeout: float) -> bytes:
+        if streamed:
+            return stream(iter(requests), timeout=timeout)
+        return unary(request, timeout=timeout)
+
     stop, measuring = threading.Event(), threading.Event()
     counts = {"calls": 0, "ok": 0, "refused": 0, "failed": 0}
     lock = threading.Lock()
@@ -126,7 +148,7 @@ def drive(
         thread.start()
     time.sleep(warmup)
     with backend.lock:
-        attempts_before = backend.attempts
+        attempts_before, messages_before = backend.attempts, backend.messages
     measuring.set()
     started = time.perf_counter()
     time.sleep(seconds)
@@ -134,9 +156,10 @@ def drive(
     elapsed = time.perf_counter() - started
     with backend.lock:
         attempts = backend.attempts - attempts_before
+        messages = backend.messages - messages_before
     for thread in threads:
         thread.join()
-    snapshot = registry.get(METHOD).snapshot()
+    snapshot = registry.get(method).snapshot()
     channel.close()
     return {
         **counts,
@@ -144,6 +167,7 @@ def drive(
         "goodput": counts["ok"] / elapsed,
         "calls_per_second": counts["calls"] / elapsed,
         "amplification": attempts / max(1, counts["calls"] - counts["refused"]),
+        "messages_per_attempt": messages / max(1, attempts) if streamed else None,
         "concurrency_limit": snapshot.concurrency_limit,
         "throttle_probability": snapshot.throttle_probability,
     }
@@ -191,6 +215,11 @@ def amplification(backend: Backend, retry_seconds: float, warmup: float) -> dict
             config = QUIET.replace(retry=retry, idempotent=True)
             name = f"{share:.0%} of attempts fail, {label}"
             results[name] = drive(backend, config, retry_seconds, 32, warmup, think=0.01)
+    backend.fail_ratio = 0.5
+    for label, retry in (("budget", policy), ("no budget", unbudgeted)):
+        config = QUIET.replace(retry=retry, idempotent=True)
+        name = f"50% of attempts fail, request streams of {STREAM_LENGTH}, {label}"
+        results[name] = drive(backend, config, retry_seconds, 32, warmup, 0.01, streamed=True)
     backend.fail_ratio = 0.0
     return results
 
@@ -268,8 +297,11 @@ def _print(results: dict[str, Any]) -> None:
             met = row["amplification"] <= results["targets"]["amplification with the budget"]
             verdict = "≤ 1.25 " + ("met" if met else "MISSED")
         rate = row["calls_per_second"]
-        rows.append([name, f"{rate:,.0f}/s", f"{row['amplification']:.2f}", verdict])
-    headers = ["retries (max_attempts=5)", "calls", "attempts / call", "target"]
+        per_attempt = row.get("messages_per_attempt")
+        replayed = "" if per_attempt is None else f"{per_attempt:.2f}"
+        rows.append([name, f"{rate:,.0f}/s", f"{row['amplification']:.2f}", replayed, verdict])
+    headers = ["retries (max_attempts=5)", "calls", "attempts / call", "messages / attempt"]
+    headers.append("target")
     print(table(headers, rows))
 
 
