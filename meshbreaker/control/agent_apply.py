@@ -134,12 +134,16 @@ class AgentConfig(AgentReports):
         )
         if self._validate is not None:
             self._validate(resolved)
+        # Probe periods first: an instance whose turn it is to probe goes from the fleet's
+        # FORCED_OPEN straight to OPEN (open_for clears the override, so the registry's clearing
+        # finds none): were the override cleared first, its breaker would be CLOSED in between,
+        # and a call then would be a probe on top of the period's half_open_max_calls.
+        self._overrides.applying(resolved)
         self.registry.replace_policies(
             resolved.policies,
             default=resolved.default or self._base_default,
             overrides=resolved.overrides,
         )
-        self._overrides.applied(resolved)
         with self._applied:
             self._applied_snapshot = snapshot
             self._applied_revision = snapshot.revision

@@ -47,8 +47,8 @@ class OverrideClock:
             return longest
         return min(longest, max(0.0, expiry - self._wall_clock()))
 
-    def applied(self, resolved: ResolvedPolicies) -> None:
-        """The registry now holds `resolved`: note the next expiry, start new probe periods."""
+    def applying(self, resolved: ResolvedPolicies) -> None:
+        """`resolved` goes to the registry next: note the next expiry, start new probe periods."""
         self.next_expiry = resolved.next_expiry
         for selector in [key for key in self._probing if key not in resolved.probes]:
             del self._probing[selector]

@@ -237,7 +237,7 @@ def test_a_prober_whose_probe_fails_does_not_probe_again_until_the_decision_move
     registry.on_state_change(clock.transition)
     fleet = FleetSpec(frozenset({"tx-1"}), open_until=START + 10, period=1, decided_at=START)
     decision = _spec("fleet", Selector(caller="tx", method=METHOD), START + 40, fleet)
-    clock.applied(layers.policies_for("tx", [decision], now=START, instance_id="tx-1"))
+    clock.applying(layers.policies_for("tx", [decision], now=START, instance_id="tx-1"))
     assert breaker.state is State.OPEN  # until the fleet's open period ends, not its own
     monotonic.advance(10.0)
     wall.advance(10.0)
@@ -248,5 +248,5 @@ def test_a_prober_whose_probe_fails_does_not_probe_again_until_the_decision_move
     wall.advance(config.open_duration)
     assert breaker.try_acquire() is None
     # The decision ends (it expired, or the fleet closed): the prober closes with the rest.
-    clock.applied(layers.policies_for("tx", [decision], now=START + 40, instance_id="tx-1"))
+    clock.applying(layers.policies_for("tx", [decision], now=START + 40, instance_id="tx-1"))
     assert registry.get(METHOD).state is State.CLOSED

@@ -275,6 +275,37 @@ def test_a_failed_probe_reopens_the_fleet_and_hands_the_probes_to_another_instan
     assert wait_until(lambda: fleet.decisions().get(("transaction", METHOD, "reopened")) == 1)
 
 
+def test_the_instance_taking_its_turn_lets_no_call_through_before_its_probes(
+    fleet: Fleet,
+) -> None:
+    """Its override ends and its own breaker opens in one step: a call in between (the breaker
+    briefly CLOSED) would reach the dependency on top of the period's half_open_max_calls."""
+    for index in range(3):
+        fleet.join(f"tx-{index}")
+    fleet.fail("tx-0")
+    fleet.fail("tx-1")
+    assert wait_until(lambda: fleet.decision() is not None)
+    assert wait_until(lambda: fleet.state("tx-1") is State.FORCED_OPEN)
+    taker = fleet.breaker("tx-1")
+    seen: list[tuple[State, bool]] = []
+
+    def try_a_call(name: str, old: State, new: State) -> None:
+        if name != taker.name:
+            return
+        permit = taker.try_acquire()  # a call made at this very moment
+        if permit is not None:
+            permit.ignore()
+        seen.append((new, permit is not None))
+
+    fleet.agents["tx-1"].registry.on_state_change(try_a_call)
+    fleet.advance(OPEN_DURATION)
+    probe = fleet.breaker("tx-0").try_acquire()
+    assert probe is not None
+    probe.failure()  # the turn passes to tx-1, which waits out the new open period first
+    assert wait_until(lambda: fleet.state("tx-1") is State.OPEN)
+    assert seen == [(State.OPEN, False)]
+
+
 def test_a_prober_that_sends_no_probe_is_replaced_before_the_decision_expires(
     fleet: Fleet,
 ) -> None:
