@@ -50,6 +50,7 @@ INSTANCES = 10
 HALF_OPEN_MAX_CALLS = 5
 OPEN_DURATION = 0.5
 REPORT_INTERVAL = 1.0
+SENDER = "bench-instance"  # request metadata: which instance sent a call
 TARGET_P99_INTERVALS = 2.0
 
 
@@ -59,6 +60,7 @@ class Dependency:
     def __init__(self) -> None:
         self.calls = 0
         self.times: list[float] = []  # when each call arrived (monotonic)
+        self.senders: list[str] = []  # the instance that sent it (the bench client's metadata)
         self.up = True
         self._lock = threading.Lock()
         self._server = grpc.server(concurrent.futures.ThreadPoolExecutor(32))
@@ -73,6 +75,7 @@ class Dependency:
         with self._lock:
             self.calls += 1
             self.times.append(time.monotonic())
+            self.senders.append(str(dict(context.invocation_metadata()).get(SENDER, "")))
         time.sleep(0.02)  # long enough for concurrent calls to overlap
         if not self.up:
             context.abort(grpc.StatusCode.UNAVAILABLE, "down")
@@ -87,11 +90,12 @@ class Instance:
 
     def __init__(self, target: str, service: str, index: int, dependency: Dependency) -> None:
         self.registry = BreakerRegistry()
+        self.instance_id = f"{service}-{index}"
         self.agent = MeshAgent(
             target,
             service,
             self.registry,
-            instance_id=f"{service}-{index}",
+            instance_id=self.instance_id,
             report_interval=REPORT_INTERVAL,
         ).start()
         channel = grpc.insecure_channel(f"127.0.0.1:{dependency.port}")
@@ -104,7 +108,8 @@ class Instance:
         futures = []
         for _ in range(size):
             with contextlib.suppress(grpc.RpcError):  # refused by the breaker: nothing sent
-                futures.append(self.call.future(b"", timeout=2.0))
+                sender = ((SENDER, self.instance_id),)
+                futures.append(self.call.future(b"", timeout=2.0, metadata=sender))
         for future in futures:
             with contextlib.suppress(grpc.RpcError):
                 future.result()
@@ -236,7 +241,8 @@ def probes(target: str, stub: pb_grpc.ControlPlaneStub, seconds: float) -> dict[
         opened = sum(i.registry.get(METHOD).snapshot().times_opened for i in fleets["independent"])
         started = time.monotonic()
         stop = started + seconds
-        periods: list[tuple[float, int]] = []  # (from when, the coordinated fleet's period)
+        # (seen from when, the coordinated fleet's period, its probers)
+        periods: list[tuple[float, int, tuple[str, ...]]] = []
 
         def load(instance: Instance) -> None:
             while time.monotonic() < stop:
@@ -246,9 +252,13 @@ def probes(target: str, stub: pb_grpc.ControlPlaneStub, seconds: float) -> dict[
         def watch_periods() -> None:
             while time.monotonic() < stop:
                 listing = stub.ListPolicies(pb.ListPoliciesRequest(caller="coordinated"))
-                period = max((p.fleet.period for p in listing.policies), default=0)
-                if not periods or periods[-1][1] != period:
-                    periods.append((time.monotonic(), period))
+                fleet = max(
+                    (p.fleet for p in listing.policies if p.HasField("fleet")),
+                    key=lambda decision: decision.period,
+                    default=pb.FleetDecision(),
+                )
+                if not periods or periods[-1][1] != fleet.period:
+                    periods.append((time.monotonic(), fleet.period, tuple(fleet.probers)))
                 time.sleep(0.005)
 
         threads = [
@@ -261,12 +271,31 @@ def probes(target: str, stub: pb_grpc.ControlPlaneStub, seconds: float) -> dict[
             thread.start()
         for thread in threads:
             thread.join()
-        # Each coordinated probe belongs to the fleet period in force when it arrived (the
-        # period is read every 5 ms, so a probe right at a boundary may land in the previous).
+        # Each coordinated probe belongs to the period its sender was the prober of: the latest
+        # such period seen starting before it arrived. Exact while the poll (every 5 ms) lags
+        # less than an open period (a prober waits that long before its probes); a probe from an
+        # instance that was no period's prober counts apart, as one the grants should not allow.
         per_period: dict[int, int] = {}
-        for arrived in dependencies["coordinated"].times[before["coordinated"] :]:
-            period = next((p for since, p in reversed(periods) if since <= arrived), 0)
-            per_period[period] = per_period.get(period, 0) + 1
+        not_granted = 0
+        coordinated_dependency = dependencies["coordinated"]
+        arrivals = zip(
+            coordinated_dependency.times[before["coordinated"] :],
+            coordinated_dependency.senders[before["coordinated"] :],
+            strict=True,
+        )
+        for arrived, sender in arrivals:
+            period = next(
+                (
+                    p
+                    for since, p, probers in reversed(periods)
+                    if since <= arrived and sender in probers
+                ),
+                None,
+            )
+            if period is None:
+                not_granted += 1
+            else:
+                per_period[period] = per_period.get(period, 0) + 1
         reopened = (
             sum(i.registry.get(METHOD).snapshot().times_opened for i in fleets["independent"])
             - opened
@@ -280,12 +309,14 @@ def probes(target: str, stub: pb_grpc.ControlPlaneStub, seconds: float) -> dict[
                 "fleet_periods": len(per_period),
                 "probes_per_open_period": coordinated / max(1, len(per_period)),
                 "most_probes_in_one_period": max(per_period.values(), default=0),
+                "probes_not_granted": not_granted,
             },
             "independent": {
                 "probes": independent,
                 "open_periods_per_instance": reopened,
                 "probes_per_open_period": independent / max(1.0, reopened),
                 "most_probes_in_one_period": None,
+                "probes_not_granted": None,
             },
         }
         result["ratio_independent_to_coordinated"] = independent / max(1, coordinated)
@@ -411,6 +442,7 @@ def main(quick: bool = False) -> dict[str, Any]:
                 "total",
                 "per open period",
                 "most in one period",
+                "not granted",
                 "half_open_max_calls",
             ],
             [
@@ -419,6 +451,7 @@ def main(quick: bool = False) -> dict[str, Any]:
                     str(probe_counts[name]["probes"]),
                     f"{probe_counts[name]['probes_per_open_period']:.1f}",
                     str(probe_counts[name]["most_probes_in_one_period"] or "-"),
+                    str(probe_counts[name]["probes_not_granted"] if name == "coordinated" else "-"),
                     str(HALF_OPEN_MAX_CALLS),
                 ]
                 for name in ("coordinated", "independent")
