@@ -516,6 +516,7 @@ def test_ctrl_c_ends_events_follow_with_status_0(plane: ControlPlane) -> None:
         out, err = process.communicate(timeout=PATIENCE)
     finally:
         process.kill()
-    assert process.returncode == 0
+    # stderr in the message: this exited 1 once in a full run at load ~70 and the cause was lost
+    assert process.returncode == 0, err.decode(errors="replace")
     assert err == b""
     assert b" policy put p1 revision 1 by " in line and line.endswith(b"\n") and out == b""
