@@ -126,6 +126,26 @@ async def test_error_details_never_echo_a_huge_input(stub_for: Any) -> None:
     assert len(error.details() or "") <= MAX_DETAILS
 
 
+async def test_error_details_of_exactly_300_characters_are_whole_and_longer_ones_are_clipped(
+    stub_for: Any,
+) -> None:
+    stub = await stub_for()
+
+    async def details(length: int) -> str:
+        bad = "x" * length + "!"  # not a caller name: the refusal quotes it
+        error = await refused(stub.GetConfig(pb.GetConfigRequest(service=bad)))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return error.details() or ""
+
+    short = await details(10)
+    assert len(short) < 300 and "xxxx!" in short
+    # Each extra character of input is one more of the details, up to the documented 300.
+    at_bound = await details(10 + 300 - len(short))
+    assert len(at_bound) == 300 and at_bound.endswith(short[-20:])
+    over = await details(11 + 300 - len(short))
+    assert len(over) == 300 and over.endswith("…") and over.startswith(short[:20])
+
+
 async def test_unknown_fields_of_a_newer_client_are_not_stored(stub_for: Any) -> None:
     stub = await stub_for()
     policy = pb.Policy(id="p", selector=pb.Selector(service="a.A"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.control.layers import ResolvedPolicies
-from meshbreaker.control.metrics import ControlPlaneCollector
+from meshbreaker.control.metrics import ControlPlaneCollector, ExpositionServer
 from meshbreaker.control.server import ControlPlaneServer, ServerOptions
 from meshbreaker.errors import ConfigError
 from meshbreaker.registry import BreakerRegistry
@@ -237,3 +238,24 @@ def test_metrics_port_is_validated() -> None:
     for bad in (-1, 65536, True, "9090"):
         with pytest.raises(ConfigError, match="metrics_port"):
             ServerOptions(metrics_port=bad)  # type: ignore[arg-type]
+
+
+def test_metrics_instance_breakers_is_validated() -> None:
+    for bad in (-1, True, "5", 1.5):
+        with pytest.raises(ConfigError, match="metrics_instance_breakers"):
+            ServerOptions(metrics_instance_breakers=bad)  # type: ignore[arg-type]
+    assert ServerOptions(metrics_instance_breakers=0).metrics_instance_breakers == 0
+
+
+def test_the_exposition_server_serves_its_url_and_gives_the_port_back_when_closed() -> None:
+    exposition = ExpositionServer(lambda local: f"# local={local}\n", 0, "127.0.0.1")
+    try:
+        assert exposition.url == f"http://127.0.0.1:{exposition.port}/metrics"
+        with urllib.request.urlopen(exposition.url, timeout=10) as answer:
+            assert answer.read() == b"# local=False\n"
+    finally:
+        exposition.close()
+    # The listening socket is closed, not only no longer served: a connection is refused.
+    with socket.socket() as probe, pytest.raises(ConnectionRefusedError):
+        probe.settimeout(10)
+        probe.connect(("127.0.0.1", exposition.port))

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from meshbreaker.control.agent import AgentStatus, MeshAgent
-from meshbreaker.control.server import ControlPlaneServer
+from meshbreaker.control.server import ControlPlaneServer, Limits
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -128,6 +128,30 @@ async def test_a_restarted_process_takes_its_id_over_once_the_old_watch_stream_i
         # ...and from then on the old key is the one refused.
         assert await _code(stub.ReportState(_report(OWNER))) == grpc.StatusCode.PERMISSION_DENIED
         restarted.cancel()
+
+
+async def test_a_restarted_process_is_the_same_instance_for_the_bounds(
+    start_control_plane: StartControlPlane,
+) -> None:
+    limits = Limits(max_instances_per_service=1, max_reported_breakers=1)
+    server: ControlPlaneServer = await start_control_plane(limits=limits)
+    table = server.servicer._instances
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        old = pb.WatchConfigRequest(service="gateway", instance_id="gw-1", instance_key=OWNER)
+        watch = stub.WatchConfig(old)
+        await watch.read()
+        assert await _code(stub.ReportState(_report(OWNER))) == grpc.StatusCode.OK
+        watch.cancel()  # the old process dies
+        await wait_for(lambda: "gw-1" not in table._watch_claims)
+        # The restarted process takes the id over; what the old one held no longer counts
+        # against the service's bound nor the replica's.
+        assert await _code(stub.ReportState(_report(RESTARTED))) == grpc.StatusCode.OK
+        listed = await stub.ListBreakers(pb.ListBreakersRequest())
+        assert [(i.instance_id, i.breakers) for i in listed.instances] == [("gw-1", 1)]
+        assert await _code(stub.ReportState(_report(RESTARTED))) == grpc.StatusCode.OK
+        other = _report(THIEF, instance_id="gw-2")
+        assert await _code(stub.ReportState(other)) == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def test_an_agent_token_limited_to_a_service_cannot_speak_for_another(

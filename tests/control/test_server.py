@@ -20,6 +20,7 @@ from meshbreaker.control.servicer import READ_THREADS
 from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
+from tests.control.agent_support import wait_for
 from tests.control.aio_stubs import health_stub, read, reflection_stub
 
 Start = Callable[..., Awaitable[ControlPlaneServer]]
@@ -208,6 +209,23 @@ async def test_watch_sends_at_once_then_each_relevant_change(
     watch.cancel()
 
 
+async def test_a_caller_whose_last_watch_ends_is_no_longer_followed(
+    server: ControlPlaneServer, stub: pb_grpc.ControlPlaneAsyncStub
+) -> None:
+    streams = server.servicer.config_streams
+    watches = [
+        stub.WatchConfig(pb.WatchConfigRequest(service="tx", instance_id=f"i{n}")) for n in (1, 2)
+    ]
+    for watch in watches:
+        assert (await asyncio.wait_for(read(watch), 10)).revision == 0
+    watches[0].cancel()
+    await wait_for(lambda: streams.streams == 1)
+    assert streams.current("tx") is not None  # another agent still watches it
+    watches[1].cancel()
+    await wait_for(lambda: streams.streams == 0)
+    assert streams.current("tx") is None  # nor is a snapshot kept (and rebuilt) for nobody
+
+
 async def test_a_watch_runs_at_most_one_unacknowledged_revision_ahead_and_coalesces(
     stub: pb_grpc.ControlPlaneAsyncStub,
 ) -> None:
@@ -357,6 +375,19 @@ async def test_list_breakers_aggregates_per_service_and_name(
     )
     assert [b.instance_id for b in detail.groups[0].instance_breakers] == ["i1", "i2"]
     assert detail.groups[0].instance_breakers[1].snapshot.state == pb.BREAKER_STATE_OPEN
+
+
+async def test_list_breakers_shows_each_breakers_config_from_the_report_that_last_sent_it(
+    stub: pb_grpc.ControlPlaneAsyncStub,
+) -> None:
+    config = pb.BreakerConfig(failure_rate_threshold=0.3)
+    await report(stub, "i1", "tx", snapshot("/a.A/X", config=config))
+    # Agents send a config only when it changed: the next reports leave it out.
+    await report(stub, "i1", "tx", snapshot("/a.A/X", pb.BREAKER_STATE_OPEN))
+    listed = await stub.ListBreakers(pb.ListBreakersRequest(include_instances=True))
+    [item] = listed.groups[0].instance_breakers
+    assert item.snapshot.state == pb.BREAKER_STATE_OPEN
+    assert item.snapshot.config == config
 
 
 async def test_reports_merge_unless_full(stub: pb_grpc.ControlPlaneAsyncStub) -> None:

@@ -314,6 +314,8 @@ def test_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "/prod/",
     )
     assert parse_etcd_url("etcd://[::1]:2379") == ([("::1", 2379)], "/meshbreaker/")
+    for empty in ("etcd://h:2379/", "etcd://h:2379//"):  # an empty prefix is the default one
+        assert parse_etcd_url(empty) == ([("h", 2379)], "/meshbreaker/")
     for bad in ("etcd://host", "etcd://:2379", "etcd://h:99999", "redis://x", "sqlite:///"):
         with pytest.raises(ConfigError, match="store"):
             open_store(bad)
