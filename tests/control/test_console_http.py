@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import re
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -14,6 +19,9 @@ import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshbreaker.cli import build_parser
+from meshbreaker.control.console.api import MeshRead
+from meshbreaker.control.console.bridge import HttpCallContext
+from meshbreaker.control.console.feed import MeshCache
 from meshbreaker.control.console.http import CONTENT_SECURITY_POLICY
 from meshbreaker.control.server import ServerOptions
 from meshbreaker.errors import ConfigError
@@ -257,17 +265,26 @@ def test_the_feed_opens_with_hello_the_history_and_the_mesh_which_a_plain_read_g
         assert client.get("/api/mesh").status_code == 401
 
 
-def test_the_console_serves_https_when_the_control_plane_has_tls(
-    control_plane_thread: StartThread, tmp_path: Path
-) -> None:
-    ca = issue("console test CA", None, ca=True)
+Certificate = tuple[Any, Any]  # tls_support.issue()'s (certificate, key)
+
+
+def _tls_console(start: StartThread, ca: Certificate, **options: Any) -> ServerThread:
+    """A control plane with tokens, TLS from a certificate `ca` issued, and its console."""
     server_pem = pem(issue("localhost", ca, usage=ExtendedKeyUsageOID.SERVER_AUTH))
-    server = control_plane_thread(
+    return start(
         console_port=0,
         admin_token=ADMIN,
         tls_cert=server_pem.cert,
         tls_key=server_pem.key,
+        **options,
     )
+
+
+def test_the_console_serves_https_when_the_control_plane_has_tls(
+    control_plane_thread: StartThread, tmp_path: Path
+) -> None:
+    ca = issue("console test CA", None, ca=True)
+    server = _tls_console(control_plane_thread, ca)
     url = server.running.console_url
     assert url is not None and url.startswith("https://")
     ca_file = tmp_path / "ca.pem"
@@ -286,15 +303,8 @@ def test_with_mutual_tls_the_console_wants_a_client_certificate_too(
     control_plane_thread: StartThread, tmp_path: Path
 ) -> None:
     ca = issue("console test CA", None, ca=True)
-    server_pem = pem(issue("localhost", ca, usage=ExtendedKeyUsageOID.SERVER_AUTH))
     client_pem = pem(issue("operator", ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH))
-    server = control_plane_thread(
-        console_port=0,
-        admin_token=ADMIN,
-        tls_cert=server_pem.cert,
-        tls_key=server_pem.key,
-        tls_client_ca=pem(ca).cert,
-    )
+    server = _tls_console(control_plane_thread, ca, tls_client_ca=pem(ca).cert)
     url = server.running.console_url
     assert url is not None
     for name, data in (("ca", pem(ca).cert), ("cert", client_pem.cert), ("key", client_pem.key)):
@@ -370,3 +380,127 @@ def test_a_forced_method_expires_and_a_put_from_the_page_keeps_its_override(
     assert policy.override_reason == "<i>db</i>"
     assert policy.HasField("override_expires_at")
     assert policy.config.minimum_calls == 5
+
+
+def test_pages_share_one_mesh_read_until_a_newer_event_or_its_age_runs_out() -> None:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    reads: list[int] = []
+
+    async def read(context: HttpCallContext) -> MeshRead:
+        reads.append(len(reads) + 1)
+        return MeshRead(pb.ListBreakersResponse(revision=len(reads)), {}, sequence=5)
+
+    try:
+        context = HttpCallContext(None, "console:test")
+        shared = MeshCache(read, loop, max_age=3600.0, timeout=10.0)
+        first = shared.get(0, context)
+        assert json.loads(first)["revision"] == 1
+        assert shared.get(5, context) == first  # a page that saw up to event 5: the same read
+        assert reads == [1]
+        assert json.loads(shared.get(6, context))["revision"] == 2  # it saw a newer event
+        aged = MeshCache(read, loop, max_age=0.0, timeout=10.0)
+        aged.get(0, context)
+        aged.get(0, context)
+        assert reads == [1, 2, 3, 4]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_the_connection_of_a_feed_closes_when_the_feed_ends(
+    console: tuple[ServerThread, str],
+) -> None:
+    server, _ = console
+    port = server.running.console_port
+    assert port is not None
+    host = f"127.0.0.1:{port}"
+    stream = f"GET /api/stream HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {ADMIN}\r\n\r\n"
+    # A request behind it on the same connection: the feed has no length, its end is the close.
+    behind = f"GET /static/console.css HTTP/1.1\r\nHost: {host}\r\n\r\n"
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+        client.sendall((stream + behind).encode())
+        while b"event: mesh" not in received:
+            chunk = client.recv(65536)
+            assert chunk, received
+            received += chunk
+        server.stop()  # the feed ends
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := client.recv(65536):
+                received += chunk
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert received.count(b"HTTP/1.1 ") == 1, received[-300:]
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
+def test_the_console_refuses_tls_older_than_1_2(control_plane_thread: StartThread) -> None:
+    server = _tls_console(control_plane_thread, issue("console test CA", None, ca=True))
+    port = server.running.console_port
+    assert port is not None
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")  # this client would speak TLS 1.1...
+    old.minimum_version = ssl.TLSVersion.TLSv1_1
+    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        pytest.raises(ssl.SSLError),  # ...the console does not
+    ):
+        old.wrap_socket(raw).close()
+    modern = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    modern.check_hostname, modern.verify_mode = False, ssl.CERT_NONE
+    modern.maximum_version = ssl.TLSVersion.TLSv1_2
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        modern.wrap_socket(raw) as tls,
+    ):
+        assert tls.version() == "TLSv1.2"
+
+
+def test_a_page_that_falls_behind_is_told_how_many_events_it_lost(
+    console: tuple[ServerThread, str], admin_stub: Callable[..., pb_grpc.ControlPlaneStub]
+) -> None:
+    server, _ = console
+    port = server.running.console_port
+    assert port is not None
+    name = "/bank.v1.S/" + "M" * 500  # long names: big events fill the socket buffers sooner
+    # A page that stops reading holds up its feed once the socket buffers are full (the
+    # sender's is at most tcp_wmem's maximum); then its queue of 1,000 events overflows.
+    buffered = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2]) + 2**20
+    reports = 2 * buffered // (len(name) * 1000) + 2
+    with socket.socket() as page:
+        page.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        page.settimeout(30)
+        page.connect(("127.0.0.1", port))
+        request = f"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        page.sendall(f"{request}Authorization: Bearer {ADMIN}\r\n\r\n".encode())
+        received = b""
+        while b"event: mesh" not in received:
+            chunk = page.recv(65536)
+            assert chunk, received
+            received += chunk
+        stub = admin_stub(server.target, AGENT)
+        closed, opened = pb.BREAKER_STATE_CLOSED, pb.BREAKER_STATE_OPEN
+        for sent in range(reports):
+            log = [
+                pb.TransitionRecord(sequence=sent * 1000 + n + 1, name=name,
+                                    from_state=closed, to_state=opened)
+                for n in range(1000)
+            ]  # fmt: skip
+            stub.ReportState(
+                pb.ReportStateRequest(
+                    instance_id="i1", service="tx", instance_key="k" * 32, transition_log=log
+                )
+            )
+        last = f'"sequence": {reports * 1000},'.encode()  # the newest event
+        lost = re.compile(rb'event: lost\ndata: \{"events": [1-9]')
+        told = False
+        while last not in received:
+            chunk = page.recv(1 << 20)
+            assert chunk, received[-300:]
+            received = received[-100:] + chunk  # scan what came, not all of it again
+            told = told or bool(lost.search(received))
+    assert told

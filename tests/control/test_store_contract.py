@@ -5,6 +5,7 @@ CAS revisions, atomic puts, selector uniqueness, the audit log, the store id, an
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -195,6 +196,17 @@ def test_compaction_makes_an_older_feed_relist(store: PolicyStore) -> None:
         assert [e.revision for e in _next_nonempty(feed)] == [3, 4]
     assert [e.revision for e in store.audit_log()] == [3, 4]
     assert store.list()[0] == 4 and len(store.list()[1]) == 4  # policies are not history
+
+
+def test_a_feed_follows_a_healthy_store_without_a_warning(
+    open_store: OpenStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, other = open_store(), open_store()
+    with caplog.at_level(logging.WARNING, logger="meshbreaker"), store.watch(0) as feed:
+        for name in ("a", "b"):
+            other.put([policy(name, f"s.{name.upper()}")])
+            assert [e.policy_id for e in _next_nonempty(feed)] == [name]
+    assert not caplog.records  # warnings are for outages (a retry of the watch is one)
 
 
 def test_a_closed_feed_returns_nothing(store: PolicyStore) -> None:
