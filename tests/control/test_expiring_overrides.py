@@ -10,7 +10,15 @@ from meshbreaker import BreakerRegistry, State
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control import layers
 from meshbreaker.control.agent import MeshAgent
-from meshbreaker.control.convert import FleetSpec, PolicySpec, Selector, seconds_to_timestamp
+from meshbreaker.control.convert import (
+    MAX_PROBERS,
+    FleetSpec,
+    PolicySpec,
+    Selector,
+    policy_from_proto,
+    seconds_to_timestamp,
+)
+from meshbreaker.errors import ConfigError
 from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2 as pb
 from tests.control.agent_support import (
@@ -190,6 +198,25 @@ def test_put_refuses_an_expiry_without_override_and_a_hand_written_fleet_decisio
         assert caught.value.code() == code
         assert (caught.value.details() or "").startswith(f"policies[0].{field}:")
     assert not stub.ListPolicies(pb.ListPoliciesRequest(), timeout=5).policies
+
+
+def test_a_fleet_decision_names_at_most_max_probers_probers() -> None:
+    def decision(probers: int) -> pb.Policy:
+        return pb.Policy(
+            id="fleet",
+            selector=pb.Selector(caller="transaction", method=METHOD),
+            override=pb.OVERRIDE_FORCED_OPEN,
+            override_expires_at=seconds_to_timestamp(START + 60),
+            fleet=pb.FleetDecision(
+                probers=[f"tx-{n}" for n in range(probers)], period=1,
+                open_until=seconds_to_timestamp(START), decided_at=seconds_to_timestamp(START),
+            ),
+        )  # fmt: skip
+
+    spec = policy_from_proto(decision(MAX_PROBERS))
+    assert spec.fleet is not None and len(spec.fleet.probers) == MAX_PROBERS
+    with pytest.raises(ConfigError, match=rf"policy\.fleet\.probers: at most {MAX_PROBERS}"):
+        policy_from_proto(decision(MAX_PROBERS + 1))
 
 
 # ---------------------------------------------------------------------------------------------

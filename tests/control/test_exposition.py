@@ -158,6 +158,9 @@ def test_past_the_cap_series_are_summed_per_caller_service() -> None:
     assert samples(text, "meshbreaker_failure_rate", breaker=ACCOUNTS) == {
         ("gateway", "*", ACCOUNTS): pytest.approx(0.3)  # the mean over instances
     }
+    assert samples(text, "meshbreaker_slow_calls_total", breaker=ACCOUNTS) == {
+        ("gateway", "*", ACCOUNTS): 0.0  # no instance saw a slow call
+    }
     assert samples(text, "meshbreaker_slow_call_rate", breaker=ACCOUNTS) == {
         ("gateway", "*", ACCOUNTS): pytest.approx(0.15)
     }

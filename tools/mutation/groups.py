@@ -27,7 +27,8 @@ AGENT_TESTS = (
     "tests/control/test_agent_failover.py tests/control/test_agent_failstatic.py "
     "tests/control/test_agent_status.py tests/control/test_report_binding.py "
     "tests/control/test_safe_defaults.py tests/control/test_agent_lifecycle.py "
-    "tests/control/test_expiring_overrides.py tests/control/test_tls.py"
+    "tests/control/test_expiring_overrides.py tests/control/test_tls.py "
+    "tests/control/test_store_identity.py"  # the agent's side of store identity
 )
 # The plane's tests, the slow token/validation files last (with -x a detected mutant stops early).
 PLANE_TESTS = (
