@@ -117,9 +117,6 @@ class InstanceTable:
         self.on_urgent_change: Callable[[], None] = _nothing
         self.version = 0  # moves on with every change of what the table holds
 
-    def __len__(self) -> int:
-        return len(self._instances)
-
     def acknowledged(self, instance_id: str, revision: int) -> bool:
         """True once the instance has applied `revision` (or a later one) or rejected it."""
         instance = self._instances.get(instance_id)
