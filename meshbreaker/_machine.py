@@ -9,7 +9,8 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Final
+from operator import attrgetter
+from typing import TYPE_CHECKING, Final
 
 from meshbreaker._backoff import OpenBackoff
 from meshbreaker._quick import SLICE, QuickSuccesses
@@ -163,15 +164,23 @@ class BreakerMachine:
 
     # ----- configuration -------------------------------------------------------------
 
-    @property
-    def config(self) -> BreakerConfig:
-        """The configuration in force."""
-        return self._config
+    if TYPE_CHECKING:
 
-    @property
-    def retry_budget(self) -> RetryBudget | None:
-        """The budget the retries of this breaker's calls share; None when retries are off."""
-        return self._retry_budget
+        @property
+        def config(self) -> BreakerConfig:
+            """The configuration in force."""
+
+        @property
+        def retry_budget(self) -> RetryBudget | None:
+            """The budget the retries of this breaker's calls share; None when retries are off."""
+
+    else:
+        # C getters: both are read on every guarded call, where a Python property pushes a frame.
+        config = property(attrgetter("_config"), doc="The configuration in force.")
+        retry_budget = property(
+            attrgetter("_retry_budget"),
+            doc="The budget the retries of this breaker's calls share; None when retries are off.",
+        )
 
     @property
     def clock(self) -> Clock:

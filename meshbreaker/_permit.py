@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import TYPE_CHECKING, Final
 
 from meshbreaker._types import Outcome
@@ -64,7 +65,12 @@ class Permit:
         breaker = self._breaker
         breaker._finish(self, _SUCCESS if exc is None else breaker._classify(exc), None)
 
-    @property
-    def done(self) -> bool:
-        """Whether an outcome has been reported."""
-        return self._done
+    if TYPE_CHECKING:
+
+        @property
+        def done(self) -> bool:
+            """Whether an outcome has been reported."""
+
+    else:
+        # A C getter: read on every guarded call, and a Python property would push a frame.
+        done = property(attrgetter("_done"), doc="Whether an outcome has been reported.")

@@ -22,6 +22,7 @@ from meshbreaker import (
     WindowType,
 )
 from meshbreaker.breaker import CallResult
+from meshbreaker.retry import RetryPolicy
 from meshbreaker.testing import FakeClock
 
 COUNT = WindowType.COUNT
@@ -323,6 +324,22 @@ def test_done_turns_true_with_the_one_report_that_counts(clock: FakeClock, repor
     assert permit.done and snap.successful + snap.failed + snap.ignored == 1
     permit.failure()
     assert permit.done and cb.snapshot() == snap
+
+
+def test_the_getters_read_on_every_call_are_read_only(clock: FakeClock) -> None:
+    # Permit.done, CircuitBreaker.config and retry_budget are C getters (no Python frame per
+    # guarded call): each still reads its field as it is now, and none can be set.
+    cb = make(clock)
+    permit = cb.acquire()
+    assert (permit.done, cb.config, cb.retry_budget) == (False, cb._config, None)
+    policy = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.01)
+    cb.update_config(cb.config.replace(retry=policy))
+    permit.success()
+    assert permit.done and cb.config.retry == policy and cb.retry_budget is cb._retry_budget
+    assert cb.retry_budget is not None
+    for owner, name in ((permit, "done"), (cb, "config"), (cb, "retry_budget")):
+        with pytest.raises(AttributeError):
+            setattr(owner, name, None)
 
 
 def test_call_classifies_exceptions(clock: FakeClock) -> None:

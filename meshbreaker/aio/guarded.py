@@ -146,7 +146,9 @@ class _Guarded:
     _unary_response = True
 
     def __init__(self, inner: Any, method: str, guard: Guard) -> None:
-        self._inner = inner
+        # Its bound __call__: calling the object itself with keywords packs them into a dict
+        # (a class's __call__ goes through slot_tp_call); the bound method passes them as they are.
+        self._inner = inner.__call__
         self._method = method
         self._guard = guard
         self._info: MethodInfo = guard.method_info(method)

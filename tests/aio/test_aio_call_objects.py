@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -15,6 +16,8 @@ from grpc.aio._interceptor import UnaryUnaryCallResponse
 from meshbreaker._adapter.guard import Guard
 from meshbreaker.aio import breaker_interceptors
 from meshbreaker.aio._calls import (
+    _CORE_CODES,
+    GRPC_CALLS,
     CallTracker,
     FailedCall,
     FallbackCall,
@@ -472,6 +475,83 @@ async def test_a_status_not_readable_at_the_done_callback_is_counted_once_it_com
     with pytest.raises(grpc.aio.AioRpcError):
         await call
     await wait_for(lambda: counts(registry, UNARY) == (0, 1, 0))
+
+
+# ----- grpc's own calls: their status read where grpc keeps it (CallTracker) ---------------------
+
+
+def own_calls(plain: grpc.aio.Channel, request: bytes) -> list[Any]:
+    """One call of each kind on a channel without interceptors: grpc's own call objects."""
+    return [
+        unary(plain)(request),
+        server_stream(plain)(request),
+        client_stream(plain)(iter([request])),
+        bidi(plain)(iter([request])),
+    ]
+
+
+async def ended(call: Any) -> None:
+    """Reads `call` to its end, whatever its kind and status."""
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        if isinstance(call, (grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall)):
+            async for _ in call:
+                pass
+        else:
+            await call
+
+
+async def test_grpcs_own_call_classes_are_the_ones_tracked_by_their_status(
+    plain: grpc.aio.Channel,
+) -> None:
+    # Should grpc rename them, GRPC_CALLS would be empty and every status read through code().
+    calls = own_calls(plain, b"hello")
+    assert {type(call) for call in calls} == GRPC_CALLS
+    for call in calls:
+        await ended(call)
+
+
+@pytest.mark.parametrize("request_", [b"hello", b"fail:INTERNAL", b"drop"])
+async def test_the_status_a_done_callback_reads_is_the_calls_code_and_details(
+    plain: grpc.aio.Channel, request_: bytes
+) -> None:
+    # CallTracker.on_done reads a grpc call's status from its cython call (no coroutine): set
+    # before grpc runs the done-callbacks, and what code() and details() say once it has ended.
+    calls = own_calls(plain, request_)
+    read: list[tuple[grpc.StatusCode, str]] = []
+
+    def on_done(call: Any) -> None:
+        status = call._cython_call._status
+        read.append((_CORE_CODES[status.code()], status.details()))
+
+    for call in calls:
+        call.add_done_callback(on_done)
+    for call in calls:
+        await ended(call)
+    await wait_for(lambda: len(read) == len(calls))
+    assert sorted(read) == sorted([(await call.code(), await call.details()) for call in calls])
+
+
+async def test_grpc_calls_a_done_callback_at_once_on_a_call_already_done(
+    plain: grpc.aio.Channel,
+) -> None:
+    # CallTracker.watch adds its callback to a grpc call without asking done() first.
+    for call in own_calls(plain, b"hello"):
+        await ended(call)
+        called: list[Any] = []
+        call.add_done_callback(called.append)
+        assert called == [call]
+
+
+async def test_a_tracker_counts_grpcs_own_calls_by_their_status(plain: grpc.aio.Channel) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG)
+    methods = (UNARY, SERVER_STREAM, CLIENT_STREAM, BIDI)  # the kinds own_calls makes, in order
+    for request in (b"hello", b"fail:INTERNAL", b"drop"):
+        for method, call in zip(methods, own_calls(plain, request), strict=True):
+            unwatched(registry, method).watch(call)
+            await ended(call)
+    # One success, one failure, and the balancer's drop ignored and counted as a local refusal.
+    await wait_for(lambda: all(counts(registry, method) == (1, 1, 1) for method in methods))
+    assert [registry.get(method).snapshot().rejected for method in methods] == [1, 1, 1, 1]
 
 
 async def test_waiting_for_the_connection_of_a_failed_call_raises_its_error(

@@ -46,9 +46,10 @@ PATIENT = CONFIG.replace(consecutive_failures=0, window_size=1000, minimum_calls
 class BytesServer:
     """Counts calls per method; requests script the answer.
 
-    b"fail:CODE" aborts with CODE, b"block" waits for `release`, b"deadline" waits for the RPC
-    to end, b"n:K" streams K messages, b"fail-after:K:CODE" streams K then aborts, b"forever"
-    streams until cancelled; b"flaky:K:CODE" aborts with CODE the first K times it is sent, then
+    b"fail:CODE" aborts with CODE, b"drop" aborts UNAVAILABLE as a balancer's drop words it,
+    b"block" waits for `release`, b"deadline" waits for the RPC to end, b"n:K" streams K
+    messages, b"fail-after:K:CODE" streams K then aborts, b"forever" streams until cancelled;
+    b"flaky:K:CODE" aborts with CODE the first K times it is sent, then
     echoes; b"pushback:MS" aborts UNAVAILABLE with grpc-retry-pushback-ms MS (b"flaky:K:CODE:MS"
     adds that to each abort); anything else is echoed. With a FakeClock, b"tick" advances it by
     `tick` seconds before answering, b"tick-first" streams after advancing it, and b"long-lived"
@@ -120,6 +121,8 @@ class BytesServer:
         if request.startswith(b"pushback:"):
             context.set_trailing_metadata((("grpc-retry-pushback-ms", request[9:].decode()),))
             context.abort(grpc.StatusCode.UNAVAILABLE, "boom UNAVAILABLE")
+        if request == b"drop":
+            context.abort(grpc.StatusCode.UNAVAILABLE, "circuit breaker drop")
         if request.startswith(b"fail:"):
             context.set_trailing_metadata((TRAILER,))
             context.abort(grpc.StatusCode[request[5:].decode()], f"boom {request[5:].decode()}")
