@@ -13,12 +13,13 @@ import pytest
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.control.layers import ResolvedPolicies
-from meshbreaker.control.metrics import ControlPlaneCollector, ExpositionServer
+from meshbreaker.control.metrics import ControlPlaneCollector, ExpositionServer, XdsView
 from meshbreaker.control.server import ControlPlaneServer, ServerOptions
 from meshbreaker.errors import ConfigError
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2 as pb
+from meshbreaker.v1 import xds_pb2
 from tests.control.agent_support import AdminStub, ControlPlaneThread, wait_until
 from tests.scrape_support import Scrape
 
@@ -210,6 +211,30 @@ async def test_metrics_of_an_empty_control_plane_and_a_scrape_on_its_own_loop(
     collector = ControlPlaneCollector(server.servicer, asyncio.get_running_loop(), timeout=0.1)
     names = {family.name for family in collector.collect()}
     assert {"meshbreaker_state", "meshbreaker_control_plane_revision"} <= names
+
+
+async def test_xds_clients_read_revision_zero_for_what_they_have_not_acked(
+    start_control_plane: Start,
+) -> None:
+    server = await start_control_plane()
+    resources = [
+        xds_pb2.XdsResourceState(type="cluster", sent_version="4.2"),  # not ACKed yet
+        xds_pb2.XdsResourceState(type="listener", acked_version="4.2"),
+        xds_pb2.XdsResourceState(type="route", acked_version="5", nacked_version="6.1"),
+    ]
+    client = xds_pb2.XdsClientStatus(node_id="n1", node_cluster="gateway", resources=resources)
+    view = XdsView([client], nacks=1)
+    loop = asyncio.get_running_loop()
+    collector = ControlPlaneCollector(server.servicer, loop, xds_clients=lambda: view)
+    families = {family.name: family for family in collector.collect()}
+
+    def values(name: str) -> dict[str, float]:
+        prefix = "meshbreaker_control_plane_xds_"
+        return {sample.labels["type"]: sample.value for sample in families[prefix + name].samples}
+
+    assert values("acked_policy_revision") == {"cluster": 0, "listener": 4, "route": 5}
+    assert values("acked_cluster_revision") == {"cluster": 0, "listener": 2, "route": 0}
+    assert values("nacking") == {"cluster": 0, "listener": 0, "route": 1}
 
 
 async def test_metrics_are_off_by_default(start_control_plane: Start) -> None:
