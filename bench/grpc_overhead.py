@@ -6,14 +6,16 @@ pass-through interceptor (and its A/A control), BreakerInterceptor, and guarded_
 Also what the call-duration histogram (the metrics' one per-call cost) adds to a guarded call.
 
 One run, one server process (a subprocess, so server work does not share the client's GIL), and
-interleaved rounds: every round measures each variant once, in a rotating order, so drift on a
-noisy machine hits all variants alike. Ratios are medians of per-round ratios. A second
-pass-through interceptor is the A/A control: its ratio to the first shows the noise floor.
+many short interleaved rounds: every round measures each variant once, in a rotating order, so
+drift on a noisy machine hits all variants alike, and a round is short enough that little drifts
+within it. Ratios are medians of per-round ratios, of wall time and of the client's CPU time (all
+its threads: grpc's pollers too). A second plain channel and a second pass-through interceptor
+are the A/A controls: their ratios to the first show the noise floor.
 
 Parts: _grpc_rig (server, pass-through interceptors, workloads), _grpc_sync and _grpc_aio (the
 network workloads), _grpc_interception (the in-process cost of interception alone).
 
-    python -m bench.grpc_overhead [--quick]
+    python -m bench.grpc_overhead [--quick] [--only sync|aio|interception ...] [--rounds N]
 """
 
 from __future__ import annotations
@@ -40,11 +42,13 @@ from bench._grpc_rig import STREAM_MESSAGES, THREADS, VARIANTS, serve
 from bench._grpc_sync import run_sync
 from bench._harness import table, write_json
 
+PARTS = ("sync", "aio", "interception")
+
 
 def _table(results: dict[str, Any]) -> str:
     rows = []
     for api in ("sync", "aio"):
-        for workload in results[api].values():
+        for workload in results.get(api, {}).values():
             for variant in VARIANTS:
                 row = workload["variants"][variant]
                 rows.append(
@@ -65,61 +69,86 @@ def _table(results: dict[str, Any]) -> str:
     return table(headers, rows)
 
 
-def main(quick: bool = False) -> dict[str, Any]:
-    """Runs the benchmark, prints the table, writes bench/results/grpc_overhead.json."""
-    rounds, calls, streams, batches = (4, 200, 10, 2) if quick else (12, 600, 30, 3)
-    context = multiprocessing.get_context("spawn")
-    ports = context.Queue()
-    server = context.Process(target=serve, args=(ports,), daemon=True)
-    server.start()
-    try:
-        target = f"127.0.0.1:{ports.get(timeout=30)}"
-        started = time.time()
-        results: dict[str, Any] = {
-            "meta": {
-                "quick": quick,
-                "rounds": rounds,
-                "calls_per_round": calls,
-                "streams_per_round": streams,
-                "stream_messages": STREAM_MESSAGES,
-                "threads": THREADS,
-                "python": sys.version.split()[0],
-                "grpcio": grpc.__version__,
-                "platform": platform.platform(),
-                "cpus": os.cpu_count(),
-                "load_average_before": list(os.getloadavg()),
-            },
-            "sync": run_sync(target, rounds, calls, streams, batches),
-            "aio": asyncio.run(run_aio(target, rounds, calls, streams, batches)),
-            "interceptor_cost": interceptor_cost(rounds, 20_000 if quick else 100_000),
-            "guarded_aio_cost": guarded_aio_cost(rounds, 5_000 if quick else 20_000),
+def main(
+    quick: bool = False, only: tuple[str, ...] = PARTS, rounds: int | None = None
+) -> dict[str, Any]:
+    """Runs the benchmark (the parts in `only`), prints the tables, writes the JSON."""
+    # Many short rounds: a round of each variant takes a fraction of a second, so the median of
+    # per-round ratios is taken over many pairs measured close together.
+    default_rounds, calls, streams, batches = (6, 100, 4, 1) if quick else (36, 200, 10, 1)
+    rounds = rounds or default_rounds
+    results: dict[str, Any] = {
+        "meta": {
+            "quick": quick,
+            "parts": list(only),
+            "rounds": rounds,
+            "calls_per_round": calls,
+            "streams_per_round": streams,
+            "stream_messages": STREAM_MESSAGES,
+            "threads": THREADS,
+            "python": sys.version.split()[0],
+            "grpcio": grpc.__version__,
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_average_before": list(os.getloadavg()),
         }
-        results["meta"]["seconds"] = round(time.time() - started, 1)
-        results["meta"]["load_average_after"] = list(os.getloadavg())
-    finally:
-        server.terminate()
-        server.join(10)
-    cost = results["interceptor_cost"]
-    print(_table(results))
-    print(
-        "\nx plain / x pass-through = median over rounds of variant / that variant, measured in"
-        " the same round; plain_control and passthrough_control are the A/A noise floors."
-        " Targets (issue 18): guarded x plain <= 1.03 (sync unary, server-stream), <= 1.05 (aio"
-        " unary)."
-    )
-    print(
-        f"Interception alone, no network: breaker adds {cost['added_ns_sync']:.0f} ns per sync"
-        f" call and {cost['added_ns_aio']:.0f} ns per aio call over a pass-through interceptor."
-    )
-    print()
-    print(guarded_aio_table(results["guarded_aio_cost"]))
-    print()
-    print(histogram_table(cost))
-    print(f"wrote {write_json('grpc_overhead', results)}")
+    }
+    started = time.time()
+    if "sync" in only or "aio" in only:
+        context = multiprocessing.get_context("spawn")
+        ports = context.Queue()
+        server = context.Process(target=serve, args=(ports,), daemon=True)
+        server.start()
+        try:
+            target = f"127.0.0.1:{ports.get(timeout=30)}"
+            if "sync" in only:
+                results["sync"] = run_sync(target, rounds, calls, streams, batches)
+            if "aio" in only:
+                results["aio"] = asyncio.run(run_aio(target, rounds, calls, streams, batches))
+        finally:
+            server.terminate()
+            server.join(10)
+    if "interception" in only:
+        interception_rounds = min(rounds, 12)
+        results["interceptor_cost"] = interceptor_cost(
+            interception_rounds, 20_000 if quick else 100_000
+        )
+        results["guarded_aio_cost"] = guarded_aio_cost(
+            interception_rounds, 5_000 if quick else 20_000
+        )
+    results["meta"]["seconds"] = round(time.time() - started, 1)
+    results["meta"]["load_average_after"] = list(os.getloadavg())
+    if "sync" in only or "aio" in only:
+        print(_table(results))
+        print(
+            "\nx plain / x pass-through = median over rounds of variant / that variant, measured"
+            " in the same round (CPU x plain: the same for the client's CPU time per call);"
+            " plain_control and passthrough_control are the A/A noise floors. Targets (issue"
+            " 18): guarded x plain <= 1.03 (sync unary, server-stream), <= 1.05 (aio unary)."
+        )
+    if "interception" in only:
+        cost = results["interceptor_cost"]
+        print(
+            f"Interception alone, no network: breaker adds {cost['added_ns_sync']:.0f} ns per"
+            f" sync call and {cost['added_ns_aio']:.0f} ns per aio call over a pass-through"
+            " interceptor."
+        )
+        print()
+        print(guarded_aio_table(results["guarded_aio_cost"]))
+        print()
+        print(histogram_table(cost))
+    print(f"took {results['meta']['seconds']} s; wrote {write_json('grpc_overhead', results)}")
     return results
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and calls")
-    main(quick=parser.parse_args().quick)
+    parser.add_argument(
+        "--only", nargs="+", choices=PARTS, default=list(PARTS), help="the parts to run"
+    )
+    parser.add_argument("--rounds", type=int, help="rounds of the network parts (default 36)")
+    args = parser.parse_args()
+    if args.rounds is not None and args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    main(quick=args.quick, only=tuple(args.only), rounds=args.rounds)
