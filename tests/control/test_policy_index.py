@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from meshbreaker.control.policies import PolicyIndex, encode_snapshot
 from meshbreaker.control.store import AuditEntry
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -60,3 +62,23 @@ def test_encoded_snapshots_equal_the_messages_through_puts_deletes_and_adoption(
 def test_encode_snapshot_also_serializes_a_plain_message() -> None:
     message = _expected(3, "audit", [_policy("a", "audit", 2)])
     assert pb.ConfigSnapshot.FromString(encode_snapshot(message)) == message
+
+
+def test_a_relisting_rebuilds_the_index_under_its_lock() -> None:
+    index = PolicyIndex(1, [_policy("a-tx", "transaction", 3)], store_id="store-1")
+    index.watch("transaction")
+    rebuilt = threading.Event()
+
+    def relist() -> None:
+        index.replace(7, [_policy("b-tx", "transaction", 4, revision=7)])
+        rebuilt.set()
+
+    relisting = threading.Thread(target=relist)
+    with index._lock:  # a reader in the middle of its bookkeeping...
+        relisting.start()
+        assert not rebuilt.wait(1.0)  # ...sees no half-rebuilt index: the relisting waits
+        assert index.revision == 1
+    assert rebuilt.wait(10)
+    relisting.join(10)
+    snapshot = index.snapshot("transaction").message()
+    assert snapshot.revision == 7 and [p.id for p in snapshot.policies] == ["b-tx"]

@@ -79,3 +79,9 @@ def test_a_schema_1_file_gets_its_selectors_indexed_and_keeps_them_unique(tmp_pa
         }
     finally:
         store.close()
+
+
+def test_a_directory_is_refused_with_what_to_give_instead(tmp_path: Path) -> None:
+    expected = r"is a directory: give the path of a file, e\.g\. --db DIR/meshbreaker\.db"
+    with pytest.raises(StoreError, match=expected):
+        SqliteStore(tmp_path)
