@@ -19,10 +19,12 @@ import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshbreaker.cli import build_parser
+from meshbreaker.control.auth import TokenAuthenticator
 from meshbreaker.control.console.api import MeshRead
 from meshbreaker.control.console.bridge import HttpCallContext
 from meshbreaker.control.console.feed import MeshCache
 from meshbreaker.control.console.http import CONTENT_SECURITY_POLICY
+from meshbreaker.control.console.server import ConsoleServer
 from meshbreaker.control.server import ServerOptions
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -504,3 +506,38 @@ def test_a_page_that_falls_behind_is_told_how_many_events_it_lost(
             received = received[-100:] + chunk  # scan what came, not all of it again
             told = told or bool(lost.search(received))
     assert told
+
+
+def test_a_page_gets_the_mesh_after_each_burst_of_events_not_only_on_the_refresh(
+    control_plane_thread: StartThread, admin_stub: Callable[..., pb_grpc.ControlPlaneStub]
+) -> None:
+    server = control_plane_thread()
+    # A console whose refresh never comes within the test: every mesh after the first is one
+    # sent because events came.
+    console = ConsoleServer(
+        server.running.servicer, TokenAuthenticator(), "127.0.0.1", 0, refresh=3600.0
+    )
+
+    async def start() -> None:
+        console.start()
+
+    server.call(start())
+    try:
+        meshes = 0
+        with (
+            httpx.Client(base_url=console.url, timeout=30.0) as client,
+            client.stream("GET", "/api/stream") as stream,
+        ):
+            for line in stream.iter_lines():
+                if line != "event: mesh":
+                    continue
+                meshes += 1
+                if meshes == 2:
+                    break
+                forced = pb.ForceStateRequest(
+                    selector=pb.Selector(method=METHOD), override=pb.OVERRIDE_FORCED_OPEN
+                )
+                admin_stub(server.target).ForceState(forced, timeout=10)
+        assert meshes == 2
+    finally:
+        server.call(console.stop())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from meshbreaker.control.store import (
     StoreError,
     StoreUnavailableError,
 )
-from meshbreaker.control.store.etcd_server import free_port
+from meshbreaker.control.store.etcd_server import EtcdServer, free_port
 from meshbreaker.control.store.url import open_store, parse_etcd_url
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -302,6 +303,27 @@ def test_servers_register_renew_and_deregister_their_endpoints(store: PolicyStor
     store.delete_xds_cluster("a")
     store.put_xds_cluster(xds_cluster("a", 5000))
     assert registered(store) == []
+
+
+def test_on_etcd_a_sweep_drops_what_outlived_its_lease_at_one_new_registry_revision(
+    etcd_server: EtcdServer,
+) -> None:
+    from meshbreaker.control.store.etcd import EtcdStore
+
+    store = EtcdStore([etcd_server.endpoint], prefix=f"/test-{uuid.uuid4().hex}/")
+    try:
+        store.put_xds_cluster(xds_cluster("a", 5000))
+        store.register_xds_endpoint("a", endpoint(6000), TTL, max_endpoints=10)
+        store.register_xds_endpoint("a", endpoint(6001), 2, max_endpoints=10)  # 2 s lease
+        before = store.xds_clusters()[0]
+        deadline = time.monotonic() + 30
+        while not store.sweep_xds_endpoints():  # until etcd has ended the short lease
+            assert time.monotonic() < deadline, "the 2 s lease did not end within 30 s"
+            time.sleep(0.2)
+        assert registered(store) == [(6000, 0)]
+        assert store.xds_clusters()[0] == before + 1
+    finally:
+        store.close()
 
 
 def test_a_cluster_takes_registrations_up_to_its_endpoint_bound(store: PolicyStore) -> None:

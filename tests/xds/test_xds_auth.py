@@ -18,6 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from meshbreaker.control.server import ServerOptions, serve
+from meshbreaker.control.xds.ads import MAX_NAME_LENGTH
 from meshbreaker.control.xds.bootstrap import bootstrap
 from meshbreaker.control.xds.resources import CLUSTER
 from meshbreaker.errors import ConfigError
@@ -28,13 +29,13 @@ from tests.xds.support import CLIENT_SCRIPT, DEADLINE, ROOT, Backend, XdsClientP
 ADMIN, AGENT = "admin-secret", "agent-secret"
 
 
-def ads_stream(target: str, token: str | None) -> discovery_pb2.DiscoveryResponse:
-    """Subscribe to one cluster on a plaintext channel and return the first answer."""
+def ads_stream(
+    target: str, token: str | None, names: tuple[str, ...] = ("accounts",)
+) -> discovery_pb2.DiscoveryResponse:
+    """Subscribe to clusters (one) on a plaintext channel and return the first answer."""
     requests: queue.Queue[discovery_pb2.DiscoveryRequest | None] = queue.Queue()
     requests.put(
-        discovery_pb2.DiscoveryRequest(
-            node={"id": "n"}, type_url=CLUSTER, resource_names=["accounts"]
-        )
+        discovery_pb2.DiscoveryRequest(node={"id": "n"}, type_url=CLUSTER, resource_names=names)
     )
     metadata = None if token is None else (("authorization", f"Bearer {token}"),)
     with grpc.insecure_channel(target) as channel:
@@ -69,6 +70,21 @@ async def test_with_tokens_an_ads_stream_needs_the_agent_token(tmp_path: Path) -
                 await stub.PutCluster(put, metadata=(("authorization", f"Bearer {AGENT}"),))
             assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
             await stub.PutCluster(put, metadata=(("authorization", f"Bearer {ADMIN}"),))
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_a_resource_name_longer_than_the_bound_ends_the_stream(tmp_path: Path) -> None:
+    server = await serve(0, tmp_path / "cp.db", xds=True)
+    try:
+        longest = "a" * MAX_NAME_LENGTH
+        answer = await asyncio.to_thread(ads_stream, server.target, None, (longest,))
+        assert answer.type_url == CLUSTER
+        with pytest.raises(grpc.RpcError) as caught:
+            await asyncio.to_thread(ads_stream, server.target, None, (longest + "a",))
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        expected = f"resource_names: a name is longer than {MAX_NAME_LENGTH}"
+        assert str(caught.value.details()) == expected
     finally:
         await server.stop(grace=0)
 

@@ -18,7 +18,8 @@ from typing import Any
 
 
 def load_equivalents(path: Path | None) -> list[dict[str, str]]:
-    """The entries of equivalent.txt: blocks of `file:`, `line:`, `mutation:`, `why:` lines."""
+    """The entries of equivalent.txt: blocks of `file:`, `line:`, `mutation:`, `why:` lines
+    (and `at:`, the line number, for a line whose text recurs in the file)."""
     if path is None or not path.exists():
         return []
     entries: list[dict[str, str]] = []
@@ -44,6 +45,9 @@ def equivalent_reason(result: dict[str, Any], equivalents: list[dict[str, str]])
             fnmatch.fnmatch(result["file"], entry.get("file", ""))
             and entry.get("line") == result["source_line"]
             and entry.get("mutation") in ("*", f"{result['kind']} {result['desc']}")
+            # `at:` pins a line whose text recurs in the file (`return`): once the code moves,
+            # the entry stops matching and the survivor is read again, never hidden.
+            and entry.get("at", str(result["line"])) == str(result["line"])
         ):
             return entry.get("why", "")
     return None

@@ -166,7 +166,7 @@ async def start_xds(
     authenticator: TokenAuthenticator,
     clock: Callable[[], float],
     max_clients: int,
-    allow_anonymous: bool = False,
+    allow_anonymous: bool,
 ) -> XdsServer:
     """An XdsServer over `store`'s cluster registry, registered on `server` and started."""
     xds = XdsServer(
