@@ -114,6 +114,25 @@ def test_unreachable_control_plane_keeps_retrying_and_stop_is_prompt() -> None:
     assert time.monotonic() - started < 1.0
 
 
+class _Ceiling(random.Random):
+    """Draws every backoff delay at its ceiling (no jitter): the waits are known."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_after_every_target_failed_the_agent_waits_its_backoff_before_trying_again() -> None:
+    agent = MeshAgent(UNREACHABLE, "transaction", BreakerRegistry())
+    agent._backoff = Backoff(30.0, 30.0, rng=_Ceiling())
+    agent.start()
+    try:
+        assert wait_until(lambda: agent._backoff.attempt >= 1)  # one round failed
+        time.sleep(1.0)
+        assert agent._backoff.attempt == 1  # and the next waits its 30 s
+    finally:
+        agent.stop()
+
+
 # ---------------------------------------------------------------------------------------------
 # Against the real control plane (tests/control/conftest.py): outage, restart, cache.
 

@@ -199,3 +199,22 @@ async def test_list_breakers_never_exceeds_the_message_size(stub_for: Any) -> No
     assert "filter by service or method" in (error.details() or "")
     small = await stub.ListBreakers(pb.ListBreakersRequest(method="/bank.v1.S/M1"))
     assert len(small.groups) == 1 and small.groups[0].instances == 10
+
+
+async def test_an_override_reason_of_up_to_256_characters_is_kept(stub_for: Any) -> None:
+    stub = await stub_for()
+
+    def force(reason: str) -> Any:
+        return stub.ForceState(
+            pb.ForceStateRequest(
+                selector=pb.Selector(method="/bank.v1.S/M"),
+                override=pb.OVERRIDE_FORCED_OPEN,
+                reason=reason,
+            )
+        )
+
+    forced = await force("r" * 256)
+    assert forced.policy.override_reason == "r" * 256
+    error = await refused(force("r" * 257))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "reason: at most 256 characters"

@@ -541,3 +541,36 @@ def test_a_page_gets_the_mesh_after_each_burst_of_events_not_only_on_the_refresh
         assert meshes == 2
     finally:
         server.call(console.stop())
+
+
+def test_at_most_32_pages_hold_a_feed_at_once(console: tuple[ServerThread, str]) -> None:
+    server, _ = console
+    port = server.running.console_port
+    assert port is not None
+    request = (
+        f"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {ADMIN}\r\n\r\n"
+    ).encode()
+
+    def open_page() -> tuple[socket.socket, bytes]:
+        page = socket.create_connection(("127.0.0.1", port), timeout=30)
+        page.sendall(request)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = page.recv(4096)
+            assert chunk, head
+            head += chunk
+        return page, head
+
+    pages = []
+    try:
+        for _ in range(32):
+            page, head = open_page()
+            pages.append(page)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+        page, head = open_page()
+        pages.append(page)
+        assert head.startswith(b"HTTP/1.1 413 "), head  # RESOURCE_EXHAUSTED
+    finally:
+        for page in pages:
+            page.close()
