@@ -82,3 +82,26 @@ def test_a_relisting_rebuilds_the_index_under_its_lock() -> None:
     relisting.join(10)
     snapshot = index.snapshot("transaction").message()
     assert snapshot.revision == 7 and [p.id for p in snapshot.policies] == ["b-tx"]
+
+
+def test_a_relisting_forgets_the_canaries_and_overrides_it_no_longer_holds() -> None:
+    canary = _policy("a-tx", "transaction", 3)
+    canary.canary.CopyFrom(pb.Canary(percent=30.0, config=pb.BreakerConfig(minimum_calls=5)))
+    forced = _policy("b-tx", "transaction", 4)
+    forced.override = pb.OVERRIDE_FORCED_OPEN
+    index = PolicyIndex(1, [canary, forced], store_id="store-1")
+    assert [p.id for p in index.canaries()] == ["a-tx"]
+    assert [p.id for p in index.overrides()] == ["b-tx"]
+    index.replace(9, [_policy("c-tx", "transaction", 5, revision=9)])  # after a compaction
+    assert index.canaries() == [] and index.overrides() == []
+
+
+def test_a_snapshots_size_is_estimated_as_its_policies_plus_1_kib_of_wrapping() -> None:
+    index = PolicyIndex(1, [_policy("a-tx", "transaction", 3)], store_id="store-1")
+    added = _policy("b-tx", "transaction", 4)
+    caller, estimate = index.largest_snapshot_bytes([added])
+    policies = [_policy("a-tx", "transaction", 3), added]
+    assert caller == "transaction"
+    assert estimate == sum(policy.ByteSize() + 8 for policy in policies) + 1024
+    index.apply([AuditEntry(2, "b-tx", "put", "test", 0.0, None, added)])
+    assert len(index.snapshot("transaction").payload) < estimate  # the estimate holds it
