@@ -105,3 +105,6 @@ def test_a_snapshots_size_is_estimated_as_its_policies_plus_1_kib_of_wrapping() 
     assert estimate == sum(policy.ByteSize() + 8 for policy in policies) + 1024
     index.apply([AuditEntry(2, "b-tx", "put", "test", 0.0, None, added)])
     assert len(index.snapshot("transaction").payload) < estimate  # the estimate holds it
+    everyone = _policy("z-all", "", 2)  # a policy for every caller, in an index of no caller's
+    only = PolicyIndex(1, [], store_id="store-1").largest_snapshot_bytes([everyone])
+    assert only == ("", everyone.ByteSize() + 8 + 1024)

@@ -82,7 +82,9 @@ async def test_reflection_lists_the_service(server: ControlPlaneServer) -> None:
 # -- policies ----------------------------------------------------------------------------------
 
 
-async def test_put_list_delete_and_revisions(stub: pb_grpc.ControlPlaneAsyncStub) -> None:
+async def test_put_list_delete_and_revisions(
+    server: ControlPlaneServer, stub: pb_grpc.ControlPlaneAsyncStub
+) -> None:
     put = await stub.PutPolicy(
         pb.PutPolicyRequest(
             policies=[policy("a", service="bank.v1.A"), policy("b", method="/bank.v1.B/Get")]
@@ -97,6 +99,7 @@ async def test_put_list_delete_and_revisions(stub: pb_grpc.ControlPlaneAsyncStub
     assert listed.policies[0].config.failure_rate_threshold == 0.25
     deleted = await stub.DeletePolicy(pb.DeletePolicyRequest(id="a"))
     assert deleted.revision == 2
+    assert server.servicer.revision == 2  # answered once this server has applied it
     listed = await stub.ListPolicies(pb.ListPoliciesRequest())
     assert [p.id for p in listed.policies] == ["b"]
 
