@@ -240,6 +240,20 @@ async def test_hostile_registrations_are_refused_and_nothing_is_stored(
     assert (await plane.clusters()).revision == before
 
 
+async def test_an_invalid_cluster_put_is_refused_and_nothing_is_stored(plane: Plane) -> None:
+    before = await plane.clusters()
+    endpoint = xds_pb2.XdsEndpoint(host="accounts.internal", port=5000)
+    cluster = xds_pb2.XdsCluster(name="payments", endpoints=[endpoint])
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await plane.stub.PutCluster(
+            xds_pb2.PutClusterRequest(cluster=cluster), metadata=bearer(ADMIN)
+        )
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "cluster.endpoints[0].host" in str(refused.value.details())
+    assert "not an IP address" in str(refused.value.details())
+    assert await plane.clusters() == before
+
+
 async def test_registering_needs_a_token_even_when_xds_is_anonymous(plane: Plane) -> None:
     for metadata in ((), bearer("wrong")):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
