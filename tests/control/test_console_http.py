@@ -143,6 +143,27 @@ def test_a_refused_put_says_what_the_grpc_api_says(console: tuple[ServerThread, 
     assert "selector.method" in expected
 
 
+def test_an_explain_whose_policies_do_not_resolve_answers_why(
+    console: tuple[ServerThread, str],
+) -> None:
+    server, url = console
+    mesh = pb.Policy(id="mesh", selector=pb.Selector())
+    mesh.config.failure_codes.codes.append("UNAVAILABLE")
+    ignoring = pb.Policy(id="ignoring", selector=pb.Selector(service="bank.v1.AccountService"))
+    ignoring.config.ignored_codes.codes.append("UNAVAILABLE")
+    with grpc.insecure_channel(server.target) as channel:
+        pb_grpc.ControlPlaneStub(channel).PutPolicy(
+            pb.PutPolicyRequest(policies=[mesh, ignoring]), metadata=bearer(ADMIN), timeout=10
+        )
+    with _client(url, AGENT) as client:
+        answer = client.get("/api/explain", params={"caller": "gateway", "method": METHOD})
+    assert answer.status_code == 200, answer.text
+    explained = answer.json()
+    assert explained["error"].startswith("the policies for gateway do not resolve: ")
+    assert "UNAVAILABLE" in explained["error"] and "policies mesh, ignoring" in explained["error"]
+    assert "layered" not in explained and explained["instances"] == []
+
+
 def test_writes_from_the_console_are_the_grpc_apis_writes(
     console: tuple[ServerThread, str],
 ) -> None:
