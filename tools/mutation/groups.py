@@ -47,7 +47,8 @@ PLANE_TESTS = (
 FLEET_TESTS = (
     "tests/control/test_fleet_leader.py tests/control/test_fleet_quorum.py "
     "tests/control/test_quorum_counts.py tests/control/test_store_contract.py "
-    "tests/control/test_replicas.py tests/control/test_replica_view.py"
+    "tests/control/test_replicas.py tests/control/test_replica_view.py "
+    "tests/control/test_canary.py"  # the fleet controller's canary watch
 )
 CONSOLE_TESTS = (
     "tests/control/test_console_history.py tests/control/test_console_http.py "
