@@ -151,6 +151,29 @@ def test_a_lasting_state_shows_its_real_age_on_every_replica(
     assert breaker.state is State.OPEN
 
 
+def test_another_replica_keeps_showing_a_config_the_agent_reported_only_once(
+    across: tuple[MeshAgent, pb_grpc.ControlPlaneStub],
+) -> None:
+    agent, elsewhere = across
+    breaker = agent.registry.get(METHOD)
+
+    def seen_elsewhere(total: int) -> pb.BreakerSnapshot | None:
+        for group in listed(elsewhere, include_instances=True).groups:
+            for item in group.instance_breakers:
+                if item.snapshot.total == total:
+                    return item.snapshot
+        return None
+
+    breaker.acquire().success()
+    assert wait_until(lambda: seen_elsewhere(1) is not None, timeout=10)
+    # The agent sends a config once; later reports of the breaker carry only its numbers.
+    breaker.acquire().success()
+    assert wait_until(lambda: seen_elsewhere(2) is not None, timeout=10)
+    snapshot = seen_elsewhere(2)
+    assert snapshot is not None and snapshot.HasField("config")
+    assert snapshot.config.consecutive_failures == 1
+
+
 async def _mesh_view(plane: ServerThread) -> MeshView:
     return plane.running.servicer.mesh_view()
 
