@@ -229,6 +229,32 @@ def test_a_stopped_replicas_instances_leave_every_view_and_come_back_by_failover
     assert len(listed(watcher).instances) == 1
 
 
+def test_a_stopping_replica_gives_its_lease_back_so_its_instances_go_long_before_the_ttl(
+    etcd: EtcdServer,
+    control_plane_thread: ControlPlaneThread,
+    agents: Callable[..., MeshAgent],
+    admin_stub: AdminStub,
+) -> None:
+    # Neither the lease nor a report TTL runs out during the test: only the revoke removes them.
+    planes = [
+        control_plane_thread(
+            store=etcd.url,
+            report_ttl=600.0,
+            replica_publish_interval=0.1,
+            replica_lease_ttl=600,
+        )
+        for _ in range(2)
+    ]
+    agent = agents(planes[0].target, "transaction")
+    remote = admin_stub(planes[1].target)
+    assert wait_until(
+        lambda: [i.instance_id for i in listed(remote).instances] == [agent.instance_id],
+        timeout=10,
+    )
+    planes[0].stop()
+    assert wait_until(lambda: not listed(remote).instances, timeout=30)
+
+
 def test_a_crashed_replicas_records_expire_with_its_lease(etcd: EtcdServer) -> None:
     crashed = EtcdStore([etcd.endpoint], prefix="/lease/")
     watching = EtcdStore([etcd.endpoint], prefix="/lease/")
