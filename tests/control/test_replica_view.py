@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import math
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from meshbreaker.control.limits import Limits
 from meshbreaker.control.store.etcd import EtcdStore
 from meshbreaker.control.store.etcd_server import EtcdServer
 from meshbreaker.registry import BreakerRegistry
+from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 from meshbreaker.v1 import mesh_pb2
@@ -253,6 +255,43 @@ def test_a_stopping_replica_gives_its_lease_back_so_its_instances_go_long_before
     )
     planes[0].stop()
     assert wait_until(lambda: not listed(remote).instances, timeout=30)
+
+
+def test_a_heartbeat_keeps_another_replicas_unchanged_instances_fresh(
+    etcd: EtcdServer,
+    control_plane_thread: ControlPlaneThread,
+    agents: Callable[..., MeshAgent],
+    admin_stub: AdminStub,
+) -> None:
+    clock, wall = FakeClock(1000.0), FakeClock(1_700_000_000.0)
+    planes = [
+        control_plane_thread(
+            store=etcd.url,
+            report_ttl=30.0,
+            replica_publish_interval=0.1,
+            replica_lease_ttl=2,
+            clock=clock,
+            wall_clock=wall,
+        )
+        for _ in range(2)
+    ]
+    agent = agents(planes[0].target, "transaction")
+    remote = admin_stub(planes[1].target)
+
+    def report_age() -> float:
+        """Seconds since the agent's last report as the second replica tells it (inf: not seen)."""
+        found = [i for i in listed(remote).instances if i.instance_id == agent.instance_id]
+        return found[0].report_age if found else math.inf
+
+    assert wait_until(lambda: report_age() < 10, timeout=10)
+    # The agent's reports tell nothing new, so its record is never rewritten: only the first
+    # replica's heartbeats, stamped with the new time, vouch for it on the second.
+    clock.advance(20)
+    wall.advance(20)
+    assert wait_until(lambda: report_age() < 10, timeout=10)
+    clock.advance(20)
+    wall.advance(20)
+    assert wait_until(lambda: report_age() < 10, timeout=10)
 
 
 def test_a_crashed_replicas_records_expire_with_its_lease(etcd: EtcdServer) -> None:
