@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,18 @@ def test_a_directory_is_refused_with_what_to_give_instead(tmp_path: Path) -> Non
     expected = r"is a directory: give the path of a file, e\.g\. --db DIR/meshbreaker\.db"
     with pytest.raises(StoreError, match=expected):
         SqliteStore(tmp_path)
+
+
+def test_closing_a_feed_wakes_a_next_in_progress(tmp_path: Path) -> None:
+    # Polling every hour: only the close can end the wait.
+    store = SqliteStore(tmp_path / "store.db", poll_interval=3600)
+    try:
+        feed = store.watch(0)
+        answered: list[object] = []
+        waiting = threading.Thread(target=lambda: answered.append(feed.next()), daemon=True)
+        waiting.start()
+        feed.close()
+        waiting.join(30)
+        assert not waiting.is_alive() and answered == [[]]
+    finally:
+        store.close()

@@ -474,10 +474,10 @@ class SqliteStore(PolicyStore):
                 self._db.execute("COMMIT")
         return [_entry(row) for row in rows]
 
-    def _wait_for_commit(self, seen: int, timeout: float) -> int:
-        """Wait until a commit after `seen` (or `timeout`); the commit count now."""
+    def _wait_for_commit(self, seen: int, timeout: float, closed: Callable[[], bool]) -> int:
+        """Wait until a commit after `seen`, `closed()` or `timeout`; the commit count now."""
         with self._committed:
-            self._committed.wait_for(lambda: self._commits != seen, timeout)
+            self._committed.wait_for(lambda: self._commits != seen or closed(), timeout)
             return self._commits
 
     def close(self) -> None:
@@ -514,7 +514,7 @@ class _SqliteFeed(ChangeFeed):
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     break
-            self._store._wait_for_commit(seen, wait)
+            self._store._wait_for_commit(seen, wait, lambda: self._closed)
         return []
 
     def close(self) -> None:
