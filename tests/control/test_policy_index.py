@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
-from meshbreaker.control.policies import PolicyIndex, encode_snapshot
-from meshbreaker.control.store import AuditEntry
+from meshbreaker.config import BreakerConfig
+from meshbreaker.control.policies import Follower, PolicyIndex, Update, encode_snapshot
+from meshbreaker.control.store import AuditEntry, SqliteStore
 from meshbreaker.v1 import control_plane_pb2 as pb
+from tests.control.agent_support import method_policy
+from tests.server_support import wait_until
 
 
 def _policy(policy_id: str, caller: str, failures: int, revision: int = 1) -> pb.Policy:
@@ -108,3 +112,40 @@ def test_a_snapshots_size_is_estimated_as_its_policies_plus_1_kib_of_wrapping() 
     everyone = _policy("z-all", "", 2)  # a policy for every caller, in an index of no caller's
     only = PolicyIndex(1, [], store_id="store-1").largest_snapshot_bytes([everyone])
     assert only == ("", everyone.ByteSize() + 8 + 1024)
+
+
+def test_after_a_compaction_the_follower_reopens_its_feed_and_keeps_following(
+    tmp_path: Path,
+) -> None:
+    # The follower's store sees another store's commits only by polling, here never: its feed
+    # waits, open, while another store writes and compacts, and fails at its next read.
+    store = SqliteStore(tmp_path / "cp.db", poll_interval=3600)
+    other = SqliteStore(tmp_path / "cp.db")
+
+    def put(policy_id: str, on: SqliteStore) -> None:
+        on.put([method_policy(policy_id, BreakerConfig(), method=f"/s.S/{policy_id}")])
+
+    def ids() -> list[str]:
+        return [policy.id for policy in index.policies()]
+
+    try:
+        put("a", store)
+        index = PolicyIndex(*store.list())
+        index.watch("transaction")
+        updates: list[Update] = []
+        follower = Follower(store, index, updates.append, poll=3600)
+        follower.start()
+        try:
+            assert wait_until(lambda: follower._feed is not None, timeout=10)
+            put("b", other)
+            other.compact(other.list()[0])
+            put("c", store)  # wakes the feed: its history is gone, so the follower relists
+            assert wait_until(lambda: any(update.relisted for update in updates), timeout=10)
+            assert wait_until(lambda: ids() == ["a", "b", "c"], timeout=10)
+            put("d", store)  # followed on a new feed
+            assert wait_until(lambda: ids() == ["a", "b", "c", "d"], timeout=10)
+        finally:
+            follower.stop()
+    finally:
+        other.close()
+        store.close()
