@@ -43,16 +43,12 @@ def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
 @pytest.fixture
 def replicas(
     etcd: EtcdServer, control_plane_thread: ControlPlaneThread
-) -> Callable[[int], list[ServerThread]]:
-    def start(count: int) -> list[ServerThread]:
+) -> Callable[..., list[ServerThread]]:
+    def start(count: int, **options: Any) -> list[ServerThread]:
+        """`count` replicas on the etcd store; `options` override the short test defaults."""
+        settings = {"report_ttl": 5.0, "replica_publish_interval": 0.1, "replica_lease_ttl": 2}
         return [
-            control_plane_thread(
-                store=etcd.url,
-                report_ttl=5.0,
-                replica_publish_interval=0.1,
-                replica_lease_ttl=2,
-            )
-            for _ in range(count)
+            control_plane_thread(store=etcd.url, **{**settings, **options}) for _ in range(count)
         ]
 
     return start
@@ -75,7 +71,7 @@ def agents() -> Iterator[Callable[..., MeshAgent]]:
 
 @pytest.fixture
 def across(
-    replicas: Callable[[int], list[ServerThread]],
+    replicas: Callable[..., list[ServerThread]],
     agents: Callable[..., MeshAgent],
     admin_stub: AdminStub,
 ) -> tuple[MeshAgent, pb_grpc.ControlPlaneStub]:
@@ -88,8 +84,13 @@ def listed(stub: pb_grpc.ControlPlaneStub, **request: object) -> pb.ListBreakers
     return stub.ListBreakers(pb.ListBreakersRequest(**request), timeout=10)  # type: ignore[arg-type]
 
 
+def shows_only(stub: pb_grpc.ControlPlaneStub, agent: MeshAgent) -> bool:
+    """Whether the replica behind `stub` lists exactly `agent`'s instance."""
+    return [i.instance_id for i in listed(stub).instances] == [agent.instance_id]
+
+
 def test_every_replica_lists_every_instance_with_its_breakers_and_configs(
-    replicas: Callable[[int], list[ServerThread]],
+    replicas: Callable[..., list[ServerThread]],
     agents: Callable[..., MeshAgent],
     admin_stub: AdminStub,
     monkeypatch: pytest.MonkeyPatch,
@@ -208,7 +209,7 @@ def test_a_transition_on_one_replica_is_an_event_on_every_other(
 
 
 def test_a_stopped_replicas_instances_leave_every_view_and_come_back_by_failover(
-    replicas: Callable[[int], list[ServerThread]],
+    replicas: Callable[..., list[ServerThread]],
     agents: Callable[..., MeshAgent],
     admin_stub: AdminStub,
 ) -> None:
@@ -232,49 +233,26 @@ def test_a_stopped_replicas_instances_leave_every_view_and_come_back_by_failover
 
 
 def test_a_stopping_replica_gives_its_lease_back_so_its_instances_go_long_before_the_ttl(
-    etcd: EtcdServer,
-    control_plane_thread: ControlPlaneThread,
+    replicas: Callable[..., list[ServerThread]],
     agents: Callable[..., MeshAgent],
     admin_stub: AdminStub,
 ) -> None:
     # Neither the lease nor a report TTL runs out during the test: only the revoke removes them.
-    planes = [
-        control_plane_thread(
-            store=etcd.url,
-            report_ttl=600.0,
-            replica_publish_interval=0.1,
-            replica_lease_ttl=600,
-        )
-        for _ in range(2)
-    ]
+    planes = replicas(2, report_ttl=600.0, replica_lease_ttl=600)
     agent = agents(planes[0].target, "transaction")
     remote = admin_stub(planes[1].target)
-    assert wait_until(
-        lambda: [i.instance_id for i in listed(remote).instances] == [agent.instance_id],
-        timeout=10,
-    )
+    assert wait_until(lambda: shows_only(remote, agent), timeout=10)
     planes[0].stop()
     assert wait_until(lambda: not listed(remote).instances, timeout=30)
 
 
 def test_a_heartbeat_keeps_another_replicas_unchanged_instances_fresh(
-    etcd: EtcdServer,
-    control_plane_thread: ControlPlaneThread,
+    replicas: Callable[..., list[ServerThread]],
     agents: Callable[..., MeshAgent],
     admin_stub: AdminStub,
 ) -> None:
     clock, wall = FakeClock(1000.0), FakeClock(1_700_000_000.0)
-    planes = [
-        control_plane_thread(
-            store=etcd.url,
-            report_ttl=30.0,
-            replica_publish_interval=0.1,
-            replica_lease_ttl=2,
-            clock=clock,
-            wall_clock=wall,
-        )
-        for _ in range(2)
-    ]
+    planes = replicas(2, report_ttl=30.0, clock=clock, wall_clock=wall)
     agent = agents(planes[0].target, "transaction")
     remote = admin_stub(planes[1].target)
 
@@ -379,27 +357,16 @@ def _etcd_json(etcd: EtcdServer, path: str, body: dict[str, object]) -> dict[str
 @pytest.mark.parametrize("publish_interval", [0.1, 1.0], ids=["publish finds", "keepalive finds"])
 def test_a_replica_whose_lease_was_lost_writes_its_instances_again(
     etcd: EtcdServer,
-    control_plane_thread: ControlPlaneThread,
+    replicas: Callable[..., list[ServerThread]],
     agents: Callable[..., MeshAgent],
     admin_stub: AdminStub,
     publish_interval: float,
 ) -> None:
     # A publish more often than the keepalive (every ttl/3) finds the lease gone first, or not.
-    planes = [
-        control_plane_thread(
-            store=etcd.url,
-            report_ttl=5.0,
-            replica_publish_interval=publish_interval,
-            replica_lease_ttl=2,
-        )
-        for _ in range(2)
-    ]
+    planes = replicas(2, replica_publish_interval=publish_interval)
     agent = agents(planes[0].target, "transaction")
     remote = admin_stub(planes[1].target)
-    assert wait_until(
-        lambda: [i.instance_id for i in listed(remote).instances] == [agent.instance_id],
-        timeout=10,
-    )
+    assert wait_until(lambda: shows_only(remote, agent), timeout=10)
     start = base64.b64encode(b"/meshbreaker/mesh/").decode()
     end = base64.b64encode(b"/meshbreaker/mesh0").decode()
 
@@ -413,7 +380,4 @@ def test_a_replica_whose_lease_was_lost_writes_its_instances_again(
         _etcd_json(etcd, "/v3/lease/revoke", {"ID": lease["ID"]})
     # The replica notices, takes a new lease and writes its instance again.
     assert wait_until(lambda: any("/instance/" in key for key in records()), timeout=10)
-    assert wait_until(
-        lambda: [i.instance_id for i in listed(remote).instances] == [agent.instance_id],
-        timeout=10,
-    )
+    assert wait_until(lambda: shows_only(remote, agent), timeout=10)
