@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,6 +20,7 @@ from bench._grpc_rig import (
     VARIANTS,
     Workload,
     aio_pass_through,
+    interleave_aio,
     rotated,
 )
 from meshbreaker.aio import breaker_interceptors
@@ -26,25 +28,17 @@ from meshbreaker.aio import guarded_channel as aio_guarded_channel
 from meshbreaker.registry import BreakerRegistry
 
 
-async def _aio_unary(call: Callable[[bytes], Awaitable[Any]], count: int) -> list[float]:
-    samples = []
+async def _aio_unary(call: Callable[[bytes], Awaitable[Any]], count: int) -> None:
     for _ in range(count):
-        start = time.perf_counter()
         await call(PAYLOAD)
-        samples.append(time.perf_counter() - start)
-    return samples
 
 
-async def _aio_stream(call: Callable[[bytes], Any], count: int) -> list[float]:
-    samples = []
+async def _aio_stream(call: Callable[[bytes], Any], count: int) -> None:
     for _ in range(count):
-        start = time.perf_counter()
         received = 0
         async for _ in call(PAYLOAD):
             received += 1
-        samples.append(time.perf_counter() - start)
         assert received == STREAM_MESSAGES
-    return samples
 
 
 async def _aio_tasks(call: Callable[[bytes], Awaitable[Any]], count: int) -> list[float]:
@@ -84,14 +78,12 @@ async def run_aio(
     for variant in VARIANTS:
         await _aio_unary(unary[variant], 50)
         await _aio_stream(stream[variant], 5)
+    rng = random.Random(0)  # the same orders in every run
     for index in range(rounds):
-        for variant in rotated(index):
-            cpu = time.process_time()
-            samples = await _aio_unary(unary[variant], calls)
-            workloads["unary"].add_round(variant, samples, (time.process_time() - cpu) / calls)
-            cpu = time.process_time()
-            samples = await _aio_stream(stream[variant], streams)
-            workloads["stream"].add_round(variant, samples, (time.process_time() - cpu) / streams)
+        order = rotated(index)
+        await interleave_aio(workloads["unary"], rng, calls, lambda v: _aio_unary(unary[v], 1))
+        await interleave_aio(workloads["stream"], rng, streams, lambda v: _aio_stream(stream[v], 1))
+        for variant in order:
             cpu = time.process_time()
             samples = [
                 (await _aio_tasks(unary[variant], calls // THREADS))[0] for _ in range(batches)

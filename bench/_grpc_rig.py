@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import statistics
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -105,6 +107,54 @@ def rotated(index: int) -> tuple[str, ...]:
     """VARIANTS starting at a different one each round, so none always runs first."""
     start = index % len(VARIANTS)
     return VARIANTS[start:] + VARIANTS[:start]
+
+
+def interleave(
+    workload: Workload, rng: random.Random, count: int, run: Callable[[str], object]
+) -> None:
+    """One round of `workload`: `count` operations of each variant, one of each in turn.
+
+    Interleaving single operations (not blocks of one variant) puts every variant in the same
+    instants of a noisy machine, so a round's per-variant medians are compared like for like.
+    Each turn is in a fresh random order: with a fixed cycle every variant would always follow
+    the same one, and what an operation leaves behind (caches, the server's threads) would bias
+    its successor. The client's CPU time is taken per operation, so each variant's is its own.
+    """
+    order = list(VARIANTS)
+    wall: dict[str, list[float]] = {variant: [] for variant in order}
+    cpu = dict.fromkeys(order, 0.0)
+    for _ in range(count):
+        rng.shuffle(order)
+        for variant in order:
+            cpu_start = time.process_time()
+            start = time.perf_counter()
+            run(variant)
+            wall[variant].append(time.perf_counter() - start)
+            cpu[variant] += time.process_time() - cpu_start
+    for variant in order:
+        workload.add_round(variant, wall[variant], cpu[variant] / count)
+
+
+async def interleave_aio(
+    workload: Workload,
+    rng: random.Random,
+    count: int,
+    run: Callable[[str], Awaitable[None]],
+) -> None:
+    """interleave() for coroutines: the same round, each operation awaited in turn."""
+    order = list(VARIANTS)
+    wall: dict[str, list[float]] = {variant: [] for variant in order}
+    cpu = dict.fromkeys(order, 0.0)
+    for _ in range(count):
+        rng.shuffle(order)
+        for variant in order:
+            cpu_start = time.process_time()
+            start = time.perf_counter()
+            await run(variant)
+            wall[variant].append(time.perf_counter() - start)
+            cpu[variant] += time.process_time() - cpu_start
+    for variant in order:
+        workload.add_round(variant, wall[variant], cpu[variant] / count)
 
 
 def percentile(samples: list[float], fraction: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from bench._grpc_rig import (
     VARIANTS,
     PassThrough,
     Workload,
+    interleave,
     rotated,
 )
 from meshbreaker.grpc import BreakerInterceptor, guarded_channel
@@ -38,23 +40,15 @@ def _sync_channels(target: str) -> dict[str, grpc.Channel]:
     }
 
 
-def _sync_unary(call: Callable[[bytes], Any], count: int) -> list[float]:
-    samples = []
+def _sync_unary(call: Callable[[bytes], Any], count: int) -> None:
     for _ in range(count):
-        start = time.perf_counter()
         call(PAYLOAD)
-        samples.append(time.perf_counter() - start)
-    return samples
 
 
-def _sync_stream(call: Callable[[bytes], Any], count: int) -> list[float]:
-    samples = []
+def _sync_stream(call: Callable[[bytes], Any], count: int) -> None:
     for _ in range(count):
-        start = time.perf_counter()
         received = sum(1 for _ in call(PAYLOAD))
-        samples.append(time.perf_counter() - start)
         assert received == STREAM_MESSAGES
-    return samples
 
 
 def _sync_threads(call: Callable[[bytes], Any], count: int, pool: futures.Executor) -> list[float]:
@@ -91,16 +85,12 @@ def run_sync(target: str, rounds: int, calls: int, streams: int, batches: int) -
         for variant in VARIANTS:  # warm-up: connections, code paths, breakers
             _sync_unary(unary[variant], 50)
             _sync_stream(stream[variant], 5)
+        rng = random.Random(0)  # the same orders in every run
         for index in range(rounds):
-            for variant in rotated(index):
-                cpu = time.process_time()
-                samples = _sync_unary(unary[variant], calls)
-                workloads["unary"].add_round(variant, samples, (time.process_time() - cpu) / calls)
-                cpu = time.process_time()
-                samples = _sync_stream(stream[variant], streams)
-                workloads["stream"].add_round(
-                    variant, samples, (time.process_time() - cpu) / streams
-                )
+            order = rotated(index)
+            interleave(workloads["unary"], rng, calls, lambda v: unary[v](PAYLOAD))
+            interleave(workloads["stream"], rng, streams, lambda v: _sync_stream(stream[v], 1))
+            for variant in order:
                 cpu = time.process_time()
                 samples = [
                     _sync_threads(unary[variant], calls // THREADS, pool)[0] for _ in range(batches)

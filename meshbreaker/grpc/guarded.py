@@ -223,8 +223,13 @@ class _UnaryResponse(_Guarded):
         credentials: Any,
         wait_for_ready: bool | None,
         compression: Any,
+        with_call: bool = True,
     ) -> tuple[Any, Any]:
-        """A blocking call: the direct path (no CallDetails built) when only the breaker applies."""
+        """A blocking call: the direct path (no CallDetails built) when only the breaker applies.
+
+        Without `with_call` the direct path calls the channel's own `__call__` and gives no call
+        back: a response means the call ended OK, and grpc builds no call object for it.
+        """
         guard = self._guard
         info = self._info
         rejected = None
@@ -252,14 +257,25 @@ class _UnaryResponse(_Guarded):
                 )
             return outcome.result(), outcome
         try:
-            response, call = self._inner.with_call(
-                request,
-                timeout=timeout,
-                metadata=metadata,
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-                compression=compression,
-            )
+            if with_call:
+                response, call = self._inner.with_call(
+                    request,
+                    timeout=timeout,
+                    metadata=metadata,
+                    credentials=credentials,
+                    wait_for_ready=wait_for_ready,
+                    compression=compression,
+                )
+            else:
+                call = None
+                response = self._inner(
+                    request,
+                    timeout=timeout,
+                    metadata=metadata,
+                    credentials=credentials,
+                    wait_for_ready=wait_for_ready,
+                    compression=compression,
+                )
         except grpc.RpcError as error:  # also the call, finished
             record_finished(guard, breaker, permit, error)
             raise
@@ -311,9 +327,9 @@ class GuardedUnaryUnary(_UnaryResponse, _UnaryUnaryBase):  # type: ignore[misc]
         compression: Any = None,
     ) -> Any:
         """The response, or the call's error raised (a rejection: also a CallNotPermittedError)."""
-        return self._blocking(request, timeout, metadata, credentials, wait_for_ready, compression)[
-            0
-        ]
+        return self._blocking(
+            request, timeout, metadata, credentials, wait_for_ready, compression, False
+        )[0]
 
     def with_call(
         self,
@@ -358,7 +374,7 @@ class GuardedStreamUnary(_UnaryResponse, _StreamUnaryBase):  # type: ignore[misc
     ) -> Any:
         """The response, or the call's error raised (a rejection: also a CallNotPermittedError)."""
         return self._blocking(
-            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression, False
         )[0]
 
     def with_call(
