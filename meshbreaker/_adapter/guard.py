@@ -151,11 +151,6 @@ class Guard:
 
     def outcome(self, breaker: CircuitBreaker, code: grpc.StatusCode | None) -> Outcome:
         """How the final status `code` counts for `breaker`."""
-        if code is _OK:  # the common case; StatusCode hashes in Python, identity does not
-            ignored = self._ignored_codes
-            if ignored is None:
-                ignored = breaker.config.ignored_codes
-            return _IGNORED if "OK" in ignored else _SUCCESS
         name = CODE_NAMES.get(code, "UNKNOWN")  # type: ignore[arg-type]
         failures, ignored = self._failure_codes, self._ignored_codes
         if failures is None:
@@ -188,6 +183,15 @@ class Guard:
         for finalizers: no traceback formatting while the garbage collector runs.
         """
         try:
+            if code is _OK:
+                # outcome(breaker, OK), inlined for the common case (a frame less on nearly every
+                # call; StatusCode hashes in Python, identity does not). OK is never a failure
+                # (check_code_sets), so only whether it is ignored is left to decide.
+                ignored = self._ignored_codes
+                if ignored is None:
+                    ignored = breaker.config.ignored_codes
+                permit.record(_IGNORED if "OK" in ignored else _SUCCESS, duration)
+                return
             if details is not None and is_lb_drop(code, details):
                 permit.ignore()
                 breaker.count_local_refusal()

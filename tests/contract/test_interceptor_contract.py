@@ -93,6 +93,23 @@ async def test_codes_from_the_interceptor_override_the_config(
     assert (snapshot.failed, snapshot.ignored, snapshot.successful) == (1, 1, 1)
 
 
+@pytest.mark.parametrize("where", ["interceptor", "config"])
+async def test_an_ignored_ok_counts_neither_way(
+    any_driver: Driver, clock: FakeClock, where: str
+) -> None:
+    # OK is classified apart from the other codes on the hot path: it must still read both sets.
+    config = PATIENT.replace(ignored_codes=frozenset({"OK"})) if where == "config" else PATIENT
+    registry = BreakerRegistry(config, clock=clock)
+    codes: dict[str, Any] = {"ignored_codes": ["OK"]} if where == "interceptor" else {}
+    any_driver.connect(registry, **codes)
+    assert (await any_driver.unary(b"a")).value == b"a"
+    assert (await any_driver.client_stream([b"b"])).value == b"count:1"
+    await any_driver.unary(b"fail:UNAVAILABLE")
+    for method, failed in ((UNARY, 1), (CLIENT_STREAM, 0)):
+        snapshot = registry.get(method).snapshot()
+        assert (snapshot.failed, snapshot.ignored, snapshot.successful) == (failed, 1, 0)
+
+
 @pytest.mark.parametrize("side", ["failure_codes", "ignored_codes"])
 async def test_one_code_set_from_the_interceptor_takes_its_codes_from_the_other(
     driver: Driver, registry: BreakerRegistry, side: str
