@@ -51,10 +51,8 @@ async def _aio_tasks(call: Callable[[bytes], Awaitable[Any]], count: int) -> lis
     return [(time.perf_counter() - start) / (count * THREADS)]
 
 
-async def run_aio(
-    target: str, rounds: int, calls: int, streams: int, batches: int
-) -> dict[str, Any]:
-    channels = {
+def _aio_channels(target: str) -> dict[str, grpc.aio.Channel]:
+    return {
         "plain": grpc.aio.insecure_channel(target),
         "plain_control": grpc.aio.insecure_channel(target),
         "passthrough": grpc.aio.insecure_channel(target, interceptors=aio_pass_through()),
@@ -64,6 +62,12 @@ async def run_aio(
         ),
         "guarded": aio_guarded_channel(grpc.aio.insecure_channel(target), BreakerRegistry()),
     }
+
+
+async def run_aio(
+    target: str, rounds: int, calls: int, streams: int, batches: int
+) -> dict[str, Any]:
+    channels = _aio_channels(target)
     unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {
         v: channels[v].unary_unary(UNARY) for v in VARIANTS
     }

@@ -6,16 +6,19 @@ pass-through interceptor (and its A/A control), BreakerInterceptor, and guarded_
 Also what the call-duration histogram (the metrics' one per-call cost) adds to a guarded call.
 
 One run, one server process (a subprocess, so server work does not share the client's GIL), and
-many short interleaved rounds: every round measures each variant once, in a rotating order, so
-drift on a noisy machine hits all variants alike, and a round is short enough that little drifts
-within it. Ratios are medians of per-round ratios, of wall time and of the client's CPU time (all
-its threads: grpc's pollers too). A second plain channel and a second pass-through interceptor
-are the A/A controls: their ratios to the first show the noise floor.
+many rounds: in a round every variant makes its calls (and streams) one at a time, taking turns
+in a fresh random order, so drift on a noisy machine hits all variants alike. Ratios are medians
+of per-round ratios, of wall time and of the client's CPU time (all its threads: grpc's pollers
+too). A second plain channel and a second pass-through interceptor are the A/A controls: their
+ratios to the first show the noise floor. The instruction counts (the client under callgrind)
+are the load-independent view of the same calls.
 
 Parts: _grpc_rig (server, pass-through interceptors, workloads), _grpc_sync and _grpc_aio (the
-network workloads), _grpc_interception (the in-process cost of interception alone).
+network workloads), _grpc_instructions (the counts), _grpc_interception (the in-process cost of
+interception alone).
 
-    python -m bench.grpc_overhead [--quick] [--only sync|aio|interception ...] [--rounds N]
+    python -m bench.grpc_overhead [--quick] [--only PART ...] [--rounds N]
+    (PART: sync, aio, instructions, interception)
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 import grpc
 
 from bench._grpc_aio import run_aio
+from bench._grpc_instructions import instructions_table, run_instructions
 from bench._grpc_interception import (
     guarded_aio_cost,
     guarded_aio_table,
@@ -42,7 +46,7 @@ from bench._grpc_rig import STREAM_MESSAGES, THREADS, VARIANTS, serve
 from bench._grpc_sync import run_sync
 from bench._harness import table, write_json
 
-PARTS = ("sync", "aio", "interception")
+PARTS = ("sync", "aio", "instructions", "interception")
 
 # Issue 18's targets for guarded_channel x plain channel: (api, workload, at most).
 TARGETS: tuple[tuple[str, str, float], ...] = (
@@ -140,7 +144,8 @@ def main(
         }
     }
     started = time.time()
-    if "sync" in only or "aio" in only:
+    network = {"sync", "aio", "instructions"} & set(only)
+    if network:
         context = multiprocessing.get_context("spawn")
         ports = context.Queue()
         server = context.Process(target=serve, args=(ports,), daemon=True)
@@ -151,6 +156,13 @@ def main(
                 results["sync"] = run_sync(target, rounds, calls, streams, batches)
             if "aio" in only:
                 results["aio"] = asyncio.run(run_aio(target, rounds, calls, streams, batches))
+            if "instructions" in only:
+                # Counts barely vary: a few rounds tell the spread (callgrind runs ~50x slower).
+                counted_rounds = 1 if quick else 2
+                results["instructions"] = {
+                    api: run_instructions(target, api, 100, counted_rounds)
+                    for api in ("sync", "aio")
+                }
         finally:
             server.terminate()
             server.join(10)
@@ -173,6 +185,13 @@ def main(
             " plain_control and passthrough_control are the A/A noise floors. Issue 18's targets:"
         )
         print(_verdict_lines(results["verdicts"]))
+    if "instructions" in only:
+        counted = results["instructions"]
+        if None in counted.values():
+            print("\nInstructions per call: valgrind is missing (Debian: apt install valgrind).")
+        else:
+            print("\nInstructions per call (client under callgrind, all its threads):")
+            print(instructions_table(counted))
     if "interception" in only:
         cost = results["interceptor_cost"]
         print(
