@@ -13,7 +13,6 @@ import json
 import math
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,12 +31,6 @@ from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 from meshbreaker.v1 import mesh_pb2
 from tests.control.agent_support import METHOD, AdminStub, ControlPlaneThread
 from tests.server_support import ServerThread, wait_until
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    with EtcdServer(tmp_path / "etcd") as server:
-        yield server
 
 
 @pytest.fixture
@@ -239,9 +232,12 @@ def test_a_stopping_replica_gives_its_lease_back_so_its_instances_go_long_before
 ) -> None:
     # Neither the lease nor a report TTL runs out during the test: only the revoke removes them.
     planes = replicas(2, report_ttl=600.0, replica_lease_ttl=600)
-    agent = agents(planes[0].target, "transaction")
+    # Two instances: the revoke takes both records in one change, and both leave the view.
+    served = {
+        agents(planes[0].target, service).instance_id for service in ("transaction", "gateway")
+    }
     remote = admin_stub(planes[1].target)
-    assert wait_until(lambda: shows_only(remote, agent), timeout=10)
+    assert wait_until(lambda: {i.instance_id for i in listed(remote).instances} == served)
     planes[0].stop()
     assert wait_until(lambda: not listed(remote).instances, timeout=30)
 
