@@ -324,6 +324,34 @@ def test_a_prober_that_sends_no_probe_is_replaced_before_the_decision_expires(
     assert wait_until(lambda: fleet.decisions().get(("transaction", METHOD, "reassigned")) == 1)
 
 
+def test_a_decision_whose_whole_fleet_left_passes_the_turn_to_no_one_and_goes_on(
+    fleet: Fleet,
+) -> None:
+    """No instance has the method's breaker any more when the period ends: the decider still
+    writes the next period (with no prober) instead of failing its pass on the missing count."""
+    for index in range(3):
+        fleet.join(f"tx-{index}")
+    fleet.fail("tx-0")
+    fleet.fail("tx-1")
+    assert wait_until(lambda: fleet.decision() is not None)
+    for index in range(3):
+        fleet.leave(f"tx-{index}")
+    fleet.server_clock.advance(REPORT_TTL * 1.5)  # their presence expires
+    assert wait_until(
+        lambda: not fleet.stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).instances
+    )
+    fleet.advance(OPEN_DURATION + REPORT_TTL)  # the period ends and no probe came
+
+    def period_two() -> pb.Policy | None:
+        decision = fleet.decision()
+        return decision if decision is not None and decision.fleet.period == 2 else None
+
+    assert wait_until(period_two)
+    decision = period_two()
+    assert decision is not None and list(decision.fleet.probers) == []
+    assert wait_until(lambda: fleet.decisions().get(("transaction", METHOD, "reassigned")) == 1)
+
+
 def test_expired_presence_never_counts_toward_the_quorum_and_a_joining_instance_does(
     fleet: Fleet,
 ) -> None:
