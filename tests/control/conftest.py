@@ -10,6 +10,8 @@ Fixtures (usable by every test module under tests/control/):
   `cp = control_plane_thread(**options)` runs the server in a background thread with its own
   event loop: a `server_support.ServerThread` (`cp.target`, `cp.port`, `cp.running`, `cp.stop()`,
   `cp.start()` again: same port, same db, so agents can reconnect; `cp.call(coroutine)`).
+* `etcd_server` — one real etcd per test worker (tests share it under their own key prefixes);
+  `etcd` — an etcd of the test's own, started for it and killed after.
 * `admin_stub` — sync factory: `stub = admin_stub(target, token=None)` a ControlPlaneStub over
   an insecure channel, sending `authorization: Bearer <token>` when given; closed at teardown.
 """
@@ -109,6 +111,13 @@ def admin_stub() -> Iterator[Callable[..., pb_grpc.ControlPlaneStub]]:
 def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
     """One real etcd per test worker; tests share it under their own key prefixes."""
     with EtcdServer(tmp_path_factory.mktemp("etcd")) as server:
+        yield server
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """An etcd of the test's own: for tests that stop it, or that read what it serves."""
+    with EtcdServer(tmp_path / "etcd") as server:
         yield server
 
 

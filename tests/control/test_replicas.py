@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -24,12 +23,6 @@ from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 from tests.control.agent_support import METHOD, AdminStub, ControlPlaneThread, method_policy
 from tests.server_support import ServerThread, wait_until
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    with EtcdServer(tmp_path / "etcd") as server:
-        yield server
 
 
 @pytest.fixture

@@ -25,13 +25,17 @@ from meshbreaker.control.store import (
     SqliteStore,
     StoreError,
     StoreUnavailableError,
+    etcd_feed,
 )
+from meshbreaker.control.store import sqlite as sqlite_store
 from meshbreaker.control.store.etcd_server import EtcdServer, free_port
 from meshbreaker.control.store.url import open_store, parse_etcd_url
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import xds_pb2
 from tests.control.store_support import OpenStore
+from tests.scrape_support import Scrape
+from tests.server_support import wait_until
 
 
 def policy(policy_id: str, service: str = "", caller: str = "", rate: float = 0.5) -> pb.Policy:
@@ -208,6 +212,49 @@ def test_a_feed_follows_a_healthy_store_without_a_warning(
             other.put([policy(name, f"s.{name.upper()}")])
             assert [e.policy_id for e in _next_nonempty(feed)] == [name]
     assert not caplog.records  # warnings are for outages (a retry of the watch is one)
+
+
+def test_a_feed_far_behind_reads_in_steps_then_follows(
+    open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Batches of 4 revisions: 10 behind is three range reads, the last one short.
+    monkeypatch.setattr(sqlite_store, "FEED_BATCH_REVISIONS", 4)
+    monkeypatch.setattr(etcd_feed, "FEED_BATCH_REVISIONS", 4)
+    store, other = open_store(), open_store()
+    for index in range(10):
+        store.put([policy("a", "s.A", rate=(index + 1) / 20)])
+    with store.watch(0) as feed:
+        seen: list[int] = []
+        while len(seen) < 10:
+            seen += [entry.revision for entry in _next_nonempty(feed)]
+        assert seen == list(range(1, 11))
+        other.put([policy("b", "s.B")])
+        assert [entry.revision for entry in _next_nonempty(feed)] == [11]
+
+
+def test_on_etcd_a_feed_that_caught_up_follows_by_a_watch_not_by_reading_again(
+    etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its last short range read the feed holds one etcd watch (the etcd is the test's
+    own: it serves nothing else), instead of range-reading again and again."""
+    from meshbreaker.control.store.etcd import EtcdStore
+
+    monkeypatch.setattr(etcd_feed, "FEED_BATCH_REVISIONS", 4)
+    store = EtcdStore([etcd.endpoint], prefix="/feed/")
+    try:
+        for index in range(10):
+            store.put([policy("a", "s.A", rate=(index + 1) / 20)])
+        metrics = f"http://127.0.0.1:{etcd.client_port}/metrics"
+
+        def watchers() -> float:
+            return Scrape(metrics).one("etcd_debugging_mvcc_watcher_total")
+
+        assert watchers() == 0
+        with store.watch(0) as feed:
+            assert wait_until(lambda: watchers() == 1)
+            assert [entry.revision for entry in _next_nonempty(feed)][-1] == 10
+    finally:
+        store.close()
 
 
 def test_a_closed_feed_returns_nothing(store: PolicyStore) -> None:
