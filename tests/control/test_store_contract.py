@@ -236,7 +236,8 @@ def test_on_etcd_a_feed_that_caught_up_follows_by_a_watch_not_by_reading_again(
     etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After its last short range read the feed holds one etcd watch (the etcd is the test's
-    own: it serves nothing else), instead of range-reading again and again."""
+    own: it serves nothing else), instead of range-reading again and again; closed, it lets the
+    watch go (not only when the next change arrives, or the store closes)."""
     from meshbreaker.control.store.etcd import EtcdStore
 
     monkeypatch.setattr(etcd_feed, "FEED_BATCH_REVISIONS", 4)
@@ -253,6 +254,7 @@ def test_on_etcd_a_feed_that_caught_up_follows_by_a_watch_not_by_reading_again(
         with store.watch(0) as feed:
             assert wait_until(lambda: watchers() == 1)
             assert [entry.revision for entry in _next_nonempty(feed)][-1] == 10
+        assert wait_until(lambda: watchers() == 0)  # closing the feed ends its watch at once
     finally:
         store.close()
 
@@ -416,3 +418,14 @@ def test_an_unreachable_etcd_is_a_clear_error() -> None:
 
     with pytest.raises(StoreUnavailableError, match=r"etcd at 127\.0\.0\.1:\d+ is unavailable"):
         EtcdStore([("127.0.0.1", free_port())], timeout=1.0)
+
+
+def test_an_etcd_store_refuses_a_prefix_without_both_slashes_and_no_endpoints() -> None:
+    from meshbreaker.control.store.etcd import EtcdStore
+
+    nowhere = [("127.0.0.1", free_port())]  # refused before any connection is tried
+    for prefix in ("prod", "/prod", "prod/"):
+        with pytest.raises(ConfigError, match="prefix must start and end with '/'"):
+            EtcdStore(nowhere, prefix=prefix, timeout=1.0)
+    with pytest.raises(ConfigError, match="at least one HOST:PORT"):
+        EtcdStore([], timeout=1.0)
