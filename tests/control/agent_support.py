@@ -19,6 +19,7 @@ __all__ = [
     "ControlPlaneThread",
     "StartControlPlane",
     "method_policy",
+    "settle_decider",
     "wait_for",
     "wait_until",
 ]
@@ -44,3 +45,16 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None
     while not predicate():
         assert time.monotonic() < end, "condition not reached in time"
         await asyncio.sleep(0.005)
+
+
+def settle_decider(cp: ServerThread) -> None:
+    """Let the fleet decider of the server `cp` runs make three passes from now: it has looked at
+    least twice at what is reported and stored now (for a test that something does not happen)."""
+
+    async def passes() -> int:
+        servicer = cp.running._servicer
+        assert servicer is not None
+        return int(servicer.decider.passes)
+
+    seen = cp.call(passes())
+    assert wait_until(lambda: cp.call(passes()) >= seen + 3)

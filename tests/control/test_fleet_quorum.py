@@ -22,6 +22,7 @@ from tests.control.agent_support import (
     AdminStub,
     ControlPlaneThread,
     method_policy,
+    settle_decider,
     wait_until,
 )
 from tests.scrape_support import Scrape
@@ -114,18 +115,9 @@ class Fleet:
 
         return self.cp.call(read())
 
-    def passes(self) -> int:
-        async def read() -> int:
-            servicer = self.cp.running._servicer
-            assert servicer is not None
-            return servicer.decider.passes
-
-        return self.cp.call(read())
-
     def settle(self) -> None:
         """Let the decider look at least twice at what is reported now."""
-        seen = self.passes()
-        assert wait_until(lambda: self.passes() >= seen + 3)
+        settle_decider(self.cp)
 
     def advance(self, seconds: float) -> None:
         self.wall.advance(seconds)
@@ -194,6 +186,21 @@ def test_a_quorum_opens_the_method_on_every_instance_and_one_prober_closes_it_fo
     first = next(e for e in events if e.policy_change.after.HasField("fleet"))
     assert "fleet decision, open period 1, probers tx-0; quorum: 2 of 4" in event_line(first).plain
     assert changes[-1].kind == pb.PolicyChange.KIND_DELETE
+
+
+def test_a_decision_takes_the_next_free_id_when_an_operator_holds_its_name(fleet: Fleet) -> None:
+    base = "fleet.transaction." + METHOD.lstrip("/").replace("/", ".")
+    for policy_id, service in ((base, "ledger"), (f"{base}.2", "audit")):
+        held = pb.Policy(id=policy_id, selector=pb.Selector(service=service))
+        held.config.failure_rate_threshold = 0.5
+        fleet.stub.PutPolicy(pb.PutPolicyRequest(policies=[held]), timeout=5)
+    for index in range(3):
+        fleet.join(f"tx-{index}")
+    fleet.fail("tx-0")
+    fleet.fail("tx-1")
+    assert wait_until(lambda: fleet.decision() is not None)
+    decision = fleet.decision()
+    assert decision is not None and decision.id == f"{base}.3"
 
 
 def test_an_operator_sees_the_decision_in_status_events_metrics_and_a_listing_put_back_keeps_it(
@@ -304,6 +311,12 @@ def test_the_instance_taking_its_turn_lets_no_call_through_before_its_probes(
     probe.failure()  # the turn passes to tx-1, which waits out the new open period first
     assert wait_until(lambda: fleet.state("tx-1") is State.OPEN)
     assert seen == [(State.OPEN, False)]
+    # Its breaker opening (from FORCED_OPEN, not a probe's outcome) leaves the period as it is.
+    assert fleet.agents["tx-1"].report_now()
+    fleet.settle()
+    decision = fleet.decision()
+    assert decision is not None
+    assert (decision.fleet.period, list(decision.fleet.probers)) == (2, ["tx-1"])
 
 
 def test_a_prober_that_sends_no_probe_is_replaced_before_the_decision_expires(
