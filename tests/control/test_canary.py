@@ -4,13 +4,21 @@ control plane rolls a canary back on its own when it refuses more calls than the
 
 from __future__ import annotations
 
+import pytest
+
 from meshbreaker import BreakerRegistry, State
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.control.canary import in_canary
 from meshbreaker.control.convert import config_to_proto
 from meshbreaker.v1 import control_plane_pb2 as pb
-from tests.control.agent_support import METHOD, AdminStub, ControlPlaneThread, wait_until
+from tests.control.agent_support import (
+    METHOD,
+    AdminStub,
+    ControlPlaneThread,
+    settle_decider,
+    wait_until,
+)
 
 STABLE = BreakerConfig(consecutive_failures=50)
 CANDIDATE = BreakerConfig(consecutive_failures=1, open_duration=60.0)
@@ -124,17 +132,7 @@ def test_a_canary_that_refuses_more_calls_than_the_rest_is_rolled_back_by_the_co
     revision = stub.PutPolicy(pb.PutPolicyRequest(policies=[_policy(0.2)]), timeout=5).revision
     agents = _agents(cp.target, 6)
     try:
-        assert all(agent.wait_for_revision(revision, timeout=2.0) for agent in agents)
-        for agent in agents:
-            breaker = agent.registry.get(METHOD)
-            for _ in range(20):
-                breaker.acquire().success()
-            breaker.acquire().failure()  # opens the canary's breakers only
-            for _ in range(20):
-                permit = breaker.try_acquire()
-                if permit is not None:
-                    permit.success()
-            assert agent.report_now()
+        _refuse_about_half_on_the_canary(agents, revision)
 
         def rolled_back() -> bool:
             listing = stub.ListPolicies(pb.ListPoliciesRequest(), timeout=5).policies
@@ -150,3 +148,36 @@ def test_a_canary_that_refuses_more_calls_than_the_rest_is_rolled_back_by_the_co
     finally:
         for agent in agents:
             agent.stop()
+
+
+def test_a_canary_within_its_margin_is_kept(
+    control_plane_thread: ControlPlaneThread, admin_stub: AdminStub
+) -> None:
+    cp = control_plane_thread(decider_tick=0.05)
+    stub = admin_stub(cp.target)
+    revision = stub.PutPolicy(pb.PutPolicyRequest(policies=[_policy(0.9)]), timeout=5).revision
+    agents = _agents(cp.target, 6)
+    try:
+        _refuse_about_half_on_the_canary(agents, revision)  # 49 % more than the rest: < 90 %
+        settle_decider(cp)
+        (kept,) = stub.ListPolicies(pb.ListPoliciesRequest(), timeout=5).policies
+        assert kept.canary.max_rejection_margin == pytest.approx(0.9)
+    finally:
+        for agent in agents:
+            agent.stop()
+
+
+def _refuse_about_half_on_the_canary(agents: list[MeshAgent], revision: int) -> None:
+    """20 calls pass on every instance, then one fails: the canary's breakers open (one failure
+    is enough there) and refuse the next 20, the rest's let them through; all report it."""
+    assert all(agent.wait_for_revision(revision, timeout=2.0) for agent in agents)
+    for agent in agents:
+        breaker = agent.registry.get(METHOD)
+        for _ in range(20):
+            breaker.acquire().success()
+        breaker.acquire().failure()  # opens the canary's breakers only
+        for _ in range(20):
+            permit = breaker.try_acquire()
+            if permit is not None:
+                permit.success()
+        assert agent.report_now()
