@@ -164,6 +164,18 @@ def test_an_explain_whose_policies_do_not_resolve_answers_why(
     assert "layered" not in explained and explained["instances"] == []
 
 
+def test_a_query_parameter_given_twice_counts_once_its_first_value(
+    console: tuple[ServerThread, str],
+) -> None:
+    _, url = console
+    with _client(url, AGENT) as client:
+        answer = client.get(
+            "/api/explain", params=[("caller", "gateway"), ("caller", "ledger"), ("method", METHOD)]
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["caller"] == "gateway"
+
+
 def test_writes_from_the_console_are_the_grpc_apis_writes(
     console: tuple[ServerThread, str],
 ) -> None:
