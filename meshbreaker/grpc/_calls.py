@@ -368,7 +368,10 @@ class FallbackOnFailureCall(_CallProxy):
         """The fallback outcome if the call failed (computed once), else None."""
         if self._checked:
             return self._resolved
-        error = self._call.exception(timeout)
+        try:
+            error = self._call.exception(timeout)
+        except grpc.FutureCancelledError:
+            return None  # cancelled: no failure to cover, the call answers for itself
         with self._lock:
             if not self._checked:
                 if error is not None and self._failed(error):

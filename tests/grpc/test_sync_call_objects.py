@@ -257,3 +257,72 @@ def test_next_on_a_retried_stream_retries_like_iteration(connect: Connect) -> No
     stream = server_stream(channel)(b"flaky:1:UNAVAILABLE")  # fails once, then answers
     assert stream.next() == b"flaky:1:UNAVAILABLE"  # type: ignore[attr-defined]
     assert registry.get(SERVER_STREAM).snapshot().failed == 1  # the attempt retried
+
+
+def test_a_call_in_flight_answers_the_call_api_through_its_proxy(
+    connect: Connect, server: BytesServer
+) -> None:
+    # A future covered by a fallback on failure and a response stream are proxies of grpc's
+    # call: while it runs, every question reaches it, and cancel() cancels it.
+    registry = BreakerRegistry(CLOSED_CONFIG)
+    channel = connect(
+        BreakerInterceptor(registry, fallbacks={UNARY: lambda r, e: b"c"}, fallback_on_failure=True)
+    )
+    server.expect_entries()
+    calls: list[Any] = [
+        unary(channel).future(b"block", timeout=60),
+        server_stream(channel)(b"block", timeout=60),
+    ]
+    for call in calls:
+        assert server.entered.acquire(True, 10)
+        assert call.running() is True and call.done() is False and call.is_active() is True
+        remaining = call.time_remaining()
+        assert remaining is not None and 0 < remaining <= 60
+        ended = threading.Event()
+        assert call.add_callback(ended.set) is True
+        assert call.cancel() is True
+        assert ended.wait(10) and call.cancelled() is True and call.running() is False
+        assert call.code() is grpc.StatusCode.CANCELLED
+        with pytest.raises(grpc.FutureCancelledError):
+            call.result()  # as grpc's own cancelled future: no fallback covers a cancellation
+    assert counts(registry, UNARY) == counts(registry, SERVER_STREAM) == (0, 0, 1)
+
+
+class _Unwatchable:
+    """A call from below that takes no callback (a lower interceptor's own call object)."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def done(self) -> bool:
+        return False
+
+    def add_callback(self, callback: Any) -> bool:
+        raise RuntimeError("takes no callback")
+
+    add_done_callback = add_callback
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
+class AnsweringUnwatchably(grpc.UnaryUnaryClientInterceptor):
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return _Unwatchable(continuation(details, request))
+
+
+@pytest.mark.parametrize("retried", [False, True], ids=["plain", "retry-policy"])
+def test_a_future_meshbreaker_cannot_watch_goes_through_and_frees_its_slot(
+    connect: Connect, caplog: pytest.LogCaptureFixture, retried: bool
+) -> None:
+    config = CLOSED_CONFIG.replace(max_concurrent_calls=1)
+    if retried:
+        fast = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
+        config = config.replace(retry=fast, idempotent=True)
+    registry = BreakerRegistry(config)
+    channel = connect(BreakerInterceptor(registry), AnsweringUnwatchably())
+    for _ in range(2):  # a kept slot would make the second a RESOURCE_EXHAUSTED rejection
+        assert unary(channel).future(b"hello").result(timeout=10) == b"hello"
+    assert counts(registry, UNARY) == (0, 0, 2)
+    failed = "retrying" if retried else "tracking"
+    assert f"meshbreaker: {failed} {UNARY} failed" in caplog.text
