@@ -127,6 +127,7 @@ async def test_a_fallback_answer_is_a_finished_unary_call(
     call = unary(channel)(b"hello")
     assert await call == b"cached"
     assert await call.details() == "meshbreaker: fallback used (rejected)"
+    assert tuple(await call.initial_metadata()) == ()  # no server was called
     assert call.done() and not call.cancelled()
 
 
@@ -138,6 +139,8 @@ async def test_the_call_behind_a_fallback_answer_is_finished_in_every_role() -> 
     assert await call == b"cached"
     assert await call.read() is grpc.aio.EOF  # no stream to read: at its end at once
     assert await call.debug_error_string() == ""  # no transport error to tell
+    initial = await call.initial_metadata()
+    assert isinstance(initial, grpc.aio.Metadata) and tuple(initial) == ()  # no server called
     assert [message async for message in call] == []
     with pytest.raises(asyncio.InvalidStateError):
         await call.write(b"more")  # over: refused like grpc refuses a write to a finished call
@@ -582,3 +585,18 @@ async def test_reading_a_retried_response_stream_returns_the_retry_s_messages(
         await failing.read()
     assert raised.value.code() is grpc.StatusCode.UNAVAILABLE  # the last failure, retries spent
     assert counts(registry, SERVER_STREAM) == (1, 4, 0)
+
+
+async def test_a_tracked_call_in_flight_tells_its_time_remaining(
+    plain: grpc.aio.Channel, server: BytesServer
+) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG)
+    server.expect_entries()
+    tracked = TrackedUnaryCall(unary(plain)(b"block", timeout=60), unwatched(registry, UNARY))
+    await entered(server)
+    remaining = tracked.time_remaining()
+    assert remaining is not None and 0 < remaining <= 60
+    assert not tracked.done() and tracked.cancel() is True
+    with pytest.raises(asyncio.CancelledError):
+        await tracked
+    assert tracked.cancelled() and tracked.done()

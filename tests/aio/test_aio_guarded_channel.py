@@ -211,3 +211,36 @@ async def test_a_base_exception_making_the_call_reaches_the_caller_and_frees_the
             unary(b"hello")
     snapshot = registry.get(UNARY).snapshot()
     assert (snapshot.ignored, snapshot.rejected) == (2, 0)
+
+
+async def test_a_retried_call_answers_the_call_api_like_grpcs_own(
+    server: BytesServer, clock: FakeClock
+) -> None:
+    # A method with a retry policy: the guarded channel hands over a DeferredCall, whose
+    # attempts run in a task; its call API speaks for the attempt that answered.
+    fast = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
+    registry = BreakerRegistry(PATIENT.replace(retry=fast, idempotent=True), clock=clock)
+    async with _on("guarded_channel", server.target, registry) as channel:
+        unary: Any = channel.unary_unary(UNARY)
+        answered = unary(b"hello", timeout=60)
+        assert await answered == b"hello"
+        assert answered.done() and answered.cancelled() is False
+        remaining = answered.time_remaining()  # the answering attempt's
+        assert remaining is not None and 0 < remaining <= 60
+        assert answered.cancel() is False  # over: grpc's answer
+        server.expect_entries()
+        blocked = unary(b"block", timeout=60)
+        assert await asyncio.to_thread(server.entered.acquire, True, 10)
+        assert not blocked.done() and blocked.cancelled() is False
+        assert blocked.time_remaining() is None  # not known until an attempt answers
+        assert blocked.cancel() is True
+        with pytest.raises(asyncio.CancelledError):
+            await blocked
+        assert blocked.done() and blocked.cancelled() is True
+        assert blocked.cancel() is False  # over
+    async with _on("guarded_channel", server.target, registry, _refusing(False)) as channel:
+        refusing: Any = channel.unary_unary(UNARY)
+        refused = refusing(b"hello")
+        with pytest.raises(grpc.aio.AioRpcError):
+            await refused
+        assert refused.done() and refused.cancelled() is False and refused.cancel() is False

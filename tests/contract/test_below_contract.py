@@ -65,7 +65,13 @@ async def test_it_reaches_the_caller_unchanged_and_the_breaker_counts_nothing(
 
 
 async def test_it_is_never_retried(any_driver: Driver, clock: FakeClock) -> None:
-    fast = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
+    # INTERNAL, the code an intercepted channel gives it, would be retried were it a status.
+    fast = RetryPolicy(
+        max_attempts=3,
+        initial_backoff=0.001,
+        max_backoff=0.001,
+        retryable_codes=frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE"}),
+    )
     registry = BreakerRegistry(PATIENT.replace(retry=fast, idempotent=True), clock=clock)
     below = RaisingBelow(LookupError("raised below the breaker"))
     any_driver.connect(registry, below=below)

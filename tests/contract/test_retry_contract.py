@@ -319,13 +319,48 @@ def test_a_future_cancelled_while_waiting_to_retry_ends_at_once(
         ended = threading.Event()
         future.add_done_callback(lambda done: ended.set() if done is future else None)
         assert wait_until(lambda: registry.get(UNARY).snapshot().failed == 1)
-        assert future.running() and not future.done()
+        assert future.running() and not future.done() and not ended.is_set()
         assert future.cancel()
         assert ended.is_set() and future.done() and future.cancelled()
+        late: list[Any] = []
+        future.add_done_callback(late.append)  # on a done future: called at once
+        assert late == [future]
         assert future.code() is grpc.StatusCode.CANCELLED
         with pytest.raises(grpc.FutureCancelledError):
             future.result()
         assert not future.cancel()  # over
+        assert server.count(UNARY) == 1
+    finally:
+        channel.close()
+
+
+def test_a_future_waiting_to_retry_answers_with_its_final_status(
+    clock: FakeClock, server: BytesServer
+) -> None:
+    # Between attempts the future is not over: its status questions wait for the end, and do
+    # not answer with the attempt that failed.
+    registry = retrying(clock, RetryPolicy(max_attempts=3, initial_backoff=0.001))
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(server.target), BreakerInterceptor(registry)
+    )
+    try:
+        multi: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(UNARY)
+        future: Any = multi.future(b"pushback:60000")  # the retry waits a minute
+        assert wait_until(lambda: registry.get(UNARY).snapshot().failed == 1)
+        read: list[Any] = []
+        readers = [
+            threading.Thread(target=lambda ask=ask: read.append(ask()))
+            for ask in (future.code, future.details)
+        ]
+        for reader in readers:
+            reader.start()
+        readers[0].join(0.2)  # time to read, were the answer there
+        assert future.cancel()
+        for reader in readers:
+            reader.join(10)
+        assert sorted(read, key=str) == sorted(
+            [grpc.StatusCode.CANCELLED, "Locally cancelled while waiting to retry"], key=str
+        )
         assert server.count(UNARY) == 1
     finally:
         channel.close()
@@ -369,12 +404,14 @@ def test_the_timer_runs_callables_in_order_of_their_due_time() -> None:
 
 
 class _Peek(grpc.UnaryUnaryClientInterceptor):
-    """Notes what the continuation hands an interceptor."""
+    """Notes what the continuation hands an interceptor, and the thread each call is made on."""
 
     def __init__(self) -> None:
         self.seen: list[Any] = []
+        self.threads: list[int] = []
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.threads.append(threading.get_ident())
         call = continuation(details, request)
         self.seen.append(call)
         return call
@@ -394,5 +431,23 @@ def test_grpcs_blocking_outcome_types(server: BytesServer) -> None:
         assert wait_until(future.done)  # ended, and still not a blocking outcome
         assert [isinstance(call, BLOCKING_OUTCOMES) for call in peek.seen] == [True, True, False]
         assert not isinstance(multi.future(b"hello"), BLOCKING_OUTCOMES)
+    finally:
+        channel.close()
+
+
+def test_a_blocking_call_is_retried_in_its_callers_thread(
+    clock: FakeClock, server: BytesServer
+) -> None:
+    # The caller waits anyway; the shared timer thread is for futures, and a blocking attempt
+    # started there would hold up every other future's retries until it ended.
+    peek = _Peek()
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(server.target), BreakerInterceptor(retrying(clock)), peek
+    )
+    try:
+        multi: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(UNARY)
+        response, call = multi.with_call(b"flaky:2:UNAVAILABLE")
+        assert response == b"flaky:2:UNAVAILABLE" and call.code() is grpc.StatusCode.OK
+        assert peek.threads == [threading.get_ident()] * 3
     finally:
         channel.close()

@@ -208,6 +208,9 @@ def test_what_is_raised_below_comes_back_as_intercept_channel_hands_it(
         assert future.exception() is below.error
         with pytest.raises(LookupError):
             next(stream)
+        with pytest.raises(LookupError):
+            for _ in stream:  # iterated: the same error, not a TypeError from iter()
+                pass
     assert below.calls == 6 and server.total() == 0
     for method in (UNARY, SERVER_STREAM):
         snapshot = registry.get(method).snapshot()

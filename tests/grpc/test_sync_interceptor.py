@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 
+from meshbreaker._adapter.guard import Guard
 from meshbreaker.config import BreakerConfig, State
 from meshbreaker.errors import BulkheadFullError, CallNotPermittedError, ConfigError
 from meshbreaker.grpc import BreakerInterceptor, GuardedChannel, RejectedCall
@@ -537,6 +538,25 @@ def test_defaults_and_bad_arguments() -> None:
         BreakerInterceptor(failure_codes=["INTERNAL"], ignored_codes=["INTERNAL"])
     with pytest.raises(TypeError, match="registry"):
         BreakerInterceptor(BreakerConfig())  # type: ignore[arg-type]
+
+
+def test_a_methods_facts_are_looked_up_once_and_at_most_ten_thousand_kept() -> None:
+    # The hot path reads the cache directly; dynamic method names must not grow it for ever.
+    def cached(request: Any, error: BaseException) -> bytes:
+        return b"cached"
+
+    guard = Guard(BreakerRegistry(), target="svc", fallbacks={UNARY: cached})
+    info = guard.method_info(UNARY)
+    assert (info.name, info.fallback) == (f"svc{UNARY}", cached)
+    assert guard.method_info(UNARY) is info and guard.methods[UNARY] is info
+    from_aio = guard.method_info(UNARY.encode())  # aio channels name methods in bytes
+    assert (from_aio.name, from_aio.fallback) == (f"svc{UNARY}", cached)
+    assert guard.methods[UNARY.encode()] is from_aio
+    for index in range(10_000):
+        guard.method_info(f"/pkg.S/M{index}")
+    assert len(guard.methods) == 10_000
+    late = guard.method_info("/pkg.S/Late")  # past the bound: right, and not kept
+    assert late.name == "svc/pkg.S/Late" and "/pkg.S/Late" not in guard.methods
 
 
 def test_shadow_mode_never_rejects(connect: Callable[..., Client], clock: FakeClock) -> None:
