@@ -29,6 +29,7 @@ from meshbreaker.config import State
 from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.retry import RetryPolicy
+from tests.contract.drivers import RaisingBelow, aio_below, aio_raising
 from tests.grpc.bytes_server import (
     BIDI,
     CLIENT_STREAM,
@@ -600,3 +601,31 @@ async def test_a_tracked_call_in_flight_tells_its_time_remaining(
     with pytest.raises(asyncio.CancelledError):
         await tracked
     assert tracked.cancelled() and tracked.done()
+
+
+async def _through(continuation: Any, details: Any, request: Any) -> Any:
+    return await continuation(details, request)
+
+
+async def test_cancelling_a_stream_over_an_interceptor_frees_its_permit_at_once(
+    server: BytesServer,
+) -> None:
+    # Below another interceptor grpc runs the done-callbacks of a cancelled call later: the
+    # permit must not wait for them.
+    registry = BreakerRegistry(CLOSED_CONFIG)
+    interceptors = [*breaker_interceptors(registry), *aio_below(_through)]
+    async with grpc.aio.insecure_channel(server.target, interceptors=interceptors) as channel:
+        stream = server_stream(channel)(b"forever")
+        assert await stream.read() == b"m0"
+        assert stream.cancel()
+        assert counts(registry, SERVER_STREAM) == (0, 0, 1)
+
+
+async def test_a_call_raising_below_frees_its_permit_unawaited(server: BytesServer) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG.replace(max_concurrent_calls=1))
+    below = RaisingBelow(LookupError("raised below the breaker"))
+    interceptors = [*breaker_interceptors(registry), *aio_raising(below)]
+    async with grpc.aio.insecure_channel(server.target, interceptors=interceptors) as channel:
+        call = unary(channel)(b"hello")  # never awaited: only its done-callback can count it
+        await wait_for(lambda: counts(registry, UNARY) == (0, 0, 1))
+        assert below.calls == 1 and call.done()

@@ -7,6 +7,7 @@ suite, both parametrised over the interceptors and the guarded channel.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import grpc
@@ -213,6 +214,14 @@ async def test_a_base_exception_making_the_call_reaches_the_caller_and_frees_the
     assert (snapshot.ignored, snapshot.rejected) == (2, 0)
 
 
+async def _wait(predicate: Any, timeout: float = 30.0) -> None:
+    """Polls `predicate` while letting the event loop run."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
 async def test_a_retried_call_answers_the_call_api_like_grpcs_own(
     server: BytesServer, clock: FakeClock
 ) -> None:
@@ -223,7 +232,10 @@ async def test_a_retried_call_answers_the_call_api_like_grpcs_own(
     async with _on("guarded_channel", server.target, registry) as channel:
         unary: Any = channel.unary_unary(UNARY)
         answered = unary(b"hello", timeout=60)
+        seen: list[Any] = []
+        answered.add_done_callback(seen.append)
         assert await answered == b"hello"
+        await _wait(lambda: seen == [answered])  # called with the call, once it is over
         assert answered.done() and answered.cancelled() is False
         remaining = answered.time_remaining()  # the answering attempt's
         assert remaining is not None and 0 < remaining <= 60
@@ -232,11 +244,13 @@ async def test_a_retried_call_answers_the_call_api_like_grpcs_own(
         blocked = unary(b"block", timeout=60)
         assert await asyncio.to_thread(server.entered.acquire, True, 10)
         assert not blocked.done() and blocked.cancelled() is False
+        blocked.add_done_callback(seen.append)
         assert blocked.time_remaining() is None  # not known until an attempt answers
         assert blocked.cancel() is True
         with pytest.raises(asyncio.CancelledError):
             await blocked
         assert blocked.done() and blocked.cancelled() is True
+        await _wait(lambda: seen == [answered, blocked])
         assert blocked.cancel() is False  # over
     async with _on("guarded_channel", server.target, registry, _refusing(False)) as channel:
         refusing: Any = channel.unary_unary(UNARY)
@@ -244,3 +258,47 @@ async def test_a_retried_call_answers_the_call_api_like_grpcs_own(
         with pytest.raises(grpc.aio.AioRpcError):
             await refused
         assert refused.done() and refused.cancelled() is False and refused.cancel() is False
+
+
+class _EndedBelow:
+    """A call whose status question raises `error`, as a lower layer's call object may."""
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        self._error = error
+
+    async def code(self) -> grpc.StatusCode:
+        raise self._error
+
+
+async def test_a_retried_call_whose_attempt_raised_ends_with_that_error() -> None:
+    # The retry loop's AioRpcError is the call's error: a CANCELLED one reads as cancelled.
+    fast = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
+    registry = BreakerRegistry(PATIENT.replace(retry=fast, idempotent=True))
+    metadata = grpc.aio.Metadata()
+    error = grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, metadata, metadata, "gone")
+
+    def inner(request: Any, **options: Any) -> Any:  # the channel's multi-callable
+        return _EndedBelow(error)
+
+    call: Any = GuardedUnaryUnary(inner, UNARY, Guard(registry))(b"hello")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    assert raised.value is error
+    assert call.done() and call.cancelled() is True and call.cancel() is False
+    assert await call.code() is grpc.StatusCode.CANCELLED and await call.details() == "gone"
+    assert registry.get(UNARY).snapshot().ignored == 1  # a cancelled attempt is ignored
+
+
+async def test_the_channel_state_is_read_without_connecting_and_its_changes_awaited(
+    server: BytesServer, registry: BreakerRegistry
+) -> None:
+    async with guarded_channel(grpc.aio.insecure_channel(server.target), registry) as channel:
+        idle = grpc.ChannelConnectivity.IDLE
+        changed = asyncio.ensure_future(channel.wait_for_state_change(idle))
+        for _ in range(3):
+            assert channel.get_state() is idle
+            await asyncio.sleep(0.01)  # a connection asked for would be under way by now
+        assert not changed.done()  # nothing has changed
+        channel.get_state(try_to_connect=True)
+        await asyncio.wait_for(changed, 30)
+        assert channel.get_state() is not idle

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Any
 
 import grpc
@@ -59,6 +60,40 @@ async def test_the_last_failure_is_what_the_caller_gets(
     seen = await driver.unary(b"flaky:9:UNAVAILABLE")
     assert (seen.code, seen.details) == (grpc.StatusCode.UNAVAILABLE, "boom UNAVAILABLE")
     assert server.count(UNARY) == 3  # max_attempts
+
+
+async def test_a_retry_waits_out_the_servers_pushback(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    driver.connect(retrying(clock))
+    for call, request in (
+        (driver.unary, b"flaky:1:UNAVAILABLE:300"),
+        (driver.server_stream, b"flaky:1:UNAVAILABLE:301"),
+    ):
+        started = time.monotonic()
+        seen = await call(request)  # refused once with a pushback of 300 ms, then answered
+        assert seen.code is grpc.StatusCode.OK
+        assert time.monotonic() - started >= 0.3  # a lower bound, not a speed check
+    assert server.count(UNARY) == server.count(SERVER_STREAM) == 2
+
+
+def test_a_retried_future_that_failed_tells_its_last_attempts_error(
+    clock: FakeClock, server: BytesServer
+) -> None:
+    registry = retrying(clock)
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(server.target), BreakerInterceptor(registry)
+    )
+    try:
+        multi: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(UNARY)
+        future: Any = multi.future(b"flaky:9:UNAVAILABLE")
+        error = future.exception(timeout=30)
+        assert isinstance(error, grpc.RpcError) and error.code() is grpc.StatusCode.UNAVAILABLE
+        assert future.traceback(timeout=30) is not None
+        assert future.traceback() is error.__traceback__
+        assert server.count(UNARY) == 3
+    finally:
+        channel.close()
 
 
 async def test_only_retryable_codes_are_retried(

@@ -209,7 +209,7 @@ def test_what_is_raised_below_comes_back_as_intercept_channel_hands_it(
         with pytest.raises(LookupError):
             next(stream)
         with pytest.raises(LookupError):
-            for _ in stream:  # iterated: the same error, not a TypeError from iter()
+            for _ in stream:  # iterated: the same error
                 pass
     assert below.calls == 6 and server.total() == 0
     for method in (UNARY, SERVER_STREAM):
@@ -236,5 +236,8 @@ def test_a_closed_channel_fails_alike_on_both_paths(
         assert isinstance(future.exception(), ValueError)
         with pytest.raises(ValueError, match="Channel closed"):
             next(stream)
+        with pytest.raises(ValueError, match="Channel closed"):
+            for _ in stream:  # iterated: the same error, not a TypeError from iter()
+                pass
     unary_snapshot = registry.get(UNARY).snapshot()
     assert (unary_snapshot.ignored, unary_snapshot.failed) == (4, 0)

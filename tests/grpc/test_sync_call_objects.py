@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import traceback
@@ -14,6 +15,7 @@ import pytest
 from meshbreaker._adapter.guard import Guard
 from meshbreaker.config import State
 from meshbreaker.grpc import BreakerInterceptor
+from meshbreaker.grpc.interceptor import CallDetails
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.retry import RetryPolicy
 from tests.grpc.broken_registries import UnclassifiableBreaker
@@ -72,8 +74,9 @@ def test_a_rejected_call_is_a_terminated_call(connect: Connect, registry: Breake
     future = unary(channel).future(b"hello")
     assert future.initial_metadata() == ()  # no server was contacted
     assert future.add_callback(lambda: None) is False  # terminated already: grpc's answer
-    assert not future.is_active() and not future.running() and future.done()
-    assert future.time_remaining() is None and not future.cancel() and not future.cancelled()
+    assert future.is_active() is False and future.running() is False and future.done() is True
+    assert future.time_remaining() is None
+    assert future.cancel() is False and future.cancelled() is False
     assert future.debug_error_string() == future.details()  # type: ignore[attr-defined]
     with pytest.raises(grpc.RpcError) as raised:
         future.result()
@@ -268,13 +271,10 @@ def test_a_call_in_flight_answers_the_call_api_through_its_proxy(
     channel = connect(
         BreakerInterceptor(registry, fallbacks={UNARY: lambda r, e: b"c"}, fallback_on_failure=True)
     )
-    server.expect_entries()
-    calls: list[Any] = [
-        unary(channel).future(b"block", timeout=60),
-        server_stream(channel)(b"block", timeout=60),
-    ]
-    for call in calls:
-        assert server.entered.acquire(True, 10)
+    for make in (unary(channel).future, server_stream(channel)):
+        server.expect_entries()
+        call: Any = make(b"block", timeout=60)
+        assert server.entered.acquire(True, 30)
         assert call.running() is True and call.done() is False and call.is_active() is True
         remaining = call.time_remaining()
         assert remaining is not None and 0 < remaining <= 60
@@ -326,3 +326,65 @@ def test_a_future_meshbreaker_cannot_watch_goes_through_and_frees_its_slot(
     assert counts(registry, UNARY) == (0, 0, 2)
     failed = "retrying" if retried else "tracking"
     assert f"meshbreaker: {failed} {UNARY} failed" in caplog.text
+
+
+def _read_to_the_end(stream: Any) -> grpc.StatusCode:
+    """Reads `stream` to its end; its code (no exception kept, which would hold the stream)."""
+    try:
+        for _ in stream:
+            pass
+    except grpc.RpcError as error:
+        return cast(grpc.Call, error).code()
+    return grpc.StatusCode.OK
+
+
+def test_a_dropped_stream_already_recorded_is_not_counted_again(
+    connect: Connect, registry: BreakerRegistry
+) -> None:
+    channel = connect(BreakerInterceptor(registry))
+    stream = server_stream(channel)(b"drop")  # ends as a balancer's drop words it
+    assert _read_to_the_end(stream) is grpc.StatusCode.UNAVAILABLE
+    assert registry.get(SERVER_STREAM).snapshot().rejected == 1  # a local refusal
+    del stream  # dropped by the caller: its finalizer finds it recorded
+    gc.collect()
+    snapshot = registry.get(SERVER_STREAM).snapshot()
+    assert (snapshot.rejected, snapshot.failed, snapshot.ignored) == (1, 0, 1)
+
+
+def test_a_dropped_future_frees_its_permit(connect: Connect, server: BytesServer) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG.replace(max_concurrent_calls=1))
+    channel = connect(BreakerInterceptor(registry))
+    server.expect_entries()
+    future = unary(channel).future(b"block")
+    assert server.entered.acquire(True, 30)
+    del future  # grpc cancels a call dropped in flight; its permit goes with it
+    gc.collect()
+    assert wait_until(lambda: counts(registry, UNARY) == (0, 0, 1))
+    assert unary(channel)(b"hello", timeout=30) == b"hello"  # the slot is free
+
+
+def test_a_stream_retry_that_cannot_be_made_raises_why_and_frees_its_slot(
+    server: BytesServer,
+) -> None:
+    fast = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
+    config = CLOSED_CONFIG.replace(retry=fast, idempotent=True, max_concurrent_calls=1)
+    registry = BreakerRegistry(config)
+    error = LookupError("raised making the retry")
+    made: list[Any] = []
+    with grpc.insecure_channel(server.target) as plain:
+
+        def continuation(details: Any, request: Any) -> Any:  # grpc's, then raising
+            if made:
+                raise error
+            made.append(plain.unary_stream(SERVER_STREAM)(request))
+            return made[-1]
+
+        details = CallDetails(SERVER_STREAM, None, None, None, None, None)
+        stream = BreakerInterceptor(registry).intercept_unary_stream(
+            continuation, details, b"flaky:1:UNAVAILABLE"
+        )
+        with pytest.raises(LookupError) as raised:
+            next(stream)
+        assert raised.value is error
+    snapshot = registry.get(SERVER_STREAM).snapshot()
+    assert (snapshot.failed, snapshot.ignored, snapshot.rejected) == (1, 1, 0)
