@@ -586,6 +586,21 @@ def test_the_quick_success_log_is_settled_every_slice_of_time(
     assert cb.snapshot().window_calls == 3000
 
 
+def test_removing_the_last_result_listener_gives_successes_the_quick_log_back(
+    clock: FakeClock,
+) -> None:
+    # A speed invariant (QuickSuccesses): closed while a listener waits for each CallResult,
+    # open again the moment the last one leaves, not only after the next locked outcome.
+    cb = make(clock)
+    unsubscribe = cb.on_call_result(lambda result: None)
+    cb.call(_ok)
+    assert len(cb._quick) == 0  # reported under the lock, to the listener
+    unsubscribe()
+    cb.call(_ok)
+    assert len(cb._quick) == 1  # logged lock-free
+    assert cb.snapshot().successful == 2
+
+
 def test_result_listeners_see_every_success_through_call(clock: FakeClock) -> None:
     cb = make(clock)
     for _ in range(3):

@@ -116,6 +116,8 @@ def test_half_open_max_wait_is_checked_on_admission(clock: FakeClock) -> None:
     with pytest.raises(CallNotPermittedError) as info:
         cb.acquire()
     assert info.value.state is State.OPEN
+    # Opened by this very admission (under the lock): it still says when to come back.
+    assert info.value.retry_after == open_period(cb) > 0
 
 
 def test_half_open_max_wait_zero_waits_forever(clock: FakeClock) -> None:
