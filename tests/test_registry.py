@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -52,6 +55,46 @@ def test_get_is_safe_under_threads() -> None:
     assert len({id(b) for b in seen}) == 1
 
 
+@pytest.fixture
+def switch_often() -> Iterator[None]:
+    """The GIL changes hands every microsecond, so a race inside a comprehension shows."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(interval)
+
+
+def test_listeners_come_and_go_from_many_threads_without_losing_one(
+    switch_often: None, clock: FakeClock
+) -> None:
+    # Unsubscribing filters the list into a new one and assigns it back: without the lock, a
+    # listener subscribed while the filter ran would be dropped by that assignment.
+    reg = BreakerRegistry(clock=clock)
+    seen: list[int] = []
+
+    def listener(number: int) -> Any:
+        return lambda *_: seen.append(number)
+
+    leaving = [reg.on_state_change(listener(-1)) for _ in range(2000)]
+    staying = list(range(600))
+
+    def subscribe(numbers: list[int]) -> None:
+        for number in numbers:
+            reg.on_state_change(listener(number))
+
+    threads = [
+        threading.Thread(target=lambda: [unsubscribe() for unsubscribe in leaving]),
+        threading.Thread(target=subscribe, args=(staying[:300],)),
+        threading.Thread(target=subscribe, args=(staying[300:],)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    reg.get(METHOD).force_open()
+    assert sorted(seen) == staying
+
+
 def test_policy_resolution_method_over_service_over_default(clock: FakeClock) -> None:
     default = BreakerConfig(minimum_calls=1)
     service = BreakerConfig(minimum_calls=2)
@@ -97,6 +140,8 @@ def test_replace_policies_is_all_or_nothing(clock: FakeClock) -> None:
     assert "selector" in str(info.value)
     with pytest.raises(ConfigError):
         reg.replace_policies({METHOD: good}, overrides={METHOD: State.OPEN})
+    with pytest.raises(ConfigError, match="policy must be a BreakerConfig, got dict"):
+        reg.replace_policies({METHOD: good, "pkg.Svc": {"minimum_calls": 3}})  # type: ignore[dict-item]
     with pytest.raises(ConfigError) as info:
         reg.replace_policies({METHOD: good}, overrides={"/broken": State.FORCED_OPEN})
     assert "selector" in str(info.value)
@@ -189,6 +234,21 @@ def test_breakers_stay_bounded_however_many_names_arrive(clock: FakeClock) -> No
         reg.get(f"/pkg.S{i}/M{i}").acquire().success()
     assert len(reg) <= 2 * 10 + 1
     assert reg.overflowed_names == 2000 - 10
+
+
+def test_at_most_max_breakers_overflowed_names_are_remembered(clock: FakeClock) -> None:
+    reg = BreakerRegistry(clock=clock, max_breakers=3)
+    for i in range(3):
+        reg.get(f"/pkg.Own/M{i}")
+    extra = [f"/pkg.Bulk/M{i}" for i in range(4)]
+    for name in extra:
+        reg.get(name)
+    assert reg.overflowed_names == 4
+    for name in extra[:3]:
+        reg.get(name)  # remembered: counted once
+    assert reg.overflowed_names == 4
+    reg.get(extra[3])  # one past the bound, forgotten: counted again
+    assert reg.overflowed_names == 5
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5, "10"])

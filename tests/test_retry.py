@@ -12,6 +12,31 @@ from meshbreaker.retry import NO_RETRY, RetryBudget, RetryPolicy, RetryRun, pars
 from meshbreaker.testing import FakeClock
 
 
+def test_the_command_line_form_reads_back_as_the_same_policy() -> None:
+    policy = RetryPolicy(
+        max_attempts=4,
+        initial_backoff=0.1,
+        max_backoff=2.0,
+        multiplier=3.0,
+        retryable_codes=frozenset({"unavailable", "ABORTED"}),
+        budget_ratio=0.2,
+        budget_min_per_second=5,
+        budget_ttl=20.0,
+    )
+    text = str(policy)
+    assert text == (
+        "max_attempts=4,initial_backoff=0.1,max_backoff=2.0,multiplier=3.0,"
+        "retryable_codes=ABORTED|UNAVAILABLE,budget_ratio=0.2,budget_min_per_second=5,"
+        "budget_ttl=20.0"
+    )
+    assert RetryPolicy.from_text(text) == policy
+    # Counts read as ints, the rest as floats; fields left out take their defaults.
+    some = RetryPolicy.from_text("max_attempts=2, budget_min_per_second=7, initial_backoff=1")
+    assert (some.max_attempts, some.budget_min_per_second, some.initial_backoff) == (2, 7, 1.0)
+    assert type(some.max_attempts) is int and type(some.initial_backoff) is float
+    assert some.retryable_codes == RetryPolicy().retryable_codes
+
+
 def test_backoff_ceilings_grow_then_cap() -> None:
     policy = RetryPolicy(max_attempts=8, initial_backoff=0.1, max_backoff=1.0, multiplier=2.0)
     ceilings = [policy.backoff_ceiling(retry) for retry in range(1, 7)]

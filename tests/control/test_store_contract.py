@@ -195,7 +195,7 @@ def test_compaction_makes_an_older_feed_relist(store: PolicyStore) -> None:
     store.compact(2)
     with pytest.raises(CompactedError) as caught:
         store.watch(1)
-    assert caught.value.compacted_revision == 2
+    assert (caught.value.since_revision, caught.value.compacted_revision) == (1, 2)
     assert "re-list" in str(caught.value)
     with store.watch(2) as feed:
         assert [e.revision for e in _next_nonempty(feed)] == [3, 4]
