@@ -109,6 +109,36 @@ def rotated(index: int) -> tuple[str, ...]:
     return VARIANTS[start:] + VARIANTS[:start]
 
 
+class _Tally:
+    """One round's turns: each variant's wall time per operation, and its summed CPU time."""
+
+    def __init__(self, rng: random.Random, count: int) -> None:
+        self._rng = rng
+        self._count = count
+        self.wall: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+        self.cpu = dict.fromkeys(VARIANTS, 0.0)
+        self._started = (0.0, 0.0)
+
+    def turns(self) -> Iterator[str]:
+        """`count` turns of every variant, each turn in a fresh random order."""
+        order = list(VARIANTS)
+        for _ in range(self._count):
+            self._rng.shuffle(order)
+            yield from order
+
+    def start(self) -> None:
+        self._started = (time.process_time(), time.perf_counter())
+
+    def stop(self, variant: str) -> None:
+        end = time.perf_counter()
+        self.wall[variant].append(end - self._started[1])
+        self.cpu[variant] += time.process_time() - self._started[0]
+
+    def into(self, workload: Workload) -> None:
+        for variant in VARIANTS:
+            workload.add_round(variant, self.wall[variant], self.cpu[variant] / self._count)
+
+
 def interleave(
     workload: Workload, rng: random.Random, count: int, run: Callable[[str], object]
 ) -> None:
@@ -120,19 +150,12 @@ def interleave(
     the same one, and what an operation leaves behind (caches, the server's threads) would bias
     its successor. The client's CPU time is taken per operation, so each variant's is its own.
     """
-    order = list(VARIANTS)
-    wall: dict[str, list[float]] = {variant: [] for variant in order}
-    cpu = dict.fromkeys(order, 0.0)
-    for _ in range(count):
-        rng.shuffle(order)
-        for variant in order:
-            cpu_start = time.process_time()
-            start = time.perf_counter()
-            run(variant)
-            wall[variant].append(time.perf_counter() - start)
-            cpu[variant] += time.process_time() - cpu_start
-    for variant in order:
-        workload.add_round(variant, wall[variant], cpu[variant] / count)
+    tally = _Tally(rng, count)
+    for variant in tally.turns():
+        tally.start()
+        run(variant)
+        tally.stop(variant)
+    tally.into(workload)
 
 
 async def interleave_aio(
@@ -142,19 +165,12 @@ async def interleave_aio(
     run: Callable[[str], Awaitable[None]],
 ) -> None:
     """interleave() for coroutines: the same round, each operation awaited in turn."""
-    order = list(VARIANTS)
-    wall: dict[str, list[float]] = {variant: [] for variant in order}
-    cpu = dict.fromkeys(order, 0.0)
-    for _ in range(count):
-        rng.shuffle(order)
-        for variant in order:
-            cpu_start = time.process_time()
-            start = time.perf_counter()
-            await run(variant)
-            wall[variant].append(time.perf_counter() - start)
-            cpu[variant] += time.process_time() - cpu_start
-    for variant in order:
-        workload.add_round(variant, wall[variant], cpu[variant] / count)
+    tally = _Tally(rng, count)
+    for variant in tally.turns():
+        tally.start()
+        await run(variant)
+        tally.stop(variant)
+    tally.into(workload)
 
 
 def percentile(samples: list[float], fraction: float) -> float:

@@ -257,25 +257,14 @@ class _UnaryResponse(_Guarded):
                 )
             return outcome.result(), outcome
         try:
-            if with_call:
-                response, call = self._inner.with_call(
-                    request,
-                    timeout=timeout,
-                    metadata=metadata,
-                    credentials=credentials,
-                    wait_for_ready=wait_for_ready,
-                    compression=compression,
-                )
-            else:
-                call = None
-                response = self._inner(
-                    request,
-                    timeout=timeout,
-                    metadata=metadata,
-                    credentials=credentials,
-                    wait_for_ready=wait_for_ready,
-                    compression=compression,
-                )
+            answer = (self._inner.with_call if with_call else self._inner)(
+                request,
+                timeout=timeout,
+                metadata=metadata,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
         except grpc.RpcError as error:  # also the call, finished
             record_finished(guard, breaker, permit, error)
             raise
@@ -283,7 +272,7 @@ class _UnaryResponse(_Guarded):
             release(permit)
             raise
         guard.record(permit, breaker, _OK)
-        return response, call
+        return answer if with_call else (answer, None)
 
     def _blocking_through(self, details: Any, request: Any) -> Any:
         """The continuation of a blocking call: its finished call, or its error (also a call)."""
