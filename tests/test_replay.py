@@ -150,3 +150,26 @@ def test_a_commit_after_the_retry_was_granted_still_replays_in_full() -> None:
     assert next(first) == b"5678" and retries.committed  # its request thread read on: 8 > 7
     assert list(buffer.attempt()) == [b"1234", b"5678", b"9"]  # kept for the granted retry
     assert buffer._kept == [] and not may_retry(retries)
+
+
+def test_the_callers_iterator_is_not_asked_again_once_it_has_ended() -> None:
+    # Retries replay what was kept: an iterator that has ended is over for every attempt.
+    class Counted:
+        def __init__(self, messages: list[bytes]) -> None:
+            self.messages = iter(messages)
+            self.asked = 0
+
+        def __iter__(self) -> Counted:
+            return self
+
+        def __next__(self) -> bytes:
+            self.asked += 1
+            return next(self.messages)
+
+    retries, source = run(), Counted([b"a", b"b"])
+    buffer = ReplayBuffer(source, retries)
+    assert list(buffer.attempt()) == [b"a", b"b"]
+    assert source.asked == 3  # two messages and the end
+    assert may_retry(retries)
+    assert list(buffer.attempt()) == [b"a", b"b"]
+    assert source.asked == 3

@@ -14,7 +14,7 @@ import pytest
 from grpc.aio._interceptor import UnaryUnaryCallResponse
 
 from meshbreaker._adapter.guard import Guard
-from meshbreaker.aio import breaker_interceptors
+from meshbreaker.aio import breaker_interceptors, guarded_channel
 from meshbreaker.aio._calls import (
     _CORE_CODES,
     GRPC_CALLS,
@@ -629,3 +629,59 @@ async def test_a_call_raising_below_frees_its_permit_unawaited(server: BytesServ
         call = unary(channel)(b"hello")  # never awaited: only its done-callback can count it
         await wait_for(lambda: counts(registry, UNARY) == (0, 0, 1))
         assert below.calls == 1 and call.done()
+
+
+class _LateCallbacks:
+    """A lower layer's call that runs its done-callbacks on a later turn of the loop."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def done(self) -> bool:
+        return bool(self._call.done())
+
+    def cancel(self) -> bool:
+        return bool(self._call.cancel())
+
+    def add_done_callback(self, callback: Any) -> None:
+        loop = asyncio.get_running_loop()
+        self._call.add_done_callback(lambda _call: loop.call_soon(callback, self))
+
+    def __aiter__(self) -> Any:
+        return self._call.__aiter__()
+
+
+async def test_cancelling_a_stream_frees_its_permit_before_any_done_callback(
+    plain: grpc.aio.Channel,
+) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG)
+    breaker = registry.get(SERVER_STREAM)
+    call = _LateCallbacks(server_stream(plain)(b"forever"))
+    tracker = CallTracker(Guard(registry), breaker, breaker.acquire())
+    tracker.watch(call)
+    stream = TrackedStream(call, tracker)
+    assert await stream.read() == b"m0"
+    assert stream.cancel()
+    assert counts(registry, SERVER_STREAM) == (0, 0, 1)  # not on the callback's later turn
+
+
+async def test_a_layered_guard_frees_its_permit_when_the_call_below_cannot_tell_its_status(
+    server: BytesServer,
+) -> None:
+    # A guarded channel over another: the inner one's call raises where it is used (here its
+    # channel is closed), and the outer breaker's done-callback finds no status to count.
+    outer = BreakerRegistry(CLOSED_CONFIG.replace(max_concurrent_calls=1))
+    closed = grpc.aio.insecure_channel(server.target)
+    await closed.close()
+    channel = guarded_channel(guarded_channel(closed, BreakerRegistry(CLOSED_CONFIG)), outer)
+
+    def ended() -> int:
+        snapshot = outer.get(UNARY).snapshot()
+        return snapshot.ignored + snapshot.rejected
+
+    unary(channel)(b"hello")  # never awaited
+    await wait_for(lambda: ended() == 1)
+    unary(channel)(b"hello")  # a kept slot would refuse it
+    await wait_for(lambda: ended() == 2)
+    snapshot = outer.get(UNARY).snapshot()
+    assert (snapshot.ignored, snapshot.rejected, snapshot.failed) == (2, 0, 0)

@@ -198,6 +198,24 @@ def test_an_outcome_a_finalizer_cannot_record_still_frees_the_permit(
     assert not [record for record in caplog.records if record.exc_info]
 
 
+def test_an_outcome_that_cannot_be_recorded_is_logged_and_frees_the_permit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Outside a finalizer the failure is logged with its traceback, for whoever debugs it.
+    registry = BreakerRegistry(CLOSED_CONFIG.replace(max_concurrent_calls=1))
+    permit = registry.get(UNARY).acquire()
+    unclassifiable: Any = UnclassifiableBreaker()  # reading its config raises
+    Guard(registry).record(permit, unclassifiable, grpc.StatusCode.INTERNAL)
+    assert permit.done
+    assert counts(registry, UNARY) == (0, 0, 1)
+    logged = [
+        r
+        for r in caplog.records
+        if r.getMessage() == "meshbreaker: recording the outcome of broken failed"
+    ]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+
+
 def test_cancelling_a_stream_frees_its_permit_at_once(
     connect: Connect, registry: BreakerRegistry
 ) -> None:
