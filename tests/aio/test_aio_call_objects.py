@@ -23,6 +23,7 @@ from meshbreaker.aio._calls import (
     FallbackCall,
     TrackedStream,
     TrackedUnaryCall,
+    _grpc_calls,
     rejection,
 )
 from meshbreaker.config import State
@@ -685,3 +686,13 @@ async def test_a_layered_guard_frees_its_permit_when_the_call_below_cannot_tell_
     await wait_for(lambda: ended() == 2)
     snapshot = outer.get(UNARY).snapshot()
     assert (snapshot.ignored, snapshot.rejected, snapshot.failed) == (2, 0, 0)
+
+
+def test_should_grpc_rename_its_call_classes_no_status_is_read_from_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Then GRPC_CALLS is empty and the trackers read every status through code().
+    from grpc.aio import _call
+
+    monkeypatch.delattr(_call, "UnaryUnaryCall")
+    assert _grpc_calls() == (frozenset(), {})
