@@ -211,7 +211,9 @@ def test_a_feed_follows_a_healthy_store_without_a_warning(
         for name in ("a", "b"):
             other.put([policy(name, f"s.{name.upper()}")])
             assert [e.policy_id for e in _next_nonempty(feed)] == [name]
-    assert not caplog.records  # warnings are for outages (a retry of the watch is one)
+    # Warnings are for outages (a retry of the watch is one). Only meshbreaker's own records
+    # count: a grpc.aio poller left by an earlier test may log from asyncio when it is collected.
+    assert not [record for record in caplog.records if record.name.startswith("meshbreaker")]
 
 
 def test_a_feed_far_behind_reads_in_steps_then_follows(
