@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
-import json
 import math
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,6 +28,7 @@ from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 from meshbreaker.v1 import mesh_pb2
 from tests.control.agent_support import METHOD, AdminStub, ControlPlaneThread
+from tests.control.store_support import etcd_json
 from tests.server_support import ServerThread, wait_until
 
 
@@ -201,6 +200,40 @@ def test_a_transition_on_one_replica_is_an_event_on_every_other(
     )
 
 
+def test_a_nack_on_one_replica_is_one_event_on_every_other(
+    replicas: Callable[..., list[ServerThread]], admin_stub: AdminStub
+) -> None:
+    planes = replicas(2)
+    near, remote = (admin_stub(plane.target) for plane in planes)
+    nack = pb.Nack(revision=1, reason="policies[0]: bad")
+
+    def report(total: int, **fields: Any) -> None:
+        breaker = pb.BreakerSnapshot(name=METHOD, state=pb.BREAKER_STATE_CLOSED, total=total)
+        request = pb.ReportStateRequest(
+            instance_id="tx-1", service="transaction", breakers=[breaker], **fields
+        )
+        near.ReportState(request, timeout=10)
+
+    def nacks() -> list[pb.ConfigNack]:
+        events = remote.ListEvents(pb.ListEventsRequest(), timeout=10).events
+        return [event.nack for event in events if event.HasField("nack")]
+
+    def shown(total: int) -> bool:
+        groups = listed(remote, include_instances=True).groups
+        return any(i.snapshot.total == total for g in groups for i in g.instance_breakers)
+
+    report(1, nack=nack)
+    assert wait_until(lambda: len(nacks()) == 1, timeout=10)
+    (seen,) = nacks()
+    assert (seen.instance_id, seen.service, seen.nack) == ("tx-1", "transaction", nack)
+    # The record is written again (the same NACK, then none): no event repeats it.
+    report(2, nack=nack)
+    assert wait_until(lambda: shown(2), timeout=10)
+    report(3, applied_revision=1)
+    assert wait_until(lambda: shown(3), timeout=10)
+    assert len(nacks()) == 1
+
+
 def test_a_stopped_replicas_instances_leave_every_view_and_come_back_by_failover(
     replicas: Callable[..., list[ServerThread]],
     agents: Callable[..., MeshAgent],
@@ -276,6 +309,8 @@ def test_a_crashed_replicas_records_expire_with_its_lease(etcd: EtcdServer) -> N
         assert presence is not None
         heartbeat = mesh_pb2.ReplicaHeartbeat(replica_id="crashed", instances=1)
         assert presence.publish({"heartbeat": heartbeat.SerializeToString(), "instance/x/0": b""})
+        for stray in (b"/lease/mesh/stray", b"/lease/mesh/stray/"):  # no replica's record: unseen
+            etcd_json(etcd, "/v3/kv/put", {"key": base64.b64encode(stray).decode(), "value": ""})
         observer = watching.presence("observer", ttl=2)
         assert observer is not None
         feed = observer.feed()
@@ -339,17 +374,6 @@ def test_another_replicas_record_is_live_until_it_is_a_report_ttl_old() -> None:
     assert table.live(now=130.5) == []  # its replica stopped vouching for it
 
 
-def _etcd_json(etcd: EtcdServer, path: str, body: dict[str, object]) -> dict[str, Any]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{etcd.client_port}{path}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        answer: dict[str, Any] = json.loads(response.read())
-        return answer
-
-
 @pytest.mark.parametrize("publish_interval", [0.1, 1.0], ids=["publish finds", "keepalive finds"])
 def test_a_replica_whose_lease_was_lost_writes_its_instances_again(
     etcd: EtcdServer,
@@ -367,13 +391,13 @@ def test_a_replica_whose_lease_was_lost_writes_its_instances_again(
     end = base64.b64encode(b"/meshbreaker/mesh0").decode()
 
     def records() -> list[str]:
-        found = _etcd_json(etcd, "/v3/kv/range", {"key": start, "range_end": end})
+        found = etcd_json(etcd, "/v3/kv/range", {"key": start, "range_end": end})
         return [base64.b64decode(kv["key"]).decode() for kv in found.get("kvs", [])]
 
     assert any("/instance/" in key for key in records())
     # etcd drops every lease (as when they expire during a long outage): the records go too.
-    for lease in _etcd_json(etcd, "/v3/lease/leases", {}).get("leases", []):
-        _etcd_json(etcd, "/v3/lease/revoke", {"ID": lease["ID"]})
+    for lease in etcd_json(etcd, "/v3/lease/leases", {}).get("leases", []):
+        etcd_json(etcd, "/v3/lease/revoke", {"ID": lease["ID"]})
     # The replica notices, takes a new lease and writes its instance again.
     assert wait_until(lambda: any("/instance/" in key for key in records()), timeout=10)
     assert wait_until(lambda: shows_only(remote, agent), timeout=10)

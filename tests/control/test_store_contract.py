@@ -33,7 +33,7 @@ from meshbreaker.control.store.url import open_store, parse_etcd_url
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import xds_pb2
-from tests.control.store_support import OpenStore
+from tests.control.store_support import OpenStore, etcd_json
 from tests.scrape_support import Scrape
 from tests.server_support import wait_until
 
@@ -373,6 +373,34 @@ def test_on_etcd_a_sweep_drops_what_outlived_its_lease_at_one_new_registry_revis
             time.sleep(0.2)
         assert registered(store) == [(6000, 0)]
         assert store.xds_clusters()[0] == before + 1
+    finally:
+        store.close()
+
+
+def test_on_etcd_registering_again_with_another_ttl_takes_a_lease_of_that_ttl(
+    etcd: EtcdServer,
+) -> None:
+    """A server restarted with a longer TTL: its registration is not kept on the old lease (a
+    refresh renews a lease for the TTL it was granted)."""
+    from meshbreaker.control.store.etcd import EtcdStore
+
+    store = EtcdStore([etcd.endpoint], prefix="/xds-ttl/")
+    try:
+        store.put_xds_cluster(xds_cluster("a", 5000))
+        assert store.register_xds_endpoint("a", endpoint(6000), 5, max_endpoints=10)[0] is True
+        assert store.register_xds_endpoint("a", endpoint(6000), 600, max_endpoints=10)[0] is False
+
+        def granted() -> list[int]:
+            """The granted TTL of each lease that holds a key."""
+            leases = etcd_json(etcd, "/v3/lease/leases", {}).get("leases", [])
+            lives = [
+                etcd_json(etcd, "/v3/lease/timetolive", {"ID": lease["ID"], "keys": True})
+                for lease in leases
+            ]
+            return [int(life["grantedTTL"]) for life in lives if life.get("keys")]
+
+        assert granted() == [600]
+        assert registered(store) == [(6000, 0)]
     finally:
         store.close()
 
