@@ -130,13 +130,7 @@ def test_a_lasting_state_shows_its_real_age_on_every_replica(
     breaker.acquire().failure()  # one failure opens it (open for 60 s)
 
     def age_elsewhere() -> float:
-        """The breaker's state_age as the other replica tells it (-1: not OPEN there yet)."""
-        answer = listed(elsewhere, include_instances=True)
-        for group in answer.groups:
-            for item in group.instance_breakers:
-                if item.snapshot.state == pb.BREAKER_STATE_OPEN:
-                    return item.snapshot.state_age
-        return -1.0
+        return _open_age(elsewhere)
 
     assert wait_until(lambda: age_elsewhere() >= 0, timeout=10)
     first = age_elsewhere()
@@ -144,6 +138,35 @@ def test_a_lasting_state_shows_its_real_age_on_every_replica(
     # heartbeat is), yet the age the other replica tells keeps growing with the real one.
     assert wait_until(lambda: age_elsewhere() >= first + 1.0, timeout=10)
     assert breaker.state is State.OPEN
+
+
+def test_a_breakers_age_on_another_replica_counts_from_its_report_not_from_its_reading(
+    replicas: Callable[..., list[ServerThread]], admin_stub: AdminStub
+) -> None:
+    clock, wall = FakeClock(1000.0), FakeClock(1_700_000_000.0)
+    options = {"report_ttl": 600.0, "clock": clock, "wall_clock": wall}
+    planes = replicas(2, **options)
+    opened = pb.BreakerSnapshot(name=METHOD, state=pb.BREAKER_STATE_OPEN, state_age=5.0)
+    report = pb.ReportStateRequest(instance_id="tx-1", service="transaction", breakers=[opened])
+    admin_stub(planes[0].target).ReportState(report, timeout=10)  # once: the record never changes
+    assert wait_until(lambda: _open_age(admin_stub(planes[1].target)) == 5.0, timeout=10)
+    # 100 s later (a heartbeat stamped then is in etcd: the second replica ages the state by it)
+    # a replica starts and reads the record: the state is 100 s older than it was reported.
+    clock.advance(100)
+    wall.advance(100)
+    assert wait_until(lambda: _open_age(admin_stub(planes[1].target)) == 105.0, timeout=10)
+    (late,) = replicas(1, **options)
+    stub = admin_stub(late.target)
+    assert wait_until(lambda: _open_age(stub) == pytest.approx(105.0), timeout=10)
+
+
+def _open_age(stub: pb_grpc.ControlPlaneStub) -> float:
+    """An OPEN breaker's state_age as the replica behind `stub` tells it (-1: none OPEN there)."""
+    for group in listed(stub, include_instances=True).groups:
+        for item in group.instance_breakers:
+            if item.snapshot.state == pb.BREAKER_STATE_OPEN:
+                return item.snapshot.state_age
+    return -1.0
 
 
 def test_another_replica_keeps_showing_a_config_the_agent_reported_only_once(
