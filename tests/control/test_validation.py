@@ -583,3 +583,24 @@ def test_breaker_to_proto_carries_transitions_and_the_histogram(clock: FakeClock
     convert.check_histogram(
         convert.breaker_to_proto(widest, clock()).duration_histogram, "duration_histogram"
     )
+
+
+def test_a_code_list_holds_at_most_max_codes() -> None:
+    codes = [name for name in ("UNAVAILABLE", "INTERNAL", "UNKNOWN", "ABORTED") for _ in range(8)]
+    assert len(codes) == convert.MAX_CODES  # exactly the bound: accepted
+    config = convert.config_from_proto(
+        pb.BreakerConfig(
+            failure_codes=_codes(*codes),
+            retry=pb.RetryPolicy(max_attempts=2, retryable_codes=_codes(*codes)),
+        )
+    )
+    assert config.retry is not None and len(config.retry.retryable_codes) == 4
+    over = [*codes, "UNAVAILABLE"]
+    with pytest.raises(ConfigError, match="at most 32 codes") as caught:
+        convert.config_from_proto(pb.BreakerConfig(failure_codes=_codes(*over)))
+    assert caught.value.field == "policy.config.failure_codes"
+    with pytest.raises(ConfigError, match="at most 32 codes") as caught:
+        convert.config_from_proto(
+            pb.BreakerConfig(retry=pb.RetryPolicy(max_attempts=2, retryable_codes=_codes(*over)))
+        )
+    assert caught.value.field == "policy.config.retry.retryable_codes"
