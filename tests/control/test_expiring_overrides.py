@@ -265,9 +265,10 @@ def test_a_prober_whose_probe_fails_does_not_probe_again_until_the_decision_move
     probe = breaker.try_acquire()
     assert probe is not None
     probe.failure()
-    monotonic.advance(config.open_duration)  # its own open period would let it probe again
-    wall.advance(config.open_duration)
-    assert breaker.try_acquire() is None
+    # Its own open periods (5 s, then longer by its backoff) would have let it probe again.
+    monotonic.advance(25.0)
+    wall.advance(25.0)
+    assert breaker.try_acquire() is None  # held open until the decision's expiry (START + 40)
     # The decision ends (it expired, or the fleet closed): the prober closes with the rest.
     clock.applying(layers.policies_for("tx", [decision], now=START + 40, instance_id="tx-1"))
     assert registry.get(METHOD).state is State.CLOSED
