@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import logging
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -322,6 +323,29 @@ def test_a_heartbeat_keeps_another_replicas_unchanged_instances_fresh(
     clock.advance(20)
     wall.advance(20)
     assert wait_until(lambda: report_age() < 10, timeout=10)
+
+
+def test_an_instance_that_came_while_etcd_was_away_is_shared_once_it_is_back(
+    etcd: EtcdServer,
+    replicas: Callable[..., list[ServerThread]],
+    admin_stub: AdminStub,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The lease outlives the outage: only the failed publish's changes, kept, bring it over.
+    planes = replicas(2, report_ttl=600.0, replica_lease_ttl=600)
+    near, remote = (admin_stub(plane.target) for plane in planes)
+    etcd.stop()
+    breaker = pb.BreakerSnapshot(name=METHOD, state=pb.BREAKER_STATE_CLOSED, total=1)
+    report = pb.ReportStateRequest(instance_id="tx-1", service="transaction", breakers=[breaker])
+    with caplog.at_level(logging.WARNING, logger="meshbreaker.control.replica_mesh"):
+        near.ReportState(report, timeout=10)  # reported once, never again
+
+        def publish_failed() -> bool:
+            return any("sharing this replica's instances" in r.getMessage() for r in caplog.records)
+
+        assert wait_until(publish_failed, timeout=10)
+    etcd.start()
+    assert wait_until(lambda: [i.instance_id for i in listed(remote).instances] == ["tx-1"])
 
 
 def test_a_crashed_replicas_records_expire_with_its_lease(etcd: EtcdServer) -> None:
