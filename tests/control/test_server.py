@@ -346,8 +346,15 @@ async def test_list_breakers_aggregates_per_service_and_name(
 ) -> None:
     get = "/bank.v1.A/Get"
     put = "accounts/bank.v1.A/Put"
-    await report(stub, "i1", "tx", snapshot(get, failure_rate=0.2, total=10, failed=2))
-    await report(stub, "i2", "tx", snapshot(get, pb.BREAKER_STATE_OPEN, failure_rate=0.6, total=5))
+    await report(
+        stub, "i1", "tx", snapshot(get, failure_rate=0.2, slow_call_rate=0.1, total=10, failed=2)
+    )
+    await report(
+        stub,
+        "i2",
+        "tx",
+        snapshot(get, pb.BREAKER_STATE_OPEN, failure_rate=0.6, slow_call_rate=0.5, total=5),
+    )
     await report(stub, "i2", "tx", snapshot(put, pb.BREAKER_STATE_OPEN))
     await report(stub, "i3", "gw", snapshot(get), applied_revision=7)
     listed = await stub.ListBreakers(pb.ListBreakersRequest())
@@ -355,7 +362,8 @@ async def test_list_breakers_aggregates_per_service_and_name(
     assert keys == [("gw", get), ("tx", get), ("tx", put)]
     tx_get = listed.groups[1]
     assert (tx_get.instances, tx_get.closed, tx_get.open) == (2, 1, 1)
-    assert tx_get.failure_rate == pytest.approx(0.4)
+    assert tx_get.failure_rate == pytest.approx(0.4)  # rates: the mean over the instances
+    assert tx_get.slow_call_rate == pytest.approx(0.3)
     assert tx_get.total == 15 and tx_get.failed == 2
     assert not tx_get.instance_breakers
     assert [(i.instance_id, i.applied_revision) for i in listed.instances] == [
