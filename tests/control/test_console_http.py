@@ -30,7 +30,7 @@ from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 from tests.control.conftest import bearer
-from tests.server_support import ServerThread
+from tests.server_support import ServerThread, wait_until
 from tests.tls_support import issue, pem
 
 ADMIN, AGENT = "admin-secret", "agent-secret"
@@ -607,3 +607,36 @@ def test_at_most_32_pages_hold_a_feed_at_once(console: tuple[ServerThread, str])
     finally:
         for page in pages:
             page.close()
+
+
+def test_at_most_64_connections_at_once_the_next_is_closed_not_queued(
+    console: tuple[ServerThread, str],
+) -> None:
+    server, _ = console
+    port = server.running.console_port
+    assert port is not None
+    request = f"GET /api/session HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+
+    def answer(connection: socket.socket) -> bytes:
+        """What the console sends back to `request` on `connection` (b"": closed)."""
+        try:
+            connection.sendall(request)
+            return connection.recv(4096)
+        except (BrokenPipeError, ConnectionResetError):
+            return b""
+
+    # Idle connections (no request yet) each hold a slot; accepted in order, before the next.
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(64)]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as over:
+            assert answer(over) == b""
+        assert answer(idle[-1]).startswith(b"HTTP/1.1 401 ")  # an idle one is served
+    finally:
+        for connection in idle:
+            connection.close()
+
+    def served() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as again:
+            return answer(again).startswith(b"HTTP/1.1 401 ")
+
+    assert wait_until(served)  # the slots are given back
