@@ -94,6 +94,15 @@ def test_inconsistent_layers_are_refused_naming_the_policies() -> None:
     ]
     with pytest.raises(ConfigError, match="acct, deposit"):
         layers.policies_for("gateway", policies, base=PROCESS)
+    # The mesh-wide layer is laid once: each of its policies is named once.
+    mesh = [
+        _policy("mesh", open_duration_max=10.0),
+        _policy("gw", caller="gateway", open_duration=50.0),
+    ]
+    with pytest.raises(
+        ConfigError, match=r"in the layered config of every method, from policies mesh, gw\)"
+    ):
+        layers.policies_for("gateway", mesh, base=PROCESS)
 
 
 def test_an_override_comes_from_the_most_specific_policy_that_sets_one() -> None:
