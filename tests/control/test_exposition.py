@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -237,6 +238,13 @@ def test_scope_local_leaves_out_the_instances_of_other_replicas() -> None:
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(url + "?scope=everything", timeout=5)
         assert refused.value.code == 404
+        # The refusal is the whole answer: no page follows it on the connection.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            raw.sendall(b"GET /metrics?scope=everything HTTP/1.0\r\n\r\n")
+            received = b""
+            while chunk := raw.recv(65536):
+                received += chunk
+        assert received.startswith(b"HTTP/1.0 404 ") and received.count(b"HTTP/1.") == 1
     finally:
         server.close()
         loop.call_soon_threadsafe(loop.stop)
