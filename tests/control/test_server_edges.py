@@ -164,3 +164,20 @@ async def test_a_metrics_port_in_use_leaves_no_store_follower_running(
     with pytest.raises(OSError, match="metrics endpoint"):
         await start_control_plane(metrics_port=first.metrics_port)
     assert _policy_feeds() == before  # the refused server's servicer was closed
+
+
+def _xds_workers() -> int:
+    return sum(thread.name.startswith("meshbreaker-xds") for thread in threading.enumerate())
+
+
+async def test_a_grpc_port_in_use_leaves_no_store_follower_nor_xds_worker_running(
+    start_control_plane: Start,
+) -> None:
+    first = await start_control_plane(xds=True)
+    assert first.xds is not None  # the xDS server, started with it
+    assert (await start_control_plane()).xds is None
+    feeds, workers = _policy_feeds(), _xds_workers()
+    assert workers >= 1
+    with pytest.raises(OSError, match="cannot bind the control plane"):
+        await start_control_plane(port=int(first.target.rsplit(":", 1)[1]), xds=True)
+    assert (_policy_feeds(), _xds_workers()) == (feeds, workers)  # the refused one's are closed
