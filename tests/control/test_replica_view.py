@@ -325,6 +325,22 @@ def test_a_heartbeat_keeps_another_replicas_unchanged_instances_fresh(
     assert wait_until(lambda: report_age() < 10, timeout=10)
 
 
+def test_a_healthy_replica_shares_its_instances_without_a_word_of_an_outage(
+    replicas: Callable[..., list[ServerThread]],
+    admin_stub: AdminStub,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    breaker = pb.BreakerSnapshot(name=METHOD, state=pb.BREAKER_STATE_CLOSED, total=1)
+    report = pb.ReportStateRequest(instance_id="tx-1", service="transaction", breakers=[breaker])
+    with caplog.at_level(logging.INFO, logger="meshbreaker.control.replica_mesh"):
+        planes = replicas(2)
+        admin_stub(planes[0].target).ReportState(report, timeout=10)
+        remote = admin_stub(planes[1].target)
+        assert wait_until(lambda: [i.instance_id for i in listed(remote).instances] == ["tx-1"])
+    said = [r.getMessage() for r in caplog.records if "sharing this replica" in r.getMessage()]
+    assert said == []  # neither a failure nor "again" after one that never happened
+
+
 def test_an_instance_that_came_while_etcd_was_away_is_shared_once_it_is_back(
     etcd: EtcdServer,
     replicas: Callable[..., list[ServerThread]],
