@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -341,19 +343,28 @@ async def test_bidi_streams_are_never_retried(
     assert seen.code is grpc.StatusCode.UNAVAILABLE and server.count(BIDI) == 1
 
 
-def test_a_future_cancelled_while_waiting_to_retry_ends_at_once(
-    clock: FakeClock, server: BytesServer
-) -> None:
+@contextlib.contextmanager
+def _future_waiting_to_retry(clock: FakeClock, server: BytesServer) -> Iterator[Any]:
+    """A .future() whose first attempt failed with a minute's pushback: it waits to retry."""
     registry = retrying(clock, RetryPolicy(max_attempts=3, initial_backoff=0.001))
     channel = grpc.intercept_channel(
         grpc.insecure_channel(server.target), BreakerInterceptor(registry)
     )
     try:
         multi: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(UNARY)
-        future: Any = multi.future(b"pushback:60000")  # the retry waits a minute
+        future: Any = multi.future(b"pushback:60000")
+        assert wait_until(lambda: registry.get(UNARY).snapshot().failed == 1)
+        yield future
+    finally:
+        channel.close()
+
+
+def test_a_future_cancelled_while_waiting_to_retry_ends_at_once(
+    clock: FakeClock, server: BytesServer
+) -> None:
+    with _future_waiting_to_retry(clock, server) as future:
         ended = threading.Event()
         future.add_done_callback(lambda done: ended.set() if done is future else None)
-        assert wait_until(lambda: registry.get(UNARY).snapshot().failed == 1)
         assert future.running() and not future.done() and not ended.is_set()
         assert future.cancel()
         assert ended.is_set() and future.done() and future.cancelled()
@@ -365,8 +376,6 @@ def test_a_future_cancelled_while_waiting_to_retry_ends_at_once(
             future.result()
         assert not future.cancel()  # over
         assert server.count(UNARY) == 1
-    finally:
-        channel.close()
 
 
 def test_a_future_waiting_to_retry_answers_with_its_final_status(
@@ -374,14 +383,7 @@ def test_a_future_waiting_to_retry_answers_with_its_final_status(
 ) -> None:
     # Between attempts the future is not over: its status questions wait for the end, and do
     # not answer with the attempt that failed.
-    registry = retrying(clock, RetryPolicy(max_attempts=3, initial_backoff=0.001))
-    channel = grpc.intercept_channel(
-        grpc.insecure_channel(server.target), BreakerInterceptor(registry)
-    )
-    try:
-        multi: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(UNARY)
-        future: Any = multi.future(b"pushback:60000")  # the retry waits a minute
-        assert wait_until(lambda: registry.get(UNARY).snapshot().failed == 1)
+    with _future_waiting_to_retry(clock, server) as future:
         read: list[Any] = []
         readers = [
             threading.Thread(target=lambda ask=ask: read.append(ask()))
@@ -397,8 +399,6 @@ def test_a_future_waiting_to_retry_answers_with_its_final_status(
             [grpc.StatusCode.CANCELLED, "Locally cancelled while waiting to retry"], key=str
         )
         assert server.count(UNARY) == 1
-    finally:
-        channel.close()
 
 
 def test_a_future_cancelled_in_flight_is_not_retried(clock: FakeClock, server: BytesServer) -> None:
