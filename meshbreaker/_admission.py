@@ -33,9 +33,38 @@ class BreakerAdmission(BreakerMachine):
         """A permit for one call, or CallNotPermittedError when the breaker rejects it."""
         generation = self._free_generation
         now = self._clock()
-        if generation is not None and now < self._free_until:
+        if generation is not None and now < self._free_until:  # admit_free(), inline
             return Permit(self, generation, now, False)
         return self._before(now)
+
+    # ----- the permit-less path: admit_free()/finish_free() ---------------------------
+
+    def admit_free(self, now: float) -> int | None:
+        """The generation of a call starting at `now`, admitted with no Permit; None: acquire().
+
+        For adapters that report each call exactly once by construction. The invariant: a call
+        admitted here owes nothing back, since `_free_generation` is set only while the breaker
+        is CLOSED or FORCED_CLOSED with no bulkhead (no slot, no probe place to return), and
+        `now < _free_until` only while its throttle can refuse nothing (_refresh says why). So
+        its report only counts: finish_free() once, or permit_for() for any other report. No
+        Permit stands guard: a second report counts twice, a missing one is lost. acquire()
+        makes the same check inline (a frame less on every call it admits).
+        """
+        generation = self._free_generation
+        if generation is not None and now < self._free_until:
+            return generation
+        return None
+
+    def finish_free(self, generation: int, start: float) -> None:
+        """Report that a call admit_free() admitted at `start` succeeded (exactly once)."""
+        now = self._clock()
+        duration = now - start
+        if not self._quick.log(generation, duration, now):
+            self._after(generation, SUCCESS, duration, now, False)
+
+    def permit_for(self, generation: int, start: float) -> Permit:
+        """The Permit of a call admit_free() admitted at `start`, to report any outcome by."""
+        return Permit(self, generation, start, False)
 
     def try_acquire(self) -> Permit | None:
         """Like acquire(), but None instead of an exception."""

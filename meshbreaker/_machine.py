@@ -174,18 +174,21 @@ class BreakerMachine:
         def retry_budget(self) -> RetryBudget | None:
             """The budget the retries of this breaker's calls share; None when retries are off."""
 
+        @property
+        def clock(self) -> Clock:
+            """The clock this breaker reads: snapshot times (open_until, state_since) are on it."""
+
     else:
-        # C getters: both are read on every guarded call, where a Python property pushes a frame.
+        # C getters: read on every guarded call, where a Python property pushes a frame.
         config = property(attrgetter("_config"), doc="The configuration in force.")
         retry_budget = property(
             attrgetter("_retry_budget"),
             doc="The budget the retries of this breaker's calls share; None when retries are off.",
         )
-
-    @property
-    def clock(self) -> Clock:
-        """The clock this breaker reads: snapshot times (open_until, state_since) are on it."""
-        return self._clock
+        clock = property(
+            attrgetter("_clock"),
+            doc="The clock this breaker reads: snapshot times (open_until, state_since) are on it.",
+        )
 
     def _apply_config(self, config: BreakerConfig, now: float) -> None:
         """Take `config` (lock held, quick successes settled)."""

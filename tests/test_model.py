@@ -208,6 +208,7 @@ class BreakerMachine(RuleBasedStateMachine):
         self.cb = CircuitBreaker("m", cfg, clock=self.clock)
         self.model = Model(cfg, self.clock())
         self.permits: list[tuple[Permit, Admitted]] = []
+        self.free: list[tuple[int, float, Admitted]] = []  # admit_free()'s calls in flight
 
     @rule()
     def acquire(self) -> None:
@@ -235,6 +236,40 @@ class BreakerMachine(RuleBasedStateMachine):
         else:
             permit.ignore()
         self.model.finish(admitted, outcome, 0.0 if outcome == "ignored" else duration)
+
+    @rule()
+    def admit_free(self) -> None:
+        """A call admitted with no Permit: only where it owes nothing back (no slot, no probe)."""
+        start = self.clock()
+        generation = self.cb.admit_free(start)
+        owes_nothing = self.model.cfg.max_concurrent_calls is None and (
+            self.model.current_state() in (State.CLOSED, State.FORCED_CLOSED)
+        )
+        assert (generation is not None) is owes_nothing
+        if generation is not None:
+            expected = self.model.admit()
+            assert expected is not None and not expected.holds_slot
+            self.free.append((generation, start, expected))
+
+    @precondition(lambda self: self.free)
+    @rule(
+        index=st.integers(0, 100),
+        outcome=st.sampled_from(["successful", "successful", "failed", "ignored"]),
+        duration=st.sampled_from([0.0, 0.5, 2.0]),
+    )
+    def finish_free(self, index: int, outcome: str, duration: float) -> None:
+        """finish_free() for a success (lock-free while the log is open), permit_for() else."""
+        generation, start, admitted = self.free.pop(index % len(self.free))
+        self.clock.advance(duration)
+        self.model.now = self.clock()
+        if outcome == "successful":
+            self.cb.finish_free(generation, start)
+        elif outcome == "failed":
+            self.cb.permit_for(generation, start).failure()
+        else:
+            self.cb.permit_for(generation, start).ignore()
+        elapsed = self.clock() - start  # time since admission, advances meanwhile included
+        self.model.finish(admitted, outcome, 0.0 if outcome == "ignored" else elapsed)
 
     @rule(outcome=st.sampled_from(["successful", "successful", "failed"]))
     def call(self, outcome: str) -> None:

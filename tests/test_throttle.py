@@ -147,7 +147,9 @@ def test_expiring_accepts_end_the_lock_free_admission() -> None:
     fail(breaker, 10)  # second 1001: 20 requests <= 2 * 10 accepts
     draws.value = 0.0
     breaker.acquire().ignore()  # admitted: quiet
+    assert breaker.admit_free(clock()) is not None  # so admitted with no Permit too
     clock.advance(1.0)  # second 1002: the accepts expire, nothing else happens
+    assert breaker.admit_free(clock()) is None  # a call that may be refused needs acquire()
     with pytest.raises(ThrottledError):
         breaker.acquire()
     with pytest.raises(ThrottledError):
