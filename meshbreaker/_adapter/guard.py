@@ -167,6 +167,16 @@ class Guard:
             return _IGNORED
         return _SUCCESS
 
+    def counts_ok(self, breaker: CircuitBreaker) -> bool:
+        """Whether an OK answer counts as a success for `breaker`, not ignored.
+
+        OK is never a failure (check_code_sets), so only whether it is ignored is left to decide.
+        """
+        ignored = self._ignored_codes
+        if ignored is None:
+            ignored = breaker.config.ignored_codes
+        return "OK" not in ignored
+
     def record(
         self,
         permit: Permit,
@@ -184,13 +194,8 @@ class Guard:
         """
         try:
             if code is _OK:
-                # outcome(breaker, OK), inlined for the common case (a frame less on nearly every
-                # call; StatusCode hashes in Python, identity does not). OK is never a failure
-                # (check_code_sets), so only whether it is ignored is left to decide.
-                ignored = self._ignored_codes
-                if ignored is None:
-                    ignored = breaker.config.ignored_codes
-                permit.record(_IGNORED if "OK" in ignored else _SUCCESS, duration)
+                # outcome(breaker, OK) for the common case (StatusCode hashes in Python).
+                permit.record(_SUCCESS if self.counts_ok(breaker) else _IGNORED, duration)
                 return
             if details is not None and is_lb_drop(code, details):
                 permit.ignore()

@@ -5,18 +5,21 @@ object before the interceptor even runs: on loopback that costs more than the br
 Here each multi-callable calls BreakerInterceptor's own code (so the two can never differ) with
 a continuation straight to the channel's multi-callable, and a blocking unary call with no retry
 policy and no fallback-on-failure takes a direct path: acquire, call, record the final code,
-which is what the interceptor does with a finished call.
+which is what the interceptor does with a finished call. A plain unary `__call__` the breaker
+admits freely (CircuitBreaker.admit_free) goes further, in one frame with no Permit.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
 
 from meshbreaker._adapter.fallback import Fallback
-from meshbreaker._adapter.guard import MethodInfo, release
+from meshbreaker._adapter.guard import Guard, MethodInfo, release
+from meshbreaker.breaker import CircuitBreaker, Permit
 from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.grpc._calls import FailedCall, record_finished
 from meshbreaker.grpc.interceptor import BreakerInterceptor, CallDetails, not_admitted
@@ -172,10 +175,20 @@ def _multi(
     return make(method, serializer, deserializer)
 
 
+def _record_raised(
+    guard: Guard, breaker: CircuitBreaker, permit: Permit, error: BaseException
+) -> None:
+    """Record a blocking call's raised error: its status, or (raised below the breaker) none."""
+    if isinstance(error, grpc.RpcError):  # also the call, finished
+        record_finished(guard, breaker, permit, error)
+    else:
+        release(permit)
+
+
 class _Guarded:
     """What the guarded multi-callables share: the channel's own one, the method and its facts."""
 
-    __slots__ = ("_guard", "_info", "_inner", "_interceptor", "_method")
+    __slots__ = ("_breaker", "_covered", "_guard", "_info", "_inner", "_interceptor", "_method")
 
     # Whether a retry policy may make the call again (not a bidi stream: its requests depend on
     # its answers), and whether its requests are a stream, replayed from a ReplayBuffer.
@@ -187,7 +200,11 @@ class _Guarded:
         self._method = method
         self._interceptor = interceptor
         self._guard = guard = interceptor._guard
-        self._info: MethodInfo = guard.method_info(method)
+        info = guard.method_info(method)
+        self._info: MethodInfo = info
+        # What the hot path reads: the breaker's lookup, and whether a fallback covers failures.
+        self._breaker = functools.partial(guard.registry.get, info.name)
+        self._covered = info.fallback is not None and guard.fallback_on_failure
 
 
 class _UnaryResponse(_Guarded):
@@ -234,11 +251,8 @@ class _UnaryResponse(_Guarded):
         info = self._info
         rejected = None
         try:
-            breaker = guard.registry.get(info.name)
-            direct = not (
-                (self._replayable and breaker.retry_budget is not None)
-                or (info.fallback is not None and guard.fallback_on_failure)
-            )
+            breaker = self._breaker()
+            direct = not (self._covered or (self._replayable and breaker.retry_budget is not None))
             permit = breaker.acquire() if direct else None
         except CallNotPermittedError as error:
             permit, rejected = None, error
@@ -265,11 +279,8 @@ class _UnaryResponse(_Guarded):
                 wait_for_ready=wait_for_ready,
                 compression=compression,
             )
-        except grpc.RpcError as error:  # also the call, finished
-            record_finished(guard, breaker, permit, error)
-            raise
-        except BaseException:  # raised below the breaker: no status, so never counted
-            release(permit)
+        except BaseException as error:
+            _record_raised(guard, breaker, permit, error)
             raise
         guard.record(permit, breaker, _OK)
         return answer if with_call else (answer, None)
@@ -315,10 +326,39 @@ class GuardedUnaryUnary(_UnaryResponse, _UnaryUnaryBase):  # type: ignore[misc]
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        """The response, or the call's error raised (a rejection: also a CallNotPermittedError)."""
-        return self._blocking(
-            request, timeout, metadata, credentials, wait_for_ready, compression, False
-        )[0]
+        """The response, or the call's error raised (a rejection: also a CallNotPermittedError).
+
+        The hot path, in one frame: a call that admit_free() admits (no retry policy, no
+        fallback-on-failure) is made and reported here, with no Permit and no CallDetails, as
+        _blocking() would; any other goes through _blocking().
+        """
+        try:
+            breaker = self._breaker()
+            if self._covered or breaker.retry_budget is not None:
+                generation = None
+            else:
+                start = breaker.clock()
+                generation = breaker.admit_free(start)  # reported once below: no Permit guards it
+        except Exception:
+            generation = None  # _blocking() meets it again, and logs it as the interceptor does
+        if generation is None:
+            return self._blocking(
+                request, timeout, metadata, credentials, wait_for_ready, compression, False
+            )[0]
+        try:
+            # Positional: grpc.UnaryUnaryMultiCallable's own order, and cheaper than keywords.
+            response = self._inner(
+                request, timeout, metadata, credentials, wait_for_ready, compression
+            )
+        except BaseException as error:
+            _record_raised(self._guard, breaker, breaker.permit_for(generation, start), error)
+            raise
+        guard = self._guard
+        if guard.counts_ok(breaker):
+            breaker.finish_free(generation, start)
+        else:
+            guard.record(breaker.permit_for(generation, start), breaker, _OK)
+        return response
 
     def with_call(
         self,

@@ -240,10 +240,48 @@ class FutureDriver(SyncDriver):
         )
 
 
+class BlockingDriver(SyncDriver):
+    """SyncDriver whose unary-response calls are plain blocking calls: the response, no call.
+
+    A response means OK, and the caller sees nothing more of the call (no details, no metadata).
+    """
+
+    flavour = "sync-blocking"
+
+    async def unary(
+        self, request: bytes, method: str = UNARY, timeout: float | None = None
+    ) -> Seen:
+        multi: grpc.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(method)
+        return self._answer(lambda: multi(request, timeout=timeout))
+
+    async def client_stream(self, requests: list[bytes]) -> Seen:
+        multi: grpc.StreamUnaryMultiCallable[bytes, bytes] = self._channel.stream_unary(
+            CLIENT_STREAM
+        )
+        return self._answer(lambda: multi(iter(requests)))
+
+    def _answer(self, call: Callable[[], Any]) -> Seen:
+        try:
+            value = call()
+        except grpc.RpcError as error:
+            return self._error(error)
+        return Seen(value, grpc.StatusCode.OK, None, (), ())
+
+
 class GuardedDriver(SyncDriver):
     """SyncDriver through guarded_channel instead of intercept_channel."""
 
     flavour = "sync-guarded"
+
+    @staticmethod
+    def guard(channel: grpc.Channel, registry: BreakerRegistry, options: Any) -> grpc.Channel:
+        return guarded_channel(channel, registry, **options)
+
+
+class GuardedBlockingDriver(BlockingDriver):
+    """BlockingDriver through guarded_channel."""
+
+    flavour = "sync-guarded-blocking"
 
     @staticmethod
     def guard(channel: grpc.Channel, registry: BreakerRegistry, options: Any) -> grpc.Channel:
@@ -384,10 +422,13 @@ DRIVERS: dict[str, Callable[[BytesServer], Driver]] = {
 }
 
 
-# Sync .future() calls: what differs from a blocking call is how the outcome comes back.
+# Sync .future() and plain blocking calls: what differs from with_call is how the outcome
+# comes back (and the guarded channel's blocking __call__ has a path of its own).
 FUTURES: dict[str, Callable[[BytesServer], Driver]] = {
     "sync-future": FutureDriver,
     "sync-guarded-future": GuardedFutureDriver,
+    "sync-blocking": BlockingDriver,
+    "sync-guarded-blocking": GuardedBlockingDriver,
 }
 
 
