@@ -457,9 +457,11 @@ class CallTracker(Tracker):
 
     def on_done(self, call: Any) -> None:
         """The call's done-callback: done-callbacks are sync while code() is a coroutine."""
-        permit = self._permit
-        if permit.done:
-            return
+        if not self._permit.done:
+            self._report(call)
+
+    def _report(self, call: Any) -> None:
+        """Report the status of `call`, done (later, in a task, if reading it would block)."""
         try:
             status = call._cython_call._status if type(call) in GRPC_CALLS else None
             if status is not None:  # grpc sets it before it runs the done-callbacks
@@ -474,19 +476,65 @@ class CallTracker(Tracker):
             if code is _UNAVAILABLE:  # a balancer's drop?
                 details = status.details() if status is not None else _value_now(call.details())
         except Exception:  # the call raised something below the breaker: no status to count
-            release(permit)
+            self.release()
             return
-        self._guard.record(permit, self._breaker, code, self.first, details=details)
+        self.finish(code, details)
 
     async def _finish_later(self, call: Any) -> None:
         try:
             code = await call.code()
             self.finish(code, await call.details() if code is _UNAVAILABLE else None)
         except Exception:  # raised below the breaker: no status to count
-            release(self._permit)
+            self.release()
         except BaseException:
-            release(self._permit)
+            self.release()
             raise
+
+
+class FreeCallTracker(CallTracker):
+    """A CallTracker for a call CircuitBreaker.admit_free() admitted: no Permit, one report.
+
+    A flag stands in for the Permit's lock-free once-only report, which is for threads: every
+    report of a grpc.aio call comes on its event loop's thread (its await, its done-callback,
+    the task that reads a status later, a caller's cancel), so no two race. Unary responses
+    only: no first message is timed.
+    """
+
+    __slots__ = ("_generation", "_start")
+
+    def __init__(
+        self, guard: Guard, breaker: CircuitBreaker, generation: int, start: float
+    ) -> None:
+        self._guard = guard
+        self._breaker = breaker
+        self._generation: int | None = generation  # None once reported
+        self._start = start
+        self.first = None
+
+    def on_done(self, call: Any) -> None:
+        """The call's done-callback (CallTracker's), for a call not reported yet."""
+        if self._generation is not None:
+            self._report(call)
+
+    def finish(self, code: grpc.StatusCode | None, details: str | None = None) -> None:
+        """Record the final status, as CallTracker does; only the first report counts."""
+        generation = self._generation
+        if generation is None:
+            return
+        self._generation = None
+        breaker = self._breaker
+        if code is _OK and self._guard.counts_ok(breaker):
+            breaker.finish_free(generation, self._start)
+        else:
+            permit = breaker.permit_for(generation, self._start)
+            self._guard.record(permit, breaker, code, details=details)
+
+    def release(self) -> None:
+        """The caller gave up on the call, or it raised below the breaker: ignore it, once."""
+        generation = self._generation
+        if generation is not None:
+            self._generation = None
+            release(self._breaker.permit_for(generation, self._start))
 
 
 class TrackedStream(

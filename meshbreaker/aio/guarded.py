@@ -21,7 +21,7 @@ from grpc.aio import AioRpcError, ClientCallDetails
 from meshbreaker._adapter.fallback import Fallback
 from meshbreaker._adapter.guard import Guard, MethodInfo, release
 from meshbreaker._adapter.retrying import retry_run
-from meshbreaker.aio._calls import FailedCall
+from meshbreaker.aio._calls import CallTracker, FailedCall, FreeCallTracker
 from meshbreaker.aio.interceptors import (
     refusal,
     restart_stream,
@@ -135,7 +135,7 @@ class _Guarded:
     The subclasses below cross grpc.aio's two request signatures with the two response kinds.
     """
 
-    __slots__ = ("_guard", "_info", "_inner", "_method")
+    __slots__ = ("_covered", "_guard", "_info", "_inner", "_method")
 
     # Whether a retry policy may make the call again (not a bidi stream: its requests may answer
     # its responses), and whether its requests are a stream, replayed from a ReplayBuffer.
@@ -151,7 +151,9 @@ class _Guarded:
         self._inner = inner.__call__
         self._method = method
         self._guard = guard
-        self._info: MethodInfo = guard.method_info(method)
+        info = guard.method_info(method)
+        self._info: MethodInfo = info
+        self._covered = info.fallback is not None and guard.fallback_on_failure
 
     def _call(
         self,
@@ -173,6 +175,7 @@ class _Guarded:
         """
         guard = self._guard
         info = self._info
+        generation = None
         try:
             breaker = guard.registry.get(info.name)
             run = None
@@ -188,13 +191,16 @@ class _Guarded:
                     through = self._through(compression)
                     attempts = retrying(guard, through, details, request, run, self._streamed)
                     return DeferredCall(attempts)
-            permit = breaker.acquire()
+            if self._unary_response and not self._covered:
+                start = breaker.clock()
+                generation = breaker.admit_free(start)  # then a FreeCallTracker reports it
+            permit = breaker.acquire() if generation is None else None
         except Exception as error:
             fallback = info.fallback if self._unary_response else None
             refused = refusal(error, fallback, request, self._method)
             if refused is not None:
                 return refused
-            permit = None  # meshbreaker failed: the call is made unguarded
+            permit = generation = None  # meshbreaker failed: the call is made unguarded
         try:
             call = self._inner(
                 request,
@@ -204,18 +210,22 @@ class _Guarded:
                 wait_for_ready=wait_for_ready,
                 compression=compression,
             )
-        except Exception as error:  # raised below the breaker: where an intercepted call has it
+        except BaseException as error:
+            if generation is not None:
+                permit = breaker.permit_for(generation, start)
             if permit is not None:
                 release(permit)
-            return FailedCall(error)
-        except BaseException:
-            if permit is not None:
-                release(permit)
+            if isinstance(error, Exception):  # raised below the breaker: where intercepted has it
+                return FailedCall(error)
             raise
+        if generation is not None:
+            tracker: CallTracker = FreeCallTracker(guard, breaker, generation, start)
+            return track_unary(guard, info, breaker, tracker, call, request)
         if permit is None:
             return call
         if self._unary_response:
-            return track_unary(guard, info, breaker, permit, call, request)
+            tracker = CallTracker(guard, breaker, permit)
+            return track_unary(guard, info, breaker, tracker, call, request)
         restart = None
         if run is not None:
             details = ClientCallDetails(

@@ -83,15 +83,19 @@ async def _guard_unary(
     except BaseException:
         release(permit)
         raise
-    return track_unary(guard, info, breaker, permit, call, request)
+    return track_unary(guard, info, breaker, CallTracker(guard, breaker, permit), call, request)
 
 
 def track_unary(
-    guard: Guard, info: MethodInfo, breaker: CircuitBreaker, permit: Permit, call: Any, request: Any
+    guard: Guard,
+    info: MethodInfo,
+    breaker: CircuitBreaker,
+    tracker: CallTracker,
+    call: Any,
+    request: Any,
 ) -> Any:
     """A unary-response call tracked to its end (fallback-wrapped if asked); bare if that fails."""
     try:
-        tracker = CallTracker(guard, breaker, permit)
         tracker.watch(call)
         tracked = TrackedUnaryCall(call, tracker)
         if info.fallback is not None and guard.fallback_on_failure:
@@ -99,7 +103,7 @@ def track_unary(
         return tracked
     except Exception:
         logger.exception("meshbreaker: tracking %s failed", info.name)
-        release(permit)
+        tracker.release()
     return call
 
 

@@ -17,6 +17,7 @@ import pytest
 from meshbreaker._adapter.guard import Guard
 from meshbreaker.aio import GuardedChannel, breaker_interceptors, guarded_channel
 from meshbreaker.aio.guarded import GuardedUnaryUnary
+from meshbreaker.breaker import Permit
 from meshbreaker.config import State
 from meshbreaker.errors import CallNotPermittedError
 from meshbreaker.registry import BreakerRegistry
@@ -59,6 +60,38 @@ async def test_the_channel_s_own_interceptors_run_inside_the_breaker(
         with pytest.raises(CallNotPermittedError):
             await unary(b"ok")
     assert tracing.seen == [UNARY] * 3  # the rejected call never reached the interceptor
+
+
+async def test_a_unary_call_the_breaker_admits_freely_makes_no_permit(
+    server: BytesServer, registry: BreakerRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot path's speed trick (admit_free): a Permit only where one is owed something back."""
+    made: list[Permit] = []
+    permit_init = Permit.__init__
+
+    def counted(permit: Permit, *args: Any) -> None:
+        made.append(permit)
+        permit_init(permit, *args)
+
+    monkeypatch.setattr(Permit, "__init__", counted)
+    async with guarded_channel(grpc.aio.insecure_channel(server.target), registry) as channel:
+        unary: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(UNARY)
+        for _ in range(3):
+            assert await unary(b"a") == b"a"
+        assert made == [], "a success admitted freely made a Permit"
+        with pytest.raises(grpc.aio.AioRpcError):
+            await unary(b"fail:INTERNAL")
+        assert len(made) == 1  # made after the call, to report any status but OK by
+        registry.get(UNARY).transition_to_half_open()
+        assert await unary(b"c") == b"c"  # a probe holds a place: a Permit gives it back
+        assert len(made) == 2
+        stream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+            SERVER_STREAM
+        )
+        assert [message async for message in stream(b"n:1")] == [b"m0"]
+        assert len(made) == 3  # a response stream is tracked on a Permit
+    snapshot = registry.get(UNARY).snapshot()
+    assert (snapshot.successful, snapshot.failed, snapshot.ignored) == (4, 1, 0)
 
 
 async def test_the_channel_api_reaches_the_wrapped_channel(
@@ -200,8 +233,11 @@ class Interrupted(BaseException):
     """Stands for a KeyboardInterrupt or SystemExit raised while the call is being made."""
 
 
-async def test_a_base_exception_making_the_call_reaches_the_caller_and_frees_the_slot() -> None:
-    registry = BreakerRegistry(PATIENT.replace(max_concurrent_calls=1))
+@pytest.mark.parametrize("slots", [1, None], ids=["one-slot", "admitted-freely"])
+async def test_a_base_exception_making_the_call_reaches_the_caller_and_frees_the_slot(
+    slots: int | None,
+) -> None:
+    registry = BreakerRegistry(PATIENT.replace(max_concurrent_calls=slots))
 
     def interrupted(request: Any, **options: Any) -> Any:  # the channel's multi-callable
         raise Interrupted()

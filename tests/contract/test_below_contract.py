@@ -48,12 +48,14 @@ def counts(registry: BreakerRegistry, method: str) -> tuple[int, int, int, int]:
     return snapshot.failed, snapshot.successful, snapshot.ignored, snapshot.rejected
 
 
+@pytest.mark.parametrize("slots", [1, None], ids=["one-slot", "admitted-freely"])
 @pytest.mark.parametrize("method", sorted(KINDS), ids=KINDS.get)
 async def test_it_reaches_the_caller_unchanged_and_the_breaker_counts_nothing(
-    any_driver: Driver, clock: FakeClock, server: BytesServer, method: str
+    any_driver: Driver, clock: FakeClock, server: BytesServer, method: str, slots: int | None
 ) -> None:
     # One slot: a permit kept by the first call would refuse the second with RESOURCE_EXHAUSTED.
-    registry = BreakerRegistry(PATIENT.replace(max_concurrent_calls=1), clock=clock)
+    # No bulkhead: a call admitted with no Permit (admit_free) is released all the same.
+    registry = BreakerRegistry(PATIENT.replace(max_concurrent_calls=slots), clock=clock)
     below = RaisingBelow(LookupError("raised below the breaker"))
     any_driver.connect(registry, below=below)
     for _ in range(2):
