@@ -63,33 +63,25 @@ async def test_the_channel_s_own_interceptors_run_inside_the_breaker(
 
 
 async def test_a_unary_call_the_breaker_admits_freely_makes_no_permit(
-    server: BytesServer, registry: BreakerRegistry, monkeypatch: pytest.MonkeyPatch
+    server: BytesServer, registry: BreakerRegistry, permits_made: list[Permit]
 ) -> None:
     """The hot path's speed trick (admit_free): a Permit only where one is owed something back."""
-    made: list[Permit] = []
-    permit_init = Permit.__init__
-
-    def counted(permit: Permit, *args: Any) -> None:
-        made.append(permit)
-        permit_init(permit, *args)
-
-    monkeypatch.setattr(Permit, "__init__", counted)
     async with guarded_channel(grpc.aio.insecure_channel(server.target), registry) as channel:
         unary: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(UNARY)
         for _ in range(3):
             assert await unary(b"a") == b"a"
-        assert made == [], "a success admitted freely made a Permit"
+        assert permits_made == [], "a success admitted freely made a Permit"
         with pytest.raises(grpc.aio.AioRpcError):
             await unary(b"fail:INTERNAL")
-        assert len(made) == 1  # made after the call, to report any status but OK by
+        assert len(permits_made) == 1  # made after the call, to report any status but OK by
         registry.get(UNARY).transition_to_half_open()
         assert await unary(b"c") == b"c"  # a probe holds a place: a Permit gives it back
-        assert len(made) == 2
+        assert len(permits_made) == 2
         stream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
             SERVER_STREAM
         )
         assert [message async for message in stream(b"n:1")] == [b"m0"]
-        assert len(made) == 3  # a response stream is tracked on a Permit
+        assert len(permits_made) == 3  # a response stream is tracked on a Permit
     snapshot = registry.get(UNARY).snapshot()
     assert (snapshot.successful, snapshot.failed, snapshot.ignored) == (4, 1, 0)
 

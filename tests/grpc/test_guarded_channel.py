@@ -109,31 +109,23 @@ def test_every_calling_form_counts_once(channel: grpc.Channel, registry: Breaker
 
 
 def test_a_blocking_call_the_breaker_admits_freely_makes_no_permit(
-    channel: grpc.Channel, registry: BreakerRegistry, monkeypatch: pytest.MonkeyPatch
+    channel: grpc.Channel, registry: BreakerRegistry, permits_made: list[Permit]
 ) -> None:
     """The hot path's speed trick (admit_free): a Permit only where one is owed something back."""
-    made: list[Permit] = []
-    permit_init = Permit.__init__
-
-    def counted(permit: Permit, *args: Any) -> None:
-        made.append(permit)
-        permit_init(permit, *args)
-
-    monkeypatch.setattr(Permit, "__init__", counted)
     unary: grpc.UnaryUnaryMultiCallable[bytes, bytes] = guarded_channel(
         channel, registry
     ).unary_unary(UNARY)
     for _ in range(3):
         assert unary(b"a") == b"a"
-    assert made == [], "a success admitted freely made a Permit"
+    assert permits_made == [], "a success admitted freely made a Permit"
     with pytest.raises(grpc.RpcError):
         unary(b"fail:INTERNAL")
-    assert len(made) == 1  # made after the call, to report any status but OK by (permit_for)
+    assert len(permits_made) == 1  # made after the call to report a status not OK (permit_for)
     unary.with_call(b"b")  # a call object to hand back: the interceptor's path, with a Permit
-    assert len(made) == 2
+    assert len(permits_made) == 2
     registry.get(UNARY).transition_to_half_open()
     assert unary(b"c") == b"c"  # a probe holds a place: a Permit gives it back
-    assert len(made) == 3
+    assert len(permits_made) == 3
     snapshot = registry.get(UNARY).snapshot()
     assert (snapshot.successful, snapshot.failed) == (5, 1)
 
