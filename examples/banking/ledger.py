@@ -30,6 +30,19 @@ QUERIES: dict[str, tuple[str, str]] = {
     "audit_owed": ("transaction", "SELECT count(*) FROM audit_outbox"),
     "replayed_postings": ("account", "SELECT coalesce(sum(replays), 0) FROM postings"),
     "audit_duplicates": ("audit", "SELECT coalesce(sum(deliveries - 1), 0) FROM audit_log"),
+    # What puts a guarantee at risk, which no broken variant can keep at zero (a phase holds its
+    # fault on these): a posting sent again with its key after the ledger applied it (answered
+    # from the ledger, or applied again by a ledger that forgot it), an audit record delivered
+    # again after the audit service stored it (deduplicated, or stored twice).
+    "posting_redeliveries": (
+        "account",
+        "SELECT coalesce(sum(replays), 0) + count(*) - "
+        "count(DISTINCT transfer_id || ' ' || kind || ' ' || account_id) FROM postings",
+    ),
+    "audit_redeliveries": (
+        "audit",
+        "SELECT coalesce(sum(deliveries), 0) - count(DISTINCT transfer_id) FROM audit_log",
+    ),
     "notifications": ("notification", "SELECT count(*) FROM notifications"),
     "emails_owed": ("notification", "SELECT count(*) FROM notifications WHERE emailed = 0"),
     "emails": ("email-provider", "SELECT count(*) FROM emails"),

@@ -7,6 +7,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from examples.banking.gen import bank_pb2, bank_pb2_grpc, chaos_pb2
-from examples.banking.services import account
+from examples.banking.invariants import rows
+from examples.banking.ledger import QUERIES
+from examples.banking.services import account, audit
 from examples.banking.services.common import start_server
 from examples.banking.tests.conftest import ACCOUNTS, BALANCE, Bank
 from tests.server_support import wait_until
@@ -348,17 +352,54 @@ def test_a_transfer_id_reused_for_other_details_is_refused(bank: Bank) -> None:
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@contextmanager
+def _account_and_audit(tmp_path: Path, breaks: Sequence[str]) -> Iterator[tuple[Any, Any]]:
+    """Stubs of an account service (one account of $1.00) and an audit service, run with
+    `breaks` (test-only broken variants), their databases in tmp_path."""
+    running = [
+        start_server(
+            "account", account.register(str(tmp_path / "account.db"), 1, 100, breaks=breaks)
+        ),
+        start_server("audit", audit.register(str(tmp_path / "audit.db"), breaks)),
+    ]
+    try:
+        with (
+            grpc.insecure_channel(running[0].target) as accounts,
+            grpc.insecure_channel(running[1].target) as audits,
+        ):
+            yield bank_pb2_grpc.AccountServiceStub(accounts), bank_pb2_grpc.AuditServiceStub(audits)
+    finally:
+        for service in running:
+            service.stop(None)
+
+
 def test_the_no_idempotency_break_moves_money_on_every_retry(tmp_path: Path) -> None:
     # The test-only switch the demo's broken-variant tests rely on really breaks the ledger.
-    db = str(tmp_path / "account.db")
-    running = start_server("account", account.register(db, 1, 100, breaks=["no-idempotency"]))
-    try:
-        with grpc.insecure_channel(running.target) as channel:
-            stub: Any = bank_pb2_grpc.AccountServiceStub(channel)
-            request = bank_pb2.PostingRequest(
-                idempotency_key="k", account_id="acct-000", amount_cents=10
+    with _account_and_audit(tmp_path, ["no-idempotency"]) as (accounts, _):
+        request = bank_pb2.PostingRequest(
+            idempotency_key="k", account_id="acct-000", amount_cents=10
+        )
+        accounts.Debit(request)
+        assert accounts.Debit(request).balance_cents == 80
+
+
+@pytest.mark.parametrize("breaks", [(), ("no-idempotency", "no-dedupe")], ids=["kept", "broken"])
+def test_a_posting_or_audit_record_sent_again_counts_as_redelivered_kept_or_not(
+    tmp_path: Path, breaks: tuple[str, ...]
+) -> None:
+    """The late-success phase holds on these counters: no broken variant can keep them at 0."""
+    record = bank_pb2.AuditRecord(transfer_id="t1", from_account="a", to_account="b")
+    with _account_and_audit(tmp_path, breaks) as (accounts, audits):
+        for key in ("t1:debit", "t1:debit", "t2:debit"):
+            accounts.Debit(
+                bank_pb2.PostingRequest(
+                    idempotency_key=key, account_id="acct-000", amount_cents=1, transfer_id=key[:2]
+                )
             )
-            stub.Debit(request)
-            assert stub.Debit(request).balance_cents == 80
-    finally:
-        running.stop(None)
+        for _ in range(3):
+            audits.LogTransaction(record)
+    counted = {}
+    for name in ("posting_redeliveries", "audit_redeliveries"):
+        service, sql = QUERIES[name]
+        counted[name] = rows(tmp_path / f"{service}.db", sql)[0][0]
+    assert counted == {"posting_redeliveries": 1, "audit_redeliveries": 2}
