@@ -173,11 +173,11 @@ class SyncDriver:
             _pairs(call.trailing_metadata()),
         )
 
-    async def server_stream(self, request: bytes) -> Seen:
+    async def server_stream(self, request: bytes, timeout: float | None = None) -> Seen:
         multi: grpc.UnaryStreamMultiCallable[bytes, bytes] = self._channel.unary_stream(
             SERVER_STREAM
         )
-        return self._stream(multi(request))
+        return self._stream(multi(request, timeout=timeout))
 
     async def bidi(self, requests: list[bytes]) -> Seen:
         multi: grpc.StreamStreamMultiCallable[bytes, bytes] = self._channel.stream_stream(BIDI)
@@ -351,11 +351,11 @@ class AioDriver:
         )
         return await self._unary_response(multi(iter(requests)))
 
-    async def server_stream(self, request: bytes) -> Seen:
+    async def server_stream(self, request: bytes, timeout: float | None = None) -> Seen:
         multi: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = self._channel.unary_stream(
             SERVER_STREAM
         )
-        return await self._stream(multi(request))
+        return await self._stream(multi(request, timeout=timeout))
 
     async def bidi(self, requests: list[bytes]) -> Seen:
         multi: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = self._channel.stream_stream(BIDI)

@@ -98,12 +98,14 @@ def test_a_retried_future_that_failed_tells_its_last_attempts_error(
         channel.close()
 
 
+@pytest.mark.parametrize("method", [UNARY, SERVER_STREAM])
 async def test_only_retryable_codes_are_retried(
-    driver: Driver, clock: FakeClock, server: BytesServer
+    driver: Driver, clock: FakeClock, server: BytesServer, method: str
 ) -> None:
     driver.connect(retrying(clock))
-    seen = await driver.unary(b"flaky:1:INTERNAL")
-    assert seen.code is grpc.StatusCode.INTERNAL and server.count(UNARY) == 1
+    seen = await send(driver, method, b"flaky:1:INTERNAL")
+    assert (seen.code, seen.details) == (grpc.StatusCode.INTERNAL, "boom INTERNAL")
+    assert server.count(method) == 1
 
 
 async def test_a_call_that_reached_the_server_is_not_retried_unless_idempotent(
@@ -144,17 +146,23 @@ async def test_a_pushback_past_the_deadline_ends_the_call(
     assert seen.code is grpc.StatusCode.UNAVAILABLE and server.count(UNARY) == 1
 
 
+# A retry waits out a pushback of PAUSE s, so whatever the load it starts with at most
+# TIMEOUT - PAUSE s left; given a fresh timeout it would reach the server with nearly TIMEOUT s.
+# The bound halfway between leaves room for grpc's rounding of the grpc-timeout header (10 ms
+# below 10 s) and for a server slow to read it: no comparison of two measured times.
+TIMEOUT, PAUSE = 4.0, 1.0
+
+
+@pytest.mark.parametrize("method", [UNARY, SERVER_STREAM])
 async def test_attempts_share_the_callers_deadline(
-    driver: Driver, clock: FakeClock, server: BytesServer
+    driver: Driver, clock: FakeClock, server: BytesServer, method: str
 ) -> None:
     driver.connect(retrying(clock))
-    # Pushback 150 ms. The timeout is small because grpc core sends large ones rounded up
-    # coarsely (19.8 s left arrives as 20 s), which would hide what is measured here.
-    seen = await driver.unary(b"flaky:1:UNAVAILABLE:150", timeout=3)
-    assert seen.code is grpc.StatusCode.OK
-    first, second = server.time_remaining
-    assert first is not None and second is not None
-    assert second < first - 0.1  # the retry got what was left, not a fresh 3 s
+    call = driver.unary if method == UNARY else driver.server_stream
+    seen = await call(b"flaky:1:UNAVAILABLE:%d" % (PAUSE * 1000), timeout=TIMEOUT)
+    assert seen.code is grpc.StatusCode.OK and server.count(method) == 2
+    retried = server.time_remaining[-1]
+    assert retried is not None and retried < TIMEOUT - PAUSE / 2  # what was left, not a fresh one
 
 
 def assert_last_attempts_status(seen: Seen) -> None:
