@@ -45,14 +45,18 @@ class RaisingBelow(
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """A sync interceptor below the breaker that raises `error` (no grpc.RpcError) on every call."""
+    """A sync interceptor below the breaker that raises `error` (no grpc.RpcError) on every call
+    after the first `passing` (those it passes through)."""
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: Exception, passing: int = 0) -> None:
         self.error = error
+        self.passing = passing
         self.calls = 0
 
     def _raise(self, continuation: Any, details: Any, request: Any) -> Any:
         self.calls += 1
+        if self.calls <= self.passing:
+            return continuation(details, request)
         raise self.error
 
     intercept_unary_unary = intercept_unary_stream = _raise  # type: ignore[assignment]
@@ -99,6 +103,8 @@ def aio_raising(below: RaisingBelow) -> list[grpc.aio.ClientInterceptor]:
 
     async def raise_error(continuation: Any, details: Any, request: Any) -> Any:
         below.calls += 1
+        if below.calls <= below.passing:
+            return await continuation(details, request)
         raise below.error
 
     return aio_below(raise_error)

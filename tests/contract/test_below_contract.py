@@ -66,15 +66,20 @@ async def test_it_reaches_the_caller_unchanged_and_the_breaker_counts_nothing(
     assert below.calls == 2 and server.total() == 0
 
 
-async def test_it_is_never_retried(any_driver: Driver, clock: FakeClock) -> None:
-    # INTERNAL, the code an intercepted channel gives it, would be retried were it a status.
-    fast = RetryPolicy(
+# INTERNAL, the code an intercepted channel gives it, would be retried were it a status.
+RETRIED = PATIENT.replace(
+    retry=RetryPolicy(
         max_attempts=3,
         initial_backoff=0.001,
         max_backoff=0.001,
         retryable_codes=frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE"}),
-    )
-    registry = BreakerRegistry(PATIENT.replace(retry=fast, idempotent=True), clock=clock)
+    ),
+    idempotent=True,
+)
+
+
+async def test_it_is_never_retried(any_driver: Driver, clock: FakeClock) -> None:
+    registry = BreakerRegistry(RETRIED, clock=clock)
     below = RaisingBelow(LookupError("raised below the breaker"))
     any_driver.connect(registry, below=below)
     for method in (UNARY, SERVER_STREAM):
@@ -82,6 +87,20 @@ async def test_it_is_never_retried(any_driver: Driver, clock: FakeClock) -> None
             await call(any_driver, method)
     assert below.calls == 2
     assert counts(registry, UNARY) == counts(registry, SERVER_STREAM) == (0, 0, 1, 0)
+
+
+async def test_raised_by_a_retry_it_ends_the_call_and_the_retry_gives_its_permit_back(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    # One slot: a permit kept by the retry would refuse the next call with RESOURCE_EXHAUSTED.
+    registry = BreakerRegistry(RETRIED.replace(max_concurrent_calls=1), clock=clock)
+    below = RaisingBelow(LookupError("raised making the retry"), passing=1)
+    driver.connect(registry, below=below)
+    with pytest.raises(LookupError) as raised:
+        await driver.server_stream(b"flaky:1:UNAVAILABLE")  # the first attempt reaches it
+    assert raised.value is below.error
+    assert counts(registry, SERVER_STREAM) == (1, 0, 1, 0)  # the first failed, the retry freed
+    assert below.calls == 2 and server.count(SERVER_STREAM) == 1
 
 
 def _cached(request: Any, error: BaseException) -> bytes:
