@@ -256,7 +256,9 @@ def test_a_closed_channel_fails_alike_on_both_paths(
         for call in (future, stream):  # grpc's words for an exception raised while intercepting
             assert call.code() is grpc.StatusCode.INTERNAL
             assert call.details() == "Exception raised while intercepting the RPC"
-        assert isinstance(future.exception(), ValueError)
+        error = future.exception()
+        assert isinstance(error, ValueError)
+        assert future.traceback() is error.__traceback__ is not None  # where it was raised
         with pytest.raises(ValueError, match="Channel closed"):
             next(stream)
         with pytest.raises(ValueError, match="Channel closed"):
