@@ -239,6 +239,74 @@ def test_a_failed_stream_answers_the_call_api_like_grpcs_own(
     error = stream.exception()  # type: ignore[attr-defined]
     assert isinstance(error, grpc.RpcError) and error.code() is grpc.StatusCode.INTERNAL
     assert stream.done() and not stream.running() and not stream.is_active()  # type: ignore[attr-defined]
+    assert "boom INTERNAL" in repr(stream) and str(stream) == repr(stream)  # as grpc shows it
+
+
+class _NotACall(grpc.RpcError):
+    """An RpcError that is no grpc.Call, as a lower layer may raise in place of grpc's own."""
+
+
+class _LateCallbacks:
+    """A lower layer's stream that reports its end only when told to (`call_back`); when
+    `converting`, it raises _NotACall in place of grpc's error."""
+
+    def __init__(self, call: Any, converting: bool) -> None:
+        self._call = call
+        self._converting = converting
+        self._callbacks: list[Callable[[], None]] = []
+        self._called_back = False
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        self._callbacks.append(callback)
+        return True
+
+    def done(self) -> bool:
+        return self._called_back
+
+    def call_back(self) -> None:
+        self._called_back = True
+        for callback in self._callbacks:
+            callback()
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._call)
+        except grpc.RpcError as error:
+            if not self._converting:
+                raise
+            raise _NotACall(str(error)) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
+class CallingBackLate(grpc.UnaryStreamClientInterceptor):
+    """Below the breaker: hands each stream up as a _LateCallbacks (`streams`)."""
+
+    def __init__(self, converting: bool) -> None:
+        self.streams: list[_LateCallbacks] = []
+        self._converting = converting
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.streams.append(_LateCallbacks(continuation(details, request), self._converting))
+        return self.streams[-1]
+
+
+@pytest.mark.parametrize("converting", [False, True], ids=["grpcs-error", "an-error-no-call"])
+def test_a_stream_failure_is_counted_before_the_caller_sees_it(
+    connect: Connect, converting: bool
+) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG)
+    below = CallingBackLate(converting)
+    stream = server_stream(connect(BreakerInterceptor(registry), below))(b"fail-after:0:INTERNAL")
+    with pytest.raises(_NotACall if converting else grpc.RpcError):
+        next(stream)
+    assert counts(registry, SERVER_STREAM) == (0, 1, 0)  # before the layer below reports the end
+    below.streams[0].call_back()
+    assert counts(registry, SERVER_STREAM) == (0, 1, 0)  # once
 
 
 def test_a_failed_future_runs_its_fallback_once_for_concurrent_readers(connect: Connect) -> None:
