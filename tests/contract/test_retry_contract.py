@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 import threading
 import time
@@ -106,6 +107,24 @@ async def test_only_retryable_codes_are_retried(
     seen = await send(driver, method, b"flaky:1:INTERNAL")
     assert (seen.code, seen.details) == (grpc.StatusCode.INTERNAL, "boom INTERNAL")
     assert server.count(method) == 1
+
+
+async def test_calls_made_while_the_policy_allows_one_attempt_earn_no_retries(
+    driver: Driver, clock: FakeClock, server: BytesServer
+) -> None:
+    # A retry costs two calls' deposits and there is no reserve; raising max_attempts keeps
+    # the method's budget, so the failure after it finds only its own call's deposit.
+    one = RetryPolicy(
+        max_attempts=1, initial_backoff=0.001, budget_ratio=0.5, budget_min_per_second=0
+    )
+    registry = retrying(clock, one)
+    driver.connect(registry)
+    for _ in range(4):
+        assert (await driver.unary(b"hello")).code is grpc.StatusCode.OK
+    three = dataclasses.replace(one, max_attempts=3)
+    registry.set_policy(UNARY, registry.get(UNARY).config.replace(retry=three))
+    seen = await driver.unary(b"flaky:1:UNAVAILABLE")
+    assert seen.code is grpc.StatusCode.UNAVAILABLE and server.count(UNARY) == 5
 
 
 async def test_a_call_that_reached_the_server_is_not_retried_unless_idempotent(
