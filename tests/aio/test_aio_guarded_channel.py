@@ -302,8 +302,8 @@ async def test_a_retried_call_whose_attempt_raised_ends_with_that_error() -> Non
     # The retry loop's AioRpcError is the call's error: a CANCELLED one reads as cancelled.
     fast = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
     registry = BreakerRegistry(PATIENT.replace(retry=fast, idempotent=True))
-    metadata = grpc.aio.Metadata()
-    error = grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, metadata, metadata, "gone")
+    initial, metadata = grpc.aio.Metadata(("x-below", "ended")), grpc.aio.Metadata()
+    error = grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, initial, metadata, "gone")
 
     def inner(request: Any, **options: Any) -> Any:  # the channel's multi-callable
         return _EndedBelow(error)
@@ -314,7 +314,53 @@ async def test_a_retried_call_whose_attempt_raised_ends_with_that_error() -> Non
     assert raised.value is error
     assert call.done() and call.cancelled() is True and call.cancel() is False
     assert await call.code() is grpc.StatusCode.CANCELLED and await call.details() == "gone"
+    assert await call.initial_metadata() == initial
     assert registry.get(UNARY).snapshot().ignored == 1  # a cancelled attempt is ignored
+
+
+class _AnsweredBelow:
+    """A lower layer's call that answered OK; counts the waits for its connection."""
+
+    def __init__(self) -> None:
+        self.waits = 0
+
+    async def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.OK
+
+    async def wait_for_connection(self) -> None:
+        self.waits += 1
+
+
+async def test_a_retried_call_waits_for_the_connection_of_the_attempt_that_answered() -> None:
+    fast = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
+    registry = BreakerRegistry(PATIENT.replace(retry=fast, idempotent=True))
+    below = _AnsweredBelow()
+
+    def inner(request: Any, **options: Any) -> Any:  # the channel's multi-callable
+        return below
+
+    call: Any = GuardedUnaryUnary(inner, UNARY, Guard(registry))(b"hello")
+    await call.wait_for_connection()
+    assert below.waits == 1
+
+
+@pytest.mark.parametrize("method", [UNARY, SERVER_STREAM])
+async def test_a_guarded_call_calls_its_done_callbacks_with_itself_once_over(
+    server: BytesServer, registry: BreakerRegistry, method: str
+) -> None:
+    async with guarded_channel(grpc.aio.insecure_channel(server.target), registry) as channel:
+        seen: list[Any] = []
+        unary: Any = channel.unary_unary(UNARY)
+        stream: Any = channel.unary_stream(SERVER_STREAM)
+        if method == UNARY:
+            call: Any = unary(b"hello")
+            call.add_done_callback(seen.append)
+            assert await call == b"hello"
+        else:
+            call = stream(b"n:1")
+            call.add_done_callback(seen.append)
+            assert [message async for message in call] == [b"m0"]
+        await _wait(lambda: seen == [call])
 
 
 async def test_the_channel_state_is_read_without_connecting_and_its_changes_awaited(
