@@ -601,6 +601,19 @@ def test_removing_the_last_result_listener_gives_successes_the_quick_log_back(
     assert cb.snapshot().successful == 2
 
 
+def test_a_new_window_starts_without_the_quick_successes_logged_before_it(
+    clock: FakeClock,
+) -> None:
+    # update_config settles the quick log first: those successes belong to the old window.
+    cb = make(clock)
+    for _ in range(3):
+        cb.call(_ok)
+    assert len(cb._quick) == 3  # logged lock-free, not counted yet
+    cb.update_config(cb.config.replace(window_size=20))
+    snapshot = cb.snapshot()
+    assert (snapshot.successful, snapshot.window_calls) == (3, 0)
+
+
 def test_result_listeners_see_every_success_through_call(clock: FakeClock) -> None:
     cb = make(clock)
     for _ in range(3):

@@ -168,6 +168,19 @@ def test_quick_successes_count_in_the_second_they_ended() -> None:
     assert breaker.snapshot().throttle_probability == pytest.approx(10 / 11)
 
 
+def test_a_late_outcome_counts_the_quick_successes_before_it_in_their_second() -> None:
+    # _count settles before the throttle records: the outcome may move its head second on.
+    clock, draws = FakeClock(1000.0), Draws()
+    breaker = make(clock, draws, window=2.0)
+    late = breaker.acquire()  # admitted lock-free in second 1000, reported late
+    for _ in range(10):
+        breaker.call(lambda: None)  # lock-free successes in second 1000, not settled yet
+    clock.advance(1.5)
+    late.failure(0.01)  # the first step under the lock since: theirs is second 1000, its 1001
+    clock.advance(0.6)  # second 1002: second 1000 has left the window, 1001 stays
+    assert breaker.snapshot().throttle_probability == pytest.approx(1 / 2)
+
+
 def test_quick_successes_never_straddle_a_second() -> None:
     # A COUNT window lets lock-free successes log across a second boundary; the throttle must not.
     clock, draws = FakeClock(1000.995), Draws()
