@@ -64,23 +64,27 @@ def switch_often() -> Iterator[None]:
     sys.setswitchinterval(interval)
 
 
+@pytest.mark.parametrize("owner", ["registry", "breaker"])
 def test_listeners_come_and_go_from_many_threads_without_losing_one(
-    switch_often: None, clock: FakeClock
+    switch_often: None, clock: FakeClock, owner: str
 ) -> None:
     # Unsubscribing filters the list into a new one and assigns it back: without the lock, a
     # listener subscribed while the filter ran would be dropped by that assignment.
     reg = BreakerRegistry(clock=clock)
+    on_state_change = (
+        reg.on_state_change if owner == "registry" else reg.get(METHOD).on_state_change
+    )
     seen: list[int] = []
 
     def listener(number: int) -> Any:
         return lambda *_: seen.append(number)
 
-    leaving = [reg.on_state_change(listener(-1)) for _ in range(2000)]
+    leaving = [on_state_change(listener(-1)) for _ in range(2000)]
     staying = list(range(600))
 
     def subscribe(numbers: list[int]) -> None:
         for number in numbers:
-            reg.on_state_change(listener(number))
+            on_state_change(listener(number))
 
     threads = [
         threading.Thread(target=lambda: [unsubscribe() for unsubscribe in leaving]),
