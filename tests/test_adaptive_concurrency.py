@@ -58,6 +58,14 @@ def test_the_limit_keeps_the_queue_between_alpha_and_beta(recent: float, expecte
     assert calls.limiter.recent_latency == pytest.approx(recent)
 
 
+def test_a_queue_of_exactly_beta_holds_the_limit() -> None:
+    # Shrink only above BETA · log10(limit). Binary-exact figures: queue = 24 · (1 - 3/4) = 6.
+    calls = Calls(AdaptiveLimit(100))
+    calls.limiter.limit = 24.0
+    calls.limiter.min_latency = 3 / 256
+    assert calls.window(1 / 64, 24) == 24
+
+
 def test_the_steps_scale_with_log10_of_the_limit() -> None:
     calls = Calls(AdaptiveLimit(1000))
     calls.limiter.limit = 150.0

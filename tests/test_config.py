@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from meshbreaker import BreakerConfig, ConfigError, Mode, WindowType
-from meshbreaker.config import DEFAULT_FAILURE_CODES, check_layer
+from meshbreaker.config import DEFAULT_FAILURE_CODES, check_layer, merge_layers
 from meshbreaker.retry import RetryPolicy
 
 
@@ -125,6 +125,16 @@ def test_a_layer_is_checked_against_a_partner_that_never_conflicts(layer: dict[s
     # The partner field may come from another layer: alone, the layer is valid.
     checked = check_layer(layer)
     assert list(checked) == list(layer)
+
+
+@pytest.mark.parametrize("opened", ["5", None, True])
+def test_merged_layers_refuse_an_open_duration_that_is_no_number_by_its_name(
+    opened: object,
+) -> None:
+    # The open_duration_max that rises to a layer's open_duration reads only a number.
+    with pytest.raises(ConfigError) as error:
+        merge_layers(BreakerConfig(), [{"open_duration": opened}])
+    assert error.value.field == "open_duration"
 
 
 def test_a_retry_mapping_becomes_a_retry_policy() -> None:

@@ -192,6 +192,8 @@ def test_amplification_is_bounded_by_the_budget() -> None:
         ({"max_attempts": 0}, "retry.max_attempts"),
         ({"max_attempts": 11}, "retry.max_attempts"),
         ({"initial_backoff": 0}, "retry.initial_backoff"),
+        ({"initial_backoff": float("nan")}, "retry.initial_backoff"),
+        ({"initial_backoff": "0.1"}, "retry.initial_backoff"),
         ({"initial_backoff": 2.0}, "retry.max_backoff"),
         ({"multiplier": 0.5}, "retry.multiplier"),
         ({"retryable_codes": "UNAVAILABLE"}, "retry.retryable_codes"),
