@@ -18,7 +18,7 @@ ENGINE_TESTS = (
     "tests/test_decorate.py tests/test_model.py tests/test_concurrency.py tests/test_histogram.py "
     "tests/test_events_and_controls.py tests/test_open_periods.py tests/test_throttle.py "
     "tests/test_retry.py tests/test_bulkhead.py tests/test_adaptive_concurrency.py "
-    "tests/test_names.py tests/test_layers.py "
+    "tests/test_names.py tests/test_layers.py tests/test_errors.py "
     "tests/control/test_agent_failstatic.py"  # Backoff's tests (the agent's reconnects)
 )
 ADAPTER_TESTS = "tests/contract tests/grpc tests/aio tests/test_replay.py"
