@@ -114,6 +114,11 @@ class MeshSource:
         """Stop setting `waker`."""
         self._wakers.discard(waker)
 
+    @property
+    def waiting(self) -> int:
+        """How many wakers are set on every update (one per open ADS stream)."""
+        return len(self._wakers)
+
 
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """envoy.service.discovery.v3.AggregatedDiscoveryService, state of the world only."""
