@@ -8,6 +8,7 @@ time). gRPC's own xDS client, with no meshbreaker code, sees the endpoint appear
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -252,6 +253,23 @@ async def test_an_invalid_cluster_put_is_refused_and_nothing_is_stored(plane: Pl
     assert "cluster.endpoints[0].host" in str(refused.value.details())
     assert "not an IP address" in str(refused.value.details())
     assert await plane.clusters() == before
+
+
+async def test_as_a_context_manager_a_registration_is_in_the_cluster_for_the_block(
+    plane: Plane,
+) -> None:
+    """`with EndpointRegistration(...) as r:` registers, gives r back, and deregisters after."""
+    registration = EndpointRegistration(
+        plane.server.target, "accounts", "127.0.0.1:6001", token=AGENT
+    )
+    block = contextlib.ExitStack()  # entered and left off the control plane's loop
+    try:
+        entered = await asyncio.to_thread(block.enter_context, registration)
+        assert entered is registration
+        assert await plane.registered() == [("127.0.0.1", 6001)]
+    finally:
+        await asyncio.to_thread(block.close)
+    assert await plane.registered() == []
 
 
 async def test_registering_needs_a_token_even_when_xds_is_anonymous(plane: Plane) -> None:
