@@ -80,6 +80,16 @@ def test_a_missing_token_says_none_is_configured(
     assert any("no token configured" in r.getMessage() for r in caplog.records)
 
 
+def test_token_source_names_where_the_token_comes_from_never_the_token(tmp_path: Path) -> None:
+    """MeshAgent.token_source: the token file, a token given, or none; never the token itself."""
+    token_file = tmp_path / "agent.token"
+    token_file.write_text(AGENT_TOKEN)
+    assert _agent(UNREACHABLE, token_file=token_file).token_source == f"token file {token_file}"
+    given = _agent(UNREACHABLE, token=AGENT_TOKEN).token_source
+    assert given == "the token given to MeshAgent(token=...)"
+    assert _agent(UNREACHABLE).token_source == "no token configured"
+
+
 def test_unreachable_then_stale_with_cached_policies(tmp_path: Path) -> None:
     agent = _agent(UNREACHABLE)
     assert agent.status is AgentStatus.CONNECTING
