@@ -49,7 +49,8 @@ FLEET_TESTS = (
     "tests/control/test_quorum_counts.py tests/control/test_store_contract.py "
     "tests/control/test_replicas.py tests/control/test_replica_view.py "
     "tests/control/test_canary.py "  # the fleet controller's canary watch
-    "tests/control/test_expiring_overrides.py"  # the fleet controller's expiry of overrides
+    "tests/control/test_expiring_overrides.py "  # the fleet controller's expiry of overrides
+    "tests/control/test_etcd_server.py"  # the test etcd's ports
 )
 CONSOLE_TESTS = (
     "tests/control/test_console_history.py tests/control/test_console_http.py "

@@ -3,10 +3,13 @@
 `EtcdServer(tmp_dir)` picks free loopback ports, `.start()` runs etcd with its data in
 `tmp_dir` and polls /health until it answers, `.stop()` kills it (always, also on a failed
 start); `.start()` again resumes on the same ports and data. `.endpoint` is ("127.0.0.1", port).
+A port taken by another process between the pick and etcd's bind is no error at a first start:
+etcd runs again on other ports (a restart keeps its ports, and says which one is taken).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -14,9 +17,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
+
+from meshbreaker.errors import MeshbreakerError
 
 
 def etcd_binary() -> str:
@@ -35,6 +39,14 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+# Fresh ports tried at a first start whose ports another process took before etcd bound them.
+PORT_ATTEMPTS = 3
+
+
+class PortTakenError(MeshbreakerError, RuntimeError):
+    """etcd could not bind its port: another process has it."""
 
 
 class EtcdServer:
@@ -57,6 +69,19 @@ class EtcdServer:
         return f"etcd://127.0.0.1:{self.client_port}"
 
     def start(self, timeout: float = 20.0) -> EtcdServer:
+        first = not (self.data_dir / "data").exists()
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                return self._start(timeout)
+            except PortTakenError:
+                if not first or attempt == PORT_ATTEMPTS - 1:
+                    raise
+                # Nothing of this member was written yet: start it afresh on other ports.
+                shutil.rmtree(self.data_dir / "data", ignore_errors=True)
+                self.client_port, self.peer_port = free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> EtcdServer:
         client = f"http://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -72,26 +97,38 @@ class EtcdServer:
             "--log-level=error",
         ]
         with open(self._log, "ab") as log:
+            logged = log.tell()
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
-            self._wait_healthy(client, timeout)
+            self._wait_healthy(client, timeout, logged)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_healthy(self, client: str, timeout: float) -> None:
+    def _wait_healthy(self, client: str, timeout: float, logged: int) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            assert self._process is not None
-            if self._process.poll() is not None:
-                raise RuntimeError(f"etcd exited: {self._log.read_text()[-2000:]}")
+            process = self._process
+            assert process is not None
+            if process.poll() is not None:
+                with open(self._log, "rb") as log:
+                    log.seek(logged)
+                    said = log.read().decode(errors="replace")
+                if "address already in use" in said:
+                    raise PortTakenError(
+                        f"etcd's port {self.client_port} or {self.peer_port} on 127.0.0.1 is "
+                        f"taken by another process: {said[-500:]}"
+                    )
+                raise RuntimeError(f"etcd exited: {said[-2000:]}")
+            # Until etcd's bind fails, another process on the port may answer: anything.
             try:
                 with urllib.request.urlopen(f"{client}/health", timeout=1) as response:
-                    if json.loads(response.read()).get("health") == "true":
-                        return
-            except (OSError, urllib.error.URLError, ValueError):
-                pass
+                    healthy = json.loads(response.read()).get("health") == "true"
+                if healthy and process.poll() is None:
+                    return
+            except (OSError, http.client.HTTPException, ValueError, AttributeError):
+                pass  # not up yet, or not etcd that answers: look again
             if time.monotonic() > deadline:
                 raise RuntimeError(f"etcd not healthy within {timeout}s: {self._log}")
             time.sleep(0.05)
