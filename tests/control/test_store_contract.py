@@ -5,10 +5,13 @@ CAS revisions, atomic puts, selector uniqueness, the audit log, the store id, an
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -36,6 +39,9 @@ from meshbreaker.v1 import xds_pb2
 from tests.control.store_support import OpenStore, etcd_json
 from tests.scrape_support import Scrape
 from tests.server_support import wait_until
+
+if TYPE_CHECKING:
+    from meshbreaker.control.store.etcd import EtcdStore
 
 
 def policy(policy_id: str, service: str = "", caller: str = "", rate: float = 0.5) -> pb.Policy:
@@ -356,25 +362,52 @@ def test_servers_register_renew_and_deregister_their_endpoints(store: PolicyStor
     assert registered(store) == []
 
 
-def test_on_etcd_a_sweep_drops_what_outlived_its_lease_at_one_new_registry_revision(
-    etcd_server: EtcdServer,
-) -> None:
+@pytest.fixture
+def etcd_registry(etcd_server: EtcdServer) -> Iterator[EtcdStore]:
+    """An etcd store under a prefix of its own: cluster "a", endpoint 6000 registered for TTL."""
     from meshbreaker.control.store.etcd import EtcdStore
 
     store = EtcdStore([etcd_server.endpoint], prefix=f"/test-{uuid.uuid4().hex}/")
     try:
         store.put_xds_cluster(xds_cluster("a", 5000))
         store.register_xds_endpoint("a", endpoint(6000), TTL, max_endpoints=10)
-        store.register_xds_endpoint("a", endpoint(6001), 2, max_endpoints=10)  # 2 s lease
-        before = store.xds_clusters()[0]
-        deadline = time.monotonic() + 30
-        while not store.sweep_xds_endpoints():  # until etcd has ended the short lease
-            assert time.monotonic() < deadline, "the 2 s lease did not end within 30 s"
-            time.sleep(0.2)
-        assert registered(store) == [(6000, 0)]
-        assert store.xds_clusters()[0] == before + 1
+        yield store
     finally:
         store.close()
+
+
+def test_on_etcd_a_sweep_drops_what_outlived_its_lease_at_one_new_registry_revision(
+    etcd_registry: EtcdStore,
+) -> None:
+    store = etcd_registry
+    store.register_xds_endpoint("a", endpoint(6001), 2, max_endpoints=10)  # 2 s lease
+    before = store.xds_clusters()[0]
+    deadline = time.monotonic() + 30
+    while not store.sweep_xds_endpoints():  # until etcd has ended the short lease
+        assert time.monotonic() < deadline, "the 2 s lease did not end within 30 s"
+        time.sleep(0.2)
+    assert registered(store) == [(6000, 0)]
+    assert store.xds_clusters()[0] == before + 1
+
+
+def test_on_etcd_two_sweeps_at_once_drop_a_registration_once_and_count_it_once(
+    etcd_registry: EtcdStore,
+) -> None:
+    """Two sweeps (two replicas) read the same orphan; the one whose commit lost counts none."""
+    store = etcd_registry
+    alive = store.key("xds", "alive", "a", "127.0.0.1", "6000")  # as if its lease ended:
+    delete = [store.transactions.delete(alive)]
+    store.run(store.call(lambda c: c.transaction(compare=[], success=delete, failure=[])))
+    before = store.xds_clusters()[0]
+
+    async def both() -> list[int]:
+        # Each reads before either commits: their first steps run before any answer comes.
+        sweeps = (store._sweep_xds_endpoints(), store._sweep_xds_endpoints())
+        return list(await asyncio.gather(*sweeps))
+
+    assert sorted(store.run(both())) == [0, 1]
+    assert registered(store) == []
+    assert store.xds_clusters()[0] == before + 1
 
 
 def test_on_etcd_registering_again_with_another_ttl_takes_a_lease_of_that_ttl(

@@ -535,32 +535,32 @@ class EtcdStore(PolicyStore):
 
     def sweep_xds_endpoints(self) -> int:
         """Drop registrations whose alive key went with its lease, at one new registry revision."""
+        return self.run(self._sweep_xds_endpoints())
+
+    async def _sweep_xds_endpoints(self) -> int:
+        """The sweep on the store's loop; of sweeps that race (replicas), one drops and counts."""
         registered_start = self.key("xds", "registered", "")
         alive_start = self.key("xds", "alive", "")
-
-        async def sweep() -> int:
-            counter, registered, living = await self._read(
-                self._get(self.key("xds", "revision")),
-                self._get(registered_start, prefix_end(registered_start)),
-                self._get(alive_start, prefix_end(alive_start)),
-            )
-            alive = {bytes(meta.key)[len(alive_start) :] for _, meta in living}
-            orphans = [
-                bytes(meta.key)[len(registered_start) :]
-                for _, meta in registered
-                if bytes(meta.key)[len(registered_start) :] not in alive
-            ][:SWEEP_BATCH]
-            if not orphans:
-                return 0
-            version, current = read_counter(counter)
-            transactions = self.transactions
-            # Each still without its alive key when this commits: a renewal in between wins.
-            compare = [transactions.create(alive_start + name) == 0 for name in orphans]
-            ops = [transactions.delete(registered_start + name) for name in orphans]
-            committed = await self._commit_xds(version, current + 1, ops, compare=compare)
-            return len(orphans) if committed else 0
-
-        return self.run(sweep())
+        counter, registered, living = await self._read(
+            self._get(self.key("xds", "revision")),
+            self._get(registered_start, prefix_end(registered_start)),
+            self._get(alive_start, prefix_end(alive_start)),
+        )
+        alive = {bytes(meta.key)[len(alive_start) :] for _, meta in living}
+        orphans = [
+            bytes(meta.key)[len(registered_start) :]
+            for _, meta in registered
+            if bytes(meta.key)[len(registered_start) :] not in alive
+        ][:SWEEP_BATCH]
+        if not orphans:
+            return 0
+        version, current = read_counter(counter)
+        transactions = self.transactions
+        # Each still without its alive key when this commits: a renewal in between wins.
+        compare = [transactions.create(alive_start + name) == 0 for name in orphans]
+        ops = [transactions.delete(registered_start + name) for name in orphans]
+        committed = await self._commit_xds(version, current + 1, ops, compare=compare)
+        return len(orphans) if committed else 0
 
     async def _commit_xds(
         self,
