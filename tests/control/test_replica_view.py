@@ -7,10 +7,12 @@ replica their agents fail over to. Publishing is fast here (0.1 s) so the tests 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,6 +24,7 @@ from meshbreaker.control.agent import MeshAgent
 from meshbreaker.control.instances import Instance, InstanceTable, MeshView
 from meshbreaker.control.limits import Limits
 from meshbreaker.control.store.etcd import EtcdStore
+from meshbreaker.control.store.etcd_presence import EtcdPresence
 from meshbreaker.control.store.etcd_server import EtcdServer
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.testing import FakeClock
@@ -30,6 +33,7 @@ from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 from meshbreaker.v1 import mesh_pb2
 from tests.control.agent_support import METHOD, AdminStub, ControlPlaneThread
 from tests.control.store_support import etcd_json
+from tests.scrape_support import Scrape
 from tests.server_support import ServerThread, wait_until
 
 
@@ -399,6 +403,34 @@ def test_a_crashed_replicas_records_expire_with_its_lease(etcd: EtcdServer) -> N
     finally:
         crashed.close()
         watching.close()
+
+
+def test_a_replica_renews_its_lease_twice_within_a_ttl_so_one_failed_renewal_loses_nothing(
+    etcd: EtcdServer,
+) -> None:
+    """The keepalive on a fake clock: two renewals reach etcd before one TTL has passed."""
+    ttl = 30
+    clock, leased = FakeClock(0.0), threading.Event()
+
+    async def sleep(seconds: float) -> None:
+        """The keepalive's waits: on the fake clock once leased, until one TTL has passed."""
+        while not leased.is_set():
+            await asyncio.sleep(0.01)
+        clock.advance(seconds)
+        if clock() >= ttl:
+            await asyncio.Event().wait()  # the keepalive rests here until the replica closes
+
+    store = EtcdStore([etcd.endpoint], prefix="/keepalive/")
+    presence = EtcdPresence(store, "replica-1", ttl, sleep=sleep)
+    try:
+        assert presence.publish({"heartbeat": b""})  # on a lease from now
+        leased.set()
+        assert wait_until(lambda: clock() >= ttl, timeout=30)
+        metrics = Scrape(f"http://127.0.0.1:{etcd.client_port}/metrics")  # read now
+        assert metrics.one("etcd_debugging_lease_renewed_total") == 2
+    finally:
+        presence.close()
+        store.close()
 
 
 def test_only_reports_that_tell_something_new_are_shared() -> None:

@@ -35,10 +35,19 @@ REVOKE_WAIT = 2.0
 class EtcdPresence(Presence):
     """This replica's records under `<prefix>mesh/<replica_id>/`, on a lease kept alive."""
 
-    def __init__(self, store: EtcdStore, replica_id: str, ttl: int) -> None:
+    def __init__(
+        self,
+        store: EtcdStore,
+        replica_id: str,
+        ttl: int,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """`sleep` is the keepalive's wait between refreshes (a test's fake clock)."""
         if not replica_id or "/" in replica_id:
             raise ValueError("a replica id is a non-empty string without '/'")
         self._store = store
+        self._sleep = sleep
         self.replica_id = replica_id
         self.ttl = max(2, int(ttl))
         self._lease: int | None = None
@@ -133,7 +142,7 @@ class EtcdPresence(Presence):
     async def _keep_alive(self) -> None:
         """Refresh the lease every ttl/3; a lease etcd no longer knows is dropped (lost)."""
         while not self._closed:
-            await asyncio.sleep(self.ttl / 3)
+            await self._sleep(self.ttl / 3)
             lease = self._lease
             if lease is None:
                 continue
