@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control.agent import MeshAgent
-from meshbreaker.control.agent_cache import MAX_CACHE_BYTES, FailStaticCache
+from meshbreaker.control.agent_cache import FailStaticCache
 from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
 from tests.control.agent_support import method_policy
@@ -87,14 +87,19 @@ def test_every_corruption_is_ignored_with_one_warning_naming_the_file(
     assert str(path) in warnings[0] and len(warnings[0]) < 600
 
 
-def test_a_huge_file_is_not_even_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(("size", "refused"), [(16 * 2**20 + 1, True), (16 * 2**20, False)])
+def test_a_file_over_16_mib_is_not_even_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, size: int, refused: bool
+) -> None:
+    """A cache file over 16 MiB (the bound DESIGN.md gives) is refused by its size alone."""
     path = tmp_path / "cache.json"
     with path.open("wb") as handle:
-        handle.truncate(MAX_CACHE_BYTES + 1)  # sparse: costs no disk
+        handle.truncate(size)  # sparse: costs no disk
     with caplog.at_level(logging.WARNING):
         agent = _start_and_stop(path)
     assert agent.applied_revision == 0
-    assert any("more than a cache ever holds" in r.getMessage() for r in caplog.records)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("more than a cache ever holds" in message for message in said) is refused
 
 
 def test_a_directory_in_place_of_the_file_is_ignored_and_unwritable_warns_once(
