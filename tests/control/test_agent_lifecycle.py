@@ -107,6 +107,18 @@ def test_an_agent_never_started_stops_and_stays_stopped() -> None:
         agent.start()
 
 
+def test_report_now_before_start_and_after_stop_answers_false(
+    holding: tuple[CountingControlPlane, str],
+) -> None:
+    """report_now() reports only while the agent runs: before start() and after stop(), False."""
+    _, target = holding
+    agent = MeshAgent(target, "transaction", BreakerRegistry(), report_interval=60.0)
+    assert agent.report_now() is False
+    with agent:
+        assert agent.report_now() is True
+    assert agent.report_now() is False
+
+
 @pytest.mark.parametrize(
     ("report_interval", "warned"),
     [(2.0, True), (1.0, True), (0.5, False)],
