@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -286,6 +287,18 @@ def test_a_stopped_replicas_instances_leave_every_view_and_come_back_by_failover
     assert len(listed(watcher).instances) == 1
 
 
+def test_a_new_instance_is_shared_at_once_not_at_the_next_publish(
+    replicas: Callable[..., list[ServerThread]],
+    agents: Callable[..., MeshAgent],
+    admin_stub: AdminStub,
+) -> None:
+    """A new instance is urgent: the other replicas list it long before the publish interval."""
+    planes = replicas(2, report_ttl=600.0, replica_publish_interval=3600.0, replica_lease_ttl=600)
+    agent = agents(planes[0].target, "transaction")
+    remote = admin_stub(planes[1].target)
+    assert wait_until(lambda: shows_only(remote, agent), timeout=30)
+
+
 def test_a_stopping_replica_gives_its_lease_back_so_its_instances_go_long_before_the_ttl(
     replicas: Callable[..., list[ServerThread]],
     agents: Callable[..., MeshAgent],
@@ -420,14 +433,43 @@ def test_a_replica_renews_its_lease_twice_within_a_ttl_so_one_failed_renewal_los
         if clock() >= ttl:
             await asyncio.Event().wait()  # the keepalive rests here until the replica closes
 
-    store = EtcdStore([etcd.endpoint], prefix="/keepalive/")
-    presence = EtcdPresence(store, "replica-1", ttl, sleep=sleep)
-    try:
+    with _presence(etcd, ttl, sleep) as presence:
         assert presence.publish({"heartbeat": b""})  # on a lease from now
         leased.set()
         assert wait_until(lambda: clock() >= ttl, timeout=30)
         metrics = Scrape(f"http://127.0.0.1:{etcd.client_port}/metrics")  # read now
         assert metrics.one("etcd_debugging_lease_renewed_total") == 2
+
+
+def test_a_publish_that_finds_its_lease_gone_says_so_and_the_next_takes_a_new_one(
+    etcd: EtcdServer,
+) -> None:
+    """Without the keepalive's help: a lost lease is dropped by the publish that finds it."""
+
+    async def never(seconds: float) -> None:
+        await asyncio.Event().wait()  # a keepalive that never comes round
+
+    with _presence(etcd, 600, never) as presence:
+        assert presence.publish({"heartbeat": b"1"})
+        for lease in etcd_json(etcd, "/v3/lease/leases", {}).get("leases", []):
+            etcd_json(etcd, "/v3/lease/revoke", {"ID": lease["ID"]})  # as a long outage would
+        assert presence.publish({"heartbeat": b"2"}) is False  # every record went with it
+        assert presence.publish({"heartbeat": b"3"}) is True
+        stored = etcd_json(
+            etcd, "/v3/kv/range", {"key": base64.b64encode(b"/p/mesh/r1/heartbeat").decode()}
+        )
+        assert [base64.b64decode(kv["value"]) for kv in stored["kvs"]] == [b"3"]
+
+
+@contextlib.contextmanager
+def _presence(
+    etcd: EtcdServer, ttl: int, sleep: Callable[[float], Awaitable[None]]
+) -> Iterator[EtcdPresence]:
+    """Replica r1's presence on `etcd` (prefix /p/), its keepalive waiting with `sleep`."""
+    store = EtcdStore([etcd.endpoint], prefix="/p/")
+    presence = EtcdPresence(store, "r1", ttl, sleep=sleep)
+    try:
+        yield presence
     finally:
         presence.close()
         store.close()
@@ -460,6 +502,18 @@ def test_only_reports_that_tell_something_new_are_shared() -> None:
     assert shared() == {"i-1"} and table.version > version
     report(2, pb.BREAKER_STATE_OPEN)
     assert shared() == {"i-1"}
+
+
+def test_a_feed_that_lists_again_forgets_the_replicas_gone_meanwhile() -> None:
+    """After a reset (the feed listed mesh/ again), a replica without a heartbeat now is gone."""
+    table = InstanceTable(report_ttl=30.0, limits=Limits(), publish=lambda event: None)
+    clock = FakeClock(1_700_000_000.0)
+    remote = replica_mesh._RemoteRecords("r-1", table, lambda event: None, clock, clock)
+    beats = {name: mesh_pb2.ReplicaHeartbeat(replica_id=name) for name in ("r-2", "r-3")}
+    remote.apply(False, [(name, replica_mesh.HEARTBEAT, beat) for name, beat in beats.items()])
+    assert remote.replicas == 2
+    remote.apply(True, [("r-3", replica_mesh.HEARTBEAT, beats["r-3"])])  # r-2 left while away
+    assert remote.replicas == 1
 
 
 def test_another_replicas_record_is_live_until_it_is_a_report_ttl_old() -> None:
