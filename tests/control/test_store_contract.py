@@ -477,10 +477,14 @@ def test_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_an_unreachable_etcd_is_a_clear_error() -> None:
+    """The error names the endpoint and why the last try failed (here: refused)."""
     from meshbreaker.control.store.etcd import EtcdStore
 
-    with pytest.raises(StoreUnavailableError, match=r"etcd at 127\.0\.0\.1:\d+ is unavailable"):
+    with pytest.raises(
+        StoreUnavailableError, match=r"etcd at 127\.0\.0\.1:\d+ is unavailable: "
+    ) as caught:
         EtcdStore([("127.0.0.1", free_port())], timeout=1.0)
+    assert "Connection refused" in str(caught.value)
 
 
 def test_an_etcd_store_refuses_a_prefix_without_both_slashes_and_no_endpoints() -> None:
