@@ -235,12 +235,14 @@ def test_writes_from_the_console_are_the_grpc_apis_writes(
             "cross-origin",
         ),
         ({"Content-Type": "application/json"}, b"{" + b" " * 300_000 + b"}", 413, "over"),
+        # Sent in chunks: no Content-Length to read the body by.
+        ({"Content-Type": "application/json"}, iter([b"{}"]), 400, "Content-Length is needed"),
     ],
 )
 def test_bad_writes_are_refused_before_anything_runs(
     console: tuple[ServerThread, str],
     headers: dict[str, str],
-    body: bytes,
+    body: bytes | Iterator[bytes],
     status: int,
     words: str,
 ) -> None:
