@@ -766,3 +766,12 @@ async def test_a_stalled_events_subscriber_keeps_the_newest_and_is_warned_about_
     assert [record.getMessage() for record in caplog.records][1:] == [
         "events subscriber left; 3 events were dropped for it"
     ]
+
+
+def test_the_recent_events_are_all_those_kept_unless_a_limit_is_given() -> None:
+    """EventBus.recent(): every kept event by default, the newest `limit` with one."""
+    bus = EventBus(queue_size=2, wall_clock=lambda: 0.0, history=4)
+    for _ in range(5):
+        bus.publish(pb.Event())
+    assert [event.sequence for event in bus.recent()] == [2, 3, 4, 5]
+    assert [event.sequence for event in bus.recent(limit=2)] == [4, 5]
