@@ -254,6 +254,11 @@ _SELECTOR = pb.Selector(service="a.A")
 BAD_CALLS: list[tuple[str, Call, str]] = [
     ("get config, no service", lambda stub: stub.GetConfig(pb.GetConfigRequest()), "service"),
     (
+        "watch, no service",
+        lambda stub: stub.WatchConfig(pb.WatchConfigRequest()).read(),
+        "service",
+    ),
+    (
         "watch, bad service",
         lambda stub: stub.WatchConfig(pb.WatchConfigRequest(service="a b")).read(),
         "service",
