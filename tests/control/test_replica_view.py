@@ -504,6 +504,22 @@ def test_only_reports_that_tell_something_new_are_shared() -> None:
     assert shared() == {"i-1"}
 
 
+def test_reports_sweep_out_silent_instances_at_most_once_a_second() -> None:
+    """A report drops the instances past the report TTL, but sweeps at most once per second."""
+    table = InstanceTable(report_ttl=30.0, limits=Limits(), publish=lambda event: None)
+
+    def report(instance_id: str, now: float) -> None:
+        request = pb.ReportStateRequest(instance_id=instance_id, service="transaction")
+        table.record(request, now=now)
+
+    report("i-1", 0.0)
+    report("i-2", 29.5)  # a sweep: nothing is old yet
+    report("i-2", 30.25)  # i-1 is past the TTL, but the last sweep was under a second ago
+    assert sorted(table.local()) == ["i-1", "i-2"]
+    report("i-2", 30.5)  # a second after the last sweep: the next one
+    assert sorted(table.local()) == ["i-2"]
+
+
 def test_a_feed_that_lists_again_forgets_the_replicas_gone_meanwhile() -> None:
     """After a reset (the feed listed mesh/ again), a replica without a heartbeat now is gone."""
     table = InstanceTable(report_ttl=30.0, limits=Limits(), publish=lambda event: None)
