@@ -128,6 +128,16 @@ def test_the_cap_and_the_probe() -> None:
     assert calls.window(0.050, 25) == 19
 
 
+def test_the_probe_count_starts_over_from_zero() -> None:
+    calls = Calls(AdaptiveLimit(25))
+    calls.window(0.050, PROBE_EVERY)  # one window of PROBE_EVERY calls: a probe
+    assert calls.limiter.min_latency == 0.050
+    calls.window(0.070, PROBE_EVERY - 1)  # slower, but no probe yet: the minimum stands
+    assert calls.limiter.min_latency == 0.050
+    calls.window(0.070, 10)  # past PROBE_EVERY since the last probe: measured afresh
+    assert calls.limiter.min_latency == 0.070
+
+
 def test_the_breaker_refuses_past_the_adaptive_limit() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(

@@ -137,6 +137,16 @@ def test_transition_to_half_open_lets_probes_go_now(clock: FakeClock) -> None:
     assert cb.override is None and cb.state is State.HALF_OPEN
 
 
+@pytest.mark.parametrize("override", ["force_open", "force_closed"])
+def test_open_for_clears_an_override(clock: FakeClock, override: str) -> None:
+    cb = make(clock)
+    getattr(cb, override)()
+    cb.open_for(3.0)
+    assert (cb.override, cb.state) == (None, State.OPEN)
+    clock.advance(3.0)
+    assert cb.state is State.HALF_OPEN  # the period ends as any open_for's does
+
+
 def test_open_for_opens_for_the_given_time_then_probes(clock: FakeClock) -> None:
     cb = make(clock)
     cb.open_for(3.0)

@@ -125,6 +125,14 @@ def run(policy: RetryPolicy, **options: object) -> RetryRun:
     return RetryRun(policy, budget, rng=lambda: 1.0, **options)  # type: ignore[arg-type]
 
 
+def test_a_committed_run_makes_no_further_attempt() -> None:
+    attempts = run(RetryPolicy(max_attempts=3))
+    attempts.commit()  # the answer is in: e.g. a response stream's first message came
+    assert attempts.committed
+    assert attempts.next_delay("UNAVAILABLE", sent=True, pushback=None, now=0.0) is None
+    assert attempts.attempts == 1
+
+
 def test_stops_after_max_attempts() -> None:
     attempts = run(RetryPolicy(max_attempts=3))
     retries = [attempts.next_delay("UNAVAILABLE", sent=True, pushback=None, now=0.0) for _ in "abc"]

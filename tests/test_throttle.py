@@ -151,9 +151,9 @@ def test_expiring_accepts_end_the_lock_free_admission() -> None:
     clock.advance(1.0)  # second 1002: the accepts expire, nothing else happens
     assert breaker.admit_free(clock()) is None  # a call that may be refused needs acquire()
     with pytest.raises(ThrottledError):
-        breaker.acquire()
+        breaker.call(lambda: None)  # at exactly the second's end: no longer lock-free
     with pytest.raises(ThrottledError):
-        breaker.call(lambda: None)
+        breaker.acquire()
 
 
 def test_quick_successes_count_in_the_second_they_ended() -> None:
