@@ -6,15 +6,18 @@ import pytest
 
 from meshbreaker import BreakerConfig, BreakerRegistry, ConfigError
 from meshbreaker._names import (
+    check_method,
     check_method_selector,
     check_service,
     check_service_selector,
     is_endpoint_name,
     is_method_name,
+    is_method_selector,
     is_service_name,
     selectors_for,
     service_breaker_name,
     split_breaker_name,
+    validate_selector,
 )
 from meshbreaker.control import convert
 from meshbreaker.v1 import control_plane_pb2 as pb
@@ -49,6 +52,23 @@ def test_bad_methods_are_refused_everywhere(name: str) -> None:
     if name.startswith("/"):
         with pytest.raises(ConfigError, match="not a method name"):
             BreakerRegistry().set_policy(name, BreakerConfig())
+
+
+def test_a_method_selector_is_a_method_or_an_endpoint_url() -> None:
+    assert check_method("/bank.v1.AccountService/GetBalance", "m") == (
+        "/bank.v1.AccountService/GetBalance"
+    )
+    assert check_method("", "m") == ""
+    assert is_method_selector("/bank.v1.AccountService/GetBalance") is True
+    assert is_method_selector("https://api.example.com/v1/charges") is True
+    assert is_method_selector("bank.v1.AccountService") is False
+
+
+@pytest.mark.parametrize("selector", ["", 5, None, b"/a.B/M"])
+def test_a_selector_that_is_no_non_empty_string_is_refused_by_name(selector: object) -> None:
+    with pytest.raises(ConfigError, match="must be a non-empty string") as error:
+        validate_selector(selector)
+    assert error.value.field == "selector"
 
 
 def test_services() -> None:
