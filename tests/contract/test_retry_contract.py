@@ -393,8 +393,10 @@ def test_a_future_cancelled_while_waiting_to_retry_ends_at_once(
         ended = threading.Event()
         future.add_done_callback(lambda done: ended.set() if done is future else None)
         assert future.running() and not future.done() and not ended.is_set()
+        assert future.is_active() is True  # a retry's wait is part of the call
         assert future.cancel()
         assert ended.is_set() and future.done() and future.cancelled()
+        assert future.is_active() is False
         late: list[Any] = []
         future.add_done_callback(late.append)  # on a done future: called at once
         assert late == [future]
