@@ -21,6 +21,7 @@ from meshbreaker import (
     State,
     WindowType,
 )
+from meshbreaker._quick import SLICE
 from meshbreaker.breaker import CallResult
 from meshbreaker.retry import RetryPolicy
 from meshbreaker.testing import FakeClock
@@ -612,6 +613,41 @@ def test_a_new_window_starts_without_the_quick_successes_logged_before_it(
     cb.update_config(cb.config.replace(window_size=20))
     snapshot = cb.snapshot()
     assert (snapshot.successful, snapshot.window_calls) == (3, 0)
+
+
+def test_the_quick_log_closes_at_exactly_its_end(clock: FakeClock) -> None:
+    # QuickSuccesses.log(): open while now < until, so a success at `until` goes under the lock.
+    cb = make(clock)
+    cb.call(_ok)
+    assert len(cb._quick) == 1
+    clock.advance(SLICE)  # exactly the end of the slice the log was opened for
+    cb.call(_ok)
+    assert len(cb._quick) == 0  # settled under the lock with the first
+    assert cb.snapshot().successful == 2
+
+
+def test_successes_reported_under_the_lock_by_call_hold_no_slot(clock: FakeClock) -> None:
+    # call() admitted them without a slot: a bulkhead added later still counts every slot out.
+    cb = make(clock)
+    cb.on_call_result(lambda result: None)  # no quick log: each success takes the lock
+    for _ in range(3):
+        cb.call(_ok)
+    cb.update_config(cb.config.replace(max_concurrent_calls=1))
+    held = cb.acquire()
+    with pytest.raises(BulkheadFullError):
+        cb.acquire()
+    held.success()
+
+
+def test_a_retry_policy_removed_takes_its_budget_away(clock: FakeClock) -> None:
+    cb = make(clock, retry=RetryPolicy(max_attempts=2))
+    assert cb.retry_budget is not None
+    cb.update_config(cb.config.replace(retry=None))
+    assert cb.retry_budget is None
+
+
+def test_states_format_as_their_names(clock: FakeClock) -> None:
+    assert f"{State.HALF_OPEN:>10}|{State.OPEN:<6}|" == " HALF_OPEN|OPEN  |"
 
 
 def test_result_listeners_see_every_success_through_call(clock: FakeClock) -> None:

@@ -127,6 +127,17 @@ def test_a_layer_is_checked_against_a_partner_that_never_conflicts(layer: dict[s
     assert list(checked) == list(layer)
 
 
+def test_a_method_is_not_idempotent_unless_its_policy_says_so() -> None:
+    assert BreakerConfig().idempotent is False
+
+
+@pytest.mark.parametrize("retry", [5, "3", [3]])
+def test_a_retry_that_is_no_policy_mapping_or_none_is_refused_by_name(retry: object) -> None:
+    with pytest.raises(ConfigError, match="must be a RetryPolicy") as error:
+        BreakerConfig(retry=retry)  # type: ignore[arg-type]
+    assert error.value.field == "retry"
+
+
 @pytest.mark.parametrize("opened", ["5", None, True])
 def test_merged_layers_refuse_an_open_duration_that_is_no_number_by_its_name(
     opened: object,

@@ -70,6 +70,12 @@ def test_the_engine_imports_and_runs_with_grpc_and_protobuf_blocked() -> None:
     assert result.stdout.strip() == "ok"
 
 
+def test_the_interceptor_loads_from_the_package_when_asked_for() -> None:
+    from meshbreaker.grpc import BreakerInterceptor
+
+    assert meshbreaker.BreakerInterceptor is BreakerInterceptor
+
+
 def test_every_engine_module_is_listed() -> None:
     top_level = {
         f"meshbreaker.{info.name}"

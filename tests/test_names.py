@@ -6,6 +6,7 @@ import pytest
 
 from meshbreaker import BreakerConfig, BreakerRegistry, ConfigError
 from meshbreaker._names import (
+    MAX_NAME_LENGTH,
     check_method,
     check_method_selector,
     check_service,
@@ -69,6 +70,13 @@ def test_a_selector_that_is_no_non_empty_string_is_refused_by_name(selector: obj
     with pytest.raises(ConfigError, match="must be a non-empty string") as error:
         validate_selector(selector)
     assert error.value.field == "selector"
+
+
+def test_an_endpoint_name_of_the_longest_length_is_one() -> None:
+    origin = "https://api.example.com/"
+    longest = origin + "a" * (MAX_NAME_LENGTH - len(origin))
+    assert is_endpoint_name(longest)
+    assert not is_endpoint_name(longest + "a")
 
 
 def test_services() -> None:

@@ -156,6 +156,17 @@ def test_expiring_accepts_end_the_lock_free_admission() -> None:
         breaker.acquire()
 
 
+def test_an_admission_under_the_lock_gives_the_lock_free_one_back_while_quiet() -> None:
+    clock, draws = FakeClock(1000.0), Draws()
+    breaker = make(clock, draws)
+    succeed(breaker, 10)
+    clock.advance(1.5)  # a new second: quiet until proven so, under the lock
+    assert breaker.admit_free(clock()) is None
+    held = breaker.acquire()  # admitted under the lock: still quiet, so lock-free again at once
+    assert breaker.admit_free(clock()) is not None
+    held.success(0.01)
+
+
 def test_quick_successes_count_in_the_second_they_ended() -> None:
     clock, draws = FakeClock(1000.0), Draws()
     breaker = make(clock, draws, window=2.0)
