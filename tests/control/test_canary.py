@@ -9,7 +9,7 @@ import pytest
 from meshbreaker import BreakerRegistry, State
 from meshbreaker.config import BreakerConfig
 from meshbreaker.control.agent import MeshAgent
-from meshbreaker.control.canary import in_canary
+from meshbreaker.control.canary import in_canary, should_roll_back
 from meshbreaker.control.convert import config_to_proto
 from meshbreaker.v1 import control_plane_pb2 as pb
 from tests.control.agent_support import (
@@ -32,6 +32,23 @@ def test_membership_is_deterministic_and_close_to_the_percentage() -> None:
     wider = {i for i in ids if in_canary("timeouts", i, 30.0)}
     assert set(members) <= wider  # growing the canary only adds instances
     assert members != [i for i in ids if in_canary("retries", i, 10.0)]  # per policy
+
+
+@pytest.mark.parametrize(
+    ("canary", "rest", "rolled_back"),
+    [
+        ((0, 20), (20, 0), True),  # 20 calls each: the canary refuses all, the rest none
+        ((0, 20), (19, 0), False),  # the rest's 19 calls are too few to compare with
+        ((0, 19), (20, 0), False),  # and so are the canary's 19
+    ],
+)
+def test_a_canary_is_compared_only_when_both_halves_saw_20_calls(
+    canary: tuple[int, int], rest: tuple[int, int], rolled_back: bool
+) -> None:
+    """should_roll_back() judges no half on fewer than MIN_CALLS_TO_COMPARE (20) calls tried."""
+    halves = [pb.CanaryHalf(total=total, rejected=rejected) for total, rejected in (canary, rest)]
+    status = pb.CanaryStatus(canary=halves[0], rest=halves[1])
+    assert should_roll_back(status, margin=0.1) is rolled_back
 
 
 def _policy(margin: float | None = None) -> pb.Policy:
