@@ -478,13 +478,15 @@ def _presence(
 def test_only_reports_that_tell_something_new_are_shared() -> None:
     table = InstanceTable(report_ttl=30.0, limits=Limits(), publish=lambda event: None)
 
-    def report(total: int, state: pb.BreakerState.ValueType = pb.BREAKER_STATE_CLOSED) -> None:
+    def report(
+        total: int, state: pb.BreakerState.ValueType = pb.BREAKER_STATE_CLOSED, **more: Any
+    ) -> None:
         breaker = pb.BreakerSnapshot(
             name=METHOD, state=state, total=total, successful=total, state_age=total * 0.5
         )
         table.record(
             pb.ReportStateRequest(
-                instance_id="i-1", service="transaction", breakers=[breaker], full=True
+                instance_id="i-1", service="transaction", breakers=[breaker], full=True, **more
             ),
             now=float(total),
         )
@@ -501,6 +503,10 @@ def test_only_reports_that_tell_something_new_are_shared() -> None:
     report(2)  # a call went through
     assert shared() == {"i-1"} and table.version > version
     report(2, pb.BREAKER_STATE_OPEN)
+    assert shared() == {"i-1"}
+    report(2, pb.BREAKER_STATE_OPEN, applied_revision=7)  # only the policies in force moved
+    assert shared() == {"i-1"}
+    report(2, pb.BREAKER_STATE_OPEN, applied_revision=7, applied_store_id="store-b")
     assert shared() == {"i-1"}
 
 
