@@ -278,6 +278,16 @@ BAD_CALLS: list[tuple[str, Call, str]] = [
         "breakers[0].failure_rate",
     ),
     (
+        "report, negative throttled",
+        _report(breakers=_breaker(throttled=-1)),
+        "breakers[0].throttled",
+    ),
+    (
+        "report, negative concurrency limit",
+        _report(breakers=_breaker(concurrency_limit=-1)),
+        "breakers[0].concurrency_limit",
+    ),
+    (
         "report, NaN duration",
         _report(breakers=_breaker(mean_duration=math.nan)),
         "breakers[0].mean_duration",
