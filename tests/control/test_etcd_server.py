@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import socket
 import threading
 import urllib.request
@@ -72,3 +74,29 @@ def test_a_restart_on_a_port_another_process_took_says_which_port(tmp_path: Path
         server.start()
     with server:  # once the port is free again, it resumes
         assert server.client_port == port and healthy(server)
+
+
+def test_a_start_that_times_out_leaves_no_etcd_running(tmp_path: Path) -> None:
+    """A failed start kills the etcd it ran: the next start gets the ports and data back."""
+    server = EtcdServer(tmp_path / "etcd")
+    port = server.client_port
+    with pytest.raises(RuntimeError, match="not healthy within 0"):
+        server.start(timeout=0)  # etcd cannot answer before the first probe
+    left = running_on(server.data_dir)
+    for pid in left:  # (only were the failed start to leave one: not to outlive the test)
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
+    with server:  # on its own ports: none is held by the etcd of the failed start
+        assert server.client_port == port and healthy(server)
+        assert len(running_on(server.data_dir)) == 1
+
+
+def running_on(data_dir: Path) -> list[int]:
+    """The processes running etcd with their data in `data_dir` (from /proc)."""
+    wanted = f"--data-dir={data_dir / 'data'}".encode()
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            if wanted in cmdline.read_bytes().split(b"\0"):
+                found.append(int(cmdline.parent.name))
+    return found
