@@ -239,6 +239,12 @@ def test_forced_open_rejects_and_forced_closed_never_trips(clock: FakeClock) -> 
         cb.acquire()
     assert info.value.retry_after == math.inf
     assert "override" in str(info.value)
+    with pytest.raises(CallNotPermittedError) as through_call:
+        cb.call(_ok)  # call()'s own lock-free rejection tells the same state
+    assert (through_call.value.state, through_call.value.retry_after) == (
+        State.FORCED_OPEN,
+        math.inf,
+    )
     clock.advance(1000)
     assert cb.state is State.FORCED_OPEN
     cb.force_closed()

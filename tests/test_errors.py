@@ -39,3 +39,8 @@ from meshbreaker.errors import (
 )
 def test_a_store_error_says_what_is_wrong_in_one_line(error: StoreError, message: str) -> None:
     assert str(error) == message
+
+
+def test_a_selector_conflict_names_both_policies() -> None:
+    error = SelectorConflictError("a", "b")
+    assert (error.policy_id, error.other_id) == ("a", "b")

@@ -74,7 +74,8 @@ def test_a_selector_that_is_no_non_empty_string_is_refused_by_name(selector: obj
 
 def test_an_endpoint_name_of_the_longest_length_is_one() -> None:
     origin = "https://api.example.com/"
-    longest = origin + "a" * (MAX_NAME_LENGTH - len(origin))
+    longest = origin + "a" * (512 - len(origin))  # DESIGN.md's bound, written out
+    assert len(longest) == MAX_NAME_LENGTH
     assert is_endpoint_name(longest)
     assert not is_endpoint_name(longest + "a")
 
