@@ -182,6 +182,9 @@ def test_a_new_cap_keeps_what_the_limit_learned() -> None:
     breaker = CircuitBreaker("svc", config)
     breaker.update_config(config.replace(max_concurrent_calls=5))
     assert breaker.snapshot().concurrency_limit == 5
+    limiter = breaker._limiter
+    assert limiter is not None
+    assert Calls(limiter).window(0.010, 10, in_flight=5) == 5  # no queue: not past the cap
     breaker.update_config(config.replace(concurrency_limit=ConcurrencyLimit.FIXED))
     assert breaker.snapshot().concurrency_limit is None
 
