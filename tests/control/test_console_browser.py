@@ -433,6 +433,8 @@ def test_the_policy_form_shows_the_servers_own_message(admin_page: Watched, mesh
     form.locator('button[type="submit"]').click()
     expect(form.locator("output")).to_contain_text("put balance at revision", timeout=DEADLINE_MS)
     assert wait_until(lambda: mesh.registry.resolve(mesh.method).failure_rate_threshold == 0.3)
+    # Explain reads the instance's last report once: it must be one sent with the new config.
+    assert mesh.agent.report_now(timeout=30.0)
     policy_row = page.locator('#policies tr[data-policy="balance"]')
     expect(policy_row).to_contain_text("failure_rate_threshold=0.3", timeout=DEADLINE_MS)
     # Explain: the layered value, and the same value in the instance's reported config.
