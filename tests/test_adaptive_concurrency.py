@@ -113,6 +113,12 @@ def test_no_change_while_the_caller_keeps_concurrency_low() -> None:
             assert calls.window(latency, 10, in_flight=9) == 20  # 9 < 20 / 2: the caller limits
 
 
+def test_half_the_limit_in_flight_is_evidence() -> None:
+    # Only fewer than limit / 2 in flight says the caller, not the backend, limited concurrency.
+    calls = Calls(AdaptiveLimit(100))
+    assert calls.window(0.010, 10, in_flight=10) == 26  # 10 = 20 / 2: no queue, + BETA
+
+
 def test_the_cap_and_the_probe() -> None:
     calls = Calls(AdaptiveLimit(25))
     for _ in range(5):
