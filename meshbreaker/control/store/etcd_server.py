@@ -70,16 +70,16 @@ class EtcdServer:
 
     def start(self, timeout: float = 20.0) -> EtcdServer:
         first = not (self.data_dir / "data").exists()
-        for attempt in range(PORT_ATTEMPTS):
+        for _ in range(PORT_ATTEMPTS - 1):
             try:
                 return self._start(timeout)
             except PortTakenError:
-                if not first or attempt == PORT_ATTEMPTS - 1:
+                if not first:
                     raise
                 # Nothing of this member was written yet: start it afresh on other ports.
                 shutil.rmtree(self.data_dir / "data", ignore_errors=True)
                 self.client_port, self.peer_port = free_port(), free_port()
-        raise AssertionError("unreachable")
+        return self._start(timeout)
 
     def _start(self, timeout: float) -> EtcdServer:
         client = f"http://127.0.0.1:{self.client_port}"
