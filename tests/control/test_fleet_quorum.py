@@ -81,11 +81,23 @@ class Fleet:
         self.agents.pop(instance_id).stop()
 
     def expire_silent(self) -> None:
-        """Move the server's clock past the report TTL, the agents left reporting halfway."""
-        for _ in range(2):
+        """Move the server's clock past the report TTL, the agents left reporting halfway, until
+        no agent that left is listed: a report in flight as its agent stopped may land late,
+        stamped with the clock already moved, and must expire in turn."""
+
+        def step() -> bool:
             self.server_clock.advance(REPORT_TTL * 0.6)
             for agent in self.agents.values():
                 assert agent.report_now()
+            return not self.listed() - set(self.agents)
+
+        step()  # one step alone never reaches the TTL
+        assert wait_until(step)
+
+    def listed(self) -> set[str]:
+        """The instances the control plane lists now."""
+        response = self.stub.ListBreakers(pb.ListBreakersRequest(), timeout=5)
+        return {instance.instance_id for instance in response.instances}
 
     def breaker(self, instance_id: str) -> CircuitBreaker:
         return self.agents[instance_id].registry.get(METHOD)
@@ -349,10 +361,8 @@ def test_a_decision_whose_whole_fleet_left_passes_the_turn_to_no_one_and_goes_on
     assert wait_until(lambda: fleet.decision() is not None)
     for index in range(3):
         fleet.leave(f"tx-{index}")
-    fleet.server_clock.advance(REPORT_TTL * 1.5)  # their presence expires
-    assert wait_until(
-        lambda: not fleet.stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).instances
-    )
+    fleet.expire_silent()  # their presence expires
+    assert not fleet.listed()
     fleet.advance(OPEN_DURATION + REPORT_TTL)  # the period ends and no probe came
 
     def period_two() -> pb.Policy | None:
@@ -373,12 +383,7 @@ def test_expired_presence_never_counts_toward_the_quorum_and_a_joining_instance_
     fleet.fail("tx-0")
     fleet.leave("tx-0")  # its OPEN breaker stays in the table until its presence expires
     fleet.expire_silent()
-
-    def live() -> set[str]:
-        response = fleet.stub.ListBreakers(pb.ListBreakersRequest(), timeout=5)
-        return {instance.instance_id for instance in response.instances}
-
-    assert wait_until(lambda: "tx-0" not in live(), timeout=5.0)
+    assert "tx-0" not in fleet.listed()
     fleet.fail("tx-1")  # 1 open of 3 live: tx-0 would have made it 2 of 4
     fleet.settle()
     assert fleet.decision() is None
