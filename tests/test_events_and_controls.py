@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from meshbreaker import (
     circuit,
 )
 from meshbreaker.testing import FakeClock
+from tests.lock_support import LockWatchingClock
 
 
 def make(clock: FakeClock, **changes: Any) -> CircuitBreaker:
@@ -279,3 +281,26 @@ def test_repr_names_the_breaker_and_its_state(clock: FakeClock) -> None:
     cb = make(clock)
     cb.acquire().failure()
     assert repr(cb) == "CircuitBreaker('dep', state=OPEN)"
+
+
+CONTROLS: dict[str, Callable[[CircuitBreaker], object]] = {
+    "reset": CircuitBreaker.reset,
+    "force_open": CircuitBreaker.force_open,
+    "force_closed": CircuitBreaker.force_closed,
+    "transition_to_half_open": CircuitBreaker.transition_to_half_open,
+    "open_for": lambda cb: cb.open_for(5.0),
+    "keep_open": lambda cb: cb.keep_open(5.0),
+    "update_config": lambda cb: cb.update_config(cb.config.replace(open_duration=5.0)),
+    "on_event": lambda cb: cb.on_event(lambda event: None)(),
+}
+
+
+@pytest.mark.parametrize("control", sorted(CONTROLS))
+def test_operator_controls_change_the_breaker_under_its_lock(control: str) -> None:
+    """Each control reads the clock with the lock taken, so no call's outcome interleaves."""
+    clock = LockWatchingClock()
+    cb = make(clock)
+    cb.acquire().failure()  # OPEN, so every control has something to change
+    clock.watch(cb._lock)
+    CONTROLS[control](cb)
+    assert clock.taken and all(clock.taken)

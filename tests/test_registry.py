@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -12,6 +12,7 @@ import pytest
 from meshbreaker import BreakerConfig, BreakerRegistry, ConfigError, State
 from meshbreaker._names import selectors_for, split_breaker_name
 from meshbreaker.testing import FakeClock
+from tests.lock_support import LockWatchingClock
 
 METHOD = "/bank.v1.AccountService/GetBalance"
 
@@ -97,6 +98,27 @@ def test_listeners_come_and_go_from_many_threads_without_losing_one(
         thread.join()
     reg.get(METHOD).force_open()
     assert sorted(seen) == staying
+
+
+CHANGES: dict[str, Callable[[BreakerRegistry], object]] = {
+    "set_policy": lambda reg: reg.set_policy(METHOD, BreakerConfig(minimum_calls=7)),
+    "remove_policy": lambda reg: reg.remove_policy(METHOD),
+    "set_override": lambda reg: reg.set_override(METHOD, State.FORCED_OPEN),
+    "replace_policies": lambda reg: reg.replace_policies({}),
+    "get": lambda reg: reg.get("/pkg.Other/New"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_registry_changes_reach_the_breakers_under_its_lock(change: str) -> None:
+    """A breaker read or made by each change reads the clock with the registry's lock taken."""
+    clock = LockWatchingClock()
+    reg = BreakerRegistry(clock=clock)
+    reg.set_policy(METHOD, BreakerConfig(minimum_calls=3))
+    reg.get(METHOD)
+    clock.watch(reg._lock)
+    CHANGES[change](reg)
+    assert clock.taken and all(clock.taken)
 
 
 def test_policy_resolution_method_over_service_over_default(clock: FakeClock) -> None:
