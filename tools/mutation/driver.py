@@ -6,6 +6,10 @@ Usage:
         plan, run and summarise a fresh sample into REPO/.mutation/seed-N/; run it again to
         resume; --area engine|adapters|control runs that area's mutants only)
   driver.py plan  --src REPO --seed N --out plan.json
+  driver.py plan  --src REPO --seed N --out plan.json --files meshbreaker/registry.py[,...]
+        [--size N]   (a module's plan: every eligible line of those files, or N of them;
+        run it with --tests to screen against a module's own tests, then recheck the
+        survivors against their group's tests)
   driver.py run   --src REPO --plan plan.json --results results.jsonl [--workers 2]
         [--venv REPO/.venv] [--area A]
   driver.py show  --src REPO --plan plan.json ID        (print the mutant's diff)
@@ -101,6 +105,35 @@ def make_plan(src: Path, seed: int) -> list[Mutant]:
             entry = _entry(group, eligible, key, candidate, texts[key[0]])
             replacements.append({**entry, "replaces_logging_line": True})
     for entry in replacements:
+        plan.append({"id": len(plan), **entry})
+    return plan
+
+
+def make_file_plan(src: Path, seed: int, files: list[str], size: int | None) -> list[Mutant]:
+    """One mutant on every eligible line of `files` (or on `size` of them, drawn uniformly).
+
+    For working through a module, not for rates: the lines are not the area's sample. Each
+    mutant carries the tests and time-out of the group holding its file; a line's candidate is
+    drawn as make_plan() draws it (random.Random(seed)).
+    """
+    by_file = {name: group for group in GROUPS for name in group.files}
+    unknown = [name for name in files if name not in by_file]
+    if unknown:
+        raise ValueError(f"in no group of groups.py: {', '.join(unknown)}")
+    rng = random.Random(seed)
+    by_line: dict[tuple[str, int], list[Candidate]] = {}
+    texts = {name: (src / name).read_text() for name in files}
+    for name in files:
+        for candidate in candidates(texts[name]):
+            if not candidate["logsetup"]:
+                by_line.setdefault((name, candidate["line"]), []).append(candidate)
+    lines = sorted(by_line)
+    chosen = lines if size is None else sorted(rng.sample(lines, min(size, len(lines))))
+    plan: list[Mutant] = []
+    for key in chosen:
+        choices = by_line[key]
+        candidate = rng.choice([c for c in choices if c["kind"] != "del"] or choices)
+        entry = _entry(by_file[key[0]], len(lines), key, candidate, texts[key[0]])
         plan.append({"id": len(plan), **entry})
     return plan
 
@@ -227,6 +260,8 @@ def main() -> None:
     ap.add_argument("--venv", type=Path)
     ap.add_argument("--tests")
     ap.add_argument("--timeout", type=int)
+    ap.add_argument("--files", help="plan: only these files (comma-separated), every line")
+    ap.add_argument("--size", type=int, help="plan --files: this many lines, not every one")
     ap.add_argument(
         "--area",
         choices=sorted({group.area for group in GROUPS}),
@@ -258,7 +293,10 @@ def main() -> None:
         print(text)
         return
     if a.cmd == "plan":
-        plan = make_plan(src, a.seed)
+        if a.files:
+            plan = make_file_plan(src, a.seed, a.files.split(","), a.size)
+        else:
+            plan = make_plan(src, a.seed)
         a.out.write_text(json.dumps({"seed": a.seed, "mutants": plan}, indent=1))
         print(f"{len(plan)} mutants -> {a.out}")
         return
