@@ -177,6 +177,19 @@ class Guard:
             ignored = breaker.config.ignored_codes
         return "OK" not in ignored
 
+    def finish_free_ok(self, breaker: CircuitBreaker, generation: int, start: float) -> None:
+        """Report an OK answer to a call admit_free() admitted at `start`; never raises.
+
+        A free admission owes nothing back, so a report that fails is only logged.
+        """
+        try:
+            if self.counts_ok(breaker):
+                breaker.finish_free(generation, start)
+            else:
+                breaker.permit_for(generation, start).ignore()
+        except Exception:
+            logger.exception("meshbreaker: recording the outcome of %s failed", breaker.name)
+
     def record(
         self,
         permit: Permit,

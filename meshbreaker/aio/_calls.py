@@ -415,8 +415,11 @@ def _value_now(coroutine: Any) -> Any:
 def _grpc_calls() -> tuple[frozenset[type], Any]:
     try:
         from grpc._common import CYGRPC_STATUS_CODE_TO_STATUS_CODE
+        from grpc._cython import cygrpc
         from grpc.aio import _call
 
+        if not callable(cygrpc._AioCall.add_done_callback):  # free_done's hook
+            return frozenset(), {}
         kinds = (_call.UnaryUnaryCall, _call.UnaryStreamCall, _call.StreamUnaryCall)
         return frozenset((*kinds, _call.StreamStreamCall)), CYGRPC_STATUS_CODE_TO_STATUS_CODE
     except Exception:  # pragma: no cover - grpc renamed them (the pinning test says so)
@@ -427,9 +430,10 @@ def _grpc_calls() -> tuple[frozenset[type], Any]:
 # call keeps its final status in its cython call (`_cython_call._status`), set before grpc runs
 # its done-callbacks; read there, a done-callback costs a fifth of running code()'s coroutine to
 # its end (two coroutines and a StopIteration each). Private grpc names, pinned by
-# test_done_status_reads_as_code_and_details: should grpc rename them, GRPC_CALLS is empty and
-# every status is read through code().
+# test_done_status_reads_as_code_and_details: should grpc rename them, GRPC_CALLS is empty, every
+# status is read through code() and no call is handed over unproxied (free_done).
 GRPC_CALLS, _CORE_CODES = _grpc_calls()
+_CORE_OK = next((core for core, code in _CORE_CODES.items() if code is _OK), None)
 
 
 def error_details(error: AioRpcError) -> str | None:
@@ -523,8 +527,8 @@ class FreeCallTracker(CallTracker):
             return
         self._generation = None
         breaker = self._breaker
-        if code is _OK and self._guard.counts_ok(breaker):
-            breaker.finish_free(generation, self._start)
+        if code is _OK:
+            self._guard.finish_free_ok(breaker, generation, self._start)
         else:
             permit = breaker.permit_for(generation, self._start)
             self._guard.record(permit, breaker, code, details=details)
@@ -535,6 +539,26 @@ class FreeCallTracker(CallTracker):
         if generation is not None:
             self._generation = None
             release(self._breaker.permit_for(generation, self._start))
+
+
+def free_done(
+    guard: Guard, breaker: CircuitBreaker, generation: int, start: float, call: Any
+) -> None:
+    """The one report of grpc's own unary call admitted freely and handed over unproxied.
+
+    Added to the call's cython call, whose done-callbacks grpc runs as it sets the status, before
+    the task awaiting the call resumes: counted before the caller sees the outcome, as
+    TrackedUnaryCall counts it. Never raises (an exception here would reach grpc's core).
+    """
+    try:
+        status = call._cython_call._status
+        ok = status is not None and status.code() == _CORE_OK
+    except Exception:  # pragma: no cover - grpc changed its cython call (the pinning test says so)
+        ok = False  # then _report() reads the status its own way, or gives up on it
+    if ok:
+        guard.finish_free_ok(breaker, generation, start)
+    else:
+        FreeCallTracker(guard, breaker, generation, start)._report(call)
 
 
 class TrackedStream(

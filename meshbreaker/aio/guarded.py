@@ -3,7 +3,8 @@
 A grpc.aio channel runs its interceptors in a task per call, started before the caller awaits
 anything. Here a call is admitted, made and tracked synchronously where the caller makes it,
 with the interceptors' own admission, tracking and rejection code; only a unary call that its
-retry policy may retry runs in a task, the interceptors' retry loop behind a DeferredCall.
+retry policy may retry runs in a task, the interceptors' retry loop behind a DeferredCall. A unary
+call the breaker admits freely is handed back as grpc's own call, counted by free_done.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from grpc.aio import AioRpcError, ClientCallDetails
 from meshbreaker._adapter.fallback import Fallback
 from meshbreaker._adapter.guard import Guard, MethodInfo, release
 from meshbreaker._adapter.retrying import retry_run
-from meshbreaker.aio._calls import CallTracker, FailedCall, FreeCallTracker
+from meshbreaker.aio._calls import (
+    GRPC_CALLS,
+    CallTracker,
+    FailedCall,
+    FreeCallTracker,
+    free_done,
+)
 from meshbreaker.aio.interceptors import (
     refusal,
     restart_stream,
@@ -219,6 +226,11 @@ class _Guarded:
                 return FailedCall(error)
             raise
         if generation is not None:
+            if type(call) in GRPC_CALLS:
+                # No proxy to await through: free_done counts it before the caller resumes.
+                done = functools.partial(free_done, guard, breaker, generation, start, call)
+                call._cython_call.add_done_callback(done)
+                return call
             tracker: CallTracker = FreeCallTracker(guard, breaker, generation, start)
             return track_unary(guard, info, breaker, tracker, call, request)
         if permit is None:

@@ -353,11 +353,7 @@ class GuardedUnaryUnary(_UnaryResponse, _UnaryUnaryBase):  # type: ignore[misc]
         except BaseException as error:
             _record_raised(self._guard, breaker, breaker.permit_for(generation, start), error)
             raise
-        guard = self._guard
-        if guard.counts_ok(breaker):
-            breaker.finish_free(generation, start)
-        else:
-            guard.record(breaker.permit_for(generation, start), breaker, _OK)
+        self._guard.finish_free_ok(breaker, generation, start)
         return response
 
     def with_call(

@@ -297,6 +297,32 @@ async def test_a_unary_outcome_is_counted_before_the_await_returns(
     assert counts(registry, UNARY) == (1, 1, 0)
 
 
+async def test_a_call_admitted_freely_is_counted_before_its_caller_sees_the_outcome(
+    plain: grpc.aio.Channel,
+) -> None:
+    # The guarded channel hands grpc's own call over unproxied; free_done, on its cython call,
+    # counts the outcome before the awaiting task resumes (TrackedUnaryCall's promise).
+    registry = BreakerRegistry(CLOSED_CONFIG)
+    method = unary(guarded_channel(plain, registry))
+    answered = method(b"hello")
+    assert type(answered) in GRPC_CALLS
+    assert await answered == b"hello"
+    assert counts(registry, UNARY) == (1, 0, 0)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await method(b"fail:INTERNAL")
+    assert raised.value.code() is grpc.StatusCode.INTERNAL
+    assert counts(registry, UNARY) == (1, 1, 0)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await method(b"deadline", timeout=0.05)
+    assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert counts(registry, UNARY) == (1, 2, 0)
+    cancelled = method(b"deadline")
+    assert cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert counts(registry, UNARY) == (1, 2, 1)  # the caller's own cancel: ignored
+
+
 async def test_a_stream_outcome_is_counted_before_the_read_returns(
     plain: grpc.aio.Channel,
 ) -> None:
@@ -695,4 +721,14 @@ def test_should_grpc_rename_its_call_classes_no_status_is_read_from_them(
     from grpc.aio import _call
 
     monkeypatch.delattr(_call, "UnaryUnaryCall")
+    assert _grpc_calls() == (frozenset(), {})
+
+
+def test_should_grpc_rename_its_cython_call_no_call_is_handed_over_unproxied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # free_done hooks the cython call's done-callbacks: without them, every call is proxied.
+    from grpc._cython import cygrpc
+
+    monkeypatch.setattr(cygrpc, "_AioCall", object)
     assert _grpc_calls() == (frozenset(), {})

@@ -288,14 +288,14 @@ async def test_slow_calls_are_measured_by_the_breaker_clock(
 
 @pytest.mark.parametrize("broken", BROKEN_REGISTRIES, ids=lambda kind: kind.__name__)
 async def test_meshbreakers_own_failures_never_change_the_rpc(
-    driver: Driver, broken: type[BreakerRegistry]
+    any_driver: Driver, broken: type[BreakerRegistry]
 ) -> None:
-    driver.connect(broken(BreakerConfig()))
-    ok = await driver.unary(b"hello")
+    any_driver.connect(broken(BreakerConfig()))
+    ok = await any_driver.unary(b"hello")
     assert (ok.value, ok.code) == (b"hello", grpc.StatusCode.OK)
-    failed = await driver.unary(b"fail:INTERNAL")
+    failed = await any_driver.unary(b"fail:INTERNAL")
     assert (failed.code, failed.details) == (grpc.StatusCode.INTERNAL, "boom INTERNAL")
-    assert (await driver.server_stream(b"n:2")).value == [b"m0", b"m1"]
+    assert (await any_driver.server_stream(b"n:2")).value == [b"m0", b"m1"]
 
 
 def _throttling(clock: FakeClock) -> BreakerRegistry:

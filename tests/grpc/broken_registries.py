@@ -51,7 +51,30 @@ class BrokenPermitRegistry(BreakerRegistry):
         return BrokenBreaker()
 
 
-BROKEN_REGISTRIES = [ExplodingRegistry, BrokenPermitRegistry]
+class BrokenFreeBreaker(BrokenBreaker):
+    """A BrokenBreaker that admits freely (CircuitBreaker.admit_free) and cannot count even that."""
+
+    def clock(self) -> float:
+        return 0.0
+
+    def admit_free(self, now: float) -> int:
+        return 0
+
+    def finish_free(self, generation: int, start: float) -> None:
+        raise RuntimeError("breaker is broken")
+
+    def permit_for(self, generation: int, start: float) -> BrokenPermit:
+        return BrokenPermit()
+
+
+class BrokenFreeRegistry(BreakerRegistry):
+    """Every breaker is a BrokenFreeBreaker."""
+
+    def get(self, name: str) -> Any:
+        return BrokenFreeBreaker()
+
+
+BROKEN_REGISTRIES = [ExplodingRegistry, BrokenPermitRegistry, BrokenFreeRegistry]
 
 
 class UnclassifiableBreaker:
