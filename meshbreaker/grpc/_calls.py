@@ -366,20 +366,19 @@ class FallbackOnFailureCall(_CallProxy):
 
     def _resolve(self, timeout: float | None = None) -> FallbackCall | None:
         """The fallback outcome if the call failed (computed once), else None."""
-        if self._checked:
-            return self._resolved
-        try:
-            error = self._call.exception(timeout)
-        except grpc.FutureCancelledError:
-            return None  # cancelled: no failure to cover, the call answers for itself
-        with self._lock:
-            if not self._checked:
-                if error is not None and self._failed(error):
-                    result = run_fallback(
-                        self._fallback, self._request, error, "failure", self._breaker.state
-                    )
-                    self._resolved = FallbackCall(result, self._call)
-                self._checked = True
+        if not self._checked:
+            try:
+                error = self._call.exception(timeout)
+            except grpc.FutureCancelledError:
+                return None  # cancelled: no failure to cover, the call answers for itself
+            with self._lock:
+                if not self._checked:
+                    if error is not None and self._failed(error):
+                        result = run_fallback(
+                            self._fallback, self._request, error, "failure", self._breaker.state
+                        )
+                        self._resolved = FallbackCall(result, self._call)
+                    self._checked = True
         return self._resolved
 
     def _failed(self, error: BaseException) -> bool:

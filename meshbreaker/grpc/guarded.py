@@ -226,9 +226,7 @@ class _UnaryResponse(_Guarded):
             self._method, timeout, metadata, credentials, wait_for_ready, compression
         )
         try:
-            return self._interceptor._unary(
-                self._future_through, details, request, self._replayable, self._streamed
-            )
+            return self._interceptor._unary(self._future_through, details, request, self._streamed)
         except Exception as error:  # raised below the breaker: as grpc.intercept_channel hands it
             return FailedCall(error, error.__traceback__)
 
@@ -252,7 +250,7 @@ class _UnaryResponse(_Guarded):
         rejected = None
         try:
             breaker = self._breaker()
-            direct = not (self._covered or (self._replayable and breaker.retry_budget is not None))
+            direct = not (self._covered or breaker.retry_budget is not None)
             permit = breaker.acquire() if direct else None
         except CallNotPermittedError as error:
             permit, rejected = None, error
@@ -267,7 +265,7 @@ class _UnaryResponse(_Guarded):
                 outcome = not_admitted(through, details, request, rejected, info.fallback)
             else:
                 outcome = self._interceptor._unary(
-                    self._blocking_through, details, request, self._replayable, self._streamed
+                    self._blocking_through, details, request, self._streamed
                 )
             return outcome.result(), outcome
         try:

@@ -94,7 +94,6 @@ class BreakerInterceptor(
         continuation: Continuation,
         details: Any,
         request: Any,
-        replayable: bool = True,
         streamed: bool = False,
     ) -> Any:
         """Guard a unary-response call: the call (maybe fallback-wrapped), or its rejection.
@@ -107,7 +106,7 @@ class BreakerInterceptor(
             info = guard.methods.get(method) or guard.method_info(method)
             breaker = guard.registry.get(info.name)
             run = None
-            if replayable and breaker.retry_budget is not None:
+            if breaker.retry_budget is not None:  # a unary response: retried before it is read
                 run = retry_run(breaker, details.timeout)
             if run is None:
                 permit = breaker.acquire()
@@ -279,7 +278,7 @@ class BreakerInterceptor(
         self, continuation: Continuation, details: Any, request_iterator: Any
     ) -> Any:
         """Guard a stream-unary call; retried by replaying its requests (gRFC A6's buffer)."""
-        return self._unary(continuation, details, request_iterator, True, True)
+        return self._unary(continuation, details, request_iterator, streamed=True)
 
     intercept_unary_stream = _stream  # type: ignore[assignment]
 

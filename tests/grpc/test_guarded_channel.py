@@ -200,6 +200,15 @@ def test_the_channel_api_reaches_the_wrapped_channel(
         closed(b"closed")
 
 
+def test_closing_the_guarded_channel_closes_the_wrapped_one(
+    channel: grpc.Channel, registry: BreakerRegistry
+) -> None:
+    guarded_channel(channel, registry).close()
+    unary: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(UNARY)
+    with pytest.raises(ValueError, match="closed channel"):
+        unary(b"closed")
+
+
 def test_what_is_not_a_channel_is_refused(registry: BreakerRegistry) -> None:
     with pytest.raises(TypeError, match=r"channel must be a grpc\.Channel, got str"):
         guarded_channel("localhost:50051", registry)  # type: ignore[arg-type]

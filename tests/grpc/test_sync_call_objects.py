@@ -414,6 +414,60 @@ def test_a_future_meshbreaker_cannot_watch_goes_through_and_frees_its_slot(
     assert f"meshbreaker: {failed} {UNARY} failed" in caplog.text
 
 
+class _UnwatchableStream(_Unwatchable):
+    """A response stream from below that takes no callback."""
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._call)
+
+
+class StreamingUnwatchably(grpc.UnaryStreamClientInterceptor):
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return _UnwatchableStream(continuation(details, request))
+
+
+def test_a_stream_meshbreaker_cannot_watch_goes_through_and_frees_its_slot(
+    connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG.replace(max_concurrent_calls=1))
+    channel = connect(BreakerInterceptor(registry), StreamingUnwatchably())
+    for _ in range(2):  # a kept slot would make the second a RESOURCE_EXHAUSTED rejection
+        assert list(server_stream(channel)(b"n:2")) == [b"m0", b"m1"]
+    assert f"meshbreaker: tracking {SERVER_STREAM} failed" in caplog.text
+
+
+class _FutureOnly:
+    """A call from below that is a grpc.Future without grpc.Call's add_callback."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def add_callback(self, callback: Any) -> bool:
+        raise AttributeError("add_callback")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
+class AnsweringFuturesOnly(grpc.UnaryUnaryClientInterceptor):
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return _FutureOnly(continuation(details, request))
+
+
+def test_a_future_without_add_callback_is_counted_through_its_done_callback(
+    connect: Connect,
+) -> None:
+    registry = BreakerRegistry(CLOSED_CONFIG)
+    channel = connect(BreakerInterceptor(registry), AnsweringFuturesOnly())
+    assert unary(channel).future(b"hello").result(timeout=10) == b"hello"
+    failed = unary(channel).future(b"fail:INTERNAL")
+    assert cast(grpc.Call, failed.exception(timeout=10)).code() is grpc.StatusCode.INTERNAL
+    assert wait_until(lambda: counts(registry, UNARY) == (1, 1, 0))
+
+
 def _read_to_the_end(stream: Any) -> grpc.StatusCode:
     """Reads `stream` to its end; its code (no exception kept, which would hold the stream)."""
     try:
