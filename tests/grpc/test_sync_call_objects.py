@@ -468,6 +468,36 @@ def test_a_future_without_add_callback_is_counted_through_its_done_callback(
     assert wait_until(lambda: counts(registry, UNARY) == (1, 1, 0))
 
 
+class CancellingAsTheRetryStarts(grpc.UnaryUnaryClientInterceptor):
+    """Below the breaker: the caller cancels its future while the retry's attempt is starting,
+    and that attempt would wait on the server until cancelled."""
+
+    def __init__(self) -> None:
+        self.future: Any = None
+        self.held = threading.Event()  # the caller holds its future
+        self.attempts = 0
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.attempts += 1
+        if self.attempts == 1:
+            return continuation(details, request)
+        assert self.held.wait(10)
+        self.future.cancel()
+        return continuation(details, b"deadline")
+
+
+def test_a_future_cancelled_as_its_retry_starts_cancels_that_attempt(connect: Connect) -> None:
+    policy = RetryPolicy(max_attempts=3, initial_backoff=0.001, max_backoff=0.001)
+    registry = BreakerRegistry(CLOSED_CONFIG.replace(retry=policy, idempotent=True))
+    below = CancellingAsTheRetryStarts()
+    channel = connect(BreakerInterceptor(registry), below)
+    below.future = unary(channel).future(b"fail:UNAVAILABLE")
+    below.held.set()
+    # The first attempt failed; the second, left running, would hold the server until its end.
+    assert wait_until(lambda: counts(registry, UNARY) == (0, 1, 1))
+    assert below.future.cancelled() and below.attempts == 2
+
+
 def _read_to_the_end(stream: Any) -> grpc.StatusCode:
     """Reads `stream` to its end; its code (no exception kept, which would hold the stream)."""
     try:
