@@ -572,3 +572,42 @@ def test_a_replica_whose_lease_was_lost_writes_its_instances_again(
     # The replica notices, takes a new lease and writes its instance again.
     assert wait_until(lambda: any("/instance/" in key for key in records()), timeout=10)
     assert wait_until(lambda: shows_only(remote, agent), timeout=10)
+
+
+async def test_a_refused_publish_puts_its_transitions_back_ahead_of_newer_ones_keeping_1000(
+    etcd: EtcdServer,
+) -> None:
+    """The transitions a failed publish took go back before those noted during its write."""
+    table = InstanceTable(report_ttl=30.0, limits=Limits(), publish=lambda event: None)
+    table.record(pb.ReportStateRequest(instance_id="i-1", service="transaction"), now=0.0)
+    clock = FakeClock(1_700_000_000.0)
+
+    def note(mesh: replica_mesh.ReplicaMesh, sequences: range) -> None:
+        for sequence in sequences:
+            transition = pb.BreakerTransition(
+                instance_id="i-1", service="transaction", name=METHOD, sequence=sequence
+            )
+            mesh.note_event(pb.Event(transition=transition))
+
+    with _presence(etcd, 600, asyncio.sleep) as presence:
+        mesh = replica_mesh.ReplicaMesh(
+            presence, table, lambda event: None, clock=clock, wall_clock=clock, interval=3600.0
+        )
+        try:
+            await mesh._publish_once()  # the instance is written, on a lease from now
+            for lease in etcd_json(etcd, "/v3/lease/leases", {}).get("leases", []):
+                etcd_json(etcd, "/v3/lease/revoke", {"ID": lease["ID"]})
+            note(mesh, range(1, 601))
+            publishing = asyncio.ensure_future(mesh._publish_once())
+            await asyncio.sleep(0)  # it has taken 1..600 and awaits its write (the loop is ours)
+            note(mesh, range(601, 1002))  # noted while that write is out
+            await publishing  # it finds the lease gone: what it took waits for the next one
+            await mesh._publish_once()
+        finally:
+            mesh._executor.shutdown()
+        key = base64.b64encode(b"/p/mesh/r1/instance/").decode()
+        end = base64.b64encode(b"/p/mesh/r1/instance0").decode()
+        (stored,) = etcd_json(etcd, "/v3/kv/range", {"key": key, "range_end": end})["kvs"]
+    record = mesh_pb2.ReplicaInstance.FromString(base64.b64decode(stored["value"]))
+    # In the order they happened; of the 1001, the oldest is dropped (MAX_PENDING_TRANSITIONS).
+    assert [r.sequence for r in record.report.transition_log] == list(range(2, 1002))
