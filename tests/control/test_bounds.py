@@ -218,3 +218,20 @@ async def test_an_override_reason_of_up_to_256_characters_is_kept(stub_for: Any)
     error = await refused(force("r" * 257))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "reason: at most 256 characters"
+
+
+async def test_list_breakers_serves_an_answer_of_exactly_the_message_size(stub_for: Any) -> None:
+    """An answer of max_message_bytes is sent; one byte more is refused."""
+    listing = pb.ListBreakersRequest(include_instances=True)
+    measure = await stub_for()
+    await measure.ReportState(report("i1", names(60)))
+    size = (await measure.ListBreakers(listing)).ByteSize()
+    for limit, served in ((size, True), (size - 1, False)):
+        stub = await stub_for(max_message_bytes=limit)
+        await stub.ReportState(report("i1", names(60)))
+        if served:
+            assert (await stub.ListBreakers(listing)).ByteSize() == limit
+        else:
+            error = await refused(stub.ListBreakers(listing))
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert f"the answer would be {size} bytes" in (error.details() or "")
