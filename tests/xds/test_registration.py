@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -321,3 +322,27 @@ async def test_on_etcd_a_registration_lives_on_its_lease(
             await client.close()
         await plane.channel.close()
         await server.stop(grace=0)
+
+
+async def test_a_registration_renews_every_third_of_its_ttl(plane: Plane) -> None:
+    """The renewals come ttl/3 apart: two more tries before the registration runs out."""
+    registration = EndpointRegistration(
+        plane.server.target, "accounts", "127.0.0.1:50051", token=AGENT, ttl=30
+    )
+    waits: list[float | None] = []
+
+    class Watched(threading.Event):
+        """The renewal thread's waits, recorded (a wait still ends only with stop())."""
+
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout)
+            return super().wait()
+
+    registration._stopped = Watched()
+    await asyncio.to_thread(registration.start)
+    try:
+        await wait_for(lambda: waits)
+        assert await plane.registered() == [("127.0.0.1", 50051)]
+    finally:
+        await asyncio.to_thread(registration.stop)
+    assert waits == [10.0]
