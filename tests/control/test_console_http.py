@@ -446,6 +446,50 @@ def test_pages_share_one_mesh_read_until_a_newer_event_or_its_age_runs_out() -> 
         loop.close()
 
 
+def test_a_page_that_asks_while_a_read_is_out_takes_that_read() -> None:
+    """Pages asking at once share one mesh read: the second waits for the first's."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    reads: list[int] = []
+    release = threading.Event()
+
+    async def read(context: HttpCallContext) -> MeshRead:
+        reads.append(len(reads) + 1)
+        while not release.is_set():  # the first read is out until the test lets it answer
+            await asyncio.sleep(0.01)
+        return MeshRead(pb.ListBreakersResponse(revision=len(reads)), {}, sequence=5)
+
+    cache = MeshCache(read, loop, max_age=3600.0, timeout=30.0)
+    context = HttpCallContext(None, "console:test")
+    answers: list[bytes] = []
+    asking = threading.Event()
+
+    def page() -> None:
+        asking.set()
+        answers.append(cache.get(0, context))
+
+    pages = [threading.Thread(target=page, daemon=True) for _ in range(2)]
+    try:
+        pages[0].start()
+        assert wait_until(lambda: reads == [1])
+        asking.clear()
+        pages[1].start()
+        assert asking.wait(10)
+        # Time for a second read to start, were the second page not waiting for the first's.
+        wait_until(lambda: len(reads) > 1, timeout=1.0)
+        release.set()
+        for each in pages:
+            each.join(30)
+        assert reads == [1]
+        assert len(answers) == 2 and answers[0] == answers[1]
+    finally:
+        release.set()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
 def test_the_connection_of_a_feed_closes_when_the_feed_ends(
     console: tuple[ServerThread, str],
 ) -> None:
