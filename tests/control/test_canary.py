@@ -4,6 +4,9 @@ control plane rolls a canary back on its own when it refuses more calls than the
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pytest
 
 from meshbreaker import BreakerRegistry, State
@@ -11,6 +14,11 @@ from meshbreaker.config import BreakerConfig
 from meshbreaker.control.agent import MeshAgent
 from meshbreaker.control.canary import in_canary, should_roll_back
 from meshbreaker.control.convert import config_to_proto
+from meshbreaker.control.fleet import FleetDecider
+from meshbreaker.control.instances import Instance
+from meshbreaker.control.policies import PolicyIndex
+from meshbreaker.control.store import SqliteStore
+from meshbreaker.control.writes import StoreWriter
 from meshbreaker.v1 import control_plane_pb2 as pb
 from tests.control.agent_support import (
     METHOD,
@@ -198,3 +206,36 @@ def _refuse_about_half_on_the_canary(agents: list[MeshAgent], revision: int) -> 
             if permit is not None:
                 permit.success()
         assert agent.report_now()
+
+
+async def test_a_rollback_that_loses_to_a_concurrent_write_leaves_the_pass_to_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refused rollback is the next pass's to try again: this pass is not a failed one."""
+    store = SqliteStore(tmp_path / "cp.db")
+    writer = StoreWriter(store)
+    try:
+        store.put([_policy(0.2)])
+        index = PolicyIndex(*store.list())
+        # Another replica's write, not followed here yet: the rollback's expected revision is old.
+        store.put([pb.Policy(id="other", selector=pb.Selector(method="/bank.v1.S/Other"))])
+
+        def instance(instance_id: str) -> Instance:
+            """The canary's instances refused 20 calls, the rest's let 20 through."""
+            if in_canary("fast-open", instance_id, 30.0):
+                snapshot = pb.BreakerSnapshot(name=METHOD, rejected=20)
+            else:
+                snapshot = pb.BreakerSnapshot(name=METHOD, total=20)
+            return Instance(instance_id, "gateway", last_seen=0.0, breakers={METHOD: snapshot})
+
+        live = [instance(f"gateway-{number}") for number in range(20)]
+        decider = FleetDecider(index, writer, wall_clock=lambda: 0.0, live_instances=lambda: live)
+        with caplog.at_level(logging.DEBUG, logger="meshbreaker.control.fleet"):
+            await decider.decide()
+        assert any("rolling back fast-open" in r.getMessage() for r in caplog.records)
+        assert decider.decisions == {}
+        stored = {policy.id: policy for policy in store.list()[1]}
+        assert stored["fast-open"].HasField("canary")
+    finally:
+        writer.close()
+        store.close()
