@@ -7,6 +7,7 @@ ServerThreads with `store="etcd://..."`; agents are real MeshAgents.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Iterator
 
@@ -22,6 +23,7 @@ from meshbreaker.registry import BreakerRegistry
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 from tests.control.agent_support import METHOD, AdminStub, ControlPlaneThread, method_policy
+from tests.control.store_support import etcd_json
 from tests.server_support import ServerThread, wait_until
 
 
@@ -249,3 +251,27 @@ def test_closing_the_store_ends_every_task_on_its_loop(etcd: EtcdServer) -> None
     assert task.done() and task.cancelled()
     assert not asyncio.all_tasks(store.loop)
     feed.close()
+
+
+def test_a_feed_started_after_etcd_compacted_its_history_up_to_now_follows_the_next_writes(
+    etcd: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The feed's watch starts right after the revision its read saw, which etcd still has."""
+    store = EtcdStore([etcd.endpoint], prefix="/compacted/")
+    try:
+        store.put([method_policy("a", BreakerConfig(), method="/s.S/a")])
+        revision = store.list()[0]
+        # etcd's own history (not the store's audit records) is compacted up to its newest.
+        newest = int(etcd_json(etcd, "/v3/kv/range", {"key": "AA=="})["header"]["revision"])
+        etcd_json(etcd, "/v3/kv/compaction", {"revision": newest, "physical": True})
+        with caplog.at_level(logging.DEBUG, logger="meshbreaker.control.store.etcd_feed"):
+            feed = store.watch(revision)
+            try:
+                store.put([method_policy("b", BreakerConfig(), method="/s.S/b")])
+                assert [entry.policy_id for entry in feed.next(timeout=10)] == ["b"]
+            finally:
+                feed.close()
+        feed_said = [r.getMessage() for r in caplog.records if r.name.endswith("etcd_feed")]
+        assert feed_said == []  # no failed watch, no retry
+    finally:
+        store.close()
