@@ -538,6 +538,21 @@ def test_a_feed_that_lists_again_forgets_the_replicas_gone_meanwhile() -> None:
     assert remote.replicas == 1
 
 
+def test_a_feed_that_lists_again_keeps_nothing_of_the_records_gone_meanwhile() -> None:
+    """A reset drops every record known before (memory stays bounded by what is listed)."""
+    table = InstanceTable(report_ttl=30.0, limits=Limits(), publish=lambda event: None)
+    clock = FakeClock(1_700_000_000.0)
+    remote = replica_mesh._RemoteRecords("r-1", table, lambda event: None, clock, clock)
+    instance = Instance("i-9", "transaction", last_seen=0.0)
+    (encoded,) = replica_mesh.encode_instance(replica_mesh._Shared(instance, {}, {}, [], 0.0), 1)
+    record = mesh_pb2.ReplicaInstance.FromString(encoded)
+    remote.apply(False, [("r-2", replica_mesh._instance_name("i-9", 0), record)])
+    assert list(table.remote) == [("r-2", "i-9")]
+    remote.apply(True, [])  # r-2 and its records went while the feed was away
+    assert table.remote == {}
+    assert (remote._parts, remote._instance_ids) == ({}, {})
+
+
 def test_another_replicas_record_is_live_until_it_is_a_report_ttl_old() -> None:
     table = InstanceTable(report_ttl=30.0, limits=Limits(), publish=lambda event: None)
     table.remote[("r-2", "i-9")] = Instance("i-9", "transaction", last_seen=100.0, replica="r-2")
