@@ -495,3 +495,9 @@ def test_a_process_with_more_breakers_than_one_report_holds_reports_them_all(
         assert agent.report_now()
         (instance,) = stub.ListBreakers(pb.ListBreakersRequest(), timeout=5).instances
         assert instance.breakers == 9  # the first part is `full`: forgotten breakers go
+
+
+@pytest.mark.parametrize("interval", [0.0, -1.0, float("nan")])
+def test_a_report_interval_that_is_not_positive_is_refused(interval: float) -> None:
+    with pytest.raises(ValueError, match="report_interval must be > 0"):
+        MeshAgent("127.0.0.1:1", "transaction", BreakerRegistry(), report_interval=interval)
