@@ -272,3 +272,29 @@ def test_a_prober_whose_probe_fails_does_not_probe_again_until_the_decision_move
     # The decision ends (it expired, or the fleet closed): the prober closes with the rest.
     clock.applying(layers.policies_for("tx", [decision], now=START + 40, instance_id="tx-1"))
     assert registry.get(METHOD).state is State.CLOSED
+
+
+def test_a_probe_that_fails_within_a_second_of_the_decisions_expiry_is_held_until_it() -> None:
+    """Held for what is left of the decision, however little: not for its own shorter period."""
+    from meshbreaker.control.agent_overrides import OverrideClock
+
+    monotonic, wall = FakeClock(), FakeClock(START)
+    config = BreakerConfig(consecutive_failures=1, open_duration=0.25, open_jitter=0.0)
+    registry = BreakerRegistry(config, clock=monotonic)
+    breaker = registry.get(METHOD)
+    clock = OverrideClock(registry, wall)
+    registry.on_state_change(clock.transition)
+    fleet = FleetSpec(frozenset({"tx-1"}), open_until=START + 10, period=1, decided_at=START)
+    decision = _spec("fleet", Selector(caller="tx", method=METHOD), START + 10.9, fleet)
+    clock.applying(layers.policies_for("tx", [decision], now=START, instance_id="tx-1"))
+    monotonic.advance(10.0)
+    wall.advance(10.0)
+    probe = breaker.try_acquire()
+    assert probe is not None
+    probe.failure()
+    monotonic.advance(0.5)  # past its own open period (0.25 s), 0.4 s before the expiry
+    wall.advance(0.5)
+    assert breaker.try_acquire() is None
+    monotonic.advance(0.5)  # past the decision's expiry: the hold is over
+    wall.advance(0.5)
+    assert breaker.try_acquire() is not None
