@@ -127,6 +127,15 @@ def test_the_text_is_the_one_prometheus_client_writes(cap: int) -> None:
     same_text(render_metrics(gauges), prometheus_text(gauges))
 
 
+def test_counts_of_a_million_and_more_are_written_as_prometheus_client_writes_them() -> None:
+    """Past 1e6 a value is in Go's float format (1.2345688e+07), as prometheus_client has it."""
+    big = snapshot(ACCOUNTS, pb.BREAKER_STATE_OPEN, failed=12_345_678, rate=0.5)
+    rows = mesh_rows((instance("gw-9", "gateway", big),), 100)
+    expected = prometheus_text(breaker_families(MESH_LABELS, rows, durations=False))
+    assert "1.2345688e+07" in expected
+    same_text(render_rows(rows, durations=False), expected)
+
+
 def samples(text: str, name: str, **match: str) -> dict[tuple[str, ...], float]:
     found = {}
     for family in text_string_to_metric_families(text):
