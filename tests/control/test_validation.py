@@ -70,6 +70,11 @@ BAD_POLICIES: list[tuple[str, pb.Policy, str]] = [
         "policies[0].config.open_duration",
     ),
     (
+        "duration nanos of a whole second",
+        _config(open_duration=Duration(seconds=1, nanos=1_000_000_000)),
+        "policies[0].config.open_duration",
+    ),
+    (
         "max below open",
         _config(open_duration=_seconds(10), open_duration_max=_seconds(5)),
         "policies[0].config.open_duration_max",
