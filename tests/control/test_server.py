@@ -607,9 +607,12 @@ async def test_sigkill_during_a_burst_loses_no_acknowledged_put(
                     policies=[policy(policy_id, service=f"s.W{worker}x{index}")]
                 )
                 try:
-                    await stub.PutPolicy(request, timeout=2)
-                except grpc.aio.AioRpcError:
-                    return  # the server is gone; this put may or may not have landed
+                    await stub.PutPolicy(request, timeout=10)
+                except grpc.aio.AioRpcError as error:
+                    # Either way this put may or may not have landed: it is not acknowledged.
+                    if killed.is_set() or error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                        return  # the server is gone
+                    continue  # answered late on a loaded machine: the burst goes on
                 acknowledged.append(policy_id)
                 if len(acknowledged) == 60 and not killed.is_set():
                     killed.set()
@@ -617,7 +620,7 @@ async def test_sigkill_during_a_burst_loses_no_acknowledged_put(
 
         async with grpc.aio.insecure_channel(target) as channel:
             stub = pb_grpc.ControlPlaneStub(channel)
-            await asyncio.wait_for(asyncio.gather(*(writer(stub, w) for w in range(4))), 20)
+            await asyncio.wait_for(asyncio.gather(*(writer(stub, w) for w in range(4))), 120)
         assert killed.is_set()
         assert process.wait(5) == -signal.SIGKILL
     finally:
