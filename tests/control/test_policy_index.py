@@ -100,6 +100,14 @@ def test_a_relisting_forgets_the_canaries_and_overrides_it_no_longer_holds() -> 
     assert index.canaries() == [] and index.overrides() == []
 
 
+def test_a_relisting_forgets_the_policies_deleted_meanwhile() -> None:
+    """After a compaction the listing is the whole truth: a policy missing from it is gone."""
+    index = PolicyIndex(1, [_policy("a-tx", "transaction", 3), _policy("b-all", "", 4)])
+    index.replace(9, [_policy("b-all", "", 4, revision=9)])
+    assert [p.id for p in index.policies()] == ["b-all"]
+    assert index.by_id("a-tx") is None and not index.has("a-tx")
+
+
 def test_a_snapshots_size_is_estimated_as_its_policies_plus_1_kib_of_wrapping() -> None:
     index = PolicyIndex(1, [_policy("a-tx", "transaction", 3)], store_id="store-1")
     added = _policy("b-tx", "transaction", 4)
