@@ -10,8 +10,9 @@ import grpc
 import grpc.aio
 import pytest
 
+from meshbreaker.control.instances import InstanceTable
 from meshbreaker.control.server import ControlPlaneServer, Limits
-from meshbreaker.control.validate import MAX_DETAILS
+from meshbreaker.control.validate import MAX_DETAILS, Refused
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
 
@@ -235,3 +236,13 @@ async def test_list_breakers_serves_an_answer_of_exactly_the_message_size(stub_f
             error = await refused(stub.ListBreakers(listing))
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert f"the answer would be {size} bytes" in (error.details() or "")
+
+
+def test_by_default_a_service_may_have_10000_live_instances() -> None:
+    """The default max_instances_per_service: the 10,000th instance is taken, not one more."""
+    table = InstanceTable(report_ttl=30.0, limits=Limits(), publish=lambda event: None)
+    for number in range(10_000):
+        table.record(pb.ReportStateRequest(instance_id=f"tx-{number}", service="tx"), now=0.0)
+    with pytest.raises(Refused, match=r"limits\.max_instances_per_service \(10000\)"):
+        table.record(pb.ReportStateRequest(instance_id="tx-10000", service="tx"), now=0.0)
+    table.record(pb.ReportStateRequest(instance_id="gw-1", service="gw"), now=0.0)  # per service
