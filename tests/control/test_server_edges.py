@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -14,7 +15,9 @@ import grpc.aio
 import pytest
 
 from meshbreaker.control.server import ControlPlaneServer
+from meshbreaker.control.store import SqliteStore
 from meshbreaker.control.validate import MAX_INSTANCE_ID_LENGTH, MAX_STORE_ID_LENGTH
+from meshbreaker.control.writes import StoreWriter
 from meshbreaker.testing import FakeClock
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import control_plane_pb2_grpc as pb_grpc
@@ -195,3 +198,28 @@ async def test_a_write_the_feed_brings_back_in_time_is_answered_without_a_warnin
                 await stub.PutPolicy(pb.PutPolicyRequest(policies=[policy(name, service=service)]))
     # "written but not seen on the change feed yet" is for a feed that fell behind.
     assert [record.getMessage() for record in caplog.records] == []
+
+
+async def test_closing_the_store_writer_waits_for_the_write_on_its_thread(tmp_path: Path) -> None:
+    """close() returns once the store thread is done, so the store may be closed right after."""
+    store = SqliteStore(tmp_path / "cp.db")
+    writer = StoreWriter(store)
+    policy = pb.Policy(id="p", selector=pb.Selector(method="/bank.v1.S/M"))
+    policy.config.minimum_calls = 5
+    closing = threading.Thread(target=writer.close)
+    try:
+        with store._lock:  # the store is busy: the write waits for it on the store thread
+            put = asyncio.ensure_future(writer.put([policy], None, "test"))
+            await asyncio.sleep(0)  # the write is handed to the store thread
+            closing.start()
+            closing.join(0.5)
+            assert closing.is_alive()  # close() waits for that write
+        closing.join(10)
+        assert not closing.is_alive()
+        assert [p.id for p in store.list()[1]] == ["p"]
+        put.cancel()  # it would wait for the change feed, which nothing follows here
+        with contextlib.suppress(asyncio.CancelledError):
+            await put
+    finally:
+        if not closing.is_alive():
+            store.close()
