@@ -32,7 +32,7 @@ from meshbreaker.control.store import (
 )
 from meshbreaker.control.store import sqlite as sqlite_store
 from meshbreaker.control.store.etcd_server import EtcdServer, free_port
-from meshbreaker.control.store.url import open_store, parse_etcd_url
+from meshbreaker.control.store.url import STORE_URL_FORMS, open_store, parse_etcd_url
 from meshbreaker.errors import ConfigError
 from meshbreaker.v1 import control_plane_pb2 as pb
 from meshbreaker.v1 import xds_pb2
@@ -474,6 +474,14 @@ def test_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         relative.close()
         absolute.close()
+
+
+def test_a_store_url_of_no_known_form_is_quoted_up_to_200_characters() -> None:
+    """The refusal quotes what was given, cut at 200 characters, and names the forms taken."""
+    url = "redis://" + "x" * 300
+    with pytest.raises(ConfigError) as caught:
+        open_store(url)
+    assert str(caught.value) == f"store: {url[:200]!r} is not {STORE_URL_FORMS}"
 
 
 def test_an_unreachable_etcd_is_a_clear_error() -> None:
