@@ -446,6 +446,14 @@ def test_pages_share_one_mesh_read_until_a_newer_event_or_its_age_runs_out() -> 
         loop.close()
 
 
+def test_the_consoles_serving_thread_never_keeps_a_process_from_exiting(
+    console: tuple[ServerThread, str],
+) -> None:
+    """A daemon thread: a process that ends without stopping its control plane still exits."""
+    serving = [t for t in threading.enumerate() if t.name == "meshbreaker-console"]
+    assert serving and all(thread.daemon for thread in serving)
+
+
 def test_a_page_that_asks_while_a_read_is_out_takes_that_read() -> None:
     """Pages asking at once share one mesh read: the second waits for the first's."""
     loop = asyncio.new_event_loop()
