@@ -346,3 +346,12 @@ async def test_a_registration_renews_every_third_of_its_ttl(plane: Plane) -> Non
     finally:
         await asyncio.to_thread(registration.stop)
     assert waits == [10.0]
+
+
+async def test_stopping_xds_ends_its_follower_before_it_returns(plane: Plane) -> None:
+    """Once XdsServer.stop() returns, its follower has left the event bus: nothing of it runs on."""
+    xds, events = plane.server.xds, plane.server.servicer.events
+    assert xds is not None
+    following = events.subscribers
+    await xds.stop()
+    assert events.subscribers == following - 1
