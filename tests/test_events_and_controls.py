@@ -117,6 +117,21 @@ def test_observe_tells_listeners_of_the_transition_it_makes(clock: FakeClock) ->
     assert observation.transitions[(State.OPEN, State.HALF_OPEN)] == 1
 
 
+@pytest.mark.parametrize("look", ["state", "snapshot"])
+def test_reading_the_state_or_a_snapshot_tells_listeners_of_the_transition_it_makes(
+    clock: FakeClock, look: str
+) -> None:
+    """The first to look after the open period moves the breaker on and tells listeners."""
+    cb = make(clock)
+    changes: list[tuple[State, State]] = []
+    cb.on_state_change(lambda name, old, new: changes.append((old, new)))
+    cb.acquire().failure()
+    clock.advance(10.0)
+    state = cb.state if look == "state" else cb.snapshot().state
+    assert state is State.HALF_OPEN
+    assert changes == [(State.CLOSED, State.OPEN), (State.OPEN, State.HALF_OPEN)]
+
+
 def test_a_later_opening_follows_the_config_again_after_open_for(clock: FakeClock) -> None:
     cb = make(clock, half_open_max_calls=1, half_open_success_threshold=1)
     cb.open_for(100.0)  # a period of its own, which a config change leaves alone
