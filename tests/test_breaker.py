@@ -708,3 +708,35 @@ def test_quick_successes_through_call_take_no_lock(clock: FakeClock) -> None:
         cb.call(_raise, ConnectionError("down"))
     assert lock.acquired == before + 1  # a failure takes the lock once
     assert cb.snapshot().successful == 1002
+
+
+def test_a_call_admitted_with_no_permit_holds_no_slot_when_reported_by_one(
+    clock: FakeClock,
+) -> None:
+    """permit_for()'s Permit gives back no slot: a bulkhead added later still counts each one."""
+    cb = make(clock)
+    for report in ("success", "failure", "ignore"):
+        generation = cb.admit_free(clock())
+        assert generation is not None
+        getattr(cb.permit_for(generation, clock()), report)()
+    cb.update_config(cb.config.replace(max_concurrent_calls=1))
+    held = cb.acquire()
+    with pytest.raises(BulkheadFullError):
+        cb.acquire()
+    held.success()
+
+
+def test_a_snapshot_that_sees_the_failures_expire_reopens_the_quick_log(clock: FakeClock) -> None:
+    """Once a snapshot finds the window's failures expired, successes take no lock again."""
+    cb = make(clock, window_type=WindowType.TIME, window_size=10, minimum_calls=100)
+    with pytest.raises(ConnectionError):
+        cb.call(_raise, ConnectionError("down"))
+    cb.call(_ok)  # the failure in the window: under the lock
+    clock.advance(11.0)
+    assert cb.snapshot().window_calls == 0  # the failure has expired
+    lock = _CountingLock()
+    cb._lock = lock  # type: ignore[assignment]  # a counting stand-in for the Lock
+    for _ in range(3):
+        cb.call(_ok)
+    assert lock.acquired == 0
+    assert len(cb._quick) == 3
