@@ -1,17 +1,22 @@
-"""The store errors' one-line messages: what went wrong, with the values that say so."""
+"""The errors' one-line messages: what went wrong, with the values that say so."""
 
 from __future__ import annotations
 
 import pytest
 
+from meshbreaker._types import State
 from meshbreaker.errors import (
+    BulkheadFullError,
+    CallNotPermittedError,
     ClusterNotFoundError,
     CompactedError,
+    ConfigError,
     EndpointLimitError,
     PolicyNotFoundError,
     RevisionMismatchError,
     SelectorConflictError,
     StoreError,
+    ThrottledError,
 )
 
 
@@ -44,3 +49,38 @@ def test_a_store_error_says_what_is_wrong_in_one_line(error: StoreError, message
 def test_a_selector_conflict_names_both_policies() -> None:
     error = SelectorConflictError("a", "b")
     assert (error.policy_id, error.other_id) == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            CallNotPermittedError("dep", State.OPEN, 2.5),
+            "circuit breaker 'dep' is OPEN; next probe in 2.500s",
+        ),
+        (
+            CallNotPermittedError("dep", State.FORCED_OPEN, float("inf")),
+            "circuit breaker 'dep' is FORCED_OPEN by an operator override",
+        ),
+        (
+            BulkheadFullError("dep", State.CLOSED, 0.0),
+            "circuit breaker 'dep' bulkhead is full (max_concurrent_calls reached)",
+        ),
+        (
+            ThrottledError("dep", State.CLOSED, 0.0),
+            "adaptive throttling refused a call to 'dep' locally (the dependency accepts too few"
+            " of the calls sent to it)",
+        ),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else "",
+)
+def test_a_refused_call_says_why_in_one_line(error: CallNotPermittedError, message: str) -> None:
+    """Each refusal names the breaker and what refused the call."""
+    assert str(error) == message
+
+
+def test_a_config_error_keeps_its_field_and_message_apart() -> None:
+    """The field and the message stay apart, for callers that prefix the field with a path."""
+    error = ConfigError("retry.budget_ttl", "must be in [1, 60] seconds")
+    assert (error.field, error.message) == ("retry.budget_ttl", "must be in [1, 60] seconds")
+    assert str(error) == "retry.budget_ttl: must be in [1, 60] seconds"
