@@ -277,6 +277,15 @@ def test_at_most_max_breakers_overflowed_names_are_remembered(clock: FakeClock) 
     assert reg.overflowed_names == 5
 
 
+def test_a_default_registry_holds_10_000_breakers_of_their_own(clock: FakeClock) -> None:
+    """The documented default bound (DESIGN.md §3): the 10,001st method shares its service's."""
+    reg = BreakerRegistry(clock=clock)
+    for i in range(10_000):
+        reg.get(f"/pkg.S/M{i}")
+    assert reg.overflowed_names == 0
+    assert reg.get("/pkg.S/M10000").name == "/pkg.S/"
+
+
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5, "10"])
 def test_max_breakers_is_validated(bad: object) -> None:
     with pytest.raises(ConfigError, match="max_breakers"):

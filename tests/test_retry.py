@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import pytest
 
@@ -218,6 +219,28 @@ def test_bad_policies_name_the_field(changes: dict[str, object], field: str) -> 
     with pytest.raises(ConfigError) as error:
         RetryPolicy(**changes)  # type: ignore[arg-type]
     assert error.value.field == field
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"max_attempts": 1},
+        {"max_attempts": 10},
+        {"initial_backoff": 0.5, "max_backoff": 0.5},
+        {"multiplier": 1.0},
+        {"budget_ratio": 0.0},
+        {"budget_ratio": 1000.0},
+        {"budget_min_per_second": 0},
+        {"budget_min_per_second": 1_000_000},
+        {"budget_ttl": 1.0},
+        {"budget_ttl": 60.0},
+    ],
+    ids=lambda values: ",".join(f"{name}={value}" for name, value in values.items()),
+)
+def test_a_policy_at_the_edge_of_a_bound_is_accepted(values: dict[str, Any]) -> None:
+    """Each bound is inclusive: its edge value makes a policy that keeps it."""
+    policy = RetryPolicy(**values)
+    assert {name: getattr(policy, name) for name in values} == values
 
 
 def test_a_breaker_takes_a_new_budget_when_its_terms_change_and_keeps_it_otherwise() -> None:
