@@ -740,3 +740,14 @@ def test_a_snapshot_that_sees_the_failures_expire_reopens_the_quick_log(clock: F
         cb.call(_ok)
     assert lock.acquired == 0
     assert len(cb._quick) == 3
+
+
+def test_the_fake_clock_moves_only_forward() -> None:
+    """FakeClock is monotonic: it starts where told, advances, and refuses to go back."""
+    clock = FakeClock(5.0)
+    clock.advance(0.0)
+    clock.advance(1.5)
+    assert clock() == 6.5
+    with pytest.raises(ValueError, match="backward"):
+        clock.advance(-0.001)
+    assert clock() == 6.5

@@ -46,9 +46,23 @@ def test_a_store_error_says_what_is_wrong_in_one_line(error: StoreError, message
     assert str(error) == message
 
 
-def test_a_selector_conflict_names_both_policies() -> None:
-    error = SelectorConflictError("a", "b")
-    assert (error.policy_id, error.other_id) == ("a", "b")
+@pytest.mark.parametrize(
+    ("error", "values"),
+    [
+        (RevisionMismatchError(3, 5), {"expected": 3, "actual": 5}),
+        (PolicyNotFoundError("pay"), {"policy_id": "pay"}),
+        (ClusterNotFoundError("ledger"), {"name": "ledger"}),
+        (CompactedError(4, 9), {"since_revision": 4, "compacted_revision": 9}),
+        (SelectorConflictError("a", "b"), {"policy_id": "a", "other_id": "b"}),
+        (EndpointLimitError("ledger", 64), {"cluster": "ledger", "limit": 64}),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, StoreError) else "",
+)
+def test_a_store_error_keeps_the_values_it_names(
+    error: StoreError, values: dict[str, object]
+) -> None:
+    """Each value the message names is also an attribute, for callers to read apart."""
+    assert {name: getattr(error, name) for name in values} == values
 
 
 @pytest.mark.parametrize(
