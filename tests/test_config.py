@@ -62,6 +62,10 @@ BAD_VALUES = [
     ("failure_codes", ["OK"]),
     ("failure_codes", 5),  # not a collection: a ConfigError, not a TypeError
     ("ignored_codes", ["UNAVAILABLE"]),  # both failed and ignored
+    ("fleet_open_quorum", 0.0),
+    ("fleet_open_quorum", 1.5),
+    ("fleet_open_quorum", "0.5"),
+    ("fleet_min_instances", 0),
 ]
 
 
@@ -71,6 +75,31 @@ def test_bad_value_names_the_field(field: str, value: object) -> None:
         BreakerConfig(**{field: value})  # type: ignore[arg-type]
     assert info.value.field == field
     assert field in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"failure_rate_threshold": 1.0, "slow_call_rate_threshold": 1.0},
+        {"minimum_calls": 1, "window_size": 1},
+        {"consecutive_failures": 0},
+        {"open_duration": 5.0, "open_duration_max": 5.0},
+        {"backoff_multiplier": 1.0},
+        {"open_jitter": 0.0},
+        {"half_open_max_calls": 1, "half_open_success_threshold": 1},
+        {"half_open_max_wait": 0.0},
+        {"max_concurrent_calls": 1},
+        {"throttle_k": 1.0},
+        {"throttle_window": 1.0},
+        {"throttle_window": 3600.0},
+        {"fleet_open_quorum": 1.0, "fleet_min_instances": 1},
+    ],
+    ids=lambda values: ",".join(f"{name}={value}" for name, value in values.items()),
+)
+def test_a_config_at_the_edge_of_a_bound_is_accepted(values: dict[str, Any]) -> None:
+    """Each inclusive bound takes its edge value and keeps it."""
+    config = BreakerConfig(**values)
+    assert {name: getattr(config, name) for name in values} == values
 
 
 @pytest.mark.parametrize(("window_type", "maximum"), [("time", 3600), ("count", 1_000_000)])
