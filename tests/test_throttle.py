@@ -192,6 +192,39 @@ def test_a_late_outcome_counts_the_quick_successes_before_it_in_their_second() -
     assert breaker.snapshot().throttle_probability == pytest.approx(1 / 2)
 
 
+@pytest.mark.parametrize("subscribe", ["on_state_change", "on_call_result", "on_event"])
+def test_a_listener_subscribing_counts_the_quick_successes_before_it_in_their_second(
+    subscribe: str,
+) -> None:
+    """Subscribing moves the throttle's head second on: the successes logged before count first."""
+    clock, draws = FakeClock(1000.0), Draws()
+    breaker = make(clock, draws, window=2.0)
+    for _ in range(10):
+        breaker.call(lambda: None)  # lock-free successes in second 1000, not settled yet
+    clock.advance(1.5)
+    getattr(breaker, subscribe)(lambda *args: None)  # the first step under the lock since
+    fail(breaker, 1)  # second 1001
+    clock.advance(0.6)  # second 1002: second 1000 has left the window, 1001 stays
+    assert breaker.snapshot().throttle_probability == pytest.approx(1 / 2)
+
+
+@pytest.mark.parametrize("subscribe", ["on_state_change", "on_event"])
+def test_a_listener_leaving_counts_the_quick_successes_before_it_in_their_second(
+    subscribe: str,
+) -> None:
+    """Unsubscribing moves the throttle's head second on too: the logged successes count first."""
+    clock, draws = FakeClock(1000.0), Draws()
+    breaker = make(clock, draws, window=2.0)
+    unsubscribe = getattr(breaker, subscribe)(lambda *args: None)  # leaves the quick log open
+    for _ in range(10):
+        breaker.call(lambda: None)  # lock-free successes in second 1000, not settled yet
+    clock.advance(1.5)
+    unsubscribe()  # the first step under the lock since
+    fail(breaker, 1)  # second 1001
+    clock.advance(0.6)  # second 1002: second 1000 has left the window, 1001 stays
+    assert breaker.snapshot().throttle_probability == pytest.approx(1 / 2)
+
+
 def test_quick_successes_never_straddle_a_second() -> None:
     # A COUNT window lets lock-free successes log across a second boundary; the throttle must not.
     clock, draws = FakeClock(1000.995), Draws()
