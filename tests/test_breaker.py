@@ -751,3 +751,16 @@ def test_the_fake_clock_moves_only_forward() -> None:
     with pytest.raises(ValueError, match="backward"):
         clock.advance(-0.001)
     assert clock() == 6.5
+
+
+def test_a_quick_success_through_call_counts_how_long_it_ran(clock: FakeClock) -> None:
+    """call()'s lock-free successes keep their own durations: the window's mean shows them."""
+    cb = make(clock)
+
+    def takes(seconds: float) -> None:
+        clock.advance(seconds)
+
+    cb.call(takes, 1 / 128)  # binary fractions: the clock's sums are exact
+    cb.call(takes, 1 / 1024)
+    assert len(cb._quick) == 2  # both logged lock-free
+    assert cb.snapshot().mean_duration == (1 / 128 + 1 / 1024) / 2
