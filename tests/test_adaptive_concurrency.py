@@ -138,9 +138,9 @@ def test_the_probe_count_starts_over_from_zero() -> None:
     calls = Calls(AdaptiveLimit(25))
     calls.window(0.050, PROBE_EVERY)  # one window of PROBE_EVERY calls: a probe
     assert calls.limiter.min_latency == 0.050
-    calls.window(0.070, PROBE_EVERY - 1)  # slower, but no probe yet: the minimum stands
+    calls.window(0.070, PROBE_EVERY - 10)  # slower, but no probe yet: the minimum stands
     assert calls.limiter.min_latency == 0.050
-    calls.window(0.070, 10)  # past PROBE_EVERY since the last probe: measured afresh
+    calls.window(0.070, 10)  # exactly PROBE_EVERY since the last probe: measured afresh
     assert calls.limiter.min_latency == 0.070
 
 

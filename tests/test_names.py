@@ -103,6 +103,17 @@ def test_split_names_with_a_target_that_holds_slashes() -> None:
     assert split_breaker_name("x" * 5000 + method) == ("", "", "")  # bounded work
 
 
+def test_names_up_to_twice_the_name_bound_are_split_and_longer_ones_are_not() -> None:
+    """split_breaker_name and selectors_for read at most 2 * 512 characters (bounded work)."""
+    method = "/pkg.Svc/M"
+    longest = "t" * (1024 - len(method)) + method  # the bound, written out
+    assert split_breaker_name(longest) == (longest[: -len(method)], "pkg.Svc", method)
+    assert split_breaker_name("t" + longest) == ("", "", "")
+    shared = "t" * (1024 - len("/pkg.Svc/")) + "/pkg.Svc/"  # a service's shared breaker
+    assert selectors_for(shared) == (shared, "pkg.Svc")
+    assert selectors_for("t" + shared) == ("t" + shared,)
+
+
 ROUTE = "https://cards.example:8443/v1/cards/{id}/charges"
 ORIGIN = "https://cards.example:8443"
 
