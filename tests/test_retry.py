@@ -90,6 +90,33 @@ def test_deposits_and_withdrawals_expire_after_ttl() -> None:
     assert not budget.try_withdraw()
 
 
+def test_a_budget_whose_every_deposit_expired_holds_only_what_comes_after() -> None:
+    """Past ttl the budget starts from nothing: a deposit one token short of a retry allows none."""
+    clock = FakeClock(1000.0)
+    budget = RetryBudget(0.999, 0, 10.0, clock=clock)  # a retry costs 1001 tokens, a deposit 1000
+    budget.deposit()
+    budget.deposit()
+    assert budget.balance == 1
+    clock.advance(20.0)  # every slice has expired
+    budget.deposit()
+    assert budget.balance == 0
+    assert not budget.try_withdraw()
+
+
+def test_a_policy_that_sets_few_fields_takes_the_defaults_for_the_rest() -> None:
+    """The defaults (DESIGN.md's budget among them) fill what --retry's text leaves out."""
+    assert RetryPolicy.from_text("max_backoff=1").to_dict() == {
+        "max_attempts": 3,
+        "initial_backoff": 0.05,
+        "max_backoff": 1.0,
+        "multiplier": 2.0,
+        "retryable_codes": ["UNAVAILABLE"],
+        "budget_ratio": 0.2,
+        "budget_min_per_second": 10,
+        "budget_ttl": 10.0,
+    }
+
+
 def test_a_budget_without_ratio_lives_on_its_reserve() -> None:
     clock = FakeClock()
     budget = RetryBudget(0.0, 2, 1.0, clock=clock)
