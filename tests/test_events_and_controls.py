@@ -164,6 +164,21 @@ def test_open_for_clears_an_override(clock: FakeClock, override: str) -> None:
     assert cb.state is State.HALF_OPEN  # the period ends as any open_for's does
 
 
+def test_open_for_and_keep_open_tell_listeners_of_the_transitions_they_make(
+    clock: FakeClock,
+) -> None:
+    """open_for() tells the opening it makes; keep_open() the OPEN -> HALF_OPEN it finds due."""
+    cb = make(clock)
+    changes: list[tuple[State, State]] = []
+    cb.on_state_change(lambda name, old, new: changes.append((old, new)))
+    cb.open_for(3.0)
+    cb.open_for(5.0)  # already OPEN: only its end moves
+    assert changes == [(State.CLOSED, State.OPEN)]
+    clock.advance(5.0)
+    assert not cb.keep_open(1.0)  # the period had ended: HALF_OPEN, left alone
+    assert changes == [(State.CLOSED, State.OPEN), (State.OPEN, State.HALF_OPEN)]
+
+
 def test_open_for_opens_for_the_given_time_then_probes(clock: FakeClock) -> None:
     cb = make(clock)
     cb.open_for(3.0)
