@@ -80,6 +80,14 @@ def test_an_endpoint_name_of_the_longest_length_is_one() -> None:
     assert not is_endpoint_name(longest + "a")
 
 
+@pytest.mark.parametrize("bad", ["/pkg.Svc/M", "pkg-v1.Svc", "https://host/v1/x", "ftp:/host"])
+def test_a_service_selector_that_is_no_service_nor_origin_is_refused_by_its_path(bad: str) -> None:
+    """check_service_selector names the field it checks, as the control plane reports it."""
+    with pytest.raises(ConfigError, match="not a gRPC service name") as error:
+        check_service_selector(bad, "policy.selector.service")
+    assert error.value.field == "policy.selector.service"
+
+
 def test_services() -> None:
     assert is_service_name("bank.v1.AccountService")
     assert check_service("", "service") == ""

@@ -270,6 +270,16 @@ def test_a_policy_at_the_edge_of_a_bound_is_accepted(values: dict[str, Any]) -> 
     assert {name: getattr(policy, name) for name in values} == values
 
 
+@pytest.mark.parametrize(
+    ("text", "field"), [("max_attempts=three", "max_attempts"), ("multiplier=x2", "multiplier")]
+)
+def test_a_retry_text_value_that_is_no_number_is_refused_as_such(text: str, field: str) -> None:
+    """--retry's text names the field and the value it could not read as a number."""
+    with pytest.raises(ConfigError, match=r"is not a number") as error:
+        RetryPolicy.from_text(text)
+    assert error.value.field == f"retry.{field}"
+
+
 def test_a_breaker_takes_a_new_budget_when_its_terms_change_and_keeps_it_otherwise() -> None:
     clock = FakeClock()
 
