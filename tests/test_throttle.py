@@ -73,6 +73,23 @@ def test_formula_on_its_own() -> None:
     assert throttle.quiet(1000.0)
 
 
+def test_an_outcome_timed_before_the_head_second_counts_in_it() -> None:
+    """A report whose time was read before another's moved the head on never moves it back."""
+    throttle = AdaptiveThrottle(1.0, 2.0, 1000.0, Draws())
+    throttle.record(False, 1001.5)
+    throttle.record(False, 1000.9)  # read before the first, recorded after it (another thread)
+    assert throttle.probability(1002.1) == pytest.approx(2 / 3)  # both still in the window
+
+
+def test_the_throttle_keeps_no_bucket_of_a_second_that_left_its_window() -> None:
+    """Memory stays bounded by the window: a gap longer than it drops every old bucket."""
+    throttle = AdaptiveThrottle(2.0, 2.0, 1000.0, Draws())
+    for second in (1000.0, 1001.0, 1010.0):
+        throttle.record(True, second)
+    assert list(throttle._buckets) == [1010]
+    assert (throttle.requests, throttle.accepts) == (1, 1)
+
+
 def test_exact_probability_and_refusals_count_as_requests() -> None:
     clock, draws = FakeClock(), Draws(0.5)
     breaker = make(clock, draws)
