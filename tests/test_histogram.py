@@ -51,6 +51,13 @@ def test_bad_buckets_name_the_field(buckets: object, wrong: str) -> None:
     assert raised.value.field == "buckets"
 
 
+def test_a_hundred_bounds_are_the_most_accepted() -> None:
+    """MAX_BUCKETS is inclusive: 100 bounds make a histogram, 101 do not (above)."""
+    histogram = DurationHistogram(tuple(range(1, 101)))
+    histogram.observe(100.5)
+    assert len(histogram.bounds) == 100 and histogram.snapshot().counts[-1] == 1
+
+
 def test_bounds_are_inclusive_like_prometheus_le() -> None:
     histogram = DurationHistogram((0.1, 1.0))
     for duration in (0.05, 0.1, 0.5, 1.0, 3.0):

@@ -7,6 +7,7 @@ import random
 import time
 from pathlib import Path
 
+import pytest
 from google.protobuf import json_format
 
 from meshbreaker.config import BreakerConfig, State, WindowType
@@ -40,6 +41,24 @@ def test_backoff_grows_exponentially_is_capped_and_fully_jittered() -> None:
     capped = Backoff(1.0, 1.0, rng=random.Random(1))
     delays = [capped.next_delay() for _ in range(200)]
     assert min(delays) < 0.1 and max(delays) > 0.9
+
+
+@pytest.mark.parametrize(
+    ("initial", "maximum", "multiplier"), [(0.0, 1.0, 2.0), (2.0, 1.0, 2.0), (0.1, 1.0, 0.99)]
+)
+def test_a_backoff_that_could_not_grow_to_its_cap_is_refused(
+    initial: float, maximum: float, multiplier: float
+) -> None:
+    """0 < initial <= maximum and multiplier >= 1, or a ValueError."""
+    with pytest.raises(ValueError, match="backoff needs"):
+        Backoff(initial, maximum, multiplier)
+
+
+def test_a_backoff_at_the_edges_of_its_bounds_holds_its_one_delay() -> None:
+    """initial == maximum and multiplier 1: every ceiling is that one delay."""
+    backoff = Backoff(0.5, 0.5, 1.0)
+    backoff.next_delay()
+    assert backoff.ceiling() == 0.5
 
 
 def test_backoff_survives_a_very_long_outage() -> None:
