@@ -106,8 +106,8 @@ class RetryPolicy:
         codes = checked.get("retryable_codes")
         if isinstance(codes, str):
             checked["retryable_codes"] = frozenset(code for code in codes.split("|") if code)
-        elif isinstance(codes, (list, tuple, set, frozenset)):
-            checked["retryable_codes"] = frozenset(codes)
+        # A list or set of codes goes as it is: __post_init__ checks each code before it hashes
+        # one (a JSON list holding a list is a ConfigError, not frozenset's TypeError).
         return cls(**checked)
 
     @classmethod

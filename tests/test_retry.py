@@ -11,6 +11,7 @@ from meshbreaker import BreakerConfig, CircuitBreaker
 from meshbreaker.errors import ConfigError
 from meshbreaker.retry import NO_RETRY, RetryBudget, RetryPolicy, RetryRun, parse_pushback
 from meshbreaker.testing import FakeClock
+from tests.lock_support import LockWatchingClock
 
 
 def test_the_command_line_form_reads_back_as_the_same_policy() -> None:
@@ -117,6 +118,65 @@ def test_a_policy_that_sets_few_fields_takes_the_defaults_for_the_rest() -> None
     }
 
 
+def test_a_budget_counts_each_token_exactly_as_its_slices_expire() -> None:
+    """Expiring slice by slice, or all at once after a gap, takes away only what was put in."""
+    clock = FakeClock(1000.0)
+    budget = RetryBudget(0.999, 1, 10.0, clock=clock)  # a retry costs 1001 tokens; 10 in reserve
+    budget.deposit()  # 1000 tokens: one short of an 11th retry
+    balances = []
+    for _ in range(12):
+        clock.advance(1.0)
+        balances.append(budget.balance)
+    clock.advance(20.0)  # a gap longer than ttl: every slice expires at once
+    for _ in range(12):
+        clock.advance(1.0)
+        balances.append(budget.balance)
+    assert balances == [10] * 24
+
+
+def test_a_deposit_counts_for_ttl_in_tenths_of_it() -> None:
+    """Finagle's windowed adder: ten slices, so a deposit leaves at the end of its slice's ttl."""
+    clock = FakeClock(1001.0)
+    budget = RetryBudget(0.5, 0, 10.0, clock=clock)
+    budget.deposit()
+    budget.deposit()
+    clock.advance(9.99)
+    assert budget.balance == 1
+    clock.advance(0.01)  # 1011.0: ten slices after the deposits' own
+    assert budget.balance == 0
+
+
+def test_a_retry_is_refused_once_the_deposits_behind_it_expired() -> None:
+    """try_withdraw() expires old deposits before it decides (no balance read first)."""
+    clock = FakeClock(1000.0)
+    budget = RetryBudget(0.5, 0, 10.0, clock=clock)
+    for _ in range(10):
+        budget.deposit()
+    clock.advance(11.0)
+    assert not budget.try_withdraw()
+
+
+def test_the_budget_changes_and_reads_its_tokens_under_its_lock() -> None:
+    """deposit(), try_withdraw() and balance read the clock with the budget's lock taken."""
+    clock = LockWatchingClock()
+    budget = RetryBudget(0.5, 1, 10.0, clock=clock)
+    clock.watch(budget._lock)
+    budget.deposit()
+    assert budget.try_withdraw()
+    assert budget.balance >= 0
+    assert clock.taken == [True, True, True]
+
+
+def test_the_default_budget_is_a_fifth_of_calls_plus_ten_a_second_over_ten_seconds() -> None:
+    """RetryBudget()'s defaults are DESIGN.md's (budget_ratio=0.2, 10 a second, 10 s)."""
+    clock = FakeClock(1000.0)
+    budget = RetryBudget(clock=clock)
+    assert budget.balance == 100
+    for _ in range(5):
+        budget.deposit()
+    assert budget.balance == 101
+
+
 def test_a_budget_without_ratio_lives_on_its_reserve() -> None:
     clock = FakeClock()
     budget = RetryBudget(0.0, 2, 1.0, clock=clock)
@@ -139,6 +199,7 @@ def test_a_budget_without_ratio_lives_on_its_reserve() -> None:
         (["١٢"], NO_RETRY),  # digits, but not ASCII ones
         (["10", "20"], NO_RETRY),
         (["9" * 40], NO_RETRY),
+        (["86400000"], 86400.0),  # a day: the longest pushback that still allows a retry
         (["86400001"], NO_RETRY),
     ],
 )
@@ -278,6 +339,62 @@ def test_a_retry_text_value_that_is_no_number_is_refused_as_such(text: str, fiel
     with pytest.raises(ConfigError, match=r"is not a number") as error:
         RetryPolicy.from_text(text)
     assert error.value.field == f"retry.{field}"
+
+
+def test_whole_number_values_are_kept_as_floats() -> None:
+    """1 and 1.0 are one policy, written the same way (its text and its dict)."""
+    policy = RetryPolicy(
+        initial_backoff=1, max_backoff=2, multiplier=3, budget_ratio=1, budget_ttl=5
+    )
+    assert str(policy) == str(
+        RetryPolicy(
+            initial_backoff=1.0, max_backoff=2.0, multiplier=3.0, budget_ratio=1.0, budget_ttl=5.0
+        )
+    )
+    assert all(
+        type(value) is float
+        for name, value in policy.to_dict().items()
+        if name in ("initial_backoff", "max_backoff", "multiplier", "budget_ratio", "budget_ttl")
+    )
+
+
+def test_a_budget_ratio_above_the_token_scale_is_refused() -> None:
+    """budget_ratio is at most 1000 (_SCALE): a retry must cost at least one token."""
+    with pytest.raises(ConfigError, match="<= 1000") as error:
+        RetryPolicy(budget_ratio=1000.5)
+    assert error.value.field == "retry.budget_ratio"
+
+
+@pytest.mark.parametrize("codes", [[["UNAVAILABLE"]], [{"code": "UNAVAILABLE"}], [1]])
+def test_retryable_codes_that_are_no_code_names_are_refused_by_name_from_values(
+    codes: list[object],
+) -> None:
+    """A JSON list holding what is no code name is a ConfigError, not a TypeError."""
+    with pytest.raises(ConfigError) as error:
+        RetryPolicy.from_values({"retryable_codes": codes})
+    assert error.value.field == "retry.retryable_codes"
+    assert RetryPolicy.from_values(
+        {"retryable_codes": ["unavailable", "ABORTED"]}
+    ).retryable_codes == {
+        "UNAVAILABLE",
+        "ABORTED",
+    }
+
+
+def test_an_unknown_field_is_refused_by_the_first_unknown_name() -> None:
+    """from_values names the first unknown field in sorted order, and lists the known ones."""
+    with pytest.raises(ConfigError, match="unknown field") as error:
+        RetryPolicy.from_values({"zeta": 1, "alpha": 2, "max_attempts": 3})
+    assert error.value.field == "retry.alpha"
+    assert "budget_ttl" in str(error.value)
+
+
+@pytest.mark.parametrize("text", ["=3", "max_attempts", "max_attempts=3,", ""])
+def test_a_retry_text_part_that_is_no_name_value_pair_is_refused(text: str) -> None:
+    """Each comma-separated part of --retry's text must be name=value with a name."""
+    with pytest.raises(ConfigError, match="is not name=value") as error:
+        RetryPolicy.from_text(text)
+    assert error.value.field == "retry"
 
 
 def test_a_breaker_takes_a_new_budget_when_its_terms_change_and_keeps_it_otherwise() -> None:
