@@ -90,6 +90,29 @@ def test_the_throttle_keeps_no_bucket_of_a_second_that_left_its_window() -> None
     assert (throttle.requests, throttle.accepts) == (1, 1)
 
 
+def test_a_refusal_counts_as_a_request_of_its_second_and_leaves_with_it() -> None:
+    """admit() counts what it refuses as a request (by default) in the head second's bucket."""
+    throttle = AdaptiveThrottle(2.0, 2.0, 1000.0, Draws(0.0))
+    for _ in range(3):
+        throttle.record(False, 1000.0)
+    assert not throttle.admit(1000.5)  # refused with probability 3 / 4
+    assert throttle.probability(1000.5) == pytest.approx(4 / 5)
+    throttle.record(True, 1001.0)
+    throttle.expire(1002.0)  # second 1000 leaves the window with all it counted
+    assert (throttle.requests, throttle.accepts) == (1, 1)
+
+
+def test_a_snapshot_in_a_new_quiet_second_gives_the_lock_free_admission_back() -> None:
+    """The refresh a snapshot makes moves the throttle's head on before it asks if it is quiet."""
+    clock, draws = FakeClock(1000.0), Draws()
+    breaker = make(clock, draws)
+    succeed(breaker, 10)
+    clock.advance(1.5)  # a new second: quiet until proven so, under the lock
+    assert breaker.admit_free(clock()) is None
+    breaker.snapshot()
+    assert breaker.admit_free(clock()) is not None
+
+
 def test_exact_probability_and_refusals_count_as_requests() -> None:
     clock, draws = FakeClock(), Draws(0.5)
     breaker = make(clock, draws)
