@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from meshbreaker import BreakerConfig, CallNotPermittedError, CircuitBreaker, State, circuit
@@ -73,3 +75,16 @@ async def test_async_function_with_async_fallback(clock: FakeClock) -> None:
             await fetch(False)
     assert await fetch(True) == "cached"
     assert cb.snapshot().rejected == 1
+
+
+def test_an_async_call_rejected_with_no_fallback_raises_the_rejection() -> None:
+    """@circuit on a coroutine function with no fallback lets the rejection through."""
+    cb = CircuitBreaker("dep", clock=FakeClock())
+
+    @circuit(cb)
+    async def fetch() -> str:
+        return "ok"
+
+    cb.force_open()
+    with pytest.raises(CallNotPermittedError):
+        asyncio.run(fetch())

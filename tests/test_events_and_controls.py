@@ -258,6 +258,18 @@ def test_keep_open_refuses_what_is_not_a_period(clock: FakeClock, seconds: float
         make(clock).keep_open(seconds)
 
 
+@pytest.mark.parametrize("control", ["open_for", "keep_open"])
+@pytest.mark.parametrize("seconds", [True, "3"])
+def test_a_period_that_is_no_number_is_refused_as_such(
+    clock: FakeClock, control: str, seconds: object
+) -> None:
+    """A bool or a string is no period, whatever it would compare as."""
+    cb = make(clock)
+    with pytest.raises(TypeError, match="seconds must be a number"):
+        getattr(cb, control)(seconds)
+    assert cb.state is State.CLOSED
+
+
 @pytest.mark.parametrize("seconds", [0, -1.0, float("inf"), float("nan")])
 def test_open_for_refuses_what_is_not_a_period(clock: FakeClock, seconds: float) -> None:
     with pytest.raises(ValueError, match="seconds must be finite and > 0"):
