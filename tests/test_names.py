@@ -88,6 +88,13 @@ def test_a_service_selector_that_is_no_service_nor_origin_is_refused_by_its_path
     assert error.value.field == "policy.selector.service"
 
 
+def test_a_method_name_of_the_longest_length_is_one() -> None:
+    """is_method_name takes names of up to 512 characters."""
+    longest = "/pkg.Svc/" + "M" * (512 - len("/pkg.Svc/"))  # DESIGN.md's bound, written out
+    assert is_method_name(longest)
+    assert not is_method_name(longest + "M")
+
+
 def test_services() -> None:
     assert is_service_name("bank.v1.AccountService")
     assert check_service("", "service") == ""

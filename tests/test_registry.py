@@ -286,6 +286,22 @@ def test_a_default_registry_holds_10_000_breakers_of_their_own(clock: FakeClock)
     assert reg.get("/pkg.S/M10000").name == "/pkg.S/"
 
 
+def test_a_registry_tells_its_bound(clock: FakeClock) -> None:
+    """max_breakers reads back as given."""
+    assert BreakerRegistry(clock=clock, max_breakers=7).max_breakers == 7
+
+
+def test_removing_a_shared_breaker_lets_its_names_share_a_fresh_one(clock: FakeClock) -> None:
+    """The names that overflowed into a removed service breaker no longer reach it."""
+    reg = BreakerRegistry(clock=clock, max_breakers=1)
+    reg.get("/pkg.Own/M0")
+    shared = reg.get("/pkg.Bulk/M1")
+    assert shared.name == "/pkg.Bulk/"
+    reg.remove("/pkg.Bulk/")
+    again = reg.get("/pkg.Bulk/M1")
+    assert again.name == "/pkg.Bulk/" and again is not shared
+
+
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5, "10"])
 def test_max_breakers_is_validated(bad: object) -> None:
     with pytest.raises(ConfigError, match="max_breakers"):
