@@ -142,3 +142,13 @@ def test_window_work_per_call_does_not_depend_on_its_size(kind: str) -> None:
     # The larger window evicts nothing (it never fills), so it may do a little less; never more.
     assert large <= small * 1.05, (small, large)
     assert large >= small * 0.5
+
+
+def test_a_late_report_counts_in_the_newest_second_of_a_time_window() -> None:
+    """A report timed before the head second counts in its bucket: the head never moves back."""
+    window = TimeWindow(2, 1000.0)
+    window.add(True, False, 0.1, 1001.5)
+    window.add(True, False, 0.1, 1000.9)  # read before the first, reported after it
+    assert window.quick_until == 1002.0
+    window.expire(1002.5)  # second 1000 leaves the window; both failures are in 1001
+    assert (window.calls, window.failures) == (2, 2)
