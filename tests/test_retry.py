@@ -177,6 +177,18 @@ def test_the_default_budget_is_a_fifth_of_calls_plus_ten_a_second_over_ten_secon
     assert budget.balance == 101
 
 
+def test_the_balance_is_never_below_zero_when_withdrawals_outlive_their_deposits() -> None:
+    """Retries taken stay counted after the deposits behind them expired: the balance reads 0."""
+    clock = FakeClock(1000.0)
+    budget = RetryBudget(0.5, 0, 10.0, clock=clock)
+    budget.deposit()
+    budget.deposit()
+    clock.advance(5.0)
+    assert budget.try_withdraw()
+    clock.advance(5.0)  # the deposits expire, the withdrawal stays
+    assert budget.balance == 0
+
+
 def test_a_budget_without_ratio_lives_on_its_reserve() -> None:
     clock = FakeClock()
     budget = RetryBudget(0.0, 2, 1.0, clock=clock)
@@ -300,6 +312,7 @@ def test_amplification_is_bounded_by_the_budget() -> None:
         ({"budget_min_per_second": 1.5}, "retry.budget_min_per_second"),
         ({"budget_ttl": 0.5}, "retry.budget_ttl"),
         ({"budget_ttl": 61}, "retry.budget_ttl"),
+        ({"budget_min_per_second": 1_000_001}, "retry.budget_min_per_second"),
         ({"max_backoff": float("inf")}, "retry.max_backoff"),
     ],
 )
