@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from meshbreaker import BreakerConfig, ConfigError, Mode, WindowType
-from meshbreaker.config import DEFAULT_FAILURE_CODES, check_layer, merge_layers
+from meshbreaker.config import DEFAULT_FAILURE_CODES, check_code_sets, check_layer, merge_layers
 from meshbreaker.retry import RetryPolicy
 
 
@@ -186,3 +186,15 @@ def test_a_retry_mapping_becomes_a_retry_policy() -> None:
 def test_idempotent_must_be_true_or_false(bad: object) -> None:
     with pytest.raises(ConfigError, match="idempotent: must be true or false"):
         BreakerConfig(idempotent=bad)  # type: ignore[arg-type]
+
+
+def test_code_sets_with_one_side_unset_are_checked_only_for_ok_as_a_failure() -> None:
+    # An interceptor may set one of failure_codes / ignored_codes and leave the other to the
+    # breaker's config (None): nothing to overlap with, so nothing is refused but OK as a failure.
+    check_code_sets(frozenset({"INTERNAL"}), None)
+    check_code_sets(None, frozenset({"NOT_FOUND"}))
+    check_code_sets(None, None)
+    with pytest.raises(ConfigError, match="OK cannot be a failure"):
+        check_code_sets(frozenset({"OK"}), None)
+    with pytest.raises(ConfigError, match=r"both failed and ignored: \['INTERNAL'\]"):
+        check_code_sets(frozenset({"INTERNAL"}), frozenset({"INTERNAL", "NOT_FOUND"}))
