@@ -141,26 +141,18 @@ async def test_aio_a_raising_iterator_commits() -> None:
     assert retries.committed and not may_retry(retries)
 
 
-def test_a_commit_after_the_retry_was_granted_still_replays_in_full() -> None:
+@pytest.mark.parametrize("read_on", [False, True], ids=["retry-reads-the-rest", "first-reads-on"])
+def test_a_commit_after_the_retry_was_granted_still_replays_in_full(read_on: bool) -> None:
     retries = run()
     buffer = ReplayBuffer(iter([b"1234", b"5678", b"9"]), retries, limit=7)
     first = buffer.attempt()
     assert next(first) == b"1234"  # then the attempt failed, and a retry was granted
     assert may_retry(retries)
     assert next(first) == b"5678" and retries.committed  # its request thread read on: 8 > 7
+    if read_on:
+        assert next(first) == b"9"  # and on again, committed, before the retry started
     assert list(buffer.attempt()) == [b"1234", b"5678", b"9"]  # kept for the granted retry
     assert buffer._kept == [] and not may_retry(retries)
-
-
-def test_what_an_attempt_reads_after_the_commit_is_kept_for_the_retry_already_granted() -> None:
-    retries = run()
-    buffer = ReplayBuffer(iter([b"1234", b"5678", b"9"]), retries, limit=7)
-    first = buffer.attempt()
-    assert next(first) == b"1234"  # then the attempt failed, and a retry was granted
-    assert may_retry(retries)
-    assert next(first) == b"5678" and retries.committed  # its request thread read on: 8 > 7
-    assert next(first) == b"9"  # and on again, committed, before the retry started
-    assert list(buffer.attempt()) == [b"1234", b"5678", b"9"]
 
 
 def test_the_callers_iterator_is_not_asked_again_once_it_has_ended() -> None:
