@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -17,6 +18,20 @@ settings.register_profile(
     "meshbreaker", deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("meshbreaker")
+
+
+@pytest.fixture(autouse=True)
+def _stderr_free_of_earlier_tests(request: pytest.FixtureRequest) -> None:
+    """For a test that reads its output: what earlier tests in this worker left is collected first.
+
+    A grpc aio server task an earlier test left unreachable writes a traceback to stderr when the
+    garbage collector finalizes it; collected during a command whose one-line error a test reads,
+    it became a second line (a clean-clone CI run failed so, in tests/test_cli.py).
+    """
+    if "capsys" in request.fixturenames:
+        capsys = request.getfixturevalue("capsys")
+        gc.collect()
+        capsys.readouterr()
 
 
 @pytest.fixture
