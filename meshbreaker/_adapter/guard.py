@@ -185,8 +185,8 @@ class Guard:
         try:
             if self.counts_ok(breaker):
                 breaker.finish_free(generation, start)
-            else:
-                breaker.permit_for(generation, start).ignore()
+            else:  # ignored: counted with how long it ran, as any other ignored outcome
+                self.record(breaker.permit_for(generation, start), breaker, _OK)
         except Exception:
             logger.exception("meshbreaker: recording the outcome of %s failed", breaker.name)
 

@@ -13,7 +13,9 @@ import pytest
 
 from meshbreaker import BreakerConfig, BreakerRegistry, CallNotPermittedError, State
 from meshbreaker._names import GRPC_CODE_NAMES
+from meshbreaker.breaker import Outcome
 from meshbreaker.errors import ThrottledError
+from meshbreaker.events import CallResult
 from meshbreaker.testing import FakeClock
 from tests.contract.drivers import Driver, Seen
 from tests.grpc.broken_registries import BROKEN_REGISTRIES
@@ -93,14 +95,19 @@ async def test_codes_from_the_interceptor_override_the_config(
     assert (snapshot.failed, snapshot.ignored, snapshot.successful) == (1, 1, 1)
 
 
+def _ignoring_ok(where: str, clock: FakeClock) -> tuple[BreakerRegistry, dict[str, Any]]:
+    """A registry, and the interceptor's code options, that ignore OK `where` it is said."""
+    config = PATIENT.replace(ignored_codes=frozenset({"OK"})) if where == "config" else PATIENT
+    codes: dict[str, Any] = {"ignored_codes": ["OK"]} if where == "interceptor" else {}
+    return BreakerRegistry(config, clock=clock), codes
+
+
 @pytest.mark.parametrize("where", ["interceptor", "config"])
 async def test_an_ignored_ok_counts_neither_way(
     any_driver: Driver, clock: FakeClock, where: str
 ) -> None:
     # OK is classified apart from the other codes on the hot path: it must still read both sets.
-    config = PATIENT.replace(ignored_codes=frozenset({"OK"})) if where == "config" else PATIENT
-    registry = BreakerRegistry(config, clock=clock)
-    codes: dict[str, Any] = {"ignored_codes": ["OK"]} if where == "interceptor" else {}
+    registry, codes = _ignoring_ok(where, clock)
     any_driver.connect(registry, **codes)
     assert (await any_driver.unary(b"a")).value == b"a"
     assert (await any_driver.client_stream([b"b"])).value == b"count:1"
@@ -108,6 +115,20 @@ async def test_an_ignored_ok_counts_neither_way(
     for method, failed in ((UNARY, 1), (CLIENT_STREAM, 0)):
         snapshot = registry.get(method).snapshot()
         assert (snapshot.failed, snapshot.ignored, snapshot.successful) == (failed, 1, 0)
+
+
+@pytest.mark.parametrize("where", ["interceptor", "config"])
+async def test_an_ignored_ok_tells_result_listeners_how_long_it_ran(
+    any_driver: Driver, clock: FakeClock, server: BytesServer, where: str
+) -> None:
+    registry, codes = _ignoring_ok(where, clock)
+    results: list[CallResult] = []
+    registry.get(UNARY).on_call_result(results.append)
+    any_driver.connect(registry, **codes)
+    assert (await any_driver.unary(b"tick")).value == b"tick"  # the server advances the clock
+    assert [(result.outcome, result.duration) for result in results] == [
+        (Outcome.IGNORED, server.tick)
+    ]
 
 
 @pytest.mark.parametrize("side", ["failure_codes", "ignored_codes"])
